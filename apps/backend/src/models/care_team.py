@@ -1,0 +1,110 @@
+"""Care team assignments and their append-only event history."""
+
+import datetime
+import enum
+import uuid
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from src.models.base import Base
+
+# The business rule: a patient has at most one primary provider per organization.
+UNIQUE_PRIMARY_INDEX = "idx_unique_primary_provider_per_patient"
+
+
+class EventType(enum.StrEnum):
+    PRIMARY_ASSIGNED = "primary_assigned"
+    PRIMARY_DEMOTED = "primary_demoted"
+    SECONDARY_ADDED = "secondary_added"
+    PROVIDER_REMOVED = "provider_removed"
+    MIGRATION_DEDUPE = "migration_dedupe"
+
+
+EVENT_TYPES = tuple(e.value for e in EventType)
+
+
+class CareTeamAssignment(Base):
+    __tablename__ = "care_team_assignments"
+    __table_args__ = (
+        # Composite keys: the patient and the provider must be of the assignment's
+        # organization, so a cross-tenant assignment cannot exist.
+        ForeignKeyConstraint(
+            ["organization_id", "patient_id"],
+            ["patients.organization_id", "patients.id"],
+            ondelete="RESTRICT",
+        ),
+        ForeignKeyConstraint(
+            ["organization_id", "provider_id"],
+            ["providers.organization_id", "providers.id"],
+            ondelete="RESTRICT",
+        ),
+        UniqueConstraint("organization_id", "patient_id", "provider_id"),
+        Index(
+            UNIQUE_PRIMARY_INDEX,
+            "organization_id",
+            "patient_id",
+            unique=True,
+            postgresql_where=text("is_primary_provider = true"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    organization_id: Mapped[uuid.UUID]
+    patient_id: Mapped[uuid.UUID]
+    provider_id: Mapped[uuid.UUID]
+    is_primary_provider: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    assigned_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class CareTeamEvent(Base):
+    """One change to a care team, written in the same transaction as the change."""
+
+    __tablename__ = "care_team_events"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["organization_id", "patient_id"],
+            ["patients.organization_id", "patients.id"],
+            ondelete="RESTRICT",
+        ),
+        ForeignKeyConstraint(
+            ["organization_id", "provider_id"],
+            ["providers.organization_id", "providers.id"],
+            ondelete="RESTRICT",
+        ),
+        CheckConstraint(
+            "event_type IN ('primary_assigned', 'primary_demoted', 'secondary_added', "
+            "'provider_removed', 'migration_dedupe')",
+            name="event_type",
+        ),
+        Index(None, "organization_id", "patient_id", "id"),
+    )
+
+    # An identity, so the order of events for a patient is the order they were written.
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    organization_id: Mapped[uuid.UUID]
+    patient_id: Mapped[uuid.UUID]
+    provider_id: Mapped[uuid.UUID]
+    event_type: Mapped[str] = mapped_column(Text)
+    previous_primary_provider_id: Mapped[uuid.UUID | None]
+    actor: Mapped[str] = mapped_column(Text, server_default=text("'system'"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    occurred_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )

@@ -1,0 +1,56 @@
+"""Organizations (the tenants) and the patients and providers that belong to them."""
+
+import datetime
+import uuid
+
+from sqlalchemy import Boolean, Date, DateTime, ForeignKey, Text, UniqueConstraint, func, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from src.models.base import Base
+
+_GEN_UUID = text("gen_random_uuid()")
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=_GEN_UUID)
+    name: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+    # (organization_id, id) is what children reference, so a child row can only ever
+    # point at a patient of its own organization.
+    __table_args__ = (UniqueConstraint("organization_id", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=_GEN_UUID)
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT")
+    )
+    first_name: Mapped[str | None] = mapped_column(Text)
+    last_name: Mapped[str | None] = mapped_column(Text)
+    dob: Mapped[datetime.date | None] = mapped_column(Date)
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class Provider(Base):
+    __tablename__ = "providers"
+    __table_args__ = (UniqueConstraint("organization_id", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=_GEN_UUID)
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT")
+    )
+    first_name: Mapped[str | None] = mapped_column(Text)
+    last_name: Mapped[str | None] = mapped_column(Text)
+    npi: Mapped[str | None] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )

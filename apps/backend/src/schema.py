@@ -1,0 +1,50 @@
+"""Schema migrations, run programmatically (the CLI, the tests, the load script).
+
+`alembic` on the command line does the same from apps/backend/alembic.ini.
+"""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from src.config import BACKEND_DIR
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """The project's Alembic config; with `connection`, migrations run on it."""
+    config = Config(str(BACKEND_DIR / "alembic.ini"))
+    config.attributes["configure_logger"] = False
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "no migrations found"
+    return head
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Migrate the database behind `engine` (the owner's) up to `revision`."""
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Migrate the database behind `engine` (the owner's) down to `revision`."""
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), revision))
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at, or None before the first migration."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )

@@ -1,0 +1,1 @@
+"""Services: where the business decisions are made. No HTTP types here."""

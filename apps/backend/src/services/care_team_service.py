@@ -1,0 +1,553 @@
+"""CareTeamService: every change to a patient's care team goes through here.
+
+Guarantees:
+
+- Each public write is one atomic unit of work: it sets the tenant, locks the patient,
+  changes care_team_assignments, writes care_team_events, and commits; on any failure it
+  rolls back and nothing of it remains.
+- Writers of one (organization, patient) are serialised by a row lock on the patient
+  (``SELECT ... FOR NO KEY UPDATE``), taken before care_team_assignments is touched, so
+  concurrent assignments queue instead of colliding: the last to commit wins and exactly
+  one primary remains. Operations over several patients take the locks in
+  (organization_id, patient_id) order.
+- The database enforces the rule itself (idx_unique_primary_provider_per_patient); a
+  write refused by it surfaces as PrimaryProviderConflict, never as a driver error.
+- Assigning a new primary never deletes the old one: it stays on the team as secondary.
+
+`db` is an AsyncSession on the application engine (RLS applies); ids are uuid.UUID.
+Logs carry ids only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from src.models import UNIQUE_PRIMARY_INDEX, EventType
+from src.services.errors import (
+    CareTeamError,
+    DatabaseError,
+    DatabaseUnavailable,
+    PatientNotFound,
+    PrimaryProviderConflict,
+    ProviderAlreadyPrimary,
+    ProviderInactive,
+    ProviderNotFound,
+    ProviderNotOnCareTeam,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_HISTORY_PAGE = 500
+
+
+@dataclass(frozen=True)
+class CareTeamMember:
+    provider_id: uuid.UUID
+    is_primary_provider: bool
+    assigned_at: datetime.datetime
+
+
+@dataclass(frozen=True)
+class CareTeam:
+    """A patient's care team: the primary first, then secondaries by assigned_at."""
+
+    patient_id: uuid.UUID
+    primary_provider_id: uuid.UUID | None
+    members: list[CareTeamMember]
+
+
+@dataclass(frozen=True)
+class CareTeamEventRecord:
+    id: int
+    patient_id: uuid.UUID
+    provider_id: uuid.UUID
+    event_type: str
+    previous_primary_provider_id: uuid.UUID | None
+    actor: str
+    reason: str | None
+    occurred_at: datetime.datetime
+
+
+# --- SQL ---------------------------------------------------------------------------
+# Every statement filters on organization_id as well, although RLS already does: the
+# indexes lead with it, and a mistake in one layer is caught by the other.
+
+SET_TENANT = text("SELECT set_config('app.current_organization_id', :org, true)")
+
+# The per-patient writer lock. NO KEY UPDATE, so it does not block the KEY SHARE locks
+# that foreign key checks on care_team_assignments take.
+LOCK_PATIENT = text("""
+    SELECT id FROM patients
+    WHERE organization_id = :org AND id = :patient
+    FOR NO KEY UPDATE
+""")
+
+SELECT_PROVIDER_ACTIVE = text("""
+    SELECT active FROM providers WHERE organization_id = :org AND id = :provider
+""")
+
+SELECT_ASSIGNMENT = text("""
+    SELECT is_primary_provider FROM care_team_assignments
+    WHERE organization_id = :org AND patient_id = :patient AND provider_id = :provider
+""")
+
+SELECT_PRIMARY = text("""
+    SELECT provider_id FROM care_team_assignments
+    WHERE organization_id = :org AND patient_id = :patient AND is_primary_provider
+""")
+
+DEMOTE = text("""
+    UPDATE care_team_assignments SET is_primary_provider = false
+    WHERE organization_id = :org AND patient_id = :patient AND provider_id = :provider
+""")
+
+# clock_timestamp(), not now(): a writer that waited for the lock records when it
+# actually changed the team, so "latest assigned_at" means "last to commit".
+PROMOTE = text("""
+    INSERT INTO care_team_assignments
+        (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
+    VALUES (:org, :patient, :provider, true, clock_timestamp())
+    ON CONFLICT (organization_id, patient_id, provider_id)
+    DO UPDATE SET is_primary_provider = true, assigned_at = clock_timestamp()
+""")
+
+INSERT_SECONDARY = text("""
+    INSERT INTO care_team_assignments
+        (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
+    VALUES (:org, :patient, :provider, false, clock_timestamp())
+""")
+
+DELETE_ASSIGNMENT = text("""
+    DELETE FROM care_team_assignments
+    WHERE organization_id = :org AND patient_id = :patient AND provider_id = :provider
+    RETURNING is_primary_provider
+""")
+
+INSERT_EVENT = text("""
+    INSERT INTO care_team_events
+        (organization_id, patient_id, provider_id, event_type,
+         previous_primary_provider_id, actor, reason, occurred_at)
+    VALUES (:org, :patient, :provider, :event_type,
+            :previous_primary, :actor, :reason, clock_timestamp())
+""")
+
+# The patient row comes back even with an empty team, so "no such patient" and
+# "no members" are told apart in one round trip.
+SELECT_TEAM = text("""
+    SELECT p.id AS patient_id, a.provider_id, a.is_primary_provider, a.assigned_at
+    FROM patients AS p
+    LEFT JOIN care_team_assignments AS a
+        ON a.organization_id = p.organization_id AND a.patient_id = p.id
+    WHERE p.organization_id = :org AND p.id = :patient
+    ORDER BY a.is_primary_provider DESC, a.assigned_at, a.provider_id
+""")
+
+SELECT_PATIENT_PRIMARY = text("""
+    SELECT p.id, a.provider_id
+    FROM patients AS p
+    LEFT JOIN care_team_assignments AS a
+        ON a.organization_id = p.organization_id AND a.patient_id = p.id
+       AND a.is_primary_provider
+    WHERE p.organization_id = :org AND p.id = :patient
+""")
+
+SELECT_PATIENT = text("SELECT id FROM patients WHERE organization_id = :org AND id = :patient")
+
+SELECT_HISTORY = text("""
+    SELECT id, patient_id, provider_id, event_type, previous_primary_provider_id,
+           actor, reason, occurred_at
+    FROM care_team_events
+    WHERE organization_id = :org AND patient_id = :patient
+      AND (CAST(:before_id AS bigint) IS NULL OR id < CAST(:before_id AS bigint))
+    ORDER BY id DESC
+    LIMIT :limit
+""")
+
+
+# --- transaction and error handling -------------------------------------------------
+
+_UNAVAILABLE_SQLSTATES = {
+    "57014",  # statement timeout / query canceled
+    "55P03",  # lock not available (lock_timeout)
+    "57P01",  # admin shutdown
+    "57P02",  # crash shutdown
+    "57P03",  # cannot connect now
+    "53300",  # too many connections
+}
+
+
+def _pg_error_fields(err: BaseException) -> tuple[str | None, str | None]:
+    """(sqlstate, constraint name) of the PostgreSQL error behind `err`, if any.
+
+    SQLAlchemy wraps the driver's exception (``.orig``), which wraps asyncpg's
+    (``__cause__``); the constraint name is only on the innermost one.
+    """
+    sqlstate: str | None = None
+    seen: BaseException | None = err
+    while seen is not None:
+        found = getattr(seen, "sqlstate", None)
+        if isinstance(found, str):
+            sqlstate = found
+            constraint = getattr(seen, "constraint_name", None)
+            if isinstance(constraint, str):
+                return sqlstate, constraint
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return sqlstate, None
+
+
+def _translate(
+    err: Exception, *, operation: str, organization_id: uuid.UUID, patient_id: uuid.UUID
+) -> CareTeamError:
+    """Turn a driver or SQLAlchemy error into the domain error the caller can act on."""
+    sqlstate, constraint = _pg_error_fields(err)
+    ids = {
+        "operation": operation,
+        "organization_id": str(organization_id),
+        "patient_id": str(patient_id),
+        "sqlstate": sqlstate,
+    }
+    if sqlstate == "23505" and constraint == UNIQUE_PRIMARY_INDEX:
+        logger.warning(
+            "primary provider write refused by %s (IntegrityError) "
+            "operation=%s organization_id=%s patient_id=%s",
+            UNIQUE_PRIMARY_INDEX,
+            operation,
+            organization_id,
+            patient_id,
+            extra={"event": "primary_provider_conflict", **ids},
+        )
+        return PrimaryProviderConflict(organization_id, patient_id)
+    connection_lost = isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated
+    if (
+        connection_lost
+        or sqlstate in _UNAVAILABLE_SQLSTATES
+        or isinstance(err, sa_exc.TimeoutError | OSError | TimeoutError)
+        or (isinstance(err, sa_exc.InterfaceError | sa_exc.OperationalError) and sqlstate is None)
+    ):
+        logger.error(
+            "database unavailable during %s sqlstate=%s",
+            operation,
+            sqlstate,
+            extra={"event": "database_unavailable", **ids},
+        )
+        return DatabaseUnavailable(f"database unavailable during {operation}; retry later")
+    logger.error(
+        "database error during %s sqlstate=%s constraint=%s",
+        operation,
+        sqlstate,
+        constraint,
+        extra={"event": "database_error", **ids},
+    )
+    return DatabaseError(f"database refused {operation} (sqlstate {sqlstate}); nothing changed")
+
+
+@asynccontextmanager
+async def _unit_of_work(
+    db: AsyncSession, *, operation: str, organization_id: uuid.UUID, patient_id: uuid.UUID
+) -> AsyncIterator[None]:
+    """One transaction: tenant set first, commit on success, rollback on any failure."""
+    try:
+        await db.execute(SET_TENANT, {"org": str(organization_id)})
+        yield
+        await db.commit()
+    except BaseException as err:
+        try:
+            await db.rollback()
+        except Exception:  # the connection may be gone; the server rolls back by itself
+            logger.debug("rollback after failed %s also failed", operation, exc_info=True)
+        if isinstance(err, CareTeamError) or not isinstance(err, Exception):
+            raise
+        if (
+            isinstance(err, sa_exc.SQLAlchemyError | OSError | TimeoutError)
+            or _pg_error_fields(err)[0]
+        ):
+            raise _translate(
+                err, operation=operation, organization_id=organization_id, patient_id=patient_id
+            ) from err
+        raise
+
+
+async def _scalar(db: AsyncSession, statement: Any, params: dict[str, Any]) -> Any:
+    return (await db.execute(statement, params)).scalar_one_or_none()
+
+
+async def _lock_patient(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> None:
+    if await _scalar(db, LOCK_PATIENT, {"org": org, "patient": patient}) is None:
+        raise PatientNotFound(patient)
+
+
+async def _require_active_provider(db: AsyncSession, org: uuid.UUID, provider: uuid.UUID) -> None:
+    active = await _scalar(db, SELECT_PROVIDER_ACTIVE, {"org": org, "provider": provider})
+    if active is None:
+        raise ProviderNotFound(provider)
+    if not active:
+        raise ProviderInactive(provider)
+
+
+async def _write_event(
+    db: AsyncSession,
+    *,
+    org: uuid.UUID,
+    patient: uuid.UUID,
+    provider: uuid.UUID,
+    event_type: EventType,
+    previous_primary: uuid.UUID | None = None,
+    actor: str,
+    reason: str | None,
+) -> None:
+    await db.execute(
+        INSERT_EVENT,
+        {
+            "org": org,
+            "patient": patient,
+            "provider": provider,
+            "event_type": event_type.value,
+            "previous_primary": previous_primary,
+            "actor": actor,
+            "reason": reason,
+        },
+    )
+
+
+async def _read_team(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> CareTeam:
+    rows = (await db.execute(SELECT_TEAM, {"org": org, "patient": patient})).all()
+    if not rows:
+        raise PatientNotFound(patient)
+    members = [
+        CareTeamMember(row.provider_id, row.is_primary_provider, row.assigned_at)
+        for row in rows
+        if row.provider_id is not None
+    ]
+    primary = next((m.provider_id for m in members if m.is_primary_provider), None)
+    return CareTeam(patient_id=patient, primary_provider_id=primary, members=members)
+
+
+# --- the service ---------------------------------------------------------------------
+
+
+class CareTeamService:
+    """Stateless operations on care teams; each public method is one transaction."""
+
+    @staticmethod
+    async def assign_primary_provider(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        patient_id: uuid.UUID,
+        provider_id: uuid.UUID,
+        actor: str = "system",
+        reason: str | None = None,
+    ) -> CareTeam:
+        """Make `provider_id` the patient's primary provider; return the team after it.
+
+        Locks the patient, demotes the current primary to secondary (it stays on the
+        team), makes the provider primary (adding it to the team if needed), and records
+        primary_demoted / primary_assigned events; commits. Idempotent: assigning the
+        current primary changes nothing and writes no event.
+        Raises PatientNotFound, ProviderNotFound, ProviderInactive, PrimaryProviderConflict
+        (a writer that bypassed the lock), DatabaseUnavailable, DatabaseError.
+        """
+        org, patient, provider = organization_id, patient_id, provider_id
+        async with _unit_of_work(
+            db, operation="assign_primary_provider", organization_id=org, patient_id=patient
+        ):
+            await _lock_patient(db, org, patient)
+            await _require_active_provider(db, org, provider)
+            current = await _scalar(db, SELECT_PRIMARY, {"org": org, "patient": patient})
+            if current != provider:
+                if current is not None:
+                    await db.execute(DEMOTE, {"org": org, "patient": patient, "provider": current})
+                    await _write_event(
+                        db,
+                        org=org,
+                        patient=patient,
+                        provider=current,
+                        event_type=EventType.PRIMARY_DEMOTED,
+                        previous_primary=current,
+                        actor=actor,
+                        reason=reason,
+                    )
+                await db.execute(PROMOTE, {"org": org, "patient": patient, "provider": provider})
+                await _write_event(
+                    db,
+                    org=org,
+                    patient=patient,
+                    provider=provider,
+                    event_type=EventType.PRIMARY_ASSIGNED,
+                    previous_primary=current,
+                    actor=actor,
+                    reason=reason,
+                )
+            team = await _read_team(db, org, patient)
+        logger.info(
+            "primary provider assigned organization_id=%s patient_id=%s provider_id=%s "
+            "previous_primary_provider_id=%s",
+            org,
+            patient,
+            provider,
+            current,
+            extra={"event": "primary_assigned", "changed": current != provider},
+        )
+        return team
+
+    @staticmethod
+    async def add_secondary_provider(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        patient_id: uuid.UUID,
+        provider_id: uuid.UUID,
+        actor: str = "system",
+        reason: str | None = None,
+    ) -> CareTeam:
+        """Add `provider_id` to the patient's team as a secondary; return the team.
+
+        Never touches the primary: if the provider is the primary, raises
+        ProviderAlreadyPrimary. Adding a provider that is already a secondary changes
+        nothing. Raises PatientNotFound, ProviderNotFound, ProviderInactive too.
+        """
+        org, patient, provider = organization_id, patient_id, provider_id
+        async with _unit_of_work(
+            db, operation="add_secondary_provider", organization_id=org, patient_id=patient
+        ):
+            await _lock_patient(db, org, patient)
+            await _require_active_provider(db, org, provider)
+            params = {"org": org, "patient": patient, "provider": provider}
+            is_primary = await _scalar(db, SELECT_ASSIGNMENT, params)
+            if is_primary:
+                raise ProviderAlreadyPrimary(patient, provider)
+            if is_primary is None:
+                await db.execute(INSERT_SECONDARY, params)
+                await _write_event(
+                    db,
+                    org=org,
+                    patient=patient,
+                    provider=provider,
+                    event_type=EventType.SECONDARY_ADDED,
+                    actor=actor,
+                    reason=reason,
+                )
+            team = await _read_team(db, org, patient)
+        logger.info(
+            "secondary provider added organization_id=%s patient_id=%s provider_id=%s",
+            org,
+            patient,
+            provider,
+            extra={"event": "secondary_added"},
+        )
+        return team
+
+    @staticmethod
+    async def remove_provider(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        patient_id: uuid.UUID,
+        provider_id: uuid.UUID,
+        actor: str = "system",
+        reason: str | None = None,
+    ) -> CareTeam:
+        """Take `provider_id` off the patient's team; return the team after it.
+
+        Removing the primary leaves the patient without one (the diagnostic reports it).
+        Raises PatientNotFound, or ProviderNotOnCareTeam if the provider is not on it.
+        """
+        org, patient, provider = organization_id, patient_id, provider_id
+        async with _unit_of_work(
+            db, operation="remove_provider", organization_id=org, patient_id=patient
+        ):
+            await _lock_patient(db, org, patient)
+            params = {"org": org, "patient": patient, "provider": provider}
+            was_primary = await _scalar(db, DELETE_ASSIGNMENT, params)
+            if was_primary is None:
+                raise ProviderNotOnCareTeam(patient, provider)
+            await _write_event(
+                db,
+                org=org,
+                patient=patient,
+                provider=provider,
+                event_type=EventType.PROVIDER_REMOVED,
+                previous_primary=provider if was_primary else None,
+                actor=actor,
+                reason=reason,
+            )
+            team = await _read_team(db, org, patient)
+        logger.info(
+            "provider removed organization_id=%s patient_id=%s provider_id=%s was_primary=%s",
+            org,
+            patient,
+            provider,
+            was_primary,
+            extra={"event": "provider_removed"},
+        )
+        return team
+
+    @staticmethod
+    async def get_primary_provider(
+        *, db: AsyncSession, organization_id: uuid.UUID, patient_id: uuid.UUID
+    ) -> uuid.UUID | None:
+        """The patient's primary provider id, or None. Raises PatientNotFound."""
+        async with _unit_of_work(
+            db,
+            operation="get_primary_provider",
+            organization_id=organization_id,
+            patient_id=patient_id,
+        ):
+            row = (
+                await db.execute(
+                    SELECT_PATIENT_PRIMARY, {"org": organization_id, "patient": patient_id}
+                )
+            ).first()
+        if row is None:
+            raise PatientNotFound(patient_id)
+        primary: uuid.UUID | None = row.provider_id
+        return primary
+
+    @staticmethod
+    async def get_care_team(
+        *, db: AsyncSession, organization_id: uuid.UUID, patient_id: uuid.UUID
+    ) -> CareTeam:
+        """The patient's whole care team, primary first. Raises PatientNotFound."""
+        async with _unit_of_work(
+            db, operation="get_care_team", organization_id=organization_id, patient_id=patient_id
+        ):
+            return await _read_team(db, organization_id, patient_id)
+
+    @staticmethod
+    async def get_care_team_history(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        patient_id: uuid.UUID,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[CareTeamEventRecord]:
+        """The patient's care team events, newest first.
+
+        Page with `limit` (1..MAX_HISTORY_PAGE) and `before_id` (the last id of the
+        previous page). Raises PatientNotFound.
+        """
+        limit = max(1, min(limit, MAX_HISTORY_PAGE))
+        org, patient = organization_id, patient_id
+        async with _unit_of_work(
+            db, operation="get_care_team_history", organization_id=org, patient_id=patient
+        ):
+            if await _scalar(db, SELECT_PATIENT, {"org": org, "patient": patient}) is None:
+                raise PatientNotFound(patient)
+            rows = (
+                await db.execute(
+                    SELECT_HISTORY,
+                    {"org": org, "patient": patient, "before_id": before_id, "limit": limit},
+                )
+            ).all()
+        return [CareTeamEventRecord(**row._asdict()) for row in rows]
