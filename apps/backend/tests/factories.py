@@ -26,7 +26,9 @@ async def _insert(db: AsyncSession, org: uuid.UUID, sql: str, params: dict[str, 
 async def create_organization(db: AsyncSession, *, name: str = "Test Clinic") -> uuid.UUID:
     org = uuid.uuid4()
     return await _insert(
-        db, org, "INSERT INTO organizations (id, name) VALUES (:id, :name) RETURNING id",
+        db,
+        org,
+        "INSERT INTO organizations (id, name) VALUES (:id, :name) RETURNING id",
         {"id": org, "name": name},
     )
 
@@ -40,7 +42,8 @@ async def create_patient(
     dob: datetime.date = datetime.date(1980, 1, 1),
 ) -> uuid.UUID:
     return await _insert(
-        db, organization_id,
+        db,
+        organization_id,
         "INSERT INTO patients (organization_id, first_name, last_name, dob) "
         "VALUES (:org, :first, :last, :dob) RETURNING id",
         {"org": organization_id, "first": first_name, "last": last_name, "dob": dob},
@@ -57,11 +60,17 @@ async def create_provider(
     active: bool = True,
 ) -> uuid.UUID:
     return await _insert(
-        db, organization_id,
+        db,
+        organization_id,
         "INSERT INTO providers (organization_id, first_name, last_name, npi, active) "
         "VALUES (:org, :first, :last, :npi, :active) RETURNING id",
-        {"org": organization_id, "first": first_name, "last": last_name, "npi": npi,
-         "active": active},
+        {
+            "org": organization_id,
+            "first": first_name,
+            "last": last_name,
+            "npi": npi,
+            "active": active,
+        },
     )
 
 

@@ -32,8 +32,10 @@ async def team_rows(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> dic
     """provider_id -> is_primary_provider, read directly from the table."""
     await db.execute(SET_TENANT, {"org": str(org)})
     rows = await db.execute(
-        text("SELECT provider_id, is_primary_provider FROM care_team_assignments "
-             "WHERE organization_id = :org AND patient_id = :patient"),
+        text(
+            "SELECT provider_id, is_primary_provider FROM care_team_assignments "
+            "WHERE organization_id = :org AND patient_id = :patient"
+        ),
         {"org": org, "patient": patient},
     )
     return {row.provider_id: row.is_primary_provider for row in rows}
@@ -42,8 +44,10 @@ async def team_rows(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> dic
 async def event_types(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> list[str]:
     await db.execute(SET_TENANT, {"org": str(org)})
     rows = await db.execute(
-        text("SELECT event_type FROM care_team_events "
-             "WHERE organization_id = :org AND patient_id = :patient ORDER BY id"),
+        text(
+            "SELECT event_type FROM care_team_events "
+            "WHERE organization_id = :org AND patient_id = :patient ORDER BY id"
+        ),
         {"org": org, "patient": patient},
     )
     return list(rows.scalars())
@@ -67,14 +71,18 @@ class TestIndexEnforcement:
     async def test_raw_sql_update_to_second_primary_is_refused(self, db_session: AsyncSession):
         org, patient, (p1, p2, _) = await create_clinic(db_session)
         await Service.assign_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+        )
         await Service.add_secondary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p2)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p2
+        )
         await db_session.execute(SET_TENANT, {"org": str(org)})
         with pytest.raises(IntegrityError, match=UNIQUE_PRIMARY_INDEX):
             await db_session.execute(
-                text("UPDATE care_team_assignments SET is_primary_provider = true "
-                     "WHERE organization_id = :org AND patient_id = :patient"),
+                text(
+                    "UPDATE care_team_assignments SET is_primary_provider = true "
+                    "WHERE organization_id = :org AND patient_id = :patient"
+                ),
                 {"org": org, "patient": patient},
             )
 
@@ -82,14 +90,17 @@ class TestIndexEnforcement:
         org, patient, providers = await create_clinic(db_session, providers=5)
         for provider in providers:
             await Service.add_secondary_provider(
-                db=db_session, organization_id=org, patient_id=patient, provider_id=provider)
+                db=db_session, organization_id=org, patient_id=patient, provider_id=provider
+            )
         assert await team_rows(db_session, org, patient) == dict.fromkeys(providers, False)
 
     async def test_index_definition_is_exactly_the_rule(self, db_session: AsyncSession):
-        indexdef = (await db_session.execute(
-            text("SELECT indexdef FROM pg_indexes WHERE indexname = :name"),
-            {"name": UNIQUE_PRIMARY_INDEX},
-        )).scalar_one()
+        indexdef = (
+            await db_session.execute(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = :name"),
+                {"name": UNIQUE_PRIMARY_INDEX},
+            )
+        ).scalar_one()
         assert indexdef == (
             f"CREATE UNIQUE INDEX {UNIQUE_PRIMARY_INDEX} ON public.care_team_assignments "
             "USING btree (organization_id, patient_id) WHERE (is_primary_provider = true)"
@@ -100,40 +111,56 @@ class TestAssignPrimaryProvider:
     async def test_first_primary(self, db_session: AsyncSession):
         org, patient, (p1, _, _) = await create_clinic(db_session)
         team = await Service.assign_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+        )
         assert team.primary_provider_id == p1
-        assert await Service.get_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient) == p1
+        assert (
+            await Service.get_primary_provider(
+                db=db_session, organization_id=org, patient_id=patient
+            )
+            == p1
+        )
         assert await event_types(db_session, org, patient) == ["primary_assigned"]
 
     async def test_change_demotes_old_primary_to_secondary(self, db_session: AsyncSession):
         org, patient, (p1, p2, _) = await create_clinic(db_session)
         await Service.assign_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+        )
         team = await Service.assign_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p2)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p2
+        )
         assert team.primary_provider_id == p2
         assert [(m.provider_id, m.is_primary_provider) for m in team.members] == [
-            (p2, True), (p1, False)]
+            (p2, True),
+            (p1, False),
+        ]
         assert await team_rows(db_session, org, patient) == {p1: False, p2: True}
         assert await event_types(db_session, org, patient) == [
-            "primary_assigned", "primary_demoted", "primary_assigned"]
+            "primary_assigned",
+            "primary_demoted",
+            "primary_assigned",
+        ]
 
     async def test_promoting_a_secondary_keeps_one_row_per_provider(self, db_session: AsyncSession):
         org, patient, (p1, p2, _) = await create_clinic(db_session)
         await Service.add_secondary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p2)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p2
+        )
         await Service.assign_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+        )
         await Service.assign_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p2)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p2
+        )
         assert await team_rows(db_session, org, patient) == {p1: False, p2: True}
 
     async def test_assigning_the_current_primary_is_idempotent(self, db_session: AsyncSession):
         org, patient, (p1, _, _) = await create_clinic(db_session)
         for _ in range(3):
             await Service.assign_primary_provider(
-                db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+                db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+            )
         assert await team_rows(db_session, org, patient) == {p1: True}
         assert await event_types(db_session, org, patient) == ["primary_assigned"]
 
@@ -142,47 +169,56 @@ class TestAssignPrimaryProvider:
         inactive = await create_provider(db_session, organization_id=org, active=False)
         with pytest.raises(ProviderInactive):
             await Service.assign_primary_provider(
-                db=db_session, organization_id=org, patient_id=patient, provider_id=inactive)
+                db=db_session, organization_id=org, patient_id=patient, provider_id=inactive
+            )
 
     async def test_unknown_patient(self, db_session: AsyncSession):
         org, _, (p1, _, _) = await create_clinic(db_session)
         with pytest.raises(PatientNotFound):
             await Service.assign_primary_provider(
-                db=db_session, organization_id=org, patient_id=uuid.uuid4(), provider_id=p1)
+                db=db_session, organization_id=org, patient_id=uuid.uuid4(), provider_id=p1
+            )
 
     async def test_unknown_provider(self, db_session: AsyncSession):
         org, patient, _ = await create_clinic(db_session)
         with pytest.raises(ProviderNotFound):
             await Service.assign_primary_provider(
-                db=db_session, organization_id=org, patient_id=patient, provider_id=uuid.uuid4())
+                db=db_session, organization_id=org, patient_id=patient, provider_id=uuid.uuid4()
+            )
 
 
 class TestAddSecondaryProvider:
     async def test_adds_without_touching_the_primary(self, db_session: AsyncSession):
         org, patient, (p1, p2, p3) = await create_clinic(db_session)
         await Service.assign_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+        )
         await Service.add_secondary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p2)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p2
+        )
         team = await Service.add_secondary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p3)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p3
+        )
         assert team.primary_provider_id == p1
         assert await team_rows(db_session, org, patient) == {p1: True, p2: False, p3: False}
 
     async def test_current_primary_cannot_become_secondary(self, db_session: AsyncSession):
         org, patient, (p1, _, _) = await create_clinic(db_session)
         await Service.assign_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+        )
         with pytest.raises(ProviderAlreadyPrimary):
             await Service.add_secondary_provider(
-                db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+                db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+            )
         assert await team_rows(db_session, org, patient) == {p1: True}
 
     async def test_adding_an_existing_secondary_changes_nothing(self, db_session: AsyncSession):
         org, patient, (_, p2, _) = await create_clinic(db_session)
         for _ in range(2):
             await Service.add_secondary_provider(
-                db=db_session, organization_id=org, patient_id=patient, provider_id=p2)
+                db=db_session, organization_id=org, patient_id=patient, provider_id=p2
+            )
         assert await event_types(db_session, org, patient) == ["secondary_added"]
 
 
@@ -190,15 +226,19 @@ class TestRemoveProvider:
     async def test_removing_the_primary_leaves_no_primary(self, db_session: AsyncSession):
         org, patient, (p1, p2, _) = await create_clinic(db_session)
         await Service.assign_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+        )
         await Service.add_secondary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p2)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p2
+        )
         team = await Service.remove_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+        )
         assert team.primary_provider_id is None
         assert [m.provider_id for m in team.members] == [p2]
         history = await Service.get_care_team_history(
-            db=db_session, organization_id=org, patient_id=patient)
+            db=db_session, organization_id=org, patient_id=patient
+        )
         assert history[0].event_type == "provider_removed"
         assert history[0].previous_primary_provider_id == p1
 
@@ -206,7 +246,8 @@ class TestRemoveProvider:
         org, patient, (p1, _, _) = await create_clinic(db_session)
         with pytest.raises(ProviderNotOnCareTeam):
             await Service.remove_provider(
-                db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+                db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+            )
 
 
 class TestMultiTenantIsolation:
@@ -214,27 +255,40 @@ class TestMultiTenantIsolation:
         org_a, patient_a, (pa, _, _) = await create_clinic(db_session)
         org_b, patient_b, (pb, _, _) = await create_clinic(db_session)
         await Service.assign_primary_provider(
-            db=db_session, organization_id=org_a, patient_id=patient_a, provider_id=pa)
+            db=db_session, organization_id=org_a, patient_id=patient_a, provider_id=pa
+        )
         await Service.assign_primary_provider(
-            db=db_session, organization_id=org_b, patient_id=patient_b, provider_id=pb)
-        assert await Service.get_primary_provider(
-            db=db_session, organization_id=org_a, patient_id=patient_a) == pa
-        assert await Service.get_primary_provider(
-            db=db_session, organization_id=org_b, patient_id=patient_b) == pb
+            db=db_session, organization_id=org_b, patient_id=patient_b, provider_id=pb
+        )
+        assert (
+            await Service.get_primary_provider(
+                db=db_session, organization_id=org_a, patient_id=patient_a
+            )
+            == pa
+        )
+        assert (
+            await Service.get_primary_provider(
+                db=db_session, organization_id=org_b, patient_id=patient_b
+            )
+            == pb
+        )
 
     async def test_other_organizations_patient_is_not_found(self, db_session: AsyncSession):
         org_a, _, (pa, _, _) = await create_clinic(db_session)
         org_b, patient_b, (pb, _, _) = await create_clinic(db_session)
         await Service.assign_primary_provider(
-            db=db_session, organization_id=org_b, patient_id=patient_b, provider_id=pb)
+            db=db_session, organization_id=org_b, patient_id=patient_b, provider_id=pb
+        )
         with pytest.raises(PatientNotFound):
             await Service.get_primary_provider(
-                db=db_session, organization_id=org_a, patient_id=patient_b)
+                db=db_session, organization_id=org_a, patient_id=patient_b
+            )
         with pytest.raises(PatientNotFound):
             await Service.get_care_team(db=db_session, organization_id=org_a, patient_id=patient_b)
         with pytest.raises(PatientNotFound):
             await Service.assign_primary_provider(
-                db=db_session, organization_id=org_a, patient_id=patient_b, provider_id=pa)
+                db=db_session, organization_id=org_a, patient_id=patient_b, provider_id=pa
+            )
 
     async def test_other_organizations_provider_cannot_join(self, db_session: AsyncSession):
         org_a, patient_a, _ = await create_clinic(db_session)
@@ -242,10 +296,12 @@ class TestMultiTenantIsolation:
         provider_b = await create_provider(db_session, organization_id=org_b)
         with pytest.raises(ProviderNotFound):
             await Service.assign_primary_provider(
-                db=db_session, organization_id=org_a, patient_id=patient_a, provider_id=provider_b)
+                db=db_session, organization_id=org_a, patient_id=patient_a, provider_id=provider_b
+            )
         with pytest.raises(ProviderNotFound):
             await Service.add_secondary_provider(
-                db=db_session, organization_id=org_a, patient_id=patient_a, provider_id=provider_b)
+                db=db_session, organization_id=org_a, patient_id=patient_a, provider_id=provider_b
+            )
         assert await team_rows(db_session, org_a, patient_a) == {}
 
     async def test_composite_foreign_key_refuses_cross_tenant_rows(self, database: Database):
@@ -257,9 +313,11 @@ class TestMultiTenantIsolation:
         async with database.owner_engine.connect() as owner:
             with pytest.raises(IntegrityError, match="fk_care_team_assignments"):
                 await owner.execute(
-                    text("INSERT INTO care_team_assignments "
-                         "(organization_id, patient_id, provider_id, is_primary_provider) "
-                         "VALUES (:org, :patient, :provider, true)"),
+                    text(
+                        "INSERT INTO care_team_assignments "
+                        "(organization_id, patient_id, provider_id, is_primary_provider) "
+                        "VALUES (:org, :patient, :provider, true)"
+                    ),
                     {"org": org_a, "patient": patient_a, "provider": provider_b},
                 )
 
@@ -268,7 +326,8 @@ class TestMultiTenantIsolation:
         other = await create_patient(db_session, organization_id=org)
         for each in (patient, other):
             await Service.assign_primary_provider(
-                db=db_session, organization_id=org, patient_id=each, provider_id=p1)
+                db=db_session, organization_id=org, patient_id=each, provider_id=p1
+            )
         assert await team_rows(db_session, org, other) == {p1: True}
         assert await team_rows(db_session, org, patient) == {p1: True}
 
@@ -278,10 +337,14 @@ class TestAtomicity:
         """The event insert fails after the demote and promote ran: none of it remains."""
         org, patient, (p1, p2, _) = await create_clinic(db_session)
         await Service.assign_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+        )
         with pytest.raises(DatabaseError):
             await Service.assign_primary_provider(
-                db=db_session, organization_id=org, patient_id=patient, provider_id=p2,
+                db=db_session,
+                organization_id=org,
+                patient_id=patient,
+                provider_id=p2,
                 actor=None,  # type: ignore[arg-type]  # NOT NULL: the last statement fails
             )
         assert await team_rows(db_session, org, patient) == {p1: True}
@@ -290,11 +353,13 @@ class TestAtomicity:
     async def test_domain_error_writes_nothing(self, db_session: AsyncSession):
         org, patient, (p1, _, _) = await create_clinic(db_session)
         await Service.assign_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+        )
         inactive = await create_provider(db_session, organization_id=org, active=False)
         with pytest.raises(ProviderInactive):
             await Service.assign_primary_provider(
-                db=db_session, organization_id=org, patient_id=patient, provider_id=inactive)
+                db=db_session, organization_id=org, patient_id=patient, provider_id=inactive
+            )
         assert await team_rows(db_session, org, patient) == {p1: True}
         assert await event_types(db_session, org, patient) == ["primary_assigned"]
 
@@ -302,9 +367,11 @@ class TestAtomicity:
         org, patient, (p1, _, _) = await create_clinic(db_session)
         with pytest.raises(ProviderNotFound):
             await Service.assign_primary_provider(
-                db=db_session, organization_id=org, patient_id=patient, provider_id=uuid.uuid4())
+                db=db_session, organization_id=org, patient_id=patient, provider_id=uuid.uuid4()
+            )
         team = await Service.assign_primary_provider(
-            db=db_session, organization_id=org, patient_id=patient, provider_id=p1)
+            db=db_session, organization_id=org, patient_id=patient, provider_id=p1
+        )
         assert team.primary_provider_id == p1
 
 
@@ -318,16 +385,19 @@ class TestWriterBypassingTheService:
         async with database.app_engine.connect() as raw:
             await raw.execute(SET_TENANT, {"org": str(org)})
             await raw.execute(
-                text("INSERT INTO care_team_assignments "
-                     "(organization_id, patient_id, provider_id, is_primary_provider) "
-                     "VALUES (:org, :patient, :provider, true)"),
+                text(
+                    "INSERT INTO care_team_assignments "
+                    "(organization_id, patient_id, provider_id, is_primary_provider) "
+                    "VALUES (:org, :patient, :provider, true)"
+                ),
                 {"org": org, "patient": patient, "provider": p1},
             )
 
             async def assign() -> None:
                 async with database.sessionmaker() as db:
                     await Service.assign_primary_provider(
-                        db=db, organization_id=org, patient_id=patient, provider_id=p2)
+                        db=db, organization_id=org, patient_id=patient, provider_id=p2
+                    )
 
             task = asyncio.create_task(assign())
             await wait_until_blocked(database)  # the service waits on the raw row's index entry
@@ -341,14 +411,18 @@ class TestWriterBypassingTheService:
             assert await event_types(db, org, patient) == []
 
 
-async def wait_until_blocked(database: Database, timeout: float = 10.0) -> None:
+async def wait_until_blocked(database: Database) -> None:
     """Wait until some application connection waits on a lock."""
     async with database.owner_engine.connect() as conn:
-        for _ in range(int(timeout / 0.05)):
-            waiting = (await conn.execute(text(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            ))).scalar_one()
+        for _ in range(200):  # 10 s
+            waiting = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+            ).scalar_one()
             if waiting:
                 return
             await conn.rollback()

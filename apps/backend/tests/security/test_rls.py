@@ -1,0 +1,163 @@
+"""Row-level security, tested as the application role (never as the owner)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from src.db import Database
+from src.services.care_team_service import CareTeamService
+from tests.factories import SET_TENANT, create_clinic
+
+TENANT_TABLES = [
+    "organizations",
+    "patients",
+    "providers",
+    "care_team_assignments",
+    "care_team_events",
+]
+
+
+async def two_clinics(database: Database) -> tuple[tuple[uuid.UUID, uuid.UUID], ...]:
+    """Two organizations, each with a patient whose care team has a primary."""
+    clinics = []
+    async with database.sessionmaker() as db:
+        for _ in range(2):
+            org, patient, (provider, _, _) = await create_clinic(db)
+            await CareTeamService.assign_primary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=provider
+            )
+            clinics.append((org, patient))
+    return tuple(clinics)
+
+
+async def count(conn: AsyncConnection, table: str, org: uuid.UUID) -> int:
+    column = "id" if table == "organizations" else "organization_id"
+    return int(
+        (
+            await conn.execute(
+                text(f"SELECT count(*) FROM {table} WHERE {column} = :org"), {"org": org}
+            )
+        ).scalar_one()
+    )
+
+
+class TestApplicationRole:
+    async def test_is_neither_superuser_nor_owner(self, database: Database):
+        async with database.app_engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT current_user AS name, rolsuper, rolbypassrls FROM pg_roles "
+                        "WHERE rolname = current_user"
+                    )
+                )
+            ).one()
+            owned = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
+                        "AND tableowner = current_user"
+                    )
+                )
+            ).scalar_one()
+        assert row.name == "careteam_app"
+        assert not row.rolsuper and not row.rolbypassrls
+        assert owned == 0
+
+    async def test_every_tenant_table_has_forced_rls_and_a_policy(self, database: Database):
+        """Coverage: any table with organization_id must be protected, new ones too."""
+        async with database.owner_engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text("""
+                SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
+                       EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid) AS has_policy
+                FROM pg_class c
+                JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+                WHERE c.relkind = 'r' AND (c.relname = 'organizations' OR EXISTS (
+                    SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid
+                    AND a.attname = 'organization_id' AND NOT a.attisdropped))
+            """)
+                )
+            ).all()
+        assert sorted(r.relname for r in rows) == sorted(TENANT_TABLES)
+        assert all(r.relrowsecurity and r.relforcerowsecurity and r.has_policy for r in rows)
+
+
+class TestTenantIsolation:
+    async def test_without_tenant_nothing_is_visible(self, database: Database):
+        (org_a, _), _ = await two_clinics(database)
+        async with database.app_engine.connect() as conn:
+            for table in TENANT_TABLES:
+                assert (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar() == 0
+        async with database.owner_engine.connect() as owner:  # the rows do exist
+            for table in TENANT_TABLES:
+                assert await count(owner, table, org_a) >= 1
+
+    async def test_one_tenant_cannot_read_another(self, database: Database):
+        (org_a, _), (org_b, _) = await two_clinics(database)
+        async with database.app_engine.connect() as conn:
+            await conn.execute(SET_TENANT, {"org": str(org_a)})
+            for table in TENANT_TABLES:
+                assert await count(conn, table, org_a) >= 1
+                assert await count(conn, table, org_b) == 0
+
+    async def test_one_tenant_cannot_change_another(self, database: Database):
+        (org_a, _), (org_b, patient_b) = await two_clinics(database)
+        async with database.app_engine.connect() as conn:
+            await conn.execute(SET_TENANT, {"org": str(org_a)})
+            updated = await conn.execute(
+                text(
+                    "UPDATE care_team_assignments SET is_primary_provider = false "
+                    "WHERE organization_id = :org"
+                ),
+                {"org": org_b},
+            )
+            deleted = await conn.execute(
+                text("DELETE FROM care_team_assignments WHERE organization_id = :org"),
+                {"org": org_b},
+            )
+            renamed = await conn.execute(
+                text("UPDATE patients SET last_name = 'X' WHERE id = :id"), {"id": patient_b}
+            )
+            assert (updated.rowcount, deleted.rowcount, renamed.rowcount) == (0, 0, 0)
+
+    async def test_one_tenant_cannot_write_rows_for_another(self, database: Database):
+        (org_a, _), (org_b, _) = await two_clinics(database)
+        async with database.app_engine.connect() as conn:
+            await conn.execute(SET_TENANT, {"org": str(org_a)})
+            with pytest.raises(ProgrammingError, match="row-level security"):
+                await conn.execute(
+                    text("INSERT INTO patients (organization_id) VALUES (:org)"), {"org": org_b}
+                )
+
+    async def test_own_rows_cannot_be_moved_to_another_tenant(self, database: Database):
+        (org_a, patient_a), (org_b, _) = await two_clinics(database)
+        async with database.app_engine.connect() as conn:
+            await conn.execute(SET_TENANT, {"org": str(org_a)})
+            with pytest.raises(DBAPIError):
+                await conn.execute(
+                    text("UPDATE patients SET organization_id = :b WHERE id = :id"),
+                    {"b": org_b, "id": patient_a},
+                )
+
+
+class TestEventsAreAppendOnly:
+    @pytest.mark.parametrize(
+        "statement",
+        [
+            "UPDATE care_team_events SET reason = 'rewritten'",
+            "DELETE FROM care_team_events",
+        ],
+    )
+    async def test_application_cannot_rewrite_history(self, database: Database, statement: str):
+        (org_a, _), _ = await two_clinics(database)
+        async with database.app_engine.connect() as conn:
+            await conn.execute(SET_TENANT, {"org": str(org_a)})
+            with pytest.raises(ProgrammingError, match="permission denied"):
+                await conn.execute(text(statement))
