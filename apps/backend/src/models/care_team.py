@@ -25,6 +25,19 @@ from src.models.base import Base
 UNIQUE_PRIMARY_INDEX = "idx_unique_primary_provider_per_patient"
 
 
+def _same_organization_keys() -> list[ForeignKeyConstraint]:
+    """Composite keys: the patient and the provider must be of the row's organization,
+    so a row that mixes two organizations cannot exist."""
+    return [
+        ForeignKeyConstraint(
+            ["organization_id", f"{column}_id"],
+            [f"{column}s.organization_id", f"{column}s.id"],
+            ondelete="RESTRICT",
+        )
+        for column in ("patient", "provider")
+    ]
+
+
 class EventType(enum.StrEnum):
     PRIMARY_ASSIGNED = "primary_assigned"
     PRIMARY_DEMOTED = "primary_demoted"
@@ -39,18 +52,7 @@ EVENT_TYPES = tuple(e.value for e in EventType)
 class CareTeamAssignment(Base):
     __tablename__ = "care_team_assignments"
     __table_args__ = (
-        # Composite keys: the patient and the provider must be of the assignment's
-        # organization, so a cross-tenant assignment cannot exist.
-        ForeignKeyConstraint(
-            ["organization_id", "patient_id"],
-            ["patients.organization_id", "patients.id"],
-            ondelete="RESTRICT",
-        ),
-        ForeignKeyConstraint(
-            ["organization_id", "provider_id"],
-            ["providers.organization_id", "providers.id"],
-            ondelete="RESTRICT",
-        ),
+        *_same_organization_keys(),
         UniqueConstraint("organization_id", "patient_id", "provider_id"),
         Index(
             UNIQUE_PRIMARY_INDEX,
@@ -78,16 +80,7 @@ class CareTeamEvent(Base):
 
     __tablename__ = "care_team_events"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["organization_id", "patient_id"],
-            ["patients.organization_id", "patients.id"],
-            ondelete="RESTRICT",
-        ),
-        ForeignKeyConstraint(
-            ["organization_id", "provider_id"],
-            ["providers.organization_id", "providers.id"],
-            ondelete="RESTRICT",
-        ),
+        *_same_organization_keys(),
         CheckConstraint(
             "event_type IN ('primary_assigned', 'primary_demoted', 'secondary_added', "
             "'provider_removed', 'migration_dedupe')",

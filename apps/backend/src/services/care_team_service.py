@@ -281,44 +281,6 @@ async def _scalar(db: AsyncSession, statement: Any, params: dict[str, Any]) -> A
     return (await db.execute(statement, params)).scalar_one_or_none()
 
 
-async def _lock_patient(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> None:
-    if await _scalar(db, LOCK_PATIENT, {"org": org, "patient": patient}) is None:
-        raise PatientNotFound(patient)
-
-
-async def _require_active_provider(db: AsyncSession, org: uuid.UUID, provider: uuid.UUID) -> None:
-    active = await _scalar(db, SELECT_PROVIDER_ACTIVE, {"org": org, "provider": provider})
-    if active is None:
-        raise ProviderNotFound(provider)
-    if not active:
-        raise ProviderInactive(provider)
-
-
-async def _write_event(
-    db: AsyncSession,
-    *,
-    org: uuid.UUID,
-    patient: uuid.UUID,
-    provider: uuid.UUID,
-    event_type: EventType,
-    previous_primary: uuid.UUID | None = None,
-    actor: str,
-    reason: str | None,
-) -> None:
-    await db.execute(
-        INSERT_EVENT,
-        {
-            "org": org,
-            "patient": patient,
-            "provider": provider,
-            "event_type": event_type.value,
-            "previous_primary": previous_primary,
-            "actor": actor,
-            "reason": reason,
-        },
-    )
-
-
 async def _read_team(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> CareTeam:
     rows = (await db.execute(SELECT_TEAM, {"org": org, "patient": patient})).all()
     if not rows:
@@ -330,6 +292,62 @@ async def _read_team(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> Ca
     ]
     primary = next((m.provider_id for m in members if m.is_primary_provider), None)
     return CareTeam(patient_id=patient, primary_provider_id=primary, members=members)
+
+
+@dataclass(frozen=True)
+class _PatientWrite:
+    """The steps of one write to one patient's team, inside its transaction.
+
+    Internal: it never commits; the public method around it does.
+    """
+
+    db: AsyncSession
+    org: uuid.UUID
+    patient: uuid.UUID
+    actor: str
+    reason: str | None
+
+    def params(self, provider: uuid.UUID | None = None) -> dict[str, Any]:
+        return {"org": self.org, "patient": self.patient, "provider": provider}
+
+    async def lock_patient(self) -> None:
+        """The per-patient writer lock; also proves the patient is in this organization."""
+        if await _scalar(self.db, LOCK_PATIENT, self.params()) is None:
+            raise PatientNotFound(self.patient)
+
+    async def require_active_provider(self, provider: uuid.UUID) -> None:
+        active = await _scalar(self.db, SELECT_PROVIDER_ACTIVE, self.params(provider))
+        if active is None:
+            raise ProviderNotFound(provider)
+        if not active:
+            raise ProviderInactive(provider)
+
+    async def scalar(self, statement: Any, provider: uuid.UUID | None = None) -> Any:
+        return await _scalar(self.db, statement, self.params(provider))
+
+    async def execute(self, statement: Any, provider: uuid.UUID) -> None:
+        await self.db.execute(statement, self.params(provider))
+
+    async def record(
+        self,
+        event_type: EventType,
+        provider: uuid.UUID,
+        previous_primary: uuid.UUID | None = None,
+    ) -> None:
+        """Append the event, in the same transaction as the change it records."""
+        await self.db.execute(
+            INSERT_EVENT,
+            {
+                **self.params(provider),
+                "event_type": event_type.value,
+                "previous_primary": previous_primary,
+                "actor": self.actor,
+                "reason": self.reason,
+            },
+        )
+
+    async def team(self) -> CareTeam:
+        return await _read_team(self.db, self.org, self.patient)
 
 
 # --- the service ---------------------------------------------------------------------
@@ -357,46 +375,31 @@ class CareTeamService:
         Raises PatientNotFound, ProviderNotFound, ProviderInactive, PrimaryProviderConflict
         (a writer that bypassed the lock), DatabaseUnavailable, DatabaseError.
         """
-        org, patient, provider = organization_id, patient_id, provider_id
+        write = _PatientWrite(db, organization_id, patient_id, actor, reason)
         async with _unit_of_work(
-            db, operation="assign_primary_provider", organization_id=org, patient_id=patient
+            db,
+            operation="assign_primary_provider",
+            organization_id=organization_id,
+            patient_id=patient_id,
         ):
-            await _lock_patient(db, org, patient)
-            await _require_active_provider(db, org, provider)
-            current = await _scalar(db, SELECT_PRIMARY, {"org": org, "patient": patient})
-            if current != provider:
+            await write.lock_patient()
+            await write.require_active_provider(provider_id)
+            current = await write.scalar(SELECT_PRIMARY)
+            if current != provider_id:
                 if current is not None:
-                    await db.execute(DEMOTE, {"org": org, "patient": patient, "provider": current})
-                    await _write_event(
-                        db,
-                        org=org,
-                        patient=patient,
-                        provider=current,
-                        event_type=EventType.PRIMARY_DEMOTED,
-                        previous_primary=current,
-                        actor=actor,
-                        reason=reason,
-                    )
-                await db.execute(PROMOTE, {"org": org, "patient": patient, "provider": provider})
-                await _write_event(
-                    db,
-                    org=org,
-                    patient=patient,
-                    provider=provider,
-                    event_type=EventType.PRIMARY_ASSIGNED,
-                    previous_primary=current,
-                    actor=actor,
-                    reason=reason,
-                )
-            team = await _read_team(db, org, patient)
+                    await write.execute(DEMOTE, current)
+                    await write.record(EventType.PRIMARY_DEMOTED, current, current)
+                await write.execute(PROMOTE, provider_id)
+                await write.record(EventType.PRIMARY_ASSIGNED, provider_id, current)
+            team = await write.team()
         logger.info(
             "primary provider assigned organization_id=%s patient_id=%s provider_id=%s "
             "previous_primary_provider_id=%s",
-            org,
-            patient,
-            provider,
+            organization_id,
+            patient_id,
+            provider_id,
             current,
-            extra={"event": "primary_assigned", "changed": current != provider},
+            extra={"event": "primary_assigned", "changed": current != provider_id},
         )
         return team
 
@@ -416,33 +419,27 @@ class CareTeamService:
         ProviderAlreadyPrimary. Adding a provider that is already a secondary changes
         nothing. Raises PatientNotFound, ProviderNotFound, ProviderInactive too.
         """
-        org, patient, provider = organization_id, patient_id, provider_id
+        write = _PatientWrite(db, organization_id, patient_id, actor, reason)
         async with _unit_of_work(
-            db, operation="add_secondary_provider", organization_id=org, patient_id=patient
+            db,
+            operation="add_secondary_provider",
+            organization_id=organization_id,
+            patient_id=patient_id,
         ):
-            await _lock_patient(db, org, patient)
-            await _require_active_provider(db, org, provider)
-            params = {"org": org, "patient": patient, "provider": provider}
-            is_primary = await _scalar(db, SELECT_ASSIGNMENT, params)
+            await write.lock_patient()
+            await write.require_active_provider(provider_id)
+            is_primary = await write.scalar(SELECT_ASSIGNMENT, provider_id)
             if is_primary:
-                raise ProviderAlreadyPrimary(patient, provider)
+                raise ProviderAlreadyPrimary(patient_id, provider_id)
             if is_primary is None:
-                await db.execute(INSERT_SECONDARY, params)
-                await _write_event(
-                    db,
-                    org=org,
-                    patient=patient,
-                    provider=provider,
-                    event_type=EventType.SECONDARY_ADDED,
-                    actor=actor,
-                    reason=reason,
-                )
-            team = await _read_team(db, org, patient)
+                await write.execute(INSERT_SECONDARY, provider_id)
+                await write.record(EventType.SECONDARY_ADDED, provider_id)
+            team = await write.team()
         logger.info(
             "secondary provider added organization_id=%s patient_id=%s provider_id=%s",
-            org,
-            patient,
-            provider,
+            organization_id,
+            patient_id,
+            provider_id,
             extra={"event": "secondary_added"},
         )
         return team
@@ -462,31 +459,25 @@ class CareTeamService:
         Removing the primary leaves the patient without one (the diagnostic reports it).
         Raises PatientNotFound, or ProviderNotOnCareTeam if the provider is not on it.
         """
-        org, patient, provider = organization_id, patient_id, provider_id
+        write = _PatientWrite(db, organization_id, patient_id, actor, reason)
         async with _unit_of_work(
-            db, operation="remove_provider", organization_id=org, patient_id=patient
+            db,
+            operation="remove_provider",
+            organization_id=organization_id,
+            patient_id=patient_id,
         ):
-            await _lock_patient(db, org, patient)
-            params = {"org": org, "patient": patient, "provider": provider}
-            was_primary = await _scalar(db, DELETE_ASSIGNMENT, params)
+            await write.lock_patient()
+            was_primary = await write.scalar(DELETE_ASSIGNMENT, provider_id)
             if was_primary is None:
-                raise ProviderNotOnCareTeam(patient, provider)
-            await _write_event(
-                db,
-                org=org,
-                patient=patient,
-                provider=provider,
-                event_type=EventType.PROVIDER_REMOVED,
-                previous_primary=provider if was_primary else None,
-                actor=actor,
-                reason=reason,
-            )
-            team = await _read_team(db, org, patient)
+                raise ProviderNotOnCareTeam(patient_id, provider_id)
+            previous_primary = provider_id if was_primary else None
+            await write.record(EventType.PROVIDER_REMOVED, provider_id, previous_primary)
+            team = await write.team()
         logger.info(
             "provider removed organization_id=%s patient_id=%s provider_id=%s was_primary=%s",
-            org,
-            patient,
-            provider,
+            organization_id,
+            patient_id,
+            provider_id,
             was_primary,
             extra={"event": "provider_removed"},
         )
