@@ -7,26 +7,37 @@ are one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
+import signal
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+import uvicorn
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from src import diagnostics, schema
-from src.config import ConfigurationError, get_settings
-from src.db import create_engine, resolve_database_url
+from src.api.app import create_app
+from src.config import ConfigurationError, Settings, get_settings
+from src.db import create_engine, open_database, resolve_database_url
 from src.embedded import stop_embedded_server
+from src.log_config import configure_logging
+from src.services.care_team_service import CareTeamService
+from src.services.directory_service import DirectoryService
+from src.services.errors import CareTeamError
+from src.services.organization_service import IssuedApiKey, OrganizationService
 
 app = typer.Typer(
     name="careteam",
-    help="Care team backend: migrations, checks and database access.",
+    help="Care team backend: the HTTP API, migrations, checks, tenants and keys.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -149,6 +160,194 @@ def check() -> None:
     raise typer.Exit(report.exit_code)
 
 
+def _parse_uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        fail(f"{what} must be a UUID, got {value!r}")
+
+
+def _owner_call(action: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run a service call on an owner session (organizations and keys span tenants)."""
+
+    async def work(engine: AsyncEngine) -> T:
+        async with AsyncSession(engine, expire_on_commit=False) as session:
+            return await action(session)
+
+    try:
+        return run(work)
+    except CareTeamError as err:
+        fail(err.message)
+
+
+async def _seed_demo(engine: AsyncEngine, url: str) -> tuple[IssuedApiKey, uuid.UUID] | None:
+    """On an empty database: a demo organization, three providers, two patients, and a
+    care team for the first patient. Returns its key and that patient, or None."""
+    async with AsyncSession(engine, expire_on_commit=False) as owner:
+        if (await owner.execute(text("SELECT count(*) FROM organizations"))).scalar_one():
+            return None
+        issued = await OrganizationService.create_organization(db=owner, name="Demo Clinic")
+    org = issued.organization_id
+    database = open_database(get_settings(), url)
+    try:
+        async with database.sessionmaker() as db:
+            providers = [
+                await DirectoryService.create_provider(
+                    db=db, organization_id=org, first_name="Demo", last_name=f"Provider {i}"
+                )
+                for i in (1, 2, 3)
+            ]
+            patients = [
+                await DirectoryService.create_patient(
+                    db=db,
+                    organization_id=org,
+                    first_name="Demo",
+                    last_name=f"Patient {i}",
+                    dob=datetime.date(1970 + i, 1, 1),
+                )
+                for i in (1, 2)
+            ]
+            await CareTeamService.assign_primary_provider(
+                db=db,
+                organization_id=org,
+                patient_id=patients[0].id,
+                provider_id=providers[0].id,
+                actor="demo-seed",
+            )
+            await CareTeamService.add_secondary_provider(
+                db=db,
+                organization_id=org,
+                patient_id=patients[0].id,
+                provider_id=providers[1].id,
+                actor="demo-seed",
+            )
+    finally:
+        await database.dispose()
+    return issued, patients[0].id
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Migrate to head and serve the HTTP API (Ctrl-C stops it, and the embedded server).
+
+    On an empty embedded database, first creates a demo organization and prints its
+    API key once.
+    """
+    configure_logging(log_level.upper())
+    settings = _settings_or_fail()
+    url = _url_or_fail(settings)
+
+    async def prepare(engine: AsyncEngine) -> tuple[IssuedApiKey, uuid.UUID] | None:
+        await schema.upgrade(engine)
+        return await _seed_demo(engine, url) if settings.database_url is None else None
+
+    demo = run(prepare)
+    if demo is not None:
+        issued, patient_id = demo
+        console.print(
+            f"Demo organization {issued.organization_id} created.\n"
+            f"API key (shown once, keep it): [bold]{issued.key}[/bold]\n"
+            f"Try: curl -H 'Authorization: Bearer {issued.key}' "
+            f"http://{host}:{port}/v1/patients/{patient_id}/care-team",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"Serving the care team API on http://{host}:{port} (docs at /docs)", highlight=False
+    )
+    try:
+        uvicorn.run(
+            create_app(database_url=url),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            log_level=log_level.lower(),
+        )
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it has already shut down on
+        pass
+    finally:
+        # A second Ctrl-C must not interrupt stopping the embedded server (at exit).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    console.print("Stopped.")
+
+
+org_app = typer.Typer(help="Organizations (tenants).", no_args_is_help=True)
+key_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(org_app, name="org")
+app.add_typer(key_app, name="key")
+
+
+def _print_key(issued: IssuedApiKey, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "organization_id": str(issued.organization_id),
+                    "api_key_id": str(issued.id),
+                    "api_key": issued.key,
+                }
+            )
+            + "\n"
+        )
+        return
+    console.print(
+        f"organization_id: {issued.organization_id}\napi_key_id:      {issued.id}\n"
+        f"api_key:         {issued.key}   (shown once; only its hash is stored)",
+        highlight=False,
+    )
+
+
+@org_app.command("create")
+def org_create(
+    name: Annotated[str, typer.Argument(help="The organization's name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create an organization and its first API key; print them once."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        fail("NAME must be 1 to 200 characters")
+    issued = _owner_call(lambda db: OrganizationService.create_organization(db=db, name=name))
+    _print_key(issued, as_json)
+
+
+@key_app.command("create")
+def key_create(
+    organization_id: Annotated[str, typer.Argument(metavar="ORG_ID")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Issue another API key for an organization; print it once."""
+    org = _parse_uuid(organization_id, "ORG_ID")
+    issued = _owner_call(lambda db: OrganizationService.create_api_key(db=db, organization_id=org))
+    _print_key(issued, as_json)
+
+
+@key_app.command("revoke")
+def key_revoke(key_id: Annotated[str, typer.Argument(metavar="KEY_ID")]) -> None:
+    """Revoke an API key; it stops working at once."""
+    key = _parse_uuid(key_id, "KEY_ID")
+    org = _owner_call(lambda db: OrganizationService.revoke_api_key(db=db, key_id=key))
+    console.print(f"API key {key} of organization {org} revoked.", highlight=False)
+
+
+def _settings_or_fail() -> Settings:
+    try:
+        return get_settings()
+    except ConfigurationError as err:
+        fail(str(err))
+
+
+def _url_or_fail(settings: Settings, *, keep_running: bool = False) -> str:
+    try:
+        return resolve_database_url(settings, keep_running=keep_running)
+    except ConfigurationError as err:
+        fail(str(err))
+
+
 @app.command("db-url")
 def db_url() -> None:
     """Print the libpq URL of the database in use: psql "$(uv run careteam db-url)".
@@ -156,21 +355,14 @@ def db_url() -> None:
     With the embedded server, starts it if needed and leaves it running
     (stop it with `careteam db-stop`).
     """
-    try:
-        settings = get_settings()
-        url = resolve_database_url(settings, keep_running=True)
-    except ConfigurationError as err:
-        fail(str(err))
+    url = _url_or_fail(_settings_or_fail(), keep_running=True)
     sys.stdout.write(url + "\n")
 
 
 @app.command("db-stop")
 def db_stop() -> None:
     """Stop the embedded PostgreSQL server (a no-op with DATABASE_URL)."""
-    try:
-        settings = get_settings()
-    except ConfigurationError as err:
-        fail(str(err))
+    settings = _settings_or_fail()
     if settings.database_url is not None:
         console.print("DATABASE_URL is set: no embedded server to stop.")
         return

@@ -8,11 +8,12 @@ from src.models.care_team import (
     CareTeamEvent,
     EventType,
 )
-from src.models.tenants import Organization, Patient, Provider
+from src.models.tenants import ApiKey, Organization, Patient, Provider
 
 __all__ = [
     "EVENT_TYPES",
     "UNIQUE_PRIMARY_INDEX",
+    "ApiKey",
     "Base",
     "CareTeamAssignment",
     "CareTeamEvent",

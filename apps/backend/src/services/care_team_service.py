@@ -23,27 +23,21 @@ from __future__ import annotations
 import datetime
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.models import UNIQUE_PRIMARY_INDEX, EventType
+from src.models import EventType
 from src.services.errors import (
-    CareTeamError,
-    DatabaseError,
-    DatabaseUnavailable,
     PatientNotFound,
-    PrimaryProviderConflict,
     ProviderAlreadyPrimary,
     ProviderInactive,
     ProviderNotFound,
     ProviderNotOnCareTeam,
 )
+from src.services.transaction import unit_of_work
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +76,6 @@ class CareTeamEventRecord:
 # Every statement filters on organization_id as well, although RLS already does: the
 # indexes lead with it, and a mistake in one layer is caught by the other.
 
-SET_TENANT = text("SELECT set_config('app.current_organization_id', :org, true)")
 
 # The per-patient writer lock. NO KEY UPDATE, so it does not block the KEY SHARE locks
 # that foreign key checks on care_team_assignments take.
@@ -92,8 +85,10 @@ LOCK_PATIENT = text("""
     FOR NO KEY UPDATE
 """)
 
+# FOR SHARE: a concurrent deactivation waits until this assignment has committed.
 SELECT_PROVIDER_ACTIVE = text("""
     SELECT active FROM providers WHERE organization_id = :org AND id = :provider
+    FOR SHARE
 """)
 
 SELECT_ASSIGNMENT = text("""
@@ -172,109 +167,6 @@ SELECT_HISTORY = text("""
     ORDER BY id DESC
     LIMIT :limit
 """)
-
-
-# --- transaction and error handling -------------------------------------------------
-
-_UNAVAILABLE_SQLSTATES = {
-    "57014",  # statement timeout / query canceled
-    "55P03",  # lock not available (lock_timeout)
-    "57P01",  # admin shutdown
-    "57P02",  # crash shutdown
-    "57P03",  # cannot connect now
-    "53300",  # too many connections
-}
-
-
-def _pg_error_fields(err: BaseException) -> tuple[str | None, str | None]:
-    """(sqlstate, constraint name) of the PostgreSQL error behind `err`, if any.
-
-    SQLAlchemy wraps the driver's exception (``.orig``), which wraps asyncpg's
-    (``__cause__``); the constraint name is only on the innermost one.
-    """
-    sqlstate: str | None = None
-    seen: BaseException | None = err
-    while seen is not None:
-        found = getattr(seen, "sqlstate", None)
-        if isinstance(found, str):
-            sqlstate = found
-            constraint = getattr(seen, "constraint_name", None)
-            if isinstance(constraint, str):
-                return sqlstate, constraint
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return sqlstate, None
-
-
-def _translate(
-    err: Exception, *, operation: str, organization_id: uuid.UUID, patient_id: uuid.UUID
-) -> CareTeamError:
-    """Turn a driver or SQLAlchemy error into the domain error the caller can act on."""
-    sqlstate, constraint = _pg_error_fields(err)
-    ids = {
-        "operation": operation,
-        "organization_id": str(organization_id),
-        "patient_id": str(patient_id),
-        "sqlstate": sqlstate,
-    }
-    if sqlstate == "23505" and constraint == UNIQUE_PRIMARY_INDEX:
-        logger.warning(
-            "primary provider write refused by %s (IntegrityError) "
-            "operation=%s organization_id=%s patient_id=%s",
-            UNIQUE_PRIMARY_INDEX,
-            operation,
-            organization_id,
-            patient_id,
-            extra={"event": "primary_provider_conflict", **ids},
-        )
-        return PrimaryProviderConflict(organization_id, patient_id)
-    connection_lost = isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated
-    if (
-        connection_lost
-        or sqlstate in _UNAVAILABLE_SQLSTATES
-        or isinstance(err, sa_exc.TimeoutError | OSError | TimeoutError)
-        or (isinstance(err, sa_exc.InterfaceError | sa_exc.OperationalError) and sqlstate is None)
-    ):
-        logger.error(
-            "database unavailable during %s sqlstate=%s",
-            operation,
-            sqlstate,
-            extra={"event": "database_unavailable", **ids},
-        )
-        return DatabaseUnavailable(f"database unavailable during {operation}; retry later")
-    logger.error(
-        "database error during %s sqlstate=%s constraint=%s",
-        operation,
-        sqlstate,
-        constraint,
-        extra={"event": "database_error", **ids},
-    )
-    return DatabaseError(f"database refused {operation} (sqlstate {sqlstate}); nothing changed")
-
-
-@asynccontextmanager
-async def _unit_of_work(
-    db: AsyncSession, *, operation: str, organization_id: uuid.UUID, patient_id: uuid.UUID
-) -> AsyncIterator[None]:
-    """One transaction: tenant set first, commit on success, rollback on any failure."""
-    try:
-        await db.execute(SET_TENANT, {"org": str(organization_id)})
-        yield
-        await db.commit()
-    except BaseException as err:
-        try:
-            await db.rollback()
-        except Exception:  # the connection may be gone; the server rolls back by itself
-            logger.debug("rollback after failed %s also failed", operation, exc_info=True)
-        if isinstance(err, CareTeamError) or not isinstance(err, Exception):
-            raise
-        if (
-            isinstance(err, sa_exc.SQLAlchemyError | OSError | TimeoutError)
-            or _pg_error_fields(err)[0]
-        ):
-            raise _translate(
-                err, operation=operation, organization_id=organization_id, patient_id=patient_id
-            ) from err
-        raise
 
 
 async def _scalar(db: AsyncSession, statement: Any, params: dict[str, Any]) -> Any:
@@ -376,7 +268,7 @@ class CareTeamService:
         (a writer that bypassed the lock), DatabaseUnavailable, DatabaseError.
         """
         write = _PatientWrite(db, organization_id, patient_id, actor, reason)
-        async with _unit_of_work(
+        async with unit_of_work(
             db,
             operation="assign_primary_provider",
             organization_id=organization_id,
@@ -420,7 +312,7 @@ class CareTeamService:
         nothing. Raises PatientNotFound, ProviderNotFound, ProviderInactive too.
         """
         write = _PatientWrite(db, organization_id, patient_id, actor, reason)
-        async with _unit_of_work(
+        async with unit_of_work(
             db,
             operation="add_secondary_provider",
             organization_id=organization_id,
@@ -460,7 +352,7 @@ class CareTeamService:
         Raises PatientNotFound, or ProviderNotOnCareTeam if the provider is not on it.
         """
         write = _PatientWrite(db, organization_id, patient_id, actor, reason)
-        async with _unit_of_work(
+        async with unit_of_work(
             db,
             operation="remove_provider",
             organization_id=organization_id,
@@ -488,7 +380,7 @@ class CareTeamService:
         *, db: AsyncSession, organization_id: uuid.UUID, patient_id: uuid.UUID
     ) -> uuid.UUID | None:
         """The patient's primary provider id, or None. Raises PatientNotFound."""
-        async with _unit_of_work(
+        async with unit_of_work(
             db,
             operation="get_primary_provider",
             organization_id=organization_id,
@@ -509,7 +401,7 @@ class CareTeamService:
         *, db: AsyncSession, organization_id: uuid.UUID, patient_id: uuid.UUID
     ) -> CareTeam:
         """The patient's whole care team, primary first. Raises PatientNotFound."""
-        async with _unit_of_work(
+        async with unit_of_work(
             db, operation="get_care_team", organization_id=organization_id, patient_id=patient_id
         ):
             return await _read_team(db, organization_id, patient_id)
@@ -530,7 +422,7 @@ class CareTeamService:
         """
         limit = max(1, min(limit, MAX_HISTORY_PAGE))
         org, patient = organization_id, patient_id
-        async with _unit_of_work(
+        async with unit_of_work(
             db, operation="get_care_team_history", organization_id=org, patient_id=patient
         ):
             if await _scalar(db, SELECT_PATIENT, {"org": org, "patient": patient}) is None:

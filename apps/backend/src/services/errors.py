@@ -95,3 +95,17 @@ class DatabaseError(CareTeamError):
     """The database refused the operation for a reason the service did not expect."""
 
     code = "database_error"
+
+
+class OrganizationNotFound(NotFoundError):
+    code = "organization_not_found"
+
+    def __init__(self, organization_id: uuid.UUID) -> None:
+        super().__init__(f"organization {organization_id} not found")
+
+
+class ApiKeyNotFound(NotFoundError):
+    code = "api_key_not_found"
+
+    def __init__(self, key_id: uuid.UUID) -> None:
+        super().__init__(f"API key {key_id} not found or already revoked")

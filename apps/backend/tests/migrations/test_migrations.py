@@ -15,7 +15,7 @@ from src.models import UNIQUE_PRIMARY_INDEX, Base
 from src.schema import alembic_config, current_revision, downgrade, upgrade
 from tests.conftest import FreshDatabase
 
-RLS, UNIQUE = "20260114_rls_coverage", "20260114_unique_primary"
+RLS, UNIQUE, HEAD = "20260114_rls_coverage", "20260114_unique_primary", "20260115_api_keys"
 
 PRIMARIES = "SELECT patient_id, provider_id FROM care_team_assignments WHERE is_primary_provider"
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
@@ -26,9 +26,10 @@ async def index_count(db: FreshDatabase) -> int:
 
 
 class TestRevisionChain:
-    def test_single_head_is_the_unique_primary_revision(self):
+    def test_single_head_after_the_unique_primary_revision(self):
         scripts = ScriptDirectory.from_config(alembic_config())
-        assert scripts.get_heads() == [UNIQUE]
+        assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(HEAD).down_revision == UNIQUE
         assert scripts.get_revision(UNIQUE).down_revision == RLS
         assert scripts.get_revision(RLS).down_revision == "20260113_initial_schema"
 
@@ -37,9 +38,10 @@ class TestUpAndDown:
     async def test_upgrade_downgrade_upgrade(self, fresh_database: FreshDatabase):
         engine = fresh_database.engine
         await upgrade(engine)
-        assert await current_revision(engine) == UNIQUE
+        assert await current_revision(engine) == HEAD
         assert await index_count(fresh_database) == 1
 
+        await downgrade(engine, UNIQUE)
         await downgrade(engine, "-1")
         assert await current_revision(engine) == RLS
         assert await index_count(fresh_database) == 0
@@ -54,7 +56,7 @@ class TestUpAndDown:
         )
         assert tables[0][0] == 0
         await upgrade(engine)
-        assert await current_revision(engine) == UNIQUE
+        assert await current_revision(engine) == HEAD
 
     async def test_models_match_migrations(self, fresh_database: FreshDatabase):
         await upgrade(fresh_database.engine)

@@ -1,0 +1,1 @@
+"""The HTTP API: routers parse and render; services decide. HTTP types stay here."""

@@ -1,0 +1,134 @@
+"""Organizations (tenants) and their API keys.
+
+Creating organizations and issuing or revoking keys are operator actions: they run on
+an owner session (across tenants). Authenticating a key runs on an application session
+and can only go through the database function authenticate_api_key().
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from src.services.errors import ApiKeyNotFound, OrganizationNotFound
+from src.services.transaction import unit_of_work
+
+logger = logging.getLogger(__name__)
+
+API_KEY_PREFIX = "ctk_"
+
+
+@dataclass(frozen=True)
+class IssuedApiKey:
+    """A new key. `key` is shown once and never stored; only its hash is."""
+
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    key: str
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    api_key_id: uuid.UUID
+    organization_id: uuid.UUID
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def looks_like_api_key(key: str) -> bool:
+    """Cheap shape check before any database work (43 url-safe characters after the prefix)."""
+    body = key.removeprefix(API_KEY_PREFIX)
+    return (
+        key.startswith(API_KEY_PREFIX)
+        and len(body) == 43
+        and all(c.isascii() and (c.isalnum() or c in "-_") for c in body)
+    )
+
+
+class OrganizationService:
+    """Tenant administration (owner sessions) and key authentication (app sessions)."""
+
+    @staticmethod
+    async def create_organization(*, db: AsyncSession, name: str) -> IssuedApiKey:
+        """Create an organization and its first API key, in one transaction."""
+        async with unit_of_work(db, operation="create_organization"):
+            org = (
+                await db.execute(
+                    text("INSERT INTO organizations (name) VALUES (:name) RETURNING id"),
+                    {"name": name},
+                )
+            ).scalar_one()
+            issued = await _issue_key(db, org, name="initial")
+        logger.info("organization created organization_id=%s", org)
+        return issued
+
+    @staticmethod
+    async def create_api_key(
+        *, db: AsyncSession, organization_id: uuid.UUID, name: str | None = None
+    ) -> IssuedApiKey:
+        """Issue a new key for the organization. Raises OrganizationNotFound."""
+        async with unit_of_work(db, operation="create_api_key"):
+            exists = (
+                await db.execute(
+                    text("SELECT 1 FROM organizations WHERE id = :org"), {"org": organization_id}
+                )
+            ).scalar()
+            if not exists:
+                raise OrganizationNotFound(organization_id)
+            issued = await _issue_key(db, organization_id, name=name)
+        logger.info("api key created organization_id=%s api_key_id=%s", organization_id, issued.id)
+        return issued
+
+    @staticmethod
+    async def revoke_api_key(*, db: AsyncSession, key_id: uuid.UUID) -> uuid.UUID:
+        """Revoke the key at once; return its organization. Raises ApiKeyNotFound."""
+        async with unit_of_work(db, operation="revoke_api_key"):
+            org = (
+                await db.execute(
+                    text(
+                        "UPDATE api_keys SET revoked_at = now() "
+                        "WHERE id = :id AND revoked_at IS NULL RETURNING organization_id"
+                    ),
+                    {"id": key_id},
+                )
+            ).scalar()
+            if org is None:
+                raise ApiKeyNotFound(key_id)
+        logger.info("api key revoked organization_id=%s api_key_id=%s", org, key_id)
+        return uuid.UUID(str(org))
+
+    @staticmethod
+    async def authenticate(*, db: AsyncSession, api_key: str) -> Authenticated | None:
+        """The organization a live key belongs to, or None (unknown, revoked, malformed)."""
+        if not looks_like_api_key(api_key):
+            return None
+        async with unit_of_work(db, operation="authenticate"):
+            row = (
+                await db.execute(
+                    text("SELECT api_key_id, organization_id FROM authenticate_api_key(:hash)"),
+                    {"hash": hash_api_key(api_key)},
+                )
+            ).first()
+        return None if row is None else Authenticated(row.api_key_id, row.organization_id)
+
+
+async def _issue_key(db: AsyncSession, org: uuid.UUID, *, name: str | None) -> IssuedApiKey:
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = (
+        await db.execute(
+            text(
+                "INSERT INTO api_keys (organization_id, key_hash, name) "
+                "VALUES (:org, :hash, :name) RETURNING id"
+            ),
+            {"org": org, "hash": hash_api_key(key), "name": name},
+        )
+    ).scalar_one()
+    return IssuedApiKey(id=key_id, organization_id=org, key=key)

@@ -1,0 +1,68 @@
+"""The real app, over httpx, on the test database. Each test makes its own tenants."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from src.api.app import create_app
+from src.db import Database
+from src.services.organization_service import OrganizationService
+
+
+@dataclass
+class Tenant:
+    organization_id: uuid.UUID
+    api_key_id: uuid.UUID
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture(scope="session")
+def app(database: Database) -> FastAPI:
+    return create_app(database)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://careteam.test") as c:
+        yield c
+
+
+@pytest.fixture
+def make_tenant(database: Database) -> Callable[[], Awaitable[Tenant]]:
+    async def make() -> Tenant:
+        async with AsyncSession(database.owner_engine) as owner:
+            issued = await OrganizationService.create_organization(db=owner, name="API Clinic")
+        return Tenant(issued.organization_id, issued.id, issued.key)
+
+    return make
+
+
+@pytest.fixture
+async def tenant(make_tenant: Callable[[], Awaitable[Tenant]]) -> Tenant:
+    return await make_tenant()
+
+
+async def create_patient(client: httpx.AsyncClient, tenant: Tenant, **overrides: object) -> str:
+    body = {"first_name": "Alice", "last_name": "Example", "dob": "1984-02-29", **overrides}
+    response = await client.post("/v1/patients", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def create_provider(client: httpx.AsyncClient, tenant: Tenant, **overrides: object) -> str:
+    body = {"first_name": "Grace", "last_name": "Doctor", **overrides}
+    response = await client.post("/v1/providers", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
