@@ -28,7 +28,9 @@ class TestWorkflow:
         r = await client.put(f"{team_url}/primary", json={"provider_id": second}, headers=h)
         assert r.status_code == 200
         assert [(m["provider_id"], m["is_primary_provider"]) for m in r.json()["members"]] == [
-            (second, True), (first, False)]
+            (second, True),
+            (first, False),
+        ]
 
         r = await client.post(f"{team_url}/members", json={"provider_id": third}, headers=h)
         assert r.status_code == 201
@@ -42,9 +44,11 @@ class TestWorkflow:
         page = history.json()
         assert [e["event_type"] for e in page["items"]] == ["secondary_added", "primary_assigned"]
         assert page["items"][0]["actor"] == f"api_key:{tenant.api_key_id}"
-        rest = (await client.get(f"{team_url}/history",
-                                 params={"limit": 2, "cursor": page["next_cursor"]},
-                                 headers=h)).json()
+        rest = (
+            await client.get(
+                f"{team_url}/history", params={"limit": 2, "cursor": page["next_cursor"]}, headers=h
+            )
+        ).json()
         assert [e["event_type"] for e in rest["items"]] == ["primary_demoted", "primary_assigned"]
         assert rest["next_cursor"] is None
 
@@ -54,10 +58,12 @@ class TestWorkflow:
         patient = await create_patient(client, tenant)
         provider = await create_provider(client, tenant)
         team_url = f"/v1/patients/{patient}/care-team"
-        await client.put(f"{team_url}/primary", json={"provider_id": provider},
-                         headers=tenant.headers)
-        r = await client.post(f"{team_url}/members", json={"provider_id": provider},
-                              headers=tenant.headers)
+        await client.put(
+            f"{team_url}/primary", json={"provider_id": provider}, headers=tenant.headers
+        )
+        r = await client.post(
+            f"{team_url}/members", json={"provider_id": provider}, headers=tenant.headers
+        )
         assert r.status_code == 409
         assert r.json()["error"] == "provider_already_primary"
 
@@ -65,23 +71,30 @@ class TestWorkflow:
         patient = await create_patient(client, tenant)
         provider = await create_provider(client, tenant)
         team_url = f"/v1/patients/{patient}/care-team"
-        await client.post(f"{team_url}/members", json={"provider_id": provider},
-                          headers=tenant.headers)
+        await client.post(
+            f"{team_url}/members", json={"provider_id": provider}, headers=tenant.headers
+        )
         r = await client.delete(f"{team_url}/members/{provider}", headers=tenant.headers)
         assert r.status_code == 204 and r.content == b""
         again = await client.delete(f"{team_url}/members/{provider}", headers=tenant.headers)
         assert again.status_code == 404
         assert again.json()["error"] == "provider_not_on_care_team"
 
-    async def test_deactivated_provider_cannot_join(self, client: httpx.AsyncClient, tenant: Tenant):
+    async def test_deactivated_provider_cannot_join(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
         patient = await create_patient(client, tenant)
         provider = await create_provider(client, tenant, npi="1234567893")
-        r = await client.patch(f"/v1/providers/{provider}", json={"active": False},
-                               headers=tenant.headers)
+        r = await client.patch(
+            f"/v1/providers/{provider}", json={"active": False}, headers=tenant.headers
+        )
         assert r.status_code == 200 and r.json()["active"] is False
         assert r.json()["npi"] == "1234567893"
-        r = await client.put(f"/v1/patients/{patient}/care-team/primary",
-                             json={"provider_id": provider}, headers=tenant.headers)
+        r = await client.put(
+            f"/v1/patients/{patient}/care-team/primary",
+            json={"provider_id": provider},
+            headers=tenant.headers,
+        )
         assert r.status_code == 409
         assert r.json()["error"] == "provider_inactive"
 
@@ -90,8 +103,9 @@ class TestWorkflow:
         provider = await create_provider(client, tenant)
         p = (await client.get(f"/v1/patients/{patient}", headers=tenant.headers)).json()
         assert (p["first_name"], p["dob"]) == ("Bob", "1984-02-29")
-        assert (await client.get(f"/v1/providers/{provider}",
-                                 headers=tenant.headers)).json()["active"] is True
+        assert (await client.get(f"/v1/providers/{provider}", headers=tenant.headers)).json()[
+            "active"
+        ] is True
 
     async def test_healthz_needs_no_key(self, client: httpx.AsyncClient):
         r = await client.get("/healthz")
@@ -105,17 +119,25 @@ class TestConcurrentAssignmentThroughTheApp:
         patient = await create_patient(client, tenant)
         providers = [await create_provider(client, tenant) for _ in range(5)]
         url = f"/v1/patients/{patient}/care-team/primary"
-        responses = await asyncio.gather(*(
-            client.put(url, json={"provider_id": providers[i % 5]}, headers=tenant.headers)
-            for i in range(50)
-        ))
+        responses = await asyncio.gather(
+            *(
+                client.put(url, json={"provider_id": providers[i % 5]}, headers=tenant.headers)
+                for i in range(50)
+            )
+        )
         assert [r.status_code for r in responses] == [200] * 50
-        team = (await client.get(f"/v1/patients/{patient}/care-team",
-                                 headers=tenant.headers)).json()
+        team = (
+            await client.get(f"/v1/patients/{patient}/care-team", headers=tenant.headers)
+        ).json()
         primaries = [m for m in team["members"] if m["is_primary_provider"]]
         assert len(primaries) == 1
         assert len(team["members"]) == 5
-        history = (await client.get(f"/v1/patients/{patient}/care-team/history",
-                                    params={"limit": 1}, headers=tenant.headers)).json()
+        history = (
+            await client.get(
+                f"/v1/patients/{patient}/care-team/history",
+                params={"limit": 1},
+                headers=tenant.headers,
+            )
+        ).json()
         # The last change committed is the primary that remains.
         assert history["items"][0]["provider_id"] == primaries[0]["provider_id"]

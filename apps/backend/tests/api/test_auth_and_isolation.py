@@ -1,0 +1,197 @@
+"""Authentication, and tenant isolation through every route."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from src.db import Database
+from src.services.organization_service import OrganizationService
+from tests.api.conftest import Tenant, create_patient, create_provider
+
+
+class TestAuthentication:
+    @pytest.mark.parametrize(
+        "header",
+        [
+            None,
+            "",
+            "Bearer",
+            "Bearer ",
+            "Basic dXNlcjpwYXNz",
+            "Bearer not-a-key",
+            "Bearer ctk_" + "A" * 43,  # well-formed, unknown
+            "Bearer ctk_" + "é" * 43,
+        ],
+    )
+    async def test_missing_malformed_or_unknown_key_is_401(
+        self, client: httpx.AsyncClient, header: str | None
+    ):
+        headers = {} if header is None else {"Authorization": header.encode("latin-1")}
+        r = await client.get(f"/v1/patients/{uuid.uuid4()}", headers=headers)
+        assert r.status_code == 401
+        assert r.json() == {
+            "error": "unauthorized",
+            "detail": "missing, malformed or revoked API key",
+        }
+        assert r.headers["www-authenticate"] == "Bearer"
+
+    async def test_auth_is_checked_before_input(self, client: httpx.AsyncClient):
+        r = await client.get("/v1/patients/not-a-uuid")
+        assert r.status_code == 401
+
+    async def test_revoked_key_stops_working_at_once(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        patient = await create_patient(client, tenant)
+        async with AsyncSession(database.owner_engine) as owner:
+            second = await OrganizationService.create_api_key(
+                db=owner, organization_id=tenant.organization_id
+            )
+        headers = {"Authorization": f"Bearer {second.key}"}
+        assert (await client.get(f"/v1/patients/{patient}", headers=headers)).status_code == 200
+        async with AsyncSession(database.owner_engine) as owner:
+            await OrganizationService.revoke_api_key(db=owner, key_id=second.id)
+        assert (await client.get(f"/v1/patients/{patient}", headers=headers)).status_code == 401
+        # The organization's other key is untouched.
+        ok = await client.get(f"/v1/patients/{patient}", headers=tenant.headers)
+        assert ok.status_code == 200
+
+    async def test_keys_are_stored_only_as_hashes(self, tenant: Tenant, database: Database):
+        async with database.owner_engine.connect() as conn:
+            stored = (
+                await conn.execute(
+                    text("SELECT key_hash FROM api_keys WHERE id = :id"), {"id": tenant.api_key_id}
+                )
+            ).scalar_one()
+            anywhere = (
+                await conn.execute(
+                    text("SELECT count(*) FROM api_keys WHERE key_hash = :k OR name = :k"),
+                    {"k": tenant.key},
+                )
+            ).scalar_one()
+        assert stored != tenant.key and len(stored) == 64
+        assert anywhere == 0
+
+
+class TestTenantIsolationMatrix:
+    """Organization B's key on organization A's ids answers exactly what unknown ids do."""
+
+    @pytest.fixture
+    async def world(
+        self, client: httpx.AsyncClient, make_tenant: Callable[[], Awaitable[Tenant]]
+    ) -> dict[str, object]:
+        a, b = await make_tenant(), await make_tenant()
+        patient_a = await create_patient(client, a)
+        provider_a, other_a = await create_provider(client, a), await create_provider(client, a)
+        await client.put(
+            f"/v1/patients/{patient_a}/care-team/primary",
+            json={"provider_id": provider_a},
+            headers=a.headers,
+        )
+        await client.post(
+            f"/v1/patients/{patient_a}/care-team/members",
+            json={"provider_id": other_a},
+            headers=a.headers,
+        )
+        return {
+            "a": a,
+            "b": b,
+            "patient_a": patient_a,
+            "provider_a": provider_a,
+            "patient_b": await create_patient(client, b),
+            "provider_b": await create_provider(client, b),
+        }
+
+    ROUTES: ClassVar[list[tuple[str, str, dict[str, object] | None]]] = [
+        ("GET", "/v1/patients/{patient}", None),
+        ("GET", "/v1/providers/{provider}", None),
+        ("PATCH", "/v1/providers/{provider}", {"active": False}),
+        ("GET", "/v1/patients/{patient}/care-team", None),
+        ("PUT", "/v1/patients/{patient}/care-team/primary", {"provider_id": "{provider_b}"}),
+        ("POST", "/v1/patients/{patient}/care-team/members", {"provider_id": "{provider_b}"}),
+        ("DELETE", "/v1/patients/{patient}/care-team/members/{provider}", None),
+        ("GET", "/v1/patients/{patient}/care-team/history", None),
+    ]
+
+    @pytest.mark.parametrize(("method", "path", "body"), ROUTES)
+    async def test_other_tenants_ids_look_unknown(
+        self,
+        client: httpx.AsyncClient,
+        world: dict[str, object],
+        method: str,
+        path: str,
+        body: dict[str, object] | None,
+    ):
+        b: Tenant = world["b"]  # type: ignore[assignment]
+        unknown_patient, unknown_provider = str(uuid.uuid4()), str(uuid.uuid4())
+
+        async def call(patient: object, provider: object) -> httpx.Response:
+            def fill(value: object) -> object:
+                if not isinstance(value, str):
+                    return value
+                return value.format(
+                    patient=patient, provider=provider, provider_b=world["provider_b"]
+                )
+
+            json_body = {k: fill(v) for k, v in body.items()} if body else None
+            return await client.request(method, str(fill(path)), json=json_body, headers=b.headers)
+
+        theirs = await call(world["patient_a"], world["provider_a"])
+        unknown = await call(unknown_patient, unknown_provider)
+        assert theirs.status_code == unknown.status_code == 404
+        assert theirs.json()["error"] == unknown.json()["error"]
+        normalise = {
+            str(world["patient_a"]): "ID",
+            str(world["provider_a"]): "ID",
+            unknown_patient: "ID",
+            unknown_provider: "ID",
+        }
+        detail_theirs, detail_unknown = theirs.json()["detail"], unknown.json()["detail"]
+        for raw, placeholder in normalise.items():
+            detail_theirs = detail_theirs.replace(raw, placeholder)
+            detail_unknown = detail_unknown.replace(raw, placeholder)
+        assert detail_theirs == detail_unknown
+
+    async def test_a_is_unchanged_after_bs_attempts(
+        self, client: httpx.AsyncClient, world: dict[str, object]
+    ):
+        a: Tenant = world["a"]  # type: ignore[assignment]
+        b: Tenant = world["b"]  # type: ignore[assignment]
+        for method, path, body in self.ROUTES:
+            filled = path.format(patient=world["patient_a"], provider=world["provider_a"])
+            json_body = (
+                {"provider_id": str(world["provider_b"])}
+                if body and "provider_id" in body
+                else body
+            )
+            await client.request(method, filled, json=json_body, headers=b.headers)
+        team = (
+            await client.get(f"/v1/patients/{world['patient_a']}/care-team", headers=a.headers)
+        ).json()
+        assert team["primary_provider_id"] == world["provider_a"]
+        assert len(team["members"]) == 2
+        provider = (
+            await client.get(f"/v1/providers/{world['provider_a']}", headers=a.headers)
+        ).json()
+        assert provider["active"] is True
+
+    async def test_b_provider_cannot_join_a_team(
+        self, client: httpx.AsyncClient, world: dict[str, object]
+    ):
+        a: Tenant = world["a"]  # type: ignore[assignment]
+        for method, suffix in (("PUT", "primary"), ("POST", "members")):
+            r = await client.request(
+                method,
+                f"/v1/patients/{world['patient_a']}/care-team/{suffix}",
+                json={"provider_id": world["provider_b"]},
+                headers=a.headers,
+            )
+            assert r.status_code == 404
+            assert r.json()["error"] == "provider_not_found"

@@ -1,0 +1,220 @@
+"""Malformed requests: 422 with a clear message, never a 500, and nothing written."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from src.db import Database
+from tests.api.conftest import Tenant, create_patient, create_provider
+
+TOMORROW = (datetime.date.today() + datetime.timedelta(days=2)).isoformat()
+VALID = {"first_name": "Ada", "last_name": "Example", "dob": "1990-05-17"}
+
+
+async def rows_of(database: Database, tenant: Tenant) -> tuple[int, ...]:
+    """How many patients, providers, assignments and events the tenant has."""
+    async with database.owner_engine.connect() as conn:
+        counts = []
+        for table in ("patients", "providers", "care_team_assignments", "care_team_events"):
+            counts.append(
+                (
+                    await conn.execute(
+                        text(f"SELECT count(*) FROM {table} WHERE organization_id = :org"),
+                        {"org": tenant.organization_id},
+                    )
+                ).scalar_one()
+            )
+        return tuple(counts)
+
+
+PATIENT_BODIES = [
+    pytest.param({**VALID, "ssn": "123-45-6789"}, "ssn", id="unknown-field"),
+    pytest.param({}, "first_name", id="empty-object"),
+    pytest.param({**VALID, "first_name": 123}, "first_name", id="name-not-a-string"),
+    pytest.param({**VALID, "first_name": ""}, "first_name", id="empty-name"),
+    pytest.param({**VALID, "first_name": "x" * 101}, "first_name", id="name-too-long"),
+    pytest.param({**VALID, "last_name": "Nul\u0000Byte"}, "control characters", id="nul-byte"),
+    pytest.param({**VALID, "dob": TOMORROW}, "future", id="future-dob"),
+    pytest.param({**VALID, "dob": "1850-01-01"}, "1900-01-01", id="absurd-dob"),
+    pytest.param({**VALID, "dob": "2021-02-30"}, "dob", id="impossible-date"),
+    pytest.param({**VALID, "dob": 19900517}, "date string", id="dob-number"),
+    pytest.param({**VALID, "dob": None}, "dob", id="dob-null"),
+    pytest.param([VALID], "body", id="list-not-object"),
+]
+
+
+class TestPatientBodies:
+    @pytest.mark.parametrize(("body", "mentions"), PATIENT_BODIES)
+    async def test_refused_with_422_and_nothing_written(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        body: object,
+        mentions: str,
+    ):
+        before = await rows_of(database, tenant)
+        r = await client.post("/v1/patients", json=body, headers=tenant.headers)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == "validation_error"
+        assert mentions in r.json()["detail"]
+        assert await rows_of(database, tenant) == before
+
+    async def test_the_submitted_values_are_not_echoed(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        r = await client.post(
+            "/v1/patients", json={**VALID, "dob": "Zanzibar-1"}, headers=tenant.headers
+        )
+        assert r.status_code == 422
+        assert "Zanzibar" not in r.text
+
+    @pytest.mark.parametrize("raw", [b"", b"{", b"not json", b"\xff\xfe", b"null"])
+    async def test_unparseable_or_empty_body(
+        self, client: httpx.AsyncClient, tenant: Tenant, raw: bytes
+    ):
+        r = await client.post(
+            "/v1/patients",
+            content=raw,
+            headers={**tenant.headers, "Content-Type": "application/json"},
+        )
+        assert r.status_code == 422
+        assert r.json()["error"] == "validation_error"
+
+    async def test_huge_body(self, client: httpx.AsyncClient, tenant: Tenant, database: Database):
+        before = await rows_of(database, tenant)
+        huge = {**VALID, "last_name": "x" * 200_000}
+        r = await client.post("/v1/patients", json=huge, headers=tenant.headers)
+        assert r.status_code == 422
+        assert "too large" in r.json()["detail"]
+        assert await rows_of(database, tenant) == before
+
+
+class TestOtherInputs:
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/v1/patients/not-a-uuid",
+            "/v1/patients/123",
+            f"/v1/patients/{uuid.uuid4()}x",
+            "/v1/providers/%00",
+            "/v1/patients/not-a-uuid/care-team",
+            f"/v1/patients/{uuid.uuid4()}/care-team/members/nope",
+        ],
+    )
+    async def test_malformed_ids_are_422(
+        self, client: httpx.AsyncClient, tenant: Tenant, path: str
+    ):
+        method = "DELETE" if path.endswith("nope") else "GET"
+        r = await client.request(method, path, headers=tenant.headers)
+        assert r.status_code == 422
+        assert "uuid" in r.json()["detail"].lower()
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {"provider_id": "nope"},
+            {"provider_id": 5},
+            {},
+            {"provider_id": None},
+            {"provider_id": str(uuid.uuid4()), "primary": True},
+        ],
+    )
+    async def test_bad_provider_reference(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database, body: object
+    ):
+        patient = await create_patient(client, tenant)
+        before = await rows_of(database, tenant)
+        for method, suffix in (("PUT", "primary"), ("POST", "members")):
+            r = await client.request(
+                method,
+                f"/v1/patients/{patient}/care-team/{suffix}",
+                json=body,
+                headers=tenant.headers,
+            )
+            assert r.status_code == 422
+        assert await rows_of(database, tenant) == before
+
+    @pytest.mark.parametrize("body", [{"active": "false"}, {"active": 0}, {}, {"npi": "1"}])
+    async def test_bad_provider_patch(
+        self, client: httpx.AsyncClient, tenant: Tenant, body: object
+    ):
+        provider = await create_provider(client, tenant)
+        r = await client.patch(f"/v1/providers/{provider}", json=body, headers=tenant.headers)
+        assert r.status_code == 422
+        got = await client.get(f"/v1/providers/{provider}", headers=tenant.headers)
+        assert got.json()["active"] is True
+
+    @pytest.mark.parametrize("npi", ["123", "12345678901", "abcdefghij", 1234567890])
+    async def test_bad_npi(self, client: httpx.AsyncClient, tenant: Tenant, npi: object):
+        r = await client.post(
+            "/v1/providers",
+            json={"first_name": "A", "last_name": "B", "npi": npi},
+            headers=tenant.headers,
+        )
+        assert r.status_code == 422
+
+    @pytest.mark.parametrize(
+        "params",
+        [
+            {"limit": 0},
+            {"limit": 201},
+            {"limit": "ten"},
+            {"cursor": -1},
+            {"cursor": "abc"},
+            {"cursor": 2**64},
+        ],
+    )
+    async def test_bad_paging(self, client: httpx.AsyncClient, tenant: Tenant, params: dict):
+        patient = await create_patient(client, tenant)
+        r = await client.get(
+            f"/v1/patients/{patient}/care-team/history", params=params, headers=tenant.headers
+        )
+        assert r.status_code == 422
+
+    async def test_unknown_route_and_method(self, client: httpx.AsyncClient, tenant: Tenant):
+        r = await client.get("/v1/nothing-here", headers=tenant.headers)
+        assert r.status_code == 404 and r.json()["error"] == "not_found"
+        r = await client.delete("/v1/patients", headers=tenant.headers)
+        assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+
+
+class TestLogs:
+    async def test_logs_carry_ids_and_request_id_never_names_or_birth_dates(
+        self, client: httpx.AsyncClient, tenant: Tenant, caplog: pytest.LogCaptureFixture
+    ):
+        caplog.set_level(logging.DEBUG)
+        r = await client.post(
+            "/v1/patients",
+            json={"first_name": "Zebulon", "last_name": "Quillfeather", "dob": "1971-03-04"},
+            headers={**tenant.headers, "X-Request-ID": "req-test-123"},
+        )
+        assert r.status_code == 201 and r.headers["x-request-id"] == "req-test-123"
+        patient = r.json()["id"]
+        provider = await create_provider(client, tenant, first_name="Ottoline")
+        await client.put(
+            f"/v1/patients/{patient}/care-team/primary",
+            json={"provider_id": provider},
+            headers=tenant.headers,
+        )
+        await client.post(
+            "/v1/patients",
+            json={"first_name": "Zebulon", "last_name": "Q", "dob": "2999-01-01"},
+            headers=tenant.headers,
+        )
+        text_logged = caplog.text + " ".join(str(r.__dict__) for r in caplog.records)
+        for secret in ("Zebulon", "Quillfeather", "Ottoline", "1971-03-04", "2999-01-01"):
+            assert secret not in text_logged
+        mine = [rec for rec in caplog.records if getattr(rec, "request_id", None) == "req-test-123"]
+        assert any(f"patient_id={patient}" in rec.getMessage() for rec in mine)
+        assert any("POST /v1/patients status=201" in rec.getMessage() for rec in mine)
+
+    async def test_every_response_has_a_request_id(self, client: httpx.AsyncClient):
+        first, second = await client.get("/healthz"), await client.get("/healthz")
+        assert first.headers["x-request-id"] != second.headers["x-request-id"]
