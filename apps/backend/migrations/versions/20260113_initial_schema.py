@@ -1,4 +1,4 @@
-"""Initial schema: organizations, patients, providers, care_team_assignments, care_team_events.
+"""Initial schema: organizations, patients, providers, care teams, events, API keys.
 
 Every child table carries organization_id, and references its patient and provider by
 (organization_id, id), so a row can never point at another organization's patient or
@@ -114,6 +114,29 @@ def upgrade() -> None:
         ["organization_id", "patient_id", "id"],
     )
 
+    # Bearer API keys: each belongs to one organization and decides a request's tenant.
+    # Only a SHA-256 hash is stored (the keys are 256-bit random tokens, so a slow
+    # password hash adds nothing); revoking sets revoked_at.
+    op.create_table(
+        "api_keys",
+        sa.Column("id", UUID(as_uuid=True), server_default=GEN_UUID, nullable=False),
+        sa.Column("organization_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("key_hash", sa.Text(), nullable=False),
+        sa.Column("name", sa.Text(), nullable=True),
+        _created_at(),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
+        sa.ForeignKeyConstraint(
+            ["organization_id"],
+            ["organizations.id"],
+            name="fk_api_keys_organization_id_organizations",
+            ondelete="RESTRICT",
+        ),
+        sa.UniqueConstraint(
+            "key_hash", "organization_id", name="uq_api_keys_key_hash_organization_id"
+        ),
+    )
+
 
 def _tenant_foreign_keys(table: str) -> list[sa.ForeignKeyConstraint]:
     return [
@@ -128,6 +151,7 @@ def _tenant_foreign_keys(table: str) -> list[sa.ForeignKeyConstraint]:
 
 
 def downgrade() -> None:
+    op.drop_table("api_keys")
     op.drop_table("care_team_events")
     op.drop_table("care_team_assignments")
     op.drop_table("providers")

@@ -10,6 +10,12 @@ ownership, so the policies apply to it. care_team_events is append-only for it (
 UPDATE or DELETE). The owner that runs migrations and the cross-tenant diagnostic must be
 superuser or have BYPASSRLS; FORCE makes a plain owner see nothing.
 
+api_keys is covered like the others, but the application role gets no privilege on
+it at all: it can only call authenticate_api_key(hash), a SECURITY DEFINER function
+owned by the migrating role, which answers (key id, organization id) for a live key and
+nothing for anything else. Keys are created and revoked as the owner (`careteam org
+create`, `careteam key create|revoke`).
+
 The role is cluster-wide and may serve other databases, so downgrade() keeps it and
 only revokes its privileges here.
 
@@ -38,7 +44,20 @@ TENANT_TABLES = {
     "providers": ("organization_id", "SELECT, INSERT, UPDATE, DELETE"),
     "care_team_assignments": ("organization_id", "SELECT, INSERT, UPDATE, DELETE"),
     "care_team_events": ("organization_id", "SELECT, INSERT"),
+    "api_keys": ("organization_id", None),
 }
+
+AUTHENTICATE_API_KEY = """
+CREATE FUNCTION authenticate_api_key(p_key_hash text)
+RETURNS TABLE (api_key_id uuid, organization_id uuid)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT k.id, k.organization_id
+    FROM public.api_keys AS k
+    WHERE k.key_hash = p_key_hash AND k.revoked_at IS NULL
+$$
+"""
 
 
 def upgrade() -> None:
@@ -65,11 +84,16 @@ def upgrade() -> None:
             f"USING ({column} = {CURRENT_TENANT}) "
             f"WITH CHECK ({column} = {CURRENT_TENANT})"
         )
-        op.execute(f"GRANT {privileges} ON {table} TO {role}")
+        if privileges:
+            op.execute(f"GRANT {privileges} ON {table} TO {role}")
+    op.execute(AUTHENTICATE_API_KEY)
+    op.execute("REVOKE ALL ON FUNCTION authenticate_api_key(text) FROM PUBLIC")
+    op.execute(f"GRANT EXECUTE ON FUNCTION authenticate_api_key(text) TO {role}")
 
 
 def downgrade() -> None:
     role = get_settings().app_db_role
+    op.execute("DROP FUNCTION IF EXISTS authenticate_api_key(text)")
     for table in reversed(TENANT_TABLES):
         op.execute(f"REVOKE ALL ON {table} FROM {role}")
         op.execute(f"DROP POLICY IF EXISTS tenant_isolation ON {table}")

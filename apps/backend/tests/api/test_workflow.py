@@ -141,3 +141,14 @@ class TestConcurrentAssignmentThroughTheApp:
         ).json()
         # The last change committed is the primary that remains.
         assert history["items"][0]["provider_id"] == primaries[0]["provider_id"]
+
+
+class TestDocumentation:
+    async def test_openapi_and_docs_are_served(self, client: httpx.AsyncClient):
+        spec = await client.get("/openapi.json")
+        assert spec.status_code == 200
+        paths = spec.json()["paths"]
+        assert "/v1/patients/{patient_id}/care-team/primary" in paths
+        assert spec.json()["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+        docs = await client.get("/docs")
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()

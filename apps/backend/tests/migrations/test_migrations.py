@@ -15,7 +15,8 @@ from src.models import UNIQUE_PRIMARY_INDEX, Base
 from src.schema import alembic_config, current_revision, downgrade, upgrade
 from tests.conftest import FreshDatabase
 
-RLS, UNIQUE, HEAD = "20260114_rls_coverage", "20260114_unique_primary", "20260115_api_keys"
+RLS, UNIQUE = "20260114_rls_coverage", "20260114_unique_primary"
+HEAD = UNIQUE
 
 PRIMARIES = "SELECT patient_id, provider_id FROM care_team_assignments WHERE is_primary_provider"
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
@@ -26,10 +27,9 @@ async def index_count(db: FreshDatabase) -> int:
 
 
 class TestRevisionChain:
-    def test_single_head_after_the_unique_primary_revision(self):
+    def test_single_head_is_the_unique_primary_revision(self):
         scripts = ScriptDirectory.from_config(alembic_config())
-        assert scripts.get_heads() == [HEAD]
-        assert scripts.get_revision(HEAD).down_revision == UNIQUE
+        assert scripts.get_heads() == [UNIQUE]
         assert scripts.get_revision(UNIQUE).down_revision == RLS
         assert scripts.get_revision(RLS).down_revision == "20260113_initial_schema"
 
@@ -41,7 +41,6 @@ class TestUpAndDown:
         assert await current_revision(engine) == HEAD
         assert await index_count(fresh_database) == 1
 
-        await downgrade(engine, UNIQUE)
         await downgrade(engine, "-1")
         assert await current_revision(engine) == RLS
         assert await index_count(fresh_database) == 0
