@@ -75,6 +75,25 @@ def _connector(url: str, settings: Settings, role: str | None) -> Callable[[], A
     return connect
 
 
+def pg_error_fields(err: BaseException) -> tuple[str | None, str | None]:
+    """(sqlstate, constraint name) of the PostgreSQL error behind `err`, if any.
+
+    SQLAlchemy wraps the driver's exception (``.orig``), which wraps asyncpg's
+    (``__cause__``); the constraint name is only on the innermost one.
+    """
+    sqlstate: str | None = None
+    seen: BaseException | None = err
+    while seen is not None:
+        found = getattr(seen, "sqlstate", None)
+        if isinstance(found, str):
+            sqlstate = found
+            constraint = getattr(seen, "constraint_name", None)
+            if isinstance(constraint, str):
+                return sqlstate, constraint
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return sqlstate, None
+
+
 def create_engine(url: str, settings: Settings, *, role: str | None = None) -> AsyncEngine:
     """An async engine whose connections asyncpg opens from the libpq `url`."""
     return create_async_engine(

@@ -30,16 +30,23 @@ def head_revision() -> str:
     return head
 
 
+# Alembic runs each migration in its own transaction on the connection, and steps out
+# of it where a migration needs to (CREATE INDEX CONCURRENTLY), so the connection is
+# handed over with no transaction begun.
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Migrate the database behind `engine` (the owner's) up to `revision`."""
-    async with engine.begin() as conn:
+    async with engine.connect() as conn:
         await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+        await conn.commit()
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
     """Migrate the database behind `engine` (the owner's) down to `revision`."""
-    async with engine.begin() as conn:
+    async with engine.connect() as conn:
         await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), revision))
+        await conn.commit()
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -31,6 +31,9 @@ def _created_at() -> sa.Column[object]:
 
 
 def upgrade() -> None:
+    # Never queue for long behind (and so in front of) the site's own queries.
+    op.execute("SET LOCAL lock_timeout = '5s'")
+    op.execute("SET LOCAL statement_timeout = '60s'")
     op.create_table(
         "organizations",
         sa.Column("id", UUID(as_uuid=True), server_default=GEN_UUID, nullable=False),
@@ -151,6 +154,8 @@ def _tenant_foreign_keys(table: str) -> list[sa.ForeignKeyConstraint]:
 
 
 def downgrade() -> None:
+    op.execute("SET LOCAL lock_timeout = '5s'")
+    op.execute("SET LOCAL statement_timeout = '60s'")
     op.drop_table("api_keys")
     op.drop_table("care_team_events")
     op.drop_table("care_team_assignments")

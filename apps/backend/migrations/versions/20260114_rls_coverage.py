@@ -61,6 +61,9 @@ $$
 
 
 def upgrade() -> None:
+    # Never queue for long behind (and so in front of) the site's own queries.
+    op.execute("SET LOCAL lock_timeout = '5s'")
+    op.execute("SET LOCAL statement_timeout = '60s'")
     role = get_settings().app_db_role
     op.execute(f"""
         DO $$
@@ -92,6 +95,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("SET LOCAL lock_timeout = '5s'")
+    op.execute("SET LOCAL statement_timeout = '60s'")
     role = get_settings().app_db_role
     op.execute("DROP FUNCTION IF EXISTS authenticate_api_key(text)")
     for table in reversed(TENANT_TABLES):

@@ -96,9 +96,12 @@ SELECT_ASSIGNMENT = text("""
     WHERE organization_id = :org AND patient_id = :patient AND provider_id = :provider
 """)
 
-SELECT_PRIMARY = text("""
+# Newest first. Normally at most one row; before the unique index exists (an old table
+# being migrated) there may be several, and assigning demotes them all.
+SELECT_PRIMARIES = text("""
     SELECT provider_id FROM care_team_assignments
     WHERE organization_id = :org AND patient_id = :patient AND is_primary_provider
+    ORDER BY assigned_at DESC, id DESC
 """)
 
 DEMOTE = text("""
@@ -276,12 +279,15 @@ class CareTeamService:
         ):
             await write.lock_patient()
             await write.require_active_provider(provider_id)
-            current = await write.scalar(SELECT_PRIMARY)
-            if current != provider_id:
-                if current is not None:
-                    await write.execute(DEMOTE, current)
-                    await write.record(EventType.PRIMARY_DEMOTED, current, current)
-                await write.execute(PROMOTE, provider_id)
+            primaries = list((await db.execute(SELECT_PRIMARIES, write.params())).scalars())
+            current = primaries[0] if primaries else None
+            if primaries != [provider_id]:
+                for demoted in primaries:
+                    if demoted != provider_id:
+                        await write.execute(DEMOTE, demoted)
+                        await write.record(EventType.PRIMARY_DEMOTED, demoted, demoted)
+                if provider_id not in primaries:
+                    await write.execute(PROMOTE, provider_id)
                 await write.record(EventType.PRIMARY_ASSIGNED, provider_id, current)
             team = await write.team()
         logger.info(
@@ -291,7 +297,7 @@ class CareTeamService:
             patient_id,
             provider_id,
             current,
-            extra={"event": "primary_assigned", "changed": current != provider_id},
+            extra={"event": "primary_assigned", "changed": primaries != [provider_id]},
         )
         return team
 

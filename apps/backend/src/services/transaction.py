@@ -11,6 +11,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.db import pg_error_fields
 from src.models import UNIQUE_PRIMARY_INDEX
 from src.services.errors import (
     CareTeamError,
@@ -36,25 +37,6 @@ _UNAVAILABLE_SQLSTATES = {
 }
 
 
-def _pg_error_fields(err: BaseException) -> tuple[str | None, str | None]:
-    """(sqlstate, constraint name) of the PostgreSQL error behind `err`, if any.
-
-    SQLAlchemy wraps the driver's exception (``.orig``), which wraps asyncpg's
-    (``__cause__``); the constraint name is only on the innermost one.
-    """
-    sqlstate: str | None = None
-    seen: BaseException | None = err
-    while seen is not None:
-        found = getattr(seen, "sqlstate", None)
-        if isinstance(found, str):
-            sqlstate = found
-            constraint = getattr(seen, "constraint_name", None)
-            if isinstance(constraint, str):
-                return sqlstate, constraint
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return sqlstate, None
-
-
 def _translate(
     err: Exception,
     *,
@@ -63,7 +45,7 @@ def _translate(
     patient_id: uuid.UUID | None,
 ) -> CareTeamError:
     """Turn a driver or SQLAlchemy error into the domain error the caller can act on."""
-    sqlstate, constraint = _pg_error_fields(err)
+    sqlstate, constraint = pg_error_fields(err)
     ids = {
         "operation": operation,
         "organization_id": str(organization_id) if organization_id else None,
@@ -137,7 +119,7 @@ async def unit_of_work(
             raise
         if (
             isinstance(err, sa_exc.SQLAlchemyError | OSError | TimeoutError)
-            or _pg_error_fields(err)[0]
+            or pg_error_fields(err)[0]
         ):
             raise _translate(
                 err, operation=operation, organization_id=organization_id, patient_id=patient_id
