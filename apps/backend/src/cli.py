@@ -13,7 +13,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 import uvicorn
@@ -88,38 +88,23 @@ def _revision_order() -> list[str]:
     return [rev.revision for rev in reversed(list(scripts.walk_revisions()))]
 
 
-async def _status(engine: AsyncEngine) -> dict[str, Any]:
+async def _report_status(engine: AsyncEngine) -> None:
+    """Schema revision, row counts, then the primary-provider check (20 of each kind)."""
     revision = await schema.current_revision(engine)
-    counts: dict[str, int] = {}
-    report = None
-    if revision is not None:
-        async with engine.connect() as conn:
-            for table in COUNTED_TABLES:
-                if (await conn.execute(text("SELECT to_regclass(:t)"), {"t": table})).scalar():
-                    counts[table] = (
-                        await conn.execute(text(f"SELECT count(*) FROM {table}"))
-                    ).scalar_one()
-        report = await diagnostics.run_check(engine)
-    return {"revision": revision, "counts": counts, "report": report}
-
-
-def print_status(status: dict[str, Any]) -> None:
     head = schema.head_revision()
-    revision = status["revision"] or "(empty database)"
-    mark = (
-        "[green]at head[/green]"
-        if status["revision"] == head
-        else f"[yellow]head is {head}[/yellow]"
-    )
-    console.print(f"Schema revision: {revision} {mark}", highlight=False)
-    if status["counts"]:
-        table = Table("table", "rows", title=None, show_edge=False)
-        for name, rows in status["counts"].items():
-            table.add_row(name, f"{rows:,}")
-        console.print(table)
-    report: diagnostics.Report | None = status["report"]
-    if report is not None:
-        diagnostics.print_report(report, echo=lambda line: console.print(line, highlight=False))
+    mark = "[green]at head[/green]" if revision == head else f"[yellow]head is {head}[/yellow]"
+    console.print(f"Schema revision: {revision or '(empty database)'} {mark}", highlight=False)
+    if revision is None:
+        return
+    table = Table("table", "rows", show_edge=False)
+    async with engine.connect() as conn:
+        for name in COUNTED_TABLES:
+            if (await conn.execute(text("SELECT to_regclass(:t)"), {"t": name})).scalar():
+                rows = (await conn.execute(text(f"SELECT count(*) FROM {name}"))).scalar_one()
+                table.add_row(name, f"{rows:,}")
+    console.print(table)
+    sys.stdout.flush()
+    await diagnostics.run_check(engine, diagnostics.Options(limit=20), sys.stdout)
 
 
 @app.command()
@@ -131,7 +116,7 @@ def migrate(
     if to not in ("head", "base") and to not in order:
         fail(f"unknown revision {to!r}; known: {', '.join(order)}")
 
-    async def work(engine: AsyncEngine) -> dict[str, Any]:
+    async def work(engine: AsyncEngine) -> None:
         current = await schema.current_revision(engine)
         position = {rev: i for i, rev in enumerate(order)}
         target = order[-1] if to == "head" else to
@@ -141,23 +126,43 @@ def migrate(
         else:
             console.print(f"Upgrading {current or '(empty)'} -> {target} ...")
             await schema.upgrade(engine, target)
-        return await _status(engine)
+        await _report_status(engine)
 
-    print_status(run(work))
+    run(work)
 
 
 @app.command()
 def status() -> None:
     """Report the schema revision, row counts and the primary-provider check."""
-    print_status(run(_status))
+    run(_report_status)
 
 
 @app.command()
-def check() -> None:
-    """Find patients with more than one primary provider (exit 0 clean, 1 found, 2 error)."""
-    report = run(diagnostics.run_check)
-    diagnostics.print_report(report, echo=lambda line: console.print(line, highlight=False))
-    raise typer.Exit(report.exit_code)
+def check(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    organization: Annotated[
+        str | None, typer.Option(metavar="ORG_ID", help="Check one organization only.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="List at most N of each kind (all are counted).")
+    ] = None,
+    fix: Annotated[bool, typer.Option(help="Say what the dedupe would change.")] = False,
+    execute: Annotated[bool, typer.Option(help="With --fix: apply it.")] = False,
+) -> None:
+    """Find patients with more than one primary provider (exit 0 clean, 1 found, 2 error).
+
+    The same program as scripts/check_primary_provider_violations.py.
+    """
+    if execute and not fix:
+        fail("--execute only goes with --fix")
+    options = diagnostics.Options(
+        organization_id=_parse_uuid(organization, "ORG_ID") if organization else None,
+        limit=limit,
+        as_json=as_json,
+        fix=fix,
+        execute=execute,
+    )
+    raise typer.Exit(asyncio.run(diagnostics.check(options)))
 
 
 def _parse_uuid(value: str, what: str) -> uuid.UUID:

@@ -28,8 +28,8 @@ DUPLICATED = (
 
 async def autocommit(db: FreshDatabase, work: Callable[[Connection], Any]) -> Any:
     """Run `work` on an AUTOCOMMIT connection, as the migration does."""
-    async with db.engine.connect() as conn:
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+    async with db.engine.connect() as connection:
+        conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
         return await conn.run_sync(work)
 
 

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import uuid
 
+import pytest
+from sqlalchemy.exc import DBAPIError
+
+from src import primary_rule
 from src.config import BACKEND_DIR
 from src.schema import upgrade
 from tests.conftest import FreshDatabase
-from tests.migrations.test_migrations import RLS, seed_duplicates
+from tests.migrations.test_migrations import PRIMARIES, RLS, seed_duplicates
 
 SCRIPT = BACKEND_DIR / "scripts" / "check_primary_provider_violations.py"
 
 
-def run_check(database_url: str) -> subprocess.CompletedProcess[str]:
+def run_check(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": database_url}
     return subprocess.run(
-        [sys.executable, str(SCRIPT)],
+        [sys.executable, str(SCRIPT), *args],
         check=False,
         capture_output=True,
         text=True,
@@ -45,7 +51,8 @@ class TestBeforeTheMigration:
             line = next(line for line in out.splitlines() if f"provider {demoted}" in line)
             assert line.endswith("-> migration would demote to secondary")
             assert "assigned_at 2025-" in line
-        assert "WARNING: 1 patient(s) have a care team but no primary provider" in out
+        assert "WARNING: patients with a care team but no primary provider:" in out
+        assert "⚠️  1 patient(s) without a primary provider" in out
 
 
 class TestAfterTheMigration:
@@ -88,3 +95,85 @@ class TestCannotRun:
         result = run_check(url)
         assert result.returncode == 2
         assert "BYPASSRLS" in result.stderr
+
+
+class TestOptions:
+    async def test_json_report(self, fresh_database: FreshDatabase):
+        await upgrade(fresh_database.engine, RLS)
+        seeded = await seed_duplicates(fresh_database)
+        result = run_check(fresh_database.url, "--json")
+        assert result.returncode == 1
+        report = json.loads(result.stdout)
+        assert report["index_state"] == "missing"
+        assert report["status"] == "violations"
+        assert report["violations_total"] == 2 and report["demotions_needed"] == 3
+        assert report["without_primary_total"] == 1
+        assert report["fix"] is None
+        kept = {
+            v["patient_id"]: [p["provider_id"] for p in v["primaries"] if p["action"] == "keep"]
+            for v in report["violations"]
+        }
+        for patient, providers in kept.items():
+            assert providers == [str(seeded.expected_primaries[uuid.UUID(patient)])]
+
+    async def test_limit_lists_fewer_but_counts_all(self, fresh_database: FreshDatabase):
+        await upgrade(fresh_database.engine, RLS)
+        await seed_duplicates(fresh_database)
+        report = json.loads(run_check(fresh_database.url, "--json", "--limit", "1").stdout)
+        assert len(report["violations"]) == 1 and report["violations_total"] == 2
+        text_out = run_check(fresh_database.url, "--limit", "1").stdout
+        assert "... and 1 more (raise --limit to list them)" in text_out
+
+    async def test_one_organization(self, fresh_database: FreshDatabase):
+        await upgrade(fresh_database.engine, RLS)
+        await seed_duplicates(fresh_database)
+        other = await fresh_database.execute(
+            "INSERT INTO organizations (name) VALUES ('clean') RETURNING id"
+        )
+        clean = run_check(fresh_database.url, "--organization", str(other[0][0]))
+        assert clean.returncode == 0, clean.stdout
+        assert "✅ SUCCESS" in clean.stdout
+
+    async def test_fix_is_a_dry_run_until_execute(self, fresh_database: FreshDatabase):
+        db = fresh_database
+        await upgrade(db.engine, RLS)
+        seeded = await seed_duplicates(db)
+        dry = run_check(db.url, "--fix")
+        assert dry.returncode == 1
+        assert "DRY RUN: --fix would demote 3 assignment(s) of 2 patient(s)" in dry.stdout
+        assert await db.execute("SELECT count(*) FROM care_team_events") == [(0,)]
+
+        fixed = run_check(db.url, "--fix", "--execute")
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        assert "FIXED: demoted 3 duplicate primary assignment(s)" in fixed.stdout
+        primaries = dict(await db.execute(PRIMARIES))
+        assert primaries == seeded.expected_primaries
+        events = await db.execute(
+            "SELECT actor FROM care_team_events WHERE event_type = 'migration_dedupe'"
+        )
+        assert [e.actor for e in events] == ["careteam check --fix"] * 3
+        assert run_check(db.url).returncode == 0
+
+    async def test_invalid_index_is_reported(self, fresh_database: FreshDatabase):
+        await upgrade(fresh_database.engine, RLS)
+        await seed_duplicates(fresh_database)
+        async with fresh_database.engine.connect() as connection:
+            conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            with pytest.raises(DBAPIError):
+                await conn.exec_driver_sql(primary_rule.CREATE_INDEX)
+        result = run_check(fresh_database.url)
+        assert "Index idx_unique_primary_provider_per_patient: invalid" in result.stdout
+        assert "the index is INVALID" in result.stdout
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (("--execute",), "--execute only goes with --fix"),
+            (("--organization", "nope"), "not a UUID"),
+            (("--limit", "0"), "at least 1"),
+        ],
+    )
+    def test_bad_arguments_exit_2(self, args: tuple[str, ...], message: str):
+        result = run_check("postgresql://unused@127.0.0.1:1/none", *args)
+        assert result.returncode == 2
+        assert message in result.stderr
