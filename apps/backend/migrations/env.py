@@ -14,7 +14,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from src.config import get_settings
-from src.db import create_engine, resolve_database_url
+from src.db import create_engine
+from src.embedded import resolve_database_url
 from src.models import Base
 
 config = context.config

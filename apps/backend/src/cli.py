@@ -22,13 +22,14 @@ from alembic.util import CommandError
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from src import diagnostics, schema
 from src.api.app import create_app
 from src.config import ConfigurationError, Settings, get_settings
-from src.db import create_engine, open_database, resolve_database_url
-from src.embedded import stop_embedded_server
+from src.db import create_engine, open_database
+from src.embedded import resolve_database_url, stop_embedded_server
 from src.log_config import configure_logging
 from src.services.care_team_service import CareTeamService
 from src.services.directory_service import DirectoryService
@@ -78,7 +79,7 @@ def run(work: Callable[[AsyncEngine], Awaitable[T]], *, keep_running: bool = Fal
         fail(str(err))
     except CommandError as err:
         fail(f"migration failed: {err}")
-    except diagnostics.DATABASE_ERRORS as err:
+    except (*diagnostics.DATABASE_ERRORS, SQLAlchemyError) as err:
         fail(f"database error: {diagnostics.describe_connection_error(err)}")
 
 
@@ -104,7 +105,8 @@ async def _report_status(engine: AsyncEngine) -> None:
                 table.add_row(name, f"{rows:,}")
     console.print(table)
     sys.stdout.flush()
-    await diagnostics.run_check(engine, diagnostics.Options(limit=20), sys.stdout)
+    url = resolve_database_url(get_settings())  # the server is already up: no start
+    await diagnostics.run_check(url, diagnostics.Options(limit=20), sys.stdout)
 
 
 @app.command()

@@ -13,8 +13,6 @@ Connections are made by asyncpg from the libpq URL itself, so every form psql ac
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,34 +26,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from src.config import ConfigurationError, Settings
-from src.embedded import ensure_database, start_embedded_server, with_database
+from src.embedded import resolve_database_url
 
 APPLICATION_NAME = "careteam"
-
-
-def resolve_database_url(settings: Settings, *, keep_running: bool = False) -> str:
-    """The owner's libpq URL: `DATABASE_URL`, or the embedded server's database.
-
-    Starts the embedded server (and creates its database) when `DATABASE_URL` is unset;
-    see `start_embedded_server` for when it stops.
-    """
-    if settings.database_url is not None:
-        return settings.database_url.get_secret_value()
-    server_url = start_embedded_server(settings.careteam_data_dir, keep_running=keep_running)
-    run_blocking(ensure_database(server_url, settings.database_name))
-    return with_database(server_url, settings.database_name)
-
-
-def run_blocking(coro: Awaitable[None]) -> None:
-    """Run `coro` to completion, from sync code or from inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(coro)  # type: ignore[arg-type]
-        return
-    # Inside a loop (pytest, uvicorn): run it on a private loop in a worker thread.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, coro).result()  # type: ignore[arg-type]
 
 
 def _connector(url: str, settings: Settings, role: str | None) -> Callable[[], Awaitable[Any]]:
@@ -138,4 +111,4 @@ def open_database(settings: Settings, url: str | None = None) -> Database:
     )
 
 
-__all__ = ["ConfigurationError", "Database", "open_database", "resolve_database_url"]
+__all__ = ["ConfigurationError", "Database", "create_engine", "open_database"]

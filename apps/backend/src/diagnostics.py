@@ -1,12 +1,17 @@
 """Find (and optionally fix) violations of "at most one primary provider per
 (organization, patient)".
 
-Runs as the owner, across all organizations (or one, with `organization_id`), before or
-after the unique-primary migration. Results are streamed from a server-side cursor and
-written as they arrive, so memory stays flat however large the table is. Behind
-scripts/check_primary_provider_violations.py and `careteam check`.
+Runs as the owner, across all organizations (or one), before or after the
+unique-primary migration. One scan of care_team_assignments finds both the patients
+with several primaries and those with a care team but no primary; the rows are streamed
+from a server-side cursor and written as they arrive, so memory stays flat however
+large the table is. Behind scripts/check_primary_provider_violations.py and
+`careteam check`.
 
-Exit codes: 0 no violations, 1 violations found, 2 the check could not run.
+Exit codes: 0 no violations (or all fixed), 1 violations found, 2 the check could not run.
+
+This module talks to PostgreSQL with asyncpg directly and imports the ORM only for
+--fix --execute: on a large table its start-up time is part of what operators wait for.
 """
 
 from __future__ import annotations
@@ -17,70 +22,57 @@ import datetime
 import json
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import asyncpg
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from src import primary_rule
 from src.config import ConfigurationError, get_settings
-from src.db import create_engine, resolve_database_url
-from src.models import UNIQUE_PRIMARY_INDEX
+from src.embedded import resolve_database_url
+from src.rule import UNIQUE_PRIMARY_INDEX
 
 EXIT_CLEAN, EXIT_VIOLATIONS, EXIT_CANNOT_RUN = 0, 1, 2
 FIX_ACTOR = "careteam check --fix"
 
-# Every (organization, patient) with more than one primary, with its primaries in the
-# order the dedupe ranks them: the first one (latest assigned_at, tie: highest id) is
-# the one it keeps. One scan finds the pairs; the details come from the
-# (organization_id, patient_id, provider_id) index, pair by pair.
-VIOLATIONS = text("""
-    SELECT d.organization_id, d.patient_id, p.id, p.provider_id, p.assigned_at
-    FROM (
-        SELECT organization_id, patient_id
-        FROM care_team_assignments
-        WHERE is_primary_provider
-          AND (CAST(:org AS uuid) IS NULL OR organization_id = CAST(:org AS uuid))
-        GROUP BY organization_id, patient_id
-        HAVING count(*) > 1
-    ) AS d
-    CROSS JOIN LATERAL (
-        SELECT a.id, a.provider_id, a.assigned_at
-        FROM care_team_assignments AS a
-        WHERE a.organization_id = d.organization_id AND a.patient_id = d.patient_id
-          AND a.is_primary_provider
-    ) AS p
-    ORDER BY d.organization_id, d.patient_id, p.assigned_at DESC, p.id DESC
-""")
-
-# Patients with a care team but no primary provider: allowed, but worth a look.
-WITHOUT_PRIMARY = text("""
-    SELECT organization_id, patient_id, count(*) AS members
+# One pass over the table: per (organization, patient), how many primaries and members;
+# only the groups that are not exactly one primary come out. For those with several,
+# their primaries follow (from the (organization_id, patient_id, provider_id) index), in
+# the order the dedupe ranks them: the first one (latest assigned_at, tie: highest id)
+# is the one it keeps. A patient's rows always come out together (a nested loop).
+FINDINGS = """
+SELECT d.organization_id, d.patient_id, d.primaries, d.members,
+       p.id AS assignment_id, p.provider_id, p.assigned_at
+FROM (
+    SELECT organization_id, patient_id,
+           count(*) FILTER (WHERE is_primary_provider) AS primaries,
+           count(*) AS members
     FROM care_team_assignments
-    WHERE CAST(:org AS uuid) IS NULL OR organization_id = CAST(:org AS uuid)
+    {organization_filter}
     GROUP BY organization_id, patient_id
-    HAVING NOT bool_or(is_primary_provider)
-    ORDER BY organization_id, patient_id
-""")
+    HAVING count(*) FILTER (WHERE is_primary_provider) <> 1
+) AS d
+LEFT JOIN LATERAL (
+    SELECT a.id, a.provider_id, a.assigned_at
+    FROM care_team_assignments AS a
+    WHERE d.primaries > 1
+      AND a.organization_id = d.organization_id AND a.patient_id = d.patient_id
+      AND a.is_primary_provider
+    ORDER BY a.assigned_at DESC, a.id DESC
+) AS p ON true
+"""
 
-CAN_SEE_ALL_TENANTS = text("""
-    SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user
-""")
+INDEX_STATE = """
+SELECT i.indisvalid
+FROM pg_index AS i
+JOIN pg_class AS c ON c.oid = i.indexrelid
+WHERE c.relname = $1 AND pg_table_is_visible(c.oid)
+"""
 
-TABLE_EXISTS = text("SELECT to_regclass('care_team_assignments') IS NOT NULL")
+CAN_SEE_ALL_TENANTS = "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
 
-# What a failed connection or query can raise, from SQLAlchemy or from asyncpg directly.
-DATABASE_ERRORS = (
-    SQLAlchemyError,
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
+# What a failed connection or query raises.
+DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class CannotRun(Exception):
@@ -89,16 +81,25 @@ class CannotRun(Exception):
 
 @dataclass(frozen=True)
 class Primary:
-    assignment_id: uuid.UUID
-    provider_id: uuid.UUID
+    assignment_id: str
+    provider_id: str
     assigned_at: datetime.datetime
 
 
 @dataclass
-class Violation:
-    organization_id: uuid.UUID
-    patient_id: uuid.UUID
+class Finding:
+    """A patient with several primaries (a violation) or with none (a warning).
+
+    Ids stay text, as PostgreSQL wrote them: they are only ever printed."""
+
+    organization_id: str
+    patient_id: str
+    members: int
     primaries: list[Primary] = field(default_factory=list)
+
+    @property
+    def is_violation(self) -> bool:
+        return len(self.primaries) > 1
 
     @property
     def kept(self) -> Primary:
@@ -106,26 +107,23 @@ class Violation:
         return self.primaries[0]
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "organization_id": str(self.organization_id),
-            "patient_id": str(self.patient_id),
-            "primaries": [
+        item: dict[str, Any] = {
+            "kind": "several_primaries" if self.is_violation else "no_primary",
+            "organization_id": self.organization_id,
+            "patient_id": self.patient_id,
+            "members": self.members,
+        }
+        if self.is_violation:
+            item["primaries"] = [
                 {
-                    "assignment_id": str(p.assignment_id),
-                    "provider_id": str(p.provider_id),
+                    "assignment_id": p.assignment_id,
+                    "provider_id": p.provider_id,
                     "assigned_at": p.assigned_at.isoformat(),
                     "action": "keep" if p is self.kept else "demote",
                 }
                 for p in self.primaries
-            ],
-        }
-
-
-@dataclass
-class WithoutPrimary:
-    organization_id: uuid.UUID
-    patient_id: uuid.UUID
-    members: int
+            ]
+        return item
 
 
 @dataclass(frozen=True)
@@ -151,45 +149,63 @@ class Summary:
         return EXIT_VIOLATIONS if remaining else EXIT_CLEAN
 
 
-async def _begin_snapshot(conn: AsyncConnection) -> None:
-    """One read-only snapshot for the whole report; refuses what would mislead."""
-    await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-    if not (await conn.execute(TABLE_EXISTS)).scalar_one():
-        raise CannotRun("table care_team_assignments does not exist: run the migrations first")
-    if not (await conn.execute(CAN_SEE_ALL_TENANTS)).scalar():
-        raise CannotRun(
-            "this role cannot see every organization's rows (row-level security); "
-            "connect as a superuser or a role with BYPASSRLS"
-        )
+class FindingParser:
+    """Turns the COPY stream (CSV, arbitrary chunk boundaries) into Findings.
 
+    COPY rather than a cursor: PostgreSQL runs a cursor's query without parallel
+    workers (it might be suspended), a COPY's query with them; and COPY streams all the
+    same, chunk by chunk, so memory stays flat.
+    """
 
-async def stream_violations(
-    conn: AsyncConnection, organization_id: uuid.UUID | None
-) -> AsyncIterator[Violation]:
-    """Violations one by one, in (organization, patient) order, from a server-side cursor."""
-    current: Violation | None = None
-    org = str(organization_id) if organization_id else None
-    result = await conn.stream(VIOLATIONS.execution_options(yield_per=1000), {"org": org})
-    async for row in result:
-        if current is None or (current.organization_id, current.patient_id) != (
-            row.organization_id,
-            row.patient_id,
-        ):
+    def __init__(self, on_finding: Callable[[Finding], None]) -> None:
+        self.on_finding = on_finding
+        self.current: Finding | None = None
+        self.partial = b""
+
+    async def feed(self, chunk: bytes) -> None:
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop()
+        for line in lines:
+            self._row(line.decode().split(","))
+
+    def _row(self, cols: list[str]) -> None:
+        org, patient, _primaries, members, assignment, provider, assigned_at = cols
+        current = self.current
+        if current is None or current.patient_id != patient or current.organization_id != org:
             if current is not None:
-                yield current
-            current = Violation(row.organization_id, row.patient_id)
-        current.primaries.append(Primary(row.id, row.provider_id, row.assigned_at))
-    if current is not None:
-        yield current
+                self.on_finding(current)
+            current = self.current = Finding(org, patient, int(members))
+        if assignment:  # only patients with several primaries have these columns
+            current.primaries.append(
+                Primary(assignment, provider, datetime.datetime.fromisoformat(assigned_at))
+            )
+
+    def close(self) -> None:
+        if self.partial:
+            self._row(self.partial.decode().split(","))
+            self.partial = b""
+        if self.current is not None:
+            self.on_finding(self.current)
+            self.current = None
 
 
-async def stream_without_primary(
-    conn: AsyncConnection, organization_id: uuid.UUID | None
-) -> AsyncIterator[WithoutPrimary]:
-    org = str(organization_id) if organization_id else None
-    result = await conn.stream(WITHOUT_PRIMARY.execution_options(yield_per=1000), {"org": org})
-    async for row in result:
-        yield WithoutPrimary(row.organization_id, row.patient_id, row.members)
+async def stream_findings(
+    conn: asyncpg.Connection,
+    organization_id: uuid.UUID | None,
+    on_finding: Callable[[Finding], None],
+) -> None:
+    """Call `on_finding` for each finding as it arrives (inside the caller's transaction)."""
+    if organization_id is None:
+        query = FINDINGS.format(organization_filter="")
+    else:  # a validated UUID: COPY takes no parameters
+        query = FINDINGS.format(
+            organization_filter=f"WHERE organization_id = '{uuid.UUID(str(organization_id))}'"
+        )
+    await conn.execute("SET LOCAL timezone = 'UTC'")
+    await conn.execute("SET LOCAL datestyle = 'ISO'")
+    parser = FindingParser(on_finding)
+    await conn.copy_from_query(query, output=parser.feed, format="csv")
+    parser.close()
 
 
 class Reporter:
@@ -197,22 +213,19 @@ class Reporter:
 
     def __init__(self, out: TextIO, options: Options) -> None:
         self.out, self.options = out, options
-        self._first_item = True
+        self._items = 0
 
     def _listed(self, count: int) -> bool:
         return self.options.limit is None or count <= self.options.limit
 
-    def _json(self, fragment: str) -> None:
-        self.out.write(fragment)
-
     def start(self, index_state: str) -> None:
         if self.options.as_json:
             org = self.options.organization_id
-            self._json(
+            self.out.write(
                 "{"
                 f'"index_name": "{UNIQUE_PRIMARY_INDEX}", "index_state": "{index_state}", '
                 f'"organization_id": {json.dumps(str(org) if org else None)}, '
-                '"violations": ['
+                '"findings": ['
             )
             return
         self.out.write(f"Index {UNIQUE_PRIMARY_INDEX}: {index_state}\n")
@@ -222,49 +235,30 @@ class Reporter:
                 "the rule. Re-run the migration: it drops and rebuilds it.\n"
             )
 
-    def violation(self, number: int, v: Violation) -> None:
+    def finding(self, f: Finding, summary: Summary) -> None:
+        number = summary.violations if f.is_violation else summary.without_primary
         if not self._listed(number):
             return
         if self.options.as_json:
-            self._json(("" if number == 1 else ", ") + json.dumps(v.as_json()))
+            self.out.write(("" if self._items == 0 else ", ") + json.dumps(f.as_json()))
+            self._items += 1
+            return
+        if not f.is_violation:
+            self.out.write(
+                f"⚠️  WARNING: organization {f.organization_id} patient {f.patient_id}: "
+                f"care team of {f.members}, no primary provider\n"
+            )
             return
         self.out.write(
-            f"❌ organization {v.organization_id} patient {v.patient_id}: "
-            f"{len(v.primaries)} primary providers\n"
+            f"❌ organization {f.organization_id} patient {f.patient_id}: "
+            f"{len(f.primaries)} primary providers\n"
         )
-        for p in v.primaries:
-            verdict = "keep" if p is v.kept else "demote to secondary"
+        for p in f.primaries:
+            verdict = "keep" if p is f.kept else "demote to secondary"
             self.out.write(
                 f"     provider {p.provider_id}  assigned_at {p.assigned_at.isoformat()}  "
                 f"(assignment {p.assignment_id})  -> migration would {verdict}\n"
             )
-
-    def start_without_primary(self, summary: Summary) -> None:
-        if self.options.as_json:
-            self._json('], "without_primary": [')
-        elif summary.violations and not self._listed(summary.violations):
-            self.out.write(
-                f"     ... and {summary.violations - (self.options.limit or 0)} more "
-                "(raise --limit to list them)\n"
-            )
-
-    def without_primary(self, number: int, w: WithoutPrimary) -> None:
-        if not self._listed(number):
-            return
-        if self.options.as_json:
-            item = {
-                "organization_id": str(w.organization_id),
-                "patient_id": str(w.patient_id),
-                "members": w.members,
-            }
-            self._json(("" if number == 1 else ", ") + json.dumps(item))
-            return
-        if number == 1:
-            self.out.write("⚠️  WARNING: patients with a care team but no primary provider:\n")
-        self.out.write(
-            f"     organization {w.organization_id} patient {w.patient_id} "
-            f"({w.members} member(s))\n"
-        )
 
     def finish(self, s: Summary) -> None:
         if self.options.as_json:
@@ -275,17 +269,25 @@ class Reporter:
                     "executed": s.demoted is not None,
                     "demotions": s.demoted if s.demoted is not None else s.demotions_needed,
                 }
-            self._json(
+            self.out.write(
                 f'], "violations_total": {s.violations}, '
                 f'"demotions_needed": {s.demotions_needed}, '
                 f'"without_primary_total": {s.without_primary}, '
                 f'"fix": {json.dumps(fix)}, "status": "{status}"}}\n'
             )
             return
+        limit = self.options.limit
+        for kind, total in (
+            ("with several primaries", s.violations),
+            ("without a primary", s.without_primary),
+        ):
+            if limit is not None and total > limit:
+                self.out.write(
+                    f"     ({total - limit} more patient(s) {kind} not listed; "
+                    "raise --limit to list them)\n"
+                )
         if s.without_primary:
-            more = s.without_primary - (self.options.limit or s.without_primary)
-            tail = f" ({more} more not listed)" if more > 0 else ""
-            self.out.write(f"⚠️  {s.without_primary} patient(s) without a primary provider{tail}\n")
+            self.out.write(f"⚠️  {s.without_primary} patient(s) without a primary provider\n")
         if self.options.fix and s.demoted is None and s.violations:
             self.out.write(
                 f"DRY RUN: --fix would demote {s.demotions_needed} assignment(s) of "
@@ -305,49 +307,78 @@ class Reporter:
             self.out.write("✅ SUCCESS: No violations found\n")
 
 
-async def run_check(engine: AsyncEngine, options: Options, out: TextIO) -> Summary:
+async def _check_can_run(conn: asyncpg.Connection) -> None:
+    if not await conn.fetchval("SELECT to_regclass('care_team_assignments') IS NOT NULL"):
+        raise CannotRun("table care_team_assignments does not exist: run the migrations first")
+    if not await conn.fetchval(CAN_SEE_ALL_TENANTS):
+        raise CannotRun(
+            "this role cannot see every organization's rows (row-level security); "
+            "connect as a superuser or a role with BYPASSRLS"
+        )
+
+
+async def run_check(url: str, options: Options, out: TextIO) -> Summary:
     """Stream the report to `out`; with fix+execute, apply the dedupe. Raises CannotRun."""
     reporter = Reporter(out, options)
     summary = Summary()
-    async with engine.connect() as conn:
-        await _begin_snapshot(conn)
-        summary.index_state = await conn.run_sync(primary_rule.index_state)
-        reporter.start(summary.index_state)
-        async for violation in stream_violations(conn, options.organization_id):
-            summary.violations += 1
-            summary.demotions_needed += len(violation.primaries) - 1
-            reporter.violation(summary.violations, violation)
-        reporter.start_without_primary(summary)
-        async for patient in stream_without_primary(conn, options.organization_id):
-            summary.without_primary += 1
-            reporter.without_primary(summary.without_primary, patient)
-        await conn.rollback()
+    conn = await asyncpg.connect(url, timeout=get_settings().db_connect_timeout_s)
+    try:
+        await _check_can_run(conn)
+        # One read-only snapshot for the whole report.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            # A maintenance scan of the whole table: let PostgreSQL spread it over
+            # parallel workers (up to max_parallel_workers_per_gather) when it can.
+            await conn.execute("SET LOCAL parallel_setup_cost = 0")
+            await conn.execute("SET LOCAL parallel_tuple_cost = 0")
+            valid = await conn.fetchval(INDEX_STATE, UNIQUE_PRIMARY_INDEX)
+            summary.index_state = "missing" if valid is None else ("valid" if valid else "invalid")
+            reporter.start(summary.index_state)
+
+            def count_and_report(finding: Finding) -> None:
+                if finding.is_violation:
+                    summary.violations += 1
+                    summary.demotions_needed += len(finding.primaries) - 1
+                else:
+                    summary.without_primary += 1
+                reporter.finding(finding, summary)
+
+            await stream_findings(conn, options.organization_id, count_and_report)
+    finally:
+        await conn.close()
     if options.fix and options.execute and summary.violations:
-        summary.demoted = await fix_violations(engine, options.organization_id)
+        summary.demoted = await fix_violations(url, options.organization_id)
     reporter.finish(summary)
     return summary
 
 
-async def fix_violations(engine: AsyncEngine, organization_id: uuid.UUID | None) -> int:
+async def fix_violations(url: str, organization_id: uuid.UUID | None) -> int:
     """The migration's dedupe (same rule, same lock, same events), batch by batch."""
-    async with engine.connect() as connection:
-        conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
+    # Imported here: only this path needs the ORM (see the module docstring).
+    from src import primary_rule  # noqa: PLC0415
+    from src.db import create_engine  # noqa: PLC0415
 
-        def work(sync_conn: Any) -> int:
-            primary_rule.require_bypass_rls(sync_conn)
-            with primary_rule.online_session(sync_conn, lock_timeout_ms=2000):
-                return primary_rule.dedupe(
-                    sync_conn, actor=FIX_ACTOR, organization_id=organization_id
-                )
+    engine = create_engine(url, get_settings())
+    try:
+        async with engine.connect() as connection:
+            conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
 
-        demoted: int = await conn.run_sync(work)
-        return demoted
+            def work(sync_conn: Any) -> int:
+                primary_rule.require_bypass_rls(sync_conn)
+                with primary_rule.online_session(sync_conn, lock_timeout_ms=2000):
+                    return primary_rule.dedupe(
+                        sync_conn, actor=FIX_ACTOR, organization_id=organization_id
+                    )
+
+            demoted: int = await conn.run_sync(work)
+            return demoted
+    finally:
+        await engine.dispose()
 
 
 def describe_connection_error(err: BaseException) -> str:
     """One line saying why the database could not be used (no traceback, no secrets)."""
-    cause: BaseException = err
-    while isinstance(cause, SQLAlchemyError) and cause.__cause__ is not None:
+    cause = err
+    while cause.__cause__ is not None:  # the driver's error, under any wrappers
         cause = cause.__cause__
     first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
     return f"{type(cause).__name__}: {first_line}"
@@ -363,18 +394,16 @@ def _error(message: str, options: Options) -> int:
 async def check(options: Options, out: TextIO = sys.stdout) -> int:
     """The diagnostic as a program: write the report, return the exit code."""
     try:
-        settings = get_settings()
-        engine = create_engine(resolve_database_url(settings), settings)
+        url = resolve_database_url(get_settings())
+        summary = await run_check(url, options, out)
     except ConfigurationError as err:
         return _error(str(err), options)
-    try:
-        summary = await run_check(engine, options, out)
-    except (CannotRun, primary_rule.IndexBuildFailed) as err:
+    except CannotRun as err:
         return _error(str(err), options)
     except DATABASE_ERRORS as err:
         return _error(f"cannot query the database: {describe_connection_error(err)}", options)
-    finally:
-        await engine.dispose()
+    except Exception as err:  # the fix path's SQLAlchemy errors, IndexBuildFailed, ...
+        return _error(f"the fix failed: {describe_connection_error(err)}", options)
     return summary.exit_code
 
 
@@ -392,10 +421,7 @@ def _positive(value: str) -> int:
 
 
 def parse_args(argv: list[str] | None = None, description: str | None = None) -> Options:
-    parser = argparse.ArgumentParser(
-        description=description or __doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(description=description or (__doc__ or "").splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument(
         "--organization", type=_organization, metavar="ORG_ID", help="check one organization only"

@@ -8,17 +8,20 @@ stopped when the last process using it exits.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import importlib
 import logging
 import subprocess
 import warnings
+from collections.abc import Awaitable
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import quote, urlsplit
 
 import asyncpg
 
-from src.config import ConfigurationError
+from src.config import ConfigurationError, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -113,3 +116,28 @@ async def ensure_database(server_url: str, database: str) -> None:
             await conn.execute(f'CREATE DATABASE "{database}"')
     finally:
         await conn.close()
+
+
+def resolve_database_url(settings: Settings, *, keep_running: bool = False) -> str:
+    """The owner's libpq URL: `DATABASE_URL`, or the embedded server's database.
+
+    Starts the embedded server (and creates its database) when `DATABASE_URL` is unset;
+    see `start_embedded_server` for when it stops.
+    """
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    server_url = start_embedded_server(settings.careteam_data_dir, keep_running=keep_running)
+    run_blocking(ensure_database(server_url, settings.database_name))
+    return with_database(server_url, settings.database_name)
+
+
+def run_blocking(coro: Awaitable[None]) -> None:
+    """Run `coro` to completion, from sync code or from inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+        return
+    # Inside a loop (pytest, uvicorn): run it on a private loop in a worker thread.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, coro).result()  # type: ignore[arg-type]

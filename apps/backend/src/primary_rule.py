@@ -56,6 +56,12 @@ GROUP BY organization_id, patient_id
 HAVING count(*) > 1
 """
 
+INDEX_BATCHES = """
+-- The temporary table just created by this session; nothing else can write to it:
+-- squawk-ignore require-concurrent-index-creation
+CREATE INDEX IF NOT EXISTS careteam_dedupe_batch_batch ON pg_temp.careteam_dedupe_batch (batch)
+"""
+
 DROP_BATCHES = """
 -- A temporary table of this session, which no client sees:
 -- squawk-ignore ban-drop-table
@@ -180,6 +186,10 @@ def dedupe(
         conn,
         CREATE_BATCHES.format(batch_size=int(batch_size), organization_filter=organization_filter),
     )
+    # Temporary tables get no statistics by themselves: without them the planner may
+    # scan the whole assignments table once per batch instead of using its index.
+    _execute(conn, INDEX_BATCHES)
+    _execute(conn, "ANALYZE pg_temp.careteam_dedupe_batch")
     _execute(conn, CREATE_BATCH_FUNCTION)
     try:
         batches = conn.exec_driver_sql(
@@ -288,6 +298,8 @@ def offline_sql(*, actor: str) -> list[str]:
         "SET lock_timeout = '2000ms'",
         DROP_BATCHES,
         CREATE_BATCHES.format(batch_size=DEFAULT_BATCH_SIZE, organization_filter=""),
+        INDEX_BATCHES,
+        "ANALYZE pg_temp.careteam_dedupe_batch",
         CREATE_BATCH_FUNCTION,
         f"SELECT pg_temp.careteam_dedupe_batch(0, '{actor}')",
         DROP_BATCHES,

@@ -26,8 +26,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from src.config import Settings, get_settings, to_libpq_url
-from src.db import Database, create_engine, open_database, run_blocking
-from src.embedded import ensure_database, start_embedded_server, with_database
+from src.db import Database, create_engine, open_database
+from src.embedded import ensure_database, run_blocking, start_embedded_server, with_database
 from src.schema import upgrade
 
 

@@ -3,12 +3,12 @@
 from src.models.base import Base
 from src.models.care_team import (
     EVENT_TYPES,
-    UNIQUE_PRIMARY_INDEX,
     CareTeamAssignment,
     CareTeamEvent,
     EventType,
 )
 from src.models.tenants import ApiKey, Organization, Patient, Provider
+from src.rule import UNIQUE_PRIMARY_INDEX
 
 __all__ = [
     "EVENT_TYPES",

@@ -20,9 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from src.models.base import Base
-
-# The business rule: a patient has at most one primary provider per organization.
-UNIQUE_PRIMARY_INDEX = "idx_unique_primary_provider_per_patient"
+from src.rule import UNIQUE_PRIMARY_INDEX
 
 
 def _same_organization_keys() -> list[ForeignKeyConstraint]:

@@ -230,13 +230,16 @@ class TestUnencodableText:
     ):
         """JSON can carry a lone surrogate ("\\ud800"), which UTF-8 cannot store."""
         before = await rows_of(database, tenant)
-        raw = ('{"first_name": "A", "last_name": "B", "dob": "1990-01-01"}'
-               .replace(f'"{field}": "{"A" if field == "first_name" else "B"}"',
-                        f'"{field}": "x\\ud800y"'))
+        raw = '{"first_name": "A", "last_name": "B", "dob": "1990-01-01"}'.replace(
+            f'"{field}": "{"A" if field == "first_name" else "B"}"', f'"{field}": "x\\ud800y"'
+        )
         for path in ("/v1/patients", "/v1/providers"):
             body = raw if path == "/v1/patients" else raw.replace(', "dob": "1990-01-01"', "")
-            r = await client.post(path, content=body.encode(),
-                                  headers={**tenant.headers, "Content-Type": "application/json"})
+            r = await client.post(
+                path,
+                content=body.encode(),
+                headers={**tenant.headers, "Content-Type": "application/json"},
+            )
             assert r.status_code == 422, r.text
             assert "valid string" in r.json()["detail"]
         assert await rows_of(database, tenant) == before

@@ -34,7 +34,8 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.config import BACKEND_DIR, Settings
-from src.db import create_engine, run_blocking
+from src.db import create_engine
+from src.embedded import run_blocking
 from src.services.organization_service import OrganizationService
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))

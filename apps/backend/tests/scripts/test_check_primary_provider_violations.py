@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from src import primary_rule
+from src.diagnostics import Finding, FindingParser
 from src.config import BACKEND_DIR
 from src.schema import upgrade
 from tests.conftest import FreshDatabase
@@ -51,7 +53,7 @@ class TestBeforeTheMigration:
             line = next(line for line in out.splitlines() if f"provider {demoted}" in line)
             assert line.endswith("-> migration would demote to secondary")
             assert "assigned_at 2025-" in line
-        assert "WARNING: patients with a care team but no primary provider:" in out
+        assert "care team of 1, no primary provider" in out
         assert "⚠️  1 patient(s) without a primary provider" in out
 
 
@@ -109,9 +111,12 @@ class TestOptions:
         assert report["violations_total"] == 2 and report["demotions_needed"] == 3
         assert report["without_primary_total"] == 1
         assert report["fix"] is None
+        violations = [f for f in report["findings"] if f["kind"] == "several_primaries"]
+        assert len(violations) == 2
+        assert [f["kind"] for f in report["findings"]].count("no_primary") == 1
         kept = {
             v["patient_id"]: [p["provider_id"] for p in v["primaries"] if p["action"] == "keep"]
-            for v in report["violations"]
+            for v in violations
         }
         for patient, providers in kept.items():
             assert providers == [str(seeded.expected_primaries[uuid.UUID(patient)])]
@@ -120,9 +125,10 @@ class TestOptions:
         await upgrade(fresh_database.engine, RLS)
         await seed_duplicates(fresh_database)
         report = json.loads(run_check(fresh_database.url, "--json", "--limit", "1").stdout)
-        assert len(report["violations"]) == 1 and report["violations_total"] == 2
+        kinds = [f["kind"] for f in report["findings"]]
+        assert kinds.count("several_primaries") == 1 and report["violations_total"] == 2
         text_out = run_check(fresh_database.url, "--limit", "1").stdout
-        assert "... and 1 more (raise --limit to list them)" in text_out
+        assert "(1 more patient(s) with several primaries not listed" in text_out
 
     async def test_one_organization(self, fresh_database: FreshDatabase):
         await upgrade(fresh_database.engine, RLS)
@@ -177,3 +183,36 @@ class TestOptions:
         result = run_check("postgresql://unused@127.0.0.1:1/none", *args)
         assert result.returncode == 2
         assert message in result.stderr
+
+
+class TestStreamingParser:
+    """COPY delivers chunks cut anywhere; the findings must not depend on where."""
+
+    ROWS = (
+        b"o1,p1,2,4,a1,v1,2025-06-03 00:00:00+00\n"
+        b"o1,p1,2,4,a2,v2,2025-06-01 10:11:12.5+00\n"
+        b"o1,p2,0,3,,,\n"
+        b"o2,p3,3,3,a3,v3,2025-06-03 00:00:00+00\n"
+        b"o2,p3,3,3,a4,v4,2025-06-02 00:00:00+00\n"
+        b"o2,p3,3,3,a5,v5,2025-06-01 00:00:00+00\n"
+    )
+
+    @staticmethod
+    def parse(chunks: list[bytes]) -> list[tuple[str, int, list[str]]]:
+        found: list[Finding] = []
+        parser = FindingParser(found.append)
+
+        async def feed() -> None:
+            for chunk in chunks:
+                await parser.feed(chunk)
+
+        asyncio.run(feed())
+        parser.close()
+        return [(f.patient_id, f.members, [p.provider_id for p in f.primaries]) for f in found]
+
+    def test_same_findings_whatever_the_chunking(self):
+        whole = self.parse([self.ROWS])
+        assert whole == [("p1", 4, ["v1", "v2"]), ("p2", 3, []), ("p3", 3, ["v3", "v4", "v5"])]
+        for size in (1, 2, 7, 33):
+            chunks = [self.ROWS[i : i + size] for i in range(0, len(self.ROWS), size)]
+            assert self.parse(chunks) == whole

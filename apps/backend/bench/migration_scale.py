@@ -1,0 +1,366 @@
+"""Benchmark: the unique-primary migration and the diagnostic on a large, busy table.
+
+Usage (from apps/backend):
+
+    uv run python bench/migration_scale.py --patients-per-org 25000   # 10M assignments
+    uv run python bench/migration_scale.py --patients-per-org 2500    # 1M assignments
+
+It starts a throwaway embedded PostgreSQL (or uses the server of --server-url, on a
+database of its own that it drops at the end), fills it with 100 organizations,
+PATIENTS_PER_ORG patients each, 4 providers per patient (one primary) and a second
+primary for 1% of patients, all at revision 20260114_rls_coverage. Then, in one run:
+
+1. Baseline: in one transaction that is rolled back, the bare dedupe UPDATE and a plain
+   CREATE UNIQUE INDEX, while a writer loop assigns primaries through CareTeamService:
+   their times, and the longest stall the writer saw.
+2. The diagnostic script (a subprocess, --json) against the bare
+   `GROUP BY ... HAVING count(*) > 1` run through psql; the script's peak memory.
+3. `alembic upgrade head` (a subprocess) with the same writer loop running: its time and
+   the longest stall the writer saw.
+
+Prints one JSON object of figures (and progress on stderr). Timings are wall-clock on a
+shared machine: compare the ratios within one run, not seconds across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The writer must wait as long as it is blocked, so the stall can be measured at all.
+os.environ["DB_LOCK_TIMEOUT_MS"] = "0"
+os.environ["DB_STATEMENT_TIMEOUT_MS"] = "0"
+
+import asyncpg  # noqa: E402
+
+from src.config import BACKEND_DIR, get_settings, to_libpq_url  # noqa: E402
+from src.db import open_database  # noqa: E402
+from src.embedded import client_program, ensure_database, start_embedded_server  # noqa: E402
+from src.embedded import with_database  # noqa: E402
+from src.schema import upgrade  # noqa: E402
+from src.services.care_team_service import CareTeamService  # noqa: E402
+
+ORGS = 100
+PROVIDERS_PER_ORG = 100
+ASSIGNMENTS_PER_PATIENT = 4
+
+BARE_GROUP_BY = (
+    "SELECT organization_id, patient_id FROM care_team_assignments "
+    "WHERE is_primary_provider GROUP BY organization_id, patient_id HAVING count(*) > 1"
+)
+
+# The dedupe rule as one plain statement, without batches, locks or events.
+BARE_DEDUPE_UPDATE = """
+UPDATE care_team_assignments AS a SET is_primary_provider = false
+FROM (
+    SELECT id, row_number() OVER (PARTITION BY organization_id, patient_id
+                                  ORDER BY assigned_at DESC, id DESC) AS rank
+    FROM care_team_assignments WHERE is_primary_provider
+) AS r
+WHERE a.id = r.id AND r.rank > 1
+"""
+
+PLAIN_INDEX = """
+CREATE UNIQUE INDEX bench_plain_unique_primary ON care_team_assignments
+    (organization_id, patient_id) WHERE is_primary_provider = true
+"""
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- data ----------------------------------------------------------------------------
+
+
+async def generate(url: str, patients_per_org: int) -> None:
+    """Fill the tables. FK triggers are off for the load (the data is consistent by
+    construction); the unique constraints stay on."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute(
+            "INSERT INTO organizations (name) SELECT 'Bench ' || g FROM generate_series(1, $1) g",
+            ORGS,
+        )
+        await conn.execute(
+            "INSERT INTO providers (organization_id, first_name, last_name) "
+            "SELECT o.id, 'P', g::text FROM organizations o, generate_series(1, $1) g",
+            PROVIDERS_PER_ORG,
+        )
+        orgs = [r["id"] for r in await conn.fetch("SELECT id FROM organizations ORDER BY id")]
+        started = time.perf_counter()
+        for i, org in enumerate(orgs, 1):
+            await conn.execute(
+                "INSERT INTO patients (organization_id) SELECT $1 FROM generate_series(1, $2)",
+                org, patients_per_org,
+            )
+            # Patient n gets providers n*7 + k*13 (mod 100), k = 0..3: four distinct ones.
+            # k = 0 is the primary; every 100th patient's k = 1 is a second primary.
+            await conn.execute(
+                """
+                WITH prov AS (
+                    SELECT array_agg(id ORDER BY id) AS ids FROM providers
+                    WHERE organization_id = $1
+                ), pat AS (
+                    SELECT id, row_number() OVER (ORDER BY id) AS n FROM patients
+                    WHERE organization_id = $1
+                )
+                INSERT INTO care_team_assignments
+                    (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
+                SELECT $1, pat.id, prov.ids[1 + ((pat.n * 7 + k * 13) % $2)],
+                       k = 0 OR (k = 1 AND pat.n % 100 = 0),
+                       now() - make_interval(days => k) - random() * interval '1 day'
+                FROM pat, prov, generate_series(0, $3 - 1) AS k
+                """,
+                org, PROVIDERS_PER_ORG, ASSIGNMENTS_PER_PATIENT,
+            )
+            if i % 10 == 0:
+                log(f"  generated {i}/{len(orgs)} organizations "
+                    f"({time.perf_counter() - started:.0f}s)")
+        await conn.execute("SET session_replication_role = DEFAULT")
+        log("  VACUUM ANALYZE")
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+
+
+# --- the concurrent writer -------------------------------------------------------------
+
+
+@dataclass
+class Writer:
+    """Assigns primaries through CareTeamService in a loop; records every call's latency."""
+
+    targets: list[tuple[uuid.UUID, uuid.UUID, list[uuid.UUID]]]
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    running: bool = False
+
+    async def run(self, url: str) -> None:
+        database = open_database(get_settings(), url)
+        rng = random.Random(7)
+        try:
+            while self.running:
+                org, patient, providers = rng.choice(self.targets)
+                started = time.perf_counter()
+                try:
+                    async with database.sessionmaker() as session:
+                        await CareTeamService.assign_primary_provider(
+                            db=session, organization_id=org, patient_id=patient,
+                            provider_id=rng.choice(providers), actor="bench-writer")
+                except Exception as err:  # counted and reported, the loop goes on
+                    self.errors.append(type(err).__name__)
+                self.latencies.append(time.perf_counter() - started)
+                await asyncio.sleep(0.005)
+        finally:
+            await database.dispose()
+
+    def figures(self) -> dict[str, Any]:
+        if not self.latencies:
+            return {"calls": 0}
+        ordered = sorted(self.latencies)
+        return {
+            "calls": len(ordered),
+            "errors": len(self.errors),
+            "p50_ms": round(statistics.median(ordered) * 1000, 1),
+            "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 1),
+            "longest_stall_ms": round(ordered[-1] * 1000, 1),
+        }
+
+
+async def pick_targets(url: str) -> list[tuple[uuid.UUID, uuid.UUID, list[uuid.UUID]]]:
+    conn = await asyncpg.connect(url)
+    try:
+        providers: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for row in await conn.fetch("SELECT organization_id, id FROM providers"):
+            providers.setdefault(row["organization_id"], []).append(row["id"])
+        patients = await conn.fetch(
+            "SELECT organization_id, id FROM patients TABLESAMPLE SYSTEM (1) LIMIT 5000")
+        return [(p["organization_id"], p["id"], providers[p["organization_id"]])
+                for p in patients]
+    finally:
+        await conn.close()
+
+
+async def with_writer(url: str, writer: Writer, work: Any) -> tuple[Any, dict[str, Any]]:
+    """Run `work()` while the writer loops; return its result and the writer's figures."""
+    writer.latencies.clear()
+    writer.errors.clear()
+    writer.running = True
+    task = asyncio.create_task(writer.run(url))
+    await asyncio.sleep(1.0)  # a steady state before the measured work starts
+    try:
+        result = await work()
+    finally:
+        await asyncio.sleep(0.5)
+        writer.running = False
+        await task
+    return result, writer.figures()
+
+
+# --- measurements ------------------------------------------------------------------
+
+
+async def baseline(url: str) -> dict[str, float]:
+    """The bare dedupe UPDATE and a plain CREATE UNIQUE INDEX, in a rolled-back transaction."""
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            started = time.perf_counter()
+            await conn.execute(BARE_DEDUPE_UPDATE)
+            update_s = time.perf_counter() - started
+            started = time.perf_counter()
+            await conn.execute(PLAIN_INDEX)
+            index_s = time.perf_counter() - started
+            raise _Rollback
+    except _Rollback:
+        pass
+    finally:
+        await conn.close()
+    return {"bare_update_s": round(update_s, 2), "plain_index_s": round(index_s, 2),
+            "bare_total_s": round(update_s + index_s, 2)}
+
+
+class _Rollback(Exception):
+    pass
+
+
+def timed_process(args: list[str], env: dict[str, str]) -> tuple[float, int, int]:
+    """(seconds, exit code, peak RSS in MB) of a child process, output discarded."""
+    started = time.perf_counter()
+    child = subprocess.Popen(args, cwd=BACKEND_DIR, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return seconds, child.returncode, usage.ru_maxrss // 1024
+
+
+async def migrate(url: str) -> dict[str, Any]:
+    env = {**os.environ, "DATABASE_URL": url}
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "alembic", "upgrade", "head", cwd=BACKEND_DIR, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await process.communicate()
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"alembic upgrade head failed:\n{err.decode()}")
+    return {"migration_s": round(seconds, 2)}
+
+
+async def count(url: str, sql: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.server_url:
+        server = to_libpq_url(args.server_url)
+    else:
+        server = start_embedded_server(Path(tempfile.mkdtemp(prefix="careteam-bench-")),
+                                       delete_on_exit=True)
+    name = f"careteam_bench_{uuid.uuid4().hex[:8]}"
+    await ensure_database(server, name)
+    url = with_database(server, name)
+    try:
+        database = open_database(get_settings(), url)
+        await upgrade(database.owner_engine, "20260114_rls_coverage")
+        await database.dispose()
+        rows = ORGS * args.patients_per_org * ASSIGNMENTS_PER_PATIENT
+        log(f"generating {rows:,} assignments")
+        started = time.perf_counter()
+        await generate(url, args.patients_per_org)
+        figures: dict[str, Any] = {
+            "assignments": await count(url, "SELECT count(*) FROM care_team_assignments"),
+            "patients_with_two_primaries": await count(
+                url, f"SELECT count(*) FROM ({BARE_GROUP_BY}) d"),
+            "generate_s": round(time.perf_counter() - started, 1),
+        }
+        writer = Writer(await pick_targets(url))
+
+        log("1. baseline: bare dedupe UPDATE + plain CREATE UNIQUE INDEX (rolled back)")
+        base, base_writer = await with_writer(url, writer, lambda: baseline(url))
+        figures["baseline"] = {**base, "writer": base_writer}
+
+        log("2. diagnostic script vs bare GROUP BY through psql")
+        env = {**os.environ, "DATABASE_URL": url}
+        psql = [str(client_program("psql")), url, "-X", "-q", "-o", "/dev/null", "-c"]
+        bare_s, code, _ = timed_process([*psql, BARE_GROUP_BY], env)
+        assert code == 0, "psql failed"
+        script = [sys.executable, "scripts/check_primary_provider_violations.py", "--json"]
+        script_s, code, script_mb = timed_process(script, env)
+        assert code == 1, f"diagnostic should find the seeded violations (exit {code})"
+        figures["diagnostic"] = {
+            "bare_group_by_psql_s": round(bare_s, 2),
+            "script_s": round(script_s, 2),
+            "ratio": round(script_s / bare_s, 2),
+            "script_peak_rss_mb": script_mb,
+        }
+
+        log("3. alembic upgrade head, with the writer running")
+        mig, mig_writer = await with_writer(url, writer, lambda: migrate(url))
+        figures["migration"] = {
+            **mig,
+            "writer": mig_writer,
+            "ratio_to_bare_total": round(mig["migration_s"] / base["bare_total_s"], 2),
+        }
+        figures["after"] = {
+            "patients_with_two_primaries": await count(
+                url, f"SELECT count(*) FROM ({BARE_GROUP_BY}) d"),
+            "migration_dedupe_events": await count(
+                url, "SELECT count(*) FROM care_team_events WHERE event_type = 'migration_dedupe'"),
+            "index_valid": await count(
+                url, "SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid = "
+                     "'idx_unique_primary_provider_per_patient'::regclass") == 1,
+        }
+        stall_base = base_writer.get("longest_stall_ms", 0)
+        stall_mig = mig_writer.get("longest_stall_ms", 0)
+        figures["summary"] = {
+            "longest_stall_plain_build_ms": stall_base,
+            "longest_stall_online_migration_ms": stall_mig,
+            "stall_target_200ms_met": stall_mig < 200,
+            "migration_ratio": figures["migration"]["ratio_to_bare_total"],
+            "migration_ratio_target_3x_met": figures["migration"]["ratio_to_bare_total"] <= 3,
+            "diagnostic_ratio": figures["diagnostic"]["ratio"],
+            "diagnostic_ratio_target_1_3x_met": figures["diagnostic"]["ratio"] <= 1.3,
+            "diagnostic_memory_target_200mb_met": script_mb < 200,
+        }
+        return figures
+    finally:
+        admin = await asyncpg.connect(server)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients-per-org", type=int, default=25_000,
+                        help="patients per organization (25000 gives 10M assignments)")
+    parser.add_argument("--server-url", help="a PostgreSQL server to use instead of a "
+                                             "throwaway embedded one (libpq URL)")
+    args = parser.parse_args()
+    figures = asyncio.run(run(args))
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
