@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from src import primary_rule
-from src.diagnostics import Finding, FindingParser
 from src.config import BACKEND_DIR
+from src.diagnostics import Finding, FindingParser
 from src.schema import upgrade
 from tests.conftest import FreshDatabase
 from tests.migrations.test_migrations import PRIMARIES, RLS, seed_duplicates
