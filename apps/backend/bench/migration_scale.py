@@ -43,14 +43,18 @@ from typing import Any
 os.environ["DB_LOCK_TIMEOUT_MS"] = "0"
 os.environ["DB_STATEMENT_TIMEOUT_MS"] = "0"
 
-import asyncpg  # noqa: E402
+import asyncpg
 
-from src.config import BACKEND_DIR, get_settings, to_libpq_url  # noqa: E402
-from src.db import open_database  # noqa: E402
-from src.embedded import client_program, ensure_database, start_embedded_server  # noqa: E402
-from src.embedded import with_database  # noqa: E402
-from src.schema import upgrade  # noqa: E402
-from src.services.care_team_service import CareTeamService  # noqa: E402
+from src.config import BACKEND_DIR, get_settings, to_libpq_url
+from src.db import open_database
+from src.embedded import (
+    client_program,
+    ensure_database,
+    start_embedded_server,
+    with_database,
+)
+from src.schema import upgrade
+from src.services.care_team_service import CareTeamService
 
 ORGS = 100
 PROVIDERS_PER_ORG = 100
@@ -105,7 +109,8 @@ async def generate(url: str, patients_per_org: int) -> None:
         for i, org in enumerate(orgs, 1):
             await conn.execute(
                 "INSERT INTO patients (organization_id) SELECT $1 FROM generate_series(1, $2)",
-                org, patients_per_org,
+                org,
+                patients_per_org,
             )
             # Patient n gets providers n*7 + k*13 (mod 100), k = 0..3: four distinct ones.
             # k = 0 is the primary; every 100th patient's k = 1 is a second primary.
@@ -125,11 +130,15 @@ async def generate(url: str, patients_per_org: int) -> None:
                        now() - make_interval(days => k) - random() * interval '1 day'
                 FROM pat, prov, generate_series(0, $3 - 1) AS k
                 """,
-                org, PROVIDERS_PER_ORG, ASSIGNMENTS_PER_PATIENT,
+                org,
+                PROVIDERS_PER_ORG,
+                ASSIGNMENTS_PER_PATIENT,
             )
             if i % 10 == 0:
-                log(f"  generated {i}/{len(orgs)} organizations "
-                    f"({time.perf_counter() - started:.0f}s)")
+                log(
+                    f"  generated {i}/{len(orgs)} organizations "
+                    f"({time.perf_counter() - started:.0f}s)"
+                )
         await conn.execute("SET session_replication_role = DEFAULT")
         log("  VACUUM ANALYZE")
         await conn.execute("VACUUM ANALYZE")
@@ -159,8 +168,12 @@ class Writer:
                 try:
                     async with database.sessionmaker() as session:
                         await CareTeamService.assign_primary_provider(
-                            db=session, organization_id=org, patient_id=patient,
-                            provider_id=rng.choice(providers), actor="bench-writer")
+                            db=session,
+                            organization_id=org,
+                            patient_id=patient,
+                            provider_id=rng.choice(providers),
+                            actor="bench-writer",
+                        )
                 except Exception as err:  # counted and reported, the loop goes on
                     self.errors.append(type(err).__name__)
                 self.latencies.append(time.perf_counter() - started)
@@ -175,6 +188,7 @@ class Writer:
         return {
             "calls": len(ordered),
             "errors": len(self.errors),
+            "error_kinds": sorted(set(self.errors)),
             "p50_ms": round(statistics.median(ordered) * 1000, 1),
             "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 1),
             "longest_stall_ms": round(ordered[-1] * 1000, 1),
@@ -187,10 +201,13 @@ async def pick_targets(url: str) -> list[tuple[uuid.UUID, uuid.UUID, list[uuid.U
         providers: dict[uuid.UUID, list[uuid.UUID]] = {}
         for row in await conn.fetch("SELECT organization_id, id FROM providers"):
             providers.setdefault(row["organization_id"], []).append(row["id"])
+        # A sample of pages on a large table; on a small one, simply random rows.
         patients = await conn.fetch(
-            "SELECT organization_id, id FROM patients TABLESAMPLE SYSTEM (1) LIMIT 5000")
-        return [(p["organization_id"], p["id"], providers[p["organization_id"]])
-                for p in patients]
+            "SELECT organization_id, id FROM patients TABLESAMPLE SYSTEM (1) LIMIT 5000"
+        ) or await conn.fetch(
+            "SELECT organization_id, id FROM patients ORDER BY random() LIMIT 5000"
+        )
+        return [(p["organization_id"], p["id"], providers[p["organization_id"]]) for p in patients]
     finally:
         await conn.close()
 
@@ -230,31 +247,57 @@ async def baseline(url: str) -> dict[str, float]:
         pass
     finally:
         await conn.close()
-    return {"bare_update_s": round(update_s, 2), "plain_index_s": round(index_s, 2),
-            "bare_total_s": round(update_s + index_s, 2)}
+    return {
+        "bare_update_s": round(update_s, 2),
+        "plain_index_s": round(index_s, 2),
+        "bare_total_s": round(update_s + index_s, 2),
+    }
 
 
 class _Rollback(Exception):
     pass
 
 
+def peak_rss_mb(pid: int) -> int | None:
+    """The process's peak resident memory so far (VmHWM), or None once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        return None
+    return None
+
+
 def timed_process(args: list[str], env: dict[str, str]) -> tuple[float, int, int]:
-    """(seconds, exit code, peak RSS in MB) of a child process, output discarded."""
+    """(seconds, exit code, peak RSS in MB) of a child process, output discarded.
+
+    The peak is read from /proc while it runs (VmHWM only grows, and is reset by exec,
+    so it is the program's own, not the forking parent's)."""
     started = time.perf_counter()
-    child = subprocess.Popen(args, cwd=BACKEND_DIR, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return seconds, child.returncode, usage.ru_maxrss // 1024
+    child = subprocess.Popen(args, cwd=BACKEND_DIR, env=env, stdout=subprocess.DEVNULL)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, peak_rss_mb(child.pid) or 0)
+        time.sleep(0.02)
+    return time.perf_counter() - started, child.returncode, peak
 
 
 async def migrate(url: str) -> dict[str, Any]:
     env = {**os.environ, "DATABASE_URL": url}
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "alembic", "upgrade", "head", cwd=BACKEND_DIR, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "alembic",
+        "upgrade",
+        "head",
+        cwd=BACKEND_DIR,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await process.communicate()
     seconds = time.perf_counter() - started
     if process.returncode != 0:
@@ -274,8 +317,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.server_url:
         server = to_libpq_url(args.server_url)
     else:
-        server = start_embedded_server(Path(tempfile.mkdtemp(prefix="careteam-bench-")),
-                                       delete_on_exit=True)
+        server = start_embedded_server(
+            Path(tempfile.mkdtemp(prefix="careteam-bench-")), delete_on_exit=True
+        )
     name = f"careteam_bench_{uuid.uuid4().hex[:8]}"
     await ensure_database(server, name)
     url = with_database(server, name)
@@ -290,7 +334,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         figures: dict[str, Any] = {
             "assignments": await count(url, "SELECT count(*) FROM care_team_assignments"),
             "patients_with_two_primaries": await count(
-                url, f"SELECT count(*) FROM ({BARE_GROUP_BY}) d"),
+                url, f"SELECT count(*) FROM ({BARE_GROUP_BY}) d"
+            ),
             "generate_s": round(time.perf_counter() - started, 1),
         }
         writer = Writer(await pick_targets(url))
@@ -323,12 +368,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         figures["after"] = {
             "patients_with_two_primaries": await count(
-                url, f"SELECT count(*) FROM ({BARE_GROUP_BY}) d"),
+                url, f"SELECT count(*) FROM ({BARE_GROUP_BY}) d"
+            ),
             "migration_dedupe_events": await count(
-                url, "SELECT count(*) FROM care_team_events WHERE event_type = 'migration_dedupe'"),
+                url, "SELECT count(*) FROM care_team_events WHERE event_type = 'migration_dedupe'"
+            ),
             "index_valid": await count(
-                url, "SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid = "
-                     "'idx_unique_primary_provider_per_patient'::regclass") == 1,
+                url,
+                "SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid = "
+                "'idx_unique_primary_provider_per_patient'::regclass",
+            )
+            == 1,
         }
         stall_base = base_writer.get("longest_stall_ms", 0)
         stall_mig = mig_writer.get("longest_stall_ms", 0)
@@ -353,11 +403,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients-per-org", type=int, default=25_000,
-                        help="patients per organization (25000 gives 10M assignments)")
-    parser.add_argument("--server-url", help="a PostgreSQL server to use instead of a "
-                                             "throwaway embedded one (libpq URL)")
+    parser.add_argument(
+        "--patients-per-org",
+        type=int,
+        default=25_000,
+        help="patients per organization (25000 gives 10M assignments)",
+    )
+    parser.add_argument(
+        "--server-url",
+        help="a PostgreSQL server to use instead of a throwaway embedded one (libpq URL)",
+    )
     args = parser.parse_args()
+    if args.patients_per_org < 100:
+        parser.error("--patients-per-org must be at least 100 (1 in 100 gets two primaries)")
     figures = asyncio.run(run(args))
     print(json.dumps(figures, indent=2))
 
