@@ -37,7 +37,7 @@ from src.services.errors import (
     ProviderNotFound,
     ProviderNotOnCareTeam,
 )
-from src.services.transaction import unit_of_work
+from src.services.transaction import run_in_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -104,19 +104,40 @@ SELECT_PRIMARIES = text("""
     ORDER BY assigned_at DESC, id DESC
 """)
 
-DEMOTE = text("""
-    UPDATE care_team_assignments SET is_primary_provider = false
-    WHERE organization_id = :org AND patient_id = :patient AND provider_id = :provider
+# Demote every primary but :provider, recording one primary_demoted event each.
+DEMOTE_OTHERS = text("""
+    WITH demoted AS (
+        UPDATE care_team_assignments SET is_primary_provider = false
+        WHERE organization_id = :org AND patient_id = :patient AND is_primary_provider
+          AND provider_id <> :provider
+        RETURNING organization_id, patient_id, provider_id
+    )
+    INSERT INTO care_team_events
+        (organization_id, patient_id, provider_id, event_type,
+         previous_primary_provider_id, actor, reason, occurred_at)
+    SELECT organization_id, patient_id, provider_id, 'primary_demoted',
+           provider_id, :actor, :reason, clock_timestamp()
+    FROM demoted
 """)
 
+# Make :provider primary (adding it to the team if needed) and record primary_assigned.
 # clock_timestamp(), not now(): a writer that waited for the lock records when it
 # actually changed the team, so "latest assigned_at" means "last to commit".
-PROMOTE = text("""
-    INSERT INTO care_team_assignments
-        (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
-    VALUES (:org, :patient, :provider, true, clock_timestamp())
-    ON CONFLICT (organization_id, patient_id, provider_id)
-    DO UPDATE SET is_primary_provider = true, assigned_at = clock_timestamp()
+PROMOTE_AND_RECORD = text("""
+    WITH promoted AS (
+        INSERT INTO care_team_assignments
+            (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
+        VALUES (:org, :patient, :provider, true, clock_timestamp())
+        ON CONFLICT (organization_id, patient_id, provider_id)
+        DO UPDATE SET is_primary_provider = true, assigned_at = clock_timestamp()
+        RETURNING organization_id, patient_id, provider_id
+    )
+    INSERT INTO care_team_events
+        (organization_id, patient_id, provider_id, event_type,
+         previous_primary_provider_id, actor, reason, occurred_at)
+    SELECT organization_id, patient_id, provider_id, 'primary_assigned',
+           :previous_primary, :actor, :reason, clock_timestamp()
+    FROM promoted
 """)
 
 INSERT_SECONDARY = text("""
@@ -223,6 +244,16 @@ class _PatientWrite:
     async def execute(self, statement: Any, provider: uuid.UUID) -> None:
         await self.db.execute(statement, self.params(provider))
 
+    def event_params(
+        self, provider: uuid.UUID, previous_primary: uuid.UUID | None
+    ) -> dict[str, Any]:
+        return {
+            **self.params(provider),
+            "previous_primary": previous_primary,
+            "actor": self.actor,
+            "reason": self.reason,
+        }
+
     async def record(
         self,
         event_type: EventType,
@@ -232,13 +263,7 @@ class _PatientWrite:
         """Append the event, in the same transaction as the change it records."""
         await self.db.execute(
             INSERT_EVENT,
-            {
-                **self.params(provider),
-                "event_type": event_type.value,
-                "previous_primary": previous_primary,
-                "actor": self.actor,
-                "reason": self.reason,
-            },
+            {**self.event_params(provider, previous_primary), "event_type": event_type.value},
         )
 
     async def team(self) -> CareTeam:
@@ -249,7 +274,12 @@ class _PatientWrite:
 
 
 class CareTeamService:
-    """Stateless operations on care teams; each public method is one transaction."""
+    """Stateless operations on care teams; each public method is one transaction.
+
+    Writes are retried only when they certainly did not commit, or, when the connection
+    was lost during COMMIT, after checking that the change is not already in place
+    (see run_in_transaction): every write here is idempotent in its effect.
+    """
 
     @staticmethod
     async def assign_primary_provider(
@@ -271,33 +301,44 @@ class CareTeamService:
         (a writer that bypassed the lock), DatabaseUnavailable, DatabaseError.
         """
         write = _PatientWrite(db, organization_id, patient_id, actor, reason)
-        async with unit_of_work(
+        before: list[uuid.UUID] = []
+
+        async def work() -> CareTeam:
+            await write.lock_patient()
+            await write.require_active_provider(provider_id)
+            primaries = list((await db.execute(SELECT_PRIMARIES, write.params())).scalars())
+            before[:] = primaries
+            if primaries != [provider_id]:
+                # One statement each: demote every other primary (with its event), then
+                # promote the provider (with its event), under the patient lock.
+                if any(p != provider_id for p in primaries):
+                    await db.execute(DEMOTE_OTHERS, write.event_params(provider_id, None))
+                await db.execute(
+                    PROMOTE_AND_RECORD,
+                    write.event_params(provider_id, primaries[0] if primaries else None),
+                )
+            return await write.team()
+
+        async def verify() -> CareTeam | None:
+            team = await write.team()
+            return team if team.primary_provider_id == provider_id else None
+
+        team = await run_in_transaction(
             db,
             operation="assign_primary_provider",
             organization_id=organization_id,
             patient_id=patient_id,
-        ):
-            await write.lock_patient()
-            await write.require_active_provider(provider_id)
-            primaries = list((await db.execute(SELECT_PRIMARIES, write.params())).scalars())
-            current = primaries[0] if primaries else None
-            if primaries != [provider_id]:
-                for demoted in primaries:
-                    if demoted != provider_id:
-                        await write.execute(DEMOTE, demoted)
-                        await write.record(EventType.PRIMARY_DEMOTED, demoted, demoted)
-                if provider_id not in primaries:
-                    await write.execute(PROMOTE, provider_id)
-                await write.record(EventType.PRIMARY_ASSIGNED, provider_id, current)
-            team = await write.team()
+            work=work,
+            verify=verify,
+        )
         logger.info(
             "primary provider assigned organization_id=%s patient_id=%s provider_id=%s "
             "previous_primary_provider_id=%s",
             organization_id,
             patient_id,
             provider_id,
-            current,
-            extra={"event": "primary_assigned", "changed": primaries != [provider_id]},
+            before[0] if before else None,
+            extra={"event": "primary_assigned", "changed": before != [provider_id]},
         )
         return team
 
@@ -318,12 +359,8 @@ class CareTeamService:
         nothing. Raises PatientNotFound, ProviderNotFound, ProviderInactive too.
         """
         write = _PatientWrite(db, organization_id, patient_id, actor, reason)
-        async with unit_of_work(
-            db,
-            operation="add_secondary_provider",
-            organization_id=organization_id,
-            patient_id=patient_id,
-        ):
+
+        async def work() -> CareTeam:
             await write.lock_patient()
             await write.require_active_provider(provider_id)
             is_primary = await write.scalar(SELECT_ASSIGNMENT, provider_id)
@@ -332,7 +369,20 @@ class CareTeamService:
             if is_primary is None:
                 await write.execute(INSERT_SECONDARY, provider_id)
                 await write.record(EventType.SECONDARY_ADDED, provider_id)
+            return await write.team()
+
+        async def verify() -> CareTeam | None:
             team = await write.team()
+            return team if any(m.provider_id == provider_id for m in team.members) else None
+
+        team = await run_in_transaction(
+            db,
+            operation="add_secondary_provider",
+            organization_id=organization_id,
+            patient_id=patient_id,
+            work=work,
+            verify=verify,
+        )
         logger.info(
             "secondary provider added organization_id=%s patient_id=%s provider_id=%s",
             organization_id,
@@ -358,25 +408,33 @@ class CareTeamService:
         Raises PatientNotFound, or ProviderNotOnCareTeam if the provider is not on it.
         """
         write = _PatientWrite(db, organization_id, patient_id, actor, reason)
-        async with unit_of_work(
-            db,
-            operation="remove_provider",
-            organization_id=organization_id,
-            patient_id=patient_id,
-        ):
+
+        async def work() -> CareTeam:
             await write.lock_patient()
             was_primary = await write.scalar(DELETE_ASSIGNMENT, provider_id)
             if was_primary is None:
                 raise ProviderNotOnCareTeam(patient_id, provider_id)
             previous_primary = provider_id if was_primary else None
             await write.record(EventType.PROVIDER_REMOVED, provider_id, previous_primary)
+            return await write.team()
+
+        async def verify() -> CareTeam | None:
             team = await write.team()
+            return None if any(m.provider_id == provider_id for m in team.members) else team
+
+        team = await run_in_transaction(
+            db,
+            operation="remove_provider",
+            organization_id=organization_id,
+            patient_id=patient_id,
+            work=work,
+            verify=verify,
+        )
         logger.info(
-            "provider removed organization_id=%s patient_id=%s provider_id=%s was_primary=%s",
+            "provider removed organization_id=%s patient_id=%s provider_id=%s",
             organization_id,
             patient_id,
             provider_id,
-            was_primary,
             extra={"event": "provider_removed"},
         )
         return team
@@ -386,31 +444,35 @@ class CareTeamService:
         *, db: AsyncSession, organization_id: uuid.UUID, patient_id: uuid.UUID
     ) -> uuid.UUID | None:
         """The patient's primary provider id, or None. Raises PatientNotFound."""
-        async with unit_of_work(
+
+        async def work() -> uuid.UUID | None:
+            params = {"org": organization_id, "patient": patient_id}
+            row = (await db.execute(SELECT_PATIENT_PRIMARY, params)).first()
+            if row is None:
+                raise PatientNotFound(patient_id)
+            primary: uuid.UUID | None = row.provider_id
+            return primary
+
+        return await run_in_transaction(
             db,
             operation="get_primary_provider",
             organization_id=organization_id,
             patient_id=patient_id,
-        ):
-            row = (
-                await db.execute(
-                    SELECT_PATIENT_PRIMARY, {"org": organization_id, "patient": patient_id}
-                )
-            ).first()
-        if row is None:
-            raise PatientNotFound(patient_id)
-        primary: uuid.UUID | None = row.provider_id
-        return primary
+            work=work,
+        )
 
     @staticmethod
     async def get_care_team(
         *, db: AsyncSession, organization_id: uuid.UUID, patient_id: uuid.UUID
     ) -> CareTeam:
         """The patient's whole care team, primary first. Raises PatientNotFound."""
-        async with unit_of_work(
-            db, operation="get_care_team", organization_id=organization_id, patient_id=patient_id
-        ):
-            return await _read_team(db, organization_id, patient_id)
+        return await run_in_transaction(
+            db,
+            operation="get_care_team",
+            organization_id=organization_id,
+            patient_id=patient_id,
+            work=lambda: _read_team(db, organization_id, patient_id),
+        )
 
     @staticmethod
     async def get_care_team_history(
@@ -427,16 +489,20 @@ class CareTeamService:
         previous page). Raises PatientNotFound.
         """
         limit = max(1, min(limit, MAX_HISTORY_PAGE))
-        org, patient = organization_id, patient_id
-        async with unit_of_work(
-            db, operation="get_care_team_history", organization_id=org, patient_id=patient
-        ):
-            if await _scalar(db, SELECT_PATIENT, {"org": org, "patient": patient}) is None:
-                raise PatientNotFound(patient)
+        params = {"org": organization_id, "patient": patient_id}
+
+        async def work() -> list[CareTeamEventRecord]:
+            if await _scalar(db, SELECT_PATIENT, params) is None:
+                raise PatientNotFound(patient_id)
             rows = (
-                await db.execute(
-                    SELECT_HISTORY,
-                    {"org": org, "patient": patient, "before_id": before_id, "limit": limit},
-                )
+                await db.execute(SELECT_HISTORY, {**params, "before_id": before_id, "limit": limit})
             ).all()
-        return [CareTeamEventRecord(**row._asdict()) for row in rows]
+            return [CareTeamEventRecord(**row._asdict()) for row in rows]
+
+        return await run_in_transaction(
+            db,
+            operation="get_care_team_history",
+            organization_id=organization_id,
+            patient_id=patient_id,
+            work=work,
+        )

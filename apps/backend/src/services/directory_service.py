@@ -10,12 +10,13 @@ import datetime
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.errors import PatientNotFound, ProviderNotFound
-from src.services.transaction import unit_of_work
+from src.services.transaction import run_in_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,44 @@ class ProviderRecord:
 PATIENT_COLUMNS = "id, first_name, last_name, dob, created_at"
 PROVIDER_COLUMNS = "id, first_name, last_name, npi, active, created_at"
 
+INSERT_PATIENT = text(
+    "INSERT INTO patients (organization_id, first_name, last_name, dob) "
+    f"VALUES (:org, :first_name, :last_name, :dob) RETURNING {PATIENT_COLUMNS}"
+)
+SELECT_PATIENT = text(
+    f"SELECT {PATIENT_COLUMNS} FROM patients WHERE organization_id = :org AND id = :id"
+)
+INSERT_PROVIDER = text(
+    "INSERT INTO providers (organization_id, first_name, last_name, npi) "
+    f"VALUES (:org, :first_name, :last_name, :npi) RETURNING {PROVIDER_COLUMNS}"
+)
+SELECT_PROVIDER = text(
+    f"SELECT {PROVIDER_COLUMNS} FROM providers WHERE organization_id = :org AND id = :id"
+)
+SET_PROVIDER_ACTIVE = text(
+    "UPDATE providers SET active = :active "
+    f"WHERE organization_id = :org AND id = :id RETURNING {PROVIDER_COLUMNS}"
+)
+
+
+async def _one_row(
+    db: AsyncSession,
+    operation: str,
+    organization_id: uuid.UUID,
+    statement: Any,
+    params: dict[str, Any],
+) -> Any:
+    """The statement's single row (or None), in one transaction under the tenant."""
+
+    async def work() -> Any:
+        return (await db.execute(statement, {"org": organization_id, **params})).first()
+
+    # A create whose COMMIT is lost cannot be checked (its id is unknown): without a
+    # `verify`, that rare case raises OutcomeUnknown instead of creating a duplicate.
+    return await run_in_transaction(
+        db, operation=operation, organization_id=organization_id, work=work
+    )
+
 
 class DirectoryService:
     """The organization's patients and providers."""
@@ -55,16 +94,13 @@ class DirectoryService:
         last_name: str,
         dob: datetime.date,
     ) -> PatientRecord:
-        async with unit_of_work(db, operation="create_patient", organization_id=organization_id):
-            row = (
-                await db.execute(
-                    text(
-                        "INSERT INTO patients (organization_id, first_name, last_name, dob) "
-                        f"VALUES (:org, :first, :last, :dob) RETURNING {PATIENT_COLUMNS}"
-                    ),
-                    {"org": organization_id, "first": first_name, "last": last_name, "dob": dob},
-                )
-            ).one()
+        row = await _one_row(
+            db,
+            "create_patient",
+            organization_id,
+            INSERT_PATIENT,
+            {"first_name": first_name, "last_name": last_name, "dob": dob},
+        )
         logger.info("patient created organization_id=%s patient_id=%s", organization_id, row.id)
         return PatientRecord(**row._asdict())
 
@@ -73,16 +109,7 @@ class DirectoryService:
         *, db: AsyncSession, organization_id: uuid.UUID, patient_id: uuid.UUID
     ) -> PatientRecord:
         """Raises PatientNotFound."""
-        async with unit_of_work(db, operation="get_patient", organization_id=organization_id):
-            row = (
-                await db.execute(
-                    text(
-                        f"SELECT {PATIENT_COLUMNS} FROM patients "
-                        "WHERE organization_id = :org AND id = :id"
-                    ),
-                    {"org": organization_id, "id": patient_id},
-                )
-            ).first()
+        row = await _one_row(db, "get_patient", organization_id, SELECT_PATIENT, {"id": patient_id})
         if row is None:
             raise PatientNotFound(patient_id)
         return PatientRecord(**row._asdict())
@@ -96,16 +123,13 @@ class DirectoryService:
         last_name: str,
         npi: str | None = None,
     ) -> ProviderRecord:
-        async with unit_of_work(db, operation="create_provider", organization_id=organization_id):
-            row = (
-                await db.execute(
-                    text(
-                        "INSERT INTO providers (organization_id, first_name, last_name, npi) "
-                        f"VALUES (:org, :first, :last, :npi) RETURNING {PROVIDER_COLUMNS}"
-                    ),
-                    {"org": organization_id, "first": first_name, "last": last_name, "npi": npi},
-                )
-            ).one()
+        row = await _one_row(
+            db,
+            "create_provider",
+            organization_id,
+            INSERT_PROVIDER,
+            {"first_name": first_name, "last_name": last_name, "npi": npi},
+        )
         logger.info("provider created organization_id=%s provider_id=%s", organization_id, row.id)
         return ProviderRecord(**row._asdict())
 
@@ -114,16 +138,9 @@ class DirectoryService:
         *, db: AsyncSession, organization_id: uuid.UUID, provider_id: uuid.UUID
     ) -> ProviderRecord:
         """Raises ProviderNotFound."""
-        async with unit_of_work(db, operation="get_provider", organization_id=organization_id):
-            row = (
-                await db.execute(
-                    text(
-                        f"SELECT {PROVIDER_COLUMNS} FROM providers "
-                        "WHERE organization_id = :org AND id = :id"
-                    ),
-                    {"org": organization_id, "id": provider_id},
-                )
-            ).first()
+        row = await _one_row(
+            db, "get_provider", organization_id, SELECT_PROVIDER, {"id": provider_id}
+        )
         if row is None:
             raise ProviderNotFound(provider_id)
         return ProviderRecord(**row._asdict())
@@ -134,20 +151,15 @@ class DirectoryService:
     ) -> ProviderRecord:
         """Activate or deactivate a provider. Inactive providers cannot join care teams;
         those already on one stay there. Raises ProviderNotFound."""
-        async with unit_of_work(
-            db, operation="set_provider_active", organization_id=organization_id
-        ):
-            row = (
-                await db.execute(
-                    text(
-                        "UPDATE providers SET active = :active "
-                        f"WHERE organization_id = :org AND id = :id RETURNING {PROVIDER_COLUMNS}"
-                    ),
-                    {"org": organization_id, "id": provider_id, "active": active},
-                )
-            ).first()
-            if row is None:
-                raise ProviderNotFound(provider_id)
+        row = await _one_row(
+            db,
+            "set_provider_active",
+            organization_id,
+            SET_PROVIDER_ACTIVE,
+            {"id": provider_id, "active": active},
+        )
+        if row is None:
+            raise ProviderNotFound(provider_id)
         logger.info(
             "provider active=%s organization_id=%s provider_id=%s",
             active,

@@ -91,6 +91,18 @@ class DatabaseUnavailable(CareTeamError):
     code = "database_unavailable"
 
 
+class OutcomeUnknown(DatabaseUnavailable):
+    """The connection was lost while committing and the outcome could not be checked."""
+
+    code = "outcome_unknown"
+
+    def __init__(self, operation: str) -> None:
+        super().__init__(
+            f"the connection was lost while {operation} was committing; it may or may not "
+            "have been applied: read the current state before retrying"
+        )
+
+
 class DatabaseError(CareTeamError):
     """The database refused the operation for a reason the service did not expect."""
 

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.errors import ApiKeyNotFound, OrganizationNotFound
-from src.services.transaction import unit_of_work
+from src.services.transaction import run_in_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +59,18 @@ class OrganizationService:
     @staticmethod
     async def create_organization(*, db: AsyncSession, name: str) -> IssuedApiKey:
         """Create an organization and its first API key, in one transaction."""
-        async with unit_of_work(db, operation="create_organization"):
+
+        async def work() -> IssuedApiKey:
             org = (
                 await db.execute(
                     text("INSERT INTO organizations (name) VALUES (:name) RETURNING id"),
                     {"name": name},
                 )
             ).scalar_one()
-            issued = await _issue_key(db, org, name="initial")
-        logger.info("organization created organization_id=%s", org)
+            return await _issue_key(db, org, name="initial")
+
+        issued = await run_in_transaction(db, operation="create_organization", work=work)
+        logger.info("organization created organization_id=%s", issued.organization_id)
         return issued
 
     @staticmethod
@@ -75,7 +78,8 @@ class OrganizationService:
         *, db: AsyncSession, organization_id: uuid.UUID, name: str | None = None
     ) -> IssuedApiKey:
         """Issue a new key for the organization. Raises OrganizationNotFound."""
-        async with unit_of_work(db, operation="create_api_key"):
+
+        async def work() -> IssuedApiKey:
             exists = (
                 await db.execute(
                     text("SELECT 1 FROM organizations WHERE id = :org"), {"org": organization_id}
@@ -83,14 +87,17 @@ class OrganizationService:
             ).scalar()
             if not exists:
                 raise OrganizationNotFound(organization_id)
-            issued = await _issue_key(db, organization_id, name=name)
+            return await _issue_key(db, organization_id, name=name)
+
+        issued = await run_in_transaction(db, operation="create_api_key", work=work)
         logger.info("api key created organization_id=%s api_key_id=%s", organization_id, issued.id)
         return issued
 
     @staticmethod
     async def revoke_api_key(*, db: AsyncSession, key_id: uuid.UUID) -> uuid.UUID:
         """Revoke the key at once; return its organization. Raises ApiKeyNotFound."""
-        async with unit_of_work(db, operation="revoke_api_key"):
+
+        async def work() -> uuid.UUID:
             org = (
                 await db.execute(
                     text(
@@ -102,22 +109,28 @@ class OrganizationService:
             ).scalar()
             if org is None:
                 raise ApiKeyNotFound(key_id)
+            return uuid.UUID(str(org))
+
+        org = await run_in_transaction(db, operation="revoke_api_key", work=work)
         logger.info("api key revoked organization_id=%s api_key_id=%s", org, key_id)
-        return uuid.UUID(str(org))
+        return org
 
     @staticmethod
     async def authenticate(*, db: AsyncSession, api_key: str) -> Authenticated | None:
         """The organization a live key belongs to, or None (unknown, revoked, malformed)."""
         if not looks_like_api_key(api_key):
             return None
-        async with unit_of_work(db, operation="authenticate"):
+
+        async def work() -> Authenticated | None:
             row = (
                 await db.execute(
                     text("SELECT api_key_id, organization_id FROM authenticate_api_key(:hash)"),
                     {"hash": hash_api_key(api_key)},
                 )
             ).first()
-        return None if row is None else Authenticated(row.api_key_id, row.organization_id)
+            return None if row is None else Authenticated(row.api_key_id, row.organization_id)
+
+        return await run_in_transaction(db, operation="authenticate", work=work)
 
 
 async def _issue_key(db: AsyncSession, org: uuid.UUID, *, name: str | None) -> IssuedApiKey:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
@@ -17,6 +18,7 @@ from src.services.errors import (
     CareTeamError,
     DatabaseError,
     DatabaseUnavailable,
+    OutcomeUnknown,
     PrimaryProviderConflict,
 )
 
@@ -92,36 +94,118 @@ def _translate(
     return DatabaseError(f"database refused {operation} (sqlstate {sqlstate}); nothing changed")
 
 
-@asynccontextmanager
-async def unit_of_work(
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 6
+FIRST_RETRY_DELAY_S = 0.1  # doubling: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s, enough for a restart
+
+# PostgreSQL rolled the whole transaction back: running it again is safe.
+_ROLLED_BACK_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
+# The connection is gone (terminated, server restarting or unreachable).
+_CONNECTION_SQLSTATES = {"57P01", "57P02", "57P03", "08000", "08003", "08006", "08001"}
+
+
+def _connection_lost(err: BaseException) -> bool:
+    sqlstate = pg_error_fields(err)[0]
+    if sqlstate in _CONNECTION_SQLSTATES:
+        return True
+    if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
+        return True
+    if isinstance(err, sa_exc.TimeoutError):  # the pool is exhausted: load, not loss
+        return False
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OSError | ConnectionError) or type(cause).__name__ in (
+            "ConnectionDoesNotExistError",
+            "InterfaceError",
+        ):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+async def _rollback_quietly(db: AsyncSession, operation: str) -> None:
+    try:
+        await db.rollback()
+    except Exception:  # the connection may be gone; the server rolls back by itself
+        logger.debug("rollback after failed %s also failed", operation, exc_info=True)
+
+
+async def run_in_transaction(
     db: AsyncSession,
     *,
     operation: str,
+    work: Callable[[], Awaitable[T]],
     organization_id: uuid.UUID | None = None,
     patient_id: uuid.UUID | None = None,
-) -> AsyncIterator[None]:
-    """One transaction: the tenant set first (when given), commit on success.
+    verify: Callable[[], Awaitable[T | None]] | None = None,
+) -> T:
+    """Run `work` as one transaction (tenant first, when given) and commit it.
 
-    On any failure it rolls back and re-raises: domain errors as they are, database
-    errors translated into domain errors (never a raw driver exception).
+    On any failure it rolls back: domain errors are re-raised as they are, database
+    errors become domain errors (never a raw driver exception). It retries, a bounded
+    number of times with a growing delay, only when the transaction certainly did not
+    commit: PostgreSQL rolled it back (serialization failure, deadlock), or the
+    connection was lost before COMMIT was sent. A connection lost during COMMIT leaves
+    the outcome unknown: then `verify`, in a new transaction, looks at the data: it
+    returns the result if the change is in place, or None if it is not (then `work`
+    runs again). Without `verify`, that case raises OutcomeUnknown.
     """
-    try:
-        if organization_id is not None:
-            await db.execute(SET_TENANT, {"org": str(organization_id)})
-        yield
-        await db.commit()
-    except BaseException as err:
+    delay = FIRST_RETRY_DELAY_S
+    must_verify = False
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        committing = False
         try:
-            await db.rollback()
-        except Exception:  # the connection may be gone; the server rolls back by itself
-            logger.debug("rollback after failed %s also failed", operation, exc_info=True)
-        if isinstance(err, CareTeamError) or not isinstance(err, Exception):
-            raise
-        if (
-            isinstance(err, sa_exc.SQLAlchemyError | OSError | TimeoutError)
-            or pg_error_fields(err)[0]
-        ):
-            raise _translate(
-                err, operation=operation, organization_id=organization_id, patient_id=patient_id
-            ) from err
-        raise
+            if organization_id is not None:
+                await db.execute(SET_TENANT, {"org": str(organization_id)})
+            if must_verify:
+                assert verify is not None
+                done = await verify()
+                await db.commit()
+                if done is not None:
+                    logger.info(
+                        "%s: the change had committed before the connection was lost", operation
+                    )
+                    return done
+                must_verify = False
+                await db.execute(SET_TENANT, {"org": str(organization_id)})
+            result = await work()
+            committing = True
+            await db.commit()
+            return result
+        except BaseException as err:
+            await _rollback_quietly(db, operation)
+            if isinstance(err, CareTeamError) or not isinstance(err, Exception):
+                raise
+            if not (
+                isinstance(err, sa_exc.SQLAlchemyError | OSError | TimeoutError)
+                or pg_error_fields(err)[0]
+            ):
+                raise
+            rolled_back = pg_error_fields(err)[0] in _ROLLED_BACK_SQLSTATES
+            lost = _connection_lost(err)
+            if lost and committing:
+                if verify is None:
+                    raise OutcomeUnknown(operation) from err
+                must_verify = True
+            if attempt == MAX_ATTEMPTS or not (rolled_back or lost):
+                if must_verify:
+                    raise OutcomeUnknown(operation) from err
+                raise _translate(
+                    err,
+                    operation=operation,
+                    organization_id=organization_id,
+                    patient_id=patient_id,
+                ) from err
+            logger.warning(
+                "%s failed (%s); retry %d/%d in %.1fs",
+                operation,
+                "connection lost" if lost else f"sqlstate {pg_error_fields(err)[0]}",
+                attempt,
+                MAX_ATTEMPTS - 1,
+                delay,
+                extra={"event": "retry", "operation": operation},
+            )
+            await asyncio.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")  # pragma: no cover
