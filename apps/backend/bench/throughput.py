@@ -51,8 +51,10 @@ from src.config import BACKEND_DIR, get_settings, to_libpq_url
 from src.db import Database, open_database
 from src.embedded import client_program, ensure_database, start_embedded_server, with_database
 from src.schema import upgrade
+from src.services import care_team_service as care_team
 from src.services.care_team_service import CareTeamService
 from src.services.organization_service import OrganizationService
+from src.services.transaction import SET_TENANT
 
 ORGS, PATIENTS_PER_ORG, PROVIDERS_PER_ORG = 10, 10_000, 100
 PATIENTS = ORGS * PATIENTS_PER_ORG
@@ -79,32 +81,56 @@ SQL_ORG = "md5('org' || :n % 10)::uuid"
 SQL_PATIENT = "md5('pat' || :n)::uuid"
 SQL_PROVIDER = "md5('prov' || :n % 10 || '-' || :j)::uuid"
 
-# One assignment, statement for statement what CareTeamService.assign_primary_provider
-# sends (src/services/care_team_service.py), in the common case of a change.
-PGBENCH_ASSIGN = f"""
-\\set n random(1, {PATIENTS})
-\\set j random(1, {PROVIDERS_PER_ORG})
-BEGIN;
-SELECT set_config('app.current_organization_id', {SQL_ORG}::text, true);
-SELECT id FROM patients WHERE organization_id = {SQL_ORG} AND id = {SQL_PATIENT} FOR NO KEY UPDATE;
-SELECT active FROM providers WHERE organization_id = {SQL_ORG} AND id = {SQL_PROVIDER} FOR SHARE;
-SELECT provider_id FROM care_team_assignments WHERE organization_id = {SQL_ORG} AND patient_id = {SQL_PATIENT} AND is_primary_provider ORDER BY assigned_at DESC, id DESC;
-UPDATE care_team_assignments SET is_primary_provider = false WHERE organization_id = {SQL_ORG} AND patient_id = {SQL_PATIENT} AND is_primary_provider AND provider_id <> {SQL_PROVIDER};
-INSERT INTO care_team_events (organization_id, patient_id, provider_id, event_type, previous_primary_provider_id, actor, reason, occurred_at) VALUES ({SQL_ORG}, {SQL_PATIENT}, {SQL_PROVIDER}, 'primary_demoted', {SQL_PROVIDER}, 'pgbench', NULL, clock_timestamp());
-INSERT INTO care_team_assignments (organization_id, patient_id, provider_id, is_primary_provider, assigned_at) VALUES ({SQL_ORG}, {SQL_PATIENT}, {SQL_PROVIDER}, true, clock_timestamp()) ON CONFLICT (organization_id, patient_id, provider_id) DO UPDATE SET is_primary_provider = true, assigned_at = clock_timestamp();
-INSERT INTO care_team_events (organization_id, patient_id, provider_id, event_type, previous_primary_provider_id, actor, reason, occurred_at) VALUES ({SQL_ORG}, {SQL_PATIENT}, {SQL_PROVIDER}, 'primary_assigned', NULL, 'pgbench', NULL, clock_timestamp());
-SELECT p.id, a.provider_id, a.is_primary_provider, a.assigned_at FROM patients AS p LEFT JOIN care_team_assignments AS a ON a.organization_id = p.organization_id AND a.patient_id = p.id WHERE p.organization_id = {SQL_ORG} AND p.id = {SQL_PATIENT} ORDER BY a.is_primary_provider DESC, a.assigned_at, a.provider_id;
-COMMIT;
-"""
 
-# What get_care_team reads (in its own transaction, tenant first), for the read baseline.
-PGBENCH_READ = f"""
-\\set n random(1, {PATIENTS})
-BEGIN;
-SELECT set_config('app.current_organization_id', {SQL_ORG}::text, true);
-SELECT p.id, a.provider_id, a.is_primary_provider, a.assigned_at FROM patients AS p LEFT JOIN care_team_assignments AS a ON a.organization_id = p.organization_id AND a.patient_id = p.id WHERE p.organization_id = {SQL_ORG} AND p.id = {SQL_PATIENT} ORDER BY a.is_primary_provider DESC, a.assigned_at, a.provider_id;
-COMMIT;
-"""
+def as_pgbench(statement: Any, **overrides: str) -> str:
+    """A service statement with its bind parameters replaced by pgbench expressions."""
+    values = {
+        "org": SQL_ORG,
+        "patient": SQL_PATIENT,
+        "provider": SQL_PROVIDER,
+        "actor": "'pgbench'",
+        "reason": "NULL",
+        "previous_primary": "NULL",
+        **overrides,
+    }
+    sql = re.sub(r"(?<!:):(\w+)", lambda m: values[m.group(1)], str(statement.text))
+    return " ".join(sql.split()) + ";"
+
+
+# One assignment: the very statements CareTeamService.assign_primary_provider sends
+# (taken from its module), in the common case of a change, then COMMIT.
+PGBENCH_ASSIGN = (
+    "\n".join(
+        [
+            f"\\set n random(1, {PATIENTS})",
+            f"\\set j random(1, {PROVIDERS_PER_ORG})",
+            "BEGIN;",
+            as_pgbench(SET_TENANT, org=f"{SQL_ORG}::text"),
+            as_pgbench(care_team.LOCK_PATIENT),
+            as_pgbench(care_team.SELECT_PROVIDER_ACTIVE),
+            as_pgbench(care_team.SELECT_PRIMARIES),
+            as_pgbench(care_team.DEMOTE_OTHERS),
+            as_pgbench(care_team.PROMOTE_AND_RECORD),
+            as_pgbench(care_team.SELECT_TEAM),
+            "COMMIT;",
+        ]
+    )
+    + "\n"
+)
+
+# What get_care_team sends, for the read baseline.
+PGBENCH_READ = (
+    "\n".join(
+        [
+            f"\\set n random(1, {PATIENTS})",
+            "BEGIN;",
+            as_pgbench(SET_TENANT, org=f"{SQL_ORG}::text"),
+            as_pgbench(care_team.SELECT_TEAM),
+            "COMMIT;",
+        ]
+    )
+    + "\n"
+)
 
 
 def log(message: str) -> None:
@@ -117,7 +143,8 @@ def summarize(latencies: list[float], seconds: float, errors: int) -> dict[str, 
         "ops_per_s": round(len(ordered) / seconds, 1),
         "p50_ms": round(statistics.median(ordered) * 1000, 2) if ordered else None,
         "p99_ms": round(ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1000, 2)
-        if ordered else None,
+        if ordered
+        else None,
         "operations": len(ordered),
         "errors": errors,
     }
@@ -132,16 +159,22 @@ async def populate(url: str) -> None:
         await conn.execute("SET session_replication_role = replica")
         await conn.execute(
             "INSERT INTO organizations (id, name) "
-            "SELECT md5('org' || k)::uuid, 'Bench ' || k FROM generate_series(0, $1 - 1) k", ORGS)
+            "SELECT md5('org' || k)::uuid, 'Bench ' || k FROM generate_series(0, $1 - 1) k",
+            ORGS,
+        )
         await conn.execute(
             "INSERT INTO providers (id, organization_id, first_name, last_name) "
             "SELECT md5('prov' || k || '-' || j)::uuid, md5('org' || k)::uuid, 'P', j::text "
             "FROM generate_series(0, $1 - 1) k, generate_series(1, $2) j",
-            ORGS, PROVIDERS_PER_ORG)
+            ORGS,
+            PROVIDERS_PER_ORG,
+        )
         await conn.execute(
             "INSERT INTO patients (id, organization_id) "
             "SELECT md5('pat' || n)::uuid, md5('org' || n % 10)::uuid "
-            "FROM generate_series(1, $1) n", PATIENTS)
+            "FROM generate_series(1, $1) n",
+            PATIENTS,
+        )
         await conn.execute("SET session_replication_role = DEFAULT")
         await conn.execute("VACUUM ANALYZE")
     finally:
@@ -151,21 +184,42 @@ async def populate(url: str) -> None:
 # --- pgbench -----------------------------------------------------------------------------
 
 
-def pgbench(url: str, script: str, clients: int, seconds: float, *, hot: bool = False) -> dict[str, Any]:
+def pgbench(
+    url: str, script: str, clients: int, seconds: float, *, hot: bool = False
+) -> dict[str, Any]:
     """Run pgbench as the application role; per-transaction latencies from its log."""
     parts = urlsplit(url)
     host = parse_qs(parts.query).get("host", [parts.hostname or "localhost"])[0]
     with tempfile.TemporaryDirectory() as tmp:
         script_path = Path(tmp) / "script.sql"
-        body = script.replace("\\set n random(1, 100000)", "\\set n 1") if hot else script
+        body = script.replace(f"\\set n random(1, {PATIENTS})", "\\set n 1") if hot else script
         script_path.write_text(body)
-        env = {**os.environ, "PGOPTIONS": "-c role=careteam_app",
-               "PGHOST": host, "PGUSER": parts.username or "postgres"}
+        env = {
+            **os.environ,
+            "PGOPTIONS": "-c role=careteam_app",
+            "PGHOST": host,
+            "PGUSER": parts.username or "postgres",
+        }
         if parts.port:
             env["PGPORT"] = str(parts.port)
-        args = [str(client_program("pgbench")), "-n", "-M", "prepared", "-c", str(clients),
-                "-j", str(min(clients, 2)), "-T", str(int(seconds)), "-f", str(script_path),
-                "-l", "--log-prefix", str(Path(tmp) / "log"), parts.path.lstrip("/")]
+        args = [
+            str(client_program("pgbench")),
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, 2)),
+            "-T",
+            str(int(seconds)),
+            "-f",
+            str(script_path),
+            "-l",
+            "--log-prefix",
+            str(Path(tmp) / "log"),
+            parts.path.lstrip("/"),
+        ]
         result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"pgbench failed: {result.stderr}")
@@ -208,13 +262,20 @@ async def drive(
     return summarize(latencies, time.perf_counter() - started, errors)
 
 
-def service_assign(database: Database, *, hot: bool = False) -> Callable[[random.Random], Awaitable[None]]:
+def service_assign(
+    database: Database, *, hot: bool = False
+) -> Callable[[random.Random], Awaitable[None]]:
     async def assign(rng: random.Random) -> None:
         n = 1 if hot else rng.randint(1, PATIENTS)
         async with database.sessionmaker() as db:
             await CareTeamService.assign_primary_provider(
-                db=db, organization_id=org_id(n), patient_id=patient_id(n),
-                provider_id=provider_id(n, rng.randint(1, PROVIDERS_PER_ORG)), actor="bench")
+                db=db,
+                organization_id=org_id(n),
+                patient_id=patient_id(n),
+                provider_id=provider_id(n, rng.randint(1, PROVIDERS_PER_ORG)),
+                actor="bench",
+            )
+
     return assign
 
 
@@ -224,10 +285,13 @@ def service_read(database: Database, *, team: bool) -> Callable[[random.Random],
         async with database.sessionmaker() as db:
             if team:
                 await CareTeamService.get_care_team(
-                    db=db, organization_id=org_id(n), patient_id=patient_id(n))
+                    db=db, organization_id=org_id(n), patient_id=patient_id(n)
+                )
             else:
                 await CareTeamService.get_primary_provider(
-                    db=db, organization_id=org_id(n), patient_id=patient_id(n))
+                    db=db, organization_id=org_id(n), patient_id=patient_id(n)
+                )
+
     return read
 
 
@@ -241,13 +305,16 @@ def http_load_main(base_url: str, keys_json: str, clients: int, seconds: float) 
     async def run() -> dict[str, Any]:
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
         async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+
             async def put(rng: random.Random) -> None:
                 n = rng.randint(1, PATIENTS)
                 response = await client.put(
                     f"/v1/patients/{patient_id(n)}/care-team/primary",
                     json={"provider_id": str(provider_id(n, rng.randint(1, PROVIDERS_PER_ORG)))},
-                    headers={"Authorization": f"Bearer {keys[n % ORGS]}"})
+                    headers={"Authorization": f"Bearer {keys[n % ORGS]}"},
+                )
                 response.raise_for_status()
+
             return await drive(clients, seconds, put)
 
     print(json.dumps(asyncio.run(run())))
@@ -259,9 +326,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def http_benchmark(url: str, database: Database, clients: int, seconds: float) -> dict[str, Any]:
-    from sqlalchemy.ext.asyncio import AsyncSession  # noqa: PLC0415
+async def http_benchmark(
+    url: str, database: Database, clients: int, seconds: float
+) -> dict[str, Any]:
     from sqlalchemy import text  # noqa: PLC0415
+    from sqlalchemy.ext.asyncio import AsyncSession  # noqa: PLC0415
 
     keys = []
     async with AsyncSession(database.owner_engine) as owner:
@@ -270,26 +339,45 @@ async def http_benchmark(url: str, database: Database, clients: int, seconds: fl
             keys.append(issued.key)
         await owner.execute(text("SELECT 1"))
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "src.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        cwd=BACKEND_DIR, env={**os.environ, "DATABASE_URL": url},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "src.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        cwd=BACKEND_DIR,
+        env={**os.environ, "DATABASE_URL": url},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         base_url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                httpx.get(f"{base_url}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                await asyncio.sleep(0.1)
+        async with httpx.AsyncClient() as probe:
+            for _ in range(200):
+                try:
+                    await probe.get(f"{base_url}/healthz", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.1)
         load = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--http-load", base_url, json.dumps(keys),
-            str(clients), str(seconds), cwd=BACKEND_DIR, stdout=asyncio.subprocess.PIPE)
+            sys.executable,
+            __file__,
+            "--http-load",
+            base_url,
+            json.dumps(keys),
+            str(clients),
+            str(seconds),
+            cwd=BACKEND_DIR,
+            stdout=asyncio.subprocess.PIPE,
+        )
         out, _ = await load.communicate()
         return dict(json.loads(out))
     finally:
         server.send_signal(2)
-        server.wait(timeout=30)
+        await asyncio.wait_for(server.wait(), timeout=30)
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -303,8 +391,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.server_url:
         server = to_libpq_url(args.server_url)
     else:
-        server = start_embedded_server(Path(tempfile.mkdtemp(prefix="careteam-tput-")),
-                                       delete_on_exit=True)
+        server = start_embedded_server(
+            Path(tempfile.mkdtemp(prefix="careteam-tput-")), delete_on_exit=True
+        )
     name = f"careteam_tput_{uuid.uuid4().hex[:8]}"
     await ensure_database(server, name)
     url = with_database(server, name)
@@ -313,14 +402,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await upgrade(database.owner_engine)
         log(f"populating {PATIENTS:,} patients")
         await populate(url)
-        figures: dict[str, Any] = {"patients": PATIENTS, "seconds_per_measure": args.seconds,
-                                   "assign": {}}
+        figures: dict[str, Any] = {
+            "patients": PATIENTS,
+            "seconds_per_measure": args.seconds,
+            "assign": {},
+        }
         for clients in args.clients:
             log(f"assign, {clients} client(s): pgbench, then the service")
             base = pgbench(url, PGBENCH_ASSIGN, clients, args.seconds)
             service = await drive(clients, args.seconds, service_assign(database))
             figures["assign"][str(clients)] = {
-                "pgbench": base, "service": service, "ratio": ratio(service, base)}
+                "pgbench": base,
+                "service": service,
+                "ratio": ratio(service, base),
+            }
         eight = figures["assign"].get("8", {}).get("pgbench")
         if eight:
             log("HTTP API, 8 clients (second process) against one uvicorn worker")
@@ -332,20 +427,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with database.owner_engine.connect() as conn:
                 from sqlalchemy import text  # noqa: PLC0415
 
-                primaries = (await conn.execute(text(
-                    "SELECT count(*) FROM care_team_assignments WHERE patient_id = :p "
-                    "AND is_primary_provider"), {"p": patient_id(1)})).scalar_one()
-            figures["hot_spot_8"] = {"pgbench": hot_base, "service": hot,
-                                     "ratio": ratio(hot, hot_base),
-                                     "primaries_at_end": primaries}
+                primaries = (
+                    await conn.execute(
+                        text(
+                            "SELECT count(*) FROM care_team_assignments WHERE patient_id = :p "
+                            "AND is_primary_provider"
+                        ),
+                        {"p": patient_id(1)},
+                    )
+                ).scalar_one()
+            figures["hot_spot_8"] = {
+                "pgbench": hot_base,
+                "service": hot,
+                "ratio": ratio(hot, hot_base),
+                "primaries_at_end": primaries,
+            }
             log("reads, 8 clients")
             read_base = pgbench(url, PGBENCH_READ, 8, args.seconds)
             primary = await drive(8, args.seconds, service_read(database, team=False))
             team = await drive(8, args.seconds, service_read(database, team=True))
             figures["reads_8"] = {
                 "pgbench": read_base,
-                "get_primary_provider": primary, "get_primary_ratio": ratio(primary, read_base),
-                "get_care_team": team, "get_care_team_ratio": ratio(team, read_base),
+                "get_primary_provider": primary,
+                "get_primary_ratio": ratio(primary, read_base),
+                "get_care_team": team,
+                "get_care_team_ratio": ratio(team, read_base),
             }
         return figures
     finally:
@@ -363,8 +469,11 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measure")
-    parser.add_argument("--clients", default="1,8,32",
-                        help="client counts for the assignment measure (8 adds the rest)")
+    parser.add_argument(
+        "--clients",
+        default="1,8,32",
+        help="client counts for the assignment measure (8 adds the rest)",
+    )
     parser.add_argument("--server-url", help="a PostgreSQL server to use (libpq URL)")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]

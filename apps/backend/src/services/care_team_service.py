@@ -26,7 +26,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.models import EventType
@@ -37,7 +36,7 @@ from src.services.errors import (
     ProviderNotFound,
     ProviderNotOnCareTeam,
 )
-from src.services.transaction import run_in_transaction
+from src.services.transaction import Sql, run_in_transaction, sql
 
 logger = logging.getLogger(__name__)
 
@@ -79,33 +78,33 @@ class CareTeamEventRecord:
 
 # The per-patient writer lock. NO KEY UPDATE, so it does not block the KEY SHARE locks
 # that foreign key checks on care_team_assignments take.
-LOCK_PATIENT = text("""
+LOCK_PATIENT = sql("""
     SELECT id FROM patients
     WHERE organization_id = :org AND id = :patient
     FOR NO KEY UPDATE
 """)
 
 # FOR SHARE: a concurrent deactivation waits until this assignment has committed.
-SELECT_PROVIDER_ACTIVE = text("""
+SELECT_PROVIDER_ACTIVE = sql("""
     SELECT active FROM providers WHERE organization_id = :org AND id = :provider
     FOR SHARE
 """)
 
-SELECT_ASSIGNMENT = text("""
+SELECT_ASSIGNMENT = sql("""
     SELECT is_primary_provider FROM care_team_assignments
     WHERE organization_id = :org AND patient_id = :patient AND provider_id = :provider
 """)
 
 # Newest first. Normally at most one row; before the unique index exists (an old table
 # being migrated) there may be several, and assigning demotes them all.
-SELECT_PRIMARIES = text("""
+SELECT_PRIMARIES = sql("""
     SELECT provider_id FROM care_team_assignments
     WHERE organization_id = :org AND patient_id = :patient AND is_primary_provider
     ORDER BY assigned_at DESC, id DESC
 """)
 
 # Demote every primary but :provider, recording one primary_demoted event each.
-DEMOTE_OTHERS = text("""
+DEMOTE_OTHERS = sql("""
     WITH demoted AS (
         UPDATE care_team_assignments SET is_primary_provider = false
         WHERE organization_id = :org AND patient_id = :patient AND is_primary_provider
@@ -123,7 +122,7 @@ DEMOTE_OTHERS = text("""
 # Make :provider primary (adding it to the team if needed) and record primary_assigned.
 # clock_timestamp(), not now(): a writer that waited for the lock records when it
 # actually changed the team, so "latest assigned_at" means "last to commit".
-PROMOTE_AND_RECORD = text("""
+PROMOTE_AND_RECORD = sql("""
     WITH promoted AS (
         INSERT INTO care_team_assignments
             (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
@@ -140,19 +139,19 @@ PROMOTE_AND_RECORD = text("""
     FROM promoted
 """)
 
-INSERT_SECONDARY = text("""
+INSERT_SECONDARY = sql("""
     INSERT INTO care_team_assignments
         (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
     VALUES (:org, :patient, :provider, false, clock_timestamp())
 """)
 
-DELETE_ASSIGNMENT = text("""
+DELETE_ASSIGNMENT = sql("""
     DELETE FROM care_team_assignments
     WHERE organization_id = :org AND patient_id = :patient AND provider_id = :provider
     RETURNING is_primary_provider
 """)
 
-INSERT_EVENT = text("""
+INSERT_EVENT = sql("""
     INSERT INTO care_team_events
         (organization_id, patient_id, provider_id, event_type,
          previous_primary_provider_id, actor, reason, occurred_at)
@@ -162,7 +161,7 @@ INSERT_EVENT = text("""
 
 # The patient row comes back even with an empty team, so "no such patient" and
 # "no members" are told apart in one round trip.
-SELECT_TEAM = text("""
+SELECT_TEAM = sql("""
     SELECT p.id AS patient_id, a.provider_id, a.is_primary_provider, a.assigned_at
     FROM patients AS p
     LEFT JOIN care_team_assignments AS a
@@ -171,7 +170,7 @@ SELECT_TEAM = text("""
     ORDER BY a.is_primary_provider DESC, a.assigned_at, a.provider_id
 """)
 
-SELECT_PATIENT_PRIMARY = text("""
+SELECT_PATIENT_PRIMARY = sql("""
     SELECT p.id, a.provider_id
     FROM patients AS p
     LEFT JOIN care_team_assignments AS a
@@ -180,9 +179,9 @@ SELECT_PATIENT_PRIMARY = text("""
     WHERE p.organization_id = :org AND p.id = :patient
 """)
 
-SELECT_PATIENT = text("SELECT id FROM patients WHERE organization_id = :org AND id = :patient")
+SELECT_PATIENT = sql("SELECT id FROM patients WHERE organization_id = :org AND id = :patient")
 
-SELECT_HISTORY = text("""
+SELECT_HISTORY = sql("""
     SELECT id, patient_id, provider_id, event_type, previous_primary_provider_id,
            actor, reason, occurred_at
     FROM care_team_events
@@ -193,28 +192,48 @@ SELECT_HISTORY = text("""
 """)
 
 
-async def _scalar(db: AsyncSession, statement: Any, params: dict[str, Any]) -> Any:
-    return (await db.execute(statement, params)).scalar_one_or_none()
+async def _driver(db: AsyncSession) -> Any:
+    """The session's asyncpg connection, inside the transaction the session began.
+
+    The hot path talks to asyncpg directly: prepared statements, and none of the ORM's
+    per-statement work (half the CPU per assignment). The session still owns the
+    transaction: it began it (the tenant) and commits or rolls it back.
+    """
+    connection = await db.connection()
+    return (await connection.get_raw_connection()).driver_connection
 
 
-async def _read_team(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> CareTeam:
-    rows = (await db.execute(SELECT_TEAM, {"org": org, "patient": patient})).all()
+async def _fetch(driver: Any, statement: Sql, params: dict[str, Any]) -> list[Any]:
+    return list(await driver.fetch(statement.positional, *statement.args(params)))
+
+
+async def _scalar(driver: Any, statement: Sql, params: dict[str, Any]) -> Any:
+    return await driver.fetchval(statement.positional, *statement.args(params))
+
+
+async def _read_team_of(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> CareTeam:
+    return await _read_team(await _driver(db), org, patient)
+
+
+async def _read_team(driver: Any, org: uuid.UUID, patient: uuid.UUID) -> CareTeam:
+    rows = await _fetch(driver, SELECT_TEAM, {"org": org, "patient": patient})
     if not rows:
         raise PatientNotFound(patient)
     members = [
-        CareTeamMember(row.provider_id, row.is_primary_provider, row.assigned_at)
+        CareTeamMember(row["provider_id"], row["is_primary_provider"], row["assigned_at"])
         for row in rows
-        if row.provider_id is not None
+        if row["provider_id"] is not None
     ]
     primary = next((m.provider_id for m in members if m.is_primary_provider), None)
     return CareTeam(patient_id=patient, primary_provider_id=primary, members=members)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _PatientWrite:
     """The steps of one write to one patient's team, inside its transaction.
 
-    Internal: it never commits; the public method around it does.
+    Internal: it never commits; the public method around it does. `begin()` binds it
+    to the current attempt's connection.
     """
 
     db: AsyncSession
@@ -222,27 +241,36 @@ class _PatientWrite:
     patient: uuid.UUID
     actor: str
     reason: str | None
+    driver: Any = None
+
+    async def begin(self) -> None:
+        self.driver = await _driver(self.db)
 
     def params(self, provider: uuid.UUID | None = None) -> dict[str, Any]:
         return {"org": self.org, "patient": self.patient, "provider": provider}
 
     async def lock_patient(self) -> None:
         """The per-patient writer lock; also proves the patient is in this organization."""
-        if await _scalar(self.db, LOCK_PATIENT, self.params()) is None:
+        if await _scalar(self.driver, LOCK_PATIENT, self.params()) is None:
             raise PatientNotFound(self.patient)
 
     async def require_active_provider(self, provider: uuid.UUID) -> None:
-        active = await _scalar(self.db, SELECT_PROVIDER_ACTIVE, self.params(provider))
+        active = await _scalar(self.driver, SELECT_PROVIDER_ACTIVE, self.params(provider))
         if active is None:
             raise ProviderNotFound(provider)
         if not active:
             raise ProviderInactive(provider)
 
-    async def scalar(self, statement: Any, provider: uuid.UUID | None = None) -> Any:
-        return await _scalar(self.db, statement, self.params(provider))
+    async def primaries(self) -> list[uuid.UUID]:
+        return [
+            r["provider_id"] for r in await _fetch(self.driver, SELECT_PRIMARIES, self.params())
+        ]
 
-    async def execute(self, statement: Any, provider: uuid.UUID) -> None:
-        await self.db.execute(statement, self.params(provider))
+    async def scalar(self, statement: Sql, provider: uuid.UUID | None = None) -> Any:
+        return await _scalar(self.driver, statement, self.params(provider))
+
+    async def execute(self, statement: Sql, provider: uuid.UUID) -> None:
+        await self.driver.execute(statement.positional, *statement.args(self.params(provider)))
 
     def event_params(
         self, provider: uuid.UUID, previous_primary: uuid.UUID | None
@@ -254,6 +282,12 @@ class _PatientWrite:
             "reason": self.reason,
         }
 
+    async def execute_with_event(
+        self, statement: Sql, provider: uuid.UUID, previous_primary: uuid.UUID | None
+    ) -> None:
+        params = self.event_params(provider, previous_primary)
+        await self.driver.execute(statement.positional, *statement.args(params))
+
     async def record(
         self,
         event_type: EventType,
@@ -261,13 +295,11 @@ class _PatientWrite:
         previous_primary: uuid.UUID | None = None,
     ) -> None:
         """Append the event, in the same transaction as the change it records."""
-        await self.db.execute(
-            INSERT_EVENT,
-            {**self.event_params(provider, previous_primary), "event_type": event_type.value},
-        )
+        params = {**self.event_params(provider, previous_primary), "event_type": event_type.value}
+        await self.driver.execute(INSERT_EVENT.positional, *INSERT_EVENT.args(params))
 
     async def team(self) -> CareTeam:
-        return await _read_team(self.db, self.org, self.patient)
+        return await _read_team(self.driver, self.org, self.patient)
 
 
 # --- the service ---------------------------------------------------------------------
@@ -304,22 +336,23 @@ class CareTeamService:
         before: list[uuid.UUID] = []
 
         async def work() -> CareTeam:
+            await write.begin()
             await write.lock_patient()
             await write.require_active_provider(provider_id)
-            primaries = list((await db.execute(SELECT_PRIMARIES, write.params())).scalars())
+            primaries = await write.primaries()
             before[:] = primaries
             if primaries != [provider_id]:
                 # One statement each: demote every other primary (with its event), then
                 # promote the provider (with its event), under the patient lock.
                 if any(p != provider_id for p in primaries):
-                    await db.execute(DEMOTE_OTHERS, write.event_params(provider_id, None))
-                await db.execute(
-                    PROMOTE_AND_RECORD,
-                    write.event_params(provider_id, primaries[0] if primaries else None),
+                    await write.execute_with_event(DEMOTE_OTHERS, provider_id, None)
+                await write.execute_with_event(
+                    PROMOTE_AND_RECORD, provider_id, primaries[0] if primaries else None
                 )
             return await write.team()
 
         async def verify() -> CareTeam | None:
+            await write.begin()
             team = await write.team()
             return team if team.primary_provider_id == provider_id else None
 
@@ -361,6 +394,7 @@ class CareTeamService:
         write = _PatientWrite(db, organization_id, patient_id, actor, reason)
 
         async def work() -> CareTeam:
+            await write.begin()
             await write.lock_patient()
             await write.require_active_provider(provider_id)
             is_primary = await write.scalar(SELECT_ASSIGNMENT, provider_id)
@@ -372,6 +406,7 @@ class CareTeamService:
             return await write.team()
 
         async def verify() -> CareTeam | None:
+            await write.begin()
             team = await write.team()
             return team if any(m.provider_id == provider_id for m in team.members) else None
 
@@ -410,6 +445,7 @@ class CareTeamService:
         write = _PatientWrite(db, organization_id, patient_id, actor, reason)
 
         async def work() -> CareTeam:
+            await write.begin()
             await write.lock_patient()
             was_primary = await write.scalar(DELETE_ASSIGNMENT, provider_id)
             if was_primary is None:
@@ -419,6 +455,7 @@ class CareTeamService:
             return await write.team()
 
         async def verify() -> CareTeam | None:
+            await write.begin()
             team = await write.team()
             return None if any(m.provider_id == provider_id for m in team.members) else team
 
@@ -447,10 +484,10 @@ class CareTeamService:
 
         async def work() -> uuid.UUID | None:
             params = {"org": organization_id, "patient": patient_id}
-            row = (await db.execute(SELECT_PATIENT_PRIMARY, params)).first()
-            if row is None:
+            rows = await _fetch(await _driver(db), SELECT_PATIENT_PRIMARY, params)
+            if not rows:
                 raise PatientNotFound(patient_id)
-            primary: uuid.UUID | None = row.provider_id
+            primary: uuid.UUID | None = rows[0]["provider_id"]
             return primary
 
         return await run_in_transaction(
@@ -459,6 +496,7 @@ class CareTeamService:
             organization_id=organization_id,
             patient_id=patient_id,
             work=work,
+            read_only=True,
         )
 
     @staticmethod
@@ -471,7 +509,8 @@ class CareTeamService:
             operation="get_care_team",
             organization_id=organization_id,
             patient_id=patient_id,
-            work=lambda: _read_team(db, organization_id, patient_id),
+            work=lambda: _read_team_of(db, organization_id, patient_id),
+            read_only=True,
         )
 
     @staticmethod
@@ -492,12 +531,13 @@ class CareTeamService:
         params = {"org": organization_id, "patient": patient_id}
 
         async def work() -> list[CareTeamEventRecord]:
-            if await _scalar(db, SELECT_PATIENT, params) is None:
+            driver = await _driver(db)
+            if await _scalar(driver, SELECT_PATIENT, params) is None:
                 raise PatientNotFound(patient_id)
-            rows = (
-                await db.execute(SELECT_HISTORY, {**params, "before_id": before_id, "limit": limit})
-            ).all()
-            return [CareTeamEventRecord(**row._asdict()) for row in rows]
+            rows = await _fetch(
+                driver, SELECT_HISTORY, {**params, "before_id": before_id, "limit": limit}
+            )
+            return [CareTeamEventRecord(**dict(row)) for row in rows]
 
         return await run_in_transaction(
             db,
@@ -505,4 +545,5 @@ class CareTeamService:
             organization_id=organization_id,
             patient_id=patient_id,
             work=work,
+            read_only=True,
         )

@@ -69,6 +69,8 @@ async def _one_row(
     organization_id: uuid.UUID,
     statement: Any,
     params: dict[str, Any],
+    *,
+    read_only: bool = False,
 ) -> Any:
     """The statement's single row (or None), in one transaction under the tenant."""
 
@@ -78,7 +80,7 @@ async def _one_row(
     # A create whose COMMIT is lost cannot be checked (its id is unknown): without a
     # `verify`, that rare case raises OutcomeUnknown instead of creating a duplicate.
     return await run_in_transaction(
-        db, operation=operation, organization_id=organization_id, work=work
+        db, operation=operation, organization_id=organization_id, work=work, read_only=read_only
     )
 
 
@@ -109,7 +111,9 @@ class DirectoryService:
         *, db: AsyncSession, organization_id: uuid.UUID, patient_id: uuid.UUID
     ) -> PatientRecord:
         """Raises PatientNotFound."""
-        row = await _one_row(db, "get_patient", organization_id, SELECT_PATIENT, {"id": patient_id})
+        row = await _one_row(
+            db, "get_patient", organization_id, SELECT_PATIENT, {"id": patient_id}, read_only=True
+        )
         if row is None:
             raise PatientNotFound(patient_id)
         return PatientRecord(**row._asdict())
@@ -139,7 +143,12 @@ class DirectoryService:
     ) -> ProviderRecord:
         """Raises ProviderNotFound."""
         row = await _one_row(
-            db, "get_provider", organization_id, SELECT_PROVIDER, {"id": provider_id}
+            db,
+            "get_provider",
+            organization_id,
+            SELECT_PROVIDER,
+            {"id": provider_id},
+            read_only=True,
         )
         if row is None:
             raise ProviderNotFound(provider_id)

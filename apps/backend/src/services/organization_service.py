@@ -130,7 +130,7 @@ class OrganizationService:
             ).first()
             return None if row is None else Authenticated(row.api_key_id, row.organization_id)
 
-        return await run_in_transaction(db, operation="authenticate", work=work)
+        return await run_in_transaction(db, operation="authenticate", work=work, read_only=True)
 
 
 async def _issue_key(db: AsyncSession, org: uuid.UUID, *, name: str | None) -> IssuedApiKey:

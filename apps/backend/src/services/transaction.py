@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -70,7 +73,7 @@ def _translate(
             extra={"event": "primary_provider_conflict", **ids},
         )
         return PrimaryProviderConflict(organization_id, patient_id)
-    connection_lost = isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated
+    connection_lost = _connection_lost(err)
     if (
         connection_lost
         or sqlstate in _UNAVAILABLE_SQLSTATES
@@ -96,6 +99,32 @@ def _translate(
 
 T = TypeVar("T")
 
+
+@dataclass(frozen=True)
+class Sql:
+    """A statement written with :named parameters (readable, and what pgbench replays),
+    sent as asyncpg's positional prepared statement."""
+
+    text: str
+    positional: str
+    names: tuple[str, ...]
+
+    def args(self, params: dict[str, Any]) -> list[Any]:
+        return [params[name] for name in self.names]
+
+
+def sql(text_with_names: str) -> Sql:
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    positional = re.sub(r"(?<!:):(\w+)", number, text_with_names)
+    return Sql(text_with_names, positional, tuple(names))
+
+
 MAX_ATTEMPTS = 6
 FIRST_RETRY_DELAY_S = 0.1  # doubling: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s, enough for a restart
 
@@ -118,10 +147,36 @@ def _connection_lost(err: BaseException) -> bool:
         if isinstance(cause, OSError | ConnectionError) or type(cause).__name__ in (
             "ConnectionDoesNotExistError",
             "InterfaceError",
+            "InternalClientError",  # the protocol's state is broken: the connection is done
         ):
             return True
         cause = cause.__cause__
     return False
+
+
+_DATABASE_ERRORS = (
+    sa_exc.SQLAlchemyError,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
+def _is_database_error(err: Exception) -> bool:
+    return isinstance(err, _DATABASE_ERRORS) or pg_error_fields(err)[0] is not None
+
+
+async def _discard_if_lost(connection: Any, err: BaseException) -> None:
+    """The driver may not have told the pool that a connection broke: make sure it is
+    discarded, never handed to the next request."""
+    if connection is None or not isinstance(err, Exception) or not _connection_lost(err):
+        return
+    try:
+        await connection.invalidate()
+    except Exception:
+        logger.debug("invalidating a lost connection failed", exc_info=True)
 
 
 async def _rollback_quietly(db: AsyncSession, operation: str) -> None:
@@ -139,6 +194,7 @@ async def run_in_transaction(
     organization_id: uuid.UUID | None = None,
     patient_id: uuid.UUID | None = None,
     verify: Callable[[], Awaitable[T | None]] | None = None,
+    read_only: bool = False,
 ) -> T:
     """Run `work` as one transaction (tenant first, when given) and commit it.
 
@@ -149,13 +205,16 @@ async def run_in_transaction(
     connection was lost before COMMIT was sent. A connection lost during COMMIT leaves
     the outcome unknown: then `verify`, in a new transaction, looks at the data: it
     returns the result if the change is in place, or None if it is not (then `work`
-    runs again). Without `verify`, that case raises OutcomeUnknown.
+    runs again). Without `verify`, that case raises OutcomeUnknown, unless `read_only`
+    (nothing to commit: it simply runs again).
     """
     delay = FIRST_RETRY_DELAY_S
     must_verify = False
     for attempt in range(1, MAX_ATTEMPTS + 1):
         committing = False
+        connection = None
         try:
+            connection = await db.connection()
             if organization_id is not None:
                 await db.execute(SET_TENANT, {"org": str(organization_id)})
             if must_verify:
@@ -174,17 +233,15 @@ async def run_in_transaction(
             await db.commit()
             return result
         except BaseException as err:
+            await _discard_if_lost(connection, err)
             await _rollback_quietly(db, operation)
             if isinstance(err, CareTeamError) or not isinstance(err, Exception):
                 raise
-            if not (
-                isinstance(err, sa_exc.SQLAlchemyError | OSError | TimeoutError)
-                or pg_error_fields(err)[0]
-            ):
+            if not _is_database_error(err):
                 raise
             rolled_back = pg_error_fields(err)[0] in _ROLLED_BACK_SQLSTATES
             lost = _connection_lost(err)
-            if lost and committing:
+            if lost and committing and not read_only:
                 if verify is None:
                     raise OutcomeUnknown(operation) from err
                 must_verify = True
