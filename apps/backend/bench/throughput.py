@@ -32,6 +32,7 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -46,6 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
+import uvloop
 
 from src.config import BACKEND_DIR, get_settings, to_libpq_url
 from src.db import Database, open_database
@@ -317,7 +319,69 @@ def http_load_main(base_url: str, keys_json: str, clients: int, seconds: float) 
 
             return await drive(clients, seconds, put)
 
-    print(json.dumps(asyncio.run(run())))
+    print(json.dumps(uvloop.run(run())))
+
+
+WRK_SCRIPT = """
+local requests = {%s}
+local n = #requests
+request = function()
+  local r = requests[math.random(n)]
+  return wrk.format("PUT", r[1], {["Authorization"] = r[3],
+                                  ["Content-Type"] = "application/json"}, r[2])
+end
+"""
+
+
+async def wrk_load(base_url: str, keys: list[str], clients: int, seconds: float) -> dict[str, Any]:
+    """wrk (a C load generator, second process): random PUT .../care-team/primary."""
+    rng = random.Random(5)
+    entries = []
+    for _ in range(5000):
+        n = rng.randint(1, PATIENTS)
+        body = json.dumps({"provider_id": str(provider_id(n, rng.randint(1, PROVIDERS_PER_ORG)))})
+        fields = (
+            json.dumps(f"/v1/patients/{patient_id(n)}/care-team/primary"),
+            json.dumps(body),
+            json.dumps(f"Bearer {keys[n % ORGS]}"),
+        )
+        entries.append("{" + ", ".join(fields) + "}")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT.replace("%s", ",\n".join(entries)))
+    process = await asyncio.create_subprocess_exec(
+        "wrk",
+        "-t",
+        "2",
+        "-c",
+        str(clients),
+        "-d",
+        f"{int(seconds)}s",
+        "--latency",
+        "-s",
+        script.name,
+        base_url,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out_bytes, _ = await process.communicate()
+    os.unlink(script.name)
+    out = out_bytes.decode()
+
+    def latency_ms(label: str) -> float | None:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        if not match:
+            return None
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+        return round(float(match.group(1)) * scale, 2)
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "ops_per_s": round(rps, 1),
+        "p50_ms": latency_ms("50"),
+        "p99_ms": latency_ms("99"),
+        "errors": int(non_2xx.group(1)) if non_2xx else 0,
+        "load_generator": "wrk",
+    }
 
 
 def free_port() -> int:
@@ -362,6 +426,8 @@ async def http_benchmark(
                     break
                 except httpx.HTTPError:
                     await asyncio.sleep(0.1)
+        if shutil.which("wrk"):
+            return await wrk_load(base_url, keys, clients, seconds)
         load = await asyncio.create_subprocess_exec(
             sys.executable,
             __file__,
@@ -374,7 +440,7 @@ async def http_benchmark(
             stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await load.communicate()
-        return dict(json.loads(out))
+        return {**json.loads(out), "load_generator": "python httpx (wrk not installed)"}
     finally:
         server.send_signal(2)
         await asyncio.wait_for(server.wait(), timeout=30)
@@ -477,7 +543,8 @@ def main() -> None:
     parser.add_argument("--server-url", help="a PostgreSQL server to use (libpq URL)")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
-    print(json.dumps(asyncio.run(run(args)), indent=2))
+    # uvloop, as uvicorn uses it in production ("uvicorn[standard]").
+    print(json.dumps(uvloop.run(run(args)), indent=2))
 
 
 if __name__ == "__main__":

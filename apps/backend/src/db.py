@@ -75,7 +75,9 @@ def create_engine(url: str, settings: Settings, *, role: str | None = None) -> A
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
-        pool_pre_ping=True,
+        # No pre-ping round trip on every checkout: a pooled connection that died fails
+        # its first statement, and run_in_transaction retries on a fresh one.
+        pool_pre_ping=False,
     )
 
 
