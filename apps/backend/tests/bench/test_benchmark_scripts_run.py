@@ -29,3 +29,24 @@ def test_migration_scale_benchmark_runs_and_leaves_the_rule_in_force():
     assert 0 < figures["after"]["migration_dedupe_events"] <= figures["patients_with_two_primaries"]
     assert figures["migration"]["writer"]["errors"] == 0
     assert figures["diagnostic"]["script_peak_rss_mb"] > 0
+
+
+def test_throughput_benchmark_runs_every_measure():
+    """One second per measure: the pgbench baseline, the service, HTTP, hot spot, reads."""
+    result = subprocess.run(
+        [sys.executable, "bench/throughput.py", "--seconds", "1", "--clients", "8"],
+        cwd=BACKEND_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    eight = figures["assign"]["8"]
+    assert eight["pgbench"]["ops_per_s"] > 0 and eight["service"]["ops_per_s"] > 0
+    assert eight["service"]["errors"] == 0
+    assert figures["http_assign_8"]["http"]["errors"] == 0
+    assert figures["hot_spot_8"]["primaries_at_end"] == 1
+    assert figures["hot_spot_8"]["service"]["errors"] == 0
+    assert figures["reads_8"]["get_care_team"]["ops_per_s"] > 0
