@@ -237,15 +237,18 @@ async def _seed_demo(engine: AsyncEngine, url: str) -> tuple[IssuedApiKey, uuid.
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error (default: LOG_LEVEL).")
+    ] = None,
 ) -> None:
     """Migrate to head and serve the HTTP API (Ctrl-C stops it, and the embedded server).
 
     On an empty embedded database, first creates a demo organization and prints its
     API key once.
     """
-    configure_logging(log_level.upper())
     settings = _settings_or_fail()
+    level = (log_level or settings.log_level).upper()
+    configure_logging(level, settings.log_format)
     url = _url_or_fail(settings)
 
     async def prepare(engine: AsyncEngine) -> tuple[IssuedApiKey, uuid.UUID] | None:
@@ -273,7 +276,7 @@ def serve(
             port=port,
             log_config=None,
             access_log=False,
-            log_level=log_level.lower(),
+            log_level=level.lower(),
         )
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it has already shut down on
         pass

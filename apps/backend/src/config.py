@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +66,18 @@ class Settings(BaseSettings):
         default="careteam",
         pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
         description="Database created on the embedded server.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: readable lines (development); json: JSON lines."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    sentry_dsn: SecretStr | None = Field(
+        default=None, description="Send unexpected errors to Sentry (PII scrubbed). Unset: off."
+    )
+    violation_check_interval_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How often the API re-runs the violation check for /metrics (0: never).",
     )
     db_connect_timeout_s: float = Field(default=10.0, gt=0)
     db_pool_size: int = Field(default=10, ge=1, le=200)

@@ -24,7 +24,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import asyncpg
 
@@ -73,6 +73,12 @@ CAN_SEE_ALL_TENANTS = "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolna
 
 # What a failed connection or query raises.
 DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class Writer(Protocol):
+    """Where the report goes: a text stream (stdout, a file, or a sink)."""
+
+    def write(self, text: str, /) -> int: ...
 
 
 class CannotRun(Exception):
@@ -211,7 +217,7 @@ async def stream_findings(
 class Reporter:
     """Writes the report as it streams: human-readable lines, or one JSON object."""
 
-    def __init__(self, out: TextIO, options: Options) -> None:
+    def __init__(self, out: Writer, options: Options) -> None:
         self.out, self.options = out, options
         self._items = 0
 
@@ -317,7 +323,7 @@ async def _check_can_run(conn: asyncpg.Connection) -> None:
         )
 
 
-async def run_check(url: str, options: Options, out: TextIO) -> Summary:
+async def run_check(url: str, options: Options, out: Writer) -> Summary:
     """Stream the report to `out`; with fix+execute, apply the dedupe. Raises CannotRun."""
     reporter = Reporter(out, options)
     summary = Summary()

@@ -2,34 +2,119 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
+from src import diagnostics
 from src.api.errors import install_error_handlers
 from src.api.middleware import RequestContextMiddleware
 from src.api.routers import care_team, directory, health
-from src.config import get_settings
+from src.config import Settings, get_settings
 from src.db import Database, open_database
 from src.log_config import install_request_id_on_records
+from src.metrics import record_check, track_pool
+
+logger = logging.getLogger(__name__)
+
+
+class _Discard(io.TextIOBase):
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+async def refresh_violation_metrics(owner_url: str) -> None:
+    """Run the violation check (as the owner, output discarded) and publish its result."""
+    summary = await diagnostics.run_check(owner_url, diagnostics.Options(), _Discard())
+    record_check(summary.violations, summary.without_primary, summary.index_state)
+    if summary.violations:
+        logger.warning(
+            "violation check: %d patient(s) with several primary providers",
+            summary.violations,
+            extra={"event": "violation_check_failed"},
+        )
+
+
+async def check_periodically(owner_url: str, interval_s: float) -> None:
+    while True:
+        try:
+            await refresh_violation_metrics(owner_url)
+        except Exception as err:  # reported, and tried again next time
+            logger.warning(
+                "violation check could not run: %s",
+                type(err).__name__,
+                extra={"event": "violation_check_error"},
+            )
+        await asyncio.sleep(interval_s)
+
+
+def init_sentry(settings: Settings) -> None:
+    """Errors to Sentry, only with SENTRY_DSN; nothing is imported otherwise."""
+    if settings.sentry_dsn is None:
+        return
+    import sentry_sdk  # noqa: PLC0415  (optional: loaded only when configured)
+
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn.get_secret_value(),
+        send_default_pii=False,
+        before_send=scrub_event,  # type: ignore[arg-type]  # Event is a TypedDict of dicts
+        # Expected domain errors are answered 4xx and never reach Sentry; only 5xx do.
+        traces_sample_rate=0.0,
+    )
+
+
+SCRUBBED = "[scrubbed]"
+
+
+def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
+    """Remove what could carry health data or secrets: request bodies, query strings,
+    cookies, auth headers, user data, local variables."""
+    request = event.get("request") or {}
+    for key in ("data", "query_string", "cookies"):
+        if key in request:
+            request[key] = SCRUBBED
+    headers = request.get("headers") or {}
+    for name in list(headers):
+        if name.lower() in ("authorization", "cookie", "x-api-key"):
+            headers[name] = SCRUBBED
+    event.pop("user", None)
+    for exception in (event.get("exception") or {}).get("values", []):
+        for frame in (exception.get("stacktrace") or {}).get("frames", []):
+            frame.pop("vars", None)
+    return event
 
 
 def create_app(database: Database | None = None, database_url: str | None = None) -> FastAPI:
     """The app. Without `database`, its lifespan opens one from the settings (on
-    `database_url` when given) and disposes of it at shutdown; tests pass their own."""
+    `database_url` when given) and disposes of it at shutdown; tests pass their own.
+
+    The lifespan also re-runs the violation check every VIOLATION_CHECK_INTERVAL_S for
+    /metrics, and Sentry is set up only when SENTRY_DSN is."""
+    settings = get_settings()
+    init_sentry(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if database is not None:
-            yield
-            return
-        opened = open_database(get_settings(), database_url)
+        opened = database or open_database(settings, database_url)
         app.state.database = opened
+        track_pool(opened.app_engine.sync_engine.pool)
+        checker = None
+        if settings.violation_check_interval_s > 0:
+            checker = asyncio.create_task(
+                check_periodically(opened.url, settings.violation_check_interval_s)
+            )
         try:
             yield
         finally:
-            await opened.dispose()
+            if checker is not None:
+                checker.cancel()
+            if database is None:
+                await opened.dispose()
 
     app = FastAPI(
         title="Care team API",
@@ -39,6 +124,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
     )
     if database is not None:
         app.state.database = database
+        track_pool(database.app_engine.sync_engine.pool)
     install_request_id_on_records()
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)

@@ -11,10 +11,13 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from src.log_config import request_id_var
+from src.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 logger = logging.getLogger("src.api.access")
 
 MAX_BODY_BYTES = 64 * 1024
+# Metric labels stay bounded whatever a client sends.
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -80,13 +83,17 @@ class RequestContextMiddleware:
                     },
                 )
         finally:
-            route = scope.get("route")
+            route = getattr(scope.get("route"), "path", "(unmatched)")
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            seconds = time.perf_counter() - started
+            HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
+            HTTP_LATENCY.labels(method=method, route=route).observe(seconds)
             logger.info(
                 "%s %s status=%d duration_ms=%.1f organization_id=%s",
                 scope["method"],
-                getattr(route, "path", "(unmatched)"),
+                route,
                 status,
-                (time.perf_counter() - started) * 1000,
+                seconds * 1000,
                 scope.get("state", {}).get("organization_id", "-"),
             )
             request_id_var.reset(token)

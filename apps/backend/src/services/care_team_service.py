@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.metrics import ASSIGNMENTS, LOCK_WAIT
 from src.models import EventType
 from src.services.errors import (
+    CareTeamError,
     PatientNotFound,
     ProviderAlreadyPrimary,
     ProviderInactive,
@@ -251,7 +254,10 @@ class _PatientWrite:
 
     async def lock_patient(self) -> None:
         """The per-patient writer lock; also proves the patient is in this organization."""
-        if await _scalar(self.driver, LOCK_PATIENT, self.params()) is None:
+        started = time.perf_counter()
+        found = await _scalar(self.driver, LOCK_PATIENT, self.params())
+        LOCK_WAIT.observe(time.perf_counter() - started)
+        if found is None:
             raise PatientNotFound(self.patient)
 
     async def require_active_provider(self, provider: uuid.UUID) -> None:
@@ -356,14 +362,19 @@ class CareTeamService:
             team = await write.team()
             return team if team.primary_provider_id == provider_id else None
 
-        team = await run_in_transaction(
-            db,
-            operation="assign_primary_provider",
-            organization_id=organization_id,
-            patient_id=patient_id,
-            work=work,
-            verify=verify,
-        )
+        try:
+            team = await run_in_transaction(
+                db,
+                operation="assign_primary_provider",
+                organization_id=organization_id,
+                patient_id=patient_id,
+                work=work,
+                verify=verify,
+            )
+        except CareTeamError as err:
+            ASSIGNMENTS.labels(outcome=err.code).inc()
+            raise
+        ASSIGNMENTS.labels(outcome="changed" if before != [provider_id] else "unchanged").inc()
         logger.info(
             "primary provider assigned organization_id=%s patient_id=%s provider_id=%s "
             "previous_primary_provider_id=%s",

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.db import pg_error_fields
+from src.metrics import INDEX_REFUSALS
 from src.models import UNIQUE_PRIMARY_INDEX
 from src.services.errors import (
     CareTeamError,
@@ -63,6 +64,7 @@ def _translate(
         and organization_id is not None
         and patient_id is not None
     ):
+        INDEX_REFUSALS.inc()
         logger.warning(
             "primary provider write refused by %s (IntegrityError) "
             "operation=%s organization_id=%s patient_id=%s",
@@ -70,7 +72,12 @@ def _translate(
             operation,
             organization_id,
             patient_id,
-            extra={"event": "primary_provider_conflict", **ids},
+            extra={
+                "event": "primary_provider_conflict",
+                "index": UNIQUE_PRIMARY_INDEX,
+                "error": "IntegrityError",
+                **ids,
+            },
         )
         return PrimaryProviderConflict(organization_id, patient_id)
     connection_lost = _connection_lost(err)

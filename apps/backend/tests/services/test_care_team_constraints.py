@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.db import Database
+from src.log_config import JsonFormatter
 from src.models import UNIQUE_PRIMARY_INDEX
 from src.services.care_team_service import CareTeamService
 from src.services.errors import (
@@ -399,6 +403,7 @@ class TestWriterBypassingTheService:
                         db=db, organization_id=org, patient_id=patient, provider_id=p2
                     )
 
+            refusals = REGISTRY.get_sample_value("careteam_primary_index_refusals_total") or 0.0
             task = asyncio.create_task(assign())
             await wait_until_blocked(database)  # the service waits on the raw row's index entry
             await raw.commit()
@@ -406,6 +411,16 @@ class TestWriterBypassingTheService:
                 await task
         assert UNIQUE_PRIMARY_INDEX in caplog.text
         assert "IntegrityError" in caplog.text
+        assert REGISTRY.get_sample_value("careteam_primary_index_refusals_total") == refusals + 1
+        # As operators find it in JSON logs: WARNING, the event, the index, the ids.
+        [record] = [
+            r for r in caplog.records if getattr(r, "event", "") == "primary_provider_conflict"
+        ]
+        line = JsonFormatter().format(record)
+        entry = json.loads(line)
+        assert entry["level"] == "WARNING" and entry["index"] == UNIQUE_PRIMARY_INDEX
+        assert entry["organization_id"] == str(org) and entry["patient_id"] == str(patient)
+        assert re.search(r"primary.*provider|IntegrityError", line, re.IGNORECASE)
         async with database.sessionmaker() as db:
             assert await team_rows(db, org, patient) == {p1: True}
             assert await event_types(db, org, patient) == []

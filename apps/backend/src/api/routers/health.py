@@ -1,11 +1,66 @@
-from fastapi import APIRouter
+"""Liveness, readiness and metrics: for load balancers and Prometheus (no API key)."""
 
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from src.api.deps import get_database
 from src.api.schemas import Health
+from src.rule import UNIQUE_PRIMARY_INDEX
+from src.schema import head_revision
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["operations"])
+
+READY_TIMEOUT_S = 3.0
+HEAD = head_revision()
+
+READINESS = text("""
+    SELECT (SELECT version_num FROM alembic_version LIMIT 1) AS revision,
+           (SELECT i.indisvalid FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+            WHERE c.relname = :index AND pg_table_is_visible(c.oid)) AS index_valid
+""")
 
 
 @router.get("/healthz", response_model=Health)
 async def healthz() -> Health:
     """Liveness: 200 while the process is up (does not touch the database)."""
     return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Health,
+    responses={503: {"description": "not ready; `detail` says why"}},
+)
+async def readyz(request: Request) -> Response:
+    """Readiness: 200 only when the database answers, the schema is at head and the
+    one-primary index exists and is valid; otherwise 503 with the reason."""
+    database = get_database(request)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            async with database.owner_engine.connect() as conn:
+                row = (await conn.execute(READINESS, {"index": UNIQUE_PRIMARY_INDEX})).one()
+    except Exception as err:  # any failure to answer is "not ready", with its kind
+        return _not_ready(f"database does not answer ({type(err).__name__})")
+    if row.revision != HEAD:
+        return _not_ready(f"schema at {row.revision}, head is {HEAD}: run the migrations")
+    if row.index_valid is None:
+        return _not_ready(f"index {UNIQUE_PRIMARY_INDEX} is missing")
+    if not row.index_valid:
+        return _not_ready(f"index {UNIQUE_PRIMARY_INDEX} is INVALID: re-run the migration")
+    return JSONResponse({"status": "ready"})
+
+
+def _not_ready(reason: str) -> JSONResponse:
+    return JSONResponse({"error": "not_ready", "detail": reason}, status_code=503)
+
+
+@router.get("/metrics", response_class=Response, include_in_schema=False)
+async def metrics() -> Response:
+    """Prometheus metrics (text format)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
