@@ -32,11 +32,9 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 # The writer must wait as long as it is blocked, so the stall can be measured at all.
@@ -44,14 +42,12 @@ os.environ["DB_LOCK_TIMEOUT_MS"] = "0"
 os.environ["DB_STATEMENT_TIMEOUT_MS"] = "0"
 
 import asyncpg
+from common import log, throwaway_database
 
-from src.config import BACKEND_DIR, get_settings, to_libpq_url
+from src.config import BACKEND_DIR, get_settings
 from src.db import open_database
 from src.embedded import (
     client_program,
-    ensure_database,
-    start_embedded_server,
-    with_database,
 )
 from src.schema import upgrade
 from src.services.care_team_service import CareTeamService
@@ -80,10 +76,6 @@ PLAIN_INDEX = """
 CREATE UNIQUE INDEX bench_plain_unique_primary ON care_team_assignments
     (organization_id, patient_id) WHERE is_primary_provider = true
 """
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # --- data ----------------------------------------------------------------------------
@@ -314,16 +306,7 @@ async def count(url: str, sql: str) -> int:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.server_url:
-        server = to_libpq_url(args.server_url)
-    else:
-        server = start_embedded_server(
-            Path(tempfile.mkdtemp(prefix="careteam-bench-")), delete_on_exit=True
-        )
-    name = f"careteam_bench_{uuid.uuid4().hex[:8]}"
-    await ensure_database(server, name)
-    url = with_database(server, name)
-    try:
+    async with throwaway_database("bench", args.server_url) as (url, _):
         database = open_database(get_settings(), url)
         await upgrade(database.owner_engine, "20260114_rls_coverage")
         await database.dispose()
@@ -393,12 +376,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "diagnostic_memory_target_200mb_met": script_mb < 200,
         }
         return figures
-    finally:
-        admin = await asyncpg.connect(server)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 def main() -> None:

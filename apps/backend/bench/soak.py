@@ -33,7 +33,6 @@ import collections
 import json
 import random
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -41,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from common import log, throwaway_database
 
 from src.config import get_settings
 from src.db import Database, open_database
-from src.embedded import ensure_database, start_embedded_server, with_database
 from src.schema import upgrade
 from src.services.care_team_service import CareTeamService
 from src.services.errors import (
@@ -56,10 +55,6 @@ from src.services.errors import (
 )
 
 ORGS, PATIENTS, PROVIDERS_PER_ORG, WORKERS = 4, 300, 10, 32
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -322,10 +317,12 @@ def passed(report: dict[str, Any]) -> bool:
 
 
 async def run(seconds: float) -> dict[str, Any]:
-    data_dir = Path(tempfile.mkdtemp(prefix="careteam-soak-"))
-    server = start_embedded_server(data_dir, delete_on_exit=True)
-    await ensure_database(server, "soak")
-    url = with_database(server, "soak")
+    async with throwaway_database("soak") as (url, data_dir):
+        assert data_dir is not None  # the chaos task restarts this embedded server
+        return await soak(url, data_dir, seconds)
+
+
+async def soak(url: str, data_dir: Path, seconds: float) -> dict[str, Any]:
     database = open_database(get_settings(), url)
     try:
         await upgrade(database.owner_engine)

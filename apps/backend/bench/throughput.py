@@ -48,10 +48,11 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import httpx
 import uvloop
+from common import log, throwaway_database
 
-from src.config import BACKEND_DIR, get_settings, to_libpq_url
+from src.config import BACKEND_DIR, get_settings
 from src.db import Database, open_database
-from src.embedded import client_program, ensure_database, start_embedded_server, with_database
+from src.embedded import client_program
 from src.schema import upgrade
 from src.services import care_team_service as care_team
 from src.services.care_team_service import CareTeamService
@@ -133,10 +134,6 @@ PGBENCH_READ = (
     )
     + "\n"
 )
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def summarize(latencies: list[float], seconds: float, errors: int) -> dict[str, Any]:
@@ -454,15 +451,11 @@ def ratio(part: dict[str, Any], whole: dict[str, Any]) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.server_url:
-        server = to_libpq_url(args.server_url)
-    else:
-        server = start_embedded_server(
-            Path(tempfile.mkdtemp(prefix="careteam-tput-")), delete_on_exit=True
-        )
-    name = f"careteam_tput_{uuid.uuid4().hex[:8]}"
-    await ensure_database(server, name)
-    url = with_database(server, name)
+    async with throwaway_database("tput", args.server_url) as (url, _):
+        return await measure(args, url)
+
+
+async def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
     database = open_database(get_settings(), url)
     try:
         await upgrade(database.owner_engine)
@@ -522,11 +515,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return figures
     finally:
         await database.dispose()
-        admin = await asyncpg.connect(server)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 def main() -> None:
