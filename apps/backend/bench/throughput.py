@@ -101,7 +101,7 @@ def as_pgbench(statement: Any, **overrides: str) -> str:
 
 
 # One assignment: the very statements CareTeamService.assign_primary_provider sends
-# (taken from its module), in the common case of a change, then COMMIT.
+# (taken from its module): lock and provider check, demote, promote, read-back, COMMIT.
 PGBENCH_ASSIGN = (
     "\n".join(
         [
@@ -109,9 +109,7 @@ PGBENCH_ASSIGN = (
             f"\\set j random(1, {PROVIDERS_PER_ORG})",
             "BEGIN;",
             as_pgbench(SET_TENANT, org=f"{SQL_ORG}::text"),
-            as_pgbench(care_team.LOCK_PATIENT),
-            as_pgbench(care_team.SELECT_PROVIDER_ACTIVE),
-            as_pgbench(care_team.SELECT_PRIMARIES),
+            as_pgbench(care_team.LOCK_PATIENT_CHECK_PROVIDER),
             as_pgbench(care_team.DEMOTE_OTHERS),
             as_pgbench(care_team.PROMOTE_AND_RECORD),
             as_pgbench(care_team.SELECT_TEAM),

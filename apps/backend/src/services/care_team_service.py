@@ -87,10 +87,16 @@ LOCK_PATIENT = sql("""
     FOR NO KEY UPDATE
 """)
 
-# FOR SHARE: a concurrent deactivation waits until this assignment has committed.
-SELECT_PROVIDER_ACTIVE = sql("""
-    SELECT active FROM providers WHERE organization_id = :org AND id = :provider
-    FOR SHARE
+# The lock above and the provider check in one round trip: the patient first, then
+# the provider FOR SHARE (a concurrent deactivation waits until this write commits).
+# Assigners only share provider locks, so the order cannot deadlock them.
+LOCK_PATIENT_CHECK_PROVIDER = sql("""
+    SELECT (SELECT id FROM patients
+            WHERE organization_id = :org AND id = :patient
+            FOR NO KEY UPDATE) AS patient_id,
+           (SELECT active FROM providers
+            WHERE organization_id = :org AND id = :provider
+            FOR SHARE) AS active
 """)
 
 SELECT_ASSIGNMENT = sql("""
@@ -98,15 +104,9 @@ SELECT_ASSIGNMENT = sql("""
     WHERE organization_id = :org AND patient_id = :patient AND provider_id = :provider
 """)
 
-# Newest first. Normally at most one row; before the unique index exists (an old table
-# being migrated) there may be several, and assigning demotes them all.
-SELECT_PRIMARIES = sql("""
-    SELECT provider_id FROM care_team_assignments
-    WHERE organization_id = :org AND patient_id = :patient AND is_primary_provider
-    ORDER BY assigned_at DESC, id DESC
-""")
-
-# Demote every primary but :provider, recording one primary_demoted event each.
+# Demote every primary but :provider (normally at most one; before the unique index
+# exists there may be several), recording one primary_demoted event each; returns the
+# demoted providers.
 DEMOTE_OTHERS = sql("""
     WITH demoted AS (
         UPDATE care_team_assignments SET is_primary_provider = false
@@ -120,9 +120,11 @@ DEMOTE_OTHERS = sql("""
     SELECT organization_id, patient_id, provider_id, 'primary_demoted',
            provider_id, :actor, :reason, clock_timestamp()
     FROM demoted
+    RETURNING provider_id
 """)
 
-# Make :provider primary (adding it to the team if needed) and record primary_assigned.
+# Make :provider primary (adding it to the team if needed) and record primary_assigned;
+# a provider that already is primary is left alone (no event). Returns it if promoted.
 # clock_timestamp(), not now(): a writer that waited for the lock records when it
 # actually changed the team, so "latest assigned_at" means "last to commit".
 PROMOTE_AND_RECORD = sql("""
@@ -132,6 +134,7 @@ PROMOTE_AND_RECORD = sql("""
         VALUES (:org, :patient, :provider, true, clock_timestamp())
         ON CONFLICT (organization_id, patient_id, provider_id)
         DO UPDATE SET is_primary_provider = true, assigned_at = clock_timestamp()
+        WHERE NOT care_team_assignments.is_primary_provider
         RETURNING organization_id, patient_id, provider_id
     )
     INSERT INTO care_team_events
@@ -140,6 +143,7 @@ PROMOTE_AND_RECORD = sql("""
     SELECT organization_id, patient_id, provider_id, 'primary_assigned',
            :previous_primary, :actor, :reason, clock_timestamp()
     FROM promoted
+    RETURNING provider_id
 """)
 
 INSERT_SECONDARY = sql("""
@@ -260,17 +264,25 @@ class _PatientWrite:
         if found is None:
             raise PatientNotFound(self.patient)
 
-    async def require_active_provider(self, provider: uuid.UUID) -> None:
-        active = await _scalar(self.driver, SELECT_PROVIDER_ACTIVE, self.params(provider))
-        if active is None:
+    async def lock_patient_check_provider(self, provider: uuid.UUID) -> None:
+        """The patient lock and the provider check, in one round trip."""
+        started = time.perf_counter()
+        row = (await _fetch(self.driver, LOCK_PATIENT_CHECK_PROVIDER, self.params(provider)))[0]
+        LOCK_WAIT.observe(time.perf_counter() - started)
+        if row["patient_id"] is None:
+            raise PatientNotFound(self.patient)
+        if row["active"] is None:
             raise ProviderNotFound(provider)
-        if not active:
+        if not row["active"]:
             raise ProviderInactive(provider)
 
-    async def primaries(self) -> list[uuid.UUID]:
-        return [
-            r["provider_id"] for r in await _fetch(self.driver, SELECT_PRIMARIES, self.params())
-        ]
+    async def changed_providers(
+        self, statement: Sql, provider: uuid.UUID, previous_primary: uuid.UUID | None = None
+    ) -> list[uuid.UUID]:
+        """Run a change-with-event statement; the providers it changed."""
+        params = self.event_params(provider, previous_primary)
+        rows = await self.driver.fetch(statement.positional, *statement.args(params))
+        return [r["provider_id"] for r in rows]
 
     async def scalar(self, statement: Sql, provider: uuid.UUID | None = None) -> Any:
         return await _scalar(self.driver, statement, self.params(provider))
@@ -287,12 +299,6 @@ class _PatientWrite:
             "actor": self.actor,
             "reason": self.reason,
         }
-
-    async def execute_with_event(
-        self, statement: Sql, provider: uuid.UUID, previous_primary: uuid.UUID | None
-    ) -> None:
-        params = self.event_params(provider, previous_primary)
-        await self.driver.execute(statement.positional, *statement.args(params))
 
     async def record(
         self,
@@ -339,22 +345,15 @@ class CareTeamService:
         (a writer that bypassed the lock), DatabaseUnavailable, DatabaseError.
         """
         write = _PatientWrite(db, organization_id, patient_id, actor, reason)
-        before: list[uuid.UUID] = []
+        changes: list[Any] = [None, False]  # previous primary, whether anything changed
 
         async def work() -> CareTeam:
             await write.begin()
-            await write.lock_patient()
-            await write.require_active_provider(provider_id)
-            primaries = await write.primaries()
-            before[:] = primaries
-            if primaries != [provider_id]:
-                # One statement each: demote every other primary (with its event), then
-                # promote the provider (with its event), under the patient lock.
-                if any(p != provider_id for p in primaries):
-                    await write.execute_with_event(DEMOTE_OTHERS, provider_id, None)
-                await write.execute_with_event(
-                    PROMOTE_AND_RECORD, provider_id, primaries[0] if primaries else None
-                )
+            await write.lock_patient_check_provider(provider_id)
+            demoted = await write.changed_providers(DEMOTE_OTHERS, provider_id)
+            previous = demoted[0] if demoted else None
+            promoted = await write.changed_providers(PROMOTE_AND_RECORD, provider_id, previous)
+            changes[:] = [previous, bool(demoted or promoted)]
             return await write.team()
 
         async def verify() -> CareTeam | None:
@@ -374,15 +373,15 @@ class CareTeamService:
         except CareTeamError as err:
             ASSIGNMENTS.labels(outcome=err.code).inc()
             raise
-        ASSIGNMENTS.labels(outcome="changed" if before != [provider_id] else "unchanged").inc()
+        ASSIGNMENTS.labels(outcome="changed" if changes[1] else "unchanged").inc()
         logger.info(
             "primary provider assigned organization_id=%s patient_id=%s provider_id=%s "
             "previous_primary_provider_id=%s",
             organization_id,
             patient_id,
             provider_id,
-            before[0] if before else None,
-            extra={"event": "primary_assigned", "changed": before != [provider_id]},
+            changes[0],
+            extra={"event": "primary_assigned", "changed": changes[1]},
         )
         return team
 
@@ -406,8 +405,7 @@ class CareTeamService:
 
         async def work() -> CareTeam:
             await write.begin()
-            await write.lock_patient()
-            await write.require_active_provider(provider_id)
+            await write.lock_patient_check_provider(provider_id)
             is_primary = await write.scalar(SELECT_ASSIGNMENT, provider_id)
             if is_primary:
                 raise ProviderAlreadyPrimary(patient_id, provider_id)

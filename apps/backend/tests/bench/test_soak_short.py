@@ -20,6 +20,8 @@ def test_soak_short_run_passes_every_check():
         check=False,
     )
     report = json.loads(result.stdout)
+    print(json.dumps(report, indent=2))  # shown by pytest when an assertion fails
+    print(result.stderr[-3000:])
     checks = report["checks"]
     assert checks["duplicate_primaries_seen_during_run"] == 0
     assert checks["duplicate_primaries_at_end"] == 0
