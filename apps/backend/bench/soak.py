@@ -252,6 +252,9 @@ async def verify(url: str, stats: Stats) -> dict[str, Any]:
         by_actor[e["actor"]].append(e)
         last_event_id[(e["organization_id"], e["patient_id"])] = e["id"]
     seen_pairs = {(e["patient_id"], e["provider_id"]) for e in events}
+    removed = {
+        (e["patient_id"], e["provider_id"]) for e in events if e["event_type"] == "provider_removed"
+    }
 
     lost, traces, not_reflected = [], [], []
     seen = seen_pairs  # (patient, provider) pairs that any event touched
@@ -263,10 +266,12 @@ async def verify(url: str, stats: Stats) -> dict[str, Any]:
             continue
         key = (w.organization_id, w.patient_id, w.provider_id)
         if not mine:
-            # Allowed only as a no-op on the state it found (assigning the current
-            # primary, adding a current secondary): the pair must have a history.
-            # A removal always writes an event.
-            if w.kind == "remove" or (w.patient_id, w.provider_id) not in seen:
+            # Allowed only when the request was already satisfied by the state it found:
+            # assigning the current primary or adding a current secondary (the pair has a
+            # history), or, after a COMMIT whose outcome was unknown, a check that found
+            # the change in place (for a removal: another removal of the same pair).
+            pair = (w.patient_id, w.provider_id)
+            if pair not in seen or (w.kind == "remove" and pair not in removed):
                 lost.append(w.actor)
             continue
         superseded = last_event_id[(w.organization_id, w.patient_id)] > mine[-1]["id"]
