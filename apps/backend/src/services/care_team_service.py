@@ -39,7 +39,7 @@ from src.services.errors import (
     ProviderNotFound,
     ProviderNotOnCareTeam,
 )
-from src.services.transaction import Sql, run_in_transaction, sql
+from src.services.transaction import Sql, driver_connection, run_in_transaction, sql
 
 logger = logging.getLogger(__name__)
 
@@ -199,17 +199,6 @@ SELECT_HISTORY = sql("""
 """)
 
 
-async def _driver(db: AsyncSession) -> Any:
-    """The session's asyncpg connection, inside the transaction the session began.
-
-    The hot path talks to asyncpg directly: prepared statements, and none of the ORM's
-    per-statement work (half the CPU per assignment). The session still owns the
-    transaction: it began it (the tenant) and commits or rolls it back.
-    """
-    connection = await db.connection()
-    return (await connection.get_raw_connection()).driver_connection
-
-
 async def _fetch(driver: Any, statement: Sql, params: dict[str, Any]) -> list[Any]:
     return list(await driver.fetch(statement.positional, *statement.args(params)))
 
@@ -219,7 +208,7 @@ async def _scalar(driver: Any, statement: Sql, params: dict[str, Any]) -> Any:
 
 
 async def _read_team_of(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> CareTeam:
-    return await _read_team(await _driver(db), org, patient)
+    return await _read_team(await driver_connection(db), org, patient)
 
 
 async def _read_team(driver: Any, org: uuid.UUID, patient: uuid.UUID) -> CareTeam:
@@ -251,7 +240,7 @@ class _PatientWrite:
     driver: Any = None
 
     async def begin(self) -> None:
-        self.driver = await _driver(self.db)
+        self.driver = await driver_connection(self.db)
 
     def params(self, provider: uuid.UUID | None = None) -> dict[str, Any]:
         return {"org": self.org, "patient": self.patient, "provider": provider}
@@ -493,7 +482,7 @@ class CareTeamService:
 
         async def work() -> uuid.UUID | None:
             params = {"org": organization_id, "patient": patient_id}
-            rows = await _fetch(await _driver(db), SELECT_PATIENT_PRIMARY, params)
+            rows = await _fetch(await driver_connection(db), SELECT_PATIENT_PRIMARY, params)
             if not rows:
                 raise PatientNotFound(patient_id)
             primary: uuid.UUID | None = rows[0]["provider_id"]
@@ -540,7 +529,7 @@ class CareTeamService:
         params = {"org": organization_id, "patient": patient_id}
 
         async def work() -> list[CareTeamEventRecord]:
-            driver = await _driver(db)
+            driver = await driver_connection(db)
             if await _scalar(driver, SELECT_PATIENT, params) is None:
                 raise PatientNotFound(patient_id)
             rows = await _fetch(

@@ -17,11 +17,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.errors import ApiKeyNotFound, OrganizationNotFound
-from src.services.transaction import run_in_transaction
+from src.services.transaction import driver_connection, run_in_transaction
 
 logger = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "ctk_"
+
+AUTHENTICATE = "SELECT api_key_id, organization_id FROM authenticate_api_key($1)"
 
 
 @dataclass(frozen=True)
@@ -122,13 +124,11 @@ class OrganizationService:
             return None
 
         async def work() -> Authenticated | None:
-            row = (
-                await db.execute(
-                    text("SELECT api_key_id, organization_id FROM authenticate_api_key(:hash)"),
-                    {"hash": hash_api_key(api_key)},
-                )
-            ).first()
-            return None if row is None else Authenticated(row.api_key_id, row.organization_id)
+            # One statement, one round trip: asyncpg runs it on its own (no BEGIN or
+            # COMMIT), before the request's transaction begins on the same connection.
+            driver = await driver_connection(db)
+            row = await driver.fetchrow(AUTHENTICATE, hash_api_key(api_key))
+            return None if row is None else Authenticated(row["api_key_id"], row["organization_id"])
 
         return await run_in_transaction(db, operation="authenticate", work=work, read_only=True)
 
