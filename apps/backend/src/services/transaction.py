@@ -175,11 +175,9 @@ def _is_database_error(err: Exception) -> bool:
     return isinstance(err, _DATABASE_ERRORS) or pg_error_fields(err)[0] is not None
 
 
-async def _discard_if_lost(connection: Any, err: BaseException) -> None:
-    """The driver may not have told the pool that a connection broke: make sure it is
+async def _discard(connection: Any) -> None:
+    """The driver may not have told the pool that the connection broke: make sure it is
     discarded, never handed to the next request."""
-    if connection is None or not isinstance(err, Exception) or not _connection_lost(err):
-        return
     try:
         await connection.invalidate()
     except Exception:
@@ -228,13 +226,17 @@ async def run_in_transaction(
     """
     delay = FIRST_RETRY_DELAY_S
     must_verify = False
+
+    async def set_tenant() -> None:
+        if organization_id is not None:
+            await db.execute(SET_TENANT, {"org": str(organization_id)})
+
     for attempt in range(1, MAX_ATTEMPTS + 1):
         committing = False
         connection = None
         try:
             connection = await db.connection()
-            if organization_id is not None:
-                await db.execute(SET_TENANT, {"org": str(organization_id)})
+            await set_tenant()
             if must_verify:
                 assert verify is not None
                 done = await verify()
@@ -245,25 +247,26 @@ async def run_in_transaction(
                     )
                     return done
                 must_verify = False
-                await db.execute(SET_TENANT, {"org": str(organization_id)})
+                await set_tenant()
             result = await work()
             committing = True
             await db.commit()
             return result
         except BaseException as err:
-            await _discard_if_lost(connection, err)
+            lost = isinstance(err, Exception) and _connection_lost(err)
+            if lost and connection is not None:
+                await _discard(connection)
             await _rollback_quietly(db, operation)
             if isinstance(err, CareTeamError) or not isinstance(err, Exception):
                 raise
             if not _is_database_error(err):
                 raise
-            rolled_back = pg_error_fields(err)[0] in _ROLLED_BACK_SQLSTATES
-            lost = _connection_lost(err)
+            sqlstate = pg_error_fields(err)[0]
             if lost and committing and not read_only:
                 if verify is None:
                     raise OutcomeUnknown(operation) from err
                 must_verify = True
-            if attempt == MAX_ATTEMPTS or not (rolled_back or lost):
+            if attempt == MAX_ATTEMPTS or not (lost or sqlstate in _ROLLED_BACK_SQLSTATES):
                 if must_verify:
                     raise OutcomeUnknown(operation) from err
                 raise _translate(
@@ -275,7 +278,7 @@ async def run_in_transaction(
             logger.warning(
                 "%s failed (%s); retry %d/%d in %.1fs",
                 operation,
-                "connection lost" if lost else f"sqlstate {pg_error_fields(err)[0]}",
+                "connection lost" if lost else f"sqlstate {sqlstate}",
                 attempt,
                 MAX_ATTEMPTS - 1,
                 delay,
