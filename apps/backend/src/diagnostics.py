@@ -28,6 +28,7 @@ from typing import Any, Protocol, TextIO
 
 import asyncpg
 
+from src import rule
 from src.config import ConfigurationError, get_settings
 from src.embedded import resolve_database_url
 from src.rule import UNIQUE_PRIMARY_INDEX
@@ -60,13 +61,6 @@ LEFT JOIN LATERAL (
       AND a.is_primary_provider
     ORDER BY a.assigned_at DESC, a.id DESC
 ) AS p ON true
-"""
-
-INDEX_STATE = """
-SELECT i.indisvalid
-FROM pg_index AS i
-JOIN pg_class AS c ON c.oid = i.indexrelid
-WHERE c.relname = $1 AND pg_table_is_visible(c.oid)
 """
 
 CAN_SEE_ALL_TENANTS = "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
@@ -336,8 +330,7 @@ async def run_check(url: str, options: Options, out: Writer) -> Summary:
             # parallel workers (up to max_parallel_workers_per_gather) when it can.
             await conn.execute("SET LOCAL parallel_setup_cost = 0")
             await conn.execute("SET LOCAL parallel_tuple_cost = 0")
-            valid = await conn.fetchval(INDEX_STATE, UNIQUE_PRIMARY_INDEX)
-            summary.index_state = "missing" if valid is None else ("valid" if valid else "invalid")
+            summary.index_state = rule.index_state(await conn.fetchval(rule.INDEX_VALID))
             reporter.start(summary.index_state)
 
             def count_and_report(finding: Finding) -> None:

@@ -25,8 +25,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from src import rule
 from src.db import pg_error_fields
-from src.models import UNIQUE_PRIMARY_INDEX
+from src.rule import UNIQUE_PRIMARY_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +120,6 @@ END
 $$
 """
 
-INDEX_STATE = f"""
-SELECT i.indisvalid
-FROM pg_index AS i
-JOIN pg_class AS c ON c.oid = i.indexrelid
-WHERE c.relname = '{UNIQUE_PRIMARY_INDEX}' AND pg_table_is_visible(c.oid)
-"""
-
 CREATE_INDEX = f"""
 CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {UNIQUE_PRIMARY_INDEX}
 ON care_team_assignments (organization_id, patient_id)
@@ -162,8 +156,7 @@ def require_bypass_rls(conn: Connection) -> None:
 
 def index_state(conn: Connection) -> str:
     """ "valid", "invalid" (an interrupted or failed concurrent build) or "missing"."""
-    valid = conn.exec_driver_sql(INDEX_STATE).scalar()
-    return "missing" if valid is None else ("valid" if valid else "invalid")
+    return rule.index_state(conn.exec_driver_sql(rule.INDEX_VALID).scalar())
 
 
 def dedupe(

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from src import rule
 from src.api.deps import get_database
 from src.api.schemas import Health
 from src.rule import UNIQUE_PRIMARY_INDEX
@@ -19,10 +20,9 @@ router = APIRouter(tags=["operations"])
 READY_TIMEOUT_S = 3.0
 HEAD = head_revision()
 
-READINESS = text("""
+READINESS = text(f"""
     SELECT (SELECT version_num FROM alembic_version LIMIT 1) AS revision,
-           (SELECT i.indisvalid FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
-            WHERE c.relname = :index AND pg_table_is_visible(c.oid)) AS index_valid
+           ({rule.INDEX_VALID}) AS index_valid
 """)
 
 
@@ -44,14 +44,15 @@ async def readyz(request: Request) -> Response:
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             async with database.owner_engine.connect() as conn:
-                row = (await conn.execute(READINESS, {"index": UNIQUE_PRIMARY_INDEX})).one()
+                row = (await conn.execute(READINESS)).one()
     except Exception as err:  # any failure to answer is "not ready", with its kind
         return _not_ready(f"database does not answer ({type(err).__name__})")
     if row.revision != HEAD:
         return _not_ready(f"schema at {row.revision}, head is {HEAD}: run the migrations")
-    if row.index_valid is None:
+    state = rule.index_state(row.index_valid)
+    if state == "missing":
         return _not_ready(f"index {UNIQUE_PRIMARY_INDEX} is missing")
-    if not row.index_valid:
+    if state == "invalid":
         return _not_ready(f"index {UNIQUE_PRIMARY_INDEX} is INVALID: re-run the migration")
     return JSONResponse({"status": "ready"})
 
