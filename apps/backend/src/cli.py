@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import os
 import signal
 import sys
 import uuid
@@ -62,19 +63,23 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def run(work: Callable[[AsyncEngine], Awaitable[T]], *, keep_running: bool = False) -> T:
-    """Run `work` on an owner engine; turn every expected failure into one line."""
+def run(work: Callable[[AsyncEngine, str], Awaitable[T]]) -> T:
+    """Run `work(owner engine, its libpq URL)`; turn every expected failure into one line."""
 
     async def main() -> T:
         settings = get_settings()
-        engine = create_engine(resolve_database_url(settings, keep_running=keep_running), settings)
+        url = resolve_database_url(settings)
+        engine = create_engine(url, settings)
         try:
-            return await work(engine)
+            return await work(engine, url)
         finally:
             await engine.dispose()
 
     try:
         return asyncio.run(main())
+    except BrokenPipeError:  # the reader went away (`| head`): not a database error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
     except (ConfigurationError, diagnostics.CannotRun) as err:
         fail(str(err))
     except CommandError as err:
@@ -89,7 +94,7 @@ def _revision_order() -> list[str]:
     return [rev.revision for rev in reversed(list(scripts.walk_revisions()))]
 
 
-async def _report_status(engine: AsyncEngine) -> None:
+async def _report_status(engine: AsyncEngine, url: str) -> None:
     """Schema revision, row counts, then the primary-provider check (20 of each kind)."""
     revision = await schema.current_revision(engine)
     head = schema.head_revision()
@@ -105,7 +110,6 @@ async def _report_status(engine: AsyncEngine) -> None:
                 table.add_row(name, f"{rows:,}")
     console.print(table)
     sys.stdout.flush()
-    url = resolve_database_url(get_settings())  # the server is already up: no start
     await diagnostics.run_check(url, diagnostics.Options(limit=20), sys.stdout)
 
 
@@ -118,7 +122,7 @@ def migrate(
     if to not in ("head", "base") and to not in order:
         fail(f"unknown revision {to!r}; known: {', '.join(order)}")
 
-    async def work(engine: AsyncEngine) -> None:
+    async def work(engine: AsyncEngine, url: str) -> None:
         current = await schema.current_revision(engine)
         position = {rev: i for i, rev in enumerate(order)}
         target = order[-1] if to == "head" else to
@@ -128,7 +132,7 @@ def migrate(
         else:
             console.print(f"Upgrading {current or '(empty)'} -> {target} ...")
             await schema.upgrade(engine, target)
-        await _report_status(engine)
+        await _report_status(engine, url)
 
     run(work)
 
@@ -177,7 +181,7 @@ def _parse_uuid(value: str, what: str) -> uuid.UUID:
 def _owner_call(action: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run a service call on an owner session (organizations and keys span tenants)."""
 
-    async def work(engine: AsyncEngine) -> T:
+    async def work(engine: AsyncEngine, _url: str) -> T:
         async with AsyncSession(engine, expire_on_commit=False) as session:
             return await action(session)
 
@@ -249,13 +253,14 @@ def serve(
     settings = _settings_or_fail()
     level = (log_level or settings.log_level).upper()
     configure_logging(level, settings.log_format)
-    url = _url_or_fail(settings)
 
-    async def prepare(engine: AsyncEngine) -> tuple[IssuedApiKey, uuid.UUID] | None:
+    async def prepare(
+        engine: AsyncEngine, url: str
+    ) -> tuple[str, tuple[IssuedApiKey, uuid.UUID] | None]:
         await schema.upgrade(engine)
-        return await _seed_demo(engine, url) if settings.database_url is None else None
+        return url, (await _seed_demo(engine, url) if settings.database_url is None else None)
 
-    demo = run(prepare)
+    url, demo = run(prepare)
     if demo is not None:
         issued, patient_id = demo
         console.print(
@@ -351,13 +356,6 @@ def _settings_or_fail() -> Settings:
         fail(str(err))
 
 
-def _url_or_fail(settings: Settings, *, keep_running: bool = False) -> str:
-    try:
-        return resolve_database_url(settings, keep_running=keep_running)
-    except ConfigurationError as err:
-        fail(str(err))
-
-
 @app.command("db-url")
 def db_url() -> None:
     """Print the libpq URL of the database in use: psql "$(uv run careteam db-url)".
@@ -365,7 +363,10 @@ def db_url() -> None:
     With the embedded server, starts it if needed and leaves it running
     (stop it with `careteam db-stop`).
     """
-    url = _url_or_fail(_settings_or_fail(), keep_running=True)
+    try:
+        url = resolve_database_url(_settings_or_fail(), keep_running=True)
+    except ConfigurationError as err:
+        fail(str(err))
     sys.stdout.write(url + "\n")
 
 
