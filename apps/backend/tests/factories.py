@@ -13,7 +13,15 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-SET_TENANT = text("SELECT set_config('app.current_organization_id', :org, true)")
+from src.services.transaction import SET_TENANT  # the service's own statement
+
+__all__ = [
+    "SET_TENANT",
+    "create_clinic",
+    "create_organization",
+    "create_patient",
+    "create_provider",
+]
 
 
 async def _insert(db: AsyncSession, org: uuid.UUID, sql: str, params: dict[str, Any]) -> uuid.UUID:
