@@ -11,21 +11,26 @@ import uuid
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from src.services.transaction import SET_TENANT  # the service's own statement
 
 __all__ = [
-    "SET_TENANT",
     "create_clinic",
     "create_organization",
     "create_patient",
     "create_provider",
+    "set_tenant",
 ]
 
 
+async def set_tenant(db: AsyncSession | AsyncConnection, org: uuid.UUID) -> None:
+    """Set the tenant for the current transaction, with the service's own statement."""
+    await db.execute(text(SET_TENANT.text), {"org": str(org)})
+
+
 async def _insert(db: AsyncSession, org: uuid.UUID, sql: str, params: dict[str, Any]) -> uuid.UUID:
-    await db.execute(SET_TENANT, {"org": str(org)})
+    await set_tenant(db, org)
     new_id: uuid.UUID = (await db.execute(text(sql), params)).scalar_one()
     await db.commit()
     return new_id

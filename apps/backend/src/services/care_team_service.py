@@ -39,7 +39,7 @@ from src.services.errors import (
     ProviderNotFound,
     ProviderNotOnCareTeam,
 )
-from src.services.transaction import Sql, driver_connection, run_in_transaction, sql
+from src.services.transaction import Sql, run_in_transaction, sql
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +207,6 @@ async def _scalar(driver: Any, statement: Sql, params: dict[str, Any]) -> Any:
     return await driver.fetchval(statement.positional, *statement.args(params))
 
 
-async def _read_team_of(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> CareTeam:
-    return await _read_team(await driver_connection(db), org, patient)
-
-
 async def _read_team(driver: Any, org: uuid.UUID, patient: uuid.UUID) -> CareTeam:
     rows = await _fetch(driver, SELECT_TEAM, {"org": org, "patient": patient})
     if not rows:
@@ -228,19 +224,15 @@ async def _read_team(driver: Any, org: uuid.UUID, patient: uuid.UUID) -> CareTea
 class _PatientWrite:
     """The steps of one write to one patient's team, inside its transaction.
 
-    Internal: it never commits; the public method around it does. `begin()` binds it
-    to the current attempt's connection.
+    Internal: it never commits; the public method around it does. `driver` is the
+    current attempt's asyncpg connection (run_in_transaction hands it to the work).
     """
 
-    db: AsyncSession
     org: uuid.UUID
     patient: uuid.UUID
     actor: str
     reason: str | None
     driver: Any = None
-
-    async def begin(self) -> None:
-        self.driver = await driver_connection(self.db)
 
     def params(self, provider: uuid.UUID | None = None) -> dict[str, Any]:
         return {"org": self.org, "patient": self.patient, "provider": provider}
@@ -333,11 +325,11 @@ class CareTeamService:
         Raises PatientNotFound, ProviderNotFound, ProviderInactive, PrimaryProviderConflict
         (a writer that bypassed the lock), DatabaseUnavailable, DatabaseError.
         """
-        write = _PatientWrite(db, organization_id, patient_id, actor, reason)
+        write = _PatientWrite(organization_id, patient_id, actor, reason)
         changes: list[Any] = [None, False]  # previous primary, whether anything changed
 
-        async def work() -> CareTeam:
-            await write.begin()
+        async def work(driver: Any) -> CareTeam:
+            write.driver = driver
             await write.lock_patient_check_provider(provider_id)
             demoted = await write.changed_providers(DEMOTE_OTHERS, provider_id)
             previous = demoted[0] if demoted else None
@@ -345,8 +337,8 @@ class CareTeamService:
             changes[:] = [previous, bool(demoted or promoted)]
             return await write.team()
 
-        async def verify() -> CareTeam | None:
-            await write.begin()
+        async def verify(driver: Any) -> CareTeam | None:
+            write.driver = driver
             team = await write.team()
             return team if team.primary_provider_id == provider_id else None
 
@@ -390,10 +382,10 @@ class CareTeamService:
         ProviderAlreadyPrimary. Adding a provider that is already a secondary changes
         nothing. Raises PatientNotFound, ProviderNotFound, ProviderInactive too.
         """
-        write = _PatientWrite(db, organization_id, patient_id, actor, reason)
+        write = _PatientWrite(organization_id, patient_id, actor, reason)
 
-        async def work() -> CareTeam:
-            await write.begin()
+        async def work(driver: Any) -> CareTeam:
+            write.driver = driver
             await write.lock_patient_check_provider(provider_id)
             is_primary = await write.scalar(SELECT_ASSIGNMENT, provider_id)
             if is_primary:
@@ -403,8 +395,8 @@ class CareTeamService:
                 await write.record(EventType.SECONDARY_ADDED, provider_id)
             return await write.team()
 
-        async def verify() -> CareTeam | None:
-            await write.begin()
+        async def verify(driver: Any) -> CareTeam | None:
+            write.driver = driver
             team = await write.team()
             return team if any(m.provider_id == provider_id for m in team.members) else None
 
@@ -440,10 +432,10 @@ class CareTeamService:
         Removing the primary leaves the patient without one (the diagnostic reports it).
         Raises PatientNotFound, or ProviderNotOnCareTeam if the provider is not on it.
         """
-        write = _PatientWrite(db, organization_id, patient_id, actor, reason)
+        write = _PatientWrite(organization_id, patient_id, actor, reason)
 
-        async def work() -> CareTeam:
-            await write.begin()
+        async def work(driver: Any) -> CareTeam:
+            write.driver = driver
             await write.lock_patient()
             was_primary = await write.scalar(DELETE_ASSIGNMENT, provider_id)
             if was_primary is None:
@@ -452,8 +444,8 @@ class CareTeamService:
             await write.record(EventType.PROVIDER_REMOVED, provider_id, previous_primary)
             return await write.team()
 
-        async def verify() -> CareTeam | None:
-            await write.begin()
+        async def verify(driver: Any) -> CareTeam | None:
+            write.driver = driver
             team = await write.team()
             return None if any(m.provider_id == provider_id for m in team.members) else team
 
@@ -480,9 +472,9 @@ class CareTeamService:
     ) -> uuid.UUID | None:
         """The patient's primary provider id, or None. Raises PatientNotFound."""
 
-        async def work() -> uuid.UUID | None:
+        async def work(driver: Any) -> uuid.UUID | None:
             params = {"org": organization_id, "patient": patient_id}
-            rows = await _fetch(await driver_connection(db), SELECT_PATIENT_PRIMARY, params)
+            rows = await _fetch(driver, SELECT_PATIENT_PRIMARY, params)
             if not rows:
                 raise PatientNotFound(patient_id)
             primary: uuid.UUID | None = rows[0]["provider_id"]
@@ -507,7 +499,7 @@ class CareTeamService:
             operation="get_care_team",
             organization_id=organization_id,
             patient_id=patient_id,
-            work=lambda: _read_team_of(db, organization_id, patient_id),
+            work=lambda driver: _read_team(driver, organization_id, patient_id),
             read_only=True,
         )
 
@@ -528,8 +520,7 @@ class CareTeamService:
         limit = max(1, min(limit, MAX_HISTORY_PAGE))
         params = {"org": organization_id, "patient": patient_id}
 
-        async def work() -> list[CareTeamEventRecord]:
-            driver = await driver_connection(db)
+        async def work(driver: Any) -> list[CareTeamEventRecord]:
             if await _scalar(driver, SELECT_PATIENT, params) is None:
                 raise PatientNotFound(patient_id)
             rows = await _fetch(

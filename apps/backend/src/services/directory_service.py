@@ -12,11 +12,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.errors import PatientNotFound, ProviderNotFound
-from src.services.transaction import run_in_transaction
+from src.services.transaction import Sql, run_in_transaction, sql
 
 logger = logging.getLogger(__name__)
 
@@ -43,21 +42,21 @@ class ProviderRecord:
 PATIENT_COLUMNS = "id, first_name, last_name, dob, created_at"
 PROVIDER_COLUMNS = "id, first_name, last_name, npi, active, created_at"
 
-INSERT_PATIENT = text(
+INSERT_PATIENT = sql(
     "INSERT INTO patients (organization_id, first_name, last_name, dob) "
     f"VALUES (:org, :first_name, :last_name, :dob) RETURNING {PATIENT_COLUMNS}"
 )
-SELECT_PATIENT = text(
+SELECT_PATIENT = sql(
     f"SELECT {PATIENT_COLUMNS} FROM patients WHERE organization_id = :org AND id = :id"
 )
-INSERT_PROVIDER = text(
+INSERT_PROVIDER = sql(
     "INSERT INTO providers (organization_id, first_name, last_name, npi) "
     f"VALUES (:org, :first_name, :last_name, :npi) RETURNING {PROVIDER_COLUMNS}"
 )
-SELECT_PROVIDER = text(
+SELECT_PROVIDER = sql(
     f"SELECT {PROVIDER_COLUMNS} FROM providers WHERE organization_id = :org AND id = :id"
 )
-SET_PROVIDER_ACTIVE = text(
+SET_PROVIDER_ACTIVE = sql(
     "UPDATE providers SET active = :active "
     f"WHERE organization_id = :org AND id = :id RETURNING {PROVIDER_COLUMNS}"
 )
@@ -67,15 +66,17 @@ async def _one_row(
     db: AsyncSession,
     operation: str,
     organization_id: uuid.UUID,
-    statement: Any,
+    statement: Sql,
     params: dict[str, Any],
     *,
     read_only: bool = False,
 ) -> Any:
-    """The statement's single row (or None), in one transaction under the tenant."""
+    """The statement's single row as a dict (or None), in one transaction under the tenant."""
 
-    async def work() -> Any:
-        return (await db.execute(statement, {"org": organization_id, **params})).first()
+    async def work(driver: Any) -> Any:
+        args = statement.args({"org": organization_id, **params})
+        row = await driver.fetchrow(statement.positional, *args)
+        return None if row is None else dict(row)
 
     # A create whose COMMIT is lost cannot be checked (its id is unknown): without a
     # `verify`, that rare case raises OutcomeUnknown instead of creating a duplicate.
@@ -103,8 +104,8 @@ class DirectoryService:
             INSERT_PATIENT,
             {"first_name": first_name, "last_name": last_name, "dob": dob},
         )
-        logger.info("patient created organization_id=%s patient_id=%s", organization_id, row.id)
-        return PatientRecord(**row._asdict())
+        logger.info("patient created organization_id=%s patient_id=%s", organization_id, row["id"])
+        return PatientRecord(**row)
 
     @staticmethod
     async def get_patient(
@@ -116,7 +117,7 @@ class DirectoryService:
         )
         if row is None:
             raise PatientNotFound(patient_id)
-        return PatientRecord(**row._asdict())
+        return PatientRecord(**row)
 
     @staticmethod
     async def create_provider(
@@ -134,8 +135,10 @@ class DirectoryService:
             INSERT_PROVIDER,
             {"first_name": first_name, "last_name": last_name, "npi": npi},
         )
-        logger.info("provider created organization_id=%s provider_id=%s", organization_id, row.id)
-        return ProviderRecord(**row._asdict())
+        logger.info(
+            "provider created organization_id=%s provider_id=%s", organization_id, row["id"]
+        )
+        return ProviderRecord(**row)
 
     @staticmethod
     async def get_provider(
@@ -152,7 +155,7 @@ class DirectoryService:
         )
         if row is None:
             raise ProviderNotFound(provider_id)
-        return ProviderRecord(**row._asdict())
+        return ProviderRecord(**row)
 
     @staticmethod
     async def set_provider_active(
@@ -175,4 +178,4 @@ class DirectoryService:
             organization_id,
             provider_id,
         )
-        return ProviderRecord(**row._asdict())
+        return ProviderRecord(**row)

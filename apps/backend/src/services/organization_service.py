@@ -12,12 +12,12 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.errors import ApiKeyNotFound, OrganizationNotFound
-from src.services.transaction import driver_connection, run_in_transaction
+from src.services.transaction import run_in_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +62,11 @@ class OrganizationService:
     async def create_organization(*, db: AsyncSession, name: str) -> IssuedApiKey:
         """Create an organization and its first API key, in one transaction."""
 
-        async def work() -> IssuedApiKey:
-            org = (
-                await db.execute(
-                    text("INSERT INTO organizations (name) VALUES (:name) RETURNING id"),
-                    {"name": name},
-                )
-            ).scalar_one()
-            return await _issue_key(db, org, name="initial")
+        async def work(driver: Any) -> IssuedApiKey:
+            org = await driver.fetchval(
+                "INSERT INTO organizations (name) VALUES ($1) RETURNING id", name
+            )
+            return await _issue_key(driver, org, name="initial")
 
         issued = await run_in_transaction(db, operation="create_organization", work=work)
         logger.info("organization created organization_id=%s", issued.organization_id)
@@ -81,15 +78,12 @@ class OrganizationService:
     ) -> IssuedApiKey:
         """Issue a new key for the organization. Raises OrganizationNotFound."""
 
-        async def work() -> IssuedApiKey:
-            exists = (
-                await db.execute(
-                    text("SELECT 1 FROM organizations WHERE id = :org"), {"org": organization_id}
-                )
-            ).scalar()
-            if not exists:
+        async def work(driver: Any) -> IssuedApiKey:
+            if not await driver.fetchval(
+                "SELECT 1 FROM organizations WHERE id = $1", organization_id
+            ):
                 raise OrganizationNotFound(organization_id)
-            return await _issue_key(db, organization_id, name=name)
+            return await _issue_key(driver, organization_id, name=name)
 
         issued = await run_in_transaction(db, operation="create_api_key", work=work)
         logger.info("api key created organization_id=%s api_key_id=%s", organization_id, issued.id)
@@ -99,16 +93,12 @@ class OrganizationService:
     async def revoke_api_key(*, db: AsyncSession, key_id: uuid.UUID) -> uuid.UUID:
         """Revoke the key at once; return its organization. Raises ApiKeyNotFound."""
 
-        async def work() -> uuid.UUID:
-            org = (
-                await db.execute(
-                    text(
-                        "UPDATE api_keys SET revoked_at = now() "
-                        "WHERE id = :id AND revoked_at IS NULL RETURNING organization_id"
-                    ),
-                    {"id": key_id},
-                )
-            ).scalar()
+        async def work(driver: Any) -> uuid.UUID:
+            org = await driver.fetchval(
+                "UPDATE api_keys SET revoked_at = now() "
+                "WHERE id = $1 AND revoked_at IS NULL RETURNING organization_id",
+                key_id,
+            )
             if org is None:
                 raise ApiKeyNotFound(key_id)
             return uuid.UUID(str(org))
@@ -123,25 +113,22 @@ class OrganizationService:
         if not looks_like_api_key(api_key):
             return None
 
-        async def work() -> Authenticated | None:
-            # One statement, one round trip: asyncpg runs it on its own (no BEGIN or
-            # COMMIT), before the request's transaction begins on the same connection.
-            driver = await driver_connection(db)
+        async def work(driver: Any) -> Authenticated | None:
+            # One statement, one round trip: read-only and without a tenant, it runs
+            # without BEGIN or COMMIT, before the request's transaction on the same
+            # connection.
             row = await driver.fetchrow(AUTHENTICATE, hash_api_key(api_key))
             return None if row is None else Authenticated(row["api_key_id"], row["organization_id"])
 
         return await run_in_transaction(db, operation="authenticate", work=work, read_only=True)
 
 
-async def _issue_key(db: AsyncSession, org: uuid.UUID, *, name: str | None) -> IssuedApiKey:
+async def _issue_key(driver: Any, org: uuid.UUID, *, name: str | None) -> IssuedApiKey:
     key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-    key_id = (
-        await db.execute(
-            text(
-                "INSERT INTO api_keys (organization_id, key_hash, name) "
-                "VALUES (:org, :hash, :name) RETURNING id"
-            ),
-            {"org": org, "hash": hash_api_key(key), "name": name},
-        )
-    ).scalar_one()
+    key_id = await driver.fetchval(
+        "INSERT INTO api_keys (organization_id, key_hash, name) VALUES ($1, $2, $3) RETURNING id",
+        org,
+        hash_api_key(key),
+        name,
+    )
     return IssuedApiKey(id=key_id, organization_id=org, key=key)

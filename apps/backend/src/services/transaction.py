@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.db import pg_error_fields
@@ -27,10 +26,6 @@ from src.services.errors import (
 )
 
 logger = logging.getLogger(__name__)
-
-# Transaction-local (true): the tenant never leaks into the next transaction on the
-# same pooled connection.
-SET_TENANT = text("SELECT set_config('app.current_organization_id', :org, true)")
 
 
 _UNAVAILABLE_SQLSTATES = {
@@ -132,6 +127,10 @@ def sql(text_with_names: str) -> Sql:
     return Sql(text_with_names, positional, tuple(names))
 
 
+# Transaction-local (true): the tenant never leaks into the next transaction on the
+# same pooled connection.
+SET_TENANT = sql("SELECT set_config('app.current_organization_id', :org, true)")
+
 MAX_ATTEMPTS = 6
 FIRST_RETRY_DELAY_S = 0.1  # doubling: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s, enough for a restart
 
@@ -184,35 +183,71 @@ async def _discard(connection: Any) -> None:
         logger.debug("invalidating a lost connection failed", exc_info=True)
 
 
-async def _rollback_quietly(db: AsyncSession, operation: str) -> None:
-    try:
-        await db.rollback()
-    except Exception:  # the connection may be gone; the server rolls back by itself
-        logger.debug("rollback after failed %s also failed", operation, exc_info=True)
+class _Unit:
+    """One attempt's transaction, driven on the asyncpg connection beneath the session.
 
-
-async def driver_connection(db: AsyncSession) -> Any:
-    """The session's asyncpg connection, inside the transaction the session began.
-
-    The hot path talks to asyncpg directly: prepared statements, and none of the ORM's
-    per-statement work (half the CPU per assignment). The session still owns the
-    transaction: it began it (the tenant) and commits or rolls it back.
+    The session lends its pooled connection; the statements, BEGIN and COMMIT go to
+    asyncpg directly (prepared statements, none of the ORM's per-statement work: about
+    half the client CPU of an operation). If the session already has a transaction open
+    (a caller's, or the test suite's savepoint), the unit joins it and the session
+    commits or rolls back as before.
     """
-    connection = await db.connection()
-    return (await connection.get_raw_connection()).driver_connection
+
+    def __init__(self, db: AsyncSession) -> None:
+        self.db = db
+        self.connection: Any = None  # the session's AsyncConnection
+        self.driver: Any = None  # the asyncpg connection under it
+        self.began = False  # this unit sent BEGIN: it ends the transaction itself
+
+    async def begin(self, organization_id: uuid.UUID | None, *, explicit: bool) -> Any:
+        self.connection = await self.db.connection()
+        self.driver = (await self.connection.get_raw_connection()).driver_connection
+        self.began = explicit and not self.driver.is_in_transaction()
+        if self.began:
+            await self.driver.execute("BEGIN")
+        if organization_id is not None:
+            await self.driver.execute(SET_TENANT.positional, str(organization_id))
+        return self.driver
+
+    async def commit(self) -> None:
+        if self.began:
+            await self.driver.execute("COMMIT")
+        await self.db.commit()
+
+    async def abandon(self, *, lost: bool, cancelled: bool) -> None:
+        """Roll back after a failure. A connection in doubt (lost, cancelled mid-statement,
+        or still inside a transaction) is discarded, never handed to the next request."""
+        doubtful = lost or cancelled
+        if self.began and not doubtful:
+            try:
+                await self.driver.execute("ROLLBACK")
+                doubtful = self.driver.is_in_transaction()
+            except Exception:
+                logger.debug("rollback failed; discarding the connection", exc_info=True)
+                doubtful = True
+        if doubtful and self.connection is not None:
+            await _discard(self.connection)
+        try:
+            await self.db.rollback()
+        except Exception:  # the connection may be gone; the server rolls back by itself
+            logger.debug("session rollback after a failure also failed", exc_info=True)
 
 
 async def run_in_transaction(
     db: AsyncSession,
     *,
     operation: str,
-    work: Callable[[], Awaitable[T]],
+    work: Callable[[Any], Awaitable[T]],
     organization_id: uuid.UUID | None = None,
     patient_id: uuid.UUID | None = None,
-    verify: Callable[[], Awaitable[T | None]] | None = None,
+    verify: Callable[[Any], Awaitable[T | None]] | None = None,
     read_only: bool = False,
 ) -> T:
-    """Run `work` as one transaction (tenant first, when given) and commit it.
+    """Run `work(connection)` as one transaction (tenant first, when given) and commit it.
+
+    `work` gets the asyncpg connection of the session and sends its statements there.
+    A read-only unit without a tenant (key authentication: one statement) runs without
+    BEGIN/COMMIT.
 
     On any failure it rolls back: domain errors are re-raised as they are, database
     errors become domain errors (never a raw driver exception). It retries, a bounded
@@ -226,37 +261,31 @@ async def run_in_transaction(
     """
     delay = FIRST_RETRY_DELAY_S
     must_verify = False
-
-    async def set_tenant() -> None:
-        if organization_id is not None:
-            await db.execute(SET_TENANT, {"org": str(organization_id)})
+    explicit = organization_id is not None or not read_only
 
     for attempt in range(1, MAX_ATTEMPTS + 1):
         committing = False
-        connection = None
+        unit = _Unit(db)
         try:
-            connection = await db.connection()
-            await set_tenant()
+            driver = await unit.begin(organization_id, explicit=explicit)
             if must_verify:
                 assert verify is not None
-                done = await verify()
-                await db.commit()
+                done = await verify(driver)
+                await unit.commit()
                 if done is not None:
                     logger.info(
                         "%s: the change had committed before the connection was lost", operation
                     )
                     return done
                 must_verify = False
-                await set_tenant()
-            result = await work()
+                driver = await unit.begin(organization_id, explicit=explicit)
+            result = await work(driver)
             committing = True
-            await db.commit()
+            await unit.commit()
             return result
         except BaseException as err:
             lost = isinstance(err, Exception) and _connection_lost(err)
-            if lost and connection is not None:
-                await _discard(connection)
-            await _rollback_quietly(db, operation)
+            await unit.abandon(lost=lost, cancelled=not isinstance(err, Exception))
             if isinstance(err, CareTeamError) or not isinstance(err, Exception):
                 raise
             if not _is_database_error(err):

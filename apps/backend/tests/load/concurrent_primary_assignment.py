@@ -28,7 +28,7 @@ from src.config import get_settings
 from src.db import Database, open_database
 from src.schema import upgrade
 from src.services.care_team_service import CareTeamService
-from tests.factories import SET_TENANT, create_organization, create_patient, create_provider
+from tests.factories import create_organization, create_patient, create_provider, set_tenant
 
 
 @dataclass
@@ -66,7 +66,7 @@ async def run_concurrent_assignments(database: Database, *, calls: int, provider
     errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
 
     async with database.sessionmaker() as db:
-        await db.execute(SET_TENANT, {"org": str(org)})
+        await set_tenant(db, org)
         params = {"org": org, "patient": patient}
         primaries = list(
             (

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from src.db import Database
 from src.services.care_team_service import CareTeamService
-from tests.factories import SET_TENANT, create_clinic
+from tests.factories import create_clinic, set_tenant
 
 TENANT_TABLES = [
     "organizations",
@@ -105,7 +105,7 @@ class TestTenantIsolation:
     async def test_one_tenant_cannot_read_another(self, database: Database):
         (org_a, _), (org_b, _) = await two_clinics(database)
         async with database.app_engine.connect() as conn:
-            await conn.execute(SET_TENANT, {"org": str(org_a)})
+            await set_tenant(conn, org_a)
             for table in TENANT_TABLES:
                 assert await count(conn, table, org_a) >= 1
                 assert await count(conn, table, org_b) == 0
@@ -113,7 +113,7 @@ class TestTenantIsolation:
     async def test_one_tenant_cannot_change_another(self, database: Database):
         (org_a, _), (org_b, patient_b) = await two_clinics(database)
         async with database.app_engine.connect() as conn:
-            await conn.execute(SET_TENANT, {"org": str(org_a)})
+            await set_tenant(conn, org_a)
             updated = await conn.execute(
                 text(
                     "UPDATE care_team_assignments SET is_primary_provider = false "
@@ -133,7 +133,7 @@ class TestTenantIsolation:
     async def test_one_tenant_cannot_write_rows_for_another(self, database: Database):
         (org_a, _), (org_b, _) = await two_clinics(database)
         async with database.app_engine.connect() as conn:
-            await conn.execute(SET_TENANT, {"org": str(org_a)})
+            await set_tenant(conn, org_a)
             with pytest.raises(ProgrammingError, match="row-level security"):
                 await conn.execute(
                     text("INSERT INTO patients (organization_id) VALUES (:org)"), {"org": org_b}
@@ -142,7 +142,7 @@ class TestTenantIsolation:
     async def test_own_rows_cannot_be_moved_to_another_tenant(self, database: Database):
         (org_a, patient_a), (org_b, _) = await two_clinics(database)
         async with database.app_engine.connect() as conn:
-            await conn.execute(SET_TENANT, {"org": str(org_a)})
+            await set_tenant(conn, org_a)
             with pytest.raises(DBAPIError):
                 await conn.execute(
                     text("UPDATE patients SET organization_id = :b WHERE id = :id"),
@@ -161,6 +161,6 @@ class TestEventsAreAppendOnly:
     async def test_application_cannot_rewrite_history(self, database: Database, statement: str):
         (org_a, _), _ = await two_clinics(database)
         async with database.app_engine.connect() as conn:
-            await conn.execute(SET_TENANT, {"org": str(org_a)})
+            await set_tenant(conn, org_a)
             with pytest.raises(ProgrammingError, match="permission denied"):
                 await conn.execute(text(statement))

@@ -27,14 +27,14 @@ from src.services.errors import (
     ProviderNotFound,
     ProviderNotOnCareTeam,
 )
-from tests.factories import SET_TENANT, create_clinic, create_patient, create_provider
+from tests.factories import create_clinic, create_patient, create_provider, set_tenant
 
 Service = CareTeamService
 
 
 async def team_rows(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> dict[uuid.UUID, bool]:
     """provider_id -> is_primary_provider, read directly from the table."""
-    await db.execute(SET_TENANT, {"org": str(org)})
+    await set_tenant(db, org)
     rows = await db.execute(
         text(
             "SELECT provider_id, is_primary_provider FROM care_team_assignments "
@@ -46,7 +46,7 @@ async def team_rows(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> dic
 
 
 async def event_types(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> list[str]:
-    await db.execute(SET_TENANT, {"org": str(org)})
+    await set_tenant(db, org)
     rows = await db.execute(
         text(
             "SELECT event_type FROM care_team_events "
@@ -60,7 +60,7 @@ async def event_types(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> l
 class TestIndexEnforcement:
     async def test_raw_sql_second_primary_is_refused_by_the_index(self, db_session: AsyncSession):
         org, patient, (p1, p2, _) = await create_clinic(db_session)
-        await db_session.execute(SET_TENANT, {"org": str(org)})
+        await set_tenant(db_session, org)
         insert = text(
             "INSERT INTO care_team_assignments "
             "(organization_id, patient_id, provider_id, is_primary_provider) "
@@ -80,7 +80,7 @@ class TestIndexEnforcement:
         await Service.add_secondary_provider(
             db=db_session, organization_id=org, patient_id=patient, provider_id=p2
         )
-        await db_session.execute(SET_TENANT, {"org": str(org)})
+        await set_tenant(db_session, org)
         with pytest.raises(IntegrityError, match=UNIQUE_PRIMARY_INDEX):
             await db_session.execute(
                 text(
@@ -387,7 +387,7 @@ class TestWriterBypassingTheService:
         async with database.sessionmaker() as db:
             org, patient, (p1, p2, _) = await create_clinic(db)
         async with database.app_engine.connect() as raw:
-            await raw.execute(SET_TENANT, {"org": str(org)})
+            await set_tenant(raw, org)
             await raw.execute(
                 text(
                     "INSERT INTO care_team_assignments "
