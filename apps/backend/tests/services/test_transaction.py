@@ -1,0 +1,126 @@
+"""The transaction a service operation runs in, on a pooled connection (the production
+path: the session has no transaction of its own, so the unit sends BEGIN and COMMIT).
+
+Each test uses an engine with a single pooled connection, so the next operation gets
+the very connection the previous one used, and can see what it left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from src.config import Settings
+from src.db import Database, open_database
+from src.services.care_team_service import CareTeamService as Service
+from src.services.errors import DatabaseError, PatientNotFound, ProviderInactive
+from src.services.transaction import tenant_statement
+from tests.factories import create_clinic, create_provider
+from tests.services.test_care_team_constraints import event_types, team_rows, wait_until_blocked
+
+
+@pytest.fixture
+async def one_connection(settings: Settings, database: Database) -> AsyncIterator[Database]:
+    single = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    db = open_database(single, database.url)
+    yield db
+    await db.dispose()
+
+
+async def pooled_state(database: Database) -> tuple[bool, Any]:
+    """(in a transaction?, tenant setting) of the pool's connection, as the next user gets it."""
+    async with database.sessionmaker() as db:
+        driver = (await (await db.connection()).get_raw_connection()).driver_connection
+        in_transaction = driver.is_in_transaction()
+        tenant = await driver.fetchval(
+            "SELECT current_setting('app.current_organization_id', true)"
+        )
+        return in_transaction, tenant
+
+
+class TestPooledConnectionHygiene:
+    async def test_clean_after_success_domain_error_and_database_error(
+        self, one_connection: Database
+    ):
+        async with one_connection.sessionmaker() as db:
+            org, patient, (p1, p2, _) = await create_clinic(db)
+            inactive = await create_provider(db, organization_id=org, active=False)
+        calls: list[tuple[type[Exception] | None, dict[str, Any]]] = [
+            (None, {"provider_id": p1}),
+            (ProviderInactive, {"provider_id": inactive}),
+            (PatientNotFound, {"provider_id": p2, "patient_id": uuid.uuid4()}),
+            (DatabaseError, {"provider_id": p2, "actor": None}),  # NOT NULL: fails after writes
+        ]
+        for expected, overrides in calls:
+            kwargs: dict[str, Any] = {"organization_id": org, "patient_id": patient, **overrides}
+            async with one_connection.sessionmaker() as db:
+                if expected is None:
+                    await Service.assign_primary_provider(db=db, **kwargs)
+                else:
+                    with pytest.raises(expected):
+                        await Service.assign_primary_provider(db=db, **kwargs)
+            assert await pooled_state(one_connection) == (False, "")
+        async with one_connection.sessionmaker() as db:
+            assert await team_rows(db, org, patient) == {p1: True}
+            assert await event_types(db, org, patient) == ["primary_assigned"]
+
+    async def test_a_cancelled_write_leaves_nothing_and_its_connection_is_discarded(
+        self, one_connection: Database, database: Database
+    ):
+        async with one_connection.sessionmaker() as db:
+            org, patient, (p1, _, _) = await create_clinic(db)
+        async with database.owner_engine.connect() as owner:
+            # Another writer holds the patient's lock: the service waits inside its
+            # transaction, after BEGIN, tenant and its first statement were sent.
+            await owner.execute(
+                text("SELECT id FROM patients WHERE id = :id FOR NO KEY UPDATE"), {"id": patient}
+            )
+
+            async def assign() -> None:
+                async with one_connection.sessionmaker() as db:
+                    await Service.assign_primary_provider(
+                        db=db, organization_id=org, patient_id=patient, provider_id=p1
+                    )
+
+            task = asyncio.create_task(assign())
+            await wait_until_blocked(database)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await owner.rollback()
+        # A new connection: the tenant setting was never defined on it.
+        assert await pooled_state(one_connection) == (False, None)
+        async with one_connection.sessionmaker() as db:
+            assert await team_rows(db, org, patient) == {}
+            team = await Service.assign_primary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p1
+            )
+        assert team.primary_provider_id == p1
+        async with database.owner_engine.connect() as owner:
+            idle_in_transaction = (
+                await owner.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND application_name = 'careteam' AND state LIKE 'idle in transaction%'"
+                    )
+                )
+            ).scalar_one()
+        assert idle_in_transaction == 0
+
+
+class TestTenantStatement:
+    def test_inlines_the_canonical_uuid(self):
+        org = uuid.uuid4()
+        assert f"'{org}'" in tenant_statement(org)
+
+    @pytest.mark.parametrize(
+        "value", ["x'); DROP TABLE patients; --", "", "00000000-0000-0000-0000-00000000000'"]
+    )
+    def test_anything_but_a_uuid_is_refused(self, value: str):
+        with pytest.raises(ValueError):
+            tenant_statement(value)  # type: ignore[arg-type]
