@@ -6,8 +6,11 @@ Usage (from apps/backend):
 
 It starts a throwaway embedded PostgreSQL (or uses --server-url's server, on a database
 of its own), migrates it, and creates 10 organizations with 10,000 patients and 100
-providers each, whose ids are md5-derived from their numbers so that pgbench and
-Python pick the very same rows. Then, in one run, for each client count:
+providers each, every patient with a team of two (a primary, a secondary), whose ids
+are md5-derived from their numbers so that pgbench and Python pick the very same rows.
+The server runs with its default durability (synchronous_commit on); --async-commit
+turns it off for that database, for pgbench and the service alike, to compare the two
+where the CPU, not the disk's fsync, is the limit. Then, in one run, for each client count:
 
 - pgbench runs the SQL statements one assignment needs, exactly as the service sends
   them (tenant, patient lock, provider check, current primaries, demote, promote,
@@ -150,9 +153,17 @@ def summarize(latencies: list[float], seconds: float, errors: int) -> dict[str, 
 # --- data -------------------------------------------------------------------------------
 
 
-async def populate(url: str) -> None:
+async def populate(url: str, *, async_commit: bool) -> None:
     conn = await asyncpg.connect(url)
     try:
+        if async_commit:
+            # Every later connection to this database, pgbench's and the service's alike.
+            await conn.execute(
+                await conn.fetchval(
+                    "SELECT format('ALTER DATABASE %I SET synchronous_commit = off', "
+                    "current_database())"
+                )
+            )
         await conn.execute("SET session_replication_role = replica")
         await conn.execute(
             "INSERT INTO organizations (id, name) "
@@ -171,6 +182,20 @@ async def populate(url: str) -> None:
             "SELECT md5('pat' || n)::uuid, md5('org' || n % 10)::uuid "
             "FROM generate_series(1, $1) n",
             PATIENTS,
+        )
+        # Every patient starts with a team (a primary and a secondary), so that the
+        # measures run on a table in its steady state, with statistics to match: on an
+        # empty, just-ANALYZEd table the first measure ran on plans made for no rows,
+        # several times slower, whichever client came first.
+        await conn.execute(
+            "INSERT INTO care_team_assignments "
+            "(organization_id, patient_id, provider_id, is_primary_provider) "
+            "SELECT md5('org' || n % 10)::uuid, md5('pat' || n)::uuid, "
+            "md5('prov' || n % 10 || '-' || j)::uuid, j = 1 + n % $2 "
+            "FROM generate_series(1, $1) n, "
+            "unnest(ARRAY[1 + n % $2, 1 + (n + 1 + n % 7) % $2]) j",
+            PATIENTS,
+            PROVIDERS_PER_ORG,
         )
         await conn.execute("SET session_replication_role = DEFAULT")
         await conn.execute("VACUUM ANALYZE")
@@ -379,6 +404,30 @@ async def wrk_load(base_url: str, keys: list[str], clients: int, seconds: float)
     }
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(
+    pid: int, before: float | None, figures: dict[str, Any], seconds: float
+) -> dict[str, Any]:
+    """How busy the server process was during the load: its share of one core, and its
+    CPU time per request."""
+    after = process_cpu_seconds(pid)
+    if before is None or after is None or not figures["ops_per_s"]:
+        return {}
+    used = after - before
+    return {
+        "server_cpu_share_of_one_core": round(used / seconds, 2),
+        "server_cpu_ms_per_request": round(1000 * used / (figures["ops_per_s"] * seconds), 3),
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -421,8 +470,10 @@ async def http_benchmark(
                     break
                 except httpx.HTTPError:
                     await asyncio.sleep(0.1)
+        cpu_before = process_cpu_seconds(server.pid)
         if shutil.which("wrk"):
-            return await wrk_load(base_url, keys, clients, seconds)
+            figures = await wrk_load(base_url, keys, clients, seconds)
+            return {**figures, **server_cpu(server.pid, cpu_before, figures, seconds)}
         load = await asyncio.create_subprocess_exec(
             sys.executable,
             __file__,
@@ -435,7 +486,8 @@ async def http_benchmark(
             stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await load.communicate()
-        return {**json.loads(out), "load_generator": "python httpx (wrk not installed)"}
+        figures = {**json.loads(out), "load_generator": "python httpx (wrk not installed)"}
+        return {**figures, **server_cpu(server.pid, cpu_before, figures, seconds)}
     finally:
         server.send_signal(2)
         await asyncio.wait_for(server.wait(), timeout=30)
@@ -458,10 +510,11 @@ async def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
     try:
         await upgrade(database.owner_engine)
         log(f"populating {PATIENTS:,} patients")
-        await populate(url)
+        await populate(url, async_commit=args.async_commit)
         figures: dict[str, Any] = {
             "patients": PATIENTS,
             "seconds_per_measure": args.seconds,
+            "synchronous_commit": "off" if args.async_commit else "on",
             "assign": {},
         }
         for clients in args.clients:
@@ -527,6 +580,12 @@ def main() -> None:
         help="client counts for the assignment measure (8 adds the rest)",
     )
     parser.add_argument("--server-url", help="a PostgreSQL server to use (libpq URL)")
+    parser.add_argument(
+        "--async-commit",
+        action="store_true",
+        help="synchronous_commit off for the benchmark's database (pgbench and the service "
+        "alike): compare where the CPU, not the disk's fsync time, is the limit",
+    )
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     # uvloop, as uvicorn uses it in production ("uvicorn[standard]").

@@ -17,16 +17,14 @@ from src.services.organization_service import OrganizationService
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer ctk_...`")
 
 
-def get_database(request: Request) -> Database:
+def database_of(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 
 
-async def get_db(
-    database: Annotated[Database, Depends(get_database)],
-) -> AsyncIterator[AsyncSession]:
+async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
     """An application-role session for the request (RLS applies)."""
-    async with database.sessionmaker() as session:
+    async with database_of(request).sessionmaker() as session:
         yield session
 
 

@@ -205,12 +205,14 @@ class _Unit:
         self.db = db
         self.connection: Any = None  # the session's AsyncConnection
         self.driver: Any = None  # the asyncpg connection under it
+        self.joined = False  # the session had a transaction open: the session ends it
         self.began = False  # this unit sent BEGIN: it ends the transaction itself
 
     async def begin(self, organization_id: uuid.UUID | None, *, explicit: bool) -> Any:
         self.connection = await self.db.connection()
         self.driver = (await self.connection.get_raw_connection()).driver_connection
-        self.began = explicit and not self.driver.is_in_transaction()
+        self.joined = self.driver.is_in_transaction()
+        self.began = explicit and not self.joined
         begin = "BEGIN; " if self.began else ""
         if organization_id is not None:
             # BEGIN and the tenant in one round trip: one simple query, several statements.
@@ -220,9 +222,12 @@ class _Unit:
         return self.driver
 
     async def commit(self) -> None:
-        if self.began:
+        if self.joined:
+            await self.db.commit()
+        elif self.began:
             await self.driver.execute("COMMIT")
-        await self.db.commit()
+        # Otherwise the session keeps its connection (it has no transaction open on it)
+        # for the next unit of the same session, e.g. the request's after its key check.
 
     async def abandon(self, *, lost: bool, cancelled: bool) -> None:
         """Roll back after a failure. A connection in doubt (lost, cancelled mid-statement,

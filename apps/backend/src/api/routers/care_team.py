@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
@@ -22,7 +21,7 @@ MAX_PAGE = 200
 
 
 def render(team: CareTeamRecord) -> CareTeam:
-    return CareTeam.model_validate(asdict(team))
+    return CareTeam.model_validate(team, from_attributes=True)
 
 
 @router.get("", response_model=CareTeam)
@@ -104,6 +103,6 @@ async def get_history(
     )
     page = events[:limit]
     return CareTeamHistory(
-        items=[CareTeamEvent.model_validate(asdict(e)) for e in page],
+        items=[CareTeamEvent.model_validate(e, from_attributes=True) for e in page],
         next_cursor=page[-1].id if len(events) > limit else None,
     )

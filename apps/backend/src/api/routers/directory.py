@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict
 
 from fastapi import APIRouter, status
 
@@ -22,7 +21,7 @@ async def create_patient(body: PatientCreate, db: DB, caller: CurrentCaller) -> 
     record = await DirectoryService.create_patient(
         db=db, organization_id=caller.organization_id, **body.model_dump()
     )
-    return Patient(**asdict(record))
+    return Patient.model_validate(record, from_attributes=True)
 
 
 @router.get("/patients/{patient_id}", response_model=Patient, tags=["patients"])
@@ -30,7 +29,7 @@ async def get_patient(patient_id: uuid.UUID, db: DB, caller: CurrentCaller) -> P
     record = await DirectoryService.get_patient(
         db=db, organization_id=caller.organization_id, patient_id=patient_id
     )
-    return Patient(**asdict(record))
+    return Patient.model_validate(record, from_attributes=True)
 
 
 @router.post(
@@ -40,7 +39,7 @@ async def create_provider(body: ProviderCreate, db: DB, caller: CurrentCaller) -
     record = await DirectoryService.create_provider(
         db=db, organization_id=caller.organization_id, **body.model_dump()
     )
-    return Provider(**asdict(record))
+    return Provider.model_validate(record, from_attributes=True)
 
 
 @router.get("/providers/{provider_id}", response_model=Provider, tags=["providers"])
@@ -48,7 +47,7 @@ async def get_provider(provider_id: uuid.UUID, db: DB, caller: CurrentCaller) ->
     record = await DirectoryService.get_provider(
         db=db, organization_id=caller.organization_id, provider_id=provider_id
     )
-    return Provider(**asdict(record))
+    return Provider.model_validate(record, from_attributes=True)
 
 
 @router.patch("/providers/{provider_id}", response_model=Provider, tags=["providers"])
@@ -59,4 +58,4 @@ async def update_provider(
     record = await DirectoryService.set_provider_active(
         db=db, organization_id=caller.organization_id, provider_id=provider_id, active=body.active
     )
-    return Provider(**asdict(record))
+    return Provider.model_validate(record, from_attributes=True)

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from src import rule
-from src.api.deps import get_database
+from src.api.deps import database_of
 from src.api.schemas import Health
 from src.rule import UNIQUE_PRIMARY_INDEX
 from src.schema import head_revision
@@ -40,7 +40,7 @@ async def healthz() -> Health:
 async def readyz(request: Request) -> Response:
     """Readiness: 200 only when the database answers, the schema is at head and the
     one-primary index exists and is valid; otherwise 503 with the reason."""
-    database = get_database(request)
+    database = database_of(request)
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             async with database.owner_engine.connect() as conn:
