@@ -81,7 +81,10 @@ class Settings(BaseSettings):
     )
     db_connect_timeout_s: float = Field(default=10.0, gt=0)
     db_pool_size: int = Field(default=10, ge=1, le=200)
-    db_max_overflow: int = Field(default=20, ge=0, le=200)
+    # No overflow by default: connections beyond the pool only add PostgreSQL backends
+    # that compete with this process for the same cores; extra requests wait for a
+    # pooled connection instead (up to DB_POOL_TIMEOUT_S). docs/PERFORMANCE.md.
+    db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_pool_timeout_s: float = Field(default=30.0, gt=0)
     db_statement_timeout_ms: int = Field(default=30_000, ge=0)
     db_lock_timeout_ms: int = Field(default=10_000, ge=0)
