@@ -1,0 +1,232 @@
+"""A connection lost during COMMIT: the outcome is unknown to the service, which must
+check the data before it runs a write again (never a blind retry, never a duplicate).
+
+The fault is real: the application connects through a small TCP proxy in front of the
+test server, which cuts the connection at the next COMMIT, either after passing it on
+(the server commits; the client never hears so) or instead of passing it on (the
+server rolls back when the connection ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+
+from src.config import Settings
+from src.db import Database, open_database
+from src.services.care_team_service import CareTeamService as Service
+from src.services.directory_service import DirectoryService
+from src.services.errors import OutcomeUnknown
+from tests.factories import create_clinic
+from tests.services.test_care_team_constraints import event_types, team_rows
+
+# The simple-query message the service ends its transactions with.
+COMMIT_MESSAGE = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+
+
+class CommitCutter:
+    """TCP proxy to PostgreSQL that, once armed, cuts the connection at the next COMMIT."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        self.host = query.get("host", parts.hostname or "localhost")
+        self.port = int(query.get("port", parts.port or 5432))
+        self.mode: str | None = None  # "after" (server commits) or "instead" (it does not)
+        self.cuts = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.host.startswith("/"):
+            return await asyncio.open_unix_connection(f"{self.host}/.s.PGSQL.{self.port}")
+        return await asyncio.open_connection(self.host, self.port)
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await self._upstream()
+
+        async def to_client() -> None:
+            while data := await server_r.read(65536):
+                client_w.write(data)
+                await client_w.drain()
+            client_w.close()
+
+        relay = asyncio.create_task(to_client())
+        try:
+            while data := await client_r.read(65536):
+                if self.mode is not None and COMMIT_MESSAGE in data:
+                    await self._cut(data, relay, server_r, server_w)
+                    break
+                server_w.write(data)
+                await server_w.drain()
+        finally:
+            relay.cancel()
+            client_w.close()
+            server_w.close()
+
+    async def _cut(
+        self,
+        data: bytes,
+        relay: asyncio.Task[None],
+        server_r: asyncio.StreamReader,
+        server_w: asyncio.StreamWriter,
+    ) -> None:
+        mode, self.mode = self.mode, None
+        relay.cancel()  # nothing more reaches the client
+        with contextlib.suppress(asyncio.CancelledError):
+            await relay
+        if mode == "after":
+            server_w.write(data)
+            await server_w.drain()
+            await server_r.read(65536)  # the server's answer: the COMMIT is done
+        self.cuts += 1
+
+
+def via(url: str, port: int) -> str:
+    """`url` pointing at 127.0.0.1:`port` instead of its host (same user, database)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("host", "port")]
+    user = parts.username or "postgres"
+    userinfo = quote(user) + (f":{quote(parts.password)}" if parts.password else "")
+    return urlunsplit(
+        ("postgresql", f"{userinfo}@127.0.0.1:{port}", parts.path, urlencode(query), "")
+    )
+
+
+@pytest.fixture
+async def cutter(database: Database) -> AsyncIterator[CommitCutter]:
+    proxy = CommitCutter(database.url)
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture
+async def proxied(
+    cutter: CommitCutter, settings: Settings, database: Database
+) -> AsyncIterator[Database]:
+    """Engines whose every connection goes through the cutter."""
+    port = await cutter.start()
+    db = open_database(settings, via(database.url, port))
+    try:
+        async with db.app_engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
+        await db.dispose()
+        pytest.skip("the proxy cannot pass .pgpass credentials: give the password in the URL")
+    yield db
+    await db.dispose()
+
+
+class TestCommitLost:
+    async def test_after_the_server_committed_the_write_is_reported_done_once(
+        self, proxied: Database, cutter: CommitCutter, caplog: pytest.LogCaptureFixture
+    ):
+        async with proxied.sessionmaker() as db:
+            org, patient, (p1, _, _) = await create_clinic(db)
+        cutter.mode = "after"
+        with caplog.at_level(logging.INFO):
+            async with proxied.sessionmaker() as db:
+                team = await Service.assign_primary_provider(
+                    db=db, organization_id=org, patient_id=patient, provider_id=p1
+                )
+        assert cutter.cuts == 1
+        assert team.primary_provider_id == p1
+        assert "the change had committed before the connection was lost" in caplog.text
+        async with proxied.sessionmaker() as db:
+            assert await team_rows(db, org, patient) == {p1: True}
+            assert await event_types(db, org, patient) == ["primary_assigned"]
+
+    async def test_a_removal_that_committed_is_not_reported_as_not_on_the_team(
+        self, proxied: Database, cutter: CommitCutter
+    ):
+        """Run blindly again, the removal would fail with ProviderNotOnCareTeam although it
+        succeeded: the service checks the team first."""
+        async with proxied.sessionmaker() as db:
+            org, patient, (p1, p2, _) = await create_clinic(db)
+            await Service.assign_primary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p1
+            )
+            await Service.add_secondary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p2
+            )
+        cutter.mode = "after"
+        async with proxied.sessionmaker() as db:
+            team = await Service.remove_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p2
+            )
+        assert cutter.cuts == 1
+        assert [m.provider_id for m in team.members] == [p1]
+        async with proxied.sessionmaker() as db:
+            assert await event_types(db, org, patient) == [
+                "primary_assigned",
+                "secondary_added",
+                "provider_removed",
+            ]
+
+    async def test_when_the_server_did_not_commit_the_write_runs_again_once(
+        self, proxied: Database, cutter: CommitCutter, caplog: pytest.LogCaptureFixture
+    ):
+        async with proxied.sessionmaker() as db:
+            org, patient, (p1, p2, _) = await create_clinic(db)
+            await Service.assign_primary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p1
+            )
+        cutter.mode = "instead"
+        with caplog.at_level(logging.INFO):
+            async with proxied.sessionmaker() as db:
+                team = await Service.assign_primary_provider(
+                    db=db, organization_id=org, patient_id=patient, provider_id=p2
+                )
+        assert cutter.cuts == 1
+        assert team.primary_provider_id == p2
+        assert "committed before the connection was lost" not in caplog.text
+        async with proxied.sessionmaker() as db:
+            assert await team_rows(db, org, patient) == {p1: False, p2: True}
+            assert await event_types(db, org, patient) == [
+                "primary_assigned",
+                "primary_demoted",
+                "primary_assigned",
+            ]
+
+    async def test_a_create_whose_commit_is_lost_reports_outcome_unknown(
+        self, proxied: Database, cutter: CommitCutter
+    ):
+        """A new patient's id is unknown until COMMIT answers: it cannot be checked, so
+        the caller is told, rather than risking a duplicate patient."""
+        async with proxied.sessionmaker() as db:
+            org, _, _ = await create_clinic(db)
+        cutter.mode = "after"
+        last_name = f"Lost-{uuid.uuid4().hex[:8]}"
+        async with proxied.sessionmaker() as db:
+            with pytest.raises(OutcomeUnknown):
+                await DirectoryService.create_patient(
+                    db=db,
+                    organization_id=org,
+                    first_name="Pat",
+                    last_name=last_name,
+                    dob=datetime.date(1980, 1, 1),
+                )
+        async with proxied.owner_engine.connect() as owner:
+            created = (
+                await owner.execute(
+                    text("SELECT count(*) FROM patients WHERE last_name = :n"), {"n": last_name}
+                )
+            ).scalar_one()
+        assert created == 1  # committed once, never twice
