@@ -50,3 +50,5 @@ def test_throughput_benchmark_runs_every_measure():
     assert figures["hot_spot_8"]["primaries_at_end"] == 1
     assert figures["hot_spot_8"]["service"]["errors"] == 0
     assert figures["reads_8"]["get_care_team"]["ops_per_s"] > 0
+    assert figures["reads_8"]["http_get_care_team"]["ops_per_s"] > 0
+    assert figures["reads_8"]["http_get_care_team"]["errors"] == 0
