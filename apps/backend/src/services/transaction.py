@@ -210,7 +210,9 @@ class _Unit:
 
     async def begin(self, organization_id: uuid.UUID | None, *, explicit: bool) -> Any:
         self.connection = await self.db.connection()
-        self.driver = (await self.connection.get_raw_connection()).driver_connection
+        # Plain attributes of the connection just checked out (get_raw_connection() would
+        # cost a greenlet round for the same object).
+        self.driver = self.connection.sync_connection.connection.driver_connection
         self.joined = self.driver.is_in_transaction()
         self.began = explicit and not self.joined
         begin = "BEGIN; " if self.began else ""
