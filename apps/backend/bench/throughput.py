@@ -296,9 +296,16 @@ async def drive(
                 continue
             latencies.append(time.perf_counter() - started)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client(i) for i in range(clients)))
-    return summarize(latencies, time.perf_counter() - started, errors)
+    elapsed = time.perf_counter() - started
+    figures = summarize(latencies, elapsed, errors)
+    # How busy this process was: at 1.0 the client side is the limit, not PostgreSQL.
+    cpu = time.process_time() - cpu_started
+    figures["client_cpu_share_of_one_core"] = round(cpu / elapsed, 2)
+    if latencies:
+        figures["client_cpu_ms_per_call"] = round(1000 * cpu / len(latencies), 3)
+    return figures
 
 
 def service_assign(
