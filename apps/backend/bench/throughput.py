@@ -55,6 +55,8 @@ import asyncpg
 import httpx
 import uvloop
 from common import log, throwaway_database
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.config import BACKEND_DIR, get_settings
 from src.db import Database, open_database
@@ -493,15 +495,11 @@ async def http_benchmark(
 ) -> dict[str, Any]:
     """One uvicorn worker (`careteam serve`) loaded from a second process: PUT
     .../care-team/primary, or GET .../care-team when `read`."""
-    from sqlalchemy import text  # noqa: PLC0415
-    from sqlalchemy.ext.asyncio import AsyncSession  # noqa: PLC0415
-
     keys = []
     async with AsyncSession(database.owner_engine) as owner:
         for k in range(ORGS):
             issued = await OrganizationService.create_api_key(db=owner, organization_id=org_id(k))
             keys.append(issued.key)
-        await owner.execute(text("SELECT 1"))
     port = free_port()
     server = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -587,8 +585,6 @@ async def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
             hot_base = pgbench(url, PGBENCH_ASSIGN, 8, args.seconds, hot=True)
             hot = await drive(8, args.seconds, service_assign(database, hot=True))
             async with database.owner_engine.connect() as conn:
-                from sqlalchemy import text  # noqa: PLC0415
-
                 primaries = (
                     await conn.execute(
                         text(

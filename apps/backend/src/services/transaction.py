@@ -262,7 +262,9 @@ async def run_in_transaction(
 ) -> T:
     """Run `work(connection)` as one transaction (tenant first, when given) and commit it.
 
-    `work` gets the asyncpg connection of the session and sends its statements there.
+    `work` gets the asyncpg connection of the session and sends its statements there,
+    never through the session itself (asyncpg refuses to start the session's own
+    transaction inside one this unit began).
     A read-only unit without a tenant (key authentication: one statement) runs without
     BEGIN/COMMIT.
 
