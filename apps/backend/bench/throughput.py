@@ -410,8 +410,11 @@ async def wrk_load(
         script.write(WRK_SCRIPT.replace("%s", ",\n".join(entries)))
     process = await asyncio.create_subprocess_exec(
         "wrk",
+        # One thread drives these rates (about 1,000 requests/s) with ease; a second only
+        # takes CPU from the server and PostgreSQL on 2 cores. (pgbench keeps two: one
+        # thread would limit its 18,000 reads/s.)
         "-t",
-        "2",
+        "1",
         "-c",
         str(clients),
         "-d",
