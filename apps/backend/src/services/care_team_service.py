@@ -199,16 +199,8 @@ SELECT_HISTORY = sql("""
 """)
 
 
-async def _fetch(driver: Any, statement: Sql, params: dict[str, Any]) -> list[Any]:
-    return list(await driver.fetch(statement.positional, *statement.args(params)))
-
-
-async def _scalar(driver: Any, statement: Sql, params: dict[str, Any]) -> Any:
-    return await driver.fetchval(statement.positional, *statement.args(params))
-
-
 async def _read_team(driver: Any, org: uuid.UUID, patient: uuid.UUID) -> CareTeam:
-    rows = await _fetch(driver, SELECT_TEAM, {"org": org, "patient": patient})
+    rows = await SELECT_TEAM.fetch(driver, {"org": org, "patient": patient})
     if not rows:
         raise PatientNotFound(patient)
     members = [
@@ -240,7 +232,7 @@ class _PatientWrite:
     async def lock_patient(self) -> None:
         """The per-patient writer lock; also proves the patient is in this organization."""
         started = time.perf_counter()
-        found = await _scalar(self.driver, LOCK_PATIENT, self.params())
+        found = await LOCK_PATIENT.fetchval(self.driver, self.params())
         LOCK_WAIT.observe(time.perf_counter() - started)
         if found is None:
             raise PatientNotFound(self.patient)
@@ -248,7 +240,7 @@ class _PatientWrite:
     async def lock_patient_check_provider(self, provider: uuid.UUID) -> None:
         """The patient lock and the provider check, in one round trip."""
         started = time.perf_counter()
-        row = (await _fetch(self.driver, LOCK_PATIENT_CHECK_PROVIDER, self.params(provider)))[0]
+        row = await LOCK_PATIENT_CHECK_PROVIDER.fetchrow(self.driver, self.params(provider))
         LOCK_WAIT.observe(time.perf_counter() - started)
         if row["patient_id"] is None:
             raise PatientNotFound(self.patient)
@@ -262,14 +254,14 @@ class _PatientWrite:
     ) -> list[uuid.UUID]:
         """Run a change-with-event statement; the providers it changed."""
         params = self.event_params(provider, previous_primary)
-        rows = await self.driver.fetch(statement.positional, *statement.args(params))
+        rows = await statement.fetch(self.driver, params)
         return [r["provider_id"] for r in rows]
 
     async def scalar(self, statement: Sql, provider: uuid.UUID | None = None) -> Any:
-        return await _scalar(self.driver, statement, self.params(provider))
+        return await statement.fetchval(self.driver, self.params(provider))
 
     async def execute(self, statement: Sql, provider: uuid.UUID) -> None:
-        await self.driver.execute(statement.positional, *statement.args(self.params(provider)))
+        await statement.execute(self.driver, self.params(provider))
 
     def event_params(
         self, provider: uuid.UUID, previous_primary: uuid.UUID | None
@@ -289,7 +281,7 @@ class _PatientWrite:
     ) -> None:
         """Append the event, in the same transaction as the change it records."""
         params = {**self.event_params(provider, previous_primary), "event_type": event_type.value}
-        await self.driver.execute(INSERT_EVENT.positional, *INSERT_EVENT.args(params))
+        await INSERT_EVENT.execute(self.driver, params)
 
     async def team(self) -> CareTeam:
         return await _read_team(self.driver, self.org, self.patient)
@@ -474,7 +466,7 @@ class CareTeamService:
 
         async def work(driver: Any) -> uuid.UUID | None:
             params = {"org": organization_id, "patient": patient_id}
-            rows = await _fetch(driver, SELECT_PATIENT_PRIMARY, params)
+            rows = await SELECT_PATIENT_PRIMARY.fetch(driver, params)
             if not rows:
                 raise PatientNotFound(patient_id)
             primary: uuid.UUID | None = rows[0]["provider_id"]
@@ -521,10 +513,10 @@ class CareTeamService:
         params = {"org": organization_id, "patient": patient_id}
 
         async def work(driver: Any) -> list[CareTeamEventRecord]:
-            if await _scalar(driver, SELECT_PATIENT, params) is None:
+            if await SELECT_PATIENT.fetchval(driver, params) is None:
                 raise PatientNotFound(patient_id)
-            rows = await _fetch(
-                driver, SELECT_HISTORY, {**params, "before_id": before_id, "limit": limit}
+            rows = await SELECT_HISTORY.fetch(
+                driver, {**params, "before_id": before_id, "limit": limit}
             )
             return [CareTeamEventRecord(**dict(row)) for row in rows]
 

@@ -74,8 +74,7 @@ async def _one_row(
     """The statement's single row as a dict (or None), in one transaction under the tenant."""
 
     async def work(driver: Any) -> Any:
-        args = statement.args({"org": organization_id, **params})
-        row = await driver.fetchrow(statement.positional, *args)
+        row = await statement.fetchrow(driver, {"org": organization_id, **params})
         return None if row is None else dict(row)
 
     # A create whose COMMIT is lost cannot be checked (its id is unknown): without a

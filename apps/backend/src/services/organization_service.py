@@ -17,13 +17,23 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.errors import ApiKeyNotFound, OrganizationNotFound
-from src.services.transaction import run_in_transaction
+from src.services.transaction import run_in_transaction, sql
 
 logger = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "ctk_"
 
-AUTHENTICATE = "SELECT api_key_id, organization_id FROM authenticate_api_key($1)"
+AUTHENTICATE = sql("SELECT api_key_id, organization_id FROM authenticate_api_key(:hash)")
+INSERT_ORGANIZATION = sql("INSERT INTO organizations (name) VALUES (:name) RETURNING id")
+ORGANIZATION_EXISTS = sql("SELECT 1 FROM organizations WHERE id = :org")
+INSERT_API_KEY = sql(
+    "INSERT INTO api_keys (organization_id, key_hash, name) VALUES (:org, :hash, :name) "
+    "RETURNING id"
+)
+REVOKE_API_KEY = sql(
+    "UPDATE api_keys SET revoked_at = now() "
+    "WHERE id = :id AND revoked_at IS NULL RETURNING organization_id"
+)
 
 
 @dataclass(frozen=True)
@@ -63,9 +73,7 @@ class OrganizationService:
         """Create an organization and its first API key, in one transaction."""
 
         async def work(driver: Any) -> IssuedApiKey:
-            org = await driver.fetchval(
-                "INSERT INTO organizations (name) VALUES ($1) RETURNING id", name
-            )
+            org = await INSERT_ORGANIZATION.fetchval(driver, {"name": name})
             return await _issue_key(driver, org, name="initial")
 
         issued = await run_in_transaction(db, operation="create_organization", work=work)
@@ -79,9 +87,7 @@ class OrganizationService:
         """Issue a new key for the organization. Raises OrganizationNotFound."""
 
         async def work(driver: Any) -> IssuedApiKey:
-            if not await driver.fetchval(
-                "SELECT 1 FROM organizations WHERE id = $1", organization_id
-            ):
+            if not await ORGANIZATION_EXISTS.fetchval(driver, {"org": organization_id}):
                 raise OrganizationNotFound(organization_id)
             return await _issue_key(driver, organization_id, name=name)
 
@@ -94,11 +100,7 @@ class OrganizationService:
         """Revoke the key at once; return its organization. Raises ApiKeyNotFound."""
 
         async def work(driver: Any) -> uuid.UUID:
-            org = await driver.fetchval(
-                "UPDATE api_keys SET revoked_at = now() "
-                "WHERE id = $1 AND revoked_at IS NULL RETURNING organization_id",
-                key_id,
-            )
+            org = await REVOKE_API_KEY.fetchval(driver, {"id": key_id})
             if org is None:
                 raise ApiKeyNotFound(key_id)
             return uuid.UUID(str(org))
@@ -117,7 +119,7 @@ class OrganizationService:
             # One statement, one round trip: read-only and without a tenant, it runs
             # without BEGIN or COMMIT, before the request's transaction on the same
             # connection.
-            row = await driver.fetchrow(AUTHENTICATE, hash_api_key(api_key))
+            row = await AUTHENTICATE.fetchrow(driver, {"hash": hash_api_key(api_key)})
             return None if row is None else Authenticated(row["api_key_id"], row["organization_id"])
 
         return await run_in_transaction(db, operation="authenticate", work=work, read_only=True)
@@ -125,10 +127,7 @@ class OrganizationService:
 
 async def _issue_key(driver: Any, org: uuid.UUID, *, name: str | None) -> IssuedApiKey:
     key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-    key_id = await driver.fetchval(
-        "INSERT INTO api_keys (organization_id, key_hash, name) VALUES ($1, $2, $3) RETURNING id",
-        org,
-        hash_api_key(key),
-        name,
+    key_id = await INSERT_API_KEY.fetchval(
+        driver, {"org": org, "hash": hash_api_key(key), "name": name}
     )
     return IssuedApiKey(id=key_id, organization_id=org, key=key)

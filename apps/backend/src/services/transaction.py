@@ -114,6 +114,19 @@ class Sql:
     def args(self, params: dict[str, Any]) -> list[Any]:
         return [params[name] for name in self.names]
 
+    # Run on an asyncpg connection (the one run_in_transaction hands to the work).
+    async def fetch(self, driver: Any, params: dict[str, Any]) -> list[Any]:
+        return list(await driver.fetch(self.positional, *self.args(params)))
+
+    async def fetchrow(self, driver: Any, params: dict[str, Any]) -> Any:
+        return await driver.fetchrow(self.positional, *self.args(params))
+
+    async def fetchval(self, driver: Any, params: dict[str, Any]) -> Any:
+        return await driver.fetchval(self.positional, *self.args(params))
+
+    async def execute(self, driver: Any, params: dict[str, Any]) -> None:
+        await driver.execute(self.positional, *self.args(params))
+
 
 def sql(text_with_names: str) -> Sql:
     names: list[str] = []
