@@ -90,6 +90,13 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] |
     return event
 
 
+def attach(app: FastAPI, database: Database) -> Database:
+    """Make `database` the app's (request sessions, readiness) and publish its pool."""
+    app.state.database = database
+    track_pool(database.app_engine.sync_engine.pool)
+    return database
+
+
 def create_app(database: Database | None = None, database_url: str | None = None) -> FastAPI:
     """The app. Without `database`, its lifespan opens one from the settings (on
     `database_url` when given) and disposes of it at shutdown; tests pass their own.
@@ -101,9 +108,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        opened = database or open_database(settings, database_url)
-        app.state.database = opened
-        track_pool(opened.app_engine.sync_engine.pool)
+        opened = database or attach(app, open_database(settings, database_url))
         checker = None
         if settings.violation_check_interval_s > 0:
             checker = asyncio.create_task(
@@ -128,8 +133,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
         lifespan=lifespan,
     )
     if database is not None:
-        app.state.database = database
-        track_pool(database.app_engine.sync_engine.pool)
+        attach(app, database)
     install_request_id_on_records()
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
