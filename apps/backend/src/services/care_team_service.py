@@ -24,6 +24,7 @@ import datetime
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,9 @@ class CareTeam:
     patient_id: uuid.UUID
     primary_provider_id: uuid.UUID | None
     members: list[CareTeamMember]
+
+    def has(self, provider_id: uuid.UUID) -> bool:
+        return any(m.provider_id == provider_id for m in self.members)
 
 
 @dataclass(frozen=True)
@@ -286,6 +290,13 @@ class _PatientWrite:
     async def team(self) -> CareTeam:
         return await _read_team(self.driver, self.org, self.patient)
 
+    async def team_if(self, driver: Any, in_place: Callable[[CareTeam], bool]) -> CareTeam | None:
+        """The `verify` of a write whose COMMIT was lost: the team if `in_place` finds the
+        change there, else None (the write runs again)."""
+        self.driver = driver
+        team = await self.team()
+        return team if in_place(team) else None
+
 
 # --- the service ---------------------------------------------------------------------
 
@@ -329,10 +340,8 @@ class CareTeamService:
             changes[:] = [previous, bool(demoted or promoted)]
             return await write.team()
 
-        async def verify(driver: Any) -> CareTeam | None:
-            write.driver = driver
-            team = await write.team()
-            return team if team.primary_provider_id == provider_id else None
+        def verify(driver: Any) -> Awaitable[CareTeam | None]:
+            return write.team_if(driver, lambda team: team.primary_provider_id == provider_id)
 
         try:
             team = await run_in_transaction(
@@ -387,10 +396,8 @@ class CareTeamService:
                 await write.record(EventType.SECONDARY_ADDED, provider_id)
             return await write.team()
 
-        async def verify(driver: Any) -> CareTeam | None:
-            write.driver = driver
-            team = await write.team()
-            return team if any(m.provider_id == provider_id for m in team.members) else None
+        def verify(driver: Any) -> Awaitable[CareTeam | None]:
+            return write.team_if(driver, lambda team: team.has(provider_id))
 
         team = await run_in_transaction(
             db,
@@ -436,10 +443,8 @@ class CareTeamService:
             await write.record(EventType.PROVIDER_REMOVED, provider_id, previous_primary)
             return await write.team()
 
-        async def verify(driver: Any) -> CareTeam | None:
-            write.driver = driver
-            team = await write.team()
-            return None if any(m.provider_id == provider_id for m in team.members) else team
+        def verify(driver: Any) -> Awaitable[CareTeam | None]:
+            return write.team_if(driver, lambda team: not team.has(provider_id))
 
         team = await run_in_transaction(
             db,
