@@ -175,41 +175,31 @@ class TestReadiness:
             await database.dispose()
 
 
+def create_app_and_print(code: str, env: dict[str, str]) -> str:
+    """What `code` prints after create_app() in a fresh interpreter (Sentry is set up, or
+    not, once per process)."""
+    return subprocess.run(
+        [sys.executable, "-c", f"from src.api.app import create_app; create_app(); {code}"],
+        cwd=BACKEND_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+
+
 class TestSentry:
     def test_nothing_is_loaded_without_a_dsn(self):
         env = {k: v for k, v in os.environ.items() if k != "SENTRY_DSN"}
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from src.api.app import create_app; "
-                "create_app(); print('sentry_sdk' in sys.modules)",
-            ],
-            cwd=BACKEND_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout.strip()
+        out = create_app_and_print("import sys; print('sentry_sdk' in sys.modules)", env)
         assert out == "False"
 
     def test_with_a_dsn_it_is_set_up_and_scrubs(self):
         env = {**os.environ, "SENTRY_DSN": "http://public@127.0.0.1:9/1"}
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sentry_sdk; from src.api.app import create_app; "
-                "create_app(); print(sentry_sdk.get_client().is_active())",
-            ],
-            cwd=BACKEND_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout.strip()
+        out = create_app_and_print(
+            "import sentry_sdk; print(sentry_sdk.get_client().is_active())", env
+        )
         assert out == "True"
 
     def test_scrub_removes_bodies_auth_users_and_locals(self):
