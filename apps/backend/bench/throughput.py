@@ -289,17 +289,19 @@ async def drive(
     """`clients` concurrent loops of `operation` for `seconds`; latencies of each call."""
     latencies: list[float] = []
     errors = 0
+    first_error: str | None = None
     deadline = time.perf_counter() + seconds
 
     async def client(seed: int) -> None:
-        nonlocal errors
+        nonlocal errors, first_error
         rng = random.Random(seed)
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             try:
                 await operation(rng)
-            except Exception:  # counted; the benchmark goes on
+            except Exception as err:  # counted; the benchmark goes on
                 errors += 1
+                first_error = first_error or f"{type(err).__name__}: {err}"[:300]
                 continue
             latencies.append(time.perf_counter() - started)
 
@@ -307,6 +309,8 @@ async def drive(
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - started
     figures = summarize(latencies, elapsed, errors)
+    if first_error is not None:  # a load that fails says why, instead of a bare 0/s
+        figures["first_error"] = first_error
     # How busy this process was: at 1.0 the client side is the limit, not PostgreSQL.
     cpu = time.process_time() - cpu_started
     figures["client_cpu_share_of_one_core"] = round(cpu / elapsed, 2)
@@ -419,9 +423,10 @@ def http_load_main(base_url: str, keys_json: str, clients: int, seconds: float, 
 
             async def call(rng: random.Random) -> None:
                 method, path, body, key = http_request(rng, keys, load)
-                response = await client.request(
-                    method, path, json=body, headers={"Authorization": f"Bearer {key}"}
-                )
+                # No key (GET /healthz): no Authorization header at all; httpx refuses
+                # the value "Bearer " with nothing after it.
+                headers = {"Authorization": f"Bearer {key}"} if key else {}
+                response = await client.request(method, path, json=body, headers=headers)
                 response.raise_for_status()
 
             return await drive(clients, seconds, call)
