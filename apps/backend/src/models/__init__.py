@@ -5,6 +5,7 @@ from src.models.care_team import (
     EVENT_TYPES,
     CareTeamAssignment,
     CareTeamEvent,
+    CareTeamEventSequence,
     EventType,
 )
 from src.models.tenants import ApiKey, Organization, Patient, Provider
@@ -17,6 +18,7 @@ __all__ = [
     "Base",
     "CareTeamAssignment",
     "CareTeamEvent",
+    "CareTeamEventSequence",
     "EventType",
     "Organization",
     "Patient",

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     ForeignKeyConstraint,
     Identity,
     Index,
@@ -84,11 +85,15 @@ class CareTeamEvent(Base):
             "'provider_removed', 'migration_dedupe')",
             name="event_type",
         ),
-        Index(None, "organization_id", "patient_id", "id"),
+        Index("uq_care_team_events_organization_id_seq", "organization_id", "seq", unique=True),
+        Index(None, "organization_id", "patient_id", "seq"),
     )
 
-    # An identity, so the order of events for a patient is the order they were written.
+    # Internal only: one identity for all tenants. What tenants see is `seq`.
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    # The event's number within its organization (1, 2, 3, ... in commit order), set by
+    # the trigger number_care_team_event from care_team_event_sequences.
+    seq: Mapped[int] = mapped_column(BigInteger)
     organization_id: Mapped[uuid.UUID]
     patient_id: Mapped[uuid.UUID]
     provider_id: Mapped[uuid.UUID]
@@ -99,3 +104,15 @@ class CareTeamEvent(Base):
     occurred_at: Mapped[datetime.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+
+
+class CareTeamEventSequence(Base):
+    """The last event number of each organization; the trigger on care_team_events takes
+    the next one (and holds this row until its transaction commits)."""
+
+    __tablename__ = "care_team_event_sequences"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), primary_key=True
+    )
+    last_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))

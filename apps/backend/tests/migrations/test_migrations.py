@@ -16,7 +16,8 @@ from src.schema import alembic_config, current_revision, downgrade, upgrade
 from tests.conftest import FreshDatabase
 
 RLS, UNIQUE = "20260114_rls_coverage", "20260114_unique_primary"
-HEAD = UNIQUE
+EVENT_SEQUENCE = "20261128_event_sequence"
+HEAD = EVENT_SEQUENCE
 
 PRIMARIES = "SELECT patient_id, provider_id FROM care_team_assignments WHERE is_primary_provider"
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
@@ -27,9 +28,10 @@ async def index_count(db: FreshDatabase) -> int:
 
 
 class TestRevisionChain:
-    def test_single_head_is_the_unique_primary_revision(self):
+    def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
-        assert scripts.get_heads() == [UNIQUE]
+        assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(EVENT_SEQUENCE).down_revision == UNIQUE
         assert scripts.get_revision(UNIQUE).down_revision == RLS
         assert scripts.get_revision(RLS).down_revision == "20260113_initial_schema"
 
@@ -41,7 +43,8 @@ class TestUpAndDown:
         assert await current_revision(engine) == HEAD
         assert await index_count(fresh_database) == 1
 
-        await downgrade(engine, "-1")
+        # The runbook's rollback of the rule: down to the revision before it.
+        await downgrade(engine, RLS)
         assert await current_revision(engine) == RLS
         assert await index_count(fresh_database) == 0
 

@@ -148,7 +148,7 @@ class TestRerunIsSafe:
         await upgrade(db.engine)
         before = await db.execute("SELECT count(*) FROM care_team_events")
         primaries = await db.execute(PRIMARIES)
-        await downgrade(db.engine, "-1")
+        await downgrade(db.engine, RLS)
         await upgrade(db.engine)
         assert await db.execute("SELECT count(*) FROM care_team_events") == before
         assert sorted(await db.execute(PRIMARIES)) == sorted(primaries)
@@ -156,7 +156,7 @@ class TestRerunIsSafe:
 
     async def test_downgrade_drops_the_index_concurrently(self, fresh_database: FreshDatabase):
         await upgrade(fresh_database.engine)
-        await downgrade(fresh_database.engine, "-1")
+        await downgrade(fresh_database.engine, RLS)
         assert await state(fresh_database) == "missing"
         rows = await fresh_database.execute(
             "SELECT count(*) FROM pg_indexes WHERE indexname = :name", name=UNIQUE_PRIMARY_INDEX

@@ -19,6 +19,7 @@ TENANT_TABLES = [
     "providers",
     "care_team_assignments",
     "care_team_events",
+    "care_team_event_sequences",
 ]
 # api_keys is covered by RLS too, but the application role cannot read it at all: it
 # can only call authenticate_api_key().
