@@ -20,6 +20,7 @@ Logs carry ids only.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import time
@@ -37,8 +38,8 @@ from src.services.errors import (
     PatientNotFound,
     ProviderAlreadyPrimary,
     ProviderInactive,
-    ProviderNotFound,
     ProviderNotOnCareTeam,
+    ProviderReferenceNotFound,
 )
 from src.services.transaction import Sql, run_in_transaction, sql
 
@@ -61,6 +62,8 @@ class CareTeam:
     patient_id: uuid.UUID
     primary_provider_id: uuid.UUID | None
     members: list[CareTeamMember]
+    # For the team a write returns: whether that write changed it (None for reads).
+    changed: bool | None = None
 
     def has(self, provider_id: uuid.UUID) -> bool:
         return any(m.provider_id == provider_id for m in self.members)
@@ -68,6 +71,9 @@ class CareTeam:
 
 @dataclass(frozen=True)
 class CareTeamEventRecord:
+    """One event. `id` is its number within the organization (care_team_events.seq:
+    1, 2, 3, ... in commit order), never the table's internal identity."""
+
     id: int
     patient_id: uuid.UUID
     provider_id: uuid.UUID
@@ -193,12 +199,12 @@ SELECT_PATIENT_PRIMARY = sql("""
 SELECT_PATIENT = sql("SELECT id FROM patients WHERE organization_id = :org AND id = :patient")
 
 SELECT_HISTORY = sql("""
-    SELECT id, patient_id, provider_id, event_type, previous_primary_provider_id,
+    SELECT seq AS id, patient_id, provider_id, event_type, previous_primary_provider_id,
            actor, reason, occurred_at
     FROM care_team_events
     WHERE organization_id = :org AND patient_id = :patient
-      AND (CAST(:before_id AS bigint) IS NULL OR id < CAST(:before_id AS bigint))
-    ORDER BY id DESC
+      AND (CAST(:before_id AS bigint) IS NULL OR seq < CAST(:before_id AS bigint))
+    ORDER BY seq DESC
     LIMIT :limit
 """)
 
@@ -249,7 +255,7 @@ class _PatientWrite:
         if row["patient_id"] is None:
             raise PatientNotFound(self.patient)
         if row["active"] is None:
-            raise ProviderNotFound(provider)
+            raise ProviderReferenceNotFound(provider)
         if not row["active"]:
             raise ProviderInactive(provider)
 
@@ -325,7 +331,8 @@ class CareTeamService:
         team), makes the provider primary (adding it to the team if needed), and records
         primary_demoted / primary_assigned events; commits. Idempotent: assigning the
         current primary changes nothing and writes no event.
-        Raises PatientNotFound, ProviderNotFound, ProviderInactive, PrimaryProviderConflict
+        Raises PatientNotFound, ProviderReferenceNotFound (the provider is unknown here),
+        ProviderInactive, PrimaryProviderConflict
         (a writer that bypassed the lock), DatabaseUnavailable, DatabaseError.
         """
         write = _PatientWrite(organization_id, patient_id, actor, reason)
@@ -377,11 +384,12 @@ class CareTeamService:
         actor: str = "system",
         reason: str | None = None,
     ) -> CareTeam:
-        """Add `provider_id` to the patient's team as a secondary; return the team.
+        """Add `provider_id` to the patient's team as a secondary; return the team
+        (`changed` says whether it was added now).
 
         Never touches the primary: if the provider is the primary, raises
         ProviderAlreadyPrimary. Adding a provider that is already a secondary changes
-        nothing. Raises PatientNotFound, ProviderNotFound, ProviderInactive too.
+        nothing. Raises PatientNotFound, ProviderReferenceNotFound, ProviderInactive too.
         """
         write = _PatientWrite(organization_id, patient_id, actor, reason)
 
@@ -394,10 +402,12 @@ class CareTeamService:
             if is_primary is None:
                 await write.execute(INSERT_SECONDARY, provider_id)
                 await write.record(EventType.SECONDARY_ADDED, provider_id)
-            return await write.team()
+            return dataclasses.replace(await write.team(), changed=is_primary is None)
 
-        def verify(driver: Any) -> Awaitable[CareTeam | None]:
-            return write.team_if(driver, lambda team: team.has(provider_id))
+        async def verify(driver: Any) -> CareTeam | None:
+            # The COMMIT was lost and the provider is on the team: this write added it.
+            team = await write.team_if(driver, lambda team: team.has(provider_id))
+            return None if team is None else dataclasses.replace(team, changed=True)
 
         team = await run_in_transaction(
             db,
@@ -512,7 +522,7 @@ class CareTeamService:
         """The patient's care team events, newest first.
 
         Page with `limit` (1..MAX_HISTORY_PAGE) and `before_id` (the last id of the
-        previous page). Raises PatientNotFound.
+        previous page; ids are numbers within the organization). Raises PatientNotFound.
         """
         limit = max(1, min(limit, MAX_HISTORY_PAGE))
         params = {"org": organization_id, "patient": patient_id}

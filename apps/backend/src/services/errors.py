@@ -11,9 +11,11 @@ import uuid
 
 
 class CareTeamError(Exception):
-    """Base of every service error. `code` is stable and machine-readable."""
+    """Base of every service error. `code` is stable and machine-readable; `title` is
+    the same for every occurrence of the code; `message` says what happened, with ids."""
 
     code = "care_team_error"
+    title = "Care team error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -21,13 +23,16 @@ class CareTeamError(Exception):
 
 
 class NotFoundError(CareTeamError):
-    """Something does not exist in this organization (or exists only in another one)."""
+    """What the request acts on does not exist in this organization (or exists only in
+    another one)."""
 
     code = "not_found"
+    title = "Not found"
 
 
 class PatientNotFound(NotFoundError):
     code = "patient_not_found"
+    title = "Patient not found"
 
     def __init__(self, patient_id: uuid.UUID) -> None:
         super().__init__(f"patient {patient_id} not found in this organization")
@@ -36,6 +41,7 @@ class PatientNotFound(NotFoundError):
 
 class ProviderNotFound(NotFoundError):
     code = "provider_not_found"
+    title = "Provider not found"
 
     def __init__(self, provider_id: uuid.UUID) -> None:
         super().__init__(f"provider {provider_id} not found in this organization")
@@ -44,19 +50,46 @@ class ProviderNotFound(NotFoundError):
 
 class ProviderNotOnCareTeam(NotFoundError):
     code = "provider_not_on_care_team"
+    title = "Provider not on the care team"
 
     def __init__(self, patient_id: uuid.UUID, provider_id: uuid.UUID) -> None:
         super().__init__(f"provider {provider_id} is not on the care team of patient {patient_id}")
+
+
+class InvalidReference(CareTeamError):
+    """A value of the request refers to something that does not exist in this
+    organization (or exists only in another one): the request is invalid, while what it
+    acts on exists. `field` names the argument that refers to nothing."""
+
+    code = "invalid_reference"
+    title = "Invalid reference"
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ProviderReferenceNotFound(InvalidReference):
+    """The provider a write names (not the resource it acts on) is unknown."""
+
+    code = "provider_not_found"
+    title = "Provider not found"
+
+    def __init__(self, provider_id: uuid.UUID, *, field: str = "provider_id") -> None:
+        super().__init__(f"provider {provider_id} not found in this organization", field=field)
+        self.provider_id = provider_id
 
 
 class ConflictError(CareTeamError):
     """The request contradicts the current state."""
 
     code = "conflict"
+    title = "Conflict"
 
 
 class ProviderInactive(ConflictError):
     code = "provider_inactive"
+    title = "Provider inactive"
 
     def __init__(self, provider_id: uuid.UUID) -> None:
         super().__init__(f"provider {provider_id} is inactive and cannot join a care team")
@@ -64,6 +97,7 @@ class ProviderInactive(ConflictError):
 
 class ProviderAlreadyPrimary(ConflictError):
     code = "provider_already_primary"
+    title = "Provider already primary"
 
     def __init__(self, patient_id: uuid.UUID, provider_id: uuid.UUID) -> None:
         super().__init__(
@@ -76,6 +110,7 @@ class PrimaryProviderConflict(ConflictError):
     """A write was refused by idx_unique_primary_provider_per_patient."""
 
     code = "primary_provider_conflict"
+    title = "Primary provider conflict"
 
     def __init__(self, organization_id: uuid.UUID, patient_id: uuid.UUID) -> None:
         super().__init__(
@@ -84,17 +119,29 @@ class PrimaryProviderConflict(ConflictError):
         )
 
 
+class DatabaseBusy(CareTeamError):
+    """The operation waited too long for a lock or a statement (another writer held the
+    patient, or the server is overloaded); nothing changed. Retrying soon is safe."""
+
+    code = "busy"
+    title = "Busy, retry shortly"
+    retry_after_s = 1
+
+
 class DatabaseUnavailable(CareTeamError):
-    """The database could not be reached or did not answer in time (the change was rolled
-    back, unless the connection was lost during commit: then read the state to know)."""
+    """The database could not be reached (the change was rolled back, unless the
+    connection was lost during commit: then read the state to know)."""
 
     code = "database_unavailable"
+    title = "Database unavailable"
+    retry_after_s = 5
 
 
 class OutcomeUnknown(DatabaseUnavailable):
     """The connection was lost while committing and the outcome could not be checked."""
 
     code = "outcome_unknown"
+    title = "Outcome unknown"
 
     def __init__(self, operation: str) -> None:
         super().__init__(
@@ -107,10 +154,12 @@ class DatabaseError(CareTeamError):
     """The database refused the operation for a reason the service did not expect."""
 
     code = "database_error"
+    title = "Database error"
 
 
 class OrganizationNotFound(NotFoundError):
     code = "organization_not_found"
+    title = "Organization not found"
 
     def __init__(self, organization_id: uuid.UUID) -> None:
         super().__init__(f"organization {organization_id} not found")
@@ -118,6 +167,7 @@ class OrganizationNotFound(NotFoundError):
 
 class ApiKeyNotFound(NotFoundError):
     code = "api_key_not_found"
+    title = "API key not found"
 
     def __init__(self, key_id: uuid.UUID) -> None:
-        super().__init__(f"API key {key_id} not found or already revoked")
+        super().__init__(f"API key {key_id} not found")

@@ -7,6 +7,7 @@ and can only go through the database function authenticate_api_key().
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import secrets
@@ -30,10 +31,21 @@ INSERT_API_KEY = sql(
     "INSERT INTO api_keys (organization_id, key_hash, name) VALUES (:org, :hash, :name) "
     "RETURNING id"
 )
-REVOKE_API_KEY = sql(
-    "UPDATE api_keys SET revoked_at = now() "
-    "WHERE id = :id AND revoked_at IS NULL RETURNING organization_id"
-)
+# Revoking is idempotent: a key revoked before keeps its first revoked_at.
+REVOKE_API_KEY = sql("""
+    WITH target AS (
+        SELECT id, organization_id, revoked_at FROM api_keys WHERE id = :id FOR UPDATE
+    ), revoked AS (
+        UPDATE api_keys AS k SET revoked_at = now()
+        FROM target AS t
+        WHERE k.id = t.id AND t.revoked_at IS NULL
+        RETURNING k.revoked_at
+    )
+    SELECT t.organization_id,
+           coalesce((SELECT revoked_at FROM revoked), t.revoked_at) AS revoked_at,
+           t.revoked_at IS NOT NULL AS already_revoked
+    FROM target AS t
+""")
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,13 @@ class IssuedApiKey:
     id: uuid.UUID
     organization_id: uuid.UUID
     key: str
+
+
+@dataclass(frozen=True)
+class RevokedApiKey:
+    organization_id: uuid.UUID
+    revoked_at: datetime.datetime
+    already_revoked: bool  # it had been revoked before: nothing changed
 
 
 @dataclass(frozen=True)
@@ -96,18 +115,24 @@ class OrganizationService:
         return issued
 
     @staticmethod
-    async def revoke_api_key(*, db: AsyncSession, key_id: uuid.UUID) -> uuid.UUID:
-        """Revoke the key at once; return its organization. Raises ApiKeyNotFound."""
+    async def revoke_api_key(*, db: AsyncSession, key_id: uuid.UUID) -> RevokedApiKey:
+        """Revoke the key at once. Idempotent: a key revoked before stays revoked since
+        then (`already_revoked`). Raises ApiKeyNotFound."""
 
-        async def work(driver: Any) -> uuid.UUID:
-            org = await REVOKE_API_KEY.fetchval(driver, {"id": key_id})
-            if org is None:
+        async def work(driver: Any) -> RevokedApiKey:
+            row = await REVOKE_API_KEY.fetchrow(driver, {"id": key_id})
+            if row is None:
                 raise ApiKeyNotFound(key_id)
-            return uuid.UUID(str(org))
+            return RevokedApiKey(**dict(row))
 
-        org = await run_in_transaction(db, operation="revoke_api_key", work=work)
-        logger.info("api key revoked organization_id=%s api_key_id=%s", org, key_id)
-        return org
+        revoked = await run_in_transaction(db, operation="revoke_api_key", work=work)
+        logger.info(
+            "api key revoked organization_id=%s api_key_id=%s already_revoked=%s",
+            revoked.organization_id,
+            key_id,
+            revoked.already_revoked,
+        )
+        return revoked
 
     @staticmethod
     async def authenticate(*, db: AsyncSession, api_key: str) -> Authenticated | None:

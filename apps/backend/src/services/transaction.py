@@ -19,6 +19,7 @@ from src.metrics import INDEX_REFUSALS
 from src.models import UNIQUE_PRIMARY_INDEX
 from src.services.errors import (
     CareTeamError,
+    DatabaseBusy,
     DatabaseError,
     DatabaseUnavailable,
     OutcomeUnknown,
@@ -28,9 +29,12 @@ from src.services.errors import (
 logger = logging.getLogger(__name__)
 
 
-_UNAVAILABLE_SQLSTATES = {
+# The database is there but the operation waited too long: retry soon (busy).
+_BUSY_SQLSTATES = {
     "57014",  # statement timeout / query canceled
-    "55P03",  # lock not available (lock_timeout)
+    "55P03",  # lock not available (lock_timeout): another writer holds the patient
+}
+_UNAVAILABLE_SQLSTATES = {
     "57P01",  # admin shutdown
     "57P02",  # crash shutdown
     "57P03",  # cannot connect now
@@ -75,11 +79,23 @@ def _translate(
             },
         )
         return PrimaryProviderConflict(organization_id, patient_id)
+    if sqlstate in _BUSY_SQLSTATES or isinstance(err, sa_exc.TimeoutError):
+        # A lock or statement timeout, or every pooled connection busy: load, not loss.
+        logger.warning(
+            "database busy during %s sqlstate=%s",
+            operation,
+            sqlstate,
+            extra={"event": "database_busy", **ids},
+        )
+        return DatabaseBusy(
+            f"{operation} waited too long (a lock held by another writer, or load); "
+            "nothing changed: retry shortly"
+        )
     connection_lost = _connection_lost(err)
     if (
         connection_lost
         or sqlstate in _UNAVAILABLE_SQLSTATES
-        or isinstance(err, sa_exc.TimeoutError | OSError | TimeoutError)
+        or isinstance(err, OSError | TimeoutError)
         or (isinstance(err, sa_exc.InterfaceError | sa_exc.OperationalError) and sqlstate is None)
     ):
         logger.error(

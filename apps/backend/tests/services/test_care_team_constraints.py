@@ -24,8 +24,8 @@ from src.services.errors import (
     PrimaryProviderConflict,
     ProviderAlreadyPrimary,
     ProviderInactive,
-    ProviderNotFound,
     ProviderNotOnCareTeam,
+    ProviderReferenceNotFound,
 )
 from tests.factories import create_clinic, create_patient, create_provider, set_tenant
 
@@ -185,7 +185,7 @@ class TestAssignPrimaryProvider:
 
     async def test_unknown_provider(self, db_session: AsyncSession):
         org, patient, _ = await create_clinic(db_session)
-        with pytest.raises(ProviderNotFound):
+        with pytest.raises(ProviderReferenceNotFound):
             await Service.assign_primary_provider(
                 db=db_session, organization_id=org, patient_id=patient, provider_id=uuid.uuid4()
             )
@@ -298,11 +298,11 @@ class TestMultiTenantIsolation:
         org_a, patient_a, _ = await create_clinic(db_session)
         org_b = (await create_clinic(db_session))[0]
         provider_b = await create_provider(db_session, organization_id=org_b)
-        with pytest.raises(ProviderNotFound):
+        with pytest.raises(ProviderReferenceNotFound):
             await Service.assign_primary_provider(
                 db=db_session, organization_id=org_a, patient_id=patient_a, provider_id=provider_b
             )
-        with pytest.raises(ProviderNotFound):
+        with pytest.raises(ProviderReferenceNotFound):
             await Service.add_secondary_provider(
                 db=db_session, organization_id=org_a, patient_id=patient_a, provider_id=provider_b
             )
@@ -369,7 +369,7 @@ class TestAtomicity:
 
     async def test_session_is_usable_after_a_failure(self, db_session: AsyncSession):
         org, patient, (p1, _, _) = await create_clinic(db_session)
-        with pytest.raises(ProviderNotFound):
+        with pytest.raises(ProviderReferenceNotFound):
             await Service.assign_primary_provider(
                 db=db_session, organization_id=org, patient_id=patient, provider_id=uuid.uuid4()
             )
