@@ -1,5 +1,6 @@
 """Request and response bodies. Requests are strict: unknown fields, wrong types, and
-out-of-range values are refused with 422 before anything is written.
+out-of-range values are refused with 422 before anything is written. The field rules
+live in src/api/fields.py, stated once for validation and the OpenAPI document.
 
 (FastAPI validates the parsed JSON in Python mode, where pydantic's strict mode would
 refuse date and UUID strings; so strictness is per field instead.)"""
@@ -10,67 +11,42 @@ import datetime
 import uuid
 from typing import Annotated
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StringConstraints,
-)
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-OLDEST_BIRTH_DATE = datetime.date(1900, 1, 1)
+from src.api.fields import BirthDate, PersonName
+
+NPI_PATTERN = r"^[0-9]{10}$"
 
 
-# No control characters, no leading or trailing white space. Expressed as a pattern, so
-# the OpenAPI schema says exactly what the API accepts (and the fuzzer can hold it to it).
-NAME_PATTERN = r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?$"
+class StrictBody(BaseModel):
+    """A request body: unknown fields are refused."""
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NAME_PATTERN)]
-
-
-def _date_string(value: object) -> object:
-    if not isinstance(value, str):
-        raise ValueError("must be a date string, YYYY-MM-DD")
-    return value
-
-
-def _plausible_birth_date(value: datetime.date) -> datetime.date:
-    if value > datetime.datetime.now(datetime.UTC).date():
-        raise ValueError("date of birth must not be in the future")
-    if value < OLDEST_BIRTH_DATE:
-        raise ValueError(f"date of birth must not be before {OLDEST_BIRTH_DATE.isoformat()}")
-    return value
-
-
-class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PatientCreate(Request):
-    first_name: Name
-    last_name: Name
-    dob: Annotated[
-        datetime.date, BeforeValidator(_date_string), AfterValidator(_plausible_birth_date)
-    ]
+class PatientCreate(StrictBody):
+    first_name: PersonName
+    last_name: PersonName
+    dob: BirthDate
 
 
-class ProviderCreate(Request):
-    first_name: Name
-    last_name: Name
-    npi: Annotated[str, Field(pattern=r"^[0-9]{10}$", description="10-digit NPI")] | None = None
+class ProviderCreate(StrictBody):
+    first_name: PersonName
+    last_name: PersonName
+    npi: Annotated[str, Field(pattern=NPI_PATTERN, description="10-digit NPI")] | None = None
 
 
-class ProviderUpdate(Request):
+class ProviderUpdate(StrictBody):
     active: StrictBool
 
 
-class ProviderRef(Request):
-    provider_id: uuid.UUID
+class ProviderRef(StrictBody):
+    provider_id: uuid.UUID = Field(
+        description="A provider of your organization (422 provider_not_found otherwise)"
+    )
 
 
-class Patient(BaseModel):
+class PatientOut(BaseModel):
     id: uuid.UUID
     first_name: str | None
     last_name: str | None
@@ -78,7 +54,7 @@ class Patient(BaseModel):
     created_at: datetime.datetime
 
 
-class Provider(BaseModel):
+class ProviderOut(BaseModel):
     id: uuid.UUID
     first_name: str | None
     last_name: str | None
@@ -87,20 +63,20 @@ class Provider(BaseModel):
     created_at: datetime.datetime
 
 
-class CareTeamMember(BaseModel):
+class CareTeamMemberOut(BaseModel):
     provider_id: uuid.UUID
     is_primary_provider: bool
     assigned_at: datetime.datetime
 
 
-class CareTeam(BaseModel):
+class CareTeamOut(BaseModel):
     patient_id: uuid.UUID
     primary_provider_id: uuid.UUID | None
-    members: list[CareTeamMember] = Field(description="The primary first.")
+    members: list[CareTeamMemberOut] = Field(description="The primary first.")
 
 
-class CareTeamEvent(BaseModel):
-    id: int
+class CareTeamEventOut(BaseModel):
+    id: int = Field(description="The event's number within your organization, in commit order")
     event_type: str
     provider_id: uuid.UUID
     previous_primary_provider_id: uuid.UUID | None
@@ -109,9 +85,9 @@ class CareTeamEvent(BaseModel):
     occurred_at: datetime.datetime
 
 
-class CareTeamHistory(BaseModel):
-    items: list[CareTeamEvent] = Field(description="Newest first.")
-    next_cursor: int | None = Field(
+class CareTeamHistoryOut(BaseModel):
+    items: list[CareTeamEventOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(
         description="Pass as ?cursor= for the next page; null at the end."
     )
 

@@ -1,0 +1,245 @@
+"""The rules of request fields, each stated once: the validator and the OpenAPI schema are
+built from the same definition, so the document says exactly what the server accepts.
+
+- A person's name is text a person could have: 1 to 100 characters, at least one letter,
+  no space at either end, and only characters of the Unicode categories letters (L),
+  marks (M), numbers (N), punctuation (P), symbols (S) and space separators (Zs). Control
+  and format characters (Cc, Cf: U+0085, U+202E bidi override, U+200B ...), surrogates
+  (Cs), private use (Co), unassigned code points (Cn, U+FFFF) and line or paragraph
+  separators (Zl, Zp: U+2028) are refused. It is stored in NFC.
+- A birth date is a calendar date written YYYY-MM-DD, from 1900-01-01 to today (UTC).
+  Numbers, timestamps and other date forms are refused.
+
+The name rule is also written as a regular expression (character classes built from this
+Python's Unicode database), published once in the OpenAPI document as the
+`PersonName` schema; the date rule's pattern names today's date, so the document is
+rebuilt when the date changes (see src/api/openapi.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import re
+import unicodedata
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, StringConstraints, WithJsonSchema
+
+NAME_MAX_LENGTH = 100
+OLDEST_BIRTH_DATE = datetime.date(1900, 1, 1)
+
+# --- names ---------------------------------------------------------------------------------
+
+_NAME_CATEGORIES = frozenset("LMNPS")  # first letter of the category; plus Zs
+
+
+def _allowed(char: str) -> bool:
+    category = unicodedata.category(char)
+    return category[0] in _NAME_CATEGORIES or category == "Zs"
+
+
+def _edge(char: str) -> bool:
+    """May start or end a name: allowed, and not a space."""
+    return unicodedata.category(char)[0] in _NAME_CATEGORIES
+
+
+def _letter(char: str) -> bool:
+    return unicodedata.category(char)[0] == "L"
+
+
+def _ranges(predicate: Callable[[str], bool]) -> Iterator[tuple[int, int]]:
+    start = None
+    for code in range(0x110000):
+        if predicate(chr(code)):
+            if start is None:
+                start = code
+        elif start is not None:
+            yield start, code - 1
+            start = None
+    if start is not None:
+        yield start, 0x10FFFF
+
+
+def _literal(code: int) -> str:
+    char = chr(code)
+    return "\\" + char if char in "\\]^-[" else char
+
+
+def _character_class(predicate: Callable[[str], bool]) -> str:
+    """A regex class of every code point the predicate admits, as literal characters (so
+    it reads the same in Python's re and in ECMA-262 with the u flag)."""
+    parts = (
+        _literal(low) if low == high else f"{_literal(low)}-{_literal(high)}"
+        for low, high in _ranges(predicate)
+    )
+    return "[" + "".join(parts) + "]"
+
+
+@functools.cache
+def name_pattern() -> str:
+    """The name rule as one anchored regex: an optional run that starts with a non-space,
+    then a letter, then an optional run that ends with a non-space."""
+    allowed, edge, letter = (_character_class(p) for p in (_allowed, _edge, _letter))
+    return f"^(?:{edge}{allowed}*)?{letter}(?:{allowed}*{edge})?$"
+
+
+def check_person_name(value: str) -> str:
+    """The value in NFC, or ValueError saying which part of the rule it breaks (by code
+    point, never by quoting the name)."""
+    for char in value:
+        if not _allowed(char):
+            raise ValueError(
+                f"must not contain U+{ord(char):04X} ({unicodedata.category(char)}: control, "
+                "format, unassigned, private-use or line/paragraph separator characters are "
+                "not allowed in a name)"
+            )
+    if not _edge(value[0]) or not _edge(value[-1]):
+        raise ValueError("must not start or end with a space")
+    if not any(_letter(char) for char in value):
+        raise ValueError("must contain at least one letter")
+    return unicodedata.normalize("NFC", value)
+
+
+PERSON_NAME_SCHEMA_NAME = "PersonName"
+# Stands in a model's schema for a shared one; src/api/openapi.py turns it into a $ref.
+SHARED_SCHEMA_MARK = "x-careteam-shared-schema"
+
+
+def person_name_schema() -> dict[str, Any]:
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": NAME_MAX_LENGTH,
+        "pattern": name_pattern(),
+        "description": (
+            "A person's name: 1 to 100 characters, at least one letter, no space at either "
+            "end; letters, marks, numbers, punctuation, symbols and spaces only (no control, "
+            "format, unassigned, private-use or line/paragraph separator characters). "
+            "Stored in Unicode NFC."
+        ),
+    }
+
+
+PersonName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=NAME_MAX_LENGTH),
+    AfterValidator(check_person_name),
+    WithJsonSchema({SHARED_SCHEMA_MARK: PERSON_NAME_SCHEMA_NAME}),
+]
+
+# --- birth dates -----------------------------------------------------------------------------
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def today() -> datetime.date:
+    return datetime.datetime.now(datetime.UTC).date()
+
+
+def _date_string(value: object) -> datetime.date:
+    """Only the YYYY-MM-DD form: never a number or a timestamp read as one."""
+    if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+        raise ValueError("must be a calendar date written YYYY-MM-DD, for example 1984-02-29")
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be a real calendar date, YYYY-MM-DD") from None
+
+
+def _plausible_birth_date(value: datetime.date) -> datetime.date:
+    if value > today():
+        raise ValueError("date of birth must not be in the future")
+    if value < OLDEST_BIRTH_DATE:
+        raise ValueError(f"date of birth must not be before {OLDEST_BIRTH_DATE.isoformat()}")
+    return value
+
+
+def _alternatives(values: Iterator[str]) -> str:
+    return "(?:" + "|".join(values) + ")"
+
+
+def _days(last: int) -> str:
+    return _alternatives(f"{d:02d}" for d in range(1, last + 1))
+
+
+def _month_days(year: int, month: int) -> int:
+    following = datetime.date(year + month // 12, month % 12 + 1, 1)
+    return (following - datetime.timedelta(days=1)).day
+
+
+@functools.cache
+def birth_date_pattern(until: datetime.date) -> str:
+    """Every real date from OLDEST_BIRTH_DATE to `until`, as one anchored regex: the
+    OpenAPI document can then state the range and the calendar exactly."""
+    common = _alternatives(
+        f"{m:02d}-{_days(_month_days(2001, m))}" for m in range(1, 13)
+    )  # 2001: not a leap year
+    leap_years = [y for y in range(OLDEST_BIRTH_DATE.year, until.year) if _month_days(y, 2) == 29]
+    whole_years = f"{_alternatives(str(y) for y in range(OLDEST_BIRTH_DATE.year, until.year))}"
+    parts = []
+    if until.year > OLDEST_BIRTH_DATE.year:
+        parts.append(f"{whole_years}-{common}")
+        if leap_years:
+            parts.append(f"{_alternatives(str(y) for y in leap_years)}-02-29")
+    this_year = [f"{m:02d}-{_days(_month_days(until.year, m))}" for m in range(1, until.month)] + [
+        f"{until.month:02d}-{_days(until.day)}"
+    ]
+    parts.append(f"{until.year}-{_alternatives(iter(this_year))}")
+    return "^" + _alternatives(iter(parts)) + "$"
+
+
+def birth_date_schema(until: datetime.date) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "format": "date",
+        "pattern": birth_date_pattern(until),
+        "description": (
+            f"Date of birth, YYYY-MM-DD, from {OLDEST_BIRTH_DATE.isoformat()} to today (UTC)."
+        ),
+    }
+
+
+BIRTH_DATE_SCHEMA_NAME = "BirthDate"
+
+BirthDate = Annotated[
+    datetime.date,
+    BeforeValidator(_date_string),
+    AfterValidator(_plausible_birth_date),
+    WithJsonSchema({SHARED_SCHEMA_MARK: BIRTH_DATE_SCHEMA_NAME}),
+]
+
+
+def shared_schemas() -> dict[str, dict[str, Any]]:
+    """The field schemas the API's models refer to, as of today."""
+    return {
+        PERSON_NAME_SCHEMA_NAME: person_name_schema(),
+        BIRTH_DATE_SCHEMA_NAME: birth_date_schema(today()),
+    }
+
+
+# --- cursors -------------------------------------------------------------------------------
+
+# Opaque to clients; inside, a position within the caller's own organization (never a
+# value shared with other tenants). Every string of this form is a position, so any
+# cursor the schema admits is answered with a page (perhaps empty), never an error.
+_CURSOR_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+CURSOR_MAX_LENGTH = 10  # 62**10 < 2**63: every cursor fits a bigint
+CURSOR_PATTERN = f"^[0-9A-Za-z]{{1,{CURSOR_MAX_LENGTH}}}$"
+
+
+def encode_cursor(position: int) -> str:
+    digits = []
+    while True:
+        position, digit = divmod(position, len(_CURSOR_ALPHABET))
+        digits.append(_CURSOR_ALPHABET[digit])
+        if position == 0:
+            return "".join(reversed(digits))
+
+
+def decode_cursor(cursor: str) -> int:
+    position = 0
+    for char in cursor:
+        position = position * len(_CURSOR_ALPHABET) + _CURSOR_ALPHABET.index(char)
+    return position

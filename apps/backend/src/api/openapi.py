@@ -1,0 +1,67 @@
+"""The OpenAPI document: FastAPI's, plus the shared schemas the models refer to.
+
+- Every operation's `operationId` is its handler's name (`getCareTeam` style names are
+  what client generators turn into methods, so they must not change with paths).
+- `Problem` (RFC 9457) and the field rules of src/api/fields.py are components that
+  operations and models refer to.
+- The birth-date rule names today's date, so the document is rebuilt when the date
+  (UTC) changes, and is cached until then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+
+from src.api import fields
+from src.api.errors import FieldProblem, Problem
+
+
+def operation_id(route: APIRoute) -> str:
+    """The handler's name, in lowerCamelCase: stable whatever the path."""
+    first, *rest = route.name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+def install_openapi(app: FastAPI) -> None:
+    cache: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        today = fields.today().isoformat()
+        if cache.get("date") != today:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+            )
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            schemas["Problem"] = Problem.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            schemas["Problem"].pop("$defs", None)
+            schemas["FieldProblem"] = FieldProblem.model_json_schema()
+            schemas.update(fields.shared_schemas())
+            _refer_to_shared(document)
+            cache.update(date=today, document=document)
+        document_today: dict[str, Any] = cache["document"]
+        return document_today
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _refer_to_shared(node: Any) -> None:
+    """Replace each field schema marked by fields.SHARED_SCHEMA_MARK with a $ref."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, dict) and fields.SHARED_SCHEMA_MARK in value:
+                node[key] = {"$ref": f"#/components/schemas/{value[fields.SHARED_SCHEMA_MARK]}"}
+            else:
+                _refer_to_shared(value)
+    elif isinstance(node, list):
+        for item in node:
+            _refer_to_shared(item)
