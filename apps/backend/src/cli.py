@@ -345,8 +345,16 @@ def key_create(
 def key_revoke(key_id: Annotated[str, typer.Argument(metavar="KEY_ID")]) -> None:
     """Revoke an API key; it stops working at once."""
     key = _parse_uuid(key_id, "KEY_ID")
-    org = _owner_call(lambda db: OrganizationService.revoke_api_key(db=db, key_id=key))
-    console.print(f"API key {key} of organization {org} revoked.", highlight=False)
+    revoked = _owner_call(lambda db: OrganizationService.revoke_api_key(db=db, key_id=key))
+    org = revoked.organization_id
+    if revoked.already_revoked:
+        console.print(
+            f"API key {key} of organization {org} was already revoked "
+            f"({revoked.revoked_at.isoformat(timespec='seconds')}); nothing changed.",
+            highlight=False,
+        )
+    else:
+        console.print(f"API key {key} of organization {org} revoked.", highlight=False)
 
 
 def _settings_or_fail() -> Settings:

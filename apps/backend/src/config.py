@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         ge=0,
         description="How often the API re-runs the violation check for /metrics (0: never).",
     )
+    allowed_hosts: str = Field(
+        default="*",
+        description=(
+            "Host names the API answers for, comma-separated (`*.example.org` patterns "
+            "allowed); other Host headers get 400. `*`: any."
+        ),
+    )
     db_connect_timeout_s: float = Field(default=10.0, gt=0)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     # No overflow by default: connections beyond the pool only add PostgreSQL backends
@@ -88,6 +95,10 @@ class Settings(BaseSettings):
     db_pool_timeout_s: float = Field(default=30.0, gt=0)
     db_statement_timeout_ms: int = Field(default=30_000, ge=0)
     db_lock_timeout_ms: int = Field(default=10_000, ge=0)
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [host.strip() for host in self.allowed_hosts.split(",") if host.strip()] or ["*"]
 
     @field_validator("database_url", "app_database_url")
     @classmethod

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from src import diagnostics
 from src.api.errors import install_error_handlers
 from src.api.middleware import RequestContextMiddleware
+from src.api.openapi import install_openapi, operation_id
 from src.api.routers import care_team, directory, health
 from src.config import Settings, get_settings
 from src.db import Database, open_database
@@ -131,12 +132,17 @@ def create_app(database: Database | None = None, database_url: str | None = None
         version="1.0.0",
         summary="Patients' care teams: at most one primary provider per patient and organization.",
         lifespan=lifespan,
+        # No redirects at all: a trailing slash is a 404 like any unknown path (a redirect
+        # would be built from the client's Host header).
+        redirect_slashes=False,
+        generate_unique_id_function=operation_id,
     )
     if database is not None:
         attach(app, database)
     install_request_id_on_records()
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware)
+    install_openapi(app)
+    app.add_middleware(RequestContextMiddleware, allowed_hosts=settings.allowed_host_list)
     app.include_router(health.router)
     app.include_router(directory.router)
     app.include_router(care_team.router)

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.api.errors import Unauthorized
+from src.api.errors import unauthorized
 from src.db import Database
 from src.services.organization_service import OrganizationService
 
@@ -48,12 +48,12 @@ async def get_caller(
     db: DB,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The tenant is decided by the key, never by the path or the body. Raises Unauthorized."""
+    """The tenant is decided by the key, never by the path or the body. Raises a 401."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized
+        raise unauthorized()
     found = await OrganizationService.authenticate(db=db, api_key=credentials.credentials)
     if found is None:
-        raise Unauthorized
+        raise unauthorized()
     request.state.organization_id = str(found.organization_id)
     return Caller(found.organization_id, found.api_key_id)
 

@@ -1,94 +1,353 @@
-"""The one place where errors become HTTP responses.
+"""The one place where errors become HTTP responses: RFC 9457 problem details.
 
-Every error body is {"error": <code>, "detail": <message>}. Domain errors of the service
-layer map by class; nothing a client sends can produce a stack trace.
+Every error answer is `application/problem+json`:
+
+    {"type": "urn:careteam:problem:<code>", "title": ..., "status": ..., "detail": ...,
+     "instance": <the request path>, "error": <code>, "request_id": ...}
+
+`error` is the stable machine-readable code (the extension member every earlier client
+reads); 422 answers add `errors`, one entry per invalid field. Domain errors of the
+service layer map by class; nothing a client sends can produce a stack trace, and no
+answer echoes a submitted value (it may be a name or a birth date).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import defaultdict
+from collections.abc import Iterable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import Match
 
+from src.log_config import request_id_var
 from src.services.errors import (
     CareTeamError,
     ConflictError,
+    DatabaseBusy,
     DatabaseError,
     DatabaseUnavailable,
+    InvalidReference,
     NotFoundError,
+    OutcomeUnknown,
 )
 
 logger = logging.getLogger(__name__)
 
-
-class ErrorBody(BaseModel):
-    error: str
-    detail: str
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:careteam:problem:"
 
 
-class Unauthorized(Exception):
-    """Missing, malformed, unknown or revoked API key."""
+@dataclass(frozen=True)
+class ProblemKind:
+    """An error code the API itself answers (not a service error)."""
+
+    code: str
+    status: int
+    title: str
 
 
+UNAUTHORIZED = ProblemKind("unauthorized", 401, "Unauthorized")
+VALIDATION_ERROR = ProblemKind("validation_error", 422, "Invalid request")
+NOT_FOUND = ProblemKind("not_found", 404, "Not found")
+METHOD_NOT_ALLOWED = ProblemKind("method_not_allowed", 405, "Method not allowed")
+BODY_TOO_LARGE = ProblemKind("body_too_large", 413, "Request body too large")
+UNSUPPORTED_MEDIA_TYPE = ProblemKind("unsupported_media_type", 415, "Unsupported media type")
+HEADERS_TOO_LARGE = ProblemKind("headers_too_large", 431, "Request headers too large")
+INVALID_HOST = ProblemKind("invalid_host", 400, "Invalid Host header")
+INTERNAL_ERROR = ProblemKind("internal_error", 500, "Internal error")
+
+
+class ApiError(Exception):
+    """An error of the HTTP layer itself (authentication, request shape)."""
+
+    def __init__(self, kind: ProblemKind, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.kind, self.detail, self.headers = kind, detail, headers or {}
+
+
+def unauthorized() -> ApiError:
+    return ApiError(
+        UNAUTHORIZED, "missing, malformed or revoked API key", {"WWW-Authenticate": "Bearer"}
+    )
+
+
+# Service errors by base class, first match wins.
 STATUS_BY_ERROR: list[tuple[type[CareTeamError], int]] = [
     (NotFoundError, 404),
+    (InvalidReference, 422),
     (ConflictError, 409),
+    (DatabaseBusy, 503),
     (DatabaseUnavailable, 503),
     (DatabaseError, 500),
 ]
 
-# For the OpenAPI schema of every /v1 route.
-ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorBody} for status in (401, 404, 409, 422, 503)
-}
+
+def status_of(error: type[CareTeamError]) -> int:
+    return next((status for cls, status in STATUS_BY_ERROR if issubclass(error, cls)), 500)
 
 
-def error_response(status: int, error: str, detail: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+# --- the body ----------------------------------------------------------------------------
 
 
-def _describe_validation(exc: RequestValidationError) -> str:
-    """Where and what, never the submitted value (it may be a name or a birth date)."""
-    parts = []
-    for error in exc.errors()[:10]:
-        where = ".".join(str(part) for part in error.get("loc", ()))
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
+class FieldProblem(BaseModel):
+    """One invalid part of a request."""
+
+    location: str = Field(description="body, path, query or header")
+    field: str = Field(description="The field, dotted for nested ones (`body` for the whole)")
+    detail: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with the `error` code as an extension member."""
+
+    type: str = Field(description=f"{TYPE_PREFIX}<error>")
+    title: str
+    status: int
+    detail: str
+    instance: str = Field(description="The request path")
+    error: str = Field(description="Stable machine-readable code")
+    request_id: str = Field(description="Also in the X-Request-ID header and every log line")
+    errors: list[FieldProblem] | None = Field(
+        default=None, description="On 422: every invalid field"
+    )
+
+
+def problem_body(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str,
+    errors: Sequence[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": TYPE_PREFIX + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "error": code,
+        "request_id": request_id_var.get(),
+    }
+    if errors is not None:
+        body["errors"] = list(errors)
+    return body
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str,
+    errors: Sequence[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    payload = json.dumps(
+        problem_body(status, code, title, detail, instance=instance, errors=errors),
+        ensure_ascii=False,
+    ).encode()
+    return Response(payload, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _location_and_field(loc: Sequence[Any]) -> tuple[str, str]:
+    if not loc:
+        return "body", "body"
+    where = str(loc[0])
+    rest = ".".join(str(part) for part in loc[1:])
+    return where, rest or where
+
+
+def field_problems(exc: RequestValidationError) -> list[dict[str, str]]:
+    """Where and what, never the submitted value."""
+    problems = []
+    for error in exc.errors()[:20]:
+        where, field = _location_and_field(error.get("loc", ()))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append({"location": where, "field": field, "detail": message})
+    return problems
+
+
+# --- handlers ------------------------------------------------------------------------------
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CareTeamError)
-    async def domain_error(request: Request, exc: CareTeamError) -> JSONResponse:
-        status = next((code for cls, code in STATUS_BY_ERROR if isinstance(exc, cls)), 500)
-        return error_response(status, exc.code, exc.message)
+    async def domain_error(request: Request, exc: CareTeamError) -> Response:
+        status = status_of(type(exc))
+        headers = {}
+        retry_after = getattr(exc, "retry_after_s", None)
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        errors = None
+        if isinstance(exc, InvalidReference):
+            errors = [{"location": "body", "field": exc.field, "detail": exc.message}]
+        return problem_response(
+            status,
+            exc.code,
+            exc.title,
+            exc.message,
+            instance=request.url.path,
+            errors=errors,
+            headers=headers,
+        )
 
-    @app.exception_handler(Unauthorized)
-    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
-        return error_response(
-            401,
-            "unauthorized",
-            "missing, malformed or revoked API key",
-            **{"WWW-Authenticate": "Bearer"},
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        kind = exc.kind
+        return problem_response(
+            kind.status,
+            kind.code,
+            kind.title,
+            exc.detail,
+            instance=request.url.path,
+            headers=exc.headers,
         )
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "validation_error", _describe_validation(exc))
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        problems = field_problems(exc)
+        detail = "; ".join(f"{p['location']}.{p['field']}: {p['detail']}" for p in problems)
+        return problem_response(
+            422,
+            VALIDATION_ERROR.code,
+            VALIDATION_ERROR.title,
+            detail or "invalid request",
+            instance=request.url.path,
+            errors=problems,
+        )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 400:  # FastAPI could not parse the body (bad JSON, bad UTF-8)
-            return error_response(422, "validation_error", f"malformed request body: {exc.detail}")
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+            return problem_response(
+                422,
+                VALIDATION_ERROR.code,
+                VALIDATION_ERROR.title,
+                f"malformed request body: {exc.detail}",
+                instance=request.url.path,
+                errors=[{"location": "body", "field": "body", "detail": "malformed JSON"}],
+            )
+        if exc.status_code == 405:
+            allow = allowed_methods(request.app, request.scope)
+            return problem_response(
+                405,
+                METHOD_NOT_ALLOWED.code,
+                METHOD_NOT_ALLOWED.title,
+                f"{request.method} is not allowed here; allowed: {allow}",
+                instance=request.url.path,
+                headers={"Allow": allow},
+            )
+        if exc.status_code == 404:
+            return problem_response(
+                404, NOT_FOUND.code, NOT_FOUND.title, "no such path", instance=request.url.path
+            )
+        return problem_response(
+            exc.status_code,
+            "http_error",
+            str(exc.detail),
+            str(exc.detail),
+            instance=request.url.path,
+            headers=dict(exc.headers or {}),
+        )
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> Response:
         logger.error("unhandled %s", type(exc).__name__, exc_info=exc)
-        return error_response(
-            500, "internal_error", "internal error; the request id is in the logs"
+        return problem_response(
+            500,
+            INTERNAL_ERROR.code,
+            INTERNAL_ERROR.title,
+            "internal error; the request id is in the logs",
+            instance=request.url.path,
         )
+
+
+def allowed_methods(app: Any, scope: MutableMapping[str, Any]) -> str:
+    """The methods of every route whose path matches (HEAD wherever GET is)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": "GET", "type": "http"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
+# --- the OpenAPI document ---------------------------------------------------------------------
+
+_DESCRIPTIONS = {
+    400: "Bad request",
+    401: "Missing, malformed or revoked API key",
+    404: "Not found (or another organization's: the two are indistinguishable)",
+    409: "Conflicts with the current state",
+    413: "Request body too large",
+    415: "The body must be JSON (Content-Type: application/json)",
+    422: "Invalid request; `errors` lists every invalid field",
+    431: "Request headers too large",
+    503: "Retry after the number of seconds in Retry-After",
+}
+
+
+Answerable = type[CareTeamError] | ProblemKind
+
+
+def _code_and_status(error: Answerable) -> tuple[str, int]:
+    if isinstance(error, ProblemKind):
+        return error.code, error.status
+    return error.code, status_of(error)
+
+
+EVERY_REQUEST: tuple[Answerable, ...] = (VALIDATION_ERROR, HEADERS_TOO_LARGE)
+AUTHENTICATED: tuple[Answerable, ...] = (UNAUTHORIZED, DatabaseBusy, DatabaseUnavailable)
+WITH_BODY: tuple[Answerable, ...] = (BODY_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE)
+WRITES: tuple[Answerable, ...] = (OutcomeUnknown,)
+
+
+def problem_responses(*errors: Answerable, body: bool = False) -> dict[int | str, Any]:
+    """The `responses` of an operation: each status it can answer with a problem, and the
+    error codes of that status as an enum."""
+    answered: Iterable[Answerable] = (*EVERY_REQUEST, *AUTHENTICATED, *errors)
+    if body:
+        answered = (*answered, *WITH_BODY, *WRITES)
+    codes: dict[int, list[str]] = defaultdict(list)
+    for error in answered:
+        code, status = _code_and_status(error)
+        if code not in codes[status]:
+            codes[status].append(code)
+    responses: dict[int | str, Any] = {}
+    for status in sorted(codes):
+        schema = {
+            "allOf": [
+                {"$ref": "#/components/schemas/Problem"},
+                {"type": "object", "properties": {"error": {"enum": sorted(codes[status])}}},
+            ]
+        }
+        response: dict[str, Any] = {
+            "description": _DESCRIPTIONS.get(status, "Error"),
+            "content": {PROBLEM_JSON: {"schema": schema}},
+        }
+        if status == 503:
+            response["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying",
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            }
+        if status == 401:
+            response["headers"] = {
+                "WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}
+            }
+        responses[status] = response
+    return responses

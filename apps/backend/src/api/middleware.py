@@ -1,15 +1,33 @@
-"""ASGI middleware: request ids, one access line per request, a body size limit."""
+"""ASGI middleware: what every request goes through before and after its route.
+
+- a request id (X-Request-ID, the client's when well-formed) on the response and on
+  every log line of the request;
+- the Host header checked against ALLOWED_HOSTS;
+- bodies: at most MAX_BODY_BYTES (413), and JSON only (415);
+- HEAD answered like GET, without the body, on every GET route;
+- `Cache-Control: no-store` on every answer (they carry patient data);
+- one access line and the request metrics (route template, never the raw path).
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from src.api.errors import (
+    BODY_TOO_LARGE,
+    INVALID_HOST,
+    UNSUPPORTED_MEDIA_TYPE,
+    ProblemKind,
+    problem_body,
+)
 from src.log_config import request_id_var
 from src.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -19,6 +37,8 @@ MAX_BODY_BYTES = 64 * 1024
 # Metric labels stay bounded whatever a client sends.
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json(?:\s*;.*)?$", re.IGNORECASE)
+_WITH_BODY = {"POST", "PUT", "PATCH"}
 
 
 class BodyTooLarge(Exception):
@@ -26,12 +46,20 @@ class BodyTooLarge(Exception):
 
 
 class RequestContextMiddleware:
-    """Gives each request an id (X-Request-ID, taken from the client when well-formed),
-    puts it on every log line and on the response, logs one access line (route template,
-    not the raw path; ids only), and refuses bodies over MAX_BODY_BYTES with 422."""
+    """See the module docstring. `allowed_hosts`: host names (fnmatch patterns such as
+    `*.example.org`); `*` allows any."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str] = ("*",)) -> None:
         self.app = app
+        self.allowed_hosts = [h.lower() for h in allowed_hosts]
+        self.any_host = "*" in self.allowed_hosts
+
+    def host_allowed(self, headers: dict[bytes, bytes]) -> bool:
+        if self.any_host:
+            return True
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,6 +72,9 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
+        head = scope["method"] == "HEAD"
+        if head:  # answered as the GET it stands for; the body is dropped below
+            scope = {**scope, "method": "GET"}
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
@@ -53,7 +84,10 @@ class RequestContextMiddleware:
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
+                    (b"cache-control", b"no-store"),
                 ]
+            elif head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
 
         received = 0
@@ -68,29 +102,25 @@ class RequestContextMiddleware:
             return message
 
         try:
-            declared = headers.get(b"content-length", b"0")
-            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                raise BodyTooLarge
-            await self.app(scope, limited_receive, send_with_id)
+            refusal = self.refusal(scope, headers)
+            if refusal is not None:
+                await _send_problem(send_with_id, scope, *refusal)
+            else:
+                await self.app(scope, limited_receive, send_with_id)
         except BodyTooLarge:
             if not response_started:
-                await _send_json(
-                    send_with_id,
-                    422,
-                    {
-                        "error": "validation_error",
-                        "detail": f"request body too large (at most {MAX_BODY_BYTES} bytes)",
-                    },
-                )
+                await _send_problem(send_with_id, scope, BODY_TOO_LARGE, _too_large())
         finally:
             route = getattr(scope.get("route"), "path", "(unmatched)")
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            if head:
+                method = "HEAD"
             seconds = time.perf_counter() - started
             HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
             HTTP_LATENCY.labels(method=method, route=route).observe(seconds)
             logger.info(
                 "%s %s status=%d duration_ms=%.1f organization_id=%s",
-                scope["method"],
+                method,
                 route,
                 status,
                 seconds * 1000,
@@ -98,15 +128,34 @@ class RequestContextMiddleware:
             )
             request_id_var.reset(token)
 
+    def refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[ProblemKind, str] | None:
+        """Why the request is refused before any route sees it, or None."""
+        if not self.host_allowed(headers):
+            return INVALID_HOST, "this server does not answer for that Host"
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return BODY_TOO_LARGE, _too_large()
+        has_body = (declared.isdigit() and int(declared) > 0) or b"transfer-encoding" in headers
+        if scope["method"] in _WITH_BODY and has_body:
+            content_type = headers.get(b"content-type", b"").decode("latin-1").strip()
+            if not _JSON_TYPE.match(content_type):
+                return UNSUPPORTED_MEDIA_TYPE, "the body must be JSON (application/json)"
+        return None
 
-async def _send_json(send: Send, status: int, body: dict[str, str]) -> None:
+
+def _too_large() -> str:
+    return f"request body too large (at most {MAX_BODY_BYTES} bytes)"
+
+
+async def _send_problem(send: Send, scope: Scope, kind: ProblemKind, detail: str) -> None:
+    body = problem_body(kind.status, kind.code, kind.title, detail, instance=scope["path"])
     payload = json.dumps(body).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": kind.status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(payload)).encode()),
             ],
         }

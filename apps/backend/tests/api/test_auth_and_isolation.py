@@ -36,10 +36,12 @@ class TestAuthentication:
         headers = {} if header is None else {"Authorization": header.encode("latin-1")}
         r = await client.get(f"/v1/patients/{uuid.uuid4()}", headers=headers)
         assert r.status_code == 401
-        assert r.json() == {
-            "error": "unauthorized",
-            "detail": "missing, malformed or revoked API key",
-        }
+        assert r.headers["content-type"] == "application/problem+json"
+        body = r.json()
+        assert body["error"] == "unauthorized"
+        assert body["detail"] == "missing, malformed or revoked API key"
+        assert body["type"] == "urn:careteam:problem:unauthorized"
+        assert body["status"] == 401 and body["title"] == "Unauthorized"
         assert r.headers["www-authenticate"] == "Bearer"
 
     async def test_auth_is_checked_before_input(self, client: httpx.AsyncClient):
@@ -193,5 +195,8 @@ class TestTenantIsolationMatrix:
                 json={"provider_id": world["provider_b"]},
                 headers=a.headers,
             )
-            assert r.status_code == 404
+            # A body that refers to another tenant's provider is invalid (422), exactly as
+            # one that refers to no provider at all; the patient in the path exists.
+            assert r.status_code == 422
             assert r.json()["error"] == "provider_not_found"
+            assert r.json()["errors"][0]["field"] == "provider_id"

@@ -106,7 +106,7 @@ def live_api(database_url: str, settings: Settings) -> Iterator[LiveApi]:
         api.post("/v1/patients", {"first_name": "F", "last_name": "Z", "dob": "1980-01-01"})["id"]
     )
     api.provider_ids = tuple(
-        str(api.post("/v1/providers", {"first_name": "P", "last_name": str(i)})["id"])
+        str(api.post("/v1/providers", {"first_name": "P", "last_name": f"P{i}"})["id"])
         for i in range(3)
     )
     yield api

@@ -114,7 +114,7 @@ class TestMetrics:
             json={"provider_id": "00000000-0000-4000-8000-000000000000"},
             headers=tenant.headers,
         )
-        assert r.status_code == 404
+        assert r.status_code == 422
         after = sample("careteam_primary_assignments_total", outcome="provider_not_found")
         assert after == before + 1
 

@@ -58,9 +58,13 @@ class TestOrganizationsAndKeys:
         revoked = careteam("key", "revoke", key["api_key_id"])
         assert revoked.returncode == 0
         assert key["api_key_id"] in revoked.stdout
+        # Revoking again is not an error: the key stays revoked, nothing changes.
         again = careteam("key", "revoke", key["api_key_id"])
-        assert again.returncode == 2
-        assert "not found or already revoked" in again.stderr
+        assert again.returncode == 0, again.stderr
+        assert "was already revoked" in again.stdout and "nothing changed" in again.stdout
+        unknown = careteam("key", "revoke", "00000000-0000-4000-8000-000000000000")
+        assert unknown.returncode == 2
+        assert "not found" in unknown.stderr
 
     @pytest.mark.parametrize(
         ("args", "message"),

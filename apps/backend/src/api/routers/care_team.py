@@ -8,24 +8,30 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from src.api.deps import DB, CurrentCaller
-from src.api.errors import ERROR_RESPONSES
-from src.api.schemas import CareTeam, CareTeamEvent, CareTeamHistory, ProviderRef
-from src.services.care_team_service import CareTeam as CareTeamRecord
-from src.services.care_team_service import CareTeamService
-
-router = APIRouter(
-    prefix="/v1/patients/{patient_id}/care-team", tags=["care team"], responses=ERROR_RESPONSES
+from src.api.errors import problem_responses
+from src.api.fields import CURSOR_MAX_LENGTH, CURSOR_PATTERN, decode_cursor, encode_cursor
+from src.api.schemas import CareTeamEventOut, CareTeamHistoryOut, CareTeamOut, ProviderRef
+from src.services.care_team_service import CareTeam, CareTeamService
+from src.services.errors import (
+    PatientNotFound,
+    PrimaryProviderConflict,
+    ProviderAlreadyPrimary,
+    ProviderInactive,
+    ProviderNotOnCareTeam,
+    ProviderReferenceNotFound,
 )
+
+router = APIRouter(prefix="/v1/patients/{patient_id}/care-team", tags=["care team"])
 
 MAX_PAGE = 200
 
 
-def render(team: CareTeamRecord) -> CareTeam:
-    return CareTeam.model_validate(team, from_attributes=True)
+def render(team: CareTeam) -> CareTeamOut:
+    return CareTeamOut.model_validate(team, from_attributes=True)
 
 
-@router.get("", response_model=CareTeam)
-async def get_care_team(patient_id: uuid.UUID, db: DB, caller: CurrentCaller) -> CareTeam:
+@router.get("", response_model=CareTeamOut, responses=problem_responses(PatientNotFound))
+async def get_care_team(patient_id: uuid.UUID, db: DB, caller: CurrentCaller) -> CareTeamOut:
     """The care team, primary first."""
     return render(
         await CareTeamService.get_care_team(
@@ -34,10 +40,20 @@ async def get_care_team(patient_id: uuid.UUID, db: DB, caller: CurrentCaller) ->
     )
 
 
-@router.put("/primary", response_model=CareTeam)
-async def assign_primary(
+@router.put(
+    "/primary",
+    response_model=CareTeamOut,
+    responses=problem_responses(
+        PatientNotFound,
+        ProviderReferenceNotFound,
+        ProviderInactive,
+        PrimaryProviderConflict,
+        body=True,
+    ),
+)
+async def assign_primary_provider(
     patient_id: uuid.UUID, body: ProviderRef, db: DB, caller: CurrentCaller
-) -> CareTeam:
+) -> CareTeamOut:
     """Make the provider the primary; the previous primary stays on the team as secondary."""
     return render(
         await CareTeamService.assign_primary_provider(
@@ -50,26 +66,45 @@ async def assign_primary(
     )
 
 
-@router.post("/members", status_code=status.HTTP_201_CREATED, response_model=CareTeam)
-async def add_member(
-    patient_id: uuid.UUID, body: ProviderRef, db: DB, caller: CurrentCaller
-) -> CareTeam:
-    """Add the provider as a secondary (409 if it is the primary)."""
-    return render(
-        await CareTeamService.add_secondary_provider(
-            db=db,
-            organization_id=caller.organization_id,
-            patient_id=patient_id,
-            provider_id=body.provider_id,
-            actor=caller.actor,
-        )
+@router.post(
+    "/members",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CareTeamOut,
+    responses={
+        200: {"description": "Already on the team: nothing changed", "model": CareTeamOut},
+        **problem_responses(
+            PatientNotFound,
+            ProviderReferenceNotFound,
+            ProviderInactive,
+            ProviderAlreadyPrimary,
+            body=True,
+        ),
+    },
+)
+async def add_care_team_member(
+    patient_id: uuid.UUID, body: ProviderRef, db: DB, caller: CurrentCaller, response: Response
+) -> CareTeamOut:
+    """Add the provider as a secondary: 201 when added, 200 when it already was one (409
+    if it is the primary)."""
+    team = await CareTeamService.add_secondary_provider(
+        db=db,
+        organization_id=caller.organization_id,
+        patient_id=patient_id,
+        provider_id=body.provider_id,
+        actor=caller.actor,
     )
+    if not team.changed:
+        response.status_code = status.HTTP_200_OK
+    return render(team)
 
 
 @router.delete(
-    "/members/{provider_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response
+    "/members/{provider_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(PatientNotFound, ProviderNotOnCareTeam),
 )
-async def remove_member(
+async def remove_care_team_member(
     patient_id: uuid.UUID, provider_id: uuid.UUID, db: DB, caller: CurrentCaller
 ) -> Response:
     """Take the provider off the team (removing the primary leaves none)."""
@@ -83,26 +118,34 @@ async def remove_member(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/history", response_model=CareTeamHistory)
-async def get_history(
+@router.get(
+    "/history", response_model=CareTeamHistoryOut, responses=problem_responses(PatientNotFound)
+)
+async def get_care_team_history(
     patient_id: uuid.UUID,
     db: DB,
     caller: CurrentCaller,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[
-        int | None, Query(ge=1, le=2**63 - 1, description="next_cursor of the previous page")
+        str | None,
+        Query(
+            min_length=1,
+            max_length=CURSOR_MAX_LENGTH,
+            pattern=CURSOR_PATTERN,
+            description="next_cursor of the previous page (opaque)",
+        ),
     ] = None,
-) -> CareTeamHistory:
+) -> CareTeamHistoryOut:
     """The care team's events, newest first, `limit` at a time."""
     events = await CareTeamService.get_care_team_history(
         db=db,
         organization_id=caller.organization_id,
         patient_id=patient_id,
         limit=limit + 1,
-        before_id=cursor,
+        before_id=None if cursor is None else decode_cursor(cursor),
     )
     page = events[:limit]
-    return CareTeamHistory(
-        items=[CareTeamEvent.model_validate(e, from_attributes=True) for e in page],
-        next_cursor=page[-1].id if len(events) > limit else None,
+    return CareTeamHistoryOut(
+        items=[CareTeamEventOut.model_validate(e, from_attributes=True) for e in page],
+        next_cursor=encode_cursor(page[-1].id) if len(events) > limit else None,
     )

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from src import rule
 from src.api.deps import database_of
+from src.api.errors import PROBLEM_JSON, ProblemKind, problem_response
 from src.api.schemas import Health
 from src.rule import UNIQUE_PRIMARY_INDEX
 from src.schema import head_revision
@@ -32,10 +33,18 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
+NOT_READY = ProblemKind("not_ready", 503, "Not ready")
+
+
 @router.get(
     "/readyz",
     response_model=Health,
-    responses={503: {"description": "not ready; `detail` says why"}},
+    responses={
+        503: {
+            "description": "Not ready; `detail` says why",
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+    },
 )
 async def readyz(request: Request) -> Response:
     """Readiness: 200 only when the database answers, the schema is at head and the
@@ -57,8 +66,10 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-def _not_ready(reason: str) -> JSONResponse:
-    return JSONResponse({"error": "not_ready", "detail": reason}, status_code=503)
+def _not_ready(reason: str) -> Response:
+    return problem_response(
+        NOT_READY.status, NOT_READY.code, NOT_READY.title, reason, instance="/readyz"
+    )
 
 
 @router.get("/metrics", response_class=Response, include_in_schema=False)
