@@ -50,13 +50,16 @@ class Settings(BaseSettings):
         default=None,
         description=(
             "Connection for application traffic, logging in as the application role. "
-            "Unset: DATABASE_URL's login, switched to APP_DB_ROLE at connect."
+            "Unset: DATABASE_URL with APP_DB_ROLE as the user and no password."
         ),
     )
     app_db_role: str = Field(
         default="careteam_app",
         pattern=r"^[a-z_][a-z0-9_]{0,62}$",
-        description="Role application traffic runs as: not superuser, not table owner.",
+        description=(
+            "Login role application traffic runs as: not superuser, not table owner "
+            "(the migrations create it)."
+        ),
     )
     careteam_data_dir: Path = Field(
         default=BACKEND_DIR / ".data",

@@ -1,11 +1,13 @@
 """Engines and sessions: one owner engine, one application engine, one session factory.
 
-- The owner engine logs in as `DATABASE_URL`'s user; migrations and the cross-tenant
-  diagnostic use it.
-- The application engine runs as `APP_DB_ROLE`, a role that is neither superuser nor
-  owner of the tables, so row-level security really applies to application traffic.
-  It logs in with `APP_DATABASE_URL` when that is set, otherwise with `DATABASE_URL`'s
-  login and the role switched at connect (the startup parameter ``role``).
+- The owner engine logs in as `DATABASE_URL`'s user; migrations, the cross-tenant
+  diagnostic and tenant administration use it. The API never does (nothing connects
+  until first use, so the API process holds no owner connection).
+- The application engine logs in as `APP_DB_ROLE` itself, a LOGIN role that is neither
+  superuser nor owner of the tables, so row-level security really applies and no
+  `RESET ROLE` or `SET ROLE` can leave it. Its URL is `APP_DATABASE_URL`, or else the
+  owner's with the application role as the user and no password (libpq then takes one
+  from `PGPASSFILE`/`~/.pgpass`; the embedded server trusts its private socket).
 
 Connections are made by asyncpg from the libpq URL itself, so every form psql accepts
 (Unix sockets, ``sslmode``, ``.pgpass``, ``PG*`` variables) works unchanged.
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import asyncpg
 from sqlalchemy.ext.asyncio import (
@@ -31,14 +34,12 @@ from src.embedded import resolve_database_url
 APPLICATION_NAME = "careteam"
 
 
-def _connector(url: str, settings: Settings, role: str | None) -> Callable[[], Awaitable[Any]]:
+def _connector(url: str, settings: Settings) -> Callable[[], Awaitable[Any]]:
     server_settings = {
         "application_name": APPLICATION_NAME,
         "statement_timeout": str(settings.db_statement_timeout_ms),
         "lock_timeout": str(settings.db_lock_timeout_ms),
     }
-    if role is not None:
-        server_settings["role"] = role
 
     async def connect() -> Any:
         return await asyncpg.connect(
@@ -67,11 +68,11 @@ def pg_error_fields(err: BaseException) -> tuple[str | None, str | None]:
     return sqlstate, None
 
 
-def create_engine(url: str, settings: Settings, *, role: str | None = None) -> AsyncEngine:
+def create_engine(url: str, settings: Settings) -> AsyncEngine:
     """An async engine whose connections asyncpg opens from the libpq `url`."""
     return create_async_engine(
         "postgresql+asyncpg://",
-        async_creator=_connector(url, settings, role),
+        async_creator=_connector(url, settings),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
@@ -95,16 +96,22 @@ class Database:
         await self.owner_engine.dispose()
 
 
+def application_url(settings: Settings, owner_url: str) -> str:
+    """APP_DATABASE_URL, or `owner_url` logging in as APP_DB_ROLE without a password."""
+    if settings.app_database_url is not None:
+        return settings.app_database_url.get_secret_value()
+    parts = urlsplit(owner_url)
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{quote(settings.app_db_role)}@{host}").geturl()
+
+
 def open_database(settings: Settings, url: str | None = None) -> Database:
     """Create the engines for `url` (default: `resolve_database_url(settings)`).
 
     No connection is made until first use.
     """
     owner_url = url if url is not None else resolve_database_url(settings)
-    if settings.app_database_url is not None:
-        app_engine = create_engine(settings.app_database_url.get_secret_value(), settings)
-    else:
-        app_engine = create_engine(owner_url, settings, role=settings.app_db_role)
+    app_engine = create_engine(application_url(settings, owner_url), settings)
     return Database(
         url=owner_url,
         owner_engine=create_engine(owner_url, settings),

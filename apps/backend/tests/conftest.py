@@ -29,6 +29,7 @@ from src.config import Settings, get_settings, to_libpq_url
 from src.db import Database, create_engine, open_database
 from src.embedded import ensure_database, run_blocking, start_embedded_server, with_database
 from src.schema import upgrade
+from tests.factories import with_owner
 
 
 class TestServer:
@@ -90,7 +91,7 @@ def settings(database_url: str) -> Settings:
 @pytest.fixture(scope="session")
 async def database(settings: Settings, database_url: str) -> AsyncIterator[Database]:
     """Engines on the test database, migrated to head once per run."""
-    db = open_database(settings, database_url)
+    db = with_owner(open_database(settings, database_url))
     await upgrade(db.owner_engine)
     yield db
     await db.dispose()
@@ -102,7 +103,10 @@ async def db_session(database: Database) -> AsyncIterator[AsyncSession]:
     async with database.app_engine.connect() as conn:
         outer = await conn.begin()
         session = AsyncSession(
-            bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False
+            bind=conn,
+            join_transaction_mode="create_savepoint",
+            expire_on_commit=False,
+            info={"owner_engine": database.owner_engine},
         )
         try:
             yield session

@@ -1,7 +1,9 @@
 """Small factories: each inserts one row through the given session and commits.
 
 They run as whatever role the session has; under the application role they set the
-tenant first, exactly as the service does, so RLS accepts the rows.
+tenant first, exactly as the service does, so RLS accepts the rows. Organizations are
+made by the owner, as in production (the application role may not create them): the
+session's `info["owner_engine"]` names the owner's engine (see `with_owner`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import uuid
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from src.db import Database
 from src.services.transaction import SET_TENANT  # the service's own statement
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "create_patient",
     "create_provider",
     "set_tenant",
+    "with_owner",
 ]
 
 
@@ -36,14 +40,22 @@ async def _insert(db: AsyncSession, org: uuid.UUID, sql: str, params: dict[str, 
     return new_id
 
 
+def with_owner(database: Database) -> Database:
+    """`database`, whose sessions can make organizations for the factories."""
+    database.sessionmaker.configure(info={"owner_engine": database.owner_engine})
+    return database
+
+
 async def create_organization(db: AsyncSession, *, name: str = "Test Clinic") -> uuid.UUID:
-    org = uuid.uuid4()
-    return await _insert(
-        db,
-        org,
-        "INSERT INTO organizations (id, name) VALUES (:id, :name) RETURNING id",
-        {"id": org, "name": name},
-    )
+    owner: AsyncEngine = db.info["owner_engine"]
+    async with owner.begin() as conn:
+        org: uuid.UUID = (
+            await conn.execute(
+                text("INSERT INTO organizations (name) VALUES (:name) RETURNING id"),
+                {"name": name},
+            )
+        ).scalar_one()
+    return org
 
 
 async def create_patient(

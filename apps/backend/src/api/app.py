@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy import text
 
-from src import diagnostics
+from src import rule
 from src.api.errors import install_error_handlers
 from src.api.middleware import RequestContextMiddleware
 from src.api.openapi import install_openapi, operation_id
@@ -25,27 +25,29 @@ from src.metrics import record_check, track_pool
 logger = logging.getLogger(__name__)
 
 
-class _Discard(io.TextIOBase):
-    def write(self, text: str) -> int:
-        return len(text)
+RULE_STATUS = text(
+    "SELECT several_primaries, without_primary, index_valid FROM careteam_rule_status()"
+)
 
 
-async def refresh_violation_metrics(owner_url: str) -> None:
-    """Run the violation check (as the owner, output discarded) and publish its result."""
-    summary = await diagnostics.run_check(owner_url, diagnostics.Options(), _Discard())
-    record_check(summary.violations, summary.without_primary, summary.index_state)
-    if summary.violations:
+async def refresh_violation_metrics(database: Database) -> None:
+    """Count the rule's violations (careteam_rule_status(): counts only, on the
+    application's own connection) and publish them."""
+    async with database.app_engine.connect() as conn:
+        row = (await conn.execute(RULE_STATUS)).one()
+    record_check(row.several_primaries, row.without_primary, rule.index_state(row.index_valid))
+    if row.several_primaries:
         logger.warning(
             "violation check: %d patient(s) with several primary providers",
-            summary.violations,
+            row.several_primaries,
             extra={"event": "violation_check_failed"},
         )
 
 
-async def check_periodically(owner_url: str, interval_s: float) -> None:
+async def check_periodically(database: Database, interval_s: float) -> None:
     while True:
         try:
-            await refresh_violation_metrics(owner_url)
+            await refresh_violation_metrics(database)
         except Exception as err:  # reported, and tried again next time
             logger.warning(
                 "violation check could not run: %s",
@@ -113,7 +115,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
         checker = None
         if settings.violation_check_interval_s > 0:
             checker = asyncio.create_task(
-                check_periodically(opened.url, settings.violation_check_interval_s)
+                check_periodically(opened, settings.violation_check_interval_s)
             )
         # Everything made at start-up lives as long as the process: keep it out of the
         # garbage collector's full passes, which otherwise stop every request for tens

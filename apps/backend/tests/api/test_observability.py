@@ -119,7 +119,7 @@ class TestMetrics:
         assert after == before + 1
 
     async def test_violation_check_result(self, database: Database):
-        await refresh_violation_metrics(database.url)
+        await refresh_violation_metrics(database)
         assert sample("careteam_primary_index_valid") == 1
         assert sample("careteam_violation_check_patients", kind="several_primaries") == 0
         assert sample("careteam_violation_check_timestamp_seconds") > 0

@@ -28,7 +28,13 @@ from src.config import get_settings
 from src.db import Database, open_database
 from src.schema import upgrade
 from src.services.care_team_service import CareTeamService
-from tests.factories import create_organization, create_patient, create_provider, set_tenant
+from tests.factories import (
+    create_organization,
+    create_patient,
+    create_provider,
+    set_tenant,
+    with_owner,
+)
 
 
 @dataclass
@@ -103,7 +109,7 @@ async def run_concurrent_assignments(database: Database, *, calls: int, provider
 
 
 async def _main(calls: int, providers: int) -> int:
-    database = open_database(get_settings())
+    database = with_owner(open_database(get_settings()))
     try:
         await upgrade(database.owner_engine)
         outcome = await run_concurrent_assignments(database, calls=calls, providers=providers)

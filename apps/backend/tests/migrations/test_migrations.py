@@ -16,8 +16,8 @@ from src.schema import alembic_config, current_revision, downgrade, upgrade
 from tests.conftest import FreshDatabase
 
 RLS, UNIQUE = "20260114_rls_coverage", "20260114_unique_primary"
-EVENT_SEQUENCE = "20261128_event_sequence"
-HEAD = EVENT_SEQUENCE
+EVENT_SEQUENCE, APP_ROLE = "20261128_event_sequence", "20261128_app_role_login"
+HEAD = APP_ROLE
 
 PRIMARIES = "SELECT patient_id, provider_id FROM care_team_assignments WHERE is_primary_provider"
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
@@ -31,6 +31,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(APP_ROLE).down_revision == EVENT_SEQUENCE
         assert scripts.get_revision(EVENT_SEQUENCE).down_revision == UNIQUE
         assert scripts.get_revision(UNIQUE).down_revision == RLS
         assert scripts.get_revision(RLS).down_revision == "20260113_initial_schema"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
@@ -21,9 +22,10 @@ TENANT_TABLES = [
     "care_team_events",
     "care_team_event_sequences",
 ]
-# api_keys is covered by RLS too, but the application role cannot read it at all: it
-# can only call authenticate_api_key().
+# api_keys and organizations are covered by RLS too, but the application role cannot
+# read them at all: it only calls authenticate_api_key(); the owner makes organizations.
 PROTECTED_TABLES = [*TENANT_TABLES, "api_keys"]
+APPLICATION_TABLES = [t for t in TENANT_TABLES if t != "organizations"]
 
 
 async def two_clinics(database: Database) -> tuple[tuple[uuid.UUID, uuid.UUID], ...]:
@@ -93,11 +95,61 @@ class TestApplicationRole:
         assert all(r.relrowsecurity and r.relforcerowsecurity and r.has_policy for r in rows)
 
 
+class TestTheApplicationCannotLeaveItsRole:
+    """Application connections log in as the application role itself: there is no
+    superuser session underneath to go back to."""
+
+    @pytest.mark.parametrize(
+        "escalation",
+        [
+            "SET ROLE postgres",
+            "SET SESSION AUTHORIZATION postgres",
+            "SET ROLE NONE; SET SESSION AUTHORIZATION DEFAULT; SET ROLE postgres",
+        ],
+    )
+    async def test_no_statement_regains_a_superuser(self, database: Database, escalation: str):
+        async with database.app_engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("RESET ROLE")
+            who = await driver.fetchrow(
+                "SELECT session_user AS login, current_user AS role, "
+                "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser"
+            )
+            assert (who["login"], who["role"], who["superuser"]) == (
+                "careteam_app",
+                "careteam_app",
+                False,
+            )
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await driver.execute(escalation)
+            await driver.execute("RESET ROLE; RESET SESSION AUTHORIZATION")
+            assert await driver.fetchval("SELECT current_user") == "careteam_app"
+
+    @pytest.mark.parametrize(
+        "statement",
+        [
+            "DELETE FROM patients",
+            "DELETE FROM providers",
+            "SELECT count(*) FROM organizations",
+            "INSERT INTO organizations (name) VALUES ('x')",
+            "SELECT count(*) FROM api_keys",
+            "CREATE TABLE escape_hatch (id int)",
+            "UPDATE care_team_events SET actor = 'x'",
+            "DELETE FROM care_team_events",
+        ],
+    )
+    async def test_privileges_it_does_not_use_are_revoked(self, database: Database, statement: str):
+        async with database.app_engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await driver.execute(statement)
+
+
 class TestTenantIsolation:
     async def test_without_tenant_nothing_is_visible(self, database: Database):
         (org_a, _), _ = await two_clinics(database)
         async with database.app_engine.connect() as conn:
-            for table in TENANT_TABLES:
+            for table in APPLICATION_TABLES:
                 assert (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar() == 0
         async with database.owner_engine.connect() as owner:  # the rows do exist
             for table in TENANT_TABLES:
@@ -107,7 +159,7 @@ class TestTenantIsolation:
         (org_a, _), (org_b, _) = await two_clinics(database)
         async with database.app_engine.connect() as conn:
             await set_tenant(conn, org_a)
-            for table in TENANT_TABLES:
+            for table in APPLICATION_TABLES:
                 assert await count(conn, table, org_a) >= 1
                 assert await count(conn, table, org_b) == 0
 

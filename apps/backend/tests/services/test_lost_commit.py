@@ -26,7 +26,7 @@ from src.db import Database, open_database, pg_error_fields
 from src.services.care_team_service import CareTeamService as Service
 from src.services.directory_service import DirectoryService
 from src.services.errors import OutcomeUnknown
-from tests.factories import create_clinic
+from tests.factories import create_clinic, with_owner
 from tests.services.test_care_team_constraints import event_types, team_rows
 
 # The simple-query message the service ends its transactions with.
@@ -123,7 +123,7 @@ async def proxied(
 ) -> AsyncIterator[Database]:
     """Engines whose every connection goes through the cutter."""
     port = await cutter.start()
-    db = open_database(settings, via(database.url, port))
+    db = with_owner(open_database(settings, via(database.url, port)))
     try:
         async with db.app_engine.connect() as conn:
             await conn.execute(text("SELECT 1"))

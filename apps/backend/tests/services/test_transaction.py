@@ -20,14 +20,14 @@ from src.db import Database, open_database
 from src.services.care_team_service import CareTeamService as Service
 from src.services.errors import DatabaseError, PatientNotFound, ProviderInactive
 from src.services.transaction import tenant_statement
-from tests.factories import create_clinic, create_provider
+from tests.factories import create_clinic, create_provider, with_owner
 from tests.services.test_care_team_constraints import event_types, team_rows, wait_until_blocked
 
 
 @pytest.fixture
 async def one_connection(settings: Settings, database: Database) -> AsyncIterator[Database]:
     single = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
-    db = open_database(single, database.url)
+    db = with_owner(open_database(single, database.url))
     yield db
     await db.dispose()
 

@@ -13,6 +13,7 @@ from src import rule
 from src.api.deps import database_of
 from src.api.errors import PROBLEM_JSON, ProblemKind, problem_response
 from src.api.schemas import Health
+from src.db import pg_error_fields
 from src.rule import UNIQUE_PRIMARY_INDEX
 from src.schema import head_revision
 
@@ -52,9 +53,11 @@ async def readyz(request: Request) -> Response:
     database = database_of(request)
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            async with database.owner_engine.connect() as conn:
+            async with database.app_engine.connect() as conn:
                 row = (await conn.execute(READINESS)).one()
     except Exception as err:  # any failure to answer is "not ready", with its kind
+        if pg_error_fields(err)[0] == "42501":  # insufficient privilege
+            return _not_ready("the application role cannot read the schema: run the migrations")
         return _not_ready(f"database does not answer ({type(err).__name__})")
     if row.revision != HEAD:
         return _not_ready(f"schema at {row.revision}, head is {HEAD}: run the migrations")
