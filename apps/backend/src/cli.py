@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from src import diagnostics, schema
 from src.api.app import create_app
+from src.api.http_protocol import HeadLimitedHttpToolsProtocol
 from src.config import ConfigurationError, Settings, get_settings
 from src.db import create_engine, open_database
 from src.embedded import resolve_database_url, stop_embedded_server
@@ -126,7 +127,9 @@ def migrate(
         current = await schema.current_revision(engine)
         position = {rev: i for i, rev in enumerate(order)}
         target = order[-1] if to == "head" else to
-        if to == "base" or (current is not None and position[target] < position[current]):
+        if current == target or (to == "base" and current is None):
+            console.print(f"Already at {to} ({current or 'empty'}): nothing to do.")
+        elif to == "base" or (current is not None and position[target] < position[current]):
             console.print(f"Downgrading {current} -> {to} ...")
             await schema.downgrade(engine, to)
         else:
@@ -281,6 +284,7 @@ def serve(
             port=port,
             log_config=None,
             access_log=False,
+            http=HeadLimitedHttpToolsProtocol,
             log_level=level.lower(),
         )
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it has already shut down on

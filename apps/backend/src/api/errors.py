@@ -22,10 +22,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import compile_path
 
 from src.log_config import request_id_var
 from src.services.errors import (
@@ -275,11 +276,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def allowed_methods(app: Any, scope: MutableMapping[str, Any]) -> str:
     """The methods of every route whose path matches (HEAD wherever GET is)."""
+    path = scope["path"]
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**scope, "method": "GET", "type": "http"})
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+    for context in iter_route_contexts(app.router.routes):
+        template = context.path
+        if template is None or not context.methods:
+            continue
+        if compile_path(template)[0].match(path):
+            methods |= set(context.methods)
     if "GET" in methods:
         methods.add("HEAD")
     return ", ".join(sorted(methods))

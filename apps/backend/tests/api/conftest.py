@@ -39,8 +39,11 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+TenantFactory = Callable[[], Awaitable[Tenant]]
+
+
 @pytest.fixture
-def make_tenant(database: Database) -> Callable[[], Awaitable[Tenant]]:
+def make_tenant(database: Database) -> TenantFactory:
     async def make() -> Tenant:
         async with AsyncSession(database.owner_engine) as owner:
             issued = await OrganizationService.create_organization(db=owner, name="API Clinic")
@@ -50,7 +53,7 @@ def make_tenant(database: Database) -> Callable[[], Awaitable[Tenant]]:
 
 
 @pytest.fixture
-async def tenant(make_tenant: Callable[[], Awaitable[Tenant]]) -> Tenant:
+async def tenant(make_tenant: TenantFactory) -> Tenant:
     return await make_tenant()
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
+import unicodedata
 import uuid
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
+from src.api.fields import check_person_name, name_pattern
 from src.db import Database
 from tests.api.conftest import Tenant, create_patient, create_provider
 
@@ -49,6 +54,26 @@ PATIENT_BODIES = [
     pytest.param({**VALID, "dob": 19900517}, "YYYY-MM-DD", id="dob-number"),
     pytest.param({**VALID, "dob": None}, "dob", id="dob-null"),
     pytest.param([VALID], "body", id="list-not-object"),
+    # Birth dates are calendar dates written YYYY-MM-DD, never Unix timestamps.
+    pytest.param({**VALID, "dob": "0"}, "YYYY-MM-DD", id="dob-zero-string"),
+    pytest.param({**VALID, "dob": "86400"}, "YYYY-MM-DD", id="dob-timestamp-string"),
+    pytest.param({**VALID, "dob": "-86400"}, "YYYY-MM-DD", id="dob-negative-timestamp"),
+    pytest.param({**VALID, "dob": 0}, "YYYY-MM-DD", id="dob-zero-number"),
+    pytest.param({**VALID, "dob": "1990-5-17"}, "YYYY-MM-DD", id="dob-short-month"),
+    pytest.param({**VALID, "dob": "17/05/1990"}, "YYYY-MM-DD", id="dob-day-first"),
+    pytest.param({**VALID, "dob": "1990-05-17T00:00:00"}, "YYYY-MM-DD", id="dob-datetime"),
+    pytest.param({**VALID, "dob": "19900517"}, "YYYY-MM-DD", id="dob-basic-format"),
+    # Names are text a person could have.
+    pytest.param({**VALID, "first_name": "Ann\u0085e"}, "U+0085", id="name-next-line-Cc"),
+    pytest.param({**VALID, "first_name": "Ann\u2028e"}, "U+2028", id="name-line-separator-Zl"),
+    pytest.param({**VALID, "first_name": "Ann\u2029e"}, "U+2029", id="name-paragraph-Zp"),
+    pytest.param({**VALID, "last_name": "evil\u202egnp.exe"}, "U+202E", id="name-bidi-Cf"),
+    pytest.param({**VALID, "last_name": "Smith\uffff"}, "U+FFFF", id="name-noncharacter-Cn"),
+    pytest.param({**VALID, "last_name": "Smith\ue000"}, "U+E000", id="name-private-use-Co"),
+    pytest.param({**VALID, "last_name": "\u200b"}, "U+200B", id="name-only-zero-width"),
+    pytest.param({**VALID, "last_name": "123"}, "letter", id="name-without-a-letter"),
+    pytest.param({**VALID, "last_name": "-- !"}, "letter", id="name-only-punctuation"),
+    pytest.param({**VALID, "last_name": "Smith\u3000"}, "space", id="name-trailing-wide-space"),
 ]
 
 
@@ -98,6 +123,54 @@ class TestPatientBodies:
         assert r.json()["error"] == "body_too_large"
         assert "too large" in r.json()["detail"]
         assert await rows_of(database, tenant) == before
+
+
+class TestNames:
+    @pytest.mark.parametrize(
+        "name",
+        ["Zoë", "O'Brien-Smith", "José María", "张伟", "Nguyễn", "Ólafur Jr.", "D'Angelo 3rd"],
+    )
+    async def test_names_people_have_are_accepted(
+        self, client: httpx.AsyncClient, tenant: Tenant, name: str
+    ):
+        patient = await create_patient(client, tenant, first_name=name)
+        r = await client.get(f"/v1/patients/{patient}", headers=tenant.headers)
+        assert r.json()["first_name"] == name
+
+    async def test_names_are_stored_in_nfc(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        decomposed = "Jose\u0301"  # e + combining acute accent
+        patient = await create_patient(client, tenant, last_name=decomposed)
+        async with database.owner_engine.connect() as conn:
+            stored = (
+                await conn.execute(
+                    text("SELECT last_name FROM patients WHERE id = :id"), {"id": patient}
+                )
+            ).scalar_one()
+        assert stored == "Jos\u00e9" == unicodedata.normalize("NFC", decomposed)
+
+    async def test_the_schema_states_the_name_and_date_rules(self, client: httpx.AsyncClient):
+        schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+        create = schemas["PatientCreate"]["properties"]
+        assert create["first_name"] == {"$ref": "#/components/schemas/PersonName"}
+        assert create["dob"] == {"$ref": "#/components/schemas/BirthDate"}
+        assert schemas["PersonName"]["maxLength"] == 100
+        assert re.fullmatch(schemas["BirthDate"]["pattern"], "1984-02-29")
+        assert not re.fullmatch(schemas["BirthDate"]["pattern"], "1985-02-29")
+        assert not re.fullmatch(schemas["BirthDate"]["pattern"], "1899-12-31")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.text(min_size=1, max_size=12))
+def test_the_name_validator_and_the_published_pattern_agree(value: str):
+    """The OpenAPI pattern and the server's check are one rule: whatever the text."""
+    try:
+        check_person_name(value)
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert accepted == bool(re.fullmatch(name_pattern(), value)), ascii(value)
 
 
 class TestOtherInputs:

@@ -35,6 +35,10 @@ class TestWorkflow:
         r = await client.post(f"{team_url}/members", json={"provider_id": third}, headers=h)
         assert r.status_code == 201
         assert r.json()["primary_provider_id"] == second
+        # Already on the team: nothing is created, and the answer says so (200, not 201).
+        again = await client.post(f"{team_url}/members", json={"provider_id": third}, headers=h)
+        assert again.status_code == 200
+        assert again.json() == r.json()
 
         team = (await client.get(team_url, headers=h)).json()
         assert [m["provider_id"] for m in team["members"]] == [second, first, third]

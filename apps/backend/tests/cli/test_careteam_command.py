@@ -97,8 +97,14 @@ class TestDatabaseCommands:
         env = {"DATABASE_URL": fresh_database.url}
         migrated = careteam("migrate", env=env)
         assert migrated.returncode == 0, migrated.stderr
+        assert "Upgrading (empty) -> " in migrated.stdout
         assert "at head" in migrated.stdout
         assert "✅ SUCCESS: No violations found" in migrated.stdout
+
+        again = careteam("migrate", env=env)
+        assert again.returncode == 0, again.stderr
+        assert "Already at head" in again.stdout and "nothing to do" in again.stdout
+        assert "Upgrading" not in again.stdout
 
         down = careteam("migrate", "--to", "20260114_rls_coverage", env=env)
         assert down.returncode == 0 and "Downgrading" in down.stdout

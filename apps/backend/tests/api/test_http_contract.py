@@ -1,0 +1,270 @@
+"""The HTTP contract every route keeps: RFC 9457 problem details, the methods and media
+types it answers, no redirects, the Host check, caching, and retryable 503s."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from src.api.app import create_app
+from src.config import Settings
+from src.db import Database, open_database
+from tests.api.conftest import Tenant, create_patient, create_provider
+
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance", "error", "request_id"}
+
+
+def assert_problem(r: httpx.Response, status: int, error: str) -> dict[str, object]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body: dict[str, object] = r.json()
+    assert PROBLEM_FIELDS <= set(body), body
+    assert body["status"] == status and body["error"] == error
+    assert body["type"] == f"urn:careteam:problem:{error}"
+    assert body["request_id"] == r.headers["x-request-id"]
+    return body
+
+
+async def app_client(app: FastAPI, host: str = "careteam.test") -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}") as c:
+        yield c
+
+
+class TestProblemDetails:
+    async def test_every_kind_of_error_is_a_problem(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient = await create_patient(client, tenant)
+        provider = await create_provider(client, tenant)
+        h = tenant.headers
+        assert_problem(await client.get("/v1/nothing", headers=h), 404, "not_found")
+        body = assert_problem(
+            await client.get(f"/v1/patients/{uuid.uuid4()}", headers=h), 404, "patient_not_found"
+        )
+        assert body["instance"].startswith("/v1/patients/")
+        invalid = assert_problem(
+            await client.post("/v1/patients", json={"first_name": "A"}, headers=h),
+            422,
+            "validation_error",
+        )
+        fields = {(e["location"], e["field"]) for e in invalid["errors"]}  # type: ignore[union-attr]
+        assert fields == {("body", "last_name"), ("body", "dob")}
+        await client.put(
+            f"/v1/patients/{patient}/care-team/primary", json={"provider_id": provider}, headers=h
+        )
+        assert_problem(
+            await client.post(
+                f"/v1/patients/{patient}/care-team/members",
+                json={"provider_id": provider},
+                headers=h,
+            ),
+            409,
+            "provider_already_primary",
+        )
+        assert_problem(await client.get(f"/v1/patients/{patient}"), 401, "unauthorized")
+
+    async def test_405_says_which_methods_are_allowed(self, client: httpx.AsyncClient):
+        r = await client.delete("/v1/patients")
+        assert_problem(r, 405, "method_not_allowed")
+        assert r.headers["allow"] == "POST"
+        r = await client.post(f"/v1/providers/{uuid.uuid4()}")
+        assert r.headers["allow"] == "GET, HEAD, PATCH"
+        r = await client.put("/healthz")
+        assert r.headers["allow"] == "GET, HEAD"
+
+
+class TestHead:
+    async def test_every_get_route_answers_head_without_a_body(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient = await create_patient(client, tenant)
+        provider = await create_provider(client, tenant)
+        paths = {
+            "/healthz",
+            "/readyz",
+            f"/v1/patients/{patient}",
+            f"/v1/providers/{provider}",
+            f"/v1/patients/{patient}/care-team",
+            f"/v1/patients/{patient}/care-team/history",
+        }
+        document = (await client.get("/openapi.json")).json()
+        get_routes = {p for p, ops in document["paths"].items() if "get" in ops}
+        assert len(get_routes) == len(paths)  # a new GET route joins this test
+        for path in paths:
+            got = await client.get(path, headers=tenant.headers)
+            head = await client.head(path, headers=tenant.headers)
+            assert head.status_code == got.status_code == 200, path
+            assert head.content == b""
+            assert head.headers["content-type"] == got.headers["content-type"]
+            assert head.headers["content-length"] == got.headers["content-length"]
+
+
+class TestBodies:
+    async def test_a_body_over_the_limit_is_413(self, client: httpx.AsyncClient, tenant: Tenant):
+        r = await client.post(
+            "/v1/patients",
+            content=b'{"first_name": "' + b"x" * 70_000 + b'"}',
+            headers={**tenant.headers, "Content-Type": "application/json"},
+        )
+        assert_problem(r, 413, "body_too_large")
+
+    @pytest.mark.parametrize(
+        "content_type", ["text/plain", "application/x-www-form-urlencoded", "", "application/xml"]
+    )
+    async def test_a_body_that_is_not_json_is_415(
+        self, client: httpx.AsyncClient, tenant: Tenant, content_type: str
+    ):
+        r = await client.post(
+            "/v1/patients",
+            content=b'{"first_name": "A", "last_name": "B", "dob": "1990-01-01"}',
+            headers={**tenant.headers, "Content-Type": content_type},
+        )
+        assert_problem(r, 415, "unsupported_media_type")
+
+    async def test_json_with_a_charset_is_fine(self, client: httpx.AsyncClient, tenant: Tenant):
+        r = await client.post(
+            "/v1/patients",
+            content=b'{"first_name": "A", "last_name": "B", "dob": "1990-01-01"}',
+            headers={**tenant.headers, "Content-Type": "application/json; charset=utf-8"},
+        )
+        assert r.status_code == 201
+
+
+class TestNoRedirects:
+    @pytest.mark.parametrize("suffix", ["/", "/care-team/"])
+    async def test_a_trailing_slash_is_404_whatever_the_host(
+        self, client: httpx.AsyncClient, suffix: str
+    ):
+        r = await client.get(
+            f"/v1/patients/{uuid.uuid4()}{suffix}", headers={"Host": "evil.example.com"}
+        )
+        assert_problem(r, 404, "not_found")
+        assert "location" not in r.headers
+
+
+class TestAllowedHosts:
+    async def test_only_the_configured_hosts_are_answered(
+        self, database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    ):
+        monkeypatch.setenv("ALLOWED_HOSTS", "api.clinic.example, *.internal.example")
+        from src.config import get_settings  # noqa: PLC0415  (re-read with the new env)
+
+        get_settings.cache_clear()
+        try:
+            app = create_app(database)
+        finally:
+            monkeypatch.delenv("ALLOWED_HOSTS")
+            get_settings.cache_clear()
+        for host, status in [
+            ("api.clinic.example", 200),
+            ("api.clinic.example:8443", 200),
+            ("node1.internal.example", 200),
+            ("evil.example.com", 400),
+            ("api.clinic.example.evil.com", 400),
+        ]:
+            async for c in app_client(app, host):
+                r = await c.get("/healthz")
+                assert r.status_code == status, host
+                if status == 400:
+                    assert_problem(r, 400, "invalid_host")
+
+
+class TestCaching:
+    async def test_answers_are_never_stored_by_caches(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient = await create_patient(client, tenant)
+        for path in (f"/v1/patients/{patient}", f"/v1/patients/{uuid.uuid4()}", "/healthz"):
+            r = await client.get(path, headers=tenant.headers)
+            assert r.headers["cache-control"] == "no-store"
+
+
+class TestRetryable503:
+    async def test_a_lock_wait_that_times_out_is_busy_with_retry_after(
+        self, database: Database, database_url: str, settings: Settings, tenant: Tenant
+    ):
+        impatient = open_database(
+            settings.model_copy(update={"db_lock_timeout_ms": 300}), database_url
+        )
+        app = create_app(impatient)
+        try:
+            async for c in app_client(app):
+                patient = await create_patient(c, tenant)
+                provider = await create_provider(c, tenant)
+                async with database.owner_engine.connect() as blocker:
+                    await blocker.execute(
+                        text("SELECT 1 FROM patients WHERE id = :p FOR UPDATE"), {"p": patient}
+                    )
+                    r = await c.put(
+                        f"/v1/patients/{patient}/care-team/primary",
+                        json={"provider_id": provider},
+                        headers=tenant.headers,
+                    )
+                    await blocker.rollback()
+                assert_problem(r, 503, "busy")
+                assert r.headers["retry-after"] == "1"
+                team = await c.get(f"/v1/patients/{patient}/care-team", headers=tenant.headers)
+                assert team.json()["primary_provider_id"] is None  # nothing changed
+        finally:
+            await impatient.dispose()
+
+    async def test_a_database_outage_is_503_with_retry_after(self, settings: Settings):
+        unreachable = open_database(settings, "postgresql://nobody@127.0.0.1:1/none")
+        app = create_app(unreachable)
+        try:
+            async for c in app_client(app):
+                r = await c.get(
+                    f"/v1/patients/{uuid.uuid4()}",
+                    headers={"Authorization": "Bearer ctk_" + "A" * 43},
+                )
+            assert_problem(r, 503, "database_unavailable")
+            assert int(r.headers["retry-after"]) > 0
+        finally:
+            await unreachable.dispose()
+
+
+class TestOpenApiDocument:
+    async def test_operations_have_stable_ids_and_list_their_problems(
+        self, client: httpx.AsyncClient
+    ):
+        document = (await client.get("/openapi.json")).json()
+        ids = []
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                ids.append(operation["operationId"])
+                assert re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)*", operation["operationId"])
+                if not path.startswith("/v1"):
+                    continue
+                responses = operation["responses"]
+                for status in ("401", "422", "431", "503"):
+                    assert status in responses, (method, path, status)
+                    content = responses[status]["content"]["application/problem+json"]
+                    codes = content["schema"]["allOf"][1]["properties"]["error"]["enum"]
+                    assert codes, (method, path, status)
+                assert "Retry-After" in responses["503"]["headers"]
+                if method in ("post", "put", "patch"):
+                    assert {"413", "415"} <= set(responses), (method, path)
+        assert len(ids) == len(set(ids))
+        assert {"getCareTeam", "assignPrimaryProvider", "createPatient"} <= set(ids)
+        assert "Problem" in document["components"]["schemas"]
+
+    async def test_no_route_lists_a_5xx_it_never_means(self, client: httpx.AsyncClient):
+        document = (await client.get("/openapi.json")).json()
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                assert "500" not in operation["responses"]
+
+
+async def test_concurrent_requests_keep_their_own_request_ids(client: httpx.AsyncClient):
+    responses = await asyncio.gather(*(client.get("/v1/nothing") for _ in range(20)))
+    ids = {r.headers["x-request-id"] for r in responses}
+    assert len(ids) == 20
+    assert all(r.json()["request_id"] == r.headers["x-request-id"] for r in responses)
