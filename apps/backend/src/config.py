@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text", description="text: readable lines (development); json: JSON lines."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Least severe log level written."
+    )
     sentry_dsn: SecretStr | None = Field(
         default=None, description="Send unexpected errors to Sentry (PII scrubbed). Unset: off."
     )
@@ -89,15 +91,37 @@ class Settings(BaseSettings):
             "allowed); other Host headers get 400. `*`: any."
         ),
     )
-    db_connect_timeout_s: float = Field(default=10.0, gt=0)
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for a new database connection."
+    )
+    db_pool_size: int = Field(
+        default=10, ge=1, le=200, description="Application connections kept per process."
+    )
     # No overflow by default: connections beyond the pool only add PostgreSQL backends
     # that compete with this process for the same cores; extra requests wait for a
     # pooled connection instead (up to DB_POOL_TIMEOUT_S). docs/PERFORMANCE.md.
-    db_max_overflow: int = Field(default=0, ge=0, le=200)
-    db_pool_timeout_s: float = Field(default=30.0, gt=0)
-    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
-    db_lock_timeout_ms: int = Field(default=10_000, ge=0)
+    db_max_overflow: int = Field(
+        default=0,
+        ge=0,
+        le=200,
+        description="Connections opened beyond the pool under load (0: requests wait instead).",
+    )
+    db_pool_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request waits for a pooled connection before 503 busy.",
+    )
+    db_statement_timeout_ms: int = Field(
+        default=30_000,
+        ge=0,
+        description="A statement running longer is cancelled (503 busy); 0: no limit.",
+    )
+    db_lock_timeout_ms: int = Field(
+        default=10_000,
+        ge=0,
+        description="A lock wait longer than this (another writer holds the patient) is "
+        "given up (503 busy, Retry-After); 0: wait for ever.",
+    )
 
     @property
     def allowed_host_list(self) -> list[str]:

@@ -355,3 +355,23 @@ def problem_responses(*errors: Answerable, body: bool = False) -> dict[int | str
             }
         responses[status] = response
     return responses
+
+
+def links(**targets: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI links from a response to the operations its ids feed (stateful clients and
+    fuzzers follow them): `Name={"operationId": ..., "parameters": {...}}`."""
+    return {"links": targets}
+
+
+def link(operation_id: str, **parameters: str) -> dict[str, Any]:
+    """A link to `operation_id` whose parameters come from this response's body
+    (`patient_id="id"` passes the body's `id` as `patient_id`); a parameter named
+    `body_<field>` goes into the target's request body."""
+    definition: dict[str, Any] = {"operationId": operation_id}
+    for name, field in parameters.items():
+        expression = f"$response.body#/{field}"
+        if name.startswith("body_"):
+            definition.setdefault("requestBody", {})[name.removeprefix("body_")] = expression
+        else:
+            definition.setdefault("parameters", {})[name] = expression
+    return definition

@@ -25,22 +25,40 @@ class StrictBody(BaseModel):
 
 
 class PatientCreate(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"first_name": "Ada", "last_name": "Lovelace", "dob": "1984-02-29"}]
+        }
+    )
+
     first_name: PersonName
     last_name: PersonName
     dob: BirthDate
 
 
 class ProviderCreate(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"first_name": "Grace", "last_name": "Hopper", "npi": "1234567893"}]
+        }
+    )
+
     first_name: PersonName
     last_name: PersonName
     npi: Annotated[str, Field(pattern=NPI_PATTERN, description="10-digit NPI")] | None = None
 
 
 class ProviderUpdate(StrictBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"active": False}]})
+
     active: StrictBool
 
 
 class ProviderRef(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"provider_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6"}]}
+    )
+
     provider_id: uuid.UUID = Field(
         description="A provider of your organization (422 provider_not_found otherwise)"
     )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.api.app import create_app
 from src.db import Database
 from src.services.organization_service import OrganizationService
+from tests.helpers import LiveApi, start_serve
 
 
 @dataclass
@@ -69,3 +70,27 @@ async def create_provider(client: httpx.AsyncClient, tenant: Tenant, **overrides
     response = await client.post("/v1/providers", json=body, headers=tenant.headers)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
+
+
+@pytest.fixture(scope="module")
+async def live_api(
+    database: Database, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LiveApi]:
+    """`careteam serve` in a subprocess on the test database, with a key of a new
+    organization; stopped (Ctrl-C) at the end, which must print no traceback."""
+    api = start_serve(
+        {"DATABASE_URL": database_url},
+        tmp_path_factory.mktemp("serve") / "serve.log",
+        "--log-level",
+        "warning",
+    )
+    api.key = await _issue_key(database)
+    yield api
+    output = api.stop()
+    assert "Traceback" not in output, output
+
+
+async def _issue_key(database: Database) -> str:
+    async with AsyncSession(database.owner_engine) as owner:
+        issued = await OrganizationService.create_organization(db=owner, name="Live Clinic")
+    return issued.key

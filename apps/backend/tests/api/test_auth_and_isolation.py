@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.db import Database
 from src.services.organization_service import OrganizationService
-from tests.api.conftest import Tenant, create_patient, create_provider
+from tests.api.conftest import Tenant, TenantFactory, create_patient, create_provider
 
 
 class TestAuthentication:
@@ -200,3 +200,69 @@ class TestTenantIsolationMatrix:
             assert r.status_code == 422
             assert r.json()["error"] == "provider_not_found"
             assert r.json()["errors"][0]["field"] == "provider_id"
+
+
+class TestReferencesInPathsAndBodies:
+    """404 belongs to the resource the URL names; an id in the body that names nothing
+    is an invalid request (422). Another tenant's ids answer exactly like unknown ones."""
+
+    async def test_unknown_and_foreign_body_references_are_422_alike(
+        self, client: httpx.AsyncClient, make_tenant: TenantFactory
+    ):
+        a, b = await make_tenant(), await make_tenant()
+        patient = await create_patient(client, a)
+        foreign = await create_provider(client, b)
+        answers = []
+        for provider in (str(uuid.uuid4()), foreign):
+            for method, suffix in (("PUT", "primary"), ("POST", "members")):
+                r = await client.request(
+                    method,
+                    f"/v1/patients/{patient}/care-team/{suffix}",
+                    json={"provider_id": provider},
+                    headers=a.headers,
+                )
+                body = r.json()
+                answers.append((r.status_code, body["error"], body["errors"][0]["field"], suffix))
+        assert (
+            answers
+            == [
+                (422, "provider_not_found", "provider_id", "primary"),
+                (422, "provider_not_found", "provider_id", "members"),
+            ]
+            * 2
+        )
+        team = await client.get(f"/v1/patients/{patient}/care-team", headers=a.headers)
+        assert team.json()["members"] == []  # nothing written
+
+    async def test_unknown_and_foreign_path_ids_are_404_alike(
+        self, client: httpx.AsyncClient, make_tenant: TenantFactory
+    ):
+        a, b = await make_tenant(), await make_tenant()
+        own_patient = await create_patient(client, a)
+        own_provider = await create_provider(client, a)
+        for patient in (str(uuid.uuid4()), await create_patient(client, b)):
+            for method, path, body in [
+                ("GET", f"/v1/patients/{patient}", None),
+                ("GET", f"/v1/patients/{patient}/care-team", None),
+                ("GET", f"/v1/patients/{patient}/care-team/history", None),
+                ("PUT", f"/v1/patients/{patient}/care-team/primary", {"provider_id": own_provider}),
+                (
+                    "POST",
+                    f"/v1/patients/{patient}/care-team/members",
+                    {"provider_id": own_provider},
+                ),
+                ("DELETE", f"/v1/patients/{patient}/care-team/members/{own_provider}", None),
+            ]:
+                r = await client.request(method, path, json=body, headers=a.headers)
+                assert (r.status_code, r.json()["error"]) == (404, "patient_not_found"), path
+        for provider in (str(uuid.uuid4()), await create_provider(client, b)):
+            for method, path, body in [
+                ("GET", f"/v1/providers/{provider}", None),
+                ("PATCH", f"/v1/providers/{provider}", {"active": False}),
+            ]:
+                r = await client.request(method, path, json=body, headers=a.headers)
+                assert (r.status_code, r.json()["error"]) == (404, "provider_not_found"), path
+            r = await client.delete(
+                f"/v1/patients/{own_patient}/care-team/members/{provider}", headers=a.headers
+            )
+            assert (r.status_code, r.json()["error"]) == (404, "provider_not_on_care_team")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from src.config import BACKEND_DIR
-from tests.api.test_fuzz import _free_port
 from tests.conftest import FreshDatabase
+from tests.helpers import free_port as _free_port
 
 
 def careteam(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from src.api.deps import DB, CurrentCaller
-from src.api.errors import problem_responses
+from src.api.errors import link, links, problem_responses
 from src.api.fields import CURSOR_MAX_LENGTH, CURSOR_PATTERN, decode_cursor, encode_cursor
 from src.api.schemas import CareTeamEventOut, CareTeamHistoryOut, CareTeamOut, ProviderRef
 from src.services.care_team_service import CareTeam, CareTeamService
@@ -43,13 +43,23 @@ async def get_care_team(patient_id: uuid.UUID, db: DB, caller: CurrentCaller) ->
 @router.put(
     "/primary",
     response_model=CareTeamOut,
-    responses=problem_responses(
-        PatientNotFound,
-        ProviderReferenceNotFound,
-        ProviderInactive,
-        PrimaryProviderConflict,
-        body=True,
-    ),
+    responses={
+        200: links(
+            GetCareTeamHistory=link("getCareTeamHistory", patient_id="patient_id"),
+            RemovePrimaryProvider=link(
+                "removeCareTeamMember",
+                patient_id="patient_id",
+                provider_id="primary_provider_id",
+            ),
+        ),
+        **problem_responses(
+            PatientNotFound,
+            ProviderReferenceNotFound,
+            ProviderInactive,
+            PrimaryProviderConflict,
+            body=True,
+        ),
+    },
 )
 async def assign_primary_provider(
     patient_id: uuid.UUID, body: ProviderRef, db: DB, caller: CurrentCaller
@@ -72,6 +82,7 @@ async def assign_primary_provider(
     response_model=CareTeamOut,
     responses={
         200: {"description": "Already on the team: nothing changed", "model": CareTeamOut},
+        201: links(GetCareTeam=link("getCareTeam", patient_id="patient_id")),
         **problem_responses(
             PatientNotFound,
             ProviderReferenceNotFound,

@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter, status
 
 from src.api.deps import DB, CurrentCaller
-from src.api.errors import problem_responses
+from src.api.errors import link, links, problem_responses
 from src.api.schemas import PatientCreate, PatientOut, ProviderCreate, ProviderOut, ProviderUpdate
 from src.services.directory_service import DirectoryService
 from src.services.errors import PatientNotFound, ProviderNotFound
@@ -20,7 +20,17 @@ router = APIRouter(prefix="/v1")
     status_code=status.HTTP_201_CREATED,
     response_model=PatientOut,
     tags=["patients"],
-    responses=problem_responses(body=True),
+    responses={
+        201: links(
+            GetPatient=link("getPatient", patient_id="id"),
+            GetCareTeam=link("getCareTeam", patient_id="id"),
+            AssignPrimaryProvider=link("assignPrimaryProvider", patient_id="id"),
+            AddCareTeamMember=link("addCareTeamMember", patient_id="id"),
+            RemoveCareTeamMember=link("removeCareTeamMember", patient_id="id"),
+            GetCareTeamHistory=link("getCareTeamHistory", patient_id="id"),
+        ),
+        **problem_responses(body=True),
+    },
 )
 async def create_patient(body: PatientCreate, db: DB, caller: CurrentCaller) -> PatientOut:
     record = await DirectoryService.create_patient(
@@ -47,7 +57,15 @@ async def get_patient(patient_id: uuid.UUID, db: DB, caller: CurrentCaller) -> P
     status_code=status.HTTP_201_CREATED,
     response_model=ProviderOut,
     tags=["providers"],
-    responses=problem_responses(body=True),
+    responses={
+        201: links(
+            GetProvider=link("getProvider", provider_id="id"),
+            UpdateProvider=link("updateProvider", provider_id="id"),
+            AssignAsPrimaryProvider=link("assignPrimaryProvider", body_provider_id="id"),
+            AddAsCareTeamMember=link("addCareTeamMember", body_provider_id="id"),
+        ),
+        **problem_responses(body=True),
+    },
 )
 async def create_provider(body: ProviderCreate, db: DB, caller: CurrentCaller) -> ProviderOut:
     record = await DirectoryService.create_provider(
