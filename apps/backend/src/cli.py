@@ -37,6 +37,7 @@ from src.embedded import (
     release_database,
     resolve_database_url,
     stop_embedded_server,
+    supervised,
 )
 from src.log_config import configure_logging
 from src.services.care_team_service import CareTeamService
@@ -265,7 +266,7 @@ def serve(
     embedded server if it started it).
 
     On an empty embedded database, first creates a demo organization and prints its
-    API key once.
+    API key once. While it serves, it restarts the embedded server if that dies.
     """
     settings = _settings_or_fail()
     level = (log_level or settings.log_level).upper()
@@ -292,14 +293,17 @@ def serve(
         console.print(
             f"Serving the care team API on http://{host}:{port} (docs at /docs)", highlight=False
         )
-        uvicorn.run(
-            create_app(database_url=url),
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            log_level=level.lower(),
-        )
+        # The supervisor runs here, in the process that started the embedded server,
+        # not in the app: with several workers it must exist once, beside the server.
+        with supervised(settings):
+            uvicorn.run(
+                create_app(database_url=url),
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                log_level=level.lower(),
+            )
     except KeyboardInterrupt:  # uvicorn re-raises the signal it has already shut down on
         pass
     finally:

@@ -20,6 +20,8 @@ The rules, each decided under one inter-process lock (`CARETEAM_DATA_DIR`/postgr
   mark, so that it runs until `db-stop`.
 - Stopping (`db-stop`) refuses while another live careteam process uses the server,
   unless forced, and reports success only once the postmaster is gone.
+- `careteam serve` runs a Supervisor: a postmaster that dies (a crash, kill -9) is
+  restarted, a bounded number of times.
 
 POSIX only (fcntl locks, Unix sockets). As root, the server runs as the system user
 `embedded_postgres` (PostgreSQL refuses to run as root), created if missing.
@@ -45,8 +47,10 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -466,6 +470,124 @@ def restart_embedded_server(data_dir: Path) -> None:
         code, output = _run("pg_ctl", pgdata, ["-w", "-m", "fast", "restart"], 90)
         if code != 0:
             raise EmbeddedServerError(f"pg_ctl restart failed: {_summary(output)}")
+
+
+class Supervisor:
+    """Restarts the embedded server of `data_dir` when its postmaster dies.
+
+    Runs as a thread of the process that runs `careteam serve` (the parent of any
+    workers), from `start()` to `stop()`. Every `interval_s` it reads postmaster.pid:
+    a PID file whose process is gone means the server died without shutting down (an
+    orderly stop removes the file: then it says so once and leaves the server
+    stopped). It restarts it at most `max_restarts` times per `window_s` seconds, each
+    logged at WARNING; past that it logs an ERROR and watches no more. Logs carry
+    PIDs and paths only.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        interval_s: float = 0.5,
+        max_restarts: int = 5,
+        window_s: float = 600.0,
+    ) -> None:
+        self.pgdata = _pgdata(data_dir)
+        self.interval_s = interval_s
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="embedded-supervisor", daemon=True)
+        self._restarts: deque[float] = deque()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; returns once a restart under way has finished."""
+        self._stopping.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        said_stopped = False
+        while not self._stopping.wait(self.interval_s):
+            dead_pid = _recorded_pid(self.pgdata)
+            if dead_pid is None:
+                if not said_stopped:
+                    logger.error(
+                        "embedded PostgreSQL %s was stopped by another process (careteam "
+                        "db-stop --force?); not restarting it",
+                        self.pgdata,
+                        extra={"event": "embedded_stopped_elsewhere"},
+                    )
+                said_stopped = True
+                continue
+            said_stopped = False
+            if _postmaster(self.pgdata) is None and not self._restart(dead_pid):
+                return
+
+    def _restart(self, dead_pid: int) -> bool:
+        """Restart the dead server; False once the restart budget is spent."""
+        now = time.monotonic()
+        while self._restarts and now - self._restarts[0] > self.window_s:
+            self._restarts.popleft()
+        log = self.pgdata / "log"
+        if len(self._restarts) >= self.max_restarts:
+            logger.error(
+                "embedded PostgreSQL died %d times within %.0f s; not restarting it "
+                "again (its log is %s)",
+                len(self._restarts) + 1,
+                self.window_s,
+                log,
+                extra={"event": "embedded_restart_gave_up"},
+            )
+            return False
+        self._restarts.append(now)
+        logger.warning(
+            "embedded PostgreSQL (pid %d) died; restarting it (restart %d of at most %d "
+            "per %.0f s)",
+            dead_pid,
+            len(self._restarts),
+            self.max_restarts,
+            self.window_s,
+            extra={"event": "embedded_restart", "pid": dead_pid},
+        )
+        try:
+            with _locked(self.pgdata):
+                # Another process (a command run meanwhile) may have started it already.
+                if _postmaster(self.pgdata) is None and _recorded_pid(self.pgdata) is not None:
+                    _start(self.pgdata)
+        except (EmbeddedServerError, OSError, subprocess.SubprocessError, psutil.Error) as err:
+            logger.error(
+                "embedded PostgreSQL could not be restarted: %s (its log is %s)",
+                err,
+                log,
+                extra={"event": "embedded_restart_failed"},
+            )
+            return True  # the next check tries again, within the budget
+        postmaster = _postmaster(self.pgdata)
+        logger.warning(
+            "embedded PostgreSQL restarted (pid %s) %.1f s after it was found dead",
+            postmaster.pid if postmaster else "?",
+            time.monotonic() - now,
+            extra={"event": "embedded_restarted"},
+        )
+        return True
+
+
+@contextlib.contextmanager
+def supervised(settings: Settings) -> Iterator[None]:
+    """While inside: restart the embedded server if it dies (see Supervisor). Nothing
+    with DATABASE_URL set (no embedded server)."""
+    if settings.database_url is not None:
+        yield
+        return
+    supervisor = Supervisor(settings.careteam_data_dir)
+    supervisor.start()
+    try:
+        yield
+    finally:
+        supervisor.stop()
 
 
 def release_database(settings: Settings, *, timeout_s: float = STOP_TIMEOUT_S) -> bool:

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from src.config import BACKEND_DIR
+from src.embedded import Supervisor, release_embedded_server, start_embedded_server
 from tests.api.test_fuzz import _free_port
 from tests.conftest import FreshDatabase
 
@@ -285,6 +286,26 @@ class TestServeOnTheEmbeddedServer:
             assert serve.team() == 200
             assert registered_users(data_dir) == [serve.process.pid]
 
+    def test_the_database_comes_back_after_its_postmaster_is_killed(self, data_dir: Path):
+        with serving(data_dir) as serve:
+            assert serve.team() == 200
+            killed = serve.postmaster()
+            killed.send_signal(signal.SIGKILL)
+            assert wait_until(lambda: gone(killed), 5)
+            # Requests during the outage may answer 503; within 30 s the API answers again,
+            # on a new postmaster, without a restart of its own.
+            assert wait_until(lambda: serve.team() == 200, 30), serve.err()
+            assert serve.postmaster().pid != killed.pid
+            assert [serve.team() for _ in range(3)] == [200, 200, 200]
+            log = serve.err()
+            assert f"embedded PostgreSQL (pid {killed.pid}) died; restarting it" in log
+            assert "embedded PostgreSQL restarted" in log
+            assert "Demo Patient" not in log  # ids, never names
+            restarted = serve.postmaster()
+            assert serve.stop(signal.SIGINT) == 0
+        serve.assert_stopped_cleanly()
+        assert gone(restarted)
+
 
 class TestDbStop:
     def test_refuses_while_serve_uses_the_server_unless_forced(self, data_dir: Path):
@@ -300,6 +321,9 @@ class TestDbStop:
             assert forced.returncode == 0, forced.stderr
             assert "Embedded PostgreSQL stopped." in forced.stdout
             assert gone(postmaster)  # checked before it said so
+            # serve's supervisor leaves a server stopped on purpose stopped.
+            assert wait_until(lambda: "stopped by another process" in serve.err(), 5)
+            assert running_postmaster(data_dir) is None
             assert serve.stop(signal.SIGINT) == 0
         serve.assert_stopped_cleanly()
 
@@ -355,3 +379,28 @@ class TestDbStop:
         finally:
             postmaster.resume()  # the shutdown requests it was sent now take effect
         assert wait_until(lambda: gone(postmaster), 15)
+
+
+class TestSupervisor:
+    def test_restarts_a_bounded_number_of_times(
+        self, data_dir: Path, caplog: pytest.LogCaptureFixture
+    ):
+        start_embedded_server(data_dir)
+        supervisor = Supervisor(data_dir, interval_s=0.1, max_restarts=1, window_s=60)
+        supervisor.start()
+        try:
+            first = running_postmaster(data_dir)
+            assert first is not None
+            first.kill()
+            assert wait_until(lambda: "embedded PostgreSQL restarted" in caplog.text, 20)
+            second = running_postmaster(data_dir)
+            assert second is not None and second.pid != first.pid
+            second.kill()
+            assert wait_until(lambda: "not restarting it again" in caplog.text, 10)
+            time.sleep(0.5)
+            assert running_postmaster(data_dir) is None
+        finally:
+            supervisor.stop()
+            release_embedded_server(data_dir)
+        restarts = [r for r in caplog.records if "died; restarting it" in r.getMessage()]
+        assert [r.levelname for r in restarts] == ["WARNING"]
