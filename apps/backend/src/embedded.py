@@ -7,23 +7,24 @@ server listens only on a Unix socket (in that directory when its path is short e
 
 The rules, each decided under one inter-process lock (`CARETEAM_DATA_DIR`/postgres.lock):
 
-- Users. A careteam process that uses the server registers its PID, with the start
-  time of that process, in `CARETEAM_DATA_DIR`/postgres.users.json, and leaves when it
-  exits. Entries of processes that are gone (or whose PID now names another process)
-  are dropped whenever the file is read: a killed process never keeps a server
-  running, nor blocks a stop.
+- Users. A careteam process that uses the server registers as a file named by its PID
+  in `CARETEAM_DATA_DIR`/postgres.users/, and holds a lock on that file for as long as
+  it lives. The kernel drops the lock of a process that dies, however it dies (kill
+  -9 included), so a file whose lock is free is a leftover and is removed whenever the
+  users are counted: a killed process never keeps a server running, nor blocks a stop,
+  and a reused PID is never mistaken for it.
 - Who starts it stops it. A process that starts the server marks it "stop when
   unused", and the last user to leave such a server stops it: normally its starter,
   since a process that joins a running server (`careteam org create` while `serve`
-  runs) leaves it running for the others. Only if the starter died first does the
-  last remaining user stop it in its place. `db-url` starts the server without the
-  mark, so that it runs until `db-stop`.
+  runs) leaves it running for the others. If the starter leaves (or dies) while others
+  still use it, the last of them stops it in its place. `db-url` starts the server
+  without the mark, so that it runs until `db-stop`.
 - Stopping (`db-stop`) refuses while another live careteam process uses the server,
   unless forced, and reports success only once the postmaster is gone.
 - `careteam serve` runs a Supervisor: a postmaster that dies (a crash, kill -9) is
   restarted, a bounded number of times.
 
-POSIX only (fcntl locks, Unix sockets). As root, the server runs as the system user
+POSIX only (flock on a local file system, Unix sockets). As root, the server runs as the system user
 `embedded_postgres` (PostgreSQL refuses to run as root), created if missing.
 """
 
@@ -36,7 +37,6 @@ import contextlib
 import fcntl
 import hashlib
 import importlib
-import json
 import logging
 import math
 import os
@@ -52,9 +52,10 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Awaitable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TextIO
 from urllib.parse import quote, urlsplit
 
 import asyncpg
@@ -112,8 +113,13 @@ def _pgdata(data_dir: Path) -> Path:
     return data_dir.expanduser().resolve() / "postgres"
 
 
-def _users_file(pgdata: Path) -> Path:
-    return pgdata.parent / "postgres.users.json"
+def _users_dir(pgdata: Path) -> Path:
+    return pgdata.parent / "postgres.users"
+
+
+def _stop_mark(pgdata: Path) -> Path:
+    """Present while the server is to stop when its last user leaves."""
+    return pgdata.parent / "postgres.stop-when-unused"
 
 
 def _lock_file(pgdata: Path) -> Path:
@@ -137,19 +143,6 @@ def _is_running(process: psutil.Process) -> bool:
     # psutil counts a zombie (dead, not yet reaped) as running; for us it is gone.
     try:
         return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
-
-
-def _start_time(pid: int) -> float:
-    return float(psutil.Process(pid).create_time())
-
-
-def _is_process(pid: int, started: float) -> bool:
-    """Whether `pid` still names the process that started at `started` (not a reuse)."""
-    try:
-        process = psutil.Process(pid)
-        return _is_running(process) and abs(process.create_time() - started) < 0.01
     except psutil.Error:
         return False
 
@@ -179,37 +172,39 @@ def is_running(data_dir: Path) -> bool:
     return _postmaster(_pgdata(data_dir)) is not None
 
 
-# --- the users' registry ---------------------------------------------------------------
+# --- the users ------------------------------------------------------------------------
 
 
-@dataclass
-class _Users:
-    stop_when_unused: bool = False
-    started: dict[int, float] = field(default_factory=dict)  # pid -> that process's start
+def _register(pgdata: Path) -> TextIO:
+    """Register this process as a user; the returned file holds its lock until closed.
+    The caller holds the server's lock."""
+    _users_dir(pgdata).mkdir(exist_ok=True)
+    handle = (_users_dir(pgdata) / str(os.getpid())).open("w")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
 
-    @classmethod
-    def load(cls, pgdata: Path) -> _Users:
-        """The registry, without the processes that are gone."""
-        try:
-            raw = json.loads(_users_file(pgdata).read_text())
-            users = cls(bool(raw["stop_when_unused"]), {int(p): float(s) for p, s in raw["users"]})
-        except FileNotFoundError:
-            return cls()
-        except (OSError, ValueError, KeyError, TypeError):
-            logger.warning("unreadable %s: taken as no users", _users_file(pgdata))
-            return cls()
-        users.started = {p: s for p, s in users.started.items() if _is_process(p, s)}
-        return users
 
-    def save(self, pgdata: Path) -> None:
-        path = _users_file(pgdata)
-        staged = path.with_name(path.name + ".new")
-        staged.write_text(
-            json.dumps(
-                {"stop_when_unused": self.stop_when_unused, "users": sorted(self.started.items())}
-            )
-        )
-        os.replace(staged, path)  # readers see the old file or the new one, never half
+def _live_users(pgdata: Path) -> list[int]:
+    """PIDs of the processes that use the server, this one included if it does.
+
+    Each user holds the lock on its file while it lives; a file whose lock can be taken
+    belongs to a process that is gone: it is removed. The caller holds the server's lock
+    (so no user is half-registered).
+    """
+    if not _users_dir(pgdata).is_dir():
+        return []
+    live = []
+    for entry in sorted(_users_dir(pgdata).iterdir()):
+        if not entry.name.isdigit():
+            continue
+        with entry.open("a") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                live.append(int(entry.name))
+                continue
+        entry.unlink(missing_ok=True)
+    return live
 
 
 # --- running the wheel's programs ------------------------------------------------------
@@ -359,8 +354,17 @@ def _url(pgdata: Path) -> str:
 
 # --- the lifecycle ---------------------------------------------------------------------
 
-# The servers this process is a registered user of -> delete its data when it stops it.
-_held: dict[Path, bool] = {}
+
+@dataclass
+class _Use:
+    """This process's use of a server: its registration, and whether to delete the
+    server's data when it stops it."""
+
+    registration: TextIO
+    delete_on_exit: bool
+
+
+_held: dict[Path, _Use] = {}
 
 
 def start_embedded_server(
@@ -380,15 +384,15 @@ def start_embedded_server(
     pgdata = _pgdata(data_dir)
     try:
         with _locked(pgdata):
-            users = _Users.load(pgdata)
             if _postmaster(pgdata) is None:
                 _start(pgdata)
-                users.stop_when_unused = not keep_running
+                if keep_running:
+                    _stop_mark(pgdata).unlink(missing_ok=True)
+                else:
+                    _stop_mark(pgdata).touch()
             if not keep_running and pgdata not in _held:
-                users.started[os.getpid()] = _start_time(os.getpid())
-                _held[pgdata] = delete_on_exit
+                _held[pgdata] = _Use(_register(pgdata), delete_on_exit)
                 atexit.register(_release_at_exit, data_dir)
-            users.save(pgdata)
             url = _url(pgdata)
     except (OSError, subprocess.SubprocessError, psutil.Error, EmbeddedServerError) as err:
         raise ConfigurationError(
@@ -407,21 +411,20 @@ def release_embedded_server(data_dir: Path, *, timeout_s: float = STOP_TIMEOUT_S
     EmbeddedServerError if the server does not stop.
     """
     pgdata = _pgdata(data_dir)
-    if pgdata not in _held:
+    use = _held.pop(pgdata, None)
+    if use is None:
         return False
-    delete = _held.pop(pgdata)
     with _locked(pgdata):
-        users = _Users.load(pgdata)
-        users.started.pop(os.getpid(), None)
-        stopping = users.stop_when_unused and not users.started
+        (_users_dir(pgdata) / str(os.getpid())).unlink(missing_ok=True)
+        use.registration.close()
+        stopping = _stop_mark(pgdata).exists() and not _live_users(pgdata)
         if stopping:
             _stop(pgdata, timeout_s)
-            users.stop_when_unused = False
-        users.save(pgdata)
-    if stopping and delete:
+            _stop_mark(pgdata).unlink()
+    if stopping and use.delete_on_exit:
         shutil.rmtree(pgdata, ignore_errors=True)
-        for leftover in (_users_file(pgdata), _lock_file(pgdata)):
-            leftover.unlink(missing_ok=True)
+        shutil.rmtree(_users_dir(pgdata), ignore_errors=True)
+        _lock_file(pgdata).unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # only if nothing else is in it
             pgdata.parent.rmdir()
     return stopping
@@ -452,13 +455,11 @@ def stop_embedded_server(
     with _locked(pgdata):
         if _postmaster(pgdata) is None:
             return False
-        users = _Users.load(pgdata)
-        others = sorted(pid for pid in users.started if pid != os.getpid())
+        others = [pid for pid in _live_users(pgdata) if pid != os.getpid()]
         if others and not force:
             raise ServerInUse(others)
         _stop(pgdata, timeout_s)
-        users.stop_when_unused = False
-        users.save(pgdata)
+        _stop_mark(pgdata).unlink(missing_ok=True)
     return True
 
 

@@ -152,8 +152,7 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
 
 
 def registered_users(data_dir: Path) -> list[int]:
-    registry = json.loads((data_dir / "postgres.users.json").read_text())
-    return [pid for pid, _started in registry["users"]]
+    return sorted(int(entry.name) for entry in (data_dir / "postgres.users").iterdir())
 
 
 @pytest.fixture
@@ -332,10 +331,12 @@ class TestDbStop:
             postmaster = serve.postmaster()
             serve.process.kill()  # no clean-up: its PID stays registered, dead
             serve.process.wait()
+        assert registered_users(data_dir) == [serve.process.pid]
         stopped = careteam("db-stop", data_dir=data_dir)
         assert stopped.returncode == 0, stopped.stderr
         assert "Embedded PostgreSQL stopped." in stopped.stdout
         assert gone(postmaster)
+        assert registered_users(data_dir) == []  # the dead process's entry is gone too
 
     def test_a_killed_starter_does_not_keep_its_server_alive(self, data_dir: Path):
         with serving(data_dir) as serve:
