@@ -293,8 +293,8 @@ def serve(
         console.print(
             f"Serving the care team API on http://{host}:{port} (docs at /docs)", highlight=False
         )
-        # The supervisor runs here, in the process that started the embedded server,
-        # not in the app: with several workers it must exist once, beside the server.
+        # The supervisor runs here, in the parent process, not in the app's lifespan:
+        # with several workers there must be one, beside the one embedded server.
         with supervised(settings):
             uvicorn.run(
                 create_app(database_url=url),
@@ -312,7 +312,7 @@ def serve(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         release_database(settings)
-    except EmbeddedServerError as err:
+    except (EmbeddedServerError, OSError) as err:
         fail(str(err))
     if settings.database_url is None and is_running(settings.careteam_data_dir):
         console.print(

@@ -204,7 +204,7 @@ def _live_users(pgdata: Path) -> list[int]:
                 live.append(int(entry.name))
                 continue
         entry.unlink(missing_ok=True)
-    return live
+    return sorted(live)
 
 
 # --- running the wheel's programs ------------------------------------------------------
