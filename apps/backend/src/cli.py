@@ -31,7 +31,15 @@ from src.api.app import create_app
 from src.api.http_protocol import HeadLimitedHttpToolsProtocol
 from src.config import ConfigurationError, Settings, get_settings
 from src.db import create_engine, open_database
-from src.embedded import resolve_database_url, stop_embedded_server
+from src.embedded import (
+    EmbeddedServerError,
+    ServerInUse,
+    is_running,
+    release_database,
+    resolve_database_url,
+    stop_embedded_server,
+    supervised,
+)
 from src.log_config import configure_logging
 from src.services.care_team_service import CareTeamService
 from src.services.directory_service import DirectoryService
@@ -47,6 +55,15 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+
+
+@app.callback()
+def _every_command() -> None:
+    # SIGTERM (what systemd and container runtimes send) stops a command as Ctrl-C
+    # does: by KeyboardInterrupt, so that it cleans up (and stops the embedded server it
+    # started) instead of dying on the spot.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
 
 T = TypeVar("T")
 
@@ -248,10 +265,11 @@ def serve(
         str | None, typer.Option(help="debug, info, warning or error (default: LOG_LEVEL).")
     ] = None,
 ) -> None:
-    """Migrate to head and serve the HTTP API (Ctrl-C stops it, and the embedded server).
+    """Migrate to head and serve the HTTP API (Ctrl-C or SIGTERM stops it, and the
+    embedded server if it started it).
 
     On an empty embedded database, first creates a demo organization and prints its
-    API key once.
+    API key once. While it serves, it restarts the embedded server if that dies.
     """
     settings = _settings_or_fail()
     level = (log_level or settings.log_level).upper()
@@ -263,36 +281,50 @@ def serve(
         await schema.upgrade(engine)
         return url, (await _seed_demo(engine, url) if settings.database_url is None else None)
 
-    url, demo = run(prepare)
-    if demo is not None:
-        issued, patient_id = demo
-        console.print(
-            f"Demo organization {issued.organization_id} created.\n"
-            f"API key (shown once, keep it): [bold]{issued.key}[/bold]\n"
-            f"Try: curl -H 'Authorization: Bearer {issued.key}' "
-            f"http://{host}:{port}/v1/patients/{patient_id}/care-team",
-            highlight=False,
-            soft_wrap=True,
-        )
-    console.print(
-        f"Serving the care team API on http://{host}:{port} (docs at /docs)", highlight=False
-    )
     try:
-        uvicorn.run(
-            create_app(database_url=url),
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            http=HeadLimitedHttpToolsProtocol,
-            log_level=level.lower(),
+        url, demo = run(prepare)
+        if demo is not None:
+            issued, patient_id = demo
+            console.print(
+                f"Demo organization {issued.organization_id} created.\n"
+                f"API key (shown once, keep it): [bold]{issued.key}[/bold]\n"
+                f"Try: curl -H 'Authorization: Bearer {issued.key}' "
+                f"http://{host}:{port}/v1/patients/{patient_id}/care-team",
+                highlight=False,
+                soft_wrap=True,
+            )
+        console.print(
+            f"Serving the care team API on http://{host}:{port} (docs at /docs)", highlight=False
         )
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it has already shut down on
+        # The supervisor runs here, in the parent process, not in the app's lifespan:
+        # with several workers there must be one, beside the one embedded server.
+        with supervised(settings):
+            uvicorn.run(
+                create_app(database_url=url),
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                http=HeadLimitedHttpToolsProtocol,
+                log_level=level.lower(),
+            )
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it has already shut down on
         pass
     finally:
-        # A second Ctrl-C must not interrupt stopping the embedded server (at exit).
+        # A second Ctrl-C or SIGTERM must not interrupt stopping the embedded server.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    console.print("Stopped.")
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        release_database(settings)
+    except (EmbeddedServerError, OSError) as err:
+        fail(str(err))
+    if settings.database_url is None and is_running(settings.careteam_data_dir):
+        console.print(
+            "Stopped. The embedded PostgreSQL keeps running: another careteam process uses "
+            "it, or db-url started it (`careteam db-stop` stops it)."
+        )
+    else:
+        console.print("Stopped.")
 
 
 org_app = typer.Typer(help="Organizations (tenants).", no_args_is_help=True)
@@ -372,8 +404,8 @@ def _settings_or_fail() -> Settings:
 def db_url() -> None:
     """Print the libpq URL of the database in use: psql "$(uv run careteam db-url)".
 
-    With the embedded server, starts it if needed and leaves it running
-    (stop it with `careteam db-stop`).
+    With the embedded server, starts it if needed and leaves it running (stop it with
+    `careteam db-stop`); a server that `serve` started still stops with `serve`.
     """
     try:
         url = resolve_database_url(_settings_or_fail(), keep_running=True)
@@ -383,13 +415,30 @@ def db_url() -> None:
 
 
 @app.command("db-stop")
-def db_stop() -> None:
-    """Stop the embedded PostgreSQL server (a no-op with DATABASE_URL)."""
+def db_stop(
+    force: Annotated[
+        bool, typer.Option("--force", help="Stop it even while other careteam processes use it.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for a clean stop, then for a hard one.")
+    ] = 30,
+) -> None:
+    """Stop the embedded PostgreSQL server (a no-op with DATABASE_URL).
+
+    Says it stopped only once the server's process is gone (exit 0). Refuses while
+    another careteam process (e.g. serve) uses it, naming its PID, unless --force
+    (exit 1); exit 2 if it does not stop.
+    """
     settings = _settings_or_fail()
     if settings.database_url is not None:
         console.print("DATABASE_URL is set: no embedded server to stop.")
         return
-    stopped = stop_embedded_server(settings.careteam_data_dir)
+    try:
+        stopped = stop_embedded_server(settings.careteam_data_dir, force=force, timeout_s=timeout)
+    except ServerInUse as err:
+        fail(f"{err}; stop them first, or use --force (their connections then fail)", code=1)
+    except EmbeddedServerError as err:
+        fail(str(err))
     console.print(
         "Embedded PostgreSQL stopped." if stopped else "Embedded PostgreSQL was not running."
     )

@@ -19,9 +19,9 @@ def test_soak_short_run_passes_every_check():
         timeout=300,
         check=False,
     )
+    print(result.stderr[-3000:])  # shown by pytest when an assertion fails (or no JSON)
     report = json.loads(result.stdout)
-    print(json.dumps(report, indent=2))  # shown by pytest when an assertion fails
-    print(result.stderr[-3000:])
+    print(json.dumps(report, indent=2))
     checks = report["checks"]
     assert checks["duplicate_primaries_seen_during_run"] == 0
     assert checks["duplicate_primaries_at_end"] == 0

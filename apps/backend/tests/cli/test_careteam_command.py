@@ -10,16 +10,24 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from src.config import BACKEND_DIR
+from src.embedded import Supervisor, release_embedded_server, start_embedded_server
 from tests.conftest import FreshDatabase
 from tests.helpers import free_port as _free_port
 
 
-def careteam(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def careteam(
+    *args: str, env: dict[str, str] | None = None, data_dir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `careteam ARGS`; with `data_dir`, on the embedded server there (no DATABASE_URL)."""
     return subprocess.run(
         [sys.executable, "-m", "src.cli", *args],
         cwd=BACKEND_DIR,
@@ -27,8 +35,14 @@ def careteam(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
         text=True,
         timeout=120,
         check=False,
-        env={**os.environ, **(env or {})},
+        env={**(embedded_env(data_dir) if data_dir else os.environ), **(env or {})},
     )
+
+
+def embedded_env(data_dir: Path) -> dict[str, str]:
+    env = {**os.environ, "CARETEAM_DATA_DIR": str(data_dir)}
+    env.pop("DATABASE_URL", None)  # the session's test database, once a test asked for it
+    return env
 
 
 def get(url: str, key: str | None = None) -> tuple[int, object]:
@@ -115,50 +129,288 @@ class TestDatabaseCommands:
         assert careteam("db-url", env=env).stdout.strip() == fresh_database.url
 
 
-class TestServeOnTheEmbeddedServer:
-    def test_demo_key_works_and_ctrl_c_stops_everything(self, tmp_path: Path):
-        port = _free_port()
-        env = {**os.environ, "CARETEAM_DATA_DIR": str(tmp_path)}
-        env.pop("DATABASE_URL", None)
-        out_path, err_path = tmp_path / "out.txt", tmp_path / "err.txt"
-        with out_path.open("w") as out_file, err_path.open("w") as err_file:
-            server = subprocess.Popen(
+# The embedded server, as operators meet it: real `careteam` processes on a data
+# directory of the test's own, real signals, real PostgreSQL processes.
+
+
+def running_postmaster(data_dir: Path) -> psutil.Process | None:
+    """The postmaster of `data_dir`'s embedded server if it runs, per its postmaster.pid."""
+    try:
+        postmaster = psutil.Process(
+            int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+        )
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+    return None if gone(postmaster) else postmaster
+
+
+def gone(process: psutil.Process) -> bool:
+    """Whether `process` has exited (a zombie, dead but not yet reaped, has)."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def registered_users(data_dir: Path) -> list[int]:
+    return sorted(int(entry.name) for entry in (data_dir / "postgres.users").iterdir())
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A CARETEAM_DATA_DIR of the test's own; no server outlives the test, even failed."""
+    path = tmp_path / "data"
+    yield path
+    leftover = running_postmaster(path)
+    if leftover is not None:
+        leftover.send_signal(signal.SIGCONT)  # a test may have paused it
+        leftover.send_signal(signal.SIGQUIT)  # PostgreSQL's immediate shutdown
+        assert wait_until(lambda: gone(leftover), 15), "a test server would not stop"
+
+
+@dataclass
+class Serve:
+    """A running `careteam serve` on the embedded server, and the demo key it printed."""
+
+    process: subprocess.Popen[str]
+    data_dir: Path
+    out_path: Path
+    err_path: Path
+    key: str = ""
+    team_url: str = ""  # the demo patient's care team
+
+    def team(self) -> int:
+        """Status of an authenticated API call (0: no answer)."""
+        try:
+            return get(self.team_url, key=self.key)[0]
+        except OSError:
+            return 0
+
+    def postmaster(self) -> psutil.Process:
+        postmaster = running_postmaster(self.data_dir)
+        assert postmaster is not None, "the embedded server is not running"
+        return postmaster
+
+    def stop(self, signum: int) -> int:
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=40)
+
+    def err(self) -> str:
+        return self.err_path.read_text()
+
+    def assert_stopped_cleanly(self) -> None:
+        assert self.process.returncode == 0, self.err()
+        assert "Stopped." in self.out_path.read_text()
+        assert "Traceback" not in self.err()
+
+
+@contextmanager
+def serving(data_dir: Path) -> Iterator[Serve]:
+    """`careteam serve` on `data_dir`, up and answering; stopped (Ctrl-C) at the end."""
+    port = _free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = data_dir.parent / "out.txt", data_dir.parent / "err.txt"
+    with out_path.open("w") as out_file, err_path.open("w") as err_file:
+        serve = Serve(
+            subprocess.Popen(
                 [sys.executable, "-m", "src.cli", "serve", "--port", str(port)],
                 cwd=BACKEND_DIR,
-                env=env,
+                env=embedded_env(data_dir),
                 stdout=out_file,
                 stderr=err_file,
                 text=True,
-            )
-            try:
-                deadline = time.monotonic() + 90
-                while True:
-                    try:
-                        if get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
-                            break
-                    except OSError:
-                        pass
-                    assert server.poll() is None, err_path.read_text()
-                    assert time.monotonic() < deadline, "serve did not start"
-                    time.sleep(0.25)
-                printed = out_path.read_text()
-                example = re.search(
-                    r"curl -H 'Authorization: Bearer (ctk_[A-Za-z0-9_-]{43})' "
-                    r"(http://\S+/care-team)",
-                    printed,
-                )
-                assert example is not None, printed
-                status, team = get(example.group(2), key=example.group(1))
-                assert status == 200
-                assert isinstance(team, dict) and team["primary_provider_id"] is not None
-                assert len(team["members"]) == 2
-                assert get(example.group(2))[0] == 401
-            finally:
-                server.send_signal(signal.SIGINT)
-                server.wait(timeout=30)
-        assert server.returncode == 0, err_path.read_text()
-        assert "Traceback" not in err_path.read_text()
-        assert "Stopped." in out_path.read_text()
-        assert not (tmp_path / "postgres" / "postmaster.pid").exists(), (
-            "embedded server left running"
+            ),
+            data_dir,
+            out_path,
+            err_path,
         )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                assert serve.process.poll() is None, serve.err()
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.25)
+            example = re.search(
+                r"curl -H 'Authorization: Bearer (ctk_[A-Za-z0-9_-]{43})' (http://\S+/care-team)",
+                out_path.read_text(),
+            )
+            assert example is not None, out_path.read_text()
+            serve.key, serve.team_url = example.group(1), example.group(2)
+            yield serve
+        finally:
+            if serve.process.poll() is None:
+                serve.process.send_signal(signal.SIGINT)
+                try:
+                    serve.process.wait(timeout=40)
+                except subprocess.TimeoutExpired:
+                    serve.process.kill()
+                    serve.process.wait()
+
+
+class TestServeOnTheEmbeddedServer:
+    def test_demo_key_works_and_ctrl_c_stops_everything(self, data_dir: Path):
+        with serving(data_dir) as serve:
+            status, team = get(serve.team_url, key=serve.key)
+            assert status == 200
+            assert isinstance(team, dict) and team["primary_provider_id"] is not None
+            assert len(team["members"]) == 2
+            assert get(serve.team_url)[0] == 401
+            postmaster = serve.postmaster()
+            assert serve.stop(signal.SIGINT) == 0
+        serve.assert_stopped_cleanly()
+        assert gone(postmaster), "embedded server left running"
+        assert not (data_dir / "postgres" / "postmaster.pid").exists()
+
+    def test_sigterm_stops_everything(self, data_dir: Path):
+        with serving(data_dir) as serve:
+            postmaster = serve.postmaster()
+            assert serve.stop(signal.SIGTERM) == 0, serve.err()
+        serve.assert_stopped_cleanly()
+        assert gone(postmaster), "embedded server left running"
+        assert registered_users(data_dir) == []
+        after = careteam("db-stop", data_dir=data_dir)
+        assert after.returncode == 0
+        assert "Embedded PostgreSQL was not running." in after.stdout
+
+    def test_a_command_run_alongside_leaves_serves_server_running(self, data_dir: Path):
+        with serving(data_dir) as serve:
+            postmaster = serve.postmaster()
+            created = careteam("org", "create", "Alongside Clinic", "--json", data_dir=data_dir)
+            assert created.returncode == 0, created.stderr
+            assert not gone(postmaster)
+            assert serve.team() == 200
+            assert registered_users(data_dir) == [serve.process.pid]
+
+    def test_the_database_comes_back_after_its_postmaster_is_killed(self, data_dir: Path):
+        with serving(data_dir) as serve:
+            assert serve.team() == 200
+            killed = serve.postmaster()
+            killed.send_signal(signal.SIGKILL)
+            assert wait_until(lambda: gone(killed), 5)
+            # Requests during the outage may answer 503; within 30 s the API answers again,
+            # on a new postmaster, without a restart of its own.
+            assert wait_until(lambda: serve.team() == 200, 30), serve.err()
+            assert serve.postmaster().pid != killed.pid
+            assert [serve.team() for _ in range(3)] == [200, 200, 200]
+            log = serve.err()
+            assert f"embedded PostgreSQL (pid {killed.pid}) died; restarting it" in log
+            assert "embedded PostgreSQL restarted" in log
+            assert "Demo Patient" not in log  # ids, never names
+            restarted = serve.postmaster()
+            assert serve.stop(signal.SIGINT) == 0
+        serve.assert_stopped_cleanly()
+        assert gone(restarted)
+
+
+class TestDbStop:
+    def test_refuses_while_serve_uses_the_server_unless_forced(self, data_dir: Path):
+        with serving(data_dir) as serve:
+            postmaster = serve.postmaster()
+            refused = careteam("db-stop", data_dir=data_dir)
+            assert refused.returncode == 1
+            assert f"in use by careteam process(es) {serve.process.pid}" in refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1
+            assert serve.team() == 200
+
+            forced = careteam("db-stop", "--force", data_dir=data_dir)
+            assert forced.returncode == 0, forced.stderr
+            assert "Embedded PostgreSQL stopped." in forced.stdout
+            assert gone(postmaster)  # checked before it said so
+            # serve's supervisor leaves a server stopped on purpose stopped.
+            assert wait_until(lambda: "stopped by another process" in serve.err(), 5)
+            assert running_postmaster(data_dir) is None
+            assert serve.stop(signal.SIGINT) == 0
+        serve.assert_stopped_cleanly()
+
+    def test_a_killed_user_does_not_block_the_stop(self, data_dir: Path):
+        with serving(data_dir) as serve:
+            postmaster = serve.postmaster()
+            serve.process.kill()  # no clean-up: its PID stays registered, dead
+            serve.process.wait()
+        stopped = careteam("db-stop", data_dir=data_dir)
+        assert stopped.returncode == 0, stopped.stderr
+        assert "Embedded PostgreSQL stopped." in stopped.stdout
+        assert gone(postmaster)
+        assert registered_users(data_dir) == []  # the dead process's entry is gone too
+
+    def test_a_killed_starter_does_not_keep_its_server_alive(self, data_dir: Path):
+        with serving(data_dir) as serve:
+            postmaster = serve.postmaster()
+            serve.process.kill()
+            serve.process.wait()
+        # The next command to use it is its last live user: it stops it as it leaves.
+        status = careteam("status", data_dir=data_dir)
+        assert status.returncode == 0, status.stderr
+        assert gone(postmaster)
+
+    def test_db_url_leaves_it_running_until_db_stop(self, data_dir: Path):
+        url = careteam("db-url", data_dir=data_dir)
+        assert url.returncode == 0, url.stderr
+        assert url.stdout.startswith("postgresql://postgres@/careteam?host=")
+        postmaster = running_postmaster(data_dir)
+        assert postmaster is not None
+        joined = careteam("status", data_dir=data_dir)
+        assert joined.returncode == 0, joined.stderr
+        assert not gone(postmaster)  # status joined it, so it left it running
+
+        stopped = careteam("db-stop", data_dir=data_dir)
+        assert stopped.returncode == 0, stopped.stderr
+        assert "Embedded PostgreSQL stopped." in stopped.stdout
+        assert gone(postmaster)
+        again = careteam("db-stop", data_dir=data_dir)
+        assert "Embedded PostgreSQL was not running." in again.stdout
+
+    def test_says_so_when_the_server_does_not_stop(self, data_dir: Path):
+        assert careteam("db-url", data_dir=data_dir).returncode == 0
+        postmaster = running_postmaster(data_dir)
+        assert postmaster is not None
+        postmaster.suspend()  # SIGSTOP: it cannot act on a shutdown request
+        try:
+            result = careteam("db-stop", "--timeout", "1", data_dir=data_dir)
+            assert result.returncode == 2
+            assert f"(pid {postmaster.pid}) is still running" in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+            assert "stopped" not in result.stdout
+            assert not gone(postmaster)
+        finally:
+            postmaster.resume()  # the shutdown requests it was sent now take effect
+        assert wait_until(lambda: gone(postmaster), 15)
+
+
+class TestSupervisor:
+    def test_restarts_a_bounded_number_of_times(
+        self, data_dir: Path, caplog: pytest.LogCaptureFixture
+    ):
+        start_embedded_server(data_dir)
+        supervisor = Supervisor(data_dir, interval_s=0.1, max_restarts=1, window_s=60)
+        supervisor.start()
+        try:
+            first = running_postmaster(data_dir)
+            assert first is not None
+            first.kill()
+            assert wait_until(lambda: "embedded PostgreSQL restarted" in caplog.text, 20)
+            second = running_postmaster(data_dir)
+            assert second is not None and second.pid != first.pid
+            second.kill()
+            assert wait_until(lambda: "not restarting it again" in caplog.text, 10)
+            time.sleep(0.5)
+            assert running_postmaster(data_dir) is None
+        finally:
+            supervisor.stop()
+            release_embedded_server(data_dir)
+        restarts = [r for r in caplog.records if "died; restarting it" in r.getMessage()]
+        assert [r.levelname for r in restarts] == ["WARNING"]
