@@ -297,6 +297,14 @@ async def migrate(url: str) -> dict[str, Any]:
     return {"migration_s": round(seconds, 2)}
 
 
+async def execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 async def count(url: str, sql: str) -> int:
     conn = await asyncpg.connect(url)
     try:
@@ -310,6 +318,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         database = open_database(get_settings(), url)
         await upgrade(database.owner_engine, "20260114_rls_coverage")
         await database.dispose()
+        # The writer is today's service, which logs in as the application role itself;
+        # the later revision 20261128_app_role_login makes it a LOGIN role, and this
+        # bench starts from the schema before the unique-primary revision.
+        await execute(url, f"ALTER ROLE {get_settings().app_db_role} LOGIN")
         rows = ORGS * args.patients_per_org * ASSIGNMENTS_PER_PATIENT
         log(f"generating {rows:,} assignments")
         started = time.perf_counter()

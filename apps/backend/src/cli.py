@@ -14,6 +14,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
@@ -211,9 +212,35 @@ def _owner_call(action: Callable[[AsyncSession], Awaitable[T]]) -> T:
         fail(err.message)
 
 
-async def _seed_demo(engine: AsyncEngine, url: str) -> tuple[IssuedApiKey, uuid.UUID] | None:
+@dataclass(frozen=True)
+class DemoSeed:
+    issued: IssuedApiKey
+    provider_ids: list[uuid.UUID]
+    patient_ids: list[uuid.UUID]  # the first has a team: providers 1 (primary) and 2
+
+    def describe(self, base_url: str) -> str:
+        """Every id it made, the key (shown once), and a request to try."""
+        lines = [
+            f"Demo organization {self.issued.organization_id} created.",
+            f"API key id: {self.issued.id}",
+            f"API key (shown once, keep it): [bold]{self.issued.key}[/bold]",
+        ]
+        lines += [f"Provider {i}: {p}" for i, p in enumerate(self.provider_ids, 1)]
+        lines += [f"Patient {i}: {p}" for i, p in enumerate(self.patient_ids, 1)]
+        lines.append(
+            "  (patient 1's care team: provider 1 primary, provider 2 secondary; "
+            "patient 2 has none yet)"
+        )
+        lines.append(
+            f"Try: curl -H 'Authorization: Bearer {self.issued.key}' "
+            f"{base_url}/v1/patients/{self.patient_ids[0]}/care-team"
+        )
+        return "\n".join(lines)
+
+
+async def _seed_demo(engine: AsyncEngine, url: str) -> DemoSeed | None:
     """On an empty database: a demo organization, three providers, two patients, and a
-    care team for the first patient. Returns its key and that patient, or None."""
+    care team for the first patient. Returns what it made, or None."""
     async with AsyncSession(engine, expire_on_commit=False) as owner:
         if (await owner.execute(text("SELECT count(*) FROM organizations"))).scalar_one():
             return None
@@ -254,7 +281,7 @@ async def _seed_demo(engine: AsyncEngine, url: str) -> tuple[IssuedApiKey, uuid.
             )
     finally:
         await database.dispose()
-    return issued, patients[0].id
+    return DemoSeed(issued, [p.id for p in providers], [p.id for p in patients])
 
 
 @app.command()
@@ -275,24 +302,14 @@ def serve(
     level = (log_level or settings.log_level).upper()
     configure_logging(level, settings.log_format)
 
-    async def prepare(
-        engine: AsyncEngine, url: str
-    ) -> tuple[str, tuple[IssuedApiKey, uuid.UUID] | None]:
+    async def prepare(engine: AsyncEngine, url: str) -> tuple[str, DemoSeed | None]:
         await schema.upgrade(engine)
         return url, (await _seed_demo(engine, url) if settings.database_url is None else None)
 
     try:
         url, demo = run(prepare)
         if demo is not None:
-            issued, patient_id = demo
-            console.print(
-                f"Demo organization {issued.organization_id} created.\n"
-                f"API key (shown once, keep it): [bold]{issued.key}[/bold]\n"
-                f"Try: curl -H 'Authorization: Bearer {issued.key}' "
-                f"http://{host}:{port}/v1/patients/{patient_id}/care-team",
-                highlight=False,
-                soft_wrap=True,
-            )
+            console.print(demo.describe(f"http://{host}:{port}"), highlight=False, soft_wrap=True)
         console.print(
             f"Serving the care team API on http://{host}:{port} (docs at /docs)", highlight=False
         )

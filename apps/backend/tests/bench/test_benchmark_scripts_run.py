@@ -40,6 +40,7 @@ def test_migration_scale_benchmark_runs_and_leaves_the_rule_in_force():
     # fixed earlier by the concurrent writer assigning that patient a new primary.
     assert 0 < figures["after"]["migration_dedupe_events"] <= figures["patients_with_two_primaries"]
     assert figures["migration"]["writer"]["errors"] == 0
+    assert figures["baseline"]["writer"]["errors"] == 0
     assert figures["diagnostic"]["script_peak_rss_mb"] > 0
 
 

@@ -207,6 +207,9 @@ class Serve:
     def err(self) -> str:
         return self.err_path.read_text()
 
+    def out(self) -> str:
+        return self.out_path.read_text()
+
     def assert_stopped_cleanly(self) -> None:
         assert self.process.returncode == 0, self.err()
         assert "Stopped." in self.out_path.read_text()
@@ -261,6 +264,32 @@ def serving(data_dir: Path) -> Iterator[Serve]:
                     serve.process.wait()
 
 
+class TestThrowawayServers:
+    def test_a_throwaway_server_leaves_no_directory_behind(self, tmp_path: Path):
+        """The test suite's and the benchmarks' servers (delete_on_exit) take their whole
+        data directory with them, not only the server's part of it."""
+        data_dir = tmp_path / "careteam-test-throwaway"
+        data_dir.mkdir()
+        started = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; "
+                "from src.embedded import start_embedded_server; "
+                "print(start_embedded_server(Path(sys.argv[1]), delete_on_exit=True))",
+                str(data_dir),
+            ],
+            cwd=BACKEND_DIR,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.startswith("postgresql://")
+        assert not data_dir.exists()
+
+
 class TestServeOnTheEmbeddedServer:
     def test_demo_key_works_and_ctrl_c_stops_everything(self, data_dir: Path):
         with serving(data_dir) as serve:
@@ -269,6 +298,11 @@ class TestServeOnTheEmbeddedServer:
             assert isinstance(team, dict) and team["primary_provider_id"] is not None
             assert len(team["members"]) == 2
             assert get(serve.team_url)[0] == 401
+            printed = serve.out()
+            for label in ("Demo organization", "API key id:", "Provider 3:", "Patient 2:"):
+                assert label in printed, printed
+            provider_ids = re.findall(r"Provider \d: ([0-9a-f-]{36})", printed)
+            assert {m["provider_id"] for m in team["members"]} <= set(provider_ids)
             postmaster = serve.postmaster()
             assert serve.stop(signal.SIGINT) == 0
         serve.assert_stopped_cleanly()

@@ -1,0 +1,51 @@
+"""The README says what the code does: every setting, migration and command is in it."""
+
+from __future__ import annotations
+
+import re
+
+import typer
+from alembic.script import ScriptDirectory
+
+from src.config import BACKEND_DIR, Settings
+from src.schema import alembic_config
+
+README = (BACKEND_DIR.parent.parent / "README.md").read_text()
+
+
+def section(title: str) -> str:
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", README, re.M | re.S)
+    assert match is not None, f"README has no section {title!r}"
+    return match.group(1)
+
+
+def test_every_setting_is_in_the_settings_table():
+    table = section("Settings")
+    listed = set(re.findall(r"^\| `([A-Z_]+)` \|", table, re.M))
+    assert listed == {name.upper() for name in Settings.model_fields}
+
+
+def test_every_migration_is_named():
+    scripts = ScriptDirectory.from_config(alembic_config())
+    for revision in scripts.walk_revisions():
+        if revision.revision != "20260113_initial_schema":
+            assert f"`{revision.revision}`" in README, revision.revision
+
+
+def command_name(command: typer.models.CommandInfo) -> str:
+    assert command.callback is not None
+    return command.name or command.callback.__name__.replace("_", "-")
+
+
+def test_every_command_is_in_the_command_table():
+    from src.cli import app  # noqa: PLC0415  (the Typer app, only for its command names)
+
+    table = section("The `careteam` command")
+    names = {command_name(c) for c in app.registered_commands} | {
+        f"{group.name} {command_name(c)}"
+        for group in app.registered_groups
+        for c in group.typer_instance.registered_commands  # type: ignore[union-attr]
+    }
+    assert len(names) >= 9
+    for name in names:
+        assert f"careteam {name}" in table, name
