@@ -123,7 +123,10 @@ def as_pgbench(statement: Any, **overrides: str) -> str:
         "previous_primary": "NULL",
         **overrides,
     }
-    sql = re.sub(r"(?<!:):(\w+)", lambda m: values[m.group(1)], str(statement.text))
+    sql = str(statement.text)
+    # From the last position down, so that $1 never takes the front of $10.
+    for position in range(len(statement.names), 0, -1):
+        sql = sql.replace(f"${position}", values[statement.names[position - 1]])
     return " ".join(sql.split()) + ";"
 
 
@@ -388,7 +391,7 @@ async def driver_read(db: AsyncSession, rng: random.Random) -> None:
     if driver is None:
         connection = await db.connection()
         driver = db.info["driver"] = connection.sync_connection.connection.driver_connection  # type: ignore[union-attr]
-    await driver.execute("BEGIN; " + tenant_statement(org_id(n)))
+    await driver.execute(tenant_statement(org_id(n)))
     await care_team.SELECT_TEAM.fetch(driver, {"org": org_id(n), "patient": patient_id(n)})
     await driver.execute("COMMIT")
 

@@ -241,9 +241,10 @@ class DemoSeed:
 async def _seed_demo(engine: AsyncEngine, url: str) -> DemoSeed | None:
     """On an empty database: a demo organization, three providers, two patients, and a
     care team for the first patient. Returns what it made, or None."""
-    async with AsyncSession(engine, expire_on_commit=False) as owner:
-        if (await owner.execute(text("SELECT count(*) FROM organizations"))).scalar_one():
+    async with engine.connect() as conn:
+        if (await conn.execute(text("SELECT count(*) FROM organizations"))).scalar_one():
             return None
+    async with AsyncSession(engine, expire_on_commit=False) as owner:
         issued = await OrganizationService.create_organization(db=owner, name="Demo Clinic")
     org = issued.organization_id
     database = open_database(get_settings(), url)

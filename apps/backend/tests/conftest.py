@@ -4,9 +4,9 @@ The suite starts its own throwaway embedded server (deleted at exit), unless
 TEST_DATABASE_URL names a server to use instead. Either way it creates a fresh database
 for the run, migrates it to head once, and drops it at the end.
 
-`db_session` runs as the application role (RLS applies) inside a connection-level
-transaction that is rolled back after the test; the session joins it with
-join_transaction_mode="create_savepoint", so service commits and rollbacks work.
+`db` is a session as the application role (RLS applies), on the production path:
+service methods own their transactions and commit for real; each test makes its own
+organization, which isolates it from the others.
 """
 
 from __future__ import annotations
@@ -15,21 +15,18 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.config import Settings, get_settings, to_libpq_url
 from src.db import Database, create_engine, open_database
 from src.embedded import ensure_database, run_blocking, start_embedded_server, with_database
 from src.schema import upgrade
-from tests.factories import with_owner
+from tests.helpers import FreshDatabase, with_owner
 
 
 class TestServer:
@@ -98,33 +95,12 @@ async def database(settings: Settings, database_url: str) -> AsyncIterator[Datab
 
 
 @pytest.fixture
-async def db_session(database: Database) -> AsyncIterator[AsyncSession]:
-    """An application-role session whose every change is rolled back after the test."""
-    async with database.app_engine.connect() as conn:
-        outer = await conn.begin()
-        session = AsyncSession(
-            bind=conn,
-            join_transaction_mode="create_savepoint",
-            expire_on_commit=False,
-            info={"owner_engine": database.owner_engine},
-        )
-        try:
-            yield session
-        finally:
-            await session.close()
-            await outer.rollback()
-
-
-@dataclass
-class FreshDatabase:
-    url: str
-    engine: AsyncEngine  # the owner's
-
-    async def execute(self, sql: str, **params: Any) -> list[Any]:
-        """Run one statement as the owner, committed; return its rows (if any)."""
-        async with self.engine.begin() as conn:
-            result = await conn.execute(text(sql), params)
-            return list(result.all()) if result.returns_rows else []
+async def db(database: Database) -> AsyncIterator[AsyncSession]:
+    """An application-role session, as a request has one: every commit is real, as in
+    production. Tests are isolated by organization (each makes its own; all data is
+    tenant-scoped), never by a transaction wrapped around them."""
+    async with database.sessionmaker() as session:
+        yield session
 
 
 @pytest.fixture

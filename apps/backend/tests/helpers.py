@@ -1,7 +1,20 @@
-"""Helpers the test modules share (test modules never import each other)."""
+"""What the test modules share: factories, fixtures' types, and helpers. Test modules
+never import each other; whatever two of them need lives here.
+
+- Database factories insert one row each and commit. They run as whatever role the
+  session has; under the application role they set the tenant first, exactly as the
+  service does, so RLS accepts the rows. Organizations are made by the owner, as in
+  production (the application role may not create them): the session's
+  `info["owner_engine"]` names the owner's engine (see `with_owner`).
+- HTTP factories create through the API (`post_patient`, `post_provider`).
+- `start_serve` runs `careteam serve` as a subprocess.
+- `seed_duplicates` writes data that breaks the rule, as it was before the migration.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import json
 import os
 import signal
@@ -11,11 +24,281 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
 from src.config import BACKEND_DIR
+from src.db import Database
+from src.services.transaction import SET_TENANT  # the service's own statement
+
+RLS, UNIQUE = "20260114_rls_coverage", "20260114_unique_primary"
+PRIMARIES = "SELECT patient_id, provider_id FROM care_team_assignments WHERE is_primary_provider"
+
+# --- database factories ------------------------------------------------------------------
+
+
+async def set_tenant(db: AsyncSession | AsyncConnection, org: uuid.UUID) -> None:
+    """Set the tenant for the current transaction, with the service's own statement."""
+    connection = await db.connection() if isinstance(db, AsyncSession) else db
+    await connection.exec_driver_sql(SET_TENANT.text, (str(org),))
+
+
+async def _insert(db: AsyncSession, org: uuid.UUID, sql: str, params: dict[str, Any]) -> uuid.UUID:
+    await set_tenant(db, org)
+    new_id: uuid.UUID = (await db.execute(text(sql), params)).scalar_one()
+    await db.commit()
+    return new_id
+
+
+def with_owner(database: Database) -> Database:
+    """`database`, whose sessions can make organizations for the factories."""
+    database.sessionmaker.configure(info={"owner_engine": database.owner_engine})
+    return database
+
+
+async def create_organization(db: AsyncSession, *, name: str = "Test Clinic") -> uuid.UUID:
+    owner: AsyncEngine = db.info["owner_engine"]
+    async with owner.begin() as conn:
+        org: uuid.UUID = (
+            await conn.execute(
+                text("INSERT INTO organizations (name) VALUES (:name) RETURNING id"),
+                {"name": name},
+            )
+        ).scalar_one()
+    return org
+
+
+async def create_patient(
+    db: AsyncSession,
+    *,
+    organization_id: uuid.UUID,
+    first_name: str = "Pat",
+    last_name: str = "Ient",
+    dob: datetime.date = datetime.date(1980, 1, 1),
+) -> uuid.UUID:
+    return await _insert(
+        db,
+        organization_id,
+        "INSERT INTO patients (organization_id, first_name, last_name, dob) "
+        "VALUES (:org, :first, :last, :dob) RETURNING id",
+        {"org": organization_id, "first": first_name, "last": last_name, "dob": dob},
+    )
+
+
+async def create_provider(
+    db: AsyncSession,
+    *,
+    organization_id: uuid.UUID,
+    first_name: str = "Dana",
+    last_name: str = "Doctor",
+    npi: str | None = None,
+    active: bool = True,
+) -> uuid.UUID:
+    return await _insert(
+        db,
+        organization_id,
+        "INSERT INTO providers (organization_id, first_name, last_name, npi, active) "
+        "VALUES (:org, :first, :last, :npi, :active) RETURNING id",
+        {
+            "org": organization_id,
+            "first": first_name,
+            "last": last_name,
+            "npi": npi,
+            "active": active,
+        },
+    )
+
+
+async def create_clinic(
+    db: AsyncSession, *, providers: int = 3
+) -> tuple[uuid.UUID, uuid.UUID, list[uuid.UUID]]:
+    """An organization with one patient and `providers` active providers."""
+    org = await create_organization(db)
+    patient = await create_patient(db, organization_id=org)
+    provider_ids = [await create_provider(db, organization_id=org) for _ in range(providers)]
+    return org, patient, provider_ids
+
+
+# --- reading what the service wrote ------------------------------------------------------
+
+
+async def team_rows(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> dict[uuid.UUID, bool]:
+    """provider_id -> is_primary_provider, read directly from the table."""
+    await set_tenant(db, org)
+    rows = await db.execute(
+        text(
+            "SELECT provider_id, is_primary_provider FROM care_team_assignments "
+            "WHERE organization_id = :org AND patient_id = :patient"
+        ),
+        {"org": org, "patient": patient},
+    )
+    found = {row.provider_id: row.is_primary_provider for row in rows}
+    await db.rollback()  # a read of its own: the session can go to the service next
+    return found
+
+
+async def event_types(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> list[str]:
+    await set_tenant(db, org)
+    rows = await db.execute(
+        text(
+            "SELECT event_type FROM care_team_events "
+            "WHERE organization_id = :org AND patient_id = :patient ORDER BY id"
+        ),
+        {"org": org, "patient": patient},
+    )
+    found = list(rows.scalars())
+    await db.rollback()
+    return found
+
+
+async def wait_until_blocked(database: Database) -> None:
+    """Wait until some application connection waits on a lock."""
+    async with database.owner_engine.connect() as conn:
+        for _ in range(200):  # 10 s
+            waiting = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+            ).scalar_one()
+            if waiting:
+                return
+            await conn.rollback()
+            await asyncio.sleep(0.05)
+    raise AssertionError("the service call never waited on a lock")
+
+
+# --- a database of one's own, and data from before the rule --------------------------------
+
+
+@dataclass
+class FreshDatabase:
+    url: str
+    engine: AsyncEngine  # the owner's
+
+    async def execute(self, sql: str, **params: Any) -> list[Any]:
+        """Run one statement as the owner, committed; return its rows (if any)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(text(sql), params)
+            return list(result.all()) if result.returns_rows else []
+
+
+class Seeded:
+    def __init__(self) -> None:
+        self.expected_primaries: dict[uuid.UUID, uuid.UUID] = {}
+        self.demoted: list[tuple[uuid.UUID, uuid.UUID]] = []
+
+
+async def seed_duplicates(db: FreshDatabase, *, duplicates: bool = True) -> Seeded:
+    """Patients with 3 primaries, a tie on assigned_at, one clean, one without primary."""
+    seeded = Seeded()
+    org = (await db.execute("INSERT INTO organizations (name) VALUES ('c') RETURNING id"))[0][0]
+
+    async def patient() -> uuid.UUID:
+        rows = await db.execute(
+            "INSERT INTO patients (organization_id) VALUES (:org) RETURNING id", org=org
+        )
+        return rows[0][0]
+
+    async def provider() -> uuid.UUID:
+        rows = await db.execute(
+            "INSERT INTO providers (organization_id) VALUES (:org) RETURNING id", org=org
+        )
+        return rows[0][0]
+
+    async def assign(
+        patient_id: uuid.UUID,
+        *,
+        primary: bool,
+        at: datetime.datetime,
+        assignment_id: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        provider_id = await provider()
+        await db.execute(
+            "INSERT INTO care_team_assignments (id, organization_id, patient_id, provider_id, "
+            "is_primary_provider, assigned_at) VALUES (:id, :org, :patient, :provider, "
+            ":primary, :at)",
+            id=assignment_id or uuid.uuid4(),
+            org=org,
+            patient=patient_id,
+            provider=provider_id,
+            primary=primary,
+            at=at,
+        )
+        return provider_id
+
+    t = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
+    day = datetime.timedelta(days=1)
+    if duplicates:
+        # Three primaries: the latest assigned_at is kept.
+        three = await patient()
+        old = [
+            await assign(three, primary=True, at=t),
+            await assign(three, primary=True, at=t + day),
+        ]
+        latest = await assign(three, primary=True, at=t + 2 * day)
+        await assign(three, primary=False, at=t + 3 * day)
+        seeded.expected_primaries[three] = latest
+        seeded.demoted += [(three, p) for p in old]
+        # A tie on assigned_at: the highest id is kept.
+        tie = await patient()
+        low = await assign(
+            tie, primary=True, at=t, assignment_id=uuid.UUID("00000000-0000-4000-8000-000000000001")
+        )
+        high = await assign(
+            tie, primary=True, at=t, assignment_id=uuid.UUID("ffffffff-ffff-4fff-bfff-ffffffffffff")
+        )
+        seeded.expected_primaries[tie] = high
+        seeded.demoted.append((tie, low))
+    clean = await patient()
+    seeded.expected_primaries[clean] = await assign(clean, primary=True, at=t)
+    await assign(clean, primary=False, at=t + day)
+    no_primary = await patient()
+    await assign(no_primary, primary=False, at=t)
+    return seeded
+
+
+# --- the HTTP API ---------------------------------------------------------------------------
+
+
+@dataclass
+class Tenant:
+    organization_id: uuid.UUID
+    api_key_id: uuid.UUID
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+TenantFactory = Callable[[], Awaitable[Tenant]]
+
+
+async def post_patient(client: httpx.AsyncClient, tenant: Tenant, **overrides: object) -> str:
+    body = {"first_name": "Alice", "last_name": "Example", "dob": "1984-02-29", **overrides}
+    response = await client.post("/v1/patients", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def post_provider(client: httpx.AsyncClient, tenant: Tenant, **overrides: object) -> str:
+    body = {"first_name": "Grace", "last_name": "Doctor", **overrides}
+    response = await client.post("/v1/providers", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+# --- a live server ----------------------------------------------------------------------
 
 
 def free_port() -> int:

@@ -41,7 +41,7 @@ from src.services.errors import (
     ProviderNotOnCareTeam,
     ProviderReferenceNotFound,
 )
-from src.services.transaction import Sql, run_in_transaction, sql
+from src.services.transaction import Sql, run_in_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -91,57 +91,79 @@ class CareTeamEventRecord:
 
 # The per-patient writer lock. NO KEY UPDATE, so it does not block the KEY SHARE locks
 # that foreign key checks on care_team_assignments take.
-LOCK_PATIENT = sql("""
+LOCK_PATIENT = Sql(
+    """
     SELECT id FROM patients
-    WHERE organization_id = :org AND id = :patient
+    WHERE organization_id = $1 AND id = $2
     FOR NO KEY UPDATE
-""")
+""",
+    "org",
+    "patient",
+)
 
 # The lock above and the provider check in one round trip: the patient first, then
 # the provider FOR SHARE (a concurrent deactivation waits until this write commits).
 # Assigners only share provider locks, so the order cannot deadlock them.
-LOCK_PATIENT_CHECK_PROVIDER = sql("""
+LOCK_PATIENT_CHECK_PROVIDER = Sql(
+    """
     SELECT (SELECT id FROM patients
-            WHERE organization_id = :org AND id = :patient
+            WHERE organization_id = $1 AND id = $2
             FOR NO KEY UPDATE) AS patient_id,
            (SELECT active FROM providers
-            WHERE organization_id = :org AND id = :provider
+            WHERE organization_id = $1 AND id = $3
             FOR SHARE) AS active
-""")
+""",
+    "org",
+    "patient",
+    "provider",
+)
 
-SELECT_ASSIGNMENT = sql("""
+SELECT_ASSIGNMENT = Sql(
+    """
     SELECT is_primary_provider FROM care_team_assignments
-    WHERE organization_id = :org AND patient_id = :patient AND provider_id = :provider
-""")
+    WHERE organization_id = $1 AND patient_id = $2 AND provider_id = $3
+""",
+    "org",
+    "patient",
+    "provider",
+)
 
 # Demote every primary but :provider (normally at most one; before the unique index
 # exists there may be several), recording one primary_demoted event each; returns the
 # demoted providers.
-DEMOTE_OTHERS = sql("""
+DEMOTE_OTHERS = Sql(
+    """
     WITH demoted AS (
         UPDATE care_team_assignments SET is_primary_provider = false
-        WHERE organization_id = :org AND patient_id = :patient AND is_primary_provider
-          AND provider_id <> :provider
+        WHERE organization_id = $1 AND patient_id = $2 AND is_primary_provider
+          AND provider_id <> $3
         RETURNING organization_id, patient_id, provider_id
     )
     INSERT INTO care_team_events
         (organization_id, patient_id, provider_id, event_type,
          previous_primary_provider_id, actor, reason, occurred_at)
     SELECT organization_id, patient_id, provider_id, 'primary_demoted',
-           provider_id, :actor, :reason, clock_timestamp()
+           provider_id, $4, $5, clock_timestamp()
     FROM demoted
     RETURNING provider_id
-""")
+""",
+    "org",
+    "patient",
+    "provider",
+    "actor",
+    "reason",
+)
 
 # Make :provider primary (adding it to the team if needed) and record primary_assigned;
 # a provider that already is primary is left alone (no event). Returns it if promoted.
 # clock_timestamp(), not now(): a writer that waited for the lock records when it
 # actually changed the team, so "latest assigned_at" means "last to commit".
-PROMOTE_AND_RECORD = sql("""
+PROMOTE_AND_RECORD = Sql(
+    """
     WITH promoted AS (
         INSERT INTO care_team_assignments
             (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
-        VALUES (:org, :patient, :provider, true, clock_timestamp())
+        VALUES ($1, $2, $3, true, clock_timestamp())
         ON CONFLICT (organization_id, patient_id, provider_id)
         DO UPDATE SET is_primary_provider = true, assigned_at = clock_timestamp()
         WHERE NOT care_team_assignments.is_primary_provider
@@ -151,62 +173,104 @@ PROMOTE_AND_RECORD = sql("""
         (organization_id, patient_id, provider_id, event_type,
          previous_primary_provider_id, actor, reason, occurred_at)
     SELECT organization_id, patient_id, provider_id, 'primary_assigned',
-           :previous_primary, :actor, :reason, clock_timestamp()
+           $4, $5, $6, clock_timestamp()
     FROM promoted
     RETURNING provider_id
-""")
+""",
+    "org",
+    "patient",
+    "provider",
+    "previous_primary",
+    "actor",
+    "reason",
+)
 
-INSERT_SECONDARY = sql("""
+INSERT_SECONDARY = Sql(
+    """
     INSERT INTO care_team_assignments
         (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
-    VALUES (:org, :patient, :provider, false, clock_timestamp())
-""")
+    VALUES ($1, $2, $3, false, clock_timestamp())
+""",
+    "org",
+    "patient",
+    "provider",
+)
 
-DELETE_ASSIGNMENT = sql("""
+DELETE_ASSIGNMENT = Sql(
+    """
     DELETE FROM care_team_assignments
-    WHERE organization_id = :org AND patient_id = :patient AND provider_id = :provider
+    WHERE organization_id = $1 AND patient_id = $2 AND provider_id = $3
     RETURNING is_primary_provider
-""")
+""",
+    "org",
+    "patient",
+    "provider",
+)
 
-INSERT_EVENT = sql("""
+INSERT_EVENT = Sql(
+    """
     INSERT INTO care_team_events
         (organization_id, patient_id, provider_id, event_type,
          previous_primary_provider_id, actor, reason, occurred_at)
-    VALUES (:org, :patient, :provider, :event_type,
-            :previous_primary, :actor, :reason, clock_timestamp())
-""")
+    VALUES ($1, $2, $3, $4,
+            $5, $6, $7, clock_timestamp())
+""",
+    "org",
+    "patient",
+    "provider",
+    "event_type",
+    "previous_primary",
+    "actor",
+    "reason",
+)
 
 # The patient row comes back even with an empty team, so "no such patient" and
 # "no members" are told apart in one round trip.
-SELECT_TEAM = sql("""
+SELECT_TEAM = Sql(
+    """
     SELECT p.id AS patient_id, a.provider_id, a.is_primary_provider, a.assigned_at
     FROM patients AS p
     LEFT JOIN care_team_assignments AS a
         ON a.organization_id = p.organization_id AND a.patient_id = p.id
-    WHERE p.organization_id = :org AND p.id = :patient
+    WHERE p.organization_id = $1 AND p.id = $2
     ORDER BY a.is_primary_provider DESC, a.assigned_at, a.provider_id
-""")
+""",
+    "org",
+    "patient",
+)
 
-SELECT_PATIENT_PRIMARY = sql("""
+SELECT_PATIENT_PRIMARY = Sql(
+    """
     SELECT p.id, a.provider_id
     FROM patients AS p
     LEFT JOIN care_team_assignments AS a
         ON a.organization_id = p.organization_id AND a.patient_id = p.id
        AND a.is_primary_provider
-    WHERE p.organization_id = :org AND p.id = :patient
-""")
+    WHERE p.organization_id = $1 AND p.id = $2
+""",
+    "org",
+    "patient",
+)
 
-SELECT_PATIENT = sql("SELECT id FROM patients WHERE organization_id = :org AND id = :patient")
+SELECT_PATIENT = Sql(
+    "SELECT id FROM patients WHERE organization_id = $1 AND id = $2", "org", "patient"
+)
 
-SELECT_HISTORY = sql("""
+SELECT_HISTORY = Sql(
+    """
     SELECT seq AS id, patient_id, provider_id, event_type, previous_primary_provider_id,
            actor, reason, occurred_at
     FROM care_team_events
-    WHERE organization_id = :org AND patient_id = :patient
-      AND (CAST(:before_id AS bigint) IS NULL OR seq < CAST(:before_id AS bigint))
+    WHERE organization_id = $1 AND patient_id = $2
+      AND (CAST($3 AS bigint) IS NULL OR seq < CAST($3 AS bigint))
     ORDER BY seq DESC
-    LIMIT :limit
-""")
+    LIMIT $4
+""",
+    "org",
+    "patient",
+    "before_id",
+    "limit",
+)
 
 
 async def _read_team(driver: Any, org: uuid.UUID, patient: uuid.UUID) -> CareTeam:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.errors import PatientNotFound, ProviderNotFound
-from src.services.transaction import Sql, run_in_transaction, sql
+from src.services.transaction import Sql, run_in_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -42,23 +42,34 @@ class ProviderRecord:
 PATIENT_COLUMNS = "id, first_name, last_name, dob, created_at"
 PROVIDER_COLUMNS = "id, first_name, last_name, npi, active, created_at"
 
-INSERT_PATIENT = sql(
+INSERT_PATIENT = Sql(
     "INSERT INTO patients (organization_id, first_name, last_name, dob) "
-    f"VALUES (:org, :first_name, :last_name, :dob) RETURNING {PATIENT_COLUMNS}"
+    f"VALUES ($1, $2, $3, $4) RETURNING {PATIENT_COLUMNS}",
+    "org",
+    "first_name",
+    "last_name",
+    "dob",
 )
-SELECT_PATIENT = sql(
-    f"SELECT {PATIENT_COLUMNS} FROM patients WHERE organization_id = :org AND id = :id"
+SELECT_PATIENT = Sql(
+    f"SELECT {PATIENT_COLUMNS} FROM patients WHERE organization_id = $1 AND id = $2", "org", "id"
 )
-INSERT_PROVIDER = sql(
+INSERT_PROVIDER = Sql(
     "INSERT INTO providers (organization_id, first_name, last_name, npi) "
-    f"VALUES (:org, :first_name, :last_name, :npi) RETURNING {PROVIDER_COLUMNS}"
+    f"VALUES ($1, $2, $3, $4) RETURNING {PROVIDER_COLUMNS}",
+    "org",
+    "first_name",
+    "last_name",
+    "npi",
 )
-SELECT_PROVIDER = sql(
-    f"SELECT {PROVIDER_COLUMNS} FROM providers WHERE organization_id = :org AND id = :id"
+SELECT_PROVIDER = Sql(
+    f"SELECT {PROVIDER_COLUMNS} FROM providers WHERE organization_id = $1 AND id = $2", "org", "id"
 )
-SET_PROVIDER_ACTIVE = sql(
-    "UPDATE providers SET active = :active "
-    f"WHERE organization_id = :org AND id = :id RETURNING {PROVIDER_COLUMNS}"
+SET_PROVIDER_ACTIVE = Sql(
+    "UPDATE providers SET active = $1 "
+    f"WHERE organization_id = $2 AND id = $3 RETURNING {PROVIDER_COLUMNS}",
+    "active",
+    "org",
+    "id",
 )
 
 

@@ -18,23 +18,26 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.errors import ApiKeyNotFound, OrganizationNotFound
-from src.services.transaction import run_in_transaction, sql
+from src.services.transaction import Sql, run_in_transaction
 
 logger = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "ctk_"
 
-AUTHENTICATE = sql("SELECT api_key_id, organization_id FROM authenticate_api_key(:hash)")
-INSERT_ORGANIZATION = sql("INSERT INTO organizations (name) VALUES (:name) RETURNING id")
-ORGANIZATION_EXISTS = sql("SELECT 1 FROM organizations WHERE id = :org")
-INSERT_API_KEY = sql(
-    "INSERT INTO api_keys (organization_id, key_hash, name) VALUES (:org, :hash, :name) "
-    "RETURNING id"
+AUTHENTICATE = Sql("SELECT api_key_id, organization_id FROM authenticate_api_key($1)", "hash")
+INSERT_ORGANIZATION = Sql("INSERT INTO organizations (name) VALUES ($1) RETURNING id", "name")
+ORGANIZATION_EXISTS = Sql("SELECT 1 FROM organizations WHERE id = $1", "org")
+INSERT_API_KEY = Sql(
+    "INSERT INTO api_keys (organization_id, key_hash, name) VALUES ($1, $2, $3) RETURNING id",
+    "org",
+    "hash",
+    "name",
 )
 # Revoking is idempotent: a key revoked before keeps its first revoked_at.
-REVOKE_API_KEY = sql("""
+REVOKE_API_KEY = Sql(
+    """
     WITH target AS (
-        SELECT id, organization_id, revoked_at FROM api_keys WHERE id = :id FOR UPDATE
+        SELECT id, organization_id, revoked_at FROM api_keys WHERE id = $1 FOR UPDATE
     ), revoked AS (
         UPDATE api_keys AS k SET revoked_at = now()
         FROM target AS t
@@ -45,7 +48,9 @@ REVOKE_API_KEY = sql("""
            coalesce((SELECT revoked_at FROM revoked), t.revoked_at) AS revoked_at,
            t.revoked_at IS NOT NULL AS already_revoked
     FROM target AS t
-""")
+""",
+    "id",
+)
 
 
 @dataclass(frozen=True)

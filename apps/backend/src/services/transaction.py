@@ -1,13 +1,19 @@
-"""The transaction every service operation runs in, and database-error translation."""
+"""The transaction every service operation runs in, and database-error translation.
+
+One path: a public service method owns its transaction. It borrows the session's pooled
+connection, sends BEGIN (with the tenant, in one round trip), its statements (prepared,
+on the asyncpg connection), and COMMIT; on any failure it rolls back. A session that
+already has a transaction open is refused with SessionInTransaction: the service never
+joins, and so never commits, a caller's transaction.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -28,28 +34,143 @@ from src.services.errors import (
 
 logger = logging.getLogger(__name__)
 
-
-# The database is there but the operation waited too long: retry soon (busy).
-_BUSY_SQLSTATES = {
-    "57014",  # statement timeout / query canceled
-    "55P03",  # lock not available (lock_timeout): another writer holds the patient
-}
-_UNAVAILABLE_SQLSTATES = {
-    "57P01",  # admin shutdown
-    "57P02",  # crash shutdown
-    "57P03",  # cannot connect now
-    "53300",  # too many connections
-}
+T = TypeVar("T")
 
 
-def _translate(
-    err: Exception,
+class SessionInTransaction(RuntimeError):
+    """A caller passed a session with a transaction open. Each service method is one
+    transaction of its own: commit or roll back the session's work first."""
+
+
+# --- statements ----------------------------------------------------------------------
+
+
+class Sql:
+    """A statement in PostgreSQL's own positional form ($1, $2, ...), with the name of
+    each parameter in order, so calls bind by name:
+
+        LOCK = Sql("SELECT id FROM patients WHERE organization_id = $1 AND id = $2",
+                   "org", "patient")
+        await LOCK.fetchval(driver, {"org": org, "patient": patient})
+
+    The text is sent as written (a prepared statement); nothing rewrites it.
+    """
+
+    __slots__ = ("names", "text")
+
+    def __init__(self, text: str, *names: str) -> None:
+        self.text = text
+        self.names = names
+
+    def args(self, params: dict[str, Any]) -> list[Any]:
+        return [params[name] for name in self.names]
+
+    # Run on an asyncpg connection (the one run_in_transaction hands to the work).
+    async def fetch(self, driver: Any, params: dict[str, Any]) -> list[Any]:
+        return list(await driver.fetch(self.text, *self.args(params)))
+
+    async def fetchrow(self, driver: Any, params: dict[str, Any]) -> Any:
+        return await driver.fetchrow(self.text, *self.args(params))
+
+    async def fetchval(self, driver: Any, params: dict[str, Any]) -> Any:
+        return await driver.fetchval(self.text, *self.args(params))
+
+    async def execute(self, driver: Any, params: dict[str, Any]) -> None:
+        await driver.execute(self.text, *self.args(params))
+
+
+# Transaction-local (true): the tenant never leaks into the next transaction on the
+# same pooled connection.
+SET_TENANT = Sql("SELECT set_config('app.current_organization_id', $1, true)", "org")
+
+
+def tenant_statement(organization_id: uuid.UUID) -> str:
+    """BEGIN and the tenant as one simple query (which takes no parameters, so the id is
+    inlined after being re-parsed as a UUID: only hex digits and dashes reach the SQL)."""
+    org = uuid.UUID(str(organization_id))
+    return f"BEGIN; SELECT set_config('app.current_organization_id', '{org}', true)"
+
+
+# --- what went wrong ------------------------------------------------------------------------
+
+
+class Failure(enum.Enum):
+    """What a database error means for the operation, decided by the error's type."""
+
+    ROLLED_BACK = "rolled_back"  # PostgreSQL undid the transaction: running it again is safe
+    LOST = "lost"  # the connection is gone (terminated, restarting, unreachable)
+    BUSY = "busy"  # a lock or statement timeout, or no pooled connection free: load
+    REFUSED = "refused"  # PostgreSQL refused a statement (a constraint, a bug, ...)
+    MISUSE = "misuse"  # the driver was used wrongly: a bug, never retried
+
+
+# PostgreSQL rolled the whole transaction back: serialization failure, deadlock.
+_ROLLED_BACK_SQLSTATES = {"40001", "40P01"}
+_BUSY_SQLSTATES = {"57014", "55P03"}  # statement timeout / cancel, lock not available
+# The server ends or refuses the session: the connection cannot be used again.
+_GONE = (
+    asyncpg.PostgresConnectionError,  # 08xxx: connection lost, refused, failed
+    asyncpg.AdminShutdownError,  # 57P01
+    asyncpg.CrashShutdownError,  # 57P02
+    asyncpg.CannotConnectNowError,  # 57P03
+    asyncpg.TooManyConnectionsError,  # 53300
+    asyncpg.InternalClientError,  # the protocol's state is broken: the connection is done
+    OSError,  # includes ConnectionError: the socket
+    TimeoutError,  # connecting timed out
+)
+
+
+def driver_error(err: BaseException) -> BaseException:
+    """The driver's exception behind SQLAlchemy's wrappers (`.orig`, `__cause__`)."""
+    seen = err
+    while True:
+        inner = getattr(seen, "orig", None) or seen.__cause__
+        if inner is None or inner is seen:
+            return seen
+        seen = inner
+
+
+def classify(err: BaseException, driver: Any = None) -> Failure:  # noqa: PLR0911
+    """The kind of failure `err` is, by its type (and, for an InterfaceError, by whether
+    `driver`, the connection it came from, is still open)."""
+    if isinstance(err, sa_exc.TimeoutError):  # no pooled connection free in time
+        return Failure.BUSY
+    if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
+        return Failure.LOST
+    cause = driver_error(err)
+    sqlstate = pg_error_fields(err)[0]
+    if sqlstate in _ROLLED_BACK_SQLSTATES:
+        return Failure.ROLLED_BACK
+    if sqlstate in _BUSY_SQLSTATES:
+        return Failure.BUSY
+    if isinstance(cause, _GONE):
+        return Failure.LOST
+    if isinstance(cause, asyncpg.InterfaceError):
+        # Using a connection that has closed (it broke) is a loss; anything else asyncpg
+        # calls an interface error ("another operation is in progress", ...) is misuse.
+        closed = driver is not None and driver.is_closed()
+        return Failure.LOST if closed else Failure.MISUSE
+    if isinstance(cause, asyncpg.PostgresError):
+        return Failure.REFUSED
+    return Failure.MISUSE
+
+
+def is_database_error(err: BaseException) -> bool:
+    return isinstance(err, sa_exc.SQLAlchemyError | OSError | TimeoutError) or isinstance(
+        driver_error(err),
+        asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.InternalClientError,
+    )
+
+
+def translate(
+    err: BaseException,
+    failure: Failure,
     *,
     operation: str,
     organization_id: uuid.UUID | None,
     patient_id: uuid.UUID | None,
 ) -> CareTeamError:
-    """Turn a driver or SQLAlchemy error into the domain error the caller can act on."""
+    """The domain error for a database failure the operation could not recover from."""
     sqlstate, constraint = pg_error_fields(err)
     ids = {
         "operation": operation,
@@ -79,8 +200,7 @@ def _translate(
             },
         )
         return PrimaryProviderConflict(organization_id, patient_id)
-    if sqlstate in _BUSY_SQLSTATES or isinstance(err, sa_exc.TimeoutError):
-        # A lock or statement timeout, or every pooled connection busy: load, not loss.
+    if failure is Failure.BUSY:
         logger.warning(
             "database busy during %s sqlstate=%s",
             operation,
@@ -91,13 +211,7 @@ def _translate(
             f"{operation} waited too long (a lock held by another writer, or load); "
             "nothing changed: retry shortly"
         )
-    connection_lost = _connection_lost(err)
-    if (
-        connection_lost
-        or sqlstate in _UNAVAILABLE_SQLSTATES
-        or isinstance(err, OSError | TimeoutError)
-        or (isinstance(err, sa_exc.InterfaceError | sa_exc.OperationalError) and sqlstate is None)
-    ):
+    if failure in (Failure.LOST, Failure.ROLLED_BACK):
         logger.error(
             "database unavailable during %s sqlstate=%s",
             operation,
@@ -105,165 +219,72 @@ def _translate(
             extra={"event": "database_unavailable", **ids},
         )
         return DatabaseUnavailable(f"database unavailable during {operation}; retry later")
-    logger.error(
-        "database error during %s sqlstate=%s constraint=%s",
-        operation,
-        sqlstate,
-        constraint,
-        extra={"event": "database_error", **ids},
-    )
+    if failure is Failure.MISUSE:
+        logger.error(
+            "driver misuse during %s (%s): a bug",
+            operation,
+            type(driver_error(err)).__name__,
+            exc_info=err,
+            extra={"event": "driver_misuse", **ids},
+        )
+    else:
+        logger.error(
+            "database error during %s sqlstate=%s constraint=%s",
+            operation,
+            sqlstate,
+            constraint,
+            extra={"event": "database_error", **ids},
+        )
     return DatabaseError(f"database refused {operation} (sqlstate {sqlstate}); nothing changed")
 
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Sql:
-    """A statement written with :named parameters (readable, and what pgbench replays),
-    sent as asyncpg's positional prepared statement."""
-
-    text: str
-    positional: str
-    names: tuple[str, ...]
-
-    def args(self, params: dict[str, Any]) -> list[Any]:
-        return [params[name] for name in self.names]
-
-    # Run on an asyncpg connection (the one run_in_transaction hands to the work).
-    async def fetch(self, driver: Any, params: dict[str, Any]) -> list[Any]:
-        return list(await driver.fetch(self.positional, *self.args(params)))
-
-    async def fetchrow(self, driver: Any, params: dict[str, Any]) -> Any:
-        return await driver.fetchrow(self.positional, *self.args(params))
-
-    async def fetchval(self, driver: Any, params: dict[str, Any]) -> Any:
-        return await driver.fetchval(self.positional, *self.args(params))
-
-    async def execute(self, driver: Any, params: dict[str, Any]) -> None:
-        await driver.execute(self.positional, *self.args(params))
-
-
-def sql(text_with_names: str) -> Sql:
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
-
-    positional = re.sub(r"(?<!:):(\w+)", number, text_with_names)
-    return Sql(text_with_names, positional, tuple(names))
-
-
-# Transaction-local (true): the tenant never leaks into the next transaction on the
-# same pooled connection.
-SET_TENANT = sql("SELECT set_config('app.current_organization_id', :org, true)")
-
-
-def tenant_statement(organization_id: uuid.UUID) -> str:
-    """SET_TENANT with the id inlined, so that it can ride with BEGIN in one simple query
-    (which takes no parameters). The id is re-parsed as a UUID first: only hex digits and
-    dashes can reach the SQL."""
-    return SET_TENANT.text.replace(":org", f"'{uuid.UUID(str(organization_id))}'")
-
+# --- the transaction ------------------------------------------------------------------------
 
 MAX_ATTEMPTS = 6
 FIRST_RETRY_DELAY_S = 0.1  # doubling: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s, enough for a restart
 
-# PostgreSQL rolled the whole transaction back: running it again is safe.
-_ROLLED_BACK_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
-# The connection is gone (terminated, server restarting or unreachable).
-_CONNECTION_SQLSTATES = {"57P01", "57P02", "57P03", "08000", "08003", "08006", "08001"}
-
-
-def _connection_lost(err: BaseException) -> bool:
-    sqlstate = pg_error_fields(err)[0]
-    if sqlstate in _CONNECTION_SQLSTATES:
-        return True
-    if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
-        return True
-    if isinstance(err, sa_exc.TimeoutError):  # the pool is exhausted: load, not loss
-        return False
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, OSError | ConnectionError) or type(cause).__name__ in (
-            "ConnectionDoesNotExistError",
-            "InterfaceError",
-            "InternalClientError",  # the protocol's state is broken: the connection is done
-        ):
-            return True
-        cause = cause.__cause__
-    return False
-
-
-_DATABASE_ERRORS = (
-    sa_exc.SQLAlchemyError,
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
-
-
-def _is_database_error(err: Exception) -> bool:
-    return isinstance(err, _DATABASE_ERRORS) or pg_error_fields(err)[0] is not None
-
-
-async def _discard(connection: Any) -> None:
-    """The driver may not have told the pool that the connection broke: make sure it is
-    discarded, never handed to the next request."""
-    try:
-        await connection.invalidate()
-    except Exception:
-        logger.debug("invalidating a lost connection failed", exc_info=True)
-
 
 class _Unit:
-    """One attempt's transaction, driven on the asyncpg connection beneath the session.
+    """One attempt's transaction, on the asyncpg connection beneath the session.
 
-    The session lends its pooled connection; the statements, BEGIN and COMMIT go to
-    asyncpg directly (prepared statements, none of the ORM's per-statement work: about
-    half the client CPU of an operation). If the session already has a transaction open
-    (a caller's, or the test suite's savepoint), the unit joins it and the session
-    commits or rolls back as before.
+    The session lends its pooled connection; BEGIN, the statements and COMMIT go to
+    asyncpg directly (prepared statements, none of the ORM's per-statement work).
     """
 
     def __init__(self, db: AsyncSession) -> None:
         self.db = db
         self.connection: Any = None  # the session's AsyncConnection
         self.driver: Any = None  # the asyncpg connection under it
-        self.joined = False  # the session had a transaction open: the session ends it
-        self.began = False  # this unit sent BEGIN: it ends the transaction itself
+        self.began = False  # this unit sent BEGIN: it ends the transaction
 
     async def begin(self, organization_id: uuid.UUID | None, *, explicit: bool) -> Any:
         self.connection = await self.db.connection()
         # Plain attributes of the connection just checked out (get_raw_connection() would
         # cost a greenlet round for the same object).
         self.driver = self.connection.sync_connection.connection.driver_connection
-        self.joined = self.driver.is_in_transaction()
-        self.began = explicit and not self.joined
-        begin = "BEGIN; " if self.began else ""
+        if self.driver.is_in_transaction():
+            raise SessionInTransaction(
+                "the session passed to the service has a transaction open; each service "
+                "method runs its own: commit or roll back the session first"
+            )
         if organization_id is not None:
-            # BEGIN and the tenant in one round trip: one simple query, several statements.
-            await self.driver.execute(begin + tenant_statement(organization_id))
-        elif begin:
+            await self.driver.execute(tenant_statement(organization_id))
+            self.began = True
+        elif explicit:
             await self.driver.execute("BEGIN")
+            self.began = True
         return self.driver
 
     async def commit(self) -> None:
-        if self.joined:
-            await self.db.commit()
-        elif self.began:
+        if self.began:
             await self.driver.execute("COMMIT")
-        # Otherwise the session keeps its connection (it has no transaction open on it)
-        # for the next unit of the same session, e.g. the request's after its key check.
+            self.began = False
+        # The session keeps its connection (with no transaction open on it) for the next
+        # unit of the same session, e.g. the request's operation after its key check.
 
-    async def abandon(self, *, lost: bool, cancelled: bool) -> None:
+    async def abandon(self, *, doubtful: bool) -> None:
         """Roll back after a failure. A connection in doubt (lost, cancelled mid-statement,
         or still inside a transaction) is discarded, never handed to the next request."""
-        doubtful = lost or cancelled
         if self.began and not doubtful:
             try:
                 await self.driver.execute("ROLLBACK")
@@ -272,9 +293,12 @@ class _Unit:
                 logger.debug("rollback failed; discarding the connection", exc_info=True)
                 doubtful = True
         if doubtful and self.connection is not None:
-            await _discard(self.connection)
+            try:
+                await self.connection.invalidate()
+            except Exception:
+                logger.debug("invalidating a lost connection failed", exc_info=True)
         try:
-            await self.db.rollback()
+            await self.db.rollback()  # the session's own bookkeeping; returns the connection
         except Exception:  # the connection may be gone; the server rolls back by itself
             logger.debug("session rollback after a failure also failed", exc_info=True)
 
@@ -291,11 +315,9 @@ async def run_in_transaction(
 ) -> T:
     """Run `work(connection)` as one transaction (tenant first, when given) and commit it.
 
-    `work` gets the asyncpg connection of the session and sends its statements there,
-    never through the session itself (asyncpg refuses to start the session's own
-    transaction inside one this unit began).
+    `work` gets the asyncpg connection of the session and sends its statements there.
     A read-only unit without a tenant (key authentication: one statement) runs without
-    BEGIN/COMMIT.
+    BEGIN/COMMIT. Raises SessionInTransaction if the session has a transaction open.
 
     On any failure it rolls back: domain errors are re-raised as they are, database
     errors become domain errors (never a raw driver exception). It retries, a bounded
@@ -305,7 +327,8 @@ async def run_in_transaction(
     the outcome unknown: then `verify`, in a new transaction, looks at the data: it
     returns the result if the change is in place, or None if it is not (then `work`
     runs again). Without `verify`, that case raises OutcomeUnknown, unless `read_only`
-    (nothing to commit: it simply runs again).
+    (nothing to commit: it simply runs again). Misuse of the driver is a bug: never
+    retried, logged at ERROR, answered as DatabaseError.
     """
     delay = FIRST_RETRY_DELAY_S
     must_verify = False
@@ -331,23 +354,28 @@ async def run_in_transaction(
             committing = True
             await unit.commit()
             return result
+        except SessionInTransaction:
+            raise
         except BaseException as err:
-            lost = isinstance(err, Exception) and _connection_lost(err)
-            await unit.abandon(lost=lost, cancelled=not isinstance(err, Exception))
-            if isinstance(err, CareTeamError) or not isinstance(err, Exception):
+            cancelled = not isinstance(err, Exception)
+            failure = None
+            if not cancelled and is_database_error(err):
+                failure = classify(err, unit.driver)
+            await unit.abandon(doubtful=cancelled or failure is Failure.LOST)
+            if failure is None:  # a domain error, a cancellation, or a bug: as it is
                 raise
-            if not _is_database_error(err):
-                raise
-            sqlstate = pg_error_fields(err)[0]
+            lost = failure is Failure.LOST
             if lost and committing and not read_only:
                 if verify is None:
                     raise OutcomeUnknown(operation) from err
                 must_verify = True
-            if attempt == MAX_ATTEMPTS or not (lost or sqlstate in _ROLLED_BACK_SQLSTATES):
+            retryable = failure in (Failure.LOST, Failure.ROLLED_BACK)
+            if attempt == MAX_ATTEMPTS or not retryable:
                 if must_verify:
                     raise OutcomeUnknown(operation) from err
-                raise _translate(
+                raise translate(
                     err,
+                    failure,
                     operation=operation,
                     organization_id=organization_id,
                     patient_id=patient_id,
@@ -355,7 +383,7 @@ async def run_in_transaction(
             logger.warning(
                 "%s failed (%s); retry %d/%d in %.1fs",
                 operation,
-                "connection lost" if lost else f"sqlstate {sqlstate}",
+                failure.value,
                 attempt,
                 MAX_ATTEMPTS - 1,
                 delay,

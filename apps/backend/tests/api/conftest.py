@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -14,18 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.api.app import create_app
 from src.db import Database
 from src.services.organization_service import OrganizationService
-from tests.helpers import LiveApi, start_serve
-
-
-@dataclass
-class Tenant:
-    organization_id: uuid.UUID
-    api_key_id: uuid.UUID
-    key: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
+from tests.helpers import LiveApi, Tenant, TenantFactory, start_serve
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +25,6 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://careteam.test") as c:
         yield c
-
-
-TenantFactory = Callable[[], Awaitable[Tenant]]
 
 
 @pytest.fixture
@@ -56,20 +40,6 @@ def make_tenant(database: Database) -> TenantFactory:
 @pytest.fixture
 async def tenant(make_tenant: TenantFactory) -> Tenant:
     return await make_tenant()
-
-
-async def create_patient(client: httpx.AsyncClient, tenant: Tenant, **overrides: object) -> str:
-    body = {"first_name": "Alice", "last_name": "Example", "dob": "1984-02-29", **overrides}
-    response = await client.post("/v1/patients", json=body, headers=tenant.headers)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
-
-
-async def create_provider(client: httpx.AsyncClient, tenant: Tenant, **overrides: object) -> str:
-    body = {"first_name": "Grace", "last_name": "Doctor", **overrides}
-    response = await client.post("/v1/providers", json=body, headers=tenant.headers)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
 
 
 @pytest.fixture(scope="module")

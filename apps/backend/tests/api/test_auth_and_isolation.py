@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.db import Database
 from src.services.organization_service import OrganizationService
-from tests.api.conftest import Tenant, TenantFactory, create_patient, create_provider
+from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
 
 
 class TestAuthentication:
@@ -51,7 +51,7 @@ class TestAuthentication:
     async def test_revoked_key_stops_working_at_once(
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database
     ):
-        patient = await create_patient(client, tenant)
+        patient = await post_patient(client, tenant)
         async with AsyncSession(database.owner_engine) as owner:
             second = await OrganizationService.create_api_key(
                 db=owner, organization_id=tenant.organization_id
@@ -90,8 +90,8 @@ class TestTenantIsolationMatrix:
         self, client: httpx.AsyncClient, make_tenant: Callable[[], Awaitable[Tenant]]
     ) -> dict[str, object]:
         a, b = await make_tenant(), await make_tenant()
-        patient_a = await create_patient(client, a)
-        provider_a, other_a = await create_provider(client, a), await create_provider(client, a)
+        patient_a = await post_patient(client, a)
+        provider_a, other_a = await post_provider(client, a), await post_provider(client, a)
         await client.put(
             f"/v1/patients/{patient_a}/care-team/primary",
             json={"provider_id": provider_a},
@@ -107,8 +107,8 @@ class TestTenantIsolationMatrix:
             "b": b,
             "patient_a": patient_a,
             "provider_a": provider_a,
-            "patient_b": await create_patient(client, b),
-            "provider_b": await create_provider(client, b),
+            "patient_b": await post_patient(client, b),
+            "provider_b": await post_provider(client, b),
         }
 
     ROUTES: ClassVar[list[tuple[str, str, dict[str, object] | None]]] = [
@@ -210,8 +210,8 @@ class TestReferencesInPathsAndBodies:
         self, client: httpx.AsyncClient, make_tenant: TenantFactory
     ):
         a, b = await make_tenant(), await make_tenant()
-        patient = await create_patient(client, a)
-        foreign = await create_provider(client, b)
+        patient = await post_patient(client, a)
+        foreign = await post_provider(client, b)
         answers = []
         for provider in (str(uuid.uuid4()), foreign):
             for method, suffix in (("PUT", "primary"), ("POST", "members")):
@@ -238,9 +238,9 @@ class TestReferencesInPathsAndBodies:
         self, client: httpx.AsyncClient, make_tenant: TenantFactory
     ):
         a, b = await make_tenant(), await make_tenant()
-        own_patient = await create_patient(client, a)
-        own_provider = await create_provider(client, a)
-        for patient in (str(uuid.uuid4()), await create_patient(client, b)):
+        own_patient = await post_patient(client, a)
+        own_provider = await post_provider(client, a)
+        for patient in (str(uuid.uuid4()), await post_patient(client, b)):
             for method, path, body in [
                 ("GET", f"/v1/patients/{patient}", None),
                 ("GET", f"/v1/patients/{patient}/care-team", None),
@@ -255,7 +255,7 @@ class TestReferencesInPathsAndBodies:
             ]:
                 r = await client.request(method, path, json=body, headers=a.headers)
                 assert (r.status_code, r.json()["error"]) == (404, "patient_not_found"), path
-        for provider in (str(uuid.uuid4()), await create_provider(client, b)):
+        for provider in (str(uuid.uuid4()), await post_provider(client, b)):
             for method, path, body in [
                 ("GET", f"/v1/providers/{provider}", None),
                 ("PATCH", f"/v1/providers/{provider}", {"active": False}),

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from src.api.fields import check_person_name, name_pattern
 from src.db import Database
-from tests.api.conftest import Tenant, create_patient, create_provider
+from tests.helpers import Tenant, post_patient, post_provider
 
 TOMORROW = (datetime.date.today() + datetime.timedelta(days=2)).isoformat()
 VALID = {"first_name": "Ada", "last_name": "Example", "dob": "1990-05-17"}
@@ -133,7 +133,7 @@ class TestNames:
     async def test_names_people_have_are_accepted(
         self, client: httpx.AsyncClient, tenant: Tenant, name: str
     ):
-        patient = await create_patient(client, tenant, first_name=name)
+        patient = await post_patient(client, tenant, first_name=name)
         r = await client.get(f"/v1/patients/{patient}", headers=tenant.headers)
         assert r.json()["first_name"] == name
 
@@ -141,7 +141,7 @@ class TestNames:
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database
     ):
         decomposed = "Jose\u0301"  # e + combining acute accent
-        patient = await create_patient(client, tenant, last_name=decomposed)
+        patient = await post_patient(client, tenant, last_name=decomposed)
         async with database.owner_engine.connect() as conn:
             stored = (
                 await conn.execute(
@@ -206,7 +206,7 @@ class TestOtherInputs:
     async def test_bad_provider_reference(
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database, body: object
     ):
-        patient = await create_patient(client, tenant)
+        patient = await post_patient(client, tenant)
         before = await rows_of(database, tenant)
         for method, suffix in (("PUT", "primary"), ("POST", "members")):
             r = await client.request(
@@ -222,7 +222,7 @@ class TestOtherInputs:
     async def test_bad_provider_patch(
         self, client: httpx.AsyncClient, tenant: Tenant, body: object
     ):
-        provider = await create_provider(client, tenant)
+        provider = await post_provider(client, tenant)
         r = await client.patch(f"/v1/providers/{provider}", json=body, headers=tenant.headers)
         assert r.status_code == 422
         got = await client.get(f"/v1/providers/{provider}", headers=tenant.headers)
@@ -250,7 +250,7 @@ class TestOtherInputs:
         ],
     )
     async def test_bad_paging(self, client: httpx.AsyncClient, tenant: Tenant, params: dict):
-        patient = await create_patient(client, tenant)
+        patient = await post_patient(client, tenant)
         r = await client.get(
             f"/v1/patients/{patient}/care-team/history", params=params, headers=tenant.headers
         )
@@ -275,7 +275,7 @@ class TestLogs:
         )
         assert r.status_code == 201 and r.headers["x-request-id"] == "req-test-123"
         patient = r.json()["id"]
-        provider = await create_provider(client, tenant, first_name="Ottoline")
+        provider = await post_provider(client, tenant, first_name="Ottoline")
         await client.put(
             f"/v1/patients/{patient}/care-team/primary",
             json={"provider_id": provider},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.api.conftest import Tenant, TenantFactory, create_patient, create_provider
+from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
 
 
 async def assign(client: httpx.AsyncClient, tenant: Tenant, patient: str, provider: str) -> None:
@@ -26,14 +26,14 @@ class TestIdsBelongToTheTenant:
         self, client: httpx.AsyncClient, make_tenant: TenantFactory
     ):
         a, b = await make_tenant(), await make_tenant()
-        b_patient = await create_patient(client, b)
-        b_providers = [await create_provider(client, b) for _ in range(2)]
+        b_patient = await post_patient(client, b)
+        b_providers = [await post_provider(client, b) for _ in range(2)]
         await assign(client, b, b_patient, b_providers[0])
         first = await history_ids(client, b, b_patient)
         assert first == [1]  # the tenant's first event is its number 1
 
-        a_patient = await create_patient(client, a)
-        a_providers = [await create_provider(client, a) for _ in range(2)]
+        a_patient = await post_patient(client, a)
+        a_providers = [await post_provider(client, a) for _ in range(2)]
         for n in range(7):  # 13 events in tenant A
             await assign(client, a, a_patient, a_providers[n % 2])
 
@@ -43,8 +43,8 @@ class TestIdsBelongToTheTenant:
     async def test_cursors_page_through_everything_once(
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
-        patient = await create_patient(client, tenant)
-        providers = [await create_provider(client, tenant) for _ in range(2)]
+        patient = await post_patient(client, tenant)
+        providers = [await post_provider(client, tenant) for _ in range(2)]
         for n in range(4):
             await assign(client, tenant, patient, providers[n % 2])  # 7 events
         seen: list[int] = []

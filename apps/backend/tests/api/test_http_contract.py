@@ -16,7 +16,7 @@ from sqlalchemy import text
 from src.api.app import create_app
 from src.config import Settings
 from src.db import Database, open_database
-from tests.api.conftest import Tenant, create_patient, create_provider
+from tests.helpers import Tenant, post_patient, post_provider
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance", "error", "request_id"}
 
@@ -42,8 +42,8 @@ class TestProblemDetails:
     async def test_every_kind_of_error_is_a_problem(
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
-        patient = await create_patient(client, tenant)
-        provider = await create_provider(client, tenant)
+        patient = await post_patient(client, tenant)
+        provider = await post_provider(client, tenant)
         h = tenant.headers
         assert_problem(await client.get("/v1/nothing", headers=h), 404, "not_found")
         body = assert_problem(
@@ -85,8 +85,8 @@ class TestHead:
     async def test_every_get_route_answers_head_without_a_body(
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
-        patient = await create_patient(client, tenant)
-        provider = await create_provider(client, tenant)
+        patient = await post_patient(client, tenant)
+        provider = await post_provider(client, tenant)
         paths = {
             "/healthz",
             "/readyz",
@@ -181,7 +181,7 @@ class TestCaching:
     async def test_answers_are_never_stored_by_caches(
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
-        patient = await create_patient(client, tenant)
+        patient = await post_patient(client, tenant)
         for path in (f"/v1/patients/{patient}", f"/v1/patients/{uuid.uuid4()}", "/healthz"):
             r = await client.get(path, headers=tenant.headers)
             assert r.headers["cache-control"] == "no-store"
@@ -197,8 +197,8 @@ class TestRetryable503:
         app = create_app(impatient)
         try:
             async for c in app_client(app):
-                patient = await create_patient(c, tenant)
-                provider = await create_provider(c, tenant)
+                patient = await post_patient(c, tenant)
+                provider = await post_provider(c, tenant)
                 async with database.owner_engine.connect() as blocker:
                     await blocker.execute(
                         text("SELECT 1 FROM patients WHERE id = :p FOR UPDATE"), {"p": patient}

@@ -15,8 +15,7 @@ from pathlib import Path
 import asyncpg
 
 from src.config import BACKEND_DIR
-from tests.conftest import FreshDatabase
-from tests.helpers import LiveApi, http_json, start_serve
+from tests.helpers import FreshDatabase, LiveApi, http_json, start_serve
 
 
 def raw_request(base_url: str, head: bytes, chunk: int = 64 * 1024) -> bytes:

@@ -20,8 +20,7 @@ from src.config import BACKEND_DIR, Settings
 from src.db import Database, open_database
 from src.log_config import JsonFormatter
 from src.schema import downgrade, upgrade
-from tests.api.conftest import Tenant, create_patient, create_provider
-from tests.conftest import FreshDatabase
+from tests.helpers import FreshDatabase, Tenant, post_patient, post_provider
 
 
 def sample(name: str, **labels: str) -> float:
@@ -67,8 +66,8 @@ class TestJsonLogs:
 
 class TestMetrics:
     async def test_counters_move(self, client: httpx.AsyncClient, tenant: Tenant):
-        patient = await create_patient(client, tenant)
-        provider = await create_provider(client, tenant)
+        patient = await post_patient(client, tenant)
+        provider = await post_provider(client, tenant)
         route = "/v1/patients/{patient_id}/care-team/primary"
         before = {
             "changed": sample("careteam_primary_assignments_total", outcome="changed"),
@@ -107,7 +106,7 @@ class TestMetrics:
     async def test_refused_domain_outcomes_are_counted_by_code(
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
-        patient = await create_patient(client, tenant)
+        patient = await post_patient(client, tenant)
         before = sample("careteam_primary_assignments_total", outcome="provider_not_found")
         r = await client.put(
             f"/v1/patients/{patient}/care-team/primary",

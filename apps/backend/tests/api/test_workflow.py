@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from tests.api.conftest import Tenant, create_patient, create_provider
+from tests.helpers import Tenant, post_patient, post_provider
 
 
 class TestWorkflow:
@@ -14,8 +14,8 @@ class TestWorkflow:
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
         h = tenant.headers
-        patient = await create_patient(client, tenant)
-        first, second, third = [await create_provider(client, tenant) for _ in range(3)]
+        patient = await post_patient(client, tenant)
+        first, second, third = [await post_provider(client, tenant) for _ in range(3)]
         team_url = f"/v1/patients/{patient}/care-team"
 
         empty = await client.get(team_url, headers=h)
@@ -59,8 +59,8 @@ class TestWorkflow:
     async def test_current_primary_cannot_be_made_secondary(
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
-        patient = await create_patient(client, tenant)
-        provider = await create_provider(client, tenant)
+        patient = await post_patient(client, tenant)
+        provider = await post_provider(client, tenant)
         team_url = f"/v1/patients/{patient}/care-team"
         await client.put(
             f"{team_url}/primary", json={"provider_id": provider}, headers=tenant.headers
@@ -72,8 +72,8 @@ class TestWorkflow:
         assert r.json()["error"] == "provider_already_primary"
 
     async def test_remove_member(self, client: httpx.AsyncClient, tenant: Tenant):
-        patient = await create_patient(client, tenant)
-        provider = await create_provider(client, tenant)
+        patient = await post_patient(client, tenant)
+        provider = await post_provider(client, tenant)
         team_url = f"/v1/patients/{patient}/care-team"
         await client.post(
             f"{team_url}/members", json={"provider_id": provider}, headers=tenant.headers
@@ -87,8 +87,8 @@ class TestWorkflow:
     async def test_deactivated_provider_cannot_join(
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
-        patient = await create_patient(client, tenant)
-        provider = await create_provider(client, tenant, npi="1234567893")
+        patient = await post_patient(client, tenant)
+        provider = await post_provider(client, tenant, npi="1234567893")
         r = await client.patch(
             f"/v1/providers/{provider}", json={"active": False}, headers=tenant.headers
         )
@@ -103,8 +103,8 @@ class TestWorkflow:
         assert r.json()["error"] == "provider_inactive"
 
     async def test_read_back_patient_and_provider(self, client: httpx.AsyncClient, tenant: Tenant):
-        patient = await create_patient(client, tenant, first_name="Bob")
-        provider = await create_provider(client, tenant)
+        patient = await post_patient(client, tenant, first_name="Bob")
+        provider = await post_provider(client, tenant)
         p = (await client.get(f"/v1/patients/{patient}", headers=tenant.headers)).json()
         assert (p["first_name"], p["dob"]) == ("Bob", "1984-02-29")
         assert (await client.get(f"/v1/providers/{provider}", headers=tenant.headers)).json()[
@@ -120,8 +120,8 @@ class TestConcurrentAssignmentThroughTheApp:
     async def test_50_concurrent_puts_leave_exactly_one_primary(
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
-        patient = await create_patient(client, tenant)
-        providers = [await create_provider(client, tenant) for _ in range(5)]
+        patient = await post_patient(client, tenant)
+        providers = [await post_provider(client, tenant) for _ in range(5)]
         url = f"/v1/patients/{patient}/care-team/primary"
         responses = await asyncio.gather(
             *(

@@ -20,7 +20,7 @@ import pytest
 
 from src.config import BACKEND_DIR
 from src.embedded import Supervisor, release_embedded_server, start_embedded_server
-from tests.conftest import FreshDatabase
+from tests.helpers import FreshDatabase
 from tests.helpers import free_port as _free_port
 
 

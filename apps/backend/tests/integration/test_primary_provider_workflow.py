@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from src.db import Database
 from src.services.care_team_service import CareTeamService as Service
-from tests.factories import create_clinic
+from tests.helpers import create_clinic
 
 
 class TestPrimaryProviderWorkflow:

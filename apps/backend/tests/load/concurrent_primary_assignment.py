@@ -28,7 +28,7 @@ from src.config import get_settings
 from src.db import Database, open_database
 from src.schema import upgrade
 from src.services.care_team_service import CareTeamService
-from tests.factories import (
+from tests.helpers import (
     create_organization,
     create_patient,
     create_provider,

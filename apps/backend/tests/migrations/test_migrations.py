@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
 import subprocess
-import uuid
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -13,13 +11,11 @@ from alembic.script import ScriptDirectory
 from src.embedded import client_program
 from src.models import UNIQUE_PRIMARY_INDEX, Base
 from src.schema import alembic_config, current_revision, downgrade, upgrade
-from tests.conftest import FreshDatabase
+from tests.helpers import PRIMARIES, RLS, UNIQUE, FreshDatabase, seed_duplicates
 
-RLS, UNIQUE = "20260114_rls_coverage", "20260114_unique_primary"
 EVENT_SEQUENCE, APP_ROLE = "20261128_event_sequence", "20261128_app_role_login"
 HEAD = APP_ROLE
 
-PRIMARIES = "SELECT patient_id, provider_id FROM care_team_assignments WHERE is_primary_provider"
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
 
@@ -112,78 +108,3 @@ class TestDedupe:
         primaries = dict(await fresh_database.execute(PRIMARIES))
         assert primaries == seeded.expected_primaries
         assert await fresh_database.execute("SELECT count(*) FROM care_team_events") == [(0,)]
-
-
-class Seeded:
-    def __init__(self) -> None:
-        self.expected_primaries: dict[uuid.UUID, uuid.UUID] = {}
-        self.demoted: list[tuple[uuid.UUID, uuid.UUID]] = []
-
-
-async def seed_duplicates(db: FreshDatabase, *, duplicates: bool = True) -> Seeded:
-    """Patients with 3 primaries, a tie on assigned_at, one clean, one without primary."""
-    seeded = Seeded()
-    org = (await db.execute("INSERT INTO organizations (name) VALUES ('c') RETURNING id"))[0][0]
-
-    async def patient() -> uuid.UUID:
-        rows = await db.execute(
-            "INSERT INTO patients (organization_id) VALUES (:org) RETURNING id", org=org
-        )
-        return rows[0][0]
-
-    async def provider() -> uuid.UUID:
-        rows = await db.execute(
-            "INSERT INTO providers (organization_id) VALUES (:org) RETURNING id", org=org
-        )
-        return rows[0][0]
-
-    async def assign(
-        patient_id: uuid.UUID,
-        *,
-        primary: bool,
-        at: datetime.datetime,
-        assignment_id: uuid.UUID | None = None,
-    ) -> uuid.UUID:
-        provider_id = await provider()
-        await db.execute(
-            "INSERT INTO care_team_assignments (id, organization_id, patient_id, provider_id, "
-            "is_primary_provider, assigned_at) VALUES (:id, :org, :patient, :provider, "
-            ":primary, :at)",
-            id=assignment_id or uuid.uuid4(),
-            org=org,
-            patient=patient_id,
-            provider=provider_id,
-            primary=primary,
-            at=at,
-        )
-        return provider_id
-
-    t = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
-    day = datetime.timedelta(days=1)
-    if duplicates:
-        # Three primaries: the latest assigned_at is kept.
-        three = await patient()
-        old = [
-            await assign(three, primary=True, at=t),
-            await assign(three, primary=True, at=t + day),
-        ]
-        latest = await assign(three, primary=True, at=t + 2 * day)
-        await assign(three, primary=False, at=t + 3 * day)
-        seeded.expected_primaries[three] = latest
-        seeded.demoted += [(three, p) for p in old]
-        # A tie on assigned_at: the highest id is kept.
-        tie = await patient()
-        low = await assign(
-            tie, primary=True, at=t, assignment_id=uuid.UUID("00000000-0000-4000-8000-000000000001")
-        )
-        high = await assign(
-            tie, primary=True, at=t, assignment_id=uuid.UUID("ffffffff-ffff-4fff-bfff-ffffffffffff")
-        )
-        seeded.expected_primaries[tie] = high
-        seeded.demoted.append((tie, low))
-    clean = await patient()
-    seeded.expected_primaries[clean] = await assign(clean, primary=True, at=t)
-    await assign(clean, primary=False, at=t + day)
-    no_primary = await patient()
-    await assign(no_primary, primary=False, at=t)
-    return seeded

@@ -17,8 +17,7 @@ from src.db import open_database
 from src.models import UNIQUE_PRIMARY_INDEX
 from src.schema import downgrade, upgrade
 from src.services.care_team_service import CareTeamService
-from tests.conftest import FreshDatabase
-from tests.migrations.test_migrations import PRIMARIES, RLS, seed_duplicates
+from tests.helpers import PRIMARIES, RLS, FreshDatabase, seed_duplicates
 
 DUPLICATED = (
     "SELECT count(*) FROM (SELECT 1 FROM care_team_assignments WHERE is_primary_provider "

@@ -16,8 +16,7 @@ from src import primary_rule
 from src.config import BACKEND_DIR
 from src.diagnostics import Finding, FindingParser
 from src.schema import upgrade
-from tests.conftest import FreshDatabase
-from tests.migrations.test_migrations import PRIMARIES, RLS, seed_duplicates
+from tests.helpers import PRIMARIES, RLS, FreshDatabase, seed_duplicates
 
 SCRIPT = BACKEND_DIR / "scripts" / "check_primary_provider_violations.py"
 

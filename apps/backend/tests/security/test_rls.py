@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from src.db import Database
 from src.services.care_team_service import CareTeamService
-from tests.factories import create_clinic, set_tenant
+from tests.helpers import create_clinic, set_tenant
 
 TENANT_TABLES = [
     "organizations",

@@ -26,8 +26,7 @@ from src.db import Database, open_database, pg_error_fields
 from src.services.care_team_service import CareTeamService as Service
 from src.services.directory_service import DirectoryService
 from src.services.errors import OutcomeUnknown
-from tests.factories import create_clinic, with_owner
-from tests.services.test_care_team_constraints import event_types, team_rows
+from tests.helpers import create_clinic, event_types, team_rows, with_owner
 
 # The simple-query message the service ends its transactions with.
 COMMIT_MESSAGE = b"Q\x00\x00\x00\x0bCOMMIT\x00"

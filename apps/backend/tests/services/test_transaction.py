@@ -12,16 +12,32 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 
 from src.config import Settings
 from src.db import Database, open_database
+from src.services import care_team_service, directory_service, organization_service
 from src.services.care_team_service import CareTeamService as Service
 from src.services.errors import DatabaseError, PatientNotFound, ProviderInactive
-from src.services.transaction import tenant_statement
-from tests.factories import create_clinic, create_provider, with_owner
-from tests.services.test_care_team_constraints import event_types, team_rows, wait_until_blocked
+from src.services.transaction import (
+    Failure,
+    SessionInTransaction,
+    Sql,
+    classify,
+    run_in_transaction,
+    tenant_statement,
+)
+from tests.helpers import (
+    create_clinic,
+    create_provider,
+    event_types,
+    set_tenant,
+    team_rows,
+    wait_until_blocked,
+    with_owner,
+)
 
 
 @pytest.fixture
@@ -116,7 +132,9 @@ class TestPooledConnectionHygiene:
 class TestTenantStatement:
     def test_inlines_the_canonical_uuid(self):
         org = uuid.uuid4()
-        assert f"'{org}'" in tenant_statement(org)
+        assert tenant_statement(org) == (
+            f"BEGIN; SELECT set_config('app.current_organization_id', '{org}', true)"
+        )
 
     @pytest.mark.parametrize(
         "value", ["x'); DROP TABLE patients; --", "", "00000000-0000-0000-0000-00000000000'"]
@@ -124,3 +142,91 @@ class TestTenantStatement:
     def test_anything_but_a_uuid_is_refused(self, value: str):
         with pytest.raises(ValueError):
             tenant_statement(value)  # type: ignore[arg-type]
+
+
+class TestOneTransactionOwner:
+    async def test_a_session_with_a_transaction_open_is_refused_and_left_alone(
+        self, database: Database
+    ):
+        async with database.sessionmaker() as db:
+            org, patient, (p1, _, _) = await create_clinic(db)
+        async with database.sessionmaker() as db:
+            await set_tenant(db, org)  # the caller's own transaction, still open
+            with pytest.raises(SessionInTransaction, match="transaction open"):
+                await Service.assign_primary_provider(
+                    db=db, organization_id=org, patient_id=patient, provider_id=p1
+                )
+            # The caller's transaction is untouched: it can go on and commit.
+            still = await db.execute(
+                text("SELECT current_setting('app.current_organization_id', true)")
+            )
+            assert still.scalar_one() == str(org)
+            await db.commit()
+            assert await team_rows(db, org, patient) == {}  # the service wrote nothing
+            team = await Service.assign_primary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p1
+            )
+        assert team.primary_provider_id == p1
+
+
+class TestStatements:
+    async def test_colons_in_literals_and_comments_are_left_as_written(self, database: Database):
+        statement = Sql(
+            "SELECT '10:30' AS at, $1::text AS name, $2::int AS n -- :not_a_parameter\n"
+            "/* nor :this */",
+            "name",
+            "n",
+        )
+        async with database.app_engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            row = await statement.fetchrow(driver, {"n": 7, "name": "a:b"})
+        assert dict(row) == {"at": "10:30", "name": "a:b", "n": 7}
+
+    async def test_every_service_statement_takes_exactly_its_named_parameters(
+        self, database: Database
+    ):
+        statements = [
+            (module.__name__, name, value)
+            for module in (care_team_service, directory_service, organization_service)
+            for name, value in vars(module).items()
+            if isinstance(value, Sql)
+        ]
+        assert len(statements) > 15
+        async with database.owner_engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            for module, name, statement in statements:
+                prepared = await driver.prepare(statement.text)
+                assert len(prepared.get_parameters()) == len(statement.names), (module, name)
+                assert len(set(statement.names)) == len(statement.names), (module, name)
+
+
+class TestErrorsByType:
+    async def test_misuse_of_the_driver_is_a_bug_not_retried(
+        self, database: Database, caplog: pytest.LogCaptureFixture
+    ):
+        attempts = 0
+
+        async def two_at_once(driver: Any) -> None:
+            nonlocal attempts
+            attempts += 1
+            # asyncpg: "another operation is in progress" (an InterfaceError).
+            await asyncio.gather(driver.fetchval("SELECT 1"), driver.fetchval("SELECT 2"))
+
+        async with database.sessionmaker() as db:
+            with pytest.raises(DatabaseError):
+                await run_in_transaction(
+                    db, operation="misuse", work=two_at_once, organization_id=uuid.uuid4()
+                )
+        assert attempts == 1
+        misuse = [r for r in caplog.records if getattr(r, "event", None) == "driver_misuse"]
+        assert misuse and misuse[0].levelname == "ERROR"
+
+    async def test_an_interface_error_on_a_closed_connection_is_a_lost_connection(
+        self, database: Database
+    ):
+        conn = await asyncpg.connect(database.url)
+        await conn.close()
+        with pytest.raises(asyncpg.InterfaceError) as caught:
+            await conn.fetchval("SELECT 1")
+        assert classify(caught.value, conn) is Failure.LOST
+        assert classify(caught.value) is Failure.MISUSE  # without a closed connection to show
