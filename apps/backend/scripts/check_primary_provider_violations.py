@@ -26,4 +26,4 @@ import sys
 from src.diagnostics import main
 
 if __name__ == "__main__":
-    sys.exit(main(description=(__doc__ or "").splitlines()[0]))
+    sys.exit(main())

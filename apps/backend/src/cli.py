@@ -164,32 +164,17 @@ def status() -> None:
     run(_report_status)
 
 
-@app.command()
-def check(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
-    organization: Annotated[
-        str | None, typer.Option(metavar="ORG_ID", help="Check one organization only.")
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="List at most N of each kind (all are counted).")
-    ] = None,
-    fix: Annotated[bool, typer.Option(help="Say what the dedupe would change.")] = False,
-    execute: Annotated[bool, typer.Option(help="With --fix: apply it.")] = False,
-) -> None:
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def check(ctx: typer.Context) -> None:
     """Find patients with more than one primary provider (exit 0 clean, 1 found, 2 error).
 
-    The same program as scripts/check_primary_provider_violations.py.
+    The same program, with the same options, as scripts/check_primary_provider_violations.py:
+    `careteam check --help` lists them (--json, --organization, --limit, --fix, --execute).
     """
-    if execute and not fix:
-        fail("--execute only goes with --fix")
-    options = diagnostics.Options(
-        organization_id=_parse_uuid(organization, "ORG_ID") if organization else None,
-        limit=limit,
-        as_json=as_json,
-        fix=fix,
-        execute=execute,
-    )
-    raise typer.Exit(asyncio.run(diagnostics.check(options)))
+    raise typer.Exit(diagnostics.main(ctx.args, prog="careteam check"))
 
 
 def _parse_uuid(value: str, what: str) -> uuid.UUID:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import datetime
+import io
 import json
 import sys
 import uuid
@@ -34,13 +36,19 @@ from src.embedded import resolve_database_url
 from src.rule import UNIQUE_PRIMARY_INDEX
 
 EXIT_CLEAN, EXIT_VIOLATIONS, EXIT_CANNOT_RUN = 0, 1, 2
+DESCRIPTION = (
+    "Find patients with more than one primary provider (and, as a warning, care teams "
+    "without one); with --fix, dedupe them as the migration does. "
+    "Exit 0 clean, 1 violations found, 2 could not run."
+)
 FIX_ACTOR = "careteam check --fix"
 
 # One pass over the table: per (organization, patient), how many primaries and members;
 # only the groups that are not exactly one primary come out. For those with several,
 # their primaries follow (from the (organization_id, patient_id, provider_id) index), in
 # the order the dedupe ranks them: the first one (latest assigned_at, tie: highest id)
-# is the one it keeps. A patient's rows always come out together (a nested loop).
+# is the one it keeps. The ORDER BY keeps a patient's rows together (the findings are
+# few, so sorting them costs little next to the scan).
 FINDINGS = """
 SELECT d.organization_id, d.patient_id, d.primaries, d.members,
        p.id AS assignment_id, p.provider_id, p.assigned_at
@@ -61,6 +69,7 @@ LEFT JOIN LATERAL (
       AND a.is_primary_provider
     ORDER BY a.assigned_at DESC, a.id DESC
 ) AS p ON true
+ORDER BY d.organization_id, d.patient_id, p.assigned_at DESC, p.id DESC
 """
 
 CAN_SEE_ALL_TENANTS = "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
@@ -150,7 +159,8 @@ class Summary:
 
 
 class FindingParser:
-    """Turns the COPY stream (CSV, arbitrary chunk boundaries) into Findings.
+    """Turns the COPY stream (CSV, arbitrary chunk boundaries) into Findings, with the
+    csv module.
 
     COPY rather than a cursor: PostgreSQL runs a cursor's query without parallel
     workers (it might be suspended), a COPY's query with them; and COPY streams all the
@@ -160,13 +170,28 @@ class FindingParser:
     def __init__(self, on_finding: Callable[[Finding], None]) -> None:
         self.on_finding = on_finding
         self.current: Finding | None = None
-        self.partial = b""
+        self.partial = b""  # the start of a line, up to the end of the last chunk
+        self.record: list[bytes] = []  # lines of a record whose quoted field goes on
+        self.quotes = 0
 
     async def feed(self, chunk: bytes) -> None:
+        """Parse the whole records of what has arrived: a chunk may end inside a line,
+        and a quoted field may hold a newline (a record is whole when its quotes pair)."""
         lines = (self.partial + chunk).split(b"\n")
         self.partial = lines.pop()
+        whole: list[bytes] = []
         for line in lines:
-            self._row(line.decode().split(","))
+            self.record.append(line)
+            self.quotes += line.count(b'"')
+            if self.quotes % 2 == 0:
+                whole += self.record
+                self.record, self.quotes = [], 0
+        self._rows(whole)
+
+    def _rows(self, lines: list[bytes]) -> None:
+        if lines:
+            for cols in csv.reader(io.StringIO(b"\n".join(lines).decode() + "\n")):
+                self._row(cols)
 
     def _row(self, cols: list[str]) -> None:
         org, patient, _primaries, members, assignment, provider, assigned_at = cols
@@ -181,9 +206,9 @@ class FindingParser:
             )
 
     def close(self) -> None:
-        if self.partial:
-            self._row(self.partial.decode().split(","))
-            self.partial = b""
+        if self.partial or self.record:
+            self._rows([*self.record, self.partial] if self.partial else self.record)
+            self.partial, self.record, self.quotes = b"", [], 0
         if self.current is not None:
             self.on_finding(self.current)
             self.current = None
@@ -218,15 +243,21 @@ class Reporter:
     def _listed(self, count: int) -> bool:
         return self.options.limit is None or count <= self.options.limit
 
+    def _members(self, members: dict[str, Any]) -> str:
+        """`"key": value, ` for each member, every key and value written by json."""
+        return "".join(f"{json.dumps(k)}: {json.dumps(v)}, " for k, v in members.items())
+
     def start(self, index_state: str) -> None:
         if self.options.as_json:
+            # One JSON object, streamed: its members first, then the findings one by
+            # one, then the totals (see finish); every value is written by json.
             org = self.options.organization_id
-            self.out.write(
-                "{"
-                f'"index_name": "{UNIQUE_PRIMARY_INDEX}", "index_state": "{index_state}", '
-                f'"organization_id": {json.dumps(str(org) if org else None)}, '
-                '"findings": ['
-            )
+            header = {
+                "index_name": UNIQUE_PRIMARY_INDEX,
+                "index_state": index_state,
+                "organization_id": str(org) if org else None,
+            }
+            self.out.write("{" + self._members(header) + '"findings": [')
             return
         self.out.write(f"Index {UNIQUE_PRIMARY_INDEX}: {index_state}\n")
         if index_state == "invalid":
@@ -269,12 +300,13 @@ class Reporter:
                     "executed": s.demoted is not None,
                     "demotions": s.demoted if s.demoted is not None else s.demotions_needed,
                 }
-            self.out.write(
-                f'], "violations_total": {s.violations}, '
-                f'"demotions_needed": {s.demotions_needed}, '
-                f'"without_primary_total": {s.without_primary}, '
-                f'"fix": {json.dumps(fix)}, "status": "{status}"}}\n'
-            )
+            totals = {
+                "violations_total": s.violations,
+                "demotions_needed": s.demotions_needed,
+                "without_primary_total": s.without_primary,
+                "fix": fix,
+            }
+            self.out.write("], " + self._members(totals) + f'"status": {json.dumps(status)}}}\n')
             return
         limit = self.options.limit
         for kind, total in (
@@ -419,8 +451,11 @@ def _positive(value: str) -> int:
     return int(value)
 
 
-def parse_args(argv: list[str] | None = None, description: str | None = None) -> Options:
-    parser = argparse.ArgumentParser(description=description or (__doc__ or "").splitlines()[0])
+def parse_args(
+    argv: list[str] | None = None, description: str | None = None, prog: str | None = None
+) -> Options:
+    """The one parser of the diagnostic's options, for the script and `careteam check`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description or DESCRIPTION)
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument(
         "--organization", type=_organization, metavar="ORG_ID", help="check one organization only"
@@ -451,5 +486,12 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     )
 
 
-def main(argv: list[str] | None = None, description: str | None = None) -> int:
-    return asyncio.run(check(parse_args(argv, description)))
+def main(
+    argv: list[str] | None = None, description: str | None = None, prog: str | None = None
+) -> int:
+    """Parse `argv` (exit 2 on a usage error, 0 for --help) and run the check."""
+    try:
+        options = parse_args(argv, description, prog)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
+        return int(exit_.code or 0)
+    return asyncio.run(check(options))

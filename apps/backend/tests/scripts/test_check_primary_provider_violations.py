@@ -215,3 +215,34 @@ class TestStreamingParser:
         for size in (1, 2, 7, 33):
             chunks = [self.ROWS[i : i + size] for i in range(0, len(self.ROWS), size)]
             assert self.parse(chunks) == whole
+
+    def test_quoted_fields_are_read_as_csv(self):
+        """PostgreSQL quotes a field with a comma, a quote or a newline; a split on
+        commas would read such a row as the wrong number of columns."""
+        rows = b'o1,"p,1",2,2,a1,v1,2025-06-03 00:00:00+00\n' + b'o1,"p,1",2,2,a2,"v""2\nx",2025-06-01 00:00:00+00\n'
+        assert self.parse([rows]) == [("p,1", 2, ["v1", 'v"2\nx'])]
+        for size in (1, 5):
+            chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+            assert self.parse(chunks) == [("p,1", 2, ["v1", 'v"2\nx'])]
+
+
+class TestOneParser:
+    @pytest.mark.parametrize(
+        "args",
+        [("--execute",), ("--organization", "nope"), ("--limit", "0"), ("--colour",)],
+    )
+    def test_careteam_check_and_the_script_answer_bad_arguments_alike(self, args: tuple[str, ...]):
+        env = {**os.environ, "DATABASE_URL": "postgresql://unused@127.0.0.1:1/none"}
+        script = run_check("postgresql://unused@127.0.0.1:1/none", *args)
+        command = subprocess.run(
+            [sys.executable, "-m", "src.cli", "check", *args],
+            cwd=BACKEND_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert script.returncode == command.returncode == 2
+        last = script.stderr.strip().splitlines()[-1].split(": error: ", 1)[1]
+        assert last == command.stderr.strip().splitlines()[-1].split(": error: ", 1)[1]
