@@ -60,8 +60,10 @@ def track_pool(pool: Any) -> None:
     DB_POOL.labels(state="capacity").set_function(lambda: pool.size() + pool._max_overflow)
 
 
-def record_check(violations: int, without_primary: int, index_state: str) -> None:
+def record_check(
+    violations: int, without_primary: int, index_state: str, checked_at: float | None = None
+) -> None:
     VIOLATION_CHECK.labels(kind="several_primaries").set(violations)
     VIOLATION_CHECK.labels(kind="no_primary").set(without_primary)
     PRIMARY_INDEX_VALID.set(1 if index_state == "valid" else 0)
-    VIOLATION_CHECK_TIME.set(time.time())
+    VIOLATION_CHECK_TIME.set(time.time() if checked_at is None else checked_at)

@@ -10,8 +10,11 @@ application role, so `RESET ROLE` on one of them regained superuser. Now:
   and INSERT, the event counters SELECT, INSERT, UPDATE; nothing on organizations; no
   CREATE on the schema.
 - Readiness reads alembic_version (SELECT granted); the rule's metrics come from
-  careteam_rule_status(), a SECURITY DEFINER function that answers three counts and no
-  tenant data, so the API process needs no owner connection at all.
+  careteam_rule_status(max_age_s), a SECURITY DEFINER function that answers three
+  counts and no tenant data, so the API process needs no owner connection at all. It
+  answers the last check's result, stored in careteam_rule_checks, and recounts only
+  when that is older than max_age_s and no other session is recounting (an advisory
+  lock): however many API processes ask, one scan per database per period.
 
 downgrade() restores the earlier privileges (reading alembic_version stays allowed,
 so readiness can say the schema is behind). The role stays a LOGIN role: it is
@@ -29,31 +32,65 @@ from alembic import op
 from src.config import get_settings
 from src.rule import UNIQUE_PRIMARY_INDEX
 
+# pg_try_advisory_xact_lock key of the rule check: b"careteam" read as an integer.
+RULE_CHECK_LOCK = int.from_bytes(b"careteam", "big")
+
 revision: str = "20261128_app_role_login"
 down_revision: str | None = "20261128_event_sequence"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# One scan of the assignments: patients with several primaries, patients with a team but
-# no primary, and whether the index is valid (NULL: missing). Counts only.
+# The last check of the rule, one row: what every API process publishes in /metrics.
+CREATE_CHECKS = """
+CREATE TABLE IF NOT EXISTS careteam_rule_checks (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    checked_at timestamptz NOT NULL,
+    several_primaries bigint NOT NULL,
+    without_primary bigint NOT NULL,
+    index_valid boolean
+)
+"""
+
+# The stored result when fresh; otherwise one session recounts (the others, finding the
+# advisory lock taken, answer the stored result): patients with several primaries,
+# patients with a team but no primary, and whether the index is valid (NULL: missing).
 RULE_STATUS = f"""
-CREATE OR REPLACE FUNCTION careteam_rule_status()
-RETURNS TABLE (several_primaries bigint, without_primary bigint, index_valid boolean)
-LANGUAGE sql STABLE SECURITY DEFINER
+CREATE OR REPLACE FUNCTION careteam_rule_status(max_age_s double precision)
+RETURNS TABLE (checked_at timestamptz, several_primaries bigint, without_primary bigint,
+               index_valid boolean)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT count(*) FILTER (WHERE g.primaries > 1),
-           count(*) FILTER (WHERE g.primaries = 0),
-           (SELECT i.indisvalid
-            FROM pg_index AS i
-            JOIN pg_class AS c ON c.oid = i.indexrelid
-            WHERE c.relname = '{UNIQUE_PRIMARY_INDEX}'
-              AND c.relnamespace = 'public'::regnamespace)
-    FROM (
-        SELECT count(*) FILTER (WHERE is_primary_provider) AS primaries
-        FROM public.care_team_assignments
-        GROUP BY organization_id, patient_id
-    ) AS g
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM public.careteam_rule_checks AS c
+        WHERE c.checked_at > clock_timestamp() - make_interval(secs => max_age_s)
+    ) AND pg_try_advisory_xact_lock({RULE_CHECK_LOCK}) THEN
+        INSERT INTO public.careteam_rule_checks AS c
+            (checked_at, several_primaries, without_primary, index_valid)
+        SELECT clock_timestamp(),
+               count(*) FILTER (WHERE g.primaries > 1),
+               count(*) FILTER (WHERE g.primaries = 0),
+               (SELECT i.indisvalid
+                FROM pg_index AS i
+                JOIN pg_class AS r ON r.oid = i.indexrelid
+                WHERE r.relname = '{UNIQUE_PRIMARY_INDEX}'
+                  AND r.relnamespace = 'public'::regnamespace)
+        FROM (
+            SELECT count(*) FILTER (WHERE is_primary_provider) AS primaries
+            FROM public.care_team_assignments
+            GROUP BY organization_id, patient_id
+        ) AS g
+        ON CONFLICT (id) DO UPDATE SET
+            checked_at = excluded.checked_at,
+            several_primaries = excluded.several_primaries,
+            without_primary = excluded.without_primary,
+            index_valid = excluded.index_valid;
+    END IF;
+    RETURN QUERY
+        SELECT c.checked_at, c.several_primaries, c.without_primary, c.index_valid
+        FROM public.careteam_rule_checks AS c;
+END
 $$
 """
 
@@ -68,16 +105,18 @@ def upgrade() -> None:
     op.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}")
     op.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     op.execute(f"GRANT SELECT ON alembic_version TO {role}")
+    op.execute(CREATE_CHECKS)
     op.execute(RULE_STATUS)
-    op.execute("REVOKE ALL ON FUNCTION careteam_rule_status() FROM PUBLIC")
-    op.execute(f"GRANT EXECUTE ON FUNCTION careteam_rule_status() TO {role}")
+    op.execute("REVOKE ALL ON FUNCTION careteam_rule_status(double precision) FROM PUBLIC")
+    op.execute(f"GRANT EXECUTE ON FUNCTION careteam_rule_status(double precision) TO {role}")
 
 
 def downgrade() -> None:
     role = get_settings().app_db_role
     op.execute("SET LOCAL lock_timeout = '5s'")
     op.execute("SET LOCAL statement_timeout = '60s'")
-    op.execute("DROP FUNCTION IF EXISTS careteam_rule_status()")
+    op.execute("DROP FUNCTION IF EXISTS careteam_rule_status(double precision)")
+    op.execute("DROP TABLE IF EXISTS careteam_rule_checks")
     # SELECT on alembic_version stays: readiness then says which revision the schema is
     # at, instead of "permission denied".
     op.execute(f"GRANT DELETE ON patients, providers TO {role}")

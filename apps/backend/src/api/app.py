@@ -25,17 +25,25 @@ from src.metrics import record_check, track_pool
 logger = logging.getLogger(__name__)
 
 
+POLL_S = 60.0
 RULE_STATUS = text(
-    "SELECT several_primaries, without_primary, index_valid FROM careteam_rule_status()"
+    "SELECT checked_at, several_primaries, without_primary, index_valid "
+    "FROM careteam_rule_status(:max_age_s)"
 )
 
 
-async def refresh_violation_metrics(database: Database) -> None:
-    """Count the rule's violations (careteam_rule_status(): counts only, on the
-    application's own connection) and publish them."""
-    async with database.app_engine.connect() as conn:
-        row = (await conn.execute(RULE_STATUS)).one()
-    record_check(row.several_primaries, row.without_primary, rule.index_state(row.index_valid))
+async def refresh_violation_metrics(database: Database, max_age_s: float) -> None:
+    """Publish the rule's last check (careteam_rule_status(): counts only, on the
+    application's own connection). The database recounts only when that check is older
+    than `max_age_s`, once for all the API processes that ask."""
+    async with database.app_engine.begin() as conn:
+        row = (await conn.execute(RULE_STATUS, {"max_age_s": max_age_s})).one()
+    record_check(
+        row.several_primaries,
+        row.without_primary,
+        rule.index_state(row.index_valid),
+        row.checked_at.timestamp(),
+    )
     if row.several_primaries:
         logger.warning(
             "violation check: %d patient(s) with several primary providers",
@@ -45,16 +53,18 @@ async def refresh_violation_metrics(database: Database) -> None:
 
 
 async def check_periodically(database: Database, interval_s: float) -> None:
+    """Every process asks often (at most every minute) and cheaply; the database
+    recounts at most once per `interval_s`, whichever process asks."""
     while True:
         try:
-            await refresh_violation_metrics(database)
+            await refresh_violation_metrics(database, interval_s)
         except Exception as err:  # reported, and tried again next time
             logger.warning(
                 "violation check could not run: %s",
                 type(err).__name__,
                 extra={"event": "violation_check_error"},
             )
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(min(interval_s, POLL_S))
 
 
 def init_sentry(settings: Settings) -> None:

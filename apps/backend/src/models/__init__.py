@@ -7,6 +7,7 @@ from src.models.care_team import (
     CareTeamEvent,
     CareTeamEventSequence,
     EventType,
+    RuleCheck,
 )
 from src.models.tenants import ApiKey, Organization, Patient, Provider
 from src.rule import UNIQUE_PRIMARY_INDEX
@@ -23,4 +24,5 @@ __all__ = [
     "Organization",
     "Patient",
     "Provider",
+    "RuleCheck",
 ]

@@ -116,3 +116,17 @@ class CareTeamEventSequence(Base):
         ForeignKey("organizations.id", ondelete="RESTRICT"), primary_key=True
     )
     last_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class RuleCheck(Base):
+    """The last count of the rule's violations (one row), kept by careteam_rule_status()
+    so that one scan per period serves every API process."""
+
+    __tablename__ = "careteam_rule_checks"
+    __table_args__ = (CheckConstraint("id", name="careteam_rule_checks_id_check"),)
+
+    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    checked_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True))
+    several_primaries: Mapped[int] = mapped_column(BigInteger)
+    without_primary: Mapped[int] = mapped_column(BigInteger)
+    index_valid: Mapped[bool | None] = mapped_column(Boolean)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import sys
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from src import primary_rule
@@ -118,10 +120,36 @@ class TestMetrics:
         assert after == before + 1
 
     async def test_violation_check_result(self, database: Database):
-        await refresh_violation_metrics(database)
+        await refresh_violation_metrics(database, 0)
         assert sample("careteam_primary_index_valid") == 1
         assert sample("careteam_violation_check_patients", kind="several_primaries") == 0
         assert sample("careteam_violation_check_timestamp_seconds") > 0
+
+
+class TestOneRuleCheckPerDatabase:
+    """However many API processes ask, the database counts once per period."""
+
+    STATUS = text("SELECT checked_at FROM careteam_rule_status(:max_age_s)")
+
+    async def asked(self, database: Database, max_age_s: float) -> object:
+        async with database.app_engine.begin() as conn:
+            return (await conn.execute(self.STATUS, {"max_age_s": max_age_s})).scalar_one()
+
+    async def test_a_fresh_count_is_shared_and_a_count_under_way_is_not_repeated(
+        self, database: Database
+    ):
+        counted = await self.asked(database, 0)  # counts now
+        answers = await asyncio.gather(*(self.asked(database, 300) for _ in range(6)))
+        assert set(answers) == {counted}  # six processes, no new scan
+        async with database.app_engine.begin() as recounting:
+            # Another process is counting (it holds the check's advisory lock): one that
+            # wants a fresh count gets the stored one instead of scanning too.
+            await recounting.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"),
+                {"key": int.from_bytes(b"careteam", "big")},
+            )
+            assert await self.asked(database, 0) == counted
+        assert await self.asked(database, 0) != counted  # the lock is free again: it counts
 
 
 class TestReadiness:

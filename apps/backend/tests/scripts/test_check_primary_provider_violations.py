@@ -219,7 +219,10 @@ class TestStreamingParser:
     def test_quoted_fields_are_read_as_csv(self):
         """PostgreSQL quotes a field with a comma, a quote or a newline; a split on
         commas would read such a row as the wrong number of columns."""
-        rows = b'o1,"p,1",2,2,a1,v1,2025-06-03 00:00:00+00\n' + b'o1,"p,1",2,2,a2,"v""2\nx",2025-06-01 00:00:00+00\n'
+        rows = (
+            b'o1,"p,1",2,2,a1,v1,2025-06-03 00:00:00+00\n'
+            + b'o1,"p,1",2,2,a2,"v""2\nx",2025-06-01 00:00:00+00\n'
+        )
         assert self.parse([rows]) == [("p,1", 2, ["v1", 'v"2\nx'])]
         for size in (1, 5):
             chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
