@@ -49,7 +49,7 @@ from src.db import open_database
 from src.embedded import (
     client_program,
 )
-from src.schema import upgrade
+from src.migration_runner import upgrade
 from src.services.care_team_service import CareTeamService
 
 ORGS = 100

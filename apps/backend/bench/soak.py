@@ -45,7 +45,7 @@ from common import log, throwaway_database
 from src.config import get_settings
 from src.db import Database, open_database
 from src.embedded import restart_embedded_server
-from src.schema import upgrade
+from src.migration_runner import upgrade
 from src.services.care_team_service import CareTeamService
 from src.services.errors import (
     CareTeamError,

@@ -66,7 +66,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.config import BACKEND_DIR, get_settings
 from src.db import Database, open_database
 from src.embedded import client_program
-from src.schema import upgrade
+from src.migration_runner import upgrade
 from src.services import care_team_service as care_team
 from src.services.care_team_service import CareTeamService
 from src.services.organization_service import OrganizationService

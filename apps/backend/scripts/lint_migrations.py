@@ -19,7 +19,7 @@ from pathlib import Path
 
 from alembic import command
 
-from src.schema import alembic_config
+from src.migration_runner import alembic_config
 
 # Alembic's own bookkeeping table (VARCHAR(32) is its choice, not ours): not linted.
 ALEMBIC_VERSION_COLUMN = "    version_num VARCHAR(32) NOT NULL"

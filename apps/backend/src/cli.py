@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from src import diagnostics, schema
+from src import diagnostics, migration_runner
 from src.api.app import create_app
 from src.api.http_protocol import HeadLimitedHttpToolsProtocol
 from src.config import ConfigurationError, Settings, get_settings
@@ -110,14 +110,14 @@ def run(work: Callable[[AsyncEngine, str], Awaitable[T]]) -> T:
 
 def _revision_order() -> list[str]:
     """Revisions from base to head."""
-    scripts = ScriptDirectory.from_config(schema.alembic_config())
+    scripts = ScriptDirectory.from_config(migration_runner.alembic_config())
     return [rev.revision for rev in reversed(list(scripts.walk_revisions()))]
 
 
 async def _report_status(engine: AsyncEngine, url: str) -> None:
     """Schema revision, row counts, then the primary-provider check (20 of each kind)."""
-    revision = await schema.current_revision(engine)
-    head = schema.head_revision()
+    revision = await migration_runner.current_revision(engine)
+    head = migration_runner.head_revision()
     mark = "[green]at head[/green]" if revision == head else f"[yellow]head is {head}[/yellow]"
     console.print(f"Schema revision: {revision or '(empty database)'} {mark}", highlight=False)
     if revision is None:
@@ -143,17 +143,17 @@ def migrate(
         fail(f"unknown revision {to!r}; known: {', '.join(order)}")
 
     async def work(engine: AsyncEngine, url: str) -> None:
-        current = await schema.current_revision(engine)
+        current = await migration_runner.current_revision(engine)
         position = {rev: i for i, rev in enumerate(order)}
         target = order[-1] if to == "head" else to
         if current == target or (to == "base" and current is None):
             console.print(f"Already at {to} ({current or 'empty'}): nothing to do.")
         elif to == "base" or (current is not None and position[target] < position[current]):
             console.print(f"Downgrading {current} -> {to} ...")
-            await schema.downgrade(engine, to)
+            await migration_runner.downgrade(engine, to)
         else:
             console.print(f"Upgrading {current or '(empty)'} -> {target} ...")
-            await schema.upgrade(engine, target)
+            await migration_runner.upgrade(engine, target)
         await _report_status(engine, url)
 
     run(work)
@@ -307,9 +307,12 @@ def serve(
 
     async def prepare(engine: AsyncEngine, url: str) -> tuple[str, DemoSeed | None]:
         if embedded or migrate:
-            await schema.upgrade(engine)
+            await migration_runner.upgrade(engine)
         else:
-            current, head = await schema.current_revision(engine), schema.head_revision()
+            current, head = (
+                await migration_runner.current_revision(engine),
+                migration_runner.head_revision(),
+            )
             if current != head:
                 raise ConfigurationError(
                     f"the database's schema is at {current or '(empty)'}, this release needs "

@@ -30,10 +30,10 @@ from typing import Any, Protocol, TextIO
 
 import asyncpg
 
-from src import rule
+from src import primary_index
 from src.config import ConfigurationError, get_settings
 from src.embedded import resolve_database_url
-from src.rule import UNIQUE_PRIMARY_INDEX
+from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 EXIT_CLEAN, EXIT_VIOLATIONS, EXIT_CANNOT_RUN = 0, 1, 2
 DESCRIPTION = (
@@ -362,7 +362,9 @@ async def run_check(url: str, options: Options, out: Writer) -> Summary:
             # parallel workers (up to max_parallel_workers_per_gather) when it can.
             await conn.execute("SET LOCAL parallel_setup_cost = 0")
             await conn.execute("SET LOCAL parallel_tuple_cost = 0")
-            summary.index_state = rule.index_state(await conn.fetchval(rule.INDEX_VALID))
+            summary.index_state = primary_index.index_state(
+                await conn.fetchval(primary_index.INDEX_VALID)
+            )
             reporter.start(summary.index_state)
 
             def count_and_report(finding: Finding) -> None:
@@ -385,7 +387,7 @@ async def run_check(url: str, options: Options, out: Writer) -> Summary:
 async def fix_violations(url: str, organization_id: uuid.UUID | None) -> int:
     """The migration's dedupe (same rule, same lock, same events), batch by batch."""
     # Imported here: only this path needs the ORM (see the module docstring).
-    from src import primary_rule  # noqa: PLC0415
+    from src import primary_dedupe  # noqa: PLC0415
     from src.db import create_engine  # noqa: PLC0415
 
     engine = create_engine(url, get_settings())
@@ -394,9 +396,9 @@ async def fix_violations(url: str, organization_id: uuid.UUID | None) -> int:
             conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
 
             def work(sync_conn: Any) -> int:
-                primary_rule.require_bypass_rls(sync_conn)
-                with primary_rule.online_session(sync_conn, lock_timeout_ms=2000):
-                    return primary_rule.dedupe(
+                primary_dedupe.require_bypass_rls(sync_conn)
+                with primary_dedupe.online_session(sync_conn, lock_timeout_ms=2000):
+                    return primary_dedupe.dedupe(
                         sync_conn, actor=FIX_ACTOR, organization_id=organization_id
                     )
 

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.config import Settings, get_settings, to_libpq_url
 from src.db import Database, create_engine, open_database
 from src.embedded import ensure_database, run_blocking, start_embedded_server, with_database
-from src.schema import upgrade
+from src.migration_runner import upgrade
 from tests.helpers import FreshDatabase, with_owner
 
 

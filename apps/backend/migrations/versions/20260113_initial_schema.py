@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
+from src.models.care_team import EVENT_TYPE_CHECK
+
 revision: str = "20260113_initial_schema"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -105,11 +107,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name="pk_care_team_events"),
         *_tenant_foreign_keys("care_team_events"),
-        sa.CheckConstraint(
-            "event_type IN ('primary_assigned', 'primary_demoted', 'secondary_added', "
-            "'provider_removed', 'migration_dedupe')",
-            name="ck_care_team_events_event_type",
-        ),
+        sa.CheckConstraint(EVENT_TYPE_CHECK, name="ck_care_team_events_event_type"),
     )
     op.create_index(
         "ix_care_team_events_organization_id_patient_id_id",

@@ -10,7 +10,7 @@ demoted to secondary. No row is ever deleted. Every demotion is recorded as a
 `migration_dedupe` event naming the demoted assignment and the kept provider, so it can
 be reviewed and, if needed, undone by hand.
 
-Online, for large and busy tables (src/primary_rule.py does the work):
+Online, for large and busy tables (src/primary_dedupe.py does the work):
 - the dedupe runs in batches of patients, each its own short transaction that takes the
   service's per-patient lock (FOR NO KEY UPDATE on the patients, in order) first;
 - the index is built with CREATE UNIQUE INDEX CONCURRENTLY outside a transaction, with
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 from alembic import context, op
 
-from src import primary_rule
+from src import primary_dedupe
 
 revision: str = "20260114_unique_primary"
 down_revision: str | None = "20260114_rls_coverage"
@@ -44,13 +44,13 @@ ACTOR = f"migration:{revision}"
 def upgrade() -> None:
     if context.is_offline_mode():
         with op.get_context().autocommit_block():
-            for statement in primary_rule.offline_sql(actor=ACTOR):
+            for statement in primary_dedupe.offline_sql(actor=ACTOR):
                 op.execute(statement)
         return
     with op.get_context().autocommit_block():
-        primary_rule.enforce(op.get_bind(), actor=ACTOR)
+        primary_dedupe.enforce(op.get_bind(), actor=ACTOR)
 
 
 def downgrade() -> None:
     with op.get_context().autocommit_block():
-        primary_rule.drop_index(op.get_bind())
+        primary_dedupe.drop_index(op.get_bind())

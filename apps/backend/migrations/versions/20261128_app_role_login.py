@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from alembic import op
 
 from src.config import get_settings
-from src.rule import UNIQUE_PRIMARY_INDEX
+from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 # pg_try_advisory_xact_lock key of the rule check: b"careteam" read as an integer.
 RULE_CHECK_LOCK = int.from_bytes(b"careteam", "big")

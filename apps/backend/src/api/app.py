@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from src import rule
+from src import primary_index
 from src.api.errors import install_error_handlers
 from src.api.middleware import RequestContextMiddleware
 from src.api.openapi import install_openapi, operation_id
@@ -41,7 +41,7 @@ async def refresh_violation_metrics(database: Database, max_age_s: float) -> Non
     record_check(
         row.several_primaries,
         row.without_primary,
-        rule.index_state(row.index_valid),
+        primary_index.index_state(row.index_valid),
         row.checked_at.timestamp(),
     )
     if row.several_primaries:

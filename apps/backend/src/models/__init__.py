@@ -10,7 +10,7 @@ from src.models.care_team import (
     RuleCheck,
 )
 from src.models.tenants import ApiKey, Organization, Patient, Provider
-from src.rule import UNIQUE_PRIMARY_INDEX
+from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 __all__ = [
     "EVENT_TYPES",

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from src.models.base import Base
-from src.rule import UNIQUE_PRIMARY_INDEX
+from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 
 def _same_organization_keys() -> list[ForeignKeyConstraint]:
@@ -46,6 +46,9 @@ class EventType(enum.StrEnum):
 
 
 EVENT_TYPES = tuple(e.value for e in EventType)
+# The one list of event types, as the table's CHECK constraint states it (the migrations
+# and the model both use this; the service binds the enum's values as parameters).
+EVENT_TYPE_CHECK = "event_type IN ({})".format(", ".join(f"'{t}'" for t in EVENT_TYPES))
 
 
 class CareTeamAssignment(Base):
@@ -80,11 +83,7 @@ class CareTeamEvent(Base):
     __tablename__ = "care_team_events"
     __table_args__ = (
         *_same_organization_keys(),
-        CheckConstraint(
-            "event_type IN ('primary_assigned', 'primary_demoted', 'secondary_added', "
-            "'provider_removed', 'migration_dedupe')",
-            name="event_type",
-        ),
+        CheckConstraint(EVENT_TYPE_CHECK, name="event_type"),
         Index("uq_care_team_events_organization_id_seq", "organization_id", "seq", unique=True),
         Index(None, "organization_id", "patient_id", "seq"),
     )

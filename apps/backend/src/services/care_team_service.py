@@ -142,7 +142,7 @@ DEMOTE_OTHERS = Sql(
     INSERT INTO care_team_events
         (organization_id, patient_id, provider_id, event_type,
          previous_primary_provider_id, actor, reason, occurred_at)
-    SELECT organization_id, patient_id, provider_id, 'primary_demoted',
+    SELECT organization_id, patient_id, provider_id, $6,
            provider_id, $4, $5, clock_timestamp()
     FROM demoted
     RETURNING provider_id
@@ -152,6 +152,7 @@ DEMOTE_OTHERS = Sql(
     "provider",
     "actor",
     "reason",
+    "event_type",
 )
 
 # Make :provider primary (adding it to the team if needed) and record primary_assigned;
@@ -172,7 +173,7 @@ PROMOTE_AND_RECORD = Sql(
     INSERT INTO care_team_events
         (organization_id, patient_id, provider_id, event_type,
          previous_primary_provider_id, actor, reason, occurred_at)
-    SELECT organization_id, patient_id, provider_id, 'primary_assigned',
+    SELECT organization_id, patient_id, provider_id, $7,
            $4, $5, $6, clock_timestamp()
     FROM promoted
     RETURNING provider_id
@@ -183,6 +184,7 @@ PROMOTE_AND_RECORD = Sql(
     "previous_primary",
     "actor",
     "reason",
+    "event_type",
 )
 
 INSERT_SECONDARY = Sql(
@@ -324,10 +326,17 @@ class _PatientWrite:
             raise ProviderInactive(provider)
 
     async def changed_providers(
-        self, statement: Sql, provider: uuid.UUID, previous_primary: uuid.UUID | None = None
+        self,
+        statement: Sql,
+        event_type: EventType,
+        provider: uuid.UUID,
+        previous_primary: uuid.UUID | None = None,
     ) -> list[uuid.UUID]:
         """Run a change-with-event statement; the providers it changed."""
-        params = self.event_params(provider, previous_primary)
+        params = {
+            **self.event_params(provider, previous_primary),
+            "event_type": event_type.value,
+        }
         rows = await statement.fetch(self.driver, params)
         return [r["provider_id"] for r in rows]
 
@@ -405,9 +414,13 @@ class CareTeamService:
         async def work(driver: Any) -> CareTeam:
             write.driver = driver
             await write.lock_patient_check_provider(provider_id)
-            demoted = await write.changed_providers(DEMOTE_OTHERS, provider_id)
+            demoted = await write.changed_providers(
+                DEMOTE_OTHERS, EventType.PRIMARY_DEMOTED, provider_id
+            )
             previous = demoted[0] if demoted else None
-            promoted = await write.changed_providers(PROMOTE_AND_RECORD, provider_id, previous)
+            promoted = await write.changed_providers(
+                PROMOTE_AND_RECORD, EventType.PRIMARY_ASSIGNED, provider_id, previous
+            )
             changes[:] = [previous, bool(demoted or promoted)]
             return await write.team()
 

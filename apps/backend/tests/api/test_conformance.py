@@ -24,6 +24,8 @@ import pytest
 from src.config import BACKEND_DIR
 from tests.helpers import LiveApi
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = int(os.environ.get("CONFORMANCE_EXAMPLES", "5"))
 SEED = 20261128
 

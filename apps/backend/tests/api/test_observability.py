@@ -16,12 +16,12 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from src import primary_rule
+from src import primary_dedupe
 from src.api.app import create_app, refresh_violation_metrics, scrub_event
 from src.config import BACKEND_DIR, Settings
 from src.db import Database, open_database
 from src.log_config import JsonFormatter
-from src.schema import downgrade, upgrade
+from src.migration_runner import downgrade, upgrade
 from tests.helpers import FreshDatabase, Tenant, post_patient, post_provider
 
 
@@ -168,7 +168,7 @@ class TestReadiness:
                 await upgrade(fresh_database.engine)
                 assert (await client.get("/readyz")).status_code == 200
 
-                await fresh_database.execute(f"DROP INDEX {primary_rule.UNIQUE_PRIMARY_INDEX}")
+                await fresh_database.execute(f"DROP INDEX {primary_dedupe.UNIQUE_PRIMARY_INDEX}")
                 r = await client.get("/readyz")
                 assert r.status_code == 503 and "is missing" in r.json()["detail"]
 
@@ -187,13 +187,13 @@ class TestReadiness:
                 async with fresh_database.engine.connect() as connection:
                     conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
                     with pytest.raises(DBAPIError):
-                        await conn.exec_driver_sql(primary_rule.CREATE_INDEX)
+                        await conn.exec_driver_sql(primary_dedupe.CREATE_INDEX)
                 r = await client.get("/readyz")
                 assert r.status_code == 503 and "INVALID" in r.json()["detail"]
 
                 async with fresh_database.engine.connect() as connection:
                     conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
-                    await conn.exec_driver_sql(primary_rule.DROP_INDEX)
+                    await conn.exec_driver_sql(primary_dedupe.DROP_INDEX)
                 await downgrade(fresh_database.engine, "20260114_rls_coverage")
                 r = await client.get("/readyz")
                 assert r.status_code == 503 and "head is" in r.json()["detail"]

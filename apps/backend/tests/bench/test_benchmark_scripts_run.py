@@ -14,6 +14,8 @@ import pytest
 
 from src.config import BACKEND_DIR
 
+pytestmark = pytest.mark.slow
+
 
 def run_script(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run a benchmark script as an operator does; the JSON figures it printed."""

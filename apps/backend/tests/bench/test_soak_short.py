@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from src.config import BACKEND_DIR
+
+pytestmark = pytest.mark.slow
 
 
 def test_soak_short_run_passes_every_check():

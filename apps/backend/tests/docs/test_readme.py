@@ -8,7 +8,7 @@ import typer
 from alembic.script import ScriptDirectory
 
 from src.config import BACKEND_DIR, Settings
-from src.schema import alembic_config
+from src.migration_runner import alembic_config
 
 README = (BACKEND_DIR.parent.parent / "README.md").read_text()
 

@@ -26,7 +26,7 @@ from sqlalchemy import text
 
 from src.config import get_settings
 from src.db import Database, open_database
-from src.schema import upgrade
+from src.migration_runner import upgrade
 from src.services.care_team_service import CareTeamService
 from tests.helpers import (
     create_organization,

@@ -9,8 +9,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from src.embedded import client_program
+from src.migration_runner import alembic_config, current_revision, downgrade, upgrade
 from src.models import UNIQUE_PRIMARY_INDEX, Base
-from src.schema import alembic_config, current_revision, downgrade, upgrade
 from tests.helpers import PRIMARIES, RLS, UNIQUE, FreshDatabase, seed_duplicates
 
 EVENT_SEQUENCE, APP_ROLE = "20261128_event_sequence", "20261128_app_role_login"

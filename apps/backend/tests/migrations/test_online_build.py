@@ -1,4 +1,4 @@
-"""The online parts of the unique-primary migration (src/primary_rule.py), on purpose
+"""The online parts of the unique-primary migration (src/primary_dedupe.py), on purpose
 driven into the situations a busy production table produces."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Connection
 
-from src import primary_rule
+from src import primary_dedupe
 from src.config import Settings
 from src.db import open_database
+from src.migration_runner import downgrade, upgrade
 from src.models import UNIQUE_PRIMARY_INDEX
-from src.schema import downgrade, upgrade
 from src.services.care_team_service import CareTeamService
 from tests.helpers import PRIMARIES, RLS, FreshDatabase, seed_duplicates
 
@@ -33,7 +33,7 @@ async def autocommit(db: FreshDatabase, work: Callable[[Connection], Any]) -> An
 
 
 async def state(db: FreshDatabase) -> str:
-    return str(await autocommit(db, primary_rule.index_state))
+    return str(await autocommit(db, primary_dedupe.index_state))
 
 
 async def add_duplicate_primary(db: FreshDatabase) -> None:
@@ -62,7 +62,7 @@ class TestInterruptedBuild:
         await seed_duplicates(db)
         # An earlier run whose concurrent build failed half-way leaves an INVALID index.
         with pytest.raises(Exception, match="could not create unique index"):
-            await autocommit(db, lambda c: c.exec_driver_sql(primary_rule.CREATE_INDEX))
+            await autocommit(db, lambda c: c.exec_driver_sql(primary_dedupe.CREATE_INDEX))
         assert await state(db) == "invalid"
 
         await upgrade(db.engine)
@@ -78,12 +78,12 @@ class TestDuplicatesWrittenDuringTheBuild:
         db = fresh_database
         await upgrade(db.engine, RLS)
         await seed_duplicates(db)
-        demoted = await autocommit(db, lambda c: primary_rule.dedupe(c, actor="test"))
+        demoted = await autocommit(db, lambda c: primary_dedupe.dedupe(c, actor="test"))
         assert demoted == 3
         await add_duplicate_primary(db)  # after the dedupe, before the build
 
-        with caplog.at_level(logging.INFO, logger="src.primary_rule"):
-            await autocommit(db, lambda c: primary_rule.build_index(c, actor="test"))
+        with caplog.at_level(logging.INFO, logger="src.primary_dedupe"):
+            await autocommit(db, lambda c: primary_dedupe.build_index(c, actor="test"))
 
         assert "duplicates were written during the build" in caplog.text
         assert await state(db) == "valid"
@@ -107,8 +107,8 @@ class TestLockTimeouts:
             )
 
             def build(conn: Connection) -> None:
-                with primary_rule.online_session(conn, lock_timeout_ms=200):
-                    primary_rule.build_index(conn, actor="test", attempts=20, retry_delay_s=0.05)
+                with primary_dedupe.online_session(conn, lock_timeout_ms=200):
+                    primary_dedupe.build_index(conn, actor="test", attempts=20, retry_delay_s=0.05)
 
             building = asyncio.create_task(autocommit(db, build))
             await asyncio.sleep(1.0)
@@ -128,10 +128,10 @@ class TestLockTimeouts:
             )
 
             def build(conn: Connection) -> None:
-                with primary_rule.online_session(conn, lock_timeout_ms=100):
-                    primary_rule.build_index(conn, actor="test", attempts=3, retry_delay_s=0.01)
+                with primary_dedupe.online_session(conn, lock_timeout_ms=100):
+                    primary_dedupe.build_index(conn, actor="test", attempts=3, retry_delay_s=0.01)
 
-            with pytest.raises(primary_rule.IndexBuildFailed, match="3 attempts"):
+            with pytest.raises(primary_dedupe.IndexBuildFailed, match="3 attempts"):
                 await autocommit(db, build)
             await blocker.rollback()
         assert await state(db) == "missing"

@@ -12,10 +12,10 @@ import uuid
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from src import primary_rule
+from src import primary_dedupe
 from src.config import BACKEND_DIR
 from src.diagnostics import Finding, FindingParser
-from src.schema import upgrade
+from src.migration_runner import upgrade
 from tests.helpers import PRIMARIES, RLS, FreshDatabase, seed_duplicates
 
 SCRIPT = BACKEND_DIR / "scripts" / "check_primary_provider_violations.py"
@@ -165,7 +165,7 @@ class TestOptions:
         async with fresh_database.engine.connect() as connection:
             conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
             with pytest.raises(DBAPIError):
-                await conn.exec_driver_sql(primary_rule.CREATE_INDEX)
+                await conn.exec_driver_sql(primary_dedupe.CREATE_INDEX)
         result = run_check(fresh_database.url)
         assert "Index idx_unique_primary_provider_per_patient: invalid" in result.stdout
         assert "the index is INVALID" in result.stdout

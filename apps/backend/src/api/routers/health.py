@@ -9,13 +9,13 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from src import rule
+from src import primary_index
 from src.api.deps import database_of
 from src.api.errors import PROBLEM_JSON, ProblemKind, problem_response
 from src.api.schemas import Health
 from src.db import pg_error_fields
-from src.rule import UNIQUE_PRIMARY_INDEX
-from src.schema import head_revision
+from src.migration_runner import head_revision
+from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 router = APIRouter(tags=["operations"])
 
@@ -24,7 +24,7 @@ HEAD = head_revision()
 
 READINESS = text(f"""
     SELECT (SELECT version_num FROM alembic_version LIMIT 1) AS revision,
-           ({rule.INDEX_VALID}) AS index_valid
+           ({primary_index.INDEX_VALID}) AS index_valid
 """)
 
 
@@ -61,7 +61,7 @@ async def readyz(request: Request) -> Response:
         return _not_ready(f"database does not answer ({type(err).__name__})")
     if row.revision != HEAD:
         return _not_ready(f"schema at {row.revision}, head is {HEAD}: run the migrations")
-    state = rule.index_state(row.index_valid)
+    state = primary_index.index_state(row.index_valid)
     if state == "missing":
         return _not_ready(f"index {UNIQUE_PRIMARY_INDEX} is missing")
     if state == "invalid":

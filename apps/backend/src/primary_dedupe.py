@@ -25,9 +25,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from src import rule
+from src import primary_index
 from src.db import pg_error_fields
-from src.rule import UNIQUE_PRIMARY_INDEX
+from src.models.care_team import EventType
+from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ DROP TABLE IF EXISTS pg_temp.careteam_dedupe_batch
 # One batch, as one transaction (one statement): take the service's per-patient lock in
 # (organization_id, patient_id) order, then, with a fresh snapshot under the lock (so a
 # concurrent assignment's commit is seen), keep the latest primary and demote the rest.
-CREATE_BATCH_FUNCTION = """
+CREATE_BATCH_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION pg_temp.careteam_dedupe_batch(p_batch bigint, p_actor text)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -108,7 +109,7 @@ BEGIN
     INSERT INTO care_team_events
         (organization_id, patient_id, provider_id, event_type,
          previous_primary_provider_id, actor, reason)
-    SELECT organization_id, patient_id, provider_id, 'migration_dedupe',
+    SELECT organization_id, patient_id, provider_id, '{EventType.MIGRATION_DEDUPE.value}',
            provider_id, p_actor,
            'duplicate primary demoted to secondary (assignment ' || id
                || '); kept provider ' || kept_provider_id
@@ -156,7 +157,7 @@ def require_bypass_rls(conn: Connection) -> None:
 
 def index_state(conn: Connection) -> str:
     """ "valid", "invalid" (an interrupted or failed concurrent build) or "missing"."""
-    return rule.index_state(conn.exec_driver_sql(rule.INDEX_VALID).scalar())
+    return primary_index.index_state(conn.exec_driver_sql(primary_index.INDEX_VALID).scalar())
 
 
 def dedupe(
