@@ -1,76 +1,70 @@
 """Logging: every line carries the request id of the request it belongs to.
 
+Two formats: readable lines (`LOG_FORMAT=text`, development) and JSON lines
+(`LOG_FORMAT=json`, production), one object per record with its fields (`ts`, `level`,
+`logger`, `message`, `request_id`, `pid`, and whatever the code passed in `extra=`:
+`event`, ids, the access line's `method`, `route`, `status`, `duration_ms`, ...).
+JSON is written by python-json-logger, a kept library that formats the standard
+library's records, so every `logger.info(..., extra={...})` call stays as it is.
+
 Logs carry ids only: never patient names or dates of birth (nothing here logs bodies).
 """
 
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import time
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [request_id=%(request_id)s] %(message)s"
 
 
-_installed = False
+class RequestIdFilter(logging.Filter):
+    """Gives each record the id of the request being served ("-" outside a request)."""
 
-
-def install_request_id_on_records() -> None:
-    """Give every log record a `request_id` (of the request being served, or "-"),
-    whichever handler ends up writing it. Idempotent."""
-    global _installed  # noqa: PLW0603  (one process-wide record factory)
-    if _installed:
-        return
-    previous = logging.getLogRecordFactory()
-
-    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
+    def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
-        return record
-
-    logging.setLogRecordFactory(factory)
-    _installed = True
+        return True
 
 
-# Attributes every LogRecord has; anything else on a record came in `extra=`.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message",
-    "asctime",
-    "request_id",
-    "taskName",
-}
+class JsonFormatter(_LibraryJsonFormatter):
+    """One JSON object per record. uvicorn's `color_message` (the message with terminal
+    colour codes) is left out: a log pipeline wants the plain message only."""
 
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(process)d",
+            rename_fields={
+                "asctime": "ts",
+                "levelname": "level",
+                "name": "logger",
+                "process": "pid",
+            },
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],
+            datefmt="%Y-%m-%dT%H:%M:%S",
+        )
+        self.converter = time.gmtime
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request id, and the
-    fields the code passed in `extra=` (event, ids, index, ...). Ids only, never names."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", "-"),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and key not in entry:
-                entry[key] = value if isinstance(value, int | float | bool | None) else str(value)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return super().formatTime(record, datefmt) + f".{int(record.msecs):03d}Z"
 
 
 def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
     """Route the backend's and uvicorn's logs through one handler with request ids:
     readable lines (`text`, development) or JSON lines (`json`, production)."""
-    install_request_id_on_records()
     handler = logging.StreamHandler()
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(FORMAT)
-    formatter.converter = time.gmtime
+    handler.addFilter(RequestIdFilter())
+    formatter: logging.Formatter
+    if log_format == "json":
+        formatter = JsonFormatter()
+    else:
+        formatter = logging.Formatter(FORMAT)
+        formatter.converter = time.gmtime
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

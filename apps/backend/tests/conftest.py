@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.config import Settings, get_settings, to_libpq_url
 from src.db import Database, create_engine, open_database
 from src.embedded import ensure_database, run_blocking, start_embedded_server, with_database
+from src.log_config import RequestIdFilter
 from src.migration_runner import upgrade
 from tests.helpers import FreshDatabase, with_owner
 
@@ -53,6 +54,12 @@ class TestServer:
                 await conn.close()
 
         run_blocking(drop())
+
+
+@pytest.fixture(autouse=True)
+def _request_ids_in_captured_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """Captured records carry the request id, as the production handler adds it."""
+    caplog.handler.addFilter(RequestIdFilter())
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from src.api.openapi import install_openapi, operation_id
 from src.api.routers import care_team, directory, health
 from src.config import Settings, get_settings
 from src.db import Database, open_database
-from src.log_config import configure_logging, install_request_id_on_records
+from src.log_config import configure_logging
 from src.metrics import record_check, track_pool
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,6 @@ def create_app(database: Database | None = None, database_url: str | None = None
     )
     if database is not None:
         attach(app, database)
-    install_request_id_on_records()
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(RequestContextMiddleware, allowed_hosts=settings.allowed_host_list)

@@ -111,21 +111,7 @@ class RequestContextMiddleware:
             if not response_started:
                 await _send_problem(send_with_id, scope, BODY_TOO_LARGE, _too_large())
         finally:
-            route = getattr(scope.get("route"), "path", "(unmatched)")
-            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            if head:
-                method = "HEAD"
-            seconds = time.perf_counter() - started
-            HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-            HTTP_LATENCY.labels(method=method, route=route).observe(seconds)
-            logger.info(
-                "%s %s status=%d duration_ms=%.1f organization_id=%s",
-                method,
-                route,
-                status,
-                seconds * 1000,
-                scope.get("state", {}).get("organization_id", "-"),
-            )
+            _record(scope, "HEAD" if head else scope["method"], status, started)
             request_id_var.reset(token)
 
     def refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[ProblemKind, str] | None:
@@ -141,6 +127,34 @@ class RequestContextMiddleware:
             if not _JSON_TYPE.match(content_type):
                 return UNSUPPORTED_MEDIA_TYPE, "the body must be JSON (application/json)"
         return None
+
+
+def _record(scope: Scope, method: str, status: int, started: float) -> None:
+    """The request's metrics and its one access line (route template, ids only)."""
+    route = getattr(scope.get("route"), "path", "(unmatched)")
+    method = method if method in _METHODS else "OTHER"
+    seconds = time.perf_counter() - started
+    HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
+    HTTP_LATENCY.labels(method=method, route=route).observe(seconds)
+    organization_id = scope.get("state", {}).get("organization_id", "-")
+    duration_ms = round(seconds * 1000, 1)
+    # One line, readable in text logs, and its parts as fields in JSON logs.
+    logger.info(
+        "%s %s status=%d duration_ms=%.1f organization_id=%s",
+        method,
+        route,
+        status,
+        duration_ms,
+        organization_id,
+        extra={
+            "event": "http_request",
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": duration_ms,
+            "organization_id": organization_id,
+        },
+    )
 
 
 def _too_large() -> str:

@@ -64,6 +64,19 @@ class TestJsonLogs:
         mine = [json.loads(line) for line in lines if '"req-json-1"' in line]
         assert any(e.get("message", "").startswith("patient created") for e in mine)
         assert all("Ximena" not in line and "1966-06-06" not in line for line in lines)
+        access = next(e for e in mine if e.get("event") == "http_request")
+        assert access["method"] == "POST" and access["route"] == "/v1/patients"
+        assert access["status"] == 201 and isinstance(access["duration_ms"], float)
+        assert access["organization_id"] == str(tenant.organization_id)
+        assert {"ts", "level", "logger", "message", "request_id", "pid"} <= set(access)
+
+    def test_uvicorns_coloured_message_stays_out_of_json(self):
+        record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "Started", (), None)
+        record.color_message = "\x1b[32mStarted\x1b[0m"  # what uvicorn adds to its records
+        record.request_id = "-"
+        entry = json.loads(JsonFormatter().format(record))
+        assert entry["message"] == "Started"
+        assert "color_message" not in entry and "\x1b" not in json.dumps(entry)
 
 
 class TestMetrics:
