@@ -492,9 +492,11 @@ class Supervisor:
     workers), from `start()` to `stop()`. Every `interval_s` it reads postmaster.pid:
     a PID file whose process is gone means the server died without shutting down (an
     orderly stop removes the file: then it says so once and leaves the server
-    stopped). It restarts it at most `max_restarts` times per `window_s` seconds, each
-    logged at WARNING; past that it logs an ERROR and watches no more. Logs carry
-    PIDs and paths only.
+    stopped). It restarts it at most `max_restarts` times in any `window_s` seconds,
+    each logged at WARNING; past that it logs an ERROR and waits until the oldest of
+    those restarts is `window_s` old, then restarts it again: a server that keeps dying
+    is not restarted in a tight loop, and one that dies now and then always comes back.
+    Logs carry PIDs and paths only.
     """
 
     def __init__(
@@ -512,6 +514,7 @@ class Supervisor:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="embedded-supervisor", daemon=True)
         self._restarts: deque[float] = deque()
+        self._waiting = False  # the budget is spent: said so once, waiting for the window
 
     def start(self) -> None:
         self._thread.start()
@@ -536,25 +539,29 @@ class Supervisor:
                 said_stopped = True
                 continue
             said_stopped = False
-            if _postmaster(self.pgdata) is None and not self._restart(dead_pid):
-                return
+            if _postmaster(self.pgdata) is None:
+                self._restart(dead_pid)
 
-    def _restart(self, dead_pid: int) -> bool:
-        """Restart the dead server; False once the restart budget is spent."""
+    def _restart(self, dead_pid: int) -> None:
+        """Restart the dead server, unless the budget of the window is spent."""
         now = time.monotonic()
         while self._restarts and now - self._restarts[0] > self.window_s:
             self._restarts.popleft()
         log = self.pgdata / "log"
         if len(self._restarts) >= self.max_restarts:
-            logger.error(
-                "embedded PostgreSQL died %d times within %.0f s; not restarting it "
-                "again (its log is %s)",
-                len(self._restarts) + 1,
-                self.window_s,
-                log,
-                extra={"event": "embedded_restart_gave_up"},
-            )
-            return False
+            if not self._waiting:
+                logger.error(
+                    "embedded PostgreSQL died %d times within %.0f s; restarting it again "
+                    "in %.0f s (its log is %s)",
+                    len(self._restarts) + 1,
+                    self.window_s,
+                    self.window_s - (now - self._restarts[0]),
+                    log,
+                    extra={"event": "embedded_restart_waiting"},
+                )
+                self._waiting = True
+            return
+        self._waiting = False
         self._restarts.append(now)
         logger.warning(
             "embedded PostgreSQL (pid %d) died; restarting it (restart %d of at most %d "
@@ -577,7 +584,7 @@ class Supervisor:
                 log,
                 extra={"event": "embedded_restart_failed"},
             )
-            return True  # the next check tries again, within the budget
+            return  # the next check tries again, within the budget
         postmaster = _postmaster(self.pgdata)
         logger.warning(
             "embedded PostgreSQL restarted (pid %s) %.1f s after it was found dead",
@@ -585,7 +592,6 @@ class Supervisor:
             time.monotonic() - now,
             extra={"event": "embedded_restarted"},
         )
-        return True
 
 
 @contextlib.contextmanager

@@ -8,7 +8,8 @@ application role, so `RESET ROLE` on one of them regained superuser. Now:
 - It keeps only what it uses: patients and providers SELECT, INSERT, UPDATE (UPDATE also
   for the row locks the service takes), care team assignments also DELETE, events SELECT
   and INSERT, the event counters SELECT, INSERT, UPDATE; nothing on organizations; no
-  CREATE on the schema.
+  CREATE on the schema, no temporary tables (TEMPORARY on the database is revoked from
+  PUBLIC; the owner, a superuser or BYPASSRLS role, keeps what the dedupe needs).
 - Readiness reads alembic_version (SELECT granted); the rule's metrics come from
   careteam_rule_status(max_age_s), a SECURITY DEFINER function that answers three
   counts and no tenant data, so the API process needs no owner connection at all. It
@@ -104,6 +105,15 @@ def upgrade() -> None:
     op.execute(f"REVOKE DELETE ON patients, providers FROM {role}")
     op.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}")
     op.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    # No temporary tables either (PUBLIC has TEMP on every database by default); the
+    # owner keeps it by name (the dedupe's batches live in a temporary table).
+    op.execute(
+        "DO $$ BEGIN "
+        "EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I', current_database(), "
+        "current_user); "
+        "EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database()); "
+        "END $$"
+    )
     op.execute(f"GRANT SELECT ON alembic_version TO {role}")
     op.execute(CREATE_CHECKS)
     op.execute(RULE_STATUS)
@@ -117,6 +127,10 @@ def downgrade() -> None:
     op.execute("SET LOCAL statement_timeout = '60s'")
     op.execute("DROP FUNCTION IF EXISTS careteam_rule_status(double precision)")
     op.execute("DROP TABLE IF EXISTS careteam_rule_checks")
+    op.execute(
+        "DO $$ BEGIN EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO PUBLIC', "
+        "current_database()); END $$"
+    )
     # SELECT on alembic_version stays: readiness then says which revision the schema is
     # at, instead of "permission denied".
     op.execute(f"GRANT DELETE ON patients, providers TO {role}")

@@ -3,7 +3,7 @@
 Every error answer is `application/problem+json`:
 
     {"type": "urn:careteam:problem:<code>", "title": ..., "status": ..., "detail": ...,
-     "instance": <the request path>, "error": <code>, "request_id": ...}
+     "instance": "urn:careteam:request:<request_id>", "error": <code>, "request_id": ...}
 
 `error` is the stable machine-readable code (the extension member every earlier client
 reads); 422 answers add `errors`, one entry per invalid field. Domain errors of the
@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:careteam:problem:"
+INSTANCE_PREFIX = "urn:careteam:request:"
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,10 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
-    instance: str = Field(description="The request path")
+    instance: str = Field(
+        description="This occurrence: urn:careteam:request:<request_id> (never the path, "
+        "which could carry what a client put in it)"
+    )
     error: str = Field(description="Stable machine-readable code")
     request_id: str = Field(description="Also in the X-Request-ID header and every log line")
     errors: list[FieldProblem] | None = Field(
@@ -127,17 +131,17 @@ def problem_body(
     title: str,
     detail: str,
     *,
-    instance: str,
     errors: Sequence[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
+    request_id = request_id_var.get()
     body: dict[str, Any] = {
         "type": TYPE_PREFIX + code,
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": instance,
+        "instance": INSTANCE_PREFIX + request_id,
         "error": code,
-        "request_id": request_id_var.get(),
+        "request_id": request_id,
     }
     if errors is not None:
         body["errors"] = list(errors)
@@ -150,12 +154,11 @@ def problem_response(
     title: str,
     detail: str,
     *,
-    instance: str,
     errors: Sequence[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
     payload = json.dumps(
-        problem_body(status, code, title, detail, instance=instance, errors=errors),
+        problem_body(status, code, title, detail, errors=errors),
         ensure_ascii=False,
     ).encode()
     return Response(payload, status_code=status, headers=headers, media_type=PROBLEM_JSON)
@@ -169,13 +172,27 @@ def _location_and_field(loc: Sequence[Any]) -> tuple[str, str]:
     return where, rest or where
 
 
+# pydantic messages that would quote part of the submitted value, in our own words.
+_MESSAGES = {
+    "uuid_parsing": "must be a UUID (8-4-4-4-12 hexadecimal digits)",
+    "uuid_type": "must be a UUID (8-4-4-4-12 hexadecimal digits)",
+    "json_invalid": "malformed JSON",
+}
+
+
 def field_problems(exc: RequestValidationError) -> list[dict[str, str]]:
     """Where and what, never the submitted value."""
     problems = []
     for error in exc.errors()[:20]:
-        where, field = _location_and_field(error.get("loc", ()))
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        problems.append({"location": where, "field": field, "detail": message})
+        kind = str(error.get("type", ""))
+        if kind == "json_invalid":  # its loc is a character position, not a field
+            where, field = "body", "body"
+        else:
+            where, field = _location_and_field(error.get("loc", ()))
+        message = _MESSAGES.get(kind) or str(error.get("msg", "invalid"))
+        problems.append(
+            {"location": where, "field": field, "detail": message.removeprefix("Value error, ")}
+        )
     return problems
 
 
@@ -198,7 +215,6 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.code,
             exc.title,
             exc.message,
-            instance=request.url.path,
             errors=errors,
             headers=headers,
         )
@@ -211,7 +227,6 @@ def install_error_handlers(app: FastAPI) -> None:
             kind.code,
             kind.title,
             exc.detail,
-            instance=request.url.path,
             headers=exc.headers,
         )
 
@@ -224,7 +239,6 @@ def install_error_handlers(app: FastAPI) -> None:
             VALIDATION_ERROR.code,
             VALIDATION_ERROR.title,
             detail or "invalid request",
-            instance=request.url.path,
             errors=problems,
         )
 
@@ -236,7 +250,6 @@ def install_error_handlers(app: FastAPI) -> None:
                 VALIDATION_ERROR.code,
                 VALIDATION_ERROR.title,
                 f"malformed request body: {exc.detail}",
-                instance=request.url.path,
                 errors=[{"location": "body", "field": "body", "detail": "malformed JSON"}],
             )
         if exc.status_code == 405:
@@ -246,19 +259,15 @@ def install_error_handlers(app: FastAPI) -> None:
                 METHOD_NOT_ALLOWED.code,
                 METHOD_NOT_ALLOWED.title,
                 f"{request.method} is not allowed here; allowed: {allow}",
-                instance=request.url.path,
                 headers={"Allow": allow},
             )
         if exc.status_code == 404:
-            return problem_response(
-                404, NOT_FOUND.code, NOT_FOUND.title, "no such path", instance=request.url.path
-            )
+            return problem_response(404, NOT_FOUND.code, NOT_FOUND.title, "no such path")
         return problem_response(
             exc.status_code,
             "http_error",
             str(exc.detail),
             str(exc.detail),
-            instance=request.url.path,
             headers=dict(exc.headers or {}),
         )
 
@@ -270,7 +279,6 @@ def install_error_handlers(app: FastAPI) -> None:
             INTERNAL_ERROR.code,
             INTERNAL_ERROR.title,
             "internal error; the request id is in the logs",
-            instance=request.url.path,
         )
 
 
@@ -292,7 +300,7 @@ def allowed_methods(app: Any, scope: MutableMapping[str, Any]) -> str:
 # --- the OpenAPI document ---------------------------------------------------------------------
 
 _DESCRIPTIONS = {
-    400: "Bad request",
+    400: "The Host header is not one this server answers for (ALLOWED_HOSTS)",
     401: "Missing, malformed or revoked API key",
     404: "Not found (or another organization's: the two are indistinguishable)",
     409: "Conflicts with the current state",
@@ -313,16 +321,29 @@ def _code_and_status(error: Answerable) -> tuple[str, int]:
     return error.code, status_of(error)
 
 
-EVERY_REQUEST: tuple[Answerable, ...] = (VALIDATION_ERROR, HEADERS_TOO_LARGE)
+# What any request can be answered, whatever its operation: a body over the limit is 413
+# even on a GET, and a Host outside ALLOWED_HOSTS is 400.
+EVERY_REQUEST: tuple[Answerable, ...] = (
+    VALIDATION_ERROR,
+    HEADERS_TOO_LARGE,
+    BODY_TOO_LARGE,
+    INVALID_HOST,
+)
 AUTHENTICATED: tuple[Answerable, ...] = (UNAUTHORIZED, DatabaseBusy, DatabaseUnavailable)
-WITH_BODY: tuple[Answerable, ...] = (BODY_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE)
+WITH_BODY: tuple[Answerable, ...] = (UNSUPPORTED_MEDIA_TYPE,)
 WRITES: tuple[Answerable, ...] = (OutcomeUnknown,)
 
 
-def problem_responses(*errors: Answerable, body: bool = False) -> dict[int | str, Any]:
+def problem_responses(
+    *errors: Answerable, body: bool = False, authenticated: bool = True
+) -> dict[int | str, Any]:
     """The `responses` of an operation: each status it can answer with a problem, and the
     error codes of that status as an enum."""
-    answered: Iterable[Answerable] = (*EVERY_REQUEST, *AUTHENTICATED, *errors)
+    answered: Iterable[Answerable] = (
+        *EVERY_REQUEST,
+        *(AUTHENTICATED if authenticated else ()),
+        *errors,
+    )
     if body:
         answered = (*answered, *WITH_BODY, *WRITES)
     codes: dict[int, list[str]] = defaultdict(list)

@@ -37,12 +37,11 @@ MAX_BODY_BYTES = 64 * 1024
 # Metric labels stay bounded whatever a client sends.
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json(?:\s*;.*)?$", re.IGNORECASE)
+# JSON, and only UTF-8 JSON (RFC 8259): a charset parameter, if any, must say so.
+_JSON_TYPE = re.compile(
+    r"^application/(?:[\w.+-]+\+)?json\s*(?:;\s*charset=\"?utf-8\"?\s*)?$", re.IGNORECASE
+)
 _WITH_BODY = {"POST", "PUT", "PATCH"}
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class RequestContextMiddleware:
@@ -76,8 +75,13 @@ class RequestContextMiddleware:
         if head:  # answered as the GET it stands for; the body is dropped below
             scope = {**scope, "method": "GET"}
 
+        refused_body = False  # answered 413 here while the app was reading the body
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
+            ours = message.pop("careteam_refusal", False)
+            if refused_body and not ours:
+                return  # the app's own answer to the body it could not read: dropped
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
@@ -93,12 +97,19 @@ class RequestContextMiddleware:
         received = 0
 
         async def limited_receive() -> Message:
-            nonlocal received
+            """The body, until it grows past MAX_BODY_BYTES (a chunked body has no length
+            to refuse it by up front): then the 413 is sent here, and the app is told
+            the client went away, so it stops reading."""
+            nonlocal received, refused_body
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > MAX_BODY_BYTES:
-                    raise BodyTooLarge
+                if received > MAX_BODY_BYTES and not response_started:
+                    await _send_problem(
+                        send_with_id, scope, BODY_TOO_LARGE, _too_large(), refusal=True
+                    )
+                    refused_body = True
+                    return {"type": "http.disconnect"}
             return message
 
         try:
@@ -107,9 +118,6 @@ class RequestContextMiddleware:
                 await _send_problem(send_with_id, scope, *refusal)
             else:
                 await self.app(scope, limited_receive, send_with_id)
-        except BodyTooLarge:
-            if not response_started:
-                await _send_problem(send_with_id, scope, BODY_TOO_LARGE, _too_large())
         finally:
             _record(scope, "HEAD" if head else scope["method"], status, started)
             request_id_var.reset(token)
@@ -161,8 +169,10 @@ def _too_large() -> str:
     return f"request body too large (at most {MAX_BODY_BYTES} bytes)"
 
 
-async def _send_problem(send: Send, scope: Scope, kind: ProblemKind, detail: str) -> None:
-    body = problem_body(kind.status, kind.code, kind.title, detail, instance=scope["path"])
+async def _send_problem(
+    send: Send, scope: Scope, kind: ProblemKind, detail: str, *, refusal: bool = False
+) -> None:
+    body = problem_body(kind.status, kind.code, kind.title, detail)
     payload = json.dumps(body).encode()
     await send(
         {
@@ -172,6 +182,7 @@ async def _send_problem(send: Send, scope: Scope, kind: ProblemKind, detail: str
                 (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(payload)).encode()),
             ],
+            "careteam_refusal": refusal,
         }
     )
-    await send({"type": "http.response.body", "body": payload})
+    await send({"type": "http.response.body", "body": payload, "careteam_refusal": refusal})

@@ -13,6 +13,7 @@ import urllib.parse
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from src.config import BACKEND_DIR
 from tests.helpers import FreshDatabase, LiveApi, http_json, start_serve
@@ -53,6 +54,18 @@ class TestRequestHeads:
         assert time.monotonic() - started < 10
         assert http_json("GET", live_api.base_url + "/healthz")[0] == 200  # still serving
 
+    @pytest.mark.parametrize("size", [17_000, 50_000, 100_000])
+    def test_a_large_head_arriving_at_once_is_refused_too(self, live_api: LiveApi, size: int):
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * size + b"\r\n\r\n"
+        answer = raw_request(live_api.base_url, head, chunk=len(head))
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+    def test_a_request_that_is_not_http_is_a_problem_too(self, live_api: LiveApi):
+        answer = raw_request(live_api.base_url, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+        assert b"application/problem+json" in answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "bad_request"
+
     def test_ordinary_heads_are_served(self, live_api: LiveApi):
         head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * 8000 + b"\r\n\r\n"
         assert raw_request(live_api.base_url, head).startswith(b"HTTP/1.1 200 ")
@@ -63,7 +76,7 @@ class TestDatabaseLogins:
         self, fresh_database: FreshDatabase, tmp_path: Path
     ):
         env = {"DATABASE_URL": fresh_database.url}
-        api = start_serve(env, tmp_path / "serve.log", "--log-level", "warning")
+        api = start_serve(env, tmp_path / "serve.log", "--migrate", "--log-level", "warning")
         try:
             created = subprocess.run(
                 [sys.executable, "-m", "src.cli", "org", "create", "Logins", "--json"],

@@ -134,6 +134,7 @@ class TestTheApplicationCannotLeaveItsRole:
             "INSERT INTO organizations (name) VALUES ('x')",
             "SELECT count(*) FROM api_keys",
             "CREATE TABLE escape_hatch (id int)",
+            "CREATE TEMPORARY TABLE escape_hatch (id int)",
             "UPDATE care_team_events SET actor = 'x'",
             "DELETE FROM care_team_events",
         ],

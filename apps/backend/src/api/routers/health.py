@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from src import primary_index
 from src.api.deps import database_of
-from src.api.errors import PROBLEM_JSON, ProblemKind, problem_response
+from src.api.errors import ProblemKind, problem_response, problem_responses
 from src.api.schemas import Health
 from src.db import pg_error_fields
 from src.migration_runner import head_revision
@@ -28,24 +28,20 @@ READINESS = text(f"""
 """)
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, responses=problem_responses(authenticated=False))
 async def healthz() -> Health:
     """Liveness: 200 while the process is up (does not touch the database)."""
     return Health(status="ok")
 
 
 NOT_READY = ProblemKind("not_ready", 503, "Not ready")
+NOT_READY_RETRY_S = 5
 
 
 @router.get(
     "/readyz",
     response_model=Health,
-    responses={
-        503: {
-            "description": "Not ready; `detail` says why",
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-        }
-    },
+    responses=problem_responses(NOT_READY, authenticated=False),
 )
 async def readyz(request: Request) -> Response:
     """Readiness: 200 only when the database answers, the schema is at head and the
@@ -71,7 +67,11 @@ async def readyz(request: Request) -> Response:
 
 def _not_ready(reason: str) -> Response:
     return problem_response(
-        NOT_READY.status, NOT_READY.code, NOT_READY.title, reason, instance="/readyz"
+        NOT_READY.status,
+        NOT_READY.code,
+        NOT_READY.title,
+        reason,
+        headers={"Retry-After": str(NOT_READY_RETRY_S)},
     )
 
 
