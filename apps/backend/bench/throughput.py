@@ -67,6 +67,7 @@ from src.config import BACKEND_DIR, get_settings
 from src.db import Database, open_database
 from src.embedded import client_program
 from src.migration_runner import upgrade
+from src.models import EventType
 from src.services import care_team_service as care_team
 from src.services.care_team_service import CareTeamService
 from src.services.organization_service import OrganizationService
@@ -140,8 +141,10 @@ PGBENCH_ASSIGN = (
             "BEGIN;",
             as_pgbench(SET_TENANT, org=f"{SQL_ORG}::text"),
             as_pgbench(care_team.LOCK_PATIENT_CHECK_PROVIDER),
-            as_pgbench(care_team.DEMOTE_OTHERS),
-            as_pgbench(care_team.PROMOTE_AND_RECORD),
+            as_pgbench(care_team.DEMOTE_OTHERS, event_type=f"'{EventType.PRIMARY_DEMOTED}'"),
+            as_pgbench(
+                care_team.PROMOTE_AND_RECORD, event_type=f"'{EventType.PRIMARY_ASSIGNED}'"
+            ),
             as_pgbench(care_team.SELECT_TEAM),
             "COMMIT;",
         ]

@@ -129,33 +129,32 @@ async def create_clinic(
 # --- reading what the service wrote ------------------------------------------------------
 
 
-async def team_rows(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> dict[uuid.UUID, bool]:
-    """provider_id -> is_primary_provider, read directly from the table."""
+async def _patient_rows(
+    db: AsyncSession, org: uuid.UUID, patient: uuid.UUID, select_from: str
+) -> list[Any]:
+    """`SELECT <select_from> WHERE` the patient's rows, read directly under the tenant, in
+    a transaction of its own (the session can go to the service next)."""
     await set_tenant(db, org)
-    rows = await db.execute(
-        text(
-            "SELECT provider_id, is_primary_provider FROM care_team_assignments "
-            "WHERE organization_id = :org AND patient_id = :patient"
-        ),
+    result = await db.execute(
+        text(f"SELECT {select_from} WHERE organization_id = :org AND patient_id = :patient"),
         {"org": org, "patient": patient},
     )
-    found = {row.provider_id: row.is_primary_provider for row in rows}
-    await db.rollback()  # a read of its own: the session can go to the service next
-    return found
+    rows = list(result.all())
+    await db.rollback()
+    return rows
+
+
+async def team_rows(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> dict[uuid.UUID, bool]:
+    """provider_id -> is_primary_provider, read directly from the table."""
+    rows = await _patient_rows(
+        db, org, patient, "provider_id, is_primary_provider FROM care_team_assignments"
+    )
+    return {row.provider_id: row.is_primary_provider for row in rows}
 
 
 async def event_types(db: AsyncSession, org: uuid.UUID, patient: uuid.UUID) -> list[str]:
-    await set_tenant(db, org)
-    rows = await db.execute(
-        text(
-            "SELECT event_type FROM care_team_events "
-            "WHERE organization_id = :org AND patient_id = :patient ORDER BY id"
-        ),
-        {"org": org, "patient": patient},
-    )
-    found = list(rows.scalars())
-    await db.rollback()
-    return found
+    rows = await _patient_rows(db, org, patient, "event_type, id FROM care_team_events")
+    return [row.event_type for row in sorted(rows, key=lambda row: row.id)]
 
 
 async def wait_until_blocked(database: Database) -> None:

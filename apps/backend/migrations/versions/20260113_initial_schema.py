@@ -2,8 +2,8 @@
 
 Every child table carries organization_id, and references its patient and provider by
 (organization_id, id), so a row can never point at another organization's patient or
-provider. Every unique constraint and foreign key includes organization_id, so the
-schema can be distributed by tenant without change.
+provider. Every unique constraint and foreign key includes organization_id; the primary
+keys on id alone are what distributing by tenant would change (docs/SCALING.md).
 
 Revision ID: 20260113_initial_schema
 Revises:

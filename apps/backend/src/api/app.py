@@ -129,7 +129,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
             )
         # Everything made at start-up lives as long as the process: keep it out of the
         # garbage collector's full passes, which otherwise stop every request for tens
-        # of milliseconds (p99 under load 57 ms -> 14 ms, docs/PERFORMANCE.md).
+        # of milliseconds (the measure is in docs/PERFORMANCE.md).
         gc.freeze()
         try:
             yield

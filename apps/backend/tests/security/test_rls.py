@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -95,6 +98,13 @@ class TestApplicationRole:
         assert all(r.relrowsecurity and r.relforcerowsecurity and r.has_policy for r in rows)
 
 
+@contextlib.asynccontextmanager
+async def application_connection(database: Database) -> AsyncIterator[Any]:
+    """The asyncpg connection of one of the application's pooled connections."""
+    async with database.app_engine.connect() as conn:
+        yield (await conn.get_raw_connection()).driver_connection
+
+
 class TestTheApplicationCannotLeaveItsRole:
     """Application connections log in as the application role itself: there is no
     superuser session underneath to go back to."""
@@ -108,8 +118,7 @@ class TestTheApplicationCannotLeaveItsRole:
         ],
     )
     async def test_no_statement_regains_a_superuser(self, database: Database, escalation: str):
-        async with database.app_engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
+        async with application_connection(database) as driver:
             await driver.execute("RESET ROLE")
             who = await driver.fetchrow(
                 "SELECT session_user AS login, current_user AS role, "
@@ -140,8 +149,7 @@ class TestTheApplicationCannotLeaveItsRole:
         ],
     )
     async def test_privileges_it_does_not_use_are_revoked(self, database: Database, statement: str):
-        async with database.app_engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
+        async with application_connection(database) as driver:
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await driver.execute(statement)
 
