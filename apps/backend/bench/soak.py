@@ -177,9 +177,10 @@ async def chaos(url: str, data_dir: Path, stats: Stats, started: float, seconds:
                 killed = await conn.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM ("
                     "  SELECT pid FROM pg_stat_activity WHERE application_name = 'careteam'"
-                    "  AND usename = current_user AND pid <> pg_backend_pid()"
+                    "  AND usename = $2 AND pid <> pg_backend_pid()"
                     "  ORDER BY random() LIMIT $1) AS victims",
                     rng.randint(1, 3),
+                    get_settings().app_db_role,  # the service's connections, logged in as it
                 )
             finally:
                 await conn.close()

@@ -13,7 +13,7 @@ import asyncio
 import enum
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import asyncpg
@@ -120,46 +120,54 @@ _GONE = (
 )
 
 
-def driver_error(err: BaseException) -> BaseException:
-    """The driver's exception behind SQLAlchemy's wrappers (`.orig`, `__cause__`)."""
-    seen = err
-    while True:
+def chain(err: BaseException) -> Iterator[BaseException]:
+    """`err` and the exceptions behind it: SQLAlchemy's wrappers (`.orig`), then the
+    driver's causes (a ConnectionDoesNotExistError caused by an AdminShutdownError caused
+    by a ConnectionResetError, say)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        yield seen
         inner = getattr(seen, "orig", None) or seen.__cause__
-        if inner is None or inner is seen:
-            return seen
-        seen = inner
+        seen = None if inner is seen else inner
+
+
+_DATABASE_ERRORS = (
+    sa_exc.SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 def classify(err: BaseException, driver: Any = None) -> Failure:  # noqa: PLR0911
-    """The kind of failure `err` is, by its type (and, for an InterfaceError, by whether
-    `driver`, the connection it came from, is still open)."""
+    """The kind of failure `err` is, by the types in its chain (and, for an
+    InterfaceError, by whether `driver`, the connection it came from, is still open)."""
     if isinstance(err, sa_exc.TimeoutError):  # no pooled connection free in time
         return Failure.BUSY
     if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
         return Failure.LOST
-    cause = driver_error(err)
     sqlstate = pg_error_fields(err)[0]
     if sqlstate in _ROLLED_BACK_SQLSTATES:
         return Failure.ROLLED_BACK
     if sqlstate in _BUSY_SQLSTATES:
         return Failure.BUSY
-    if isinstance(cause, _GONE):
+    causes = list(chain(err))
+    if any(isinstance(cause, _GONE) for cause in causes):
         return Failure.LOST
-    if isinstance(cause, asyncpg.InterfaceError):
+    if any(isinstance(cause, asyncpg.InterfaceError) for cause in causes):
         # Using a connection that has closed (it broke) is a loss; anything else asyncpg
         # calls an interface error ("another operation is in progress", ...) is misuse.
         closed = driver is not None and driver.is_closed()
         return Failure.LOST if closed else Failure.MISUSE
-    if isinstance(cause, asyncpg.PostgresError):
+    if any(isinstance(cause, asyncpg.PostgresError) for cause in causes):
         return Failure.REFUSED
     return Failure.MISUSE
 
 
 def is_database_error(err: BaseException) -> bool:
-    return isinstance(err, sa_exc.SQLAlchemyError | OSError | TimeoutError) or isinstance(
-        driver_error(err),
-        asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.InternalClientError,
-    )
+    return any(isinstance(cause, _DATABASE_ERRORS) for cause in chain(err))
 
 
 def translate(
@@ -223,7 +231,7 @@ def translate(
         logger.error(
             "driver misuse during %s (%s): a bug",
             operation,
-            type(driver_error(err)).__name__,
+            type(list(chain(err))[-1]).__name__,
             exc_info=err,
             extra={"event": "driver_misuse", **ids},
         )

@@ -35,6 +35,8 @@ def test_soak_short_run_passes_every_check():
     assert checks["replay_matches_table"] is True
     assert checks["recovered_after_last_fault"] is True
     assert checks["unexpected_errors"] == 0
-    assert report["faults"]["restarts"] == 1 and report["faults"]["connections_terminated"] > 0
+    assert report["faults"]["restarts"] == 1
+    # The chaos really reached the service: killed connections it had to recover from.
+    assert report["faults"]["connections_terminated"] > 5
     assert report["writes"] > 500 and report["invariant_checks"] > 20
     assert result.returncode == 0 and report["passed"] is True

@@ -26,6 +26,7 @@ from src.services.transaction import (
     SessionInTransaction,
     Sql,
     classify,
+    is_database_error,
     run_in_transaction,
     tenant_statement,
 )
@@ -230,3 +231,20 @@ class TestErrorsByType:
             await conn.fetchval("SELECT 1")
         assert classify(caught.value, conn) is Failure.LOST
         assert classify(caught.value) is Failure.MISUSE  # without a closed connection to show
+
+    def test_a_connection_terminated_under_the_driver_is_lost_whatever_wraps_it(self):
+        """What pg_terminate_backend looks like from asyncpg: a ConnectionDoesNotExistError
+        caused by an AdminShutdownError caused by the socket's ConnectionResetError. The
+        soak met it at COMMIT; it must be a lost connection, not an unknown exception."""
+        try:
+            try:
+                try:
+                    raise ConnectionResetError(104, "Connection reset by peer")
+                except ConnectionResetError as reset:
+                    raise asyncpg.AdminShutdownError("terminating connection") from reset
+            except asyncpg.AdminShutdownError as shutdown:
+                raise asyncpg.ConnectionDoesNotExistError("closed mid-operation") from shutdown
+        except asyncpg.ConnectionDoesNotExistError as terminated:
+            err = terminated
+        assert is_database_error(err)
+        assert classify(err) is Failure.LOST
