@@ -142,9 +142,7 @@ PGBENCH_ASSIGN = (
             as_pgbench(SET_TENANT, org=f"{SQL_ORG}::text"),
             as_pgbench(care_team.LOCK_PATIENT_CHECK_PROVIDER),
             as_pgbench(care_team.DEMOTE_OTHERS, event_type=f"'{EventType.PRIMARY_DEMOTED}'"),
-            as_pgbench(
-                care_team.PROMOTE_AND_RECORD, event_type=f"'{EventType.PRIMARY_ASSIGNED}'"
-            ),
+            as_pgbench(care_team.PROMOTE_AND_RECORD, event_type=f"'{EventType.PRIMARY_ASSIGNED}'"),
             as_pgbench(care_team.SELECT_TEAM),
             "COMMIT;",
         ]
