@@ -3,10 +3,14 @@
 from src.models.base import Base
 from src.models.care_team import (
     EVENT_TYPES,
+    NOTE_MAX_LENGTH,
     CareTeamAssignment,
     CareTeamEvent,
     CareTeamEventSequence,
+    CareTeamPeriod,
+    ChangeReason,
     EventType,
+    PeriodRole,
     RuleCheck,
 )
 from src.models.tenants import ApiKey, Organization, Patient, Provider
@@ -14,15 +18,19 @@ from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 __all__ = [
     "EVENT_TYPES",
+    "NOTE_MAX_LENGTH",
     "UNIQUE_PRIMARY_INDEX",
     "ApiKey",
     "Base",
     "CareTeamAssignment",
     "CareTeamEvent",
     "CareTeamEventSequence",
+    "CareTeamPeriod",
+    "ChangeReason",
     "EventType",
     "Organization",
     "Patient",
+    "PeriodRole",
     "Provider",
     "RuleCheck",
 ]

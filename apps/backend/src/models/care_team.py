@@ -18,6 +18,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import TSTZRANGE, ExcludeConstraint, Range
 from sqlalchemy.orm import Mapped, mapped_column
 
 from src.models.base import Base
@@ -45,10 +46,36 @@ class EventType(enum.StrEnum):
     MIGRATION_DEDUPE = "migration_dedupe"
 
 
+def one_of(column: str, values: type[enum.StrEnum]) -> str:
+    """A CHECK constraint's condition: `column` is one of the enum's values."""
+    return "{} IN ({})".format(column, ", ".join(f"'{v.value}'" for v in values))
+
+
 EVENT_TYPES = tuple(e.value for e in EventType)
 # The one list of event types, as the table's CHECK constraint states it (the migrations
 # and the model both use this; the service binds the enum's values as parameters).
-EVENT_TYPE_CHECK = "event_type IN ({})".format(", ".join(f"'{t}'" for t in EVENT_TYPES))
+EVENT_TYPE_CHECK = one_of("event_type", EventType)
+
+
+class PeriodRole(enum.StrEnum):
+    """What a provider was on a patient's care team during a period."""
+
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+
+
+class ChangeReason(enum.StrEnum):
+    """Why a care team changed: the one vocabulary of every write, its events and periods."""
+
+    PATIENT_REQUEST = "patient_request"
+    PROVIDER_REQUEST = "provider_request"
+    PROVIDER_LEFT = "provider_left"
+    PANEL_REBALANCE = "panel_rebalance"
+    DATA_CORRECTION = "data_correction"
+    OTHER = "other"
+
+
+NOTE_MAX_LENGTH = 500  # a note may hold health information: stored, never logged
 
 
 class CareTeamAssignment(Base):
@@ -62,6 +89,13 @@ class CareTeamAssignment(Base):
             "patient_id",
             unique=True,
             postgresql_where=text("is_primary_provider = true"),
+        ),
+        # Panel sizes: a provider's current primaries.
+        Index(
+            "ix_care_team_assignments_organization_id_provider_id_primary",
+            "organization_id",
+            "provider_id",
+            postgresql_where=text("is_primary_provider"),
         ),
     )
 
@@ -84,6 +118,8 @@ class CareTeamEvent(Base):
     __table_args__ = (
         *_same_organization_keys(),
         CheckConstraint(EVENT_TYPE_CHECK, name="event_type"),
+        CheckConstraint(f"reason IS NULL OR {one_of('reason', ChangeReason)}", name="reason"),
+        CheckConstraint(f"note IS NULL OR length(note) <= {NOTE_MAX_LENGTH}", name="note"),
         Index("uq_care_team_events_organization_id_seq", "organization_id", "seq", unique=True),
         Index(None, "organization_id", "patient_id", "seq"),
     )
@@ -100,9 +136,64 @@ class CareTeamEvent(Base):
     previous_primary_provider_id: Mapped[uuid.UUID | None]
     actor: Mapped[str] = mapped_column(Text, server_default=text("'system'"))
     reason: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
     occurred_at: Mapped[datetime.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+
+
+class CareTeamPeriod(Base):
+    """When a provider held which role on a patient's care team. The open periods are the
+    current team (a trigger on care_team_assignments keeps them in step); exclusion
+    constraints forbid two overlapping primary periods of a patient, and two overlapping
+    periods of one provider for a patient."""
+
+    __tablename__ = "care_team_periods"
+    __table_args__ = (
+        *_same_organization_keys(),
+        CheckConstraint(one_of("role", PeriodRole), name="role"),
+        CheckConstraint("NOT isempty(valid) AND NOT lower_inf(valid)", name="valid"),
+        CheckConstraint(one_of("start_reason", ChangeReason), name="start_reason"),
+        CheckConstraint(
+            f"end_reason IS NULL OR {one_of('end_reason', ChangeReason)}", name="end_reason"
+        ),
+        CheckConstraint("upper_inf(valid) = (end_reason IS NULL)", name="ended"),
+        CheckConstraint(
+            f"coalesce(length(start_note), 0) <= {NOTE_MAX_LENGTH} "
+            f"AND coalesce(length(end_note), 0) <= {NOTE_MAX_LENGTH}",
+            name="notes",
+        ),
+        ExcludeConstraint(
+            ("organization_id", "="),
+            ("patient_id", "="),
+            ("valid", "&&"),
+            name="excl_care_team_periods_one_primary",
+            using="gist",
+            where=text(f"role = '{PeriodRole.PRIMARY.value}'"),
+        ),
+        ExcludeConstraint(
+            ("organization_id", "="),
+            ("patient_id", "="),
+            ("provider_id", "="),
+            ("valid", "&&"),
+            name="excl_care_team_periods_one_per_provider",
+            using="gist",
+        ),
+        Index(None, "organization_id", "provider_id", "patient_id"),
+    )
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    patient_id: Mapped[uuid.UUID]
+    provider_id: Mapped[uuid.UUID]
+    role: Mapped[str] = mapped_column(Text)
+    valid: Mapped[Range[datetime.datetime]] = mapped_column(TSTZRANGE)
+    started_by: Mapped[str] = mapped_column(Text)
+    start_reason: Mapped[str] = mapped_column(Text)
+    start_note: Mapped[str | None] = mapped_column(Text)
+    ended_by: Mapped[str | None] = mapped_column(Text)
+    end_reason: Mapped[str | None] = mapped_column(Text)
+    end_note: Mapped[str | None] = mapped_column(Text)
 
 
 class CareTeamEventSequence(Base):

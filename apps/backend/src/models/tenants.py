@@ -3,7 +3,18 @@
 import datetime
 import uuid
 
-from sqlalchemy import Boolean, Date, DateTime, ForeignKey, Text, UniqueConstraint, func, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from src.models.base import Base
@@ -41,7 +52,10 @@ class Patient(Base):
 
 class Provider(Base):
     __tablename__ = "providers"
-    __table_args__ = (UniqueConstraint("organization_id", "id"),)
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        CheckConstraint("panel_capacity IS NULL OR panel_capacity >= 0", name="panel_capacity"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=_GEN_UUID)
     organization_id: Mapped[uuid.UUID] = mapped_column(
@@ -51,6 +65,8 @@ class Provider(Base):
     last_name: Mapped[str | None] = mapped_column(Text)
     npi: Mapped[str | None] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    # How many patients it may be the primary provider of (NULL: no limit).
+    panel_capacity: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

@@ -14,7 +14,8 @@ from src.models import UNIQUE_PRIMARY_INDEX, Base
 from tests.helpers import PRIMARIES, RLS, UNIQUE, FreshDatabase, seed_duplicates
 
 EVENT_SEQUENCE, APP_ROLE = "20261128_event_sequence", "20261128_app_role_login"
-HEAD = APP_ROLE
+PERIODS = "20261128_care_team_periods"
+HEAD = PERIODS
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -27,6 +28,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(PERIODS).down_revision == APP_ROLE
         assert scripts.get_revision(APP_ROLE).down_revision == EVENT_SEQUENCE
         assert scripts.get_revision(EVENT_SEQUENCE).down_revision == UNIQUE
         assert scripts.get_revision(UNIQUE).down_revision == RLS

@@ -163,12 +163,16 @@ class TestRerunIsSafe:
         assert rows == [(0,)]
 
 
-class TestServiceBeforeTheIndexExists:
+class TestServiceWithoutTheIndex:
     async def test_assigning_fixes_a_patient_with_duplicate_primaries(
         self, fresh_database: FreshDatabase, settings: Settings
     ):
+        """With the index gone (dropped by hand, or a build that never finished), data
+        can break the rule again; an assignment through the service repairs the patient
+        it touches (it demotes every other primary)."""
         db = fresh_database
-        await upgrade(db.engine, RLS)
+        await upgrade(db.engine)
+        await db.execute(f"DROP INDEX {UNIQUE_PRIMARY_INDEX}")
         seeded = await seed_duplicates(db)
         patient = next(iter(seeded.expected_primaries))
         org = (await db.execute("SELECT organization_id FROM patients WHERE id = :p", p=patient))[

@@ -24,6 +24,7 @@ TENANT_TABLES = [
     "care_team_assignments",
     "care_team_events",
     "care_team_event_sequences",
+    "care_team_periods",
 ]
 # api_keys and organizations are covered by RLS too, but the application role cannot
 # read them at all: it only calls authenticate_api_key(); the owner makes organizations.
