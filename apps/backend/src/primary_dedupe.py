@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from src import primary_index
 from src.db import pg_error_fields
-from src.models.care_team import EventType
+from src.models.care_team import ChangeReason, EventType
 from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 logger = logging.getLogger(__name__)
@@ -70,10 +70,30 @@ DROP_BATCHES = """
 DROP TABLE IF EXISTS pg_temp.careteam_dedupe_batch
 """
 
+
 # One batch, as one transaction (one statement): take the service's per-patient lock in
 # (organization_id, patient_id) order, then, with a fresh snapshot under the lock (so a
 # concurrent assignment's commit is seen), keep the latest primary and demote the rest.
-CREATE_BATCH_FUNCTION = f"""
+# Where the schema has reasons and periods (migration 20261128_care_team_periods), the
+# events say `data_correction` with the detail as their note, and the trigger closes and
+# opens the periods with the same reason; before it, the detail is the reason itself.
+def batch_function(*, with_reasons: bool) -> str:
+    detail = (
+        "'duplicate primary demoted to secondary (assignment ' || id "
+        "|| '); kept provider ' || kept_provider_id"
+    )
+    begin_change = (
+        f"PERFORM careteam_begin_change(p_actor, '{ChangeReason.DATA_CORRECTION}', "
+        "'duplicate primary demoted to secondary');"
+        if with_reasons
+        else ""
+    )
+    columns, values = (
+        ("reason, note", f"'{ChangeReason.DATA_CORRECTION}', {detail}")
+        if with_reasons
+        else ("reason", detail)
+    )
+    return f"""
 CREATE OR REPLACE FUNCTION pg_temp.careteam_dedupe_batch(p_batch bigint, p_actor text)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -88,7 +108,7 @@ BEGIN
     WHERE b.batch = p_batch
     ORDER BY p.organization_id, p.id
     FOR NO KEY UPDATE OF p;
-
+    {begin_change}
     WITH ranked AS (
         SELECT a.id, a.organization_id, a.patient_id, a.provider_id,
                row_number() OVER w AS rank,
@@ -108,11 +128,9 @@ BEGIN
     )
     INSERT INTO care_team_events
         (organization_id, patient_id, provider_id, event_type,
-         previous_primary_provider_id, actor, reason)
+         previous_primary_provider_id, actor, {columns})
     SELECT organization_id, patient_id, provider_id, '{EventType.MIGRATION_DEDUPE.value}',
-           provider_id, p_actor,
-           'duplicate primary demoted to secondary (assignment ' || id
-               || '); kept provider ' || kept_provider_id
+           provider_id, p_actor, {values}
     FROM demoted;
 
     GET DIAGNOSTICS n_demoted = ROW_COUNT;
@@ -120,6 +138,10 @@ BEGIN
 END
 $$
 """
+
+
+HAS_REASONS = "SELECT to_regproc('careteam_begin_change') IS NOT NULL"
+
 
 CREATE_INDEX = f"""
 CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {UNIQUE_PRIMARY_INDEX}
@@ -184,7 +206,8 @@ def dedupe(
     # scan the whole assignments table once per batch instead of using its index.
     _execute(conn, INDEX_BATCHES)
     _execute(conn, "ANALYZE pg_temp.careteam_dedupe_batch")
-    _execute(conn, CREATE_BATCH_FUNCTION)
+    with_reasons = bool(conn.exec_driver_sql(HAS_REASONS).scalar())
+    _execute(conn, batch_function(with_reasons=with_reasons))
     try:
         batches = conn.exec_driver_sql(
             "SELECT coalesce(max(batch) + 1, 0), count(*) FROM pg_temp.careteam_dedupe_batch"
@@ -294,7 +317,7 @@ def offline_sql(*, actor: str) -> list[str]:
         CREATE_BATCHES.format(batch_size=DEFAULT_BATCH_SIZE, organization_filter=""),
         INDEX_BATCHES,
         "ANALYZE pg_temp.careteam_dedupe_batch",
-        CREATE_BATCH_FUNCTION,
+        batch_function(with_reasons=False),
         f"SELECT pg_temp.careteam_dedupe_batch(0, '{actor}')",
         DROP_BATCHES,
         CREATE_INDEX,

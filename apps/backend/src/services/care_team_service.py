@@ -2,17 +2,23 @@
 
 Guarantees:
 
-- Each public write is one atomic unit of work: it sets the tenant, locks the patient,
-  changes care_team_assignments, writes care_team_events, and commits; on any failure it
-  rolls back and nothing of it remains.
+- Each public write is one atomic unit of work: it sets the tenant, and one database
+  function (migration 20261128_care_team_periods) locks the patient, changes
+  care_team_assignments, writes care_team_events; the trigger on the assignments keeps
+  care_team_periods in step; it commits. On any failure it rolls back and nothing of it
+  remains.
 - Writers of one (organization, patient) are serialised by a row lock on the patient
   (``SELECT ... FOR NO KEY UPDATE``), taken before care_team_assignments is touched, so
   concurrent assignments queue instead of colliding: the last to commit wins and exactly
-  one primary remains. Operations over several patients take the locks in
-  (organization_id, patient_id) order.
-- The database enforces the rule itself (idx_unique_primary_provider_per_patient); a
-  write refused by it surfaces as PrimaryProviderConflict, never as a driver error.
+  one primary remains. A primary assignment then locks its provider (after the patient,
+  as every writer does), so a panel's capacity holds under any concurrency.
+- The database enforces the rule itself (idx_unique_primary_provider_per_patient), and
+  through time (exclusion constraints on care_team_periods); a write refused by the
+  index surfaces as PrimaryProviderConflict, never as a driver error.
 - Assigning a new primary never deletes the old one: it stays on the team as secondary.
+- Every write takes a reason from ChangeReason (default `other`) and an optional note of
+  at most NOTE_MAX_LENGTH characters, stored on its events and periods. A note may hold
+  health information: it is never logged.
 
 `db` is an AsyncSession on the application engine (RLS applies); ids are uuid.UUID.
 Logs carry ids only.
@@ -29,12 +35,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.metrics import ASSIGNMENTS, LOCK_WAIT
-from src.models import EventType
+from src.models import NOTE_MAX_LENGTH, ChangeReason, PeriodRole
 from src.services.errors import (
     CareTeamError,
+    InvalidArgument,
+    PanelFull,
     PatientNotFound,
     ProviderAlreadyPrimary,
     ProviderInactive,
@@ -46,6 +55,8 @@ from src.services.transaction import Sql, run_in_transaction
 logger = logging.getLogger(__name__)
 
 MAX_HISTORY_PAGE = 500
+PRIMARY = PeriodRole.PRIMARY.value
+MAX_PERIODS_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,11 @@ class CareTeamMember:
     provider_id: uuid.UUID
     is_primary_provider: bool
     assigned_at: datetime.datetime
+    since: datetime.datetime | None = None  # when its current role began
+
+    @property
+    def role(self) -> PeriodRole:
+        return PeriodRole.PRIMARY if self.is_primary_provider else PeriodRole.SECONDARY
 
 
 @dataclass(frozen=True)
@@ -84,156 +100,64 @@ class CareTeamEventRecord:
     occurred_at: datetime.datetime
 
 
+@dataclass(frozen=True)
+class CareTeamPeriodRecord:
+    """When `provider_id` held `role` on the patient's team: [valid_from, valid_to), open
+    (valid_to None) while it lasts."""
+
+    provider_id: uuid.UUID
+    role: str
+    valid_from: datetime.datetime
+    valid_to: datetime.datetime | None
+    start_reason: str
+    end_reason: str | None
+
+
 # --- SQL ---------------------------------------------------------------------------
 # Every statement filters on organization_id as well, although RLS already does: the
 # indexes lead with it, and a mistake in one layer is caught by the other.
 
-
-# The per-patient writer lock. NO KEY UPDATE, so it does not block the KEY SHARE locks
-# that foreign key checks on care_team_assignments take.
-LOCK_PATIENT = Sql(
-    """
-    SELECT id FROM patients
-    WHERE organization_id = $1 AND id = $2
-    FOR NO KEY UPDATE
-""",
-    "org",
-    "patient",
-)
-
-# The lock above and the provider check in one round trip: the patient first, then
-# the provider FOR SHARE (a concurrent deactivation waits until this write commits).
-# Assigners only share provider locks, so the order cannot deadlock them.
-LOCK_PATIENT_CHECK_PROVIDER = Sql(
-    """
-    SELECT (SELECT id FROM patients
-            WHERE organization_id = $1 AND id = $2
-            FOR NO KEY UPDATE) AS patient_id,
-           (SELECT active FROM providers
-            WHERE organization_id = $1 AND id = $3
-            FOR SHARE) AS active
-""",
-    "org",
-    "patient",
-    "provider",
-)
-
-SELECT_ASSIGNMENT = Sql(
-    """
-    SELECT is_primary_provider FROM care_team_assignments
-    WHERE organization_id = $1 AND patient_id = $2 AND provider_id = $3
-""",
-    "org",
-    "patient",
-    "provider",
-)
-
-# Demote every primary but :provider (normally at most one; before the unique index
-# exists there may be several), recording one primary_demoted event each; returns the
-# demoted providers.
-DEMOTE_OTHERS = Sql(
-    """
-    WITH demoted AS (
-        UPDATE care_team_assignments SET is_primary_provider = false
-        WHERE organization_id = $1 AND patient_id = $2 AND is_primary_provider
-          AND provider_id <> $3
-        RETURNING organization_id, patient_id, provider_id
-    )
-    INSERT INTO care_team_events
-        (organization_id, patient_id, provider_id, event_type,
-         previous_primary_provider_id, actor, reason, occurred_at)
-    SELECT organization_id, patient_id, provider_id, $6,
-           provider_id, $4, $5, clock_timestamp()
-    FROM demoted
-    RETURNING provider_id
-""",
+ASSIGN_PRIMARY = Sql(
+    "SELECT changed, previous_primary FROM careteam_assign_primary($1, $2, $3, $4, $5, $6)",
     "org",
     "patient",
     "provider",
     "actor",
     "reason",
-    "event_type",
+    "note",
 )
-
-# Make :provider primary (adding it to the team if needed) and record primary_assigned;
-# a provider that already is primary is left alone (no event). Returns it if promoted.
-# clock_timestamp(), not now(): a writer that waited for the lock records when it
-# actually changed the team, so "latest assigned_at" means "last to commit".
-PROMOTE_AND_RECORD = Sql(
-    """
-    WITH promoted AS (
-        INSERT INTO care_team_assignments
-            (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
-        VALUES ($1, $2, $3, true, clock_timestamp())
-        ON CONFLICT (organization_id, patient_id, provider_id)
-        DO UPDATE SET is_primary_provider = true, assigned_at = clock_timestamp()
-        WHERE NOT care_team_assignments.is_primary_provider
-        RETURNING organization_id, patient_id, provider_id
-    )
-    INSERT INTO care_team_events
-        (organization_id, patient_id, provider_id, event_type,
-         previous_primary_provider_id, actor, reason, occurred_at)
-    SELECT organization_id, patient_id, provider_id, $7,
-           $4, $5, $6, clock_timestamp()
-    FROM promoted
-    RETURNING provider_id
-""",
+ADD_SECONDARY = Sql(
+    "SELECT careteam_add_secondary($1, $2, $3, $4, $5, $6)",
     "org",
     "patient",
     "provider",
-    "previous_primary",
     "actor",
     "reason",
-    "event_type",
+    "note",
 )
-
-INSERT_SECONDARY = Sql(
-    """
-    INSERT INTO care_team_assignments
-        (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
-    VALUES ($1, $2, $3, false, clock_timestamp())
-""",
+REMOVE_MEMBER = Sql(
+    "SELECT careteam_remove_member($1, $2, $3, $4, $5, $6)",
     "org",
     "patient",
     "provider",
-)
-
-DELETE_ASSIGNMENT = Sql(
-    """
-    DELETE FROM care_team_assignments
-    WHERE organization_id = $1 AND patient_id = $2 AND provider_id = $3
-    RETURNING is_primary_provider
-""",
-    "org",
-    "patient",
-    "provider",
-)
-
-INSERT_EVENT = Sql(
-    """
-    INSERT INTO care_team_events
-        (organization_id, patient_id, provider_id, event_type,
-         previous_primary_provider_id, actor, reason, occurred_at)
-    VALUES ($1, $2, $3, $4,
-            $5, $6, $7, clock_timestamp())
-""",
-    "org",
-    "patient",
-    "provider",
-    "event_type",
-    "previous_primary",
     "actor",
     "reason",
+    "note",
 )
 
 # The patient row comes back even with an empty team, so "no such patient" and
-# "no members" are told apart in one round trip.
+# "no members" are told apart in one round trip. `since` is the start of the member's
+# open period.
 SELECT_TEAM = Sql(
     """
-    SELECT p.id AS patient_id, a.provider_id, a.is_primary_provider, a.assigned_at
+    SELECT p.id AS patient_id, a.provider_id, a.is_primary_provider, a.assigned_at,
+           lower(pe.valid) AS since
     FROM patients AS p
     LEFT JOIN care_team_assignments AS a
         ON a.organization_id = p.organization_id AND a.patient_id = p.id
+    LEFT JOIN care_team_periods AS pe
+        ON pe.organization_id = a.organization_id AND pe.patient_id = a.patient_id
+       AND pe.provider_id = a.provider_id AND upper_inf(pe.valid)
     WHERE p.organization_id = $1 AND p.id = $2
     ORDER BY a.is_primary_provider DESC, a.assigned_at, a.provider_id
 """,
@@ -241,17 +165,21 @@ SELECT_TEAM = Sql(
     "patient",
 )
 
-SELECT_PATIENT_PRIMARY = Sql(
-    """
-    SELECT p.id, a.provider_id
+# The team as it stood at $3: the periods that held then (assigned_at: the period's start).
+SELECT_TEAM_AS_OF = Sql(
+    f"""
+    SELECT p.id AS patient_id, pe.provider_id, pe.role = '{PRIMARY}' AS is_primary_provider,
+           lower(pe.valid) AS assigned_at, lower(pe.valid) AS since
     FROM patients AS p
-    LEFT JOIN care_team_assignments AS a
-        ON a.organization_id = p.organization_id AND a.patient_id = p.id
-       AND a.is_primary_provider
+    LEFT JOIN care_team_periods AS pe
+        ON pe.organization_id = p.organization_id AND pe.patient_id = p.id
+       AND pe.valid @> CAST($3 AS timestamptz)
     WHERE p.organization_id = $1 AND p.id = $2
+    ORDER BY pe.role = '{PRIMARY}' DESC, lower(pe.valid), pe.provider_id
 """,
     "org",
     "patient",
+    "as_of",
 )
 
 SELECT_PATIENT = Sql(
@@ -274,97 +202,142 @@ SELECT_HISTORY = Sql(
     "limit",
 )
 
+# Oldest first, by (start, provider): unique for a patient, since one provider's periods
+# never overlap.
+SELECT_PERIODS = Sql(
+    """
+    SELECT provider_id, role, lower(valid) AS valid_from, upper(valid) AS valid_to,
+           start_reason, end_reason
+    FROM care_team_periods
+    WHERE organization_id = $1 AND patient_id = $2
+      AND (CAST($3 AS timestamptz) IS NULL
+           OR (lower(valid), provider_id) > (CAST($3 AS timestamptz), CAST($4 AS uuid)))
+    ORDER BY lower(valid), provider_id
+    LIMIT $5
+""",
+    "org",
+    "patient",
+    "after_from",
+    "after_provider",
+    "limit",
+)
 
-async def _read_team(driver: Any, org: uuid.UUID, patient: uuid.UUID) -> CareTeam:
-    rows = await SELECT_TEAM.fetch(driver, {"org": org, "patient": patient})
-    if not rows:
-        raise PatientNotFound(patient)
-    members = [
-        CareTeamMember(row["provider_id"], row["is_primary_provider"], row["assigned_at"])
+
+def _members(rows: list[Any]) -> list[CareTeamMember]:
+    return [
+        CareTeamMember(
+            row["provider_id"], row["is_primary_provider"], row["assigned_at"], row["since"]
+        )
         for row in rows
         if row["provider_id"] is not None
     ]
+
+
+async def _read_team(
+    driver: Any, org: uuid.UUID, patient: uuid.UUID, as_of: datetime.datetime | None = None
+) -> CareTeam:
+    params = {"org": org, "patient": patient}
+    if as_of is None:
+        rows = await SELECT_TEAM.fetch(driver, params)
+    else:
+        rows = await SELECT_TEAM_AS_OF.fetch(driver, {**params, "as_of": as_of})
+    if not rows:
+        raise PatientNotFound(patient)
+    members = _members(rows)
     primary = next((m.provider_id for m in members if m.is_primary_provider), None)
     return CareTeam(patient_id=patient, primary_provider_id=primary, members=members)
 
 
+def change_reason(reason: ChangeReason | str | None, note: str | None) -> tuple[str, str | None]:
+    """The reason (default `other`) and note as stored; InvalidArgument if either breaks
+    its rule."""
+    if reason is None:
+        reason = ChangeReason.OTHER
+    try:
+        value = ChangeReason(reason).value
+    except ValueError:
+        known = ", ".join(r.value for r in ChangeReason)
+        raise InvalidArgument(f"reason must be one of {known}", field="reason") from None
+    if note is not None and len(note) > NOTE_MAX_LENGTH:
+        raise InvalidArgument(f"note must be at most {NOTE_MAX_LENGTH} characters", field="note")
+    return value, note
+
+
+# The database functions' errors (SQLSTATE class CT), as the service's.
+def write_error(
+    err: asyncpg.PostgresError,
+    patient: uuid.UUID,
+    provider: uuid.UUID,
+    *,
+    provider_field: str = "provider_id",
+) -> CareTeamError | None:
+    """The domain error a write function raised, or None (not one of ours)."""
+    code = getattr(err, "sqlstate", None)
+    detail = getattr(err, "detail", None) or ""
+    errors: dict[str, Callable[[], CareTeamError]] = {
+        "CT001": lambda: PatientNotFound(patient),
+        "CT002": lambda: ProviderReferenceNotFound(provider, field=provider_field),
+        "CT003": lambda: ProviderInactive(provider),
+        "CT004": lambda: ProviderAlreadyPrimary(patient, provider),
+        "CT005": lambda: ProviderNotOnCareTeam(patient, provider),
+        "CT006": lambda: PanelFull(provider, detail),
+    }
+    make = errors.get(code or "")
+    return None if make is None else make()
+
+
 @dataclass
 class _PatientWrite:
-    """The steps of one write to one patient's team, inside its transaction.
-
-    Internal: it never commits; the public method around it does. `driver` is the
-    current attempt's asyncpg connection (run_in_transaction hands it to the work).
-    """
+    """One write to one patient's team, inside its transaction: the database function,
+    then the team as it is now. Internal: it never commits; the public method around it
+    does. `driver` is the current attempt's asyncpg connection."""
 
     org: uuid.UUID
     patient: uuid.UUID
+    provider: uuid.UUID
     actor: str
-    reason: str | None
+    reason: str
+    note: str | None
     driver: Any = None
 
-    def params(self, provider: uuid.UUID | None = None) -> dict[str, Any]:
-        return {"org": self.org, "patient": self.patient, "provider": provider}
-
-    async def lock_patient(self) -> None:
-        """The per-patient writer lock; also proves the patient is in this organization."""
-        started = time.perf_counter()
-        found = await LOCK_PATIENT.fetchval(self.driver, self.params())
-        LOCK_WAIT.observe(time.perf_counter() - started)
-        if found is None:
-            raise PatientNotFound(self.patient)
-
-    async def lock_patient_check_provider(self, provider: uuid.UUID) -> None:
-        """The patient lock and the provider check, in one round trip."""
-        started = time.perf_counter()
-        row = await LOCK_PATIENT_CHECK_PROVIDER.fetchrow(self.driver, self.params(provider))
-        LOCK_WAIT.observe(time.perf_counter() - started)
-        if row["patient_id"] is None:
-            raise PatientNotFound(self.patient)
-        if row["active"] is None:
-            raise ProviderReferenceNotFound(provider)
-        if not row["active"]:
-            raise ProviderInactive(provider)
-
-    async def changed_providers(
-        self,
-        statement: Sql,
-        event_type: EventType,
+    @classmethod
+    def of(
+        cls,
+        org: uuid.UUID,
+        patient: uuid.UUID,
         provider: uuid.UUID,
-        previous_primary: uuid.UUID | None = None,
-    ) -> list[uuid.UUID]:
-        """Run a change-with-event statement; the providers it changed."""
-        params = {
-            **self.event_params(provider, previous_primary),
-            "event_type": event_type.value,
-        }
-        rows = await statement.fetch(self.driver, params)
-        return [r["provider_id"] for r in rows]
+        *,
+        actor: str,
+        reason: ChangeReason | str | None,
+        note: str | None,
+    ) -> _PatientWrite:
+        """The write, its reason and note checked (InvalidArgument)."""
+        return cls(org, patient, provider, actor, *change_reason(reason, note))
 
-    async def scalar(self, statement: Sql, provider: uuid.UUID | None = None) -> Any:
-        return await statement.fetchval(self.driver, self.params(provider))
-
-    async def execute(self, statement: Sql, provider: uuid.UUID) -> None:
-        await statement.execute(self.driver, self.params(provider))
-
-    def event_params(
-        self, provider: uuid.UUID, previous_primary: uuid.UUID | None
-    ) -> dict[str, Any]:
+    def params(self) -> dict[str, Any]:
         return {
-            **self.params(provider),
-            "previous_primary": previous_primary,
+            "org": self.org,
+            "patient": self.patient,
+            "provider": self.provider,
             "actor": self.actor,
             "reason": self.reason,
+            "note": self.note,
         }
 
-    async def record(
-        self,
-        event_type: EventType,
-        provider: uuid.UUID,
-        previous_primary: uuid.UUID | None = None,
-    ) -> None:
-        """Append the event, in the same transaction as the change it records."""
-        params = {**self.event_params(provider, previous_primary), "event_type": event_type.value}
-        await INSERT_EVENT.execute(self.driver, params)
+    async def call(self, driver: Any, statement: Sql) -> Any:
+        """Run the write function; its row. The time it takes starts with the patient's
+        lock, so its tail is lock waits (careteam_patient_lock_wait_seconds)."""
+        self.driver = driver
+        started = time.perf_counter()
+        try:
+            return await statement.fetchrow(driver, self.params())
+        except asyncpg.PostgresError as err:
+            mapped = write_error(err, self.patient, self.provider)
+            if mapped is None:
+                raise
+            raise mapped from None
+        finally:
+            LOCK_WAIT.observe(time.perf_counter() - started)
 
     async def team(self) -> CareTeam:
         return await _read_team(self.driver, self.org, self.patient)
@@ -396,36 +369,33 @@ class CareTeamService:
         patient_id: uuid.UUID,
         provider_id: uuid.UUID,
         actor: str = "system",
-        reason: str | None = None,
+        reason: ChangeReason | str | None = None,
+        note: str | None = None,
     ) -> CareTeam:
         """Make `provider_id` the patient's primary provider; return the team after it.
 
-        Locks the patient, demotes the current primary to secondary (it stays on the
-        team), makes the provider primary (adding it to the team if needed), and records
-        primary_demoted / primary_assigned events; commits. Idempotent: assigning the
-        current primary changes nothing and writes no event.
+        Locks the patient, then the provider; demotes the current primary to secondary
+        (it stays on the team), makes the provider primary (adding it to the team if
+        needed), and records primary_demoted / primary_assigned events; commits.
+        Idempotent: assigning the current primary changes nothing and writes no event.
         Raises PatientNotFound, ProviderReferenceNotFound (the provider is unknown here),
-        ProviderInactive, PrimaryProviderConflict
-        (a writer that bypassed the lock), DatabaseUnavailable, DatabaseError.
+        ProviderInactive, PanelFull (its capacity is reached), PrimaryProviderConflict (a
+        writer that bypassed the lock), InvalidArgument, DatabaseBusy,
+        DatabaseUnavailable, DatabaseError.
         """
-        write = _PatientWrite(organization_id, patient_id, actor, reason)
-        changes: list[Any] = [None, False]  # previous primary, whether anything changed
+        write = _PatientWrite(
+            organization_id, patient_id, provider_id, actor, *change_reason(reason, note)
+        )
+        outcome: list[Any] = [False, None]  # whether it changed, the previous primary
 
         async def work(driver: Any) -> CareTeam:
-            write.driver = driver
-            await write.lock_patient_check_provider(provider_id)
-            demoted = await write.changed_providers(
-                DEMOTE_OTHERS, EventType.PRIMARY_DEMOTED, provider_id
-            )
-            previous = demoted[0] if demoted else None
-            promoted = await write.changed_providers(
-                PROMOTE_AND_RECORD, EventType.PRIMARY_ASSIGNED, provider_id, previous
-            )
-            changes[:] = [previous, bool(demoted or promoted)]
-            return await write.team()
+            row = await write.call(driver, ASSIGN_PRIMARY)
+            outcome[:] = [row["changed"], row["previous_primary"]]
+            return dataclasses.replace(await write.team(), changed=row["changed"])
 
-        def verify(driver: Any) -> Awaitable[CareTeam | None]:
-            return write.team_if(driver, lambda team: team.primary_provider_id == provider_id)
+        async def verify(driver: Any) -> CareTeam | None:
+            team = await write.team_if(driver, lambda t: t.primary_provider_id == provider_id)
+            return None if team is None else dataclasses.replace(team, changed=True)
 
         try:
             team = await run_in_transaction(
@@ -439,15 +409,15 @@ class CareTeamService:
         except CareTeamError as err:
             ASSIGNMENTS.labels(outcome=err.code).inc()
             raise
-        ASSIGNMENTS.labels(outcome="changed" if changes[1] else "unchanged").inc()
+        ASSIGNMENTS.labels(outcome="changed" if team.changed else "unchanged").inc()
         logger.info(
             "primary provider assigned organization_id=%s patient_id=%s provider_id=%s "
             "previous_primary_provider_id=%s",
             organization_id,
             patient_id,
             provider_id,
-            changes[0],
-            extra={"event": "primary_assigned", "changed": changes[1]},
+            outcome[1] if team.changed else None,
+            extra={"event": "primary_assigned", "changed": team.changed},
         )
         return team
 
@@ -459,31 +429,28 @@ class CareTeamService:
         patient_id: uuid.UUID,
         provider_id: uuid.UUID,
         actor: str = "system",
-        reason: str | None = None,
+        reason: ChangeReason | str | None = None,
+        note: str | None = None,
     ) -> CareTeam:
         """Add `provider_id` to the patient's team as a secondary; return the team
         (`changed` says whether it was added now).
 
         Never touches the primary: if the provider is the primary, raises
         ProviderAlreadyPrimary. Adding a provider that is already a secondary changes
-        nothing. Raises PatientNotFound, ProviderReferenceNotFound, ProviderInactive too.
+        nothing. Raises PatientNotFound, ProviderReferenceNotFound, ProviderInactive,
+        InvalidArgument too.
         """
-        write = _PatientWrite(organization_id, patient_id, actor, reason)
+        write = _PatientWrite(
+            organization_id, patient_id, provider_id, actor, *change_reason(reason, note)
+        )
 
         async def work(driver: Any) -> CareTeam:
-            write.driver = driver
-            await write.lock_patient_check_provider(provider_id)
-            is_primary = await write.scalar(SELECT_ASSIGNMENT, provider_id)
-            if is_primary:
-                raise ProviderAlreadyPrimary(patient_id, provider_id)
-            if is_primary is None:
-                await write.execute(INSERT_SECONDARY, provider_id)
-                await write.record(EventType.SECONDARY_ADDED, provider_id)
-            return dataclasses.replace(await write.team(), changed=is_primary is None)
+            added = (await write.call(driver, ADD_SECONDARY))[0]
+            return dataclasses.replace(await write.team(), changed=added)
 
         async def verify(driver: Any) -> CareTeam | None:
             # The COMMIT was lost and the provider is on the team: this write added it.
-            team = await write.team_if(driver, lambda team: team.has(provider_id))
+            team = await write.team_if(driver, lambda t: t.has(provider_id))
             return None if team is None else dataclasses.replace(team, changed=True)
 
         team = await run_in_transaction(
@@ -499,7 +466,7 @@ class CareTeamService:
             organization_id,
             patient_id,
             provider_id,
-            extra={"event": "secondary_added"},
+            extra={"event": "secondary_added", "changed": team.changed},
         )
         return team
 
@@ -511,23 +478,20 @@ class CareTeamService:
         patient_id: uuid.UUID,
         provider_id: uuid.UUID,
         actor: str = "system",
-        reason: str | None = None,
+        reason: ChangeReason | str | None = None,
+        note: str | None = None,
     ) -> CareTeam:
         """Take `provider_id` off the patient's team; return the team after it.
 
         Removing the primary leaves the patient without one (the diagnostic reports it).
-        Raises PatientNotFound, or ProviderNotOnCareTeam if the provider is not on it.
+        Raises PatientNotFound, ProviderNotOnCareTeam, InvalidArgument.
         """
-        write = _PatientWrite(organization_id, patient_id, actor, reason)
+        write = _PatientWrite(
+            organization_id, patient_id, provider_id, actor, *change_reason(reason, note)
+        )
 
         async def work(driver: Any) -> CareTeam:
-            write.driver = driver
-            await write.lock_patient()
-            was_primary = await write.scalar(DELETE_ASSIGNMENT, provider_id)
-            if was_primary is None:
-                raise ProviderNotOnCareTeam(patient_id, provider_id)
-            previous_primary = provider_id if was_primary else None
-            await write.record(EventType.PROVIDER_REMOVED, provider_id, previous_primary)
+            await write.call(driver, REMOVE_MEMBER)
             return await write.team()
 
         def verify(driver: Any) -> Awaitable[CareTeam | None]:
@@ -552,38 +516,37 @@ class CareTeamService:
 
     @staticmethod
     async def get_primary_provider(
-        *, db: AsyncSession, organization_id: uuid.UUID, patient_id: uuid.UUID
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        patient_id: uuid.UUID,
+        as_of: datetime.datetime | None = None,
     ) -> uuid.UUID | None:
-        """The patient's primary provider id, or None. Raises PatientNotFound."""
-
-        async def work(driver: Any) -> uuid.UUID | None:
-            params = {"org": organization_id, "patient": patient_id}
-            rows = await SELECT_PATIENT_PRIMARY.fetch(driver, params)
-            if not rows:
-                raise PatientNotFound(patient_id)
-            primary: uuid.UUID | None = rows[0]["provider_id"]
-            return primary
-
-        return await run_in_transaction(
-            db,
-            operation="get_primary_provider",
-            organization_id=organization_id,
-            patient_id=patient_id,
-            work=work,
-            read_only=True,
+        """The patient's primary provider id (at `as_of`, or now), or None.
+        Raises PatientNotFound."""
+        team = await CareTeamService.get_care_team(
+            db=db, organization_id=organization_id, patient_id=patient_id, as_of=as_of
         )
+        return team.primary_provider_id
 
     @staticmethod
     async def get_care_team(
-        *, db: AsyncSession, organization_id: uuid.UUID, patient_id: uuid.UUID
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        patient_id: uuid.UUID,
+        as_of: datetime.datetime | None = None,
     ) -> CareTeam:
-        """The patient's whole care team, primary first. Raises PatientNotFound."""
+        """The patient's care team, primary first: now, or as it stood at `as_of` (a
+        timezone-aware instant). Raises PatientNotFound."""
+        if as_of is not None and as_of.tzinfo is None:
+            raise InvalidArgument("as_of must be an instant with its offset", field="as_of")
         return await run_in_transaction(
             db,
             operation="get_care_team",
             organization_id=organization_id,
             patient_id=patient_id,
-            work=lambda driver: _read_team(driver, organization_id, patient_id),
+            work=lambda driver: _read_team(driver, organization_id, patient_id, as_of),
             read_only=True,
         )
 
@@ -615,6 +578,46 @@ class CareTeamService:
         return await run_in_transaction(
             db,
             operation="get_care_team_history",
+            organization_id=organization_id,
+            patient_id=patient_id,
+            work=work,
+            read_only=True,
+        )
+
+    @staticmethod
+    async def get_care_team_periods(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        patient_id: uuid.UUID,
+        limit: int = 50,
+        after: tuple[datetime.datetime, uuid.UUID] | None = None,
+    ) -> list[CareTeamPeriodRecord]:
+        """The patient's care team periods, oldest first (by start, then provider).
+
+        Page with `limit` (1..MAX_PERIODS_PAGE) and `after` (the last period's
+        (valid_from, provider_id) of the previous page). Raises PatientNotFound.
+        """
+        limit = max(1, min(limit, MAX_PERIODS_PAGE))
+        params = {"org": organization_id, "patient": patient_id}
+
+        async def work(driver: Any) -> list[CareTeamPeriodRecord]:
+            if await SELECT_PATIENT.fetchval(driver, params) is None:
+                raise PatientNotFound(patient_id)
+            rows = await SELECT_PERIODS.fetch(
+                driver,
+                {
+                    **params,
+                    "after_from": after[0] if after else None,
+                    "after_provider": after[1] if after else None,
+                    "limit": limit,
+                },
+            )
+            return [CareTeamPeriodRecord(**dict(row)) for row in rows]
+
+        return await run_in_transaction(
+            db,
+            operation="get_care_team_periods",
             organization_id=organization_id,
             patient_id=patient_id,
             work=work,

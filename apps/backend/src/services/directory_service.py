@@ -7,6 +7,7 @@ organization's ids are answered exactly like ids that do not exist.
 from __future__ import annotations
 
 import datetime
+import enum
 import logging
 import uuid
 from dataclasses import dataclass
@@ -14,7 +15,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.services.errors import PatientNotFound, ProviderNotFound
+from src.services.errors import (
+    InvalidArgument,
+    PatientNotFound,
+    ProviderHasPatients,
+    ProviderNotFound,
+)
 from src.services.transaction import Sql, run_in_transaction
 
 logger = logging.getLogger(__name__)
@@ -36,11 +42,27 @@ class ProviderRecord:
     last_name: str | None
     npi: str | None
     active: bool
+    panel_capacity: int | None
+    panel_size: int  # the patients it is the primary provider of now
     created_at: datetime.datetime
 
 
+class Unchanged(enum.Enum):
+    """An argument left as it is (where None is a value: no capacity)."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
+
+
 PATIENT_COLUMNS = "id, first_name, last_name, dob, created_at"
-PROVIDER_COLUMNS = "id, first_name, last_name, npi, active, created_at"
+PROVIDER_COLUMNS = (
+    "id, first_name, last_name, npi, active, panel_capacity, created_at, "
+    "(SELECT count(*) FROM care_team_assignments AS a "
+    "WHERE a.organization_id = providers.organization_id AND a.provider_id = providers.id "
+    "AND a.is_primary_provider) AS panel_size"
+)
 
 INSERT_PATIENT = Sql(
     "INSERT INTO patients (organization_id, first_name, last_name, dob) "
@@ -64,12 +86,28 @@ INSERT_PROVIDER = Sql(
 SELECT_PROVIDER = Sql(
     f"SELECT {PROVIDER_COLUMNS} FROM providers WHERE organization_id = $1 AND id = $2", "org", "id"
 )
-SET_PROVIDER_ACTIVE = Sql(
-    "UPDATE providers SET active = $1 "
-    f"WHERE organization_id = $2 AND id = $3 RETURNING {PROVIDER_COLUMNS}",
-    "active",
+LOCK_PROVIDER = Sql(
+    "SELECT active FROM providers WHERE organization_id = $1 AND id = $2 FOR NO KEY UPDATE",
     "org",
     "id",
+)
+# The panel size is read in a statement of its own, after the lock: a statement that
+# waited for the lock would see the panel as it was when the statement began.
+PANEL_SIZE = Sql(
+    "SELECT count(*) FROM care_team_assignments "
+    "WHERE organization_id = $1 AND provider_id = $2 AND is_primary_provider",
+    "org",
+    "id",
+)
+UPDATE_PROVIDER = Sql(
+    "UPDATE providers SET active = coalesce($3, active), "
+    "panel_capacity = CASE WHEN $4 THEN $5 ELSE panel_capacity END "
+    f"WHERE organization_id = $1 AND id = $2 RETURNING {PROVIDER_COLUMNS}",
+    "org",
+    "id",
+    "active",
+    "set_capacity",
+    "capacity",
 )
 
 
@@ -168,24 +206,52 @@ class DirectoryService:
         return ProviderRecord(**row)
 
     @staticmethod
-    async def set_provider_active(
-        *, db: AsyncSession, organization_id: uuid.UUID, provider_id: uuid.UUID, active: bool
+    async def update_provider(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        provider_id: uuid.UUID,
+        active: bool | None = None,
+        panel_capacity: int | Unchanged | None = UNCHANGED,
     ) -> ProviderRecord:
-        """Activate or deactivate a provider. Inactive providers cannot join care teams;
-        those already on one stay there. Raises ProviderNotFound."""
-        row = await _one_row(
-            db,
-            "set_provider_active",
-            organization_id,
-            SET_PROVIDER_ACTIVE,
-            {"id": provider_id, "active": active},
+        """Change what is given: `active` (inactive providers cannot join care teams;
+        those already on one stay there), `panel_capacity` (None: no limit; below the
+        panel's size it only stops new assignments). Deactivating a provider who is
+        still some patient's primary is refused (ProviderHasPatients, with the count):
+        transfer the panel first. The provider's row is locked first, so no assignment to
+        it can slip in between the check and the change. Raises ProviderNotFound,
+        ProviderHasPatients, InvalidArgument."""
+        if isinstance(panel_capacity, int) and panel_capacity < 0:
+            raise InvalidArgument("panel_capacity must be 0 or more", field="panel_capacity")
+
+        async def work(driver: Any) -> ProviderRecord:
+            params = {"org": organization_id, "id": provider_id}
+            current = await LOCK_PROVIDER.fetchrow(driver, params)
+            if current is None:
+                raise ProviderNotFound(provider_id)
+            if active is False and current["active"]:
+                patients = int(await PANEL_SIZE.fetchval(driver, params))
+                if patients:
+                    raise ProviderHasPatients(provider_id, patients)
+            set_capacity = panel_capacity is not UNCHANGED
+            row = await UPDATE_PROVIDER.fetchrow(
+                driver,
+                {
+                    **params,
+                    "active": active,
+                    "set_capacity": set_capacity,
+                    "capacity": panel_capacity if set_capacity else None,
+                },
+            )
+            return ProviderRecord(**dict(row))
+
+        record = await run_in_transaction(
+            db, operation="update_provider", organization_id=organization_id, work=work
         )
-        if row is None:
-            raise ProviderNotFound(provider_id)
         logger.info(
-            "provider active=%s organization_id=%s provider_id=%s",
-            active,
+            "provider updated organization_id=%s provider_id=%s active=%s",
             organization_id,
             provider_id,
+            record.active,
         )
-        return ProviderRecord(**row)
+        return record

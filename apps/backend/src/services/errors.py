@@ -56,17 +56,25 @@ class ProviderNotOnCareTeam(NotFoundError):
         super().__init__(f"provider {provider_id} is not on the care team of patient {patient_id}")
 
 
-class InvalidReference(CareTeamError):
+class InvalidArgument(CareTeamError):
+    """A value the service was given breaks a rule the caller could have checked (an
+    unknown reason, a note too long, a transfer to the same provider). `field` names it."""
+
+    code = "invalid_argument"
+    title = "Invalid argument"
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidReference(InvalidArgument):
     """A value of the request refers to something that does not exist in this
     organization (or exists only in another one): the request is invalid, while what it
     acts on exists. `field` names the argument that refers to nothing."""
 
     code = "invalid_reference"
     title = "Invalid reference"
-
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 class ProviderReferenceNotFound(InvalidReference):
@@ -104,6 +112,33 @@ class ProviderAlreadyPrimary(ConflictError):
             f"provider {provider_id} is the primary provider of patient {patient_id}; "
             "assign another primary first to make it a secondary"
         )
+
+
+class PanelFull(ConflictError):
+    """The provider already is the primary provider of as many patients as its capacity."""
+
+    code = "panel_full"
+    title = "Panel full"
+
+    def __init__(self, provider_id: uuid.UUID, detail: str = "") -> None:
+        counts = f" ({detail} patients)" if detail else ""
+        super().__init__(f"provider {provider_id}'s panel is full{counts}")
+        self.provider_id = provider_id
+
+
+class ProviderHasPatients(ConflictError):
+    """A provider who is still some patients' primary cannot be deactivated."""
+
+    code = "provider_has_patients"
+    title = "Provider has patients"
+
+    def __init__(self, provider_id: uuid.UUID, patients: int) -> None:
+        super().__init__(
+            f"provider {provider_id} is the primary provider of {patients} patient(s); "
+            "transfer the panel first"
+        )
+        self.provider_id = provider_id
+        self.patients = patients
 
 
 class PrimaryProviderConflict(ConflictError):
