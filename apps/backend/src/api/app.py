@@ -16,7 +16,7 @@ from src import primary_index
 from src.api.errors import install_error_handlers
 from src.api.middleware import RequestContextMiddleware
 from src.api.openapi import install_openapi, operation_id
-from src.api.routers import care_team, directory, health
+from src.api.routers import care_team, directory, health, panels
 from src.config import Settings, get_settings
 from src.db import Database, open_database
 from src.log_config import configure_logging
@@ -157,6 +157,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
     app.include_router(health.router)
     app.include_router(directory.router)
     app.include_router(care_team.router)
+    app.include_router(panels.router)
     return app
 
 

@@ -35,7 +35,7 @@ from src.services.errors import (
     DatabaseBusy,
     DatabaseError,
     DatabaseUnavailable,
-    InvalidReference,
+    InvalidArgument,
     NotFoundError,
     OutcomeUnknown,
 )
@@ -84,7 +84,7 @@ def unauthorized() -> ApiError:
 # Service errors by base class, first match wins.
 STATUS_BY_ERROR: list[tuple[type[CareTeamError], int]] = [
     (NotFoundError, 404),
-    (InvalidReference, 422),
+    (InvalidArgument, 422),
     (ConflictError, 409),
     (DatabaseBusy, 503),
     (DatabaseUnavailable, 503),
@@ -208,7 +208,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
         errors = None
-        if isinstance(exc, InvalidReference):
+        if isinstance(exc, InvalidArgument):
             errors = [{"location": "body", "field": exc.field, "detail": exc.message}]
         return problem_response(
             status,

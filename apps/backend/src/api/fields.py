@@ -22,6 +22,7 @@ import datetime
 import functools
 import re
 import unicodedata
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -243,3 +244,79 @@ def decode_cursor(cursor: str) -> int:
     for char in cursor:
         position = position * len(_CURSOR_ALPHABET) + _CURSOR_ALPHABET.index(char)
     return position
+
+
+# A cursor that is a patient (or any) id: 128 bits, 22 base-62 digits at most.
+UUID_CURSOR_MAX_LENGTH = 22
+UUID_CURSOR_PATTERN = f"^[0-9A-Za-z]{{1,{UUID_CURSOR_MAX_LENGTH}}}$"
+
+
+def encode_uuid_cursor(value: uuid.UUID) -> str:
+    return encode_cursor(value.int)
+
+
+def decode_uuid_cursor(cursor: str) -> uuid.UUID:
+    return uuid.UUID(int=decode_cursor(cursor) % (1 << 128))
+
+
+# A cursor that is (an instant, an id): microseconds since 1900 in the high bits, the id
+# in the low 128; 33 base-62 digits at most. Instants past year 9999 read as its end.
+TIME_UUID_CURSOR_MAX_LENGTH = 33
+TIME_UUID_CURSOR_PATTERN = f"^[0-9A-Za-z]{{1,{TIME_UUID_CURSOR_MAX_LENGTH}}}$"
+_EPOCH = datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC)
+_LAST = datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.UTC)
+
+
+def encode_time_uuid_cursor(at: datetime.datetime, value: uuid.UUID) -> str:
+    micros = (at - _EPOCH) // datetime.timedelta(microseconds=1)
+    return encode_cursor((micros << 128) | value.int)
+
+
+def decode_time_uuid_cursor(cursor: str) -> tuple[datetime.datetime, uuid.UUID]:
+    position = decode_cursor(cursor)
+    micros, low = position >> 128, position & ((1 << 128) - 1)
+    last = (_LAST - _EPOCH) // datetime.timedelta(microseconds=1)
+    at = _EPOCH + datetime.timedelta(microseconds=min(micros, last))
+    return at, uuid.UUID(int=low)
+
+
+# --- instants and notes --------------------------------------------------------------------
+
+# RFC 3339 with its offset (Z or +hh:mm), from year 1900: an instant, never a local time.
+INSTANT_PATTERN = (
+    r"^(19|[2-9][0-9])[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+_INSTANT = re.compile(INSTANT_PATTERN)
+
+
+def parse_instant(value: str) -> datetime.datetime:
+    """An RFC 3339 instant, e.g. 2026-03-01T09:30:00Z; ValueError otherwise."""
+    if not _INSTANT.fullmatch(value):
+        raise ValueError("must be an RFC 3339 instant with its offset, e.g. 2026-03-01T09:30:00Z")
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be a real date and time, RFC 3339") from None
+
+
+def _instant_string(value: object) -> datetime.datetime:
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 instant with its offset, e.g. 2026-03-01T09:30:00Z")
+    return parse_instant(value)
+
+
+Instant = Annotated[
+    datetime.datetime,
+    BeforeValidator(_instant_string),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": INSTANT_PATTERN,
+            "description": "An RFC 3339 instant with its offset (Z or +hh:mm), from 1900",
+        }
+    ),
+]
+
+NOTE_PATTERN = "^[^\\x00]*$"  # any text PostgreSQL can store (no NUL)

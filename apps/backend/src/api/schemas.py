@@ -11,10 +11,13 @@ import datetime
 import uuid
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from src.api.fields import BirthDate, PersonName
+from src.api.fields import NOTE_PATTERN, BirthDate, PersonName
+from src.models import NOTE_MAX_LENGTH, ChangeReason, PeriodRole
+from src.services.panel_service import PreviousProvider
 
+MAX_CAPACITY = 1_000_000
 NPI_PATTERN = r"^[0-9]{10}$"
 
 
@@ -49,19 +52,87 @@ class ProviderCreate(StrictBody):
 
 
 class ProviderUpdate(StrictBody):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"active": False}]})
+    """Only the fields given change; `panel_capacity: null` removes the limit."""
 
-    active: StrictBool
-
-
-class ProviderRef(StrictBody):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"provider_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6"}]}
+        json_schema_extra={"examples": [{"active": False}, {"panel_capacity": 1500}]}
+    )
+
+    active: StrictBool | None = Field(
+        default=None, description="false: no new care teams (409 while it has patients)"
+    )
+    panel_capacity: Annotated[int, Field(ge=0, le=MAX_CAPACITY)] | None = Field(
+        default=None, description="How many patients it may be the primary of; null: no limit"
+    )
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> ProviderUpdate:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of active, panel_capacity")
+        if "active" in self.model_fields_set and self.active is None:
+            raise ValueError("active must be true or false")
+        return self
+
+
+Reason = Annotated[ChangeReason, Field(description="Why the care team changes (default: other)")]
+Note = Annotated[
+    str,
+    Field(
+        max_length=NOTE_MAX_LENGTH,
+        pattern=NOTE_PATTERN,
+        description="Free text, stored with the change, never logged (it may hold health "
+        "information); at most 500 characters",
+    ),
+]
+
+
+class TeamChange(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "provider_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                    "reason": "patient_request",
+                }
+            ]
+        }
     )
 
     provider_id: uuid.UUID = Field(
         description="A provider of your organization (422 provider_not_found otherwise)"
     )
+    reason: Reason = ChangeReason.OTHER
+    note: Note | None = None
+
+
+class MemberRemoval(StrictBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "provider_left"}]})
+
+    reason: Reason = ChangeReason.OTHER
+    note: Note | None = None
+
+
+class PanelTransfer(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "to_provider_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                    "reason": "provider_left",
+                    "previous_provider": "keep_as_secondary",
+                    "dry_run": True,
+                }
+            ]
+        }
+    )
+
+    to_provider_id: uuid.UUID = Field(
+        description="The provider who becomes the patients' primary (422 if unknown)"
+    )
+    reason: ChangeReason
+    note: Note | None = None
+    previous_provider: PreviousProvider = PreviousProvider.KEEP_AS_SECONDARY
+    dry_run: StrictBool = False
 
 
 class PatientOut(BaseModel):
@@ -78,13 +149,17 @@ class ProviderOut(BaseModel):
     last_name: str | None
     npi: str | None
     active: bool
+    panel_size: int = Field(description="Patients it is the primary provider of, now")
+    panel_capacity: int | None = Field(description="Its limit; null: none")
     created_at: datetime.datetime
 
 
 class CareTeamMemberOut(BaseModel):
     provider_id: uuid.UUID
     is_primary_provider: bool
+    role: PeriodRole
     assigned_at: datetime.datetime
+    since: datetime.datetime | None = Field(description="When its current role began")
 
 
 class CareTeamOut(BaseModel):
@@ -107,6 +182,52 @@ class CareTeamHistoryOut(BaseModel):
     items: list[CareTeamEventOut] = Field(description="Newest first.")
     next_cursor: str | None = Field(
         description="Pass as ?cursor= for the next page; null at the end."
+    )
+
+
+class CareTeamPeriodOut(BaseModel):
+    provider_id: uuid.UUID
+    role: PeriodRole
+    valid_from: datetime.datetime
+    valid_to: datetime.datetime | None = Field(description="null while it lasts")
+    start_reason: ChangeReason
+    end_reason: ChangeReason | None
+
+
+class CareTeamPeriodsOut(BaseModel):
+    items: list[CareTeamPeriodOut] = Field(description="Oldest first.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
+
+
+class PanelEntryOut(BaseModel):
+    patient_id: uuid.UUID
+    role: PeriodRole
+    since: datetime.datetime
+
+
+class PanelOut(BaseModel):
+    items: list[PanelEntryOut] = Field(description="In patient id order.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
+
+
+class TransferOut(BaseModel):
+    dry_run: bool
+    moved: int = Field(description="Patients moved (in a dry run: that would move)")
+    remaining: int = Field(description="Primary patients the provider still has")
+    refused_capacity: int = Field(description="Of those, the ones the target's capacity left")
+
+
+class PanelSizeOut(BaseModel):
+    provider_id: uuid.UUID
+    active: bool
+    panel_size: int
+    panel_capacity: int | None
+
+
+class PanelReportOut(BaseModel):
+    items: list[PanelSizeOut] = Field(description="Every provider, in id order.")
+    patients_without_primary: int = Field(
+        description="Patients with a care team but no primary provider"
     )
 
 

@@ -93,8 +93,11 @@ class TestHead:
             "/readyz",
             f"/v1/patients/{patient}",
             f"/v1/providers/{provider}",
+            f"/v1/providers/{provider}/patients",
+            "/v1/reports/panels",
             f"/v1/patients/{patient}/care-team",
             f"/v1/patients/{patient}/care-team/history",
+            f"/v1/patients/{patient}/care-team/periods",
         }
         document = (await client.get("/openapi.json")).json()
         get_routes = {p for p, ops in document["paths"].items() if "get" in ops}

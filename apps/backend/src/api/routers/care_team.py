@@ -1,18 +1,39 @@
-"""A patient's care team: read it, assign the primary, add and remove members."""
+"""A patient's care team: read it (now or at an instant), assign the primary, add and
+remove members, and its history and periods."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Body, Query, Response, status
 
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import link, links, problem_responses
-from src.api.fields import CURSOR_MAX_LENGTH, CURSOR_PATTERN, decode_cursor, encode_cursor
-from src.api.schemas import CareTeamEventOut, CareTeamHistoryOut, CareTeamOut, ProviderRef
+from src.api.fields import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    TIME_UUID_CURSOR_MAX_LENGTH,
+    TIME_UUID_CURSOR_PATTERN,
+    Instant,
+    decode_cursor,
+    decode_time_uuid_cursor,
+    encode_cursor,
+    encode_time_uuid_cursor,
+)
+from src.api.schemas import (
+    CareTeamEventOut,
+    CareTeamHistoryOut,
+    CareTeamOut,
+    CareTeamPeriodOut,
+    CareTeamPeriodsOut,
+    MemberRemoval,
+    TeamChange,
+)
 from src.services.care_team_service import CareTeam, CareTeamService
 from src.services.errors import (
+    InvalidArgument,
+    PanelFull,
     PatientNotFound,
     PrimaryProviderConflict,
     ProviderAlreadyPrimary,
@@ -25,17 +46,25 @@ router = APIRouter(prefix="/v1/patients/{patient_id}/care-team", tags=["care tea
 
 MAX_PAGE = 200
 
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="At most this many items")]
+AsOf = Annotated[
+    Instant | None,
+    Query(description="The team as it stood at this instant (RFC 3339); default: now"),
+]
+
 
 def render(team: CareTeam) -> CareTeamOut:
     return CareTeamOut.model_validate(team, from_attributes=True)
 
 
 @router.get("", response_model=CareTeamOut, responses=problem_responses(PatientNotFound))
-async def get_care_team(patient_id: uuid.UUID, db: DB, caller: CurrentCaller) -> CareTeamOut:
-    """The care team, primary first."""
+async def get_care_team(
+    patient_id: uuid.UUID, db: DB, caller: CurrentCaller, as_of: AsOf = None
+) -> CareTeamOut:
+    """The care team, primary first; with `as_of`, as it stood at that instant."""
     return render(
         await CareTeamService.get_care_team(
-            db=db, organization_id=caller.organization_id, patient_id=patient_id
+            db=db, organization_id=caller.organization_id, patient_id=patient_id, as_of=as_of
         )
     )
 
@@ -55,16 +84,19 @@ async def get_care_team(patient_id: uuid.UUID, db: DB, caller: CurrentCaller) ->
         **problem_responses(
             PatientNotFound,
             ProviderReferenceNotFound,
+            InvalidArgument,
             ProviderInactive,
+            PanelFull,
             PrimaryProviderConflict,
             body=True,
         ),
     },
 )
 async def assign_primary_provider(
-    patient_id: uuid.UUID, body: ProviderRef, db: DB, caller: CurrentCaller
+    patient_id: uuid.UUID, body: TeamChange, db: DB, caller: CurrentCaller
 ) -> CareTeamOut:
-    """Make the provider the primary; the previous primary stays on the team as secondary."""
+    """Make the provider the primary; the previous primary stays on the team as secondary.
+    409 panel_full when the provider's panel is at its capacity."""
     return render(
         await CareTeamService.assign_primary_provider(
             db=db,
@@ -72,6 +104,8 @@ async def assign_primary_provider(
             patient_id=patient_id,
             provider_id=body.provider_id,
             actor=caller.actor,
+            reason=body.reason,
+            note=body.note,
         )
     )
 
@@ -86,6 +120,7 @@ async def assign_primary_provider(
         **problem_responses(
             PatientNotFound,
             ProviderReferenceNotFound,
+            InvalidArgument,
             ProviderInactive,
             ProviderAlreadyPrimary,
             body=True,
@@ -93,7 +128,7 @@ async def assign_primary_provider(
     },
 )
 async def add_care_team_member(
-    patient_id: uuid.UUID, body: ProviderRef, db: DB, caller: CurrentCaller, response: Response
+    patient_id: uuid.UUID, body: TeamChange, db: DB, caller: CurrentCaller, response: Response
 ) -> CareTeamOut:
     """Add the provider as a secondary: 201 when added, 200 when it already was one (409
     if it is the primary)."""
@@ -103,6 +138,8 @@ async def add_care_team_member(
         patient_id=patient_id,
         provider_id=body.provider_id,
         actor=caller.actor,
+        reason=body.reason,
+        note=body.note,
     )
     if not team.changed:
         response.status_code = status.HTTP_200_OK
@@ -113,18 +150,26 @@ async def add_care_team_member(
     "/members/{provider_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(PatientNotFound, ProviderNotOnCareTeam),
+    responses=problem_responses(PatientNotFound, ProviderNotOnCareTeam, InvalidArgument, body=True),
 )
 async def remove_care_team_member(
-    patient_id: uuid.UUID, provider_id: uuid.UUID, db: DB, caller: CurrentCaller
+    patient_id: uuid.UUID,
+    provider_id: uuid.UUID,
+    db: DB,
+    caller: CurrentCaller,
+    body: Annotated[MemberRemoval | None, Body()] = None,
 ) -> Response:
-    """Take the provider off the team (removing the primary leaves none)."""
+    """Take the provider off the team (removing the primary leaves none). The body, if
+    any, gives the reason and a note."""
+    change = body or MemberRemoval()
     await CareTeamService.remove_provider(
         db=db,
         organization_id=caller.organization_id,
         patient_id=patient_id,
         provider_id=provider_id,
         actor=caller.actor,
+        reason=change.reason,
+        note=change.note,
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -136,7 +181,7 @@ async def get_care_team_history(
     patient_id: uuid.UUID,
     db: DB,
     caller: CurrentCaller,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    limit: Limit = 50,
     cursor: Annotated[
         str | None,
         Query(
@@ -159,4 +204,41 @@ async def get_care_team_history(
     return CareTeamHistoryOut(
         items=[CareTeamEventOut.model_validate(e, from_attributes=True) for e in page],
         next_cursor=encode_cursor(page[-1].id) if len(events) > limit else None,
+    )
+
+
+@router.get(
+    "/periods", response_model=CareTeamPeriodsOut, responses=problem_responses(PatientNotFound)
+)
+async def get_care_team_periods(
+    patient_id: uuid.UUID,
+    db: DB,
+    caller: CurrentCaller,
+    limit: Limit = 50,
+    cursor: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=TIME_UUID_CURSOR_MAX_LENGTH,
+            pattern=TIME_UUID_CURSOR_PATTERN,
+            description="next_cursor of the previous page (opaque)",
+        ),
+    ] = None,
+) -> CareTeamPeriodsOut:
+    """When each provider held which role on the team, oldest first: `valid_to` is null
+    while a period lasts."""
+    periods = await CareTeamService.get_care_team_periods(
+        db=db,
+        organization_id=caller.organization_id,
+        patient_id=patient_id,
+        limit=limit + 1,
+        after=None if cursor is None else decode_time_uuid_cursor(cursor),
+    )
+    page = periods[:limit]
+    last = page[-1] if page else None
+    return CareTeamPeriodsOut(
+        items=[CareTeamPeriodOut.model_validate(p, from_attributes=True) for p in page],
+        next_cursor=encode_time_uuid_cursor(last.valid_from, last.provider_id)
+        if last is not None and len(periods) > limit
+        else None,
     )

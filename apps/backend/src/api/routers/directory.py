@@ -9,8 +9,13 @@ from fastapi import APIRouter, status
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import link, links, problem_responses
 from src.api.schemas import PatientCreate, PatientOut, ProviderCreate, ProviderOut, ProviderUpdate
-from src.services.directory_service import DirectoryService
-from src.services.errors import PatientNotFound, ProviderNotFound
+from src.services.directory_service import UNCHANGED, DirectoryService
+from src.services.errors import (
+    InvalidArgument,
+    PatientNotFound,
+    ProviderHasPatients,
+    ProviderNotFound,
+)
 
 router = APIRouter(prefix="/v1")
 
@@ -91,13 +96,21 @@ async def get_provider(provider_id: uuid.UUID, db: DB, caller: CurrentCaller) ->
     "/providers/{provider_id}",
     response_model=ProviderOut,
     tags=["providers"],
-    responses=problem_responses(ProviderNotFound, body=True),
+    responses=problem_responses(ProviderNotFound, ProviderHasPatients, InvalidArgument, body=True),
 )
 async def update_provider(
     provider_id: uuid.UUID, body: ProviderUpdate, db: DB, caller: CurrentCaller
 ) -> ProviderOut:
-    """Activate or deactivate a provider (`{"active": false}`)."""
-    record = await DirectoryService.set_provider_active(
-        db=db, organization_id=caller.organization_id, provider_id=provider_id, active=body.active
+    """Change what is given: `active` (deactivating a provider who is still some
+    patients' primary is 409 provider_has_patients: transfer the panel first) and
+    `panel_capacity` (null: no limit)."""
+    record = await DirectoryService.update_provider(
+        db=db,
+        organization_id=caller.organization_id,
+        provider_id=provider_id,
+        active=body.active,
+        panel_capacity=body.panel_capacity
+        if "panel_capacity" in body.model_fields_set
+        else UNCHANGED,
     )
     return ProviderOut.model_validate(record, from_attributes=True)
