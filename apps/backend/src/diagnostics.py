@@ -4,9 +4,11 @@
 Runs as the owner, across all organizations (or one), before or after the
 unique-primary migration. One scan of care_team_assignments finds both the patients
 with several primaries and those with a care team but no primary; the rows are streamed
-from a server-side cursor and written as they arrive, so memory stays flat however
-large the table is. Behind scripts/check_primary_provider_violations.py and
-`careteam check`.
+(COPY) and written as they arrive, so memory stays flat however large the table is.
+Then, from revision 20261128_care_team_periods on, a second scan checks that the
+current care teams equal the open periods (a membership out of step is a violation),
+and a third lists the primaries whose provider is inactive (a warning: transfer their
+panels). Behind scripts/check_primary_provider_violations.py and `careteam check`.
 
 Exit codes: 0 no violations (or all fixed), 1 violations found, 2 the check could not run.
 
@@ -57,7 +59,7 @@ FROM (
            count(*) FILTER (WHERE is_primary_provider) AS primaries,
            count(*) AS members
     FROM care_team_assignments
-    {organization_filter}
+    WHERE {organization_filter}
     GROUP BY organization_id, patient_id
     HAVING count(*) FILTER (WHERE is_primary_provider) <> 1
 ) AS d
@@ -71,6 +73,39 @@ LEFT JOIN LATERAL (
 ) AS p ON true
 ORDER BY d.organization_id, d.patient_id, p.assigned_at DESC, p.id DESC
 """
+
+# Every membership whose open period does not say the same: an assignment without an
+# open period in its role, or an open period without an assignment in that role.
+OUT_OF_STEP = """
+SELECT coalesce(a.organization_id, p.organization_id) AS organization_id,
+       coalesce(a.patient_id, p.patient_id) AS patient_id,
+       coalesce(a.provider_id, p.provider_id) AS provider_id,
+       CASE WHEN a.organization_id IS NULL THEN ''
+            WHEN a.is_primary_provider THEN 'primary' ELSE 'secondary' END AS assigned,
+       coalesce(p.role, '') AS open_period
+FROM (SELECT organization_id, patient_id, provider_id, is_primary_provider
+      FROM care_team_assignments WHERE {organization_filter}) AS a
+FULL JOIN (SELECT organization_id, patient_id, provider_id, role
+           FROM care_team_periods WHERE upper_inf(valid) AND {organization_filter}) AS p
+    ON p.organization_id = a.organization_id AND p.patient_id = a.patient_id
+   AND p.provider_id = a.provider_id
+WHERE a.organization_id IS NULL OR p.organization_id IS NULL
+   OR (p.role = 'primary') <> a.is_primary_provider
+ORDER BY 1, 2, 3
+"""
+
+# Primaries whose provider is inactive (data from before deactivation was refused).
+INACTIVE_PRIMARIES = """
+SELECT a.organization_id, a.patient_id, a.provider_id, '' AS assigned, '' AS open_period
+FROM providers AS v
+JOIN care_team_assignments AS a
+    ON a.organization_id = v.organization_id AND a.provider_id = v.id
+   AND a.is_primary_provider
+WHERE NOT v.active AND {inactive_filter}
+ORDER BY 1, 2
+"""
+
+HAS_PERIODS = "SELECT to_regclass('care_team_periods') IS NOT NULL"
 
 CAN_SEE_ALL_TENANTS = "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
 
@@ -136,6 +171,38 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class MemberFinding:
+    """One membership: out of step with its periods (a violation), or a primary whose
+    provider is inactive (a warning)."""
+
+    kind: str  # OUT_OF_STEP_KIND or INACTIVE_KIND
+    organization_id: str
+    patient_id: str
+    provider_id: str
+    assigned: str  # the assignment's role ('' none); out of step only
+    open_period: str  # the open period's role ('' none); out of step only
+
+    @property
+    def is_violation(self) -> bool:
+        return self.kind == OUT_OF_STEP_KIND
+
+    def as_json(self) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "kind": self.kind,
+            "organization_id": self.organization_id,
+            "patient_id": self.patient_id,
+            "provider_id": self.provider_id,
+        }
+        if self.is_violation:
+            item["assigned_role"] = self.assigned or None
+            item["open_period_role"] = self.open_period or None
+        return item
+
+
+OUT_OF_STEP_KIND, INACTIVE_KIND = "period_out_of_step", "inactive_primary"
+
+
+@dataclass(frozen=True)
 class Options:
     organization_id: uuid.UUID | None = None
     limit: int | None = None  # how many of each kind to list (all are counted)
@@ -150,26 +217,43 @@ class Summary:
     violations: int = 0
     demotions_needed: int = 0
     without_primary: int = 0
+    periods_checked: bool = False  # only from revision 20261128_care_team_periods on
+    out_of_step: int = 0
+    inactive_primaries: int = 0
     demoted: int | None = None  # set when --fix --execute ran
 
     @property
     def exit_code(self) -> int:
         remaining = self.violations if self.demoted is None else 0
-        return EXIT_VIOLATIONS if remaining else EXIT_CLEAN
+        return EXIT_VIOLATIONS if remaining or self.out_of_step else EXIT_CLEAN
+
+    def count(self, finding: Finding | MemberFinding) -> int:
+        """Count the finding; its number among those of its kind."""
+        if isinstance(finding, MemberFinding):
+            if finding.is_violation:
+                self.out_of_step += 1
+                return self.out_of_step
+            self.inactive_primaries += 1
+            return self.inactive_primaries
+        if finding.is_violation:
+            self.violations += 1
+            self.demotions_needed += len(finding.primaries) - 1
+            return self.violations
+        self.without_primary += 1
+        return self.without_primary
 
 
-class FindingParser:
-    """Turns the COPY stream (CSV, arbitrary chunk boundaries) into Findings, with the
-    csv module.
+class CsvStream:
+    """Turns a COPY stream (CSV, arbitrary chunk boundaries) into rows, with the csv
+    module, calling `on_row` for each.
 
     COPY rather than a cursor: PostgreSQL runs a cursor's query without parallel
     workers (it might be suspended), a COPY's query with them; and COPY streams all the
     same, chunk by chunk, so memory stays flat.
     """
 
-    def __init__(self, on_finding: Callable[[Finding], None]) -> None:
-        self.on_finding = on_finding
-        self.current: Finding | None = None
+    def __init__(self, on_row: Callable[[list[str]], None]) -> None:
+        self.on_row = on_row
         self.partial = b""  # the start of a line, up to the end of the last chunk
         self.record: list[bytes] = []  # lines of a record whose quoted field goes on
         self.quotes = 0
@@ -191,7 +275,21 @@ class FindingParser:
     def _rows(self, lines: list[bytes]) -> None:
         if lines:
             for cols in csv.reader(io.StringIO(b"\n".join(lines).decode() + "\n")):
-                self._row(cols)
+                self.on_row(cols)
+
+    def close(self) -> None:
+        if self.partial or self.record:
+            self._rows([*self.record, self.partial] if self.partial else self.record)
+            self.partial, self.record, self.quotes = b"", [], 0
+
+
+class FindingParser(CsvStream):
+    """The rule's findings from the FINDINGS stream: a patient's rows come together."""
+
+    def __init__(self, on_finding: Callable[[Finding], None]) -> None:
+        super().__init__(self._row)
+        self.on_finding = on_finding
+        self.current: Finding | None = None
 
     def _row(self, cols: list[str]) -> None:
         org, patient, _primaries, members, assignment, provider, assigned_at = cols
@@ -206,12 +304,22 @@ class FindingParser:
             )
 
     def close(self) -> None:
-        if self.partial or self.record:
-            self._rows([*self.record, self.partial] if self.partial else self.record)
-            self.partial, self.record, self.quotes = b"", [], 0
+        super().close()
         if self.current is not None:
             self.on_finding(self.current)
             self.current = None
+
+
+def _organization_filter(organization_id: uuid.UUID | None, column: str = "organization_id") -> str:
+    """A WHERE condition on `column` (a validated UUID: COPY takes no parameters)."""
+    if organization_id is None:
+        return "true"
+    return f"{column} = '{uuid.UUID(str(organization_id))}'"
+
+
+async def _copy(conn: asyncpg.Connection, query: str, stream: CsvStream) -> None:
+    await conn.copy_from_query(query, output=stream.feed, format="csv")
+    stream.close()
 
 
 async def stream_findings(
@@ -220,17 +328,34 @@ async def stream_findings(
     on_finding: Callable[[Finding], None],
 ) -> None:
     """Call `on_finding` for each finding as it arrives (inside the caller's transaction)."""
-    if organization_id is None:
-        query = FINDINGS.format(organization_filter="")
-    else:  # a validated UUID: COPY takes no parameters
-        query = FINDINGS.format(
-            organization_filter=f"WHERE organization_id = '{uuid.UUID(str(organization_id))}'"
-        )
+    query = FINDINGS.format(organization_filter=_organization_filter(organization_id))
     await conn.execute("SET LOCAL timezone = 'UTC'")
     await conn.execute("SET LOCAL datestyle = 'ISO'")
-    parser = FindingParser(on_finding)
-    await conn.copy_from_query(query, output=parser.feed, format="csv")
-    parser.close()
+    await _copy(conn, query, FindingParser(on_finding))
+
+
+async def stream_member_findings(
+    conn: asyncpg.Connection,
+    organization_id: uuid.UUID | None,
+    on_finding: Callable[[MemberFinding], None],
+    *,
+    periods: bool,
+) -> None:
+    """The memberships out of step with their periods (when `periods`), then the
+    primaries whose provider is inactive."""
+    conditions = {
+        "organization_filter": _organization_filter(organization_id),
+        "inactive_filter": _organization_filter(organization_id, "v.organization_id"),
+    }
+    queries = [(INACTIVE_KIND, INACTIVE_PRIMARIES)]
+    if periods:
+        queries.insert(0, (OUT_OF_STEP_KIND, OUT_OF_STEP))
+    for kind, query in queries:
+
+        def found(cols: list[str], kind: str = kind) -> None:
+            on_finding(MemberFinding(kind, *cols))
+
+        await _copy(conn, query.format_map(conditions), CsvStream(found))
 
 
 class Reporter:
@@ -247,7 +372,7 @@ class Reporter:
         """`"key": value, ` for each member, every key and value written by json."""
         return "".join(f"{json.dumps(k)}: {json.dumps(v)}, " for k, v in members.items())
 
-    def start(self, index_state: str) -> None:
+    def start(self, index_state: str, periods_checked: bool) -> None:
         if self.options.as_json:
             # One JSON object, streamed: its members first, then the findings one by
             # one, then the totals (see finish); every value is written by json.
@@ -256,23 +381,41 @@ class Reporter:
                 "index_name": UNIQUE_PRIMARY_INDEX,
                 "index_state": index_state,
                 "organization_id": str(org) if org else None,
+                "periods_checked": periods_checked,
             }
             self.out.write("{" + self._members(header) + '"findings": [')
             return
         self.out.write(f"Index {UNIQUE_PRIMARY_INDEX}: {index_state}\n")
+        if not periods_checked:
+            self.out.write(
+                "Periods: not checked (no care_team_periods before revision "
+                "20261128_care_team_periods)\n"
+            )
         if index_state == "invalid":
             self.out.write(
                 "⚠️  WARNING: the index is INVALID (an interrupted build); it does not enforce "
                 "the rule. Re-run the migration: it drops and rebuilds it.\n"
             )
 
-    def finding(self, f: Finding, summary: Summary) -> None:
-        number = summary.violations if f.is_violation else summary.without_primary
+    def finding(self, f: Finding | MemberFinding, number: int) -> None:
+        """Write the finding, the `number`th of its kind (unless past --limit)."""
         if not self._listed(number):
             return
         if self.options.as_json:
             self.out.write(("" if self._items == 0 else ", ") + json.dumps(f.as_json()))
             self._items += 1
+            return
+        if isinstance(f, MemberFinding):
+            where = f"organization {f.organization_id} patient {f.patient_id}"
+            if not f.is_violation:
+                self.out.write(
+                    f"⚠️  WARNING: {where}: primary provider {f.provider_id} is inactive\n"
+                )
+                return
+            self.out.write(
+                f"❌ {where} provider {f.provider_id}: assigned as {f.assigned or 'nothing'}, "
+                f"open period {f.open_period or 'none'}\n"
+            )
             return
         if not f.is_violation:
             self.out.write(
@@ -304,22 +447,30 @@ class Reporter:
                 "violations_total": s.violations,
                 "demotions_needed": s.demotions_needed,
                 "without_primary_total": s.without_primary,
+                "periods_out_of_step_total": s.out_of_step,
+                "inactive_primary_total": s.inactive_primaries,
                 "fix": fix,
             }
             self.out.write("], " + self._members(totals) + f'"status": {json.dumps(status)}}}\n')
             return
         limit = self.options.limit
         for kind, total in (
-            ("with several primaries", s.violations),
-            ("without a primary", s.without_primary),
+            ("patient(s) with several primaries", s.violations),
+            ("patient(s) without a primary", s.without_primary),
+            ("membership(s) out of step with their periods", s.out_of_step),
+            ("primaries whose provider is inactive", s.inactive_primaries),
         ):
             if limit is not None and total > limit:
                 self.out.write(
-                    f"     ({total - limit} more patient(s) {kind} not listed; "
-                    "raise --limit to list them)\n"
+                    f"     ({total - limit} more {kind} not listed; raise --limit to list them)\n"
                 )
         if s.without_primary:
             self.out.write(f"⚠️  {s.without_primary} patient(s) without a primary provider\n")
+        if s.inactive_primaries:
+            self.out.write(
+                f"⚠️  {s.inactive_primaries} patient(s) whose primary provider is inactive "
+                "(transfer the provider's panel: careteam panel transfer)\n"
+            )
         if self.options.fix and s.demoted is None and s.violations:
             self.out.write(
                 f"DRY RUN: --fix would demote {s.demotions_needed} assignment(s) of "
@@ -331,11 +482,17 @@ class Reporter:
                 f"🔧 FIXED: demoted {s.demoted} duplicate primary assignment(s) to secondary "
                 "(recorded as migration_dedupe events)\n"
             )
-        if s.exit_code == EXIT_VIOLATIONS:
+        if s.out_of_step:
+            after = " after the fix" if s.demoted is not None else ""
+            self.out.write(
+                f"❌ FAILED{after}: {s.out_of_step} membership(s) whose open period does not match "
+                "the care team (see the runbook: periods out of step)\n"
+            )
+        if s.violations and s.demoted is None:
             self.out.write(
                 f"❌ FAILED: {s.violations} patient(s) with more than one primary provider\n"
             )
-        else:
+        if s.exit_code == EXIT_CLEAN:
             self.out.write("✅ SUCCESS: No violations found\n")
 
 
@@ -365,23 +522,35 @@ async def run_check(url: str, options: Options, out: Writer) -> Summary:
             summary.index_state = primary_index.index_state(
                 await conn.fetchval(primary_index.INDEX_VALID)
             )
-            reporter.start(summary.index_state)
+            summary.periods_checked = bool(await conn.fetchval(HAS_PERIODS))
+            reporter.start(summary.index_state, summary.periods_checked)
 
-            def count_and_report(finding: Finding) -> None:
-                if finding.is_violation:
-                    summary.violations += 1
-                    summary.demotions_needed += len(finding.primaries) - 1
-                else:
-                    summary.without_primary += 1
-                reporter.finding(finding, summary)
+            def count_and_report(finding: Finding | MemberFinding) -> None:
+                reporter.finding(finding, summary.count(finding))
 
             await stream_findings(conn, options.organization_id, count_and_report)
+            await stream_member_findings(
+                conn, options.organization_id, count_and_report, periods=summary.periods_checked
+            )
     finally:
         await conn.close()
     if options.fix and options.execute and summary.violations:
         summary.demoted = await fix_violations(url, options.organization_id)
+        if summary.periods_checked:
+            # Demoting a duplicate puts its periods back in step (the trigger opens its
+            # secondary period): what counts now is what is left.
+            summary.out_of_step = await count_out_of_step(url, options.organization_id)
     reporter.finish(summary)
     return summary
+
+
+async def count_out_of_step(url: str, organization_id: uuid.UUID | None) -> int:
+    conn = await asyncpg.connect(url, timeout=get_settings().db_connect_timeout_s)
+    try:
+        query = OUT_OF_STEP.format(organization_filter=_organization_filter(organization_id))
+        return int(await conn.fetchval(f"SELECT count(*) FROM ({query}) AS d"))
+    finally:
+        await conn.close()
 
 
 async def fix_violations(url: str, organization_id: uuid.UUID | None) -> int:

@@ -54,6 +54,7 @@ class TestBeforeTheMigration:
             assert "assigned_at 2025-" in line
         assert "care team of 1, no primary provider" in out
         assert "⚠️  1 patient(s) without a primary provider" in out
+        assert "Periods: not checked" in out
 
 
 class TestAfterTheMigration:
@@ -65,6 +66,129 @@ class TestAfterTheMigration:
         assert result.returncode == 0, result.stderr
         assert "Index idx_unique_primary_provider_per_patient: valid" in result.stdout
         assert "✅ SUCCESS: No violations found" in result.stdout
+
+
+class TestPeriodsAndPanels:
+    """From revision 20261128_care_team_periods on: the open periods must say what the
+    care teams say, and a primary whose provider is inactive is reported."""
+
+    @staticmethod
+    async def member(db: FreshDatabase) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+        """(organization, patient, provider), written as the owner."""
+        org = await db.execute("INSERT INTO organizations (name) VALUES ('p') RETURNING id")
+        org_id = org[0][0]
+        ids = [
+            (
+                await db.execute(
+                    f"INSERT INTO {table} (organization_id) VALUES (:org) RETURNING id",
+                    org=org_id,
+                )
+            )[0][0]
+            for table in ("patients", "providers")
+        ]
+        return org_id, ids[0], ids[1]
+
+    async def test_a_membership_out_of_step_is_a_violation(self, fresh_database: FreshDatabase):
+        db = fresh_database
+        await upgrade(db.engine)
+        org, patient, provider = await self.member(db)
+        # Written behind the trigger's back: an assignment without its period...
+        await db.execute("ALTER TABLE care_team_assignments DISABLE TRIGGER careteam_keep_periods")
+        await db.execute(
+            "INSERT INTO care_team_assignments (organization_id, patient_id, provider_id, "
+            "is_primary_provider) VALUES (:org, :patient, :provider, true)",
+            org=org,
+            patient=patient,
+            provider=provider,
+        )
+        await db.execute("ALTER TABLE care_team_assignments ENABLE TRIGGER careteam_keep_periods")
+        # ... and an open period without its assignment.
+        _, _, stray = await self.member(db)
+        stray_org = await db.execute("SELECT organization_id FROM providers WHERE id = :v", v=stray)
+        other_patient = await db.execute(
+            "INSERT INTO patients (organization_id) VALUES (:org) RETURNING id", org=stray_org[0][0]
+        )
+        await db.execute(
+            "INSERT INTO care_team_periods (organization_id, patient_id, provider_id, role, "
+            "valid, started_by, start_reason) VALUES (:org, :patient, :provider, 'secondary', "
+            "tstzrange(now(), NULL), 'test', 'other')",
+            org=stray_org[0][0],
+            patient=other_patient[0][0],
+            provider=stray,
+        )
+        report = run_check(db.url, "--json")
+        assert report.returncode == 1, report.stdout + report.stderr
+        body = json.loads(report.stdout)
+        assert body["periods_checked"] is True
+        assert body["periods_out_of_step_total"] == 2 and body["status"] == "violations"
+        found = {
+            (f["provider_id"], f["assigned_role"], f["open_period_role"])
+            for f in body["findings"]
+            if f["kind"] == "period_out_of_step"
+        }
+        assert found == {(str(provider), "primary", None), (str(stray), None, "secondary")}
+        out = run_check(db.url).stdout
+        assert f"provider {provider}: assigned as primary, open period none" in out
+        assert "❌ FAILED: 2 membership(s) whose open period does not match" in out
+
+    async def test_an_inactive_primary_is_a_warning(self, fresh_database: FreshDatabase):
+        db = fresh_database
+        await upgrade(db.engine)
+        org, patient, provider = await self.member(db)
+        await db.execute(
+            "INSERT INTO care_team_assignments (organization_id, patient_id, provider_id, "
+            "is_primary_provider) VALUES (:org, :patient, :provider, true)",
+            org=org,
+            patient=patient,
+            provider=provider,
+        )
+        # Deactivated by hand: the service refuses it (provider_has_patients).
+        await db.execute("UPDATE providers SET active = false WHERE id = :v", v=provider)
+        result = run_check(db.url)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"patient {patient}: primary provider {provider} is inactive" in result.stdout
+        assert "⚠️  1 patient(s) whose primary provider is inactive" in result.stdout
+        body = json.loads(run_check(db.url, "--json").stdout)
+        assert body["inactive_primary_total"] == 1
+        assert body["periods_out_of_step_total"] == 0
+
+    async def test_fix_at_head_keeps_the_periods_in_step(self, fresh_database: FreshDatabase):
+        """Duplicates at head (the index dropped by hand): the trigger lets only one
+        primary period stay open, so they are out of step too; the fix demotes them,
+        with data_correction events and periods, and all is in step again."""
+        db = fresh_database
+        await upgrade(db.engine)
+        await db.execute("DROP INDEX idx_unique_primary_provider_per_patient")
+        seeded = await seed_duplicates(db)
+        before = json.loads(run_check(db.url, "--json").stdout)
+        assert before["violations_total"] == 2 and before["periods_out_of_step_total"] == 3
+
+        fixed = run_check(db.url, "--fix", "--execute", "--json")
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        assert json.loads(fixed.stdout)["periods_out_of_step_total"] == 0
+        events = await db.execute(
+            "SELECT DISTINCT reason FROM care_team_events WHERE event_type = 'migration_dedupe'"
+        )
+        assert events == [("data_correction",)]
+        for patient, demoted in seeded.demoted:
+            opened = await db.execute(
+                "SELECT role, start_reason, started_by FROM care_team_periods "
+                "WHERE patient_id = :p AND provider_id = :v AND upper_inf(valid)",
+                p=patient,
+                v=demoted,
+            )
+            assert opened == [("secondary", "data_correction", "careteam check --fix")]
+        open_primaries = await db.execute(
+            "SELECT patient_id, provider_id FROM care_team_periods "
+            "WHERE role = 'primary' AND upper_inf(valid)"
+        )
+        assert dict(open_primaries) == seeded.expected_primaries
+        await db.execute(
+            "CREATE UNIQUE INDEX idx_unique_primary_provider_per_patient ON "
+            "care_team_assignments (organization_id, patient_id) "
+            "WHERE is_primary_provider = true"
+        )
+        assert run_check(db.url).returncode == 0
 
 
 class TestCannotRun:
