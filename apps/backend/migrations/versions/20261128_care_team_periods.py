@@ -163,7 +163,10 @@ END
 $$
 """
 
-# Every change to care_team_assignments changes its periods, in the same transaction.
+# Every change to care_team_assignments changes its periods, in the same transaction, at
+# the transaction's instant (now(), as events' occurred_at): all the changes of one
+# transaction happen at once, so a new primary's period begins exactly where the
+# previous one's ends.
 KEEP_PERIODS = f"""
 CREATE OR REPLACE FUNCTION careteam_keep_periods() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -176,13 +179,13 @@ BEGIN
             OLD.provider_id) IS DISTINCT FROM (NEW.organization_id, NEW.patient_id,
             NEW.provider_id)) THEN
         PERFORM careteam_change_period(OLD.organization_id, OLD.patient_id, OLD.provider_id,
-                                       NULL, clock_timestamp(), v_actor, v_reason, v_note);
+                                       NULL, now(), v_actor, v_reason, v_note);
     END IF;
     IF TG_OP <> 'DELETE' THEN
         PERFORM careteam_change_period(
             NEW.organization_id, NEW.patient_id, NEW.provider_id,
             CASE WHEN NEW.is_primary_provider THEN '{PRIMARY}' ELSE '{SECONDARY}' END,
-            clock_timestamp(), v_actor, v_reason, v_note);
+            now(), v_actor, v_reason, v_note);
     END IF;
     RETURN NULL;
 END
@@ -270,7 +273,7 @@ BEGIN{_lock_patient()}
     ), recorded AS (
         INSERT INTO care_team_events {_EVENT_COLUMNS}
         SELECT p_org, p_patient, provider_id, '{EventType.PRIMARY_DEMOTED}', provider_id,
-               p_actor, p_reason, p_note, clock_timestamp()
+               p_actor, p_reason, p_note, now()
         FROM demoted
         RETURNING provider_id
     )
@@ -278,15 +281,15 @@ BEGIN{_lock_patient()}
     WITH promoted AS (
         INSERT INTO care_team_assignments
             (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
-        VALUES (p_org, p_patient, p_provider, true, clock_timestamp())
+        VALUES (p_org, p_patient, p_provider, true, now())
         ON CONFLICT (organization_id, patient_id, provider_id)
-        DO UPDATE SET is_primary_provider = true, assigned_at = clock_timestamp()
+        DO UPDATE SET is_primary_provider = true, assigned_at = now()
         WHERE NOT care_team_assignments.is_primary_provider
         RETURNING provider_id
     )
     INSERT INTO care_team_events {_EVENT_COLUMNS}
     SELECT p_org, p_patient, provider_id, '{EventType.PRIMARY_ASSIGNED}', v_previous,
-           p_actor, p_reason, p_note, clock_timestamp()
+           p_actor, p_reason, p_note, now()
     FROM promoted;
     RETURN QUERY SELECT true, v_previous;
 END
@@ -323,10 +326,10 @@ BEGIN{_lock_patient()}
     PERFORM careteam_begin_change(p_actor, p_reason, p_note);
     INSERT INTO care_team_assignments
         (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
-    VALUES (p_org, p_patient, p_provider, false, clock_timestamp());
+    VALUES (p_org, p_patient, p_provider, false, now());
     INSERT INTO care_team_events {_EVENT_COLUMNS}
     VALUES (p_org, p_patient, p_provider, '{EventType.SECONDARY_ADDED}', NULL, p_actor,
-            p_reason, p_note, clock_timestamp());
+            p_reason, p_note, now());
     RETURN true;
 END
 $$
@@ -351,7 +354,7 @@ BEGIN{_lock_patient()}
     INSERT INTO care_team_events {_EVENT_COLUMNS}
     VALUES (p_org, p_patient, p_provider, '{EventType.PROVIDER_REMOVED}',
             CASE WHEN v_was_primary THEN p_provider END, p_actor, p_reason, p_note,
-            clock_timestamp());
+            now());
     RETURN v_was_primary;
 END
 $$
@@ -412,7 +415,7 @@ BEGIN
             )
             INSERT INTO care_team_events {_EVENT_COLUMNS}
             SELECT p_org, patient_id, p_from, '{EventType.PRIMARY_DEMOTED}', p_from,
-                   p_actor, p_reason, p_note, clock_timestamp()
+                   p_actor, p_reason, p_note, now()
             FROM demoted;
         ELSE
             WITH removed AS (
@@ -423,21 +426,21 @@ BEGIN
             )
             INSERT INTO care_team_events {_EVENT_COLUMNS}
             SELECT p_org, patient_id, p_from, '{EventType.PROVIDER_REMOVED}', p_from,
-                   p_actor, p_reason, p_note, clock_timestamp()
+                   p_actor, p_reason, p_note, now()
             FROM removed;
         END IF;
         WITH promoted AS (
             INSERT INTO care_team_assignments
                 (organization_id, patient_id, provider_id, is_primary_provider, assigned_at)
-            SELECT p_org, patient_id, p_to, true, clock_timestamp()
+            SELECT p_org, patient_id, p_to, true, now()
             FROM unnest(v_move) AS patient_id
             ON CONFLICT (organization_id, patient_id, provider_id)
-            DO UPDATE SET is_primary_provider = true, assigned_at = clock_timestamp()
+            DO UPDATE SET is_primary_provider = true, assigned_at = now()
             RETURNING patient_id
         )
         INSERT INTO care_team_events {_EVENT_COLUMNS}
         SELECT p_org, patient_id, p_to, '{EventType.PRIMARY_ASSIGNED}', p_from,
-               p_actor, p_reason, p_note, clock_timestamp()
+               p_actor, p_reason, p_note, now()
         FROM promoted;
     END IF;
     RETURN QUERY SELECT cardinality(v_move), cardinality(v_batch) - cardinality(v_move),
@@ -560,7 +563,7 @@ BEGIN
     LOOP
         PERFORM careteam_change_period(
             v_assignment.organization_id, v_assignment.patient_id, v_assignment.provider_id,
-            NULL, clock_timestamp(), p_actor, '{CORRECTION}',
+            NULL, now(), p_actor, '{CORRECTION}',
             'closed: the provider is not on the team');
     END LOOP;
     RETURN QUERY
