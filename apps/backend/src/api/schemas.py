@@ -11,7 +11,7 @@ import datetime
 import uuid
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from src.api.fields import NOTE_PATTERN, BirthDate, PersonName
 from src.models import NOTE_MAX_LENGTH, ChangeReason, PeriodRole
@@ -61,7 +61,7 @@ class ProviderUpdate(StrictBody):
     active: StrictBool | None = Field(
         default=None, description="false: no new care teams (409 while it has patients)"
     )
-    panel_capacity: Annotated[int, Field(ge=0, le=MAX_CAPACITY)] | None = Field(
+    panel_capacity: Annotated[StrictInt, Field(ge=0, le=MAX_CAPACITY)] | None = Field(
         default=None, description="How many patients it may be the primary of; null: no limit"
     )
 

@@ -120,7 +120,31 @@ class TestTenantIsolationMatrix:
         ("POST", "/v1/patients/{patient}/care-team/members", {"provider_id": "{provider_b}"}),
         ("DELETE", "/v1/patients/{patient}/care-team/members/{provider}", None),
         ("GET", "/v1/patients/{patient}/care-team/history", None),
+        ("GET", "/v1/patients/{patient}/care-team?as_of=2025-01-01T00:00:00Z", None),
+        ("GET", "/v1/patients/{patient}/care-team/periods", None),
+        ("GET", "/v1/providers/{provider}/patients", None),
+        ("GET", "/v1/providers/{provider}/patients?role=any&as_of=2025-01-01T00:00:00Z", None),
+        ("PATCH", "/v1/providers/{provider}", {"panel_capacity": 0}),
+        (
+            "POST",
+            "/v1/providers/{provider}/panel/transfer",
+            {"to_provider_id": "{provider_b}", "reason": "provider_left"},
+        ),
     ]
+
+    @staticmethod
+    def filled(
+        world: dict[str, object], body: dict[str, object] | None, patient: object, provider: object
+    ) -> dict[str, object] | None:
+        """The body with the placeholders filled in (a path takes the same)."""
+        if body is None:
+            return None
+        return {
+            key: value.format(patient=patient, provider=provider, provider_b=world["provider_b"])
+            if isinstance(value, str)
+            else value
+            for key, value in body.items()
+        }
 
     @pytest.mark.parametrize(("method", "path", "body"), ROUTES)
     async def test_other_tenants_ids_look_unknown(
@@ -135,15 +159,12 @@ class TestTenantIsolationMatrix:
         unknown_patient, unknown_provider = str(uuid.uuid4()), str(uuid.uuid4())
 
         async def call(patient: object, provider: object) -> httpx.Response:
-            def fill(value: object) -> object:
-                if not isinstance(value, str):
-                    return value
-                return value.format(
-                    patient=patient, provider=provider, provider_b=world["provider_b"]
-                )
-
-            json_body = {k: fill(v) for k, v in body.items()} if body else None
-            return await client.request(method, str(fill(path)), json=json_body, headers=b.headers)
+            return await client.request(
+                method,
+                path.format(patient=patient, provider=provider),
+                json=self.filled(world, body, patient, provider),
+                headers=b.headers,
+            )
 
         theirs = await call(world["patient_a"], world["provider_a"])
         unknown = await call(unknown_patient, unknown_provider)
@@ -166,14 +187,15 @@ class TestTenantIsolationMatrix:
     ):
         a: Tenant = world["a"]  # type: ignore[assignment]
         b: Tenant = world["b"]  # type: ignore[assignment]
+        patient, provider = world["patient_a"], world["provider_a"]
         for method, path, body in self.ROUTES:
-            filled = path.format(patient=world["patient_a"], provider=world["provider_a"])
-            json_body = (
-                {"provider_id": str(world["provider_b"])}
-                if body and "provider_id" in body
-                else body
+            r = await client.request(
+                method,
+                path.format(patient=patient, provider=provider),
+                json=self.filled(world, body, patient, provider),
+                headers=b.headers,
             )
-            await client.request(method, filled, json=json_body, headers=b.headers)
+            assert r.status_code == 404, (method, path, r.text)
         team = (
             await client.get(f"/v1/patients/{world['patient_a']}/care-team", headers=a.headers)
         ).json()
@@ -183,6 +205,13 @@ class TestTenantIsolationMatrix:
             await client.get(f"/v1/providers/{world['provider_a']}", headers=a.headers)
         ).json()
         assert provider["active"] is True
+        assert provider["panel_capacity"] is None and provider["panel_size"] == 1
+        periods = (
+            await client.get(
+                f"/v1/patients/{world['patient_a']}/care-team/periods", headers=a.headers
+            )
+        ).json()
+        assert len(periods["items"]) == 2
 
     async def test_b_provider_cannot_join_a_team(
         self, client: httpx.AsyncClient, world: dict[str, object]

@@ -1,0 +1,335 @@
+"""Attribution over HTTP: the team as of an instant, periods, panels, capacity, transfers,
+deactivation and the overview; bad input answered 422 with nothing written."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from src.db import Database
+from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
+
+
+async def assign(
+    client: httpx.AsyncClient, tenant: Tenant, patient: str, provider: str, **extra: object
+) -> httpx.Response:
+    return await client.put(
+        f"/v1/patients/{patient}/care-team/primary",
+        json={"provider_id": provider, **extra},
+        headers=tenant.headers,
+    )
+
+
+async def written(database: Database, tenant: Tenant) -> tuple[int, ...]:
+    """The tenant's assignments, events and periods, and its providers' capacities."""
+    async with database.owner_engine.connect() as conn:
+        counts = []
+        for query in (
+            "SELECT count(*) FROM care_team_assignments WHERE organization_id = :org",
+            "SELECT count(*) FROM care_team_events WHERE organization_id = :org",
+            "SELECT count(*) FROM care_team_periods WHERE organization_id = :org",
+            "SELECT count(panel_capacity) FROM providers WHERE organization_id = :org",
+        ):
+            result = await conn.execute(text(query), {"org": tenant.organization_id})
+            counts.append(result.scalar_one())
+        return tuple(counts)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+class TestTheTeamThroughTime:
+    async def test_as_of_and_periods(self, client: httpx.AsyncClient, tenant: Tenant):
+        patient = await post_patient(client, tenant)
+        first, second = await post_provider(client, tenant), await post_provider(client, tenant)
+        before = now()
+        await asyncio.sleep(0.01)
+        r = await assign(client, tenant, patient, first, reason="patient_request", note="moved")
+        assert r.status_code == 200, r.text
+        between = now()
+        await asyncio.sleep(0.01)
+        r = await assign(client, tenant, patient, second, reason="provider_left")
+        assert r.status_code == 200, r.text
+        url = f"/v1/patients/{patient}/care-team"
+
+        async def as_of(instant: str) -> dict[str, object]:
+            got = await client.get(url, params={"as_of": instant}, headers=tenant.headers)
+            assert got.status_code == 200, got.text
+            return dict(got.json())
+
+        assert (await as_of(before))["members"] == []
+        at_between = await as_of(between)
+        assert at_between["primary_provider_id"] == first
+        assert [m["role"] for m in at_between["members"]] == ["primary"]  # type: ignore[index]
+        current = (await client.get(url, headers=tenant.headers)).json()
+        assert current["primary_provider_id"] == second
+        roles = {m["provider_id"]: m["role"] for m in current["members"]}
+        assert roles == {second: "primary", first: "secondary"}
+        assert all(m["since"] for m in current["members"])
+
+        periods = (await client.get(f"{url}/periods", headers=tenant.headers)).json()
+        summary = [
+            (p["provider_id"], p["role"], p["valid_to"] is None, p["start_reason"], p["end_reason"])
+            for p in periods["items"]
+        ]
+        # Oldest first; periods that begin together, in provider id order.
+        together = sorted(
+            [
+                (second, "primary", True, "provider_left", None),
+                (first, "secondary", True, "provider_left", None),
+            ],
+            key=lambda p: uuid.UUID(p[0]),
+        )
+        assert summary == [(first, "primary", False, "patient_request", "provider_left"), *together]
+        # One change, one instant: the new primary begins exactly where the old one ends.
+        ended, began = periods["items"][0]["valid_to"], periods["items"][1]["valid_from"]
+        assert ended == began
+        assert periods["next_cursor"] is None
+        # The note is stored, never shown in the periods (it may hold health information).
+        assert "moved" not in str(periods)
+
+    async def test_periods_are_paged(self, client: httpx.AsyncClient, tenant: Tenant):
+        patient = await post_patient(client, tenant)
+        providers = [await post_provider(client, tenant) for _ in range(3)]
+        for provider in providers:
+            assert (await assign(client, tenant, patient, provider)).status_code == 200
+        url = f"/v1/patients/{patient}/care-team/periods"
+        seen, cursor = [], None
+        while True:
+            params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+            page = (await client.get(url, params=params, headers=tenant.headers)).json()
+            assert len(page["items"]) <= 2
+            seen += [(p["provider_id"], p["role"], p["valid_from"]) for p in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert len(seen) == len(set(seen)) == 5  # 3 primaries, 2 demoted to secondary
+
+
+class TestPanels:
+    async def test_a_panel_is_paged_in_patient_order(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        provider = await post_provider(client, tenant)
+        patients = [await post_patient(client, tenant) for _ in range(5)]
+        for patient in patients:
+            assert (await assign(client, tenant, patient, provider)).status_code == 200
+        url = f"/v1/providers/{provider}/patients"
+        seen, cursor = [], None
+        while True:
+            params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+            page = (await client.get(url, params=params, headers=tenant.headers)).json()
+            seen += page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert [e["patient_id"] for e in seen] == sorted(patients, key=uuid.UUID)
+        assert {e["role"] for e in seen} == {"primary"}
+        secondary = await client.get(url, params={"role": "secondary"}, headers=tenant.headers)
+        assert secondary.json()["items"] == []
+        provider_json = (
+            await client.get(f"/v1/providers/{provider}", headers=tenant.headers)
+        ).json()
+        assert provider_json["panel_size"] == 5 and provider_json["panel_capacity"] is None
+
+    async def test_a_full_panel_is_409(self, client: httpx.AsyncClient, tenant: Tenant):
+        provider = await post_provider(client, tenant)
+        r = await client.patch(
+            f"/v1/providers/{provider}", json={"panel_capacity": 1}, headers=tenant.headers
+        )
+        assert r.status_code == 200 and r.json()["panel_capacity"] == 1
+        first, second = await post_patient(client, tenant), await post_patient(client, tenant)
+        assert (await assign(client, tenant, first, provider)).status_code == 200
+        full = await assign(client, tenant, second, provider)
+        assert full.status_code == 409 and full.json()["error"] == "panel_full"
+        # Unlimited again: null.
+        r = await client.patch(
+            f"/v1/providers/{provider}", json={"panel_capacity": None}, headers=tenant.headers
+        )
+        assert r.json()["panel_capacity"] is None
+        assert (await assign(client, tenant, second, provider)).status_code == 200
+
+    async def test_a_provider_with_patients_cannot_be_deactivated(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        provider = await post_provider(client, tenant)
+        for _ in range(2):
+            patient = await post_patient(client, tenant)
+            assert (await assign(client, tenant, patient, provider)).status_code == 200
+        r = await client.patch(
+            f"/v1/providers/{provider}", json={"active": False}, headers=tenant.headers
+        )
+        assert r.status_code == 409, r.text
+        assert r.json()["error"] == "provider_has_patients"
+        assert "2 patient(s)" in r.json()["detail"]
+        got = await client.get(f"/v1/providers/{provider}", headers=tenant.headers)
+        assert got.json()["active"] is True
+
+    async def test_transfer_dry_run_then_for_real(self, client: httpx.AsyncClient, tenant: Tenant):
+        leaving, taking = await post_provider(client, tenant), await post_provider(client, tenant)
+        patients = [await post_patient(client, tenant) for _ in range(3)]
+        for patient in patients:
+            assert (await assign(client, tenant, patient, leaving)).status_code == 200
+        await client.patch(
+            f"/v1/providers/{taking}", json={"panel_capacity": 2}, headers=tenant.headers
+        )
+        url = f"/v1/providers/{leaving}/panel/transfer"
+        body = {"to_provider_id": taking, "reason": "provider_left", "dry_run": True}
+        dry = await client.post(url, json=body, headers=tenant.headers)
+        assert dry.status_code == 200, dry.text
+        assert dry.json() == {"dry_run": True, "moved": 2, "remaining": 3, "refused_capacity": 1}
+        done = await client.post(url, json={**body, "dry_run": False}, headers=tenant.headers)
+        assert done.json() == {"dry_run": False, "moved": 2, "remaining": 1, "refused_capacity": 1}
+        # Again, once the target has room: only what is left moves.
+        await client.patch(
+            f"/v1/providers/{taking}", json={"panel_capacity": None}, headers=tenant.headers
+        )
+        again = await client.post(
+            url,
+            json={**body, "dry_run": False, "previous_provider": "remove"},
+            headers=tenant.headers,
+        )
+        assert again.json() == {"dry_run": False, "moved": 1, "remaining": 0, "refused_capacity": 0}
+        teams = [
+            (await client.get(f"/v1/patients/{p}/care-team", headers=tenant.headers)).json()
+            for p in patients
+        ]
+        assert {t["primary_provider_id"] for t in teams} == {taking}
+        # Kept as secondary by default, removed when asked.
+        assert sorted(len(t["members"]) for t in teams) == [1, 2, 2]
+        deactivated = await client.patch(
+            f"/v1/providers/{leaving}", json={"active": False}, headers=tenant.headers
+        )
+        assert deactivated.status_code == 200
+
+    async def test_the_overview(self, client: httpx.AsyncClient, make_tenant: TenantFactory):
+        tenant = await make_tenant()
+        busy, idle = await post_provider(client, tenant), await post_provider(client, tenant)
+        await client.patch(
+            f"/v1/providers/{idle}", json={"panel_capacity": 5}, headers=tenant.headers
+        )
+        assert (
+            await assign(client, tenant, await post_patient(client, tenant), busy)
+        ).status_code == 200
+        lonely = await post_patient(client, tenant)
+        r = await client.post(
+            f"/v1/patients/{lonely}/care-team/members",
+            json={"provider_id": idle},
+            headers=tenant.headers,
+        )
+        assert r.status_code == 201, r.text
+        report = (await client.get("/v1/reports/panels", headers=tenant.headers)).json()
+        sizes = {p["provider_id"]: (p["panel_size"], p["panel_capacity"]) for p in report["items"]}
+        assert sizes == {busy: (1, None), idle: (0, 5)}
+        assert report["patients_without_primary"] == 1
+        # Another organization sees only its own.
+        other = await make_tenant()
+        theirs = (await client.get("/v1/reports/panels", headers=other.headers)).json()
+        assert theirs == {"items": [], "patients_without_primary": 0}
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        "as_of",
+        ["yesterday", "2025-01-01", "2025-01-01T00:00:00", "2025-13-01T00:00:00Z", "0", ""],
+    )
+    async def test_an_as_of_that_is_not_an_instant(
+        self, client: httpx.AsyncClient, tenant: Tenant, as_of: str
+    ):
+        patient = await post_patient(client, tenant)
+        provider = await post_provider(client, tenant)
+        for url in (
+            f"/v1/patients/{patient}/care-team",
+            f"/v1/providers/{provider}/patients",
+        ):
+            r = await client.get(url, params={"as_of": as_of}, headers=tenant.headers)
+            assert r.status_code == 422, (url, as_of, r.text)
+            assert r.json()["errors"][0]["field"] == "as_of"
+
+    @pytest.mark.parametrize(
+        "case",
+        [
+            ("PUT", "primary", {"reason": "because"}, "reason"),
+            ("POST", "members", {"reason": "PATIENT_REQUEST"}, "reason"),
+            ("PUT", "primary", {"reason": None}, "reason"),
+            ("PUT", "primary", {"note": "x" * 501}, "note"),
+            ("POST", "members", {"note": 5}, "note"),
+        ],
+    )
+    async def test_an_unknown_reason_or_a_bad_note_writes_nothing(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        case: tuple[str, str, dict[str, object], str],
+    ):
+        method, suffix, body, field = case
+        patient = await post_patient(client, tenant)
+        provider = await post_provider(client, tenant)
+        before = await written(database, tenant)
+        r = await client.request(
+            method,
+            f"/v1/patients/{patient}/care-team/{suffix}",
+            json={"provider_id": provider, **body},
+            headers=tenant.headers,
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == field
+        assert await written(database, tenant) == before
+
+    async def test_a_bad_removal_or_transfer_writes_nothing(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        patient = await post_patient(client, tenant)
+        provider, other = await post_provider(client, tenant), await post_provider(client, tenant)
+        assert (await assign(client, tenant, patient, provider)).status_code == 200
+        before = await written(database, tenant)
+        removal = await client.request(
+            "DELETE",
+            f"/v1/patients/{patient}/care-team/members/{provider}",
+            json={"reason": "gone"},
+            headers=tenant.headers,
+        )
+        assert removal.status_code == 422
+        for body in (
+            {"to_provider_id": other},  # a transfer must say why
+            {"to_provider_id": other, "reason": "other", "previous_provider": "keep"},
+            {"to_provider_id": other, "reason": "other", "dry_run": "no"},
+            {"to_provider_id": provider, "reason": "other"},  # to itself
+        ):
+            r = await client.post(
+                f"/v1/providers/{provider}/panel/transfer", json=body, headers=tenant.headers
+            )
+            assert r.status_code == 422, (body, r.text)
+        assert await written(database, tenant) == before
+
+    @pytest.mark.parametrize("capacity", [-1, 1.5, "10", True, 2**63])
+    async def test_a_bad_capacity_writes_nothing(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database, capacity: object
+    ):
+        provider = await post_provider(client, tenant)
+        before = await written(database, tenant)
+        r = await client.patch(
+            f"/v1/providers/{provider}", json={"panel_capacity": capacity}, headers=tenant.headers
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "panel_capacity"
+        assert await written(database, tenant) == before
+
+    @pytest.mark.parametrize(
+        "params", [{"role": "chief"}, {"limit": 0}, {"limit": 201}, {"cursor": "!"}]
+    )
+    async def test_bad_panel_queries(
+        self, client: httpx.AsyncClient, tenant: Tenant, params: dict[str, object]
+    ):
+        provider = await post_provider(client, tenant)
+        r = await client.get(
+            f"/v1/providers/{provider}/patients", params=params, headers=tenant.headers
+        )
+        assert r.status_code == 422, r.text
