@@ -320,3 +320,15 @@ Instant = Annotated[
 ]
 
 NOTE_PATTERN = "^[^\\x00]*$"  # any text PostgreSQL can store (no NUL)
+
+
+def _json_integer(value: object) -> object:
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+# A JSON integer: 1500 or 1500.0 (JSON Schema counts both), never "1500" or true. Put it
+# after an int's Field constraints (`Annotated[int, Field(ge=0), JSON_INTEGER]`), so
+# that they stay in its schema.
+JSON_INTEGER = BeforeValidator(_json_integer)

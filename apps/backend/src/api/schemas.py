@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from src.api.fields import NOTE_PATTERN, BirthDate, PersonName
+from src.api.fields import JSON_INTEGER, NOTE_PATTERN, BirthDate, PersonName
 from src.models import NOTE_MAX_LENGTH, ChangeReason, PeriodRole
 from src.services.panel_service import PreviousProvider
 
@@ -51,17 +52,28 @@ class ProviderCreate(StrictBody):
     npi: Annotated[str, Field(pattern=NPI_PATTERN, description="10-digit NPI")] | None = None
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    """A field that may be absent but not null: its schema states no default."""
+    schema.pop("default", None)
+
+
 class ProviderUpdate(StrictBody):
     """Only the fields given change; `panel_capacity: null` removes the limit."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"active": False}, {"panel_capacity": 1500}]}
+        json_schema_extra={
+            "examples": [{"active": False}, {"panel_capacity": 1500}],
+            "minProperties": 1,
+        }
     )
 
-    active: StrictBool | None = Field(
-        default=None, description="false: no new care teams (409 while it has patients)"
+    # Absent: unchanged; null is not a state a provider can be in (so not in the schema).
+    active: StrictBool | SkipJsonSchema[None] = Field(
+        default=None,
+        description="false: no new care teams (409 while it has patients)",
+        json_schema_extra=_no_default,
     )
-    panel_capacity: Annotated[StrictInt, Field(ge=0, le=MAX_CAPACITY)] | None = Field(
+    panel_capacity: Annotated[int, Field(ge=0, le=MAX_CAPACITY), JSON_INTEGER] | None = Field(
         default=None, description="How many patients it may be the primary of; null: no limit"
     )
 

@@ -322,6 +322,24 @@ class TestBadInput:
         assert r.json()["errors"][0]["field"] == "panel_capacity"
         assert await written(database, tenant) == before
 
+    async def test_a_capacity_is_a_json_integer_and_active_is_never_null(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """JSON Schema counts 3.0 as an integer; `active` may be absent, not null (the
+        published schema says so: schemathesis found both)."""
+        provider = await post_provider(client, tenant)
+        url = f"/v1/providers/{provider}"
+        r = await client.patch(url, json={"panel_capacity": 3.0}, headers=tenant.headers)
+        assert r.status_code == 200 and r.json()["panel_capacity"] == 3
+        r = await client.patch(url, json={"active": None}, headers=tenant.headers)
+        assert r.status_code == 422
+        schema = (await client.get("/openapi.json")).json()["components"]["schemas"]
+        update = schema["ProviderUpdate"]
+        assert update["properties"]["active"]["type"] == "boolean"
+        assert update["minProperties"] == 1
+        capacity = update["properties"]["panel_capacity"]["anyOf"][0]
+        assert (capacity["type"], capacity["minimum"]) == ("integer", 0)
+
     @pytest.mark.parametrize(
         "params", [{"role": "chief"}, {"limit": 0}, {"limit": 201}, {"cursor": "!"}]
     )
