@@ -10,17 +10,21 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.config import BACKEND_DIR
 from src.embedded import Supervisor, release_embedded_server, start_embedded_server
-from tests.helpers import FreshDatabase, http_json, start_serve
+from src.services.care_team_service import CareTeamService
+from tests.helpers import FreshDatabase, create_clinic, create_patient, http_json, start_serve
 from tests.helpers import free_port as _free_port
 
 
@@ -517,3 +521,114 @@ class TestSupervisor:
         assert [r.levelname for r in restarts] == ["WARNING", "WARNING"]
         waiting = [r for r in caplog.records if "restarting it again in" in r.getMessage()]
         assert [r.levelname for r in waiting] == ["ERROR"]
+
+
+class TestCareTeamsAndPanels:
+    """`careteam team`, `panel transfer` and `report panels`, on the test database."""
+
+    @pytest.fixture
+    async def clinic(self, db: AsyncSession) -> tuple[uuid.UUID, list[uuid.UUID], list[uuid.UUID]]:
+        """An organization, three patients whose primary is provider 0, and provider 1."""
+        org, first, providers = await create_clinic(db, providers=2)
+        patients = [first] + [await create_patient(db, organization_id=org) for _ in range(2)]
+        for patient in patients:
+            await CareTeamService.assign_primary_provider(
+                db=db,
+                organization_id=org,
+                patient_id=patient,
+                provider_id=providers[0],
+                actor="test",
+                reason="patient_request",
+            )
+        return org, patients, providers
+
+    def test_team_now_as_of_and_periods(self, clinic: tuple[Any, ...]):
+        org, patients, providers = clinic
+        now = careteam("team", str(patients[0]), "--json")
+        assert now.returncode == 0, now.stderr
+        team = json.loads(now.stdout)
+        assert team["organization_id"] == str(org)
+        assert team["primary_provider_id"] == str(providers[0])
+        assert [m["role"] for m in team["members"]] == ["primary"]
+        before = careteam("team", str(patients[0]), "--as-of", "2020-01-01T00:00:00Z", "--json")
+        assert json.loads(before.stdout)["members"] == []
+        periods = json.loads(careteam("team", str(patients[0]), "--periods", "--json").stdout)
+        assert [(p["role"], p["start_reason"], p["valid_to"]) for p in periods["items"]] == [
+            ("primary", "patient_request", None)
+        ]
+        table = careteam("team", str(patients[0]))
+        assert table.returncode == 0 and str(providers[0]) in table.stdout
+        assert "primary" in table.stdout
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (("--as-of", "yesterday"), "--as-of must be an RFC 3339 instant"),
+            (("--as-of", "2025-01-01"), "--as-of must be an RFC 3339 instant"),
+            (("--periods", "--as-of", "2025-01-01T00:00:00Z"), "takes no --as-of"),
+            (("--organization", "nope"), "ORG_ID must be a UUID"),
+        ],
+    )
+    def test_team_bad_input_is_one_line(
+        self, clinic: tuple[Any, ...], args: tuple[str, ...], message: str
+    ):
+        result = careteam("team", str(clinic[1][0]), *args)
+        assert result.returncode == 2
+        assert message in result.stderr and "Traceback" not in result.stderr
+
+    def test_team_of_an_unknown_patient(self, database: object):
+        unknown = str(uuid.uuid4())
+        result = careteam("team", unknown)
+        assert result.returncode == 2
+        assert f"patient {unknown} not found" in result.stderr
+
+    def test_transfer_is_a_dry_run_until_execute(self, clinic: tuple[Any, ...]):
+        org, patients, (leaving, taking) = clinic
+        args = ("panel", "transfer", str(leaving), str(taking), "--reason", "provider_left")
+        dry = careteam(*args)
+        assert dry.returncode == 0, dry.stderr
+        assert "DRY RUN" in dry.stdout and "3 of 3 patient(s) would move" in dry.stdout
+        still = json.loads(careteam("team", str(patients[0]), "--json").stdout)
+        assert still["primary_provider_id"] == str(leaving)
+
+        done = careteam(*args, "--execute", "--remove-previous", "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {
+            "organization_id": str(org),
+            "dry_run": False,
+            "moved": 3,
+            "remaining": 0,
+            "refused_capacity": 0,
+        }
+        after = json.loads(careteam("team", str(patients[0]), "--json").stdout)
+        assert [(m["provider_id"], m["role"]) for m in after["members"]] == [
+            (str(taking), "primary")
+        ]
+        again = careteam(*args, "--execute")
+        assert again.returncode == 0 and "Moved 0 patient(s)" in again.stdout
+
+    def test_transfer_refusals_are_one_line(self, clinic: tuple[Any, ...]):
+        _, _, (leaving, _) = clinic
+        unknown = str(uuid.uuid4())
+        for args, message in (
+            ((str(leaving), unknown, "--reason", "other"), f"provider {unknown} not found"),
+            ((unknown, str(leaving), "--reason", "other"), f"provider {unknown} not found"),
+            ((str(leaving), str(leaving), "--reason", "other"), "cannot be transferred"),
+            ((str(leaving), unknown, "--reason", "bored"), "'bored' is not one of"),
+        ):
+            result = careteam("panel", "transfer", *args)
+            assert result.returncode == 2, result.stdout
+            assert message in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr
+
+    def test_report_panels(self, clinic: tuple[Any, ...]):
+        org, _, (busy, idle) = clinic
+        table = careteam("report", "panels", "--organization", str(org))
+        assert table.returncode == 0, table.stderr
+        assert str(busy) in table.stdout and str(idle) in table.stdout
+        assert "no primary provider: 0" in table.stdout
+        report = json.loads(
+            careteam("report", "panels", "--organization", str(org), "--json").stdout
+        )
+        sizes = {p["provider_id"]: p["panel_size"] for p in report["providers"]}
+        assert sizes == {str(busy): 3, str(idle): 0}

@@ -1,0 +1,88 @@
+"""What every command shares: the consoles, one-line failures, the database runner."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import typer
+from alembic.util import CommandError
+from rich.console import Console
+from rich.markup import escape
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from src import diagnostics
+from src.config import ConfigurationError, Settings, get_settings
+from src.db import create_engine
+from src.embedded import (
+    resolve_database_url,
+)
+from src.services.errors import CareTeamError
+
+# Not a terminal (a pipe, a file, a log): wide enough that no id or time in a table is cut.
+console = Console(width=None if sys.stdout.isatty() else 240)
+errors = Console(stderr=True)
+
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    errors.print(f"[red]❌ ERROR:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run(work: Callable[[AsyncEngine, str], Awaitable[T]]) -> T:
+    """Run `work(owner engine, its libpq URL)`; turn every expected failure into one line."""
+
+    async def main() -> T:
+        settings = get_settings()
+        url = resolve_database_url(settings)
+        engine = create_engine(url, settings)
+        try:
+            return await work(engine, url)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except BrokenPipeError:  # the reader went away (`| head`): not a database error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
+    except (ConfigurationError, diagnostics.CannotRun) as err:
+        fail(str(err))
+    except CommandError as err:
+        fail(f"migration failed: {err}")
+    except (*diagnostics.DATABASE_ERRORS, SQLAlchemyError) as err:
+        fail(f"database error: {diagnostics.describe_connection_error(err)}")
+
+
+def parse_uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        fail(f"{what} must be a UUID, got {value!r}")
+
+
+def owner_call(action: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run a service call on an owner session (organizations and keys span tenants)."""
+
+    async def work(engine: AsyncEngine, _url: str) -> T:
+        async with AsyncSession(engine, expire_on_commit=False) as session:
+            return await action(session)
+
+    try:
+        return run(work)
+    except CareTeamError as err:
+        fail(err.message)
+
+
+def settings_or_fail() -> Settings:
+    try:
+        return get_settings()
+    except ConfigurationError as err:
+        fail(str(err))

@@ -1,0 +1,87 @@
+"""Schema and data checks: migrate, status, check."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from alembic.script import ScriptDirectory
+from rich.table import Table
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from src import diagnostics, migration_runner
+from src.cli.common import console, fail, run
+
+COUNTED_TABLES = (
+    "organizations",
+    "patients",
+    "providers",
+    "care_team_assignments",
+    "care_team_events",
+)
+
+
+def _revision_order() -> list[str]:
+    """Revisions from base to head."""
+    scripts = ScriptDirectory.from_config(migration_runner.alembic_config())
+    return [rev.revision for rev in reversed(list(scripts.walk_revisions()))]
+
+
+async def _report_status(engine: AsyncEngine, url: str) -> None:
+    """Schema revision, row counts, then the primary-provider check (20 of each kind)."""
+    revision = await migration_runner.current_revision(engine)
+    head = migration_runner.head_revision()
+    mark = "[green]at head[/green]" if revision == head else f"[yellow]head is {head}[/yellow]"
+    console.print(f"Schema revision: {revision or '(empty database)'} {mark}", highlight=False)
+    if revision is None:
+        return
+    table = Table("table", "rows", show_edge=False)
+    async with engine.connect() as conn:
+        for name in COUNTED_TABLES:
+            if (await conn.execute(text("SELECT to_regclass(:t)"), {"t": name})).scalar():
+                rows = (await conn.execute(text(f"SELECT count(*) FROM {name}"))).scalar_one()
+                table.add_row(name, f"{rows:,}")
+    console.print(table)
+    sys.stdout.flush()
+    await diagnostics.run_check(url, diagnostics.Options(limit=20), sys.stdout)
+
+
+def migrate(
+    to: Annotated[str, typer.Option("--to", help="Target revision (default: head).")] = "head",
+) -> None:
+    """Migrate the database to head (or --to REV, up or down), then report its state."""
+    order = _revision_order()
+    if to not in ("head", "base") and to not in order:
+        fail(f"unknown revision {to!r}; known: {', '.join(order)}")
+
+    async def work(engine: AsyncEngine, url: str) -> None:
+        current = await migration_runner.current_revision(engine)
+        position = {rev: i for i, rev in enumerate(order)}
+        target = order[-1] if to == "head" else to
+        if current == target or (to == "base" and current is None):
+            console.print(f"Already at {to} ({current or 'empty'}): nothing to do.")
+        elif to == "base" or (current is not None and position[target] < position[current]):
+            console.print(f"Downgrading {current} -> {to} ...")
+            await migration_runner.downgrade(engine, to)
+        else:
+            console.print(f"Upgrading {current or '(empty)'} -> {target} ...")
+            await migration_runner.upgrade(engine, target)
+        await _report_status(engine, url)
+
+    run(work)
+
+
+def status() -> None:
+    """Report the schema revision, row counts and the primary-provider check."""
+    run(_report_status)
+
+
+def check(ctx: typer.Context) -> None:
+    """Find patients with more than one primary provider (exit 0 clean, 1 found, 2 error).
+
+    The same program, with the same options, as scripts/check_primary_provider_violations.py:
+    `careteam check --help` lists them (--json, --organization, --limit, --fix, --execute).
+    """
+    raise typer.Exit(diagnostics.main(ctx.args, prog="careteam check"))
