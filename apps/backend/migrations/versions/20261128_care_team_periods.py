@@ -112,9 +112,12 @@ ON care_team_periods (organization_id, provider_id, patient_id)
 """
 
 # A membership changes role at `p_at` (or ends: p_role NULL): its open period closes and
-# a new one opens. Periods never run backwards: a change starts after the start of every
-# open period it closes. A primary that begins while another is open (history from
-# before the rule) ends that other one at the same instant.
+# a new one opens. A patient's periods never run backwards: a change happens no earlier
+# than any start or end already recorded for the patient, and after the start of every
+# open period it closes. (p_at is its transaction's start: a transaction that began
+# before another but took the patient lock after it, changes after it.) A primary that
+# begins while another is open (history from before the rule) ends that other one at
+# the same instant.
 CHANGE_PERIOD = f"""
 CREATE OR REPLACE FUNCTION careteam_change_period(
     p_org uuid, p_patient uuid, p_provider uuid, p_role text, p_at timestamptz,
@@ -133,10 +136,17 @@ BEGIN
     IF v_open IS NOT NULL AND v_role = p_role THEN
         RETURN;
     END IF;
-    SELECT greatest(p_at, max(lower(valid)) + interval '1 microsecond') INTO v_at
+    SELECT greatest(
+        p_at,
+        max(lower(valid)),
+        max(upper(valid)),
+        max(lower(valid)) FILTER (
+            WHERE upper_inf(valid)
+              AND (provider_id = p_provider OR (p_role = '{PRIMARY}' AND role = '{PRIMARY}'))
+        ) + interval '1 microsecond')
+    INTO v_at
     FROM care_team_periods
-    WHERE organization_id = p_org AND patient_id = p_patient AND upper_inf(valid)
-      AND (provider_id = p_provider OR (p_role = '{PRIMARY}' AND role = '{PRIMARY}'));
+    WHERE organization_id = p_org AND patient_id = p_patient;
     v_at := coalesce(v_at, p_at);
     IF v_open IS NOT NULL THEN
         UPDATE care_team_periods

@@ -28,12 +28,12 @@ from tests.helpers import create_clinic, create_patient, create_provider
 
 async def periods_of(database: Database, patient: uuid.UUID) -> list[tuple[object, ...]]:
     """(provider, role, open?, start reason, end reason) of the patient's periods, read
-    as the owner, oldest first."""
+    as the owner, oldest first (those that begin together: primary first)."""
     async with database.owner_engine.connect() as conn:
         rows = await conn.execute(
             text(
                 "SELECT provider_id, role, upper_inf(valid) AS open, start_reason, end_reason "
-                "FROM care_team_periods WHERE patient_id = :p ORDER BY lower(valid), provider_id"
+                "FROM care_team_periods WHERE patient_id = :p ORDER BY lower(valid), role"
             ),
             {"p": patient},
         )
@@ -102,9 +102,38 @@ class TestPeriodsFollowEveryChange:
         )
         assert await periods_of(database, patient) == [
             (p1, "primary", False, "patient_request", "panel_rebalance"),
-            (p1, "secondary", False, "panel_rebalance", "provider_left"),
             (p2, "primary", True, "panel_rebalance", None),
+            (p1, "secondary", False, "panel_rebalance", "provider_left"),
             (p3, "secondary", True, "other", None),
+        ]
+        assert await open_periods_match_assignments(database, org)
+
+    async def test_a_change_that_began_first_but_locked_second_comes_after(
+        self, db: AsyncSession, database: Database
+    ):
+        """A change happens at its transaction's start (now()); one that began before
+        another but took the patient lock after it must still begin after it. (Under
+        concurrent assignments, the earlier rule let its primary period start before
+        the other's and overlap it: the exclusion constraint refused the assignment.)"""
+        org, patient, (p1, p2, _) = await create_clinic(db)
+        async with database.owner_engine.connect() as late:
+            await late.execute(text("SELECT now()"))  # its transaction has begun
+            await asyncio.sleep(0.01)
+            await Service.assign_primary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p1
+            )
+            await late.execute(
+                text(
+                    "SELECT * FROM careteam_assign_primary(:org, :patient, :provider, "
+                    "'test', 'other', NULL)"
+                ),
+                {"org": org, "patient": patient, "provider": p2},
+            )
+            await late.commit()
+        assert await periods_of(database, patient) == [
+            (p1, "primary", False, "other", "other"),
+            (p2, "primary", True, "other", None),
+            (p1, "secondary", True, "other", None),
         ]
         assert await open_periods_match_assignments(database, org)
 
