@@ -1,4 +1,4 @@
-"""Benchmark: the unique-primary migration and the diagnostic on a large, busy table.
+"""Benchmark: the online migrations and the diagnostic on a large, busy table.
 
 Usage (from apps/backend):
 
@@ -8,15 +8,22 @@ Usage (from apps/backend):
 It starts a throwaway embedded PostgreSQL (or uses the server of --server-url, on a
 database of its own that it drops at the end), fills it with 100 organizations,
 PATIENTS_PER_ORG patients each, 4 providers per patient (one primary) and a second
-primary for 1% of patients, all at revision 20260114_rls_coverage. Then, in one run:
+primary for 1% of patients, all at revision 20260114_rls_coverage. A writer loop
+assigns primaries all along, with the statements the release before the migrations
+sends (lock the patient, demote, promote, record an event): it is what runs while a
+release's migrations are applied. Then, in one run:
 
 1. Baseline: in one transaction that is rolled back, the bare dedupe UPDATE and a plain
-   CREATE UNIQUE INDEX, while a writer loop assigns primaries through CareTeamService:
-   their times, and the longest stall the writer saw.
+   CREATE UNIQUE INDEX, with the writer running: their times, and its longest stall.
 2. The diagnostic script (a subprocess, --json) against the bare
    `GROUP BY ... HAVING count(*) > 1` run through psql; the script's peak memory.
-3. `alembic upgrade head` (a subprocess) with the same writer loop running: its time and
-   the longest stall the writer saw.
+3. `alembic upgrade 20261128_app_role_login` (the rule, the event numbering, the
+   application role) with the writer running: its time and the writer's longest stall.
+4. `alembic upgrade head`: the care team periods, built from the assignments and events
+   by the online backfill, with the writer running; against the bare INSERT of one
+   period per assignment into a copy of the periods table (same constraints, rolled back).
+5. The diagnostic at head (the rule, then the periods against the care teams) against
+   the bare `GROUP BY` plus the bare comparison of assignments with open periods.
 
 Prints one JSON object of figures (and progress on stderr). Timings are wall-clock on a
 shared machine: compare the ratios within one run, not seconds across runs.
@@ -46,11 +53,11 @@ from common import log, throwaway_database
 
 from src.config import BACKEND_DIR, get_settings
 from src.db import open_database
+from src.diagnostics import OUT_OF_STEP
 from src.embedded import (
     client_program,
 )
 from src.migration_runner import upgrade
-from src.services.care_team_service import CareTeamService
 
 ORGS = 100
 PROVIDERS_PER_ORG = 100
@@ -71,6 +78,21 @@ FROM (
 ) AS r
 WHERE a.id = r.id AND r.rank > 1
 """
+
+BEFORE_PERIODS = "20261128_app_role_login"
+
+# One open period per assignment, from its time: what the backfill writes, bare.
+BARE_PERIODS_INSERT = """
+INSERT INTO bench_periods
+    (organization_id, patient_id, provider_id, role, valid, started_by, start_reason)
+SELECT organization_id, patient_id, provider_id,
+       CASE WHEN is_primary_provider THEN 'primary' ELSE 'secondary' END,
+       tstzrange(assigned_at, NULL), 'bench', 'data_correction'
+FROM care_team_assignments
+"""
+
+# The diagnostic's periods check, bare: the memberships whose open period differs.
+BARE_OUT_OF_STEP = OUT_OF_STEP.format(organization_filter="true")
 
 PLAIN_INDEX = """
 CREATE UNIQUE INDEX bench_plain_unique_primary ON care_team_assignments
@@ -141,9 +163,26 @@ async def generate(url: str, patients_per_org: int) -> None:
 # --- the concurrent writer -------------------------------------------------------------
 
 
+# What the previous release sends to assign a primary (one transaction): it is the
+# release still serving while the migrations run. The patient lock first, then these.
+LOCK_PATIENT = "SELECT 1 FROM patients WHERE organization_id = $1 AND id = $2 FOR NO KEY UPDATE"
+WRITE = (
+    "UPDATE care_team_assignments SET is_primary_provider = false "
+    "WHERE organization_id = $1 AND patient_id = $2 AND is_primary_provider "
+    "AND provider_id <> $3",
+    "INSERT INTO care_team_assignments "
+    "(organization_id, patient_id, provider_id, is_primary_provider) "
+    "VALUES ($1, $2, $3, true) ON CONFLICT (organization_id, patient_id, provider_id) "
+    "DO UPDATE SET is_primary_provider = true",
+    "INSERT INTO care_team_events (organization_id, patient_id, provider_id, event_type, actor) "
+    "VALUES ($1, $2, $3, 'primary_assigned', 'bench-writer')",
+)
+
+
 @dataclass
 class Writer:
-    """Assigns primaries through CareTeamService in a loop; records every call's latency."""
+    """Assigns primaries in a loop, as the previous release does; records every call's
+    latency."""
 
     targets: list[tuple[uuid.UUID, uuid.UUID, list[uuid.UUID]]]
     latencies: list[float] = field(default_factory=list)
@@ -151,27 +190,24 @@ class Writer:
     running: bool = False
 
     async def run(self, url: str) -> None:
-        database = open_database(get_settings(), url)
+        conn = await asyncpg.connect(url)
         rng = random.Random(7)
         try:
             while self.running:
                 org, patient, providers = rng.choice(self.targets)
+                provider = rng.choice(providers)
                 started = time.perf_counter()
                 try:
-                    async with database.sessionmaker() as session:
-                        await CareTeamService.assign_primary_provider(
-                            db=session,
-                            organization_id=org,
-                            patient_id=patient,
-                            provider_id=rng.choice(providers),
-                            actor="bench-writer",
-                        )
+                    async with conn.transaction():
+                        await conn.execute(LOCK_PATIENT, org, patient)
+                        for statement in WRITE:
+                            await conn.execute(statement, org, patient, provider)
                 except Exception as err:  # counted and reported, the loop goes on
                     self.errors.append(type(err).__name__)
                 self.latencies.append(time.perf_counter() - started)
                 await asyncio.sleep(0.005)
         finally:
-            await database.dispose()
+            await conn.close()
 
     def figures(self) -> dict[str, Any]:
         if not self.latencies:
@@ -276,7 +312,7 @@ def timed_process(args: list[str], env: dict[str, str]) -> tuple[float, int, int
     return time.perf_counter() - started, child.returncode, peak
 
 
-async def migrate(url: str) -> dict[str, Any]:
+async def migrate(url: str, target: str) -> dict[str, Any]:
     env = {**os.environ, "DATABASE_URL": url}
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
@@ -284,7 +320,7 @@ async def migrate(url: str) -> dict[str, Any]:
         "-m",
         "alembic",
         "upgrade",
-        "head",
+        target,
         cwd=BACKEND_DIR,
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
@@ -293,8 +329,44 @@ async def migrate(url: str) -> dict[str, Any]:
     _, err = await process.communicate()
     seconds = time.perf_counter() - started
     if process.returncode != 0:
-        raise RuntimeError(f"alembic upgrade head failed:\n{err.decode()}")
+        raise RuntimeError(f"alembic upgrade {target} failed:\n{err.decode()}")
     return {"migration_s": round(seconds, 2)}
+
+
+async def bare_periods_insert(url: str) -> float:
+    """Seconds to INSERT one open period per assignment into a copy of care_team_periods
+    (same columns, checks, exclusion constraints and indexes), rolled back."""
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute("CREATE TABLE bench_periods (LIKE care_team_periods INCLUDING ALL)")
+            started = time.perf_counter()
+            await conn.execute(BARE_PERIODS_INSERT)
+            seconds = time.perf_counter() - started
+            raise _Rollback
+    except _Rollback:
+        pass
+    finally:
+        await conn.close()
+    return seconds
+
+
+def diagnostic(env: dict[str, str], bare_queries: list[str]) -> dict[str, Any]:
+    """The diagnostic script as a whole process against the bare queries through psql."""
+    psql = [str(client_program("psql")), env["DATABASE_URL"], "-X", "-q", "-o", "/dev/null"]
+    for query in bare_queries:
+        psql += ["-c", query]
+    bare_s, code, _ = timed_process(psql, env)
+    assert code == 0, "psql failed"
+    script = [sys.executable, "scripts/check_primary_provider_violations.py", "--json"]
+    script_s, code, script_mb = timed_process(script, env)
+    return {
+        "bare_queries_psql_s": round(bare_s, 2),
+        "script_s": round(script_s, 2),
+        "ratio": round(script_s / bare_s, 2),
+        "script_peak_rss_mb": script_mb,
+        "exit_code": code,
+    }
 
 
 async def execute(url: str, sql: str) -> None:
@@ -318,10 +390,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         database = open_database(get_settings(), url)
         await upgrade(database.owner_engine, "20260114_rls_coverage")
         await database.dispose()
-        # The writer is today's service, which logs in as the application role itself;
-        # the later revision 20261128_app_role_login makes it a LOGIN role, and this
-        # bench starts from the schema before the unique-primary revision.
-        await execute(url, f"ALTER ROLE {get_settings().app_db_role} LOGIN")
         rows = ORGS * args.patients_per_org * ASSIGNMENTS_PER_PATIENT
         log(f"generating {rows:,} assignments")
         started = time.perf_counter()
@@ -341,26 +409,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         log("2. diagnostic script vs bare GROUP BY through psql")
         env = {**os.environ, "DATABASE_URL": url}
-        psql = [str(client_program("psql")), url, "-X", "-q", "-o", "/dev/null", "-c"]
-        bare_s, code, _ = timed_process([*psql, BARE_GROUP_BY], env)
-        assert code == 0, "psql failed"
-        script = [sys.executable, "scripts/check_primary_provider_violations.py", "--json"]
-        script_s, code, script_mb = timed_process(script, env)
-        assert code == 1, f"diagnostic should find the seeded violations (exit {code})"
-        figures["diagnostic"] = {
-            "bare_group_by_psql_s": round(bare_s, 2),
-            "script_s": round(script_s, 2),
-            "ratio": round(script_s / bare_s, 2),
-            "script_peak_rss_mb": script_mb,
-        }
+        figures["diagnostic"] = diagnostic(env, [BARE_GROUP_BY])
+        assert figures["diagnostic"]["exit_code"] == 1, "the seeded violations must be found"
 
-        log("3. alembic upgrade head, with the writer running")
-        mig, mig_writer = await with_writer(url, writer, lambda: migrate(url))
+        log(f"3. alembic upgrade {BEFORE_PERIODS}, with the writer running")
+        mig, mig_writer = await with_writer(url, writer, lambda: migrate(url, BEFORE_PERIODS))
         figures["migration"] = {
             **mig,
             "writer": mig_writer,
             "ratio_to_bare_total": round(mig["migration_s"] / base["bare_total_s"], 2),
         }
+
+        log("4. alembic upgrade head (the periods backfill), with the writer running")
+        periods, periods_writer = await with_writer(url, writer, lambda: migrate(url, "head"))
+        bare_insert_s = await bare_periods_insert(url)
+        figures["periods_backfill"] = {
+            **periods,
+            "writer": periods_writer,
+            "bare_insert_s": round(bare_insert_s, 2),
+            "ratio_to_bare_insert": round(periods["migration_s"] / bare_insert_s, 2),
+            "periods": await count(url, "SELECT count(*) FROM care_team_periods"),
+        }
+
+        log("5. diagnostic at head (the rule and the periods) vs the bare queries")
+        await execute(url, "VACUUM ANALYZE")
+        figures["diagnostic_at_head"] = diagnostic(env, [BARE_GROUP_BY, BARE_OUT_OF_STEP])
         figures["after"] = {
             "patients_with_two_primaries": await count(
                 url, f"SELECT count(*) FROM ({BARE_GROUP_BY}) d"
@@ -374,17 +447,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "'idx_unique_primary_provider_per_patient'::regclass",
             )
             == 1,
+            "periods_out_of_step": await count(url, f"SELECT count(*) FROM ({BARE_OUT_OF_STEP}) d"),
+            "diagnostic_exit_code": figures["diagnostic_at_head"]["exit_code"],
         }
         stall_base = base_writer.get("longest_stall_ms", 0)
         stall_mig = mig_writer.get("longest_stall_ms", 0)
+        stall_periods = periods_writer.get("longest_stall_ms", 0)
+        script_mb = max(
+            figures["diagnostic"]["script_peak_rss_mb"],
+            figures["diagnostic_at_head"]["script_peak_rss_mb"],
+        )
         figures["summary"] = {
             "longest_stall_plain_build_ms": stall_base,
             "longest_stall_online_migration_ms": stall_mig,
-            "stall_target_200ms_met": stall_mig < 200,
+            "longest_stall_periods_backfill_ms": stall_periods,
+            "stall_target_200ms_met": max(stall_mig, stall_periods) < 200,
             "migration_ratio": figures["migration"]["ratio_to_bare_total"],
             "migration_ratio_target_3x_met": figures["migration"]["ratio_to_bare_total"] <= 3,
+            "periods_backfill_ratio": figures["periods_backfill"]["ratio_to_bare_insert"],
             "diagnostic_ratio": figures["diagnostic"]["ratio"],
             "diagnostic_ratio_target_1_3x_met": figures["diagnostic"]["ratio"] <= 1.3,
+            "diagnostic_at_head_ratio": figures["diagnostic_at_head"]["ratio"],
             "diagnostic_memory_target_200mb_met": script_mb < 200,
         }
         return figures

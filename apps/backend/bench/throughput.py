@@ -67,7 +67,7 @@ from src.config import BACKEND_DIR, get_settings
 from src.db import Database, open_database
 from src.embedded import client_program
 from src.migration_runner import upgrade
-from src.models import EventType
+from src.models import ChangeReason
 from src.services import care_team_service as care_team
 from src.services.care_team_service import CareTeamService
 from src.services.organization_service import OrganizationService
@@ -120,8 +120,8 @@ def as_pgbench(statement: Any, **overrides: str) -> str:
         "patient": SQL_PATIENT,
         "provider": SQL_PROVIDER,
         "actor": "'pgbench'",
-        "reason": "NULL",
-        "previous_primary": "NULL",
+        "reason": f"'{ChangeReason.OTHER}'",
+        "note": "NULL",
         **overrides,
     }
     sql = str(statement.text)
@@ -132,7 +132,8 @@ def as_pgbench(statement: Any, **overrides: str) -> str:
 
 
 # One assignment: the very statements CareTeamService.assign_primary_provider sends
-# (taken from its module): lock and provider check, demote, promote, read-back, COMMIT.
+# (taken from its module): the write function (patient lock, provider lock and check,
+# demote, promote, events; the trigger writes the periods), the read-back, COMMIT.
 PGBENCH_ASSIGN = (
     "\n".join(
         [
@@ -140,9 +141,7 @@ PGBENCH_ASSIGN = (
             f"\\set j random(1, {PROVIDERS_PER_ORG})",
             "BEGIN;",
             as_pgbench(SET_TENANT, org=f"{SQL_ORG}::text"),
-            as_pgbench(care_team.LOCK_PATIENT_CHECK_PROVIDER),
-            as_pgbench(care_team.DEMOTE_OTHERS, event_type=f"'{EventType.PRIMARY_DEMOTED}'"),
-            as_pgbench(care_team.PROMOTE_AND_RECORD, event_type=f"'{EventType.PRIMARY_ASSIGNED}'"),
+            as_pgbench(care_team.ASSIGN_PRIMARY),
             as_pgbench(care_team.SELECT_TEAM),
             "COMMIT;",
         ]

@@ -163,17 +163,20 @@ class CareTeamPeriod(Base):
             f"AND coalesce(length(end_note), 0) <= {NOTE_MAX_LENGTH}",
             name="notes",
         ),
+        # Both lead with patient_id: a GiST index splits its pages on its first column,
+        # and on organization_id (a few values) pages mixed patients of every range, so
+        # each probe read more pages as the table grew (see the migration).
         ExcludeConstraint(
-            ("organization_id", "="),
             ("patient_id", "="),
+            ("organization_id", "="),
             ("valid", "&&"),
             name="excl_care_team_periods_one_primary",
             using="gist",
             where=text(f"role = '{PeriodRole.PRIMARY.value}'"),
         ),
         ExcludeConstraint(
-            ("organization_id", "="),
             ("patient_id", "="),
+            ("organization_id", "="),
             ("provider_id", "="),
             ("valid", "&&"),
             name="excl_care_team_periods_one_per_provider",

@@ -44,6 +44,11 @@ def test_migration_scale_benchmark_runs_and_leaves_the_rule_in_force():
     assert figures["migration"]["writer"]["errors"] == 0
     assert figures["baseline"]["writer"]["errors"] == 0
     assert figures["diagnostic"]["script_peak_rss_mb"] > 0
+    # The periods were built while the writer wrote, and say what the care teams say.
+    assert figures["periods_backfill"]["writer"]["errors"] == 0
+    assert figures["periods_backfill"]["periods"] >= figures["assignments"]
+    assert figures["after"]["periods_out_of_step"] == 0
+    assert figures["after"]["diagnostic_exit_code"] == 0
 
 
 def path_without(program: str) -> str:
