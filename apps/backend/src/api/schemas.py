@@ -186,7 +186,10 @@ class CareTeamEventOut(BaseModel):
     provider_id: uuid.UUID
     previous_primary_provider_id: uuid.UUID | None
     actor: str
-    reason: str | None
+    reason: str | None = Field(
+        description="Why: one of the reasons (free text on events from before them)"
+    )
+    note: str | None = Field(description="The note given with the change, if any")
     occurred_at: datetime.datetime
 
 

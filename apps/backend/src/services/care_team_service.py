@@ -97,6 +97,7 @@ class CareTeamEventRecord:
     previous_primary_provider_id: uuid.UUID | None
     actor: str
     reason: str | None
+    note: str | None
     occurred_at: datetime.datetime
 
 
@@ -189,7 +190,7 @@ SELECT_PATIENT = Sql(
 SELECT_HISTORY = Sql(
     """
     SELECT seq AS id, patient_id, provider_id, event_type, previous_primary_provider_id,
-           actor, reason, occurred_at
+           actor, reason, note, occurred_at
     FROM care_team_events
     WHERE organization_id = $1 AND patient_id = $2
       AND (CAST($3 AS bigint) IS NULL OR seq < CAST($3 AS bigint))

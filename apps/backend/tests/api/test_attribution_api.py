@@ -91,8 +91,13 @@ class TestTheTeamThroughTime:
         ended, began = periods["items"][0]["valid_to"], periods["items"][1]["valid_from"]
         assert ended == began
         assert periods["next_cursor"] is None
-        # The note is stored, never shown in the periods (it may hold health information).
+        # The note is stored with the event (the history shows it), not in the periods.
         assert "moved" not in str(periods)
+        history = (await client.get(f"{url}/history", headers=tenant.headers)).json()
+        assert [(e["reason"], e["note"]) for e in history["items"]][-1] == (
+            "patient_request",
+            "moved",
+        )
 
     async def test_periods_are_paged(self, client: httpx.AsyncClient, tenant: Tenant):
         patient = await post_patient(client, tenant)
