@@ -30,7 +30,10 @@ not explain opens at the assignment's time as a `data_correction`). A patient ch
 meanwhile keeps its periods in step through the trigger, and its batch rebuilds them
 from the events anyway. Re-running after a failure is safe.
 
-downgrade() drops the functions, the trigger, the table and the new columns.
+downgrade() drops the functions, the trigger and the periods (the events hold their
+history: applying this again rebuilds them); it keeps the notes and capacities written
+meanwhile (`care_team_events.note`, `providers.panel_capacity`), which the earlier
+release does not read, so that a rollback loses nothing.
 
 Revision ID: 20261128_care_team_periods
 Revises: 20261128_app_role_login
@@ -736,10 +739,11 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS careteam_keep_periods()")
     for signature in (*WRITE_FUNCTIONS, *HELPERS):
         op.execute(f"DROP FUNCTION IF EXISTS {signature}")
+    # The notes and capacities written meanwhile stay (columns the earlier release does
+    # not read): a rollback loses nothing. Their checks go: the earlier release writes
+    # free-text reasons.
     op.execute("ALTER TABLE care_team_events DROP CONSTRAINT IF EXISTS ck_care_team_events_reason")
     op.execute("ALTER TABLE care_team_events DROP CONSTRAINT IF EXISTS ck_care_team_events_note")
-    op.execute("ALTER TABLE care_team_events DROP COLUMN IF EXISTS note")
     op.execute("ALTER TABLE providers DROP CONSTRAINT IF EXISTS ck_providers_panel_capacity")
-    op.execute("ALTER TABLE providers DROP COLUMN IF EXISTS panel_capacity")
     op.execute(f"REVOKE ALL ON care_team_periods FROM {role}")
     op.execute("DROP TABLE IF EXISTS care_team_periods")

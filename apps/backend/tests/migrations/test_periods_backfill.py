@@ -130,7 +130,9 @@ class TestBackfill:
         ]
         assert odd_periods[0][5] == "data_correction"
 
-    async def test_it_can_be_rolled_back_and_applied_again(self, fresh_database: FreshDatabase):
+    async def test_a_rollback_loses_nothing_and_it_applies_again(
+        self, fresh_database: FreshDatabase
+    ):
         db = fresh_database
         await upgrade(db.engine, BEFORE_PERIODS)
         h = History(db)
@@ -140,7 +142,14 @@ class TestBackfill:
         await h.assignment(patient, provider, primary=True, day=0)
         await upgrade(db.engine)
         first = await periods(db, patient)
+        await db.execute(
+            "UPDATE care_team_events SET note = 'kept' WHERE patient_id = :p", p=patient
+        )
+        await db.execute("UPDATE providers SET panel_capacity = 7 WHERE id = :v", v=provider)
         await downgrade(db.engine, BEFORE_PERIODS)
         assert await db.execute("SELECT to_regclass('care_team_periods')") == [(None,)]
+        # What was written meanwhile is still there.
+        assert await db.execute("SELECT note FROM care_team_events") == [("kept",)]
+        assert await db.execute("SELECT panel_capacity FROM providers") == [(7,)]
         await upgrade(db.engine)
         assert await periods(db, patient) == first
