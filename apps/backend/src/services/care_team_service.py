@@ -384,8 +384,8 @@ class CareTeamService:
         writer that bypassed the lock), InvalidArgument, DatabaseBusy,
         DatabaseUnavailable, DatabaseError.
         """
-        write = _PatientWrite(
-            organization_id, patient_id, provider_id, actor, *change_reason(reason, note)
+        write = _PatientWrite.of(
+            organization_id, patient_id, provider_id, actor=actor, reason=reason, note=note
         )
         outcome: list[Any] = [False, None]  # whether it changed, the previous primary
 
@@ -441,8 +441,8 @@ class CareTeamService:
         nothing. Raises PatientNotFound, ProviderReferenceNotFound, ProviderInactive,
         InvalidArgument too.
         """
-        write = _PatientWrite(
-            organization_id, patient_id, provider_id, actor, *change_reason(reason, note)
+        write = _PatientWrite.of(
+            organization_id, patient_id, provider_id, actor=actor, reason=reason, note=note
         )
 
         async def work(driver: Any) -> CareTeam:
@@ -487,8 +487,8 @@ class CareTeamService:
         Removing the primary leaves the patient without one (the diagnostic reports it).
         Raises PatientNotFound, ProviderNotOnCareTeam, InvalidArgument.
         """
-        write = _PatientWrite(
-            organization_id, patient_id, provider_id, actor, *change_reason(reason, note)
+        write = _PatientWrite.of(
+            organization_id, patient_id, provider_id, actor=actor, reason=reason, note=note
         )
 
         async def work(driver: Any) -> CareTeam:
