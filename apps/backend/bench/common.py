@@ -35,10 +35,17 @@ async def throwaway_database(
     else:
         data_dir = Path(tempfile.mkdtemp(prefix=f"careteam-{prefix}-"))
         server = start_embedded_server(data_dir, delete_on_exit=True)
+    async with database_on(server, prefix) as url:
+        yield url, data_dir
+
+
+@asynccontextmanager
+async def database_on(server: str, prefix: str) -> AsyncIterator[str]:
+    """The libpq URL of a new database on `server` (a libpq URL), dropped afterwards."""
     name = f"careteam_{prefix}_{uuid.uuid4().hex[:8]}"
     await ensure_database(server, name)
     try:
-        yield with_database(server, name), data_dir
+        yield with_database(server, name)
     finally:
         admin = await asyncpg.connect(server)
         try:

@@ -45,7 +45,6 @@ import random
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,7 @@ import asyncpg
 import httpx
 import uvloop
 from common import log, throwaway_database
+from load import drive, summarize
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -162,19 +162,6 @@ PGBENCH_READ = (
     )
     + "\n"
 )
-
-
-def summarize(latencies: list[float], seconds: float, errors: int) -> dict[str, Any]:
-    ordered = sorted(latencies)
-    return {
-        "ops_per_s": round(len(ordered) / seconds, 1),
-        "p50_ms": round(statistics.median(ordered) * 1000, 2) if ordered else None,
-        "p99_ms": round(ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1000, 2)
-        if ordered
-        else None,
-        "operations": len(ordered),
-        "errors": errors,
-    }
 
 
 # --- data -------------------------------------------------------------------------------
@@ -284,42 +271,6 @@ def pgbench(
 
 
 # --- the service, in this process ---------------------------------------------------------
-
-
-async def drive(
-    clients: int, seconds: float, operation: Callable[[random.Random], Awaitable[None]]
-) -> dict[str, Any]:
-    """`clients` concurrent loops of `operation` for `seconds`; latencies of each call."""
-    latencies: list[float] = []
-    errors = 0
-    first_error: str | None = None
-    deadline = time.perf_counter() + seconds
-
-    async def client(seed: int) -> None:
-        nonlocal errors, first_error
-        rng = random.Random(seed)
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            try:
-                await operation(rng)
-            except Exception as err:  # counted; the benchmark goes on
-                errors += 1
-                first_error = first_error or f"{type(err).__name__}: {err}"[:300]
-                continue
-            latencies.append(time.perf_counter() - started)
-
-    started, cpu_started = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(client(i) for i in range(clients)))
-    elapsed = time.perf_counter() - started
-    figures = summarize(latencies, elapsed, errors)
-    if first_error is not None:  # a load that fails says why, instead of a bare 0/s
-        figures["first_error"] = first_error
-    # How busy this process was: at 1.0 the client side is the limit, not PostgreSQL.
-    cpu = time.process_time() - cpu_started
-    figures["client_cpu_share_of_one_core"] = round(cpu / elapsed, 2)
-    if latencies:
-        figures["client_cpu_ms_per_call"] = round(1000 * cpu / len(latencies), 3)
-    return figures
 
 
 Call = Callable[[AsyncSession, random.Random], Awaitable[None]]

@@ -51,6 +51,25 @@ def test_migration_scale_benchmark_runs_and_leaves_the_rule_in_force():
     assert figures["after"]["diagnostic_exit_code"] == 0
 
 
+def test_attribution_benchmark_runs():
+    """On a small organization, and against this very commit as "the release before"
+    (a clone may not hold the earlier commit): every part runs and nothing fails."""
+    figures = run_script(
+        "bench/attribution.py",
+        *("--seconds", "1", "--clients", "2", "--patients", "400", "--panel", "100"),
+        *("--before", "HEAD"),
+    )
+    for read in ("current_read", "as_of_read", "panel_page"):
+        assert figures["reads"][read]["operations"] > 0
+        assert figures["reads"][read]["errors"] == 0, figures["reads"][read]
+    transfer = figures["transfer"]
+    assert transfer["writer_errors"] == 0 and transfer["writer_calls"] > 0
+    assert (transfer["moved"], transfer["remaining"]) == (100, 0)
+    for round_ in figures["assign"]["rounds"]:
+        assert round_["before"]["errors"] == round_["with_periods"]["errors"] == 0
+        assert round_["before"]["operations"] > 0 and round_["with_periods"]["operations"] > 0
+
+
 def path_without(program: str) -> str:
     """PATH with every directory that holds `program` left out: as on a machine without it."""
     return os.pathsep.join(
