@@ -14,8 +14,8 @@ from src.models import UNIQUE_PRIMARY_INDEX, Base
 from tests.helpers import PRIMARIES, RLS, UNIQUE, FreshDatabase, seed_duplicates
 
 EVENT_SEQUENCE, APP_ROLE = "20261128_event_sequence", "20261128_app_role_login"
-PERIODS = "20261128_care_team_periods"
-HEAD = PERIODS
+PERIODS, LEAN_PERIODS = "20261128_care_team_periods", "20261206_lean_period_changes"
+HEAD = LEAN_PERIODS
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -28,6 +28,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(LEAN_PERIODS).down_revision == PERIODS
         assert scripts.get_revision(PERIODS).down_revision == APP_ROLE
         assert scripts.get_revision(APP_ROLE).down_revision == EVENT_SEQUENCE
         assert scripts.get_revision(EVENT_SEQUENCE).down_revision == UNIQUE
@@ -58,6 +59,21 @@ class TestUpAndDown:
         assert tables[0][0] == 0
         await upgrade(engine)
         assert await current_revision(engine) == HEAD
+
+    async def test_lean_period_changes_go_back_to_the_earlier_definition(
+        self, fresh_database: FreshDatabase
+    ):
+        definition = (
+            "SELECT pg_get_functiondef('careteam_change_period"
+            "(uuid, uuid, uuid, text, timestamptz, text, text, text)'::regprocedure)"
+        )
+        await upgrade(fresh_database.engine)
+        assert "bool_or" in (await fresh_database.execute(definition))[0][0]
+        await downgrade(fresh_database.engine, PERIODS)
+        earlier = (await fresh_database.execute(definition))[0][0]
+        assert "bool_or" not in earlier and "SELECT id, role INTO v_open" in earlier
+        await upgrade(fresh_database.engine)
+        assert await current_revision(fresh_database.engine) == HEAD
 
     async def test_models_match_migrations(self, fresh_database: FreshDatabase):
         await upgrade(fresh_database.engine)
