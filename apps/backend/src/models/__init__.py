@@ -13,11 +13,20 @@ from src.models.care_team import (
     PeriodRole,
     RuleCheck,
 )
+from src.models.records import (
+    IDENTIFIER_MAX_LENGTH,
+    IdempotencyKey,
+    PatientIdentifier,
+    RecordAction,
+    RecordChange,
+    RecordType,
+)
 from src.models.tenants import ApiKey, Organization, Patient, Provider
 from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 __all__ = [
     "EVENT_TYPES",
+    "IDENTIFIER_MAX_LENGTH",
     "NOTE_MAX_LENGTH",
     "UNIQUE_PRIMARY_INDEX",
     "ApiKey",
@@ -28,9 +37,14 @@ __all__ = [
     "CareTeamPeriod",
     "ChangeReason",
     "EventType",
+    "IdempotencyKey",
     "Organization",
     "Patient",
+    "PatientIdentifier",
     "PeriodRole",
     "Provider",
+    "RecordAction",
+    "RecordChange",
+    "RecordType",
     "RuleCheck",
 ]

@@ -10,9 +10,11 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Index,
     Text,
     UniqueConstraint,
     func,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -20,6 +22,20 @@ from sqlalchemy.orm import Mapped, mapped_column
 from src.models.base import Base
 
 _GEN_UUID = text("gen_random_uuid()")
+
+
+def _name_prefix_indexes(table: str) -> list[Index]:
+    """Case-insensitive name prefixes (LIKE 'abc%' on lower(name)), in id order."""
+    return [
+        Index(
+            f"ix_{table}_organization_id_{column}_prefix",
+            "organization_id",
+            func.lower(literal_column(column)).label(f"lower_{column}"),
+            "id",
+            postgresql_ops={f"lower_{column}": "text_pattern_ops"},
+        )
+        for column in ("last_name", "first_name")
+    ]
 
 
 class Organization(Base):
@@ -36,7 +52,11 @@ class Patient(Base):
     __tablename__ = "patients"
     # (organization_id, id) is what children reference, so a child row can only ever
     # point at a patient of its own organization.
-    __table_args__ = (UniqueConstraint("organization_id", "id"),)
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        *_name_prefix_indexes("patients"),
+        Index("ix_patients_organization_id_dob_id", "organization_id", "dob", "id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=_GEN_UUID)
     organization_id: Mapped[uuid.UUID] = mapped_column(
@@ -45,6 +65,8 @@ class Patient(Base):
     first_name: Mapped[str | None] = mapped_column(Text)
     last_name: Mapped[str | None] = mapped_column(Text)
     dob: Mapped[datetime.date | None] = mapped_column(Date)
+    # 1 at creation, one more with each change of the record (its ETag).
+    version: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
     created_at: Mapped[datetime.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
@@ -55,6 +77,14 @@ class Provider(Base):
     __table_args__ = (
         UniqueConstraint("organization_id", "id"),
         CheckConstraint("panel_capacity IS NULL OR panel_capacity >= 0", name="panel_capacity"),
+        *_name_prefix_indexes("providers"),
+        Index(
+            "uq_providers_organization_id_npi",
+            "organization_id",
+            "npi",
+            unique=True,
+            postgresql_where=text("npi IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=_GEN_UUID)
@@ -67,6 +97,7 @@ class Provider(Base):
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     # How many patients it may be the primary provider of (NULL: no limit).
     panel_capacity: Mapped[int | None] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
     created_at: Mapped[datetime.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

@@ -1,0 +1,103 @@
+"""What integrators need around the records: patient identifiers, the audit trail of
+record changes, and idempotency keys."""
+
+import datetime
+import enum
+import uuid
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    LargeBinary,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Mapped, mapped_column
+
+from src.models.base import Base
+from src.models.care_team import one_of
+
+IDENTIFIER_MAX_LENGTH = 255
+
+
+class RecordType(enum.StrEnum):
+    PATIENT = "patient"
+    PROVIDER = "provider"
+
+
+class RecordAction(enum.StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+
+
+class PatientIdentifier(Base):
+    """An identifier of a patient (an MRN, ...): (system, value) names at most one patient
+    of an organization."""
+
+    __tablename__ = "patient_identifiers"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["organization_id", "patient_id"],
+            ["patients.organization_id", "patients.id"],
+            ondelete="RESTRICT",
+        ),
+        CheckConstraint(f"length(system) BETWEEN 1 AND {IDENTIFIER_MAX_LENGTH}", name="system"),
+        CheckConstraint(f"length(value) BETWEEN 1 AND {IDENTIFIER_MAX_LENGTH}", name="value"),
+        Index(None, "organization_id", "patient_id"),
+    )
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    system: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, primary_key=True)
+    patient_id: Mapped[uuid.UUID]
+
+
+class RecordChange(Base):
+    """Who changed which fields of a patient or provider record, and when (the fields'
+    names only, never their values)."""
+
+    __tablename__ = "record_changes"
+    __table_args__ = (
+        CheckConstraint(one_of("record_type", RecordType), name="record_type"),
+        CheckConstraint(one_of("action", RecordAction), name="action"),
+        Index(None, "organization_id", "record_id", "id"),
+    )
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), primary_key=True
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    record_type: Mapped[str] = mapped_column(Text)
+    record_id: Mapped[uuid.UUID]
+    action: Mapped[str] = mapped_column(Text)
+    fields: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    actor: Mapped[str] = mapped_column(Text)
+    changed_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class IdempotencyKey(Base):
+    """A write's Idempotency-Key: the request it came with (a fingerprint) and the
+    response it got, stored in the write's own transaction."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index(None, "created_at"),)
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int] = mapped_column(BigInteger)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    etag: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
