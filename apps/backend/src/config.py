@@ -91,6 +91,14 @@ class Settings(BaseSettings):
             "allowed); other Host headers get 400. `*`: any."
         ),
     )
+    cors_allowed_origins: str = Field(
+        default="",
+        description=(
+            "Origins browsers may call the API from, comma-separated (e.g. "
+            "`https://app.example.org`); empty (the default): CORS is off, and browsers "
+            "refuse cross-origin calls."
+        ),
+    )
     db_connect_timeout_s: float = Field(
         default=10.0, gt=0, description="Seconds to wait for a new database connection."
     )
@@ -126,6 +134,10 @@ class Settings(BaseSettings):
     @property
     def allowed_host_list(self) -> list[str]:
         return [host.strip() for host in self.allowed_hosts.split(",") if host.strip()] or ["*"]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_allowed_origins.split(",") if o.strip()]
 
     @field_validator("log_level", mode="before")
     @classmethod

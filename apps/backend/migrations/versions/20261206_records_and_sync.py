@@ -205,7 +205,7 @@ def upgrade() -> None:
         op.execute(sql)
     op.execute(f"GRANT SELECT, INSERT, DELETE ON patient_identifiers TO {role}")
     op.execute(f"GRANT SELECT, INSERT ON record_changes TO {role}")
-    op.execute(f"GRANT SELECT, INSERT, DELETE ON idempotency_keys TO {role}")
+    op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO {role}")
 
     with op.get_context().autocommit_block():
         _timeouts()

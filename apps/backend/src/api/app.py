@@ -10,17 +10,20 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import text
 
 from src import primary_index
 from src.api.errors import install_error_handlers
+from src.api.idempotency import replayed
 from src.api.middleware import RequestContextMiddleware
 from src.api.openapi import install_openapi, operation_id
-from src.api.routers import care_team, directory, health, panels
+from src.api.routers import care_team, directory, feed, health, panels
 from src.config import Settings, get_settings
 from src.db import Database, open_database
 from src.log_config import configure_logging
 from src.metrics import record_check, track_pool
+from src.services.idempotency import Replay
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +113,17 @@ def attach(app: FastAPI, database: Database) -> Database:
     return database
 
 
+# What browsers may send and read across origins (when CORS_ALLOWED_ORIGINS is set).
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "If-Match",
+    "If-None-Match",
+]
+CORS_EXPOSED_HEADERS = ["ETag", "Idempotent-Replayed", "Retry-After", "X-Request-ID", "Allow"]
+
+
 def create_app(database: Database | None = None, database_url: str | None = None) -> FastAPI:
     """The app. Without `database`, its lifespan opens one from the settings (on
     `database_url` when given) and disposes of it at shutdown; tests pass their own.
@@ -152,12 +166,25 @@ def create_app(database: Database | None = None, database_url: str | None = None
     if database is not None:
         attach(app, database)
     install_error_handlers(app)
+    app.add_exception_handler(Replay, replayed)  # type: ignore[arg-type]
     install_openapi(app)
+    if settings.cors_origin_list:
+        # Inside the request context (host check, request id): a preflight is answered
+        # here, and the routes' answers, errors included, carry the CORS headers.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
     app.add_middleware(RequestContextMiddleware, allowed_hosts=settings.allowed_host_list)
     app.include_router(health.router)
     app.include_router(directory.router)
     app.include_router(care_team.router)
     app.include_router(panels.router)
+    app.include_router(feed.router)
     return app
 
 

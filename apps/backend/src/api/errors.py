@@ -35,9 +35,12 @@ from src.services.errors import (
     DatabaseBusy,
     DatabaseError,
     DatabaseUnavailable,
+    IdempotencyKeyInProgress,
+    IdempotencyKeyReused,
     InvalidArgument,
     NotFoundError,
     OutcomeUnknown,
+    PreconditionFailed,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,6 +89,7 @@ STATUS_BY_ERROR: list[tuple[type[CareTeamError], int]] = [
     (NotFoundError, 404),
     (InvalidArgument, 422),
     (ConflictError, 409),
+    (PreconditionFailed, 412),
     (DatabaseBusy, 503),
     (DatabaseUnavailable, 503),
     (DatabaseError, 500),
@@ -304,6 +308,7 @@ _DESCRIPTIONS = {
     401: "Missing, malformed or revoked API key",
     404: "Not found (or another organization's: the two are indistinguishable)",
     409: "Conflicts with the current state",
+    412: "If-Match names a version that is no longer current: nothing changed",
     413: "Request body too large",
     415: "The body must be JSON (Content-Type: application/json)",
     422: "Invalid request; `errors` lists every invalid field",
@@ -331,7 +336,7 @@ EVERY_REQUEST: tuple[Answerable, ...] = (
 )
 AUTHENTICATED: tuple[Answerable, ...] = (UNAUTHORIZED, DatabaseBusy, DatabaseUnavailable)
 WITH_BODY: tuple[Answerable, ...] = (UNSUPPORTED_MEDIA_TYPE,)
-WRITES: tuple[Answerable, ...] = (OutcomeUnknown,)
+WRITES: tuple[Answerable, ...] = (OutcomeUnknown, IdempotencyKeyReused, IdempotencyKeyInProgress)
 
 
 def problem_responses(

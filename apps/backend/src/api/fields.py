@@ -28,6 +28,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, StringConstraints, WithJsonSchema
 
+from src.models import IDENTIFIER_MAX_LENGTH
+
 NAME_MAX_LENGTH = 100
 OLDEST_BIRTH_DATE = datetime.date(1900, 1, 1)
 
@@ -332,3 +334,69 @@ def _json_integer(value: object) -> object:
 # after an int's Field constraints (`Annotated[int, Field(ge=0), JSON_INTEGER]`), so
 # that they stay in its schema.
 JSON_INTEGER = BeforeValidator(_json_integer)
+
+
+# --- NPIs and identifiers ------------------------------------------------------------------
+
+NPI_PATTERN = r"^[0-9]{10}$"
+
+
+def npi_check_digit_ok(npi: str) -> bool:
+    """CMS's rule: the Luhn check over the NPI prefixed with 80840 (the health industry
+    card issuer prefix) holds, i.e. the tenth digit is the check digit of the first nine."""
+    total = 0
+    for position, char in enumerate(reversed("80840" + npi)):
+        digit = int(char)
+        if position % 2 == 1:
+            digit *= 2
+            if digit > 9:
+                digit -= 9
+        total += digit
+    return total % 10 == 0
+
+
+def _valid_npi(value: str) -> str:
+    if not npi_check_digit_ok(value):
+        raise ValueError("is not an NPI: its check digit (Luhn, with the 80840 prefix) is wrong")
+    return value
+
+
+Npi = Annotated[
+    str,
+    StringConstraints(pattern=NPI_PATTERN),
+    AfterValidator(_valid_npi),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": NPI_PATTERN,
+            "description": "A 10-digit NPI whose last digit is its check digit (Luhn over "
+            "80840 and the first nine digits, as CMS publishes it)",
+            "examples": ["1234567893"],
+        }
+    ),
+]
+
+# An identifier's system (a URI, such as a clinic's MRN namespace) and value: printable
+# text without control characters, 1 to 255 characters; the system holds no "|" (the
+# separator of `identifier=system|value` searches).
+IDENTIFIER_SYSTEM_PATTERN = r"^[^|\x00-\x1f\x7f]+$"
+IDENTIFIER_VALUE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+IdentifierSystem = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=IDENTIFIER_MAX_LENGTH, pattern=IDENTIFIER_SYSTEM_PATTERN
+    ),
+]
+IdentifierValue = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=IDENTIFIER_MAX_LENGTH, pattern=IDENTIFIER_VALUE_PATTERN
+    ),
+]
+IDENTIFIER_QUERY_PATTERN = r"^[^|\x00-\x1f\x7f]+\|[^\x00-\x1f\x7f]+$"
+
+
+def parse_identifier_query(value: str) -> tuple[str, str]:
+    """`system|value` into its two parts (the system holds no "|")."""
+    system, _, rest = value.partition("|")
+    return system, rest

@@ -54,14 +54,25 @@ def install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _shared(value: Any) -> Any:
+    """The $ref for a marked field schema; None for anything else."""
+    if isinstance(value, dict) and fields.SHARED_SCHEMA_MARK in value:
+        return {"$ref": f"#/components/schemas/{value[fields.SHARED_SCHEMA_MARK]}"}
+    return None
+
+
 def _refer_to_shared(node: Any) -> None:
-    """Replace each field schema marked by fields.SHARED_SCHEMA_MARK with a $ref."""
+    """Replace each field schema marked by fields.SHARED_SCHEMA_MARK with a $ref (in
+    objects and in lists, such as an optional field's anyOf)."""
     if isinstance(node, dict):
-        for key, value in node.items():
-            if isinstance(value, dict) and fields.SHARED_SCHEMA_MARK in value:
-                node[key] = {"$ref": f"#/components/schemas/{value[fields.SHARED_SCHEMA_MARK]}"}
-            else:
-                _refer_to_shared(value)
+        items: Any = node.items()
     elif isinstance(node, list):
-        for item in node:
-            _refer_to_shared(item)
+        items = enumerate(node)
+    else:
+        return
+    for key, value in list(items):
+        ref = _shared(value)
+        if ref is not None:
+            node[key] = ref
+        else:
+            _refer_to_shared(value)

@@ -14,12 +14,20 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from src.api.fields import JSON_INTEGER, NOTE_PATTERN, BirthDate, PersonName
+from src.api.fields import (
+    JSON_INTEGER,
+    NOTE_PATTERN,
+    BirthDate,
+    IdentifierSystem,
+    IdentifierValue,
+    Npi,
+    PersonName,
+)
 from src.models import NOTE_MAX_LENGTH, ChangeReason, PeriodRole
 from src.services.panel_service import PreviousProvider
 
 MAX_CAPACITY = 1_000_000
-NPI_PATTERN = r"^[0-9]{10}$"
+MAX_IDENTIFIERS = 20
 
 
 class StrictBody(BaseModel):
@@ -28,16 +36,84 @@ class StrictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    """A field that may be absent but not null: its schema states no default."""
+    schema.pop("default", None)
+
+
+class IdentifierIn(StrictBody):
+    system: IdentifierSystem = Field(description="Whose identifier it is: a URI, e.g. an MRN's")
+    value: IdentifierValue
+
+
+Identifiers = Annotated[
+    list[IdentifierIn],
+    Field(
+        max_length=MAX_IDENTIFIERS,
+        description="Each (system, value) names at most one patient of your organization "
+        "(409 identifier_taken otherwise), and is given once",
+        json_schema_extra={"uniqueItems": True},
+    ),
+]
+
+
 class PatientCreate(StrictBody):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"first_name": "Ada", "last_name": "Lovelace", "dob": "1984-02-29"}]
+            "examples": [
+                {
+                    "first_name": "Ada",
+                    "last_name": "Lovelace",
+                    "dob": "1984-02-29",
+                    "identifiers": [{"system": "urn:example:clinic:mrn", "value": "MRN-0042"}],
+                }
+            ]
         }
     )
 
     first_name: PersonName
     last_name: PersonName
     dob: BirthDate
+    identifiers: Identifiers = []
+
+
+def _at_least_one_field(model: BaseModel, names: str) -> None:
+    if not model.model_fields_set:
+        raise ValueError(f"give at least one of {names}")
+    for name in model.model_fields_set:
+        if getattr(model, name) is None and name not in NULLABLE_UPDATES:
+            raise ValueError(f"{name} cannot be null")
+
+
+# The fields of an update where null is a value (no NPI, no capacity limit).
+NULLABLE_UPDATES = frozenset({"npi", "panel_capacity"})
+
+
+class PatientUpdate(StrictBody):
+    """Only the fields given change; `identifiers` replaces the whole list."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"last_name": "Byron"}, {"identifiers": []}],
+            "minProperties": 1,
+        }
+    )
+
+    first_name: PersonName | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default
+    )
+    last_name: PersonName | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default
+    )
+    dob: BirthDate | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
+    identifiers: Identifiers | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default
+    )
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> PatientUpdate:
+        _at_least_one_field(self, "first_name, last_name, dob, identifiers")
+        return self
 
 
 class ProviderCreate(StrictBody):
@@ -49,23 +125,29 @@ class ProviderCreate(StrictBody):
 
     first_name: PersonName
     last_name: PersonName
-    npi: Annotated[str, Field(pattern=NPI_PATTERN, description="10-digit NPI")] | None = None
-
-
-def _no_default(schema: dict[str, Any]) -> None:
-    """A field that may be absent but not null: its schema states no default."""
-    schema.pop("default", None)
+    npi: Npi | None = Field(
+        default=None, description="Unique within your organization (409 npi_taken otherwise)"
+    )
 
 
 class ProviderUpdate(StrictBody):
-    """Only the fields given change; `panel_capacity: null` removes the limit."""
+    """Only the fields given change; `panel_capacity: null` removes the limit, `npi: null`
+    the NPI."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"active": False}, {"panel_capacity": 1500}],
+            "examples": [{"active": False}, {"panel_capacity": 1500}, {"last_name": "Hopper"}],
             "minProperties": 1,
         }
     )
+
+    first_name: PersonName | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default
+    )
+    last_name: PersonName | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default
+    )
+    npi: Npi | None = Field(default=None, description="null removes it")
 
     # Absent: unchanged; null is not a state a provider can be in (so not in the schema).
     active: StrictBool | SkipJsonSchema[None] = Field(
@@ -79,10 +161,7 @@ class ProviderUpdate(StrictBody):
 
     @model_validator(mode="after")
     def _something_to_change(self) -> ProviderUpdate:
-        if not self.model_fields_set:
-            raise ValueError("give at least one of active, panel_capacity")
-        if "active" in self.model_fields_set and self.active is None:
-            raise ValueError("active must be true or false")
+        _at_least_one_field(self, "first_name, last_name, npi, active, panel_capacity")
         return self
 
 
@@ -147,12 +226,25 @@ class PanelTransfer(StrictBody):
     dry_run: StrictBool = False
 
 
+class IdentifierOut(BaseModel):
+    system: str
+    value: str
+
+
 class PatientOut(BaseModel):
     id: uuid.UUID
     first_name: str | None
     last_name: str | None
     dob: datetime.date | None
+    identifiers: list[IdentifierOut] = Field(description="In (system, value) order")
     created_at: datetime.datetime
+
+
+class PatientListOut(BaseModel):
+    items: list[PatientOut] = Field(description="In id order.")
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end."
+    )
 
 
 class ProviderOut(BaseModel):
@@ -166,12 +258,37 @@ class ProviderOut(BaseModel):
     created_at: datetime.datetime
 
 
+class ProviderListOut(BaseModel):
+    items: list[ProviderOut] = Field(description="In id order.")
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end."
+    )
+
+
+class RecordChangeOut(BaseModel):
+    id: int = Field(description="The change's number (larger: later)")
+    action: str = Field(description="created or updated")
+    fields: list[str] = Field(description="The fields it set or changed (never their values)")
+    actor: str = Field(description="Who: api_key:<key id>, or the command or migration")
+    changed_at: datetime.datetime
+
+
+class RecordChangesOut(BaseModel):
+    items: list[RecordChangeOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end."
+    )
+
+
 class CareTeamMemberOut(BaseModel):
     provider_id: uuid.UUID
     is_primary_provider: bool
     role: PeriodRole
     assigned_at: datetime.datetime
     since: datetime.datetime | None = Field(description="When its current role began")
+    first_name: str | None
+    last_name: str | None
+    active: bool = Field(description="false: it takes no new care teams")
 
 
 class CareTeamOut(BaseModel):
@@ -197,6 +314,18 @@ class CareTeamHistoryOut(BaseModel):
     items: list[CareTeamEventOut] = Field(description="Newest first.")
     next_cursor: str | None = Field(
         description="Pass as ?cursor= for the next page; null at the end."
+    )
+
+
+class FeedEventOut(CareTeamEventOut):
+    patient_id: uuid.UUID
+
+
+class CareTeamEventsOut(BaseModel):
+    items: list[FeedEventOut] = Field(description="Oldest first, in commit order.")
+    next_cursor: str = Field(
+        description="Pass as ?after= to continue after the last item (the same cursor "
+        "when there was nothing new): keep it, and poll with it."
     )
 
 

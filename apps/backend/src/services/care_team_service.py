@@ -45,6 +45,7 @@ from src.services.errors import (
     InvalidArgument,
     PanelFull,
     PatientNotFound,
+    PreconditionFailed,
     ProviderAlreadyPrimary,
     ProviderInactive,
     ProviderNotOnCareTeam,
@@ -65,6 +66,9 @@ class CareTeamMember:
     is_primary_provider: bool
     assigned_at: datetime.datetime
     since: datetime.datetime | None = None  # when its current role began
+    first_name: str | None = None
+    last_name: str | None = None
+    active: bool = True
 
     @property
     def role(self) -> PeriodRole:
@@ -80,6 +84,9 @@ class CareTeam:
     members: list[CareTeamMember]
     # For the team a write returns: whether that write changed it (None for reads).
     changed: bool | None = None
+    # The number of the patient's last care team event (0: none), which every change
+    # makes larger: the team's ETag. None for a team as of an instant.
+    version: int | None = None
 
     def has(self, provider_id: uuid.UUID) -> bool:
         return any(m.provider_id == provider_id for m in self.members)
@@ -152,13 +159,16 @@ REMOVE_MEMBER = Sql(
 SELECT_TEAM = Sql(
     """
     SELECT p.id AS patient_id, a.provider_id, a.is_primary_provider, a.assigned_at,
-           lower(pe.valid) AS since
+           lower(pe.valid) AS since, v.first_name, v.last_name, v.active,
+           (SELECT coalesce(max(e.seq), 0) FROM care_team_events AS e
+            WHERE e.organization_id = p.organization_id AND e.patient_id = p.id) AS version
     FROM patients AS p
     LEFT JOIN care_team_assignments AS a
         ON a.organization_id = p.organization_id AND a.patient_id = p.id
     LEFT JOIN care_team_periods AS pe
         ON pe.organization_id = a.organization_id AND pe.patient_id = a.patient_id
        AND pe.provider_id = a.provider_id AND upper_inf(pe.valid)
+    LEFT JOIN providers AS v ON v.organization_id = a.organization_id AND v.id = a.provider_id
     WHERE p.organization_id = $1 AND p.id = $2
     ORDER BY a.is_primary_provider DESC, a.assigned_at, a.provider_id
 """,
@@ -170,17 +180,49 @@ SELECT_TEAM = Sql(
 SELECT_TEAM_AS_OF = Sql(
     f"""
     SELECT p.id AS patient_id, pe.provider_id, pe.role = '{PRIMARY}' AS is_primary_provider,
-           lower(pe.valid) AS assigned_at, lower(pe.valid) AS since
+           lower(pe.valid) AS assigned_at, lower(pe.valid) AS since,
+           v.first_name, v.last_name, v.active, NULL::bigint AS version
     FROM patients AS p
     LEFT JOIN care_team_periods AS pe
         ON pe.organization_id = p.organization_id AND pe.patient_id = p.id
        AND pe.valid @> CAST($3 AS timestamptz)
+    LEFT JOIN providers AS v ON v.organization_id = pe.organization_id AND v.id = pe.provider_id
     WHERE p.organization_id = $1 AND p.id = $2
     ORDER BY pe.role = '{PRIMARY}' DESC, lower(pe.valid), pe.provider_id
 """,
     "org",
     "patient",
     "as_of",
+)
+
+# The number of the patient's last care team event (0: none): the team's version, read
+# under the patient's lock by a write that names the version it expects (If-Match).
+LOCK_TEAM_VERSION = Sql(
+    """
+    SELECT (SELECT coalesce(max(e.seq), 0) FROM care_team_events AS e
+            WHERE e.organization_id = p.organization_id AND e.patient_id = p.id)
+    FROM patients AS p WHERE p.organization_id = $1 AND p.id = $2
+    FOR NO KEY UPDATE OF p
+""",
+    "org",
+    "patient",
+)
+
+# The organization's events after a number, in number order: the numbers are given in
+# commit order with no gaps (migration 20261128_event_sequence), so a reader that
+# resumes after the last number it saw skips and repeats nothing.
+SELECT_FEED = Sql(
+    """
+    SELECT seq AS id, patient_id, provider_id, event_type, previous_primary_provider_id,
+           actor, reason, note, occurred_at
+    FROM care_team_events
+    WHERE organization_id = $1 AND seq > $2
+    ORDER BY seq
+    LIMIT $3
+""",
+    "org",
+    "after",
+    "limit",
 )
 
 SELECT_PATIENT = Sql(
@@ -227,7 +269,13 @@ SELECT_PERIODS = Sql(
 def _members(rows: list[Any]) -> list[CareTeamMember]:
     return [
         CareTeamMember(
-            row["provider_id"], row["is_primary_provider"], row["assigned_at"], row["since"]
+            provider_id=row["provider_id"],
+            is_primary_provider=row["is_primary_provider"],
+            assigned_at=row["assigned_at"],
+            since=row["since"],
+            first_name=row["first_name"],
+            last_name=row["last_name"],
+            active=row["active"],
         )
         for row in rows
         if row["provider_id"] is not None
@@ -246,7 +294,9 @@ async def _read_team(
         raise PatientNotFound(patient)
     members = _members(rows)
     primary = next((m.provider_id for m in members if m.is_primary_provider), None)
-    return CareTeam(patient_id=patient, primary_provider_id=primary, members=members)
+    return CareTeam(
+        patient_id=patient, primary_provider_id=primary, members=members, version=rows[0]["version"]
+    )
 
 
 def change_reason(reason: ChangeReason | str | None, note: str | None) -> tuple[str, str | None]:
@@ -299,6 +349,7 @@ class _PatientWrite:
     actor: str
     reason: str
     note: str | None
+    if_version: int | None = None  # the team's version the caller expects (If-Match)
     driver: Any = None
 
     @classmethod
@@ -311,9 +362,10 @@ class _PatientWrite:
         actor: str,
         reason: ChangeReason | str | None,
         note: str | None,
+        if_version: int | None = None,
     ) -> _PatientWrite:
         """The write, its reason and note checked (InvalidArgument)."""
-        return cls(org, patient, provider, actor, *change_reason(reason, note))
+        return cls(org, patient, provider, actor, *change_reason(reason, note), if_version)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -331,6 +383,8 @@ class _PatientWrite:
         self.driver = driver
         started = time.perf_counter()
         try:
+            if self.if_version is not None:
+                await self.check_version(driver)
             return await statement.fetchrow(driver, self.params())
         except asyncpg.PostgresError as err:
             mapped = write_error(err, self.patient, self.provider)
@@ -339,6 +393,17 @@ class _PatientWrite:
             raise mapped from None
         finally:
             LOCK_WAIT.observe(time.perf_counter() - started)
+
+    async def check_version(self, driver: Any) -> None:
+        """Under the patient's lock (taken first, as the write function takes it): the
+        team must still be at the version the caller read (PreconditionFailed)."""
+        version = await LOCK_TEAM_VERSION.fetchval(
+            driver, {"org": self.org, "patient": self.patient}
+        )
+        if version is None:
+            raise PatientNotFound(self.patient)
+        if version != self.if_version:
+            raise PreconditionFailed(f"the care team of patient {self.patient}")
 
     async def team(self) -> CareTeam:
         return await _read_team(self.driver, self.org, self.patient)
@@ -360,6 +425,10 @@ class CareTeamService:
     Writes are retried only when they certainly did not commit, or, when the connection
     was lost during COMMIT, after checking that the change is not already in place
     (see run_in_transaction): every write here is idempotent in its effect.
+
+    Every write takes `if_version`: the team's `version` as the caller read it. Then,
+    under the patient's lock, the write goes ahead only if the team is still at that
+    version; otherwise it raises PreconditionFailed and changes nothing (If-Match).
     """
 
     @staticmethod
@@ -372,6 +441,7 @@ class CareTeamService:
         actor: str = "system",
         reason: ChangeReason | str | None = None,
         note: str | None = None,
+        if_version: int | None = None,
     ) -> CareTeam:
         """Make `provider_id` the patient's primary provider; return the team after it.
 
@@ -385,7 +455,13 @@ class CareTeamService:
         DatabaseUnavailable, DatabaseError.
         """
         write = _PatientWrite.of(
-            organization_id, patient_id, provider_id, actor=actor, reason=reason, note=note
+            organization_id,
+            patient_id,
+            provider_id,
+            actor=actor,
+            reason=reason,
+            note=note,
+            if_version=if_version,
         )
         outcome: list[Any] = [False, None]  # whether it changed, the previous primary
 
@@ -432,6 +508,7 @@ class CareTeamService:
         actor: str = "system",
         reason: ChangeReason | str | None = None,
         note: str | None = None,
+        if_version: int | None = None,
     ) -> CareTeam:
         """Add `provider_id` to the patient's team as a secondary; return the team
         (`changed` says whether it was added now).
@@ -442,7 +519,13 @@ class CareTeamService:
         InvalidArgument too.
         """
         write = _PatientWrite.of(
-            organization_id, patient_id, provider_id, actor=actor, reason=reason, note=note
+            organization_id,
+            patient_id,
+            provider_id,
+            actor=actor,
+            reason=reason,
+            note=note,
+            if_version=if_version,
         )
 
         async def work(driver: Any) -> CareTeam:
@@ -481,6 +564,7 @@ class CareTeamService:
         actor: str = "system",
         reason: ChangeReason | str | None = None,
         note: str | None = None,
+        if_version: int | None = None,
     ) -> CareTeam:
         """Take `provider_id` off the patient's team; return the team after it.
 
@@ -488,7 +572,13 @@ class CareTeamService:
         Raises PatientNotFound, ProviderNotOnCareTeam, InvalidArgument.
         """
         write = _PatientWrite.of(
-            organization_id, patient_id, provider_id, actor=actor, reason=reason, note=note
+            organization_id,
+            patient_id,
+            provider_id,
+            actor=actor,
+            reason=reason,
+            note=note,
+            if_version=if_version,
         )
 
         async def work(driver: Any) -> CareTeam:
@@ -623,4 +713,24 @@ class CareTeamService:
             patient_id=patient_id,
             work=work,
             read_only=True,
+        )
+
+    @staticmethod
+    async def get_events(
+        *, db: AsyncSession, organization_id: uuid.UUID, after: int = 0, limit: int = 100
+    ) -> list[CareTeamEventRecord]:
+        """The organization's care team events numbered after `after`, oldest first, at
+        most `limit`: a change feed. Numbers are given in commit order with no gaps, so
+        resuming after the last number seen skips and repeats nothing."""
+        if not 1 <= limit <= MAX_HISTORY_PAGE:
+            raise InvalidArgument(f"limit must be 1 to {MAX_HISTORY_PAGE}", field="limit")
+
+        async def work(driver: Any) -> list[CareTeamEventRecord]:
+            rows = await SELECT_FEED.fetch(
+                driver, {"org": organization_id, "after": after, "limit": limit}
+            )
+            return [CareTeamEventRecord(**dict(row)) for row in rows]
+
+        return await run_in_transaction(
+            db, operation="get_events", organization_id=organization_id, work=work, read_only=True
         )

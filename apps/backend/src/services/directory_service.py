@@ -1,23 +1,33 @@
-"""Patients and providers of one organization: create, read, (de)activate.
+"""Patients and providers of one organization: create, read, correct, list and search,
+and the trail of who changed them.
 
 Every method is one transaction under the organization's tenant (RLS applies). Another
-organization's ids are answered exactly like ids that do not exist.
+organization's ids are answered exactly like ids that do not exist. Every change to a
+record is recorded in `record_changes` in the same transaction: the actor and the names
+of the fields changed, never their values.
 """
 
 from __future__ import annotations
 
 import datetime
 import enum
+import itertools
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.models import RecordAction, RecordType
 from src.services.errors import (
+    IdentifierTaken,
     InvalidArgument,
+    NpiTaken,
     PatientNotFound,
+    PreconditionFailed,
     ProviderHasPatients,
     ProviderNotFound,
 )
@@ -27,11 +37,19 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Identifier:
+    system: str
+    value: str
+
+
+@dataclass(frozen=True)
 class PatientRecord:
     id: uuid.UUID
     first_name: str | None
     last_name: str | None
     dob: datetime.date | None
+    identifiers: tuple[Identifier, ...]
+    version: int  # one more with each change (the ETag)
     created_at: datetime.datetime
 
 
@@ -44,21 +62,36 @@ class ProviderRecord:
     active: bool
     panel_capacity: int | None
     panel_size: int  # the patients it is the primary provider of now
+    version: int
     created_at: datetime.datetime
 
 
+@dataclass(frozen=True)
+class RecordChangeRecord:
+    id: int
+    action: str
+    fields: list[str]
+    actor: str
+    changed_at: datetime.datetime
+
+
 class Unchanged(enum.Enum):
-    """An argument left as it is (where None is a value: no capacity)."""
+    """An argument left as it is (where None is a value: no capacity, no NPI)."""
 
     UNCHANGED = "unchanged"
 
 
 UNCHANGED = Unchanged.UNCHANGED
+FIRST = uuid.UUID(int=0)  # below every id: a page from the start
 
-
-PATIENT_COLUMNS = "id, first_name, last_name, dob, created_at"
+PATIENT_COLUMNS = (
+    "id, first_name, last_name, dob, version, created_at, "
+    "ARRAY(SELECT ARRAY[i.system, i.value] FROM patient_identifiers AS i "
+    "WHERE i.organization_id = patients.organization_id AND i.patient_id = patients.id "
+    "ORDER BY i.system, i.value) AS identifiers"
+)
 PROVIDER_COLUMNS = (
-    "id, first_name, last_name, npi, active, panel_capacity, created_at, "
+    "id, first_name, last_name, npi, active, panel_capacity, version, created_at, "
     "(SELECT count(*) FROM care_team_assignments AS a "
     "WHERE a.organization_id = providers.organization_id AND a.provider_id = providers.id "
     "AND a.is_primary_provider) AS panel_size"
@@ -66,7 +99,7 @@ PROVIDER_COLUMNS = (
 
 INSERT_PATIENT = Sql(
     "INSERT INTO patients (organization_id, first_name, last_name, dob) "
-    f"VALUES ($1, $2, $3, $4) RETURNING {PATIENT_COLUMNS}",
+    "VALUES ($1, $2, $3, $4) RETURNING id",
     "org",
     "first_name",
     "last_name",
@@ -75,9 +108,43 @@ INSERT_PATIENT = Sql(
 SELECT_PATIENT = Sql(
     f"SELECT {PATIENT_COLUMNS} FROM patients WHERE organization_id = $1 AND id = $2", "org", "id"
 )
+LOCK_PATIENT = Sql(
+    "SELECT first_name, last_name, dob, version FROM patients "
+    "WHERE organization_id = $1 AND id = $2 FOR NO KEY UPDATE",
+    "org",
+    "id",
+)
+UPDATE_PATIENT = Sql(
+    "UPDATE patients SET first_name = $3, last_name = $4, dob = $5, version = version + 1 "
+    "WHERE organization_id = $1 AND id = $2",
+    "org",
+    "id",
+    "first_name",
+    "last_name",
+    "dob",
+)
+SELECT_IDENTIFIERS = Sql(
+    "SELECT system, value FROM patient_identifiers "
+    "WHERE organization_id = $1 AND patient_id = $2 ORDER BY system, value",
+    "org",
+    "id",
+)
+DELETE_IDENTIFIERS = Sql(
+    "DELETE FROM patient_identifiers WHERE organization_id = $1 AND patient_id = $2",
+    "org",
+    "id",
+)
+INSERT_IDENTIFIERS = Sql(
+    "INSERT INTO patient_identifiers (organization_id, patient_id, system, value) "
+    "SELECT $1, $2, s, v FROM unnest($3::text[], $4::text[]) AS t(s, v)",
+    "org",
+    "id",
+    "systems",
+    "values",
+)
 INSERT_PROVIDER = Sql(
     "INSERT INTO providers (organization_id, first_name, last_name, npi) "
-    f"VALUES ($1, $2, $3, $4) RETURNING {PROVIDER_COLUMNS}",
+    "VALUES ($1, $2, $3, $4) RETURNING id",
     "org",
     "first_name",
     "last_name",
@@ -87,7 +154,8 @@ SELECT_PROVIDER = Sql(
     f"SELECT {PROVIDER_COLUMNS} FROM providers WHERE organization_id = $1 AND id = $2", "org", "id"
 )
 LOCK_PROVIDER = Sql(
-    "SELECT active FROM providers WHERE organization_id = $1 AND id = $2 FOR NO KEY UPDATE",
+    "SELECT first_name, last_name, npi, active, panel_capacity, version FROM providers "
+    "WHERE organization_id = $1 AND id = $2 FOR NO KEY UPDATE",
     "org",
     "id",
 )
@@ -100,37 +168,174 @@ PANEL_SIZE = Sql(
     "id",
 )
 UPDATE_PROVIDER = Sql(
-    "UPDATE providers SET active = coalesce($3, active), "
-    "panel_capacity = CASE WHEN $4 THEN $5 ELSE panel_capacity END "
-    f"WHERE organization_id = $1 AND id = $2 RETURNING {PROVIDER_COLUMNS}",
+    "UPDATE providers SET first_name = $3, last_name = $4, npi = $5, active = $6, "
+    "panel_capacity = $7, version = version + 1 WHERE organization_id = $1 AND id = $2",
     "org",
     "id",
+    "first_name",
+    "last_name",
+    "npi",
     "active",
-    "set_capacity",
-    "capacity",
+    "panel_capacity",
 )
+RECORD_CHANGE = Sql(
+    "INSERT INTO record_changes (organization_id, record_type, record_id, action, fields, actor) "
+    "VALUES ($1, $2, $3, $4, $5, $6)",
+    "org",
+    "type",
+    "id",
+    "action",
+    "fields",
+    "actor",
+)
+SELECT_CHANGES = Sql(
+    "SELECT id, action, fields, actor, changed_at FROM record_changes "
+    "WHERE organization_id = $1 AND record_id = $2 AND record_type = $3 AND id < $4 "
+    "ORDER BY id DESC LIMIT $5",
+    "org",
+    "id",
+    "type",
+    "before",
+    "limit",
+)
+RECORD_EXISTS = {
+    RecordType.PATIENT: Sql(
+        "SELECT 1 FROM patients WHERE organization_id = $1 AND id = $2", "org", "id"
+    ),
+    RecordType.PROVIDER: Sql(
+        "SELECT 1 FROM providers WHERE organization_id = $1 AND id = $2", "org", "id"
+    ),
+}
+
+# Prefix searches compare lower(name) with text_pattern_ops' byte-wise operators, as a
+# range: [prefix, prefix || U+10FFFF). Unlike LIKE with a parameter, a range of
+# parameters keeps the index usable by a prepared statement's generic plan (and needs no
+# escaping of % and _). Names cannot hold U+10FFFF (unassigned: refused).
+_PREFIX_END = "chr(1114111)"
 
 
-async def _one_row(
-    db: AsyncSession,
-    operation: str,
-    organization_id: uuid.UUID,
-    statement: Sql,
-    params: dict[str, Any],
-    *,
-    read_only: bool = False,
-) -> Any:
-    """The statement's single row as a dict (or None), in one transaction under the tenant."""
-
-    async def work(driver: Any) -> Any:
-        row = await statement.fetchrow(driver, {"org": organization_id, **params})
-        return None if row is None else dict(row)
-
-    # A create whose COMMIT is lost cannot be checked (its id is unknown): without a
-    # `verify`, that rare case raises OutcomeUnknown instead of creating a duplicate.
-    return await run_in_transaction(
-        db, operation=operation, organization_id=organization_id, work=work, read_only=read_only
+def _prefix(column: str, param: str) -> str:
+    return (
+        f"(lower({column}) ~>=~ lower({param}) "
+        f"AND lower({column}) ~<~ (lower({param}) || {_PREFIX_END}))"
     )
+
+
+def _page_statement(table: str, columns: str, filters: list[tuple[str, str]]) -> Sql:
+    """`SELECT columns FROM table` of the organization ($1), after the cursor id ($2;
+    the nil UUID, below every id, from the start), in id order, at most $3 rows, with
+    each filter: (parameter name, condition with "{}" for its placeholder: $4, $5...)."""
+    conditions = [c.format(f"${4 + n}") for n, (_, c) in enumerate(filters)]
+    where = " AND ".join(["organization_id = $1", "id > $2", *conditions])
+    return Sql(
+        f"SELECT {columns} FROM {table} WHERE {where} ORDER BY id LIMIT $3",
+        "org",
+        "after",
+        "limit",
+        *(name for name, _ in filters),
+    )
+
+
+NAME_FILTER = ("name", f"({_prefix('last_name', '{0}')} OR {_prefix('first_name', '{0}')})")
+PATIENT_FILTERS = {
+    "name": NAME_FILTER,
+    "dob": ("dob", "dob = {}"),
+    # The identifier is one parameter: "system|value" split by the database.
+    "identifier": (
+        "identifier",
+        "id IN (SELECT patient_id FROM patient_identifiers AS i WHERE i.organization_id = $1 "
+        "AND i.system = split_part({0}, '|', 1) "
+        "AND i.value = substr({0}, length(split_part({0}, '|', 1)) + 2))",
+    ),
+}
+PROVIDER_FILTERS = {
+    "name": NAME_FILTER,
+    "npi": ("npi", "npi = {}"),
+    "active": ("active", "active = {}"),
+}
+
+
+def _searches(
+    table: str, columns: str, filters: dict[str, tuple[str, str]]
+) -> dict[frozenset[str], Sql]:
+    """A statement for every combination of the filters, prepared once each."""
+    names = list(filters)
+    return {
+        frozenset(chosen): _page_statement(table, columns, [filters[n] for n in chosen])
+        for size in range(len(names) + 1)
+        for chosen in itertools.combinations(names, size)
+    }
+
+
+PATIENT_SEARCHES = _searches("patients", PATIENT_COLUMNS, PATIENT_FILTERS)
+PROVIDER_SEARCHES = _searches("providers", PROVIDER_COLUMNS, PROVIDER_FILTERS)
+
+
+def _patient(row: Any) -> PatientRecord:
+    data = dict(row)
+    data["identifiers"] = tuple(Identifier(s, v) for s, v in data["identifiers"] or ())
+    return PatientRecord(**data)
+
+
+def _provider(row: Any) -> ProviderRecord:
+    return ProviderRecord(**dict(row))
+
+
+def _unique_identifiers(identifiers: Sequence[Identifier]) -> tuple[Identifier, ...]:
+    unique = tuple(dict.fromkeys(identifiers))
+    if len(unique) != len(identifiers):
+        raise InvalidArgument("an identifier is given twice", field="identifiers")
+    return unique
+
+
+async def _record_change(
+    driver: Any,
+    *,
+    org: uuid.UUID,
+    record_type: RecordType,
+    record_id: uuid.UUID,
+    action: RecordAction,
+    fields: Sequence[str],
+    actor: str,
+) -> None:
+    await RECORD_CHANGE.execute(
+        driver,
+        {
+            "org": org,
+            "type": record_type.value,
+            "id": record_id,
+            "action": action.value,
+            "fields": list(fields),
+            "actor": actor,
+        },
+    )
+
+
+async def _write_identifiers(
+    driver: Any, org: uuid.UUID, patient: uuid.UUID, identifiers: Sequence[Identifier]
+) -> None:
+    """The patient's identifiers become exactly these (IdentifierTaken if another patient
+    of the organization holds one)."""
+    await DELETE_IDENTIFIERS.execute(driver, {"org": org, "id": patient})
+    if not identifiers:
+        return
+    try:
+        await INSERT_IDENTIFIERS.execute(
+            driver,
+            {
+                "org": org,
+                "id": patient,
+                "systems": [i.system for i in identifiers],
+                "values": [i.value for i in identifiers],
+            },
+        )
+    except asyncpg.UniqueViolationError:
+        raise IdentifierTaken() from None
+
+
+def _check_version(expected: int | None, current: int, what: str) -> None:
+    if expected is not None and expected != current:
+        raise PreconditionFailed(what)
 
 
 class DirectoryService:
@@ -144,28 +349,145 @@ class DirectoryService:
         first_name: str,
         last_name: str,
         dob: datetime.date,
+        identifiers: Sequence[Identifier] = (),
+        actor: str = "system",
     ) -> PatientRecord:
-        row = await _one_row(
-            db,
-            "create_patient",
-            organization_id,
-            INSERT_PATIENT,
-            {"first_name": first_name, "last_name": last_name, "dob": dob},
+        """Raises IdentifierTaken, InvalidArgument (an identifier given twice)."""
+        wanted = _unique_identifiers(identifiers)
+
+        async def work(driver: Any) -> PatientRecord:
+            params = {"org": organization_id}
+            patient = await INSERT_PATIENT.fetchval(
+                driver, {**params, "first_name": first_name, "last_name": last_name, "dob": dob}
+            )
+            await _write_identifiers(driver, organization_id, patient, wanted)
+            fields = ["first_name", "last_name", "dob", *(["identifiers"] if wanted else [])]
+            await _record_change(
+                driver,
+                org=organization_id,
+                record_type=RecordType.PATIENT,
+                record_id=patient,
+                action=RecordAction.CREATED,
+                fields=fields,
+                actor=actor,
+            )
+            return _patient(await SELECT_PATIENT.fetchrow(driver, {**params, "id": patient}))
+
+        # A create whose COMMIT is lost cannot be checked (its id is unknown): it raises
+        # OutcomeUnknown, unless the request carries an Idempotency-Key (see
+        # src/services/idempotency.py): then a retry with that key finds it.
+        record = await run_in_transaction(
+            db, operation="create_patient", organization_id=organization_id, work=work
         )
-        logger.info("patient created organization_id=%s patient_id=%s", organization_id, row["id"])
-        return PatientRecord(**row)
+        logger.info("patient created organization_id=%s patient_id=%s", organization_id, record.id)
+        return record
 
     @staticmethod
     async def get_patient(
         *, db: AsyncSession, organization_id: uuid.UUID, patient_id: uuid.UUID
     ) -> PatientRecord:
         """Raises PatientNotFound."""
-        row = await _one_row(
-            db, "get_patient", organization_id, SELECT_PATIENT, {"id": patient_id}, read_only=True
+
+        async def work(driver: Any) -> PatientRecord:
+            row = await SELECT_PATIENT.fetchrow(driver, {"org": organization_id, "id": patient_id})
+            if row is None:
+                raise PatientNotFound(patient_id)
+            return _patient(row)
+
+        return await run_in_transaction(
+            db, operation="get_patient", organization_id=organization_id, work=work, read_only=True
         )
-        if row is None:
-            raise PatientNotFound(patient_id)
-        return PatientRecord(**row)
+
+    @staticmethod
+    async def update_patient(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        patient_id: uuid.UUID,
+        first_name: str | Unchanged = UNCHANGED,
+        last_name: str | Unchanged = UNCHANGED,
+        dob: datetime.date | Unchanged = UNCHANGED,
+        identifiers: Sequence[Identifier] | Unchanged = UNCHANGED,
+        if_version: int | None = None,
+        actor: str = "system",
+    ) -> PatientRecord:
+        """Change what is given (`identifiers`: the whole list, replacing it). With
+        `if_version`, only if the record is still at that version (PreconditionFailed
+        otherwise, nothing changed). Records which fields changed. Raises PatientNotFound,
+        PreconditionFailed, IdentifierTaken, InvalidArgument."""
+        wanted = None if isinstance(identifiers, Unchanged) else _unique_identifiers(identifiers)
+
+        async def work(driver: Any) -> PatientRecord:
+            params = {"org": organization_id, "id": patient_id}
+            current = await LOCK_PATIENT.fetchrow(driver, params)
+            if current is None:
+                raise PatientNotFound(patient_id)
+            _check_version(if_version, current["version"], f"patient {patient_id}")
+            given = {"first_name": first_name, "last_name": last_name, "dob": dob}
+            new = {k: current[k] if isinstance(v, Unchanged) else v for k, v in given.items()}
+            fields = [k for k in given if new[k] != current[k]]
+            if wanted is not None:
+                had = tuple(
+                    Identifier(**dict(r)) for r in await SELECT_IDENTIFIERS.fetch(driver, params)
+                )
+                if set(had) != set(wanted):
+                    await _write_identifiers(driver, organization_id, patient_id, wanted)
+                    fields.append("identifiers")
+            if fields:
+                await UPDATE_PATIENT.execute(driver, {**params, **new})
+                await _record_change(
+                    driver,
+                    org=organization_id,
+                    record_type=RecordType.PATIENT,
+                    record_id=patient_id,
+                    action=RecordAction.UPDATED,
+                    fields=fields,
+                    actor=actor,
+                )
+            return _patient(await SELECT_PATIENT.fetchrow(driver, params))
+
+        record = await run_in_transaction(
+            db, operation="update_patient", organization_id=organization_id, work=work
+        )
+        logger.info(
+            "patient updated organization_id=%s patient_id=%s version=%s",
+            organization_id,
+            patient_id,
+            record.version,
+        )
+        return record
+
+    @staticmethod
+    async def list_patients(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        name: str | None = None,
+        dob: datetime.date | None = None,
+        identifier: Identifier | None = None,
+        limit: int = 50,
+        after: uuid.UUID | None = None,
+    ) -> list[PatientRecord]:
+        """Patients in id order after `after`, at most `limit`: those whose first or last
+        name starts with `name` (any case), born on `dob`, holding `identifier`."""
+        given = {
+            "name": name,
+            "dob": dob,
+            "identifier": None if identifier is None else f"{identifier.system}|{identifier.value}",
+        }
+        statement = PATIENT_SEARCHES[frozenset(k for k, v in given.items() if v is not None)]
+        params = {"org": organization_id, "after": after or FIRST, "limit": limit, **given}
+
+        async def work(driver: Any) -> list[PatientRecord]:
+            return [_patient(row) for row in await statement.fetch(driver, params)]
+
+        return await run_in_transaction(
+            db,
+            operation="list_patients",
+            organization_id=organization_id,
+            work=work,
+            read_only=True,
+        )
 
     @staticmethod
     async def create_provider(
@@ -175,35 +497,59 @@ class DirectoryService:
         first_name: str,
         last_name: str,
         npi: str | None = None,
+        actor: str = "system",
     ) -> ProviderRecord:
-        row = await _one_row(
-            db,
-            "create_provider",
-            organization_id,
-            INSERT_PROVIDER,
-            {"first_name": first_name, "last_name": last_name, "npi": npi},
+        """Raises NpiTaken."""
+
+        async def work(driver: Any) -> ProviderRecord:
+            params = {"org": organization_id}
+            try:
+                provider = await INSERT_PROVIDER.fetchval(
+                    driver, {**params, "first_name": first_name, "last_name": last_name, "npi": npi}
+                )
+            except asyncpg.UniqueViolationError:
+                raise NpiTaken() from None
+            fields = ["first_name", "last_name", *(["npi"] if npi else [])]
+            await _record_change(
+                driver,
+                org=organization_id,
+                record_type=RecordType.PROVIDER,
+                record_id=provider,
+                action=RecordAction.CREATED,
+                fields=fields,
+                actor=actor,
+            )
+            return _provider(await SELECT_PROVIDER.fetchrow(driver, {**params, "id": provider}))
+
+        record = await run_in_transaction(
+            db, operation="create_provider", organization_id=organization_id, work=work
         )
         logger.info(
-            "provider created organization_id=%s provider_id=%s", organization_id, row["id"]
+            "provider created organization_id=%s provider_id=%s", organization_id, record.id
         )
-        return ProviderRecord(**row)
+        return record
 
     @staticmethod
     async def get_provider(
         *, db: AsyncSession, organization_id: uuid.UUID, provider_id: uuid.UUID
     ) -> ProviderRecord:
         """Raises ProviderNotFound."""
-        row = await _one_row(
+
+        async def work(driver: Any) -> ProviderRecord:
+            row = await SELECT_PROVIDER.fetchrow(
+                driver, {"org": organization_id, "id": provider_id}
+            )
+            if row is None:
+                raise ProviderNotFound(provider_id)
+            return _provider(row)
+
+        return await run_in_transaction(
             db,
-            "get_provider",
-            organization_id,
-            SELECT_PROVIDER,
-            {"id": provider_id},
+            operation="get_provider",
+            organization_id=organization_id,
+            work=work,
             read_only=True,
         )
-        if row is None:
-            raise ProviderNotFound(provider_id)
-        return ProviderRecord(**row)
 
     @staticmethod
     async def update_provider(
@@ -211,16 +557,24 @@ class DirectoryService:
         db: AsyncSession,
         organization_id: uuid.UUID,
         provider_id: uuid.UUID,
+        first_name: str | Unchanged = UNCHANGED,
+        last_name: str | Unchanged = UNCHANGED,
+        npi: str | Unchanged | None = UNCHANGED,
         active: bool | None = None,
         panel_capacity: int | Unchanged | None = UNCHANGED,
+        if_version: tuple[int, ...] | None = None,
+        actor: str = "system",
     ) -> ProviderRecord:
-        """Change what is given: `active` (inactive providers cannot join care teams;
-        those already on one stay there), `panel_capacity` (None: no limit; below the
-        panel's size it only stops new assignments). Deactivating a provider who is
-        still some patient's primary is refused (ProviderHasPatients, with the count):
-        transfer the panel first. The provider's row is locked first, so no assignment to
-        it can slip in between the check and the change. Raises ProviderNotFound,
-        ProviderHasPatients, InvalidArgument."""
+        """Change what is given: names, `npi` (None removes it), `active` (inactive
+        providers cannot join care teams; those already on one stay there),
+        `panel_capacity` (None: no limit; below the panel's size it only stops new
+        assignments). Deactivating a provider who is still some patient's primary is
+        refused (ProviderHasPatients, with the count): transfer the panel first. The
+        provider's row is locked first, so no assignment to it can slip in between the
+        check and the change. With `if_version` (version, panel size), only if the
+        record and its panel size are still those (the provider's ETag). Raises
+        ProviderNotFound, ProviderHasPatients, NpiTaken, PreconditionFailed,
+        InvalidArgument."""
         if isinstance(panel_capacity, int) and panel_capacity < 0:
             raise InvalidArgument("panel_capacity must be 0 or more", field="panel_capacity")
 
@@ -229,29 +583,113 @@ class DirectoryService:
             current = await LOCK_PROVIDER.fetchrow(driver, params)
             if current is None:
                 raise ProviderNotFound(provider_id)
+            if if_version is not None:
+                size = int(await PANEL_SIZE.fetchval(driver, params))
+                if (current["version"], size) != if_version:
+                    raise PreconditionFailed(f"provider {provider_id}")
             if active is False and current["active"]:
                 patients = int(await PANEL_SIZE.fetchval(driver, params))
                 if patients:
                     raise ProviderHasPatients(provider_id, patients)
-            set_capacity = panel_capacity is not UNCHANGED
-            row = await UPDATE_PROVIDER.fetchrow(
-                driver,
-                {
-                    **params,
-                    "active": active,
-                    "set_capacity": set_capacity,
-                    "capacity": panel_capacity if set_capacity else None,
-                },
-            )
-            return ProviderRecord(**dict(row))
+            given = {
+                "first_name": first_name,
+                "last_name": last_name,
+                "npi": npi,
+                "active": UNCHANGED if active is None else active,
+                "panel_capacity": panel_capacity,
+            }
+            new = {k: current[k] if isinstance(v, Unchanged) else v for k, v in given.items()}
+            fields = [k for k in given if new[k] != current[k]]
+            if fields:
+                try:
+                    await UPDATE_PROVIDER.execute(driver, {**params, **new})
+                except asyncpg.UniqueViolationError:
+                    raise NpiTaken() from None
+                await _record_change(
+                    driver,
+                    org=organization_id,
+                    record_type=RecordType.PROVIDER,
+                    record_id=provider_id,
+                    action=RecordAction.UPDATED,
+                    fields=fields,
+                    actor=actor,
+                )
+            return _provider(await SELECT_PROVIDER.fetchrow(driver, params))
 
         record = await run_in_transaction(
             db, operation="update_provider", organization_id=organization_id, work=work
         )
         logger.info(
-            "provider updated organization_id=%s provider_id=%s active=%s",
+            "provider updated organization_id=%s provider_id=%s active=%s version=%s",
             organization_id,
             provider_id,
             record.active,
+            record.version,
         )
         return record
+
+    @staticmethod
+    async def list_providers(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        name: str | None = None,
+        npi: str | None = None,
+        active: bool | None = None,
+        limit: int = 50,
+        after: uuid.UUID | None = None,
+    ) -> list[ProviderRecord]:
+        """Providers in id order after `after`, at most `limit`: those whose first or last
+        name starts with `name` (any case), with this `npi`, active or not."""
+        given = {"name": name, "npi": npi, "active": active}
+        statement = PROVIDER_SEARCHES[frozenset(k for k, v in given.items() if v is not None)]
+        params = {"org": organization_id, "after": after or FIRST, "limit": limit, **given}
+
+        async def work(driver: Any) -> list[ProviderRecord]:
+            return [_provider(row) for row in await statement.fetch(driver, params)]
+
+        return await run_in_transaction(
+            db,
+            operation="list_providers",
+            organization_id=organization_id,
+            work=work,
+            read_only=True,
+        )
+
+    @staticmethod
+    async def get_record_changes(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        record_type: RecordType,
+        record_id: uuid.UUID,
+        limit: int = 50,
+        before: int | None = None,
+    ) -> list[RecordChangeRecord]:
+        """Who changed the record and when, newest first, at most `limit`, before the
+        change numbered `before`. Raises PatientNotFound or ProviderNotFound."""
+
+        async def work(driver: Any) -> list[RecordChangeRecord]:
+            params = {"org": organization_id, "id": record_id}
+            if await RECORD_EXISTS[record_type].fetchval(driver, params) is None:
+                if record_type is RecordType.PATIENT:
+                    raise PatientNotFound(record_id)
+                raise ProviderNotFound(record_id)
+            rows = await SELECT_CHANGES.fetch(
+                driver,
+                {
+                    **params,
+                    "type": record_type.value,
+                    "before": before if before is not None else 2**63 - 1,
+                    "limit": limit,
+                },
+            )
+            return [RecordChangeRecord(**dict(row)) for row in rows]
+
+        return await run_in_transaction(
+            db,
+            operation="get_record_changes",
+            organization_id=organization_id,
+            work=work,
+            read_only=True,
+        )

@@ -206,3 +206,61 @@ class ApiKeyNotFound(NotFoundError):
 
     def __init__(self, key_id: uuid.UUID) -> None:
         super().__init__(f"API key {key_id} not found")
+
+
+class IdentifierTaken(ConflictError):
+    """Another patient of the organization already has this identifier."""
+
+    code = "identifier_taken"
+    title = "Identifier taken"
+
+    def __init__(self) -> None:
+        super().__init__("another patient of this organization has one of these identifiers")
+
+
+class NpiTaken(ConflictError):
+    """Another provider of the organization already has this NPI."""
+
+    code = "npi_taken"
+    title = "NPI taken"
+
+    def __init__(self) -> None:
+        super().__init__("another provider of this organization has this NPI")
+
+
+class PreconditionFailed(CareTeamError):
+    """If-Match named a version that is no longer the current one: nothing changed."""
+
+    code = "precondition_failed"
+    title = "Precondition failed"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} changed since the version If-Match names; read it again and retry"
+        )
+
+
+class IdempotencyKeyReused(ConflictError):
+    """An Idempotency-Key already used for a different request: the key is bound to that
+    one (a conflict with the key's state, as its being in progress is)."""
+
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this Idempotency-Key was used for a different request; use a new key for a new request"
+        )
+
+
+class IdempotencyKeyInProgress(ConflictError):
+    """The request that first used this key is still running."""
+
+    code = "idempotency_key_in_progress"
+    title = "Idempotency key in progress"
+    retry_after_s = 1
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the request first sent with this Idempotency-Key is still running; retry shortly"
+        )

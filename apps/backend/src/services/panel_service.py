@@ -16,7 +16,7 @@ import datetime
 import enum
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.models import ChangeReason, PeriodRole
+from src.services import idempotency
 from src.services.care_team_service import change_reason, write_error
 from src.services.errors import InvalidArgument, ProviderNotFound, ProviderReferenceNotFound
 from src.services.transaction import Sql, run_in_transaction
@@ -230,9 +231,51 @@ class PanelService:
         `from_provider_id`, batch by batch, within the target's capacity.
 
         `dry_run` changes nothing and says what would happen. `progress(moved, total)`
-        is called after each batch. Raises ProviderNotFound (the source),
-        ProviderReferenceNotFound (the target), ProviderInactive, InvalidArgument.
+        is called after each batch. Under an Idempotency-Key (src/services/idempotency.py)
+        it runs once: its several transactions claim the key first, in one of its own.
+        Raises ProviderNotFound (the source), ProviderReferenceNotFound (the target),
+        ProviderInactive, InvalidArgument.
         """
+
+        async def run_transaction(work: Callable[[Any], Awaitable[Any]]) -> Any:
+            return await run_in_transaction(
+                db, operation="transfer_panel", organization_id=organization_id, work=work
+            )
+
+        return await idempotency.run_once(
+            run_transaction,
+            organization_id,
+            lambda: PanelService._transfer(
+                db=db,
+                organization_id=organization_id,
+                from_provider_id=from_provider_id,
+                to_provider_id=to_provider_id,
+                reason=reason,
+                note=note,
+                previous_provider=previous_provider,
+                dry_run=dry_run,
+                actor=actor,
+                batch_size=batch_size,
+                progress=progress,
+            ),
+        )
+
+    @staticmethod
+    async def _transfer(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        from_provider_id: uuid.UUID,
+        to_provider_id: uuid.UUID,
+        reason: ChangeReason | str | None,
+        note: str | None = None,
+        previous_provider: PreviousProvider = PreviousProvider.KEEP_AS_SECONDARY,
+        dry_run: bool = False,
+        actor: str = "system",
+        batch_size: int = TRANSFER_BATCH_SIZE,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> TransferResult:
+        """transfer_panel, without its key."""
         reason_value, note = change_reason(reason, note)
         if from_provider_id == to_provider_id:
             raise InvalidArgument(

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.db import pg_error_fields
 from src.metrics import INDEX_REFUSALS
 from src.models import UNIQUE_PRIMARY_INDEX
+from src.services import idempotency
 from src.services.errors import (
     CareTeamError,
     DatabaseBusy,
@@ -311,6 +312,34 @@ class _Unit:
             logger.debug("session rollback after a failure also failed", exc_info=True)
 
 
+async def _keyed(
+    driver: Any, organization_id: uuid.UUID | None, work: Callable[[Any], Awaitable[T]]
+) -> T:
+    """The work; a tenant's write's between claiming the request's Idempotency-Key and
+    storing its response (nothing more without a key, or for reads: no organization)."""
+    if organization_id is None:
+        return await work(driver)
+    await idempotency.claim(driver, organization_id)
+    result = await work(driver)
+    await idempotency.store(driver, organization_id, result)
+    return result
+
+
+async def _settle(
+    driver: Any,
+    organization_id: uuid.UUID | None,
+    verify: Callable[[Any], Awaitable[T | None]] | None,
+) -> T | None:
+    """After a COMMIT whose answer was lost: the result if the change is in place, None
+    if not. A request with an Idempotency-Key is settled by its key (Replay if the
+    change committed); otherwise by `verify`, which looks at the data."""
+    if organization_id is not None and idempotency.current() is not None:
+        await idempotency.settle_lost_commit(driver, organization_id)
+        return None
+    assert verify is not None
+    return await verify(driver)
+
+
 async def run_in_transaction(
     db: AsyncSession,
     *,
@@ -335,8 +364,10 @@ async def run_in_transaction(
     the outcome unknown: then `verify`, in a new transaction, looks at the data: it
     returns the result if the change is in place, or None if it is not (then `work`
     runs again). Without `verify`, that case raises OutcomeUnknown, unless `read_only`
-    (nothing to commit: it simply runs again). Misuse of the driver is a bug: never
-    retried, logged at ERROR, answered as DatabaseError.
+    (nothing to commit: it simply runs again), or unless the request carries an
+    Idempotency-Key (src/services/idempotency.py): a write transaction claims the key
+    first and stores the response last, so the key tells whether it committed. Misuse
+    of the driver is a bug: never retried, logged at ERROR, answered as DatabaseError.
     """
     delay = FIRST_RETRY_DELAY_S
     must_verify = False
@@ -348,8 +379,7 @@ async def run_in_transaction(
         try:
             driver = await unit.begin(organization_id, explicit=explicit)
             if must_verify:
-                assert verify is not None
-                done = await verify(driver)
+                done = await _settle(driver, organization_id, verify)
                 await unit.commit()
                 if done is not None:
                     logger.info(
@@ -358,7 +388,7 @@ async def run_in_transaction(
                     return done
                 must_verify = False
                 driver = await unit.begin(organization_id, explicit=explicit)
-            result = await work(driver)
+            result = await _keyed(driver, None if read_only else organization_id, work)
             committing = True
             await unit.commit()
             return result
@@ -374,7 +404,7 @@ async def run_in_transaction(
                 raise
             lost = failure is Failure.LOST
             if lost and committing and not read_only:
-                if verify is None:
+                if verify is None and idempotency.current() is None:
                     raise OutcomeUnknown(operation) from err
                 must_verify = True
             retryable = failure in (Failure.LOST, Failure.ROLLED_BACK)

@@ -25,6 +25,9 @@ TENANT_TABLES = [
     "care_team_events",
     "care_team_event_sequences",
     "care_team_periods",
+    "patient_identifiers",
+    "record_changes",
+    "idempotency_keys",
 ]
 # api_keys and organizations are covered by RLS too, but the application role cannot
 # read them at all: it only calls authenticate_api_key(); the owner makes organizations.
@@ -42,6 +45,18 @@ async def two_clinics(database: Database) -> tuple[tuple[uuid.UUID, uuid.UUID], 
                 db=db, organization_id=org, patient_id=patient, provider_id=provider
             )
             clinics.append((org, patient))
+    async with database.owner_engine.begin() as owner:  # a row in each of the other tables
+        for org, patient in clinics:
+            params = {"org": org, "patient": patient}
+            for sql in (
+                "INSERT INTO patient_identifiers (organization_id, patient_id, system, value) "
+                "VALUES (:org, :patient, 'urn:mrn', 'M-1')",
+                "INSERT INTO record_changes (organization_id, record_type, record_id, action, "
+                "fields, actor) VALUES (:org, 'patient', :patient, 'created', '{dob}', 'test')",
+                "INSERT INTO idempotency_keys (organization_id, key, fingerprint, status_code, "
+                "body) VALUES (:org, 'k', 'f', 201, '')",
+            ):
+                await owner.execute(text(sql), params)
     return tuple(clinics)
 
 

@@ -4,10 +4,12 @@ remove members, and its history and periods."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
 
+from src.api.conditional import IfMatch, IfNoneMatch, conditional_read, expected, team_etag
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import link, links, problem_responses
 from src.api.fields import (
@@ -21,6 +23,7 @@ from src.api.fields import (
     encode_cursor,
     encode_time_uuid_cursor,
 )
+from src.api.idempotency import IDEMPOTENT, as_response, reply, respond
 from src.api.schemas import (
     CareTeamEventOut,
     CareTeamHistoryOut,
@@ -35,12 +38,14 @@ from src.services.errors import (
     InvalidArgument,
     PanelFull,
     PatientNotFound,
+    PreconditionFailed,
     PrimaryProviderConflict,
     ProviderAlreadyPrimary,
     ProviderInactive,
     ProviderNotOnCareTeam,
     ProviderReferenceNotFound,
 )
+from src.services.idempotency import Reply
 
 router = APIRouter(prefix="/v1/patients/{patient_id}/care-team", tags=["care team"])
 
@@ -57,20 +62,57 @@ def render(team: CareTeam) -> CareTeamOut:
     return CareTeamOut.model_validate(team, from_attributes=True)
 
 
-@router.get("", response_model=CareTeamOut, responses=problem_responses(PatientNotFound))
+@router.get(
+    "",
+    response_model=CareTeamOut,
+    responses={
+        200: {"headers": {"ETag": {"schema": {"type": "string"}}}},
+        304: {"description": "Not modified (If-None-Match)"},
+        **problem_responses(PatientNotFound),
+    },
+)
 async def get_care_team(
-    patient_id: uuid.UUID, db: DB, caller: CurrentCaller, as_of: AsOf = None
-) -> CareTeamOut:
-    """The care team, primary first; with `as_of`, as it stood at that instant."""
-    return render(
-        await CareTeamService.get_care_team(
-            db=db, organization_id=caller.organization_id, patient_id=patient_id, as_of=as_of
-        )
+    patient_id: uuid.UUID,
+    request: Request,
+    db: DB,
+    caller: CurrentCaller,
+    *,
+    as_of: AsOf = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """The care team, primary first, each member with its name and whether it is active;
+    with `as_of`, as it stood at that instant. The current team carries an ETag (send it
+    as If-Match on a write to change only the team you read)."""
+    team = await CareTeamService.get_care_team(
+        db=db, organization_id=caller.organization_id, patient_id=patient_id, as_of=as_of
     )
+    if team.version is None:  # as of an instant
+        return as_response(reply(200, render(team)))
+    etag = team_etag(team.version)
+    return conditional_read(request, etag) or as_response(reply(200, render(team), etag))
+
+
+def team_reply(
+    status_code: int, *, unchanged_status: int | None = None
+) -> Callable[[CareTeam], Reply]:
+    """The response of a write: the team after it (with its ETag)."""
+
+    def answer(team: CareTeam) -> Reply:
+        code = unchanged_status if unchanged_status and team.changed is False else status_code
+        body = None if code == status.HTTP_204_NO_CONTENT else render(team)
+        return reply(code, body, None if team.version is None else team_etag(team.version))
+
+    return answer
+
+
+def _version(if_match: str | None) -> int | None:
+    version = expected(if_match, "t")
+    return None if version is None else version[0]
 
 
 @router.put(
     "/primary",
+    dependencies=[IDEMPOTENT],
     response_model=CareTeamOut,
     responses={
         200: links(
@@ -88,17 +130,23 @@ async def get_care_team(
             ProviderInactive,
             PanelFull,
             PrimaryProviderConflict,
+            PreconditionFailed,
             body=True,
         ),
     },
 )
 async def assign_primary_provider(
-    patient_id: uuid.UUID, body: TeamChange, db: DB, caller: CurrentCaller
-) -> CareTeamOut:
+    patient_id: uuid.UUID,
+    body: TeamChange,
+    db: DB,
+    caller: CurrentCaller,
+    if_match: IfMatch = None,
+) -> Response:
     """Make the provider the primary; the previous primary stays on the team as secondary.
-    409 panel_full when the provider's panel is at its capacity."""
-    return render(
-        await CareTeamService.assign_primary_provider(
+    409 panel_full when the provider's panel is at its capacity. With If-Match (the
+    team's ETag), only if the team did not change since (412)."""
+    return await respond(
+        CareTeamService.assign_primary_provider(
             db=db,
             organization_id=caller.organization_id,
             patient_id=patient_id,
@@ -106,12 +154,15 @@ async def assign_primary_provider(
             actor=caller.actor,
             reason=body.reason,
             note=body.note,
-        )
+            if_version=_version(if_match),
+        ),
+        team_reply(status.HTTP_200_OK),
     )
 
 
 @router.post(
     "/members",
+    dependencies=[IDEMPOTENT],
     status_code=status.HTTP_201_CREATED,
     response_model=CareTeamOut,
     responses={
@@ -123,55 +174,71 @@ async def assign_primary_provider(
             InvalidArgument,
             ProviderInactive,
             ProviderAlreadyPrimary,
+            PreconditionFailed,
             body=True,
         ),
     },
 )
 async def add_care_team_member(
-    patient_id: uuid.UUID, body: TeamChange, db: DB, caller: CurrentCaller, response: Response
-) -> CareTeamOut:
+    patient_id: uuid.UUID,
+    body: TeamChange,
+    db: DB,
+    caller: CurrentCaller,
+    if_match: IfMatch = None,
+) -> Response:
     """Add the provider as a secondary: 201 when added, 200 when it already was one (409
-    if it is the primary)."""
-    team = await CareTeamService.add_secondary_provider(
-        db=db,
-        organization_id=caller.organization_id,
-        patient_id=patient_id,
-        provider_id=body.provider_id,
-        actor=caller.actor,
-        reason=body.reason,
-        note=body.note,
+    if it is the primary). With If-Match (the team's ETag), only if the team did not
+    change since (412)."""
+    return await respond(
+        CareTeamService.add_secondary_provider(
+            db=db,
+            organization_id=caller.organization_id,
+            patient_id=patient_id,
+            provider_id=body.provider_id,
+            actor=caller.actor,
+            reason=body.reason,
+            note=body.note,
+            if_version=_version(if_match),
+        ),
+        team_reply(status.HTTP_201_CREATED, unchanged_status=status.HTTP_200_OK),
     )
-    if not team.changed:
-        response.status_code = status.HTTP_200_OK
-    return render(team)
 
 
 @router.delete(
     "/members/{provider_id}",
+    dependencies=[IDEMPOTENT],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(PatientNotFound, ProviderNotOnCareTeam, InvalidArgument, body=True),
+    responses=problem_responses(
+        PatientNotFound, ProviderNotOnCareTeam, InvalidArgument, PreconditionFailed, body=True
+    ),
 )
 async def remove_care_team_member(
     patient_id: uuid.UUID,
     provider_id: uuid.UUID,
     db: DB,
     caller: CurrentCaller,
+    *,
     body: Annotated[MemberRemoval | None, Body()] = None,
+    if_match: IfMatch = None,
 ) -> Response:
     """Take the provider off the team (removing the primary leaves none). The body, if
-    any, gives the reason and a note."""
+    any, gives the reason and a note. With If-Match (the team's ETag), only if the team
+    did not change since (412)."""
     change = body or MemberRemoval()
-    await CareTeamService.remove_provider(
-        db=db,
-        organization_id=caller.organization_id,
-        patient_id=patient_id,
-        provider_id=provider_id,
-        actor=caller.actor,
-        reason=change.reason,
-        note=change.note,
+    return await respond(
+        CareTeamService.remove_provider(
+            db=db,
+            organization_id=caller.organization_id,
+            patient_id=patient_id,
+            provider_id=provider_id,
+            actor=caller.actor,
+            reason=change.reason,
+            note=change.note,
+            if_version=_version(if_match),
+        ),
+        team_reply(status.HTTP_204_NO_CONTENT),
     )
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(

@@ -1,23 +1,149 @@
-"""Patients and providers of the caller's organization."""
+"""Patients and providers of the caller's organization: create, read, correct, list and
+search, and who changed them."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, Request, Response, status
+from pydantic import BaseModel
 
+from src.api.conditional import (
+    IfMatch,
+    IfNoneMatch,
+    conditional_read,
+    expected,
+    patient_etag,
+    provider_etag,
+)
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import link, links, problem_responses
-from src.api.schemas import PatientCreate, PatientOut, ProviderCreate, ProviderOut, ProviderUpdate
-from src.services.directory_service import UNCHANGED, DirectoryService
+from src.api.fields import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    IDENTIFIER_QUERY_PATTERN,
+    NPI_PATTERN,
+    UUID_CURSOR_MAX_LENGTH,
+    UUID_CURSOR_PATTERN,
+    BirthDate,
+    decode_cursor,
+    decode_uuid_cursor,
+    encode_cursor,
+    encode_uuid_cursor,
+    parse_identifier_query,
+)
+from src.api.idempotency import IDEMPOTENT, as_response, reply, respond
+from src.api.schemas import (
+    IdentifierIn,
+    PatientCreate,
+    PatientListOut,
+    PatientOut,
+    PatientUpdate,
+    ProviderCreate,
+    ProviderListOut,
+    ProviderOut,
+    ProviderUpdate,
+    RecordChangeOut,
+    RecordChangesOut,
+)
+from src.models import RecordType
+from src.services.directory_service import (
+    UNCHANGED,
+    DirectoryService,
+    Identifier,
+    PatientRecord,
+    ProviderRecord,
+    RecordChangeRecord,
+)
 from src.services.errors import (
+    IdentifierTaken,
     InvalidArgument,
+    NpiTaken,
     PatientNotFound,
+    PreconditionFailed,
     ProviderHasPatients,
     ProviderNotFound,
 )
+from src.services.idempotency import Reply
 
 router = APIRouter(prefix="/v1")
+
+MAX_PAGE = 200
+
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="At most this many items")]
+IdCursor = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=UUID_CURSOR_MAX_LENGTH,
+        pattern=UUID_CURSOR_PATTERN,
+        description="next_cursor of the previous page (opaque)",
+    ),
+]
+NamePrefix = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="The start of the first or the last name, in any case",
+    ),
+]
+ChangesCursor = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=CURSOR_MAX_LENGTH,
+        pattern=CURSOR_PATTERN,
+        description="next_cursor of the previous page (opaque)",
+    ),
+]
+
+
+def patient_out(record: PatientRecord) -> PatientOut:
+    return PatientOut.model_validate(record, from_attributes=True)
+
+
+def provider_out(record: ProviderRecord) -> ProviderOut:
+    return ProviderOut.model_validate(record, from_attributes=True)
+
+
+def patient_reply(status_code: int) -> Callable[[PatientRecord], Reply]:
+    def render(record: PatientRecord) -> Reply:
+        return reply(status_code, patient_out(record), patient_etag(record.version))
+
+    return render
+
+
+def provider_reply(status_code: int) -> Callable[[ProviderRecord], Reply]:
+    def render(record: ProviderRecord) -> Reply:
+        return reply(
+            status_code, provider_out(record), provider_etag(record.version, record.panel_size)
+        )
+
+    return render
+
+
+def _given(body: BaseModel, name: str) -> Any:
+    """The field's value if the body gives it, else UNCHANGED."""
+    return getattr(body, name) if name in body.model_fields_set else UNCHANGED
+
+
+def _identifiers(items: list[IdentifierIn]) -> list[Identifier]:
+    return [Identifier(system=i.system, value=i.value) for i in items]
+
+
+def _changes_page(items: list[RecordChangeRecord], limit: int) -> RecordChangesOut:
+    page = items[:limit]
+    return RecordChangesOut(
+        items=[RecordChangeOut.model_validate(c, from_attributes=True) for c in page],
+        next_cursor=encode_cursor(page[-1].id) if len(items) > limit else None,
+    )
+
+
+# --- patients -------------------------------------------------------------------------------
 
 
 @router.post(
@@ -25,37 +151,165 @@ router = APIRouter(prefix="/v1")
     status_code=status.HTTP_201_CREATED,
     response_model=PatientOut,
     tags=["patients"],
+    dependencies=[IDEMPOTENT],
     responses={
         201: links(
             GetPatient=link("getPatient", patient_id="id"),
+            UpdatePatient=link("updatePatient", patient_id="id"),
             GetCareTeam=link("getCareTeam", patient_id="id"),
             AssignPrimaryProvider=link("assignPrimaryProvider", patient_id="id"),
             AddCareTeamMember=link("addCareTeamMember", patient_id="id"),
             RemoveCareTeamMember=link("removeCareTeamMember", patient_id="id"),
             GetCareTeamHistory=link("getCareTeamHistory", patient_id="id"),
             GetCareTeamPeriods=link("getCareTeamPeriods", patient_id="id"),
+            GetPatientChanges=link("getPatientChanges", patient_id="id"),
         ),
-        **problem_responses(body=True),
+        **problem_responses(IdentifierTaken, InvalidArgument, body=True),
     },
 )
-async def create_patient(body: PatientCreate, db: DB, caller: CurrentCaller) -> PatientOut:
-    record = await DirectoryService.create_patient(
-        db=db, organization_id=caller.organization_id, **body.model_dump()
+async def create_patient(body: PatientCreate, db: DB, caller: CurrentCaller) -> Response:
+    """Identifiers are unique per (system, value) in your organization."""
+    return await respond(
+        DirectoryService.create_patient(
+            db=db,
+            organization_id=caller.organization_id,
+            first_name=body.first_name,
+            last_name=body.last_name,
+            dob=body.dob,
+            identifiers=_identifiers(body.identifiers),
+            actor=caller.actor,
+        ),
+        patient_reply(201),
     )
-    return PatientOut.model_validate(record, from_attributes=True)
+
+
+@router.get(
+    "/patients",
+    response_model=PatientListOut,
+    tags=["patients"],
+    responses=problem_responses(),
+)
+async def list_patients(
+    db: DB,
+    caller: CurrentCaller,
+    *,
+    name: NamePrefix = None,
+    dob: Annotated[BirthDate | None, Query(description="Born on this date")] = None,
+    identifier: Annotated[
+        str | None,
+        Query(
+            max_length=511,
+            pattern=IDENTIFIER_QUERY_PATTERN,
+            description="system|value: the patient holding this identifier",
+        ),
+    ] = None,
+    limit: Limit = 50,
+    cursor: IdCursor = None,
+) -> PatientListOut:
+    """Your organization's patients in id order, `limit` at a time, filtered by what is
+    given (all of it must hold)."""
+    found = await DirectoryService.list_patients(
+        db=db,
+        organization_id=caller.organization_id,
+        name=name,
+        dob=dob,
+        identifier=None if identifier is None else Identifier(*parse_identifier_query(identifier)),
+        limit=limit + 1,
+        after=None if cursor is None else decode_uuid_cursor(cursor),
+    )
+    page = found[:limit]
+    return PatientListOut(
+        items=[patient_out(p) for p in page],
+        next_cursor=encode_uuid_cursor(page[-1].id) if len(found) > limit else None,
+    )
 
 
 @router.get(
     "/patients/{patient_id}",
     response_model=PatientOut,
     tags=["patients"],
-    responses=problem_responses(PatientNotFound),
+    responses={
+        200: {"headers": {"ETag": {"schema": {"type": "string"}}}},
+        304: {"description": "Not modified (If-None-Match)"},
+        **problem_responses(PatientNotFound),
+    },
 )
-async def get_patient(patient_id: uuid.UUID, db: DB, caller: CurrentCaller) -> PatientOut:
+async def get_patient(
+    patient_id: uuid.UUID,
+    request: Request,
+    db: DB,
+    caller: CurrentCaller,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
     record = await DirectoryService.get_patient(
         db=db, organization_id=caller.organization_id, patient_id=patient_id
     )
-    return PatientOut.model_validate(record, from_attributes=True)
+    etag = patient_etag(record.version)
+    return conditional_read(request, etag) or as_response(reply(200, patient_out(record), etag))
+
+
+@router.patch(
+    "/patients/{patient_id}",
+    response_model=PatientOut,
+    tags=["patients"],
+    dependencies=[IDEMPOTENT],
+    responses=problem_responses(
+        PatientNotFound, IdentifierTaken, InvalidArgument, PreconditionFailed, body=True
+    ),
+)
+async def update_patient(
+    patient_id: uuid.UUID,
+    body: PatientUpdate,
+    db: DB,
+    caller: CurrentCaller,
+    if_match: IfMatch = None,
+) -> Response:
+    """Change what is given, validated as on create; `identifiers` replaces the list.
+    With If-Match (the ETag of your read), only if nobody changed it since (412)."""
+    version = expected(if_match, "p")
+    return await respond(
+        DirectoryService.update_patient(
+            db=db,
+            organization_id=caller.organization_id,
+            patient_id=patient_id,
+            first_name=_given(body, "first_name"),
+            last_name=_given(body, "last_name"),
+            dob=_given(body, "dob"),
+            identifiers=UNCHANGED if body.identifiers is None else _identifiers(body.identifiers),
+            if_version=None if version is None else version[0],
+            actor=caller.actor,
+        ),
+        patient_reply(200),
+    )
+
+
+@router.get(
+    "/patients/{patient_id}/changes",
+    response_model=RecordChangesOut,
+    tags=["patients"],
+    responses=problem_responses(PatientNotFound),
+)
+async def get_patient_changes(
+    patient_id: uuid.UUID,
+    db: DB,
+    caller: CurrentCaller,
+    limit: Limit = 50,
+    cursor: ChangesCursor = None,
+) -> RecordChangesOut:
+    """Who created and changed the record, which fields (never their values), and when;
+    newest first."""
+    changes = await DirectoryService.get_record_changes(
+        db=db,
+        organization_id=caller.organization_id,
+        record_type=RecordType.PATIENT,
+        record_id=patient_id,
+        limit=limit + 1,
+        before=None if cursor is None else decode_cursor(cursor),
+    )
+    return _changes_page(changes, limit)
+
+
+# --- providers ------------------------------------------------------------------------------
 
 
 @router.post(
@@ -63,6 +317,7 @@ async def get_patient(patient_id: uuid.UUID, db: DB, caller: CurrentCaller) -> P
     status_code=status.HTTP_201_CREATED,
     response_model=ProviderOut,
     tags=["providers"],
+    dependencies=[IDEMPOTENT],
     responses={
         201: links(
             GetProvider=link("getProvider", provider_id="id"),
@@ -71,49 +326,147 @@ async def get_patient(patient_id: uuid.UUID, db: DB, caller: CurrentCaller) -> P
             AddAsCareTeamMember=link("addCareTeamMember", body_provider_id="id"),
             GetProviderPanel=link("getProviderPanel", provider_id="id"),
             TransferProviderPanel=link("transferProviderPanel", provider_id="id"),
+            GetProviderChanges=link("getProviderChanges", provider_id="id"),
         ),
-        **problem_responses(body=True),
+        **problem_responses(NpiTaken, body=True),
     },
 )
-async def create_provider(body: ProviderCreate, db: DB, caller: CurrentCaller) -> ProviderOut:
-    record = await DirectoryService.create_provider(
-        db=db, organization_id=caller.organization_id, **body.model_dump()
+async def create_provider(body: ProviderCreate, db: DB, caller: CurrentCaller) -> Response:
+    return await respond(
+        DirectoryService.create_provider(
+            db=db,
+            organization_id=caller.organization_id,
+            first_name=body.first_name,
+            last_name=body.last_name,
+            npi=body.npi,
+            actor=caller.actor,
+        ),
+        provider_reply(201),
     )
-    return ProviderOut.model_validate(record, from_attributes=True)
+
+
+@router.get(
+    "/providers",
+    response_model=ProviderListOut,
+    tags=["providers"],
+    responses=problem_responses(),
+)
+async def list_providers(
+    db: DB,
+    caller: CurrentCaller,
+    *,
+    name: NamePrefix = None,
+    npi: Annotated[str | None, Query(pattern=NPI_PATTERN, description="This NPI")] = None,
+    active: Annotated[bool | None, Query(description="Only active (or inactive) ones")] = None,
+    limit: Limit = 50,
+    cursor: IdCursor = None,
+) -> ProviderListOut:
+    """Your organization's providers in id order, `limit` at a time, filtered by what is
+    given (all of it must hold)."""
+    found = await DirectoryService.list_providers(
+        db=db,
+        organization_id=caller.organization_id,
+        name=name,
+        npi=npi,
+        active=active,
+        limit=limit + 1,
+        after=None if cursor is None else decode_uuid_cursor(cursor),
+    )
+    page = found[:limit]
+    return ProviderListOut(
+        items=[provider_out(p) for p in page],
+        next_cursor=encode_uuid_cursor(page[-1].id) if len(found) > limit else None,
+    )
 
 
 @router.get(
     "/providers/{provider_id}",
     response_model=ProviderOut,
     tags=["providers"],
-    responses=problem_responses(ProviderNotFound),
+    responses={
+        200: {"headers": {"ETag": {"schema": {"type": "string"}}}},
+        304: {"description": "Not modified (If-None-Match)"},
+        **problem_responses(ProviderNotFound),
+    },
 )
-async def get_provider(provider_id: uuid.UUID, db: DB, caller: CurrentCaller) -> ProviderOut:
+async def get_provider(
+    provider_id: uuid.UUID,
+    request: Request,
+    db: DB,
+    caller: CurrentCaller,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
     record = await DirectoryService.get_provider(
         db=db, organization_id=caller.organization_id, provider_id=provider_id
     )
-    return ProviderOut.model_validate(record, from_attributes=True)
+    etag = provider_etag(record.version, record.panel_size)
+    return conditional_read(request, etag) or as_response(reply(200, provider_out(record), etag))
 
 
 @router.patch(
     "/providers/{provider_id}",
     response_model=ProviderOut,
     tags=["providers"],
-    responses=problem_responses(ProviderNotFound, ProviderHasPatients, InvalidArgument, body=True),
+    dependencies=[IDEMPOTENT],
+    responses=problem_responses(
+        ProviderNotFound,
+        ProviderHasPatients,
+        NpiTaken,
+        InvalidArgument,
+        PreconditionFailed,
+        body=True,
+    ),
 )
 async def update_provider(
-    provider_id: uuid.UUID, body: ProviderUpdate, db: DB, caller: CurrentCaller
-) -> ProviderOut:
-    """Change what is given: `active` (deactivating a provider who is still some
-    patients' primary is 409 provider_has_patients: transfer the panel first) and
-    `panel_capacity` (null: no limit)."""
-    record = await DirectoryService.update_provider(
+    provider_id: uuid.UUID,
+    body: ProviderUpdate,
+    db: DB,
+    caller: CurrentCaller,
+    if_match: IfMatch = None,
+) -> Response:
+    """Change what is given, validated as on create: names, `npi` (null removes it),
+    `active` (deactivating a provider who is still some patients' primary is 409
+    provider_has_patients: transfer the panel first) and `panel_capacity` (null: no
+    limit). With If-Match (the ETag of your read), only if nothing changed since (412)."""
+    version = expected(if_match, "v", parts=2)
+    return await respond(
+        DirectoryService.update_provider(
+            db=db,
+            organization_id=caller.organization_id,
+            provider_id=provider_id,
+            first_name=_given(body, "first_name"),
+            last_name=_given(body, "last_name"),
+            npi=_given(body, "npi"),
+            active=body.active,
+            panel_capacity=_given(body, "panel_capacity"),
+            if_version=version,
+            actor=caller.actor,
+        ),
+        provider_reply(200),
+    )
+
+
+@router.get(
+    "/providers/{provider_id}/changes",
+    response_model=RecordChangesOut,
+    tags=["providers"],
+    responses=problem_responses(ProviderNotFound),
+)
+async def get_provider_changes(
+    provider_id: uuid.UUID,
+    db: DB,
+    caller: CurrentCaller,
+    limit: Limit = 50,
+    cursor: ChangesCursor = None,
+) -> RecordChangesOut:
+    """Who created and changed the record, which fields (never their values), and when;
+    newest first."""
+    changes = await DirectoryService.get_record_changes(
         db=db,
         organization_id=caller.organization_id,
-        provider_id=provider_id,
-        active=body.active,
-        panel_capacity=body.panel_capacity
-        if "panel_capacity" in body.model_fields_set
-        else UNCHANGED,
+        record_type=RecordType.PROVIDER,
+        record_id=provider_id,
+        limit=limit + 1,
+        before=None if cursor is None else decode_cursor(cursor),
     )
-    return ProviderOut.model_validate(record, from_attributes=True)
+    return _changes_page(changes, limit)

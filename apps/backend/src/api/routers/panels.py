@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import problem_responses
@@ -16,6 +16,7 @@ from src.api.fields import (
     decode_uuid_cursor,
     encode_uuid_cursor,
 )
+from src.api.idempotency import IDEMPOTENT, reply, respond
 from src.api.schemas import (
     PanelEntryOut,
     PanelOut,
@@ -25,6 +26,7 @@ from src.api.schemas import (
     TransferOut,
 )
 from src.services.errors import (
+    IdempotencyKeyInProgress,
     InvalidArgument,
     ProviderInactive,
     ProviderNotFound,
@@ -84,29 +86,37 @@ async def get_provider_panel(
 @router.post(
     "/providers/{provider_id}/panel/transfer",
     response_model=TransferOut,
+    dependencies=[IDEMPOTENT],
     responses=problem_responses(
-        ProviderNotFound, ProviderReferenceNotFound, InvalidArgument, ProviderInactive, body=True
+        ProviderNotFound,
+        ProviderReferenceNotFound,
+        InvalidArgument,
+        ProviderInactive,
+        IdempotencyKeyInProgress,
+        body=True,
     ),
 )
 async def transfer_provider_panel(
     provider_id: uuid.UUID, body: PanelTransfer, db: DB, caller: CurrentCaller
-) -> TransferOut:
+) -> Response:
     """Make `to_provider_id` the primary provider of every patient whose primary is this
     provider, in batches, within the target's capacity (what it cannot take is
     `refused_capacity`). Running it again moves only what is left; `dry_run` changes
     nothing and says what would happen."""
-    result = await PanelService.transfer_panel(
-        db=db,
-        organization_id=caller.organization_id,
-        from_provider_id=provider_id,
-        to_provider_id=body.to_provider_id,
-        reason=body.reason,
-        note=body.note,
-        previous_provider=body.previous_provider,
-        dry_run=body.dry_run,
-        actor=caller.actor,
+    return await respond(
+        PanelService.transfer_panel(
+            db=db,
+            organization_id=caller.organization_id,
+            from_provider_id=provider_id,
+            to_provider_id=body.to_provider_id,
+            reason=body.reason,
+            note=body.note,
+            previous_provider=body.previous_provider,
+            dry_run=body.dry_run,
+            actor=caller.actor,
+        ),
+        lambda result: reply(200, TransferOut.model_validate(result, from_attributes=True)),
     )
-    return TransferOut.model_validate(result, from_attributes=True)
 
 
 @router.get("/reports/panels", response_model=PanelReportOut, responses=problem_responses())

@@ -1,0 +1,92 @@
+"""Conditional requests: ETags on reads, If-None-Match (304) and If-Match (412).
+
+An ETag names a version of what a read returns:
+- a patient: `"p<version>"` (its record's version, one more with each change);
+- a provider: `"v<version>.<panel size>"` (its record's version and its panel's size,
+  which assignments change without touching the record);
+- a care team: `"t<n>"` (n: the number of the patient's last care team event).
+
+A write with If-Match goes ahead only if what it changes is still at that version,
+checked under the same lock as the change itself; otherwise 412 and nothing changed. An
+ETag that is malformed, or of another kind, matches nothing (412). `If-Match: *` only
+asks that the resource exists.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import Header, Request, Response
+from pydantic.json_schema import SkipJsonSchema
+
+NOT_MATCHING = -1  # a version no resource has: a write with it is refused (412)
+_TAG = re.compile(r'^(?:W/)?"([^"]*)"$')
+
+# Optional headers: absent or a string (never null, so not in their schema).
+IfMatch = Annotated[
+    str | SkipJsonSchema[None],
+    Header(
+        description='Only if the resource is still at this ETag (412 otherwise); "*": if it exists',
+        max_length=200,
+    ),
+]
+IfNoneMatch = Annotated[
+    str | SkipJsonSchema[None],
+    Header(
+        description="304 Not Modified if the resource is at one of these ETags", max_length=2000
+    ),
+]
+
+
+def patient_etag(version: int) -> str:
+    return f'"p{version}"'
+
+
+def provider_etag(version: int, panel_size: int) -> str:
+    return f'"v{version}.{panel_size}"'
+
+
+def team_etag(version: int) -> str:
+    return f'"t{version}"'
+
+
+def _tags(header: str) -> list[str]:
+    return [tag.strip() for tag in header.split(",") if tag.strip()]
+
+
+def _opaque(tag: str) -> str | None:
+    match = _TAG.fullmatch(tag)
+    return None if match is None else match.group(1)
+
+
+def expected(if_match: str | None, kind: str, parts: int = 1) -> tuple[int, ...] | None:
+    """The version numbers If-Match names, for a resource whose ETags are `kind` then
+    `parts` numbers joined by "." (`p1`, `v3.12`, `t40`): None without If-Match or with
+    `*`; NOT_MATCHING numbers for anything that is not exactly one of this resource's
+    ETags (a write names the one it read): then the write is refused (412)."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    tags = _tags(if_match)
+    nothing = (NOT_MATCHING,) * parts
+    if len(tags) != 1:
+        return nothing
+    value = None if tags[0].startswith("W/") else _opaque(tags[0])  # strong comparison
+    if value is None or not value.startswith(kind):
+        return nothing
+    numbers = value[len(kind) :].split(".")
+    if len(numbers) != parts or not all(n.isdigit() and n.isascii() for n in numbers):
+        return nothing
+    return tuple(int(n) for n in numbers)
+
+
+def conditional_read(request: Request, etag: str) -> Response | None:
+    """304 if If-None-Match names `etag` (or is `*`); None: send the full response."""
+    header = request.headers.get("if-none-match")
+    if header is None:
+        return None
+    tags = _tags(header)
+    wanted = _opaque(etag)
+    if "*" in tags or any(_opaque(tag) == wanted for tag in tags):
+        return Response(status_code=304, headers={"ETag": etag})
+    return None

@@ -1,0 +1,46 @@
+"""The change feed: the organization's care team events, in commit order, resumable."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from src.api.deps import DB, CurrentCaller
+from src.api.errors import problem_responses
+from src.api.fields import CURSOR_MAX_LENGTH, CURSOR_PATTERN, decode_cursor, encode_cursor
+from src.api.schemas import CareTeamEventsOut, FeedEventOut
+from src.services.care_team_service import CareTeamService
+
+router = APIRouter(prefix="/v1", tags=["change feed"])
+
+MAX_PAGE = 500
+
+
+@router.get("/care-team-events", response_model=CareTeamEventsOut, responses=problem_responses())
+async def get_care_team_events(
+    db: DB,
+    caller: CurrentCaller,
+    after: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=CURSOR_MAX_LENGTH,
+            pattern=CURSOR_PATTERN,
+            description="next_cursor of the previous page (opaque); absent: from the start",
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="At most this many")] = 100,
+) -> CareTeamEventsOut:
+    """Your organization's care team events after the cursor, oldest first, in commit
+    order: every event exactly once, however transactions interleave. Keep the
+    `next_cursor` and call again with it to stay in sync (it stays the same while
+    nothing new has happened)."""
+    position = 0 if after is None else decode_cursor(after)
+    events = await CareTeamService.get_events(
+        db=db, organization_id=caller.organization_id, after=position, limit=limit
+    )
+    return CareTeamEventsOut(
+        items=[FeedEventOut.model_validate(e, from_attributes=True) for e in events],
+        next_cursor=encode_cursor(events[-1].id if events else position),
+    )

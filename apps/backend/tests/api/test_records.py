@@ -1,0 +1,460 @@
+"""Records an integrator can build on: identifiers, NPIs, lists and search, corrections
+with their audit trail, ETags, members with names, CORS."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from src.api.app import create_app
+from src.api.fields import npi_check_digit_ok
+from src.db import Database
+from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
+
+MRN = "urn:example:clinic:mrn"
+# Valid NPIs (their check digits hold), and one that fails it.
+NPI_A, NPI_B, BAD_NPI = "1234567893", "1245319599", "1234567890"
+
+
+async def rows(database: Database, sql: str, **params: object) -> list[tuple[object, ...]]:
+    async with database.owner_engine.connect() as conn:
+        return [tuple(r) for r in (await conn.execute(text(sql), params)).all()]
+
+
+class TestNpi:
+    def test_the_check_digit(self):
+        # CMS's published example, and a few valid and invalid neighbours.
+        assert npi_check_digit_ok("1234567893")
+        assert not npi_check_digit_ok("1234567890")
+        assert npi_check_digit_ok("1245319599")
+        assert not npi_check_digit_ok("1245319590")
+
+    async def test_a_wrong_check_digit_is_refused_and_nothing_is_written(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        r = await client.post(
+            "/v1/providers",
+            json={"first_name": "Grace", "last_name": "Hopper", "npi": BAD_NPI},
+            headers=tenant.headers,
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "npi"
+        count = await rows(
+            database,
+            "SELECT count(*) FROM providers WHERE organization_id = :o",
+            o=tenant.organization_id,
+        )
+        assert count == [(0,)]
+
+    async def test_unique_within_an_organization_only(
+        self, client: httpx.AsyncClient, make_tenant: TenantFactory
+    ):
+        a, b = await make_tenant(), await make_tenant()
+        await post_provider(client, a, npi=NPI_A)
+        again = await client.post(
+            "/v1/providers",
+            json={"first_name": "X", "last_name": "Y", "npi": NPI_A},
+            headers=a.headers,
+        )
+        assert again.status_code == 409, again.text
+        assert again.json()["error"] == "npi_taken"
+        await post_provider(client, b, npi=NPI_A)  # another organization: its own NPIs
+
+    async def test_patch_checks_and_changes_it(self, client: httpx.AsyncClient, tenant: Tenant):
+        first = await post_provider(client, tenant, npi=NPI_A)
+        second = await post_provider(client, tenant)
+        url = f"/v1/providers/{second}"
+        bad = await client.patch(url, json={"npi": BAD_NPI}, headers=tenant.headers)
+        assert bad.status_code == 422
+        taken = await client.patch(url, json={"npi": NPI_A}, headers=tenant.headers)
+        assert taken.status_code == 409 and taken.json()["error"] == "npi_taken"
+        ok = await client.patch(
+            url, json={"npi": NPI_B, "last_name": "Hopper"}, headers=tenant.headers
+        )
+        assert ok.status_code == 200, ok.text
+        assert (ok.json()["npi"], ok.json()["last_name"]) == (NPI_B, "Hopper")
+        cleared = await client.patch(
+            f"/v1/providers/{first}", json={"npi": None}, headers=tenant.headers
+        )
+        assert cleared.json()["npi"] is None
+
+
+class TestIdentifiers:
+    async def test_create_search_change(self, client: httpx.AsyncClient, tenant: Tenant):
+        patient = await post_patient(
+            client, tenant, identifiers=[{"system": MRN, "value": "MRN-1"}]
+        )
+        found = await client.get(
+            "/v1/patients", params={"identifier": f"{MRN}|MRN-1"}, headers=tenant.headers
+        )
+        assert [p["id"] for p in found.json()["items"]] == [patient]
+        assert found.json()["items"][0]["identifiers"] == [{"system": MRN, "value": "MRN-1"}]
+
+        taken = await client.post(
+            "/v1/patients",
+            json={
+                "first_name": "B",
+                "last_name": "C",
+                "dob": "1990-01-01",
+                "identifiers": [{"system": MRN, "value": "MRN-1"}],
+            },
+            headers=tenant.headers,
+        )
+        assert taken.status_code == 409 and taken.json()["error"] == "identifier_taken"
+
+        changed = await client.patch(
+            f"/v1/patients/{patient}",
+            json={"identifiers": [{"system": MRN, "value": "MRN-2"}]},
+            headers=tenant.headers,
+        )
+        assert changed.status_code == 200, changed.text
+        old = await client.get(
+            "/v1/patients", params={"identifier": f"{MRN}|MRN-1"}, headers=tenant.headers
+        )
+        assert old.json()["items"] == []
+        # The old value is free again.
+        await post_patient(client, tenant, identifiers=[{"system": MRN, "value": "MRN-1"}])
+
+    @pytest.mark.parametrize(
+        "identifiers",
+        [
+            [{"system": "", "value": "x"}],
+            [{"system": "a|b", "value": "x"}],
+            [{"system": MRN, "value": "bad\nvalue"}],
+            [{"system": MRN, "value": "x" * 256}],
+            [{"system": MRN}],
+            [{"system": MRN, "value": "x", "extra": 1}],
+            "MRN-1",
+        ],
+        ids=[
+            "empty-system",
+            "bar-in-system",
+            "control-char",
+            "too-long",
+            "no-value",
+            "extra",
+            "not-a-list",
+        ],
+    )
+    async def test_malformed_identifiers_are_422_and_nothing_is_written(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database, identifiers: object
+    ):
+        r = await client.post(
+            "/v1/patients",
+            json={
+                "first_name": "A",
+                "last_name": "B",
+                "dob": "1990-01-01",
+                "identifiers": identifiers,
+            },
+            headers=tenant.headers,
+        )
+        assert r.status_code == 422, r.text
+        count = await rows(
+            database,
+            "SELECT count(*) FROM patients WHERE organization_id = :o",
+            o=tenant.organization_id,
+        )
+        assert count == [(0,)]
+
+    async def test_a_malformed_identifier_search_is_422(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        for bad in ("no-bar", "|value", f"{MRN}|"):
+            r = await client.get("/v1/patients", params={"identifier": bad}, headers=tenant.headers)
+            assert r.status_code == 422, (bad, r.text)
+
+
+class TestListsAndSearch:
+    async def test_pages_by_cursor_in_a_stable_order(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        made = sorted([await post_patient(client, tenant) for _ in range(7)], key=uuid.UUID)
+        seen, cursor = [], None
+        while True:
+            params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+            page = (await client.get("/v1/patients", params=params, headers=tenant.headers)).json()
+            seen += [p["id"] for p in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == made
+
+    async def test_name_prefix_any_case_first_or_last(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        ada = await post_patient(client, tenant, first_name="Ada", last_name="Lovelace")
+        grace = await post_patient(client, tenant, first_name="Grace", last_name="Adams")
+        await post_patient(client, tenant, first_name="Alan", last_name="Turing")
+
+        async def names(prefix: str) -> set[str]:
+            r = await client.get("/v1/patients", params={"name": prefix}, headers=tenant.headers)
+            assert r.status_code == 200, r.text
+            return {p["id"] for p in r.json()["items"]}
+
+        assert await names("ad") == {ada, grace}
+        assert await names("LOVE") == {ada}
+        assert await names("%") == set()  # no wildcards: a literal prefix
+        assert await names("zz") == set()
+
+    async def test_dob_and_combined_filters(self, client: httpx.AsyncClient, tenant: Tenant):
+        one = await post_patient(client, tenant, first_name="Ann", dob="1970-05-01")
+        await post_patient(client, tenant, first_name="Ann", dob="1971-05-01")
+        r = await client.get(
+            "/v1/patients", params={"name": "ann", "dob": "1970-05-01"}, headers=tenant.headers
+        )
+        assert [p["id"] for p in r.json()["items"]] == [one]
+        bad = await client.get("/v1/patients", params={"dob": "1970-13-01"}, headers=tenant.headers)
+        assert bad.status_code == 422
+
+    async def test_providers_by_name_npi_active(self, client: httpx.AsyncClient, tenant: Tenant):
+        grace = await post_provider(client, tenant, first_name="Grace", npi=NPI_A)
+        gone = await post_provider(client, tenant, first_name="Gregory")
+        await client.patch(f"/v1/providers/{gone}", json={"active": False}, headers=tenant.headers)
+
+        async def ids(**params: object) -> set[str]:
+            r = await client.get("/v1/providers", params=params, headers=tenant.headers)
+            assert r.status_code == 200, r.text
+            return {p["id"] for p in r.json()["items"]}
+
+        assert await ids(name="gr") == {grace, gone}
+        assert await ids(name="gr", active="true") == {grace}
+        assert await ids(npi=NPI_A) == {grace}
+
+    @pytest.mark.parametrize("cursor", ["!!", "a" * 23, ""])
+    async def test_a_malformed_cursor_is_422(
+        self, client: httpx.AsyncClient, tenant: Tenant, cursor: str
+    ):
+        for url in ("/v1/patients", "/v1/providers"):
+            r = await client.get(url, params={"cursor": cursor}, headers=tenant.headers)
+            assert r.status_code == 422, r.text
+
+    async def test_limit_at_most_200(self, client: httpx.AsyncClient, tenant: Tenant):
+        r = await client.get("/v1/patients", params={"limit": 201}, headers=tenant.headers)
+        assert r.status_code == 422
+
+    async def test_tenants_see_only_their_own(
+        self, client: httpx.AsyncClient, make_tenant: TenantFactory
+    ):
+        a, b = await make_tenant(), await make_tenant()
+        mine = await post_patient(
+            client, a, first_name="Zed", identifiers=[{"system": MRN, "value": "Z"}]
+        )
+        await post_provider(client, a, first_name="Zora", npi=NPI_A)
+        for params in ({}, {"name": "zed"}, {"identifier": f"{MRN}|Z"}):
+            r = await client.get("/v1/patients", params=params, headers=b.headers)
+            assert r.json()["items"] == [], params
+        for params in ({}, {"name": "zo"}, {"npi": NPI_A}):
+            r = await client.get("/v1/providers", params=params, headers=b.headers)
+            assert r.json()["items"] == [], params
+        for url in (f"/v1/patients/{mine}", f"/v1/patients/{mine}/changes"):
+            assert (await client.get(url, headers=b.headers)).status_code == 404
+        patch = await client.patch(
+            f"/v1/patients/{mine}", json={"last_name": "X"}, headers=b.headers
+        )
+        assert patch.status_code == 404
+
+
+class TestCorrectionsAndTheirTrail:
+    async def test_patch_patient_records_fields_not_values(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        patient = await post_patient(client, tenant, last_name="Before")
+        r = await client.patch(
+            f"/v1/patients/{patient}",
+            json={"last_name": "After", "dob": "1985-03-04"},
+            headers=tenant.headers,
+        )
+        assert r.status_code == 200, r.text
+        assert (r.json()["last_name"], r.json()["dob"]) == ("After", "1985-03-04")
+        unchanged = await client.patch(
+            f"/v1/patients/{patient}", json={"last_name": "After"}, headers=tenant.headers
+        )
+        assert unchanged.status_code == 200
+        changes = (
+            await client.get(f"/v1/patients/{patient}/changes", headers=tenant.headers)
+        ).json()
+        assert [(c["action"], c["fields"]) for c in changes["items"]] == [
+            ("updated", ["last_name", "dob"]),
+            ("created", ["first_name", "last_name", "dob"]),
+        ]
+        assert {c["actor"] for c in changes["items"]} == {f"api_key:{tenant.api_key_id}"}
+        stored = await rows(
+            database,
+            "SELECT fields::text FROM record_changes WHERE record_id = :p",
+            p=uuid.UUID(patient),
+        )
+        assert all("After" not in str(row) and "Before" not in str(row) for row in stored)
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {},
+            {"first_name": None},
+            {"dob": "0"},
+            {"last_name": " x"},
+            {"unknown": 1},
+            {"identifiers": None},
+        ],
+        ids=["empty", "null-name", "bad-dob", "bad-name", "unknown-field", "null-identifiers"],
+    )
+    async def test_bad_patches_are_422_and_change_nothing(
+        self, client: httpx.AsyncClient, tenant: Tenant, body: dict[str, object]
+    ):
+        patient = await post_patient(client, tenant)
+        before = (await client.get(f"/v1/patients/{patient}", headers=tenant.headers)).json()
+        r = await client.patch(f"/v1/patients/{patient}", json=body, headers=tenant.headers)
+        assert r.status_code == 422, r.text
+        after = (await client.get(f"/v1/patients/{patient}", headers=tenant.headers)).json()
+        assert after == before
+
+    async def test_provider_changes_name_the_fields(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        provider = await post_provider(client, tenant)
+        await client.patch(
+            f"/v1/providers/{provider}", json={"panel_capacity": 5}, headers=tenant.headers
+        )
+        await client.patch(
+            f"/v1/providers/{provider}", json={"first_name": "Ada"}, headers=tenant.headers
+        )
+        changes = (
+            await client.get(f"/v1/providers/{provider}/changes", headers=tenant.headers)
+        ).json()
+        assert [c["fields"] for c in changes["items"]] == [
+            ["first_name"],
+            ["panel_capacity"],
+            ["first_name", "last_name"],
+        ]
+
+
+class TestEtags:
+    async def test_patient_etag_304_and_a_stale_if_match_is_412(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient = await post_patient(client, tenant)
+        url = f"/v1/patients/{patient}"
+        read = await client.get(url, headers=tenant.headers)
+        etag = read.headers["etag"]
+        again = await client.get(url, headers={**tenant.headers, "If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b""
+        first = await client.patch(
+            url, json={"last_name": "One"}, headers={**tenant.headers, "If-Match": etag}
+        )
+        assert first.status_code == 200 and first.headers["etag"] != etag
+        stale = await client.patch(
+            url, json={"last_name": "Two"}, headers={**tenant.headers, "If-Match": etag}
+        )
+        assert stale.status_code == 412 and stale.json()["error"] == "precondition_failed"
+        assert (await client.get(url, headers=tenant.headers)).json()["last_name"] == "One"
+        fresh = await client.get(url, headers={**tenant.headers, "If-None-Match": etag})
+        assert fresh.status_code == 200
+
+    async def test_a_care_team_write_with_a_stale_etag_changes_nothing(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient = await post_patient(client, tenant)
+        a, b = await post_provider(client, tenant), await post_provider(client, tenant)
+        team_url = f"/v1/patients/{patient}/care-team"
+        etag = (await client.get(team_url, headers=tenant.headers)).headers["etag"]
+        # A concurrent writer wins first.
+        won = await client.put(
+            f"{team_url}/primary",
+            json={"provider_id": a},
+            headers={**tenant.headers, "If-Match": etag},
+        )
+        assert won.status_code == 200, won.text
+        lost = await client.put(
+            f"{team_url}/primary",
+            json={"provider_id": b},
+            headers={**tenant.headers, "If-Match": etag},
+        )
+        assert lost.status_code == 412, lost.text
+        team = (await client.get(team_url, headers=tenant.headers)).json()
+        assert team["primary_provider_id"] == a
+        for malformed in ('"t"', '"p1"', "W/" + etag, '"t1.2"'):
+            r = await client.post(
+                f"{team_url}/members",
+                json={"provider_id": b},
+                headers={**tenant.headers, "If-Match": malformed},
+            )
+            assert r.status_code == 412, (malformed, r.text)
+        r = await client.post(
+            f"{team_url}/members",
+            json={"provider_id": b},
+            headers={**tenant.headers, "If-Match": "*"},
+        )
+        assert r.status_code == 201
+
+    async def test_provider_etag_follows_its_panel(self, client: httpx.AsyncClient, tenant: Tenant):
+        provider = await post_provider(client, tenant)
+        url = f"/v1/providers/{provider}"
+        etag = (await client.get(url, headers=tenant.headers)).headers["etag"]
+        patient = await post_patient(client, tenant)
+        await client.put(
+            f"/v1/patients/{patient}/care-team/primary",
+            json={"provider_id": provider},
+            headers=tenant.headers,
+        )
+        after = await client.get(url, headers={**tenant.headers, "If-None-Match": etag})
+        assert after.status_code == 200 and after.json()["panel_size"] == 1
+
+
+class TestMembersWithNames:
+    async def test_the_team_names_its_members(self, client: httpx.AsyncClient, tenant: Tenant):
+        patient = await post_patient(client, tenant)
+        provider = await post_provider(client, tenant, first_name="Grace", last_name="Hopper")
+        r = await client.put(
+            f"/v1/patients/{patient}/care-team/primary",
+            json={"provider_id": provider},
+            headers=tenant.headers,
+        )
+        member = r.json()["members"][0]
+        assert (member["first_name"], member["last_name"], member["active"]) == (
+            "Grace",
+            "Hopper",
+            True,
+        )
+
+
+class TestCors:
+    async def test_off_by_default(self, client: httpx.AsyncClient):
+        r = await client.get("/healthz", headers={"Origin": "https://app.example.org"})
+        assert "access-control-allow-origin" not in r.headers
+
+    async def test_allowed_origins_only(
+        self, database: Database, monkeypatch: pytest.MonkeyPatch, tenant: Tenant
+    ):
+        monkeypatch.setenv("CORS_ALLOWED_ORIGINS", "https://app.example.org")
+        from src.config import get_settings  # noqa: PLC0415 (settings are cached)
+
+        get_settings.cache_clear()
+        try:
+            app = create_app(database)
+        finally:
+            monkeypatch.delenv("CORS_ALLOWED_ORIGINS")
+            get_settings.cache_clear()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://careteam.test") as c:
+            preflight = await c.options(
+                "/v1/patients",
+                headers={
+                    "Origin": "https://app.example.org",
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "Authorization, Idempotency-Key, If-Match",
+                },
+            )
+            assert preflight.status_code == 200, preflight.text
+            assert preflight.headers["access-control-allow-origin"] == "https://app.example.org"
+            got = await c.get(
+                "/v1/patients", headers={**tenant.headers, "Origin": "https://app.example.org"}
+            )
+            assert got.headers["access-control-allow-origin"] == "https://app.example.org"
+            assert "ETag" in got.headers["access-control-expose-headers"]
+            other = await c.get(
+                "/v1/patients", headers={**tenant.headers, "Origin": "https://evil.example"}
+            )
+            assert "access-control-allow-origin" not in other.headers
