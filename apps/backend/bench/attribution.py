@@ -257,7 +257,7 @@ def export_release(ref: str, into: Path) -> Path:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(into, filter="data")
         else:
-            tar.extractall(into)  # noqa: S202
+            tar.extractall(into)
     return into / "apps" / "backend"
 
 
