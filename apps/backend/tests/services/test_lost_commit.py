@@ -17,15 +17,19 @@ import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.exc import DBAPIError
 
+from src.api.app import create_app
 from src.config import Settings
 from src.db import Database, open_database, pg_error_fields
 from src.services.care_team_service import CareTeamService as Service
 from src.services.directory_service import DirectoryService
 from src.services.errors import OutcomeUnknown
+from src.services.organization_service import OrganizationService
 from tests.helpers import create_clinic, event_types, team_rows, with_owner
 
 # The simple-query message the service ends its transactions with.
@@ -234,3 +238,36 @@ class TestCommitLost:
                 )
             ).scalar_one()
         assert created == 1  # committed once, never twice
+
+
+class TestAnIdempotencyKeySettlesALostCommit:
+    """With an Idempotency-Key, the key row commits with the change: a lost COMMIT is
+    settled by reading it, so a create is answered (never outcome_unknown) and made once."""
+
+    async def test_a_create_whose_commit_is_lost_is_answered_and_made_once(
+        self, proxied: Database, cutter: CommitCutter
+    ):
+        async with proxied.sessionmaker() as db:
+            org, _, _ = await create_clinic(db)
+        async with AsyncSession(proxied.owner_engine) as owner:
+            issued = await OrganizationService.create_api_key(db=owner, organization_id=org)
+        last_name = f"Lost-{uuid.uuid4().hex[:8]}"
+        body = {"first_name": "Pat", "last_name": last_name, "dob": "1980-01-01"}
+        headers = {"Authorization": f"Bearer {issued.key}", "Idempotency-Key": "create-once"}
+        transport = httpx.ASGITransport(app=create_app(proxied))
+        async with httpx.AsyncClient(transport=transport, base_url="http://careteam.test") as c:
+            cutter.mode = "after"
+            first = await c.post("/v1/patients", json=body, headers=headers)
+            assert cutter.cuts == 1
+            assert first.status_code == 201, first.text  # settled by the key
+            retried = await c.post("/v1/patients", json=body, headers=headers)
+            assert retried.status_code == 201
+            assert retried.json() == first.json()
+            assert retried.headers["idempotent-replayed"] == "true"
+        async with proxied.owner_engine.connect() as owner:
+            created = (
+                await owner.execute(
+                    text("SELECT count(*) FROM patients WHERE last_name = :n"), {"n": last_name}
+                )
+            ).scalar_one()
+        assert created == 1
