@@ -8,15 +8,21 @@ changes, and idempotency keys.
   on (organization_id, npi) where there is one).
 - `patients.version`, `providers.version`: 1 at creation, one more with each change of
   the record (the ETag of a read; If-Match on a write).
-- Search: case-insensitive prefixes of first and last names (lower(name) with
-  text_pattern_ops), birth dates; every index leads with organization_id.
+- Search: case-insensitive prefixes of first and last names, birth dates; every index
+  leads with organization_id. Names are searched in `first_name_key` and
+  `last_name_key` (the names in lower case, kept by a trigger on every write), not in an
+  index on lower(name): under row-level security PostgreSQL uses a condition as an
+  index condition only if its functions are leakproof, and lower() is not; a plain
+  column compared with text_pattern_ops' operators (leakproof) is.
 - `record_changes`: who (the actor) changed which fields (never their values) of which
   patient or provider, and when.
 - `idempotency_keys`: per organization and key, the request's fingerprint and the
   response it got, written in the same transaction as the change itself.
 
-Online: the new tables, columns (constant defaults: no table rewrite) and grants in one
-short transaction; then every index on an existing table is built CONCURRENTLY. If two
+Online: the new tables, columns (constant defaults or none: no table rewrite), the
+name-key trigger and grants in short transactions; the name keys of existing rows are
+filled in batches (BATCH_SIZE rows, each batch its own transaction, progress logged);
+then every index on an existing table is built CONCURRENTLY. If two
 providers of one organization share an NPI, the unique index cannot be built: the
 migration stops before it, naming how many and how to find them (nothing else is
 undone; run it again once they are corrected). Re-running after any failure is safe.
@@ -28,6 +34,8 @@ Revises: 20261206_lean_period_changes
 Create Date: 2026-12-06
 """
 
+import logging
+import time
 from collections.abc import Sequence
 
 from alembic import context, op
@@ -116,27 +124,29 @@ CREATE INDEX IF NOT EXISTS {name} ON {definition}"""
 # Indexes on existing tables: (name, table, definition), built CONCURRENTLY.
 SEARCH_INDEXES = [
     (
-        "ix_patients_organization_id_last_name_prefix",
-        "patients",
-        "(organization_id, lower(last_name) text_pattern_ops, id)",
-    ),
-    (
-        "ix_patients_organization_id_first_name_prefix",
-        "patients",
-        "(organization_id, lower(first_name) text_pattern_ops, id)",
-    ),
-    ("ix_patients_organization_id_dob_id", "patients", "(organization_id, dob, id)"),
-    (
-        "ix_providers_organization_id_last_name_prefix",
-        "providers",
-        "(organization_id, lower(last_name) text_pattern_ops, id)",
-    ),
-    (
-        "ix_providers_organization_id_first_name_prefix",
-        "providers",
-        "(organization_id, lower(first_name) text_pattern_ops, id)",
-    ),
-]
+        f"ix_{table}_organization_id_{column}_key",
+        table,
+        f"(organization_id, {column}_key text_pattern_ops, id)",
+    )
+    for table in ("patients", "providers")
+    for column in ("last_name", "first_name")
+] + [("ix_patients_organization_id_dob_id", "patients", "(organization_id, dob, id)")]
+
+# The name keys, on every insert and every change of a name, whoever writes.
+NAME_KEYS = """
+CREATE OR REPLACE FUNCTION careteam_name_keys() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.first_name_key := lower(NEW.first_name);
+    NEW.last_name_key := lower(NEW.last_name);
+    RETURN NEW;
+END
+$$
+"""
+BATCH_SIZE = 10_000
+PROGRESS_EVERY_S = 10
+logger = logging.getLogger("alembic.runtime.migration")
+
 NPI_INDEX = "uq_providers_organization_id_npi"
 
 SHARED_NPIS = """
@@ -170,6 +180,42 @@ def _drop_invalid(name: str) -> None:
     )
     if invalid.scalar_one():
         op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+
+
+def _fill_name_keys(table: str) -> None:
+    """The name keys of the rows written before the trigger, in batches by id."""
+    fill = (
+        f"WITH batch AS (SELECT id FROM {table} WHERE id > CAST(:after AS uuid) "
+        "ORDER BY id LIMIT :n), "
+        f"filled AS (UPDATE {table} AS t SET first_name_key = lower(t.first_name), "
+        "last_name_key = lower(t.last_name) FROM batch WHERE t.id = batch.id "
+        "AND (t.first_name_key IS DISTINCT FROM lower(t.first_name) "
+        "OR t.last_name_key IS DISTINCT FROM lower(t.last_name))) "
+        "SELECT id FROM batch ORDER BY id DESC LIMIT 1"
+    )
+    after = "00000000-0000-0000-0000-000000000000"
+    if context.is_offline_mode():  # the statement once, for review and squawk
+        op.execute(text(fill).bindparams(after=after, n=BATCH_SIZE))
+        return
+    connection = op.get_bind()
+    total = int(connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+    started = reported = time.monotonic()
+    done = 0
+    while True:
+        end = connection.execute(text(fill), {"after": after, "n": BATCH_SIZE}).scalar()
+        if end is None:
+            break
+        after = str(end)
+        done += BATCH_SIZE
+        if time.monotonic() - reported >= PROGRESS_EVERY_S:
+            reported = time.monotonic()
+            logger.info(
+                "name keys of %s: %d of %d rows, %.0f s",
+                table,
+                min(done, total),
+                total,
+                reported - started,
+            )
 
 
 def _check_npis() -> None:
@@ -210,12 +256,20 @@ def upgrade() -> None:
     with op.get_context().autocommit_block():
         _timeouts()
         # One table per statement (a writer holding both could deadlock with this).
-        op.execute(
-            "ALTER TABLE patients ADD COLUMN IF NOT EXISTS version bigint DEFAULT 1 NOT NULL"
-        )
-        op.execute(
-            "ALTER TABLE providers ADD COLUMN IF NOT EXISTS version bigint DEFAULT 1 NOT NULL"
-        )
+        op.execute(NAME_KEYS)
+        for table in ("patients", "providers"):
+            for column in (
+                "version bigint DEFAULT 1 NOT NULL",
+                "first_name_key text",
+                "last_name_key text",
+            ):
+                op.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}")
+            op.execute(
+                "CREATE OR REPLACE TRIGGER careteam_name_keys BEFORE INSERT OR UPDATE OF "
+                f"first_name, last_name ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION careteam_name_keys()"
+            )
+            _fill_name_keys(table)
         for name, table, columns in SEARCH_INDEXES:
             _drop_invalid(name)
             op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} {columns}")
@@ -241,8 +295,11 @@ def downgrade() -> None:
     for table in NEW_TABLES:
         op.execute(f"DROP TABLE IF EXISTS {table}")
     for table in ("providers", "patients"):
-        op.execute(
-            "-- Added by this revision; the earlier release does not read it:\n"
-            "-- squawk-ignore ban-drop-column\n"
-            f"ALTER TABLE {table} DROP COLUMN IF EXISTS version"
-        )
+        op.execute(f"DROP TRIGGER IF EXISTS careteam_name_keys ON {table}")
+        for column in ("version", "first_name_key", "last_name_key"):
+            op.execute(
+                "-- Added by this revision; the earlier release does not read it:\n"
+                "-- squawk-ignore ban-drop-column\n"
+                f"ALTER TABLE {table} DROP COLUMN IF EXISTS {column}"
+            )
+    op.execute("DROP FUNCTION IF EXISTS careteam_name_keys()")

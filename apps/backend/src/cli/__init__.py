@@ -7,7 +7,9 @@ commands; this one lists them all, in the order `--help` shows them.
 
 from __future__ import annotations
 
+import importlib.metadata
 import signal
+from typing import Annotated
 
 import typer
 
@@ -16,15 +18,29 @@ from src.cli import care_team, schema, server, tenants
 app = typer.Typer(
     name="careteam",
     help="Care team backend: the HTTP API, migrations, checks, care teams, panels, tenants "
-    "and keys.",
+    "and keys. Exit codes: 0 done, 1 failed, 2 usage error (check: 0 clean, 1 violations "
+    "found, 2 could not check).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"careteam {importlib.metadata.version('careteam-backend')}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _every_command() -> None:
+def _every_command(
+    _show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     # SIGTERM (what systemd and container runtimes send) stops a command as Ctrl-C
     # does: by KeyboardInterrupt, so that it cleans up (and stops the embedded server it
     # started) instead of dying on the spot.

@@ -9,11 +9,10 @@ names it.
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -23,7 +22,16 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from src.api.fields import parse_instant
-from src.cli.common import console, errors, fail, parse_uuid, run
+from src.cli.common import (
+    JsonOption,
+    console,
+    errors,
+    fail,
+    parse_uuid,
+    print_json,
+    run,
+    usage_error,
+)
 from src.config import get_settings
 from src.db import open_database
 from src.models import ChangeReason
@@ -46,7 +54,6 @@ OrganizationOption = Annotated[
         help="The organization (default: found from the id given).",
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _as_tenant(
@@ -97,20 +104,7 @@ def _instant(value: str | None) -> datetime.datetime | None:
     try:
         return parse_instant(value)
     except ValueError as err:
-        fail(f"--as-of {err}")
-
-
-def _json(value: Any) -> None:
-    def default(item: Any) -> Any:
-        if isinstance(item, datetime.datetime):
-            return item.isoformat()
-        if isinstance(item, uuid.UUID):
-            return str(item)
-        if is_dataclass(item) and not isinstance(item, type):
-            return asdict(item)
-        raise TypeError(type(item).__name__)
-
-    sys.stdout.write(json.dumps(value, default=default) + "\n")
+        usage_error(f"--as-of {err}")
 
 
 def _when(at: datetime.datetime | None) -> str:
@@ -118,7 +112,9 @@ def _when(at: datetime.datetime | None) -> str:
 
 
 def team(
-    patient_id: Annotated[str, typer.Argument(metavar="PATIENT_ID")],
+    patient_id: Annotated[
+        str, typer.Argument(metavar="PATIENT_ID", help="The patient's id (a UUID).")
+    ],
     as_of: Annotated[
         str | None,
         typer.Option(
@@ -138,7 +134,7 @@ def team(
     patient = parse_uuid(patient_id, "PATIENT_ID")
     instant = _instant(as_of)
     if periods and instant is not None:
-        fail("--periods lists every period; it takes no --as-of")
+        usage_error("--periods lists every period; it takes no --as-of")
 
     if periods:
 
@@ -158,7 +154,7 @@ def team(
 
         org, items = _as_tenant(organization, ("patients", patient), all_periods)
         if as_json:
-            _json({"organization_id": org, "patient_id": patient, "items": items})
+            print_json({"organization_id": org, "patient_id": patient, "items": items})
             return
         table = Table("provider", "role", "from", "to", "started because", "ended because")
         for p in items:
@@ -187,7 +183,7 @@ def team(
         for m in care_team.members
     ]
     if as_json:
-        _json(
+        print_json(
             {
                 "organization_id": org,
                 "patient_id": patient,
@@ -210,8 +206,12 @@ def team(
 
 @panel_app.command("transfer")
 def panel_transfer(
-    from_provider: Annotated[str, typer.Argument(metavar="FROM_PROVIDER_ID")],
-    to_provider: Annotated[str, typer.Argument(metavar="TO_PROVIDER_ID")],
+    from_provider: Annotated[
+        str, typer.Argument(metavar="FROM_PROVIDER_ID", help="The provider whose panel moves.")
+    ],
+    to_provider: Annotated[
+        str, typer.Argument(metavar="TO_PROVIDER_ID", help="The provider who takes it.")
+    ],
     *,
     reason: Annotated[
         ChangeReason,
@@ -276,7 +276,7 @@ def panel_transfer(
     with progress:
         org, result = _as_tenant(organization, ("providers", source), transfer)
     if as_json:
-        _json({"organization_id": org, **asdict(result)})
+        print_json({"organization_id": org, **asdict(result)})
         return
     if result.dry_run:
         console.print(
@@ -311,7 +311,9 @@ def panel_transfer(
 
 @report_app.command("panels")
 def report_panels(
-    organization: Annotated[str, typer.Option("--organization", metavar="ORG_ID")],
+    organization: Annotated[
+        str, typer.Option("--organization", metavar="ORG_ID", help="The organization's id.")
+    ],
     as_json: JsonOption = False,
 ) -> None:
     """Every provider's panel size and capacity, and the patients with a care team but no
@@ -322,7 +324,7 @@ def report_panels(
 
     org, report = _as_tenant(organization, None, read)
     if as_json:
-        _json({"organization_id": org, **asdict(report)})
+        print_json({"organization_id": org, **asdict(report)})
         return
     table = Table("provider", "active", "panel size", "capacity", "room")
     for p in report.providers:

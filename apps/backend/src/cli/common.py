@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from dataclasses import asdict, is_dataclass
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from alembic.util import CommandError
@@ -31,9 +34,41 @@ errors = Console(stderr=True)
 T = TypeVar("T")
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
+# Exit codes of every command: 0 done, 1 failed, 2 usage error (arguments or settings
+# the command cannot work with; typer's own usage errors are 2 as well). `careteam
+# check` keeps its documented codes: 0 clean, 1 violations found, 2 could not check.
+FAILED, USAGE = 1, 2
+
+
+class CommandFailed(Exception):
+    """The command cannot go on; the message says why (exit 1)."""
+
+
+def fail(message: str, code: int = FAILED) -> NoReturn:
     errors.print(f"[red]❌ ERROR:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def usage_error(message: str) -> NoReturn:
+    fail(message, USAGE)
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout (ids and instants as strings)."""
+
+    def default(item: object) -> Any:
+        if isinstance(item, datetime.datetime | datetime.date):
+            return item.isoformat()
+        if isinstance(item, uuid.UUID):
+            return str(item)
+        if is_dataclass(item) and not isinstance(item, type):
+            return asdict(item)
+        raise TypeError(type(item).__name__)
+
+    sys.stdout.write(json.dumps(value, default=default) + "\n")
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 def run(work: Callable[[AsyncEngine, str], Awaitable[T]]) -> T:
@@ -53,7 +88,9 @@ def run(work: Callable[[AsyncEngine, str], Awaitable[T]]) -> T:
     except BrokenPipeError:  # the reader went away (`| head`): not a database error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0) from None
-    except (ConfigurationError, diagnostics.CannotRun) as err:
+    except ConfigurationError as err:
+        usage_error(str(err))
+    except (CommandFailed, diagnostics.CannotRun) as err:
         fail(str(err))
     except CommandError as err:
         fail(f"migration failed: {err}")
@@ -65,7 +102,7 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        fail(f"{what} must be a UUID, got {value!r}")
+        usage_error(f"{what} must be a UUID, got {value!r}")
 
 
 def owner_call(action: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -85,4 +122,4 @@ def settings_or_fail() -> Settings:
     try:
         return get_settings()
     except ConfigurationError as err:
-        fail(str(err))
+        usage_error(str(err))

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from src import diagnostics, migration_runner
-from src.cli.common import console, fail, run
+from src.cli.common import JsonOption, console, errors, print_json, run, usage_error
 
 COUNTED_TABLES = (
     "organizations",
@@ -29,20 +29,35 @@ def _revision_order() -> list[str]:
     return [rev.revision for rev in reversed(list(scripts.walk_revisions()))]
 
 
-async def _report_status(engine: AsyncEngine, url: str) -> None:
-    """Schema revision, row counts, then the primary-provider check (20 of each kind)."""
+async def _counts(engine: AsyncEngine) -> dict[str, int]:
+    counts = {}
+    async with engine.connect() as conn:
+        for name in COUNTED_TABLES:
+            if (await conn.execute(text("SELECT to_regclass(:t)"), {"t": name})).scalar():
+                counts[name] = (
+                    await conn.execute(text(f"SELECT count(*) FROM {name}"))
+                ).scalar_one()
+    return counts
+
+
+async def _report_status(engine: AsyncEngine, url: str, *, as_json: bool = False) -> None:
+    """Schema revision, row counts, then the primary-provider check (20 of each kind);
+    as JSON, the revision and the counts (`careteam check --json` has the check's)."""
     revision = await migration_runner.current_revision(engine)
     head = migration_runner.head_revision()
+    counts = {} if revision is None else await _counts(engine)
+    if as_json:
+        print_json(
+            {"revision": revision, "head": head, "at_head": revision == head, "rows": counts}
+        )
+        return
     mark = "[green]at head[/green]" if revision == head else f"[yellow]head is {head}[/yellow]"
     console.print(f"Schema revision: {revision or '(empty database)'} {mark}", highlight=False)
     if revision is None:
         return
     table = Table("table", "rows", show_edge=False)
-    async with engine.connect() as conn:
-        for name in COUNTED_TABLES:
-            if (await conn.execute(text("SELECT to_regclass(:t)"), {"t": name})).scalar():
-                rows = (await conn.execute(text(f"SELECT count(*) FROM {name}"))).scalar_one()
-                table.add_row(name, f"{rows:,}")
+    for name, rows in counts.items():
+        table.add_row(name, f"{rows:,}")
     console.print(table)
     sys.stdout.flush()
     await diagnostics.run_check(url, diagnostics.Options(limit=20), sys.stdout)
@@ -50,32 +65,35 @@ async def _report_status(engine: AsyncEngine, url: str) -> None:
 
 def migrate(
     to: Annotated[str, typer.Option("--to", help="Target revision (default: head).")] = "head",
+    as_json: JsonOption = False,
 ) -> None:
-    """Migrate the database to head (or --to REV, up or down), then report its state."""
+    """Migrate the database to head (or --to REV, up or down), then report its state
+    (with --json: progress on stderr, the state as JSON)."""
     order = _revision_order()
     if to not in ("head", "base") and to not in order:
-        fail(f"unknown revision {to!r}; known: {', '.join(order)}")
+        usage_error(f"unknown revision {to!r}; known: {', '.join(order)}")
+    say = errors if as_json else console
 
     async def work(engine: AsyncEngine, url: str) -> None:
         current = await migration_runner.current_revision(engine)
         position = {rev: i for i, rev in enumerate(order)}
         target = order[-1] if to == "head" else to
         if current == target or (to == "base" and current is None):
-            console.print(f"Already at {to} ({current or 'empty'}): nothing to do.")
+            say.print(f"Already at {to} ({current or 'empty'}): nothing to do.")
         elif to == "base" or (current is not None and position[target] < position[current]):
-            console.print(f"Downgrading {current} -> {to} ...")
+            say.print(f"Downgrading {current} -> {to} ...")
             await migration_runner.downgrade(engine, to)
         else:
-            console.print(f"Upgrading {current or '(empty)'} -> {target} ...")
+            say.print(f"Upgrading {current or '(empty)'} -> {target} ...")
             await migration_runner.upgrade(engine, target)
-        await _report_status(engine, url)
+        await _report_status(engine, url, as_json=as_json)
 
     run(work)
 
 
-def status() -> None:
+def status(as_json: JsonOption = False) -> None:
     """Report the schema revision, row counts and the primary-provider check."""
-    run(_report_status)
+    run(lambda engine, url: _report_status(engine, url, as_json=as_json))
 
 
 def check(ctx: typer.Context) -> None:

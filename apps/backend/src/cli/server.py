@@ -18,7 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from src import migration_runner
 from src.api.app import create_app
 from src.api.http_protocol import HeadLimitedHttpToolsProtocol
-from src.cli.common import console, fail, run, settings_or_fail
+from src.cli.common import (
+    CommandFailed,
+    JsonOption,
+    console,
+    fail,
+    print_json,
+    run,
+    settings_or_fail,
+    usage_error,
+)
 from src.config import ConfigurationError, get_settings
 from src.db import open_database
 from src.embedded import (
@@ -151,7 +160,7 @@ def serve(
                 migration_runner.head_revision(),
             )
             if current != head:
-                raise ConfigurationError(
+                raise CommandFailed(
                     f"the database's schema is at {current or '(empty)'}, this release needs "
                     f"{head}: run `careteam migrate` first (a release step), or serve with "
                     "--migrate"
@@ -205,7 +214,7 @@ def serve(
         console.print("Stopped.")
 
 
-def db_url() -> None:
+def db_url(as_json: JsonOption = False) -> None:
     """Print the libpq URL of the database in use: psql "$(uv run careteam db-url)".
 
     With the embedded server, starts it if needed and leaves it running (stop it with
@@ -214,8 +223,11 @@ def db_url() -> None:
     try:
         url = resolve_database_url(settings_or_fail(), keep_running=True)
     except ConfigurationError as err:
-        fail(str(err))
-    sys.stdout.write(url + "\n")
+        usage_error(str(err))
+    if as_json:
+        print_json({"url": url})
+    else:
+        sys.stdout.write(url + "\n")
 
 
 def db_stop(
@@ -230,7 +242,7 @@ def db_stop(
 
     Says it stopped only once the server's process is gone (exit 0). Refuses while
     another careteam process (e.g. serve) uses it, naming its PID, unless --force
-    (exit 1); exit 2 if it does not stop.
+    (exit 1); exit 1 as well if it does not stop.
     """
     settings = settings_or_fail()
     if settings.database_url is not None:
@@ -239,7 +251,7 @@ def db_stop(
     try:
         stopped = stop_embedded_server(settings.careteam_data_dir, force=force, timeout_s=timeout)
     except ServerInUse as err:
-        fail(f"{err}; stop them first, or use --force (their connections then fail)", code=1)
+        fail(f"{err}; stop them first, or use --force (their connections then fail)")
     except EmbeddedServerError as err:
         fail(str(err))
     console.print(

@@ -1,31 +1,50 @@
-"""Organizations (tenants) and their API keys: org create, key create, key revoke."""
+"""Organizations (tenants) and their API keys: org create and list, key create, list and
+revoke."""
 
 from __future__ import annotations
 
-import json
-import sys
+import datetime
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from src.cli.common import console, fail, owner_call, parse_uuid
+from src.cli.common import (
+    JsonOption,
+    console,
+    owner_call,
+    parse_uuid,
+    print_json,
+    usage_error,
+)
 from src.services.organization_service import IssuedApiKey, OrganizationService
 
 org_app = typer.Typer(help="Organizations (tenants).", no_args_is_help=True)
-key_app = typer.Typer(help="API keys.", no_args_is_help=True)
+key_app = typer.Typer(help="API keys (only their hashes are stored).", no_args_is_help=True)
+
+OrgId = Annotated[str, typer.Argument(metavar="ORG_ID", help="The organization's id (a UUID).")]
+NAME_MAX = 200
+
+
+def _name(value: str, what: str) -> str:
+    value = value.strip()
+    if not value or len(value) > NAME_MAX:
+        usage_error(f"{what} must be 1 to {NAME_MAX} characters")
+    return value
+
+
+def _when(value: datetime.datetime | None) -> str:
+    return "" if value is None else value.isoformat(timespec="seconds")
 
 
 def _print_key(issued: IssuedApiKey, as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(
-            json.dumps(
-                {
-                    "organization_id": str(issued.organization_id),
-                    "api_key_id": str(issued.id),
-                    "api_key": issued.key,
-                }
-            )
-            + "\n"
+        print_json(
+            {
+                "organization_id": issued.organization_id,
+                "api_key_id": issued.id,
+                "api_key": issued.key,
+            }
         )
         return
     console.print(
@@ -38,34 +57,77 @@ def _print_key(issued: IssuedApiKey, as_json: bool) -> None:
 @org_app.command("create")
 def org_create(
     name: Annotated[str, typer.Argument(help="The organization's name.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Create an organization and its first API key; print them once."""
-    name = name.strip()
-    if not name or len(name) > 200:
-        fail("NAME must be 1 to 200 characters")
+    name = _name(name, "NAME")
     issued = owner_call(lambda db: OrganizationService.create_organization(db=db, name=name))
     _print_key(issued, as_json)
 
 
+@org_app.command("list")
+def org_list(as_json: JsonOption = False) -> None:
+    """Every organization: id, name, created, live (unrevoked) keys."""
+    organizations = owner_call(lambda db: OrganizationService.list_organizations(db=db))
+    if as_json:
+        print_json({"items": organizations})
+        return
+    table = Table("id", "name", "created", "live keys", show_edge=False)
+    for o in organizations:
+        table.add_row(str(o.id), o.name, _when(o.created_at), str(o.live_keys))
+    console.print(table)
+
+
 @key_app.command("create")
 def key_create(
-    organization_id: Annotated[str, typer.Argument(metavar="ORG_ID")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    organization_id: OrgId,
+    name: Annotated[
+        str | None, typer.Option("--name", help="What the key is for (e.g. the integration).")
+    ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Issue another API key for an organization; print it once."""
     org = parse_uuid(organization_id, "ORG_ID")
-    issued = owner_call(lambda db: OrganizationService.create_api_key(db=db, organization_id=org))
+    label = None if name is None else _name(name, "--name")
+    issued = owner_call(
+        lambda db: OrganizationService.create_api_key(db=db, organization_id=org, name=label)
+    )
     _print_key(issued, as_json)
 
 
+@key_app.command("list")
+def key_list(organization_id: OrgId, as_json: JsonOption = False) -> None:
+    """An organization's keys: id, name, created, revoked (never a secret)."""
+    org = parse_uuid(organization_id, "ORG_ID")
+    keys = owner_call(lambda db: OrganizationService.list_api_keys(db=db, organization_id=org))
+    if as_json:
+        print_json({"organization_id": org, "items": keys})
+        return
+    table = Table("id", "name", "created", "revoked", show_edge=False)
+    for k in keys:
+        table.add_row(str(k.id), k.name or "", _when(k.created_at), _when(k.revoked_at))
+    console.print(table)
+
+
 @key_app.command("revoke")
-def key_revoke(key_id: Annotated[str, typer.Argument(metavar="KEY_ID")]) -> None:
+def key_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="The key's id (a UUID).")],
+    as_json: JsonOption = False,
+) -> None:
     """Revoke an API key; it stops working at once."""
     key = parse_uuid(key_id, "KEY_ID")
     revoked = owner_call(lambda db: OrganizationService.revoke_api_key(db=db, key_id=key))
     org = revoked.organization_id
-    if revoked.already_revoked:
+    if as_json:
+        print_json(
+            {
+                "api_key_id": key,
+                "organization_id": org,
+                "revoked_at": revoked.revoked_at,
+                "already_revoked": revoked.already_revoked,
+            }
+        )
+    elif revoked.already_revoked:
         console.print(
             f"API key {key} of organization {org} was already revoked "
             f"({revoked.revoked_at.isoformat(timespec='seconds')}); nothing changed.",

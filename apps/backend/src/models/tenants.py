@@ -14,7 +14,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
-    literal_column,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -25,14 +24,15 @@ _GEN_UUID = text("gen_random_uuid()")
 
 
 def _name_prefix_indexes(table: str) -> list[Index]:
-    """Case-insensitive name prefixes (LIKE 'abc%' on lower(name)), in id order."""
+    """Case-insensitive name prefixes (a range of text_pattern_ops on the name keys: the
+    names in lower case, kept by a trigger), in id order."""
     return [
         Index(
-            f"ix_{table}_organization_id_{column}_prefix",
+            f"ix_{table}_organization_id_{column}_key",
             "organization_id",
-            func.lower(literal_column(column)).label(f"lower_{column}"),
+            f"{column}_key",
             "id",
-            postgresql_ops={f"lower_{column}": "text_pattern_ops"},
+            postgresql_ops={f"{column}_key": "text_pattern_ops"},
         )
         for column in ("last_name", "first_name")
     ]
@@ -64,6 +64,9 @@ class Patient(Base):
     )
     first_name: Mapped[str | None] = mapped_column(Text)
     last_name: Mapped[str | None] = mapped_column(Text)
+    # The names in lower case, for prefix searches (set by a trigger on every write).
+    first_name_key: Mapped[str | None] = mapped_column(Text)
+    last_name_key: Mapped[str | None] = mapped_column(Text)
     dob: Mapped[datetime.date | None] = mapped_column(Date)
     # 1 at creation, one more with each change of the record (its ETag).
     version: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
@@ -93,6 +96,8 @@ class Provider(Base):
     )
     first_name: Mapped[str | None] = mapped_column(Text)
     last_name: Mapped[str | None] = mapped_column(Text)
+    first_name_key: Mapped[str | None] = mapped_column(Text)
+    last_name_key: Mapped[str | None] = mapped_column(Text)
     npi: Mapped[str | None] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     # How many patients it may be the primary provider of (NULL: no limit).

@@ -85,13 +85,13 @@ UNCHANGED = Unchanged.UNCHANGED
 FIRST = uuid.UUID(int=0)  # below every id: a page from the start
 
 PATIENT_COLUMNS = (
-    "id, first_name, last_name, dob, version, created_at, "
+    "patients.id, first_name, last_name, dob, version, created_at, "
     "ARRAY(SELECT ARRAY[i.system, i.value] FROM patient_identifiers AS i "
     "WHERE i.organization_id = patients.organization_id AND i.patient_id = patients.id "
     "ORDER BY i.system, i.value) AS identifiers"
 )
 PROVIDER_COLUMNS = (
-    "id, first_name, last_name, npi, active, panel_capacity, version, created_at, "
+    "providers.id, first_name, last_name, npi, active, panel_capacity, version, created_at, "
     "(SELECT count(*) FROM care_team_assignments AS a "
     "WHERE a.organization_id = providers.organization_id AND a.provider_id = providers.id "
     "AND a.is_primary_provider) AS panel_size"
@@ -207,44 +207,58 @@ RECORD_EXISTS = {
     ),
 }
 
-# Prefix searches compare lower(name) with text_pattern_ops' byte-wise operators, as a
-# range: [prefix, prefix || U+10FFFF). Unlike LIKE with a parameter, a range of
-# parameters keeps the index usable by a prepared statement's generic plan (and needs no
-# escaping of % and _). Names cannot hold U+10FFFF (unassigned: refused).
+# Prefix searches compare the name keys (the names in lower case, kept by a trigger)
+# with text_pattern_ops' byte-wise operators, as a range: [prefix, prefix || U+10FFFF).
+# Unlike LIKE with a parameter, a range of parameters keeps the index usable by a
+# prepared statement (and needs no escaping of % and _); unlike lower(name), a plain
+# column keeps it usable under row-level security (only leakproof conditions become
+# index conditions there). Names cannot hold U+10FFFF (unassigned: refused).
 _PREFIX_END = "chr(1114111)"
 
 
 def _prefix(column: str, param: str) -> str:
-    return (
-        f"(lower({column}) ~>=~ lower({param}) "
-        f"AND lower({column}) ~<~ (lower({param}) || {_PREFIX_END}))"
-    )
+    key = f"{column}_key"
+    return f"({key} ~>=~ lower({param}) AND {key} ~<~ (lower({param}) || {_PREFIX_END}))"
 
 
 def _page_statement(table: str, columns: str, filters: list[tuple[str, str]]) -> Sql:
     """`SELECT columns FROM table` of the organization ($1), after the cursor id ($2;
     the nil UUID, below every id, from the start), in id order, at most $3 rows, with
-    each filter: (parameter name, condition with "{}" for its placeholder: $4, $5...)."""
-    conditions = [c.format(f"${4 + n}") for n, (_, c) in enumerate(filters)]
-    where = " AND ".join(["organization_id = $1", "id > $2", *conditions])
-    return Sql(
-        f"SELECT {columns} FROM {table} WHERE {where} ORDER BY id LIMIT $3",
-        "org",
-        "after",
-        "limit",
-        *(name for name, _ in filters),
-    )
+    each filter: (parameter name, condition with "{}" for its placeholder: $4, $5...).
+
+    A name filter first gathers the ids whose first or last name has the prefix, from
+    the name indexes (a MATERIALIZED CTE: planned apart), then pages through them. Left
+    to itself the planner cannot tell a rare prefix from a common one in a prepared
+    statement, and would walk the organization's ids filtering names: most of the
+    organization for a rare prefix."""
+    placeholder = {name: f"${4 + n}" for n, (name, _) in enumerate(filters)}
+    conditions = [c.format(placeholder[n]) for n, c in filters if n != "name"]
+    where = " AND ".join([f"{table}.organization_id = $1", f"{table}.id > $2", *conditions])
+    if "name" not in placeholder:
+        text = f"SELECT {columns} FROM {table} WHERE {where} ORDER BY {table}.id LIMIT $3"
+    else:
+        branches = " UNION ".join(
+            f"SELECT id FROM {table} WHERE organization_id = $1 AND id > $2 "
+            f"AND {_prefix(column, placeholder['name'])}"
+            for column in ("last_name", "first_name")
+        )
+        text = (
+            f"WITH matches AS MATERIALIZED ({branches}) "
+            f"SELECT {columns} FROM matches JOIN {table} ON {table}.id = matches.id "
+            f"WHERE {where} ORDER BY matches.id LIMIT $3"
+        )
+    return Sql(text, "org", "after", "limit", *(name for name, _ in filters))
 
 
-NAME_FILTER = ("name", f"({_prefix('last_name', '{0}')} OR {_prefix('first_name', '{0}')})")
+NAME_FILTER = ("name", "")  # the prefix of the first or last name: see _page_statement
 PATIENT_FILTERS = {
     "name": NAME_FILTER,
     "dob": ("dob", "dob = {}"),
     # The identifier is one parameter: "system|value" split by the database.
     "identifier": (
         "identifier",
-        "id IN (SELECT patient_id FROM patient_identifiers AS i WHERE i.organization_id = $1 "
-        "AND i.system = split_part({0}, '|', 1) "
+        "patients.id IN (SELECT patient_id FROM patient_identifiers AS i "
+        "WHERE i.organization_id = $1 AND i.system = split_part({0}, '|', 1) "
         "AND i.value = substr({0}, length(split_part({0}, '|', 1)) + 2))",
     ),
 }

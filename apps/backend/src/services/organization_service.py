@@ -53,6 +53,38 @@ REVOKE_API_KEY = Sql(
 )
 
 
+LIST_ORGANIZATIONS = Sql(
+    """
+    SELECT o.id, o.name, o.created_at,
+           (SELECT count(*) FROM api_keys AS k
+            WHERE k.organization_id = o.id AND k.revoked_at IS NULL) AS live_keys
+    FROM organizations AS o ORDER BY o.created_at, o.id
+"""
+)
+# Never the hash (nor, of course, the key: it is not stored).
+LIST_API_KEYS = Sql(
+    "SELECT id, name, created_at, revoked_at FROM api_keys WHERE organization_id = $1 "
+    "ORDER BY created_at, id",
+    "org",
+)
+
+
+@dataclass(frozen=True)
+class OrganizationRecord:
+    id: uuid.UUID
+    name: str
+    created_at: datetime.datetime
+    live_keys: int  # keys not revoked
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    id: uuid.UUID
+    name: str | None
+    created_at: datetime.datetime
+    revoked_at: datetime.datetime | None
+
+
 @dataclass(frozen=True)
 class IssuedApiKey:
     """A new key. `key` is shown once and never stored; only its hash is."""
@@ -118,6 +150,32 @@ class OrganizationService:
         issued = await run_in_transaction(db, operation="create_api_key", work=work)
         logger.info("api key created organization_id=%s api_key_id=%s", organization_id, issued.id)
         return issued
+
+    @staticmethod
+    async def list_organizations(*, db: AsyncSession) -> list[OrganizationRecord]:
+        """Every organization, oldest first, with how many live keys it has."""
+
+        async def work(driver: Any) -> list[OrganizationRecord]:
+            return [
+                OrganizationRecord(**dict(r)) for r in await LIST_ORGANIZATIONS.fetch(driver, {})
+            ]
+
+        return await run_in_transaction(
+            db, operation="list_organizations", work=work, read_only=True
+        )
+
+    @staticmethod
+    async def list_api_keys(*, db: AsyncSession, organization_id: uuid.UUID) -> list[ApiKeyRecord]:
+        """The organization's keys, oldest first: ids, names, when created and revoked
+        (never a secret). Raises OrganizationNotFound."""
+
+        async def work(driver: Any) -> list[ApiKeyRecord]:
+            if not await ORGANIZATION_EXISTS.fetchval(driver, {"org": organization_id}):
+                raise OrganizationNotFound(organization_id)
+            rows = await LIST_API_KEYS.fetch(driver, {"org": organization_id})
+            return [ApiKeyRecord(**dict(r)) for r in rows]
+
+        return await run_in_transaction(db, operation="list_api_keys", work=work, read_only=True)
 
     @staticmethod
     async def revoke_api_key(*, db: AsyncSession, key_id: uuid.UUID) -> RevokedApiKey:

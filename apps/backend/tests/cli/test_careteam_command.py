@@ -81,31 +81,33 @@ class TestOrganizationsAndKeys:
         assert again.returncode == 0, again.stderr
         assert "was already revoked" in again.stdout and "nothing changed" in again.stdout
         unknown = careteam("key", "revoke", "00000000-0000-4000-8000-000000000000")
-        assert unknown.returncode == 2
+        assert unknown.returncode == 1  # it failed (nothing to revoke)
         assert "not found" in unknown.stderr
 
     @pytest.mark.parametrize(
-        ("args", "message"),
+        ("args", "message", "code"),
         [
-            (("key", "create", "not-a-uuid"), "ORG_ID must be a UUID"),
-            (("key", "create", "00000000-0000-4000-8000-000000000000"), "organization"),
-            (("key", "revoke", "nope"), "KEY_ID must be a UUID"),
-            (("org", "create", "   "), "NAME must be 1 to 200 characters"),
-            (("migrate", "--to", "nope"), "unknown revision"),
+            (("key", "create", "not-a-uuid"), "ORG_ID must be a UUID", 2),
+            (("key", "create", "00000000-0000-4000-8000-000000000000"), "organization", 1),
+            (("key", "list", "00000000-0000-4000-8000-000000000000"), "organization", 1),
+            (("key", "revoke", "nope"), "KEY_ID must be a UUID", 2),
+            (("org", "create", "   "), "NAME must be 1 to 200 characters", 2),
+            (("key", "create", "00000000-0000-4000-8000-000000000000", "--name", ""), "--name", 2),
+            (("migrate", "--to", "nope"), "unknown revision", 2),
         ],
     )
-    def test_errors_are_one_line_and_exit_2(
-        self, database_url: str, database: object, args: tuple[str, ...], message: str
+    def test_errors_are_one_line_usage_2_failure_1(
+        self, database_url: str, database: object, args: tuple[str, ...], message: str, code: int
     ):
         result = careteam(*args)
-        assert result.returncode == 2
+        assert result.returncode == code
         assert message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert "Traceback" not in result.stderr
 
     def test_unreachable_database_is_one_line(self):
         result = careteam("status", env={"DATABASE_URL": "postgresql://x@127.0.0.1:1/none"})
-        assert result.returncode == 2
+        assert result.returncode == 1
         assert result.stderr.startswith("❌ ERROR: database error")
         assert len(result.stderr.strip().splitlines()) == 1
 
@@ -274,7 +276,7 @@ class TestServeReleaseSteps:
     ):
         env = {"DATABASE_URL": fresh_database.url}
         refused = careteam("serve", "--port", str(_free_port()), env=env)
-        assert refused.returncode == 2
+        assert refused.returncode == 1
         last_line = refused.stderr.strip().splitlines()[-1]
         assert "run `careteam migrate` first" in last_line and "--migrate" in last_line
         assert "Traceback" not in refused.stderr
@@ -483,7 +485,7 @@ class TestDbStop:
         postmaster.suspend()  # SIGSTOP: it cannot act on a shutdown request
         try:
             result = careteam("db-stop", "--timeout", "1", data_dir=data_dir)
-            assert result.returncode == 2
+            assert result.returncode == 1
             assert f"(pid {postmaster.pid}) is still running" in result.stderr
             assert len(result.stderr.strip().splitlines()) == 1
             assert "stopped" not in result.stdout
@@ -579,7 +581,7 @@ class TestCareTeamsAndPanels:
     def test_team_of_an_unknown_patient(self, database: object):
         unknown = str(uuid.uuid4())
         result = careteam("team", unknown)
-        assert result.returncode == 2
+        assert result.returncode == 1
         assert f"patient {unknown} not found" in result.stderr
 
     def test_transfer_is_a_dry_run_until_execute(self, clinic: tuple[Any, ...]):
@@ -610,14 +612,14 @@ class TestCareTeamsAndPanels:
     def test_transfer_refusals_are_one_line(self, clinic: tuple[Any, ...]):
         _, _, (leaving, _) = clinic
         unknown = str(uuid.uuid4())
-        for args, message in (
-            ((str(leaving), unknown, "--reason", "other"), f"provider {unknown} not found"),
-            ((unknown, str(leaving), "--reason", "other"), f"provider {unknown} not found"),
-            ((str(leaving), str(leaving), "--reason", "other"), "cannot be transferred"),
-            ((str(leaving), unknown, "--reason", "bored"), "'bored' is not one of"),
+        for args, message, code in (
+            ((str(leaving), unknown, "--reason", "other"), f"provider {unknown} not found", 1),
+            ((unknown, str(leaving), "--reason", "other"), f"provider {unknown} not found", 1),
+            ((str(leaving), str(leaving), "--reason", "other"), "cannot be transferred", 1),
+            ((str(leaving), unknown, "--reason", "bored"), "'bored' is not one of", 2),
         ):
             result = careteam("panel", "transfer", *args)
-            assert result.returncode == 2, result.stdout
+            assert result.returncode == code, result.stdout
             assert message in result.stderr, result.stderr
             assert "Traceback" not in result.stderr
 
@@ -632,3 +634,64 @@ class TestCareTeamsAndPanels:
         )
         sizes = {p["provider_id"]: p["panel_size"] for p in report["providers"]}
         assert sizes == {str(busy): 3, str(idle): 0}
+
+
+class TestTheCommandContract:
+    def test_every_argument_and_option_has_help(self):
+        import typer.main  # noqa: PLC0415 (only this test walks the command tree)
+
+        from src.cli import app  # noqa: PLC0415
+
+        def walk(command: Any, path: str) -> list[str]:
+            missing = []
+            if not (command.help or command.short_help) and path != "careteam check":
+                missing.append(path)
+            for param in command.params:
+                if param.name == "help" or path == "careteam check":  # check: its own parser
+                    continue
+                if not getattr(param, "help", None):
+                    missing.append(f"{path} {param.name}")
+            if hasattr(command, "commands"):  # a group (typer's own click, not click's)
+                for name, sub in command.commands.items():
+                    missing += walk(sub, f"{path} {name}")
+            return missing
+
+        assert walk(typer.main.get_command(app), "careteam") == []
+
+    def test_version(self):
+        result = careteam("--version")
+        assert result.returncode == 0
+        assert result.stdout.startswith("careteam ") and result.stdout.split()[1][0].isdigit()
+
+    def test_org_and_key_lists_never_show_a_secret(self, database_url: str, database: object):
+        created = json.loads(careteam("org", "create", "Listed Clinic", "--json").stdout)
+        org = created["organization_id"]
+        named = careteam("key", "create", org, "--name", "lab integration", "--json")
+        assert named.returncode == 0, named.stderr
+        second = json.loads(named.stdout)
+        careteam("key", "revoke", created["api_key_id"])
+
+        orgs = careteam("org", "list", "--json")
+        assert orgs.returncode == 0, orgs.stderr
+        listed = {o["id"]: o for o in json.loads(orgs.stdout)["items"]}
+        assert listed[org]["name"] == "Listed Clinic" and listed[org]["live_keys"] == 1
+
+        keys = careteam("key", "list", org, "--json")
+        assert keys.returncode == 0, keys.stderr
+        items = json.loads(keys.stdout)["items"]
+        assert [(k["id"], k["name"], k["revoked_at"] is None) for k in items] == [
+            (created["api_key_id"], "initial", False),
+            (second["api_key_id"], "lab integration", True),
+        ]
+        text_list = careteam("key", "list", org)
+        for output in (keys.stdout, text_list.stdout, orgs.stdout):
+            assert "ctk_" not in output and created["api_key"] not in output
+            assert "hash" not in output
+
+    def test_status_and_db_url_as_json(self, database_url: str, database: object):
+        status = careteam("status", "--json", env={"DATABASE_URL": database_url})
+        assert status.returncode == 0, status.stderr
+        state = json.loads(status.stdout)
+        assert state["at_head"] is True and state["rows"]["organizations"] >= 1
+        url = careteam("db-url", "--json", env={"DATABASE_URL": database_url})
+        assert url.returncode == 0 and json.loads(url.stdout)["url"].startswith("postgresql://")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -128,3 +129,43 @@ class TestDedupe:
         primaries = dict(await fresh_database.execute(PRIMARIES))
         assert primaries == seeded.expected_primaries
         assert await fresh_database.execute("SELECT count(*) FROM care_team_events") == [(0,)]
+
+
+class TestRecordsAndSync:
+    async def test_shared_npis_stop_it_and_existing_names_are_searchable_after(
+        self, fresh_database: FreshDatabase
+    ):
+        engine = fresh_database.engine
+        await upgrade(engine, LEAN_PERIODS)
+        org = (
+            await fresh_database.execute(
+                "INSERT INTO organizations (name) VALUES ('Before') RETURNING id"
+            )
+        )[0][0]
+        await fresh_database.execute(
+            "INSERT INTO patients (organization_id, first_name, last_name) "
+            "VALUES (:org, 'ÉMILE', 'Zola'), (:org, 'ada', 'LOVELACE')",
+            org=org,
+        )
+        await fresh_database.execute(
+            "INSERT INTO providers (organization_id, first_name, last_name, npi) "
+            "VALUES (:org, 'A', 'One', '1234567893'), (:org, 'B', 'Two', '1234567893')",
+            org=org,
+        )
+        with pytest.raises(Exception, match=r"1 NPI\(s\) are held by more than one provider"):
+            await upgrade(engine)
+        await fresh_database.execute("UPDATE providers SET npi = NULL WHERE last_name = 'Two'")
+        await upgrade(engine)  # again, once corrected: it goes on where it stopped
+        assert await current_revision(engine) == HEAD
+        keys = await fresh_database.execute(
+            "SELECT first_name_key, last_name_key FROM patients ORDER BY last_name_key"
+        )
+        assert [tuple(k) for k in keys] == [("ada", "lovelace"), ("émile", "zola")]
+        # New writes get their keys from the trigger.
+        await fresh_database.execute(
+            "UPDATE patients SET last_name = 'Byron' WHERE last_name = 'LOVELACE'"
+        )
+        renamed = await fresh_database.execute(
+            "SELECT last_name_key FROM patients WHERE last_name = 'Byron'"
+        )
+        assert renamed[0][0] == "byron"
