@@ -16,7 +16,8 @@ How it holds:
 - The same key with a different request (method, path, query or body) is refused
   (IdempotencyKeyReused), and nothing runs.
 - Keys are per organization and expire KEY_TTL after their first use: a key older than
-  that is treated as new (and its old row replaced).
+  that is treated as new (and its old row replaced); each keyed write also deletes up
+  to ten expired keys of its organization, so the table holds about a day of keys.
 
 An operation of several transactions (a panel transfer, in batches) claims its key in a
 transaction of its own first (marked in progress), and stores the response in a last
@@ -101,11 +102,18 @@ VALUES ($1, $2, $3, 0, '')
 ON CONFLICT (organization_id, key) DO NOTHING
 RETURNING true
 """
+# This key if it expired (or was left in progress by a request that died), and a few
+# other expired keys of the organization: each keyed write clears up after ten.
 FORGET_EXPIRED = """
 DELETE FROM idempotency_keys
-WHERE organization_id = $1 AND key = $2
-  AND (created_at < now() - $3::interval
-       OR (status_code = 0 AND created_at < now() - $4::interval))
+WHERE organization_id = $1
+  AND ((key = $2
+        AND (created_at < now() - $3::interval
+             OR (status_code = 0 AND created_at < now() - $4::interval)))
+       OR ctid = ANY (ARRAY(
+           SELECT ctid FROM idempotency_keys
+           WHERE organization_id = $1 AND created_at < now() - $3::interval
+           LIMIT 10)))
 """
 LOOKUP = """
 SELECT fingerprint, status_code, body, etag FROM idempotency_keys

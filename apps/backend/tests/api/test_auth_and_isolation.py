@@ -130,6 +130,10 @@ class TestTenantIsolationMatrix:
             "/v1/providers/{provider}/panel/transfer",
             {"to_provider_id": "{provider_b}", "reason": "provider_left"},
         ),
+        ("PATCH", "/v1/patients/{patient}", {"last_name": "Changed"}),
+        ("PATCH", "/v1/providers/{provider}", {"last_name": "Changed", "npi": None}),
+        ("GET", "/v1/patients/{patient}/changes", None),
+        ("GET", "/v1/providers/{provider}/changes", None),
     ]
 
     @staticmethod

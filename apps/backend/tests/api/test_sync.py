@@ -98,6 +98,10 @@ class TestIdempotencyKeys:
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database
     ):
         first = await client.post("/v1/patients", json=BODY, headers=keyed(tenant, "k-4"))
+        for other in ("k-4a", "k-4b"):  # other keys, as old: cleared by the next keyed write
+            await client.post(
+                "/v1/patients", json=BODY | {"first_name": other}, headers=keyed(tenant, other)
+            )
         async with database.owner_engine.begin() as conn:
             await conn.execute(
                 text(
@@ -109,6 +113,13 @@ class TestIdempotencyKeys:
         later = await client.post("/v1/patients", json=BODY, headers=keyed(tenant, "k-4"))
         assert later.status_code == 201
         assert later.json()["id"] != first.json()["id"]
+        expired = await count(
+            database,
+            "SELECT count(*) FROM idempotency_keys WHERE organization_id = :o "
+            "AND created_at < now() - interval '24 hours'",
+            o=tenant.organization_id,
+        )
+        assert expired == 0
 
     async def test_a_refused_write_stores_nothing_and_may_be_retried(
         self, client: httpx.AsyncClient, tenant: Tenant

@@ -70,6 +70,17 @@ def test_attribution_benchmark_runs():
         assert round_["before"]["operations"] > 0 and round_["with_periods"]["operations"] > 0
 
 
+def test_search_benchmark_runs_and_uses_the_name_indexes():
+    figures = run_script(
+        "bench/search.py", *("--patients", "3000", "--seconds", "1", "--clients", "2")
+    )
+    for measure in ("care_team_read", "name_search", "list_page"):
+        assert figures[measure]["operations"] > 0
+        assert figures[measure]["errors"] == 0, figures[measure]
+    assert "ix_patients_organization_id_last_name_key" in figures["plans"]["name_search"]
+    assert "ix_patients_organization_id_first_name_key" in figures["plans"]["name_search"]
+
+
 def path_without(program: str) -> str:
     """PATH with every directory that holds `program` left out: as on a machine without it."""
     return os.pathsep.join(
