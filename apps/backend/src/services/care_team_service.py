@@ -195,15 +195,18 @@ SELECT_TEAM_AS_OF = Sql(
     "as_of",
 )
 
-# The number of the patient's last care team event (0: none): the team's version, read
-# under the patient's lock by a write that names the version it expects (If-Match).
-LOCK_TEAM_VERSION = Sql(
-    """
-    SELECT (SELECT coalesce(max(e.seq), 0) FROM care_team_events AS e
-            WHERE e.organization_id = p.organization_id AND e.patient_id = p.id)
-    FROM patients AS p WHERE p.organization_id = $1 AND p.id = $2
-    FOR NO KEY UPDATE OF p
-""",
+# The team's version (the number of the patient's last care team event, 0: none), read
+# by a write that names the version it expects (If-Match): first the patient's lock,
+# then, in a statement of its own, the version. One statement that waited for the lock
+# would read the events as they were when it began, before the writer it waited for.
+LOCK_PATIENT = Sql(
+    "SELECT 1 FROM patients WHERE organization_id = $1 AND id = $2 FOR NO KEY UPDATE",
+    "org",
+    "patient",
+)
+TEAM_VERSION = Sql(
+    "SELECT coalesce(max(seq), 0) FROM care_team_events "
+    "WHERE organization_id = $1 AND patient_id = $2",
     "org",
     "patient",
 )
@@ -397,12 +400,10 @@ class _PatientWrite:
     async def check_version(self, driver: Any) -> None:
         """Under the patient's lock (taken first, as the write function takes it): the
         team must still be at the version the caller read (PreconditionFailed)."""
-        version = await LOCK_TEAM_VERSION.fetchval(
-            driver, {"org": self.org, "patient": self.patient}
-        )
-        if version is None:
+        params = {"org": self.org, "patient": self.patient}
+        if await LOCK_PATIENT.fetchval(driver, params) is None:
             raise PatientNotFound(self.patient)
-        if version != self.if_version:
+        if await TEAM_VERSION.fetchval(driver, params) != self.if_version:
             raise PreconditionFailed(f"the care team of patient {self.patient}")
 
     async def team(self) -> CareTeam:

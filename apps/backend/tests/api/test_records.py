@@ -3,6 +3,7 @@ with their audit trail, ETags, members with names, CORS."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -388,6 +389,28 @@ class TestEtags:
             headers={**tenant.headers, "If-Match": "*"},
         )
         assert r.status_code == 201
+
+    async def test_of_writers_racing_with_one_etag_exactly_one_wins(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient = await post_patient(client, tenant)
+        providers = [await post_provider(client, tenant) for _ in range(5)]
+        team_url = f"/v1/patients/{patient}/care-team"
+        etag = (await client.get(team_url, headers=tenant.headers)).headers["etag"]
+        answers = await asyncio.gather(
+            *(
+                client.put(
+                    f"{team_url}/primary",
+                    json={"provider_id": provider},
+                    headers={**tenant.headers, "If-Match": etag},
+                )
+                for provider in providers
+            )
+        )
+        assert sorted(a.status_code for a in answers) == [200, 412, 412, 412, 412]
+        winner = next(a for a in answers if a.status_code == 200).json()["primary_provider_id"]
+        team = (await client.get(team_url, headers=tenant.headers)).json()
+        assert team["primary_provider_id"] == winner and len(team["members"]) == 1
 
     async def test_provider_etag_follows_its_panel(self, client: httpx.AsyncClient, tenant: Tenant):
         provider = await post_provider(client, tenant)
