@@ -15,7 +15,8 @@ changes, and idempotency keys.
   index condition only if its functions are leakproof, and lower() is not; a plain
   column compared with text_pattern_ops' operators (leakproof) is.
 - `record_changes`: who (the actor) changed which fields (never their values) of which
-  patient or provider, and when.
+  patient or provider, and when; numbered per record (`seq`: 1 for its creation, then
+  2, 3, ...), so nothing in it counts other organizations' activity.
 - `idempotency_keys`: per organization and key, the request's fingerprint and the
   response it got, written in the same transaction as the change itself.
 
@@ -78,6 +79,7 @@ CREATE TABLE IF NOT EXISTS record_changes (
     id bigint GENERATED ALWAYS AS IDENTITY,
     record_type text NOT NULL,
     record_id uuid NOT NULL,
+    seq bigint NOT NULL,
     action text NOT NULL,
     fields text[] NOT NULL,
     actor text NOT NULL,
@@ -107,17 +109,20 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 NEW_TABLE_INDEXES = [
     f"""-- A table created by this very migration, still empty:
 -- squawk-ignore require-concurrent-index-creation
-CREATE INDEX IF NOT EXISTS {name} ON {definition}"""
+CREATE {"UNIQUE " if name.startswith("uq_") else ""}INDEX IF NOT EXISTS {name} ON {definition}"""
     for name, definition in (
         (
             "ix_patient_identifiers_organization_id_patient_id",
             "patient_identifiers (organization_id, patient_id)",
         ),
         (
-            "ix_record_changes_organization_id_record_id_id",
-            "record_changes (organization_id, record_id, id)",
+            "uq_record_changes_organization_id_record_id_seq",
+            "record_changes (organization_id, record_id, seq)",
         ),
-        ("ix_idempotency_keys_created_at", "idempotency_keys (created_at)"),
+        (
+            "ix_idempotency_keys_organization_id_created_at",
+            "idempotency_keys (organization_id, created_at)",
+        ),
     )
 ]
 
@@ -228,8 +233,8 @@ def _check_npis() -> None:
             "NPIs cannot be made unique. Find them with:\n"
             "  SELECT organization_id, npi, array_agg(id) FROM providers "
             "WHERE npi IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1;\n"
-            "correct each (PATCH /v1/providers/{id} with the right npi, or null), then run "
-            "`alembic upgrade head` again."
+            "correct each (as the owner: UPDATE providers SET npi = <the right one, or "
+            "NULL> WHERE id = ...), then run `alembic upgrade head` again."
         )
 
 
@@ -256,6 +261,7 @@ def upgrade() -> None:
     with op.get_context().autocommit_block():
         _timeouts()
         # One table per statement (a writer holding both could deadlock with this).
+        _check_npis()  # before the long work: a stop here has changed nothing that matters
         op.execute(NAME_KEYS)
         for table in ("patients", "providers"):
             for column in (
@@ -273,7 +279,7 @@ def upgrade() -> None:
         for name, table, columns in SEARCH_INDEXES:
             _drop_invalid(name)
             op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} {columns}")
-        _check_npis()
+        _check_npis()  # again: a writer may have shared one meanwhile
         _drop_invalid(NPI_INDEX)
         op.execute(
             f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {NPI_INDEX} "

@@ -4,7 +4,9 @@ An ETag names a version of what a read returns:
 - a patient: `"p<version>"` (its record's version, one more with each change);
 - a provider: `"v<version>.<panel size>"` (its record's version and its panel's size,
   which assignments change without touching the record);
-- a care team: `"t<n>"` (n: the number of the patient's last care team event).
+- a care team: `"t<n>.<m>"` (n: the number of the patient's last care team event; m:
+  the sum of its members' record versions, so that renaming or deactivating a member
+  changes it too).
 
 A write with If-Match goes ahead only if what it changes is still at that version,
 checked under the same lock as the change itself; otherwise 412 and nothing changed. An
@@ -47,8 +49,8 @@ def provider_etag(version: int, panel_size: int) -> str:
     return f'"v{version}.{panel_size}"'
 
 
-def team_etag(version: int) -> str:
-    return f'"t{version}"'
+def team_etag(version: tuple[int, int]) -> str:
+    return f'"t{version[0]}.{version[1]}"'
 
 
 def _tags(header: str) -> list[str]:

@@ -70,7 +70,10 @@ async def respond(call: Awaitable[T], render: Callable[[T], Reply]) -> Response:
     """The write's response: `render` of what `call` (the service) returns. Under an
     Idempotency-Key, the service stores that same response with the change."""
     idempotency.answer_with(render)
-    return as_response(render(await call))
+    try:
+        return as_response(render(await call))
+    finally:
+        idempotency.begin_request(None)  # the key is this request's only
 
 
 async def replayed(request: Request, exc: idempotency.Replay) -> Response:

@@ -266,7 +266,7 @@ class ProviderListOut(BaseModel):
 
 
 class RecordChangeOut(BaseModel):
-    id: int = Field(description="The change's number (larger: later)")
+    id: int = Field(description="The record's change number: 1 for its creation, then 2, 3...")
     action: str = Field(description="created or updated")
     fields: list[str] = Field(description="The fields it set or changed (never their values)")
     actor: str = Field(description="Who: api_key:<key id>, or the command or migration")

@@ -66,7 +66,13 @@ class RecordChange(Base):
     __table_args__ = (
         CheckConstraint(one_of("record_type", RecordType), name="record_type"),
         CheckConstraint(one_of("action", RecordAction), name="action"),
-        Index(None, "organization_id", "record_id", "id"),
+        Index(
+            "uq_record_changes_organization_id_record_id_seq",
+            "organization_id",
+            "record_id",
+            "seq",
+            unique=True,
+        ),
     )
 
     organization_id: Mapped[uuid.UUID] = mapped_column(
@@ -75,6 +81,8 @@ class RecordChange(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     record_type: Mapped[str] = mapped_column(Text)
     record_id: Mapped[uuid.UUID]
+    # 1 for the record's creation, then 2, 3, ...: numbered per record, under its lock.
+    seq: Mapped[int] = mapped_column(BigInteger)
     action: Mapped[str] = mapped_column(Text)
     fields: Mapped[list[str]] = mapped_column(ARRAY(Text))
     actor: Mapped[str] = mapped_column(Text)
@@ -88,7 +96,7 @@ class IdempotencyKey(Base):
     response it got, stored in the write's own transaction."""
 
     __tablename__ = "idempotency_keys"
-    __table_args__ = (Index(None, "created_at"),)
+    __table_args__ = (Index(None, "organization_id", "created_at"),)
 
     organization_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("organizations.id", ondelete="RESTRICT"), primary_key=True

@@ -84,9 +84,11 @@ class CareTeam:
     members: list[CareTeamMember]
     # For the team a write returns: whether that write changed it (None for reads).
     changed: bool | None = None
-    # The number of the patient's last care team event (0: none), which every change
-    # makes larger: the team's ETag. None for a team as of an instant.
-    version: int | None = None
+    # The team's version, its ETag: the number of the patient's last care team event (0:
+    # none), which every change of the team makes larger, and the sum of its members'
+    # record versions, which a change of a member's name or `active` makes larger. None
+    # for a team as of an instant.
+    version: tuple[int, int] | None = None
 
     def has(self, provider_id: uuid.UUID) -> bool:
         return any(m.provider_id == provider_id for m in self.members)
@@ -160,6 +162,7 @@ SELECT_TEAM = Sql(
     """
     SELECT p.id AS patient_id, a.provider_id, a.is_primary_provider, a.assigned_at,
            lower(pe.valid) AS since, v.first_name, v.last_name, v.active,
+           v.version AS provider_version,
            (SELECT coalesce(max(e.seq), 0) FROM care_team_events AS e
             WHERE e.organization_id = p.organization_id AND e.patient_id = p.id) AS version
     FROM patients AS p
@@ -181,7 +184,8 @@ SELECT_TEAM_AS_OF = Sql(
     f"""
     SELECT p.id AS patient_id, pe.provider_id, pe.role = '{PRIMARY}' AS is_primary_provider,
            lower(pe.valid) AS assigned_at, lower(pe.valid) AS since,
-           v.first_name, v.last_name, v.active, NULL::bigint AS version
+           v.first_name, v.last_name, v.active, v.version AS provider_version,
+           NULL::bigint AS version
     FROM patients AS p
     LEFT JOIN care_team_periods AS pe
         ON pe.organization_id = p.organization_id AND pe.patient_id = p.id
@@ -205,8 +209,13 @@ LOCK_PATIENT = Sql(
     "patient",
 )
 TEAM_VERSION = Sql(
-    "SELECT coalesce(max(seq), 0) FROM care_team_events "
-    "WHERE organization_id = $1 AND patient_id = $2",
+    """
+    SELECT (SELECT coalesce(max(seq), 0) FROM care_team_events
+            WHERE organization_id = $1 AND patient_id = $2),
+           (SELECT coalesce(sum(v.version), 0) FROM care_team_assignments AS a
+            JOIN providers AS v ON v.organization_id = a.organization_id AND v.id = a.provider_id
+            WHERE a.organization_id = $1 AND a.patient_id = $2)
+""",
     "org",
     "patient",
 )
@@ -297,8 +306,13 @@ async def _read_team(
         raise PatientNotFound(patient)
     members = _members(rows)
     primary = next((m.provider_id for m in members if m.is_primary_provider), None)
+    seq = rows[0]["version"]
+    members_version = sum(r["provider_version"] or 0 for r in rows)
     return CareTeam(
-        patient_id=patient, primary_provider_id=primary, members=members, version=rows[0]["version"]
+        patient_id=patient,
+        primary_provider_id=primary,
+        members=members,
+        version=None if seq is None else (seq, members_version),
     )
 
 
@@ -352,7 +366,7 @@ class _PatientWrite:
     actor: str
     reason: str
     note: str | None
-    if_version: int | None = None  # the team's version the caller expects (If-Match)
+    if_version: tuple[int, ...] | None = None  # the team's version the caller expects
     driver: Any = None
 
     @classmethod
@@ -365,7 +379,7 @@ class _PatientWrite:
         actor: str,
         reason: ChangeReason | str | None,
         note: str | None,
-        if_version: int | None = None,
+        if_version: tuple[int, ...] | None = None,
     ) -> _PatientWrite:
         """The write, its reason and note checked (InvalidArgument)."""
         return cls(org, patient, provider, actor, *change_reason(reason, note), if_version)
@@ -403,7 +417,7 @@ class _PatientWrite:
         params = {"org": self.org, "patient": self.patient}
         if await LOCK_PATIENT.fetchval(driver, params) is None:
             raise PatientNotFound(self.patient)
-        if await TEAM_VERSION.fetchval(driver, params) != self.if_version:
+        if tuple(await TEAM_VERSION.fetchrow(driver, params)) != self.if_version:
             raise PreconditionFailed(f"the care team of patient {self.patient}")
 
     async def team(self) -> CareTeam:
@@ -442,7 +456,7 @@ class CareTeamService:
         actor: str = "system",
         reason: ChangeReason | str | None = None,
         note: str | None = None,
-        if_version: int | None = None,
+        if_version: tuple[int, ...] | None = None,
     ) -> CareTeam:
         """Make `provider_id` the patient's primary provider; return the team after it.
 
@@ -509,7 +523,7 @@ class CareTeamService:
         actor: str = "system",
         reason: ChangeReason | str | None = None,
         note: str | None = None,
-        if_version: int | None = None,
+        if_version: tuple[int, ...] | None = None,
     ) -> CareTeam:
         """Add `provider_id` to the patient's team as a secondary; return the team
         (`changed` says whether it was added now).
@@ -565,7 +579,7 @@ class CareTeamService:
         actor: str = "system",
         reason: ChangeReason | str | None = None,
         note: str | None = None,
-        if_version: int | None = None,
+        if_version: tuple[int, ...] | None = None,
     ) -> CareTeam:
         """Take `provider_id` off the patient's team; return the team after it.
 

@@ -68,7 +68,7 @@ class ProviderRecord:
 
 @dataclass(frozen=True)
 class RecordChangeRecord:
-    id: int
+    id: int  # the record's change number: 1 for its creation, then 2, 3, ...
     action: str
     fields: list[str]
     actor: str
@@ -178,9 +178,12 @@ UPDATE_PROVIDER = Sql(
     "active",
     "panel_capacity",
 )
+# Numbered per record: the writer holds the record's row lock (or has just created it).
 RECORD_CHANGE = Sql(
-    "INSERT INTO record_changes (organization_id, record_type, record_id, action, fields, actor) "
-    "VALUES ($1, $2, $3, $4, $5, $6)",
+    "INSERT INTO record_changes "
+    "(organization_id, record_type, record_id, seq, action, fields, actor) "
+    "SELECT $1, $2, $3, coalesce(max(seq), 0) + 1, $4, $5, $6 FROM record_changes "
+    "WHERE organization_id = $1 AND record_id = $3",
     "org",
     "type",
     "id",
@@ -189,9 +192,9 @@ RECORD_CHANGE = Sql(
     "actor",
 )
 SELECT_CHANGES = Sql(
-    "SELECT id, action, fields, actor, changed_at FROM record_changes "
-    "WHERE organization_id = $1 AND record_id = $2 AND record_type = $3 AND id < $4 "
-    "ORDER BY id DESC LIMIT $5",
+    "SELECT seq AS id, action, fields, actor, changed_at FROM record_changes "
+    "WHERE organization_id = $1 AND record_id = $2 AND record_type = $3 AND seq < $4 "
+    "ORDER BY seq DESC LIMIT $5",
     "org",
     "id",
     "type",

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import datetime
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -68,6 +70,7 @@ class IdempotentRequest:
 
     key: str
     fingerprint: str
+    token: bytes = dataclasses.field(default_factory=lambda: secrets.token_bytes(16))
     render: Callable[[Any], Reply] | None = None  # set by the HTTP layer per operation
     claimed: bool = False  # this request's claim has committed (several transactions)
     several_transactions: bool = False
@@ -96,24 +99,31 @@ def current() -> IdempotentRequest | None:
     return request if request is not None and request.render is not None else None
 
 
+# The claim's body, until the response replaces it, is the request's own token: a
+# request that finds its own claim (its COMMIT was lost) knows the claim is its own.
 CLAIM = """
 INSERT INTO idempotency_keys (organization_id, key, fingerprint, status_code, body)
-VALUES ($1, $2, $3, 0, '')
+VALUES ($1, $2, $3, 0, $4)
 ON CONFLICT (organization_id, key) DO NOTHING
 RETURNING true
 """
-# This key if it expired (or was left in progress by a request that died), and a few
-# other expired keys of the organization: each keyed write clears up after ten.
+# This key, if it expired or was left in progress by a request that died; and up to
+# ten other expired keys of the organization (ones another writer is deleting are
+# skipped, never waited for): each keyed write clears up after ten. One round trip.
 FORGET_EXPIRED = """
-DELETE FROM idempotency_keys
-WHERE organization_id = $1
-  AND ((key = $2
-        AND (created_at < now() - $3::interval
-             OR (status_code = 0 AND created_at < now() - $4::interval)))
-       OR ctid = ANY (ARRAY(
-           SELECT ctid FROM idempotency_keys
-           WHERE organization_id = $1 AND created_at < now() - $3::interval
-           LIMIT 10)))
+WITH this_key AS (
+    DELETE FROM idempotency_keys
+    WHERE organization_id = $1 AND key = $2
+      AND (created_at < now() - $3::interval
+           OR (status_code = 0 AND created_at < now() - $4::interval))
+), others AS (
+    DELETE FROM idempotency_keys
+    WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM idempotency_keys
+        WHERE organization_id = $1 AND created_at < now() - $3::interval AND key <> $2
+        LIMIT 10 FOR UPDATE SKIP LOCKED))
+)
+SELECT 1
 """
 LOOKUP = """
 SELECT fingerprint, status_code, body, etag FROM idempotency_keys
@@ -129,15 +139,25 @@ WHERE organization_id = $1 AND key = $2
 
 
 async def _answer_taken(driver: Any, org: uuid.UUID, request: IdempotentRequest) -> None:
-    """The key is taken (its row committed): replay its response, or refuse."""
+    """The key is taken (its row committed): replay its response, or refuse. Returns
+    only when the claim is this very request's (its COMMIT's answer was lost)."""
     row = await driver.fetchrow(LOOKUP, org, request.key)
     if row is None:  # expired and removed meanwhile: nothing to answer with
         raise IdempotencyKeyInProgress()
     if row["fingerprint"] != request.fingerprint:
         raise IdempotencyKeyReused()
     if row["status_code"] == IN_PROGRESS:
+        if bytes(row["body"]) == request.token:
+            return
         raise IdempotencyKeyInProgress()
     raise Replay(Reply(row["status_code"], bytes(row["body"]), row["etag"]))
+
+
+async def _take(driver: Any, org: uuid.UUID, request: IdempotentRequest) -> None:
+    await driver.execute(FORGET_EXPIRED, org, request.key, KEY_TTL, STALE_CLAIM)
+    claimed = await driver.fetchval(CLAIM, org, request.key, request.fingerprint, request.token)
+    if claimed is None:
+        await _answer_taken(driver, org, request)
 
 
 async def claim(driver: Any, org: uuid.UUID) -> None:
@@ -146,9 +166,7 @@ async def claim(driver: Any, org: uuid.UUID) -> None:
     request = current()
     if request is None or request.claimed:
         return
-    await driver.execute(FORGET_EXPIRED, org, request.key, KEY_TTL, STALE_CLAIM)
-    if await driver.fetchval(CLAIM, org, request.key, request.fingerprint) is None:
-        await _answer_taken(driver, org, request)
+    await _take(driver, org, request)
 
 
 async def store(driver: Any, org: uuid.UUID, result: Any) -> None:
@@ -170,8 +188,8 @@ async def settle_lost_commit(driver: Any, org: uuid.UUID) -> bool:
     row = await driver.fetchrow(LOOKUP, org, request.key)
     if row is None:
         return False
-    await _answer_taken(driver, org, request)
-    return True  # unreachable: _answer_taken always raises
+    await _answer_taken(driver, org, request)  # raises: a single-transaction claim
+    return True  # never stays in progress once committed
 
 
 async def run_once(

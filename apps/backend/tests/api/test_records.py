@@ -278,9 +278,9 @@ class TestCorrectionsAndTheirTrail:
         changes = (
             await client.get(f"/v1/patients/{patient}/changes", headers=tenant.headers)
         ).json()
-        assert [(c["action"], c["fields"]) for c in changes["items"]] == [
-            ("updated", ["last_name", "dob"]),
-            ("created", ["first_name", "last_name", "dob"]),
+        assert [(c["id"], c["action"], c["fields"]) for c in changes["items"]] == [
+            (2, "updated", ["last_name", "dob"]),  # numbered per record: nothing global
+            (1, "created", ["first_name", "last_name", "dob"]),
         ]
         assert {c["actor"] for c in changes["items"]} == {f"api_key:{tenant.api_key_id}"}
         stored = await rows(
@@ -411,6 +411,40 @@ class TestEtags:
         winner = next(a for a in answers if a.status_code == 200).json()["primary_provider_id"]
         team = (await client.get(team_url, headers=tenant.headers)).json()
         assert team["primary_provider_id"] == winner and len(team["members"]) == 1
+
+    async def test_renaming_or_deactivating_a_member_changes_the_team_etag(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient = await post_patient(client, tenant)
+        primary, secondary = (
+            await post_provider(client, tenant),
+            await post_provider(client, tenant),
+        )
+        team_url = f"/v1/patients/{patient}/care-team"
+        await client.put(
+            f"{team_url}/primary", json={"provider_id": primary}, headers=tenant.headers
+        )
+        await client.post(
+            f"{team_url}/members", json={"provider_id": secondary}, headers=tenant.headers
+        )
+        etag = (await client.get(team_url, headers=tenant.headers)).headers["etag"]
+        await client.patch(
+            f"/v1/providers/{secondary}", json={"last_name": "Renamed"}, headers=tenant.headers
+        )
+        renamed = await client.get(team_url, headers={**tenant.headers, "If-None-Match": etag})
+        assert renamed.status_code == 200 and renamed.headers["etag"] != etag
+        stale = await client.delete(
+            f"{team_url}/members/{secondary}", headers={**tenant.headers, "If-Match": etag}
+        )
+        assert stale.status_code == 412
+        await client.patch(
+            f"/v1/providers/{secondary}", json={"active": False}, headers=tenant.headers
+        )
+        deactivated = await client.get(
+            team_url, headers={**tenant.headers, "If-None-Match": renamed.headers["etag"]}
+        )
+        assert deactivated.status_code == 200
+        assert [m["active"] for m in deactivated.json()["members"]] == [True, False]
 
     async def test_provider_etag_follows_its_panel(self, client: httpx.AsyncClient, tenant: Tenant):
         provider = await post_provider(client, tenant)

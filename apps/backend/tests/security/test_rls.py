@@ -51,8 +51,9 @@ async def two_clinics(database: Database) -> tuple[tuple[uuid.UUID, uuid.UUID], 
             for sql in (
                 "INSERT INTO patient_identifiers (organization_id, patient_id, system, value) "
                 "VALUES (:org, :patient, 'urn:mrn', 'M-1')",
-                "INSERT INTO record_changes (organization_id, record_type, record_id, action, "
-                "fields, actor) VALUES (:org, 'patient', :patient, 'created', '{dob}', 'test')",
+                "INSERT INTO record_changes (organization_id, record_type, record_id, seq, "
+                "action, fields, actor) "
+                "VALUES (:org, 'patient', :patient, 1, 'created', '{dob}', 'test')",
                 "INSERT INTO idempotency_keys (organization_id, key, fingerprint, status_code, "
                 "body) VALUES (:org, 'k', 'f', 201, '')",
             ):

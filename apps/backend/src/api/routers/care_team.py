@@ -105,9 +105,8 @@ def team_reply(
     return answer
 
 
-def _version(if_match: str | None) -> int | None:
-    version = expected(if_match, "t")
-    return None if version is None else version[0]
+def _version(if_match: str | None) -> tuple[int, ...] | None:
+    return expected(if_match, "t", parts=2)
 
 
 @router.put(

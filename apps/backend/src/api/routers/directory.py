@@ -3,6 +3,7 @@ search, and who changed them."""
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -126,6 +127,11 @@ def provider_reply(status_code: int) -> Callable[[ProviderRecord], Reply]:
     return render
 
 
+def _nfc(name: str | None) -> str | None:
+    """A name prefix as names are stored: in NFC (a decomposed é finds a composed one)."""
+    return None if name is None else unicodedata.normalize("NFC", name)
+
+
 def _given(body: BaseModel, name: str) -> Any:
     """The field's value if the body gives it, else UNCHANGED."""
     return getattr(body, name) if name in body.model_fields_set else UNCHANGED
@@ -211,7 +217,7 @@ async def list_patients(
     found = await DirectoryService.list_patients(
         db=db,
         organization_id=caller.organization_id,
-        name=name,
+        name=_nfc(name),
         dob=dob,
         identifier=None if identifier is None else Identifier(*parse_identifier_query(identifier)),
         limit=limit + 1,
@@ -366,7 +372,7 @@ async def list_providers(
     found = await DirectoryService.list_providers(
         db=db,
         organization_id=caller.organization_id,
-        name=name,
+        name=_nfc(name),
         npi=npi,
         active=active,
         limit=limit + 1,
