@@ -350,6 +350,13 @@ async def _write_identifiers(
         raise IdentifierTaken() from None
 
 
+def _changes(current: Any, given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The record's new values (given ones, the current ones where UNCHANGED), and the
+    names of the fields whose value changes."""
+    new = {k: current[k] if isinstance(v, Unchanged) else v for k, v in given.items()}
+    return new, [k for k in given if new[k] != current[k]]
+
+
 def _check_version(expected: int | None, current: int, what: str) -> None:
     if expected is not None and expected != current:
         raise PreconditionFailed(what)
@@ -441,8 +448,7 @@ class DirectoryService:
                 raise PatientNotFound(patient_id)
             _check_version(if_version, current["version"], f"patient {patient_id}")
             given = {"first_name": first_name, "last_name": last_name, "dob": dob}
-            new = {k: current[k] if isinstance(v, Unchanged) else v for k, v in given.items()}
-            fields = [k for k in given if new[k] != current[k]]
+            new, fields = _changes(current, given)
             if wanted is not None:
                 had = tuple(
                     Identifier(**dict(r)) for r in await SELECT_IDENTIFIERS.fetch(driver, params)
@@ -615,8 +621,7 @@ class DirectoryService:
                 "active": UNCHANGED if active is None else active,
                 "panel_capacity": panel_capacity,
             }
-            new = {k: current[k] if isinstance(v, Unchanged) else v for k, v in given.items()}
-            fields = [k for k in given if new[k] != current[k]]
+            new, fields = _changes(current, given)
             if fields:
                 try:
                     await UPDATE_PROVIDER.execute(driver, {**params, **new})

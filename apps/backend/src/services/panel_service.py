@@ -242,89 +242,59 @@ class PanelService:
                 db, operation="transfer_panel", organization_id=organization_id, work=work
             )
 
-        return await idempotency.run_once(
-            run_transaction,
-            organization_id,
-            lambda: PanelService._transfer(
-                db=db,
-                organization_id=organization_id,
-                from_provider_id=from_provider_id,
-                to_provider_id=to_provider_id,
-                reason=reason,
-                note=note,
-                previous_provider=previous_provider,
-                dry_run=dry_run,
-                actor=actor,
-                batch_size=batch_size,
-                progress=progress,
-            ),
-        )
-
-    @staticmethod
-    async def _transfer(
-        *,
-        db: AsyncSession,
-        organization_id: uuid.UUID,
-        from_provider_id: uuid.UUID,
-        to_provider_id: uuid.UUID,
-        reason: ChangeReason | str | None,
-        note: str | None = None,
-        previous_provider: PreviousProvider = PreviousProvider.KEEP_AS_SECONDARY,
-        dry_run: bool = False,
-        actor: str = "system",
-        batch_size: int = TRANSFER_BATCH_SIZE,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> TransferResult:
-        """transfer_panel, without its key."""
         reason_value, note = change_reason(reason, note)
         if from_provider_id == to_provider_id:
             raise InvalidArgument(
                 "a panel cannot be transferred to the provider it belongs to",
                 field="to_provider_id",
             )
-        plan = await PanelService._plan(db, organization_id, from_provider_id, to_provider_id)
-        patients, room = plan
-        if dry_run:
-            moved = patients if room is None else min(patients, room)
-            return TransferResult(True, moved, patients, patients - moved)
-        moved = 0
-        # Each batch moves what is still the source's; a batch can find nothing left to
-        # move in what it picked (another writer got there first): then the next one goes
-        # on. It stops when nothing is left, or when the target's capacity refuses some.
-        for _ in range(patients // max(batch_size, 1) + 10):
-            batch = await PanelService._transfer_batch(
-                db,
+
+        async def operation() -> TransferResult:
+            plan = await PanelService._plan(db, organization_id, from_provider_id, to_provider_id)
+            patients, room = plan
+            if dry_run:
+                moved = patients if room is None else min(patients, room)
+                return TransferResult(True, moved, patients, patients - moved)
+            moved = 0
+            # Each batch moves what is still the source's; a batch can find nothing left to
+            # move in what it picked (another writer got there first): then the next one goes
+            # on. It stops when nothing is left, or when the target's capacity refuses some.
+            for _ in range(patients // max(batch_size, 1) + 10):
+                batch = await PanelService._transfer_batch(
+                    db,
+                    organization_id,
+                    {
+                        "org": organization_id,
+                        "from": from_provider_id,
+                        "to": to_provider_id,
+                        "actor": actor,
+                        "reason": reason_value,
+                        "note": note,
+                        "keep": previous_provider is PreviousProvider.KEEP_AS_SECONDARY,
+                        "limit": batch_size,
+                    },
+                )
+                moved += batch["moved"]
+                if progress is not None:
+                    progress(moved, patients)
+                if batch["remaining"] == 0 or batch["refused_capacity"]:
+                    break
+            remaining = int(batch["remaining"])
+            refused = remaining if batch["refused_capacity"] else 0
+            result = TransferResult(False, moved, remaining, refused)
+            logger.info(
+                "panel transferred organization_id=%s from_provider_id=%s to_provider_id=%s "
+                "moved=%d remaining=%d",
                 organization_id,
-                {
-                    "org": organization_id,
-                    "from": from_provider_id,
-                    "to": to_provider_id,
-                    "actor": actor,
-                    "reason": reason_value,
-                    "note": note,
-                    "keep": previous_provider is PreviousProvider.KEEP_AS_SECONDARY,
-                    "limit": batch_size,
-                },
+                from_provider_id,
+                to_provider_id,
+                result.moved,
+                result.remaining,
+                extra={"event": "panel_transferred"},
             )
-            moved += batch["moved"]
-            if progress is not None:
-                progress(moved, patients)
-            if batch["remaining"] == 0 or batch["refused_capacity"]:
-                break
-        remaining = int(batch["remaining"])
-        refused = remaining if batch["refused_capacity"] else 0
-        result = TransferResult(False, moved, remaining, refused)
-        logger.info(
-            "panel transferred organization_id=%s from_provider_id=%s to_provider_id=%s "
-            "moved=%d remaining=%d",
-            organization_id,
-            from_provider_id,
-            to_provider_id,
-            result.moved,
-            result.remaining,
-            extra={"event": "panel_transferred"},
-        )
-        return result
+            return result
+
+        return await idempotency.run_once(run_transaction, organization_id, operation)
 
     @staticmethod
     async def _plan(

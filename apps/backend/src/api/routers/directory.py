@@ -19,7 +19,7 @@ from src.api.conditional import (
     patient_etag,
     provider_etag,
 )
-from src.api.deps import DB, CurrentCaller
+from src.api.deps import DB, Caller, CurrentCaller
 from src.api.errors import link, links, problem_responses
 from src.api.fields import (
     CURSOR_MAX_LENGTH,
@@ -56,7 +56,6 @@ from src.services.directory_service import (
     Identifier,
     PatientRecord,
     ProviderRecord,
-    RecordChangeRecord,
 )
 from src.services.errors import (
     IdentifierTaken,
@@ -141,7 +140,23 @@ def _identifiers(items: list[IdentifierIn]) -> list[Identifier]:
     return [Identifier(system=i.system, value=i.value) for i in items]
 
 
-def _changes_page(items: list[RecordChangeRecord], limit: int) -> RecordChangesOut:
+async def _changes_page(
+    db: DB,
+    caller: Caller,
+    *,
+    record_type: RecordType,
+    record_id: uuid.UUID,
+    limit: int,
+    cursor: str | None,
+) -> RecordChangesOut:
+    items = await DirectoryService.get_record_changes(
+        db=db,
+        organization_id=caller.organization_id,
+        record_type=record_type,
+        record_id=record_id,
+        limit=limit + 1,
+        before=None if cursor is None else decode_cursor(cursor),
+    )
     page = items[:limit]
     return RecordChangesOut(
         items=[RecordChangeOut.model_validate(c, from_attributes=True) for c in page],
@@ -304,15 +319,9 @@ async def get_patient_changes(
 ) -> RecordChangesOut:
     """Who created and changed the record, which fields (never their values), and when;
     newest first."""
-    changes = await DirectoryService.get_record_changes(
-        db=db,
-        organization_id=caller.organization_id,
-        record_type=RecordType.PATIENT,
-        record_id=patient_id,
-        limit=limit + 1,
-        before=None if cursor is None else decode_cursor(cursor),
+    return await _changes_page(
+        db, caller, record_type=RecordType.PATIENT, record_id=patient_id, limit=limit, cursor=cursor
     )
-    return _changes_page(changes, limit)
 
 
 # --- providers ------------------------------------------------------------------------------
@@ -467,12 +476,11 @@ async def get_provider_changes(
 ) -> RecordChangesOut:
     """Who created and changed the record, which fields (never their values), and when;
     newest first."""
-    changes = await DirectoryService.get_record_changes(
-        db=db,
-        organization_id=caller.organization_id,
+    return await _changes_page(
+        db,
+        caller,
         record_type=RecordType.PROVIDER,
         record_id=provider_id,
-        limit=limit + 1,
-        before=None if cursor is None else decode_cursor(cursor),
+        limit=limit,
+        cursor=cursor,
     )
-    return _changes_page(changes, limit)
