@@ -162,10 +162,11 @@ SELECT_TEAM = Sql(
     """
     SELECT p.id AS patient_id, a.provider_id, a.is_primary_provider, a.assigned_at,
            lower(pe.valid) AS since, v.first_name, v.last_name, v.active,
-           v.version AS provider_version,
-           (SELECT coalesce(max(e.seq), 0) FROM care_team_events AS e
-            WHERE e.organization_id = p.organization_id AND e.patient_id = p.id) AS version
+           v.version AS provider_version, e.version
     FROM patients AS p
+    CROSS JOIN LATERAL (
+        SELECT coalesce(max(seq), 0) AS version FROM care_team_events
+        WHERE organization_id = p.organization_id AND patient_id = p.id) AS e
     LEFT JOIN care_team_assignments AS a
         ON a.organization_id = p.organization_id AND a.patient_id = p.id
     LEFT JOIN care_team_periods AS pe
