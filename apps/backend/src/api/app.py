@@ -15,10 +15,11 @@ from sqlalchemy import text
 
 from src import primary_index
 from src.api.errors import install_error_handlers
+from src.api.fhir_resources import FhirError, outcome
 from src.api.idempotency import replayed
 from src.api.middleware import RequestContextMiddleware
 from src.api.openapi import install_openapi, operation_id
-from src.api.routers import care_team, directory, feed, health, panels
+from src.api.routers import care_team, directory, feed, fhir, health, panels
 from src.config import Settings, get_settings
 from src.db import Database, open_database
 from src.log_config import configure_logging
@@ -167,6 +168,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
         attach(app, database)
     install_error_handlers(app)
     app.add_exception_handler(Replay, replayed)  # type: ignore[arg-type]
+    app.add_exception_handler(FhirError, _fhir_error)  # type: ignore[arg-type]
     install_openapi(app)
     if settings.cors_origin_list:
         # Inside the request context (host check, request id): a preflight is answered
@@ -185,7 +187,12 @@ def create_app(database: Database | None = None, database_url: str | None = None
     app.include_router(care_team.router)
     app.include_router(panels.router)
     app.include_router(feed.router)
+    app.include_router(fhir.router)
     return app
+
+
+async def _fhir_error(request: Any, exc: FhirError) -> Any:
+    return outcome(exc)
 
 
 def create_worker_app() -> FastAPI:

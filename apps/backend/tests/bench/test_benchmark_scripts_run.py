@@ -81,6 +81,15 @@ def test_search_benchmark_runs_and_uses_the_name_indexes():
     assert "ix_patients_organization_id_first_name_key" in figures["plans"]["name_search"]
 
 
+def test_fhir_benchmark_runs():
+    figures = run_script(
+        "bench/fhir.py", *("--patients", "200", "--seconds", "1", "--clients", "2")
+    )
+    for round_ in figures["rounds"]:
+        for read in ("v1_care_team", "fhir_care_team"):
+            assert round_[read]["operations"] > 0 and round_[read]["errors"] == 0, round_[read]
+
+
 def path_without(program: str) -> str:
     """PATH with every directory that holds `program` left out: as on a machine without it."""
     return os.pathsep.join(

@@ -1,0 +1,448 @@
+"""The care team as FHIR R4, read-only, at /fhir/R4: CareTeam, Patient, Practitioner.
+
+The same tables, the same API keys and the same tenants as /v1: the key decides the
+organization, and every search runs under its row-level security, so no parameter,
+reference or include can reach another organization's data (another organization's ids
+answer exactly like unknown ones: 404). Errors are OperationOutcomes. Search parameters
+are read from the query string here (not declared to FastAPI), so that a malformed one is
+a FHIR 400, and an unknown one is ignored, or 400 with `Prefer: handling=strict`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request, Response
+
+from src.api.deps import DB
+from src.api.fhir_resources import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    NPI_SYSTEM,
+    FhirError,
+    capability_statement,
+    care_team_resource,
+    fhir_response,
+    patient_resource,
+    practitioner_resource,
+    searchset,
+)
+from src.api.fields import UUID_CURSOR_PATTERN, decode_uuid_cursor, encode_uuid_cursor
+from src.services.directory_service import DirectoryService, Identifier
+from src.services.errors import CareTeamError, DatabaseBusy, DatabaseUnavailable, NotFoundError
+from src.services.fhir_service import CareTeamFilter, FhirService
+from src.services.organization_service import OrganizationService
+
+router = APIRouter(prefix="/fhir/R4", include_in_schema=False)
+
+T = TypeVar("T")
+
+FORMATS = {"json", "application/json", "application/fhir+json"}
+COMMON = {"_count", "_cursor", "_format"}
+CARE_TEAM_STATUSES = {"proposed", "active", "suspended", "inactive", "entered-in-error"}
+_DATE = re.compile(r"^(eq)?([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2}))?)?$")
+_CURSOR = re.compile(UUID_CURSOR_PATTERN)
+
+
+def invalid(message: str) -> FhirError:
+    return FhirError(400, "invalid", message)
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir/R4"
+
+
+async def _organization(request: Request, db: DB) -> uuid.UUID:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        raise FhirError(401, "login", "an API key is required: Authorization: Bearer ctk_...")
+    found = await _service(OrganizationService.authenticate(db=db, api_key=key.strip()))
+    if found is None:
+        raise FhirError(401, "login", "missing, malformed or revoked API key")
+    request.state.organization_id = str(found.organization_id)
+    return found.organization_id
+
+
+async def _service(call: Awaitable[T]) -> T:
+    """A service call; its errors as FHIR's (another tenant's id is unknown: 404)."""
+    try:
+        return await call
+    except NotFoundError as err:
+        raise FhirError(404, "not-found", err.message) from None
+    except (DatabaseBusy, DatabaseUnavailable) as err:
+        raise FhirError(503, "transient", err.message) from None
+    except CareTeamError as err:
+        raise FhirError(500, "exception", err.message) from None
+
+
+class Query:
+    """The search's parameters: each read at most once, to know which were applied."""
+
+    def __init__(self, request: Request, known: set[str]) -> None:
+        self.values: dict[str, list[str]] = {}
+        for name, value in request.query_params.multi_items():
+            self.values.setdefault(name, []).append(value)
+        fmt = self.values.get("_format", ["json"])[-1]
+        if fmt not in FORMATS:
+            raise FhirError(406, "not-supported", f"_format {fmt!r}: only JSON is served")
+        unknown = sorted(set(self.values) - known - COMMON)
+        strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
+        if unknown and strict:
+            raise invalid(f"unknown search parameter(s): {', '.join(unknown)}")
+        self.applied: list[tuple[str, str]] = []
+
+    def get(self, name: str) -> str | None:
+        if name not in self.values:
+            return None
+        given = self.values[name]
+        if len(given) > 1 and name != "status":
+            raise invalid(f"{name} is given more than once")
+        self.applied += [(name, v) for v in given]
+        return ",".join(given)
+
+    def count(self) -> int:
+        raw = self.values.get("_count", [str(DEFAULT_COUNT)])[-1]
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_COUNT:
+            raise invalid(f"_count must be 1 to {MAX_COUNT}")
+        if "_count" in self.values:
+            self.applied.append(("_count", raw))
+        return int(raw)
+
+    def cursor(self) -> uuid.UUID | None:
+        raw = self.values.get("_cursor", [None])[-1]
+        if raw is None:
+            return None
+        if not _CURSOR.fullmatch(raw):
+            raise invalid("_cursor is not one this server gave")
+        return decode_uuid_cursor(raw)
+
+    def url(self, base: str, kind: str, cursor: uuid.UUID | None = None) -> str:
+        params = list(self.applied)
+        if cursor is not None:
+            params.append(("_cursor", encode_uuid_cursor(cursor)))
+        return f"{base}/{kind}" + (f"?{urlencode(params)}" if params else "")
+
+
+def _id(value: str, kind: str, what: str) -> uuid.UUID:
+    """An id, or a `kind/{id}` reference to one."""
+    raw = value.removeprefix(f"{kind}/")
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise invalid(f"{what} must be a {kind} id or {kind}/{{id}}") from None
+
+
+def _day_range(value: str) -> tuple[datetime.datetime, datetime.datetime]:
+    """A FHIR date (YYYY, YYYY-MM or YYYY-MM-DD, optionally `eq`), as the instants it
+    covers in UTC."""
+    match = _DATE.fullmatch(value)
+    if match is None:
+        raise invalid("date must be YYYY, YYYY-MM or YYYY-MM-DD (eq only)")
+    year, month, day = (int(g) if g else None for g in match.groups()[1:])
+    try:
+        start = datetime.date(year or 1, month or 1, day or 1)
+    except ValueError:
+        raise invalid(f"{value} is not a date") from None
+    if day is not None:
+        end = start + datetime.timedelta(days=1)
+    elif month is not None:
+        end = (start + datetime.timedelta(days=32)).replace(day=1)
+    else:
+        end = start.replace(year=start.year + 1)
+    utc = datetime.UTC
+    return (
+        datetime.datetime.combine(start, datetime.time(), utc),
+        datetime.datetime.combine(end, datetime.time(), utc),
+    )
+
+
+def _page(
+    request: Request,
+    query: Query,
+    kind: str,
+    *,
+    found: list[Any],
+    count: int,
+    resources: list[dict[str, Any]],
+    includes: list[dict[str, Any]] | None = None,
+) -> Response:
+    """The Bundle of a search's page: `found` holds up to count + 1 records (more: a next
+    link, after the last one shown); `resources` are the page's."""
+    base = _base(request)
+    more = len(found) > count
+    after = found[count - 1] if more else None
+    next_url = None if after is None else query.url(base, kind, _key(after))
+    return fhir_response(
+        searchset(
+            base,
+            matches=resources[:count],
+            includes=includes or [],
+            self_url=query.url(base, kind),
+            next_url=next_url,
+        )
+    )
+
+
+def _key(record: Any) -> uuid.UUID:
+    """A page's position: the patient id of a team, the id of a record."""
+    key: uuid.UUID = record.patient_id if hasattr(record, "patient_id") else record.id
+    return key
+
+
+# --- metadata -------------------------------------------------------------------------------
+
+
+@router.get("/metadata")
+async def metadata(request: Request) -> Response:
+    """What this server supports (no key needed)."""
+    return fhir_response(capability_statement(_base(request)))
+
+
+# --- CareTeam -------------------------------------------------------------------------------
+
+
+@router.get("/CareTeam/{team_id}")
+async def read_care_team(team_id: str, request: Request, db: DB) -> Response:
+    org = await _organization(request, db)
+    try:
+        patient = uuid.UUID(team_id)
+    except ValueError:
+        raise FhirError(404, "not-found", f"CareTeam/{team_id} not found") from None
+    team = await _service(FhirService.care_team(db=db, organization_id=org, patient_id=patient))
+    if team is None:
+        raise FhirError(404, "not-found", f"CareTeam/{team_id} not found")
+    return fhir_response(care_team_resource(team, org))
+
+
+@router.get("/CareTeam")
+async def search_care_teams(request: Request, db: DB) -> Response:
+    org = await _organization(request, db)
+    query = Query(
+        request, {"_id", "patient", "subject", "status", "participant", "date", "_include"}
+    )
+    patients = set()
+    for name, kind in (("_id", "CareTeam"), ("patient", "Patient"), ("subject", "Patient")):
+        if (value := query.get(name)) is not None:
+            patients.add(_id(value, kind, name))
+    statuses: frozenset[str] = frozenset()
+    if (raw := query.get("status")) is not None:
+        statuses = frozenset(s.strip() for s in raw.split(","))
+        if not statuses <= CARE_TEAM_STATUSES:
+            raise invalid(f"status must be among {', '.join(sorted(CARE_TEAM_STATUSES))}")
+    participant = query.get("participant")
+    during = query.get("date")
+    include = query.values.get("_include", [])
+    wanted = {"CareTeam:participant", "CareTeam:participant:Practitioner"}
+    with_practitioners = any(i in wanted for i in include)
+    if with_practitioners:
+        query.get("_include")
+    count, after = query.count(), query.cursor()
+    if len(patients) > 1:  # two different patients: no team is both
+        return _page(request, query, "CareTeam", found=[], count=count, resources=[])
+    where = CareTeamFilter(
+        patient=next(iter(patients), None),
+        statuses=statuses,
+        participant=None
+        if participant is None
+        else _id(participant, "Practitioner", "participant"),
+        during=None if during is None else _day_range(during),
+    )
+    teams = await _service(
+        FhirService.search_care_teams(
+            db=db, organization_id=org, where=where, limit=count + 1, after=after
+        )
+    )
+    page = teams[:count]
+    includes: list[dict[str, Any]] = []
+    if with_practitioners:
+        members = sorted({p.provider_id for t in page for p in t.periods}, key=str)
+        for provider in members:
+            record = await _service(
+                DirectoryService.get_provider(db=db, organization_id=org, provider_id=provider)
+            )
+            includes.append(practitioner_resource(record))
+    resources = [care_team_resource(t, org) for t in page]
+    return _page(
+        request,
+        query,
+        "CareTeam",
+        found=teams,
+        count=count,
+        resources=resources,
+        includes=includes,
+    )
+
+
+# --- Patient --------------------------------------------------------------------------------
+
+
+@router.get("/Patient/{patient_id}")
+async def read_patient(patient_id: str, request: Request, db: DB) -> Response:
+    org = await _organization(request, db)
+    try:
+        ident = uuid.UUID(patient_id)
+    except ValueError:
+        raise FhirError(404, "not-found", f"Patient/{patient_id} not found") from None
+    record = await _service(
+        DirectoryService.get_patient(db=db, organization_id=org, patient_id=ident)
+    )
+    primaries = await _service(
+        FhirService.primaries_of(db=db, organization_id=org, patients=[ident])
+    )
+    return fhir_response(patient_resource(record, org, primaries.get(ident)))
+
+
+@router.get("/Patient")
+async def search_patients(request: Request, db: DB) -> Response:
+    org = await _organization(request, db)
+    query = Query(request, {"_id", "identifier", "name", "birthdate"})
+    only = query.get("_id")
+    identifier = query.get("identifier")
+    name = query.get("name")
+    birthdate = query.get("birthdate")
+    count, after = query.count(), query.cursor()
+    token = None
+    if identifier is not None:
+        system, bar, value = identifier.partition("|")
+        if not bar or not system or not value:
+            raise invalid("identifier must be system|value")
+        token = Identifier(system, value)
+    born = None
+    if birthdate is not None:
+        if not re.fullmatch(r"(eq)?[0-9]{4}-[0-9]{2}-[0-9]{2}", birthdate):
+            raise invalid("birthdate must be YYYY-MM-DD (eq only)")
+        try:
+            born = datetime.date.fromisoformat(birthdate.removeprefix("eq"))
+        except ValueError:
+            raise invalid(f"{birthdate} is not a date") from None
+    if name is not None and not name.strip():
+        raise invalid("name must not be empty")
+    if only is not None:
+        found = await _one(
+            lambda: DirectoryService.get_patient(
+                db=db, organization_id=org, patient_id=_id(only, "Patient", "_id")
+            )
+        )
+        found = [
+            p
+            for p in found
+            if _named(p, name)
+            and (born is None or p.dob == born)
+            and (token is None or token in p.identifiers)
+            and (after is None or p.id > after)
+        ]
+    else:
+        found = await _service(
+            DirectoryService.list_patients(
+                db=db,
+                organization_id=org,
+                name=name,
+                dob=born,
+                identifier=token,
+                limit=count + 1,
+                after=after,
+            )
+        )
+    page = found[:count]
+    primaries = await _service(
+        FhirService.primaries_of(db=db, organization_id=org, patients=[p.id for p in page])
+    )
+    resources = [patient_resource(p, org, primaries.get(p.id)) for p in page]
+    return _page(request, query, "Patient", found=found, count=count, resources=resources)
+
+
+def _named(record: Any, prefix: str | None) -> bool:
+    """The name search's rule (first or last name starts with it, any case), for one record."""
+    if prefix is None:
+        return True
+    wanted = prefix.lower()
+    return any((n or "").lower().startswith(wanted) for n in (record.first_name, record.last_name))
+
+
+async def _one(call: Callable[[], Awaitable[T]]) -> list[T]:
+    """A read by id as a search: [the record], or [] when it is unknown."""
+    try:
+        return [await _service(call())]
+    except FhirError as err:
+        if err.status == 404:
+            return []
+        raise
+
+
+# --- Practitioner ---------------------------------------------------------------------------
+
+
+@router.get("/Practitioner/{practitioner_id}")
+async def read_practitioner(practitioner_id: str, request: Request, db: DB) -> Response:
+    org = await _organization(request, db)
+    try:
+        ident = uuid.UUID(practitioner_id)
+    except ValueError:
+        raise FhirError(404, "not-found", f"Practitioner/{practitioner_id} not found") from None
+    record = await _service(
+        DirectoryService.get_provider(db=db, organization_id=org, provider_id=ident)
+    )
+    return fhir_response(practitioner_resource(record))
+
+
+@router.get("/Practitioner")
+async def search_practitioners(request: Request, db: DB) -> Response:
+    org = await _organization(request, db)
+    query = Query(request, {"_id", "identifier", "name", "active"})
+    only = query.get("_id")
+    identifier = query.get("identifier")
+    name = query.get("name")
+    active_raw = query.get("active")
+    count, after = query.count(), query.cursor()
+    npi = None
+    if identifier is not None:
+        system, _, value = identifier.rpartition("|")
+        if not value:
+            raise invalid("identifier must be an NPI, or system|value")
+        if system and system != NPI_SYSTEM:  # no other identifier system here: no match
+            return _page(request, query, "Practitioner", found=[], count=count, resources=[])
+        npi = value
+    active = None
+    if active_raw is not None:
+        if active_raw not in ("true", "false"):
+            raise invalid("active must be true or false")
+        active = active_raw == "true"
+    if only is not None:
+        found = await _one(
+            lambda: DirectoryService.get_provider(
+                db=db, organization_id=org, provider_id=_id(only, "Practitioner", "_id")
+            )
+        )
+        found = [
+            p
+            for p in found
+            if _named(p, name)
+            and (npi is None or p.npi == npi)
+            and (active is None or p.active == active)
+            and (after is None or p.id > after)
+        ]
+    else:
+        found = await _service(
+            DirectoryService.list_providers(
+                db=db,
+                organization_id=org,
+                name=name,
+                npi=npi,
+                active=active,
+                limit=count + 1,
+                after=after,
+            )
+        )
+    resources = [practitioner_resource(p) for p in found[:count]]
+    return _page(request, query, "Practitioner", found=found, count=count, resources=resources)
+
+
+@router.get("/{anything:path}")
+async def unknown(anything: str) -> Response:
+    raise FhirError(404, "not-found", f"{anything.split('/', maxsplit=1)[0]} is not served here")

@@ -1,0 +1,356 @@
+"""The FHIR R4 view: every response parses and validates with the fhir.resources R4B
+models; searches page and include as FHIR servers do; tenants stay apart; a client
+nobody on the team wrote (fhirpy) reads it end to end."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.careteam import CareTeam
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.practitioner import Practitioner
+
+from tests.helpers import LiveApi, Tenant, TenantFactory, post_patient, post_provider
+
+FHIR = "/fhir/R4"
+MODELS: dict[str, Any] = {
+    "Bundle": Bundle,
+    "CapabilityStatement": CapabilityStatement,
+    "CareTeam": CareTeam,
+    "OperationOutcome": OperationOutcome,
+    "Patient": Patient,
+    "Practitioner": Practitioner,
+}
+PRIMARY_CARE = "453231000124104"
+
+
+def valid(response: httpx.Response, status: int = 200) -> dict[str, Any]:
+    """The body, checked: the status, FHIR JSON, and valid as its R4B model (a Bundle's
+    entries each as theirs)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    body: dict[str, Any] = response.json()
+    MODELS[body["resourceType"]].model_validate(body)
+    for entry in body.get("entry", []):
+        MODELS[entry["resource"]["resourceType"]].model_validate(entry["resource"])
+    return body
+
+
+async def fhir_get(
+    client: httpx.AsyncClient, tenant: Tenant | None, path: str, **params: Any
+) -> httpx.Response:
+    headers = tenant.headers if tenant else {}
+    return await client.get(FHIR + path, params=params, headers=headers)
+
+
+async def team_of(client: httpx.AsyncClient, tenant: Tenant, patient: str, *providers: str) -> None:
+    """`providers[0]` primary, the others secondaries."""
+    url = f"/v1/patients/{patient}/care-team"
+    await client.put(f"{url}/primary", json={"provider_id": providers[0]}, headers=tenant.headers)
+    for other in providers[1:]:
+        await client.post(f"{url}/members", json={"provider_id": other}, headers=tenant.headers)
+
+
+def ids(bundle: dict[str, Any], mode: str = "match") -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == mode]
+
+
+class TestCapabilities:
+    async def test_metadata_without_a_key(self, client: httpx.AsyncClient):
+        statement = valid(await fhir_get(client, None, "/metadata"))
+        assert statement["fhirVersion"] == "4.0.1" and statement["format"] == ["json"]
+        resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+        assert set(resources) == {"CareTeam", "Patient", "Practitioner"}
+        assert {p["name"] for p in resources["CareTeam"]["searchParam"]} >= {
+            "patient",
+            "subject",
+            "status",
+            "participant",
+            "date",
+            "_id",
+            "_count",
+        }
+        assert resources["CareTeam"]["searchInclude"] == ["CareTeam:participant"]
+
+
+class TestCareTeam:
+    async def test_read_has_the_us_core_essentials_and_every_period(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient = await post_patient(client, tenant)
+        first, second, third = [await post_provider(client, tenant) for _ in range(3)]
+        await team_of(client, tenant, patient, first, third)
+        await team_of(client, tenant, patient, second)  # second becomes the primary
+        team = valid(await fhir_get(client, tenant, f"/CareTeam/{patient}"))
+        assert team["id"] == patient and team["status"] == "active"
+        assert team["subject"] == {"reference": f"Patient/{patient}"}
+        assert team["managingOrganization"] == [
+            {"reference": f"Organization/{tenant.organization_id}"}
+        ]
+        roles = [
+            (p["member"]["reference"], p["role"][0]["coding"][0]["code"], "end" in p["period"])
+            for p in team["participant"]
+        ]
+        # first: primary (ended), then secondary (open); third secondary; second primary.
+        assert (f"Practitioner/{first}", PRIMARY_CARE, True) in roles
+        assert (f"Practitioner/{second}", PRIMARY_CARE, False) in roles
+        assert sum(1 for _, code, open_ in roles if code == PRIMARY_CARE and not open_) == 1
+        assert all(p["period"]["start"] for p in team["participant"])
+
+    async def test_a_team_whose_periods_all_ended_is_inactive(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient, provider = await post_patient(client, tenant), await post_provider(client, tenant)
+        await team_of(client, tenant, patient, provider)
+        await client.delete(
+            f"/v1/patients/{patient}/care-team/members/{provider}", headers=tenant.headers
+        )
+        team = valid(await fhir_get(client, tenant, f"/CareTeam/{patient}"))
+        assert team["status"] == "inactive" and "end" in team["participant"][0]["period"]
+        active = valid(
+            await fhir_get(client, tenant, "/CareTeam", patient=patient, status="active")
+        )
+        assert ids(active) == []
+        either = valid(
+            await fhir_get(client, tenant, "/CareTeam", patient=patient, status="active,inactive")
+        )
+        assert ids(either) == [patient]
+
+    async def test_a_patient_without_a_team_has_no_careteam(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient = await post_patient(client, tenant)
+        valid(await fhir_get(client, tenant, f"/CareTeam/{patient}"), 404)
+
+    async def test_paging_by_next_links(self, client: httpx.AsyncClient, tenant: Tenant):
+        provider = await post_provider(client, tenant)
+        patients = [await post_patient(client, tenant) for _ in range(5)]
+        for patient in patients:
+            await team_of(client, tenant, patient, provider)
+        seen: list[str] = []
+        response = await fhir_get(
+            client, tenant, "/CareTeam", participant=f"Practitioner/{provider}", _count=2
+        )
+        pages = 0
+        while True:
+            bundle = valid(response)
+            pages += 1
+            assert all(
+                e["fullUrl"].startswith("http://careteam.test/fhir/R4/CareTeam/")
+                for e in bundle["entry"]
+            )
+            seen += ids(bundle)
+            links = {link["relation"]: link["url"] for link in bundle["link"]}
+            assert "participant=Practitioner" in links["self"] and "_count=2" in links["self"]
+            if "next" not in links:
+                break
+            parts = urlsplit(links["next"])
+            response = await client.get(f"{parts.path}?{parts.query}", headers=tenant.headers)
+        assert pages == 3 and sorted(seen) == sorted(patients) and len(set(seen)) == 5
+
+    async def test_include_returns_each_practitioner_once(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        shared, other = await post_provider(client, tenant), await post_provider(client, tenant)
+        for _ in range(3):
+            await team_of(client, tenant, await post_patient(client, tenant), shared, other)
+        bundle = valid(
+            await fhir_get(
+                client,
+                tenant,
+                "/CareTeam",
+                participant=f"Practitioner/{shared}",
+                _include="CareTeam:participant",
+            )
+        )
+        assert len(ids(bundle)) == 3
+        assert sorted(ids(bundle, "include")) == sorted([shared, other])
+
+    async def test_date_before_and_after_the_team_began(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient, provider = await post_patient(client, tenant), await post_provider(client, tenant)
+        await team_of(client, tenant, patient, provider)
+        today = datetime.datetime.now(datetime.UTC).date()
+        for day, expected in ((today - datetime.timedelta(days=1), []), (today, [patient])):
+            bundle = valid(
+                await fhir_get(client, tenant, "/CareTeam", patient=patient, date=day.isoformat())
+            )
+            assert ids(bundle) == expected, day
+        month = valid(
+            await fhir_get(
+                client, tenant, "/CareTeam", patient=patient, date=today.strftime("%Y-%m")
+            )
+        )
+        assert ids(month) == [patient]
+
+
+class TestPatientAndPractitioner:
+    async def test_general_practitioner_follows_the_primary(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient = await post_patient(
+            client, tenant, identifiers=[{"system": "urn:mrn", "value": "M-7"}]
+        )
+        first, second = await post_provider(client, tenant), await post_provider(client, tenant)
+        read = valid(await fhir_get(client, tenant, f"/Patient/{patient}"))
+        assert "generalPractitioner" not in read
+        assert read["identifier"] == [{"system": "urn:mrn", "value": "M-7"}]
+        assert read["birthDate"] == "1984-02-29" and read["name"][0]["family"] == "Example"
+        await team_of(client, tenant, patient, first)
+        read = valid(await fhir_get(client, tenant, f"/Patient/{patient}"))
+        assert read["generalPractitioner"] == [{"reference": f"Practitioner/{first}"}]
+        await team_of(client, tenant, patient, second)
+        found = valid(await fhir_get(client, tenant, "/Patient", identifier="urn:mrn|M-7"))
+        assert found["entry"][0]["resource"]["generalPractitioner"] == [
+            {"reference": f"Practitioner/{second}"}
+        ]
+
+    async def test_patient_and_practitioner_searches(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        ada = await post_patient(client, tenant, first_name="Ada", dob="1970-01-02")
+        await post_patient(client, tenant, first_name="Bob")
+        grace = await post_provider(client, tenant, first_name="Grace", npi="1234567893")
+        assert ids(valid(await fhir_get(client, tenant, "/Patient", name="ad"))) == [ada]
+        assert ids(valid(await fhir_get(client, tenant, "/Patient", birthdate="1970-01-02"))) == [
+            ada
+        ]
+        npi = valid(
+            await fhir_get(
+                client,
+                tenant,
+                "/Practitioner",
+                identifier="http://hl7.org/fhir/sid/us-npi|1234567893",
+            )
+        )
+        assert ids(npi) == [grace]
+        assert npi["entry"][0]["resource"]["identifier"][0]["value"] == "1234567893"
+        assert ids(
+            valid(await fhir_get(client, tenant, "/Practitioner", name="gr", active="true"))
+        ) == [grace]
+        assert (
+            ids(
+                valid(
+                    await fhir_get(
+                        client, tenant, "/Practitioner", identifier="urn:other|1234567893"
+                    )
+                )
+            )
+            == []
+        )
+        valid(await fhir_get(client, tenant, f"/Practitioner/{grace}"))
+
+
+class TestErrorsAndFormats:
+    @pytest.mark.parametrize(
+        ("path", "params"),
+        [
+            ("/CareTeam", {"_count": "0"}),
+            ("/CareTeam", {"_count": "abc"}),
+            ("/CareTeam", {"_count": "101"}),
+            ("/CareTeam", {"date": "2026-13-01"}),
+            ("/CareTeam", {"date": "ge2026-01-01"}),
+            ("/CareTeam", {"status": "bogus"}),
+            ("/CareTeam", {"patient": "not-an-id"}),
+            ("/CareTeam", {"_cursor": "!!"}),
+            ("/Patient", {"identifier": "no-bar"}),
+            ("/Patient", {"birthdate": "1970-02-30"}),
+            ("/Practitioner", {"active": "maybe"}),
+        ],
+    )
+    async def test_a_malformed_parameter_is_400(
+        self, client: httpx.AsyncClient, tenant: Tenant, path: str, params: dict[str, str]
+    ):
+        outcome = valid(await fhir_get(client, tenant, path, **params), 400)
+        assert outcome["issue"][0]["code"] == "invalid"
+
+    async def test_unknown_parameters_ignored_or_strict(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        lenient = valid(await fhir_get(client, tenant, "/CareTeam", colour="blue"))
+        assert "colour" not in lenient["link"][0]["url"]
+        strict = await client.get(
+            f"{FHIR}/CareTeam",
+            params={"colour": "blue"},
+            headers={**tenant.headers, "Prefer": "handling=strict"},
+        )
+        valid(strict, 400)
+
+    async def test_keys_formats_and_unknown_things(self, client: httpx.AsyncClient, tenant: Tenant):
+        valid(await fhir_get(client, None, "/CareTeam"), 401)
+        bad_key = await client.get(f"{FHIR}/Patient", headers={"Authorization": "Bearer nope"})
+        valid(bad_key, 401)
+        valid(await fhir_get(client, tenant, "/Patient", _format="json"))
+        valid(await fhir_get(client, tenant, "/Patient", _format="xml"), 406)
+        valid(await fhir_get(client, tenant, "/Observation"), 404)
+        valid(await fhir_get(client, tenant, "/Patient/not-a-uuid"), 404)
+
+
+class TestTenants:
+    async def test_another_tenants_ids_references_and_includes(
+        self, client: httpx.AsyncClient, make_tenant: TenantFactory
+    ):
+        a, b = await make_tenant(), await make_tenant()
+        patient = await post_patient(client, a, identifiers=[{"system": "urn:mrn", "value": "A-1"}])
+        provider = await post_provider(client, a, npi="1234567893")
+        await team_of(client, a, patient, provider)
+        for path in (f"/CareTeam/{patient}", f"/Patient/{patient}", f"/Practitioner/{provider}"):
+            valid(await fhir_get(client, b, path), 404)
+        for path, params in (
+            ("/CareTeam", {"patient": patient}),
+            ("/CareTeam", {"subject": f"Patient/{patient}"}),
+            ("/CareTeam", {"_id": patient}),
+            (
+                "/CareTeam",
+                {"participant": f"Practitioner/{provider}", "_include": "CareTeam:participant"},
+            ),
+            ("/Patient", {"_id": patient}),
+            ("/Patient", {"identifier": "urn:mrn|A-1"}),
+            ("/Practitioner", {"identifier": "1234567893"}),
+            ("/Practitioner", {"_id": provider}),
+        ):
+            bundle = valid(await fhir_get(client, b, path, **params))
+            assert bundle.get("entry", []) == [], (path, params)
+        # B's own team including a shared-looking search shows only B's practitioners.
+        mine, theirs = await post_patient(client, b), await post_provider(client, b)
+        await team_of(client, b, mine, theirs)
+        bundle = valid(await fhir_get(client, b, "/CareTeam", _include="CareTeam:participant"))
+        assert ids(bundle) == [mine] and ids(bundle, "include") == [theirs]
+
+
+class TestAClientNobodyHereWrote:
+    async def test_fhirpy_searches_care_teams_and_fetches_every_page(self, live_api: LiveApi):
+        from fhirpy import AsyncFHIRClient  # noqa: PLC0415 (only this test uses it)
+
+        provider = live_api.post("/v1/providers", {"first_name": "Grace", "last_name": "Hopper"})
+        patients = []
+        for _ in range(3):
+            patient = live_api.post(
+                "/v1/patients", {"first_name": "Ada", "last_name": "Fhirpy", "dob": "1990-01-01"}
+            )
+            live_api.post(
+                f"/v1/patients/{patient['id']}/care-team/members", {"provider_id": provider["id"]}
+            )
+            patients.append(patient["id"])
+        fhir = AsyncFHIRClient(
+            f"{live_api.base_url}/fhir/R4", authorization=f"Bearer {live_api.key}"
+        )
+        teams = await fhir.resources("CareTeam").search(patient=patients[0]).fetch_all()
+        assert [t["id"] for t in teams] == [patients[0]]
+        everything = await (
+            fhir.resources("CareTeam")
+            .search(participant=f"Practitioner/{provider['id']}")
+            .limit(1)
+            .fetch_all()
+        )
+        assert sorted(t["id"] for t in everything) == sorted(patients)
+        for team in everything:
+            CareTeam.model_validate(team.serialize())
