@@ -53,6 +53,10 @@ def outcome(error: FhirError) -> Response:
     response = fhir_response(body, error.status)
     if error.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
+    if error.status == 405:
+        response.headers["Allow"] = "GET, HEAD"
+    if error.status == 503:
+        response.headers["Retry-After"] = "1"
     return response
 
 
@@ -164,7 +168,7 @@ SEARCH_PARAMETERS: dict[str, list[tuple[str, str, str]]] = {
         ("subject", "reference", "Patient/{id}"),
         ("status", "token", "active or inactive; a comma means OR"),
         ("participant", "reference", "Practitioner/{id}: teams it is or was on"),
-        ("date", "date", "YYYY-MM-DD (eq): teams with a participant active on that day"),
+        ("date", "date", "YYYY, YYYY-MM or YYYY-MM-DD (eq): a participant active then"),
     ],
     "Patient": [
         ("_id", "token", "The patient's id"),

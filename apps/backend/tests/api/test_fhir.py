@@ -255,7 +255,14 @@ class TestErrorsAndFormats:
         [
             ("/CareTeam", {"_count": "0"}),
             ("/CareTeam", {"_count": "abc"}),
-            ("/CareTeam", {"_count": "101"}),
+            ("/CareTeam", {"_count": "²"}),
+            ("/CareTeam", {"date": "9999"}),
+            ("/CareTeam", {"date": "9999-12-31"}),
+            ("/CareTeam", {"date": "0000"}),
+            ("/CareTeam", {"status": "urn:other|active"}),
+            ("/Patient", {"name": "a\x00b"}),
+            ("/Patient", {"identifier": "a|b\x00"}),
+            ("/Practitioner", {"identifier": "12\x00"}),
             ("/CareTeam", {"date": "2026-13-01"}),
             ("/CareTeam", {"date": "ge2026-01-01"}),
             ("/CareTeam", {"status": "bogus"}),
@@ -292,6 +299,85 @@ class TestErrorsAndFormats:
         valid(await fhir_get(client, tenant, "/Patient", _format="xml"), 406)
         valid(await fhir_get(client, tenant, "/Observation"), 404)
         valid(await fhir_get(client, tenant, "/Patient/not-a-uuid"), 404)
+
+
+class TestWhatClientsSend:
+    async def test_count_above_the_maximum_is_capped(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        bundle = valid(await fhir_get(client, tenant, "/Patient", _count="500"))
+        assert "_count=100" in bundle["link"][0]["url"]
+
+    async def test_repeated_status_is_and_and_a_system_is_understood(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient, provider = await post_patient(client, tenant), await post_provider(client, tenant)
+        await team_of(client, tenant, patient, provider)
+        both = await client.get(
+            f"{FHIR}/CareTeam?patient={patient}&status=active,inactive&status=active",
+            headers=tenant.headers,
+        )
+        assert ids(valid(both)) == [patient]
+        neither = await client.get(
+            f"{FHIR}/CareTeam?patient={patient}&status=active&status=inactive",
+            headers=tenant.headers,
+        )
+        assert ids(valid(neither)) == []
+        system = valid(
+            await fhir_get(
+                client,
+                tenant,
+                "/CareTeam",
+                patient=patient,
+                status="http://hl7.org/fhir/care-team-status|active",
+            )
+        )
+        assert ids(system) == [patient]
+
+    async def test_unsupported_includes_are_ignored(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient, provider = await post_patient(client, tenant), await post_provider(client, tenant)
+        await team_of(client, tenant, patient, provider)
+        response = await client.get(
+            f"{FHIR}/CareTeam?patient={patient}&_include=CareTeam:participant&_include=CareTeam:subject",
+            headers=tenant.headers,
+        )
+        bundle = valid(response)
+        assert ids(bundle, "include") == [provider]
+        assert "CareTeam%3Asubject" not in bundle["link"][0]["url"]
+
+    async def test_a_later_pages_self_link_names_its_cursor(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        for _ in range(3):
+            await post_patient(client, tenant)
+        first = valid(await fhir_get(client, tenant, "/Patient", _count="1"))
+        following = next(link["url"] for link in first["link"] if link["relation"] == "next")
+        parts = urlsplit(following)
+        second = valid(await client.get(f"{parts.path}?{parts.query}", headers=tenant.headers))
+        assert second["link"][0]["url"] == following
+
+    async def test_a_decomposed_name_finds_the_stored_one(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        zoe = await post_patient(client, tenant, first_name="Zoé")
+        bundle = valid(await fhir_get(client, tenant, "/Patient", name="Zoe\u0301"))
+        assert ids(bundle) == [zoe]
+
+    async def test_other_methods_and_paths_answer_operation_outcomes(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        for method, path in (
+            ("POST", "/CareTeam"),
+            ("DELETE", "/Patient/x"),
+            ("PUT", "/CareTeam/x"),
+        ):
+            response = await client.request(method, FHIR + path, headers=tenant.headers)
+            valid(response, 405)
+            assert response.headers["allow"] == "GET, HEAD"
+        valid(await client.get(FHIR, headers=tenant.headers), 404)
+        valid(await fhir_get(client, tenant, "/CareTeam/x", _format="xml"), 406)
 
 
 class TestTenants:

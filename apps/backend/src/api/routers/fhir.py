@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -42,7 +43,11 @@ router = APIRouter(prefix="/fhir/R4", include_in_schema=False)
 
 T = TypeVar("T")
 
-FORMATS = {"json", "application/json", "application/fhir+json"}
+FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
+CARE_TEAM_STATUS_SYSTEM = "http://hl7.org/fhir/care-team-status"
+# What a search value may hold: printable text (as /v1's rules), at most this long.
+_VALUE = re.compile(r"^[^\x00-\x1f\x7f]{1,511}$")
+_COUNT = re.compile(r"^[0-9]{1,6}$")
 COMMON = {"_count", "_cursor", "_format"}
 CARE_TEAM_STATUSES = {"proposed", "active", "suspended", "inactive", "entered-in-error"}
 _DATE = re.compile(r"^(eq)?([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2}))?)?$")
@@ -81,38 +86,51 @@ async def _service(call: Awaitable[T]) -> T:
         raise FhirError(500, "exception", err.message) from None
 
 
+def _check_format(request: Request) -> None:
+    fmt = request.query_params.get("_format", "json")
+    if fmt not in FORMATS:
+        raise FhirError(406, "not-supported", f"_format {fmt!r}: only JSON is served")
+
+
 class Query:
-    """The search's parameters: each read at most once, to know which were applied."""
+    """The search's parameters: each read at most once, to know which were applied (the
+    `self` link shows those only)."""
 
     def __init__(self, request: Request, known: set[str]) -> None:
+        _check_format(request)
         self.values: dict[str, list[str]] = {}
         for name, value in request.query_params.multi_items():
             self.values.setdefault(name, []).append(value)
-        fmt = self.values.get("_format", ["json"])[-1]
-        if fmt not in FORMATS:
-            raise FhirError(406, "not-supported", f"_format {fmt!r}: only JSON is served")
+        self.strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
         unknown = sorted(set(self.values) - known - COMMON)
-        strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
-        if unknown and strict:
+        if unknown and self.strict:
             raise invalid(f"unknown search parameter(s): {', '.join(unknown)}")
         self.applied: list[tuple[str, str]] = []
 
-    def get(self, name: str) -> str | None:
-        if name not in self.values:
-            return None
-        given = self.values[name]
-        if len(given) > 1 and name != "status":
-            raise invalid(f"{name} is given more than once")
+    def all(self, name: str) -> list[str]:
+        """Every value given for `name` (repeated parameters: all must hold)."""
+        given = self.values.get(name, [])
+        for value in given:
+            if not _VALUE.fullmatch(value):
+                raise invalid(f"{name}: 1 to 511 characters, no control characters")
         self.applied += [(name, v) for v in given]
-        return ",".join(given)
+        return given
+
+    def get(self, name: str) -> str | None:
+        given = self.all(name)
+        if len(given) > 1:
+            raise invalid(f"{name} is given more than once")
+        return given[0] if given else None
 
     def count(self) -> int:
+        """_count, as asked up to MAX_COUNT (a server may return fewer)."""
         raw = self.values.get("_count", [str(DEFAULT_COUNT)])[-1]
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_COUNT:
-            raise invalid(f"_count must be 1 to {MAX_COUNT}")
+        if not _COUNT.fullmatch(raw) or int(raw) < 1:
+            raise invalid(f"_count must be a whole number from 1 (at most {MAX_COUNT} are given)")
+        count = min(int(raw), MAX_COUNT)
         if "_count" in self.values:
-            self.applied.append(("_count", raw))
-        return int(raw)
+            self.applied.append(("_count", str(count)))
+        return count
 
     def cursor(self) -> uuid.UUID | None:
         raw = self.values.get("_cursor", [None])[-1]
@@ -120,11 +138,14 @@ class Query:
             return None
         if not _CURSOR.fullmatch(raw):
             raise invalid("_cursor is not one this server gave")
+        self.applied.append(("_cursor", raw))
         return decode_uuid_cursor(raw)
 
     def url(self, base: str, kind: str, cursor: uuid.UUID | None = None) -> str:
+        """The search's URL: its applied parameters (for `next`: with the next cursor)."""
         params = list(self.applied)
         if cursor is not None:
+            params = [p for p in params if p[0] != "_cursor"]
             params.append(("_cursor", encode_uuid_cursor(cursor)))
         return f"{base}/{kind}" + (f"?{urlencode(params)}" if params else "")
 
@@ -138,6 +159,38 @@ def _id(value: str, kind: str, what: str) -> uuid.UUID:
         raise invalid(f"{what} must be a {kind} id or {kind}/{{id}}") from None
 
 
+def _statuses(given: list[str]) -> frozenset[str] | None:
+    """The statuses a team may have: each parameter a comma-separated OR (codes, or
+    system|code), repeated parameters all holding (AND); None without any."""
+    if not given:
+        return None
+    allowed = frozenset(CARE_TEAM_STATUSES)
+    for value in given:
+        codes = set()
+        for token in value.split(","):
+            system, bar, code = token.strip().rpartition("|")
+            if bar and system and system != CARE_TEAM_STATUS_SYSTEM:
+                raise invalid(f"status system must be {CARE_TEAM_STATUS_SYSTEM}")
+            codes.add(code)
+        if not codes <= CARE_TEAM_STATUSES:
+            raise invalid(f"status must be among {', '.join(sorted(CARE_TEAM_STATUSES))}")
+        allowed = allowed & codes
+    return allowed
+
+
+def _includes(query: Query) -> bool:
+    """Whether `_include=CareTeam:participant` is asked; other includes are ignored
+    (400 under strict handling)."""
+    wanted = {"CareTeam:participant", "CareTeam:participant:Practitioner"}
+    given = query.values.get("_include", [])
+    unsupported = [i for i in given if i not in wanted]
+    if unsupported and query.strict:
+        raise invalid(f"_include not supported: {', '.join(unsupported)}")
+    supported = [i for i in given if i in wanted]
+    query.applied += [("_include", i) for i in supported[:1]]
+    return bool(supported)
+
+
 def _day_range(value: str) -> tuple[datetime.datetime, datetime.datetime]:
     """A FHIR date (YYYY, YYYY-MM or YYYY-MM-DD, optionally `eq`), as the instants it
     covers in UTC."""
@@ -146,15 +199,15 @@ def _day_range(value: str) -> tuple[datetime.datetime, datetime.datetime]:
         raise invalid("date must be YYYY, YYYY-MM or YYYY-MM-DD (eq only)")
     year, month, day = (int(g) if g else None for g in match.groups()[1:])
     try:
-        start = datetime.date(year or 1, month or 1, day or 1)
-    except ValueError:
-        raise invalid(f"{value} is not a date") from None
-    if day is not None:
-        end = start + datetime.timedelta(days=1)
-    elif month is not None:
-        end = (start + datetime.timedelta(days=32)).replace(day=1)
-    else:
-        end = start.replace(year=start.year + 1)
+        start = datetime.date(year or 0, month or 1, day or 1)  # year 0: ValueError
+        if day is not None:
+            end = start + datetime.timedelta(days=1)
+        elif month is not None:
+            end = (start + datetime.timedelta(days=32)).replace(day=1)
+        else:
+            end = start.replace(year=start.year + 1)
+    except (ValueError, OverflowError):
+        raise invalid(f"{value} is not a date this server searches (years 1 to 9998)") from None
     utc = datetime.UTC
     return (
         datetime.datetime.combine(start, datetime.time(), utc),
@@ -209,6 +262,7 @@ async def metadata(request: Request) -> Response:
 
 @router.get("/CareTeam/{team_id}")
 async def read_care_team(team_id: str, request: Request, db: DB) -> Response:
+    _check_format(request)
     org = await _organization(request, db)
     try:
         patient = uuid.UUID(team_id)
@@ -230,29 +284,21 @@ async def search_care_teams(request: Request, db: DB) -> Response:
     for name, kind in (("_id", "CareTeam"), ("patient", "Patient"), ("subject", "Patient")):
         if (value := query.get(name)) is not None:
             patients.add(_id(value, kind, name))
-    statuses: frozenset[str] = frozenset()
-    if (raw := query.get("status")) is not None:
-        statuses = frozenset(s.strip() for s in raw.split(","))
-        if not statuses <= CARE_TEAM_STATUSES:
-            raise invalid(f"status must be among {', '.join(sorted(CARE_TEAM_STATUSES))}")
+    statuses = _statuses(query.all("status"))
     participant = query.get("participant")
     during = query.get("date")
-    include = query.values.get("_include", [])
-    wanted = {"CareTeam:participant", "CareTeam:participant:Practitioner"}
-    with_practitioners = any(i in wanted for i in include)
-    if with_practitioners:
-        query.get("_include")
-    count, after = query.count(), query.cursor()
-    if len(patients) > 1:  # two different patients: no team is both
-        return _page(request, query, "CareTeam", found=[], count=count, resources=[])
     where = CareTeamFilter(
         patient=next(iter(patients), None),
-        statuses=statuses,
+        statuses=statuses if statuses is not None else frozenset(),
         participant=None
         if participant is None
         else _id(participant, "Practitioner", "participant"),
         during=None if during is None else _day_range(during),
     )
+    with_practitioners = _includes(query)
+    count, after = query.count(), query.cursor()
+    if len(patients) > 1 or statuses == frozenset():  # nothing can match all of it
+        return _page(request, query, "CareTeam", found=[], count=count, resources=[])
     teams = await _service(
         FhirService.search_care_teams(
             db=db, organization_id=org, where=where, limit=count + 1, after=after
@@ -262,11 +308,10 @@ async def search_care_teams(request: Request, db: DB) -> Response:
     includes: list[dict[str, Any]] = []
     if with_practitioners:
         members = sorted({p.provider_id for t in page for p in t.periods}, key=str)
-        for provider in members:
-            record = await _service(
-                DirectoryService.get_provider(db=db, organization_id=org, provider_id=provider)
-            )
-            includes.append(practitioner_resource(record))
+        records = await _service(
+            DirectoryService.get_providers(db=db, organization_id=org, provider_ids=members)
+        )
+        includes = [practitioner_resource(r) for r in records]
     resources = [care_team_resource(t, org) for t in page]
     return _page(
         request,
@@ -284,6 +329,7 @@ async def search_care_teams(request: Request, db: DB) -> Response:
 
 @router.get("/Patient/{patient_id}")
 async def read_patient(patient_id: str, request: Request, db: DB) -> Response:
+    _check_format(request)
     org = await _organization(request, db)
     try:
         ident = uuid.UUID(patient_id)
@@ -304,7 +350,7 @@ async def search_patients(request: Request, db: DB) -> Response:
     query = Query(request, {"_id", "identifier", "name", "birthdate"})
     only = query.get("_id")
     identifier = query.get("identifier")
-    name = query.get("name")
+    name = _name(query.get("name"))
     birthdate = query.get("birthdate")
     count, after = query.count(), query.cursor()
     token = None
@@ -321,8 +367,6 @@ async def search_patients(request: Request, db: DB) -> Response:
             born = datetime.date.fromisoformat(birthdate.removeprefix("eq"))
         except ValueError:
             raise invalid(f"{birthdate} is not a date") from None
-    if name is not None and not name.strip():
-        raise invalid("name must not be empty")
     if only is not None:
         found = await _one(
             lambda: DirectoryService.get_patient(
@@ -357,6 +401,15 @@ async def search_patients(request: Request, db: DB) -> Response:
     return _page(request, query, "Patient", found=found, count=count, resources=resources)
 
 
+def _name(value: str | None) -> str | None:
+    """A name search's value as names are stored (NFC); at most 100 characters."""
+    if value is None:
+        return None
+    if len(value) > 100 or not value.strip():
+        raise invalid("name must be 1 to 100 characters")
+    return unicodedata.normalize("NFC", value)
+
+
 def _named(record: Any, prefix: str | None) -> bool:
     """The name search's rule (first or last name starts with it, any case), for one record."""
     if prefix is None:
@@ -380,6 +433,7 @@ async def _one(call: Callable[[], Awaitable[T]]) -> list[T]:
 
 @router.get("/Practitioner/{practitioner_id}")
 async def read_practitioner(practitioner_id: str, request: Request, db: DB) -> Response:
+    _check_format(request)
     org = await _organization(request, db)
     try:
         ident = uuid.UUID(practitioner_id)
@@ -397,22 +451,22 @@ async def search_practitioners(request: Request, db: DB) -> Response:
     query = Query(request, {"_id", "identifier", "name", "active"})
     only = query.get("_id")
     identifier = query.get("identifier")
-    name = query.get("name")
+    name = _name(query.get("name"))
     active_raw = query.get("active")
-    count, after = query.count(), query.cursor()
-    npi = None
-    if identifier is not None:
-        system, _, value = identifier.rpartition("|")
-        if not value:
-            raise invalid("identifier must be an NPI, or system|value")
-        if system and system != NPI_SYSTEM:  # no other identifier system here: no match
-            return _page(request, query, "Practitioner", found=[], count=count, resources=[])
-        npi = value
     active = None
     if active_raw is not None:
         if active_raw not in ("true", "false"):
             raise invalid("active must be true or false")
         active = active_raw == "true"
+    count, after = query.count(), query.cursor()
+    npi = None
+    if identifier is not None:
+        system, _, value = identifier.rpartition("|")
+        if not re.fullmatch(r"[0-9]{10}", value):
+            raise invalid("identifier must be an NPI (10 digits), or system|NPI")
+        if system and system != NPI_SYSTEM:  # no other identifier system here: no match
+            return _page(request, query, "Practitioner", found=[], count=count, resources=[])
+        npi = value
     if only is not None:
         found = await _one(
             lambda: DirectoryService.get_provider(
@@ -443,6 +497,13 @@ async def search_practitioners(request: Request, db: DB) -> Response:
     return _page(request, query, "Practitioner", found=found, count=count, resources=resources)
 
 
+@router.api_route("/{anything:path}", methods=["POST", "PUT", "PATCH", "DELETE"])
+async def read_only(anything: str) -> Response:
+    """This view is read-only: every other method is 405, as an OperationOutcome."""
+    raise FhirError(405, "not-supported", "this FHIR server is read-only: GET only")
+
+
+@router.get("")
 @router.get("/{anything:path}")
-async def unknown(anything: str) -> Response:
+async def unknown(anything: str = "") -> Response:
     raise FhirError(404, "not-found", f"{anything.split('/', maxsplit=1)[0]} is not served here")
