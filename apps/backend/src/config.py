@@ -91,6 +91,13 @@ class Settings(BaseSettings):
             "allowed); other Host headers get 400. `*`: any."
         ),
     )
+    public_base_url: str = Field(
+        default="",
+        description=(
+            "The API's public address (e.g. `https://api.example.org`), for the absolute "
+            "URLs of FHIR Bundles; empty (the default): the request's own scheme and Host."
+        ),
+    )
     cors_allowed_origins: str = Field(
         default="",
         description=(

@@ -380,6 +380,27 @@ class TestWhatClientsSend:
         valid(await fhir_get(client, tenant, "/CareTeam/x", _format="xml"), 406)
 
 
+class TestBehindAProxy:
+    async def test_public_base_url_makes_the_absolute_urls(
+        self, database: Any, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+    ):
+        from src.api.app import create_app  # noqa: PLC0415
+        from src.config import get_settings  # noqa: PLC0415 (settings are cached)
+
+        monkeypatch.setenv("PUBLIC_BASE_URL", "https://api.example.org/")
+        get_settings.cache_clear()
+        try:
+            transport = httpx.ASGITransport(app=create_app(database))
+            async with httpx.AsyncClient(transport=transport, base_url="http://internal:8000") as c:
+                patient = await post_patient(c, tenant)
+                bundle = valid(await fhir_get(c, tenant, "/Patient", _id=patient))
+        finally:
+            monkeypatch.delenv("PUBLIC_BASE_URL")
+            get_settings.cache_clear()
+        assert bundle["entry"][0]["fullUrl"] == f"https://api.example.org/fhir/R4/Patient/{patient}"
+        assert bundle["link"][0]["url"].startswith("https://api.example.org/fhir/R4/Patient?")
+
+
 class TestTenants:
     async def test_another_tenants_ids_references_and_includes(
         self, client: httpx.AsyncClient, make_tenant: TenantFactory

@@ -34,6 +34,7 @@ from src.api.fhir_resources import (
     searchset,
 )
 from src.api.fields import UUID_CURSOR_PATTERN, decode_uuid_cursor, encode_uuid_cursor
+from src.config import get_settings
 from src.services.directory_service import DirectoryService, Identifier
 from src.services.errors import CareTeamError, DatabaseBusy, DatabaseUnavailable, NotFoundError
 from src.services.fhir_service import CareTeamFilter, FhirService
@@ -59,7 +60,10 @@ def invalid(message: str) -> FhirError:
 
 
 def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/fhir/R4"
+    """The FHIR base of absolute URLs: PUBLIC_BASE_URL's, or the request's (behind a
+    proxy that changes the scheme or host, set PUBLIC_BASE_URL)."""
+    public = get_settings().public_base_url.strip().rstrip("/")
+    return (public or str(request.base_url).rstrip("/")) + "/fhir/R4"
 
 
 async def _organization(request: Request, db: DB) -> uuid.UUID:
