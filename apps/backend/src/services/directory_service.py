@@ -261,6 +261,7 @@ def _page_statement(table: str, columns: str, filters: list[tuple[str, str]]) ->
 
 NAME_FILTER = ("name", "")  # the prefix of the first or last name: see _page_statement
 PATIENT_FILTERS = {
+    "id": ("id", "patients.id = {}"),
     "name": NAME_FILTER,
     "dob": ("dob", "dob = {}"),
     # The identifier is one parameter: "system|value" split by the database.
@@ -272,6 +273,7 @@ PATIENT_FILTERS = {
     ),
 }
 PROVIDER_FILTERS = {
+    "id": ("id", "providers.id = {}"),
     "name": NAME_FILTER,
     "npi": ("npi", "npi = {}"),
     "active": ("active", "active = {}"),
@@ -494,12 +496,15 @@ class DirectoryService:
         name: str | None = None,
         dob: datetime.date | None = None,
         identifier: Identifier | None = None,
+        patient_id: uuid.UUID | None = None,
         limit: int = 50,
         after: uuid.UUID | None = None,
     ) -> list[PatientRecord]:
         """Patients in id order after `after`, at most `limit`: those whose first or last
-        name starts with `name` (any case), born on `dob`, holding `identifier`."""
+        name starts with `name` (any case), born on `dob`, holding `identifier`, with the id
+        `patient_id`."""
         given = {
+            "id": patient_id,
             "name": name,
             "dob": dob,
             "identifier": None if identifier is None else f"{identifier.system}|{identifier.value}",
@@ -687,12 +692,14 @@ class DirectoryService:
         name: str | None = None,
         npi: str | None = None,
         active: bool | None = None,
+        provider_id: uuid.UUID | None = None,
         limit: int = 50,
         after: uuid.UUID | None = None,
     ) -> list[ProviderRecord]:
         """Providers in id order after `after`, at most `limit`: those whose first or last
-        name starts with `name` (any case), with this `npi`, active or not."""
-        given = {"name": name, "npi": npi, "active": active}
+        name starts with `name` (any case), with this `npi`, active or not, with the id
+        `provider_id`."""
+        given = {"id": provider_id, "name": name, "npi": npi, "active": active}
         statement = PROVIDER_SEARCHES[frozenset(k for k, v in given.items() if v is not None)]
         params = {"org": organization_id, "after": after or FIRST, "limit": limit, **given}
 

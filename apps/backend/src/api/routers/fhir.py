@@ -14,7 +14,7 @@ import datetime
 import re
 import unicodedata
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -371,32 +371,18 @@ async def search_patients(request: Request, db: DB) -> Response:
             born = datetime.date.fromisoformat(birthdate.removeprefix("eq"))
         except ValueError:
             raise invalid(f"{birthdate} is not a date") from None
-    if only is not None:
-        found = await _one(
-            lambda: DirectoryService.get_patient(
-                db=db, organization_id=org, patient_id=_id(only, "Patient", "_id")
-            )
+    found = await _service(
+        DirectoryService.list_patients(
+            db=db,
+            organization_id=org,
+            patient_id=None if only is None else _id(only, "Patient", "_id"),
+            name=name,
+            dob=born,
+            identifier=token,
+            limit=count + 1,
+            after=after,
         )
-        found = [
-            p
-            for p in found
-            if _named(p, name)
-            and (born is None or p.dob == born)
-            and (token is None or token in p.identifiers)
-            and (after is None or p.id > after)
-        ]
-    else:
-        found = await _service(
-            DirectoryService.list_patients(
-                db=db,
-                organization_id=org,
-                name=name,
-                dob=born,
-                identifier=token,
-                limit=count + 1,
-                after=after,
-            )
-        )
+    )
     page = found[:count]
     primaries = await _service(
         FhirService.primaries_of(db=db, organization_id=org, patients=[p.id for p in page])
@@ -412,24 +398,6 @@ def _name(value: str | None) -> str | None:
     if len(value) > 100 or not value.strip():
         raise invalid("name must be 1 to 100 characters")
     return unicodedata.normalize("NFC", value)
-
-
-def _named(record: Any, prefix: str | None) -> bool:
-    """The name search's rule (first or last name starts with it, any case), for one record."""
-    if prefix is None:
-        return True
-    wanted = prefix.lower()
-    return any((n or "").lower().startswith(wanted) for n in (record.first_name, record.last_name))
-
-
-async def _one(call: Callable[[], Awaitable[T]]) -> list[T]:
-    """A read by id as a search: [the record], or [] when it is unknown."""
-    try:
-        return [await _service(call())]
-    except FhirError as err:
-        if err.status == 404:
-            return []
-        raise
 
 
 # --- Practitioner ---------------------------------------------------------------------------
@@ -471,32 +439,18 @@ async def search_practitioners(request: Request, db: DB) -> Response:
         if system and system != NPI_SYSTEM:  # no other identifier system here: no match
             return _page(request, query, "Practitioner", found=[], count=count, resources=[])
         npi = value
-    if only is not None:
-        found = await _one(
-            lambda: DirectoryService.get_provider(
-                db=db, organization_id=org, provider_id=_id(only, "Practitioner", "_id")
-            )
+    found = await _service(
+        DirectoryService.list_providers(
+            db=db,
+            organization_id=org,
+            provider_id=None if only is None else _id(only, "Practitioner", "_id"),
+            name=name,
+            npi=npi,
+            active=active,
+            limit=count + 1,
+            after=after,
         )
-        found = [
-            p
-            for p in found
-            if _named(p, name)
-            and (npi is None or p.npi == npi)
-            and (active is None or p.active == active)
-            and (after is None or p.id > after)
-        ]
-    else:
-        found = await _service(
-            DirectoryService.list_providers(
-                db=db,
-                organization_id=org,
-                name=name,
-                npi=npi,
-                active=active,
-                limit=count + 1,
-                after=after,
-            )
-        )
+    )
     resources = [practitioner_resource(p) for p in found[:count]]
     return _page(request, query, "Practitioner", found=found, count=count, resources=resources)
 
