@@ -71,7 +71,8 @@ async def respond(call: Awaitable[T], render: Callable[[T], Reply]) -> Response:
     Idempotency-Key, the service stores that same response with the change."""
     idempotency.answer_with(render)
     try:
-        return as_response(render(await call))
+        result = await call
+        return as_response(idempotency.stored_reply() or render(result))
     finally:
         idempotency.begin_request(None)  # the key is this request's only
 

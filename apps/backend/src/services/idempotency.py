@@ -72,6 +72,7 @@ class IdempotentRequest:
     fingerprint: str
     token: bytes = dataclasses.field(default_factory=lambda: secrets.token_bytes(16))
     render: Callable[[Any], Reply] | None = None  # set by the HTTP layer per operation
+    reply: Reply | None = None  # the response as stored: the HTTP layer sends this one
     claimed: bool = False  # this request's claim has committed (several transactions)
     several_transactions: bool = False
 
@@ -84,6 +85,12 @@ _current: contextvars.ContextVar[IdempotentRequest | None] = contextvars.Context
 def begin_request(key: str | None, fingerprint: str = "") -> None:
     """A write request begins: under this key (None: none)."""
     _current.set(None if key is None else IdempotentRequest(key=key, fingerprint=fingerprint))
+
+
+def stored_reply() -> Reply | None:
+    """The response stored under the current request's key (rendered once, there)."""
+    request = _current.get()
+    return None if request is None else request.reply
 
 
 def answer_with(render: Callable[[Any], Reply]) -> None:
@@ -175,7 +182,7 @@ async def store(driver: Any, org: uuid.UUID, result: Any) -> None:
     if request is None or request.several_transactions:
         return
     assert request.render is not None
-    reply = request.render(result)
+    reply = request.reply = request.render(result)
     await driver.execute(STORE, org, request.key, reply.status_code, reply.body, reply.etag)
 
 
@@ -218,7 +225,7 @@ async def run_once(
             await run_transaction(lambda driver: driver.execute(FORGET_CLAIM, org, request.key))
         raise
     assert request.render is not None
-    reply = request.render(result)
+    reply = request.reply = request.render(result)
     await run_transaction(
         lambda driver: driver.execute(
             STORE, org, request.key, reply.status_code, reply.body, reply.etag
