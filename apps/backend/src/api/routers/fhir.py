@@ -154,6 +154,14 @@ class Query:
         return f"{base}/{kind}" + (f"?{urlencode(params)}" if params else "")
 
 
+def _path_id(kind: str, value: str) -> uuid.UUID:
+    """A read's id: ours are UUIDs, so anything else is simply not found."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise FhirError(404, "not-found", f"{kind}/{value} not found") from None
+
+
 def _id(value: str, kind: str, what: str) -> uuid.UUID:
     """An id, or a `kind/{id}` reference to one."""
     raw = value.removeprefix(f"{kind}/")
@@ -268,10 +276,7 @@ async def metadata(request: Request) -> Response:
 async def read_care_team(team_id: str, request: Request, db: DB) -> Response:
     _check_format(request)
     org = await _organization(request, db)
-    try:
-        patient = uuid.UUID(team_id)
-    except ValueError:
-        raise FhirError(404, "not-found", f"CareTeam/{team_id} not found") from None
+    patient = _path_id("CareTeam", team_id)
     team = await _service(FhirService.care_team(db=db, organization_id=org, patient_id=patient))
     if team is None:
         raise FhirError(404, "not-found", f"CareTeam/{team_id} not found")
@@ -335,10 +340,7 @@ async def search_care_teams(request: Request, db: DB) -> Response:
 async def read_patient(patient_id: str, request: Request, db: DB) -> Response:
     _check_format(request)
     org = await _organization(request, db)
-    try:
-        ident = uuid.UUID(patient_id)
-    except ValueError:
-        raise FhirError(404, "not-found", f"Patient/{patient_id} not found") from None
+    ident = _path_id("Patient", patient_id)
     record = await _service(
         DirectoryService.get_patient(db=db, organization_id=org, patient_id=ident)
     )
@@ -407,10 +409,7 @@ def _name(value: str | None) -> str | None:
 async def read_practitioner(practitioner_id: str, request: Request, db: DB) -> Response:
     _check_format(request)
     org = await _organization(request, db)
-    try:
-        ident = uuid.UUID(practitioner_id)
-    except ValueError:
-        raise FhirError(404, "not-found", f"Practitioner/{practitioner_id} not found") from None
+    ident = _path_id("Practitioner", practitioner_id)
     record = await _service(
         DirectoryService.get_provider(db=db, organization_id=org, provider_id=ident)
     )
