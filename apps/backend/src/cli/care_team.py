@@ -29,6 +29,7 @@ from src.cli.common import (
     fail,
     parse_uuid,
     print_json,
+    require_head,
     run,
     usage_error,
 )
@@ -66,6 +67,7 @@ def _as_tenant(
     given = None if organization is None else parse_uuid(organization, "ORG_ID")
 
     async def work(engine: AsyncEngine, url: str) -> tuple[uuid.UUID, T]:
+        await require_head(engine)
         org = given
         if org is None and owner_lookup is not None:
             table, row_id = owner_lookup

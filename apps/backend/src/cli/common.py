@@ -19,7 +19,7 @@ from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from src import diagnostics
+from src import diagnostics, migration_runner
 from src.config import ConfigurationError, Settings, get_settings
 from src.db import create_engine
 from src.embedded import (
@@ -98,6 +98,20 @@ def run(work: Callable[[AsyncEngine, str], Awaitable[T]]) -> T:
         fail(f"database error: {diagnostics.describe_connection_error(err)}")
 
 
+async def require_head(engine: AsyncEngine) -> None:
+    """Commands that read or write the data need this release's schema: say so plainly
+    (a database not migrated would refuse their statements with a bare SQLSTATE)."""
+    current, head = (
+        await migration_runner.current_revision(engine),
+        migration_runner.head_revision(),
+    )
+    if current != head:
+        raise CommandFailed(
+            f"the database's schema is at {current or '(empty)'}, this release needs {head}: "
+            "run `careteam migrate` first"
+        )
+
+
 def parse_uuid(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -109,6 +123,7 @@ def owner_call(action: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run a service call on an owner session (organizations and keys span tenants)."""
 
     async def work(engine: AsyncEngine, _url: str) -> T:
+        await require_head(engine)
         async with AsyncSession(engine, expire_on_commit=False) as session:
             return await action(session)
 

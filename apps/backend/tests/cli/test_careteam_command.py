@@ -688,6 +688,16 @@ class TestTheCommandContract:
             assert "ctk_" not in output and created["api_key"] not in output
             assert "hash" not in output
 
+    def test_data_commands_on_a_database_not_migrated_say_what_to_do(
+        self, fresh_database: FreshDatabase
+    ):
+        env = {"DATABASE_URL": fresh_database.url}
+        for args in (("org", "list"), ("report", "panels", "--organization", str(uuid.uuid4()))):
+            result = careteam(*args, env=env)
+            assert result.returncode == 1, (args, result.stderr)
+            assert "run `careteam migrate` first" in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1 and "sqlstate" not in result.stderr
+
     def test_status_and_db_url_as_json(self, database_url: str, database: object):
         status = careteam("status", "--json", env={"DATABASE_URL": database_url})
         assert status.returncode == 0, status.stderr
