@@ -30,6 +30,7 @@ from starlette.routing import compile_path
 
 from src.log_config import request_id_var
 from src.services.errors import (
+    ApiKeyNotLive,
     CareTeamError,
     ConflictError,
     DatabaseBusy,
@@ -86,6 +87,7 @@ def unauthorized() -> ApiError:
 
 # Service errors by base class, first match wins.
 STATUS_BY_ERROR: list[tuple[type[CareTeamError], int]] = [
+    (ApiKeyNotLive, 401),
     (NotFoundError, 404),
     (InvalidArgument, 422),
     (ConflictError, 409),
@@ -211,6 +213,8 @@ def install_error_handlers(app: FastAPI) -> None:
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
+        if isinstance(exc, ApiKeyNotLive):
+            headers.update(unauthorized().headers)
         errors = None
         if isinstance(exc, InvalidArgument):
             errors = [{"location": "body", "field": exc.field, "detail": exc.message}]

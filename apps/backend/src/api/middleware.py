@@ -30,6 +30,7 @@ from src.api.errors import (
 )
 from src.log_config import request_id_var
 from src.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from src.services import request_key
 
 logger = logging.getLogger("src.api.access")
 
@@ -68,6 +69,7 @@ class RequestContextMiddleware:
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        key_token = request_key.use(None)  # the key this request authenticates with, if any
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -120,6 +122,7 @@ class RequestContextMiddleware:
                 await self.app(scope, limited_receive, send_with_id)
         finally:
             _record(scope, "HEAD" if head else scope["method"], status, started)
+            request_key.reset(key_token)
             request_id_var.reset(token)
 
     def refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[ProblemKind, str] | None:

@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.metrics import ASSIGNMENTS, LOCK_WAIT
 from src.models import NOTE_MAX_LENGTH, ChangeReason, PeriodRole
+from src.services import request_key
 from src.services.errors import (
     CareTeamError,
     InvalidArgument,
@@ -155,29 +156,21 @@ REMOVE_MEMBER = Sql(
     "note",
 )
 
-# The patient row comes back even with an empty team, so "no such patient" and
-# "no members" are told apart in one round trip. `since` is the start of the member's
-# open period.
+# The current team: careteam_care_team (migration 20261206_one_round_trip) sets the
+# tenant, checks the request's API key when it has one (request_key), and reads the
+# patient row with its members (names, `active`, `since`: the start of the open period)
+# and the team's version. The patient row comes back even with an empty team, so "no
+# such patient" and "no members" are told apart in the same round trip. One statement:
+# a read runs it alone, in an implicit transaction.
 SELECT_TEAM = Sql(
     """
-    SELECT p.id AS patient_id, a.provider_id, a.is_primary_provider, a.assigned_at,
-           lower(pe.valid) AS since, v.first_name, v.last_name, v.active,
-           v.version AS provider_version, e.version
-    FROM patients AS p
-    CROSS JOIN LATERAL (
-        SELECT coalesce(max(seq), 0) AS version FROM care_team_events
-        WHERE organization_id = p.organization_id AND patient_id = p.id) AS e
-    LEFT JOIN care_team_assignments AS a
-        ON a.organization_id = p.organization_id AND a.patient_id = p.id
-    LEFT JOIN care_team_periods AS pe
-        ON pe.organization_id = a.organization_id AND pe.patient_id = a.patient_id
-       AND pe.provider_id = a.provider_id AND upper_inf(pe.valid)
-    LEFT JOIN providers AS v ON v.organization_id = a.organization_id AND v.id = a.provider_id
-    WHERE p.organization_id = $1 AND p.id = $2
-    ORDER BY a.is_primary_provider DESC, a.assigned_at, a.provider_id
+    SELECT patient_id, provider_id, is_primary_provider, assigned_at, since, first_name,
+           last_name, active, provider_version, version
+    FROM careteam_care_team($1, $2, $3)
 """,
     "org",
     "patient",
+    "key",
 )
 
 # The team as it stood at $3: the periods that held then (assigned_at: the period's start).
@@ -300,7 +293,7 @@ async def _read_team(
 ) -> CareTeam:
     params = {"org": org, "patient": patient}
     if as_of is None:
-        rows = await SELECT_TEAM.fetch(driver, params)
+        rows = await SELECT_TEAM.fetch(driver, {**params, "key": request_key.current()})
     else:
         rows = await SELECT_TEAM_AS_OF.fetch(driver, {**params, "as_of": as_of})
     if not rows:
@@ -655,6 +648,7 @@ class CareTeamService:
             patient_id=patient_id,
             work=lambda driver: _read_team(driver, organization_id, patient_id, as_of),
             read_only=True,
+            one_statement=as_of is None,  # the current team: SELECT_TEAM sets the tenant
         )
 
     @staticmethod

@@ -208,6 +208,17 @@ class ApiKeyNotFound(NotFoundError):
         super().__init__(f"API key {key_id} not found")
 
 
+class ApiKeyNotLive(CareTeamError):
+    """The request's API key was revoked after the request authenticated (checked by the
+    first statement of each of its transactions): nothing changed."""
+
+    code = "unauthorized"
+    title = "Unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("missing, malformed or revoked API key")
+
+
 class IdentifierTaken(ConflictError):
     """Another patient of the organization already has this identifier."""
 

@@ -17,7 +17,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.services import request_key
 from src.services.errors import ApiKeyNotFound, OrganizationNotFound
+from src.services.request_key import Authenticated
 from src.services.transaction import Sql, run_in_transaction
 
 logger = logging.getLogger(__name__)
@@ -99,12 +101,6 @@ class RevokedApiKey:
     organization_id: uuid.UUID
     revoked_at: datetime.datetime
     already_revoked: bool  # it had been revoked before: nothing changed
-
-
-@dataclass(frozen=True)
-class Authenticated:
-    api_key_id: uuid.UUID
-    organization_id: uuid.UUID
 
 
 def hash_api_key(key: str) -> str:
@@ -199,18 +195,36 @@ class OrganizationService:
 
     @staticmethod
     async def authenticate(*, db: AsyncSession, api_key: str) -> Authenticated | None:
-        """The organization a live key belongs to, or None (unknown, revoked, malformed)."""
+        """The organization a live key belongs to, or None (unknown, revoked, malformed).
+
+        A key seen before in this process needs no round trip (its organization never
+        changes). Either way the key becomes the request's (request_key.use): each
+        transaction the request runs checks, in its first statement, that the key is
+        still live, so a key revoked since is refused (ApiKeyNotLive) there.
+        """
         if not looks_like_api_key(api_key):
             return None
+        key_hash = hash_api_key(api_key)
+        found = request_key.remembered(key_hash)
+        if found is None:
 
-        async def work(driver: Any) -> Authenticated | None:
-            # One statement, one round trip: read-only and without a tenant, it runs
-            # without BEGIN or COMMIT, before the request's transaction on the same
-            # connection.
-            row = await AUTHENTICATE.fetchrow(driver, {"hash": hash_api_key(api_key)})
-            return None if row is None else Authenticated(row["api_key_id"], row["organization_id"])
+            async def work(driver: Any) -> Authenticated | None:
+                # One statement, one round trip: read-only and without a tenant, it runs
+                # without BEGIN or COMMIT, before the request's transaction on the same
+                # connection.
+                row = await AUTHENTICATE.fetchrow(driver, {"hash": key_hash})
+                if row is None:
+                    return None
+                return Authenticated(row["api_key_id"], row["organization_id"])
 
-        return await run_in_transaction(db, operation="authenticate", work=work, read_only=True)
+            found = await run_in_transaction(
+                db, operation="authenticate", work=work, read_only=True
+            )
+            if found is None:
+                return None
+            request_key.remember(key_hash, found)
+        request_key.use(key_hash)
+        return found
 
 
 async def _issue_key(driver: Any, org: uuid.UUID, *, name: str | None) -> IssuedApiKey:

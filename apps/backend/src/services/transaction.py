@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -23,8 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.db import pg_error_fields
 from src.metrics import INDEX_REFUSALS
 from src.models import UNIQUE_PRIMARY_INDEX
-from src.services import idempotency
+from src.services import idempotency, request_key
 from src.services.errors import (
+    ApiKeyNotLive,
     CareTeamError,
     DatabaseBusy,
     DatabaseError,
@@ -81,15 +83,30 @@ class Sql:
 
 
 # Transaction-local (true): the tenant never leaks into the next transaction on the
-# same pooled connection.
+# same pooled connection. (The baseline benchmark's statement; the service sends
+# tenant_statement.)
 SET_TENANT = Sql("SELECT set_config('app.current_organization_id', $1, true)", "org")
 
 
 def tenant_statement(organization_id: uuid.UUID) -> str:
-    """BEGIN and the tenant as one simple query (which takes no parameters, so the id is
-    inlined after being re-parsed as a UUID: only hex digits and dashes reach the SQL)."""
+    """BEGIN and the tenant as one simple query, which takes no parameters: the id is
+    inlined after being re-parsed as a UUID, the key's hash after being checked to be
+    hex (so only hex digits and dashes reach the SQL). careteam_enter sets the tenant
+    and, for a request with an API key, checks that the key is still live."""
     org = uuid.UUID(str(organization_id))
-    return f"BEGIN; SELECT set_config('app.current_organization_id', '{org}', true)"
+    return f"BEGIN; SELECT careteam_enter('{org}', {_key_literal()})"
+
+
+def _key_literal() -> str:
+    key_hash = request_key.current()
+    if key_hash is None:
+        return "NULL"
+    if not _HEX.fullmatch(key_hash):
+        raise ValueError("an API key hash is hex digits")
+    return f"'{key_hash}'"
+
+
+_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 # --- what went wrong ------------------------------------------------------------------------
@@ -108,6 +125,7 @@ class Failure(enum.Enum):
 # PostgreSQL rolled the whole transaction back: serialization failure, deadlock.
 _ROLLED_BACK_SQLSTATES = {"40001", "40P01"}
 _BUSY_SQLSTATES = {"57014", "55P03"}  # statement timeout / cancel, lock not available
+_KEY_NOT_LIVE = "28000"  # careteam_enter: the request's API key was revoked since
 # The server ends or refuses the session: the connection cannot be used again.
 _GONE = (
     asyncpg.PostgresConnectionError,  # 08xxx: connection lost, refused, failed
@@ -187,6 +205,14 @@ def translate(
         "patient_id": str(patient_id) if patient_id else None,
         "sqlstate": sqlstate,
     }
+    if sqlstate == _KEY_NOT_LIVE:
+        key_hash = request_key.current()
+        if key_hash is not None:
+            request_key.forget(key_hash)
+        logger.info(
+            "API key no longer live during %s", operation, extra={"event": "key_not_live", **ids}
+        )
+        return ApiKeyNotLive()
     if (
         sqlstate == "23505"
         and constraint == UNIQUE_PRIMARY_INDEX
@@ -276,12 +302,14 @@ class _Unit:
                 "the session passed to the service has a transaction open; each service "
                 "method runs its own: commit or roll back the session first"
             )
-        if organization_id is not None:
-            await self.driver.execute(tenant_statement(organization_id))
+        if organization_id is not None or explicit:
+            # Marked first: if careteam_enter refuses the key, BEGIN has run already and
+            # abandon() must roll back.
             self.began = True
-        elif explicit:
-            await self.driver.execute("BEGIN")
-            self.began = True
+            if organization_id is not None:
+                await self.driver.execute(tenant_statement(organization_id))
+            else:
+                await self.driver.execute("BEGIN")
         return self.driver
 
     async def commit(self) -> None:
@@ -349,12 +377,16 @@ async def run_in_transaction(
     patient_id: uuid.UUID | None = None,
     verify: Callable[[Any], Awaitable[T | None]] | None = None,
     read_only: bool = False,
+    one_statement: bool = False,
 ) -> T:
     """Run `work(connection)` as one transaction (tenant first, when given) and commit it.
 
     `work` gets the asyncpg connection of the session and sends its statements there.
     A read-only unit without a tenant (key authentication: one statement) runs without
-    BEGIN/COMMIT. Raises SessionInTransaction if the session has a transaction open.
+    BEGIN/COMMIT, and so does a `one_statement` read: `work` sends a single statement
+    that sets the tenant itself (careteam_care_team), in an implicit transaction;
+    `organization_id` then only names the tenant in logs. Raises SessionInTransaction
+    if the session has a transaction open.
 
     On any failure it rolls back: domain errors are re-raised as they are, database
     errors become domain errors (never a raw driver exception). It retries, a bounded
@@ -371,13 +403,15 @@ async def run_in_transaction(
     """
     delay = FIRST_RETRY_DELAY_S
     must_verify = False
-    explicit = organization_id is not None or not read_only
+    read_only = read_only or one_statement
+    tenant = None if one_statement else organization_id
+    explicit = tenant is not None or not read_only
 
     for attempt in range(1, MAX_ATTEMPTS + 1):
         committing = False
         unit = _Unit(db)
         try:
-            driver = await unit.begin(organization_id, explicit=explicit)
+            driver = await unit.begin(tenant, explicit=explicit)
             if must_verify:
                 done = await _settle(driver, organization_id, verify)
                 await unit.commit()
@@ -387,7 +421,7 @@ async def run_in_transaction(
                     )
                     return done
                 must_verify = False
-                driver = await unit.begin(organization_id, explicit=explicit)
+                driver = await unit.begin(tenant, explicit=explicit)
             result = await _keyed(driver, None if read_only else organization_id, work)
             committing = True
             await unit.commit()

@@ -65,6 +65,42 @@ class TestAuthentication:
         ok = await client.get(f"/v1/patients/{patient}", headers=tenant.headers)
         assert ok.status_code == 200
 
+    @pytest.mark.parametrize("operation", ["patient", "care team", "assign"])
+    async def test_a_key_revoked_after_its_first_use_is_refused_and_leaves_no_trace(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database, operation: str
+    ):
+        """The process remembers a key's organization after its first use; the key's
+        liveness is checked again in the first statement of each transaction (the
+        one-statement care-team read included). The refused request's transaction is
+        rolled back: the next requests, on the same pooled connection, are served."""
+        patient = await post_patient(client, tenant)
+        provider = await post_provider(client, tenant)
+        async with AsyncSession(database.owner_engine) as owner:
+            second = await OrganizationService.create_api_key(
+                db=owner, organization_id=tenant.organization_id
+            )
+        headers = {"Authorization": f"Bearer {second.key}"}
+        team = f"/v1/patients/{patient}/care-team"
+
+        async def call(headers: dict[str, str]) -> httpx.Response:
+            if operation == "patient":
+                return await client.get(f"/v1/patients/{patient}", headers=headers)
+            if operation == "care team":
+                return await client.get(team, headers=headers)
+            body = {"provider_id": str(provider)}
+            return await client.put(f"{team}/primary", json=body, headers=headers)
+
+        assert (await call(headers)).status_code == 200
+        async with AsyncSession(database.owner_engine) as owner:
+            await OrganizationService.revoke_api_key(db=owner, key_id=second.id)
+        refused = await call(headers)
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "unauthorized"
+        assert refused.headers["www-authenticate"] == "Bearer"
+        for _ in range(3):
+            assert (await call(tenant.headers)).status_code == 200
+            assert (await call(headers)).status_code == 401
+
     async def test_keys_are_stored_only_as_hashes(self, tenant: Tenant, database: Database):
         async with database.owner_engine.connect() as conn:
             stored = (

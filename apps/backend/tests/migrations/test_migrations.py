@@ -16,8 +16,8 @@ from tests.helpers import PRIMARIES, RLS, UNIQUE, FreshDatabase, seed_duplicates
 
 EVENT_SEQUENCE, APP_ROLE = "20261128_event_sequence", "20261128_app_role_login"
 PERIODS, LEAN_PERIODS = "20261128_care_team_periods", "20261206_lean_period_changes"
-RECORDS = "20261206_records_and_sync"
-HEAD = RECORDS
+RECORDS, ONE_ROUND_TRIP = "20261206_records_and_sync", "20261206_one_round_trip"
+HEAD = ONE_ROUND_TRIP
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -30,6 +30,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(ONE_ROUND_TRIP).down_revision == RECORDS
         assert scripts.get_revision(RECORDS).down_revision == LEAN_PERIODS
         assert scripts.get_revision(LEAN_PERIODS).down_revision == PERIODS
         assert scripts.get_revision(PERIODS).down_revision == APP_ROLE

@@ -11,10 +11,11 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from src.db import Database
 from src.services.care_team_service import CareTeamService
+from src.services.organization_service import OrganizationService, hash_api_key
 from tests.helpers import create_clinic, set_tenant
 
 TENANT_TABLES = [
@@ -243,3 +244,55 @@ class TestEventsAreAppendOnly:
             await set_tenant(conn, org_a)
             with pytest.raises(ProgrammingError, match="permission denied"):
                 await conn.execute(text(statement))
+
+
+class TestEnteringATenant:
+    """careteam_enter and careteam_care_team (migration 20261206_one_round_trip), called
+    as the application role: the tenant lasts exactly the transaction, and a request's
+    key is checked against the organization it claims."""
+
+    async def test_the_tenant_lasts_the_transaction_and_no_longer(self, database: Database):
+        (org_a, patient_a), (org_b, _) = await two_clinics(database)
+        async with application_connection(database) as driver:
+            await driver.execute(f"BEGIN; SELECT careteam_enter('{org_a}', NULL)")
+            setting = "SELECT current_setting('app.current_organization_id', true)"
+            assert await driver.fetchval(setting) == str(org_a)
+            assert await driver.fetchval("SELECT count(*) FROM patients") == 1
+            await driver.execute("COMMIT")
+            assert await driver.fetchval(setting) == ""
+            # One statement in its own implicit transaction: the team, then no tenant.
+            rows = await driver.fetch(
+                "SELECT * FROM careteam_care_team($1, $2, NULL)", org_a, patient_a
+            )
+            assert [r["patient_id"] for r in rows] == [patient_a]
+            assert rows[0]["is_primary_provider"] and rows[0]["version"] >= 1
+            assert await driver.fetchval(setting) == ""
+            # Another tenant's patient is not found through its own id.
+            assert (
+                await driver.fetch(
+                    "SELECT * FROM careteam_care_team($1, $2, NULL)", org_b, patient_a
+                )
+                == []
+            )
+
+    async def test_a_key_counts_only_while_live_and_only_for_its_organization(
+        self, database: Database
+    ):
+        (org_a, patient_a), (org_b, _) = await two_clinics(database)
+        async with AsyncSession(database.owner_engine) as owner:
+            issued = await OrganizationService.create_api_key(db=owner, organization_id=org_a)
+        key_hash = hash_api_key(issued.key)
+        team = "SELECT * FROM careteam_care_team($1, $2, $3)"
+        async with application_connection(database) as driver:
+            assert len(await driver.fetch(team, org_a, patient_a, key_hash)) == 1
+            with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+                await driver.fetch(team, org_b, patient_a, key_hash)  # not its organization
+            with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+                await driver.fetch(team, org_a, patient_a, hash_api_key("ctk_unknown"))
+            async with AsyncSession(database.owner_engine) as owner:
+                await OrganizationService.revoke_api_key(db=owner, key_id=issued.id)
+            with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+                await driver.fetch(team, org_a, patient_a, key_hash)
+            with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+                await driver.execute(f"BEGIN; SELECT careteam_enter('{org_a}', '{key_hash}')")
+            await driver.execute("ROLLBACK")

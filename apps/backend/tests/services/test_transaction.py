@@ -18,9 +18,10 @@ from sqlalchemy import text
 
 from src.config import Settings
 from src.db import Database, open_database
-from src.services import care_team_service, directory_service, organization_service
+from src.services import care_team_service, directory_service, organization_service, request_key
 from src.services.care_team_service import CareTeamService as Service
 from src.services.errors import DatabaseError, PatientNotFound, ProviderInactive
+from src.services.organization_service import hash_api_key
 from src.services.transaction import (
     Failure,
     SessionInTransaction,
@@ -133,9 +134,18 @@ class TestPooledConnectionHygiene:
 class TestTenantStatement:
     def test_inlines_the_canonical_uuid(self):
         org = uuid.uuid4()
-        assert tenant_statement(org) == (
-            f"BEGIN; SELECT set_config('app.current_organization_id', '{org}', true)"
-        )
+        assert tenant_statement(org) == f"BEGIN; SELECT careteam_enter('{org}', NULL)"
+
+    def test_inlines_the_request_keys_hash_to_be_checked(self):
+        org, key_hash = uuid.uuid4(), hash_api_key("ctk_" + "a" * 43)
+        token = request_key.use(key_hash)
+        try:
+            assert tenant_statement(org) == f"BEGIN; SELECT careteam_enter('{org}', '{key_hash}')"
+            request_key.use("x'); DROP TABLE patients; --")
+            with pytest.raises(ValueError):
+                tenant_statement(org)
+        finally:
+            request_key.reset(token)
 
     @pytest.mark.parametrize(
         "value", ["x'); DROP TABLE patients; --", "", "00000000-0000-0000-0000-00000000000'"]
