@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -22,10 +21,19 @@ def database_of(request: Request) -> Database:
     return database
 
 
-async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
-    """An application-role session for the request (RLS applies)."""
-    async with database_of(request).sessionmaker() as session:
-        yield session
+SESSION_STATE = "careteam_session"
+
+
+async def get_db(request: Request) -> AsyncSession:
+    """An application-role session for the request (RLS applies). RequestContextMiddleware
+    closes it once the response is sent. (A plain dependency: one with `yield` costs
+    FastAPI about 0.07 ms of CPU per request, a sixth of a care-team read; and `async`,
+    as FastAPI runs a plain function in a thread.)"""
+    state = request.scope["state"]
+    session: AsyncSession | None = state.get(SESSION_STATE)
+    if session is None:
+        session = state[SESSION_STATE] = database_of(request).sessionmaker()
+    return session
 
 
 DB = Annotated[AsyncSession, Depends(get_db)]
@@ -48,7 +56,8 @@ async def get_caller(
     db: DB,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The tenant is decided by the key, never by the path or the body. Raises a 401."""
+    """The tenant is decided by the key, never by the path or the body. Raises a 401.
+    (A key this process has seen needs no round trip: OrganizationService.authenticate.)"""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise unauthorized()
     found = await OrganizationService.authenticate(db=db, api_key=credentials.credentials)

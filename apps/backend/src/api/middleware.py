@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from src.api.deps import SESSION_STATE
 from src.api.errors import (
     BODY_TOO_LARGE,
     INVALID_HOST,
@@ -65,6 +66,9 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # Per-request state (the route's session, the tenant for the access line), made
+        # here so that the HEAD copy of the scope below shares it.
+        state = scope.setdefault("state", {})
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
@@ -121,6 +125,9 @@ class RequestContextMiddleware:
             else:
                 await self.app(scope, limited_receive, send_with_id)
         finally:
+            session = state.pop(SESSION_STATE, None)
+            if session is not None:  # the request's database session (src/api/deps.py)
+                await session.close()
             _record(scope, "HEAD" if head else scope["method"], status, started)
             request_key.reset(key_token)
             request_id_var.reset(token)

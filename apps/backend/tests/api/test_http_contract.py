@@ -323,3 +323,25 @@ async def test_concurrent_requests_keep_their_own_request_ids(client: httpx.Asyn
     ids = {r.headers["x-request-id"] for r in responses}
     assert len(ids) == 20
     assert all(r.json()["request_id"] == r.headers["x-request-id"] for r in responses)
+
+
+class TestTheRequestsSession:
+    async def test_every_request_gives_its_connection_back_however_it_ends(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """The session of a request is closed by the middleware once the response is
+        sent (src/api/deps.py): after answers of every kind, and HEAD, no pooled
+        connection stays checked out."""
+        patient = await post_patient(client, tenant)
+        team = f"/v1/patients/{patient}/care-team"
+        answers = [
+            (await client.get(team, headers=tenant.headers)).status_code,
+            (await client.head(team, headers=tenant.headers)).status_code,
+            (await client.get(f"/v1/patients/{uuid.uuid4()}", headers=tenant.headers)).status_code,
+            (await client.put(f"{team}/primary", json={}, headers=tenant.headers)).status_code,
+            (
+                await client.get(team, headers={"Authorization": "Bearer ctk_" + "A" * 43})
+            ).status_code,
+        ]
+        assert answers == [200, 200, 404, 422, 401]
+        assert database.app_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
