@@ -21,13 +21,16 @@ where the CPU, not the disk's fsync, is the limit. Then, in one run, for each cl
 - (at 8 clients) the same with each client keeping one session for the whole measure,
   as each pgbench client keeps its one connection;
 - (at 8 clients) the hot spot: every client on one patient, service and pgbench;
-- (at 8 clients) reads, against pgbench's read of the same rows (BEGIN, tenant, the
-  care-team query, COMMIT): get_primary_provider and get_care_team through the
-  service (a session per call), both again with held sessions, and pgbench's read sent
-  with asyncpg alone (no service code: the ceiling of a Python client on this driver);
+- (at 8 clients) reads, against pgbench's read of the same rows (the care-team
+  statement, which sets the tenant itself, as the service sends it; and the same in
+  BEGIN, tenant, query, COMMIT, the baseline issue 17 was measured against):
+  get_primary_provider and get_care_team through the service (a session per call),
+  both again with held sessions, and pgbench's read sent with asyncpg alone (no service
+  code: the ceiling of a Python client on this driver);
 - (at 8 clients) the HTTP API: one uvicorn worker (`careteam serve`), loaded by a second
   process with PUT .../care-team/primary, GET .../care-team, and GET /healthz (no key,
-  no database: the most this server answers at all).
+  no database: the most this server answers at all); then the same three against
+  `serve --workers 2`.
 
 Prints one JSON object: throughput (operations per second), p50/p99 latency, errors,
 and every ratio to the pgbench figure of the same run.
@@ -57,6 +60,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
+import psutil
 import uvloop
 from common import log, throwaway_database
 from load import drive, summarize
@@ -71,7 +75,7 @@ from src.models import ChangeReason
 from src.services import care_team_service as care_team
 from src.services.care_team_service import CareTeamService
 from src.services.organization_service import OrganizationService
-from src.services.transaction import SET_TENANT, tenant_statement
+from src.services.transaction import Sql
 
 ORGS, PATIENTS_PER_ORG, PROVIDERS_PER_ORG = 10, 10_000, 100
 PATIENTS = ORGS * PATIENTS_PER_ORG
@@ -122,6 +126,7 @@ def as_pgbench(statement: Any, **overrides: str) -> str:
         "actor": "'pgbench'",
         "reason": f"'{ChangeReason.OTHER}'",
         "note": "NULL",
+        "key": "NULL",
         **overrides,
     }
     sql = str(statement.text)
@@ -131,16 +136,21 @@ def as_pgbench(statement: Any, **overrides: str) -> str:
     return " ".join(sql.split()) + ";"
 
 
+# The statement that begins each transaction of the service (after BEGIN, in the same
+# round trip): the tenant, and no API key to check (pgbench has none).
+ENTER = Sql("SELECT careteam_enter($1, NULL)", "org")
+
 # One assignment: the very statements CareTeamService.assign_primary_provider sends
-# (taken from its module): the write function (patient lock, provider lock and check,
-# demote, promote, events; the trigger writes the periods), the read-back, COMMIT.
+# (taken from its module): the tenant, the write function (patient lock, provider lock
+# and check, demote, promote, events; the trigger writes the periods), the read-back,
+# COMMIT.
 PGBENCH_ASSIGN = (
     "\n".join(
         [
             f"\\set n random(1, {PATIENTS})",
             f"\\set j random(1, {PROVIDERS_PER_ORG})",
             "BEGIN;",
-            as_pgbench(SET_TENANT, org=f"{SQL_ORG}::text"),
+            as_pgbench(ENTER),
             as_pgbench(care_team.ASSIGN_PRIMARY),
             as_pgbench(care_team.SELECT_TEAM),
             "COMMIT;",
@@ -149,13 +159,18 @@ PGBENCH_ASSIGN = (
     + "\n"
 )
 
-# What get_care_team sends, for the read baseline.
-PGBENCH_READ = (
+# What get_care_team sends, for the read baseline: one statement (careteam_care_team
+# sets the tenant itself), in an implicit transaction.
+PGBENCH_READ = f"\\set n random(1, {PATIENTS})\n{as_pgbench(care_team.SELECT_TEAM)}\n"
+
+# The read as issue 17 measured it, before the team became one statement: BEGIN with the
+# tenant, the query, COMMIT (the same work in four statements).
+PGBENCH_READ_IN_TRANSACTION = (
     "\n".join(
         [
             f"\\set n random(1, {PATIENTS})",
             "BEGIN;",
-            as_pgbench(SET_TENANT, org=f"{SQL_ORG}::text"),
+            as_pgbench(ENTER),
             as_pgbench(care_team.SELECT_TEAM),
             "COMMIT;",
         ]
@@ -334,17 +349,16 @@ def service_read(*, team: bool) -> Call:
 
 
 async def driver_read(db: AsyncSession, rng: random.Random) -> None:
-    """The ceiling of any Python client on this driver: pgbench's read (BEGIN with the
-    tenant, the care-team query, COMMIT) sent with asyncpg alone, on the connection the
-    client's held session checked out once, with no service code."""
+    """The ceiling of any Python client on this driver: pgbench's read (the care-team
+    statement) sent with asyncpg alone, on the connection the client's held session
+    checked out once, with no service code."""
     n = rng.randint(1, PATIENTS)
     driver = db.info.get("driver")
     if driver is None:
         connection = await db.connection()
         driver = db.info["driver"] = connection.sync_connection.connection.driver_connection  # type: ignore[union-attr]
-    await driver.execute(tenant_statement(org_id(n)))
-    await care_team.SELECT_TEAM.fetch(driver, {"org": org_id(n), "patient": patient_id(n)})
-    await driver.execute("COMMIT")
+    params = {"org": org_id(n), "patient": patient_id(n), "key": None}
+    await care_team.SELECT_TEAM.fetch(driver, params)
 
 
 # --- the HTTP API, with the load from a second process ------------------------------------
@@ -456,19 +470,24 @@ async def wrk_load(
 
 
 def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc), or None elsewhere."""
+    """User + system CPU time so far of a process and its living children (the workers
+    of `serve --workers N`), or None if it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        process = psutil.Process(pid)
+        total = 0.0
+        for each in [process, *process.children(recursive=True)]:
+            times = each.cpu_times()
+            total += times.user + times.system
+    except psutil.Error:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def server_cpu(
     pid: int, before: float | None, figures: dict[str, Any], seconds: float
 ) -> dict[str, Any]:
-    """How busy the server process was during the load: its share of one core, and its
-    CPU time per request."""
+    """How busy the server (all its processes) was during the load: its share of one
+    core, and its CPU time per request."""
     after = process_cpu_seconds(pid)
     if before is None or after is None or not figures["ops_per_s"]:
         return {}
@@ -502,10 +521,17 @@ def free_port() -> int:
 
 
 async def http_benchmark(
-    url: str, database: Database, clients: int, seconds: float, loads: tuple[str, ...]
+    url: str,
+    database: Database,
+    clients: int,
+    seconds: float,
+    loads: tuple[str, ...],
+    *,
+    workers: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """One uvicorn worker (`careteam serve`) loaded from a second process with each of
-    `loads` (see http_request) in turn: the figures of each."""
+    """`careteam serve --workers N` (uvicorn) loaded from a second process with each of
+    `loads` (see http_request) in turn: the figures of each (server CPU: the parent
+    process, which with one worker is the worker itself)."""
     keys = []
     async with AsyncSession(database.owner_engine) as owner:
         for k in range(ORGS):
@@ -521,6 +547,8 @@ async def http_benchmark(
         str(port),
         "--log-level",
         "warning",
+        "--workers",
+        str(workers),
         cwd=BACKEND_DIR,
         env={**os.environ, "DATABASE_URL": url},
         stdout=asyncio.subprocess.DEVNULL,
@@ -568,6 +596,22 @@ async def http_load(
 
 def ratio(part: dict[str, Any], whole: dict[str, Any]) -> float:
     return round(part["ops_per_s"] / whole["ops_per_s"], 2) if whole["ops_per_s"] else 0.0
+
+
+def http_reads(
+    http: dict[str, dict[str, Any]], read_base: dict[str, Any], in_transaction: dict[str, Any]
+) -> dict[str, Any]:
+    """The HTTP read's figures and its ratios: to pgbench's read (the statement the
+    service sends), to the same read in a transaction of four statements (issue 17's
+    baseline), and to GET /healthz on the same server."""
+    return {
+        "get_care_team": http["read"],
+        "get_care_team_ratio": ratio(http["read"], read_base),
+        "get_care_team_ratio_to_read_in_transaction": ratio(http["read"], in_transaction),
+        "get_care_team_ratio_to_healthz": ratio(http["read"], http["healthz"]),
+        "healthz": http["healthz"],
+        "healthz_ratio_to_read_baseline": ratio(http["healthz"], read_base),
+    }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -642,13 +686,20 @@ async def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
             reads[name] = await drive_service(database, 8, args.seconds, call, held=held_session)
             reads[f"{name}_ratio"] = ratio(reads[name], read_base)
         figures["reads_8"] = reads
+        log("reads, 8 clients: pgbench, the same read in BEGIN, tenant, query, COMMIT")
+        read_in_transaction = pgbench(url, PGBENCH_READ_IN_TRANSACTION, 8, args.seconds)
+        reads["pgbench_in_transaction"] = read_in_transaction
         log("HTTP API, 8 clients: GET .../care-team, then GET /healthz")
         http = await http_benchmark(url, database, 8, args.seconds, ("read", "healthz"))
-        figures["http_8"] |= {
-            "get_care_team": http["read"],
-            "get_care_team_ratio": ratio(http["read"], read_base),
-            "healthz": http["healthz"],
-            "healthz_ratio_to_read_baseline": ratio(http["healthz"], read_base),
+        figures["http_8"] |= http_reads(http, read_base, read_in_transaction)
+        log("HTTP API, 8 clients, serve --workers 2: assign, GET .../care-team, GET /healthz")
+        two = await http_benchmark(
+            url, database, 8, args.seconds, ("write", "read", "healthz"), workers=2
+        )
+        figures["http_8_two_workers"] = {
+            "assign": two["write"],
+            "assign_ratio": ratio(two["write"], eight["pgbench"]),
+            **http_reads(two, read_base, read_in_transaction),
         }
         return figures
     finally:

@@ -135,8 +135,11 @@ def test_throughput_benchmark_runs_every_measure(generator: str):
         "driver_alone_held_connection",
     ):
         assert reads[name]["ops_per_s"] > 0 and reads[name]["errors"] == 0, name
-    for load in ("assign", "get_care_team", "healthz"):
-        measure = figures["http_8"][load]
-        assert measure["load_generator"].startswith(generator), measure
-        assert measure["ops_per_s"] > 0, measure
-        assert measure["errors"] == 0, measure
+    assert reads["pgbench_in_transaction"]["ops_per_s"] > 0
+    for server in ("http_8", "http_8_two_workers"):
+        for load in ("assign", "get_care_team", "healthz"):
+            measure = figures[server][load]
+            assert measure["load_generator"].startswith(generator), measure
+            assert measure["ops_per_s"] > 0, measure
+            assert measure["errors"] == 0, measure
+            assert measure["server_cpu_ms_per_request"] > 0, measure
