@@ -258,3 +258,25 @@ class TestErrorsByType:
             err = terminated
         assert is_database_error(err)
         assert classify(err) is Failure.LOST
+
+
+class TestTheKeysShape:
+    """looks_like_api_key answers before any database work: exactly the prefix and 43
+    url-safe ASCII characters."""
+
+    @pytest.mark.parametrize(
+        ("key", "well_formed"),
+        [
+            ("ctk_" + "A" * 43, True),
+            ("ctk_" + "-_aZ9" * 8 + "abc", True),
+            ("ctk_" + "A" * 42, False),
+            ("ctk_" + "A" * 44, False),
+            ("ctk_" + "A" * 43 + "\n", False),
+            ("ctk_" + "é" * 43, False),
+            ("ctk_" + "\u0663" * 43, False),  # a digit, but not an ASCII one
+            ("xtk_" + "A" * 43, False),
+            ("", False),
+        ],
+    )
+    def test_only_the_prefix_and_43_url_safe_characters(self, key: str, well_formed: bool):
+        assert organization_service.looks_like_api_key(key) is well_formed
