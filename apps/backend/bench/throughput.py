@@ -29,7 +29,9 @@ where the CPU, not the disk's fsync, is the limit. Then, in one run, for each cl
   code: the ceiling of a Python client on this driver);
 - (at 8 clients) the HTTP API: one uvicorn worker (`careteam serve`), loaded by a second
   process with PUT .../care-team/primary, GET .../care-team, and GET /healthz (no key,
-  no database: the most this server answers at all); then the same three against
+  no database: the most this server answers at all); the floor of a route on the same
+  machine (bench/floor_app.py: a FastAPI route with nothing of ours, empty and with the
+  care-team statement on a plain asyncpg pool); then the three against
   `serve --workers 2`.
 
 Prints one JSON object: throughput (operations per second), p50/p99 latency, errors,
@@ -68,7 +70,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.config import BACKEND_DIR, get_settings
-from src.db import Database, open_database
+from src.db import Database, application_url, open_database
 from src.embedded import client_program
 from src.migration_runner import upgrade
 from src.models import ChangeReason
@@ -369,10 +371,14 @@ def http_request(
 ) -> tuple[str, str, dict[str, str] | None, str]:
     """A random (method, path, JSON body) of the `load`, and the key of the patient's
     organization. Loads: "write" (PUT .../care-team/primary), "read" (GET .../care-team),
-    "healthz" (GET /healthz: no key, no database; the most this server answers at all)."""
+    "healthz" (GET /healthz: no key, no database; the most this server answers at all);
+    and, against bench/floor_app.py, "floor_empty" and "floor_team"."""
     if load == "healthz":
         return "GET", "/healthz", None, ""
     n = rng.randint(1, PATIENTS)
+    if load in FLOOR_LOADS:  # bench/floor_app.py
+        suffix = "/team" if load == "floor_team" else ""
+        return "GET", f"/floor/{org_id(n)}/{patient_id(n)}{suffix}", None, ""
     key = keys[n % ORGS]
     if load == "read":
         return "GET", f"/v1/patients/{patient_id(n)}/care-team", None, key
@@ -514,6 +520,19 @@ async def wait_until_warm(base_url: str, timeout_s: float = 60) -> None:
     raise RuntimeError(f"the server at {base_url} did not get ready in {timeout_s:.0f} s")
 
 
+async def wait_until_answers(url: str, timeout_s: float = 60) -> None:
+    deadline = time.perf_counter() + timeout_s
+    async with httpx.AsyncClient(timeout=1) as probe:
+        while time.perf_counter() < deadline:
+            try:
+                if (await probe.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer in {timeout_s:.0f} s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -562,6 +581,52 @@ async def http_benchmark(
             log(f"HTTP, {clients} clients: {load}")
             cpu_before = process_cpu_seconds(server.pid)
             figures = await http_load(base_url, keys, clients, seconds, load)
+            results[load] = {**figures, **server_cpu(server.pid, cpu_before, figures, seconds)}
+        return results
+    finally:
+        server.send_signal(2)
+        await asyncio.wait_for(server.wait(), timeout=30)
+
+
+FLOOR_LOADS = ("floor_empty", "floor_team")
+
+
+async def floor_benchmark(url: str, clients: int, seconds: float) -> dict[str, dict[str, Any]]:
+    """bench/floor_app.py under uvicorn as `careteam serve` runs it (one worker,
+    httptools, uvloop), loaded like the API: the floor of a route, empty and with the
+    care-team statement on a plain asyncpg pool."""
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "floor_app:app",
+        "--port",
+        str(port),
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        cwd=BACKEND_DIR / "bench",
+        env={
+            **os.environ,
+            "FLOOR_DATABASE_URL": application_url(get_settings(), url),
+            "PYTHONPATH": str(BACKEND_DIR),
+        },
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        await wait_until_answers(f"{base_url}/floor/{org_id(1)}/{patient_id(1)}/team")
+        results = {}
+        for load in FLOOR_LOADS:
+            log(f"HTTP floor, {clients} clients: {load}")
+            cpu_before = process_cpu_seconds(server.pid)
+            figures = await http_load(base_url, [], clients, seconds, load)
             results[load] = {**figures, **server_cpu(server.pid, cpu_before, figures, seconds)}
         return results
     finally:
@@ -692,6 +757,13 @@ async def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
         log("HTTP API, 8 clients: GET .../care-team, then GET /healthz")
         http = await http_benchmark(url, database, 8, args.seconds, ("read", "healthz"))
         figures["http_8"] |= http_reads(http, read_base, read_in_transaction)
+        floor = await floor_benchmark(url, 8, args.seconds)
+        figures["http_8"] |= {
+            **floor,
+            "get_care_team_ratio_to_floor_team": ratio(http["read"], floor["floor_team"]),
+            "floor_team_ratio_to_healthz": ratio(floor["floor_team"], http["healthz"]),
+            "floor_empty_ratio_to_healthz": ratio(floor["floor_empty"], http["healthz"]),
+        }
         log("HTTP API, 8 clients, serve --workers 2: assign, GET .../care-team, GET /healthz")
         two = await http_benchmark(
             url, database, 8, args.seconds, ("write", "read", "healthz"), workers=2

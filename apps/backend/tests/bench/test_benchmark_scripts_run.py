@@ -136,6 +136,9 @@ def test_throughput_benchmark_runs_every_measure(generator: str):
     ):
         assert reads[name]["ops_per_s"] > 0 and reads[name]["errors"] == 0, name
     assert reads["pgbench_in_transaction"]["ops_per_s"] > 0
+    for load in ("floor_empty", "floor_team"):
+        assert figures["http_8"][load]["ops_per_s"] > 0, load
+        assert figures["http_8"][load]["errors"] == 0, load
     for server in ("http_8", "http_8_two_workers"):
         for load in ("assign", "get_care_team", "healthz"):
             measure = figures[server][load]
