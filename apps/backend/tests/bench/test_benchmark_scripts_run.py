@@ -70,6 +70,16 @@ def test_attribution_benchmark_runs():
         assert round_["before"]["operations"] > 0 and round_["with_periods"]["operations"] > 0
 
 
+def test_patient_history_benchmark_runs_both_definitions():
+    figures = run_script(
+        "bench/patient_history.py", "--periods", "400", "--step", "100", "--other-patients", "50"
+    )
+    for definition in ("head", "before"):
+        steps = figures[definition]["steps"]
+        assert [step["periods"] for step in steps] == [199, 399], steps
+        assert all(step["ms_per_assignment"] > 0 for step in steps)
+
+
 def test_search_benchmark_runs_and_uses_the_name_indexes():
     figures = run_script(
         "bench/search.py", *("--patients", "3000", "--seconds", "1", "--clients", "2")

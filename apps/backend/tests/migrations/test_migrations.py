@@ -17,7 +17,8 @@ from tests.helpers import PRIMARIES, RLS, UNIQUE, FreshDatabase, seed_duplicates
 EVENT_SEQUENCE, APP_ROLE = "20261128_event_sequence", "20261128_app_role_login"
 PERIODS, LEAN_PERIODS = "20261128_care_team_periods", "20261206_lean_period_changes"
 RECORDS, ONE_ROUND_TRIP = "20261206_records_and_sync", "20261206_one_round_trip"
-HEAD = ONE_ROUND_TRIP
+PERIODS_BY_INDEX = "20261206_period_changes_by_index"
+HEAD = PERIODS_BY_INDEX
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -30,6 +31,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(PERIODS_BY_INDEX).down_revision == ONE_ROUND_TRIP
         assert scripts.get_revision(ONE_ROUND_TRIP).down_revision == RECORDS
         assert scripts.get_revision(RECORDS).down_revision == LEAN_PERIODS
         assert scripts.get_revision(LEAN_PERIODS).down_revision == PERIODS
@@ -64,7 +66,7 @@ class TestUpAndDown:
         await upgrade(engine)
         assert await current_revision(engine) == HEAD
 
-    async def test_lean_period_changes_go_back_to_the_earlier_definition(
+    async def test_period_change_revisions_go_back_to_the_earlier_definitions(
         self, fresh_database: FreshDatabase
     ):
         definition = (
@@ -72,7 +74,11 @@ class TestUpAndDown:
             "(uuid, uuid, uuid, text, timestamptz, text, text, text)'::regprocedure)"
         )
         await upgrade(fresh_database.engine)
-        assert "bool_or" in (await fresh_database.execute(definition))[0][0]
+        latest = (await fresh_database.execute(definition))[0][0]
+        assert "valid @> 'infinity'::timestamptz" in latest
+        await downgrade(fresh_database.engine, ONE_ROUND_TRIP)
+        lean = (await fresh_database.execute(definition))[0][0]
+        assert "bool_or" in lean and "'infinity'" not in lean
         await downgrade(fresh_database.engine, PERIODS)
         earlier = (await fresh_database.execute(definition))[0][0]
         assert "bool_or" not in earlier and "SELECT id, role INTO v_open" in earlier

@@ -137,6 +137,51 @@ class TestPeriodsFollowEveryChange:
         ]
         assert await open_periods_match_assignments(database, org)
 
+    @pytest.mark.parametrize("team_left", ["a primary", "nobody"])
+    async def test_a_late_change_comes_after_a_removal_too(
+        self, db: AsyncSession, database: Database, team_left: str
+    ):
+        """The latest instant recorded for a patient can be the end of a period, later
+        than every open period's start (a removal), or there may be no open period at
+        all (the team emptied). A change from a transaction that began before the
+        removal still begins after it: periods never run backwards."""
+        org, patient, (p1, p2, p3) = await create_clinic(db)
+        await Service.assign_primary_provider(
+            db=db, organization_id=org, patient_id=patient, provider_id=p1
+        )
+        async with database.owner_engine.connect() as late:
+            await late.execute(text("SELECT now()"))  # its transaction has begun
+            await asyncio.sleep(0.01)
+            await Service.add_secondary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p2
+            )
+            await Service.remove_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p2
+            )
+            if team_left == "nobody":
+                await Service.remove_provider(
+                    db=db, organization_id=org, patient_id=patient, provider_id=p1
+                )
+            await late.execute(
+                text("SELECT careteam_add_secondary(:org, :patient, :p, 'test', 'other', NULL)"),
+                {"org": org, "patient": patient, "p": p3},
+            )
+            await late.commit()
+        async with database.owner_engine.connect() as conn:
+            latest_end, p3_start = (
+                await conn.execute(
+                    text(
+                        "SELECT (SELECT max(upper(valid)) FROM care_team_periods "
+                        "        WHERE patient_id = :p AND provider_id <> :p3), "
+                        "       (SELECT lower(valid) FROM care_team_periods "
+                        "        WHERE patient_id = :p AND provider_id = :p3)"
+                    ),
+                    {"p": patient, "p3": p3},
+                )
+            ).one()
+        assert p3_start >= latest_end
+        assert await open_periods_match_assignments(database, org)
+
     async def test_reasons_and_notes_are_stored_but_never_logged(
         self, db: AsyncSession, database: Database, caplog: pytest.LogCaptureFixture
     ):
