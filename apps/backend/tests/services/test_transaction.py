@@ -20,7 +20,7 @@ from src.config import Settings
 from src.db import Database, open_database
 from src.services import care_team_service, directory_service, organization_service, request_key
 from src.services.care_team_service import CareTeamService as Service
-from src.services.errors import DatabaseError, PatientNotFound, ProviderInactive
+from src.services.errors import ApiKeyNotLive, DatabaseError, PatientNotFound, ProviderInactive
 from src.services.organization_service import hash_api_key
 from src.services.transaction import (
     Failure,
@@ -86,6 +86,31 @@ class TestPooledConnectionHygiene:
         async with one_connection.sessionmaker() as db:
             assert await team_rows(db, org, patient) == {p1: True}
             assert await event_types(db, org, patient) == ["primary_assigned"]
+
+    async def test_clean_after_a_one_statement_read_and_a_refused_key(
+        self, one_connection: Database
+    ):
+        """The care-team read sets the tenant inside its one statement (careteam_care_team)
+        and a transaction whose key careteam_enter refuses is rolled back: neither
+        leaves a tenant or a transaction to the next user of the connection."""
+        async with one_connection.sessionmaker() as db:
+            org, patient, (p1, _, _) = await create_clinic(db)
+            await Service.assign_primary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p1
+            )
+        async with one_connection.sessionmaker() as db:
+            team = await Service.get_care_team(db=db, organization_id=org, patient_id=patient)
+        assert team.primary_provider_id == p1
+        assert await pooled_state(one_connection) == (False, "")
+        token = request_key.use(hash_api_key("ctk_" + "B" * 43))  # no such key
+        try:
+            for call in (Service.get_care_team, Service.get_care_team_history):
+                async with one_connection.sessionmaker() as db:
+                    with pytest.raises(ApiKeyNotLive):
+                        await call(db=db, organization_id=org, patient_id=patient)
+                assert await pooled_state(one_connection) == (False, "")
+        finally:
+            request_key.reset(token)
 
     async def test_a_cancelled_write_leaves_nothing_and_its_connection_is_discarded(
         self, one_connection: Database, database: Database
