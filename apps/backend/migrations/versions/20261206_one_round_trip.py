@@ -57,7 +57,9 @@ $$
 
 # The patient row comes back even with an empty team, so "no such patient" and "no
 # members" are told apart in one round trip; `since` is the start of the member's open
-# period; `version` is the number of the patient's last event.
+# period, from the patient's open periods read once through the GiST index (`valid @>
+# 'infinity'`: upper_inf() is not indexable, and a join on it read the patient's whole
+# history once per member); `version` is the number of the patient's last event.
 CREATE_CARE_TEAM = """
 CREATE OR REPLACE FUNCTION public.careteam_care_team(
     p_org uuid, p_patient uuid, p_key_hash text)
@@ -71,16 +73,19 @@ BEGIN
     PERFORM public.careteam_enter(p_org, p_key_hash);
     RETURN QUERY
     SELECT p.id, a.provider_id, a.is_primary_provider, a.assigned_at,
-           lower(pe.valid), v.first_name, v.last_name, v.active, v.version, e.version
+           pe.since, v.first_name, v.last_name, v.active, v.version, e.version
     FROM public.patients AS p
     CROSS JOIN LATERAL (
         SELECT coalesce(max(seq), 0) AS version FROM public.care_team_events
         WHERE organization_id = p.organization_id AND patient_id = p.id) AS e
     LEFT JOIN public.care_team_assignments AS a
         ON a.organization_id = p.organization_id AND a.patient_id = p.id
-    LEFT JOIN public.care_team_periods AS pe
-        ON pe.organization_id = a.organization_id AND pe.patient_id = a.patient_id
-       AND pe.provider_id = a.provider_id AND upper_inf(pe.valid)
+    LEFT JOIN (
+        SELECT o.provider_id, lower(o.valid) AS since
+        FROM public.care_team_periods AS o
+        WHERE o.organization_id = p_org AND o.patient_id = p_patient
+          AND o.valid @> 'infinity'::timestamptz) AS pe
+        ON pe.provider_id = a.provider_id
     LEFT JOIN public.providers AS v
         ON v.organization_id = a.organization_id AND v.id = a.provider_id
     WHERE p.organization_id = p_org AND p.id = p_patient

@@ -11,7 +11,7 @@ import uuid
 import asyncpg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from src.db import Database
 from src.services.care_team_service import CareTeamService as Service
@@ -523,3 +523,56 @@ async def test_the_overview_counts_panels_and_patients_without_a_primary(db: Asy
     sizes = {p.provider_id: p.panel_size for p in report.providers}
     assert sizes[p1] == 1 and sizes[p2] == 0 and len(sizes) == 4
     assert report.patients_without_primary == 1
+
+
+async def period_rows_read(conn: AsyncConnection) -> int:
+    """Rows and index entries of care_team_periods read so far in this transaction."""
+    return int(
+        (
+            await conn.execute(
+                text(
+                    "SELECT sum(pg_stat_get_xact_tuples_returned(c.oid) "
+                    "          + pg_stat_get_xact_tuples_fetched(c.oid)) "
+                    "FROM pg_class AS c WHERE c.oid = 'care_team_periods'::regclass "
+                    "OR c.oid IN (SELECT indexrelid FROM pg_index "
+                    "             WHERE indrelid = 'care_team_periods'::regclass)"
+                )
+            )
+        ).scalar_one()
+    )
+
+
+async def test_a_team_read_does_not_read_the_patients_whole_history(
+    db: AsyncSession, database: Database
+):
+    """careteam_care_team finds each member's `since` among the patient's open periods
+    (through the GiST index): a patient whose team changed hundreds of times costs a read
+    about what a new one does. (It joined on upper_inf(), which no index serves: every
+    member's read walked the whole history, 110 ms for 100 members at 5,000 periods.)"""
+    org, patient, (p1, p2, p3) = await create_clinic(db)
+    async with database.owner_engine.begin() as owner:
+        await owner.execute(
+            text(
+                "SELECT careteam_assign_primary(:org, :patient, "
+                "       CASE WHEN g % 2 = 0 THEN CAST(:p1 AS uuid) ELSE CAST(:p2 AS uuid) END, "
+                "       'test', 'other', NULL) FROM generate_series(1, 300) AS g"
+            ),
+            {"org": org, "patient": patient, "p1": p1, "p2": p2},
+        )
+    await Service.add_secondary_provider(
+        db=db, organization_id=org, patient_id=patient, provider_id=p3
+    )
+    async with database.owner_engine.connect() as owner:
+        assert len(await periods_of(database, patient)) > 300
+        await owner.execute(text("ANALYZE care_team_periods"))
+        await owner.commit()
+        before = await period_rows_read(owner)
+        rows = (
+            await owner.execute(
+                text("SELECT * FROM careteam_care_team(:org, :patient, NULL)"),
+                {"org": org, "patient": patient},
+            )
+        ).all()
+        read = await period_rows_read(owner) - before
+    assert len(rows) == 3 and all(row.since is not None for row in rows)
+    assert read < 30, read
