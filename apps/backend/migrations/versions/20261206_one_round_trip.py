@@ -4,7 +4,9 @@ team is read by one statement.
 - careteam_enter(org, key_hash): the first statement of every transaction the service
   runs. It sets the tenant (transaction-locally, as set_config(..., true) did) and, when
   the request came with an API key, checks in the same statement that the key is still
-  live and belongs to that organization (SQLSTATE 28000 otherwise). The API keeps the
+  live and belongs to that organization (SQLSTATE CT007 otherwise: the class of the
+  write functions' own errors; 28000 would be taken for PostgreSQL's refusal of a
+  login). The API keeps the
   key's organization in memory after its first use; this check is what makes a revoked
   key fail on its very next request anyway, with no round trip of its own.
 - careteam_care_team(org, patient, key_hash): careteam_enter, then the current care
@@ -48,7 +50,7 @@ BEGIN
         WHERE k.organization_id = p_org
     ) THEN
         RAISE EXCEPTION 'the API key is not live for this organization'
-            USING ERRCODE = 'invalid_authorization_specification';
+            USING ERRCODE = 'CT007';
     END IF;
     PERFORM pg_catalog.set_config('app.current_organization_id', p_org::text, true);
 END

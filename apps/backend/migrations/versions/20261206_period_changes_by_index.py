@@ -4,8 +4,9 @@ history.
 careteam_change_period (run by the trigger on care_team_assignments) aggregated every
 period the patient ever had, to find the membership's open period, whether another
 primary is open, and the latest instant recorded for the patient (a patient's periods
-never run backwards). So a write cost in proportion to the patient's history: 0.73 ms
-per assignment at 500 periods, 2.70 ms at 4,000 (docs/PERFORMANCE.md).
+never run backwards). So a write cost in proportion to the patient's history: 1.17 ms
+per assignment at 1,000 periods, 2.42 ms at 4,000, where this definition takes 0.80 and
+0.90 ms (bench/patient_history.py, figures in docs/PERFORMANCE.md).
 
 Now it reads, through the exclusion constraints' GiST index (which serves both
 conditions):

@@ -18,7 +18,9 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from src.api.deps import SESSION_STATE
@@ -125,9 +127,7 @@ class RequestContextMiddleware:
             else:
                 await self.app(scope, limited_receive, send_with_id)
         finally:
-            session = state.pop(SESSION_STATE, None)
-            if session is not None:  # the request's database session (src/api/deps.py)
-                await session.close()
+            await _close_session(state)
             _record(scope, "HEAD" if head else scope["method"], status, started)
             request_key.reset(key_token)
             request_id_var.reset(token)
@@ -145,6 +145,17 @@ class RequestContextMiddleware:
             if not _JSON_TYPE.match(content_type):
                 return UNSUPPORTED_MEDIA_TYPE, "the body must be JSON (application/json)"
         return None
+
+
+async def _close_session(state: dict[str, Any]) -> None:
+    """Close the request's database session (src/api/deps.py), if it made one."""
+    session: AsyncSession | None = state.pop(SESSION_STATE, None)
+    if session is None:
+        return
+    try:
+        await session.close()
+    except Exception:  # its connection is gone; the pool replaces it
+        logger.debug("closing the request's session failed", exc_info=True)
 
 
 def _record(scope: Scope, method: str, status: int, started: float) -> None:

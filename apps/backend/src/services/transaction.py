@@ -125,7 +125,9 @@ class Failure(enum.Enum):
 # PostgreSQL rolled the whole transaction back: serialization failure, deadlock.
 _ROLLED_BACK_SQLSTATES = {"40001", "40P01"}
 _BUSY_SQLSTATES = {"57014", "55P03"}  # statement timeout / cancel, lock not available
-_KEY_NOT_LIVE = "28000"  # careteam_enter: the request's API key was revoked since
+# careteam_enter: the request's API key was revoked since (not 28000, which is also
+# PostgreSQL's refusal of a login: a misconfiguration, never a 401).
+_KEY_NOT_LIVE = "CT007"
 # The server ends or refuses the session: the connection cannot be used again.
 _GONE = (
     asyncpg.PostgresConnectionError,  # 08xxx: connection lost, refused, failed

@@ -16,7 +16,10 @@ from fhir.resources.R4B.careteam import CareTeam
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.practitioner import Practitioner
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.db import Database
+from src.services.organization_service import OrganizationService
 from tests.helpers import LiveApi, Tenant, TenantFactory, post_patient, post_provider
 
 FHIR = "/fhir/R4"
@@ -290,6 +293,26 @@ class TestErrorsAndFormats:
             headers={**tenant.headers, "Prefer": "handling=strict"},
         )
         valid(strict, 400)
+
+    async def test_a_key_revoked_after_its_first_use_is_401(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """The process remembers the key; the database refuses it in the read's own
+        statement (careteam_enter): a FHIR login issue, not a 500."""
+        patient = await post_patient(client, tenant)
+        await team_of(client, tenant, patient, await post_provider(client, tenant))
+        async with AsyncSession(database.owner_engine) as owner:
+            second = await OrganizationService.create_api_key(
+                db=owner, organization_id=tenant.organization_id
+            )
+        headers = {"Authorization": f"Bearer {second.key}"}
+        for path in (f"/Patient/{patient}", f"/CareTeam/{patient}", "/CareTeam"):
+            assert (await client.get(FHIR + path, headers=headers)).status_code == 200, path
+        async with AsyncSession(database.owner_engine) as owner:
+            await OrganizationService.revoke_api_key(db=owner, key_id=second.id)
+        for path in (f"/Patient/{patient}", f"/CareTeam/{patient}", "/CareTeam"):
+            outcome = valid(await client.get(FHIR + path, headers=headers), 401)
+            assert outcome["issue"][0]["code"] == "login", path
 
     async def test_keys_formats_and_unknown_things(self, client: httpx.AsyncClient, tenant: Tenant):
         valid(await fhir_get(client, None, "/CareTeam"), 401)

@@ -30,6 +30,7 @@ from src.services.transaction import (
     is_database_error,
     run_in_transaction,
     tenant_statement,
+    translate,
 )
 from tests.helpers import (
     create_clinic,
@@ -305,3 +306,29 @@ class TestTheKeysShape:
     )
     def test_only_the_prefix_and_43_url_safe_characters(self, key: str, well_formed: bool):
         assert organization_service.looks_like_api_key(key) is well_formed
+
+
+class TestARefusedKeyIsNotARefusedLogin:
+    """careteam_enter refuses a key with its own SQLSTATE (CT007): PostgreSQL's 28000
+    (no pg_hba.conf entry, an unknown role) is a misconfiguration, answered as a database
+    error, never as a revoked key (401), and the key is not forgotten for it."""
+
+    def translated(self, err: Exception) -> Exception:
+        return translate(
+            err, classify(err), operation="test", organization_id=None, patient_id=None
+        )
+
+    def test_a_refused_login_is_a_database_error(self):
+        key_hash = hash_api_key("ctk_" + "C" * 43)
+        found = request_key.Authenticated(uuid.uuid4(), uuid.uuid4())
+        request_key.remember(key_hash, found)
+        token = request_key.use(key_hash)
+        try:
+            refused_login = asyncpg.InvalidAuthorizationSpecificationError("no pg_hba.conf entry")
+            assert not isinstance(self.translated(refused_login), ApiKeyNotLive)
+            assert request_key.remembered(key_hash) == found
+            not_live = asyncpg.PostgresError.new({"C": "CT007", "M": "not live"})
+            assert isinstance(self.translated(not_live), ApiKeyNotLive)
+            assert request_key.remembered(key_hash) is None
+        finally:
+            request_key.reset(token)

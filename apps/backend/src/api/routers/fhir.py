@@ -36,7 +36,13 @@ from src.api.fhir_resources import (
 from src.api.fields import UUID_CURSOR_PATTERN, decode_uuid_cursor, encode_uuid_cursor
 from src.config import get_settings
 from src.services.directory_service import DirectoryService, Identifier
-from src.services.errors import CareTeamError, DatabaseBusy, DatabaseUnavailable, NotFoundError
+from src.services.errors import (
+    ApiKeyNotLive,
+    CareTeamError,
+    DatabaseBusy,
+    DatabaseUnavailable,
+    NotFoundError,
+)
 from src.services.fhir_service import CareTeamFilter, FhirService
 from src.services.organization_service import OrganizationService
 
@@ -84,6 +90,8 @@ async def _service(call: Awaitable[T]) -> T:
         return await call
     except NotFoundError as err:
         raise FhirError(404, "not-found", err.message) from None
+    except ApiKeyNotLive as err:  # revoked since this process first saw the key
+        raise FhirError(401, "login", err.message) from None
     except (DatabaseBusy, DatabaseUnavailable) as err:
         raise FhirError(503, "transient", err.message) from None
     except CareTeamError as err:
