@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -28,6 +30,15 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "no migrations found"
     return head
+
+
+def revision_module(revision: str) -> ModuleType:
+    """A revision's module: for a later revision whose downgrade puts back an earlier
+    definition (a revision's file name is not an importable module name)."""
+    script = ScriptDirectory.from_config(alembic_config()).get_revision(revision)
+    assert script is not None, revision
+    module: ModuleType = script.module
+    return module
 
 
 # Alembic runs each migration in its own transaction on the connection, and steps out

@@ -16,13 +16,11 @@ Revises: 20261128_care_team_periods
 Create Date: 2026-12-06
 """
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
 
+from src.migration_runner import revision_module
 from src.models.care_team import ChangeReason, PeriodRole
 
 revision: str = "20261206_lean_period_changes"
@@ -95,16 +93,6 @@ $$
 """
 
 
-def _earlier_revision() -> ModuleType:
-    """The revision before this one (its file name is not an importable module name)."""
-    path = Path(__file__).with_name("20261128_care_team_periods.py")
-    spec = importlib.util.spec_from_file_location("careteam_periods_revision", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
     op.execute(CHANGE_PERIOD)
@@ -112,4 +100,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
-    op.execute(_earlier_revision().CHANGE_PERIOD)
+    op.execute(revision_module("20261128_care_team_periods").CHANGE_PERIOD)
