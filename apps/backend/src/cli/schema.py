@@ -51,7 +51,11 @@ async def _report_status(engine: AsyncEngine, url: str, *, as_json: bool = False
             {"revision": revision, "head": head, "at_head": revision == head, "rows": counts}
         )
         return
-    mark = "[green]at head[/green]" if revision == head else f"[yellow]head is {head}[/yellow]"
+    mark = (
+        "[green]at head[/green]"
+        if revision == head
+        else f"[yellow](not at head: head is {head})[/yellow]"
+    )
     console.print(f"Schema revision: {revision or '(empty database)'} {mark}", highlight=False)
     if revision is None:
         return

@@ -37,6 +37,16 @@ def command_name(command: typer.models.CommandInfo) -> str:
     return command.name or command.callback.__name__.replace("_", "-")
 
 
+def test_the_runbook_names_the_current_head_where_it_says_head():
+    """`(head)` in the runbook's commands names the head revision (it named an older one
+    after a later revision landed)."""
+    runbook = (BACKEND_DIR.parent.parent / "docs" / "PRIMARY_PROVIDER_CONSTRAINT.md").read_text()
+    named = re.findall(r"# (\S+) \(head\)", runbook)
+    assert named, "the runbook shows the head revision somewhere"
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert set(named) == {head}
+
+
 def test_every_command_is_in_the_command_table():
     from src.cli import app  # noqa: PLC0415  (the Typer app, only for its command names)
 
