@@ -289,11 +289,20 @@ def _members(rows: list[Any]) -> list[CareTeamMember]:
 
 
 async def _read_team(
-    driver: Any, org: uuid.UUID, patient: uuid.UUID, as_of: datetime.datetime | None = None
+    driver: Any,
+    org: uuid.UUID,
+    patient: uuid.UUID,
+    as_of: datetime.datetime | None = None,
+    *,
+    alone: bool = False,
 ) -> CareTeam:
+    """The team, now or at `as_of`. `alone`: the read is its own one-statement
+    transaction, so SELECT_TEAM checks the request's key; inside a transaction,
+    careteam_enter has checked it already at BEGIN."""
     params = {"org": org, "patient": patient}
     if as_of is None:
-        rows = await SELECT_TEAM.fetch(driver, {**params, "key": request_key.current()})
+        key = request_key.current() if alone else None
+        rows = await SELECT_TEAM.fetch(driver, {**params, "key": key})
     else:
         rows = await SELECT_TEAM_AS_OF.fetch(driver, {**params, "as_of": as_of})
     if not rows:
@@ -646,7 +655,7 @@ class CareTeamService:
             operation="get_care_team",
             organization_id=organization_id,
             patient_id=patient_id,
-            work=lambda driver: _read_team(driver, organization_id, patient_id, as_of),
+            work=lambda driver: _read_team(driver, organization_id, patient_id, as_of, alone=True),
             read_only=True,
             one_statement=as_of is None,  # the current team: SELECT_TEAM sets the tenant
         )
