@@ -142,20 +142,21 @@ def as_pgbench(statement: Any, **overrides: str) -> str:
 # round trip): the tenant, and no API key to check (pgbench has none).
 ENTER = Sql("SELECT careteam_enter($1, NULL)", "org")
 
-# One assignment: the very statements CareTeamService.assign_primary_provider sends
-# (taken from its module): the tenant, the write function (patient lock, provider lock
-# and check, demote, promote, events; the trigger writes the periods), the read-back,
-# COMMIT.
+# One assignment: the very statement CareTeamService.assign_primary_provider sends
+# (taken from its module), alone, in an implicit transaction: careteam_write sets the
+# tenant, runs the write function (patient lock, provider lock and check, demote,
+# promote, events; the trigger writes the periods) and reads the team back.
 PGBENCH_ASSIGN = (
     "\n".join(
         [
             f"\\set n random(1, {PATIENTS})",
             f"\\set j random(1, {PROVIDERS_PER_ORG})",
-            "BEGIN;",
-            as_pgbench(ENTER),
-            as_pgbench(care_team.ASSIGN_PRIMARY),
-            as_pgbench(care_team.SELECT_TEAM),
-            "COMMIT;",
+            as_pgbench(
+                care_team.WRITE,
+                op="'assign_primary'",
+                if_version="NULL",
+                write_id="gen_random_uuid()",
+            ),
         ]
     )
     + "\n"

@@ -31,7 +31,7 @@ import datetime
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +52,7 @@ from src.services.errors import (
     ProviderNotOnCareTeam,
     ProviderReferenceNotFound,
 )
-from src.services.transaction import Sql, run_in_transaction
+from src.services.transaction import Sql, run_in_transaction, runs_alone
 
 logger = logging.getLogger(__name__)
 
@@ -128,32 +128,46 @@ class CareTeamPeriodRecord:
 # Every statement filters on organization_id as well, although RLS already does: the
 # indexes lead with it, and a mistake in one layer is caught by the other.
 
-ASSIGN_PRIMARY = Sql(
-    "SELECT changed, previous_primary FROM careteam_assign_primary($1, $2, $3, $4, $5, $6)",
+# A write, in one statement (migration 20261206_writes_in_one_statement): careteam_write
+# sets the tenant, checks the request's API key when it has one, checks the team's
+# version when the caller names one, runs the write function ($1: assign_primary,
+# add_secondary or remove_member), and returns the team after it as SELECT_TEAM reads
+# it, each row with the write's outcome. Sent alone, it is its own transaction. Its
+# events carry $10, the write's id.
+WRITE = Sql(
+    """
+    SELECT changed, previous_primary, patient_id, provider_id, is_primary_provider,
+           assigned_at, since, first_name, last_name, active, provider_version, version
+    FROM careteam_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+""",
+    "op",
     "org",
     "patient",
     "provider",
     "actor",
     "reason",
     "note",
+    "if_version",
+    "key",
+    "write_id",
 )
-ADD_SECONDARY = Sql(
-    "SELECT careteam_add_secondary($1, $2, $3, $4, $5, $6)",
+
+# After a connection lost during a write: did that write commit? Its events carry its id.
+# First the patient's lock (a statement of its own), so that a write still running on
+# the server for that patient has ended, then the events.
+LOCK_PATIENT = Sql(
+    "SELECT 1 FROM patients WHERE organization_id = $1 AND id = $2 FOR NO KEY UPDATE",
     "org",
     "patient",
-    "provider",
-    "actor",
-    "reason",
-    "note",
 )
-REMOVE_MEMBER = Sql(
-    "SELECT careteam_remove_member($1, $2, $3, $4, $5, $6)",
+WRITTEN = Sql(
+    """
+    SELECT EXISTS (SELECT 1 FROM care_team_events
+                   WHERE organization_id = $1 AND patient_id = $2 AND write_id = $3)
+""",
     "org",
     "patient",
-    "provider",
-    "actor",
-    "reason",
-    "note",
+    "write_id",
 )
 
 # The current team: careteam_care_team (migration 20261206_one_round_trip) sets the
@@ -191,27 +205,6 @@ SELECT_TEAM_AS_OF = Sql(
     "org",
     "patient",
     "as_of",
-)
-
-# The team's version (the number of the patient's last care team event, 0: none), read
-# by a write that names the version it expects (If-Match): first the patient's lock,
-# then, in a statement of its own, the version. One statement that waited for the lock
-# would read the events as they were when it began, before the writer it waited for.
-LOCK_PATIENT = Sql(
-    "SELECT 1 FROM patients WHERE organization_id = $1 AND id = $2 FOR NO KEY UPDATE",
-    "org",
-    "patient",
-)
-TEAM_VERSION = Sql(
-    """
-    SELECT (SELECT coalesce(max(seq), 0) FROM care_team_events
-            WHERE organization_id = $1 AND patient_id = $2),
-           (SELECT coalesce(sum(v.version), 0) FROM care_team_assignments AS a
-            JOIN providers AS v ON v.organization_id = a.organization_id AND v.id = a.provider_id
-            WHERE a.organization_id = $1 AND a.patient_id = $2)
-""",
-    "org",
-    "patient",
 )
 
 # The organization's events after a number, in number order: the numbers are given in
@@ -307,6 +300,11 @@ async def _read_team(
         rows = await SELECT_TEAM_AS_OF.fetch(driver, {**params, "as_of": as_of})
     if not rows:
         raise PatientNotFound(patient)
+    return _team(patient, rows)
+
+
+def _team(patient: uuid.UUID, rows: list[Any]) -> CareTeam:
+    """The team in the rows SELECT_TEAM, SELECT_TEAM_AS_OF or WRITE return."""
     members = _members(rows)
     primary = next((m.provider_id for m in members if m.is_primary_provider), None)
     seq = rows[0]["version"]
@@ -352,6 +350,7 @@ def write_error(
         "CT004": lambda: ProviderAlreadyPrimary(patient, provider),
         "CT005": lambda: ProviderNotOnCareTeam(patient, provider),
         "CT006": lambda: PanelFull(provider, detail),
+        "CT008": lambda: PreconditionFailed(f"the care team of patient {patient}"),
     }
     make = errors.get(code or "")
     return None if make is None else make()
@@ -359,9 +358,8 @@ def write_error(
 
 @dataclass
 class _PatientWrite:
-    """One write to one patient's team, inside its transaction: the database function,
-    then the team as it is now. Internal: it never commits; the public method around it
-    does. `driver` is the current attempt's asyncpg connection."""
+    """One write to one patient's team: careteam_write, which returns the team after it.
+    Internal: the public method around it runs it with run_in_transaction."""
 
     org: uuid.UUID
     patient: uuid.UUID
@@ -370,7 +368,6 @@ class _PatientWrite:
     reason: str
     note: str | None
     if_version: tuple[int, ...] | None = None  # the team's version the caller expects
-    driver: Any = None
 
     @classmethod
     def of(
@@ -387,51 +384,67 @@ class _PatientWrite:
         """The write, its reason and note checked (InvalidArgument)."""
         return cls(org, patient, provider, actor, *change_reason(reason, note), if_version)
 
-    def params(self) -> dict[str, Any]:
-        return {
+    async def run(
+        self, db: AsyncSession, op: str, operation: str
+    ) -> tuple[CareTeam, uuid.UUID | None]:
+        """Run it (`op`: assign_primary, add_secondary, remove_member; `operation`: the
+        service method, for logs) as its own transaction: the team after it, `changed`
+        set, and the previous primary careteam_write reports. After a connection lost
+        before its answer, the write's id on the events tells whether it committed: if
+        so, the team is read and returned; if not, nothing of it happened, and it runs
+        again (a write that changes nothing records no event, and running it again is
+        as harmless).
+
+        The statement is sent alone, in an implicit transaction, unless the request
+        carries an Idempotency-Key (then run_in_transaction claims the key and stores
+        the response around it, in an explicit one that checked the API key at BEGIN).
+        Its time starts with the patient's lock, so its tail is lock waits
+        (careteam_patient_lock_wait_seconds)."""
+        params = {
+            "op": op,
             "org": self.org,
             "patient": self.patient,
             "provider": self.provider,
             "actor": self.actor,
             "reason": self.reason,
             "note": self.note,
+            "if_version": None if self.if_version is None else list(self.if_version),
+            "key": request_key.current() if runs_alone(read_only=False) else None,
+            "write_id": uuid.uuid4(),
         }
+        previous: list[uuid.UUID | None] = [None]
 
-    async def call(self, driver: Any, statement: Sql) -> Any:
-        """Run the write function; its row. The time it takes starts with the patient's
-        lock, so its tail is lock waits (careteam_patient_lock_wait_seconds)."""
-        self.driver = driver
-        started = time.perf_counter()
-        try:
-            if self.if_version is not None:
-                await self.check_version(driver)
-            return await statement.fetchrow(driver, self.params())
-        except asyncpg.PostgresError as err:
-            mapped = write_error(err, self.patient, self.provider)
-            if mapped is None:
-                raise
-            raise mapped from None
-        finally:
-            LOCK_WAIT.observe(time.perf_counter() - started)
+        async def work(driver: Any) -> CareTeam:
+            started = time.perf_counter()
+            try:
+                rows = await WRITE.fetch(driver, params)
+            except asyncpg.PostgresError as err:
+                mapped = write_error(err, self.patient, self.provider)
+                if mapped is None:
+                    raise
+                raise mapped from None
+            finally:
+                LOCK_WAIT.observe(time.perf_counter() - started)
+            previous[0] = rows[0]["previous_primary"]
+            return dataclasses.replace(_team(self.patient, rows), changed=rows[0]["changed"])
 
-    async def check_version(self, driver: Any) -> None:
-        """Under the patient's lock (taken first, as the write function takes it): the
-        team must still be at the version the caller read (PreconditionFailed)."""
-        params = {"org": self.org, "patient": self.patient}
-        if await LOCK_PATIENT.fetchval(driver, params) is None:
-            raise PatientNotFound(self.patient)
-        if tuple(await TEAM_VERSION.fetchrow(driver, params)) != self.if_version:
-            raise PreconditionFailed(f"the care team of patient {self.patient}")
+        async def settle(driver: Any) -> CareTeam | None:
+            await LOCK_PATIENT.fetchval(driver, params)
+            if not await WRITTEN.fetchval(driver, params):
+                return None
+            team = await _read_team(driver, self.org, self.patient)
+            return dataclasses.replace(team, changed=True)
 
-    async def team(self) -> CareTeam:
-        return await _read_team(self.driver, self.org, self.patient)
-
-    async def team_if(self, driver: Any, in_place: Callable[[CareTeam], bool]) -> CareTeam | None:
-        """The `verify` of a write whose COMMIT was lost: the team if `in_place` finds the
-        change there, else None (the write runs again)."""
-        self.driver = driver
-        team = await self.team()
-        return team if in_place(team) else None
+        team = await run_in_transaction(
+            db,
+            operation=operation,
+            organization_id=self.org,
+            patient_id=self.patient,
+            work=work,
+            verify=settle,
+            one_statement=True,
+        )
+        return team, previous[0]
 
 
 # --- the service ---------------------------------------------------------------------
@@ -481,26 +494,8 @@ class CareTeamService:
             note=note,
             if_version=if_version,
         )
-        outcome: list[Any] = [False, None]  # whether it changed, the previous primary
-
-        async def work(driver: Any) -> CareTeam:
-            row = await write.call(driver, ASSIGN_PRIMARY)
-            outcome[:] = [row["changed"], row["previous_primary"]]
-            return dataclasses.replace(await write.team(), changed=row["changed"])
-
-        async def verify(driver: Any) -> CareTeam | None:
-            team = await write.team_if(driver, lambda t: t.primary_provider_id == provider_id)
-            return None if team is None else dataclasses.replace(team, changed=True)
-
         try:
-            team = await run_in_transaction(
-                db,
-                operation="assign_primary_provider",
-                organization_id=organization_id,
-                patient_id=patient_id,
-                work=work,
-                verify=verify,
-            )
+            team, previous = await write.run(db, "assign_primary", "assign_primary_provider")
         except CareTeamError as err:
             ASSIGNMENTS.labels(outcome=err.code).inc()
             raise
@@ -511,7 +506,7 @@ class CareTeamService:
             organization_id,
             patient_id,
             provider_id,
-            outcome[1] if team.changed else None,
+            previous if team.changed else None,
             extra={"event": "primary_assigned", "changed": team.changed},
         )
         return team
@@ -546,23 +541,7 @@ class CareTeamService:
             if_version=if_version,
         )
 
-        async def work(driver: Any) -> CareTeam:
-            added = (await write.call(driver, ADD_SECONDARY))[0]
-            return dataclasses.replace(await write.team(), changed=added)
-
-        async def verify(driver: Any) -> CareTeam | None:
-            # The COMMIT was lost and the provider is on the team: this write added it.
-            team = await write.team_if(driver, lambda t: t.has(provider_id))
-            return None if team is None else dataclasses.replace(team, changed=True)
-
-        team = await run_in_transaction(
-            db,
-            operation="add_secondary_provider",
-            organization_id=organization_id,
-            patient_id=patient_id,
-            work=work,
-            verify=verify,
-        )
+        team, _ = await write.run(db, "add_secondary", "add_secondary_provider")
         logger.info(
             "secondary provider added organization_id=%s patient_id=%s provider_id=%s",
             organization_id,
@@ -599,21 +578,7 @@ class CareTeamService:
             if_version=if_version,
         )
 
-        async def work(driver: Any) -> CareTeam:
-            await write.call(driver, REMOVE_MEMBER)
-            return await write.team()
-
-        def verify(driver: Any) -> Awaitable[CareTeam | None]:
-            return write.team_if(driver, lambda team: not team.has(provider_id))
-
-        team = await run_in_transaction(
-            db,
-            operation="remove_provider",
-            organization_id=organization_id,
-            patient_id=patient_id,
-            work=work,
-            verify=verify,
-        )
+        team, _ = await write.run(db, "remove_member", "remove_provider")
         logger.info(
             "provider removed organization_id=%s patient_id=%s provider_id=%s",
             organization_id,

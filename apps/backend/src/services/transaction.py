@@ -370,6 +370,14 @@ async def _settle(
     return await verify(driver)
 
 
+def runs_alone(*, read_only: bool) -> bool:
+    """Whether a `one_statement` unit runs alone, in an implicit transaction (its
+    statement then checks the request's API key itself): a read always; a write unless
+    the request carries an Idempotency-Key, which is claimed before the write and its
+    response stored after it, in an explicit transaction whose BEGIN checks the key."""
+    return read_only or idempotency.current() is None
+
+
 async def run_in_transaction(
     db: AsyncSession,
     *,
@@ -385,17 +393,19 @@ async def run_in_transaction(
 
     `work` gets the asyncpg connection of the session and sends its statements there.
     A read-only unit without a tenant (key authentication: one statement) runs without
-    BEGIN/COMMIT, and so does a `one_statement` read: `work` sends a single statement
-    that sets the tenant itself (careteam_care_team), in an implicit transaction;
-    `organization_id` then only names the tenant in logs. Raises SessionInTransaction
-    if the session has a transaction open.
+    BEGIN/COMMIT, and so does a `one_statement` unit that runs alone (runs_alone): `work`
+    sends a single statement that sets the tenant itself (careteam_care_team,
+    careteam_write), in an implicit transaction, which commits where the statement
+    ends; `organization_id` then only names the tenant in logs. Raises
+    SessionInTransaction if the session has a transaction open.
 
     On any failure it rolls back: domain errors are re-raised as they are, database
     errors become domain errors (never a raw driver exception). It retries, a bounded
     number of times with a growing delay, only when the transaction certainly did not
     commit: PostgreSQL rolled it back (serialization failure, deadlock), or the
-    connection was lost before COMMIT was sent. A connection lost during COMMIT leaves
-    the outcome unknown: then `verify`, in a new transaction, looks at the data: it
+    connection was lost before COMMIT was sent. A connection lost during COMMIT (or
+    during a write's one statement, alone) leaves the outcome unknown: then `verify`,
+    in a new transaction, looks at the data: it
     returns the result if the change is in place, or None if it is not (then `work`
     runs again). Without `verify`, that case raises OutcomeUnknown, unless `read_only`
     (nothing to commit: it simply runs again), or unless the request carries an
@@ -405,16 +415,17 @@ async def run_in_transaction(
     """
     delay = FIRST_RETRY_DELAY_S
     must_verify = False
-    read_only = read_only or one_statement
-    tenant = None if one_statement else organization_id
-    explicit = tenant is not None or not read_only
+    alone = one_statement and runs_alone(read_only=read_only)
+    tenant = None if alone else organization_id
+    explicit = not alone and (tenant is not None or not read_only)
 
     for attempt in range(1, MAX_ATTEMPTS + 1):
         committing = False
         unit = _Unit(db)
         try:
-            driver = await unit.begin(tenant, explicit=explicit)
             if must_verify:
+                # A transaction of its own, with the tenant (a unit sent alone has none).
+                driver = await unit.begin(organization_id, explicit=True)
                 done = await _settle(driver, organization_id, verify)
                 await unit.commit()
                 if done is not None:
@@ -423,7 +434,10 @@ async def run_in_transaction(
                     )
                     return done
                 must_verify = False
-                driver = await unit.begin(tenant, explicit=explicit)
+            driver = await unit.begin(tenant, explicit=explicit)
+            # A write sent alone commits with its statement: from then on, a lost
+            # connection leaves its outcome unknown.
+            committing = alone and not read_only
             result = await _keyed(driver, None if read_only else organization_id, work)
             committing = True
             await unit.commit()

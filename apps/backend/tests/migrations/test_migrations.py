@@ -18,7 +18,8 @@ EVENT_SEQUENCE, APP_ROLE = "20261128_event_sequence", "20261128_app_role_login"
 PERIODS, LEAN_PERIODS = "20261128_care_team_periods", "20261206_lean_period_changes"
 RECORDS, ONE_ROUND_TRIP = "20261206_records_and_sync", "20261206_one_round_trip"
 PERIODS_BY_INDEX = "20261206_period_changes_by_index"
-HEAD = PERIODS_BY_INDEX
+ONE_STATEMENT_WRITES = "20261206_writes_in_one_statement"
+HEAD = ONE_STATEMENT_WRITES
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -31,6 +32,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(ONE_STATEMENT_WRITES).down_revision == PERIODS_BY_INDEX
         assert scripts.get_revision(PERIODS_BY_INDEX).down_revision == ONE_ROUND_TRIP
         assert scripts.get_revision(ONE_ROUND_TRIP).down_revision == RECORDS
         assert scripts.get_revision(RECORDS).down_revision == LEAN_PERIODS
@@ -82,6 +84,33 @@ class TestUpAndDown:
         await downgrade(fresh_database.engine, PERIODS)
         earlier = (await fresh_database.execute(definition))[0][0]
         assert "bool_or" not in earlier and "SELECT id, role INTO v_open" in earlier
+        await upgrade(fresh_database.engine)
+        assert await current_revision(fresh_database.engine) == HEAD
+
+    async def test_one_statement_writes_go_back_to_the_earlier_definitions(
+        self, fresh_database: FreshDatabase
+    ):
+        assign = (
+            "SELECT pg_get_functiondef('careteam_assign_primary"
+            "(uuid, uuid, uuid, text, text, text)'::regprocedure)"
+        )
+        write = "SELECT to_regprocedure('careteam_write(text, uuid, uuid, uuid, text, text, "
+        write += "text, bigint[], text, uuid)') IS NOT NULL"
+        column = (
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = 'care_team_events' AND column_name = 'write_id'"
+        )
+        await upgrade(fresh_database.engine)
+        assert (await fresh_database.execute(write))[0][0] is True
+        assert (await fresh_database.execute(column))[0][0] == 1
+        latest = (await fresh_database.execute(assign))[0][0]
+        # The events after both changes: the demotion's after the promotion's upsert.
+        assert latest.index("ON CONFLICT") < latest.index("'primary_demoted'")
+        await downgrade(fresh_database.engine, PERIODS_BY_INDEX)
+        assert (await fresh_database.execute(write))[0][0] is False
+        assert (await fresh_database.execute(column))[0][0] == 0
+        earlier = (await fresh_database.execute(assign))[0][0]
+        assert earlier.index("'primary_demoted'") < earlier.index("ON CONFLICT")
         await upgrade(fresh_database.engine)
         assert await current_revision(fresh_database.engine) == HEAD
 

@@ -280,6 +280,35 @@ class TestTheDatabaseForbidsOverlaps:
         )
 
 
+async def test_an_assignment_records_the_demotion_then_the_promotion(
+    db: AsyncSession, database: Database
+):
+    """careteam_assign_primary records its events after both changes, still in this
+    order, numbered one after the other."""
+    org, patient, (first, second, _) = await create_clinic(db)
+    for provider in (first, second):
+        await Service.assign_primary_provider(
+            db=db, organization_id=org, patient_id=patient, provider_id=provider
+        )
+    async with database.owner_engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT seq, provider_id, event_type, previous_primary_provider_id "
+                    "FROM care_team_events WHERE organization_id = :org AND patient_id = :p "
+                    "ORDER BY seq"
+                ),
+                {"org": org, "p": patient},
+            )
+        ).all()
+    assert [tuple(r)[1:] for r in rows] == [
+        (first, "primary_assigned", None),
+        (first, "primary_demoted", first),
+        (second, "primary_assigned", first),
+    ]
+    assert [r.seq for r in rows] == [rows[0].seq, rows[0].seq + 1, rows[0].seq + 2]
+
+
 class TestAsOf:
     async def test_the_team_before_between_and_after_changes(self, db: AsyncSession):
         org, patient, (p1, p2, _) = await create_clinic(db)
@@ -471,6 +500,44 @@ class TestTransfers:
                 db=db, organization_id=org, provider_id=source, role=PanelRole.ANY
             )
         ).__len__() == 2  # removed from the four teams it left
+
+    @pytest.mark.parametrize("previous", list(PreviousProvider))
+    async def test_a_batch_records_its_events_after_its_changes_in_order(
+        self, db: AsyncSession, database: Database, previous: PreviousProvider
+    ):
+        """The events come after the batch's changes (careteam_transfer_batch takes the
+        event counter last): each moved patient's leaving event, then each one's
+        primary_assigned, numbered one after the other, for the right providers."""
+        org, _, (source, target, _) = await create_clinic(db)
+        patients = sorted(await self.panel(db, org, source, 4))
+        await PanelService.transfer_panel(
+            db=db,
+            organization_id=org,
+            from_provider_id=source,
+            to_provider_id=target,
+            reason="provider_left",
+            previous_provider=previous,
+        )
+        async with database.owner_engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT seq, patient_id, provider_id, event_type, "
+                        "previous_primary_provider_id, reason FROM care_team_events "
+                        "WHERE organization_id = :org AND reason = 'provider_left' ORDER BY seq"
+                    ),
+                    {"org": org},
+                )
+            ).all()
+        kept = previous is PreviousProvider.KEEP_AS_SECONDARY
+        leaving = "primary_demoted" if kept else "provider_removed"
+        assert [tuple(r)[1:5] for r in rows] == [
+            *((p, source, leaving, source) for p in patients),
+            *((p, target, "primary_assigned", source) for p in patients),
+        ]
+        seqs = [r.seq for r in rows]
+        assert seqs == list(range(seqs[0], seqs[0] + 8))
+        assert await open_periods_match_assignments(database, org)
 
     async def test_an_unknown_target_is_an_invalid_reference(self, db: AsyncSession):
         org, _, (source, _, _) = await create_clinic(db)

@@ -1,10 +1,14 @@
 """A connection lost during COMMIT: the outcome is unknown to the service, which must
 check the data before it runs a write again (never a blind retry, never a duplicate).
+A care team write is one statement sent alone, which commits as it ends: a connection
+lost during that statement is the same case.
 
 The fault is real: the application connects through a small TCP proxy in front of the
-test server, which cuts the connection at the next COMMIT, either after passing it on
-(the server commits; the client never hears so) or instead of passing it on (the
-server rolls back when the connection ends).
+test server, which cuts the connection at the next COMMIT (or the next message holding
+given bytes: a care team write's operation, a parameter of its statement), either after
+passing it on and reading the server's answer (the server commits; the client never
+hears so) or instead of passing it on (the server rolls back when the connection ends,
+or never sees the statement).
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ from src.config import Settings
 from src.db import Database, open_database, pg_error_fields
 from src.services.care_team_service import CareTeamService as Service
 from src.services.directory_service import DirectoryService
-from src.services.errors import OutcomeUnknown
+from src.services.errors import OutcomeUnknown, ProviderAlreadyPrimary, ProviderNotOnCareTeam
 from src.services.organization_service import OrganizationService
 from tests.helpers import create_clinic, event_types, team_rows, with_owner
 
 # The simple-query message the service ends its transactions with.
 COMMIT_MESSAGE = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+READY_FOR_QUERY = b"Z\x00\x00\x00\x05"  # the server's answer is complete
 
 
 class CommitCutter:
@@ -45,8 +50,13 @@ class CommitCutter:
         self.host = query.get("host", parts.hostname or "localhost")
         self.port = int(query.get("port", parts.port or 5432))
         self.mode: str | None = None  # "after" (server commits) or "instead" (it does not)
+        self.at = COMMIT_MESSAGE  # the bytes that mark the message to cut at
         self.cuts = 0
+        self.commits = 0  # COMMIT messages passed on
         self.server: asyncio.Server | None = None
+
+    def arm(self, mode: str, at: bytes = COMMIT_MESSAGE) -> None:
+        self.mode, self.at = mode, at
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -74,9 +84,10 @@ class CommitCutter:
         relay = asyncio.create_task(to_client())
         try:
             while data := await client_r.read(65536):
-                if self.mode is not None and COMMIT_MESSAGE in data:
+                if self.mode is not None and self.at in data:
                     await self._cut(data, relay, server_r, server_w)
                     break
+                self.commits += data.count(COMMIT_MESSAGE)
                 server_w.write(data)
                 await server_w.drain()
         finally:
@@ -98,7 +109,9 @@ class CommitCutter:
         if mode == "after":
             server_w.write(data)
             await server_w.drain()
-            await server_r.read(65536)  # the server's answer: the COMMIT is done
+            answer = b""
+            while READY_FOR_QUERY not in answer:  # the server's answer: it has committed
+                answer += await server_r.read(65536)
         self.cuts += 1
 
 
@@ -148,7 +161,7 @@ class TestCommitLost:
     ):
         async with proxied.sessionmaker() as db:
             org, patient, (p1, _, _) = await create_clinic(db)
-        cutter.mode = "after"
+        cutter.arm("after", at=b"assign_primary")
         with caplog.at_level(logging.INFO):
             async with proxied.sessionmaker() as db:
                 team = await Service.assign_primary_provider(
@@ -174,7 +187,7 @@ class TestCommitLost:
             await Service.add_secondary_provider(
                 db=db, organization_id=org, patient_id=patient, provider_id=p2
             )
-        cutter.mode = "after"
+        cutter.arm("after", at=b"remove_member")
         async with proxied.sessionmaker() as db:
             team = await Service.remove_provider(
                 db=db, organization_id=org, patient_id=patient, provider_id=p2
@@ -196,7 +209,7 @@ class TestCommitLost:
             await Service.assign_primary_provider(
                 db=db, organization_id=org, patient_id=patient, provider_id=p1
             )
-        cutter.mode = "instead"
+        cutter.arm("instead", at=b"assign_primary")
         with caplog.at_level(logging.INFO):
             async with proxied.sessionmaker() as db:
                 team = await Service.assign_primary_provider(
@@ -213,6 +226,46 @@ class TestCommitLost:
                 "primary_assigned",
             ]
 
+    async def test_a_write_lost_before_it_ran_is_run_again_and_answered_as_it_runs(
+        self, proxied: Database, cutter: CommitCutter, caplog: pytest.LogCaptureFixture
+    ):
+        """A write sent alone may be lost before PostgreSQL ran it, when the team already
+        looks as it would after it: the provider to remove was never on the team, the
+        secondary to add is the primary. Whether this write committed is looked up by
+        its id on the events, never guessed from the team: it runs again, and is
+        answered with the refusal it gets."""
+        async with proxied.sessionmaker() as db:
+            org, patient, (p1, p2, _) = await create_clinic(db)
+            await Service.assign_primary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p1
+            )
+        cutter.arm("instead", at=b"remove_member")
+        with caplog.at_level(logging.INFO):
+            async with proxied.sessionmaker() as db:
+                with pytest.raises(ProviderNotOnCareTeam):
+                    await Service.remove_provider(
+                        db=db, organization_id=org, patient_id=patient, provider_id=p2
+                    )
+            assert cutter.cuts == 1
+            cutter.arm("instead", at=b"add_secondary")
+            async with proxied.sessionmaker() as db:
+                with pytest.raises(ProviderAlreadyPrimary):
+                    await Service.add_secondary_provider(
+                        db=db, organization_id=org, patient_id=patient, provider_id=p1
+                    )
+            assert cutter.cuts == 2
+            # Ran and committed, but changed nothing (no event): it runs again, harmlessly.
+            cutter.arm("after", at=b"assign_primary")
+            async with proxied.sessionmaker() as db:
+                team = await Service.assign_primary_provider(
+                    db=db, organization_id=org, patient_id=patient, provider_id=p1
+                )
+            assert cutter.cuts == 3 and team.changed is False
+        assert "committed before the connection was lost" not in caplog.text
+        async with proxied.sessionmaker() as db:
+            assert await team_rows(db, org, patient) == {p1: True}
+            assert await event_types(db, org, patient) == ["primary_assigned"]
+
     async def test_a_create_whose_commit_is_lost_reports_outcome_unknown(
         self, proxied: Database, cutter: CommitCutter
     ):
@@ -220,7 +273,7 @@ class TestCommitLost:
         the caller is told, rather than risking a duplicate patient."""
         async with proxied.sessionmaker() as db:
             org, _, _ = await create_clinic(db)
-        cutter.mode = "after"
+        cutter.arm("after")
         last_name = f"Lost-{uuid.uuid4().hex[:8]}"
         async with proxied.sessionmaker() as db:
             with pytest.raises(OutcomeUnknown):
@@ -240,6 +293,46 @@ class TestCommitLost:
         assert created == 1  # committed once, never twice
 
 
+class TestACareTeamWriteIsOneStatement:
+    """A write is careteam_write sent alone: its implicit transaction commits where the
+    statement ends, with no COMMIT (no round trip) under the organization's event
+    counter. With an Idempotency-Key it runs in an explicit transaction, which claims
+    the key before it and stores the response after it."""
+
+    async def test_without_a_key_no_commit_is_sent_with_one_it_is(
+        self, proxied: Database, cutter: CommitCutter
+    ):
+        async with proxied.sessionmaker() as db:
+            org, patient, (p1, p2, p3) = await create_clinic(db)
+        async with AsyncSession(proxied.owner_engine) as owner:
+            issued = await OrganizationService.create_api_key(db=owner, organization_id=org)
+        before = cutter.commits
+        async with proxied.sessionmaker() as db:
+            await Service.assign_primary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p1
+            )
+            await Service.add_secondary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p2
+            )
+            team = await Service.remove_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p2
+            )
+        assert cutter.commits == before
+        assert [m.provider_id for m in team.members] == [p1]
+
+        headers = {"Authorization": f"Bearer {issued.key}", "Idempotency-Key": "assign-p3"}
+        transport = httpx.ASGITransport(app=create_app(proxied))
+        async with httpx.AsyncClient(transport=transport, base_url="http://careteam.test") as c:
+            url = f"/v1/patients/{patient}/care-team/primary"
+            answer = await c.put(url, json={"provider_id": str(p3)}, headers=headers)
+            assert answer.status_code == 200, answer.text
+            assert cutter.commits == before + 1
+            again = await c.put(url, json={"provider_id": str(p3)}, headers=headers)
+            assert again.headers["idempotent-replayed"] == "true"
+        async with proxied.sessionmaker() as db:
+            assert await team_rows(db, org, patient) == {p1: False, p3: True}
+
+
 class TestAnIdempotencyKeySettlesALostCommit:
     """With an Idempotency-Key, the key row commits with the change: a lost COMMIT is
     settled by reading it, so a create is answered (never outcome_unknown) and made once."""
@@ -256,7 +349,7 @@ class TestAnIdempotencyKeySettlesALostCommit:
         headers = {"Authorization": f"Bearer {issued.key}", "Idempotency-Key": "create-once"}
         transport = httpx.ASGITransport(app=create_app(proxied))
         async with httpx.AsyncClient(transport=transport, base_url="http://careteam.test") as c:
-            cutter.mode = "after"
+            cutter.arm("after")
             first = await c.post("/v1/patients", json=body, headers=headers)
             assert cutter.cuts == 1
             assert first.status_code == 201, first.text  # settled by the key
