@@ -1,4 +1,4 @@
-"""A care team write in one statement, and its events recorded last.
+"""Care team writes, and the read as of an instant, in one statement each; events last.
 
 Inserting an event takes the organization's event counter (care_team_event_sequences,
 a row lock held until COMMIT, so that event numbers follow commit order with no gaps).
@@ -25,6 +25,9 @@ team read, then COMMIT), whose time grows with the application's load.
    fact to look up, not a guess from the team's state: a write sent alone may be lost
    before PostgreSQL ran it, when the team may already look as it would after it (the
    provider to remove was never on the team). NULL for events written otherwise.
+4. careteam_care_team_as_of(org, patient, instant, key hash): the team as it stood at an
+   instant, one statement like careteam_care_team (it was BEGIN with the tenant, the
+   query and COMMIT: three round trips for a read).
 
 Figures: docs/PERFORMANCE.md. The earlier functions stay, unchanged in what they return:
 the release before calls them during a rolling deploy.
@@ -33,8 +36,9 @@ Online: one short transaction. The new column (nullable, then its default: neith
 rewrites the table) takes the events' table lock, with a 5 s lock timeout (if a long
 transaction holds the table, the migration stops having changed nothing, and can be run
 again), until the functions are replaced, a matter of milliseconds; CREATE OR REPLACE
-FUNCTION takes no lock a writer waits on. downgrade() drops careteam_write and the column, and puts back
-20261128_care_team_periods's definitions.
+FUNCTION takes no lock a writer waits on. downgrade() drops careteam_write,
+careteam_care_team_as_of and the column, and puts back 20261128_care_team_periods's
+definitions.
 
 Revision ID: 20261206_writes_in_one_statement
 Revises: 20261206_period_changes_by_index
@@ -47,7 +51,7 @@ from alembic import op
 
 from src.config import get_settings
 from src.migration_runner import revision_module
-from src.models.care_team import EventType
+from src.models.care_team import EventType, PeriodRole
 
 revision: str = "20261206_writes_in_one_statement"
 down_revision: str | None = "20261206_period_changes_by_index"
@@ -55,6 +59,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 PERIODS = "20261128_care_team_periods"
+PRIMARY = PeriodRole.PRIMARY.value
 _EVENT_COLUMNS = """(organization_id, patient_id, provider_id, event_type,
              previous_primary_provider_id, actor, reason, note, occurred_at)"""
 _LOCK_PATIENT = """
@@ -305,6 +310,37 @@ END
 $$
 """
 
+CARE_TEAM_AS_OF = "careteam_care_team_as_of(uuid, uuid, timestamptz, text)"
+
+# 4. above: the periods that held at p_as_of (assigned_at and since: the period's start).
+# The patient row comes back with no period, so "no such patient" and "no members then"
+# are told apart.
+CREATE_CARE_TEAM_AS_OF = f"""
+CREATE OR REPLACE FUNCTION public.careteam_care_team_as_of(
+    p_org uuid, p_patient uuid, p_as_of timestamptz, p_key_hash text)
+RETURNS TABLE (
+    patient_id uuid, provider_id uuid, is_primary_provider boolean,
+    assigned_at timestamptz, since timestamptz, first_name text, last_name text,
+    active boolean, provider_version bigint, version bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM public.careteam_enter(p_org, p_key_hash);
+    RETURN QUERY
+    SELECT p.id, pe.provider_id, pe.role = '{PRIMARY}', lower(pe.valid), lower(pe.valid),
+           v.first_name, v.last_name, v.active, v.version, NULL::bigint
+    FROM public.patients AS p
+    LEFT JOIN public.care_team_periods AS pe
+        ON pe.organization_id = p.organization_id AND pe.patient_id = p.id
+       AND pe.valid @> p_as_of
+    LEFT JOIN public.providers AS v
+        ON v.organization_id = pe.organization_id AND v.id = pe.provider_id
+    WHERE p.organization_id = p_org AND p.id = p_patient
+    ORDER BY pe.role = '{PRIMARY}' DESC, lower(pe.valid), pe.provider_id;
+END
+$$
+"""
+
 
 def upgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
@@ -314,12 +350,15 @@ def upgrade() -> None:
     op.execute(ASSIGN_PRIMARY)
     op.execute(TRANSFER_BATCH)
     op.execute(CREATE_WRITE)
-    op.execute(f"REVOKE ALL ON FUNCTION {WRITE} FROM PUBLIC")
-    op.execute(f"GRANT EXECUTE ON FUNCTION {WRITE} TO {get_settings().app_db_role}")
+    op.execute(CREATE_CARE_TEAM_AS_OF)
+    for signature in (WRITE, CARE_TEAM_AS_OF):
+        op.execute(f"REVOKE ALL ON FUNCTION {signature} FROM PUBLIC")
+        op.execute(f"GRANT EXECUTE ON FUNCTION {signature} TO {get_settings().app_db_role}")
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
+    op.execute(f"DROP FUNCTION IF EXISTS {CARE_TEAM_AS_OF}")
     op.execute(f"DROP FUNCTION IF EXISTS {WRITE}")
     periods = revision_module(PERIODS)
     op.execute(periods.ASSIGN_PRIMARY)

@@ -187,24 +187,20 @@ SELECT_TEAM = Sql(
     "key",
 )
 
-# The team as it stood at $3: the periods that held then (assigned_at: the period's start).
+# The team as it stood at $3: careteam_care_team_as_of (migration
+# 20261206_writes_in_one_statement) sets the tenant, checks the key like SELECT_TEAM,
+# and reads the periods that held then (assigned_at and since: the period's start;
+# version NULL). One statement too.
 SELECT_TEAM_AS_OF = Sql(
-    f"""
-    SELECT p.id AS patient_id, pe.provider_id, pe.role = '{PRIMARY}' AS is_primary_provider,
-           lower(pe.valid) AS assigned_at, lower(pe.valid) AS since,
-           v.first_name, v.last_name, v.active, v.version AS provider_version,
-           NULL::bigint AS version
-    FROM patients AS p
-    LEFT JOIN care_team_periods AS pe
-        ON pe.organization_id = p.organization_id AND pe.patient_id = p.id
-       AND pe.valid @> CAST($3 AS timestamptz)
-    LEFT JOIN providers AS v ON v.organization_id = pe.organization_id AND v.id = pe.provider_id
-    WHERE p.organization_id = $1 AND p.id = $2
-    ORDER BY pe.role = '{PRIMARY}' DESC, lower(pe.valid), pe.provider_id
+    """
+    SELECT patient_id, provider_id, is_primary_provider, assigned_at, since, first_name,
+           last_name, active, provider_version, version
+    FROM careteam_care_team_as_of($1, $2, $3, $4)
 """,
     "org",
     "patient",
     "as_of",
+    "key",
 )
 
 # The organization's events after a number, in number order: the numbers are given in
@@ -292,10 +288,9 @@ async def _read_team(
     """The team, now or at `as_of`. `alone`: the read is its own one-statement
     transaction, so SELECT_TEAM checks the request's key; inside a transaction,
     careteam_enter has checked it already at BEGIN."""
-    params = {"org": org, "patient": patient}
+    params = {"org": org, "patient": patient, "key": request_key.current() if alone else None}
     if as_of is None:
-        key = request_key.current() if alone else None
-        rows = await SELECT_TEAM.fetch(driver, {**params, "key": key})
+        rows = await SELECT_TEAM.fetch(driver, params)
     else:
         rows = await SELECT_TEAM_AS_OF.fetch(driver, {**params, "as_of": as_of})
     if not rows:
@@ -622,7 +617,7 @@ class CareTeamService:
             patient_id=patient_id,
             work=lambda driver: _read_team(driver, organization_id, patient_id, as_of, alone=True),
             read_only=True,
-            one_statement=as_of is None,  # the current team: SELECT_TEAM sets the tenant
+            one_statement=True,  # SELECT_TEAM and SELECT_TEAM_AS_OF set the tenant
         )
 
     @staticmethod

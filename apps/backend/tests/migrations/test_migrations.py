@@ -95,7 +95,8 @@ class TestUpAndDown:
             "(uuid, uuid, uuid, text, text, text)'::regprocedure)"
         )
         write = "SELECT to_regprocedure('careteam_write(text, uuid, uuid, uuid, text, text, "
-        write += "text, bigint[], text, uuid)') IS NOT NULL"
+        write += "text, bigint[], text, uuid)') IS NOT NULL AND to_regprocedure("
+        write += "'careteam_care_team_as_of(uuid, uuid, timestamptz, text)') IS NOT NULL"
         column = (
             "SELECT count(*) FROM information_schema.columns "
             "WHERE table_name = 'care_team_events' AND column_name = 'write_id'"
@@ -107,7 +108,7 @@ class TestUpAndDown:
         # The events after both changes: the demotion's after the promotion's upsert.
         assert latest.index("ON CONFLICT") < latest.index("'primary_demoted'")
         await downgrade(fresh_database.engine, PERIODS_BY_INDEX)
-        assert (await fresh_database.execute(write))[0][0] is False
+        assert (await fresh_database.execute(write))[0][0] is False  # neither function
         assert (await fresh_database.execute(column))[0][0] == 0
         earlier = (await fresh_database.execute(assign))[0][0]
         assert earlier.index("'primary_demoted'") < earlier.index("ON CONFLICT")

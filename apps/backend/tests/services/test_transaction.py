@@ -8,6 +8,7 @@ the very connection the previous one used, and can see what it left behind.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -92,10 +93,11 @@ class TestPooledConnectionHygiene:
         self, one_connection: Database
     ):
         """The care-team read sets the tenant inside its one statement (careteam_care_team)
-        and a transaction whose key careteam_enter refuses is rolled back: neither
-        leaves a tenant or a transaction to the next user of the connection."""
+        and a transaction whose key careteam_enter refuses is rolled back, as is a write
+        sent alone whose key careteam_write refuses: none leaves a tenant or a
+        transaction to the next user of the connection."""
         async with one_connection.sessionmaker() as db:
-            org, patient, (p1, _, _) = await create_clinic(db)
+            org, patient, (p1, p2, _) = await create_clinic(db)
             await Service.assign_primary_provider(
                 db=db, organization_id=org, patient_id=patient, provider_id=p1
             )
@@ -105,13 +107,27 @@ class TestPooledConnectionHygiene:
         assert await pooled_state(one_connection) == (False, "")
         token = request_key.use(hash_api_key("ctk_" + "B" * 43))  # no such key
         try:
-            for call in (Service.get_care_team, Service.get_care_team_history):
+            now = {"as_of": datetime.datetime.now(datetime.UTC)}
+            for call, extra in (
+                (Service.get_care_team, {}),
+                (Service.get_care_team, now),  # careteam_care_team_as_of, one statement too
+                (Service.get_care_team_history, {}),
+            ):
                 async with one_connection.sessionmaker() as db:
                     with pytest.raises(ApiKeyNotLive):
-                        await call(db=db, organization_id=org, patient_id=patient)
+                        await call(db=db, organization_id=org, patient_id=patient, **extra)
                 assert await pooled_state(one_connection) == (False, "")
+            # A write sent alone: careteam_write checks the key in its own statement.
+            async with one_connection.sessionmaker() as db:
+                with pytest.raises(ApiKeyNotLive):
+                    await Service.assign_primary_provider(
+                        db=db, organization_id=org, patient_id=patient, provider_id=p2
+                    )
+            assert await pooled_state(one_connection) == (False, "")
         finally:
             request_key.reset(token)
+        async with one_connection.sessionmaker() as db:
+            assert await team_rows(db, org, patient) == {p1: True}
 
     async def test_a_cancelled_write_leaves_nothing_and_its_connection_is_discarded(
         self, one_connection: Database, database: Database
