@@ -40,6 +40,21 @@ async def periods_of(database: Database, patient: uuid.UUID) -> list[tuple[objec
         return [tuple(row) for row in rows]
 
 
+async def events_of(database: Database, org: uuid.UUID, reason: str) -> list[tuple[object, ...]]:
+    """(number, patient, provider, type, previous primary) of the organization's events
+    of one reason, read as the owner, in number order."""
+    async with database.owner_engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT seq, patient_id, provider_id, event_type, previous_primary_provider_id "
+                "FROM care_team_events WHERE organization_id = :org AND reason = :reason "
+                "ORDER BY seq"
+            ),
+            {"org": org, "reason": reason},
+        )
+        return [tuple(row) for row in rows]
+
+
 async def open_periods_match_assignments(database: Database, org: uuid.UUID) -> bool:
     async with database.owner_engine.connect() as conn:
         mismatches = (
@@ -290,23 +305,14 @@ async def test_an_assignment_records_the_demotion_then_the_promotion(
         await Service.assign_primary_provider(
             db=db, organization_id=org, patient_id=patient, provider_id=provider
         )
-    async with database.owner_engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT seq, provider_id, event_type, previous_primary_provider_id "
-                    "FROM care_team_events WHERE organization_id = :org AND patient_id = :p "
-                    "ORDER BY seq"
-                ),
-                {"org": org, "p": patient},
-            )
-        ).all()
-    assert [tuple(r)[1:] for r in rows] == [
+    rows = await events_of(database, org, "other")
+    assert [row[2:] for row in rows] == [
         (first, "primary_assigned", None),
         (first, "primary_demoted", first),
         (second, "primary_assigned", first),
     ]
-    assert [r.seq for r in rows] == [rows[0].seq, rows[0].seq + 1, rows[0].seq + 2]
+    first_number = int(str(rows[0][0]))
+    assert [row[0] for row in rows] == [first_number, first_number + 1, first_number + 2]
 
 
 class TestAsOf:
@@ -518,25 +524,15 @@ class TestTransfers:
             reason="provider_left",
             previous_provider=previous,
         )
-        async with database.owner_engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT seq, patient_id, provider_id, event_type, "
-                        "previous_primary_provider_id, reason FROM care_team_events "
-                        "WHERE organization_id = :org AND reason = 'provider_left' ORDER BY seq"
-                    ),
-                    {"org": org},
-                )
-            ).all()
+        rows = await events_of(database, org, "provider_left")
         kept = previous is PreviousProvider.KEEP_AS_SECONDARY
         leaving = "primary_demoted" if kept else "provider_removed"
-        assert [tuple(r)[1:5] for r in rows] == [
+        assert [row[1:] for row in rows] == [
             *((p, source, leaving, source) for p in patients),
             *((p, target, "primary_assigned", source) for p in patients),
         ]
-        seqs = [r.seq for r in rows]
-        assert seqs == list(range(seqs[0], seqs[0] + 8))
+        first_number = int(str(rows[0][0]))
+        assert [row[0] for row in rows] == list(range(first_number, first_number + 8))
         assert await open_periods_match_assignments(database, org)
 
     async def test_an_unknown_target_is_an_invalid_reference(self, db: AsyncSession):
