@@ -43,6 +43,7 @@ from alembic import context, op
 from sqlalchemy import text
 
 from src.config import get_settings
+from src.migration_runner import drop_invalid_index
 from src.models.care_team import one_of
 from src.models.records import (
     IDENTIFIER_MAX_LENGTH,
@@ -172,21 +173,6 @@ def _timeouts() -> None:
     op.execute("SET statement_timeout = 0")
 
 
-def _drop_invalid(name: str) -> None:
-    """A concurrent build that failed leaves an INVALID index behind: drop it first."""
-    if context.is_offline_mode():
-        return
-    invalid = op.get_bind().execute(
-        text(
-            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "WHERE c.relname = :name AND NOT i.indisvalid"
-        ),
-        {"name": name},
-    )
-    if invalid.scalar_one():
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-
-
 def _fill_name_keys(table: str) -> None:
     """The name keys of the rows written before the trigger, in batches by id."""
     fill = (
@@ -277,10 +263,10 @@ def upgrade() -> None:
             )
             _fill_name_keys(table)
         for name, table, columns in SEARCH_INDEXES:
-            _drop_invalid(name)
+            drop_invalid_index(name)
             op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} {columns}")
         _check_npis()  # again: a writer may have shared one meanwhile
-        _drop_invalid(NPI_INDEX)
+        drop_invalid_index(NPI_INDEX)
         op.execute(
             f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {NPI_INDEX} "
             "ON providers (organization_id, npi) WHERE npi IS NOT NULL"

@@ -24,7 +24,10 @@ team read, then COMMIT), whose time grows with the application's load.
    that after a connection lost during a write, whether that very write committed is a
    fact to look up, not a guess from the team's state: a write sent alone may be lost
    before PostgreSQL ran it, when the team may already look as it would after it (the
-   provider to remove was never on the team). NULL for events written otherwise.
+   provider to remove was never on the team). careteam_write itself looks for its id
+   under the patient's lock, and does nothing more if it is there: an attempt lost to
+   the application that runs late, after the attempt that replaced it, is not applied
+   twice. NULL for events written otherwise; indexed where set (built concurrently).
 4. careteam_care_team_as_of(org, patient, instant, key hash): the team as it stood at an
    instant, one statement like careteam_care_team (it was BEGIN with the tenant, the
    query and COMMIT: three round trips for a read).
@@ -32,13 +35,14 @@ team read, then COMMIT), whose time grows with the application's load.
 Figures: docs/PERFORMANCE.md. The earlier functions stay, unchanged in what they return:
 the release before calls them during a rolling deploy.
 
-Online: one short transaction. The new column (nullable, then its default: neither
-rewrites the table) takes the events' table lock, with a 5 s lock timeout (if a long
-transaction holds the table, the migration stops having changed nothing, and can be run
-again), until the functions are replaced, a matter of milliseconds; CREATE OR REPLACE
-FUNCTION takes no lock a writer waits on. downgrade() drops careteam_write,
-careteam_care_team_as_of and the column, and puts back 20261128_care_team_periods's
-definitions.
+Online: one short transaction, then a concurrent index build. The new column (nullable,
+then its default: neither rewrites the table) takes the events' table lock, with a 5 s
+lock timeout (if a long transaction holds the table, the migration stops having changed
+nothing, and can be run again), until the functions are replaced, a matter of
+milliseconds; CREATE OR REPLACE FUNCTION takes no lock a writer waits on. The index on
+write ids is built CONCURRENTLY (it holds no row yet, but the build reads the table
+once). downgrade() drops the index, careteam_write, careteam_care_team_as_of and the
+column, and puts back 20261128_care_team_periods's definitions.
 
 Revision ID: 20261206_writes_in_one_statement
 Revises: 20261206_period_changes_by_index
@@ -50,7 +54,7 @@ from collections.abc import Sequence
 from alembic import op
 
 from src.config import get_settings
-from src.migration_runner import revision_module
+from src.migration_runner import drop_invalid_index, revision_module
 from src.models.care_team import EventType, PeriodRole
 
 revision: str = "20261206_writes_in_one_statement"
@@ -244,6 +248,7 @@ $$
 
 WRITE = "careteam_write(text, uuid, uuid, uuid, text, text, text, bigint[], text, uuid)"
 WRITE_ID = "nullif(current_setting('careteam.write_id', true), '')::uuid"
+WRITE_ID_INDEX = "ix_care_team_events_organization_id_write_id"
 
 # 2. above. p_if_version: the team's version as the caller read it ({last event number,
 # members' record versions}), or NULL. p_write_id: the write's id, on its events (3.).
@@ -268,12 +273,25 @@ DECLARE
 BEGIN
     PERFORM public.careteam_enter(p_org, p_key_hash);
     PERFORM pg_catalog.set_config('careteam.write_id', p_write_id::text, true);
+    -- The patient's lock, as the write function takes it (again: then at no cost).
+    PERFORM 1 FROM public.patients WHERE organization_id = p_org AND id = p_patient
+    FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'CT001', MESSAGE = 'patient not found';
+    END IF;
+    -- This very write is done already: an attempt the application lost ran after all
+    -- (before this one, or this is that attempt, running after the one that replaced
+    -- it). It changes nothing more; the team is its answer.
+    IF p_write_id IS NOT NULL AND EXISTS (
+        SELECT 1 FROM public.care_team_events AS e
+        WHERE e.organization_id = p_org AND e.write_id = p_write_id
+          AND e.patient_id = p_patient) THEN
+        RETURN QUERY
+        SELECT true, NULL::uuid, t.*
+        FROM public.careteam_care_team(p_org, p_patient, NULL) AS t;
+        RETURN;
+    END IF;
     IF p_if_version IS NOT NULL THEN
-        PERFORM 1 FROM public.patients WHERE organization_id = p_org AND id = p_patient
-        FOR NO KEY UPDATE;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION USING ERRCODE = 'CT001', MESSAGE = 'patient not found';
-        END IF;
         IF ARRAY[
             (SELECT coalesce(max(e.seq), 0) FROM public.care_team_events AS e
              WHERE e.organization_id = p_org AND e.patient_id = p_patient),
@@ -354,9 +372,23 @@ def upgrade() -> None:
     for signature in (WRITE, CARE_TEAM_AS_OF):
         op.execute(f"REVOKE ALL ON FUNCTION {signature} FROM PUBLIC")
         op.execute(f"GRANT EXECUTE ON FUNCTION {signature} TO {get_settings().app_db_role}")
+    with op.get_context().autocommit_block():
+        op.execute("SET lock_timeout = '5s'")
+        op.execute("SET statement_timeout = 0")
+        drop_invalid_index(WRITE_ID_INDEX)
+        op.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {WRITE_ID_INDEX} "
+            "ON care_team_events (organization_id, write_id) WHERE write_id IS NOT NULL"
+        )
+        op.execute("RESET lock_timeout")
+        op.execute("RESET statement_timeout")
 
 
 def downgrade() -> None:
+    with op.get_context().autocommit_block():
+        op.execute("SET lock_timeout = '5s'")
+        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {WRITE_ID_INDEX}")
+        op.execute("RESET lock_timeout")
     op.execute("SET LOCAL lock_timeout = '5s'")
     op.execute(f"DROP FUNCTION IF EXISTS {CARE_TEAM_AS_OF}")
     op.execute(f"DROP FUNCTION IF EXISTS {WRITE}")

@@ -122,6 +122,12 @@ class CareTeamEvent(Base):
         CheckConstraint(f"note IS NULL OR length(note) <= {NOTE_MAX_LENGTH}", name="note"),
         Index("uq_care_team_events_organization_id_seq", "organization_id", "seq", unique=True),
         Index(None, "organization_id", "patient_id", "seq"),
+        Index(
+            "ix_care_team_events_organization_id_write_id",
+            "organization_id",
+            "write_id",
+            postgresql_where=text("write_id IS NOT NULL"),
+        ),
     )
 
     # Internal only: one identity for all tenants. What tenants see is `seq`.

@@ -152,24 +152,6 @@ WRITE = Sql(
     "write_id",
 )
 
-# After a connection lost during a write: did that write commit? Its events carry its id.
-# First the patient's lock (a statement of its own), so that a write still running on
-# the server for that patient has ended, then the events.
-LOCK_PATIENT = Sql(
-    "SELECT 1 FROM patients WHERE organization_id = $1 AND id = $2 FOR NO KEY UPDATE",
-    "org",
-    "patient",
-)
-WRITTEN = Sql(
-    """
-    SELECT EXISTS (SELECT 1 FROM care_team_events
-                   WHERE organization_id = $1 AND patient_id = $2 AND write_id = $3)
-""",
-    "org",
-    "patient",
-    "write_id",
-)
-
 # The current team: careteam_care_team (migration 20261206_one_round_trip) sets the
 # tenant, checks the request's API key when it has one (request_key), and reads the
 # patient row with its members (names, `active`, `since`: the start of the open period)
@@ -384,17 +366,18 @@ class _PatientWrite:
     ) -> tuple[CareTeam, uuid.UUID | None]:
         """Run it (`op`: assign_primary, add_secondary, remove_member; `operation`: the
         service method, for logs) as its own transaction: the team after it, `changed`
-        set, and the previous primary careteam_write reports. After a connection lost
-        before its answer, the write's id on the events tells whether it committed: if
-        so, the team is read and returned; if not, nothing of it happened, and it runs
-        again (a write that changes nothing records no event, and running it again is
-        as harmless).
+        set, and the previous primary careteam_write reports.
 
         The statement is sent alone, in an implicit transaction, unless the request
         carries an Idempotency-Key (then run_in_transaction claims the key and stores
         the response around it, in an explicit one that checked the API key at BEGIN).
-        Its time starts with the patient's lock, so its tail is lock waits
-        (careteam_patient_lock_wait_seconds)."""
+        A connection lost before the answer leaves unknown whether it ran: it is sent
+        again, with the same write id, and careteam_write, finding that id on the
+        events under the patient's lock, changes nothing more and answers with the
+        team (a write that changes nothing records no event, and running it again is
+        as harmless). The time it takes starts with the patient's lock, so its tail is
+        mostly lock waits (careteam_patient_lock_wait_seconds: the whole statement).
+        """
         params = {
             "op": op,
             "org": self.org,
@@ -423,21 +406,14 @@ class _PatientWrite:
             previous[0] = rows[0]["previous_primary"]
             return dataclasses.replace(_team(self.patient, rows), changed=rows[0]["changed"])
 
-        async def settle(driver: Any) -> CareTeam | None:
-            await LOCK_PATIENT.fetchval(driver, params)
-            if not await WRITTEN.fetchval(driver, params):
-                return None
-            team = await _read_team(driver, self.org, self.patient)
-            return dataclasses.replace(team, changed=True)
-
         team = await run_in_transaction(
             db,
             operation=operation,
             organization_id=self.org,
             patient_id=self.patient,
             work=work,
-            verify=settle,
             one_statement=True,
+            runs_again_safely=True,
         )
         return team, previous[0]
 

@@ -388,6 +388,7 @@ async def run_in_transaction(
     verify: Callable[[Any], Awaitable[T | None]] | None = None,
     read_only: bool = False,
     one_statement: bool = False,
+    runs_again_safely: bool = False,
 ) -> T:
     """Run `work(connection)` as one transaction (tenant first, when given) and commit it.
 
@@ -410,8 +411,11 @@ async def run_in_transaction(
     runs again). Without `verify`, that case raises OutcomeUnknown, unless `read_only`
     (nothing to commit: it simply runs again), or unless the request carries an
     Idempotency-Key (src/services/idempotency.py): a write transaction claims the key
-    first and stores the response last, so the key tells whether it committed. Misuse
-    of the driver is a bug: never retried, logged at ERROR, answered as DatabaseError.
+    first and stores the response last, so the key tells whether it committed; or
+    unless `runs_again_safely`: `work`'s statement recognises an earlier attempt of
+    itself that committed, and then changes nothing more (careteam_write, by its write
+    id), so it simply runs again. Misuse of the driver is a bug: never retried, logged
+    at ERROR, answered as DatabaseError.
     """
     delay = FIRST_RETRY_DELAY_S
     must_verify = False
@@ -453,8 +457,9 @@ async def run_in_transaction(
             if failure is None:  # a domain error, a cancellation, or a bug: as it is
                 raise
             lost = failure is Failure.LOST
-            if lost and committing and not read_only:
-                if verify is None and idempotency.current() is None:
+            keyed = idempotency.current() is not None
+            if lost and committing and not read_only and (keyed or not runs_again_safely):
+                if verify is None and not keyed:
                     raise OutcomeUnknown(operation) from err
                 must_verify = True
             retryable = failure in (Failure.LOST, Failure.ROLLED_BACK)

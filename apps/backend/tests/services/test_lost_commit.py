@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.api.app import create_app
 from src.config import Settings
 from src.db import Database, open_database, pg_error_fields
+from src.services.care_team_service import WRITE
 from src.services.care_team_service import CareTeamService as Service
 from src.services.directory_service import DirectoryService
 from src.services.errors import OutcomeUnknown, ProviderAlreadyPrimary, ProviderNotOnCareTeam
@@ -168,8 +169,9 @@ class TestCommitLost:
                     db=db, organization_id=org, patient_id=patient, provider_id=p1
                 )
         assert cutter.cuts == 1
-        assert team.primary_provider_id == p1
-        assert "the change had committed before the connection was lost" in caplog.text
+        assert team.primary_provider_id == p1 and team.changed is True
+        # Sent again with its id, which careteam_write found on the events: nothing more.
+        assert "assign_primary_provider failed (lost); retry" in caplog.text
         async with proxied.sessionmaker() as db:
             assert await team_rows(db, org, patient) == {p1: True}
             assert await event_types(db, org, patient) == ["primary_assigned"]
@@ -291,6 +293,41 @@ class TestCommitLost:
                 )
             ).scalar_one()
         assert created == 1  # committed once, never twice
+
+
+class TestALateAttemptChangesNothing:
+    """An attempt the application lost may run on the server after the attempt that
+    replaced it: careteam_write finds its write id on the events, under the patient's
+    lock, and changes nothing more."""
+
+    async def test_the_same_write_id_twice_writes_once(self, database: Database):
+        async with database.sessionmaker() as db:
+            org, patient, (p1, p2, _) = await create_clinic(db)
+            await Service.assign_primary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p1
+            )
+            await Service.add_secondary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p2
+            )
+        write_id = uuid.uuid4()
+        statement = WRITE.text
+        args = ["remove_member", org, patient, p2, "late", "other", None, None, None, write_id]
+        async with database.sessionmaker() as db:
+            driver = (await (await db.connection()).get_raw_connection()).driver_connection
+            first = await driver.fetch(statement, *args)
+            again = await driver.fetch(statement, *args)  # would be CT005: not on the team
+            assert [r["provider_id"] for r in again] == [r["provider_id"] for r in first] == [p1]
+            assert again[0]["changed"] is True
+            assign = ["assign_primary", *args[1:3], p2, *args[4:9], write_id]
+            unchanged = await driver.fetch(statement, *assign)  # same id: nothing more
+            assert unchanged[0]["provider_id"] == p1
+        async with database.sessionmaker() as db:
+            assert await team_rows(db, org, patient) == {p1: True}
+            assert await event_types(db, org, patient) == [
+                "primary_assigned",
+                "secondary_added",
+                "provider_removed",
+            ]
 
 
 class TestACareTeamWriteIsOneStatement:
