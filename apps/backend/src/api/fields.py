@@ -285,19 +285,26 @@ def decode_time_uuid_cursor(cursor: str) -> tuple[datetime.datetime, uuid.UUID]:
 # --- instants and notes --------------------------------------------------------------------
 
 # RFC 3339 with its offset (Z or +hh:mm), from year 1900: an instant, never a local time.
+# As RFC 3339 allows: any number of digits after the second, and `t` and `z` in lower case.
 INSTANT_PATTERN = (
-    r"^(19|[2-9][0-9])[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
-    r"(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})$"
+    r"^(19|[2-9][0-9])[0-9]{2}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 )
 _INSTANT = re.compile(INSTANT_PATTERN)
+_MICROSECOND_DIGITS = 6  # what PostgreSQL keeps: finer digits are dropped
 
 
 def parse_instant(value: str) -> datetime.datetime:
-    """An RFC 3339 instant, e.g. 2026-03-01T09:30:00Z; ValueError otherwise."""
-    if not _INSTANT.fullmatch(value):
+    """An RFC 3339 instant, e.g. 2026-03-01T09:30:00Z; ValueError otherwise. Digits
+    finer than a microsecond are dropped (PostgreSQL keeps microseconds)."""
+    match = _INSTANT.fullmatch(value)
+    if not match:
         raise ValueError("must be an RFC 3339 instant with its offset, e.g. 2026-03-01T09:30:00Z")
+    fraction = (match.group(2) or "")[: 1 + _MICROSECOND_DIGITS]
+    text = value[: match.start(2)] if match.group(2) else value[: match.start(3)]
+    text = text.upper() + fraction + match.group(3).upper().replace("Z", "+00:00")
     try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return datetime.datetime.fromisoformat(text)
     except ValueError:
         raise ValueError("must be a real date and time, RFC 3339") from None
 
@@ -316,7 +323,10 @@ Instant = Annotated[
             "type": "string",
             "format": "date-time",
             "pattern": INSTANT_PATTERN,
-            "description": "An RFC 3339 instant with its offset (Z or +hh:mm), from 1900",
+            "description": (
+                "An RFC 3339 instant with its offset (Z or +hh:mm), from 1900; digits "
+                "finer than a microsecond are dropped"
+            ),
         }
     ),
 ]

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from src.api.fields import parse_instant
 from src.db import Database
 from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
 
@@ -237,6 +238,35 @@ class TestPanels:
         other = await make_tenant()
         theirs = (await client.get("/v1/reports/panels", headers=other.headers)).json()
         assert theirs == {"items": [], "patients_without_primary": 0}
+
+
+class TestInstants:
+    @pytest.mark.parametrize(
+        "as_of",
+        [
+            "2030-01-01T00:00:00.123456789Z",  # nanoseconds: dropped past the microsecond
+            "2030-01-01t00:00:00z",  # RFC 3339 allows lower case
+            "2030-01-01T01:00:00.5+01:00",
+        ],
+    )
+    async def test_every_rfc_3339_form_is_an_instant(
+        self, client: httpx.AsyncClient, tenant: Tenant, as_of: str
+    ):
+        patient = await post_patient(client, tenant)
+        provider = await post_provider(client, tenant)
+        url = f"/v1/patients/{patient}/care-team"
+        await client.put(f"{url}/primary", json={"provider_id": provider}, headers=tenant.headers)
+        r = await client.get(url, params={"as_of": as_of}, headers=tenant.headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["primary_provider_id"] == provider
+
+    def test_digits_past_the_microsecond_are_dropped(self):
+        assert parse_instant("2026-12-06T21:14:05.856603683Z") == datetime.datetime(
+            2026, 12, 6, 21, 14, 5, 856603, tzinfo=datetime.UTC
+        )
+        assert parse_instant("2026-12-06t21:14:05z") == datetime.datetime(
+            2026, 12, 6, 21, 14, 5, tzinfo=datetime.UTC
+        )
 
 
 class TestBadInput:
