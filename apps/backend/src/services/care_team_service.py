@@ -413,7 +413,6 @@ class _PatientWrite:
             patient_id=self.patient,
             work=work,
             one_statement=True,
-            runs_again_safely=True,
         )
         return team, previous[0]
 

@@ -388,7 +388,6 @@ async def run_in_transaction(
     verify: Callable[[Any], Awaitable[T | None]] | None = None,
     read_only: bool = False,
     one_statement: bool = False,
-    runs_again_safely: bool = False,
 ) -> T:
     """Run `work(connection)` as one transaction (tenant first, when given) and commit it.
 
@@ -397,25 +396,25 @@ async def run_in_transaction(
     BEGIN/COMMIT, and so does a `one_statement` unit that runs alone (runs_alone): `work`
     sends a single statement that sets the tenant itself (careteam_care_team,
     careteam_write), in an implicit transaction, which commits where the statement
-    ends; `organization_id` then only names the tenant in logs. Raises
+    ends; `organization_id` then only names the tenant in logs. A one-statement write
+    must recognise an earlier attempt of itself that committed, and then change nothing
+    more (careteam_write does, by its write id): sent alone, its statement is its
+    COMMIT, and a connection lost during it is simply retried. Raises
     SessionInTransaction if the session has a transaction open.
 
     On any failure it rolls back: domain errors are re-raised as they are, database
     errors become domain errors (never a raw driver exception). It retries, a bounded
     number of times with a growing delay, only when the transaction certainly did not
     commit: PostgreSQL rolled it back (serialization failure, deadlock), or the
-    connection was lost before COMMIT was sent. A connection lost during COMMIT (or
-    during a write's one statement, alone) leaves the outcome unknown: then `verify`,
-    in a new transaction, looks at the data: it
+    connection was lost before COMMIT was sent (or during a one-statement write, which
+    runs again safely, above). A connection lost during COMMIT leaves the outcome
+    unknown: then `verify`, in a new transaction, looks at the data: it
     returns the result if the change is in place, or None if it is not (then `work`
     runs again). Without `verify`, that case raises OutcomeUnknown, unless `read_only`
     (nothing to commit: it simply runs again), or unless the request carries an
     Idempotency-Key (src/services/idempotency.py): a write transaction claims the key
-    first and stores the response last, so the key tells whether it committed; or
-    unless `runs_again_safely`: `work`'s statement recognises an earlier attempt of
-    itself that committed, and then changes nothing more (careteam_write, by its write
-    id), so it simply runs again. Misuse of the driver is a bug: never retried, logged
-    at ERROR, answered as DatabaseError.
+    first and stores the response last, so the key tells whether it committed. Misuse
+    of the driver is a bug: never retried, logged at ERROR, answered as DatabaseError.
     """
     delay = FIRST_RETRY_DELAY_S
     must_verify = False
@@ -427,9 +426,8 @@ async def run_in_transaction(
         committing = False
         unit = _Unit(db)
         try:
+            driver = await unit.begin(tenant, explicit=explicit)
             if must_verify:
-                # A transaction of its own, with the tenant (a unit sent alone has none).
-                driver = await unit.begin(organization_id, explicit=True)
                 done = await _settle(driver, organization_id, verify)
                 await unit.commit()
                 if done is not None:
@@ -438,10 +436,7 @@ async def run_in_transaction(
                     )
                     return done
                 must_verify = False
-            driver = await unit.begin(tenant, explicit=explicit)
-            # A write sent alone commits with its statement: from then on, a lost
-            # connection leaves its outcome unknown.
-            committing = alone and not read_only
+                driver = await unit.begin(tenant, explicit=explicit)
             result = await _keyed(driver, None if read_only else organization_id, work)
             committing = True
             await unit.commit()
@@ -457,9 +452,8 @@ async def run_in_transaction(
             if failure is None:  # a domain error, a cancellation, or a bug: as it is
                 raise
             lost = failure is Failure.LOST
-            keyed = idempotency.current() is not None
-            if lost and committing and not read_only and (keyed or not runs_again_safely):
-                if verify is None and not keyed:
+            if lost and committing and not read_only:
+                if verify is None and idempotency.current() is None:
                     raise OutcomeUnknown(operation) from err
                 must_verify = True
             retryable = failure in (Failure.LOST, Failure.ROLLED_BACK)

@@ -41,8 +41,8 @@ def test_migration_scale_benchmark_runs_and_leaves_the_rule_in_force():
     # Every seeded duplicate was either demoted by the migration (with an event) or
     # fixed earlier by the concurrent writer assigning that patient a new primary.
     assert 0 < figures["after"]["migration_dedupe_events"] <= figures["patients_with_two_primaries"]
-    assert figures["migration"]["writer"]["errors"] == 0
-    assert figures["baseline"]["writer"]["errors"] == 0
+    assert figures["migration"]["writer"]["errors"] == 0, figures["migration"]["writer"]
+    assert figures["baseline"]["writer"]["errors"] == 0, figures["baseline"]["writer"]
     assert figures["diagnostic"]["script_peak_rss_mb"] > 0
     # The periods were built while the writer wrote, and say what the care teams say.
     assert figures["periods_backfill"]["writer"]["errors"] == 0
