@@ -300,9 +300,14 @@ def parse_instant(value: str) -> datetime.datetime:
         raise ValueError("must be an RFC 3339 instant with its offset, e.g. 2026-03-01T09:30:00Z")
     try:
         # Python 3.11+ reads `Z` and any number of digits, keeping microseconds.
-        return datetime.datetime.fromisoformat(value.upper())
+        instant = datetime.datetime.fromisoformat(value.upper())
     except ValueError:
         raise ValueError("must be a real date and time, RFC 3339") from None
+    try:
+        instant.astimezone(datetime.UTC)  # 9999-12-31T23:59:59-01:00 is past year 9999
+    except OverflowError:
+        raise ValueError("must be an instant before the year 10000 (UTC)") from None
+    return instant
 
 
 def _instant_string(value: object) -> datetime.datetime:

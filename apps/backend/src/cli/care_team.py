@@ -279,10 +279,10 @@ def panel_transfer(
         org, result = _as_tenant(organization, ("providers", source), transfer)
     if as_json:
         print_json({"organization_id": org, **asdict(result)})
-        return
-    if result.dry_run:
+    elif result.dry_run:
         console.print(
-            f"DRY RUN (organization {org}): {result.moved:,} of {result.remaining:,} patient(s) "
+            f"DRY RUN (organization {org}): {result.moved:,} of "
+            f"{result.moved + result.remaining:,} patient(s) "
             f"would move from provider {source} to provider {target}"
             + (
                 f"; {result.refused_capacity:,} would not fit its capacity"
@@ -293,21 +293,21 @@ def panel_transfer(
             highlight=False,
             soft_wrap=True,
         )
-        return
-    console.print(
-        f"Moved {result.moved:,} patient(s) from provider {source} to provider {target} "
-        f"(organization {org}); {result.remaining:,} left"
-        + (
-            f", of which {result.refused_capacity:,} did not fit its capacity (raise it, then "
-            "run again)"
-            if result.refused_capacity
-            else ""
+    else:
+        console.print(
+            f"Moved {result.moved:,} patient(s) from provider {source} to provider {target} "
+            f"(organization {org}); {result.remaining:,} left"
+            + (
+                f", of which {result.refused_capacity:,} did not fit its capacity (raise it, "
+                "then run again)"
+                if result.refused_capacity
+                else ""
+            )
+            + ".",
+            highlight=False,
+            soft_wrap=True,
         )
-        + ".",
-        highlight=False,
-        soft_wrap=True,
-    )
-    if result.remaining:
+    if result.remaining and not result.dry_run:  # with --json too
         raise typer.Exit(1)
 
 

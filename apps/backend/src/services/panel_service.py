@@ -60,7 +60,7 @@ class PanelEntry:
 class TransferResult:
     dry_run: bool
     moved: int  # moved now (or, in a dry run, that would move)
-    remaining: int  # primary patients the source provider still has
+    remaining: int  # primary patients the source provider still has (would still have)
     refused_capacity: int  # of those, the ones the target's capacity left out
 
 
@@ -254,7 +254,8 @@ class PanelService:
             patients, room = plan
             if dry_run:
                 moved = patients if room is None else min(patients, room)
-                return TransferResult(True, moved, patients, patients - moved)
+                # What the run would answer: the patients left, all for want of room.
+                return TransferResult(True, moved, patients - moved, patients - moved)
             moved = 0
             # Each batch moves what is still the source's; a batch can find nothing left to
             # move in what it picked (another writer got there first): then the next one goes

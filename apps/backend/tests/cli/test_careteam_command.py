@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.config import BACKEND_DIR
 from src.embedded import Supervisor, release_embedded_server, start_embedded_server
 from src.services.care_team_service import CareTeamService
+from src.services.directory_service import DirectoryService
 from tests.helpers import FreshDatabase, create_clinic, create_patient, http_json, start_serve
 from tests.helpers import free_port as _free_port
 
@@ -608,6 +609,28 @@ class TestCareTeamsAndPanels:
         ]
         again = careteam(*args, "--execute")
         assert again.returncode == 0 and "Moved 0 patient(s)" in again.stdout
+
+    async def test_a_transfer_the_capacity_cuts_short_exits_1_with_json_too(
+        self, clinic: tuple[Any, ...], db: AsyncSession
+    ):
+        org, _, (leaving, taking) = clinic
+        await DirectoryService.update_provider(
+            db=db, organization_id=org, provider_id=taking, panel_capacity=1
+        )
+        args = ("panel", "transfer", str(leaving), str(taking), "--reason", "provider_left")
+        dry = careteam(*args, "--json")
+        assert dry.returncode == 0, dry.stderr  # a dry run answers; it has nothing left
+        assert json.loads(dry.stdout)["remaining"] == 2  # what the run would leave
+        assert "1 of 3 patient(s) would move" in careteam(*args).stdout
+        done = careteam(*args, "--execute", "--json")
+        assert done.returncode == 1, done.stdout
+        assert json.loads(done.stdout) == {
+            "organization_id": str(org),
+            "dry_run": False,
+            "moved": 1,
+            "remaining": 2,
+            "refused_capacity": 2,
+        }
 
     def test_transfer_refusals_are_one_line(self, clinic: tuple[Any, ...]):
         _, _, (leaving, _) = clinic
