@@ -47,6 +47,7 @@ from src.services.errors import (
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+FHIR_JSON = "application/fhir+json"
 TYPE_PREFIX = "urn:careteam:problem:"
 INSTANCE_PREFIX = "urn:careteam:request:"
 
@@ -85,21 +86,37 @@ def unauthorized() -> ApiError:
     )
 
 
-# Service errors by base class, first match wins.
-STATUS_BY_ERROR: list[tuple[type[CareTeamError], int]] = [
-    (ApiKeyNotLive, 401),
-    (NotFoundError, 404),
-    (InvalidArgument, 422),
-    (ConflictError, 409),
-    (PreconditionFailed, 412),
-    (DatabaseBusy, 503),
-    (DatabaseUnavailable, 503),
-    (DatabaseError, 500),
+@dataclass(frozen=True)
+class Answer:
+    """How a service error is answered: its HTTP status (a problem on /v1, an
+    OperationOutcome on /fhir/R4), and the OperationOutcome's issue type (FHIR R4
+    IssueType)."""
+
+    status: int
+    fhir_issue: str
+
+
+# The one table from service errors to answers, /v1 and FHIR alike: by base class, first
+# match wins; any other CareTeamError is a 500.
+ANSWERS: list[tuple[type[CareTeamError], Answer]] = [
+    (ApiKeyNotLive, Answer(401, "login")),
+    (NotFoundError, Answer(404, "not-found")),
+    (InvalidArgument, Answer(422, "invalid")),
+    (ConflictError, Answer(409, "conflict")),
+    (PreconditionFailed, Answer(412, "conflict")),
+    (DatabaseBusy, Answer(503, "transient")),
+    (DatabaseUnavailable, Answer(503, "transient")),
+    (DatabaseError, Answer(500, "exception")),
 ]
+UNEXPECTED = Answer(500, "exception")
+
+
+def answer_of(error: type[CareTeamError]) -> Answer:
+    return next((answer for cls, answer in ANSWERS if issubclass(error, cls)), UNEXPECTED)
 
 
 def status_of(error: type[CareTeamError]) -> int:
-    return next((status for cls, status in STATUS_BY_ERROR if issubclass(error, cls)), 500)
+    return answer_of(error).status
 
 
 # --- the body ----------------------------------------------------------------------------
@@ -205,16 +222,27 @@ def field_problems(exc: RequestValidationError) -> list[dict[str, str]]:
 # --- handlers ------------------------------------------------------------------------------
 
 
+FHIR_PREFIX = "/fhir/"
+
+
+def is_fhir(request: Request) -> bool:
+    """Whether the request is FHIR's (answered with OperationOutcomes)."""
+    return request.url.path.startswith(FHIR_PREFIX)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CareTeamError)
     async def domain_error(request: Request, exc: CareTeamError) -> Response:
-        status = status_of(type(exc))
+        answer = answer_of(type(exc))
+        status = answer.status
         headers = {}
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
         if isinstance(exc, ApiKeyNotLive):
             headers.update(unauthorized().headers)
+        if is_fhir(request):
+            return operation_outcome(status, answer.fhir_issue, exc.message, headers)
         errors = None
         if isinstance(exc, InvalidArgument):
             errors = [{"location": "body", "field": exc.field, "detail": exc.message}]
@@ -288,6 +316,18 @@ def install_error_handlers(app: FastAPI) -> None:
             INTERNAL_ERROR.title,
             "internal error; the request id is in the logs",
         )
+
+
+def operation_outcome(
+    status: int, issue: str, diagnostics: str, headers: dict[str, str] | None = None
+) -> Response:
+    """A FHIR OperationOutcome with one error issue (`issue`: its IssueType code)."""
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": issue, "diagnostics": diagnostics}],
+    }
+    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(content, status_code=status, headers=headers, media_type=FHIR_JSON)
 
 
 def allowed_methods(app: Any, scope: MutableMapping[str, Any]) -> str:

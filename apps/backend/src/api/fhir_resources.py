@@ -14,11 +14,11 @@ from typing import Any
 
 from fastapi import Response
 
+from src.api.errors import FHIR_JSON, operation_outcome
 from src.services.care_team_service import CareTeamPeriodRecord
 from src.services.directory_service import PatientRecord, ProviderRecord
 from src.services.fhir_service import TeamRecord
 
-FHIR_JSON = "application/fhir+json"
 FHIR_VERSION = "4.0.1"
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 SNOMED = "http://snomed.info/sct"
@@ -46,18 +46,14 @@ def fhir_response(body: dict[str, Any], status: int = 200) -> Response:
 
 
 def outcome(error: FhirError) -> Response:
-    body = {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": error.code, "diagnostics": error.diagnostics}],
-    }
-    response = fhir_response(body, error.status)
+    """The FHIR layer's own refusals (a malformed search, an unknown path) as an
+    OperationOutcome; service errors reach it through src/api/errors.py's ANSWERS."""
+    headers = {}
     if error.status == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"
+        headers["WWW-Authenticate"] = "Bearer"
     if error.status == 405:
-        response.headers["Allow"] = "GET, HEAD"
-    if error.status == 503:
-        response.headers["Retry-After"] = "1"
-    return response
+        headers["Allow"] = "GET, HEAD"
+    return operation_outcome(error.status, error.code, error.diagnostics, headers)
 
 
 def _instant(at: datetime.datetime) -> str:

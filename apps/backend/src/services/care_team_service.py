@@ -31,27 +31,15 @@ import datetime
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.metrics import ASSIGNMENTS, LOCK_WAIT
 from src.models import NOTE_MAX_LENGTH, ChangeReason, PeriodRole
 from src.services import request_key
-from src.services.errors import (
-    CareTeamError,
-    InvalidArgument,
-    PanelFull,
-    PatientNotFound,
-    PreconditionFailed,
-    ProviderAlreadyPrimary,
-    ProviderInactive,
-    ProviderNotOnCareTeam,
-    ProviderReferenceNotFound,
-)
+from src.services.errors import CareTeamError, InvalidArgument, PatientNotFound, Subject
 from src.services.transaction import Sql, run_in_transaction, runs_alone
 
 logger = logging.getLogger(__name__)
@@ -309,30 +297,6 @@ def change_reason(reason: ChangeReason | str | None, note: str | None) -> tuple[
     return value, note
 
 
-# The database functions' errors (SQLSTATE class CT), as the service's.
-def write_error(
-    err: asyncpg.PostgresError,
-    patient: uuid.UUID,
-    provider: uuid.UUID,
-    *,
-    provider_field: str = "provider_id",
-) -> CareTeamError | None:
-    """The domain error a write function raised, or None (not one of ours)."""
-    code = getattr(err, "sqlstate", None)
-    detail = getattr(err, "detail", None) or ""
-    errors: dict[str, Callable[[], CareTeamError]] = {
-        "CT001": lambda: PatientNotFound(patient),
-        "CT002": lambda: ProviderReferenceNotFound(provider, field=provider_field),
-        "CT003": lambda: ProviderInactive(provider),
-        "CT004": lambda: ProviderAlreadyPrimary(patient, provider),
-        "CT005": lambda: ProviderNotOnCareTeam(patient, provider),
-        "CT006": lambda: PanelFull(provider, detail),
-        "CT008": lambda: PreconditionFailed(f"the care team of patient {patient}"),
-    }
-    make = errors.get(code or "")
-    return None if make is None else make()
-
-
 @dataclass
 class _PatientWrite:
     """One write to one patient's team: careteam_write, which returns the team after it.
@@ -396,11 +360,6 @@ class _PatientWrite:
             started = time.perf_counter()
             try:
                 rows = await WRITE.fetch(driver, params)
-            except asyncpg.PostgresError as err:
-                mapped = write_error(err, self.patient, self.provider)
-                if mapped is None:
-                    raise
-                raise mapped from None
             finally:
                 LOCK_WAIT.observe(time.perf_counter() - started)
             previous[0] = rows[0]["previous_primary"]
@@ -410,7 +369,7 @@ class _PatientWrite:
             db,
             operation=operation,
             organization_id=self.org,
-            patient_id=self.patient,
+            subject=Subject(patient_id=self.patient, provider_id=self.provider),
             work=work,
             one_statement=True,
         )
@@ -589,7 +548,7 @@ class CareTeamService:
             db,
             operation="get_care_team",
             organization_id=organization_id,
-            patient_id=patient_id,
+            subject=Subject(patient_id=patient_id),
             work=lambda driver: _read_team(driver, organization_id, patient_id, as_of, alone=True),
             read_only=True,
             one_statement=True,  # SELECT_TEAM and SELECT_TEAM_AS_OF set the tenant
@@ -624,7 +583,7 @@ class CareTeamService:
             db,
             operation="get_care_team_history",
             organization_id=organization_id,
-            patient_id=patient_id,
+            subject=Subject(patient_id=patient_id),
             work=work,
             read_only=True,
         )
@@ -664,7 +623,7 @@ class CareTeamService:
             db,
             operation="get_care_team_periods",
             organization_id=organization_id,
-            patient_id=patient_id,
+            subject=Subject(patient_id=patient_id),
             work=work,
             read_only=True,
         )

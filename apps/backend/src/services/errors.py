@@ -1,13 +1,37 @@
 """Domain errors of the service layer.
 
 Every error a caller can meet is a CareTeamError with a stable `code` and a message that
-carries ids only (never names or dates of birth). The HTTP layer maps them in one place;
-no raw driver exception leaves the service.
+carries ids only (never names or dates of birth). The HTTP layer maps them in one place
+(src/api/errors.py: ANSWERS); no raw driver exception leaves the service.
+
+The database code raises its own errors with SQLSTATEs of class CT. Their one list is
+`sql/errcodes.csv` (SQLSTATE, the domain error it becomes, what it means), read here
+into DATABASE_ERRORS; the SQL files raise only codes listed there (a test holds both
+sides to it). An error raised by the database names no ids of its own: the statement's
+Subject (the patient, the provider it named) supplies them.
 """
 
 from __future__ import annotations
 
+import csv
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+ERRCODES_FILE = Path(__file__).resolve().parents[2] / "sql" / "errcodes.csv"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a database statement acted on: the ids its errors name."""
+
+    patient_id: uuid.UUID | None = None
+    provider_id: uuid.UUID | None = None
+    provider_field: str = "provider_id"  # the request field that named the provider
+
+
+NO_SUBJECT = Subject()
 
 
 class CareTeamError(Exception):
@@ -20,6 +44,12 @@ class CareTeamError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        """The error as the database raised it (its SQLSTATE in sql/errcodes.csv), about
+        `subject`; `detail` is the error's DETAIL. Each class the list names defines it."""
+        raise NotImplementedError(f"{cls.__name__} is not raised by the database")
 
 
 class NotFoundError(CareTeamError):
@@ -38,6 +68,10 @@ class PatientNotFound(NotFoundError):
         super().__init__(f"patient {patient_id} not found in this organization")
         self.patient_id = patient_id
 
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        return cls(_required(subject.patient_id))
+
 
 class ProviderNotFound(NotFoundError):
     code = "provider_not_found"
@@ -54,6 +88,10 @@ class ProviderNotOnCareTeam(NotFoundError):
 
     def __init__(self, patient_id: uuid.UUID, provider_id: uuid.UUID) -> None:
         super().__init__(f"provider {provider_id} is not on the care team of patient {patient_id}")
+
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        return cls(_required(subject.patient_id), _required(subject.provider_id))
 
 
 class InvalidArgument(CareTeamError):
@@ -87,6 +125,10 @@ class ProviderReferenceNotFound(InvalidReference):
         super().__init__(f"provider {provider_id} not found in this organization", field=field)
         self.provider_id = provider_id
 
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        return cls(_required(subject.provider_id), field=subject.provider_field)
+
 
 class ConflictError(CareTeamError):
     """The request contradicts the current state."""
@@ -102,6 +144,10 @@ class ProviderInactive(ConflictError):
     def __init__(self, provider_id: uuid.UUID) -> None:
         super().__init__(f"provider {provider_id} is inactive and cannot join a care team")
 
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        return cls(_required(subject.provider_id))
+
 
 class ProviderAlreadyPrimary(ConflictError):
     code = "provider_already_primary"
@@ -112,6 +158,10 @@ class ProviderAlreadyPrimary(ConflictError):
             f"provider {provider_id} is the primary provider of patient {patient_id}; "
             "assign another primary first to make it a secondary"
         )
+
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        return cls(_required(subject.patient_id), _required(subject.provider_id))
 
 
 class PanelFull(ConflictError):
@@ -124,6 +174,10 @@ class PanelFull(ConflictError):
         counts = f" ({detail} patients)" if detail else ""
         super().__init__(f"provider {provider_id}'s panel is full{counts}")
         self.provider_id = provider_id
+
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        return cls(_required(subject.provider_id), detail)
 
 
 class ProviderHasPatients(ConflictError):
@@ -218,6 +272,10 @@ class ApiKeyNotLive(CareTeamError):
     def __init__(self) -> None:
         super().__init__("missing, malformed or revoked API key")
 
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        return cls()
+
 
 class IdentifierTaken(ConflictError):
     """Another patient of the organization already has this identifier."""
@@ -250,6 +308,10 @@ class PreconditionFailed(CareTeamError):
             f"{what} changed since the version If-Match names; read it again and retry"
         )
 
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        return cls(f"the care team of patient {_required(subject.patient_id)}")
+
 
 class IdempotencyKeyReused(ConflictError):
     """An Idempotency-Key already used for a different request: the key is bound to that
@@ -275,3 +337,35 @@ class IdempotencyKeyInProgress(ConflictError):
         super().__init__(
             "the request first sent with this Idempotency-Key is still running; retry shortly"
         )
+
+
+def _required(value: uuid.UUID | None) -> uuid.UUID:
+    """An id the statement's Subject must name for the error it raised."""
+    if value is None:
+        raise ValueError("the statement's Subject does not name what its error is about")
+    return value
+
+
+def _subclasses(cls: type[CareTeamError]) -> list[type[CareTeamError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _subclasses(sub)
+    return found
+
+
+def _read_errcodes() -> dict[str, type[CareTeamError]]:
+    classes = {cls.__name__: cls for cls in _subclasses(CareTeamError)}
+    with ERRCODES_FILE.open(newline="", encoding="utf-8") as listing:
+        return {row["sqlstate"]: classes[row["domain_error"]] for row in csv.DictReader(listing)}
+
+
+# SQLSTATE -> the domain error it becomes (sql/errcodes.csv).
+DATABASE_ERRORS = _read_errcodes()
+
+
+def from_database(
+    sqlstate: str | None, detail: str | None, subject: Subject
+) -> CareTeamError | None:
+    """The domain error for an error our database code raised, or None (not one of ours)."""
+    cls = DATABASE_ERRORS.get(sqlstate or "")
+    return None if cls is None else cls.from_database(subject, detail or "")

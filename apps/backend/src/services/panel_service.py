@@ -20,13 +20,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.models import ChangeReason, PeriodRole
 from src.services import idempotency
-from src.services.care_team_service import change_reason, write_error
-from src.services.errors import InvalidArgument, ProviderNotFound, ProviderReferenceNotFound
+from src.services.care_team_service import change_reason
+from src.services.errors import (
+    InvalidArgument,
+    ProviderNotFound,
+    ProviderReferenceNotFound,
+    Subject,
+)
 from src.services.transaction import Sql, run_in_transaction
 
 logger = logging.getLogger(__name__)
@@ -321,15 +325,7 @@ class PanelService:
     @staticmethod
     async def _transfer_batch(db: AsyncSession, org: uuid.UUID, params: dict[str, Any]) -> Any:
         async def work(driver: Any) -> Any:
-            try:
-                return await TRANSFER_BATCH.fetchrow(driver, params)
-            except asyncpg.PostgresError as err:
-                mapped = write_error(
-                    err, params["to"], params["to"], provider_field="to_provider_id"
-                )
-                if mapped is None:
-                    raise
-                raise mapped from None
+            return await TRANSFER_BATCH.fetchrow(driver, params)
 
         # A batch whose COMMIT was lost is simply run again: it moves only what is still
         # the source's, so a batch that did commit finds its patients gone (the count of
@@ -338,7 +334,13 @@ class PanelService:
             return None
 
         return await run_in_transaction(
-            db, operation="transfer_panel", organization_id=org, work=work, verify=verify
+            db,
+            operation="transfer_panel",
+            organization_id=org,
+            # The batch's errors are about the target provider (careteam_transfer_batch).
+            subject=Subject(provider_id=params["to"], provider_field="to_provider_id"),
+            work=work,
+            verify=verify,
         )
 
     @staticmethod

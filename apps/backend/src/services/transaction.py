@@ -26,6 +26,7 @@ from src.metrics import INDEX_REFUSALS
 from src.models import UNIQUE_PRIMARY_INDEX
 from src.services import idempotency, request_key
 from src.services.errors import (
+    NO_SUBJECT,
     ApiKeyNotLive,
     CareTeamError,
     DatabaseBusy,
@@ -33,6 +34,8 @@ from src.services.errors import (
     DatabaseUnavailable,
     OutcomeUnknown,
     PrimaryProviderConflict,
+    Subject,
+    from_database,
 )
 
 logger = logging.getLogger(__name__)
@@ -197,29 +200,33 @@ def translate(
     *,
     operation: str,
     organization_id: uuid.UUID | None,
-    patient_id: uuid.UUID | None,
+    subject: Subject,
 ) -> CareTeamError:
-    """The domain error for a database failure the operation could not recover from."""
+    """The domain error for a database failure the operation could not recover from:
+    an error our database code raised (sql/errcodes.csv, about `subject`), a refusal by
+    the one-primary index, or what the failure's kind says (busy, unavailable, a bug)."""
     sqlstate, constraint = pg_error_fields(err)
     ids = {
         "operation": operation,
         "organization_id": str(organization_id) if organization_id else None,
-        "patient_id": str(patient_id) if patient_id else None,
+        "patient_id": str(subject.patient_id) if subject.patient_id else None,
         "sqlstate": sqlstate,
     }
-    if sqlstate == _KEY_NOT_LIVE:
+    ours = from_database(sqlstate, _detail(err), subject)
+    if isinstance(ours, ApiKeyNotLive):
         key_hash = request_key.current()
         if key_hash is not None:
             request_key.forget(key_hash)
         logger.info(
             "API key no longer live during %s", operation, extra={"event": "key_not_live", **ids}
         )
-        return ApiKeyNotLive()
+    if ours is not None:
+        return ours
     if (
         sqlstate == "23505"
         and constraint == UNIQUE_PRIMARY_INDEX
         and organization_id is not None
-        and patient_id is not None
+        and subject.patient_id is not None
     ):
         INDEX_REFUSALS.inc()
         logger.warning(
@@ -228,7 +235,7 @@ def translate(
             UNIQUE_PRIMARY_INDEX,
             operation,
             organization_id,
-            patient_id,
+            subject.patient_id,
             extra={
                 "event": "primary_provider_conflict",
                 "index": UNIQUE_PRIMARY_INDEX,
@@ -236,7 +243,7 @@ def translate(
                 **ids,
             },
         )
-        return PrimaryProviderConflict(organization_id, patient_id)
+        return PrimaryProviderConflict(organization_id, subject.patient_id)
     if failure is Failure.BUSY:
         logger.warning(
             "database busy during %s sqlstate=%s",
@@ -273,6 +280,15 @@ def translate(
             extra={"event": "database_error", **ids},
         )
     return DatabaseError(f"database refused {operation} (sqlstate {sqlstate}); nothing changed")
+
+
+def _detail(err: BaseException) -> str | None:
+    """The DETAIL of the PostgreSQL error behind `err`, if any."""
+    for cause in chain(err):
+        detail = getattr(cause, "detail", None)
+        if isinstance(detail, str):
+            return detail
+    return None
 
 
 # --- the transaction ------------------------------------------------------------------------
@@ -384,7 +400,7 @@ async def run_in_transaction(
     operation: str,
     work: Callable[[Any], Awaitable[T]],
     organization_id: uuid.UUID | None = None,
-    patient_id: uuid.UUID | None = None,
+    subject: Subject = NO_SUBJECT,
     verify: Callable[[Any], Awaitable[T | None]] | None = None,
     read_only: bool = False,
     one_statement: bool = False,
@@ -465,7 +481,7 @@ async def run_in_transaction(
                     failure,
                     operation=operation,
                     organization_id=organization_id,
-                    patient_id=patient_id,
+                    subject=subject,
                 ) from err
             logger.warning(
                 "%s failed (%s); retry %d/%d in %.1fs",

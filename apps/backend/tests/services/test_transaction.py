@@ -21,7 +21,13 @@ from src.config import Settings
 from src.db import Database, open_database
 from src.services import care_team_service, directory_service, organization_service, request_key
 from src.services.care_team_service import CareTeamService as Service
-from src.services.errors import ApiKeyNotLive, DatabaseError, PatientNotFound, ProviderInactive
+from src.services.errors import (
+    NO_SUBJECT,
+    ApiKeyNotLive,
+    DatabaseError,
+    PatientNotFound,
+    ProviderInactive,
+)
 from src.services.organization_service import hash_api_key
 from src.services.transaction import (
     Failure,
@@ -331,7 +337,7 @@ class TestARefusedKeyIsNotARefusedLogin:
 
     def translated(self, err: Exception) -> Exception:
         return translate(
-            err, classify(err), operation="test", organization_id=None, patient_id=None
+            err, classify(err), operation="test", organization_id=None, subject=NO_SUBJECT
         )
 
     def test_a_refused_login_is_a_database_error(self):

@@ -14,7 +14,6 @@ import datetime
 import re
 import unicodedata
 import uuid
-from collections.abc import Awaitable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -36,13 +35,6 @@ from src.api.fhir_resources import (
 from src.api.fields import UUID_CURSOR_PATTERN, decode_uuid_cursor, encode_uuid_cursor
 from src.config import get_settings
 from src.services.directory_service import DirectoryService, Identifier
-from src.services.errors import (
-    ApiKeyNotLive,
-    CareTeamError,
-    DatabaseBusy,
-    DatabaseUnavailable,
-    NotFoundError,
-)
 from src.services.fhir_service import CareTeamFilter, FhirService
 from src.services.organization_service import OrganizationService
 
@@ -77,25 +69,11 @@ async def _organization(request: Request, db: DB) -> uuid.UUID:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise FhirError(401, "login", "an API key is required: Authorization: Bearer ctk_...")
-    found = await _service(OrganizationService.authenticate(db=db, api_key=key.strip()))
+    found = await OrganizationService.authenticate(db=db, api_key=key.strip())
     if found is None:
         raise FhirError(401, "login", "missing, malformed or revoked API key")
     request.state.organization_id = str(found.organization_id)
     return found.organization_id
-
-
-async def _service(call: Awaitable[T]) -> T:
-    """A service call; its errors as FHIR's (another tenant's id is unknown: 404)."""
-    try:
-        return await call
-    except NotFoundError as err:
-        raise FhirError(404, "not-found", err.message) from None
-    except ApiKeyNotLive as err:  # revoked since this process first saw the key
-        raise FhirError(401, "login", err.message) from None
-    except (DatabaseBusy, DatabaseUnavailable) as err:
-        raise FhirError(503, "transient", err.message) from None
-    except CareTeamError as err:
-        raise FhirError(500, "exception", err.message) from None
 
 
 def _check_format(request: Request) -> None:
@@ -285,7 +263,7 @@ async def read_care_team(team_id: str, request: Request, db: DB) -> Response:
     _check_format(request)
     org = await _organization(request, db)
     patient = _path_id("CareTeam", team_id)
-    team = await _service(FhirService.care_team(db=db, organization_id=org, patient_id=patient))
+    team = await FhirService.care_team(db=db, organization_id=org, patient_id=patient)
     if team is None:
         raise FhirError(404, "not-found", f"CareTeam/{team_id} not found")
     return fhir_response(care_team_resource(team, org))
@@ -316,17 +294,15 @@ async def search_care_teams(request: Request, db: DB) -> Response:
     count, after = query.count(), query.cursor()
     if len(patients) > 1 or statuses == frozenset():  # nothing can match all of it
         return _page(request, query, "CareTeam", found=[], count=count, resources=[])
-    teams = await _service(
-        FhirService.search_care_teams(
-            db=db, organization_id=org, where=where, limit=count + 1, after=after
-        )
+    teams = await FhirService.search_care_teams(
+        db=db, organization_id=org, where=where, limit=count + 1, after=after
     )
     page = teams[:count]
     includes: list[dict[str, Any]] = []
     if with_practitioners:
         members = sorted({p.provider_id for t in page for p in t.periods}, key=str)
-        records = await _service(
-            DirectoryService.get_providers(db=db, organization_id=org, provider_ids=members)
+        records = await DirectoryService.get_providers(
+            db=db, organization_id=org, provider_ids=members
         )
         includes = [practitioner_resource(r) for r in records]
     resources = [care_team_resource(t, org) for t in page]
@@ -349,12 +325,8 @@ async def read_patient(patient_id: str, request: Request, db: DB) -> Response:
     _check_format(request)
     org = await _organization(request, db)
     ident = _path_id("Patient", patient_id)
-    record = await _service(
-        DirectoryService.get_patient(db=db, organization_id=org, patient_id=ident)
-    )
-    primaries = await _service(
-        FhirService.primaries_of(db=db, organization_id=org, patients=[ident])
-    )
+    record = await DirectoryService.get_patient(db=db, organization_id=org, patient_id=ident)
+    primaries = await FhirService.primaries_of(db=db, organization_id=org, patients=[ident])
     return fhir_response(patient_resource(record, org, primaries.get(ident)))
 
 
@@ -381,21 +353,19 @@ async def search_patients(request: Request, db: DB) -> Response:
             born = datetime.date.fromisoformat(birthdate.removeprefix("eq"))
         except ValueError:
             raise invalid(f"{birthdate} is not a date") from None
-    found = await _service(
-        DirectoryService.list_patients(
-            db=db,
-            organization_id=org,
-            patient_id=None if only is None else _id(only, "Patient", "_id"),
-            name=name,
-            dob=born,
-            identifier=token,
-            limit=count + 1,
-            after=after,
-        )
+    found = await DirectoryService.list_patients(
+        db=db,
+        organization_id=org,
+        patient_id=None if only is None else _id(only, "Patient", "_id"),
+        name=name,
+        dob=born,
+        identifier=token,
+        limit=count + 1,
+        after=after,
     )
     page = found[:count]
-    primaries = await _service(
-        FhirService.primaries_of(db=db, organization_id=org, patients=[p.id for p in page])
+    primaries = await FhirService.primaries_of(
+        db=db, organization_id=org, patients=[p.id for p in page]
     )
     resources = [patient_resource(p, org, primaries.get(p.id)) for p in page]
     return _page(request, query, "Patient", found=found, count=count, resources=resources)
@@ -418,9 +388,7 @@ async def read_practitioner(practitioner_id: str, request: Request, db: DB) -> R
     _check_format(request)
     org = await _organization(request, db)
     ident = _path_id("Practitioner", practitioner_id)
-    record = await _service(
-        DirectoryService.get_provider(db=db, organization_id=org, provider_id=ident)
-    )
+    record = await DirectoryService.get_provider(db=db, organization_id=org, provider_id=ident)
     return fhir_response(practitioner_resource(record))
 
 
@@ -446,17 +414,15 @@ async def search_practitioners(request: Request, db: DB) -> Response:
         if system and system != NPI_SYSTEM:  # no other identifier system here: no match
             return _page(request, query, "Practitioner", found=[], count=count, resources=[])
         npi = value
-    found = await _service(
-        DirectoryService.list_providers(
-            db=db,
-            organization_id=org,
-            provider_id=None if only is None else _id(only, "Practitioner", "_id"),
-            name=name,
-            npi=npi,
-            active=active,
-            limit=count + 1,
-            after=after,
-        )
+    found = await DirectoryService.list_providers(
+        db=db,
+        organization_id=org,
+        provider_id=None if only is None else _id(only, "Practitioner", "_id"),
+        name=name,
+        npi=npi,
+        active=active,
+        limit=count + 1,
+        after=after,
     )
     resources = [practitioner_resource(p) for p in found[:count]]
     return _page(request, query, "Practitioner", found=found, count=count, resources=resources)
