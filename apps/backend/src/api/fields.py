@@ -22,13 +22,20 @@ import datetime
 import functools
 import re
 import unicodedata
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, StringConstraints, WithJsonSchema
 
-from src.models import IDENTIFIER_MAX_LENGTH
+from src.values import (
+    IDENTIFIER_MAX_LENGTH,
+    IDENTIFIER_SYSTEM_PATTERN,
+    IDENTIFIER_VALUE_PATTERN,
+    INSTANT_PATTERN,
+    NPI_PATTERN,
+    parse_instant,
+    parse_npi,
+)
 
 NAME_MAX_LENGTH = 100
 OLDEST_BIRTH_DATE = datetime.date(1900, 1, 1)
@@ -222,92 +229,7 @@ def shared_schemas() -> dict[str, dict[str, Any]]:
     }
 
 
-# --- cursors -------------------------------------------------------------------------------
-
-# Opaque to clients; inside, a position within the caller's own organization (never a
-# value shared with other tenants). Every string of this form is a position, so any
-# cursor the schema admits is answered with a page (perhaps empty), never an error.
-_CURSOR_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-CURSOR_MAX_LENGTH = 10  # 62**10 < 2**63: every cursor fits a bigint
-CURSOR_PATTERN = f"^[0-9A-Za-z]{{1,{CURSOR_MAX_LENGTH}}}$"
-
-
-def encode_cursor(position: int) -> str:
-    digits = []
-    while True:
-        position, digit = divmod(position, len(_CURSOR_ALPHABET))
-        digits.append(_CURSOR_ALPHABET[digit])
-        if position == 0:
-            return "".join(reversed(digits))
-
-
-def decode_cursor(cursor: str) -> int:
-    position = 0
-    for char in cursor:
-        position = position * len(_CURSOR_ALPHABET) + _CURSOR_ALPHABET.index(char)
-    return position
-
-
-# A cursor that is a patient (or any) id: 128 bits, 22 base-62 digits at most.
-UUID_CURSOR_MAX_LENGTH = 22
-UUID_CURSOR_PATTERN = f"^[0-9A-Za-z]{{1,{UUID_CURSOR_MAX_LENGTH}}}$"
-
-
-def encode_uuid_cursor(value: uuid.UUID) -> str:
-    return encode_cursor(value.int)
-
-
-def decode_uuid_cursor(cursor: str) -> uuid.UUID:
-    return uuid.UUID(int=decode_cursor(cursor) % (1 << 128))
-
-
-# A cursor that is (an instant, an id): microseconds since 1900 in the high bits, the id
-# in the low 128; 33 base-62 digits at most. Instants past year 9999 read as its end.
-TIME_UUID_CURSOR_MAX_LENGTH = 33
-TIME_UUID_CURSOR_PATTERN = f"^[0-9A-Za-z]{{1,{TIME_UUID_CURSOR_MAX_LENGTH}}}$"
-_EPOCH = datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC)
-_LAST = datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.UTC)
-
-
-def encode_time_uuid_cursor(at: datetime.datetime, value: uuid.UUID) -> str:
-    micros = (at - _EPOCH) // datetime.timedelta(microseconds=1)
-    return encode_cursor((micros << 128) | value.int)
-
-
-def decode_time_uuid_cursor(cursor: str) -> tuple[datetime.datetime, uuid.UUID]:
-    position = decode_cursor(cursor)
-    micros, low = position >> 128, position & ((1 << 128) - 1)
-    last = (_LAST - _EPOCH) // datetime.timedelta(microseconds=1)
-    at = _EPOCH + datetime.timedelta(microseconds=min(micros, last))
-    return at, uuid.UUID(int=low)
-
-
 # --- instants and notes --------------------------------------------------------------------
-
-# RFC 3339 with its offset (Z or +hh:mm), from year 1900: an instant, never a local time.
-# As RFC 3339 allows: any number of digits after the second, and `t` and `z` in lower case.
-INSTANT_PATTERN = (
-    r"^(19|[2-9][0-9])[0-9]{2}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
-    r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
-)
-_INSTANT = re.compile(INSTANT_PATTERN)
-
-
-def parse_instant(value: str) -> datetime.datetime:
-    """An RFC 3339 instant, e.g. 2026-03-01T09:30:00Z; ValueError otherwise. Digits
-    finer than a microsecond are dropped (PostgreSQL keeps microseconds)."""
-    if not _INSTANT.fullmatch(value):
-        raise ValueError("must be an RFC 3339 instant with its offset, e.g. 2026-03-01T09:30:00Z")
-    try:
-        # Python 3.11+ reads `Z` and any number of digits, keeping microseconds.
-        instant = datetime.datetime.fromisoformat(value.upper())
-    except ValueError:
-        raise ValueError("must be a real date and time, RFC 3339") from None
-    try:
-        instant.astimezone(datetime.UTC)  # 9999-12-31T23:59:59-01:00 is past year 9999
-    except OverflowError:
-        raise ValueError("must be an instant before the year 10000 (UTC)") from None
-    return instant
 
 
 def _instant_string(value: object) -> datetime.datetime:
@@ -349,27 +271,9 @@ JSON_INTEGER = BeforeValidator(_json_integer)
 
 # --- NPIs and identifiers ------------------------------------------------------------------
 
-NPI_PATTERN = r"^[0-9]{10}$"
-
-
-def npi_check_digit_ok(npi: str) -> bool:
-    """CMS's rule: the Luhn check over the NPI prefixed with 80840 (the health industry
-    card issuer prefix) holds, i.e. the tenth digit is the check digit of the first nine."""
-    total = 0
-    for position, char in enumerate(reversed("80840" + npi)):
-        digit = int(char)
-        if position % 2 == 1:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return total % 10 == 0
-
 
 def _valid_npi(value: str) -> str:
-    if not npi_check_digit_ok(value):
-        raise ValueError("is not an NPI: its check digit (Luhn, with the 80840 prefix) is wrong")
-    return value
+    return parse_npi(value)
 
 
 Npi = Annotated[
@@ -387,11 +291,6 @@ Npi = Annotated[
     ),
 ]
 
-# An identifier's system (a URI, such as a clinic's MRN namespace) and value: printable
-# text without control characters, 1 to 255 characters; the system holds no "|" (the
-# separator of `identifier=system|value` searches).
-IDENTIFIER_SYSTEM_PATTERN = r"^[^|\x00-\x1f\x7f]+$"
-IDENTIFIER_VALUE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 IdentifierSystem = Annotated[
     str,
     StringConstraints(
@@ -404,10 +303,3 @@ IdentifierValue = Annotated[
         min_length=1, max_length=IDENTIFIER_MAX_LENGTH, pattern=IDENTIFIER_VALUE_PATTERN
     ),
 ]
-IDENTIFIER_QUERY_PATTERN = r"^[^|\x00-\x1f\x7f]+\|[^\x00-\x1f\x7f]+$"
-
-
-def parse_identifier_query(value: str) -> tuple[str, str]:
-    """`system|value` into its two parts (the system holds no "|")."""
-    system, _, rest = value.partition("|")
-    return system, rest

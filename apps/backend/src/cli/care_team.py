@@ -21,7 +21,6 @@ from rich.table import Table
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from src.api.fields import parse_instant
 from src.cli.common import (
     JsonOption,
     console,
@@ -39,6 +38,7 @@ from src.models import ChangeReason
 from src.services.care_team_service import MAX_PERIODS_PAGE, CareTeamService
 from src.services.errors import CareTeamError
 from src.services.panel_service import PanelService, PreviousProvider
+from src.values import parse_instant
 
 T = TypeVar("T")
 

@@ -14,7 +14,6 @@ from src.models.care_team import (
     RuleCheck,
 )
 from src.models.records import (
-    IDENTIFIER_MAX_LENGTH,
     IdempotencyKey,
     PatientIdentifier,
     RecordAction,
@@ -26,7 +25,6 @@ from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 __all__ = [
     "EVENT_TYPES",
-    "IDENTIFIER_MAX_LENGTH",
     "NOTE_MAX_LENGTH",
     "UNIQUE_PRIMARY_INDEX",
     "ApiKey",

@@ -22,8 +22,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from src.models.base import Base
 from src.models.care_team import one_of
-
-IDENTIFIER_MAX_LENGTH = 255
+from src.values import IDENTIFIER_MAX_LENGTH
 
 
 class RecordType(enum.StrEnum):

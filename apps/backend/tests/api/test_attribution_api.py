@@ -11,8 +11,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from src.api.fields import parse_instant
 from src.db import Database
+from src.values import parse_instant
 from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
 
 

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import text
 
 from src.api.app import create_app
-from src.api.fields import npi_check_digit_ok
 from src.db import Database
+from src.values import npi_check_digit_ok
 from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
 
 MRN = "urn:example:clinic:mrn"

@@ -12,17 +12,7 @@ from fastapi import APIRouter, Body, Query, Request, Response, status
 from src.api.conditional import IfMatch, IfNoneMatch, conditional_read, expected, team_etag
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import link, links, problem_responses
-from src.api.fields import (
-    CURSOR_MAX_LENGTH,
-    CURSOR_PATTERN,
-    TIME_UUID_CURSOR_MAX_LENGTH,
-    TIME_UUID_CURSOR_PATTERN,
-    Instant,
-    decode_cursor,
-    decode_time_uuid_cursor,
-    encode_cursor,
-    encode_time_uuid_cursor,
-)
+from src.api.fields import Instant
 from src.api.idempotency import IDEMPOTENT, as_response, reply, respond
 from src.api.schemas import (
     CareTeamEventOut,
@@ -46,6 +36,16 @@ from src.services.errors import (
     ProviderReferenceNotFound,
 )
 from src.services.idempotency import Reply
+from src.values import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    TIME_UUID_CURSOR_MAX_LENGTH,
+    TIME_UUID_CURSOR_PATTERN,
+    decode_cursor,
+    decode_time_uuid_cursor,
+    encode_cursor,
+    encode_time_uuid_cursor,
+)
 
 router = APIRouter(prefix="/v1/patients/{patient_id}/care-team", tags=["care team"])
 

@@ -21,20 +21,7 @@ from src.api.conditional import (
 )
 from src.api.deps import DB, Caller, CurrentCaller
 from src.api.errors import link, links, problem_responses
-from src.api.fields import (
-    CURSOR_MAX_LENGTH,
-    CURSOR_PATTERN,
-    IDENTIFIER_QUERY_PATTERN,
-    NPI_PATTERN,
-    UUID_CURSOR_MAX_LENGTH,
-    UUID_CURSOR_PATTERN,
-    BirthDate,
-    decode_cursor,
-    decode_uuid_cursor,
-    encode_cursor,
-    encode_uuid_cursor,
-    parse_identifier_query,
-)
+from src.api.fields import BirthDate
 from src.api.idempotency import IDEMPOTENT, as_response, reply, respond
 from src.api.schemas import (
     IdentifierIn,
@@ -67,6 +54,19 @@ from src.services.errors import (
     ProviderNotFound,
 )
 from src.services.idempotency import Reply
+from src.values import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    IDENTIFIER_QUERY_PATTERN,
+    NPI_PATTERN,
+    UUID_CURSOR_MAX_LENGTH,
+    UUID_CURSOR_PATTERN,
+    decode_cursor,
+    decode_uuid_cursor,
+    encode_cursor,
+    encode_uuid_cursor,
+    parse_identifier,
+)
 
 router = APIRouter(prefix="/v1")
 
@@ -234,7 +234,7 @@ async def list_patients(
         organization_id=caller.organization_id,
         name=_nfc(name),
         dob=dob,
-        identifier=None if identifier is None else Identifier(*parse_identifier_query(identifier)),
+        identifier=None if identifier is None else Identifier(*parse_identifier(identifier)),
         limit=limit + 1,
         after=None if cursor is None else decode_uuid_cursor(cursor),
     )

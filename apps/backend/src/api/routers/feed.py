@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query
 
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import problem_responses
-from src.api.fields import CURSOR_MAX_LENGTH, CURSOR_PATTERN, decode_cursor, encode_cursor
 from src.api.schemas import CareTeamEventsOut, FeedEventOut
 from src.services.care_team_service import CareTeamService
+from src.values import CURSOR_MAX_LENGTH, CURSOR_PATTERN, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1", tags=["change feed"])
 

@@ -32,11 +32,17 @@ from src.api.fhir_resources import (
     practitioner_resource,
     searchset,
 )
-from src.api.fields import UUID_CURSOR_PATTERN, decode_uuid_cursor, encode_uuid_cursor
 from src.config import get_settings
 from src.services.directory_service import DirectoryService, Identifier
 from src.services.fhir_service import CareTeamFilter, FhirService
 from src.services.organization_service import OrganizationService
+from src.values import (
+    UUID_CURSOR_PATTERN,
+    decode_uuid_cursor,
+    encode_uuid_cursor,
+    parse_identifier,
+    parse_npi,
+)
 
 router = APIRouter(prefix="/fhir/R4", include_in_schema=False)
 
@@ -341,10 +347,10 @@ async def search_patients(request: Request, db: DB) -> Response:
     count, after = query.count(), query.cursor()
     token = None
     if identifier is not None:
-        system, bar, value = identifier.partition("|")
-        if not bar or not system or not value:
-            raise invalid("identifier must be system|value")
-        token = Identifier(system, value)
+        try:
+            token = Identifier(*parse_identifier(identifier))
+        except ValueError as err:
+            raise invalid(f"identifier {err}") from None
     born = None
     if birthdate is not None:
         if not re.fullmatch(r"(eq)?[0-9]{4}-[0-9]{2}-[0-9]{2}", birthdate):
@@ -409,11 +415,12 @@ async def search_practitioners(request: Request, db: DB) -> Response:
     npi = None
     if identifier is not None:
         system, _, value = identifier.rpartition("|")
-        if not re.fullmatch(r"[0-9]{10}", value):
-            raise invalid("identifier must be an NPI (10 digits), or system|NPI")
+        try:
+            npi = parse_npi(value)
+        except ValueError as err:
+            raise invalid(f"identifier must be an NPI, or system|NPI: the NPI {err}") from None
         if system and system != NPI_SYSTEM:  # no other identifier system here: no match
             return _page(request, query, "Practitioner", found=[], count=count, resources=[])
-        npi = value
     found = await DirectoryService.list_providers(
         db=db,
         organization_id=org,

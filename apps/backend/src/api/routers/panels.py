@@ -9,13 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import problem_responses
-from src.api.fields import (
-    UUID_CURSOR_MAX_LENGTH,
-    UUID_CURSOR_PATTERN,
-    Instant,
-    decode_uuid_cursor,
-    encode_uuid_cursor,
-)
+from src.api.fields import Instant
 from src.api.idempotency import IDEMPOTENT, reply, respond
 from src.api.schemas import (
     PanelEntryOut,
@@ -33,6 +27,12 @@ from src.services.errors import (
     ProviderReferenceNotFound,
 )
 from src.services.panel_service import PanelRole, PanelService
+from src.values import (
+    UUID_CURSOR_MAX_LENGTH,
+    UUID_CURSOR_PATTERN,
+    decode_uuid_cursor,
+    encode_uuid_cursor,
+)
 
 router = APIRouter(prefix="/v1", tags=["panels"])
 
