@@ -14,10 +14,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import text
 
 from src import primary_index
+from src.api.auth import Authentication
 from src.api.errors import install_error_handlers
 from src.api.fhir_resources import FhirError, outcome
 from src.api.idempotency import replayed
-from src.api.middleware import RequestContextMiddleware
+from src.api.middleware import BodyRules, RequestContextMiddleware
 from src.api.openapi import install_openapi, operation_id
 from src.api.routers import care_team, directory, feed, fhir, health, panels
 from src.config import Settings, get_settings
@@ -170,9 +171,13 @@ def create_app(database: Database | None = None, database_url: str | None = None
     app.add_exception_handler(Replay, replayed)  # type: ignore[arg-type]
     app.add_exception_handler(FhirError, _fhir_error)  # type: ignore[arg-type]
     install_openapi(app)
+    # Stacked from the innermost out (src/api/middleware.py has the order and why).
+    app.add_middleware(BodyRules)
+    app.add_middleware(Authentication)
     if settings.cors_origin_list:
-        # Inside the request context (host check, request id): a preflight is answered
-        # here, and the routes' answers, errors included, carry the CORS headers.
+        # Outside authentication (a preflight carries no key) and inside the request
+        # context (host check, request id): the routes' answers, errors included, carry
+        # the CORS headers.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,

@@ -69,6 +69,7 @@ BODY_TOO_LARGE = ProblemKind("body_too_large", 413, "Request body too large")
 UNSUPPORTED_MEDIA_TYPE = ProblemKind("unsupported_media_type", 415, "Unsupported media type")
 HEADERS_TOO_LARGE = ProblemKind("headers_too_large", 431, "Request headers too large")
 INVALID_HOST = ProblemKind("invalid_host", 400, "Invalid Host header")
+INVALID_REQUEST = ProblemKind("invalid_request", 400, "Ambiguous credentials")
 INTERNAL_ERROR = ProblemKind("internal_error", 500, "Internal error")
 
 

@@ -1,12 +1,18 @@
-"""ASGI middleware: what every request goes through before and after its route.
+"""ASGI middleware: what every request goes through before and after its route, in
+this order (src/api/app.py stacks them):
 
-- a request id (X-Request-ID, the client's when well-formed) on the response and on
-  every log line of the request;
-- the Host header checked against ALLOWED_HOSTS;
-- bodies: at most MAX_BODY_BYTES (413), and JSON only (415);
-- HEAD answered like GET, without the body, on every GET route;
-- `Cache-Control: no-store` on every answer (they carry patient data);
-- one access line and the request metrics (route template, never the raw path).
+1. RequestContextMiddleware, outermost:
+   - a request id (X-Request-ID, the client's when well-formed) on the response and on
+     every log line of the request;
+   - the Host header checked against ALLOWED_HOSTS;
+   - HEAD answered like GET, without the body, on every GET route;
+   - `Cache-Control: no-store` on every answer (they carry patient data);
+   - one access line and the request metrics (route template, never the raw path);
+   - the request's database session closed once the answer is sent.
+2. CORS (when CORS_ALLOWED_ORIGINS is set): preflights answered.
+3. Authentication (src/api/auth.py): the API key, before anything else answers.
+4. BodyRules, innermost: a body of any method is JSON only (415), at most
+   MAX_BODY_BYTES (413, refused as it arrives when it has no length).
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ from src.api.errors import (
 )
 from src.log_config import request_id_var
 from src.metrics import HTTP_LATENCY, HTTP_REQUESTS
-from src.services import request_key
 
 logger = logging.getLogger("src.api.access")
 
@@ -45,7 +50,6 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _JSON_TYPE = re.compile(
     r"^application/(?:[\w.+-]+\+)?json\s*(?:;\s*charset=\"?utf-8\"?\s*)?$", re.IGNORECASE
 )
-_WITH_BODY = {"POST", "PUT", "PATCH"}
 
 
 class RequestContextMiddleware:
@@ -75,24 +79,16 @@ class RequestContextMiddleware:
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
-        key_token = request_key.use(None)  # the key this request authenticates with, if any
         started = time.perf_counter()
         status = 500
-        response_started = False
         head = scope["method"] == "HEAD"
         if head:  # answered as the GET it stands for; the body is dropped below
             scope = {**scope, "method": "GET"}
 
-        refused_body = False  # answered 413 here while the app was reading the body
-
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
-            ours = message.pop("careteam_refusal", False)
-            if refused_body and not ours:
-                return  # the app's own answer to the body it could not read: dropped
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                response_started = True
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
@@ -102,45 +98,68 @@ class RequestContextMiddleware:
                 message = {**message, "body": b""}
             await send(message)
 
+        try:
+            if self.host_allowed(headers):
+                await self.app(scope, receive, send_with_id)
+            else:
+                detail = "this server does not answer for that Host"
+                await _send_problem(send_with_id, INVALID_HOST, detail)
+        finally:
+            await _close_session(state)
+            _record(scope, "HEAD" if head else scope["method"], status, started)
+            request_id_var.reset(token)
+
+
+class BodyRules:
+    """A request body, whatever the method, is JSON (415 otherwise) of at most
+    MAX_BODY_BYTES (413): refused up front by its Content-Length, or as it arrives when
+    it has none (chunked)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self.refusal(dict(scope["headers"]))
+        if refusal is not None:
+            await _send_problem(send, *refusal)
+            return
+        refused = False  # answered 413 here while the app was reading the body
+        response_started = False
         received = 0
 
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if refused:
+                return  # the app's own answer to the body it could not read: dropped
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
         async def limited_receive() -> Message:
-            """The body, until it grows past MAX_BODY_BYTES (a chunked body has no length
-            to refuse it by up front): then the 413 is sent here, and the app is told
-            the client went away, so it stops reading."""
-            nonlocal received, refused_body
+            """The body, until it grows past MAX_BODY_BYTES: then the 413 is sent here,
+            and the app is told the client went away, so it stops reading."""
+            nonlocal received, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > MAX_BODY_BYTES and not response_started:
-                    await _send_problem(
-                        send_with_id, scope, BODY_TOO_LARGE, _too_large(), refusal=True
-                    )
-                    refused_body = True
+                    refused = True
+                    await _send_problem(send, BODY_TOO_LARGE, _too_large())
                     return {"type": "http.disconnect"}
             return message
 
-        try:
-            refusal = self.refusal(scope, headers)
-            if refusal is not None:
-                await _send_problem(send_with_id, scope, *refusal)
-            else:
-                await self.app(scope, limited_receive, send_with_id)
-        finally:
-            await _close_session(state)
-            _record(scope, "HEAD" if head else scope["method"], status, started)
-            request_key.reset(key_token)
-            request_id_var.reset(token)
+        await self.app(scope, limited_receive, guarded_send)
 
-    def refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[ProblemKind, str] | None:
-        """Why the request is refused before any route sees it, or None."""
-        if not self.host_allowed(headers):
-            return INVALID_HOST, "this server does not answer for that Host"
+    @staticmethod
+    def refusal(headers: dict[bytes, bytes]) -> tuple[ProblemKind, str] | None:
+        """Why the request's body is refused before any route sees it, or None."""
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             return BODY_TOO_LARGE, _too_large()
         has_body = (declared.isdigit() and int(declared) > 0) or b"transfer-encoding" in headers
-        if scope["method"] in _WITH_BODY and has_body:
+        if has_body:
             content_type = headers.get(b"content-type", b"").decode("latin-1").strip()
             if not _JSON_TYPE.match(content_type):
                 return UNSUPPORTED_MEDIA_TYPE, "the body must be JSON (application/json)"
@@ -150,8 +169,8 @@ class RequestContextMiddleware:
 async def _close_session(state: dict[str, Any]) -> None:
     """Close the request's database session (src/api/deps.py), if it made one."""
     session: AsyncSession | None = state.pop(SESSION_STATE, None)
-    if session is None:
-        return
+    if session is None or not session.in_transaction():
+        return  # the service's statements hold no connection of the session
     try:
         await session.close()
     except Exception:  # its connection is gone; the pool replaces it
@@ -190,9 +209,7 @@ def _too_large() -> str:
     return f"request body too large (at most {MAX_BODY_BYTES} bytes)"
 
 
-async def _send_problem(
-    send: Send, scope: Scope, kind: ProblemKind, detail: str, *, refusal: bool = False
-) -> None:
+async def _send_problem(send: Send, kind: ProblemKind, detail: str) -> None:
     body = problem_body(kind.status, kind.code, kind.title, detail)
     payload = json.dumps(body).encode()
     await send(
@@ -203,7 +220,6 @@ async def _send_problem(
                 (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(payload)).encode()),
             ],
-            "careteam_refusal": refusal,
         }
     )
-    await send({"type": "http.response.body", "body": payload, "careteam_refusal": refusal})
+    await send({"type": "http.response.body", "body": payload})

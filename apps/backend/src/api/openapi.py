@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from src.api import fields
+from src.api.auth import needs_key
 from src.api.errors import FieldProblem, Problem
 
 
@@ -47,11 +48,30 @@ def install_openapi(app: FastAPI) -> None:
             schemas["FieldProblem"] = FieldProblem.model_json_schema()
             schemas.update(fields.shared_schemas())
             _refer_to_shared(document)
+            _require_keys(document)
             cache.update(date=today, document=document)
         document_today: dict[str, Any] = cache["document"]
         return document_today
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+BEARER = "HTTPBearer"
+
+
+def _require_keys(document: dict[str, Any]) -> None:
+    """Every operation that needs an API key (src/api/auth.py) says so."""
+    document["components"]["securitySchemes"] = {
+        BEARER: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key: `Authorization: Bearer ctk_...`",
+        }
+    }
+    for path, operations in document.get("paths", {}).items():
+        if needs_key(path):
+            for operation in operations.values():
+                operation["security"] = [{BEARER: []}]
 
 
 def _shared(value: Any) -> Any:

@@ -38,9 +38,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.metrics import ASSIGNMENTS, LOCK_WAIT
 from src.models import NOTE_MAX_LENGTH, ChangeReason, PeriodRole
-from src.services import request_key
 from src.services.errors import CareTeamError, InvalidArgument, PatientNotFound, Subject
-from src.services.transaction import Sql, run_in_transaction, runs_alone
+from src.services.transaction import Sql, key_hash_of, run_in_transaction, runs_alone
 
 logger = logging.getLogger(__name__)
 
@@ -251,14 +250,13 @@ async def _read_team(
     driver: Any,
     org: uuid.UUID,
     patient: uuid.UUID,
-    as_of: datetime.datetime | None = None,
+    as_of: datetime.datetime | None,
     *,
-    alone: bool = False,
+    key_hash: str | None,
 ) -> CareTeam:
-    """The team, now or at `as_of`. `alone`: the read is its own one-statement
-    transaction, so SELECT_TEAM checks the request's key; inside a transaction,
-    careteam_enter has checked it already at BEGIN."""
-    params = {"org": org, "patient": patient, "key": request_key.current() if alone else None}
+    """The team, now or at `as_of`, in one statement that checks `key_hash` (the
+    session's API key, if any) itself."""
+    params = {"org": org, "patient": patient, "key": key_hash}
     if as_of is None:
         rows = await SELECT_TEAM.fetch(driver, params)
     else:
@@ -351,7 +349,7 @@ class _PatientWrite:
             "reason": self.reason,
             "note": self.note,
             "if_version": None if self.if_version is None else list(self.if_version),
-            "key": request_key.current() if runs_alone(read_only=False) else None,
+            "key": key_hash_of(db) if runs_alone(read_only=False) else None,
             "write_id": uuid.uuid4(),
         }
         previous: list[uuid.UUID | None] = [None]
@@ -549,7 +547,9 @@ class CareTeamService:
             operation="get_care_team",
             organization_id=organization_id,
             subject=Subject(patient_id=patient_id),
-            work=lambda driver: _read_team(driver, organization_id, patient_id, as_of, alone=True),
+            work=lambda driver: _read_team(
+                driver, organization_id, patient_id, as_of, key_hash=key_hash_of(db)
+            ),
             read_only=True,
             one_statement=True,  # SELECT_TEAM and SELECT_TEAM_AS_OF set the tenant
         )

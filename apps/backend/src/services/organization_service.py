@@ -18,9 +18,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.services import request_key
+from src.services import credentials
+from src.services.credentials import Credential, KnownKey
 from src.services.errors import ApiKeyNotFound, OrganizationNotFound
-from src.services.request_key import Authenticated
 from src.services.transaction import Sql, run_in_transaction
 
 logger = logging.getLogger(__name__)
@@ -193,37 +193,58 @@ class OrganizationService:
         return revoked
 
     @staticmethod
-    async def authenticate(*, db: AsyncSession, api_key: str) -> Authenticated | None:
-        """The organization a live key belongs to, or None (unknown, revoked, malformed).
-
-        A key seen before in this process needs no round trip (its organization never
-        changes). Either way the key becomes the request's (request_key.use): each
-        transaction the request runs checks, in its first statement, that the key is
-        still live, so a key revoked since is refused (ApiKeyNotLive) there.
-        """
+    def recall(api_key: str) -> Credential | None:
+        """The credential of a key this process has seen, without a round trip (not
+        `confirmed`: see authenticate); None for any other key."""
         if not looks_like_api_key(api_key):
             return None
         key_hash = hash_api_key(api_key)
-        found = request_key.remembered(key_hash)
+        known = credentials.remembered(key_hash)
+        return (
+            None if known is None else Credential(key_hash, known.api_key_id, known.organization_id)
+        )
+
+    @staticmethod
+    async def authenticate(*, db: AsyncSession, api_key: str) -> Credential | None:
+        """The credential of a live key, or None (unknown, revoked, malformed).
+
+        A key seen before in this process needs no round trip (its organization never
+        changes): its credential is not `confirmed` yet, and the session that acts as it
+        (credentials.act_as) checks it in the first statement of each transaction. A key
+        looked up now is confirmed by the lookup.
+        """
+        recalled = OrganizationService.recall(api_key)
+        if recalled is not None or not looks_like_api_key(api_key):
+            return recalled
+        key_hash = hash_api_key(api_key)
+
+        async def work(driver: Any) -> KnownKey | None:
+            # One statement, one round trip: read-only and without a tenant, it runs
+            # without BEGIN or COMMIT.
+            row = await AUTHENTICATE.fetchrow(driver, {"hash": key_hash})
+            return None if row is None else KnownKey(row["api_key_id"], row["organization_id"])
+
+        found = await run_in_transaction(db, operation="authenticate", work=work, read_only=True)
         if found is None:
+            return None
+        credentials.remember(key_hash, found)
+        return Credential(key_hash, found.api_key_id, found.organization_id, confirmed=True)
 
-            async def work(driver: Any) -> Authenticated | None:
-                # One statement, one round trip: read-only and without a tenant, it runs
-                # without BEGIN or COMMIT, before the request's transaction on the same
-                # connection.
-                row = await AUTHENTICATE.fetchrow(driver, {"hash": key_hash})
-                if row is None:
-                    return None
-                return Authenticated(row["api_key_id"], row["organization_id"])
+    @staticmethod
+    async def confirm(*, db: AsyncSession, credential: Credential) -> bool:
+        """Whether the credential's key is still live (one round trip): then it is
+        `confirmed`; if not, the process forgets it."""
 
-            found = await run_in_transaction(
-                db, operation="authenticate", work=work, read_only=True
-            )
-            if found is None:
-                return None
-            request_key.remember(key_hash, found)
-        request_key.use(key_hash)
-        return found
+        async def work(driver: Any) -> bool:
+            row = await AUTHENTICATE.fetchrow(driver, {"hash": credential.key_hash})
+            return row is not None and row["organization_id"] == credential.organization_id
+
+        live = await run_in_transaction(db, operation="authenticate", work=work, read_only=True)
+        if live:
+            credential.confirmed = True
+        else:
+            credentials.forget(credential.key_hash)
+        return live
 
 
 async def _issue_key(driver: Any, org: uuid.UUID, *, name: str | None) -> IssuedApiKey:

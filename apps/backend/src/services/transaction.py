@@ -19,12 +19,14 @@ from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.util import greenlet_spawn
 
 from src.db import pg_error_fields
 from src.metrics import INDEX_REFUSALS
 from src.models import UNIQUE_PRIMARY_INDEX
-from src.services import idempotency, request_key
+from src.services import credentials, idempotency
+from src.services.credentials import Credential
 from src.services.errors import (
     NO_SUBJECT,
     ApiKeyNotLive,
@@ -91,25 +93,31 @@ class Sql:
 SET_TENANT = Sql("SELECT set_config('app.current_organization_id', $1, true)", "org")
 
 
-def tenant_statement(organization_id: uuid.UUID) -> str:
+def tenant_statement(organization_id: uuid.UUID, credential: Credential | None) -> str:
     """BEGIN and the tenant as one simple query, which takes no parameters: the id is
     inlined after being re-parsed as a UUID, the key's hash after being checked to be
     hex (so only hex digits and dashes reach the SQL). careteam_enter sets the tenant
-    and, for a request with an API key, checks that the key is still live."""
+    and, for a session acting as an API key, checks that the key is still live."""
     org = uuid.UUID(str(organization_id))
-    return f"BEGIN; SELECT careteam_enter('{org}', {_key_literal()})"
+    return f"BEGIN; SELECT careteam_enter('{org}', {_key_literal(credential)})"
 
 
-def _key_literal() -> str:
-    key_hash = request_key.current()
-    if key_hash is None:
+def _key_literal(credential: Credential | None) -> str:
+    if credential is None:
         return "NULL"
-    if not _HEX.fullmatch(key_hash):
+    if not _HEX.fullmatch(credential.key_hash):
         raise ValueError("an API key hash is hex digits")
-    return f"'{key_hash}'"
+    return f"'{credential.key_hash}'"
 
 
 _HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def key_hash_of(db: AsyncSession) -> str | None:
+    """The key hash a one-statement unit passes for its statement to check (careteam_care_team,
+    careteam_write), or None for a session that acts as no key."""
+    credential = credentials.of_session(db)
+    return None if credential is None else credential.key_hash
 
 
 # --- what went wrong ------------------------------------------------------------------------
@@ -201,6 +209,7 @@ def translate(
     operation: str,
     organization_id: uuid.UUID | None,
     subject: Subject,
+    credential: Credential | None = None,
 ) -> CareTeamError:
     """The domain error for a database failure the operation could not recover from:
     an error our database code raised (sql/errcodes.csv, about `subject`), a refusal by
@@ -214,9 +223,8 @@ def translate(
     }
     ours = from_database(sqlstate, _detail(err), subject)
     if isinstance(ours, ApiKeyNotLive):
-        key_hash = request_key.current()
-        if key_hash is not None:
-            request_key.forget(key_hash)
+        if credential is not None:
+            credentials.forget(credential.key_hash)
         logger.info(
             "API key no longer live during %s", operation, extra={"event": "key_not_live", **ids}
         )
@@ -298,44 +306,55 @@ FIRST_RETRY_DELAY_S = 0.1  # doubling: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s, enough for
 
 
 class _Unit:
-    """One attempt's transaction, on the asyncpg connection beneath the session.
+    """One attempt's transaction, on a connection of the session's pool.
 
-    The session lends its pooled connection; BEGIN, the statements and COMMIT go to
-    asyncpg directly (prepared statements, none of the ORM's per-statement work).
+    The session is the caller's handle on a database (its engine, its role); the unit
+    checks a connection out of that engine's pool for the attempt alone, and sends
+    BEGIN, the statements and COMMIT to asyncpg directly (prepared statements). It does
+    not go through the Session's own transaction: that bookkeeping costs more CPU than a
+    care-team read's statement (docs/PERFORMANCE.md). A session with a transaction of
+    its own open is refused: the service never runs beside, or inside, the caller's.
     """
 
     def __init__(self, db: AsyncSession) -> None:
-        self.db = db
-        self.connection: Any = None  # the session's AsyncConnection
-        self.driver: Any = None  # the asyncpg connection under it
-        self.began = False  # this unit sent BEGIN: it ends the transaction
-
-    async def begin(self, organization_id: uuid.UUID | None, *, explicit: bool) -> Any:
-        self.connection = await self.db.connection()
-        # Plain attributes of the connection just checked out (get_raw_connection() would
-        # cost a greenlet round for the same object).
-        self.driver = self.connection.sync_connection.connection.driver_connection
-        if self.driver.is_in_transaction():
+        if db.in_transaction():
             raise SessionInTransaction(
                 "the session passed to the service has a transaction open; each service "
                 "method runs its own: commit or roll back the session first"
             )
+        engine = db.bind
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError("the service needs a session bound to an engine")
+        self.engine = engine
+        self.credential = credentials.of_session(db)
+        self.pooled: Any = None  # the pool's connection, while the attempt holds it
+        self.driver: Any = None  # the asyncpg connection under it
+        self.began = False  # this unit sent BEGIN: it ends the transaction
+
+    async def begin(self, organization_id: uuid.UUID | None, *, explicit: bool) -> Any:
+        if self.pooled is None:
+            self.pooled = await self.engine.raw_connection()
+            self.driver = self.pooled.driver_connection
         if organization_id is not None or explicit:
             # Marked first: if careteam_enter refuses the key, BEGIN has run already and
             # abandon() must roll back.
             self.began = True
             if organization_id is not None:
-                await self.driver.execute(tenant_statement(organization_id))
+                await self.driver.execute(tenant_statement(organization_id, self.credential))
+                self.confirm()
             else:
                 await self.driver.execute("BEGIN")
         return self.driver
+
+    def confirm(self) -> None:
+        """A statement that checked the session's key succeeded: the key is live."""
+        if self.credential is not None:
+            self.credential.confirmed = True
 
     async def commit(self) -> None:
         if self.began:
             await self.driver.execute("COMMIT")
             self.began = False
-        # The session keeps its connection (with no transaction open on it) for the next
-        # unit of the same session, e.g. the request's operation after its key check.
 
     async def abandon(self, *, doubtful: bool) -> None:
         """Roll back after a failure. A connection in doubt (lost, cancelled mid-statement,
@@ -347,15 +366,21 @@ class _Unit:
             except Exception:
                 logger.debug("rollback failed; discarding the connection", exc_info=True)
                 doubtful = True
-        if doubtful and self.connection is not None:
-            try:
-                await self.connection.invalidate()
-            except Exception:
-                logger.debug("invalidating a lost connection failed", exc_info=True)
+        self.began = False
+        await self.release(doubtful=doubtful)
+
+    async def release(self, *, doubtful: bool = False) -> None:
+        """Give the connection back to the pool (a doubtful one is closed instead)."""
+        pooled, self.pooled, self.driver = self.pooled, None, None
+        if pooled is None:
+            return
         try:
-            await self.db.rollback()  # the session's own bookkeeping; returns the connection
-        except Exception:  # the connection may be gone; the server rolls back by itself
-            logger.debug("session rollback after a failure also failed", exc_info=True)
+            if doubtful or pooled.driver_connection.is_in_transaction():
+                await greenlet_spawn(pooled.invalidate)
+            else:
+                await greenlet_spawn(pooled.close)
+        except Exception:  # the connection is gone: the pool replaces it
+            logger.debug("returning a connection to the pool failed", exc_info=True)
 
 
 async def _keyed(
@@ -456,6 +481,9 @@ async def run_in_transaction(
             result = await _keyed(driver, None if read_only else organization_id, work)
             committing = True
             await unit.commit()
+            if alone:  # its statement checked the session's key (key_hash_of)
+                unit.confirm()
+            await unit.release()
             return result
         except SessionInTransaction:
             raise
@@ -482,6 +510,7 @@ async def run_in_transaction(
                     operation=operation,
                     organization_id=organization_id,
                     subject=subject,
+                    credential=unit.credential,
                 ) from err
             logger.warning(
                 "%s failed (%s); retry %d/%d in %.1fs",

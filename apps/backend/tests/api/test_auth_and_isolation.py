@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.api.auth import needs_key
 from src.db import Database
 from src.services.organization_service import OrganizationService
 from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
@@ -100,6 +104,66 @@ class TestAuthentication:
         for _ in range(3):
             assert (await call(tenant.headers)).status_code == 200
             assert (await call(headers)).status_code == 401
+
+    async def test_a_revoked_key_is_refused_on_every_route_before_any_other_answer(
+        self, app: FastAPI, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """A key revoked after its first use used to be served wherever the answer needed
+        no statement (a 422 for a malformed id or body, a FHIR search refused for its
+        parameters, a 404 or 405): authentication comes before anything else."""
+        async with AsyncSession(database.owner_engine) as owner:
+            second = await OrganizationService.create_api_key(
+                db=owner, organization_id=tenant.organization_id
+            )
+        headers = {"Authorization": f"Bearer {second.key}", "Content-Type": "application/json"}
+        assert (await client.get("/v1/reports/panels", headers=headers)).status_code == 200
+        async with AsyncSession(database.owner_engine) as owner:
+            await OrganizationService.revoke_api_key(db=owner, key_id=second.id)
+        asked = []
+        for route in iter_route_contexts(app.router.routes):
+            if route.path is None or not route.methods or not needs_key(route.path):
+                continue
+            path = re.sub(r"\{[^}]+\}", "not-an-id", route.path)
+            for method in sorted(route.methods):
+                asked.append((method, path))
+                r = await client.request(
+                    method, f"{path}?_count=0&limit=0", headers=headers, content=b"{"
+                )
+                assert r.status_code == 401, (method, path, r.status_code, r.text)
+        for method, path in [
+            ("GET", "/v1/nothing"),
+            ("DELETE", "/v1/patients"),
+            ("GET", "/fhir/R4/x"),
+        ]:
+            r = await client.request(method, path, headers=headers)
+            assert r.status_code == 401, (method, path)
+        fhir = await client.get("/fhir/R4/Patient?birthdate=yesterday", headers=headers)
+        assert fhir.status_code == 401
+        assert fhir.json()["resourceType"] == "OperationOutcome"
+        assert fhir.json()["issue"][0]["code"] == "login"
+        assert len(asked) > 20
+
+    @pytest.mark.parametrize("path", ["/v1/reports/panels", "/fhir/R4/Patient"])
+    async def test_two_authorization_headers_are_refused_as_either_key(
+        self, client: httpx.AsyncClient, make_tenant: TenantFactory, path: str
+    ):
+        """Two keys (B's, then A's) were served as B: an ambiguous credential is refused
+        (RFC 6750, invalid_request), whichever keys they are."""
+        a, b = await make_tenant(), await make_tenant()
+        for first, second in ((b, a), (a, a)):
+            r = await client.get(
+                path,
+                headers=[
+                    ("Authorization", f"Bearer {first.key}"),
+                    ("Authorization", f"Bearer {second.key}"),
+                ],
+            )
+            assert r.status_code == 400
+            assert r.headers["www-authenticate"] == 'Bearer error="invalid_request"'
+            if path.startswith("/fhir"):
+                assert r.json()["resourceType"] == "OperationOutcome"
+            else:
+                assert r.json()["error"] == "invalid_request"
 
     async def test_keys_are_stored_only_as_hashes(self, tenant: Tenant, database: Database):
         async with database.owner_engine.connect() as conn:

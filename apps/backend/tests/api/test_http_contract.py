@@ -72,12 +72,16 @@ class TestProblemDetails:
         )
         assert_problem(await client.get(f"/v1/patients/{patient}"), 401, "unauthorized")
 
-    async def test_405_says_which_methods_are_allowed(self, client: httpx.AsyncClient):
-        r = await client.delete("/v1/patients")
+    async def test_405_says_which_methods_are_allowed(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        r = await client.delete("/v1/patients", headers=tenant.headers)
         assert_problem(r, 405, "method_not_allowed")
         assert r.headers["allow"] == "GET, HEAD, POST"
-        r = await client.post(f"/v1/providers/{uuid.uuid4()}")
+        r = await client.post(f"/v1/providers/{uuid.uuid4()}", headers=tenant.headers)
         assert r.headers["allow"] == "GET, HEAD, PATCH"
+        # Without a key: 401 first, whatever the method (authentication before anything).
+        assert_problem(await client.delete("/v1/patients"), 401, "unauthorized")
         r = await client.put("/healthz")
         assert r.headers["allow"] == "GET, HEAD"
 
@@ -190,10 +194,11 @@ class TestBodies:
 class TestNoRedirects:
     @pytest.mark.parametrize("suffix", ["/", "/care-team/"])
     async def test_a_trailing_slash_is_404_whatever_the_host(
-        self, client: httpx.AsyncClient, suffix: str
+        self, client: httpx.AsyncClient, tenant: Tenant, suffix: str
     ):
         r = await client.get(
-            f"/v1/patients/{uuid.uuid4()}{suffix}", headers={"Host": "evil.example.com"}
+            f"/v1/patients/{uuid.uuid4()}{suffix}",
+            headers={"Host": "evil.example.com", **tenant.headers},
         )
         assert_problem(r, 404, "not_found")
         assert "location" not in r.headers

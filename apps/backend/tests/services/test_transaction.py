@@ -19,8 +19,9 @@ from sqlalchemy import text
 
 from src.config import Settings
 from src.db import Database, open_database
-from src.services import care_team_service, directory_service, organization_service, request_key
+from src.services import care_team_service, credentials, directory_service, organization_service
 from src.services.care_team_service import CareTeamService as Service
+from src.services.credentials import Credential, KnownKey
 from src.services.errors import (
     NO_SUBJECT,
     ApiKeyNotLive,
@@ -111,27 +112,27 @@ class TestPooledConnectionHygiene:
             team = await Service.get_care_team(db=db, organization_id=org, patient_id=patient)
         assert team.primary_provider_id == p1
         assert await pooled_state(one_connection) == (False, "")
-        token = request_key.use(hash_api_key("ctk_" + "B" * 43))  # no such key
-        try:
-            now = {"as_of": datetime.datetime.now(datetime.UTC)}
-            for call, extra in (
-                (Service.get_care_team, {}),
-                (Service.get_care_team, now),  # careteam_care_team_as_of, one statement too
-                (Service.get_care_team_history, {}),
-            ):
-                async with one_connection.sessionmaker() as db:
-                    with pytest.raises(ApiKeyNotLive):
-                        await call(db=db, organization_id=org, patient_id=patient, **extra)
-                assert await pooled_state(one_connection) == (False, "")
-            # A write sent alone: careteam_write checks the key in its own statement.
+        no_such_key = Credential(hash_api_key("ctk_" + "B" * 43), uuid.uuid4(), org)
+        now = {"as_of": datetime.datetime.now(datetime.UTC)}
+        for call, extra in (
+            (Service.get_care_team, {}),
+            (Service.get_care_team, now),  # careteam_care_team_as_of, one statement too
+            (Service.get_care_team_history, {}),
+        ):
             async with one_connection.sessionmaker() as db:
+                credentials.act_as(db, no_such_key)
                 with pytest.raises(ApiKeyNotLive):
-                    await Service.assign_primary_provider(
-                        db=db, organization_id=org, patient_id=patient, provider_id=p2
-                    )
+                    await call(db=db, organization_id=org, patient_id=patient, **extra)
             assert await pooled_state(one_connection) == (False, "")
-        finally:
-            request_key.reset(token)
+        # A write sent alone: careteam_write checks the key in its own statement.
+        async with one_connection.sessionmaker() as db:
+            credentials.act_as(db, no_such_key)
+            with pytest.raises(ApiKeyNotLive):
+                await Service.assign_primary_provider(
+                    db=db, organization_id=org, patient_id=patient, provider_id=p2
+                )
+        assert await pooled_state(one_connection) == (False, "")
+        assert not no_such_key.confirmed
         async with one_connection.sessionmaker() as db:
             assert await team_rows(db, org, patient) == {p1: True}
 
@@ -182,25 +183,24 @@ class TestPooledConnectionHygiene:
 class TestTenantStatement:
     def test_inlines_the_canonical_uuid(self):
         org = uuid.uuid4()
-        assert tenant_statement(org) == f"BEGIN; SELECT careteam_enter('{org}', NULL)"
+        assert tenant_statement(org, None) == f"BEGIN; SELECT careteam_enter('{org}', NULL)"
 
-    def test_inlines_the_request_keys_hash_to_be_checked(self):
+    def test_inlines_the_sessions_key_hash_to_be_checked(self):
         org, key_hash = uuid.uuid4(), hash_api_key("ctk_" + "a" * 43)
-        token = request_key.use(key_hash)
-        try:
-            assert tenant_statement(org) == f"BEGIN; SELECT careteam_enter('{org}', '{key_hash}')"
-            request_key.use("x'); DROP TABLE patients; --")
-            with pytest.raises(ValueError):
-                tenant_statement(org)
-        finally:
-            request_key.reset(token)
+        credential = Credential(key_hash, uuid.uuid4(), org)
+        assert (
+            tenant_statement(org, credential)
+            == f"BEGIN; SELECT careteam_enter('{org}', '{key_hash}')"
+        )
+        with pytest.raises(ValueError):
+            Credential("x'); DROP TABLE patients; --", uuid.uuid4(), org)
 
     @pytest.mark.parametrize(
         "value", ["x'); DROP TABLE patients; --", "", "00000000-0000-0000-0000-00000000000'"]
     )
     def test_anything_but_a_uuid_is_refused(self, value: str):
         with pytest.raises(ValueError):
-            tenant_statement(value)  # type: ignore[arg-type]
+            tenant_statement(value, None)  # type: ignore[arg-type]
 
 
 class TestOneTransactionOwner:
@@ -335,22 +335,24 @@ class TestARefusedKeyIsNotARefusedLogin:
     (no pg_hba.conf entry, an unknown role) is a misconfiguration, answered as a database
     error, never as a revoked key (401), and the key is not forgotten for it."""
 
-    def translated(self, err: Exception) -> Exception:
+    def translated(self, err: Exception, credential: Credential) -> Exception:
         return translate(
-            err, classify(err), operation="test", organization_id=None, subject=NO_SUBJECT
+            err,
+            classify(err),
+            operation="test",
+            organization_id=None,
+            subject=NO_SUBJECT,
+            credential=credential,
         )
 
     def test_a_refused_login_is_a_database_error(self):
         key_hash = hash_api_key("ctk_" + "C" * 43)
-        found = request_key.Authenticated(uuid.uuid4(), uuid.uuid4())
-        request_key.remember(key_hash, found)
-        token = request_key.use(key_hash)
-        try:
-            refused_login = asyncpg.InvalidAuthorizationSpecificationError("no pg_hba.conf entry")
-            assert not isinstance(self.translated(refused_login), ApiKeyNotLive)
-            assert request_key.remembered(key_hash) == found
-            not_live = asyncpg.PostgresError.new({"C": "CT007", "M": "not live"})
-            assert isinstance(self.translated(not_live), ApiKeyNotLive)
-            assert request_key.remembered(key_hash) is None
-        finally:
-            request_key.reset(token)
+        found = KnownKey(uuid.uuid4(), uuid.uuid4())
+        credentials.remember(key_hash, found)
+        credential = Credential(key_hash, found.api_key_id, found.organization_id)
+        refused_login = asyncpg.InvalidAuthorizationSpecificationError("no pg_hba.conf entry")
+        assert not isinstance(self.translated(refused_login, credential), ApiKeyNotLive)
+        assert credentials.remembered(key_hash) == found
+        not_live = asyncpg.PostgresError.new({"C": "CT007", "M": "not live"})
+        assert isinstance(self.translated(not_live, credential), ApiKeyNotLive)
+        assert credentials.remembered(key_hash) is None

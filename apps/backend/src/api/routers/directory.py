@@ -19,7 +19,7 @@ from src.api.conditional import (
     patient_etag,
     provider_etag,
 )
-from src.api.deps import DB, Caller, CurrentCaller
+from src.api.deps import DB, CurrentCaller
 from src.api.errors import link, links, problem_responses
 from src.api.fields import BirthDate
 from src.api.idempotency import IDEMPOTENT, as_response, reply, respond
@@ -37,6 +37,7 @@ from src.api.schemas import (
     RecordChangesOut,
 )
 from src.models import RecordType
+from src.services.credentials import Credential
 from src.services.directory_service import (
     UNCHANGED,
     DirectoryService,
@@ -142,7 +143,7 @@ def _identifiers(items: list[IdentifierIn]) -> list[Identifier]:
 
 async def _changes_page(
     db: DB,
-    caller: Caller,
+    caller: Credential,
     *,
     record_type: RecordType,
     record_id: uuid.UUID,

@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 
+from src.api.auth import credential_of
 from src.api.deps import DB
 from src.api.fhir_resources import (
     DEFAULT_COUNT,
@@ -35,7 +36,6 @@ from src.api.fhir_resources import (
 from src.config import get_settings
 from src.services.directory_service import DirectoryService, Identifier
 from src.services.fhir_service import CareTeamFilter, FhirService
-from src.services.organization_service import OrganizationService
 from src.values import (
     UUID_CURSOR_PATTERN,
     decode_uuid_cursor,
@@ -70,16 +70,9 @@ def _base(request: Request) -> str:
     return (public or str(request.base_url).rstrip("/")) + "/fhir/R4"
 
 
-async def _organization(request: Request, db: DB) -> uuid.UUID:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key:
-        raise FhirError(401, "login", "an API key is required: Authorization: Bearer ctk_...")
-    found = await OrganizationService.authenticate(db=db, api_key=key.strip())
-    if found is None:
-        raise FhirError(401, "login", "missing, malformed or revoked API key")
-    request.state.organization_id = str(found.organization_id)
-    return found.organization_id
+def _organization(request: Request) -> uuid.UUID:
+    """The organization of the request's key (src/api/auth.py checked it)."""
+    return credential_of(request.scope).organization_id
 
 
 def _check_format(request: Request) -> None:
@@ -267,7 +260,7 @@ async def metadata(request: Request) -> Response:
 @router.get("/CareTeam/{team_id}")
 async def read_care_team(team_id: str, request: Request, db: DB) -> Response:
     _check_format(request)
-    org = await _organization(request, db)
+    org = _organization(request)
     patient = _path_id("CareTeam", team_id)
     team = await FhirService.care_team(db=db, organization_id=org, patient_id=patient)
     if team is None:
@@ -277,7 +270,7 @@ async def read_care_team(team_id: str, request: Request, db: DB) -> Response:
 
 @router.get("/CareTeam")
 async def search_care_teams(request: Request, db: DB) -> Response:
-    org = await _organization(request, db)
+    org = _organization(request)
     query = Query(
         request, {"_id", "patient", "subject", "status", "participant", "date", "_include"}
     )
@@ -329,7 +322,7 @@ async def search_care_teams(request: Request, db: DB) -> Response:
 @router.get("/Patient/{patient_id}")
 async def read_patient(patient_id: str, request: Request, db: DB) -> Response:
     _check_format(request)
-    org = await _organization(request, db)
+    org = _organization(request)
     ident = _path_id("Patient", patient_id)
     record = await DirectoryService.get_patient(db=db, organization_id=org, patient_id=ident)
     primaries = await FhirService.primaries_of(db=db, organization_id=org, patients=[ident])
@@ -338,7 +331,7 @@ async def read_patient(patient_id: str, request: Request, db: DB) -> Response:
 
 @router.get("/Patient")
 async def search_patients(request: Request, db: DB) -> Response:
-    org = await _organization(request, db)
+    org = _organization(request)
     query = Query(request, {"_id", "identifier", "name", "birthdate"})
     only = query.get("_id")
     identifier = query.get("identifier")
@@ -392,7 +385,7 @@ def _name(value: str | None) -> str | None:
 @router.get("/Practitioner/{practitioner_id}")
 async def read_practitioner(practitioner_id: str, request: Request, db: DB) -> Response:
     _check_format(request)
-    org = await _organization(request, db)
+    org = _organization(request)
     ident = _path_id("Practitioner", practitioner_id)
     record = await DirectoryService.get_provider(db=db, organization_id=org, provider_id=ident)
     return fhir_response(practitioner_resource(record))
@@ -400,7 +393,7 @@ async def read_practitioner(practitioner_id: str, request: Request, db: DB) -> R
 
 @router.get("/Practitioner")
 async def search_practitioners(request: Request, db: DB) -> Response:
-    org = await _organization(request, db)
+    org = _organization(request)
     query = Query(request, {"_id", "identifier", "name", "active"})
     only = query.get("_id")
     identifier = query.get("identifier")

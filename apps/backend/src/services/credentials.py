@@ -1,0 +1,86 @@
+"""The API key a session acts as, and the process's memory of keys it has seen.
+
+A key's organization never changes, so the process remembers it after the key's first
+use (`remembered`, `remember`), and a request with a known key needs no round trip of
+its own to authenticate. Whether the key is still live is what can change: so a
+session that acts as a key (`act_as`) has every transaction the service runs on it
+begin with careteam_enter(org, key hash), which checks it in the same round trip as
+BEGIN and the tenant; a revoked key fails there (ApiKeyNotLive) and is forgotten. The
+credential records that a statement confirmed it (`confirmed`), so the HTTP layer knows
+whether a request that ends without reaching the database still has to check its key
+(src/api/auth.py).
+
+A session without a credential (the CLI, scripts, tests calling the service) checks
+nothing beyond the tenant.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+# Beyond this many keys the memory starts over (keys are checked in every transaction
+# anyway; forgetting one costs its next request one round trip).
+MAX_REMEMBERED = 10_000
+_SESSION_INFO = "careteam_credential"
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class KnownKey:
+    """What never changes about a key: its id and its organization."""
+
+    api_key_id: uuid.UUID
+    organization_id: uuid.UUID
+
+
+@dataclass
+class Credential:
+    """An API key a session acts as. `confirmed`: a statement of this request found it
+    live (set by the service's transaction layer)."""
+
+    key_hash: str
+    api_key_id: uuid.UUID
+    organization_id: uuid.UUID
+    confirmed: bool = False
+
+    def __post_init__(self) -> None:
+        # It is inlined into SQL (src/services/transaction.py): hex digits only.
+        if not _HEX.fullmatch(self.key_hash):
+            raise ValueError("an API key hash is 64 hex digits")
+
+    @property
+    def actor(self) -> str:
+        return f"api_key:{self.api_key_id}"
+
+
+_remembered: dict[str, KnownKey] = {}
+
+
+def remembered(key_hash: str) -> KnownKey | None:
+    return _remembered.get(key_hash)
+
+
+def remember(key_hash: str, known: KnownKey) -> None:
+    if len(_remembered) >= MAX_REMEMBERED:
+        _remembered.clear()
+    _remembered[key_hash] = known
+
+
+def forget(key_hash: str) -> None:
+    _remembered.pop(key_hash, None)
+
+
+def act_as(db: AsyncSession, credential: Credential) -> AsyncSession:
+    """Every transaction the service runs on `db` from now on checks `credential`."""
+    db.info[_SESSION_INFO] = credential
+    return db
+
+
+def of_session(db: AsyncSession) -> Credential | None:
+    """The credential `db` acts as, if any."""
+    credential: Credential | None = db.info.get(_SESSION_INFO)
+    return credential
