@@ -349,13 +349,14 @@ def allowed_methods(app: Any, scope: MutableMapping[str, Any]) -> str:
 # --- the OpenAPI document ---------------------------------------------------------------------
 
 _DESCRIPTIONS = {
-    400: "The Host header is not one this server answers for (ALLOWED_HOSTS)",
+    400: "The Host header is not one this server answers for (ALLOWED_HOSTS), or the "
+    "request carries more than one Authorization header",
     401: "Missing, malformed or revoked API key",
     404: "Not found (or another organization's: the two are indistinguishable)",
     409: "Conflicts with the current state",
     412: "If-Match names a version that is no longer current: nothing changed",
     413: "Request body too large",
-    415: "The body must be JSON (Content-Type: application/json)",
+    415: "A body, whatever the method, must be JSON (Content-Type: application/json)",
     422: "Invalid request; `errors` lists every invalid field",
     431: "Request headers too large",
     503: "Retry after the number of seconds in Retry-After",
@@ -373,14 +374,20 @@ def _code_and_status(error: Answerable) -> tuple[str, int]:
 
 # What any request can be answered, whatever its operation: a body over the limit is 413
 # even on a GET, and a Host outside ALLOWED_HOSTS is 400.
+# A body that is not JSON is 415 whatever the method.
 EVERY_REQUEST: tuple[Answerable, ...] = (
     VALIDATION_ERROR,
     HEADERS_TOO_LARGE,
     BODY_TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
     INVALID_HOST,
 )
-AUTHENTICATED: tuple[Answerable, ...] = (UNAUTHORIZED, DatabaseBusy, DatabaseUnavailable)
-WITH_BODY: tuple[Answerable, ...] = (UNSUPPORTED_MEDIA_TYPE,)
+AUTHENTICATED: tuple[Answerable, ...] = (
+    UNAUTHORIZED,
+    INVALID_REQUEST,
+    DatabaseBusy,
+    DatabaseUnavailable,
+)
 WRITES: tuple[Answerable, ...] = (OutcomeUnknown, IdempotencyKeyReused, IdempotencyKeyInProgress)
 
 
@@ -395,7 +402,7 @@ def problem_responses(
         *errors,
     )
     if body:
-        answered = (*answered, *WITH_BODY, *WRITES)
+        answered = (*answered, *WRITES)
     codes: dict[int, list[str]] = defaultdict(list)
     for error in answered:
         code, status = _code_and_status(error)
