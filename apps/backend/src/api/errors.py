@@ -209,11 +209,13 @@ def field_problems(exc: RequestValidationError) -> list[dict[str, str]]:
     problems = []
     for error in exc.errors()[:20]:
         kind = str(error.get("type", ""))
+        message = _MESSAGES.get(kind) or str(error.get("msg", "invalid"))
         if kind == "json_invalid":  # its loc is a character position, not a field
             where, field = "body", "body"
+            reason = (error.get("ctx") or {}).get("error")
+            message += f": {reason}" if reason else ""
         else:
             where, field = _location_and_field(error.get("loc", ()))
-        message = _MESSAGES.get(kind) or str(error.get("msg", "invalid"))
         problems.append(
             {"location": where, "field": field, "detail": message.removeprefix("Value error, ")}
         )
@@ -300,6 +302,9 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         if exc.status_code == 404:
             return problem_response(404, NOT_FOUND.code, NOT_FOUND.title, "no such path")
+        if exc.status_code == UNSUPPORTED_MEDIA_TYPE.status:
+            kind = UNSUPPORTED_MEDIA_TYPE
+            return problem_response(kind.status, kind.code, kind.title, str(exc.detail))
         return problem_response(
             exc.status_code,
             "http_error",

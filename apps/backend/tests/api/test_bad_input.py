@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import re
 import unicodedata
@@ -103,7 +104,7 @@ class TestPatientBodies:
         assert r.status_code == 422
         assert "Zanzibar" not in r.text
 
-    @pytest.mark.parametrize("raw", [b"", b"{", b"not json", b"\xff\xfe", b"null"])
+    @pytest.mark.parametrize("raw", [b"", b"{", b"not json", b"null"])
     async def test_unparseable_or_empty_body(
         self, client: httpx.AsyncClient, tenant: Tenant, raw: bytes
     ):
@@ -114,6 +115,79 @@ class TestPatientBodies:
         )
         assert r.status_code == 422
         assert r.json()["error"] == "validation_error"
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            json.dumps(VALID).encode("utf-16"),  # with its BOM
+            json.dumps(VALID).encode("utf-16-le"),
+            json.dumps(VALID).encode("utf-32"),
+            b'{"first_name": "\xe9"}',  # Latin-1, not UTF-8
+            b"\xff\xfe",
+        ],
+    )
+    async def test_a_body_that_is_not_utf8_is_415(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database, raw: bytes
+    ):
+        """UTF-16 JSON was decoded by guessing and accepted: JSON is UTF-8 (RFC 8259)."""
+        before = await rows_of(database, tenant)
+        r = await client.post(
+            "/v1/patients",
+            content=raw,
+            headers={**tenant.headers, "Content-Type": "application/json"},
+        )
+        assert r.status_code == 415, r.text
+        assert r.json()["error"] == "unsupported_media_type"
+        assert "UTF-8" in r.json()["detail"]
+        assert await rows_of(database, tenant) == before
+
+    async def test_a_name_given_twice_in_an_object_is_422(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """{"provider_id": P2, "provider_id": P1} was taken as P1 (the last one)."""
+        patient = await post_patient(client, tenant)
+        first, second = await post_provider(client, tenant), await post_provider(client, tenant)
+        raw = f'{{"provider_id": "{first}", "provider_id": "{second}"}}'.encode()
+        r = await client.put(
+            f"/v1/patients/{patient}/care-team/primary",
+            content=raw,
+            headers={**tenant.headers, "Content-Type": "application/json"},
+        )
+        assert r.status_code == 422, r.text
+        assert "'provider_id' is given twice" in r.json()["errors"][0]["detail"]
+        team = await client.get(f"/v1/patients/{patient}/care-team", headers=tenant.headers)
+        assert team.json()["members"] == []
+        nested = b'{"first_name": "A", "last_name": "B", "dob": "1990-01-01", '
+        nested += b'"identifiers": [{"system": "s", "value": "1", "value": "2"}]}'
+        r = await client.post(
+            "/v1/patients",
+            content=nested,
+            headers={**tenant.headers, "Content-Type": "application/json"},
+        )
+        assert r.status_code == 422
+
+    @pytest.mark.parametrize(
+        ("path", "query"),
+        [
+            ("/v1/patients", "nmae=x"),
+            ("/v1/patients", "name=A&limit=5&cursor_=x"),
+            ("/v1/providers", "npi=1234567893&Active=true"),
+            ("/v1/care-team-events", "after_=1"),
+            ("/v1/reports/panels", "organization_id=x"),
+        ],
+    )
+    async def test_an_unknown_query_parameter_is_422_naming_it(
+        self, client: httpx.AsyncClient, tenant: Tenant, path: str, query: str
+    ):
+        """`/v1/patients?nmae=x` answered every patient: a typo silently widened the
+        search. Every /v1 operation refuses a parameter it does not declare."""
+        r = await client.get(f"{path}?{query}", headers=tenant.headers)
+        assert r.status_code == 422, r.text
+        unknown = query.rsplit("&", maxsplit=1)[-1].split("=", maxsplit=1)[0]
+        assert {"location": "query", "field": unknown} == {
+            k: v for k, v in r.json()["errors"][0].items() if k != "detail"
+        }
+        assert "is not a parameter of this operation" in r.json()["errors"][0]["detail"]
 
     async def test_huge_body(self, client: httpx.AsyncClient, tenant: Tenant, database: Database):
         before = await rows_of(database, tenant)

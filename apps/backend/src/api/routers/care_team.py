@@ -14,6 +14,7 @@ from src.api.deps import DB, CurrentCaller
 from src.api.errors import link, links, problem_responses
 from src.api.fields import Instant
 from src.api.idempotency import IDEMPOTENT, as_response, reply, respond
+from src.api.routing import StrictRoute
 from src.api.schemas import (
     CareTeamEventOut,
     CareTeamHistoryOut,
@@ -47,7 +48,9 @@ from src.values import (
     encode_time_uuid_cursor,
 )
 
-router = APIRouter(prefix="/v1/patients/{patient_id}/care-team", tags=["care team"])
+router = APIRouter(
+    prefix="/v1/patients/{patient_id}/care-team", tags=["care team"], route_class=StrictRoute
+)
 
 MAX_PAGE = 200
 

@@ -23,6 +23,7 @@ from src.api.deps import DB, CurrentCaller
 from src.api.errors import link, links, problem_responses
 from src.api.fields import BirthDate
 from src.api.idempotency import IDEMPOTENT, as_response, reply, respond
+from src.api.routing import StrictRoute
 from src.api.schemas import (
     IdentifierIn,
     PatientCreate,
@@ -69,7 +70,7 @@ from src.values import (
     parse_identifier,
 )
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=StrictRoute)
 
 MAX_PAGE = 200
 

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Query
 
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import problem_responses
+from src.api.routing import StrictRoute
 from src.api.schemas import CareTeamEventsOut, FeedEventOut
 from src.services.care_team_service import CareTeamService
 from src.values import CURSOR_MAX_LENGTH, CURSOR_PATTERN, decode_cursor, encode_cursor
 
-router = APIRouter(prefix="/v1", tags=["change feed"])
+router = APIRouter(prefix="/v1", tags=["change feed"], route_class=StrictRoute)
 
 MAX_PAGE = 500
 

@@ -11,6 +11,7 @@ from src.api.deps import DB, CurrentCaller
 from src.api.errors import problem_responses
 from src.api.fields import Instant
 from src.api.idempotency import IDEMPOTENT, reply, respond
+from src.api.routing import StrictRoute
 from src.api.schemas import (
     PanelEntryOut,
     PanelOut,
@@ -34,7 +35,7 @@ from src.values import (
     encode_uuid_cursor,
 )
 
-router = APIRouter(prefix="/v1", tags=["panels"])
+router = APIRouter(prefix="/v1", tags=["panels"], route_class=StrictRoute)
 
 MAX_PAGE = 200
 

@@ -1,0 +1,96 @@
+"""The /v1 routes read requests strictly: nothing a client sends is ignored or guessed.
+
+- A query parameter the operation does not declare is refused (422, naming it): a typo
+  such as `?nmae=x` would otherwise widen a search silently.
+- A JSON body is UTF-8 (RFC 8259 section 8.1): anything else is 415, never decoded by
+  guessing (json.loads alone reads UTF-16 and UTF-32 too).
+- An object with the same name twice (`{"provider_id": A, "provider_id": B}`) is 422:
+  RFC 8259 leaves its meaning to the reader, and taking the last one is a guess.
+
+Every /v1 router uses StrictRoute (`APIRouter(route_class=StrictRoute)`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import HTTPException, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+
+NAME_SHOWN = 64  # at most this much of an unknown parameter's name is repeated back
+
+
+class DuplicateName(json.JSONDecodeError):
+    """A JSON object names a member twice (FastAPI answers a JSONDecodeError as 422)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in members:
+            shown = name[:NAME_SHOWN]
+            raise DuplicateName(f"the member {shown!r} is given twice", "", 0)
+        members[name] = value
+    return members
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body as JSON: UTF-8 only (HTTPException 415), every object's names
+    unique (DuplicateName)."""
+    try:
+        # No JSON text holds a NUL byte (RFC 8259 escapes control characters): one is
+        # UTF-16 or UTF-32, even where its bytes happen to decode as UTF-8.
+        if b"\x00" in body:
+            raise UnicodeDecodeError("utf-8", body, body.index(b"\x00"), 1, "NUL")
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        # An HTTPException: FastAPI lets it through as it parses the body.
+        raise HTTPException(415, "a JSON body must be UTF-8 (RFC 8259)") from None
+    return json.loads(text, object_pairs_hook=_no_duplicates)
+
+
+class StrictRequest(Request):
+    """A request whose JSON body is parsed by parse_json (FastAPI calls `json()`)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json(await self.body())
+        return self._json
+
+
+def _query_names(dependant: Dependant) -> list[str]:
+    """The query parameters an operation declares, its dependencies' included."""
+    names = [field.alias for field in dependant.query_params]
+    for dependency in dependant.dependencies:
+        names += _query_names(dependency)
+    return names
+
+
+class StrictRoute(APIRoute):
+    """An APIRoute that refuses undeclared query parameters and reads JSON strictly."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        declared = frozenset(_query_names(self.dependant))
+
+        async def strict_handler(request: Request) -> Response:
+            unknown = sorted(name for name in request.query_params if name not in declared)
+            if unknown:
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "unknown_query_parameter",
+                            "loc": ("query", name[:NAME_SHOWN]),
+                            "msg": "is not a parameter of this operation"
+                            + (f" (it takes: {', '.join(sorted(declared))})" if declared else ""),
+                        }
+                        for name in unknown
+                    ]
+                )
+            return await handler(StrictRequest(request.scope, request.receive))
+
+        return strict_handler
