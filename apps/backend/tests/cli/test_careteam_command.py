@@ -722,6 +722,9 @@ class TestTheCommandContract:
             assert len(result.stderr.strip().splitlines()) == 1 and "sqlstate" not in result.stderr
 
     def test_status_and_db_url_as_json(self, database_url: str, database: object):
+        # An organization of its own: the test passes alone, not only after others.
+        created = careteam("org", "create", "Status Clinic", env={"DATABASE_URL": database_url})
+        assert created.returncode == 0, created.stderr
         status = careteam("status", "--json", env={"DATABASE_URL": database_url})
         assert status.returncode == 0, status.stderr
         state = json.loads(status.stdout)
