@@ -75,7 +75,7 @@ FUNCTION_DIGESTS = text(
 class Drift:
     """How the functions a database runs compare with the newest files under sql/."""
 
-    checked: int = 0
+    compared: int = 0  # functions compared
     differ: list[str] = field(default_factory=list)  # body is not its newest file's
     missing: list[str] = field(default_factory=list)  # no such function in public
 
@@ -92,7 +92,7 @@ async def find_drift(conn: AsyncConnection) -> Drift:
     digests: dict[str, set[str]] = {}
     for name, digest in rows:
         digests.setdefault(name, set()).add(digest)
-    drift = Drift(checked=len(latest))
+    drift = Drift(compared=len(latest))
     for name, path in latest.items():
         expected = hashlib.md5(function_body(sql_text(path)).encode(), usedforsecurity=False)
         if name not in digests:
