@@ -5,13 +5,10 @@
 
 from __future__ import annotations
 
-from types import ModuleType
-
-from alembic import command, context, op
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,32 +28,6 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "no migrations found"
     return head
-
-
-def revision_module(revision: str) -> ModuleType:
-    """A revision's module: for a later revision whose downgrade puts back an earlier
-    definition (a revision's file name is not an importable module name)."""
-    script = ScriptDirectory.from_config(alembic_config()).get_revision(revision)
-    assert script is not None, revision
-    module: ModuleType = script.module
-    return module
-
-
-def drop_invalid_index(name: str) -> None:
-    """For a revision, before it builds `name` CONCURRENTLY (IF NOT EXISTS): a concurrent
-    build that failed leaves an INVALID index behind, which IF NOT EXISTS would keep;
-    drop it first. Outside a transaction (an autocommit block), like the build."""
-    if context.is_offline_mode():
-        return
-    invalid = op.get_bind().execute(
-        text(
-            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "WHERE c.relname = :name AND NOT i.indisvalid"
-        ),
-        {"name": name},
-    )
-    if invalid.scalar_one():
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
 
 
 # Alembic runs each migration in its own transaction on the connection, and steps out

@@ -26,8 +26,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from src import primary_index
+from src.database_code import sql_text
 from src.db import pg_error_fields
-from src.models.care_team import ChangeReason, EventType
 from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 logger = logging.getLogger(__name__)
@@ -71,73 +71,11 @@ DROP TABLE IF EXISTS pg_temp.careteam_dedupe_batch
 """
 
 
-# One batch, as one transaction (one statement): take the service's per-patient lock in
-# (organization_id, patient_id) order, then, with a fresh snapshot under the lock (so a
-# concurrent assignment's commit is seen), keep the latest primary and demote the rest.
-# Where the schema has reasons and periods (migration 20261128_care_team_periods), the
-# events say `data_correction` with the detail as their note, and the trigger closes and
-# opens the periods with the same reason; before it, the detail is the reason itself.
-def batch_function(*, with_reasons: bool) -> str:
-    detail = (
-        "'duplicate primary demoted to secondary (assignment ' || id "
-        "|| '); kept provider ' || kept_provider_id"
-    )
-    begin_change = (
-        f"PERFORM careteam_begin_change(p_actor, '{ChangeReason.DATA_CORRECTION}', "
-        "'duplicate primary demoted to secondary');"
-        if with_reasons
-        else ""
-    )
-    columns, values = (
-        ("reason, note", f"'{ChangeReason.DATA_CORRECTION}', {detail}")
-        if with_reasons
-        else ("reason", detail)
-    )
-    return f"""
-CREATE OR REPLACE FUNCTION pg_temp.careteam_dedupe_batch(p_batch bigint, p_actor text)
-RETURNS bigint
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    n_demoted bigint;
-BEGIN
-    PERFORM 1
-    FROM patients AS p
-    JOIN pg_temp.careteam_dedupe_batch AS b
-        ON b.organization_id = p.organization_id AND b.patient_id = p.id
-    WHERE b.batch = p_batch
-    ORDER BY p.organization_id, p.id
-    FOR NO KEY UPDATE OF p;
-    {begin_change}
-    WITH ranked AS (
-        SELECT a.id, a.organization_id, a.patient_id, a.provider_id,
-               row_number() OVER w AS rank,
-               first_value(a.provider_id) OVER w AS kept_provider_id
-        FROM care_team_assignments AS a
-        JOIN pg_temp.careteam_dedupe_batch AS b
-            ON b.organization_id = a.organization_id AND b.patient_id = a.patient_id
-        WHERE b.batch = p_batch AND a.is_primary_provider
-        WINDOW w AS (PARTITION BY a.organization_id, a.patient_id
-                     ORDER BY a.assigned_at DESC, a.id DESC)
-    ), demoted AS (
-        UPDATE care_team_assignments AS a
-        SET is_primary_provider = false
-        FROM ranked AS r
-        WHERE a.id = r.id AND r.rank > 1
-        RETURNING a.organization_id, a.patient_id, a.provider_id, a.id, r.kept_provider_id
-    )
-    INSERT INTO care_team_events
-        (organization_id, patient_id, provider_id, event_type,
-         previous_primary_provider_id, actor, {columns})
-    SELECT organization_id, patient_id, provider_id, '{EventType.MIGRATION_DEDUPE.value}',
-           provider_id, p_actor, {values}
-    FROM demoted;
-
-    GET DIAGNOSTICS n_demoted = ROW_COUNT;
-    RETURN n_demoted;
-END
-$$
-"""
+# One batch, as one transaction (the files say what it does): v2 where the schema has
+# reasons and periods (careteam_begin_change, from 20261128_care_team_periods on), v1
+# before it (as during the migration 20260114_unique_primary).
+BATCH_FUNCTION = "temporary/careteam_dedupe_batch/v1.sql"
+BATCH_FUNCTION_WITH_REASONS = "temporary/careteam_dedupe_batch/v2.sql"
 
 
 HAS_REASONS = "SELECT to_regproc('careteam_begin_change') IS NOT NULL"
@@ -207,7 +145,7 @@ def dedupe(
     _execute(conn, INDEX_BATCHES)
     _execute(conn, "ANALYZE pg_temp.careteam_dedupe_batch")
     with_reasons = bool(conn.exec_driver_sql(HAS_REASONS).scalar())
-    _execute(conn, batch_function(with_reasons=with_reasons))
+    _execute(conn, sql_text(BATCH_FUNCTION_WITH_REASONS if with_reasons else BATCH_FUNCTION))
     try:
         batches = conn.exec_driver_sql(
             "SELECT coalesce(max(batch) + 1, 0), count(*) FROM pg_temp.careteam_dedupe_batch"
@@ -317,7 +255,7 @@ def offline_sql(*, actor: str) -> list[str]:
         CREATE_BATCHES.format(batch_size=DEFAULT_BATCH_SIZE, organization_filter=""),
         INDEX_BATCHES,
         "ANALYZE pg_temp.careteam_dedupe_batch",
-        batch_function(with_reasons=False),
+        sql_text(BATCH_FUNCTION),
         f"SELECT pg_temp.careteam_dedupe_batch(0, '{actor}')",
         DROP_BATCHES,
         CREATE_INDEX,

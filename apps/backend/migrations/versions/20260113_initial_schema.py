@@ -16,14 +16,18 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
-from src.models.care_team import EVENT_TYPE_CHECK
-
 revision: str = "20260113_initial_schema"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 GEN_UUID = sa.text("gen_random_uuid()")
+# The event types as this revision created them: frozen here, so that a later change to
+# the application's enum never changes what this revision does.
+EVENT_TYPE_CHECK = (
+    "event_type IN ('primary_assigned', 'primary_demoted', 'secondary_added', "
+    "'provider_removed', 'migration_dedupe')"
+)
 
 
 def _created_at() -> sa.Column[object]:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from alembic import op
 
 from src.config import get_settings
+from src.database_code import run_sql_file
 
 revision: str = "20260114_rls_coverage"
 down_revision: str | None = "20260113_initial_schema"
@@ -46,18 +47,6 @@ TENANT_TABLES = {
     "care_team_events": ("organization_id", "SELECT, INSERT"),
     "api_keys": ("organization_id", None),
 }
-
-AUTHENTICATE_API_KEY = """
-CREATE FUNCTION authenticate_api_key(p_key_hash text)
-RETURNS TABLE (api_key_id uuid, organization_id uuid)
-LANGUAGE sql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT k.id, k.organization_id
-    FROM public.api_keys AS k
-    WHERE k.key_hash = p_key_hash AND k.revoked_at IS NULL
-$$
-"""
 
 
 def upgrade() -> None:
@@ -89,7 +78,7 @@ def upgrade() -> None:
         )
         if privileges:
             op.execute(f"GRANT {privileges} ON {table} TO {role}")
-    op.execute(AUTHENTICATE_API_KEY)
+    run_sql_file("functions/authenticate_api_key/v1.sql")
     op.execute("REVOKE ALL ON FUNCTION authenticate_api_key(text) FROM PUBLIC")
     op.execute(f"GRANT EXECUTE ON FUNCTION authenticate_api_key(text) TO {role}")
 

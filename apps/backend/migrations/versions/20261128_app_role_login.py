@@ -31,10 +31,7 @@ from collections.abc import Sequence
 from alembic import op
 
 from src.config import get_settings
-from src.primary_index import UNIQUE_PRIMARY_INDEX
-
-# pg_try_advisory_xact_lock key of the rule check: b"careteam" read as an integer.
-RULE_CHECK_LOCK = int.from_bytes(b"careteam", "big")
+from src.database_code import run_sql_file
 
 revision: str = "20261128_app_role_login"
 down_revision: str | None = "20261128_event_sequence"
@@ -50,49 +47,6 @@ CREATE TABLE IF NOT EXISTS careteam_rule_checks (
     without_primary bigint NOT NULL,
     index_valid boolean
 )
-"""
-
-# The stored result when fresh; otherwise one session recounts (the others, finding the
-# advisory lock taken, answer the stored result): patients with several primaries,
-# patients with a team but no primary, and whether the index is valid (NULL: missing).
-RULE_STATUS = f"""
-CREATE OR REPLACE FUNCTION careteam_rule_status(max_age_s double precision)
-RETURNS TABLE (checked_at timestamptz, several_primaries bigint, without_primary bigint,
-               index_valid boolean)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF NOT EXISTS (
-        SELECT 1 FROM public.careteam_rule_checks AS c
-        WHERE c.checked_at > clock_timestamp() - make_interval(secs => max_age_s)
-    ) AND pg_try_advisory_xact_lock({RULE_CHECK_LOCK}) THEN
-        INSERT INTO public.careteam_rule_checks AS c
-            (checked_at, several_primaries, without_primary, index_valid)
-        SELECT clock_timestamp(),
-               count(*) FILTER (WHERE g.primaries > 1),
-               count(*) FILTER (WHERE g.primaries = 0),
-               (SELECT i.indisvalid
-                FROM pg_index AS i
-                JOIN pg_class AS r ON r.oid = i.indexrelid
-                WHERE r.relname = '{UNIQUE_PRIMARY_INDEX}'
-                  AND r.relnamespace = 'public'::regnamespace)
-        FROM (
-            SELECT count(*) FILTER (WHERE is_primary_provider) AS primaries
-            FROM public.care_team_assignments
-            GROUP BY organization_id, patient_id
-        ) AS g
-        ON CONFLICT (id) DO UPDATE SET
-            checked_at = excluded.checked_at,
-            several_primaries = excluded.several_primaries,
-            without_primary = excluded.without_primary,
-            index_valid = excluded.index_valid;
-    END IF;
-    RETURN QUERY
-        SELECT c.checked_at, c.several_primaries, c.without_primary, c.index_valid
-        FROM public.careteam_rule_checks AS c;
-END
-$$
 """
 
 
@@ -116,7 +70,7 @@ def upgrade() -> None:
     )
     op.execute(f"GRANT SELECT ON alembic_version TO {role}")
     op.execute(CREATE_CHECKS)
-    op.execute(RULE_STATUS)
+    run_sql_file("functions/careteam_rule_status/v1.sql")
     op.execute("REVOKE ALL ON FUNCTION careteam_rule_status(double precision) FROM PUBLIC")
     op.execute(f"GRANT EXECUTE ON FUNCTION careteam_rule_status(double precision) TO {role}")
 

@@ -34,6 +34,7 @@ from alembic import context, op
 from sqlalchemy import text
 
 from src.config import get_settings
+from src.database_code import run_sql_file
 
 revision: str = "20261128_event_sequence"
 down_revision: str | None = "20260114_unique_primary"
@@ -54,83 +55,10 @@ CREATE TABLE IF NOT EXISTS care_team_event_sequences (
 )
 """
 
-# While the backfill runs: number only organizations already numbered (ready), and take
-# the counter's row lock either way, so the backfill's batch and this insert queue.
-TRANSITIONAL_TRIGGER_FUNCTION = """
-CREATE OR REPLACE FUNCTION number_care_team_event() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    is_ready boolean;
-    next_seq bigint;
-BEGIN
-    INSERT INTO care_team_event_sequences AS s (organization_id, last_seq, ready)
-    VALUES (NEW.organization_id, 1, true)
-    ON CONFLICT (organization_id) DO UPDATE
-        SET last_seq = s.last_seq + CASE WHEN s.ready THEN 1 ELSE 0 END
-    RETURNING s.ready, s.last_seq INTO is_ready, next_seq;
-    IF is_ready THEN
-        NEW.seq := next_seq;
-    END IF;
-    RETURN NEW;
-END
-$$
-"""
-
-# The final form: the next number of the organization. The counter's row stays locked
-# until the transaction ends, so numbers follow commit order and have no gaps.
-TRIGGER_FUNCTION = """
-CREATE OR REPLACE FUNCTION number_care_team_event() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO care_team_event_sequences AS s (organization_id, last_seq)
-    VALUES (NEW.organization_id, 1)
-    ON CONFLICT (organization_id) DO UPDATE SET last_seq = s.last_seq + 1
-    RETURNING s.last_seq INTO NEW.seq;
-    RETURN NEW;
-END
-$$
-"""
-
 CREATE_TRIGGER = """
 CREATE OR REPLACE TRIGGER number_care_team_event
 BEFORE INSERT ON care_team_events
 FOR EACH ROW EXECUTE FUNCTION number_care_team_event()
-"""
-
-# One batch of one organization, as one transaction (one statement): hold the counter's
-# row, number the oldest unnumbered events after its last number, and mark the
-# organization ready once none is left.
-CREATE_BATCH_FUNCTION = """
-CREATE OR REPLACE FUNCTION pg_temp.careteam_number_events(p_org uuid, p_batch integer)
-RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    last bigint;
-    numbered integer;
-BEGIN
-    INSERT INTO care_team_event_sequences AS s (organization_id, last_seq, ready)
-    VALUES (p_org, 0, false)
-    ON CONFLICT (organization_id) DO UPDATE SET ready = s.ready
-    RETURNING s.last_seq INTO last;
-
-    WITH todo AS (
-        SELECT id, last + row_number() OVER (ORDER BY id) AS seq
-        FROM (
-            SELECT id FROM care_team_events
-            WHERE organization_id = p_org AND seq IS NULL
-            ORDER BY id
-            LIMIT p_batch
-        ) AS oldest
-    )
-    UPDATE care_team_events AS e SET seq = todo.seq FROM todo WHERE e.id = todo.id;
-    GET DIAGNOSTICS numbered = ROW_COUNT;
-
-    UPDATE care_team_event_sequences
-    SET last_seq = last + numbered, ready = numbered < p_batch
-    WHERE organization_id = p_org;
-    RETURN numbered;
-END
-$$
 """
 
 TO_NUMBER = """
@@ -171,7 +99,7 @@ def upgrade() -> None:
         "INSERT INTO care_team_event_sequences (organization_id, last_seq, ready) "
         "SELECT id, 0, false FROM organizations ON CONFLICT (organization_id) DO NOTHING"
     )
-    op.execute(TRANSITIONAL_TRIGGER_FUNCTION)
+    run_sql_file("functions/number_care_team_event/v1.sql")  # transitional
     op.execute(CREATE_TRIGGER)
 
     with op.get_context().autocommit_block():
@@ -180,9 +108,9 @@ def upgrade() -> None:
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_care_team_events_unnumbered "
             "ON care_team_events (organization_id, id) WHERE seq IS NULL"
         )
-        op.execute(CREATE_BATCH_FUNCTION)
+        run_sql_file("temporary/careteam_number_events/v1.sql")
         _number_every_organization()
-        op.execute(TRIGGER_FUNCTION)
+        run_sql_file("functions/number_care_team_event/v2.sql")  # final
         op.execute(
             "-- A leftover of an interrupted run, re-added below:\n"
             "-- squawk-ignore ban-drop-constraint\n"

@@ -43,13 +43,7 @@ from alembic import context, op
 from sqlalchemy import text
 
 from src.config import get_settings
-from src.migration_runner import drop_invalid_index
-from src.models.care_team import one_of
-from src.models.records import (
-    IDENTIFIER_MAX_LENGTH,
-    RecordAction,
-    RecordType,
-)
+from src.database_code import drop_invalid_index, run_sql_file
 
 revision: str = "20261206_records_and_sync"
 down_revision: str | None = "20261206_lean_period_changes"
@@ -57,6 +51,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 CURRENT_TENANT = "NULLIF(current_setting('app.current_organization_id', true), '')::uuid"
+# As this revision created them: frozen here, so that a later change to the
+# application's constants never changes what this revision does.
+IDENTIFIER_MAX_LENGTH = 255
 
 NEW_TABLES = {
     "patient_identifiers": f"""
@@ -74,7 +71,7 @@ CREATE TABLE IF NOT EXISTS patient_identifiers (
     CONSTRAINT ck_patient_identifiers_value
         CHECK (length(value) BETWEEN 1 AND {IDENTIFIER_MAX_LENGTH})
 )""",
-    "record_changes": f"""
+    "record_changes": """
 CREATE TABLE IF NOT EXISTS record_changes (
     organization_id uuid NOT NULL,
     id bigint GENERATED ALWAYS AS IDENTITY,
@@ -88,8 +85,8 @@ CREATE TABLE IF NOT EXISTS record_changes (
     CONSTRAINT pk_record_changes PRIMARY KEY (organization_id, id),
     CONSTRAINT fk_record_changes_organization_id_organizations
         FOREIGN KEY (organization_id) REFERENCES organizations (id) ON DELETE RESTRICT,
-    CONSTRAINT ck_record_changes_record_type CHECK ({one_of("record_type", RecordType)}),
-    CONSTRAINT ck_record_changes_action CHECK ({one_of("action", RecordAction)})
+    CONSTRAINT ck_record_changes_record_type CHECK (record_type IN ('patient', 'provider')),
+    CONSTRAINT ck_record_changes_action CHECK (action IN ('created', 'updated'))
 )""",
     "idempotency_keys": """
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -138,17 +135,6 @@ SEARCH_INDEXES = [
     for column in ("last_name", "first_name")
 ] + [("ix_patients_organization_id_dob_id", "patients", "(organization_id, dob, id)")]
 
-# The name keys, on every insert and every change of a name, whoever writes.
-NAME_KEYS = """
-CREATE OR REPLACE FUNCTION careteam_name_keys() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.first_name_key := lower(NEW.first_name);
-    NEW.last_name_key := lower(NEW.last_name);
-    RETURN NEW;
-END
-$$
-"""
 BATCH_SIZE = 10_000
 PROGRESS_EVERY_S = 10
 logger = logging.getLogger("alembic.runtime.migration")
@@ -248,7 +234,7 @@ def upgrade() -> None:
         _timeouts()
         # One table per statement (a writer holding both could deadlock with this).
         _check_npis()  # before the long work: a stop here has changed nothing that matters
-        op.execute(NAME_KEYS)
+        run_sql_file("functions/careteam_name_keys/v1.sql")
         for table in ("patients", "providers"):
             for column in (
                 "version bigint DEFAULT 1 NOT NULL",

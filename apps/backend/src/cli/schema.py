@@ -11,7 +11,7 @@ from rich.table import Table
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from src import diagnostics, migration_runner
+from src import database_code, diagnostics, migration_runner
 from src.cli.common import JsonOption, console, errors, print_json, run, usage_error
 
 COUNTED_TABLES = (
@@ -40,15 +40,62 @@ async def _counts(engine: AsyncEngine) -> dict[str, int]:
     return counts
 
 
+async def _drift(engine: AsyncEngine) -> database_code.Drift:
+    async with engine.connect() as conn:
+        return await database_code.find_drift(conn)
+
+
+def _drift_json(drift: database_code.Drift | None) -> dict[str, object]:
+    if drift is None:
+        return {"checked": False, "matches": None, "differ": [], "missing": []}
+    return {
+        "checked": True,
+        "matches": drift.matches,
+        "differ": drift.differ,
+        "missing": drift.missing,
+    }
+
+
+def _print_drift(drift: database_code.Drift | None) -> None:
+    """One line: whether every function runs its newest file in sql/ (at head only)."""
+    if drift is None:
+        console.print("Database code: not checked (the database is not at head)")
+    elif drift.matches:
+        console.print(
+            f"Database code: [green]each of the {drift.compared} functions runs its newest "
+            "file in sql/[/green]",
+            highlight=False,
+        )
+    else:
+        latest = database_code.latest_versions()
+        found = [f"{name} differs from sql/{latest[name]}" for name in drift.differ]
+        found += [f"{name} is missing" for name in drift.missing]
+        console.print(
+            f"Database code: [red]drift: {'; '.join(found)}[/red] (at head, yet not what its "
+            f"revisions install; what it runs, in psql: \\sf {(drift.differ or drift.missing)[0]})",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 async def _report_status(engine: AsyncEngine, url: str, *, as_json: bool = False) -> None:
-    """Schema revision, row counts, then the primary-provider check (20 of each kind);
-    as JSON, the revision and the counts (`careteam check --json` has the check's)."""
+    """Schema revision, whether the functions are those of sql/ (at head), row counts,
+    then the primary-provider check (20 of each kind); as JSON, the revision, the
+    functions' comparison and the counts (`careteam check --json` has the check's).
+    A report: it exits 0 whatever it finds."""
     revision = await migration_runner.current_revision(engine)
     head = migration_runner.head_revision()
     counts = {} if revision is None else await _counts(engine)
+    drift = await _drift(engine) if revision == head else None
     if as_json:
         print_json(
-            {"revision": revision, "head": head, "at_head": revision == head, "rows": counts}
+            {
+                "revision": revision,
+                "head": head,
+                "at_head": revision == head,
+                "database_code": _drift_json(drift),
+                "rows": counts,
+            }
         )
         return
     mark = (
@@ -57,6 +104,7 @@ async def _report_status(engine: AsyncEngine, url: str, *, as_json: bool = False
         else f"[yellow](not at head: head is {head})[/yellow]"
     )
     console.print(f"Schema revision: {revision or '(empty database)'} {mark}", highlight=False)
+    _print_drift(drift)
     if revision is None:
         return
     table = Table("table", "rows", show_edge=False)
@@ -96,7 +144,8 @@ def migrate(
 
 
 def status(as_json: JsonOption = False) -> None:
-    """Report the schema revision, row counts and the primary-provider check."""
+    """Report the schema revision, whether the database runs the functions in sql/
+    (at head), row counts and the primary-provider check (exit 0 whatever it finds)."""
     run(lambda engine, url: _report_status(engine, url, as_json=as_json))
 
 

@@ -52,8 +52,9 @@ def one_of(column: str, values: type[enum.StrEnum]) -> str:
 
 
 EVENT_TYPES = tuple(e.value for e in EventType)
-# The one list of event types, as the table's CHECK constraint states it (the migrations
-# and the model both use this; the service binds the enum's values as parameters).
+# The list of event types, as the table's CHECK constraint states it (the model uses
+# this; the initial revision carries its own frozen copy; the service binds the enum's
+# values as parameters).
 EVENT_TYPE_CHECK = one_of("event_type", EventType)
 
 

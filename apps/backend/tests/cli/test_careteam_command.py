@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.config import BACKEND_DIR
 from src.embedded import Supervisor, release_embedded_server, start_embedded_server
+from src.migration_runner import downgrade, upgrade
 from src.services.care_team_service import CareTeamService
 from src.services.directory_service import DirectoryService
 from tests.helpers import FreshDatabase, create_clinic, create_patient, http_json, start_serve
@@ -134,6 +135,52 @@ class TestDatabaseCommands:
         check = careteam("check", env=env)
         assert check.returncode == 0
         assert careteam("db-url", env=env).stdout.strip() == fresh_database.url
+
+    async def test_status_names_the_functions_that_are_not_their_files(
+        self, fresh_database: FreshDatabase
+    ):
+        env = {"DATABASE_URL": fresh_database.url}
+        await upgrade(fresh_database.engine)
+        clean = careteam("status", "--json", env=env)
+        assert clean.returncode == 0, clean.stderr
+        assert json.loads(clean.stdout)["database_code"] == {
+            "checked": True,
+            "matches": True,
+            "differ": [],
+            "missing": [],
+        }
+        assert "Database code: each of the " in careteam("status", env=env).stdout
+
+        # Changed by hand, outside any revision: one body replaced, one function dropped.
+        await fresh_database.execute(
+            "CREATE OR REPLACE FUNCTION careteam_name_keys() RETURNS trigger "
+            "LANGUAGE plpgsql AS $$ BEGIN NEW.first_name_key := NEW.first_name; "
+            "RETURN NEW; END $$"
+        )
+        await fresh_database.execute(
+            "DROP FUNCTION careteam_care_team_as_of(uuid, uuid, timestamptz, text)"
+        )
+        status = careteam("status", env=env)
+        assert status.returncode == 0, status.stderr  # a report, as with violations
+        assert (
+            "Database code: drift: careteam_name_keys differs from "
+            "sql/functions/careteam_name_keys/v1.sql; careteam_care_team_as_of is missing"
+        ) in status.stdout
+        assert r"\sf careteam_name_keys" in status.stdout
+        as_json = careteam("status", "--json", env=env)
+        assert json.loads(as_json.stdout)["database_code"] == {
+            "checked": True,
+            "matches": False,
+            "differ": ["careteam_name_keys"],
+            "missing": ["careteam_care_team_as_of"],
+        }
+
+        # Below head, what runs is the earlier revisions' code: not compared.
+        await downgrade(fresh_database.engine, "20261206_period_changes_by_index")
+        below = careteam("status", env=env)
+        assert "Database code: not checked (the database is not at head)" in below.stdout
+        as_json = careteam("status", "--json", env=env)
+        assert json.loads(as_json.stdout)["database_code"]["checked"] is False
 
 
 # The embedded server, as operators meet it: real `careteam` processes on a data
@@ -722,6 +769,9 @@ class TestTheCommandContract:
             assert len(result.stderr.strip().splitlines()) == 1 and "sqlstate" not in result.stderr
 
     def test_status_and_db_url_as_json(self, database_url: str, database: object):
+        # An organization of its own: the test passes alone, not only after others.
+        created = careteam("org", "create", "Status Clinic", env={"DATABASE_URL": database_url})
+        assert created.returncode == 0, created.stderr
         status = careteam("status", "--json", env={"DATABASE_URL": database_url})
         assert status.returncode == 0, status.stderr
         state = json.loads(status.stdout)
