@@ -77,7 +77,7 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
         # No pre-ping round trip on every checkout: a pooled connection that died fails
-        # its first statement, and run_in_transaction retries on a fresh one.
+        # its first statement, and run_transaction retries on a fresh one.
         pool_pre_ping=False,
     )
 

@@ -17,7 +17,6 @@ from src import primary_index
 from src.api.auth import Authentication
 from src.api.errors import install_error_handlers
 from src.api.fhir_resources import FhirError, outcome
-from src.api.idempotency import replayed
 from src.api.middleware import BodyRules, RequestContextMiddleware
 from src.api.openapi import install_openapi, operation_id
 from src.api.routers import care_team, directory, feed, fhir, health, panels
@@ -25,7 +24,6 @@ from src.config import Settings, get_settings
 from src.db import Database, open_database
 from src.log_config import configure_logging
 from src.metrics import record_check, track_pool
-from src.services.idempotency import Replay
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +166,6 @@ def create_app(database: Database | None = None, database_url: str | None = None
     if database is not None:
         attach(app, database)
     install_error_handlers(app)
-    app.add_exception_handler(Replay, replayed)  # type: ignore[arg-type]
     app.add_exception_handler(FhirError, _fhir_error)  # type: ignore[arg-type]
     install_openapi(app)
     # Stacked from the innermost out (src/api/middleware.py has the order and why).

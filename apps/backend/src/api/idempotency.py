@@ -1,33 +1,47 @@
 """Idempotency-Key on every write of /v1 (POST, PUT, PATCH, DELETE): the HTTP side.
 
-The dependency `idempotent` reads the header and fingerprints the request (method,
-path, query and body); each write route then answers through `respond`, which tells the
-service layer how its result becomes the response, so that the response can be stored
-in the write's own transaction (src/services/idempotency.py has the guarantees). A
-replay is the stored response, byte for byte, with `Idempotent-Replayed: true`.
+The dependency `Idempotency` reads the header and fingerprints the request as it was
+understood: its method, path, query parameters (in order of name) and parsed JSON body
+(re-written canonically), so that the same request written with other whitespace or
+member order is the same request. The service takes the key as a parameter, claims it
+and stores its own result with the change (src/services/idempotency.py); the HTTP layer
+renders that result the same way every time, so a replay is answered with the first
+response, marked `Idempotent-Replayed: true`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+import json
+from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 from pydantic.json_schema import SkipJsonSchema
 
-from src.services import idempotency
-from src.services.idempotency import Reply
-
-T = TypeVar("T")
+from src.services.idempotency import IdempotencyKey
 
 KEY_MAX_LENGTH = 255  # any text a header can carry: a UUID is typical
 JSON = "application/json"
 
 
-async def _idempotent(
+async def fingerprint(request: Request) -> str:
+    """What makes two requests the same request: method, path, query, parsed body."""
+    query = sorted(request.query_params.multi_items())
+    body = await request.body()
+    parsed = None if not body else await request.json()
+    canonical = json.dumps(
+        [request.method, request.url.path, query, parsed],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def _idempotency_key(
     request: Request,
     idempotency_key: Annotated[
         str | SkipJsonSchema[None],
@@ -39,18 +53,23 @@ async def _idempotent(
             "needs a new key (409 idempotency_key_reused otherwise).",
         ),
     ] = None,
-) -> None:
+) -> IdempotencyKey | None:
     if idempotency_key is None:
-        idempotency.begin_request(None)
-        return
-    digest = hashlib.sha256()
-    for part in (request.method, request.url.path, request.url.query):
-        digest.update(part.encode() + b"\0")
-    digest.update(await request.body())
-    idempotency.begin_request(idempotency_key, digest.hexdigest())
+        return None
+    return IdempotencyKey(idempotency_key, await fingerprint(request))
 
 
-IDEMPOTENT = Depends(_idempotent)
+# A write route's `idempotency` parameter: the request's key, or None without one.
+Idempotency = Annotated[IdempotencyKey | None, Depends(_idempotency_key)]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A write's response: status, JSON body, ETag."""
+
+    status_code: int
+    body: bytes
+    etag: str | None = None
 
 
 def reply(status_code: int, body: BaseModel | None, etag: str | None = None) -> Reply:
@@ -66,17 +85,7 @@ def as_response(answer: Reply, *, replayed: bool = False) -> Response:
     return Response(answer.body, answer.status_code, headers=headers, media_type=JSON)
 
 
-async def respond(call: Awaitable[T], render: Callable[[T], Reply]) -> Response:
-    """The write's response: `render` of what `call` (the service) returns. Under an
-    Idempotency-Key, the service stores that same response with the change."""
-    idempotency.answer_with(render)
-    try:
-        result = await call
-        return as_response(idempotency.stored_reply() or render(result))
-    finally:
-        idempotency.begin_request(None)  # the key is this request's only
-
-
-async def replayed(request: Request, exc: idempotency.Replay) -> Response:
-    """The exception handler of a replay: the stored response, marked as a replay."""
-    return as_response(exc.reply, replayed=True)
+def respond(answer: Reply, idempotency: IdempotencyKey | None) -> Response:
+    """A write's response; marked as a replay when the service answered with the result
+    stored under the request's key."""
+    return as_response(answer, replayed=idempotency is not None and idempotency.replayed)

@@ -4,6 +4,7 @@ record changes, and idempotency keys."""
 import datetime
 import enum
 import uuid
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -17,7 +18,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from src.models.base import Base
@@ -105,6 +106,9 @@ class IdempotencyKey(Base):
     status_code: Mapped[int] = mapped_column(BigInteger)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     etag: Mapped[str | None] = mapped_column(Text)
+    # The service's result, stored with the change (careteam_store_result); NULL while the
+    # claim is in progress, and on the rows of the release before (`status_code`, `body`).
+    result: Mapped[Any | None] = mapped_column(JSONB)
     created_at: Mapped[datetime.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

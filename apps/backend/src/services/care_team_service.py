@@ -2,11 +2,13 @@
 
 Guarantees:
 
-- Each public write is one atomic unit of work: it sets the tenant, and one database
-  function (migration 20261128_care_team_periods) locks the patient, changes
-  care_team_assignments, writes care_team_events; the trigger on the assignments keeps
-  care_team_periods in step; it commits. On any failure it rolls back and nothing of it
-  remains.
+- Each public write is one atomic unit of work, one statement: careteam_change_team
+  (sql/functions/careteam_change_team/) sets the tenant, claims the Idempotency-Key if
+  any, locks the patient, and runs the change function (careteam_assign_primary,
+  careteam_add_secondary, careteam_remove_member), which changes care_team_assignments
+  and writes care_team_events; the trigger on the assignments keeps care_team_periods in
+  step (careteam_keep_periods, careteam_change_period); it commits where the statement
+  ends. On any failure it rolls back and nothing of it remains.
 - Writers of one (organization, patient) are serialised by a row lock on the patient
   (``SELECT ... FOR NO KEY UPDATE``), taken before care_team_assignments is touched, so
   concurrent assignments queue instead of colliding: the last to commit wins and exactly
@@ -39,7 +41,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.metrics import ASSIGNMENTS, LOCK_WAIT
 from src.models import NOTE_MAX_LENGTH, ChangeReason, PeriodRole
 from src.services.errors import CareTeamError, InvalidArgument, PatientNotFound, Subject
-from src.services.transaction import Sql, key_hash_of, run_in_transaction, runs_alone
+from src.services.idempotency import IdempotencyKey
+from src.services.transaction import Sql, run_statement, run_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +118,21 @@ class CareTeamPeriodRecord:
 # Every statement filters on organization_id as well, although RLS already does: the
 # indexes lead with it, and a mistake in one layer is caught by the other.
 
-# A write, in one statement (migration 20261206_writes_in_one_statement): careteam_write
-# sets the tenant, checks the request's API key when it has one, checks the team's
-# version when the caller names one, runs the write function ($1: assign_primary,
-# add_secondary or remove_member), and returns the team after it as SELECT_TEAM reads
-# it, each row with the write's outcome. Sent alone, it is its own transaction. Its
-# events carry $10, the write's id.
+# A care team change, in one statement that is its own transaction, with or without an
+# Idempotency-Key: careteam_change_team (sql/functions/careteam_change_team/v1.sql) sets
+# the tenant and checks the session's API key ($9), claims the key ($11, with the
+# request's fingerprint $12) or answers with its stored result (`replayed`), checks the
+# team's version when the caller names one ($8), runs the change ($1: assign_primary,
+# add_secondary or remove_member, through careteam_assign_primary, careteam_add_secondary
+# and careteam_remove_member), stores the result under the key, and returns the team
+# after it as SELECT_TEAM reads it, each row with the change's outcome. Its events carry
+# $10, the write's id.
 WRITE = Sql(
     """
-    SELECT changed, previous_primary, patient_id, provider_id, is_primary_provider,
-           assigned_at, since, first_name, last_name, active, provider_version, version
-    FROM careteam_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    SELECT replayed, changed, previous_primary, patient_id, provider_id,
+           is_primary_provider, assigned_at, since, first_name, last_name, active,
+           provider_version, version
+    FROM careteam_change_team($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 """,
     "op",
     "org",
@@ -137,6 +144,8 @@ WRITE = Sql(
     "if_version",
     "key",
     "write_id",
+    "idempotency_key",
+    "fingerprint",
 )
 
 # The current team: careteam_care_team (migration 20261206_one_round_trip) sets the
@@ -297,8 +306,8 @@ def change_reason(reason: ChangeReason | str | None, note: str | None) -> tuple[
 
 @dataclass
 class _PatientWrite:
-    """One write to one patient's team: careteam_write, which returns the team after it.
-    Internal: the public method around it runs it with run_in_transaction."""
+    """One change to one patient's team: careteam_change_team, which returns the team
+    after it. Internal: the public method around it runs it with run_statement."""
 
     org: uuid.UUID
     patient: uuid.UUID
@@ -324,21 +333,21 @@ class _PatientWrite:
         return cls(org, patient, provider, actor, *change_reason(reason, note), if_version)
 
     async def run(
-        self, db: AsyncSession, op: str, operation: str
+        self, db: AsyncSession, op: str, operation: str, idempotency: IdempotencyKey | None
     ) -> tuple[CareTeam, uuid.UUID | None]:
         """Run it (`op`: assign_primary, add_secondary, remove_member; `operation`: the
         service method, for logs) as its own transaction: the team after it, `changed`
-        set, and the previous primary careteam_write reports.
+        set, and the previous primary careteam_change_team reports.
 
-        The statement is sent alone, in an implicit transaction, unless the request
-        carries an Idempotency-Key (then run_in_transaction claims the key and stores
-        the response around it, in an explicit one that checked the API key at BEGIN).
-        A connection lost before the answer leaves unknown whether it ran: it is sent
-        again, with the same write id, and careteam_write, finding that id on the
-        events under the patient's lock, changes nothing more and answers with the
-        team (a write that changes nothing records no event, and running it again is
-        as harmless). The time it takes starts with the patient's lock, so its tail is
-        mostly lock waits (careteam_patient_lock_wait_seconds: the whole statement).
+        One statement, sent alone, with or without an Idempotency-Key (`idempotency`:
+        the key and the request's fingerprint; `idempotency.replayed` is set when the
+        answer is the result stored by the request first sent with it). A connection
+        lost before the answer leaves unknown whether it ran: it is sent again, with the
+        same write id and key, and careteam_change_team, finding the key's stored result
+        or that id on the events under the patient's lock, changes nothing more (a write
+        that changes nothing records no event, and running it again is as harmless).
+        Its time starts with the patient's lock, so its tail is mostly lock waits
+        (careteam_patient_lock_wait_seconds: the whole statement).
         """
         params = {
             "op": op,
@@ -349,29 +358,29 @@ class _PatientWrite:
             "reason": self.reason,
             "note": self.note,
             "if_version": None if self.if_version is None else list(self.if_version),
-            "key": key_hash_of(db) if runs_alone(read_only=False) else None,
             "write_id": uuid.uuid4(),
+            "idempotency_key": None if idempotency is None else idempotency.key,
+            "fingerprint": None if idempotency is None else idempotency.fingerprint,
         }
-        previous: list[uuid.UUID | None] = [None]
 
-        async def work(driver: Any) -> CareTeam:
+        async def statement(driver: Any, key_hash: str | None) -> list[Any]:
             started = time.perf_counter()
             try:
-                rows = await WRITE.fetch(driver, params)
+                return await WRITE.fetch(driver, {**params, "key": key_hash})
             finally:
                 LOCK_WAIT.observe(time.perf_counter() - started)
-            previous[0] = rows[0]["previous_primary"]
-            return dataclasses.replace(_team(self.patient, rows), changed=rows[0]["changed"])
 
-        team = await run_in_transaction(
+        rows = await run_statement(
             db,
             operation=operation,
             organization_id=self.org,
             subject=Subject(patient_id=self.patient, provider_id=self.provider),
-            work=work,
-            one_statement=True,
+            statement=statement,
         )
-        return team, previous[0]
+        if idempotency is not None and rows[0]["replayed"]:
+            idempotency.replayed = True
+        team = dataclasses.replace(_team(self.patient, rows), changed=rows[0]["changed"])
+        return team, rows[0]["previous_primary"]
 
 
 # --- the service ---------------------------------------------------------------------
@@ -382,7 +391,7 @@ class CareTeamService:
 
     Writes are retried only when they certainly did not commit, or, when the connection
     was lost during COMMIT, after checking that the change is not already in place
-    (see run_in_transaction): every write here is idempotent in its effect.
+    (see run_transaction): every write here is idempotent in its effect.
 
     Every write takes `if_version`: the team's `version` as the caller read it. Then,
     under the patient's lock, the write goes ahead only if the team is still at that
@@ -400,6 +409,7 @@ class CareTeamService:
         reason: ChangeReason | str | None = None,
         note: str | None = None,
         if_version: tuple[int, ...] | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> CareTeam:
         """Make `provider_id` the patient's primary provider; return the team after it.
 
@@ -422,7 +432,9 @@ class CareTeamService:
             if_version=if_version,
         )
         try:
-            team, previous = await write.run(db, "assign_primary", "assign_primary_provider")
+            team, previous = await write.run(
+                db, "assign_primary", "assign_primary_provider", idempotency
+            )
         except CareTeamError as err:
             ASSIGNMENTS.labels(outcome=err.code).inc()
             raise
@@ -449,6 +461,7 @@ class CareTeamService:
         reason: ChangeReason | str | None = None,
         note: str | None = None,
         if_version: tuple[int, ...] | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> CareTeam:
         """Add `provider_id` to the patient's team as a secondary; return the team
         (`changed` says whether it was added now).
@@ -468,7 +481,7 @@ class CareTeamService:
             if_version=if_version,
         )
 
-        team, _ = await write.run(db, "add_secondary", "add_secondary_provider")
+        team, _ = await write.run(db, "add_secondary", "add_secondary_provider", idempotency)
         logger.info(
             "secondary provider added organization_id=%s patient_id=%s provider_id=%s",
             organization_id,
@@ -489,6 +502,7 @@ class CareTeamService:
         reason: ChangeReason | str | None = None,
         note: str | None = None,
         if_version: tuple[int, ...] | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> CareTeam:
         """Take `provider_id` off the patient's team; return the team after it.
 
@@ -505,7 +519,7 @@ class CareTeamService:
             if_version=if_version,
         )
 
-        team, _ = await write.run(db, "remove_member", "remove_provider")
+        team, _ = await write.run(db, "remove_member", "remove_provider", idempotency)
         logger.info(
             "provider removed organization_id=%s patient_id=%s provider_id=%s",
             organization_id,
@@ -542,16 +556,15 @@ class CareTeamService:
         timezone-aware instant). Raises PatientNotFound."""
         if as_of is not None and as_of.tzinfo is None:
             raise InvalidArgument("as_of must be an instant with its offset", field="as_of")
-        return await run_in_transaction(
+        return await run_statement(
             db,
             operation="get_care_team",
             organization_id=organization_id,
             subject=Subject(patient_id=patient_id),
-            work=lambda driver: _read_team(
-                driver, organization_id, patient_id, as_of, key_hash=key_hash_of(db)
+            # SELECT_TEAM and SELECT_TEAM_AS_OF set the tenant and check the key.
+            statement=lambda driver, key_hash: _read_team(
+                driver, organization_id, patient_id, as_of, key_hash=key_hash
             ),
-            read_only=True,
-            one_statement=True,  # SELECT_TEAM and SELECT_TEAM_AS_OF set the tenant
         )
 
     @staticmethod
@@ -579,7 +592,7 @@ class CareTeamService:
             )
             return [CareTeamEventRecord(**dict(row)) for row in rows]
 
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="get_care_team_history",
             organization_id=organization_id,
@@ -619,7 +632,7 @@ class CareTeamService:
             )
             return [CareTeamPeriodRecord(**dict(row)) for row in rows]
 
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="get_care_team_periods",
             organization_id=organization_id,
@@ -644,6 +657,6 @@ class CareTeamService:
             )
             return [CareTeamEventRecord(**dict(row)) for row in rows]
 
-        return await run_in_transaction(
+        return await run_transaction(
             db, operation="get_events", organization_id=organization_id, work=work, read_only=True
         )

@@ -31,7 +31,8 @@ from src.services.errors import (
     ProviderHasPatients,
     ProviderNotFound,
 )
-from src.services.transaction import Sql, run_in_transaction
+from src.services.idempotency import IdempotencyKey, once
+from src.services.transaction import RUN_AGAIN, Sql, run_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -383,6 +384,7 @@ class DirectoryService:
         dob: datetime.date,
         identifiers: Sequence[Identifier] = (),
         actor: str = "system",
+        idempotency: IdempotencyKey | None = None,
     ) -> PatientRecord:
         """Raises IdentifierTaken, InvalidArgument (an identifier given twice)."""
         wanted = _unique_identifiers(identifiers)
@@ -406,10 +408,14 @@ class DirectoryService:
             return _patient(await SELECT_PATIENT.fetchrow(driver, {**params, "id": patient}))
 
         # A create whose COMMIT is lost cannot be checked (its id is unknown): it raises
-        # OutcomeUnknown, unless the request carries an Idempotency-Key (see
-        # src/services/idempotency.py): then a retry with that key finds it.
-        record = await run_in_transaction(
-            db, operation="create_patient", organization_id=organization_id, work=work
+        # OutcomeUnknown, unless it has an Idempotency-Key (src/services/idempotency.py):
+        # then it runs again, and its key's claim finds it if it committed.
+        record = await run_transaction(
+            db,
+            operation="create_patient",
+            organization_id=organization_id,
+            work=lambda driver: once(driver, organization_id, idempotency, PatientRecord, work),
+            verify=None if idempotency is None else RUN_AGAIN,
         )
         logger.info("patient created organization_id=%s patient_id=%s", organization_id, record.id)
         return record
@@ -426,7 +432,7 @@ class DirectoryService:
                 raise PatientNotFound(patient_id)
             return _patient(row)
 
-        return await run_in_transaction(
+        return await run_transaction(
             db, operation="get_patient", organization_id=organization_id, work=work, read_only=True
         )
 
@@ -442,6 +448,7 @@ class DirectoryService:
         identifiers: Sequence[Identifier] | Unchanged = UNCHANGED,
         if_version: int | None = None,
         actor: str = "system",
+        idempotency: IdempotencyKey | None = None,
     ) -> PatientRecord:
         """Change what is given (`identifiers`: the whole list, replacing it). With
         `if_version`, only if the record is still at that version (PreconditionFailed
@@ -477,8 +484,12 @@ class DirectoryService:
                 )
             return _patient(await SELECT_PATIENT.fetchrow(driver, params))
 
-        record = await run_in_transaction(
-            db, operation="update_patient", organization_id=organization_id, work=work
+        record = await run_transaction(
+            db,
+            operation="update_patient",
+            organization_id=organization_id,
+            work=lambda driver: once(driver, organization_id, idempotency, PatientRecord, work),
+            verify=None if idempotency is None else RUN_AGAIN,
         )
         logger.info(
             "patient updated organization_id=%s patient_id=%s version=%s",
@@ -515,7 +526,7 @@ class DirectoryService:
         async def work(driver: Any) -> list[PatientRecord]:
             return [_patient(row) for row in await statement.fetch(driver, params)]
 
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="list_patients",
             organization_id=organization_id,
@@ -532,6 +543,7 @@ class DirectoryService:
         last_name: str,
         npi: str | None = None,
         actor: str = "system",
+        idempotency: IdempotencyKey | None = None,
     ) -> ProviderRecord:
         """Raises NpiTaken."""
 
@@ -555,8 +567,12 @@ class DirectoryService:
             )
             return _provider(await SELECT_PROVIDER.fetchrow(driver, {**params, "id": provider}))
 
-        record = await run_in_transaction(
-            db, operation="create_provider", organization_id=organization_id, work=work
+        record = await run_transaction(
+            db,
+            operation="create_provider",
+            organization_id=organization_id,
+            work=lambda driver: once(driver, organization_id, idempotency, ProviderRecord, work),
+            verify=None if idempotency is None else RUN_AGAIN,
         )
         logger.info(
             "provider created organization_id=%s provider_id=%s", organization_id, record.id
@@ -577,7 +593,7 @@ class DirectoryService:
                 raise ProviderNotFound(provider_id)
             return _provider(row)
 
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="get_provider",
             organization_id=organization_id,
@@ -600,7 +616,7 @@ class DirectoryService:
             )
             return [_provider(row) for row in rows]
 
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="get_providers",
             organization_id=organization_id,
@@ -621,6 +637,7 @@ class DirectoryService:
         panel_capacity: int | Unchanged | None = UNCHANGED,
         if_version: tuple[int, ...] | None = None,
         actor: str = "system",
+        idempotency: IdempotencyKey | None = None,
     ) -> ProviderRecord:
         """Change what is given: names, `npi` (None removes it), `active` (inactive
         providers cannot join care teams; those already on one stay there),
@@ -672,8 +689,12 @@ class DirectoryService:
                 )
             return _provider(await SELECT_PROVIDER.fetchrow(driver, params))
 
-        record = await run_in_transaction(
-            db, operation="update_provider", organization_id=organization_id, work=work
+        record = await run_transaction(
+            db,
+            operation="update_provider",
+            organization_id=organization_id,
+            work=lambda driver: once(driver, organization_id, idempotency, ProviderRecord, work),
+            verify=None if idempotency is None else RUN_AGAIN,
         )
         logger.info(
             "provider updated organization_id=%s provider_id=%s active=%s version=%s",
@@ -706,7 +727,7 @@ class DirectoryService:
         async def work(driver: Any) -> list[ProviderRecord]:
             return [_provider(row) for row in await statement.fetch(driver, params)]
 
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="list_providers",
             organization_id=organization_id,
@@ -744,7 +765,7 @@ class DirectoryService:
             )
             return [RecordChangeRecord(**dict(row)) for row in rows]
 
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="get_record_changes",
             organization_id=organization_id,

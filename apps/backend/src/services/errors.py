@@ -320,10 +320,22 @@ class IdempotencyKeyReused(ConflictError):
     code = "idempotency_key_reused"
     title = "Idempotency key reused"
 
-    def __init__(self) -> None:
+    def __init__(self, message: str | None = None) -> None:
         super().__init__(
-            "this Idempotency-Key was used for a different request; use a new key for a new request"
+            message
+            or "this Idempotency-Key was used for a different request; use a new key for a "
+            "new request"
         )
+
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        if detail == "earlier release":
+            return cls(
+                "this Idempotency-Key holds a response stored by the release before this "
+                "server's, which cannot be replayed: read the current state, then send the "
+                "request again with a new key if it is still needed"
+            )
+        return cls()
 
 
 class IdempotencyKeyInProgress(ConflictError):
@@ -337,6 +349,10 @@ class IdempotencyKeyInProgress(ConflictError):
         super().__init__(
             "the request first sent with this Idempotency-Key is still running; retry shortly"
         )
+
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        return cls()
 
 
 def _required(value: uuid.UUID | None) -> uuid.UUID:

@@ -14,7 +14,7 @@ from asyncpg import Range
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.care_team_service import CareTeamPeriodRecord
-from src.services.transaction import Sql, run_in_transaction
+from src.services.transaction import Sql, run_transaction
 
 FIRST = uuid.UUID(int=0)
 
@@ -134,7 +134,7 @@ class FhirService:
                 TeamRecord(r["patient_id"], r["active"], periods[r["patient_id"]]) for r in rows
             ]
 
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="search_care_teams",
             organization_id=organization_id,
@@ -158,7 +158,7 @@ class FhirService:
             periods = [CareTeamPeriodRecord(**_without_patient(r)) for r in rows]
             return TeamRecord(patient_id, any(p.valid_to is None for p in periods), periods)
 
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="read_care_team",
             organization_id=organization_id,
@@ -178,7 +178,7 @@ class FhirService:
             rows = await PRIMARIES_OF.fetch(driver, {"org": organization_id, "patients": patients})
             return {r["patient_id"]: r["provider_id"] for r in rows}
 
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="primaries_of",
             organization_id=organization_id,

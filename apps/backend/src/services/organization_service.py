@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.services import credentials
 from src.services.credentials import Credential, KnownKey
 from src.services.errors import ApiKeyNotFound, OrganizationNotFound
-from src.services.transaction import Sql, run_in_transaction
+from src.services.transaction import Sql, run_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class OrganizationService:
             org = await INSERT_ORGANIZATION.fetchval(driver, {"name": name})
             return await _issue_key(driver, org, name="initial")
 
-        issued = await run_in_transaction(db, operation="create_organization", work=work)
+        issued = await run_transaction(db, operation="create_organization", work=work)
         logger.info("organization created organization_id=%s", issued.organization_id)
         return issued
 
@@ -142,7 +142,7 @@ class OrganizationService:
                 raise OrganizationNotFound(organization_id)
             return await _issue_key(driver, organization_id, name=name)
 
-        issued = await run_in_transaction(db, operation="create_api_key", work=work)
+        issued = await run_transaction(db, operation="create_api_key", work=work)
         logger.info("api key created organization_id=%s api_key_id=%s", organization_id, issued.id)
         return issued
 
@@ -155,9 +155,7 @@ class OrganizationService:
                 OrganizationRecord(**dict(r)) for r in await LIST_ORGANIZATIONS.fetch(driver, {})
             ]
 
-        return await run_in_transaction(
-            db, operation="list_organizations", work=work, read_only=True
-        )
+        return await run_transaction(db, operation="list_organizations", work=work, read_only=True)
 
     @staticmethod
     async def list_api_keys(*, db: AsyncSession, organization_id: uuid.UUID) -> list[ApiKeyRecord]:
@@ -170,7 +168,7 @@ class OrganizationService:
             rows = await LIST_API_KEYS.fetch(driver, {"org": organization_id})
             return [ApiKeyRecord(**dict(r)) for r in rows]
 
-        return await run_in_transaction(db, operation="list_api_keys", work=work, read_only=True)
+        return await run_transaction(db, operation="list_api_keys", work=work, read_only=True)
 
     @staticmethod
     async def revoke_api_key(*, db: AsyncSession, key_id: uuid.UUID) -> RevokedApiKey:
@@ -183,7 +181,7 @@ class OrganizationService:
                 raise ApiKeyNotFound(key_id)
             return RevokedApiKey(**dict(row))
 
-        revoked = await run_in_transaction(db, operation="revoke_api_key", work=work)
+        revoked = await run_transaction(db, operation="revoke_api_key", work=work)
         logger.info(
             "api key revoked organization_id=%s api_key_id=%s already_revoked=%s",
             revoked.organization_id,
@@ -224,7 +222,7 @@ class OrganizationService:
             row = await AUTHENTICATE.fetchrow(driver, {"hash": key_hash})
             return None if row is None else KnownKey(row["api_key_id"], row["organization_id"])
 
-        found = await run_in_transaction(db, operation="authenticate", work=work, read_only=True)
+        found = await run_transaction(db, operation="authenticate", work=work, read_only=True)
         if found is None:
             return None
         credentials.remember(key_hash, found)
@@ -239,7 +237,7 @@ class OrganizationService:
             row = await AUTHENTICATE.fetchrow(driver, {"hash": credential.key_hash})
             return row is not None and row["organization_id"] == credential.organization_id
 
-        live = await run_in_transaction(db, operation="authenticate", work=work, read_only=True)
+        live = await run_transaction(db, operation="authenticate", work=work, read_only=True)
         if live:
             credential.confirmed = True
         else:

@@ -18,12 +18,11 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.models import ChangeReason, PeriodRole
-from src.services import idempotency
 from src.services.care_team_service import change_reason
 from src.services.errors import (
     InvalidArgument,
@@ -31,9 +30,12 @@ from src.services.errors import (
     ProviderReferenceNotFound,
     Subject,
 )
-from src.services.transaction import Sql, run_in_transaction
+from src.services.idempotency import IdempotencyKey, claim_owned, store_owned
+from src.services.transaction import RUN_AGAIN, Sql, holding, run_transaction
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_PANEL_PAGE = 200
 TRANSFER_BATCH_SIZE = 100
@@ -208,7 +210,7 @@ class PanelService:
             )
             return [PanelEntry(**dict(row)) for row in rows]
 
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="list_panel",
             organization_id=organization_id,
@@ -230,27 +232,30 @@ class PanelService:
         actor: str = "system",
         batch_size: int = TRANSFER_BATCH_SIZE,
         progress: Callable[[int, int], None] | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> TransferResult:
         """Make `to_provider_id` the primary provider of every patient whose primary is
         `from_provider_id`, batch by batch, within the target's capacity.
 
         `dry_run` changes nothing and says what would happen. `progress(moved, total)`
-        is called after each batch. Under an Idempotency-Key (src/services/idempotency.py)
-        it runs once: its several transactions claim the key first, in one of its own.
+        is called after each batch. With an Idempotency-Key (src/services/idempotency.py)
+        it runs once: it claims the key first, in a transaction of its own, and owns the
+        claim while it runs; a retry after its process or connection died takes the claim
+        over and resumes it.
         Raises ProviderNotFound (the source), ProviderReferenceNotFound (the target),
         ProviderInactive, InvalidArgument.
         """
-
-        async def run_transaction(work: Callable[[Any], Awaitable[Any]]) -> Any:
-            return await run_in_transaction(
-                db, operation="transfer_panel", organization_id=organization_id, work=work
-            )
 
         reason_value, note = change_reason(reason, note)
         if from_provider_id == to_provider_id:
             raise InvalidArgument(
                 "a panel cannot be transferred to the provider it belongs to",
                 field="to_provider_id",
+            )
+
+        async def in_transaction(work: Callable[[Any], Awaitable[T]]) -> T:
+            return await run_transaction(
+                db, operation="transfer_panel", organization_id=organization_id, work=work
             )
 
         async def operation() -> TransferResult:
@@ -299,7 +304,24 @@ class PanelService:
             )
             return result
 
-        return await idempotency.run_once(run_transaction, organization_id, operation)
+        # One connection for the whole transfer: its session owns the Idempotency-Key's
+        # claim (an advisory lock) while the transfer runs, and closing it at the end, or
+        # losing it, frees the claim for a retry to take over.
+        async with holding(db):
+            if idempotency is not None:
+                stored = await in_transaction(
+                    lambda driver: claim_owned(driver, organization_id, idempotency, TransferResult)
+                )
+                if stored is not None:
+                    return stored
+            result = await operation()
+            if idempotency is not None:
+                await in_transaction(
+                    lambda driver: store_owned(
+                        driver, organization_id, idempotency, TransferResult, result
+                    )
+                )
+            return result
 
     @staticmethod
     async def _plan(
@@ -318,7 +340,7 @@ class PanelService:
             room = None if capacity is None else max(0, capacity - plan["target_size"])
             return int(plan["patients"]), room
 
-        return await run_in_transaction(
+        return await run_transaction(
             db, operation="transfer_panel", organization_id=org, work=work, read_only=True
         )
 
@@ -330,17 +352,14 @@ class PanelService:
         # A batch whose COMMIT was lost is simply run again: it moves only what is still
         # the source's, so a batch that did commit finds its patients gone (the count of
         # moves then misses them; `remaining` is exact).
-        async def verify(driver: Any) -> Any:
-            return None
-
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="transfer_panel",
             organization_id=org,
             # The batch's errors are about the target provider (careteam_transfer_batch).
             subject=Subject(provider_id=params["to"], provider_field="to_provider_id"),
             work=work,
-            verify=verify,
+            verify=RUN_AGAIN,
         )
 
     @staticmethod
@@ -353,7 +372,7 @@ class PanelService:
             without = await WITHOUT_PRIMARY.fetchval(driver, {"org": organization_id})
             return PanelReport([PanelSize(**dict(row)) for row in rows], int(without))
 
-        return await run_in_transaction(
+        return await run_transaction(
             db,
             operation="report_panels",
             organization_id=organization_id,

@@ -1,20 +1,30 @@
 """The transaction every service operation runs in, and database-error translation.
 
-One path: a public service method owns its transaction. It borrows the session's pooled
-connection, sends BEGIN (with the tenant, in one round trip), its statements (prepared,
-on the asyncpg connection), and COMMIT; on any failure it rolls back. A session that
-already has a transaction open is refused with SessionInTransaction: the service never
-joins, and so never commits, a caller's transaction.
+A public service method owns its transaction, in one of two shapes:
+
+- run_statement: one statement that is its own transaction (a database function that
+  sets the tenant and checks the API key itself: the care-team read, a care team
+  change, with or without an Idempotency-Key). One round trip.
+- run_transaction: BEGIN with the tenant and the key's check (careteam_enter, in one
+  round trip), the work's statements, COMMIT.
+
+Either takes a connection of the session's pool (the session is the caller's handle:
+its engine, the API key it acts as, src/services/credentials.py), sends prepared
+statements on asyncpg directly, rolls back on any failure, and turns database errors
+into domain errors (translate). A session that already has a transaction open is
+refused with SessionInTransaction: the service never joins, and so never commits, a
+caller's transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import asyncpg
@@ -25,7 +35,7 @@ from sqlalchemy.util import greenlet_spawn
 from src.db import pg_error_fields
 from src.metrics import INDEX_REFUSALS
 from src.models import UNIQUE_PRIMARY_INDEX
-from src.services import credentials, idempotency
+from src.services import credentials
 from src.services.credentials import Credential
 from src.services.errors import (
     NO_SUBJECT,
@@ -73,7 +83,7 @@ class Sql:
     def args(self, params: dict[str, Any]) -> list[Any]:
         return [params[name] for name in self.names]
 
-    # Run on an asyncpg connection (the one run_in_transaction hands to the work).
+    # Run on an asyncpg connection (the one run_transaction hands to the work).
     async def fetch(self, driver: Any, params: dict[str, Any]) -> list[Any]:
         return list(await driver.fetch(self.text, *self.args(params)))
 
@@ -136,9 +146,6 @@ class Failure(enum.Enum):
 # PostgreSQL rolled the whole transaction back: serialization failure, deadlock.
 _ROLLED_BACK_SQLSTATES = {"40001", "40P01"}
 _BUSY_SQLSTATES = {"57014", "55P03"}  # statement timeout / cancel, lock not available
-# careteam_enter: the request's API key was revoked since (not 28000, which is also
-# PostgreSQL's refusal of a login: a misconfiguration, never a 401).
-_KEY_NOT_LIVE = "CT007"
 # The server ends or refuses the session: the connection cannot be used again.
 _GONE = (
     asyncpg.PostgresConnectionError,  # 08xxx: connection lost, refused, failed
@@ -303,17 +310,19 @@ def _detail(err: BaseException) -> str | None:
 
 MAX_ATTEMPTS = 6
 FIRST_RETRY_DELAY_S = 0.1  # doubling: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s, enough for a restart
+_HELD = "careteam_held_connection"
 
 
 class _Unit:
     """One attempt's transaction, on a connection of the session's pool.
 
-    The session is the caller's handle on a database (its engine, its role); the unit
-    checks a connection out of that engine's pool for the attempt alone, and sends
-    BEGIN, the statements and COMMIT to asyncpg directly (prepared statements). It does
-    not go through the Session's own transaction: that bookkeeping costs more CPU than a
-    care-team read's statement (docs/PERFORMANCE.md). A session with a transaction of
-    its own open is refused: the service never runs beside, or inside, the caller's.
+    The session is the caller's handle on a database (its engine, its role, the API key
+    it acts as); the unit checks a connection out of that engine's pool for the attempt
+    alone (or uses the one `holding` keeps for the session), and sends BEGIN, the
+    statements and COMMIT to asyncpg directly (prepared statements). It does not go
+    through the Session's own transaction: that bookkeeping costs more CPU than a
+    care-team read's statement. A session with a transaction of its own open is
+    refused: the service never runs beside, or inside, the caller's.
     """
 
     def __init__(self, db: AsyncSession) -> None:
@@ -327,13 +336,15 @@ class _Unit:
             raise TypeError("the service needs a session bound to an engine")
         self.engine = engine
         self.credential = credentials.of_session(db)
+        self.held: Any = db.info.get(_HELD)  # a connection kept for the session (holding)
         self.pooled: Any = None  # the pool's connection, while the attempt holds it
         self.driver: Any = None  # the asyncpg connection under it
         self.began = False  # this unit sent BEGIN: it ends the transaction
+        self.committing = False  # COMMIT was sent: a failure now leaves the outcome unknown
 
     async def begin(self, organization_id: uuid.UUID | None, *, explicit: bool) -> Any:
         if self.pooled is None:
-            self.pooled = await self.engine.raw_connection()
+            self.pooled = self.held or await self.engine.raw_connection()
             self.driver = self.pooled.driver_connection
         if organization_id is not None or explicit:
             # Marked first: if careteam_enter refuses the key, BEGIN has run already and
@@ -353,8 +364,9 @@ class _Unit:
 
     async def commit(self) -> None:
         if self.began:
+            self.committing = True
             await self.driver.execute("COMMIT")
-            self.began = False
+            self.committing = self.began = False
 
     async def abandon(self, *, doubtful: bool) -> None:
         """Roll back after a failure. A connection in doubt (lost, cancelled mid-statement,
@@ -370,121 +382,88 @@ class _Unit:
         await self.release(doubtful=doubtful)
 
     async def release(self, *, doubtful: bool = False) -> None:
-        """Give the connection back to the pool (a doubtful one is closed instead)."""
+        """Give the connection back to the pool (a doubtful one is closed instead); a
+        held one stays the session's, unless it is doubtful."""
         pooled, self.pooled, self.driver = self.pooled, None, None
-        if pooled is None:
+        if pooled is None or (pooled is self.held and not doubtful):
             return
-        try:
-            if doubtful or pooled.driver_connection.is_in_transaction():
-                await greenlet_spawn(pooled.invalidate)
-            else:
-                await greenlet_spawn(pooled.close)
-        except Exception:  # the connection is gone: the pool replaces it
-            logger.debug("returning a connection to the pool failed", exc_info=True)
+        await _give_back(pooled, doubtful=doubtful)
 
 
-async def _keyed(
-    driver: Any, organization_id: uuid.UUID | None, work: Callable[[Any], Awaitable[T]]
-) -> T:
-    """The work; a tenant's write's between claiming the request's Idempotency-Key and
-    storing its response (nothing more without a key, or for reads: no organization)."""
-    if organization_id is None:
-        return await work(driver)
-    await idempotency.claim(driver, organization_id)
-    result = await work(driver)
-    await idempotency.store(driver, organization_id, result)
-    return result
+async def _give_back(pooled: Any, *, doubtful: bool) -> None:
+    if not pooled.is_valid:  # discarded already (a held one, when it broke)
+        return
+    try:
+        if doubtful or pooled.driver_connection.is_in_transaction():
+            await greenlet_spawn(pooled.invalidate)
+        else:
+            await greenlet_spawn(pooled.close)
+    except Exception:  # the connection is gone: the pool replaces it
+        logger.debug("returning a connection to the pool failed", exc_info=True)
 
 
-async def _settle(
-    driver: Any,
-    organization_id: uuid.UUID | None,
-    verify: Callable[[Any], Awaitable[T | None]] | None,
-) -> T | None:
-    """After a COMMIT whose answer was lost: the result if the change is in place, None
-    if not. A request with an Idempotency-Key is settled by its key (Replay if the
-    change committed); otherwise by `verify`, which looks at the data."""
-    if organization_id is not None and idempotency.current() is not None:
-        await idempotency.settle_lost_commit(driver, organization_id)
-        return None
-    assert verify is not None
-    return await verify(driver)
+@contextlib.asynccontextmanager
+async def holding(db: AsyncSession) -> AsyncIterator[None]:
+    """Every transaction the service runs on `db` inside the block uses one connection,
+    whose database session lives as long as the block: for an operation of several
+    transactions that holds session-level locks (a panel transfer). A lost connection
+    is not replaced inside the block (its locks went with it): the operation fails with
+    DatabaseUnavailable, to be retried. At the end the connection is closed, not pooled,
+    so that no lock it took outlives the operation, whatever happened."""
+    engine = db.bind
+    if not isinstance(engine, AsyncEngine):
+        raise TypeError("the service needs a session bound to an engine")
+    if _HELD in db.info:
+        raise SessionInTransaction("the session already holds a connection for an operation")
+    pooled = await engine.raw_connection()
+    db.info[_HELD] = pooled
+    try:
+        yield
+    finally:
+        del db.info[_HELD]
+        await _give_back(pooled, doubtful=True)
 
 
-def runs_alone(*, read_only: bool) -> bool:
-    """Whether a `one_statement` unit runs alone, in an implicit transaction (its
-    statement then checks the request's API key itself): a read always; a write unless
-    the request carries an Idempotency-Key, which is claimed before the write and its
-    response stored after it, in an explicit transaction whose BEGIN checks the key."""
-    return read_only or idempotency.current() is None
-
-
-async def run_in_transaction(
+async def _retried(
     db: AsyncSession,
     *,
     operation: str,
-    work: Callable[[Any], Awaitable[T]],
-    organization_id: uuid.UUID | None = None,
-    subject: Subject = NO_SUBJECT,
-    verify: Callable[[Any], Awaitable[T | None]] | None = None,
-    read_only: bool = False,
-    one_statement: bool = False,
+    organization_id: uuid.UUID | None,
+    subject: Subject,
+    attempt_once: Callable[[_Unit], Awaitable[T]],
+    verify: Callable[[Any], Awaitable[T | None]] | None,
+    writes: bool,
 ) -> T:
-    """Run `work(connection)` as one transaction (tenant first, when given) and commit it.
+    """`attempt_once(unit)` until it succeeds, or fails in a way a retry cannot mend.
 
-    `work` gets the asyncpg connection of the session and sends its statements there.
-    A read-only unit without a tenant (key authentication: one statement) runs without
-    BEGIN/COMMIT, and so does a `one_statement` unit that runs alone (runs_alone): `work`
-    sends a single statement that sets the tenant itself (careteam_care_team,
-    careteam_write), in an implicit transaction, which commits where the statement
-    ends; `organization_id` then only names the tenant in logs. A one-statement write
-    must recognise an earlier attempt of itself that committed, and then change nothing
-    more (careteam_write does, by its write id): sent alone, its statement is its
-    COMMIT, and a connection lost during it is simply retried. Raises
-    SessionInTransaction if the session has a transaction open.
-
-    On any failure it rolls back: domain errors are re-raised as they are, database
-    errors become domain errors (never a raw driver exception). It retries, a bounded
-    number of times with a growing delay, only when the transaction certainly did not
-    commit: PostgreSQL rolled it back (serialization failure, deadlock), or the
-    connection was lost before COMMIT was sent (or during a one-statement write, which
-    runs again safely, above). A connection lost during COMMIT leaves the outcome
-    unknown: then `verify`, in a new transaction, looks at the data: it
-    returns the result if the change is in place, or None if it is not (then `work`
-    runs again). Without `verify`, that case raises OutcomeUnknown, unless `read_only`
-    (nothing to commit: it simply runs again), or unless the request carries an
-    Idempotency-Key (src/services/idempotency.py): a write transaction claims the key
-    first and stores the response last, so the key tells whether it committed. Misuse
-    of the driver is a bug: never retried, logged at ERROR, answered as DatabaseError.
+    Retried, a bounded number of times with a growing delay, only when the attempt
+    certainly did not commit (PostgreSQL rolled it back: serialization failure,
+    deadlock; or the connection was lost before COMMIT was sent), or when running it
+    again is safe by design: then `verify` decides (a write whose COMMIT's answer was
+    lost is verified in a new transaction: its result if the change is in place, None
+    to run it again). A write whose COMMIT was lost with no `verify` raises
+    OutcomeUnknown. Domain errors are re-raised as they are, database errors become
+    domain errors (translate); misuse of the driver is a bug, never retried.
     """
     delay = FIRST_RETRY_DELAY_S
     must_verify = False
-    alone = one_statement and runs_alone(read_only=read_only)
-    tenant = None if alone else organization_id
-    explicit = not alone and (tenant is not None or not read_only)
-
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        committing = False
         unit = _Unit(db)
         try:
-            driver = await unit.begin(tenant, explicit=explicit)
             if must_verify:
-                done = await _settle(driver, organization_id, verify)
+                assert verify is not None
+                driver = await unit.begin(organization_id, explicit=True)
+                done = await verify(driver)
                 await unit.commit()
+                await unit.release()
                 if done is not None:
                     logger.info(
                         "%s: the change had committed before the connection was lost", operation
                     )
                     return done
                 must_verify = False
-                driver = await unit.begin(tenant, explicit=explicit)
-            result = await _keyed(driver, None if read_only else organization_id, work)
-            committing = True
-            await unit.commit()
-            if alone:  # its statement checked the session's key (key_hash_of)
-                unit.confirm()
-            await unit.release()
-            return result
+                unit = _Unit(db)
+            return await attempt_once(unit)
         except SessionInTransaction:
             raise
         except BaseException as err:
@@ -492,15 +471,16 @@ async def run_in_transaction(
             failure = None
             if not cancelled and is_database_error(err):
                 failure = classify(err, unit.driver)
+            committing = unit.committing
             await unit.abandon(doubtful=cancelled or failure is Failure.LOST)
             if failure is None:  # a domain error, a cancellation, or a bug: as it is
                 raise
             lost = failure is Failure.LOST
-            if lost and committing and not read_only:
-                if verify is None and idempotency.current() is None:
+            if lost and committing and writes:
+                if verify is None:
                     raise OutcomeUnknown(operation) from err
                 must_verify = True
-            retryable = failure in (Failure.LOST, Failure.ROLLED_BACK)
+            retryable = failure in (Failure.LOST, Failure.ROLLED_BACK) and unit.held is None
             if attempt == MAX_ATTEMPTS or not retryable:
                 if must_verify:
                     raise OutcomeUnknown(operation) from err
@@ -524,3 +504,88 @@ async def run_in_transaction(
             await asyncio.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def run_transaction(
+    db: AsyncSession,
+    *,
+    operation: str,
+    work: Callable[[Any], Awaitable[T]],
+    organization_id: uuid.UUID | None = None,
+    subject: Subject = NO_SUBJECT,
+    verify: Callable[[Any], Awaitable[T | None]] | None = None,
+    read_only: bool = False,
+) -> T:
+    """`work(connection)` as one transaction, committed: BEGIN with the tenant and the
+    session's API key checked (careteam_enter) when `organization_id` is given, the
+    work's statements on the asyncpg connection, COMMIT; rolled back on any failure.
+
+    A read without a tenant (an owner's listing, a key's lookup) is one statement
+    without BEGIN or COMMIT. `subject`: what the work acts on, named by the domain
+    errors the database raises. `verify`: see _retried (a write with an Idempotency-Key
+    passes RUN_AGAIN: its claim tells whether it committed). Raises
+    SessionInTransaction if the session has a transaction open.
+    """
+    explicit = organization_id is not None or not read_only
+
+    async def attempt_once(unit: _Unit) -> T:
+        driver = await unit.begin(organization_id, explicit=explicit)
+        result = await work(driver)
+        await unit.commit()
+        await unit.release()
+        return result
+
+    return await _retried(
+        db,
+        operation=operation,
+        organization_id=organization_id,
+        subject=subject,
+        attempt_once=attempt_once,
+        verify=verify,
+        writes=not read_only,
+    )
+
+
+async def run_statement(
+    db: AsyncSession,
+    *,
+    operation: str,
+    statement: Callable[[Any, str | None], Awaitable[T]],
+    organization_id: uuid.UUID,
+    subject: Subject = NO_SUBJECT,
+) -> T:
+    """One statement that is its own transaction (an implicit one, committed where it
+    ends): `statement(connection, key_hash)` sends a database function that sets the
+    tenant and checks `key_hash`, the session's API key, itself (careteam_care_team,
+    careteam_change_team). One round trip. A statement that writes must recognise an
+    earlier attempt of itself that committed, and then change nothing more
+    (careteam_change_team does, by its write id): a connection lost during it is simply
+    retried. `organization_id` names the tenant in logs."""
+    key_hash = key_hash_of(db)
+
+    async def attempt_once(unit: _Unit) -> T:
+        driver = await unit.begin(None, explicit=False)
+        result = await statement(driver, key_hash)
+        unit.confirm()  # the statement checked the session's key
+        await unit.release()
+        return result
+
+    return await _retried(
+        db,
+        operation=operation,
+        organization_id=organization_id,
+        subject=subject,
+        attempt_once=attempt_once,
+        verify=None,
+        writes=False,
+    )
+
+
+async def _run_again(driver: Any) -> None:
+    return None
+
+
+# For a write that is safe to run again whatever became of a lost COMMIT: one with an
+# Idempotency-Key (its claim finds its own stored result if it committed), or one that
+# moves only what is left (a transfer's batch).
+RUN_AGAIN: Callable[[Any], Awaitable[None]] = _run_again

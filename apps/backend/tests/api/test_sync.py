@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 
@@ -61,6 +62,24 @@ class TestIdempotencyKeys:
             o=tenant.organization_id,
         )
         assert patients == 1
+
+    async def test_the_same_json_written_otherwise_is_the_same_request(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """Other whitespace, or the members in another order, was 409
+        idempotency_key_reused (the bytes were compared): the parsed request is."""
+        compact = json.dumps(BODY, separators=(",", ":")).encode()
+        spaced = json.dumps(dict(reversed(BODY.items())), indent=4).encode()
+        headers = {**keyed(tenant, "k-json"), "Content-Type": "application/json"}
+        first = await client.post("/v1/patients", content=compact, headers=headers)
+        again = await client.post("/v1/patients", content=spaced, headers=headers)
+        assert (first.status_code, again.status_code) == (201, 201), again.text
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.content == first.content
+        other = await client.post(
+            "/v1/patients", content=spaced.replace(b"Ada", b"Eve"), headers=headers
+        )
+        assert other.status_code == 409 and other.json()["error"] == "idempotency_key_reused"
 
     async def test_concurrent_requests_with_one_key_execute_once(
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database

@@ -36,7 +36,7 @@ from src.services.transaction import (
     Sql,
     classify,
     is_database_error,
-    run_in_transaction,
+    run_transaction,
     tenant_statement,
     translate,
 )
@@ -273,7 +273,7 @@ class TestErrorsByType:
 
         async with database.sessionmaker() as db:
             with pytest.raises(DatabaseError):
-                await run_in_transaction(
+                await run_transaction(
                     db, operation="misuse", work=two_at_once, organization_id=uuid.uuid4()
                 )
         assert attempts == 1

@@ -4,7 +4,6 @@ remove members, and its history and periods."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
@@ -13,7 +12,7 @@ from src.api.conditional import IfMatch, IfNoneMatch, conditional_read, expected
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import link, links, problem_responses
 from src.api.fields import Instant
-from src.api.idempotency import IDEMPOTENT, as_response, reply, respond
+from src.api.idempotency import Idempotency, Reply, as_response, reply, respond
 from src.api.routing import StrictRoute
 from src.api.schemas import (
     CareTeamEventOut,
@@ -36,7 +35,6 @@ from src.services.errors import (
     ProviderNotOnCareTeam,
     ProviderReferenceNotFound,
 )
-from src.services.idempotency import Reply
 from src.values import (
     CURSOR_MAX_LENGTH,
     CURSOR_PATTERN,
@@ -95,17 +93,12 @@ async def get_care_team(
     return conditional_read(request, etag) or as_response(reply(200, render(team), etag))
 
 
-def team_reply(
-    status_code: int, *, unchanged_status: int | None = None
-) -> Callable[[CareTeam], Reply]:
-    """The response of a write: the team after it (with its ETag)."""
-
-    def answer(team: CareTeam) -> Reply:
-        code = unchanged_status if unchanged_status and team.changed is False else status_code
-        body = None if code == status.HTTP_204_NO_CONTENT else render(team)
-        return reply(code, body, None if team.version is None else team_etag(team.version))
-
-    return answer
+def team_reply(team: CareTeam, status_code: int, *, unchanged_status: int | None = None) -> Reply:
+    """The response of a write: the team after it (with its ETag); `unchanged_status`
+    when the write changed nothing."""
+    code = unchanged_status if unchanged_status and team.changed is False else status_code
+    body = None if code == status.HTTP_204_NO_CONTENT else render(team)
+    return reply(code, body, None if team.version is None else team_etag(team.version))
 
 
 def _version(if_match: str | None) -> tuple[int, ...] | None:
@@ -114,7 +107,6 @@ def _version(if_match: str | None) -> tuple[int, ...] | None:
 
 @router.put(
     "/primary",
-    dependencies=[IDEMPOTENT],
     response_model=CareTeamOut,
     responses={
         200: links(
@@ -142,29 +134,29 @@ async def assign_primary_provider(
     body: TeamChange,
     db: DB,
     caller: CurrentCaller,
+    *,
+    idempotency: Idempotency,
     if_match: IfMatch = None,
 ) -> Response:
     """Make the provider the primary; the previous primary stays on the team as secondary.
     409 panel_full when the provider's panel is at its capacity. With If-Match (the
     team's ETag), only if the team did not change since (412)."""
-    return await respond(
-        CareTeamService.assign_primary_provider(
-            db=db,
-            organization_id=caller.organization_id,
-            patient_id=patient_id,
-            provider_id=body.provider_id,
-            actor=caller.actor,
-            reason=body.reason,
-            note=body.note,
-            if_version=_version(if_match),
-        ),
-        team_reply(status.HTTP_200_OK),
+    result = await CareTeamService.assign_primary_provider(
+        db=db,
+        organization_id=caller.organization_id,
+        patient_id=patient_id,
+        provider_id=body.provider_id,
+        actor=caller.actor,
+        reason=body.reason,
+        note=body.note,
+        if_version=_version(if_match),
+        idempotency=idempotency,
     )
+    return respond(team_reply(result, status.HTTP_200_OK), idempotency)
 
 
 @router.post(
     "/members",
-    dependencies=[IDEMPOTENT],
     status_code=status.HTTP_201_CREATED,
     response_model=CareTeamOut,
     responses={
@@ -186,29 +178,32 @@ async def add_care_team_member(
     body: TeamChange,
     db: DB,
     caller: CurrentCaller,
+    *,
+    idempotency: Idempotency,
     if_match: IfMatch = None,
 ) -> Response:
     """Add the provider as a secondary: 201 when added, 200 when it already was one (409
     if it is the primary). With If-Match (the team's ETag), only if the team did not
     change since (412)."""
-    return await respond(
-        CareTeamService.add_secondary_provider(
-            db=db,
-            organization_id=caller.organization_id,
-            patient_id=patient_id,
-            provider_id=body.provider_id,
-            actor=caller.actor,
-            reason=body.reason,
-            note=body.note,
-            if_version=_version(if_match),
-        ),
-        team_reply(status.HTTP_201_CREATED, unchanged_status=status.HTTP_200_OK),
+    result = await CareTeamService.add_secondary_provider(
+        db=db,
+        organization_id=caller.organization_id,
+        patient_id=patient_id,
+        provider_id=body.provider_id,
+        actor=caller.actor,
+        reason=body.reason,
+        note=body.note,
+        if_version=_version(if_match),
+        idempotency=idempotency,
+    )
+    return respond(
+        team_reply(result, status.HTTP_201_CREATED, unchanged_status=status.HTTP_200_OK),
+        idempotency,
     )
 
 
 @router.delete(
     "/members/{provider_id}",
-    dependencies=[IDEMPOTENT],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(
@@ -222,25 +217,25 @@ async def remove_care_team_member(
     caller: CurrentCaller,
     *,
     body: Annotated[MemberRemoval | None, Body()] = None,
+    idempotency: Idempotency,
     if_match: IfMatch = None,
 ) -> Response:
     """Take the provider off the team (removing the primary leaves none). The body, if
     any, gives the reason and a note. With If-Match (the team's ETag), only if the team
     did not change since (412)."""
     change = body or MemberRemoval()
-    return await respond(
-        CareTeamService.remove_provider(
-            db=db,
-            organization_id=caller.organization_id,
-            patient_id=patient_id,
-            provider_id=provider_id,
-            actor=caller.actor,
-            reason=change.reason,
-            note=change.note,
-            if_version=_version(if_match),
-        ),
-        team_reply(status.HTTP_204_NO_CONTENT),
+    result = await CareTeamService.remove_provider(
+        db=db,
+        organization_id=caller.organization_id,
+        patient_id=patient_id,
+        provider_id=provider_id,
+        actor=caller.actor,
+        reason=change.reason,
+        note=change.note,
+        if_version=_version(if_match),
+        idempotency=idempotency,
     )
+    return respond(team_reply(result, status.HTTP_204_NO_CONTENT), idempotency)
 
 
 @router.get(

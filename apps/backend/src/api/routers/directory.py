@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
-from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -22,7 +21,7 @@ from src.api.conditional import (
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import link, links, problem_responses
 from src.api.fields import BirthDate
-from src.api.idempotency import IDEMPOTENT, as_response, reply, respond
+from src.api.idempotency import Idempotency, Reply, as_response, reply, respond
 from src.api.routing import StrictRoute
 from src.api.schemas import (
     IdentifierIn,
@@ -55,7 +54,6 @@ from src.services.errors import (
     ProviderHasPatients,
     ProviderNotFound,
 )
-from src.services.idempotency import Reply
 from src.values import (
     CURSOR_MAX_LENGTH,
     CURSOR_PATTERN,
@@ -112,20 +110,13 @@ def provider_out(record: ProviderRecord) -> ProviderOut:
     return ProviderOut.model_validate(record, from_attributes=True)
 
 
-def patient_reply(status_code: int) -> Callable[[PatientRecord], Reply]:
-    def render(record: PatientRecord) -> Reply:
-        return reply(status_code, patient_out(record), patient_etag(record.version))
-
-    return render
+def patient_reply(record: PatientRecord, status_code: int) -> Reply:
+    return reply(status_code, patient_out(record), patient_etag(record.version))
 
 
-def provider_reply(status_code: int) -> Callable[[ProviderRecord], Reply]:
-    def render(record: ProviderRecord) -> Reply:
-        return reply(
-            status_code, provider_out(record), provider_etag(record.version, record.panel_size)
-        )
-
-    return render
+def provider_reply(record: ProviderRecord, status_code: int) -> Reply:
+    etag = provider_etag(record.version, record.panel_size)
+    return reply(status_code, provider_out(record), etag)
 
 
 def _nfc(name: str | None) -> str | None:
@@ -174,7 +165,6 @@ async def _changes_page(
     status_code=status.HTTP_201_CREATED,
     response_model=PatientOut,
     tags=["patients"],
-    dependencies=[IDEMPOTENT],
     responses={
         201: links(
             GetPatient=link("getPatient", patient_id="id"),
@@ -190,20 +180,21 @@ async def _changes_page(
         **problem_responses(IdentifierTaken, InvalidArgument, body=True),
     },
 )
-async def create_patient(body: PatientCreate, db: DB, caller: CurrentCaller) -> Response:
+async def create_patient(
+    body: PatientCreate, db: DB, caller: CurrentCaller, idempotency: Idempotency
+) -> Response:
     """Identifiers are unique per (system, value) in your organization."""
-    return await respond(
-        DirectoryService.create_patient(
-            db=db,
-            organization_id=caller.organization_id,
-            first_name=body.first_name,
-            last_name=body.last_name,
-            dob=body.dob,
-            identifiers=_identifiers(body.identifiers),
-            actor=caller.actor,
-        ),
-        patient_reply(201),
+    result = await DirectoryService.create_patient(
+        db=db,
+        organization_id=caller.organization_id,
+        first_name=body.first_name,
+        last_name=body.last_name,
+        dob=body.dob,
+        identifiers=_identifiers(body.identifiers),
+        actor=caller.actor,
+        idempotency=idempotency,
     )
+    return respond(patient_reply(result, 201), idempotency)
 
 
 @router.get(
@@ -275,7 +266,6 @@ async def get_patient(
     "/patients/{patient_id}",
     response_model=PatientOut,
     tags=["patients"],
-    dependencies=[IDEMPOTENT],
     responses=problem_responses(
         PatientNotFound, IdentifierTaken, InvalidArgument, PreconditionFailed, body=True
     ),
@@ -285,25 +275,26 @@ async def update_patient(
     body: PatientUpdate,
     db: DB,
     caller: CurrentCaller,
+    *,
+    idempotency: Idempotency,
     if_match: IfMatch = None,
 ) -> Response:
     """Change what is given, validated as on create; `identifiers` replaces the list.
     With If-Match (the ETag of your read), only if nobody changed it since (412)."""
     version = expected(if_match, "p")
-    return await respond(
-        DirectoryService.update_patient(
-            db=db,
-            organization_id=caller.organization_id,
-            patient_id=patient_id,
-            first_name=_given(body, "first_name"),
-            last_name=_given(body, "last_name"),
-            dob=_given(body, "dob"),
-            identifiers=UNCHANGED if body.identifiers is None else _identifiers(body.identifiers),
-            if_version=None if version is None else version[0],
-            actor=caller.actor,
-        ),
-        patient_reply(200),
+    result = await DirectoryService.update_patient(
+        db=db,
+        organization_id=caller.organization_id,
+        patient_id=patient_id,
+        first_name=_given(body, "first_name"),
+        last_name=_given(body, "last_name"),
+        dob=_given(body, "dob"),
+        identifiers=UNCHANGED if body.identifiers is None else _identifiers(body.identifiers),
+        if_version=None if version is None else version[0],
+        actor=caller.actor,
+        idempotency=idempotency,
     )
+    return respond(patient_reply(result, 200), idempotency)
 
 
 @router.get(
@@ -334,7 +325,6 @@ async def get_patient_changes(
     status_code=status.HTTP_201_CREATED,
     response_model=ProviderOut,
     tags=["providers"],
-    dependencies=[IDEMPOTENT],
     responses={
         201: links(
             GetProvider=link("getProvider", provider_id="id"),
@@ -348,18 +338,19 @@ async def get_patient_changes(
         **problem_responses(NpiTaken, body=True),
     },
 )
-async def create_provider(body: ProviderCreate, db: DB, caller: CurrentCaller) -> Response:
-    return await respond(
-        DirectoryService.create_provider(
-            db=db,
-            organization_id=caller.organization_id,
-            first_name=body.first_name,
-            last_name=body.last_name,
-            npi=body.npi,
-            actor=caller.actor,
-        ),
-        provider_reply(201),
+async def create_provider(
+    body: ProviderCreate, db: DB, caller: CurrentCaller, idempotency: Idempotency
+) -> Response:
+    result = await DirectoryService.create_provider(
+        db=db,
+        organization_id=caller.organization_id,
+        first_name=body.first_name,
+        last_name=body.last_name,
+        npi=body.npi,
+        actor=caller.actor,
+        idempotency=idempotency,
     )
+    return respond(provider_reply(result, 201), idempotency)
 
 
 @router.get(
@@ -424,7 +415,6 @@ async def get_provider(
     "/providers/{provider_id}",
     response_model=ProviderOut,
     tags=["providers"],
-    dependencies=[IDEMPOTENT],
     responses=problem_responses(
         ProviderNotFound,
         ProviderHasPatients,
@@ -439,6 +429,8 @@ async def update_provider(
     body: ProviderUpdate,
     db: DB,
     caller: CurrentCaller,
+    *,
+    idempotency: Idempotency,
     if_match: IfMatch = None,
 ) -> Response:
     """Change what is given, validated as on create: names, `npi` (null removes it),
@@ -446,21 +438,20 @@ async def update_provider(
     provider_has_patients: transfer the panel first) and `panel_capacity` (null: no
     limit). With If-Match (the ETag of your read), only if nothing changed since (412)."""
     version = expected(if_match, "v", parts=2)
-    return await respond(
-        DirectoryService.update_provider(
-            db=db,
-            organization_id=caller.organization_id,
-            provider_id=provider_id,
-            first_name=_given(body, "first_name"),
-            last_name=_given(body, "last_name"),
-            npi=_given(body, "npi"),
-            active=body.active,
-            panel_capacity=_given(body, "panel_capacity"),
-            if_version=version,
-            actor=caller.actor,
-        ),
-        provider_reply(200),
+    result = await DirectoryService.update_provider(
+        db=db,
+        organization_id=caller.organization_id,
+        provider_id=provider_id,
+        first_name=_given(body, "first_name"),
+        last_name=_given(body, "last_name"),
+        npi=_given(body, "npi"),
+        active=body.active,
+        panel_capacity=_given(body, "panel_capacity"),
+        if_version=version,
+        actor=caller.actor,
+        idempotency=idempotency,
     )
+    return respond(provider_reply(result, 200), idempotency)
 
 
 @router.get(

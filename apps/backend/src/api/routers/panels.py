@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import problem_responses
 from src.api.fields import Instant
-from src.api.idempotency import IDEMPOTENT, reply, respond
+from src.api.idempotency import Idempotency, reply, respond
 from src.api.routing import StrictRoute
 from src.api.schemas import (
     PanelEntryOut,
@@ -87,7 +87,6 @@ async def get_provider_panel(
 @router.post(
     "/providers/{provider_id}/panel/transfer",
     response_model=TransferOut,
-    dependencies=[IDEMPOTENT],
     responses=problem_responses(
         ProviderNotFound,
         ProviderReferenceNotFound,
@@ -98,25 +97,30 @@ async def get_provider_panel(
     ),
 )
 async def transfer_provider_panel(
-    provider_id: uuid.UUID, body: PanelTransfer, db: DB, caller: CurrentCaller
+    provider_id: uuid.UUID,
+    body: PanelTransfer,
+    db: DB,
+    caller: CurrentCaller,
+    idempotency: Idempotency,
 ) -> Response:
     """Make `to_provider_id` the primary provider of every patient whose primary is this
     provider, in batches, within the target's capacity (what it cannot take is
     `refused_capacity`). Running it again moves only what is left; `dry_run` changes
     nothing and says what would happen."""
-    return await respond(
-        PanelService.transfer_panel(
-            db=db,
-            organization_id=caller.organization_id,
-            from_provider_id=provider_id,
-            to_provider_id=body.to_provider_id,
-            reason=body.reason,
-            note=body.note,
-            previous_provider=body.previous_provider,
-            dry_run=body.dry_run,
-            actor=caller.actor,
-        ),
-        lambda result: reply(200, TransferOut.model_validate(result, from_attributes=True)),
+    result = await PanelService.transfer_panel(
+        db=db,
+        organization_id=caller.organization_id,
+        from_provider_id=provider_id,
+        to_provider_id=body.to_provider_id,
+        reason=body.reason,
+        note=body.note,
+        previous_provider=body.previous_provider,
+        dry_run=body.dry_run,
+        actor=caller.actor,
+        idempotency=idempotency,
+    )
+    return respond(
+        reply(200, TransferOut.model_validate(result, from_attributes=True)), idempotency
     )
 
 
