@@ -11,7 +11,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from sqlalchemy import text
 
 from src import primary_index
 from src.api.auth import Authentication
@@ -24,23 +23,20 @@ from src.config import Settings, get_settings
 from src.db import Database, open_database
 from src.log_config import configure_logging
 from src.metrics import record_check, track_pool
+from src.services.health_service import HealthService
 
 logger = logging.getLogger(__name__)
 
 
 POLL_S = 60.0
-RULE_STATUS = text(
-    "SELECT checked_at, several_primaries, without_primary, index_valid "
-    "FROM careteam_rule_status(:max_age_s)"
-)
 
 
 async def refresh_violation_metrics(database: Database, max_age_s: float) -> None:
     """Publish the rule's last check (careteam_rule_status(): counts only, on the
     application's own connection). The database recounts only when that check is older
     than `max_age_s`, once for all the API processes that ask."""
-    async with database.app_engine.begin() as conn:
-        row = (await conn.execute(RULE_STATUS, {"max_age_s": max_age_s})).one()
+    async with database.sessionmaker() as db:
+        row = await HealthService.rule_status(db=db, max_age_s=max_age_s)
     record_check(
         row.several_primaries,
         row.without_primary,

@@ -18,7 +18,6 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from src.cli.common import (
@@ -37,6 +36,7 @@ from src.db import open_database
 from src.models import ChangeReason
 from src.services.care_team_service import MAX_PERIODS_PAGE, CareTeamService
 from src.services.errors import CareTeamError
+from src.services.organization_service import OrganizationService
 from src.services.panel_service import PanelService, PreviousProvider
 from src.values import parse_instant
 
@@ -59,34 +59,23 @@ OrganizationOption = Annotated[
 
 def _as_tenant(
     organization: str | None,
-    owner_lookup: tuple[str, uuid.UUID] | None,
+    owner_lookup: dict[str, uuid.UUID] | None,
     action: Callable[[AsyncSession, uuid.UUID], Awaitable[T]],
 ) -> tuple[uuid.UUID, T]:
     """Run `action(session, organization)` on an application session of the organization:
-    the one given, or the one of `owner_lookup` = (table, id), found as the owner."""
+    the one given (it must exist), or the one of the record `owner_lookup` names
+    (`{"patient_id": id}` or `{"provider_id": id}`), found as the owner."""
     given = None if organization is None else parse_uuid(organization, "ORG_ID")
 
     async def work(engine: AsyncEngine, url: str) -> tuple[uuid.UUID, T]:
         await require_head(engine)
-        org = given
-        if org is None and owner_lookup is not None:
-            table, row_id = owner_lookup
-            async with engine.connect() as conn:
-                found = (
-                    await conn.execute(
-                        text(f"SELECT organization_id FROM {table} WHERE id = :id"),
-                        {"id": row_id},
-                    )
-                ).all()
-            if len(found) != 1:
-                what = table.removesuffix("s")
-                raise CareTeamError(
-                    f"{what} {row_id} not found"
-                    if not found
-                    else f"{what} {row_id} is in several organizations: give --organization"
-                )
-            org = found[0][0]
-        assert org is not None
+        async with AsyncSession(engine) as owner:
+            if given is not None:
+                await OrganizationService.require_organization(db=owner, organization_id=given)
+                org = given
+            else:
+                assert owner_lookup is not None
+                org = await OrganizationService.organization_of(db=owner, **owner_lookup)
         database = open_database(get_settings(), url)
         try:
             async with database.sessionmaker() as session:
@@ -154,7 +143,7 @@ def team(
                 if len(page) < MAX_PERIODS_PAGE:
                     return found
 
-        org, items = _as_tenant(organization, ("patients", patient), all_periods)
+        org, items = _as_tenant(organization, {"patient_id": patient}, all_periods)
         if as_json:
             print_json({"organization_id": org, "patient_id": patient, "items": items})
             return
@@ -179,7 +168,7 @@ def team(
             db=db, organization_id=org, patient_id=patient, as_of=instant
         )
 
-    org, care_team = _as_tenant(organization, ("patients", patient), read)
+    org, care_team = _as_tenant(organization, {"patient_id": patient}, read)
     members = [
         {"provider_id": m.provider_id, "role": m.role.value, "since": m.since}
         for m in care_team.members
@@ -276,7 +265,7 @@ def panel_transfer(
         )
 
     with progress:
-        org, result = _as_tenant(organization, ("providers", source), transfer)
+        org, result = _as_tenant(organization, {"provider_id": source}, transfer)
     if as_json:
         print_json({"organization_id": org, **asdict(result)})
     elif result.dry_run:

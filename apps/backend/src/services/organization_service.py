@@ -20,7 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services import credentials
 from src.services.credentials import Credential, KnownKey
-from src.services.errors import ApiKeyNotFound, OrganizationNotFound
+from src.services.errors import (
+    ApiKeyNotFound,
+    InvalidArgument,
+    OrganizationNotFound,
+    PatientNotFound,
+    ProviderNotFound,
+)
 from src.services.transaction import Sql, run_transaction
 
 logger = logging.getLogger(__name__)
@@ -55,6 +61,10 @@ REVOKE_API_KEY = Sql(
     "id",
 )
 
+
+# Across tenants (an owner session): the organizations of a patient or a provider id.
+ORGANIZATIONS_OF_PATIENT = Sql("SELECT organization_id FROM patients WHERE id = $1", "id")
+ORGANIZATIONS_OF_PROVIDER = Sql("SELECT organization_id FROM providers WHERE id = $1", "id")
 
 LIST_ORGANIZATIONS = Sql(
     """
@@ -145,6 +155,50 @@ class OrganizationService:
         issued = await run_transaction(db, operation="create_api_key", work=work)
         logger.info("api key created organization_id=%s api_key_id=%s", organization_id, issued.id)
         return issued
+
+    @staticmethod
+    async def require_organization(*, db: AsyncSession, organization_id: uuid.UUID) -> None:
+        """Raises OrganizationNotFound unless the organization exists (owner session)."""
+
+        async def work(driver: Any) -> bool:
+            return bool(await ORGANIZATION_EXISTS.fetchval(driver, {"org": organization_id}))
+
+        if not await run_transaction(
+            db, operation="require_organization", work=work, read_only=True
+        ):
+            raise OrganizationNotFound(organization_id)
+
+    @staticmethod
+    async def organization_of(
+        *,
+        db: AsyncSession,
+        patient_id: uuid.UUID | None = None,
+        provider_id: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        """The organization of a patient or a provider, across tenants (an owner
+        session: the CLI finds the tenant of the id an operator gives). Raises
+        PatientNotFound / ProviderNotFound, or InvalidArgument if the id is in several."""
+        if patient_id is not None and provider_id is None:
+            lookup, record_id = ORGANIZATIONS_OF_PATIENT, patient_id
+        elif provider_id is not None and patient_id is None:
+            lookup, record_id = ORGANIZATIONS_OF_PROVIDER, provider_id
+        else:
+            raise ValueError("give a patient_id or a provider_id")
+
+        async def work(driver: Any) -> list[uuid.UUID]:
+            return [row[0] for row in await lookup.fetch(driver, {"id": record_id})]
+
+        found = await run_transaction(db, operation="organization_of", work=work, read_only=True)
+        if not found:
+            if patient_id is not None:
+                raise PatientNotFound(patient_id)
+            raise ProviderNotFound(record_id)
+        if len(found) > 1:
+            raise InvalidArgument(
+                f"{record_id} is in several organizations: give --organization",
+                field="organization",
+            )
+        return found[0]
 
     @staticmethod
     async def list_organizations(*, db: AsyncSession) -> list[OrganizationRecord]:

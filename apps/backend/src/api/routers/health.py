@@ -7,25 +7,20 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from src import primary_index
 from src.api.deps import database_of
 from src.api.errors import ProblemKind, problem_response, problem_responses
 from src.api.schemas import Health
-from src.db import pg_error_fields
 from src.migration_runner import head_revision
 from src.primary_index import UNIQUE_PRIMARY_INDEX
+from src.services.errors import CareTeamError
+from src.services.health_service import HealthService
 
 router = APIRouter(tags=["operations"])
 
 READY_TIMEOUT_S = 3.0
 HEAD = head_revision()
-
-READINESS = text(f"""
-    SELECT (SELECT version_num FROM alembic_version LIMIT 1) AS revision,
-           ({primary_index.INDEX_VALID}) AS index_valid
-""")
 
 
 @router.get("/healthz", response_model=Health, responses=problem_responses(authenticated=False))
@@ -46,18 +41,17 @@ NOT_READY_RETRY_S = 5
 async def readyz(request: Request) -> Response:
     """Readiness: 200 only when the database answers, the schema is at head and the
     one-primary index exists and is valid; otherwise 503 with the reason."""
-    database = database_of(request)
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            async with database.app_engine.connect() as conn:
-                row = (await conn.execute(READINESS)).one()
-    except Exception as err:  # any failure to answer is "not ready", with its kind
-        if pg_error_fields(err)[0] == "42501":  # insufficient privilege
-            return _not_ready("the application role cannot read the schema: run the migrations")
+            async with database_of(request).sessionmaker() as db:
+                ready = await HealthService.readiness(db=db)
+    except (CareTeamError, TimeoutError) as err:  # any failure to answer is "not ready"
         return _not_ready(f"database does not answer ({type(err).__name__})")
-    if row.revision != HEAD:
-        return _not_ready(f"schema at {row.revision}, head is {HEAD}: run the migrations")
-    state = primary_index.index_state(row.index_valid)
+    if ready.revision is None:
+        return _not_ready("the application role cannot read the schema: run the migrations")
+    if ready.revision != HEAD:
+        return _not_ready(f"schema at {ready.revision}, head is {HEAD}: run the migrations")
+    state = primary_index.index_state(ready.index_valid)
     if state == "missing":
         return _not_ready(f"index {UNIQUE_PRIMARY_INDEX} is missing")
     if state == "invalid":
