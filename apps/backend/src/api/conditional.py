@@ -23,6 +23,7 @@ from fastapi import Header, Request, Response
 from pydantic.json_schema import SkipJsonSchema
 
 NOT_MATCHING = -1  # a version no resource has: a write with it is refused (412)
+MAX_VERSION = 2**63 - 1  # versions are bigints: a larger number names none
 _TAG = re.compile(r'^(?:W/)?"([^"]*)"$')
 
 # Optional headers: absent or a string (never null, so not in their schema).
@@ -30,14 +31,11 @@ IfMatch = Annotated[
     str | SkipJsonSchema[None],
     Header(
         description='Only if the resource is still at this ETag (412 otherwise); "*": if it exists',
-        max_length=200,
     ),
 ]
 IfNoneMatch = Annotated[
     str | SkipJsonSchema[None],
-    Header(
-        description="304 Not Modified if the resource is at one of these ETags", max_length=2000
-    ),
+    Header(description="304 Not Modified if the resource is at one of these ETags"),
 ]
 
 
@@ -79,7 +77,8 @@ def expected(if_match: str | None, kind: str, parts: int = 1) -> tuple[int, ...]
     numbers = value[len(kind) :].split(".")
     if len(numbers) != parts or not all(n.isdigit() and n.isascii() for n in numbers):
         return nothing
-    return tuple(int(n) for n in numbers)
+    values = tuple(int(n) for n in numbers)
+    return nothing if any(v > MAX_VERSION for v in values) else values
 
 
 def conditional_read(request: Request, etag: str) -> Response | None:

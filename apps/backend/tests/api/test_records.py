@@ -8,6 +8,8 @@ import uuid
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from src.api.app import create_app
@@ -332,7 +334,65 @@ class TestCorrectionsAndTheirTrail:
         ]
 
 
+# A header value httpx can send: latin-1 text without line breaks or NUL.
+HEADER_TEXT = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
+    max_size=60,
+)
+ETAG_LIKE = st.builds(
+    lambda kind, a, b, weak: f'{"W/" if weak else ""}"{kind}{a}.{b}"',
+    st.sampled_from(["t", "p", "v", "", "x"]),
+    st.integers(min_value=-1, max_value=2**80),
+    st.integers(min_value=-1, max_value=2**80),
+    st.booleans(),
+)
+
+
 class TestEtags:
+    @pytest.mark.parametrize(
+        "etag", ['"t9223372036854775808.1"', '"t1.99999999999999999999"', '"t1.' + "9" * 400 + '"']
+    )
+    async def test_an_out_of_range_team_etag_is_412_on_every_write(
+        self, client: httpx.AsyncClient, tenant: Tenant, etag: str
+    ):
+        """A team ETag whose numbers exceed a bigint was a 500 (logged at ERROR)."""
+        patient, provider = await post_patient(client, tenant), await post_provider(client, tenant)
+        team = f"/v1/patients/{patient}/care-team"
+        headers = {**tenant.headers, "If-Match": etag}
+        body = {"provider_id": provider}
+        for method, path, send in (
+            ("PUT", "/primary", body),
+            ("POST", "/members", body),
+            ("DELETE", f"/members/{provider}", None),
+        ):
+            r = await client.request(method, team + path, json=send, headers=headers)
+            assert r.status_code == 412, (method, r.text)
+            assert r.json()["error"] == "precondition_failed"
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        value=st.one_of(HEADER_TEXT, ETAG_LIKE),
+        header=st.sampled_from(["If-Match", "If-None-Match"]),
+    )
+    async def test_any_if_match_or_if_none_match_is_412_304_or_served(
+        self, client: httpx.AsyncClient, tenant: Tenant, value: str, header: str
+    ):
+        """Whatever a client puts in either header: never a 5xx, never a 422."""
+        patient, provider = await post_patient(client, tenant), await post_provider(client, tenant)
+        team = f"/v1/patients/{patient}/care-team"
+        calls = [
+            ("GET", team, None),
+            ("PUT", f"{team}/primary", {"provider_id": provider}),
+            ("DELETE", f"{team}/members/{provider}", None),
+            ("GET", f"/v1/patients/{patient}", None),
+            ("PATCH", f"/v1/providers/{provider}", {"first_name": "Changed"}),
+        ]
+        for method, url, send in calls:
+            r = await client.request(
+                method, url, json=send, headers={**tenant.headers, header: value.encode("latin-1")}
+            )
+            assert r.status_code in (200, 201, 204, 304, 404, 412), (method, url, r.text)
+
     async def test_patient_etag_304_and_a_stale_if_match_is_412(
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
