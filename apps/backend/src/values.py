@@ -14,29 +14,50 @@ import uuid
 
 # --- instants --------------------------------------------------------------------------------
 
-# RFC 3339 with its offset (Z or +hh:mm), from year 1900: an instant, never a local time.
-# As RFC 3339 allows: any number of digits after the second, and `t` and `z` in lower case.
+# RFC 3339 (section 5.6) with its offset, from year 1900: an instant, never a local time.
+# As RFC 3339 allows: any number of digits after the second, `t` and `z` in lower case,
+# and a leap second (:60). Hours 00-23, minutes 00-59, an offset within +-23:59.
 INSTANT_PATTERN = (
-    r"^(19|[2-9][0-9])[0-9]{2}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
-    r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+    r"^(19|[2-9][0-9])[0-9]{2}-[0-9]{2}-[0-9]{2}[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:"
+    r"([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
 _INSTANT = re.compile(INSTANT_PATTERN)
+# What a `+` offset becomes in a query string when it was not encoded: a space.
+_PLUS_AS_SPACE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9:.]+ [0-9]{2}:[0-9]{2}$")
+_LEAP_SECOND = re.compile(r":60(?=[.Zz+-])")
+INSTANT_RULE = "must be an RFC 3339 instant with its offset, e.g. 2026-03-01T09:30:00Z"
 
 
 def parse_instant(value: str) -> datetime.datetime:
-    """An RFC 3339 instant, e.g. 2026-03-01T09:30:00Z; ValueError otherwise. Digits
-    finer than a microsecond are dropped (PostgreSQL keeps microseconds)."""
+    """An RFC 3339 instant, e.g. 2026-03-01T09:30:00Z; ValueError otherwise (saying why).
+
+    Digits finer than a microsecond are dropped (PostgreSQL keeps microseconds). A leap
+    second (23:59:60 UTC, as RFC 3339 writes one) is read as PostgreSQL and POSIX time
+    read it, which have no 61st second: as the next minute's first second (23:59:60.5Z
+    is 00:00:00.5Z of the next day); :60 anywhere else is refused."""
+    if _PLUS_AS_SPACE.fullmatch(value):
+        raise ValueError(
+            f"{INSTANT_RULE}: its offset's `+` arrived as a space; a `+` in a URL must be "
+            "sent encoded, as %2B"
+        )
     if not _INSTANT.fullmatch(value):
-        raise ValueError("must be an RFC 3339 instant with its offset, e.g. 2026-03-01T09:30:00Z")
+        raise ValueError(f"{INSTANT_RULE} (hours 00-23, minutes 00-59, offset within 23:59)")
+    leap = _LEAP_SECOND.search(value) is not None
     try:
         # Python 3.11+ reads `Z` and any number of digits, keeping microseconds.
-        instant = datetime.datetime.fromisoformat(value.upper())
+        instant = datetime.datetime.fromisoformat(_LEAP_SECOND.sub(":59", value.upper()))
     except ValueError:
         raise ValueError("must be a real date and time, RFC 3339") from None
     try:
-        instant.astimezone(datetime.UTC)  # 9999-12-31T23:59:59-01:00 is past year 9999
+        utc = instant.astimezone(datetime.UTC)  # 9999-12-31T23:59:59-01:00 is past 9999
     except OverflowError:
         raise ValueError("must be an instant before the year 10000 (UTC)") from None
+    if leap:
+        if (utc.hour, utc.minute) != (23, 59):
+            raise ValueError("a leap second (:60) is the last second of a UTC day, 23:59:60Z")
+        if utc.year == 9999 and (utc.month, utc.day) == (12, 31):
+            raise ValueError("must be an instant before the year 10000 (UTC)")
+        instant += datetime.timedelta(seconds=1)
     return instant
 
 

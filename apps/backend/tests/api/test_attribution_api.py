@@ -261,6 +261,21 @@ class TestInstants:
         assert r.status_code == 200, r.text
         assert r.json()["primary_provider_id"] == provider
 
+    async def test_a_leap_second_is_the_next_minutes_first_second(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """RFC 3339 allows second 60 (a leap second); it was refused with 422."""
+        patient = await post_patient(client, tenant)
+        url = f"/v1/patients/{patient}/care-team"
+        for leap in ("2016-12-31T23:59:60Z", "2016-12-31T15:59:60.5-08:00"):
+            r = await client.get(url, params={"as_of": leap}, headers=tenant.headers)
+            assert r.status_code == 200, (leap, r.text)
+        assert parse_instant("2016-12-31T23:59:60.5Z") == datetime.datetime(
+            2017, 1, 1, 0, 0, 0, 500000, tzinfo=datetime.UTC
+        )
+        with pytest.raises(ValueError, match="23:59:60Z"):
+            parse_instant("2016-12-31T12:59:60Z")
+
     def test_digits_past_the_microsecond_are_dropped(self):
         assert parse_instant("2026-12-06T21:14:05.856603683Z") == datetime.datetime(
             2026, 12, 6, 21, 14, 5, 856603, tzinfo=datetime.UTC
@@ -281,6 +296,10 @@ class TestBadInput:
             "0",
             "",
             "9999-12-31T23:59:59-01:00",  # past the year 9999 in UTC: was a 500
+            "2026-01-01T00:00:00+00:60",  # an offset past :59 was read as +01:00
+            "2026-01-01T00:00:00-24:00",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T00:60:00Z",
         ],
     )
     async def test_an_as_of_that_is_not_an_instant(
@@ -295,6 +314,16 @@ class TestBadInput:
             r = await client.get(url, params={"as_of": as_of}, headers=tenant.headers)
             assert r.status_code == 422, (url, as_of, r.text)
             assert r.json()["errors"][0]["field"] == "as_of"
+
+    async def test_a_plus_sent_unencoded_is_explained(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """A `+` left unencoded in a URL arrives as a space: the 422 said nothing of it."""
+        patient = await post_patient(client, tenant)
+        url = f"/v1/patients/{patient}/care-team?as_of=2026-01-01T10:00:00+01:00"
+        r = await client.get(url, headers=tenant.headers)
+        assert r.status_code == 422
+        assert "%2B" in r.json()["errors"][0]["detail"]
 
     @pytest.mark.parametrize(
         "case",
