@@ -8,9 +8,14 @@ names the rule, never the value given (it may be health information).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
+import hashlib
+import hmac
 import re
 import uuid
+from dataclasses import dataclass
 
 # --- instants --------------------------------------------------------------------------------
 
@@ -63,62 +68,82 @@ def parse_instant(value: str) -> datetime.datetime:
 
 # --- cursors -------------------------------------------------------------------------------
 
-# Opaque to clients; inside, a position within the caller's own organization (never a
-# value shared with other tenants). Every string of this form is a position, so any
-# cursor the schema admits is answered with a page (perhaps empty), never an error.
-_CURSOR_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-CURSOR_MAX_LENGTH = 10  # 62**10 < 2**63: every cursor fits a bigint
-CURSOR_PATTERN = f"^[0-9A-Za-z]{{1,{CURSOR_MAX_LENGTH}}}$"
+# A cursor is opaque to clients: a position in one list of one organization, sealed with
+# the server's key (HMAC-SHA256, `careteam_secrets`), so that a cursor is read only by
+# the list and the organization it was issued for. Another organization's cursor,
+# another list's, a forged one, or one of the release before is UnknownCursor (422
+# invalid_cursor), never read as a position: a position read wrongly skips rows silently.
+CURSOR_MAX_LENGTH = 400
+CURSOR_PATTERN = f"^[A-Za-z0-9_-]{{1,{CURSOR_MAX_LENGTH}}}$"
+_TAG_BYTES = 16
+_SEPARATOR = "\x1f"
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+Position = int | uuid.UUID | datetime.datetime
 
 
-def encode_cursor(position: int) -> str:
-    digits = []
-    while True:
-        position, digit = divmod(position, len(_CURSOR_ALPHABET))
-        digits.append(_CURSOR_ALPHABET[digit])
-        if position == 0:
-            return "".join(reversed(digits))
+class UnknownCursor(ValueError):
+    """A cursor this server did not issue for this organization and this list."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "is not a cursor this server gave for this list: a cursor belongs to one "
+            "organization and one list (and those of the release before are not read: "
+            "start the list again)"
+        )
 
 
-def decode_cursor(cursor: str) -> int:
-    position = 0
-    for char in cursor:
-        position = position * len(_CURSOR_ALPHABET) + _CURSOR_ALPHABET.index(char)
-    return position
+def _text(part: Position) -> str:
+    if isinstance(part, datetime.datetime):
+        return str((part - _EPOCH) // datetime.timedelta(microseconds=1))
+    if isinstance(part, uuid.UUID):
+        return part.hex
+    return str(part)
 
 
-# A cursor that is a patient (or any) id: 128 bits, 22 base-62 digits at most.
-UUID_CURSOR_MAX_LENGTH = 22
-UUID_CURSOR_PATTERN = f"^[0-9A-Za-z]{{1,{UUID_CURSOR_MAX_LENGTH}}}$"
+def _part(text: str, kind: type[Position]) -> Position:
+    if kind is datetime.datetime:
+        return _EPOCH + datetime.timedelta(microseconds=int(text))
+    if kind is uuid.UUID:
+        return uuid.UUID(hex=text)
+    return int(text)
 
 
-def encode_uuid_cursor(value: uuid.UUID) -> str:
-    return encode_cursor(value.int)
+@dataclass(frozen=True)
+class Cursors:
+    """The cursors of one organization: `seal` a position of a list, `open` a cursor of
+    that list. `secret`: the server's cursor key; `list_key`: what names the list (its
+    kind, the record it belongs to, its filters)."""
 
+    secret: bytes
+    organization_id: uuid.UUID
 
-def decode_uuid_cursor(cursor: str) -> uuid.UUID:
-    return uuid.UUID(int=decode_cursor(cursor) % (1 << 128))
+    def _tag(self, list_key: str, payload: bytes) -> bytes:
+        message = b"careteam-cursor:1\x00" + self.organization_id.bytes
+        message += list_key.encode() + b"\x00" + payload
+        return hmac.new(self.secret, message, hashlib.sha256).digest()[:_TAG_BYTES]
 
+    def seal(self, list_key: str, *position: Position) -> str:
+        payload = _SEPARATOR.join(_text(part) for part in position).encode()
+        token = payload + self._tag(list_key, payload)
+        return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
 
-# A cursor that is (an instant, an id): microseconds since 1900 in the high bits, the id
-# in the low 128; 33 base-62 digits at most. Instants past year 9999 read as its end.
-TIME_UUID_CURSOR_MAX_LENGTH = 33
-TIME_UUID_CURSOR_PATTERN = f"^[0-9A-Za-z]{{1,{TIME_UUID_CURSOR_MAX_LENGTH}}}$"
-_EPOCH = datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC)
-_LAST = datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.UTC)
-
-
-def encode_time_uuid_cursor(at: datetime.datetime, value: uuid.UUID) -> str:
-    micros = (at - _EPOCH) // datetime.timedelta(microseconds=1)
-    return encode_cursor((micros << 128) | value.int)
-
-
-def decode_time_uuid_cursor(cursor: str) -> tuple[datetime.datetime, uuid.UUID]:
-    position = decode_cursor(cursor)
-    micros, low = position >> 128, position & ((1 << 128) - 1)
-    last = (_LAST - _EPOCH) // datetime.timedelta(microseconds=1)
-    at = _EPOCH + datetime.timedelta(microseconds=min(micros, last))
-    return at, uuid.UUID(int=low)
+    def open(self, list_key: str, cursor: str, *kinds: type[Position]) -> tuple[Position, ...]:
+        """The position sealed in `cursor` for `list_key`, as `kinds`; UnknownCursor if
+        this organization's list did not issue it."""
+        try:
+            token = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        except (ValueError, binascii.Error):
+            raise UnknownCursor() from None
+        payload, tag = token[:-_TAG_BYTES], token[-_TAG_BYTES:]
+        if len(token) <= _TAG_BYTES or not hmac.compare_digest(tag, self._tag(list_key, payload)):
+            raise UnknownCursor()
+        parts = payload.decode().split(_SEPARATOR)
+        if len(parts) != len(kinds):
+            raise UnknownCursor()
+        try:
+            return tuple(_part(text, kind) for text, kind in zip(parts, kinds, strict=True))
+        except (ValueError, OverflowError):
+            raise UnknownCursor() from None
 
 
 # --- identifiers -----------------------------------------------------------------------------

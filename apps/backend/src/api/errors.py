@@ -248,7 +248,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return operation_outcome(status, answer.fhir_issue, exc.message, headers)
         errors = None
         if isinstance(exc, InvalidArgument):
-            errors = [{"location": "body", "field": exc.field, "detail": exc.message}]
+            errors = [{"location": exc.location, "field": exc.field, "detail": exc.message}]
         return problem_response(
             status,
             exc.code,

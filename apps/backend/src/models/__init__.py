@@ -12,6 +12,7 @@ from src.models.care_team import (
     EventType,
     PeriodRole,
     RuleCheck,
+    Secret,
 )
 from src.models.records import (
     IdempotencyKey,
@@ -45,4 +46,5 @@ __all__ = [
     "RecordChange",
     "RecordType",
     "RuleCheck",
+    "Secret",
 ]

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Identity,
     Index,
+    LargeBinary,
     Text,
     UniqueConstraint,
     func,
@@ -236,3 +237,17 @@ class RuleCheck(Base):
     several_primaries: Mapped[int] = mapped_column(BigInteger)
     without_primary: Mapped[int] = mapped_column(BigInteger)
     index_valid: Mapped[bool | None] = mapped_column(Boolean)
+
+
+class Secret(Base):
+    """Keys the API uses (one row: `cursor`, the key that seals cursors). No tenant data;
+    the application role may only read it."""
+
+    __tablename__ = "careteam_secrets"
+    __table_args__ = (CheckConstraint("length(value) >= 32", name="value"),)
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )

@@ -40,7 +40,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.metrics import ASSIGNMENTS, LOCK_WAIT
 from src.models import NOTE_MAX_LENGTH, ChangeReason, PeriodRole
-from src.services.errors import CareTeamError, InvalidArgument, PatientNotFound, Subject
+from src.services.errors import (
+    CareTeamError,
+    InvalidArgument,
+    InvalidCursor,
+    PatientNotFound,
+    Subject,
+)
 from src.services.idempotency import IdempotencyKey
 from src.services.transaction import Sql, run_statement, run_transaction
 
@@ -196,6 +202,13 @@ SELECT_FEED = Sql(
     "org",
     "after",
     "limit",
+)
+
+# The organization's last event number (0: none yet).
+SELECT_HEAD = Sql(
+    "SELECT coalesce((SELECT last_seq FROM care_team_event_sequences "
+    "WHERE organization_id = $1), 0)",
+    "org",
 )
 
 SELECT_PATIENT = Sql(
@@ -647,11 +660,14 @@ class CareTeamService:
     ) -> list[CareTeamEventRecord]:
         """The organization's care team events numbered after `after`, oldest first, at
         most `limit`: a change feed. Numbers are given in commit order with no gaps, so
-        resuming after the last number seen skips and repeats nothing."""
+        resuming after the last number seen skips and repeats nothing. Raises
+        InvalidCursor when `after` is past the organization's last event."""
         if not 1 <= limit <= MAX_HISTORY_PAGE:
             raise InvalidArgument(f"limit must be 1 to {MAX_HISTORY_PAGE}", field="limit")
 
         async def work(driver: Any) -> list[CareTeamEventRecord]:
+            if after > 0 and after > await SELECT_HEAD.fetchval(driver, {"org": organization_id}):
+                raise InvalidCursor("after is past your organization's last event", field="after")
             rows = await SELECT_FEED.fetch(
                 driver, {"org": organization_id, "after": after, "limit": limit}
             )

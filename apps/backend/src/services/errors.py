@@ -100,10 +100,23 @@ class InvalidArgument(CareTeamError):
 
     code = "invalid_argument"
     title = "Invalid argument"
+    location = "body"  # where the request carried it: body, query, path
 
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class InvalidCursor(InvalidArgument):
+    """A cursor that is not one this server gave for this organization and this list
+    (another organization's, another list's, forged, or of the release before)."""
+
+    code = "invalid_cursor"
+    title = "Invalid cursor"
+    location = "query"
+
+    def __init__(self, message: str, *, field: str = "cursor") -> None:
+        super().__init__(message, field=field)
 
 
 class InvalidReference(InvalidArgument):

@@ -282,17 +282,27 @@ class TestErrorsAndFormats:
         outcome = valid(await fhir_get(client, tenant, path, **params), 400)
         assert outcome["issue"][0]["code"] == "invalid"
 
-    async def test_unknown_parameters_ignored_or_strict(
+    async def test_unknown_parameters_are_400_unless_handling_is_lenient(
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
-        lenient = valid(await fhir_get(client, tenant, "/CareTeam", colour="blue"))
-        assert "colour" not in lenient["link"][0]["url"]
+        """A search that ignored what it did not understand answered wrong without saying
+        so: strict by default, lenient only when the client asks (FHIR's Prefer)."""
         strict = await client.get(
-            f"{FHIR}/CareTeam",
-            params={"colour": "blue"},
+            f"{FHIR}/CareTeam", params={"colour": "blue"}, headers=tenant.headers
+        )
+        assert "colour" in valid(strict, 400)["issue"][0]["diagnostics"]
+        asked = await client.get(
+            f"{FHIR}/Patient",
+            params={"nmae": "x"},
             headers={**tenant.headers, "Prefer": "handling=strict"},
         )
-        valid(strict, 400)
+        valid(asked, 400)
+        lenient = await client.get(
+            f"{FHIR}/CareTeam",
+            params={"colour": "blue"},
+            headers={**tenant.headers, "Prefer": "return=minimal, handling=lenient"},
+        )
+        assert "colour" not in valid(lenient)["link"][0]["url"]
 
     async def test_a_key_revoked_after_its_first_use_is_401(
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database
@@ -357,15 +367,15 @@ class TestWhatClientsSend:
         )
         assert ids(system) == [patient]
 
-    async def test_unsupported_includes_are_ignored(
+    async def test_unsupported_includes_are_400_or_ignored_when_lenient(
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
         patient, provider = await post_patient(client, tenant), await post_provider(client, tenant)
         await team_of(client, tenant, patient, provider)
-        response = await client.get(
-            f"{FHIR}/CareTeam?patient={patient}&_include=CareTeam:participant&_include=CareTeam:subject",
-            headers=tenant.headers,
-        )
+        url = f"{FHIR}/CareTeam?patient={patient}&_include=CareTeam:participant"
+        url += "&_include=CareTeam:subject"
+        valid(await client.get(url, headers=tenant.headers), 400)
+        response = await client.get(url, headers={**tenant.headers, "Prefer": "handling=lenient"})
         bundle = valid(response)
         assert ids(bundle, "include") == [provider]
         assert "CareTeam%3Asubject" not in bundle["link"][0]["url"]

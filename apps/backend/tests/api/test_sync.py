@@ -11,6 +11,7 @@ import httpx
 from sqlalchemy import text
 
 from src.db import Database
+from src.values import Cursors
 from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
 
 BODY = {"first_name": "Ada", "last_name": "Lovelace", "dob": "1984-02-29"}
@@ -275,16 +276,141 @@ class TestTheChangeFeed:
             json={"provider_id": provider},
             headers=a.headers,
         )
-        ids_a, cursor_a = await read_feed(client, a, None)
+        ids_a, _ = await read_feed(client, a, None)
         ids_b, _ = await read_feed(client, b, None)
         assert ids_a == [1] and ids_b == []
-        # Another tenant's cursor reveals nothing: it is a position in one's own numbering.
-        ids, _ = await read_feed(client, b, cursor_a)
-        assert ids == []
 
-    async def test_a_malformed_cursor_is_422(self, client: httpx.AsyncClient, tenant: Tenant):
-        for bad in ("!", "a" * 11, ""):
+    async def test_another_organizations_cursor_is_422_not_an_empty_page(
+        self, client: httpx.AsyncClient, make_tenant: TenantFactory
+    ):
+        """A's cursor used with B's key answered 200 with no items and echoed it: B's
+        event number 1 was then never delivered to a client that kept that cursor."""
+        a, b = await make_tenant(), await make_tenant()
+        for tenant in (a, a, b):
+            patient, provider = (
+                await post_patient(client, tenant),
+                await post_provider(client, tenant),
+            )
+            await client.put(
+                f"/v1/patients/{patient}/care-team/primary",
+                json={"provider_id": provider},
+                headers=tenant.headers,
+            )
+        _, cursor_a = await read_feed(client, a, None)
+        r = await client.get("/v1/care-team-events", params={"after": cursor_a}, headers=b.headers)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == "invalid_cursor"
+        assert r.json()["errors"][0]["field"] == "after"
+        ids_b, _ = await read_feed(client, b, None)
+        assert ids_b == [1]
+
+    async def test_a_cursor_past_the_organizations_last_event_is_422(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """A cursor sealed by this server for a position the organization has not reached
+        (a database restored from an older backup, say) is refused, not an empty page."""
+        async with database.owner_engine.connect() as conn:
+            key = (
+                await conn.execute(text("SELECT value FROM careteam_secrets WHERE name = 'cursor'"))
+            ).scalar_one()
+        ahead = Cursors(bytes(key), tenant.organization_id).seal("care_team_events", 5)
+        r = await client.get(
+            "/v1/care-team-events", params={"after": ahead}, headers=tenant.headers
+        )
+        assert r.status_code == 422 and r.json()["error"] == "invalid_cursor", r.text
+
+    async def test_a_malformed_or_forged_cursor_is_422(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        for bad in ("!", "a" * 11, "", "zzzzzzzzzz", "0", "1"):
             r = await client.get(
                 "/v1/care-team-events", params={"after": bad}, headers=tenant.headers
             )
             assert r.status_code == 422, bad
+
+
+class TestEveryCursorBelongsToItsList:
+    """Every cursor the API issues is read only by the organization and the list it was
+    issued for: elsewhere it is 422 invalid_cursor (FHIR: 400), never a page."""
+
+    async def lists_of(self, client: httpx.AsyncClient, tenant: Tenant) -> dict[str, str]:
+        """Each list's URL (a page of one item, with a next page) for this tenant."""
+        patients = [await post_patient(client, tenant) for _ in range(2)]
+        providers = [await post_provider(client, tenant) for _ in range(2)]
+        team = f"/v1/patients/{patients[0]}/care-team"
+        for provider in providers:
+            await client.put(
+                f"{team}/primary", json={"provider_id": provider}, headers=tenant.headers
+            )
+        await client.put(
+            f"{team}/primary", json={"provider_id": providers[0]}, headers=tenant.headers
+        )
+        await client.patch(
+            f"/v1/patients/{patients[0]}", json={"first_name": "B"}, headers=tenant.headers
+        )
+        await client.post(
+            f"/v1/patients/{patients[1]}/care-team/members",
+            json={"provider_id": providers[0]},
+            headers=tenant.headers,
+        )
+        return {
+            "patients": "/v1/patients?limit=1",
+            "providers": "/v1/providers?limit=1",
+            "changes": f"/v1/patients/{patients[0]}/changes?limit=1",
+            "history": f"{team}/history?limit=1",
+            "periods": f"{team}/periods?limit=1",
+            "panel": f"/v1/providers/{providers[0]}/patients?limit=1&role=any",
+            "feed": "/v1/care-team-events?limit=1",
+        }
+
+    async def next_cursor(self, client: httpx.AsyncClient, tenant: Tenant, url: str) -> str:
+        r = await client.get(url, headers=tenant.headers)
+        assert r.status_code == 200, (url, r.text)
+        cursor: str = r.json()["next_cursor"]
+        assert cursor, url
+        return cursor
+
+    @staticmethod
+    def with_cursor(url: str, cursor: str) -> str:
+        name = "after" if url.startswith("/v1/care-team-events") else "cursor"
+        return f"{url}&{name}={cursor}"
+
+    async def test_elsewhere_a_cursor_is_refused(
+        self, client: httpx.AsyncClient, make_tenant: TenantFactory
+    ):
+        a, b = await make_tenant(), await make_tenant()
+        lists_a, lists_b = await self.lists_of(client, a), await self.lists_of(client, b)
+        cursors = {name: await self.next_cursor(client, a, url) for name, url in lists_a.items()}
+        for name, cursor in cursors.items():
+            own = await client.get(self.with_cursor(lists_a[name], cursor), headers=a.headers)
+            assert own.status_code == 200, (name, own.text)
+            foreign = await client.get(self.with_cursor(lists_b[name], cursor), headers=b.headers)
+            assert foreign.status_code == 422, (name, foreign.text)
+            assert foreign.json()["error"] == "invalid_cursor"
+            for other, url in lists_a.items():
+                if other != name:
+                    r = await client.get(self.with_cursor(url, cursor), headers=a.headers)
+                    assert r.status_code == 422, (name, other, r.text)
+        searched = await client.get("/v1/patients?limit=1&name=A", headers=a.headers)
+        filtered = searched.json()["next_cursor"] or cursors["patients"]
+        r = await client.get(f"/v1/patients?limit=1&name=Z&cursor={filtered}", headers=a.headers)
+        assert r.status_code == 422  # another search: another list
+
+    async def test_a_fhir_cursor_belongs_to_its_search_and_organization(
+        self, client: httpx.AsyncClient, make_tenant: TenantFactory
+    ):
+        a, b = await make_tenant(), await make_tenant()
+        for tenant in (a, b):
+            for _ in range(2):
+                await post_patient(client, tenant)
+        first = (await client.get("/fhir/R4/Patient?_count=1", headers=a.headers)).json()
+        following = next(link["url"] for link in first["link"] if link["relation"] == "next")
+        path = following.split("/fhir/R4", 1)[1]
+        assert (await client.get(f"/fhir/R4{path}", headers=a.headers)).status_code == 200
+        assert (await client.get(f"/fhir/R4{path}", headers=b.headers)).status_code == 400
+        cursor = path.split("_cursor=", 1)[1]
+        other = await client.get(
+            f"/fhir/R4/Practitioner?_count=1&_cursor={cursor}", headers=a.headers
+        )
+        assert other.status_code == 400
+        assert "_cursor" in other.json()["issue"][0]["diagnostics"]

@@ -3,8 +3,9 @@ remove members, and its history and periods."""
 
 from __future__ import annotations
 
+import datetime
 import uuid
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
@@ -13,6 +14,7 @@ from src.api.deps import DB, CurrentCaller
 from src.api.errors import link, links, problem_responses
 from src.api.fields import Instant
 from src.api.idempotency import Idempotency, Reply, as_response, reply, respond
+from src.api.paging import CursorParam, PageCursors, open_cursor
 from src.api.routing import StrictRoute
 from src.api.schemas import (
     CareTeamEventOut,
@@ -34,16 +36,6 @@ from src.services.errors import (
     ProviderInactive,
     ProviderNotOnCareTeam,
     ProviderReferenceNotFound,
-)
-from src.values import (
-    CURSOR_MAX_LENGTH,
-    CURSOR_PATTERN,
-    TIME_UUID_CURSOR_MAX_LENGTH,
-    TIME_UUID_CURSOR_PATTERN,
-    decode_cursor,
-    decode_time_uuid_cursor,
-    encode_cursor,
-    encode_time_uuid_cursor,
 )
 
 router = APIRouter(
@@ -245,29 +237,25 @@ async def get_care_team_history(
     patient_id: uuid.UUID,
     db: DB,
     caller: CurrentCaller,
+    *,
+    cursors: PageCursors,
     limit: Limit = 50,
-    cursor: Annotated[
-        str | None,
-        Query(
-            min_length=1,
-            max_length=CURSOR_MAX_LENGTH,
-            pattern=CURSOR_PATTERN,
-            description="next_cursor of the previous page (opaque)",
-        ),
-    ] = None,
+    cursor: CursorParam = None,
 ) -> CareTeamHistoryOut:
     """The care team's events, newest first, `limit` at a time."""
+    list_key = f"care_team_history:{patient_id}"
+    before = None if cursor is None else open_cursor(cursors, list_key, cursor, int)[0]
     events = await CareTeamService.get_care_team_history(
         db=db,
         organization_id=caller.organization_id,
         patient_id=patient_id,
         limit=limit + 1,
-        before_id=None if cursor is None else decode_cursor(cursor),
+        before_id=cast(int | None, before),
     )
     page = events[:limit]
     return CareTeamHistoryOut(
         items=[CareTeamEventOut.model_validate(e, from_attributes=True) for e in page],
-        next_cursor=encode_cursor(page[-1].id) if len(events) > limit else None,
+        next_cursor=cursors.seal(list_key, page[-1].id) if len(events) > limit else None,
     )
 
 
@@ -278,31 +266,29 @@ async def get_care_team_periods(
     patient_id: uuid.UUID,
     db: DB,
     caller: CurrentCaller,
+    *,
+    cursors: PageCursors,
     limit: Limit = 50,
-    cursor: Annotated[
-        str | None,
-        Query(
-            min_length=1,
-            max_length=TIME_UUID_CURSOR_MAX_LENGTH,
-            pattern=TIME_UUID_CURSOR_PATTERN,
-            description="next_cursor of the previous page (opaque)",
-        ),
-    ] = None,
+    cursor: CursorParam = None,
 ) -> CareTeamPeriodsOut:
     """When each provider held which role on the team, oldest first: `valid_to` is null
     while a period lasts."""
+    list_key = f"care_team_periods:{patient_id}"
+    after = None
+    if cursor is not None:
+        after = open_cursor(cursors, list_key, cursor, datetime.datetime, uuid.UUID)
     periods = await CareTeamService.get_care_team_periods(
         db=db,
         organization_id=caller.organization_id,
         patient_id=patient_id,
         limit=limit + 1,
-        after=None if cursor is None else decode_time_uuid_cursor(cursor),
+        after=cast(tuple[datetime.datetime, uuid.UUID] | None, after),
     )
     page = periods[:limit]
     last = page[-1] if page else None
     return CareTeamPeriodsOut(
         items=[CareTeamPeriodOut.model_validate(p, from_attributes=True) for p in page],
-        next_cursor=encode_time_uuid_cursor(last.valid_from, last.provider_id)
+        next_cursor=cursors.seal(list_key, last.valid_from, last.provider_id)
         if last is not None and len(periods) > limit
         else None,
     )

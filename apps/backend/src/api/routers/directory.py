@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel
@@ -22,6 +22,7 @@ from src.api.deps import DB, CurrentCaller
 from src.api.errors import link, links, problem_responses
 from src.api.fields import BirthDate
 from src.api.idempotency import Idempotency, Reply, as_response, reply, respond
+from src.api.paging import CursorParam, PageCursors, list_key, open_cursor
 from src.api.routing import StrictRoute
 from src.api.schemas import (
     IdentifierIn,
@@ -54,34 +55,13 @@ from src.services.errors import (
     ProviderHasPatients,
     ProviderNotFound,
 )
-from src.values import (
-    CURSOR_MAX_LENGTH,
-    CURSOR_PATTERN,
-    IDENTIFIER_QUERY_PATTERN,
-    NPI_PATTERN,
-    UUID_CURSOR_MAX_LENGTH,
-    UUID_CURSOR_PATTERN,
-    decode_cursor,
-    decode_uuid_cursor,
-    encode_cursor,
-    encode_uuid_cursor,
-    parse_identifier,
-)
+from src.values import IDENTIFIER_QUERY_PATTERN, NPI_PATTERN, Cursors, parse_identifier
 
 router = APIRouter(prefix="/v1", route_class=StrictRoute)
 
 MAX_PAGE = 200
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="At most this many items")]
-IdCursor = Annotated[
-    str | None,
-    Query(
-        min_length=1,
-        max_length=UUID_CURSOR_MAX_LENGTH,
-        pattern=UUID_CURSOR_PATTERN,
-        description="next_cursor of the previous page (opaque)",
-    ),
-]
 NamePrefix = Annotated[
     str | None,
     Query(
@@ -89,15 +69,6 @@ NamePrefix = Annotated[
         max_length=100,
         pattern=r"^[^\x00-\x1f\x7f]+$",
         description="The start of the first or the last name, in any case",
-    ),
-]
-ChangesCursor = Annotated[
-    str | None,
-    Query(
-        min_length=1,
-        max_length=CURSOR_MAX_LENGTH,
-        pattern=CURSOR_PATTERN,
-        description="next_cursor of the previous page (opaque)",
     ),
 ]
 
@@ -136,24 +107,27 @@ def _identifiers(items: list[IdentifierIn]) -> list[Identifier]:
 async def _changes_page(
     db: DB,
     caller: Credential,
+    cursors: Cursors,
     *,
     record_type: RecordType,
     record_id: uuid.UUID,
     limit: int,
     cursor: str | None,
 ) -> RecordChangesOut:
+    key = list_key(f"{record_type.value}_changes:{record_id}")
+    before = None if cursor is None else open_cursor(cursors, key, cursor, int)[0]
     items = await DirectoryService.get_record_changes(
         db=db,
         organization_id=caller.organization_id,
         record_type=record_type,
         record_id=record_id,
         limit=limit + 1,
-        before=None if cursor is None else decode_cursor(cursor),
+        before=cast(int | None, before),
     )
     page = items[:limit]
     return RecordChangesOut(
         items=[RecordChangeOut.model_validate(c, from_attributes=True) for c in page],
-        next_cursor=encode_cursor(page[-1].id) if len(items) > limit else None,
+        next_cursor=cursors.seal(key, page[-1].id) if len(items) > limit else None,
     )
 
 
@@ -206,6 +180,7 @@ async def create_patient(
 async def list_patients(
     db: DB,
     caller: CurrentCaller,
+    cursors: PageCursors,
     *,
     name: NamePrefix = None,
     dob: Annotated[BirthDate | None, Query(description="Born on this date")] = None,
@@ -218,10 +193,12 @@ async def list_patients(
         ),
     ] = None,
     limit: Limit = 50,
-    cursor: IdCursor = None,
+    cursor: CursorParam = None,
 ) -> PatientListOut:
     """Your organization's patients in id order, `limit` at a time, filtered by what is
     given (all of it must hold)."""
+    key = list_key("patients", name=_nfc(name), dob=dob, identifier=identifier)
+    after = None if cursor is None else open_cursor(cursors, key, cursor, uuid.UUID)[0]
     found = await DirectoryService.list_patients(
         db=db,
         organization_id=caller.organization_id,
@@ -229,12 +206,12 @@ async def list_patients(
         dob=dob,
         identifier=None if identifier is None else Identifier(*parse_identifier(identifier)),
         limit=limit + 1,
-        after=None if cursor is None else decode_uuid_cursor(cursor),
+        after=cast(uuid.UUID | None, after),
     )
     page = found[:limit]
     return PatientListOut(
         items=[patient_out(p) for p in page],
-        next_cursor=encode_uuid_cursor(page[-1].id) if len(found) > limit else None,
+        next_cursor=cursors.seal(key, page[-1].id) if len(found) > limit else None,
     )
 
 
@@ -307,13 +284,21 @@ async def get_patient_changes(
     patient_id: uuid.UUID,
     db: DB,
     caller: CurrentCaller,
+    *,
+    cursors: PageCursors,
     limit: Limit = 50,
-    cursor: ChangesCursor = None,
+    cursor: CursorParam = None,
 ) -> RecordChangesOut:
     """Who created and changed the record, which fields (never their values), and when;
     newest first."""
     return await _changes_page(
-        db, caller, record_type=RecordType.PATIENT, record_id=patient_id, limit=limit, cursor=cursor
+        db,
+        caller,
+        cursors,
+        record_type=RecordType.PATIENT,
+        record_id=patient_id,
+        limit=limit,
+        cursor=cursor,
     )
 
 
@@ -362,15 +347,18 @@ async def create_provider(
 async def list_providers(
     db: DB,
     caller: CurrentCaller,
+    cursors: PageCursors,
     *,
     name: NamePrefix = None,
     npi: Annotated[str | None, Query(pattern=NPI_PATTERN, description="This NPI")] = None,
     active: Annotated[bool | None, Query(description="Only active (or inactive) ones")] = None,
     limit: Limit = 50,
-    cursor: IdCursor = None,
+    cursor: CursorParam = None,
 ) -> ProviderListOut:
     """Your organization's providers in id order, `limit` at a time, filtered by what is
     given (all of it must hold)."""
+    key = list_key("providers", name=_nfc(name), npi=npi, active=active)
+    after = None if cursor is None else open_cursor(cursors, key, cursor, uuid.UUID)[0]
     found = await DirectoryService.list_providers(
         db=db,
         organization_id=caller.organization_id,
@@ -378,12 +366,12 @@ async def list_providers(
         npi=npi,
         active=active,
         limit=limit + 1,
-        after=None if cursor is None else decode_uuid_cursor(cursor),
+        after=cast(uuid.UUID | None, after),
     )
     page = found[:limit]
     return ProviderListOut(
         items=[provider_out(p) for p in page],
-        next_cursor=encode_uuid_cursor(page[-1].id) if len(found) > limit else None,
+        next_cursor=cursors.seal(key, page[-1].id) if len(found) > limit else None,
     )
 
 
@@ -464,14 +452,17 @@ async def get_provider_changes(
     provider_id: uuid.UUID,
     db: DB,
     caller: CurrentCaller,
+    *,
+    cursors: PageCursors,
     limit: Limit = 50,
-    cursor: ChangesCursor = None,
+    cursor: CursorParam = None,
 ) -> RecordChangesOut:
     """Who created and changed the record, which fields (never their values), and when;
     newest first."""
     return await _changes_page(
         db,
         caller,
+        cursors,
         record_type=RecordType.PROVIDER,
         record_id=provider_id,
         limit=limit,

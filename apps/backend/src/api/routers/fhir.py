@@ -5,7 +5,7 @@ organization, and every search runs under its row-level security, so no paramete
 reference or include can reach another organization's data (another organization's ids
 answer exactly like unknown ones: 404). Errors are OperationOutcomes. Search parameters
 are read from the query string here (not declared to FastAPI), so that a malformed one is
-a FHIR 400, and an unknown one is ignored, or 400 with `Prefer: handling=strict`.
+a FHIR 400, and so is an unknown one (ignored only under `Prefer: handling=lenient`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import datetime
 import re
 import unicodedata
 import uuid
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
@@ -33,16 +33,11 @@ from src.api.fhir_resources import (
     practitioner_resource,
     searchset,
 )
+from src.api.paging import cursors_of, list_key
 from src.config import get_settings
 from src.services.directory_service import DirectoryService, Identifier
 from src.services.fhir_service import CareTeamFilter, FhirService
-from src.values import (
-    UUID_CURSOR_PATTERN,
-    decode_uuid_cursor,
-    encode_uuid_cursor,
-    parse_identifier,
-    parse_npi,
-)
+from src.values import Cursors, UnknownCursor, parse_identifier, parse_npi
 
 router = APIRouter(prefix="/fhir/R4", include_in_schema=False)
 
@@ -56,7 +51,6 @@ _COUNT = re.compile(r"^[0-9]{1,6}$")
 COMMON = {"_count", "_cursor", "_format"}
 CARE_TEAM_STATUSES = {"proposed", "active", "suspended", "inactive", "entered-in-error"}
 _DATE = re.compile(r"^(eq)?([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2}))?)?$")
-_CURSOR = re.compile(UUID_CURSOR_PATTERN)
 
 
 def invalid(message: str) -> FhirError:
@@ -81,19 +75,38 @@ def _check_format(request: Request) -> None:
         raise FhirError(406, "not-supported", f"_format {fmt!r}: only JSON is served")
 
 
+def _handling(request: Request) -> str:
+    """The `handling` preference (RFC 7240 Prefer, as FHIR's search uses it): strict
+    unless the client asks for lenient."""
+    for preference in request.headers.get("prefer", "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "handling" and value.strip().strip('"') == "lenient":
+            return "lenient"
+    return "strict"
+
+
 class Query:
     """The search's parameters: each read at most once, to know which were applied (the
-    `self` link shows those only)."""
+    `self` link shows those only). Strict by default: a parameter this server does not
+    support is 400, never ignored (a search that ignores part of itself answers wrong);
+    under `Prefer: handling=lenient` it is ignored, and the `self` link leaves it out.
+    `_cursor` is one this server gave for this very search (kind and parameters) and
+    organization."""
 
-    def __init__(self, request: Request, known: set[str]) -> None:
+    def __init__(self, request: Request, kind: str, known: set[str], cursors: Cursors) -> None:
         _check_format(request)
+        self.kind = kind
+        self.cursors = cursors
         self.values: dict[str, list[str]] = {}
         for name, value in request.query_params.multi_items():
             self.values.setdefault(name, []).append(value)
-        self.strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
+        self.lenient = _handling(request) == "lenient"
         unknown = sorted(set(self.values) - known - COMMON)
-        if unknown and self.strict:
-            raise invalid(f"unknown search parameter(s): {', '.join(unknown)}")
+        if unknown and not self.lenient:
+            raise invalid(
+                f"unknown search parameter(s): {', '.join(name[:64] for name in unknown)} "
+                "(send Prefer: handling=lenient to have them ignored)"
+            )
         self.applied: list[tuple[str, str]] = []
 
     def all(self, name: str) -> list[str]:
@@ -121,22 +134,33 @@ class Query:
             self.applied.append(("_count", str(count)))
         return count
 
+    def _list_key(self) -> str:
+        """The search a cursor belongs to: its kind and every parameter but the paging."""
+        given = {
+            name: ",".join(values)
+            for name, values in self.values.items()
+            if name not in ("_cursor", "_count", "_format")
+        }
+        return list_key(f"fhir:{self.kind}", **given)
+
     def cursor(self) -> uuid.UUID | None:
         raw = self.values.get("_cursor", [None])[-1]
         if raw is None:
             return None
-        if not _CURSOR.fullmatch(raw):
-            raise invalid("_cursor is not one this server gave")
+        try:
+            (after,) = self.cursors.open(self._list_key(), raw, uuid.UUID)
+        except UnknownCursor as err:
+            raise invalid(f"_cursor {err}") from None
         self.applied.append(("_cursor", raw))
-        return decode_uuid_cursor(raw)
+        return cast(uuid.UUID, after)
 
-    def url(self, base: str, kind: str, cursor: uuid.UUID | None = None) -> str:
+    def url(self, base: str, cursor: uuid.UUID | None = None) -> str:
         """The search's URL: its applied parameters (for `next`: with the next cursor)."""
         params = list(self.applied)
         if cursor is not None:
             params = [p for p in params if p[0] != "_cursor"]
-            params.append(("_cursor", encode_uuid_cursor(cursor)))
-        return f"{base}/{kind}" + (f"?{urlencode(params)}" if params else "")
+            params.append(("_cursor", self.cursors.seal(self._list_key(), cursor)))
+        return f"{base}/{self.kind}" + (f"?{urlencode(params)}" if params else "")
 
 
 def _path_id(kind: str, value: str) -> uuid.UUID:
@@ -176,12 +200,12 @@ def _statuses(given: list[str]) -> frozenset[str] | None:
 
 
 def _includes(query: Query) -> bool:
-    """Whether `_include=CareTeam:participant` is asked; other includes are ignored
-    (400 under strict handling)."""
+    """Whether `_include=CareTeam:participant` is asked; another include is 400 (ignored
+    under lenient handling)."""
     wanted = {"CareTeam:participant", "CareTeam:participant:Practitioner"}
     given = query.values.get("_include", [])
     unsupported = [i for i in given if i not in wanted]
-    if unsupported and query.strict:
+    if unsupported and not query.lenient:
         raise invalid(f"_include not supported: {', '.join(unsupported)}")
     supported = [i for i in given if i in wanted]
     query.applied += [("_include", i) for i in supported[:1]]
@@ -227,13 +251,13 @@ def _page(
     base = _base(request)
     more = len(found) > count
     after = found[count - 1] if more else None
-    next_url = None if after is None else query.url(base, kind, _key(after))
+    next_url = None if after is None else query.url(base, _key(after))
     return fhir_response(
         searchset(
             base,
             matches=resources[:count],
             includes=includes or [],
-            self_url=query.url(base, kind),
+            self_url=query.url(base),
             next_url=next_url,
         )
     )
@@ -272,7 +296,10 @@ async def read_care_team(team_id: str, request: Request, db: DB) -> Response:
 async def search_care_teams(request: Request, db: DB) -> Response:
     org = _organization(request)
     query = Query(
-        request, {"_id", "patient", "subject", "status", "participant", "date", "_include"}
+        request,
+        "CareTeam",
+        {"_id", "patient", "subject", "status", "participant", "date", "_include"},
+        await cursors_of(request),
     )
     patients = set()
     for name, kind in (("_id", "CareTeam"), ("patient", "Patient"), ("subject", "Patient")):
@@ -332,7 +359,9 @@ async def read_patient(patient_id: str, request: Request, db: DB) -> Response:
 @router.get("/Patient")
 async def search_patients(request: Request, db: DB) -> Response:
     org = _organization(request)
-    query = Query(request, {"_id", "identifier", "name", "birthdate"})
+    query = Query(
+        request, "Patient", {"_id", "identifier", "name", "birthdate"}, await cursors_of(request)
+    )
     only = query.get("_id")
     identifier = query.get("identifier")
     name = _name(query.get("name"))
@@ -394,7 +423,9 @@ async def read_practitioner(practitioner_id: str, request: Request, db: DB) -> R
 @router.get("/Practitioner")
 async def search_practitioners(request: Request, db: DB) -> Response:
     org = _organization(request)
-    query = Query(request, {"_id", "identifier", "name", "active"})
+    query = Query(
+        request, "Practitioner", {"_id", "identifier", "name", "active"}, await cursors_of(request)
+    )
     only = query.get("_id")
     identifier = query.get("identifier")
     name = _name(query.get("name"))

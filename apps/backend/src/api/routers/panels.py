@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Query, Response
 
@@ -11,6 +12,7 @@ from src.api.deps import DB, CurrentCaller
 from src.api.errors import problem_responses
 from src.api.fields import Instant
 from src.api.idempotency import Idempotency, reply, respond
+from src.api.paging import CursorParam, PageCursors, list_key, open_cursor
 from src.api.routing import StrictRoute
 from src.api.schemas import (
     PanelEntryOut,
@@ -28,12 +30,6 @@ from src.services.errors import (
     ProviderReferenceNotFound,
 )
 from src.services.panel_service import PanelRole, PanelService
-from src.values import (
-    UUID_CURSOR_MAX_LENGTH,
-    UUID_CURSOR_PATTERN,
-    decode_uuid_cursor,
-    encode_uuid_cursor,
-)
 
 router = APIRouter(prefix="/v1", tags=["panels"], route_class=StrictRoute)
 
@@ -50,6 +46,7 @@ async def get_provider_panel(
     db: DB,
     caller: CurrentCaller,
     *,
+    cursors: PageCursors,
     role: Annotated[
         PanelRole, Query(description="primary (the panel), secondary, or any")
     ] = PanelRole.PRIMARY,
@@ -57,17 +54,12 @@ async def get_provider_panel(
         Instant | None, Query(description="The panel as it stood at this instant; default: now")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    cursor: Annotated[
-        str | None,
-        Query(
-            min_length=1,
-            max_length=UUID_CURSOR_MAX_LENGTH,
-            pattern=UUID_CURSOR_PATTERN,
-            description="next_cursor of the previous page (opaque)",
-        ),
-    ] = None,
+    cursor: CursorParam = None,
 ) -> PanelOut:
     """The provider's patients, in patient id order, `limit` at a time."""
+    at = None if as_of is None else as_of.astimezone(datetime.UTC).isoformat()
+    key = list_key(f"panel:{provider_id}", role=role.value, as_of=at)
+    after = None if cursor is None else open_cursor(cursors, key, cursor, uuid.UUID)[0]
     entries = await PanelService.list_panel(
         db=db,
         organization_id=caller.organization_id,
@@ -75,12 +67,12 @@ async def get_provider_panel(
         role=role,
         as_of=as_of,
         limit=limit + 1,
-        after=None if cursor is None else decode_uuid_cursor(cursor),
+        after=cast(uuid.UUID | None, after),
     )
     page = entries[:limit]
     return PanelOut(
         items=[PanelEntryOut.model_validate(e, from_attributes=True) for e in page],
-        next_cursor=encode_uuid_cursor(page[-1].patient_id) if len(entries) > limit else None,
+        next_cursor=cursors.seal(key, page[-1].patient_id) if len(entries) > limit else None,
     )
 
 
