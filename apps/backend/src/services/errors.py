@@ -326,6 +326,24 @@ class PreconditionFailed(CareTeamError):
         return cls(f"the care team of patient {_required(subject.patient_id)}")
 
 
+class TransferInProgress(ConflictError):
+    """Another panel transfer of one of the two providers (as source or target) runs."""
+
+    code = "transfer_in_progress"
+    title = "Transfer in progress"
+    retry_after_s = 1
+
+    def __init__(self) -> None:
+        super().__init__(
+            "another panel transfer of one of these providers is running; nothing changed: "
+            "retry once it has finished"
+        )
+
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        return cls()
+
+
 class IdempotencyKeyReused(ConflictError):
     """An Idempotency-Key already used for a different request: the key is bound to that
     one (a conflict with the key's state, as its being in progress is)."""

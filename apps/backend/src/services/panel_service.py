@@ -26,6 +26,7 @@ from src.models import ChangeReason, PeriodRole
 from src.services.care_team_service import change_reason
 from src.services.errors import (
     InvalidArgument,
+    ProviderInactive,
     ProviderNotFound,
     ProviderReferenceNotFound,
     Subject,
@@ -125,6 +126,10 @@ TRANSFER_BATCH = Sql(
     "keep",
     "limit",
 )
+
+# One transfer at a time per provider (sql/functions/careteam_claim_transfer/): the two
+# providers' advisory locks, for the transfer's session; CT011 if another one holds them.
+CLAIM_TRANSFER = Sql("SELECT careteam_claim_transfer($1, $2, $3)", "org", "from", "to")
 
 # What a transfer would do: the source's primary patients, and the target's room.
 TRANSFER_PLAN = Sql(
@@ -242,8 +247,11 @@ class PanelService:
         it runs once: it claims the key first, in a transaction of its own, and owns the
         claim while it runs; a retry after its process or connection died takes the claim
         over and resumes it.
+        A dry run makes every check the run makes (_plan), so it answers what the run
+        would, errors included. One transfer at a time per provider: while another one
+        of either provider runs, TransferInProgress.
         Raises ProviderNotFound (the source), ProviderReferenceNotFound (the target),
-        ProviderInactive, InvalidArgument.
+        ProviderInactive, TransferInProgress, InvalidArgument.
         """
 
         reason_value, note = change_reason(reason, note)
@@ -327,7 +335,12 @@ class PanelService:
     async def _plan(
         db: AsyncSession, org: uuid.UUID, source: uuid.UUID, target: uuid.UUID
     ) -> tuple[int, int | None]:
-        """(the source's primary patients, the target's room: None without a capacity)."""
+        """(the source's primary patients, the target's room: None without a capacity),
+        after every check the run makes, in the order it makes them, so that a dry run
+        answers as the run would: the source exists (ProviderNotFound), the target exists
+        (ProviderReferenceNotFound) and is active (ProviderInactive), and no other
+        transfer of either provider runs (TransferInProgress; this one holds them from
+        here, for as long as its session, the one `holding` keeps, lives)."""
 
         async def work(driver: Any) -> tuple[int, int | None]:
             await _provider(driver, org, source)
@@ -335,6 +348,9 @@ class PanelService:
                 target_row = await _provider(driver, org, target)
             except ProviderNotFound:
                 raise ProviderReferenceNotFound(target, field="to_provider_id") from None
+            if not target_row["active"]:
+                raise ProviderInactive(target)
+            await CLAIM_TRANSFER.execute(driver, {"org": org, "from": source, "to": target})
             plan = await TRANSFER_PLAN.fetchrow(driver, {"org": org, "from": source, "to": target})
             capacity = target_row["panel_capacity"]
             room = None if capacity is None else max(0, capacity - plan["target_size"])

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from src.db import Database
 from src.values import parse_instant
-from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
+from tests.helpers import Tenant, TenantFactory, post_patient, post_provider, wait_until_blocked
 
 
 async def assign(
@@ -424,3 +424,114 @@ class TestBadInput:
             f"/v1/providers/{provider}/patients", params=params, headers=tenant.headers
         )
         assert r.status_code == 422, r.text
+
+
+class TestTransfersPredictedAndOneAtATime:
+    async def panel(self, client: httpx.AsyncClient, tenant: Tenant, size: int) -> str:
+        provider = await post_provider(client, tenant)
+        for _ in range(size):
+            assert (
+                await assign(client, tenant, await post_patient(client, tenant), provider)
+            ).status_code == 200
+        return provider
+
+    @pytest.mark.parametrize(
+        "case",
+        ["inactive target", "unknown target", "unknown source", "no patients", "same", "full"],
+    )
+    async def test_a_dry_run_answers_what_the_run_answers(
+        self, client: httpx.AsyncClient, tenant: Tenant, case: str
+    ):
+        """A dry run to an inactive provider answered 200 {moved: 3} where the run was
+        409: both now go through the same checks, in the same order."""
+        source = await self.panel(client, tenant, 0 if case == "no patients" else 3)
+        target = await post_provider(client, tenant)
+        if case == "inactive target":
+            await client.patch(
+                f"/v1/providers/{target}", json={"active": False}, headers=tenant.headers
+            )
+        if case == "full":
+            await client.patch(
+                f"/v1/providers/{target}", json={"panel_capacity": 0}, headers=tenant.headers
+            )
+        if case == "unknown target":
+            target = str(uuid.uuid4())
+        if case == "unknown source":
+            source = str(uuid.uuid4())
+        if case == "same":
+            target = source
+        url = f"/v1/providers/{source}/panel/transfer"
+        body = {"to_provider_id": target, "reason": "provider_left"}
+        dry = await client.post(url, json={**body, "dry_run": True}, headers=tenant.headers)
+        run = await client.post(url, json={**body, "dry_run": False}, headers=tenant.headers)
+        assert dry.status_code == run.status_code, (case, dry.text, run.text)
+        if run.status_code == 200:
+            assert {**dry.json(), "dry_run": False} == run.json(), case
+        else:
+            assert dry.json()["error"] == run.json()["error"], case
+            assert dry.json()["errors"] if "errors" in run.json() else True
+
+    async def test_opposite_transfers_at_once_move_each_patient_once(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """X to Y and Y to X at once reported 700 and 900 moves and wrote up to nine
+        primary_assigned events per patient: one transfer at a time per provider, the
+        other refused with 409 transfer_in_progress (or run after it, as in series)."""
+        x, y = await self.panel(client, tenant, 150), await self.panel(client, tenant, 150)
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    f"/v1/providers/{source}/panel/transfer",
+                    json={"to_provider_id": target, "reason": "panel_rebalance"},
+                    headers=tenant.headers,
+                )
+                for source, target in ((x, y), (y, x))
+            )
+        )
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses in ([200, 200], [200, 409]), [a.text for a in answers]
+        refused = [a for a in answers if a.status_code == 409]
+        assert all(a.json()["error"] == "transfer_in_progress" for a in refused)
+        moved = [a.json()["moved"] for a in answers if a.status_code == 200]
+        assert moved in ([150], [150, 300], [300, 150]), moved
+        async with database.owner_engine.connect() as conn:
+            most = (
+                await conn.execute(
+                    text(
+                        "SELECT max(n) FROM (SELECT count(*) AS n FROM care_team_events "
+                        "WHERE organization_id = :o AND event_type = 'primary_assigned' "
+                        "AND reason = 'panel_rebalance' GROUP BY patient_id) AS per_patient"
+                    ),
+                    {"o": tenant.organization_id},
+                )
+            ).scalar_one()
+        assert most == len(moved)  # once per transfer that ran, never more
+        sizes = {
+            p: (await client.get(f"/v1/providers/{p}", headers=tenant.headers)).json()["panel_size"]
+            for p in (x, y)
+        }
+        assert sorted(sizes.values()) == [0, 300]  # as some serial order leaves them
+
+    async def test_a_dry_run_while_a_transfer_of_either_provider_runs_is_409(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        source = await self.panel(client, tenant, 3)
+        target = await post_provider(client, tenant)
+        url = f"/v1/providers/{source}/panel/transfer"
+        body = {"to_provider_id": target, "reason": "provider_left"}
+        async with database.owner_engine.connect() as blocker:
+            await blocker.execute(
+                text("SELECT id FROM providers WHERE id = :id FOR UPDATE"), {"id": target}
+            )
+            running = asyncio.create_task(client.post(url, json=body, headers=tenant.headers))
+            await wait_until_blocked(database)
+            back = await client.post(
+                f"/v1/providers/{target}/panel/transfer",
+                json={"to_provider_id": source, "reason": "provider_left", "dry_run": True},
+                headers=tenant.headers,
+            )
+            assert back.status_code == 409, back.text
+            assert back.json()["error"] == "transfer_in_progress"
+            assert back.headers["retry-after"] == "1"
+            await blocker.rollback()
+        assert (await running).status_code == 200

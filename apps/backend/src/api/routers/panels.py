@@ -28,6 +28,7 @@ from src.services.errors import (
     ProviderInactive,
     ProviderNotFound,
     ProviderReferenceNotFound,
+    TransferInProgress,
 )
 from src.services.panel_service import PanelRole, PanelService
 
@@ -84,6 +85,7 @@ async def get_provider_panel(
         ProviderReferenceNotFound,
         InvalidArgument,
         ProviderInactive,
+        TransferInProgress,
         IdempotencyKeyInProgress,
         body=True,
     ),
