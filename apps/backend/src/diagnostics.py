@@ -105,6 +105,18 @@ WHERE NOT v.active AND {inactive_filter}
 ORDER BY 1, 2
 """
 
+# Secondary members whose provider is inactive (data from before deactivation ended a
+# provider's memberships: PATCH {"active": false} again ends them).
+INACTIVE_SECONDARIES = """
+SELECT a.organization_id, a.patient_id, a.provider_id, '' AS assigned, '' AS open_period
+FROM providers AS v
+JOIN care_team_assignments AS a
+    ON a.organization_id = v.organization_id AND a.provider_id = v.id
+   AND NOT a.is_primary_provider
+WHERE NOT v.active AND {inactive_filter}
+ORDER BY 1, 2
+"""
+
 HAS_PERIODS = "SELECT to_regclass('care_team_periods') IS NOT NULL"
 
 CAN_SEE_ALL_TENANTS = "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
@@ -172,10 +184,10 @@ class Finding:
 
 @dataclass(frozen=True)
 class MemberFinding:
-    """One membership: out of step with its periods (a violation), or a primary whose
-    provider is inactive (a warning)."""
+    """One membership: out of step with its periods (a violation), or a primary or a
+    secondary whose provider is inactive (a warning)."""
 
-    kind: str  # OUT_OF_STEP_KIND or INACTIVE_KIND
+    kind: str  # OUT_OF_STEP_KIND, INACTIVE_KIND or INACTIVE_SECONDARY_KIND
     organization_id: str
     patient_id: str
     provider_id: str
@@ -200,6 +212,7 @@ class MemberFinding:
 
 
 OUT_OF_STEP_KIND, INACTIVE_KIND = "period_out_of_step", "inactive_primary"
+INACTIVE_SECONDARY_KIND = "inactive_secondary"
 
 
 @dataclass(frozen=True)
@@ -220,6 +233,7 @@ class Summary:
     periods_checked: bool = False  # only from revision 20261128_care_team_periods on
     out_of_step: int = 0
     inactive_primaries: int = 0
+    inactive_secondaries: int = 0
     demoted: int | None = None  # set when --fix --execute ran
 
     @property
@@ -233,6 +247,9 @@ class Summary:
             if finding.is_violation:
                 self.out_of_step += 1
                 return self.out_of_step
+            if finding.kind == INACTIVE_SECONDARY_KIND:
+                self.inactive_secondaries += 1
+                return self.inactive_secondaries
             self.inactive_primaries += 1
             return self.inactive_primaries
         if finding.is_violation:
@@ -342,12 +359,12 @@ async def stream_member_findings(
     periods: bool,
 ) -> None:
     """The memberships out of step with their periods (when `periods`), then the
-    primaries whose provider is inactive."""
+    primaries and the secondaries whose provider is inactive."""
     conditions = {
         "organization_filter": _organization_filter(organization_id),
         "inactive_filter": _organization_filter(organization_id, "v.organization_id"),
     }
-    queries = [(INACTIVE_KIND, INACTIVE_PRIMARIES)]
+    queries = [(INACTIVE_KIND, INACTIVE_PRIMARIES), (INACTIVE_SECONDARY_KIND, INACTIVE_SECONDARIES)]
     if periods:
         queries.insert(0, (OUT_OF_STEP_KIND, OUT_OF_STEP))
     for kind, query in queries:
@@ -408,8 +425,9 @@ class Reporter:
         if isinstance(f, MemberFinding):
             where = f"organization {f.organization_id} patient {f.patient_id}"
             if not f.is_violation:
+                role = "secondary" if f.kind == INACTIVE_SECONDARY_KIND else "primary"
                 self.out.write(
-                    f"⚠️  WARNING: {where}: primary provider {f.provider_id} is inactive\n"
+                    f"⚠️  WARNING: {where}: {role} provider {f.provider_id} is inactive\n"
                 )
                 return
             self.out.write(
@@ -449,6 +467,7 @@ class Reporter:
                 "without_primary_total": s.without_primary,
                 "periods_out_of_step_total": s.out_of_step,
                 "inactive_primary_total": s.inactive_primaries,
+                "inactive_secondary_total": s.inactive_secondaries,
                 "fix": fix,
             }
             self.out.write("], " + self._members(totals) + f'"status": {json.dumps(status)}}}\n')
@@ -459,6 +478,7 @@ class Reporter:
             ("patient(s) without a primary", s.without_primary),
             ("membership(s) out of step with their periods", s.out_of_step),
             ("primaries whose provider is inactive", s.inactive_primaries),
+            ("secondaries whose provider is inactive", s.inactive_secondaries),
         ):
             if limit is not None and total > limit:
                 self.out.write(
@@ -470,6 +490,11 @@ class Reporter:
             self.out.write(
                 f"⚠️  {s.inactive_primaries} patient(s) whose primary provider is inactive "
                 "(transfer the provider's panel: careteam panel transfer)\n"
+            )
+        if s.inactive_secondaries:
+            self.out.write(
+                f"⚠️  {s.inactive_secondaries} care team membership(s) of an inactive provider "
+                '(deactivate it again to end them: PATCH {"active": false})\n'
             )
         if self.options.fix and s.demoted is None and s.violations:
             self.out.write(

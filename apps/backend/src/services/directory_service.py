@@ -166,6 +166,37 @@ LOCK_PROVIDER = Sql(
     "org",
     "id",
 )
+# Deactivation: the patients whose teams the provider is on, locked first, in id order
+# (every writer locks a patient before a provider), then their memberships ended, each
+# as careteam_remove_member ends one (its provider_removed event, its period closed),
+# with the reason provider_left.
+LOCK_MEMBER_PATIENTS = Sql(
+    """
+    SELECT p.id FROM patients AS p
+    WHERE p.organization_id = $1
+      AND p.id IN (SELECT a.patient_id FROM care_team_assignments AS a
+                   WHERE a.organization_id = $1 AND a.provider_id = $2)
+    ORDER BY p.id
+    FOR NO KEY UPDATE OF p
+""",
+    "org",
+    "id",
+)
+END_MEMBERSHIPS = Sql(
+    """
+    WITH members AS MATERIALIZED (
+        SELECT patient_id FROM care_team_assignments
+        WHERE organization_id = $1 AND provider_id = $2
+        ORDER BY patient_id
+    )
+    SELECT patient_id, careteam_remove_member($1, patient_id, $2, $3, 'provider_left', NULL)
+    FROM members
+    ORDER BY patient_id
+""",
+    "org",
+    "id",
+    "actor",
+)
 # The panel size is read in a statement of its own, after the lock: a statement that
 # waited for the lock would see the panel as it was when the statement began.
 PANEL_SIZE = Sql(
@@ -639,13 +670,19 @@ class DirectoryService:
         actor: str = "system",
         idempotency: IdempotencyKey | None = None,
     ) -> ProviderRecord:
-        """Change what is given: names, `npi` (None removes it), `active` (inactive
-        providers cannot join care teams; those already on one stay there),
+        """Change what is given: names, `npi` (None removes it), `active`,
         `panel_capacity` (None: no limit; below the panel's size it only stops new
-        assignments). Deactivating a provider who is still some patient's primary is
-        refused (ProviderHasPatients, with the count): transfer the panel first. The
-        provider's row is locked first, so no assignment to it can slip in between the
-        check and the change. With `if_version` (version, panel size), only if the
+        assignments).
+
+        Deactivating (`active=False`): a provider who is still some patient's primary is
+        refused (ProviderHasPatients, with the count): transfer the panel first. Every
+        team the provider is a secondary member of loses it in the same transaction
+        (provider_removed events and closed periods, reason provider_left), so no open
+        membership points at an inactive provider; an inactive provider cannot join a
+        team. `active=False` on a provider inactive already ends any membership left
+        (from before this rule). The patients of those teams are locked first, then the
+        provider's row, so no assignment to it can slip in between the check and the
+        change. With `if_version` (version, panel size), only if the
         record and its panel size are still those (the provider's ETag). Raises
         ProviderNotFound, ProviderHasPatients, NpiTaken, PreconditionFailed,
         InvalidArgument."""
@@ -654,6 +691,8 @@ class DirectoryService:
 
         async def work(driver: Any) -> ProviderRecord:
             params = {"org": organization_id, "id": provider_id}
+            if active is False:
+                await LOCK_MEMBER_PATIENTS.execute(driver, params)
             current = await LOCK_PROVIDER.fetchrow(driver, params)
             if current is None:
                 raise ProviderNotFound(provider_id)
@@ -661,10 +700,11 @@ class DirectoryService:
                 size = int(await PANEL_SIZE.fetchval(driver, params))
                 if (current["version"], size) != if_version:
                     raise PreconditionFailed(f"provider {provider_id}")
-            if active is False and current["active"]:
+            if active is False:
                 patients = int(await PANEL_SIZE.fetchval(driver, params))
                 if patients:
                     raise ProviderHasPatients(provider_id, patients)
+                await END_MEMBERSHIPS.execute(driver, {**params, "actor": actor})
             given = {
                 "first_name": first_name,
                 "last_name": last_name,

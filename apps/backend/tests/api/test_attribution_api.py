@@ -177,6 +177,77 @@ class TestPanels:
         got = await client.get(f"/v1/providers/{provider}", headers=tenant.headers)
         assert got.json()["active"] is True
 
+    async def test_deactivating_a_provider_ends_its_memberships_then_and_there(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """A deactivated provider stayed an open secondary, and a FHIR CareTeam whose
+        only current member it was still said `active`."""
+        leaving, staying = await post_provider(client, tenant), await post_provider(client, tenant)
+        shared, alone = await post_patient(client, tenant), await post_patient(client, tenant)
+        assert (await assign(client, tenant, shared, staying)).status_code == 200
+        for patient in (shared, alone):
+            r = await client.post(
+                f"/v1/patients/{patient}/care-team/members",
+                json={"provider_id": leaving},
+                headers=tenant.headers,
+            )
+            assert r.status_code == 201, r.text
+        r = await client.patch(
+            f"/v1/providers/{leaving}", json={"active": False}, headers=tenant.headers
+        )
+        assert r.status_code == 200, r.text
+        team = (await client.get(f"/v1/patients/{shared}/care-team", headers=tenant.headers)).json()
+        assert [m["provider_id"] for m in team["members"]] == [staying]
+        history = await client.get(
+            f"/v1/patients/{alone}/care-team/history", headers=tenant.headers
+        )
+        latest = history.json()["items"][0]
+        assert (latest["event_type"], latest["reason"]) == ("provider_removed", "provider_left")
+        periods = await client.get(
+            f"/v1/patients/{alone}/care-team/periods", headers=tenant.headers
+        )
+        assert [(p["valid_to"] is not None, p["end_reason"]) for p in periods.json()["items"]] == [
+            (True, "provider_left")
+        ]
+        fhir = await client.get(f"/fhir/R4/CareTeam/{alone}", headers=tenant.headers)
+        assert fhir.json()["status"] == "inactive"
+        async with database.owner_engine.connect() as conn:
+            open_memberships = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM care_team_assignments a JOIN providers v "
+                        "ON v.organization_id = a.organization_id AND v.id = a.provider_id "
+                        "WHERE a.organization_id = :o AND NOT v.active"
+                    ),
+                    {"o": tenant.organization_id},
+                )
+            ).scalar_one()
+        assert open_memberships == 0
+
+    async def test_deactivating_again_ends_a_membership_left_from_before(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """An inactive provider still on a team (data from the release before): the
+        same PATCH ends it."""
+        provider, patient = await post_provider(client, tenant), await post_patient(client, tenant)
+        await client.post(
+            f"/v1/patients/{patient}/care-team/members",
+            json={"provider_id": provider},
+            headers=tenant.headers,
+        )
+        async with database.owner_engine.begin() as conn:  # as the release before left it
+            await conn.execute(
+                text("UPDATE providers SET active = false WHERE id = :id"), {"id": provider}
+            )
+        r = await client.patch(
+            f"/v1/providers/{provider}", json={"active": False}, headers=tenant.headers
+        )
+        assert r.status_code == 200
+        team = (
+            await client.get(f"/v1/patients/{patient}/care-team", headers=tenant.headers)
+        ).json()
+        assert team["members"] == []
+
     async def test_transfer_dry_run_then_for_real(self, client: httpx.AsyncClient, tenant: Tenant):
         leaving, taking = await post_provider(client, tenant), await post_provider(client, tenant)
         patients = [await post_patient(client, tenant) for _ in range(3)]
