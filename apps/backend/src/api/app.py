@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from src import primary_index
 from src.api.auth import Authentication
+from src.api.cors import ProblemCORSMiddleware
 from src.api.errors import install_error_handlers
 from src.api.fhir_resources import FhirError, outcome
 from src.api.middleware import BodyRules, RequestContextMiddleware
@@ -172,7 +172,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
         # context (host check, request id): the routes' answers, errors included, carry
         # the CORS headers.
         app.add_middleware(
-            CORSMiddleware,
+            ProblemCORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=CORS_REQUEST_HEADERS,

@@ -70,6 +70,7 @@ UNSUPPORTED_MEDIA_TYPE = ProblemKind("unsupported_media_type", 415, "Unsupported
 HEADERS_TOO_LARGE = ProblemKind("headers_too_large", 431, "Request headers too large")
 INVALID_HOST = ProblemKind("invalid_host", 400, "Invalid Host header")
 INVALID_REQUEST = ProblemKind("invalid_request", 400, "Ambiguous credentials")
+CORS_REFUSED = ProblemKind("cors_refused", 400, "Cross-origin request refused")
 INTERNAL_ERROR = ProblemKind("internal_error", 500, "Internal error")
 
 

@@ -576,3 +576,16 @@ class TestCors:
                 "/v1/patients", headers={**tenant.headers, "Origin": "https://evil.example"}
             )
             assert "access-control-allow-origin" not in other.headers
+            # A preflight refused is a problem with an error code, not plain text.
+            for origin, method in (("https://evil.example", "POST"), (None, "TRACE")):
+                refused = await c.options(
+                    "/v1/patients",
+                    headers={
+                        "Origin": origin or "https://app.example.org",
+                        "Access-Control-Request-Method": method,
+                    },
+                )
+                assert refused.status_code == 400
+                assert refused.headers["content-type"] == "application/problem+json"
+                assert refused.json()["error"] == "cors_refused"
+                assert ("origin" if origin else "method") in refused.json()["detail"]
