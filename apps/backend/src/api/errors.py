@@ -273,7 +273,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         problems = field_problems(exc)
-        detail = "; ".join(f"{p['location']}.{p['field']}: {p['detail']}" for p in problems)
+        detail = "; ".join(
+            f"{p['location']}: {p['detail']}"
+            if p["field"] == p["location"]
+            else f"{p['location']}.{p['field']}: {p['detail']}"
+            for p in problems
+        )
         return problem_response(
             422,
             VALIDATION_ERROR.code,
@@ -439,6 +444,18 @@ def problem_responses(
             }
         responses[status] = response
     return responses
+
+
+# A 201's Location header, as the OpenAPI document states it.
+CREATED_HEADERS = {
+    "headers": {
+        "Location": {
+            "description": "The path of what was created (or, for a member, of the team)",
+            "schema": {"type": "string"},
+        },
+        "ETag": {"schema": {"type": "string"}},
+    }
+}
 
 
 def links(**targets: dict[str, Any]) -> dict[str, Any]:

@@ -65,19 +65,30 @@ Idempotency = Annotated[IdempotencyKey | None, Depends(_idempotency_key)]
 
 @dataclass(frozen=True)
 class Reply:
-    """A write's response: status, JSON body, ETag."""
+    """A write's response: status, JSON body, ETag, and for a 201 the Location of what
+    it created (a path: RFC 9110 allows a relative reference)."""
 
     status_code: int
     body: bytes
     etag: str | None = None
+    location: str | None = None
 
 
-def reply(status_code: int, body: BaseModel | None, etag: str | None = None) -> Reply:
-    return Reply(status_code, b"" if body is None else body.model_dump_json().encode(), etag)
+def reply(
+    status_code: int,
+    body: BaseModel | None,
+    etag: str | None = None,
+    *,
+    location: str | None = None,
+) -> Reply:
+    data = b"" if body is None else body.model_dump_json().encode()
+    return Reply(status_code, data, etag, location if status_code == 201 else None)
 
 
 def as_response(answer: Reply, *, replayed: bool = False) -> Response:
     headers = {"ETag": answer.etag} if answer.etag else {}
+    if answer.location:
+        headers["Location"] = answer.location
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     if not answer.body:

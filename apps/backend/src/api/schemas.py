@@ -11,7 +11,7 @@ import datetime
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from src.api.fields import (
@@ -23,7 +23,7 @@ from src.api.fields import (
     Npi,
     PersonName,
 )
-from src.models import NOTE_MAX_LENGTH, ChangeReason, PeriodRole
+from src.models import NOTE_MAX_LENGTH, ChangeReason, EventType, PeriodRole
 from src.services.panel_service import PreviousProvider
 
 MAX_CAPACITY = 1_000_000
@@ -80,13 +80,14 @@ class PatientCreate(StrictBody):
 def _at_least_one_field(model: BaseModel, names: str) -> None:
     if not model.model_fields_set:
         raise ValueError(f"give at least one of {names}")
-    for name in model.model_fields_set:
-        if getattr(model, name) is None and name not in NULLABLE_UPDATES:
-            raise ValueError(f"{name} cannot be null")
 
 
-# The fields of an update where null is a value (no NPI, no capacity limit).
-NULLABLE_UPDATES = frozenset({"npi", "panel_capacity"})
+def _not_null(value: Any) -> Any:
+    """An update's field may be absent, never null (null is not a state it can be in):
+    refused under the field's own name."""
+    if value is None:
+        raise ValueError("cannot be null: leave the field out to keep its value")
+    return value
 
 
 class PatientUpdate(StrictBody):
@@ -108,6 +109,10 @@ class PatientUpdate(StrictBody):
     dob: BirthDate | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
     identifiers: Identifiers | SkipJsonSchema[None] = Field(
         default=None, json_schema_extra=_no_default
+    )
+
+    _no_nulls = field_validator("first_name", "last_name", "dob", "identifiers", mode="before")(
+        _not_null
     )
 
     @model_validator(mode="after")
@@ -158,6 +163,8 @@ class ProviderUpdate(StrictBody):
     panel_capacity: Annotated[int, Field(ge=0, le=MAX_CAPACITY), JSON_INTEGER] | None = Field(
         default=None, description="How many patients it may be the primary of; null: no limit"
     )
+
+    _no_nulls = field_validator("first_name", "last_name", "active", mode="before")(_not_null)
 
     @model_validator(mode="after")
     def _something_to_change(self) -> ProviderUpdate:
@@ -299,9 +306,20 @@ class CareTeamOut(BaseModel):
 
 class CareTeamEventOut(BaseModel):
     id: int = Field(description="The event's number within your organization, in commit order")
-    event_type: str
-    provider_id: uuid.UUID
-    previous_primary_provider_id: uuid.UUID | None
+    event_type: EventType = Field(
+        description="primary_assigned: provider_id became the primary. primary_demoted: "
+        "provider_id, the primary, became a secondary. secondary_added: provider_id joined "
+        "as a secondary. provider_removed: provider_id left the team. migration_dedupe: "
+        "provider_id, one of several primaries from before the rule, was made a secondary."
+    )
+    provider_id: uuid.UUID = Field(description="The provider the event is about")
+    previous_primary_provider_id: uuid.UUID | None = Field(
+        description="Who was the primary just before the event, when the event changes "
+        "who the primary is: for primary_assigned the primary it replaced (null: none); "
+        "for primary_demoted, migration_dedupe and a provider_removed of the primary, "
+        "provider_id itself. Null when the event leaves the primary as it was "
+        "(secondary_added; provider_removed of a secondary)."
+    )
     actor: str
     reason: str | None = Field(
         description="Why: one of the reasons (free text on events from before them)"

@@ -302,6 +302,32 @@ class TestOtherInputs:
         got = await client.get(f"/v1/providers/{provider}", headers=tenant.headers)
         assert got.json()["active"] is True
 
+    @pytest.mark.parametrize(
+        ("path", "body", "field", "detail"),
+        [
+            ("patients", {"dob": None}, "dob", "body.dob: cannot be null"),
+            ("patients", {"first_name": None}, "first_name", "body.first_name: cannot be null"),
+            ("providers", {"active": None}, "active", "body.active: cannot be null"),
+            ("patients", {}, "body", "body: give at least one of"),
+        ],
+    )
+    async def test_a_patch_names_the_field_it_refuses(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        *,
+        path: str,
+        body: dict[str, object],
+        field: str,
+        detail: str,
+    ):
+        """{"dob": null} was refused as `body` ("body.body: dob cannot be null")."""
+        record = await (post_patient if path == "patients" else post_provider)(client, tenant)
+        r = await client.patch(f"/v1/{path}/{record}", json=body, headers=tenant.headers)
+        assert r.status_code == 422
+        assert r.json()["errors"][0]["field"] == field
+        assert r.json()["detail"].startswith(detail), r.json()["detail"]
+
     @pytest.mark.parametrize("npi", ["123", "12345678901", "abcdefghij", 1234567890])
     async def test_bad_npi(self, client: httpx.AsyncClient, tenant: Tenant, npi: object):
         r = await client.post(

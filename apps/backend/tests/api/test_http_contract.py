@@ -210,6 +210,40 @@ class TestBodies:
         assert r.status_code == 201
 
 
+class TestCreated:
+    async def test_a_201_says_where_what_it_made_is(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """A 201 had no Location header (RFC 9110 section 15.3.2)."""
+        created = await client.post(
+            "/v1/patients",
+            json={"first_name": "A", "last_name": "B", "dob": "1990-01-01"},
+            headers=tenant.headers,
+        )
+        assert created.status_code == 201
+        assert created.headers["location"] == f"/v1/patients/{created.json()['id']}"
+        got = await client.get(created.headers["location"], headers=tenant.headers)
+        assert got.status_code == 200 and got.json() == created.json()
+        provider = await client.post(
+            "/v1/providers", json={"first_name": "C", "last_name": "D"}, headers=tenant.headers
+        )
+        assert provider.headers["location"] == f"/v1/providers/{provider.json()['id']}"
+        patient = created.json()["id"]
+        member = await client.post(
+            f"/v1/patients/{patient}/care-team/members",
+            json={"provider_id": provider.json()["id"]},
+            headers=tenant.headers,
+        )
+        assert member.status_code == 201
+        assert member.headers["location"] == f"/v1/patients/{patient}/care-team"
+        again = await client.post(
+            f"/v1/patients/{patient}/care-team/members",
+            json={"provider_id": provider.json()["id"]},
+            headers=tenant.headers,
+        )
+        assert again.status_code == 200 and "location" not in again.headers
+
+
 class TestNoRedirects:
     @pytest.mark.parametrize("suffix", ["/", "/care-team/"])
     async def test_a_trailing_slash_is_404_whatever_the_host(

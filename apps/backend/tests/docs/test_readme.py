@@ -59,3 +59,11 @@ def test_every_command_is_in_the_command_table():
     assert len(names) >= 9
     for name in names:
         assert f"careteam {name}" in table, name
+
+
+def test_the_event_table_names_every_event_type_once():
+    from src.models import EventType  # noqa: PLC0415
+
+    table = README.split("### Care team events", 1)[1].split("###", 1)[0]
+    listed = re.findall(r"^\| `([a-z_]+)` \|", table, re.M)
+    assert sorted(listed) == sorted(e.value for e in EventType)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Query, Request, Response, status
 
 from src.api.conditional import IfMatch, IfNoneMatch, conditional_read, expected, team_etag
 from src.api.deps import DB, CurrentCaller
-from src.api.errors import link, links, problem_responses
+from src.api.errors import CREATED_HEADERS, link, links, problem_responses
 from src.api.fields import Instant
 from src.api.idempotency import Idempotency, Reply, as_response, reply, respond
 from src.api.paging import CursorParam, PageCursors, open_cursor
@@ -90,7 +90,8 @@ def team_reply(team: CareTeam, status_code: int, *, unchanged_status: int | None
     when the write changed nothing."""
     code = unchanged_status if unchanged_status and team.changed is False else status_code
     body = None if code == status.HTTP_204_NO_CONTENT else render(team)
-    return reply(code, body, None if team.version is None else team_etag(team.version))
+    etag = None if team.version is None else team_etag(team.version)
+    return reply(code, body, etag, location=f"/v1/patients/{team.patient_id}/care-team")
 
 
 def _version(if_match: str | None) -> tuple[int, ...] | None:
@@ -153,7 +154,10 @@ async def assign_primary_provider(
     response_model=CareTeamOut,
     responses={
         200: {"description": "Already on the team: nothing changed", "model": CareTeamOut},
-        201: links(GetCareTeam=link("getCareTeam", patient_id="patient_id")),
+        201: {
+            **links(GetCareTeam=link("getCareTeam", patient_id="patient_id")),
+            **CREATED_HEADERS,
+        },
         **problem_responses(
             PatientNotFound,
             ProviderReferenceNotFound,

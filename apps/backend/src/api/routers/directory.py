@@ -19,7 +19,7 @@ from src.api.conditional import (
     provider_etag,
 )
 from src.api.deps import DB, CurrentCaller
-from src.api.errors import link, links, problem_responses
+from src.api.errors import CREATED_HEADERS, link, links, problem_responses
 from src.api.fields import BirthDate
 from src.api.idempotency import Idempotency, Reply, as_response, reply, respond
 from src.api.paging import CursorParam, PageCursors, list_key, open_cursor
@@ -82,12 +82,13 @@ def provider_out(record: ProviderRecord) -> ProviderOut:
 
 
 def patient_reply(record: PatientRecord, status_code: int) -> Reply:
-    return reply(status_code, patient_out(record), patient_etag(record.version))
+    etag = patient_etag(record.version)
+    return reply(status_code, patient_out(record), etag, location=f"/v1/patients/{record.id}")
 
 
 def provider_reply(record: ProviderRecord, status_code: int) -> Reply:
     etag = provider_etag(record.version, record.panel_size)
-    return reply(status_code, provider_out(record), etag)
+    return reply(status_code, provider_out(record), etag, location=f"/v1/providers/{record.id}")
 
 
 def _nfc(name: str | None) -> str | None:
@@ -140,17 +141,20 @@ async def _changes_page(
     response_model=PatientOut,
     tags=["patients"],
     responses={
-        201: links(
-            GetPatient=link("getPatient", patient_id="id"),
-            UpdatePatient=link("updatePatient", patient_id="id"),
-            GetCareTeam=link("getCareTeam", patient_id="id"),
-            AssignPrimaryProvider=link("assignPrimaryProvider", patient_id="id"),
-            AddCareTeamMember=link("addCareTeamMember", patient_id="id"),
-            RemoveCareTeamMember=link("removeCareTeamMember", patient_id="id"),
-            GetCareTeamHistory=link("getCareTeamHistory", patient_id="id"),
-            GetCareTeamPeriods=link("getCareTeamPeriods", patient_id="id"),
-            GetPatientChanges=link("getPatientChanges", patient_id="id"),
-        ),
+        201: {
+            **links(
+                GetPatient=link("getPatient", patient_id="id"),
+                UpdatePatient=link("updatePatient", patient_id="id"),
+                GetCareTeam=link("getCareTeam", patient_id="id"),
+                AssignPrimaryProvider=link("assignPrimaryProvider", patient_id="id"),
+                AddCareTeamMember=link("addCareTeamMember", patient_id="id"),
+                RemoveCareTeamMember=link("removeCareTeamMember", patient_id="id"),
+                GetCareTeamHistory=link("getCareTeamHistory", patient_id="id"),
+                GetCareTeamPeriods=link("getCareTeamPeriods", patient_id="id"),
+                GetPatientChanges=link("getPatientChanges", patient_id="id"),
+            ),
+            **CREATED_HEADERS,
+        },
         **problem_responses(IdentifierTaken, InvalidArgument, body=True),
     },
 )
@@ -311,15 +315,18 @@ async def get_patient_changes(
     response_model=ProviderOut,
     tags=["providers"],
     responses={
-        201: links(
-            GetProvider=link("getProvider", provider_id="id"),
-            UpdateProvider=link("updateProvider", provider_id="id"),
-            AssignAsPrimaryProvider=link("assignPrimaryProvider", body_provider_id="id"),
-            AddAsCareTeamMember=link("addCareTeamMember", body_provider_id="id"),
-            GetProviderPanel=link("getProviderPanel", provider_id="id"),
-            TransferProviderPanel=link("transferProviderPanel", provider_id="id"),
-            GetProviderChanges=link("getProviderChanges", provider_id="id"),
-        ),
+        201: {
+            **links(
+                GetProvider=link("getProvider", provider_id="id"),
+                UpdateProvider=link("updateProvider", provider_id="id"),
+                AssignAsPrimaryProvider=link("assignPrimaryProvider", body_provider_id="id"),
+                AddAsCareTeamMember=link("addCareTeamMember", body_provider_id="id"),
+                GetProviderPanel=link("getProviderPanel", provider_id="id"),
+                TransferProviderPanel=link("transferProviderPanel", provider_id="id"),
+                GetProviderChanges=link("getProviderChanges", provider_id="id"),
+            ),
+            **CREATED_HEADERS,
+        },
         **problem_responses(NpiTaken, body=True),
     },
 )
