@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from src import primary_index
 from src.api.auth import Authentication
@@ -26,6 +27,8 @@ from src.metrics import record_check, track_pool
 from src.services.health_service import HealthService
 
 logger = logging.getLogger(__name__)
+
+DOCS_STATIC = "/docs/static"
 
 
 POLL_S = 60.0
@@ -149,7 +152,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
             if database is None:
                 await opened.dispose()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="Care team API",
         version="1.0.0",
         summary="Patients' care teams: at most one primary provider per patient and organization.",
@@ -158,6 +161,10 @@ def create_app(database: Database | None = None, database_url: str | None = None
         # would be built from the client's Host header).
         redirect_slashes=False,
         generate_unique_id_function=operation_id,
+        # /docs and /redoc load their scripts and styles from this server
+        # (fastapi-offline); Swagger UI's validator badge would call an outside host.
+        static_url=DOCS_STATIC,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     if database is not None:
         attach(app, database)

@@ -244,6 +244,24 @@ class TestCreated:
         assert again.status_code == 200 and "location" not in again.headers
 
 
+class TestDocsWorkOffline:
+    @pytest.mark.parametrize("page", ["/docs", "/redoc", "/docs/oauth2-redirect"])
+    async def test_no_page_names_an_outside_host(self, client: httpx.AsyncClient, page: str):
+        """/docs loaded Swagger UI from a CDN: blank on a clinic network without
+        internet. Every page, and what it loads, comes from this server."""
+        r = await client.get(page)
+        assert r.status_code == 200
+        assert "http://" not in r.text and "https://" not in r.text, r.text
+        loaded = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+        if page != "/docs/oauth2-redirect":
+            assert loaded, "the page loads its scripts from somewhere"
+        for asset in loaded:
+            assert asset.startswith("/"), asset
+            assert (await client.get(asset)).status_code == 200, asset
+        if page == "/docs":
+            assert '"validatorUrl": null' in r.text  # the validator badge calls out
+
+
 class TestNoRedirects:
     @pytest.mark.parametrize("suffix", ["/", "/care-team/"])
     async def test_a_trailing_slash_is_404_whatever_the_host(
