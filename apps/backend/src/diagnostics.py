@@ -117,6 +117,32 @@ WHERE NOT v.active AND {inactive_filter}
 ORDER BY 1, 2
 """
 
+# Patient identifiers written before the identifier rule that its migration could not
+# bring into form (20261207_normalized_identifiers): with a control character, or whose
+# normal form (NFC, no surrounding space) another identifier of the organization holds.
+# Reported by patient, never by value.
+_NORMAL = "normalize(regexp_replace({column}, '^[[:space:]]+|[[:space:]]+$', '', 'g'), NFC)"
+IDENTIFIERS_NOT_NORMAL = """
+SELECT organization_id, patient_id, '' AS provider_id, '' AS assigned, '' AS open_period
+FROM patient_identifiers
+WHERE {identifier_filter}
+  AND (system IS NOT NFC NORMALIZED OR value IS NOT NFC NORMALIZED
+       OR system ~ '^[[:space:]]|[[:space:]]$' OR value ~ '^[[:space:]]|[[:space:]]$'
+       OR system ~ '[[:cntrl:]]' OR value ~ '[[:cntrl:]]')
+ORDER BY 1, 2
+"""
+IDENTIFIER_COLLISIONS = f"""
+SELECT organization_id, patient_id, '' AS provider_id, '' AS assigned, '' AS open_period
+FROM (SELECT organization_id, patient_id,
+             count(*) OVER (PARTITION BY organization_id, {_NORMAL.format(column="system")},
+                            {_NORMAL.format(column="value")}) AS holders
+      FROM patient_identifiers
+      WHERE {{identifier_filter}}) AS normalized
+WHERE holders > 1
+ORDER BY 1, 2
+"""
+HAS_IDENTIFIERS = "SELECT to_regclass('patient_identifiers') IS NOT NULL"
+
 HAS_PERIODS = "SELECT to_regclass('care_team_periods') IS NOT NULL"
 
 CAN_SEE_ALL_TENANTS = "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
@@ -213,6 +239,23 @@ class MemberFinding:
 
 OUT_OF_STEP_KIND, INACTIVE_KIND = "period_out_of_step", "inactive_primary"
 INACTIVE_SECONDARY_KIND = "inactive_secondary"
+IDENTIFIER_NOT_NORMAL_KIND = "identifier_not_normal"
+IDENTIFIER_COLLISION_KIND = "identifier_collision"
+# Each kind of MemberFinding: the Summary's counter of it, and (for a warning) its line.
+MEMBER_COUNTERS = {
+    OUT_OF_STEP_KIND: "out_of_step",
+    INACTIVE_KIND: "inactive_primaries",
+    INACTIVE_SECONDARY_KIND: "inactive_secondaries",
+    IDENTIFIER_NOT_NORMAL_KIND: "identifiers_not_normal",
+    IDENTIFIER_COLLISION_KIND: "identifier_collisions",
+}
+MEMBER_WARNINGS = {
+    INACTIVE_KIND: "primary provider {provider} is inactive",
+    INACTIVE_SECONDARY_KIND: "secondary provider {provider} is inactive",
+    IDENTIFIER_NOT_NORMAL_KIND: "an identifier has a control character or a space at either end",
+    IDENTIFIER_COLLISION_KIND: "an identifier is another one's of the organization once "
+    "normalized (NFC, no surrounding space)",
+}
 
 
 @dataclass(frozen=True)
@@ -234,6 +277,8 @@ class Summary:
     out_of_step: int = 0
     inactive_primaries: int = 0
     inactive_secondaries: int = 0
+    identifiers_not_normal: int = 0
+    identifier_collisions: int = 0
     demoted: int | None = None  # set when --fix --execute ran
 
     @property
@@ -244,14 +289,10 @@ class Summary:
     def count(self, finding: Finding | MemberFinding) -> int:
         """Count the finding; its number among those of its kind."""
         if isinstance(finding, MemberFinding):
-            if finding.is_violation:
-                self.out_of_step += 1
-                return self.out_of_step
-            if finding.kind == INACTIVE_SECONDARY_KIND:
-                self.inactive_secondaries += 1
-                return self.inactive_secondaries
-            self.inactive_primaries += 1
-            return self.inactive_primaries
+            counter = MEMBER_COUNTERS[finding.kind]
+            number: int = getattr(self, counter) + 1
+            setattr(self, counter, number)
+            return number
         if finding.is_violation:
             self.violations += 1
             self.demotions_needed += len(finding.primaries) - 1
@@ -357,16 +398,24 @@ async def stream_member_findings(
     on_finding: Callable[[MemberFinding], None],
     *,
     periods: bool,
+    identifiers: bool = False,
 ) -> None:
     """The memberships out of step with their periods (when `periods`), then the
-    primaries and the secondaries whose provider is inactive."""
+    primaries and the secondaries whose provider is inactive, then (when `identifiers`)
+    the identifiers not in normal form and those that collide once normalized."""
     conditions = {
         "organization_filter": _organization_filter(organization_id),
         "inactive_filter": _organization_filter(organization_id, "v.organization_id"),
+        "identifier_filter": _organization_filter(organization_id, "organization_id"),
     }
     queries = [(INACTIVE_KIND, INACTIVE_PRIMARIES), (INACTIVE_SECONDARY_KIND, INACTIVE_SECONDARIES)]
     if periods:
         queries.insert(0, (OUT_OF_STEP_KIND, OUT_OF_STEP))
+    if identifiers:
+        queries += [
+            (IDENTIFIER_NOT_NORMAL_KIND, IDENTIFIERS_NOT_NORMAL),
+            (IDENTIFIER_COLLISION_KIND, IDENTIFIER_COLLISIONS),
+        ]
     for kind, query in queries:
 
         def found(cols: list[str], kind: str = kind) -> None:
@@ -425,10 +474,8 @@ class Reporter:
         if isinstance(f, MemberFinding):
             where = f"organization {f.organization_id} patient {f.patient_id}"
             if not f.is_violation:
-                role = "secondary" if f.kind == INACTIVE_SECONDARY_KIND else "primary"
-                self.out.write(
-                    f"⚠️  WARNING: {where}: {role} provider {f.provider_id} is inactive\n"
-                )
+                warning = MEMBER_WARNINGS[f.kind].format(provider=f.provider_id)
+                self.out.write(f"⚠️  WARNING: {where}: {warning}\n")
                 return
             self.out.write(
                 f"❌ {where} provider {f.provider_id}: assigned as {f.assigned or 'nothing'}, "
@@ -452,6 +499,27 @@ class Reporter:
                 f"(assignment {p.assignment_id})  -> migration would {verdict}\n"
             )
 
+    def _warnings(self, s: Summary) -> None:
+        """The warnings' totals, each with what to do about it."""
+        if s.without_primary:
+            self.out.write(f"⚠️  {s.without_primary} patient(s) without a primary provider\n")
+        if s.inactive_primaries:
+            self.out.write(
+                f"⚠️  {s.inactive_primaries} patient(s) whose primary provider is inactive "
+                "(transfer the provider's panel: careteam panel transfer)\n"
+            )
+        if s.inactive_secondaries:
+            self.out.write(
+                f"⚠️  {s.inactive_secondaries} care team membership(s) of an inactive provider "
+                '(deactivate it again to end them: PATCH {"active": false})\n'
+            )
+        if s.identifiers_not_normal or s.identifier_collisions:
+            self.out.write(
+                f"⚠️  {s.identifiers_not_normal} identifier(s) not in normal form and "
+                f"{s.identifier_collisions} that collide once normalized (correct the "
+                "patients' identifiers: PATCH /v1/patients/<id>)\n"
+            )
+
     def finish(self, s: Summary) -> None:
         if self.options.as_json:
             status = "violations" if s.exit_code == EXIT_VIOLATIONS else "clean"
@@ -468,6 +536,8 @@ class Reporter:
                 "periods_out_of_step_total": s.out_of_step,
                 "inactive_primary_total": s.inactive_primaries,
                 "inactive_secondary_total": s.inactive_secondaries,
+                "identifier_not_normal_total": s.identifiers_not_normal,
+                "identifier_collision_total": s.identifier_collisions,
                 "fix": fix,
             }
             self.out.write("], " + self._members(totals) + f'"status": {json.dumps(status)}}}\n')
@@ -479,23 +549,14 @@ class Reporter:
             ("membership(s) out of step with their periods", s.out_of_step),
             ("primaries whose provider is inactive", s.inactive_primaries),
             ("secondaries whose provider is inactive", s.inactive_secondaries),
+            ("identifiers not in normal form", s.identifiers_not_normal),
+            ("identifiers that collide once normalized", s.identifier_collisions),
         ):
             if limit is not None and total > limit:
                 self.out.write(
                     f"     ({total - limit} more {kind} not listed; raise --limit to list them)\n"
                 )
-        if s.without_primary:
-            self.out.write(f"⚠️  {s.without_primary} patient(s) without a primary provider\n")
-        if s.inactive_primaries:
-            self.out.write(
-                f"⚠️  {s.inactive_primaries} patient(s) whose primary provider is inactive "
-                "(transfer the provider's panel: careteam panel transfer)\n"
-            )
-        if s.inactive_secondaries:
-            self.out.write(
-                f"⚠️  {s.inactive_secondaries} care team membership(s) of an inactive provider "
-                '(deactivate it again to end them: PATCH {"active": false})\n'
-            )
+        self._warnings(s)
         if self.options.fix and s.demoted is None and s.violations:
             self.out.write(
                 f"DRY RUN: --fix would demote {s.demotions_needed} assignment(s) of "
@@ -555,7 +616,11 @@ async def run_check(url: str, options: Options, out: Writer) -> Summary:
 
             await stream_findings(conn, options.organization_id, count_and_report)
             await stream_member_findings(
-                conn, options.organization_id, count_and_report, periods=summary.periods_checked
+                conn,
+                options.organization_id,
+                count_and_report,
+                periods=summary.periods_checked,
+                identifiers=bool(await conn.fetchval(HAS_IDENTIFIERS)),
             )
     finally:
         await conn.close()

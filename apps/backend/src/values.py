@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import hmac
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 
@@ -146,31 +147,77 @@ class Cursors:
             raise UnknownCursor() from None
 
 
-# --- identifiers -----------------------------------------------------------------------------
+# --- text: identifiers (and names, src/api/fields.py) --------------------------------------
+
+# What text people and systems give may hold: letters, marks, numbers, punctuation and
+# symbols (Unicode categories L, M, N, P, S), and space separators (Zs) inside it, never
+# at either end. Control, format, surrogate, private-use and unassigned characters (Cc,
+# Cf, Cs, Co, Cn: C1 controls such as U+0085 and U+009B included) and line or paragraph
+# separators (Zl, Zp) are refused: they are invisible, and two values that look the same
+# must be the same.
+_TEXT_CATEGORIES = frozenset("LMNPS")
+
+
+def text_char(char: str) -> bool:
+    """May be part of a name or an identifier."""
+    category = unicodedata.category(char)
+    return category[0] in _TEXT_CATEGORIES or category == "Zs"
+
+
+def edge_char(char: str) -> bool:
+    """May start or end a name or an identifier: a text character that is not a space."""
+    return unicodedata.category(char)[0] in _TEXT_CATEGORIES
+
+
+def refused_char(text: str) -> str | None:
+    """Why `text` holds a character it may not (by code point, never quoting it)."""
+    for char in text:
+        if not text_char(char):
+            return (
+                f"must not contain U+{ord(char):04X} ({unicodedata.category(char)}: control, "
+                "format, unassigned, private-use or line/paragraph separator characters are "
+                "not allowed)"
+            )
+    return None
+
 
 IDENTIFIER_MAX_LENGTH = 255
 
-# An identifier's system (a URI, such as a clinic's MRN namespace) and value: printable
-# text without control characters, 1 to 255 characters; the system holds no "|" (the
-# separator of `identifier=system|value` searches).
-IDENTIFIER_SYSTEM_PATTERN = r"^[^|\x00-\x1f\x7f]+$"
-IDENTIFIER_VALUE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
-IDENTIFIER_QUERY_PATTERN = r"^[^|\x00-\x1f\x7f]+\|[^\x00-\x1f\x7f]+$"
 
-
-_IDENTIFIER_QUERY = re.compile(IDENTIFIER_QUERY_PATTERN)
+def identifier_part(text: str, *, system: bool) -> str:
+    """An identifier's system (`system`) or value, as stored and compared: in Unicode NFC,
+    so that the composed and decomposed spellings of "José" are one identifier. The rule
+    (ValueError saying which part it breaks): 1 to IDENTIFIER_MAX_LENGTH characters of
+    text (refused_char), no space at either end (so that "MRN-x" and "MRN-x " are not two
+    identifiers: the second is refused, not trimmed), and no "|" in a system (the
+    separator of `system|value` searches)."""
+    problem = refused_char(text)
+    if problem:
+        raise ValueError(problem)
+    if system and "|" in text:
+        raise ValueError('must not contain "|" (it separates system|value in a search)')
+    if not text or not edge_char(text[0]) or not edge_char(text[-1]):
+        raise ValueError("must not be blank, nor start or end with a space")
+    stored = unicodedata.normalize("NFC", text)
+    if len(stored) > IDENTIFIER_MAX_LENGTH:
+        raise ValueError(f"must be at most {IDENTIFIER_MAX_LENGTH} characters (in NFC)")
+    return stored
 
 
 def parse_identifier(token: str) -> tuple[str, str]:
-    """`system|value` (an identifier search, /v1 and FHIR alike) into its two parts;
-    ValueError unless both are given, within the identifier rules (the system holds no
-    "|"; no control characters; at most IDENTIFIER_MAX_LENGTH characters each)."""
-    if not _IDENTIFIER_QUERY.fullmatch(token):
-        raise ValueError("must be system|value, both given, without control characters")
-    system, _, value = token.partition("|")
-    if len(system) > IDENTIFIER_MAX_LENGTH or len(value) > IDENTIFIER_MAX_LENGTH:
-        raise ValueError(f"system and value are at most {IDENTIFIER_MAX_LENGTH} characters each")
-    return system, value
+    """`system|value` (an identifier search, /v1 and FHIR alike) into its two parts, each
+    as identifier_part reads it; ValueError unless both are given and valid."""
+    system, bar, value = token.partition("|")
+    if not bar:
+        raise ValueError("must be system|value")
+    parts = []
+    for part, is_system in ((system, True), (value, False)):
+        try:
+            parts.append(identifier_part(part, system=is_system))
+        except ValueError as err:
+            what = "system" if is_system else "value"
+            raise ValueError(f"must be system|value, and its {what} {err}") from None
+    return parts[0], parts[1]
 
 
 NPI_PATTERN = r"^[0-9]{10}$"

@@ -29,12 +29,14 @@ from pydantic import AfterValidator, BeforeValidator, StringConstraints, WithJso
 
 from src.values import (
     IDENTIFIER_MAX_LENGTH,
-    IDENTIFIER_SYSTEM_PATTERN,
-    IDENTIFIER_VALUE_PATTERN,
     INSTANT_PATTERN,
     NPI_PATTERN,
+    edge_char,
+    identifier_part,
     parse_instant,
     parse_npi,
+    refused_char,
+    text_char,
 )
 
 NAME_MAX_LENGTH = 100
@@ -42,17 +44,8 @@ OLDEST_BIRTH_DATE = datetime.date(1900, 1, 1)
 
 # --- names ---------------------------------------------------------------------------------
 
-_NAME_CATEGORIES = frozenset("LMNPS")  # first letter of the category; plus Zs
-
-
-def _allowed(char: str) -> bool:
-    category = unicodedata.category(char)
-    return category[0] in _NAME_CATEGORIES or category == "Zs"
-
-
-def _edge(char: str) -> bool:
-    """May start or end a name: allowed, and not a space."""
-    return unicodedata.category(char)[0] in _NAME_CATEGORIES
+# A name's characters are text's (src/values.py: text_char, edge_char).
+_allowed, _edge = text_char, edge_char
 
 
 def _letter(char: str) -> bool:
@@ -98,13 +91,9 @@ def name_pattern() -> str:
 def check_person_name(value: str) -> str:
     """The value in NFC, or ValueError saying which part of the rule it breaks (by code
     point, never by quoting the name)."""
-    for char in value:
-        if not _allowed(char):
-            raise ValueError(
-                f"must not contain U+{ord(char):04X} ({unicodedata.category(char)}: control, "
-                "format, unassigned, private-use or line/paragraph separator characters are "
-                "not allowed in a name)"
-            )
+    problem = refused_char(value)
+    if problem:
+        raise ValueError(problem.replace("not allowed", "not allowed in a name"))
     if not _edge(value[0]) or not _edge(value[-1]):
         raise ValueError("must not start or end with a space")
     if not any(_letter(char) for char in value):
@@ -226,6 +215,8 @@ def shared_schemas() -> dict[str, dict[str, Any]]:
     return {
         PERSON_NAME_SCHEMA_NAME: person_name_schema(),
         BIRTH_DATE_SCHEMA_NAME: birth_date_schema(today()),
+        IDENTIFIER_SYSTEM_SCHEMA_NAME: identifier_schema(system=True),
+        IDENTIFIER_VALUE_SCHEMA_NAME: identifier_schema(system=False),
     }
 
 
@@ -291,15 +282,52 @@ Npi = Annotated[
     ),
 ]
 
+
+@functools.cache
+def identifier_pattern(*, system: bool) -> str:
+    """The identifier rule (values.identifier_part) as one anchored regex: text
+    characters, no space at either end, no "|" in a system."""
+
+    def pipe_free(predicate: Callable[[str], bool]) -> Callable[[str], bool]:
+        return lambda char: predicate(char) and (not system or char != "|")
+
+    allowed, edge = (_character_class(pipe_free(p)) for p in (_allowed, _edge))
+    return f"{edge}(?:{allowed}*{edge})?"
+
+
+def identifier_schema(*, system: bool) -> dict[str, Any]:
+    what = "system (a URI, e.g. of an MRN's namespace; no `|`)" if system else "value"
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": IDENTIFIER_MAX_LENGTH,
+        "pattern": f"^{identifier_pattern(system=system)}$",
+        "description": (
+            f"An identifier's {what}: 1 to {IDENTIFIER_MAX_LENGTH} characters, no space at "
+            "either end; letters, marks, numbers, punctuation, symbols and spaces only (no "
+            "control, format, unassigned, private-use or line/paragraph separator "
+            "characters). Stored and compared in Unicode NFC."
+        ),
+    }
+
+
+def identifier_query_pattern() -> str:
+    """`system|value`, as an identifier search takes it."""
+    return f"^{identifier_pattern(system=True)}\\|{identifier_pattern(system=False)}$"
+
+
+IDENTIFIER_SYSTEM_SCHEMA_NAME = "IdentifierSystem"
+IDENTIFIER_VALUE_SCHEMA_NAME = "IdentifierValue"
+
 IdentifierSystem = Annotated[
     str,
-    StringConstraints(
-        min_length=1, max_length=IDENTIFIER_MAX_LENGTH, pattern=IDENTIFIER_SYSTEM_PATTERN
-    ),
+    StringConstraints(min_length=1, max_length=IDENTIFIER_MAX_LENGTH),
+    AfterValidator(lambda text: identifier_part(text, system=True)),
+    WithJsonSchema({SHARED_SCHEMA_MARK: IDENTIFIER_SYSTEM_SCHEMA_NAME}),
 ]
 IdentifierValue = Annotated[
     str,
-    StringConstraints(
-        min_length=1, max_length=IDENTIFIER_MAX_LENGTH, pattern=IDENTIFIER_VALUE_PATTERN
-    ),
+    StringConstraints(min_length=1, max_length=IDENTIFIER_MAX_LENGTH),
+    AfterValidator(lambda text: identifier_part(text, system=False)),
+    WithJsonSchema({SHARED_SCHEMA_MARK: IDENTIFIER_VALUE_SCHEMA_NAME}),
 ]

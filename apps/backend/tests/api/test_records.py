@@ -85,7 +85,62 @@ class TestNpi:
         assert cleared.json()["npi"] is None
 
 
+VALID_PATIENT = {"first_name": "A", "last_name": "B", "dob": "1990-01-01"}
+
+
 class TestIdentifiers:
+    @pytest.mark.parametrize(
+        "value",
+        ["MRN-x ", " MRN-x", "   ", "A\u0085B", "A\u009bB", "A\u202eB", "A\u2028B"],
+        ids=["trailing", "leading", "blank", "U+0085", "U+009B", "bidi", "line-separator"],
+    )
+    async def test_what_would_look_the_same_is_refused(
+        self, client: httpx.AsyncClient, tenant: Tenant, value: str
+    ):
+        """ "MRN-x" and "MRN-x " made two patients, and C1 controls were accepted."""
+        r = await client.post(
+            "/v1/patients",
+            json={**VALID_PATIENT, "identifiers": [{"system": MRN, "value": value}]},
+            headers=tenant.headers,
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "identifiers.0.value"
+        search = await client.get(
+            "/v1/patients", params={"identifier": f"{MRN}|{value}"}, headers=tenant.headers
+        )
+        assert search.status_code == 422
+        fhir = await client.get(
+            "/fhir/R4/Patient", params={"identifier": f"{MRN}|{value}"}, headers=tenant.headers
+        )
+        assert fhir.status_code == 400
+
+    async def test_nfc_and_nfd_spellings_are_one_identifier(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        composed, decomposed = "Jos\u00e9", "Jose\u0301"
+        patient = await post_patient(
+            client, tenant, identifiers=[{"system": MRN, "value": decomposed}]
+        )
+        got = await client.get(f"/v1/patients/{patient}", headers=tenant.headers)
+        assert got.json()["identifiers"] == [{"system": MRN, "value": composed}]  # stored NFC
+        taken = await client.post(
+            "/v1/patients",
+            json={**VALID_PATIENT, "identifiers": [{"system": MRN, "value": composed}]},
+            headers=tenant.headers,
+        )
+        assert taken.status_code == 409 and taken.json()["error"] == "identifier_taken"
+        for spelling in (composed, decomposed):
+            found = await client.get(
+                "/v1/patients", params={"identifier": f"{MRN}|{spelling}"}, headers=tenant.headers
+            )
+            assert [p["id"] for p in found.json()["items"]] == [patient]
+            fhir = await client.get(
+                "/fhir/R4/Patient",
+                params={"identifier": f"{MRN}|{spelling}"},
+                headers=tenant.headers,
+            )
+            assert [e["resource"]["id"] for e in fhir.json()["entry"]] == [patient]
+
     async def test_create_search_change(self, client: httpx.AsyncClient, tenant: Tenant):
         patient = await post_patient(
             client, tenant, identifiers=[{"system": MRN, "value": "MRN-1"}]

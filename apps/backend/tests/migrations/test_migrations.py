@@ -22,7 +22,8 @@ ONE_STATEMENT_WRITES = "20261206_writes_in_one_statement"
 ONE_WRITE_PATH = "20261207_one_write_path"
 CURSOR_SECRET = "20261207_cursor_secret"
 ONE_TRANSFER = "20261207_one_transfer_at_a_time"
-HEAD = ONE_TRANSFER
+NORMALIZED_IDENTIFIERS = "20261207_normalized_identifiers"
+HEAD = NORMALIZED_IDENTIFIERS
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -35,6 +36,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(NORMALIZED_IDENTIFIERS).down_revision == ONE_TRANSFER
         assert scripts.get_revision(ONE_TRANSFER).down_revision == CURSOR_SECRET
         assert scripts.get_revision(CURSOR_SECRET).down_revision == ONE_WRITE_PATH
         assert scripts.get_revision(ONE_WRITE_PATH).down_revision == ONE_STATEMENT_WRITES

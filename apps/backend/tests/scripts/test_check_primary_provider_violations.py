@@ -395,3 +395,73 @@ class TestOneParser:
         assert script.returncode == command.returncode == 2
         last = script.stderr.strip().splitlines()[-1].split(": error: ", 1)[1]
         assert last == command.stderr.strip().splitlines()[-1].split(": error: ", 1)[1]
+
+
+class TestIdentifiersWrittenBeforeTheRule:
+    async def test_are_normalized_online_and_what_is_left_is_reported(
+        self, fresh_database: FreshDatabase
+    ):
+        """ "MRN-x" and "MRN-x " (and NFC and NFD spellings) named two patients: the
+        revision rewrites each identifier into its normal form where that is free, with
+        a record change; the rest (a collision, a control character) `careteam check`
+        reports, by patient, never by value."""
+        db = fresh_database
+        await upgrade(db.engine, "20261207_one_transfer_at_a_time")
+        org = (await db.execute("INSERT INTO organizations (name) VALUES ('i') RETURNING id"))[0][0]
+        values = {
+            "trailing": "MRN-x ",
+            "nfd": "Jose\u0301",
+            "taken": "MRN-y ",
+            "holder": "MRN-y",
+            "control": "A\u0085B",
+        }
+        patients = {}
+        for name, value in values.items():
+            patient = (
+                await db.execute(
+                    "INSERT INTO patients (organization_id, first_name, last_name) "
+                    "VALUES (:org, 'A', 'B') RETURNING id",
+                    org=org,
+                )
+            )[0][0]
+            await db.execute(
+                "INSERT INTO patient_identifiers (organization_id, patient_id, system, value) "
+                "VALUES (:org, :patient, 'urn:mrn', :value)",
+                org=org,
+                patient=patient,
+                value=value,
+            )
+            patients[name] = patient
+        await upgrade(db.engine)
+        rows = await db.execute(
+            "SELECT patient_id, value FROM patient_identifiers WHERE organization_id = :org",
+            org=org,
+        )
+        stored = {row.patient_id: row.value for row in rows}
+        assert stored[patients["trailing"]] == "MRN-x"
+        assert stored[patients["nfd"]] == "Jos\u00e9"
+        assert stored[patients["taken"]] == "MRN-y "  # its normal form is taken: left
+        assert stored[patients["control"]] == "A\u0085B"
+        changes = await db.execute(
+            "SELECT record_id, fields, actor FROM record_changes WHERE organization_id = :org",
+            org=org,
+        )
+        assert {(c.record_id, tuple(c.fields), c.actor) for c in changes} == {
+            (patients[p], ("identifiers",), "migration:20261207_normalized_identifiers")
+            for p in ("trailing", "nfd")
+        }
+        result = run_check(db.url)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "MRN" not in result.stdout and "A\u0085B" not in result.stdout
+        assert f"patient {patients['control']}: an identifier has a control character" in (
+            result.stdout
+        )
+        body = json.loads(run_check(db.url, "--json").stdout)
+        assert body["identifier_not_normal_total"] == 2  # "MRN-y " and the control one
+        assert body["identifier_collision_total"] == 2  # "MRN-y " and "MRN-y"
+        found = {
+            (f["kind"], f["patient_id"])
+            for f in body["findings"]
+            if f["kind"].startswith("identifier")
+        }
+        assert ("identifier_collision", str(patients["holder"])) in found

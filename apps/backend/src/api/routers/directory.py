@@ -20,7 +20,7 @@ from src.api.conditional import (
 )
 from src.api.deps import DB, CurrentCaller
 from src.api.errors import CREATED_HEADERS, link, links, problem_responses
-from src.api.fields import BirthDate
+from src.api.fields import BirthDate, identifier_query_pattern
 from src.api.idempotency import Idempotency, Reply, as_response, reply, respond
 from src.api.paging import CursorParam, PageCursors, list_key, open_cursor
 from src.api.routing import StrictRoute
@@ -55,7 +55,7 @@ from src.services.errors import (
     ProviderHasPatients,
     ProviderNotFound,
 )
-from src.values import IDENTIFIER_QUERY_PATTERN, NPI_PATTERN, Cursors, parse_identifier
+from src.values import NPI_PATTERN, Cursors, parse_identifier
 
 router = APIRouter(prefix="/v1", route_class=StrictRoute)
 
@@ -192,7 +192,7 @@ async def list_patients(
         str | None,
         Query(
             max_length=511,
-            pattern=IDENTIFIER_QUERY_PATTERN,
+            pattern=identifier_query_pattern(),
             description="system|value: the patient holding this identifier",
         ),
     ] = None,
