@@ -373,10 +373,16 @@ class PanelOut(BaseModel):
 
 
 class TransferOut(BaseModel):
-    dry_run: bool
-    moved: int = Field(description="Patients moved (in a dry run: that would move)")
-    remaining: int = Field(description="Primary patients the provider still has")
-    refused_capacity: int = Field(description="Of those, the ones the target's capacity left")
+    dry_run: bool = Field(description="true: nothing changed; the figures are the run's")
+    moved: int = Field(description="Patients this request moved (in a dry run: the run would move)")
+    remaining: int = Field(
+        description="Primary patients the provider still has after it (in a dry run: would "
+        "still have after the run)"
+    )
+    refused_capacity: int = Field(
+        description="Of those, the ones the target's capacity left out (in a dry run: would "
+        "leave out)"
+    )
 
 
 class PanelSizeOut(BaseModel):
