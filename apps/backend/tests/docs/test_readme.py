@@ -67,3 +67,35 @@ def test_the_event_table_names_every_event_type_once():
     table = README.split("### Care team events", 1)[1].split("###", 1)[0]
     listed = re.findall(r"^\| `([a-z_]+)` \|", table, re.M)
     assert sorted(listed) == sorted(e.value for e in EventType)
+
+
+# Answers no operation of the OpenAPI document states, each answered by a layer around
+# the operations: the HTTP server (bad_request), CORS preflights, routing (not_found for
+# an unknown path, method_not_allowed), and the last resort of a bug (500s).
+ANSWERED_AROUND_OPERATIONS = {
+    "400": {"bad_request", "cors_refused"},
+    "404": {"not_found"},
+    "405": {"method_not_allowed"},
+    "500": {"internal_error", "database_error"},
+}
+
+
+def test_the_error_table_lists_every_code_the_api_answers_and_no_other():
+    from src.api.app import create_app  # noqa: PLC0415
+
+    answered: dict[str, set[str]] = {
+        status: set(codes) for status, codes in ANSWERED_AROUND_OPERATIONS.items()
+    }
+    for operations in create_app().openapi()["paths"].values():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                content = response.get("content", {}).get("application/problem+json")
+                if content:
+                    codes = content["schema"]["allOf"][1]["properties"]["error"]["enum"]
+                    answered.setdefault(status, set()).update(codes)
+    table = README.split("| status | when | codes |", 1)[1].split("\n\n", 1)[0]
+    listed = {
+        status: set(re.findall(r"`([a-z_]+)`", codes))
+        for status, codes in re.findall(r"^\| (\d{3}) \|.*\| (`[^|]*) \|$", table, re.M)
+    }
+    assert listed == answered

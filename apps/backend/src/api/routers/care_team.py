@@ -28,6 +28,7 @@ from src.api.schemas import (
 from src.services.care_team_service import CareTeam, CareTeamService
 from src.services.errors import (
     InvalidArgument,
+    InvalidCursor,
     PanelFull,
     PatientNotFound,
     PreconditionFailed,
@@ -235,7 +236,9 @@ async def remove_care_team_member(
 
 
 @router.get(
-    "/history", response_model=CareTeamHistoryOut, responses=problem_responses(PatientNotFound)
+    "/history",
+    response_model=CareTeamHistoryOut,
+    responses=problem_responses(InvalidCursor, PatientNotFound),
 )
 async def get_care_team_history(
     patient_id: uuid.UUID,
@@ -264,7 +267,9 @@ async def get_care_team_history(
 
 
 @router.get(
-    "/periods", response_model=CareTeamPeriodsOut, responses=problem_responses(PatientNotFound)
+    "/periods",
+    response_model=CareTeamPeriodsOut,
+    responses=problem_responses(InvalidCursor, PatientNotFound),
 )
 async def get_care_team_periods(
     patient_id: uuid.UUID,

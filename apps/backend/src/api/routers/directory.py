@@ -49,6 +49,7 @@ from src.services.directory_service import (
 from src.services.errors import (
     IdentifierTaken,
     InvalidArgument,
+    InvalidCursor,
     NpiTaken,
     PatientNotFound,
     PreconditionFailed,
@@ -179,7 +180,7 @@ async def create_patient(
     "/patients",
     response_model=PatientListOut,
     tags=["patients"],
-    responses=problem_responses(),
+    responses=problem_responses(InvalidCursor),
 )
 async def list_patients(
     db: DB,
@@ -282,7 +283,7 @@ async def update_patient(
     "/patients/{patient_id}/changes",
     response_model=RecordChangesOut,
     tags=["patients"],
-    responses=problem_responses(PatientNotFound),
+    responses=problem_responses(InvalidCursor, PatientNotFound),
 )
 async def get_patient_changes(
     patient_id: uuid.UUID,
@@ -349,7 +350,7 @@ async def create_provider(
     "/providers",
     response_model=ProviderListOut,
     tags=["providers"],
-    responses=problem_responses(),
+    responses=problem_responses(InvalidCursor),
 )
 async def list_providers(
     db: DB,
@@ -453,7 +454,7 @@ async def update_provider(
     "/providers/{provider_id}/changes",
     response_model=RecordChangesOut,
     tags=["providers"],
-    responses=problem_responses(ProviderNotFound),
+    responses=problem_responses(InvalidCursor, ProviderNotFound),
 )
 async def get_provider_changes(
     provider_id: uuid.UUID,

@@ -12,6 +12,7 @@ from src.api.paging import CursorParam, PageCursors, open_cursor
 from src.api.routing import StrictRoute
 from src.api.schemas import CareTeamEventsOut, FeedEventOut
 from src.services.care_team_service import CareTeamService
+from src.services.errors import InvalidCursor
 
 router = APIRouter(prefix="/v1", tags=["change feed"], route_class=StrictRoute)
 
@@ -19,7 +20,11 @@ MAX_PAGE = 500
 FEED = "care_team_events"
 
 
-@router.get("/care-team-events", response_model=CareTeamEventsOut, responses=problem_responses())
+@router.get(
+    "/care-team-events",
+    response_model=CareTeamEventsOut,
+    responses=problem_responses(InvalidCursor),
+)
 async def get_care_team_events(
     db: DB,
     caller: CurrentCaller,

@@ -25,6 +25,7 @@ from src.api.schemas import (
 from src.services.errors import (
     IdempotencyKeyInProgress,
     InvalidArgument,
+    InvalidCursor,
     ProviderInactive,
     ProviderNotFound,
     ProviderReferenceNotFound,
@@ -40,7 +41,7 @@ MAX_PAGE = 200
 @router.get(
     "/providers/{provider_id}/patients",
     response_model=PanelOut,
-    responses=problem_responses(ProviderNotFound),
+    responses=problem_responses(InvalidCursor, ProviderNotFound),
 )
 async def get_provider_panel(
     provider_id: uuid.UUID,
