@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -173,15 +175,22 @@ def registered_users(data_dir: Path) -> list[int]:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    """A CARETEAM_DATA_DIR of the test's own; no server outlives the test, even failed."""
-    path = tmp_path / "data"
+def data_dir() -> Iterator[Path]:
+    """A CARETEAM_DATA_DIR of the test's own; no server outlives the test, even failed.
+
+    Not under pytest's tmp_path: as root, the server runs as another user, whom every
+    directory above its data must let through, and every pytest run that starts on the
+    machine (another worktree's, say) takes that right away from pytest's own directory
+    again (/tmp/pytest-of-root, 0700): the server could then neither start nor stop."""
+    parent = Path(tempfile.mkdtemp(prefix="careteam-cli-test-"))
+    path = parent / "data"
     yield path
     leftover = running_postmaster(path)
     if leftover is not None:
         leftover.send_signal(signal.SIGCONT)  # a test may have paused it
         leftover.send_signal(signal.SIGQUIT)  # PostgreSQL's immediate shutdown
         assert wait_until(lambda: gone(leftover), 15), "a test server would not stop"
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 @dataclass
@@ -336,10 +345,9 @@ class TestServeWithWorkers:
 
 
 class TestThrowawayServers:
-    def test_a_throwaway_server_leaves_no_directory_behind(self, tmp_path: Path):
+    def test_a_throwaway_server_leaves_no_directory_behind(self, data_dir: Path):
         """The test suite's and the benchmarks' servers (delete_on_exit) take their whole
         data directory with them, not only the server's part of it."""
-        data_dir = tmp_path / "careteam-test-throwaway"
         data_dir.mkdir()
         started = subprocess.run(
             [
