@@ -16,7 +16,7 @@ from src import primary_dedupe
 from src.config import BACKEND_DIR
 from src.diagnostics import Finding, FindingParser
 from src.migration_runner import upgrade
-from tests.helpers import PRIMARIES, RLS, FreshDatabase, seed_duplicates
+from tests.helpers import PRIMARIES, RLS, FreshDatabase, careteam, seed_duplicates
 
 SCRIPT = BACKEND_DIR / "scripts" / "check_primary_provider_violations.py"
 
@@ -359,17 +359,9 @@ class TestOneParser:
         [("--execute",), ("--organization", "nope"), ("--limit", "0"), ("--colour",)],
     )
     def test_careteam_check_and_the_script_answer_bad_arguments_alike(self, args: tuple[str, ...]):
-        env = {**os.environ, "DATABASE_URL": "postgresql://unused@127.0.0.1:1/none"}
-        script = run_check("postgresql://unused@127.0.0.1:1/none", *args)
-        command = subprocess.run(
-            [sys.executable, "-m", "src.cli", "check", *args],
-            cwd=BACKEND_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        unused = "postgresql://unused@127.0.0.1:1/none"
+        script = run_check(unused, *args)
+        command = careteam("check", *args, env={"DATABASE_URL": unused})
         assert script.returncode == command.returncode == 2
         last = script.stderr.strip().splitlines()[-1].split(": error: ", 1)[1]
         assert last == command.stderr.strip().splitlines()[-1].split(": error: ", 1)[1]
