@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from src import primary_dedupe
-from src.config import BACKEND_DIR
+from src.config import BACKEND_DIR, Settings
 from src.diagnostics import Finding, FindingParser
 from src.migration_runner import upgrade
 from tests.helpers import PRIMARIES, RLS, FreshDatabase, careteam, seed_duplicates
@@ -210,13 +210,15 @@ class TestCannotRun:
         assert result.returncode == 2
         assert "run the migrations first" in result.stderr
 
-    async def test_role_that_cannot_see_all_tenants_is_exit_2(self, fresh_database: FreshDatabase):
+    async def test_role_that_cannot_see_all_tenants_is_exit_2(
+        self, fresh_database: FreshDatabase, settings: Settings
+    ):
         """A false 'all clear' is worse than no answer: RLS would hide every row."""
         await upgrade(fresh_database.engine)
         # asyncpg passes unknown URL parameters as server settings: log in as the owner,
         # run as the application role, which RLS applies to.
         separator = "&" if "?" in fresh_database.url else "?"
-        url = f"{fresh_database.url}{separator}role=careteam_app"
+        url = f"{fresh_database.url}{separator}role={settings.app_db_role}"
         result = run_check(url)
         assert result.returncode == 2
         assert "BYPASSRLS" in result.stderr
