@@ -21,7 +21,7 @@ import fcntl
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -71,22 +71,27 @@ MAX_WORKERS = 4
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # xdist's own: the number given there
-    return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+    if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    return min(cores, MAX_WORKERS)
 
 
-@pytest.fixture(autouse=True)
-def _alone_tests_run_alone(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
     """Under xdist, a test marked `alone` runs while no other test does: it holds the
-    run's test lock exclusively, every other test holds it shared. A test about to take it
-    holds the turnstile, which the others pass through before they take theirs, so it
-    is not kept waiting by a stream of them."""
+    run's test lock exclusively, every other test holds it shared, each for its whole run,
+    the setup and teardown of the fixtures it brings up included (the conformance run is
+    a module fixture's). A test about to take it exclusively holds the turnstile, which
+    the others pass through first: a stream of them cannot keep it waiting."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
-        yield
-        return
-    run_dir = tmp_path_factory.getbasetemp().parent  # the controller's: every worker's
-    alone = request.node.get_closest_marker("alone") is not None
+        return (yield)
+    # xdist gives each worker a basetemp of its own in the run's: their locks are there.
+    run_dir = Path(item.config.option.basetemp).parent
+    alone = item.get_closest_marker("alone") is not None
     with (
         (run_dir / "careteam-turnstile.lock").open("a") as turnstile,
         (run_dir / "careteam-tests.lock").open("a") as tests,
@@ -96,7 +101,7 @@ def _alone_tests_run_alone(
             fcntl.flock(turnstile, fcntl.LOCK_UN)
         fcntl.flock(tests, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
         try:
-            yield
+            return (yield)
         finally:
             fcntl.flock(tests, fcntl.LOCK_UN)
             if alone:
