@@ -4,6 +4,12 @@ The suite starts its own throwaway embedded server (deleted at exit), unless
 TEST_DATABASE_URL names a server to use instead. Either way it creates a fresh database
 for the run, migrates it to head once, and drops it at the end.
 
+The suite runs in parallel (pytest-xdist, `-n auto` in pyproject.toml; `-n0` runs it in
+one process). Each worker is a pytest session of its own, so each has its own embedded
+server and database (or its own database on TEST_DATABASE_URL's server); tests marked
+`alone` (the benchmarks and the soak, which measure throughput) run while no other test
+does.
+
 `db` is a session as the application role (RLS applies), on the production path:
 service methods own their transactions and commit for real; each test makes its own
 organization, which isolates it from the others.
@@ -11,10 +17,11 @@ organization, which isolates it from the others.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -56,6 +63,51 @@ class TestServer:
         run_blocking(drop())
 
 
+# Workers of `-n auto`: one per core this process may use, at most 4 (each has its own
+# connection pools, all on one server when TEST_DATABASE_URL is given).
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own: the number given there
+    if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    return min(cores, MAX_WORKERS)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """Under xdist, a test marked `alone` runs while no other test does: it holds the
+    run's test lock exclusively, every other test holds it shared, each for its whole run,
+    the setup and teardown of the fixtures it brings up included (the conformance run is
+    a module fixture's). A test about to take it exclusively holds the turnstile, which
+    the others pass through first: a stream of them cannot keep it waiting."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return (yield)
+    # xdist gives each worker a basetemp of its own in the run's: their locks are there.
+    run_dir = Path(item.config.option.basetemp).parent
+    alone = item.get_closest_marker("alone") is not None
+    with (
+        (run_dir / "careteam-turnstile.lock").open("a") as turnstile,
+        (run_dir / "careteam-tests.lock").open("a") as tests,
+    ):
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        if not alone:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        fcntl.flock(tests, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        try:
+            return (yield)
+        finally:
+            fcntl.flock(tests, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+
 @pytest.fixture(autouse=True)
 def _request_ids_in_captured_logs(caplog: pytest.LogCaptureFixture) -> None:
     """Captured records carry the request id, as the production handler adds it."""
@@ -63,12 +115,32 @@ def _request_ids_in_captured_logs(caplog: pytest.LogCaptureFixture) -> None:
 
 
 @pytest.fixture(scope="session")
-def test_server() -> TestServer:
+def test_server() -> Iterator[TestServer]:
+    """The embedded server of this run (of this worker, in a parallel run), or
+    TEST_DATABASE_URL's server.
+
+    On a given server, each worker of a parallel run has an application role of its own
+    (APP_DB_ROLE + the worker's id), left on the server like the role of a serial run:
+    roles belong to the whole server, and two workers' migrations creating or altering
+    one role at once would fail ("tuple concurrently updated")."""
     given = os.environ.get("TEST_DATABASE_URL", "").strip()
-    if given:
-        return TestServer(to_libpq_url(given))
-    data_dir = Path(tempfile.mkdtemp(prefix="careteam-test-"))
-    return TestServer(start_embedded_server(data_dir, delete_on_exit=True))
+    if not given:
+        data_dir = Path(tempfile.mkdtemp(prefix="careteam-test-"))
+        yield TestServer(start_embedded_server(data_dir, delete_on_exit=True))
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        yield TestServer(to_libpq_url(given))
+        return
+    previous = os.environ.get("APP_DB_ROLE")
+    os.environ["APP_DB_ROLE"] = f"{get_settings().app_db_role}_{worker}"
+    get_settings.cache_clear()
+    yield TestServer(to_libpq_url(given))
+    if previous is None:
+        os.environ.pop("APP_DB_ROLE", None)
+    else:
+        os.environ["APP_DB_ROLE"] = previous
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ never import each other; whatever two of them need lives here.
   production (the application role may not create them): the session's
   `info["owner_engine"]` names the owner's engine (see `with_owner`).
 - HTTP factories create through the API (`post_patient`, `post_provider`).
-- `start_serve` runs `careteam serve` as a subprocess.
+- `careteam` runs a `careteam` command in this process, as its own process would run it;
+  `start_serve` runs `careteam serve` as a subprocess.
 - `seed_duplicates` writes data that breaks the rule, as it was before the migration.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,16 +27,19 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+import warnings
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from typer.testing import CliRunner
 
-from src.config import BACKEND_DIR
+from src.cli import app as careteam_app
+from src.config import BACKEND_DIR, get_settings
 from src.db import Database
 from src.services.transaction import SET_TENANT  # the service's own statement
 
@@ -380,3 +385,54 @@ def start_serve(env: dict[str, str], log: Path, *args: str, timeout_s: float = 9
                 process.wait()
                 raise AssertionError(f"careteam serve did not start:\n{log.read_text()}") from None
             time.sleep(0.2)
+
+
+# --- the careteam command, in this process ---------------------------------------------
+
+# What a fresh interpreter (no -W, no PYTHONWARNINGS) does not print.
+_SILENT_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+
+
+def _warning_to_stderr(  # noqa: PLR0917 (warnings.showwarning's signature)
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def careteam(
+    *args: str, env: Mapping[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`careteam ARGS`, run in this process as its own process runs it: the entry point's
+    typer main (parsing, usage errors, exit codes), then the command; its stdout and
+    stderr apart, with what a fresh process also prints on stderr (log records of WARNING
+    and up, through logging's last resort; warnings). `env` overrides the environment
+    for the run (None unsets a variable); the settings are read again from it.
+
+    An exception that escapes the command (a traceback, for the user) fails the test.
+    A process costs seconds of imports; what only a process shows (signals, the embedded
+    server's users, a process's exit) is tested with real ones."""
+    root = logging.getLogger()
+    handlers, sigterm = root.handlers[:], signal.getsignal(signal.SIGTERM)
+    root.handlers[:] = []  # as in a fresh process: no handler, so the last resort prints
+    get_settings.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.resetwarnings()
+            for category in _SILENT_WARNINGS:
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = _warning_to_stderr
+            result = CliRunner().invoke(
+                careteam_app, list(args), env=env, prog_name="careteam", catch_exceptions=False
+            )
+    finally:
+        root.handlers[:] = handlers
+        signal.signal(signal.SIGTERM, sigterm)  # every command sets it for its process
+        get_settings.cache_clear()
+    return subprocess.CompletedProcess(
+        ["careteam", *args], result.exit_code, result.stdout, result.stderr
+    )

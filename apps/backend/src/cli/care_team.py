@@ -13,12 +13,10 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from src.cli.common import (
     JsonOption,
@@ -32,13 +30,10 @@ from src.cli.common import (
     usage_error,
 )
 from src.config import get_settings
-from src.db import open_database
-from src.models import ChangeReason
-from src.services.care_team_service import MAX_PERIODS_PAGE, CareTeamService
-from src.services.errors import CareTeamError
-from src.services.organization_service import OrganizationService
-from src.services.panel_service import PanelService, PreviousProvider
-from src.values import parse_instant
+from src.models import ChangeReason  # --reason's choices: typer reads them for every command
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 T = TypeVar("T")
 
@@ -65,6 +60,12 @@ def _as_tenant(
     """Run `action(session, organization)` on an application session of the organization:
     the one given (it must exist), or the one of the record `owner_lookup` names
     (`{"patient_id": id}` or `{"provider_id": id}`), found as the owner."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from src.db import open_database
+    from src.services.errors import CareTeamError
+    from src.services.organization_service import OrganizationService
+
     given = None if organization is None else parse_uuid(organization, "ORG_ID")
 
     async def work(engine: AsyncEngine, url: str) -> tuple[uuid.UUID, T]:
@@ -92,6 +93,8 @@ def _as_tenant(
 def _instant(value: str | None) -> datetime.datetime | None:
     if value is None:
         return None
+    from src.values import parse_instant
+
     try:
         return parse_instant(value)
     except ValueError as err:
@@ -122,6 +125,8 @@ def team(
     as_json: JsonOption = False,
 ) -> None:
     """Print a patient's care team (now or --as-of an instant), or all its periods."""
+    from src.services.care_team_service import MAX_PERIODS_PAGE, CareTeamService
+
     patient = parse_uuid(patient_id, "PATIENT_ID")
     instant = _instant(as_of)
     if periods and instant is not None:
@@ -228,6 +233,16 @@ def panel_transfer(
     """Make TO the primary provider of every patient whose primary is FROM, in batches,
     within TO's capacity. A dry run unless --execute; safe to run again (it moves only
     what is left), and an interrupted run resumes where it stopped."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from src.services.panel_service import PanelService, PreviousProvider
+
     source = parse_uuid(from_provider, "FROM_PROVIDER_ID")
     target = parse_uuid(to_provider, "TO_PROVIDER_ID")
     previous = PreviousProvider.REMOVE if remove_previous else PreviousProvider.KEEP_AS_SECONDARY
@@ -309,6 +324,7 @@ def report_panels(
 ) -> None:
     """Every provider's panel size and capacity, and the patients with a care team but no
     primary provider."""
+    from src.services.panel_service import PanelService
 
     async def read(db: AsyncSession, org: uuid.UUID) -> Any:
         return await PanelService.report_panels(db=db, organization_id=org)

@@ -1,4 +1,10 @@
-"""What every command shares: the consoles, one-line failures, the database runner."""
+"""What every command shares: the consoles, one-line failures, the database runner.
+
+`careteam` imports only what building its command tree needs (typer, rich's console, the
+settings, the enums that options take); each command imports the rest (SQLAlchemy's
+engine, alembic, the services, the API app) when it runs, so every command, and --help,
+starts without loading what only the others use.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +16,16 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, is_dataclass
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from alembic.util import CommandError
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from src import diagnostics, migration_runner
 from src.config import ConfigurationError, Settings, get_settings
-from src.db import create_engine
-from src.embedded import (
-    resolve_database_url,
-)
-from src.services.errors import CareTeamError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 # Not a terminal (a pipe, a file, a log): wide enough that no id or time in a table is cut.
 console = Console(width=None if sys.stdout.isatty() else 240)
@@ -73,6 +73,12 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def run(work: Callable[[AsyncEngine, str], Awaitable[T]]) -> T:
     """Run `work(owner engine, its libpq URL)`; turn every expected failure into one line."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from src import diagnostics
+    from src.db import create_engine
+    from src.embedded import resolve_database_url
 
     async def main() -> T:
         settings = get_settings()
@@ -101,6 +107,8 @@ def run(work: Callable[[AsyncEngine, str], Awaitable[T]]) -> T:
 async def require_head(engine: AsyncEngine) -> None:
     """Commands that read or write the data need this release's schema: say so plainly
     (a database not migrated would refuse their statements with a bare SQLSTATE)."""
+    from src import migration_runner
+
     current, head = (
         await migration_runner.current_revision(engine),
         migration_runner.head_revision(),
@@ -121,6 +129,9 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
 
 def owner_call(action: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run a service call on an owner session (organizations and keys span tenants)."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from src.services.errors import CareTeamError
 
     async def work(engine: AsyncEngine, _url: str) -> T:
         await require_head(engine)

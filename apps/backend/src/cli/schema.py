@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from alembic.script import ScriptDirectory
 from rich.table import Table
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from src import database_code, diagnostics, migration_runner
 from src.cli.common import JsonOption, console, errors, print_json, run, usage_error
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from src import database_code
 
 COUNTED_TABLES = (
     "organizations",
@@ -25,6 +27,10 @@ COUNTED_TABLES = (
 
 def _revision_order() -> list[str]:
     """Revisions from base to head."""
+    from alembic.script import ScriptDirectory
+
+    from src import migration_runner
+
     scripts = ScriptDirectory.from_config(migration_runner.alembic_config())
     return [rev.revision for rev in reversed(list(scripts.walk_revisions()))]
 
@@ -41,6 +47,8 @@ async def _counts(engine: AsyncEngine) -> dict[str, int]:
 
 
 async def _drift(engine: AsyncEngine) -> database_code.Drift:
+    from src import database_code
+
     async with engine.connect() as conn:
         return await database_code.find_drift(conn)
 
@@ -67,6 +75,8 @@ def _print_drift(drift: database_code.Drift | None) -> None:
             highlight=False,
         )
     else:
+        from src import database_code
+
         latest = database_code.latest_versions()
         found = [f"{name} differs from sql/{latest[name]}" for name in drift.differ]
         found += [f"{name} is missing" for name in drift.missing]
@@ -83,6 +93,8 @@ async def _report_status(engine: AsyncEngine, url: str, *, as_json: bool = False
     then the primary-provider check (20 of each kind); as JSON, the revision, the
     functions' comparison and the counts (`careteam check --json` has the check's).
     A report: it exits 0 whatever it finds."""
+    from src import diagnostics, migration_runner
+
     revision = await migration_runner.current_revision(engine)
     head = migration_runner.head_revision()
     counts = {} if revision is None else await _counts(engine)
@@ -121,6 +133,8 @@ def migrate(
 ) -> None:
     """Migrate the database to head (or --to REV, up or down), then report its state
     (with --json: progress on stderr, the state as JSON)."""
+    from src import migration_runner
+
     order = _revision_order()
     if to not in ("head", "base") and to not in order:
         usage_error(f"unknown revision {to!r}; known: {', '.join(order)}")
@@ -155,4 +169,6 @@ def check(ctx: typer.Context) -> None:
     The same program, with the same options, as scripts/check_primary_provider_violations.py:
     `careteam check --help` lists them (--json, --organization, --limit, --fix, --execute).
     """
+    from src import diagnostics
+
     raise typer.Exit(diagnostics.main(ctx.args, prog="careteam check"))

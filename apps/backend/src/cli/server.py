@@ -8,16 +8,11 @@ import signal
 import sys
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import uvicorn
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from src import migration_runner
-from src.api.app import create_app
-from src.api.http_protocol import HeadLimitedHttpToolsProtocol
 from src.cli.common import (
     CommandFailed,
     JsonOption,
@@ -29,20 +24,11 @@ from src.cli.common import (
     usage_error,
 )
 from src.config import ConfigurationError, get_settings
-from src.db import open_database
-from src.embedded import (
-    EmbeddedServerError,
-    ServerInUse,
-    is_running,
-    release_database,
-    resolve_database_url,
-    stop_embedded_server,
-    supervised,
-)
-from src.log_config import configure_logging
-from src.services.care_team_service import CareTeamService
-from src.services.directory_service import DirectoryService
-from src.services.organization_service import IssuedApiKey, OrganizationService
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from src.services.organization_service import IssuedApiKey
 
 
 @dataclass(frozen=True)
@@ -74,6 +60,13 @@ class DemoSeed:
 async def _seed_demo(engine: AsyncEngine, url: str) -> DemoSeed | None:
     """On an empty database: a demo organization, three providers, two patients, and a
     care team for the first patient. Returns what it made, or None."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from src.db import open_database
+    from src.services.care_team_service import CareTeamService
+    from src.services.directory_service import DirectoryService
+    from src.services.organization_service import OrganizationService
+
     async with engine.connect() as conn:
         if (await conn.execute(text("SELECT count(*) FROM organizations"))).scalar_one():
             return None
@@ -146,6 +139,14 @@ def serve(
     head. With several workers, each is a process of its own on the one database (and
     the one embedded server, started once here).
     """
+    import uvicorn
+
+    from src import migration_runner
+    from src.api.app import create_app
+    from src.api.http_protocol import HeadLimitedHttpToolsProtocol
+    from src.embedded import EmbeddedServerError, is_running, release_database, supervised
+    from src.log_config import configure_logging
+
     settings = settings_or_fail()
     level = (log_level or settings.log_level).upper()
     configure_logging(level, settings.log_format)
@@ -220,6 +221,8 @@ def db_url(as_json: JsonOption = False) -> None:
     With the embedded server, starts it if needed and leaves it running (stop it with
     `careteam db-stop`); a server that `serve` started still stops with `serve`.
     """
+    from src.embedded import resolve_database_url
+
     try:
         url = resolve_database_url(settings_or_fail(), keep_running=True)
     except ConfigurationError as err:
@@ -244,6 +247,8 @@ def db_stop(
     another careteam process (e.g. serve) uses it, naming its PID, unless --force
     (exit 1); exit 1 as well if it does not stop.
     """
+    from src.embedded import EmbeddedServerError, ServerInUse, stop_embedded_server
+
     settings = settings_or_fail()
     if settings.database_url is not None:
         console.print("DATABASE_URL is set: no embedded server to stop.")

@@ -4,7 +4,7 @@ revoke."""
 from __future__ import annotations
 
 import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -17,7 +17,9 @@ from src.cli.common import (
     print_json,
     usage_error,
 )
-from src.services.organization_service import IssuedApiKey, OrganizationService
+
+if TYPE_CHECKING:
+    from src.services.organization_service import IssuedApiKey
 
 org_app = typer.Typer(help="Organizations (tenants).", no_args_is_help=True)
 key_app = typer.Typer(help="API keys (only their hashes are stored).", no_args_is_help=True)
@@ -60,6 +62,8 @@ def org_create(
     as_json: JsonOption = False,
 ) -> None:
     """Create an organization and its first API key; print them once."""
+    from src.services.organization_service import OrganizationService
+
     name = _name(name, "NAME")
     issued = owner_call(lambda db: OrganizationService.create_organization(db=db, name=name))
     _print_key(issued, as_json)
@@ -68,6 +72,8 @@ def org_create(
 @org_app.command("list")
 def org_list(as_json: JsonOption = False) -> None:
     """Every organization: id, name, created, live (unrevoked) keys."""
+    from src.services.organization_service import OrganizationService
+
     organizations = owner_call(lambda db: OrganizationService.list_organizations(db=db))
     if as_json:
         print_json({"items": organizations})
@@ -87,6 +93,8 @@ def key_create(
     as_json: JsonOption = False,
 ) -> None:
     """Issue another API key for an organization; print it once."""
+    from src.services.organization_service import OrganizationService
+
     org = parse_uuid(organization_id, "ORG_ID")
     label = None if name is None else _name(name, "--name")
     issued = owner_call(
@@ -98,6 +106,8 @@ def key_create(
 @key_app.command("list")
 def key_list(organization_id: OrgId, as_json: JsonOption = False) -> None:
     """An organization's keys: id, name, created, revoked (never a secret)."""
+    from src.services.organization_service import OrganizationService
+
     org = parse_uuid(organization_id, "ORG_ID")
     keys = owner_call(lambda db: OrganizationService.list_api_keys(db=db, organization_id=org))
     if as_json:
@@ -115,6 +125,8 @@ def key_revoke(
     as_json: JsonOption = False,
 ) -> None:
     """Revoke an API key; it stops working at once."""
+    from src.services.organization_service import OrganizationService
+
     key = parse_uuid(key_id, "KEY_ID")
     revoked = owner_call(lambda db: OrganizationService.revoke_api_key(db=db, key_id=key))
     org = revoked.organization_id

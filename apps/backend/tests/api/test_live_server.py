@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from src.config import BACKEND_DIR
+from src.config import BACKEND_DIR, Settings
 from tests.helpers import FreshDatabase, LiveApi, http_json, start_serve
 
 
@@ -73,7 +73,7 @@ class TestRequestHeads:
 
 class TestDatabaseLogins:
     async def test_the_api_process_holds_no_owner_connection(
-        self, fresh_database: FreshDatabase, tmp_path: Path
+        self, fresh_database: FreshDatabase, settings: Settings, tmp_path: Path
     ):
         env = {"DATABASE_URL": fresh_database.url}
         api = start_serve(env, tmp_path / "serve.log", "--migrate", "--log-level", "warning")
@@ -107,4 +107,4 @@ class TestDatabaseLogins:
         finally:
             api.stop()
         assert logins, "the API holds no connection at all"
-        assert {row["usename"] for row in logins} == {"careteam_app"}
+        assert {row["usename"] for row in logins} == {settings.app_db_role}

@@ -14,7 +14,7 @@ import pytest
 
 from src.config import BACKEND_DIR
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 def run_script(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:

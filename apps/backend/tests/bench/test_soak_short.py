@@ -11,7 +11,7 @@ import pytest
 
 from src.config import BACKEND_DIR
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 def test_soak_short_run_passes_every_check():

