@@ -24,7 +24,9 @@ import csv
 import datetime
 import io
 import json
+import shutil
 import sys
+import textwrap
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -712,29 +714,53 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+class _ClickStyleHelp(argparse.HelpFormatter):
+    """`--help` written as click writes every other careteam command's: "Usage:", the
+    description indented, "Options:", at most 80 columns wide."""
+
+    def __init__(self, prog: str) -> None:
+        width = min(80, shutil.get_terminal_size().columns)
+        super().__init__(prog, max_help_position=30, width=width)
+
+    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: Any = None) -> None:
+        super().add_usage(usage, actions, groups, prefix="Usage: ")
+
+    def _format_text(self, text: str) -> str:
+        width = self._width - 2
+        return textwrap.fill(text, width, initial_indent="  ", subsequent_indent="  ") + "\n\n"
+
+
 def parse_args(
     argv: list[str] | None = None, description: str | None = None, prog: str | None = None
 ) -> Options:
     """The one parser of the diagnostic's options, for the script and `careteam check`."""
-    parser = argparse.ArgumentParser(prog=prog, description=description or DESCRIPTION)
-    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage="%(prog)s [OPTIONS]",
+        description=description or DESCRIPTION,
+        formatter_class=_ClickStyleHelp,
+        add_help=False,
+    )
+    parser._optionals.title = "Options"
+    parser.add_argument("--json", action="store_true", help="One JSON object on stdout.")
     parser.add_argument(
-        "--organization", type=_organization, metavar="ORG_ID", help="check one organization only"
+        "--organization", type=_organization, metavar="ORG_ID", help="Check one organization only."
     )
     parser.add_argument(
         "--limit",
         type=_positive,
         metavar="N",
-        help="list at most N of each kind (all are still counted)",
+        help="List at most N of each kind (all are still counted).",
     )
     parser.add_argument(
-        "--fix", action="store_true", help="say what the dedupe would change (dry run)"
+        "--fix", action="store_true", help="Say what the dedupe would change (a dry run)."
     )
     parser.add_argument(
         "--execute",
         action="store_true",
-        help="with --fix: apply the dedupe (same rule, lock and events as the migration)",
+        help="With --fix: apply the dedupe (same rule, lock and events as the migration).",
     )
+    parser.add_argument("--help", action="help", help="Show this message and exit.")
     args = parser.parse_args(argv)
     if args.execute and not args.fix:
         parser.error("--execute only goes with --fix")

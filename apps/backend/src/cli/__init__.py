@@ -23,6 +23,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help, as click writes it, for every command (check's argparse help is written
+    # in the same style: src/diagnostics.py): no boxes, no type names for flags.
+    rich_markup_mode=None,
 )
 
 

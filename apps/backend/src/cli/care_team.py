@@ -211,11 +211,18 @@ def panel_transfer(
     *,
     reason: Annotated[
         ChangeReason,
-        typer.Option(help="Why the patients move (stored on every event and period)."),
+        typer.Option(
+            metavar="REASON",
+            help="Why the patients move (stored on every event and period): "
+            + ", ".join(r.value for r in ChangeReason)
+            + ".",
+        ),
     ],
     note: Annotated[
         str | None,
-        typer.Option(help="Free text stored with the change (never logged), at most 500."),
+        typer.Option(
+            metavar="TEXT", help="Free text stored with the change (never logged), at most 500."
+        ),
     ] = None,
     remove_previous: Annotated[
         bool,

@@ -128,7 +128,7 @@ async def _report_status(engine: AsyncEngine, url: str, *, as_json: bool = False
 
 
 def migrate(
-    to: Annotated[str, typer.Option("--to", help="Target revision (default: head).")] = "head",
+    to: Annotated[str, typer.Option("--to", metavar="REV", help="Target revision.")] = "head",
     as_json: JsonOption = False,
 ) -> None:
     """Migrate the database to head (or --to REV, up or down), then report its state

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import signal
+import socket
 import sys
 import uuid
 from dataclasses import dataclass
@@ -112,10 +114,13 @@ async def _seed_demo(engine: AsyncEngine, url: str) -> DemoSeed | None:
 
 
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, metavar="PORT", help="Port to listen on.")
+    ] = 8000,
     log_level: Annotated[
-        str | None, typer.Option(help="debug, info, warning or error (default: LOG_LEVEL).")
+        str | None,
+        typer.Option(metavar="LEVEL", help="debug, info, warning or error (default: LOG_LEVEL)."),
     ] = None,
     migrate: Annotated[
         bool,
@@ -126,7 +131,9 @@ def serve(
     ] = False,
     workers: Annotated[
         int,
-        typer.Option(min=1, max=64, help="Worker processes (one per core is the usual choice)."),
+        typer.Option(
+            min=1, max=64, metavar="N", help="Worker processes (one per core is the usual choice)."
+        ),
     ] = 1,
 ) -> None:
     """Serve the HTTP API (Ctrl-C or SIGTERM stops it, and the embedded server if it
@@ -151,6 +158,9 @@ def serve(
     level = (log_level or settings.log_level).upper()
     configure_logging(level, settings.log_format)
     embedded = settings.database_url is None
+    refused = _cannot_listen(host, port)
+    if refused:
+        fail(refused)  # before anything starts or says it serves
 
     async def prepare(engine: AsyncEngine, url: str) -> tuple[str, DemoSeed | None]:
         if embedded or migrate:
@@ -215,6 +225,28 @@ def serve(
         console.print("Stopped.")
 
 
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on (in use, not an address of this machine),
+    or None: checked by binding it, as uvicorn will, then letting it go."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        return f"cannot listen on {host}:{port}: {err.strerror}"
+    family, kind, proto, _, address = addresses[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is in use by another process: stop it, or serve "
+                    "on another port (--port)"
+                )
+            return f"cannot listen on {host}:{port}: {err.strerror}"
+    return None
+
+
 def db_url(as_json: JsonOption = False) -> None:
     """Print the libpq URL of the database in use: psql "$(uv run careteam db-url)".
 
@@ -238,7 +270,10 @@ def db_stop(
         bool, typer.Option("--force", help="Stop it even while other careteam processes use it.")
     ] = False,
     timeout: Annotated[
-        float, typer.Option(min=1, help="Seconds to wait for a clean stop, then for a hard one.")
+        float,
+        typer.Option(
+            min=1, metavar="S", help="Seconds to wait for a clean stop, then for a hard one."
+        ),
     ] = 30,
 ) -> None:
     """Stop the embedded PostgreSQL server (a no-op with DATABASE_URL).

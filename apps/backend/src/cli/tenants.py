@@ -88,7 +88,8 @@ def org_list(as_json: JsonOption = False) -> None:
 def key_create(
     organization_id: OrgId,
     name: Annotated[
-        str | None, typer.Option("--name", help="What the key is for (e.g. the integration).")
+        str | None,
+        typer.Option("--name", metavar="NAME", help="What the key is for (e.g. the integration)."),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:

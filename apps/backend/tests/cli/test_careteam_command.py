@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.config import BACKEND_DIR
-from src.embedded import Supervisor, release_embedded_server, start_embedded_server
-from src.migration_runner import downgrade, upgrade
+from src.embedded import Supervisor, release_embedded_server, run_blocking, start_embedded_server
 from src.services.care_team_service import CareTeamService
 from src.services.directory_service import DirectoryService
 from tests.helpers import (
@@ -45,6 +46,16 @@ from tests.helpers import (
     start_serve,
 )
 from tests.helpers import free_port as _free_port
+
+
+async def owner_executes(url: str, *statements: str) -> None:
+    """Run `statements` on the database at `url` (a connection of its own)."""
+    conn = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 def careteam_process(
@@ -156,11 +167,11 @@ class TestDatabaseCommands:
         assert check.returncode == 0
         assert careteam("db-url", env=env).stdout.strip() == fresh_database.url
 
-    async def test_status_names_the_functions_that_are_not_their_files(
+    def test_status_names_the_functions_that_are_not_their_files(
         self, fresh_database: FreshDatabase
     ):
         env = {"DATABASE_URL": fresh_database.url}
-        await upgrade(fresh_database.engine)
+        assert careteam("migrate", env=env).returncode == 0
         clean = careteam("status", "--json", env=env)
         assert clean.returncode == 0, clean.stderr
         assert json.loads(clean.stdout)["database_code"] == {
@@ -172,13 +183,14 @@ class TestDatabaseCommands:
         assert "Database code: each of the " in careteam("status", env=env).stdout
 
         # Changed by hand, outside any revision: one body replaced, one function dropped.
-        await fresh_database.execute(
-            "CREATE OR REPLACE FUNCTION careteam_name_keys() RETURNS trigger "
-            "LANGUAGE plpgsql AS $$ BEGIN NEW.first_name_key := NEW.first_name; "
-            "RETURN NEW; END $$"
-        )
-        await fresh_database.execute(
-            "DROP FUNCTION careteam_care_team_as_of(uuid, uuid, timestamptz, text)"
+        run_blocking(
+            owner_executes(
+                fresh_database.url,
+                "CREATE OR REPLACE FUNCTION careteam_name_keys() RETURNS trigger "
+                "LANGUAGE plpgsql AS $$ BEGIN NEW.first_name_key := NEW.first_name; "
+                "RETURN NEW; END $$",
+                "DROP FUNCTION careteam_care_team_as_of(uuid, uuid, timestamptz, text)",
+            )
         )
         status = careteam("status", env=env)
         assert status.returncode == 0, status.stderr  # a report, as with violations
@@ -196,7 +208,8 @@ class TestDatabaseCommands:
         }
 
         # Below head, what runs is the earlier revisions' code: not compared.
-        await downgrade(fresh_database.engine, "20261206_period_changes_by_index")
+        down = careteam("migrate", "--to", "20261206_period_changes_by_index", env=env)
+        assert down.returncode == 0, down.stderr
         below = careteam("status", env=env)
         assert "Database code: not checked (the database is not at head)" in below.stdout
         as_json = careteam("status", "--json", env=env)
@@ -346,6 +359,20 @@ def serving(data_dir: Path, *args: str) -> Iterator[Serve]:
 
 
 class TestServeReleaseSteps:
+    def test_a_port_in_use_is_said_plainly_before_anything_starts(self, database_url: str):
+        """serve printed "Serving ..." first, then exited 3 (uvicorn's code)."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = careteam("serve", "--port", str(port), env={"DATABASE_URL": database_url})
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"❌ ERROR: port {port} on 127.0.0.1 is in use by another process: stop it, or "
+            "serve on another port (--port)"
+        )
+        assert "Serving" not in result.stdout
+
     def test_with_database_url_it_serves_only_a_schema_at_head(
         self, fresh_database: FreshDatabase, tmp_path: Path
     ):
@@ -739,8 +766,41 @@ class TestCareTeamsAndPanels:
         sizes = {p["provider_id"]: p["panel_size"] for p in report["providers"]}
         assert sizes == {str(busy): 3, str(idle): 0}
 
+    def test_an_organization_that_does_not_exist_is_said_so(self, clinic: tuple[Any, ...]):
+        """`report panels --organization <unknown>` printed an empty report, exit 0."""
+        unknown = str(uuid.uuid4())
+        for args in (("report", "panels"), ("team", str(clinic[1][0]))):
+            result = careteam(*args, "--organization", unknown)
+            assert result.returncode == 1, (args, result.stdout)
+            assert f"organization {unknown} not found" in result.stderr
+            assert result.stdout == ""
+
 
 class TestTheCommandContract:
+    def test_every_help_is_written_in_one_style(self):
+        """Flags were shown as taking a value (`--json <bool>`), text was wrapped twice,
+        and `check --help` was laid out unlike the rest."""
+        import typer.main  # noqa: PLC0415 (only this test walks the command tree)
+
+        from src.cli import app  # noqa: PLC0415
+
+        def commands(command: Any, path: list[str]) -> list[list[str]]:
+            found = [path]
+            for name, sub in getattr(command, "commands", {}).items():
+                found += commands(sub, [*path, name])
+            return found
+
+        for path in commands(typer.main.get_command(app), []):
+            result = careteam(*path, "--help", env={"COLUMNS": "200"})
+            assert result.returncode == 0, (path, result.stderr)
+            text = result.stdout
+            assert text.startswith("Usage: careteam"), (path, text)
+            assert "\nOptions:\n" in text, path
+            assert "<bool>" not in text and "╭" not in text, (path, text)
+            body = text.splitlines()[1:]  # the usage line is as long as its arguments
+            assert max(len(line) for line in body) <= 80, (path, text)
+            assert "  --help " in text, path
+
     def test_every_argument_and_option_has_help(self):
         import typer.main  # noqa: PLC0415 (only this test walks the command tree)
 
