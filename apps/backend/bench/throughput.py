@@ -12,10 +12,10 @@ The server runs with its default durability (synchronous_commit on); --async-com
 turns it off for that database, for pgbench and the service alike, to compare the two
 where the CPU, not the disk's fsync, is the limit. Then, in one run, for each client count:
 
-- pgbench runs the SQL statements one assignment needs, generated from the service's
-  own SQL constants (BEGIN, tenant, patient lock with the provider check, demote with
-  its events, promote with its event, read-back, COMMIT), as the application role:
-  the baseline;
+- pgbench runs the statement one assignment sends, generated from the service's own
+  SQL constant (careteam_change_team: tenant, patient lock with the provider check,
+  demote, promote, events, read-back, in one implicit transaction), as the
+  application role: the baseline;
 - the same through CareTeamService, N concurrent clients in one Python process, each
   call in a new session (as an HTTP request has);
 - (at 8 clients) the same with each client keeping one session for the whole measure,
@@ -143,9 +143,10 @@ def as_pgbench(statement: Any, **overrides: str) -> str:
 ENTER = Sql("SELECT careteam_enter($1, NULL)", "org")
 
 # One assignment: the very statement CareTeamService.assign_primary_provider sends
-# (taken from its module), alone, in an implicit transaction: careteam_write sets the
-# tenant, runs the write function (patient lock, provider lock and check, demote,
-# promote, events; the trigger writes the periods) and reads the team back.
+# (taken from its module), alone, in an implicit transaction: careteam_change_team sets
+# the tenant, runs the write function (patient lock, provider lock and check, demote,
+# promote, events; the trigger writes the periods) and reads the team back (no
+# Idempotency-Key, as the benchmark's requests send none).
 PGBENCH_ASSIGN = (
     "\n".join(
         [
@@ -156,6 +157,8 @@ PGBENCH_ASSIGN = (
                 op="'assign_primary'",
                 if_version="NULL",
                 write_id="gen_random_uuid()",
+                idempotency_key="NULL",
+                fingerprint="NULL",
             ),
         ]
     )

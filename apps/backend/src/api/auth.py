@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -173,10 +172,4 @@ async def _nothing() -> Message:
     return {"type": "http.disconnect"}
 
 
-async def request_credential(request: Request) -> Credential:
-    """The dependency form of credential_of (routes: `caller: CurrentCaller`). Async:
-    FastAPI runs a plain function in a thread."""
-    return credential_of(request.scope)
-
-
-__all__: list[Any] = ["Authentication", "credential_of", "needs_key", "request_credential"]
+__all__: list[Any] = ["Authentication", "credential_of", "needs_key"]

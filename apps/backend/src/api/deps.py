@@ -1,14 +1,13 @@
-"""Request dependencies: the database session, acting as the request's API key, and the
-caller (the key's organization), which src/api/auth.py authenticated before routing."""
+"""What a route needs of its request: the database session, acting as the request's API
+key, and the caller (the key's organization), which src/api/auth.py authenticated
+before routing. Plain functions the routes call, not FastAPI dependencies."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Depends, Request
+from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.api.auth import CREDENTIAL_STATE, request_credential
+from src.api.auth import CREDENTIAL_STATE, credential_of
 from src.db import Database
 from src.services import credentials
 from src.services.credentials import Credential
@@ -22,11 +21,12 @@ def database_of(request: Request) -> Database:
 SESSION_STATE = "careteam_session"
 
 
-async def get_db(request: Request) -> AsyncSession:
-    """An application-role session for the request (RLS applies) that acts as its API
-    key (credentials.act_as), if it has one. RequestContextMiddleware closes it once the
-    response is sent. (A plain dependency: one with `yield` costs FastAPI about 0.07 ms
-    of CPU per request; and `async`, as FastAPI runs a plain function in a thread.)"""
+def session_of(request: Request) -> AsyncSession:
+    """The request's application-role session (RLS applies), acting as its API key
+    (credentials.act_as) if it has one; made on first use, closed by
+    RequestContextMiddleware once the response is sent. Routes call it (and caller_of)
+    rather than declare them as dependencies: FastAPI's resolution of these two cost a
+    care-team read about a twentieth of its CPU (docs/PERFORMANCE.md)."""
     state = request.scope["state"]
     session: AsyncSession | None = state.get(SESSION_STATE)
     if session is None:
@@ -37,8 +37,8 @@ async def get_db(request: Request) -> AsyncSession:
     return session
 
 
-DB = Annotated[AsyncSession, Depends(get_db)]
-
-# The caller: the organization (tenant) and the key, decided by the key only, never by
-# the path or the body. `caller.organization_id`, `caller.actor`.
-CurrentCaller = Annotated[Credential, Depends(request_credential)]
+def caller_of(request: Request) -> Credential:
+    """The caller: the organization (tenant) and the key, decided by the key only (never
+    by the path or the body), as Authentication found it. `caller.organization_id`,
+    `caller.actor`."""
+    return credential_of(request.scope)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Query, Request
 
 from src.api.auth import credential_of
 from src.api.deps import database_of
@@ -39,9 +39,6 @@ async def cursors_of(request: Request) -> Cursors:
             key = await SecretService.cursor_key(db=db)
         setattr(state, CURSOR_KEY_STATE, key)
     return Cursors(key, credential_of(request.scope).organization_id)
-
-
-PageCursors = Annotated[Cursors, Depends(cursors_of)]
 
 
 def open_cursor(

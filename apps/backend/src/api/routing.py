@@ -76,9 +76,12 @@ class StrictRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         declared = frozenset(_query_names(self.dependant))
+        reads_body = self.body_field is not None
 
         async def strict_handler(request: Request) -> Response:
-            unknown = sorted(name for name in request.query_params if name not in declared)
+            unknown = []
+            if request.scope["query_string"]:  # most requests have none: nothing to parse
+                unknown = sorted(name for name in request.query_params if name not in declared)
             if unknown:
                 raise RequestValidationError(
                     [
@@ -91,6 +94,8 @@ class StrictRoute(APIRoute):
                         for name in unknown
                     ]
                 )
-            return await handler(StrictRequest(request.scope, request.receive))
+            if reads_body:
+                request = StrictRequest(request.scope, request.receive)
+            return await handler(request)
 
         return strict_handler

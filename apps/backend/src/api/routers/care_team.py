@@ -9,12 +9,12 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
-from src.api.conditional import IfMatch, IfNoneMatch, conditional_read, expected, team_etag
-from src.api.deps import DB, CurrentCaller
+from src.api.conditional import IF_NONE_MATCH, IfMatch, conditional_read, expected, team_etag
+from src.api.deps import caller_of, session_of
 from src.api.errors import CREATED_HEADERS, link, links, problem_responses
 from src.api.fields import Instant
 from src.api.idempotency import Idempotency, Reply, as_response, reply, respond
-from src.api.paging import CursorParam, PageCursors, open_cursor
+from src.api.paging import CursorParam, cursors_of, open_cursor
 from src.api.routing import StrictRoute
 from src.api.schemas import (
     CareTeamEventOut,
@@ -58,6 +58,7 @@ def render(team: CareTeam) -> CareTeamOut:
 
 @router.get(
     "",
+    openapi_extra=IF_NONE_MATCH,
     response_model=CareTeamOut,
     responses={
         200: {"headers": {"ETag": {"schema": {"type": "string"}}}},
@@ -68,15 +69,13 @@ def render(team: CareTeam) -> CareTeamOut:
 async def get_care_team(
     patient_id: uuid.UUID,
     request: Request,
-    db: DB,
-    caller: CurrentCaller,
     *,
     as_of: AsOf = None,
-    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """The care team, primary first, each member with its name and whether it is active;
     with `as_of`, as it stood at that instant. The current team carries an ETag (send it
     as If-Match on a write to change only the team you read)."""
+    db, caller = session_of(request), caller_of(request)
     team = await CareTeamService.get_care_team(
         db=db, organization_id=caller.organization_id, patient_id=patient_id, as_of=as_of
     )
@@ -124,10 +123,9 @@ def _version(if_match: str | None) -> tuple[int, ...] | None:
     },
 )
 async def assign_primary_provider(
+    request: Request,
     patient_id: uuid.UUID,
     body: TeamChange,
-    db: DB,
-    caller: CurrentCaller,
     *,
     idempotency: Idempotency,
     if_match: IfMatch = None,
@@ -135,6 +133,7 @@ async def assign_primary_provider(
     """Make the provider the primary; the previous primary stays on the team as secondary.
     409 panel_full when the provider's panel is at its capacity. With If-Match (the
     team's ETag), only if the team did not change since (412)."""
+    db, caller = session_of(request), caller_of(request)
     result = await CareTeamService.assign_primary_provider(
         db=db,
         organization_id=caller.organization_id,
@@ -171,10 +170,9 @@ async def assign_primary_provider(
     },
 )
 async def add_care_team_member(
+    request: Request,
     patient_id: uuid.UUID,
     body: TeamChange,
-    db: DB,
-    caller: CurrentCaller,
     *,
     idempotency: Idempotency,
     if_match: IfMatch = None,
@@ -182,6 +180,7 @@ async def add_care_team_member(
     """Add the provider as a secondary: 201 when added, 200 when it already was one (409
     if it is the primary). With If-Match (the team's ETag), only if the team did not
     change since (412)."""
+    db, caller = session_of(request), caller_of(request)
     result = await CareTeamService.add_secondary_provider(
         db=db,
         organization_id=caller.organization_id,
@@ -208,10 +207,9 @@ async def add_care_team_member(
     ),
 )
 async def remove_care_team_member(
+    request: Request,
     patient_id: uuid.UUID,
     provider_id: uuid.UUID,
-    db: DB,
-    caller: CurrentCaller,
     *,
     body: Annotated[MemberRemoval | None, Body()] = None,
     idempotency: Idempotency,
@@ -220,6 +218,7 @@ async def remove_care_team_member(
     """Take the provider off the team (removing the primary leaves none). The body, if
     any, gives the reason and a note. With If-Match (the team's ETag), only if the team
     did not change since (412)."""
+    db, caller = session_of(request), caller_of(request)
     change = body or MemberRemoval()
     result = await CareTeamService.remove_provider(
         db=db,
@@ -241,15 +240,15 @@ async def remove_care_team_member(
     responses=problem_responses(InvalidCursor, PatientNotFound),
 )
 async def get_care_team_history(
+    request: Request,
     patient_id: uuid.UUID,
-    db: DB,
-    caller: CurrentCaller,
     *,
-    cursors: PageCursors,
     limit: Limit = 50,
     cursor: CursorParam = None,
 ) -> CareTeamHistoryOut:
     """The care team's events, newest first, `limit` at a time."""
+    db, caller = session_of(request), caller_of(request)
+    cursors = await cursors_of(request)
     list_key = f"care_team_history:{patient_id}"
     before = None if cursor is None else open_cursor(cursors, list_key, cursor, int)[0]
     events = await CareTeamService.get_care_team_history(
@@ -272,16 +271,16 @@ async def get_care_team_history(
     responses=problem_responses(InvalidCursor, PatientNotFound),
 )
 async def get_care_team_periods(
+    request: Request,
     patient_id: uuid.UUID,
-    db: DB,
-    caller: CurrentCaller,
     *,
-    cursors: PageCursors,
     limit: Limit = 50,
     cursor: CursorParam = None,
 ) -> CareTeamPeriodsOut:
     """When each provider held which role on the team, oldest first: `valid_to` is null
     while a period lasts."""
+    db, caller = session_of(request), caller_of(request)
+    cursors = await cursors_of(request)
     list_key = f"care_team_periods:{patient_id}"
     after = None
     if cursor is not None:

@@ -9,20 +9,21 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.api.conditional import (
+    IF_NONE_MATCH,
     IfMatch,
-    IfNoneMatch,
     conditional_read,
     expected,
     patient_etag,
     provider_etag,
 )
-from src.api.deps import DB, CurrentCaller
+from src.api.deps import caller_of, session_of
 from src.api.errors import CREATED_HEADERS, link, links, problem_responses
 from src.api.fields import BirthDate, identifier_query_pattern
 from src.api.idempotency import Idempotency, Reply, as_response, reply, respond
-from src.api.paging import CursorParam, PageCursors, list_key, open_cursor
+from src.api.paging import CursorParam, cursors_of, list_key, open_cursor
 from src.api.routing import StrictRoute
 from src.api.schemas import (
     IdentifierIn,
@@ -107,7 +108,7 @@ def _identifiers(items: list[IdentifierIn]) -> list[Identifier]:
 
 
 async def _changes_page(
-    db: DB,
+    db: AsyncSession,
     caller: Credential,
     cursors: Cursors,
     *,
@@ -160,9 +161,10 @@ async def _changes_page(
     },
 )
 async def create_patient(
-    body: PatientCreate, db: DB, caller: CurrentCaller, idempotency: Idempotency
+    request: Request, body: PatientCreate, idempotency: Idempotency
 ) -> Response:
     """Identifiers are unique per (system, value) in your organization."""
+    db, caller = session_of(request), caller_of(request)
     result = await DirectoryService.create_patient(
         db=db,
         organization_id=caller.organization_id,
@@ -183,9 +185,7 @@ async def create_patient(
     responses=problem_responses(InvalidCursor),
 )
 async def list_patients(
-    db: DB,
-    caller: CurrentCaller,
-    cursors: PageCursors,
+    request: Request,
     *,
     name: NamePrefix = None,
     dob: Annotated[BirthDate | None, Query(description="Born on this date")] = None,
@@ -202,6 +202,8 @@ async def list_patients(
 ) -> PatientListOut:
     """Your organization's patients in id order, `limit` at a time, filtered by what is
     given (all of it must hold)."""
+    db, caller = session_of(request), caller_of(request)
+    cursors = await cursors_of(request)
     key = list_key("patients", name=_nfc(name), dob=dob, identifier=identifier)
     after = None if cursor is None else open_cursor(cursors, key, cursor, uuid.UUID)[0]
     found = await DirectoryService.list_patients(
@@ -222,6 +224,7 @@ async def list_patients(
 
 @router.get(
     "/patients/{patient_id}",
+    openapi_extra=IF_NONE_MATCH,
     response_model=PatientOut,
     tags=["patients"],
     responses={
@@ -233,10 +236,8 @@ async def list_patients(
 async def get_patient(
     patient_id: uuid.UUID,
     request: Request,
-    db: DB,
-    caller: CurrentCaller,
-    if_none_match: IfNoneMatch = None,
 ) -> Response:
+    db, caller = session_of(request), caller_of(request)
     record = await DirectoryService.get_patient(
         db=db, organization_id=caller.organization_id, patient_id=patient_id
     )
@@ -253,16 +254,16 @@ async def get_patient(
     ),
 )
 async def update_patient(
+    request: Request,
     patient_id: uuid.UUID,
     body: PatientUpdate,
-    db: DB,
-    caller: CurrentCaller,
     *,
     idempotency: Idempotency,
     if_match: IfMatch = None,
 ) -> Response:
     """Change what is given, validated as on create; `identifiers` replaces the list.
     With If-Match (the ETag of your read), only if nobody changed it since (412)."""
+    db, caller = session_of(request), caller_of(request)
     version = expected(if_match, "p")
     result = await DirectoryService.update_patient(
         db=db,
@@ -286,16 +287,16 @@ async def update_patient(
     responses=problem_responses(InvalidCursor, PatientNotFound),
 )
 async def get_patient_changes(
+    request: Request,
     patient_id: uuid.UUID,
-    db: DB,
-    caller: CurrentCaller,
     *,
-    cursors: PageCursors,
     limit: Limit = 50,
     cursor: CursorParam = None,
 ) -> RecordChangesOut:
     """Who created and changed the record, which fields (never their values), and when;
     newest first."""
+    db, caller = session_of(request), caller_of(request)
+    cursors = await cursors_of(request)
     return await _changes_page(
         db,
         caller,
@@ -332,8 +333,9 @@ async def get_patient_changes(
     },
 )
 async def create_provider(
-    body: ProviderCreate, db: DB, caller: CurrentCaller, idempotency: Idempotency
+    request: Request, body: ProviderCreate, idempotency: Idempotency
 ) -> Response:
+    db, caller = session_of(request), caller_of(request)
     result = await DirectoryService.create_provider(
         db=db,
         organization_id=caller.organization_id,
@@ -353,9 +355,7 @@ async def create_provider(
     responses=problem_responses(InvalidCursor),
 )
 async def list_providers(
-    db: DB,
-    caller: CurrentCaller,
-    cursors: PageCursors,
+    request: Request,
     *,
     name: NamePrefix = None,
     npi: Annotated[str | None, Query(pattern=NPI_PATTERN, description="This NPI")] = None,
@@ -365,6 +365,8 @@ async def list_providers(
 ) -> ProviderListOut:
     """Your organization's providers in id order, `limit` at a time, filtered by what is
     given (all of it must hold)."""
+    db, caller = session_of(request), caller_of(request)
+    cursors = await cursors_of(request)
     key = list_key("providers", name=_nfc(name), npi=npi, active=active)
     after = None if cursor is None else open_cursor(cursors, key, cursor, uuid.UUID)[0]
     found = await DirectoryService.list_providers(
@@ -385,6 +387,7 @@ async def list_providers(
 
 @router.get(
     "/providers/{provider_id}",
+    openapi_extra=IF_NONE_MATCH,
     response_model=ProviderOut,
     tags=["providers"],
     responses={
@@ -396,10 +399,8 @@ async def list_providers(
 async def get_provider(
     provider_id: uuid.UUID,
     request: Request,
-    db: DB,
-    caller: CurrentCaller,
-    if_none_match: IfNoneMatch = None,
 ) -> Response:
+    db, caller = session_of(request), caller_of(request)
     record = await DirectoryService.get_provider(
         db=db, organization_id=caller.organization_id, provider_id=provider_id
     )
@@ -421,10 +422,9 @@ async def get_provider(
     ),
 )
 async def update_provider(
+    request: Request,
     provider_id: uuid.UUID,
     body: ProviderUpdate,
-    db: DB,
-    caller: CurrentCaller,
     *,
     idempotency: Idempotency,
     if_match: IfMatch = None,
@@ -433,6 +433,7 @@ async def update_provider(
     `active` (deactivating a provider who is still some patients' primary is 409
     provider_has_patients: transfer the panel first) and `panel_capacity` (null: no
     limit). With If-Match (the ETag of your read), only if nothing changed since (412)."""
+    db, caller = session_of(request), caller_of(request)
     version = expected(if_match, "v", parts=2)
     result = await DirectoryService.update_provider(
         db=db,
@@ -457,16 +458,16 @@ async def update_provider(
     responses=problem_responses(InvalidCursor, ProviderNotFound),
 )
 async def get_provider_changes(
+    request: Request,
     provider_id: uuid.UUID,
-    db: DB,
-    caller: CurrentCaller,
     *,
-    cursors: PageCursors,
     limit: Limit = 50,
     cursor: CursorParam = None,
 ) -> RecordChangesOut:
     """Who created and changed the record, which fields (never their values), and when;
     newest first."""
+    db, caller = session_of(request), caller_of(request)
+    cursors = await cursors_of(request)
     return await _changes_page(
         db,
         caller,

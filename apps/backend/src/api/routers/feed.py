@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
-from src.api.deps import DB, CurrentCaller
+from src.api.deps import caller_of, session_of
 from src.api.errors import problem_responses
-from src.api.paging import CursorParam, PageCursors, open_cursor
+from src.api.paging import CursorParam, cursors_of, open_cursor
 from src.api.routing import StrictRoute
 from src.api.schemas import CareTeamEventsOut, FeedEventOut
 from src.services.care_team_service import CareTeamService
@@ -26,9 +26,7 @@ FEED = "care_team_events"
     responses=problem_responses(InvalidCursor),
 )
 async def get_care_team_events(
-    db: DB,
-    caller: CurrentCaller,
-    cursors: PageCursors,
+    request: Request,
     after: CursorParam = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="At most this many")] = 100,
 ) -> CareTeamEventsOut:
@@ -37,6 +35,8 @@ async def get_care_team_events(
     `next_cursor` and call again with it to stay in sync (it stays the same while
     nothing new has happened). A cursor of another organization, a forged one, or one
     past your organization's last event is 422 invalid_cursor, never an empty page."""
+    db, caller = session_of(request), caller_of(request)
+    cursors = await cursors_of(request)
     position = 0
     if after is not None:
         position = cast(int, open_cursor(cursors, FEED, after, int, field="after")[0])

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request, Response
 
 from src.api.auth import credential_of
-from src.api.deps import DB
+from src.api.deps import session_of
 from src.api.fhir_resources import (
     DEFAULT_COUNT,
     MAX_COUNT,
@@ -282,7 +282,8 @@ async def metadata(request: Request) -> Response:
 
 
 @router.get("/CareTeam/{team_id}")
-async def read_care_team(team_id: str, request: Request, db: DB) -> Response:
+async def read_care_team(team_id: str, request: Request) -> Response:
+    db = session_of(request)
     _check_format(request)
     org = _organization(request)
     patient = _path_id("CareTeam", team_id)
@@ -293,7 +294,8 @@ async def read_care_team(team_id: str, request: Request, db: DB) -> Response:
 
 
 @router.get("/CareTeam")
-async def search_care_teams(request: Request, db: DB) -> Response:
+async def search_care_teams(request: Request) -> Response:
+    db = session_of(request)
     org = _organization(request)
     query = Query(
         request,
@@ -347,7 +349,8 @@ async def search_care_teams(request: Request, db: DB) -> Response:
 
 
 @router.get("/Patient/{patient_id}")
-async def read_patient(patient_id: str, request: Request, db: DB) -> Response:
+async def read_patient(patient_id: str, request: Request) -> Response:
+    db = session_of(request)
     _check_format(request)
     org = _organization(request)
     ident = _path_id("Patient", patient_id)
@@ -357,7 +360,8 @@ async def read_patient(patient_id: str, request: Request, db: DB) -> Response:
 
 
 @router.get("/Patient")
-async def search_patients(request: Request, db: DB) -> Response:
+async def search_patients(request: Request) -> Response:
+    db = session_of(request)
     org = _organization(request)
     query = Query(
         request, "Patient", {"_id", "identifier", "name", "birthdate"}, await cursors_of(request)
@@ -412,7 +416,8 @@ def _name(value: str | None) -> str | None:
 
 
 @router.get("/Practitioner/{practitioner_id}")
-async def read_practitioner(practitioner_id: str, request: Request, db: DB) -> Response:
+async def read_practitioner(practitioner_id: str, request: Request) -> Response:
+    db = session_of(request)
     _check_format(request)
     org = _organization(request)
     ident = _path_id("Practitioner", practitioner_id)
@@ -421,7 +426,8 @@ async def read_practitioner(practitioner_id: str, request: Request, db: DB) -> R
 
 
 @router.get("/Practitioner")
-async def search_practitioners(request: Request, db: DB) -> Response:
+async def search_practitioners(request: Request) -> Response:
+    db = session_of(request)
     org = _organization(request)
     query = Query(
         request, "Practitioner", {"_id", "identifier", "name", "active"}, await cursors_of(request)

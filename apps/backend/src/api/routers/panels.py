@@ -6,13 +6,13 @@ import datetime
 import uuid
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from src.api.deps import DB, CurrentCaller
+from src.api.deps import caller_of, session_of
 from src.api.errors import problem_responses
 from src.api.fields import Instant
 from src.api.idempotency import Idempotency, reply, respond
-from src.api.paging import CursorParam, PageCursors, list_key, open_cursor
+from src.api.paging import CursorParam, cursors_of, list_key, open_cursor
 from src.api.routing import StrictRoute
 from src.api.schemas import (
     PanelEntryOut,
@@ -44,11 +44,9 @@ MAX_PAGE = 200
     responses=problem_responses(InvalidCursor, ProviderNotFound),
 )
 async def get_provider_panel(
+    request: Request,
     provider_id: uuid.UUID,
-    db: DB,
-    caller: CurrentCaller,
     *,
-    cursors: PageCursors,
     role: Annotated[
         PanelRole, Query(description="primary (the panel), secondary, or any")
     ] = PanelRole.PRIMARY,
@@ -59,6 +57,8 @@ async def get_provider_panel(
     cursor: CursorParam = None,
 ) -> PanelOut:
     """The provider's patients, in patient id order, `limit` at a time."""
+    db, caller = session_of(request), caller_of(request)
+    cursors = await cursors_of(request)
     at = None if as_of is None else as_of.astimezone(datetime.UTC).isoformat()
     key = list_key(f"panel:{provider_id}", role=role.value, as_of=at)
     after = None if cursor is None else open_cursor(cursors, key, cursor, uuid.UUID)[0]
@@ -92,16 +92,16 @@ async def get_provider_panel(
     ),
 )
 async def transfer_provider_panel(
+    request: Request,
     provider_id: uuid.UUID,
     body: PanelTransfer,
-    db: DB,
-    caller: CurrentCaller,
     idempotency: Idempotency,
 ) -> Response:
     """Make `to_provider_id` the primary provider of every patient whose primary is this
     provider, in batches, within the target's capacity (what it cannot take is
     `refused_capacity`). Running it again moves only what is left; `dry_run` changes
     nothing and says what would happen."""
+    db, caller = session_of(request), caller_of(request)
     result = await PanelService.transfer_panel(
         db=db,
         organization_id=caller.organization_id,
@@ -120,9 +120,10 @@ async def transfer_provider_panel(
 
 
 @router.get("/reports/panels", response_model=PanelReportOut, responses=problem_responses())
-async def get_panel_report(db: DB, caller: CurrentCaller) -> PanelReportOut:
+async def get_panel_report(request: Request) -> PanelReportOut:
     """Every provider's panel size and capacity, and how many patients have a care team
     but no primary provider."""
+    db, caller = session_of(request), caller_of(request)
     report = await PanelService.report_panels(db=db, organization_id=caller.organization_id)
     return PanelReportOut(
         items=[PanelSizeOut.model_validate(p, from_attributes=True) for p in report.providers],
