@@ -23,7 +23,7 @@ where the CPU, not the disk's fsync, is the limit. Then, in one run, for each cl
 - (at 8 clients) the hot spot: every client on one patient, service and pgbench;
 - (at 8 clients) reads, against pgbench's read of the same rows (the care-team
   statement, which sets the tenant itself, as the service sends it; and the same in
-  BEGIN, tenant, query, COMMIT, the baseline issue 17 was measured against):
+  BEGIN, tenant, query, COMMIT):
   get_primary_provider and get_care_team through the service (a session per call),
   both again with held sessions, and pgbench's read sent with asyncpg alone (no service
   code: the ceiling of a Python client on this driver);
@@ -31,11 +31,12 @@ where the CPU, not the disk's fsync, is the limit. Then, in one run, for each cl
   process with PUT .../care-team/primary, GET .../care-team, and GET /healthz (no key,
   no database: the most this server answers at all); the floor of a route on the same
   machine (bench/floor_app.py: a FastAPI route with nothing of ours, empty and with the
-  care-team statement on a plain asyncpg pool); then the three against
-  `serve --workers 2`.
+  care-team statement on a plain asyncpg pool); the PUT again against a worker with
+  DB_POOL_SIZE=4 (the PUT's tail depends on how many backends are busy at once); then
+  the three against `serve --workers 2`.
 
-Prints one JSON object: throughput (operations per second), p50/p99 latency, errors,
-and every ratio to the pgbench figure of the same run.
+Prints one JSON object: throughput (operations per second), p50/p99 latency (and the
+PUT's p99 over its p50), errors, and every ratio to the pgbench figure of the same run.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ PGBENCH_ASSIGN = (
 # sets the tenant itself), in an implicit transaction.
 PGBENCH_READ = f"\\set n random(1, {PATIENTS})\n{as_pgbench(care_team.SELECT_TEAM)}\n"
 
-# The read as issue 17 measured it, before the team became one statement: BEGIN with the
+# The read as it was measured before the team became one statement: BEGIN with the
 # tenant, the query, COMMIT (the same work in four statements).
 PGBENCH_READ_IN_TRANSACTION = (
     "\n".join(
@@ -551,10 +552,12 @@ async def http_benchmark(
     loads: tuple[str, ...],
     *,
     workers: int = 1,
+    pool_size: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """`careteam serve --workers N` (uvicorn) loaded from a second process with each of
     `loads` (see http_request) in turn: the figures of each (server CPU: the parent
-    process, which with one worker is the worker itself)."""
+    process, which with one worker is the worker itself). `pool_size`: the server's
+    DB_POOL_SIZE (default: the setting's own)."""
     keys = []
     async with AsyncSession(database.owner_engine) as owner:
         for k in range(ORGS):
@@ -573,7 +576,11 @@ async def http_benchmark(
         "--workers",
         str(workers),
         cwd=BACKEND_DIR,
-        env={**os.environ, "DATABASE_URL": url},
+        env={
+            **os.environ,
+            "DATABASE_URL": url,
+            **({"DB_POOL_SIZE": str(pool_size)} if pool_size else {}),
+        },
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -667,11 +674,18 @@ def ratio(part: dict[str, Any], whole: dict[str, Any]) -> float:
     return round(part["ops_per_s"] / whole["ops_per_s"], 2) if whole["ops_per_s"] else 0.0
 
 
+def tail(figures: dict[str, Any]) -> float | None:
+    """p99 over p50: how far the slowest hundredth is from the typical request."""
+    if not figures.get("p50_ms") or figures.get("p99_ms") is None:
+        return None
+    return round(figures["p99_ms"] / figures["p50_ms"], 1)
+
+
 def http_reads(
     http: dict[str, dict[str, Any]], read_base: dict[str, Any], in_transaction: dict[str, Any]
 ) -> dict[str, Any]:
     """The HTTP read's figures and its ratios: to pgbench's read (the statement the
-    service sends), to the same read in a transaction of four statements (issue 17's
+    service sends), to the same read in a transaction of four statements (the earlier
     baseline), and to GET /healthz on the same server."""
     return {
         "get_care_team": http["read"],
@@ -722,6 +736,16 @@ async def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
         figures["http_8"] = {
             "assign": http["write"],
             "assign_ratio": ratio(http["write"], eight["pgbench"]),
+            "assign_p99_over_p50": tail(http["write"]),
+        }
+        # The PUT's tail comes from more busy PostgreSQL backends than cores, not from
+        # the API (docs/PERFORMANCE.md, "Latency"): the same load with a pool of 4.
+        log("HTTP API, 8 clients, DB_POOL_SIZE=4: assign")
+        small_pool = await http_benchmark(url, database, 8, args.seconds, ("write",), pool_size=4)
+        figures["http_8_pool_4"] = {
+            "assign": small_pool["write"],
+            "assign_ratio": ratio(small_pool["write"], eight["pgbench"]),
+            "assign_p99_over_p50": tail(small_pool["write"]),
         }
         log("hot spot: 8 clients on one patient")
         hot_base = pgbench(url, PGBENCH_ASSIGN, 8, args.seconds, hot=True)
