@@ -28,7 +28,8 @@ where the CPU, not the disk's fsync, is the limit. Then, in one run, for each cl
   both again with held sessions, and pgbench's read sent with asyncpg alone (no service
   code: the ceiling of a Python client on this driver);
 - (at 8 clients) the HTTP API: one uvicorn worker (`careteam serve`), loaded by a second
-  process with PUT .../care-team/primary, GET .../care-team, and GET /healthz (no key,
+  process with PUT .../care-team/primary (without, then with an Idempotency-Key of its
+  own on each request), GET .../care-team, and GET /healthz (no key,
   no database: the most this server answers at all); the floor of a route on the same
   machine (bench/floor_app.py: a FastAPI route with nothing of ours, empty and with the
   care-team statement on a plain asyncpg pool); the PUT again against a worker with
@@ -375,7 +376,8 @@ def http_request(
     rng: random.Random, keys: list[str], load: str
 ) -> tuple[str, str, dict[str, str] | None, str]:
     """A random (method, path, JSON body) of the `load`, and the key of the patient's
-    organization. Loads: "write" (PUT .../care-team/primary), "read" (GET .../care-team),
+    organization. Loads: "write" (PUT .../care-team/primary), "write_keyed" (the same,
+    each request with an Idempotency-Key of its own), "read" (GET .../care-team),
     "healthz" (GET /healthz: no key, no database; the most this server answers at all);
     and, against bench/floor_app.py, "floor_empty" and "floor_team"."""
     if load == "healthz":
@@ -387,7 +389,7 @@ def http_request(
     key = keys[n % ORGS]
     if load == "read":
         return "GET", f"/v1/patients/{patient_id(n)}/care-team", None, key
-    provider = provider_id(n, rng.randint(1, PROVIDERS_PER_ORG))
+    provider = provider_id(n, rng.randint(1, PROVIDERS_PER_ORG))  # write, write_keyed
     body = {"provider_id": str(provider)}
     return "PUT", f"/v1/patients/{patient_id(n)}/care-team/primary", body, key
 
@@ -405,6 +407,8 @@ def http_load_main(base_url: str, keys_json: str, clients: int, seconds: float, 
                 # No key (GET /healthz): no Authorization header at all; httpx refuses
                 # the value "Bearer " with nothing after it.
                 headers = {"Authorization": f"Bearer {key}"} if key else {}
+                if load == "write_keyed":
+                    headers["Idempotency-Key"] = uuid.uuid4().hex
                 response = await client.request(method, path, json=body, headers=headers)
                 response.raise_for_status()
 
@@ -416,10 +420,15 @@ def http_load_main(base_url: str, keys_json: str, clients: int, seconds: float, 
 WRK_SCRIPT = """
 local requests = {%s}
 local n = #requests
+local keyed, prefix, sent = %KEYED%, "%PREFIX%", 0
 request = function()
   local r = requests[math.random(n)]
-  return wrk.format(r[4], r[1], {["Authorization"] = r[3],
-                                 ["Content-Type"] = "application/json"}, r[2])
+  local headers = {["Authorization"] = r[3], ["Content-Type"] = "application/json"}
+  if keyed then
+    sent = sent + 1
+    headers["Idempotency-Key"] = prefix .. sent
+  end
+  return wrk.format(r[4], r[1], headers, r[2])
 end
 """
 
@@ -440,7 +449,12 @@ async def wrk_load(
         )
         entries.append("{" + ", ".join(fields) + "}")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT.replace("%s", ",\n".join(entries)))
+        script.write(
+            WRK_SCRIPT.replace("%s", ",\n".join(entries))
+            .replace("%KEYED%", "true" if load == "write_keyed" else "false")
+            # Keys unique to this run, so that no request replays another's.
+            .replace("%PREFIX%", uuid.uuid4().hex)
+        )
     process = await asyncio.create_subprocess_exec(
         "wrk",
         # One thread drives these rates (about 1,000 requests/s) with ease; a second only
@@ -732,11 +746,13 @@ async def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
         eight["service_held_session"] = held
         eight["held_session_ratio"] = ratio(held, eight["pgbench"])
         log("HTTP API, 8 clients (second process) against one uvicorn worker: assign")
-        http = await http_benchmark(url, database, 8, args.seconds, ("write",))
+        http = await http_benchmark(url, database, 8, args.seconds, ("write", "write_keyed"))
         figures["http_8"] = {
             "assign": http["write"],
             "assign_ratio": ratio(http["write"], eight["pgbench"]),
             "assign_p99_over_p50": tail(http["write"]),
+            "assign_keyed": http["write_keyed"],
+            "assign_keyed_ratio_to_assign": ratio(http["write_keyed"], http["write"]),
         }
         # The PUT's tail comes from more busy PostgreSQL backends than cores, not from
         # the API (docs/PERFORMANCE.md, "Latency"): the same load with a pool of 4.

@@ -177,13 +177,31 @@ async def _close_session(state: dict[str, Any]) -> None:
         logger.debug("closing the request's session failed", exc_info=True)
 
 
+# The metrics' series of each (method, route, status) a request has had: looked up once
+# (prometheus_client's labels() checks its arguments on every call). Bounded: methods and
+# route templates are finite, and so are statuses.
+_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    series = _SERIES.get((method, route, status))
+    if series is None:
+        series = (
+            HTTP_REQUESTS.labels(method=method, route=route, status=str(status)),
+            HTTP_LATENCY.labels(method=method, route=route),
+        )
+        _SERIES[(method, route, status)] = series
+    return series
+
+
 def _record(scope: Scope, method: str, status: int, started: float) -> None:
     """The request's metrics and its one access line (route template, ids only)."""
     route = getattr(scope.get("route"), "path", "(unmatched)")
     method = method if method in _METHODS else "OTHER"
     seconds = time.perf_counter() - started
-    HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-    HTTP_LATENCY.labels(method=method, route=route).observe(seconds)
+    requests, latency = _series(method, route, status)
+    requests.inc()
+    latency.observe(seconds)
     organization_id = scope.get("state", {}).get("organization_id", "-")
     duration_ms = round(seconds * 1000, 1)
     # One line, readable in text logs, and its parts as fields in JSON logs.
