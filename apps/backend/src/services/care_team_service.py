@@ -154,8 +154,8 @@ WRITE = Sql(
     "fingerprint",
 )
 
-# The current team: careteam_care_team (migration 20261206_one_round_trip) sets the
-# tenant, checks the request's API key when it has one (request_key), and reads the
+# The current team: careteam_care_team (sql/functions/careteam_care_team/) sets the
+# tenant, checks the session's API key when it acts as one (key_hash_of), and reads the
 # patient row with its members (names, `active`, `since`: the start of the open period)
 # and the team's version. The patient row comes back even with an empty team, so "no
 # such patient" and "no members" are told apart in the same round trip. One statement:
