@@ -85,9 +85,7 @@ def _backfill(*, actor: str) -> None:
         after = (str(row.last_org), str(row.last_patient))
         if time.monotonic() - reported >= PROGRESS_EVERY_S:
             reported = time.monotonic()
-            logger.info(
-                "identifiers: %d rewritten so far, %.0f s", rewritten, reported - started
-            )
+            logger.info("identifiers: %d rewritten so far, %.0f s", rewritten, reported - started)
 
 
 def downgrade() -> None:
