@@ -161,10 +161,12 @@ def create_app(database: Database | None = None, database_url: str | None = None
         # would be built from the client's Host header).
         redirect_slashes=False,
         generate_unique_id_function=operation_id,
-        # /docs and /redoc load their scripts and styles from this server
-        # (fastapi-offline); Swagger UI's validator badge would call an outside host.
+        # /docs loads its scripts and styles from this server (fastapi-offline); Swagger
+        # UI's validator badge would call an outside host. No ReDoc page: its script
+        # draws its logo from its vendor's CDN, whatever the page says.
         static_url=DOCS_STATIC,
         swagger_ui_parameters={"validatorUrl": None},
+        redoc_url=None,
     )
     if database is not None:
         attach(app, database)
@@ -197,7 +199,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
     app.include_router(panels.router)
     app.include_router(feed.router)
     app.include_router(fhir.router)
-    pages = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", DOCS_STATIC}
+    pages = {"/openapi.json", "/docs", "/docs/oauth2-redirect", DOCS_STATIC}
     documentation = [r for r in app.router.routes if getattr(r, "path", None) in pages]
     app.router.routes[:] = [r for r in app.router.routes if r not in documentation] + documentation
     return app
