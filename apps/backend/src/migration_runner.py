@@ -12,11 +12,22 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from src.config import BACKEND_DIR
+from src.config import BACKEND_DIR, ConfigurationError
+
+# Read from the checkout, never packaged: the package is installed editable (README).
+CHECKOUT_FILES = ("alembic.ini", "migrations", "sql")
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
-    """The project's Alembic config; with `connection`, migrations run on it."""
+    """The project's Alembic config; with `connection`, migrations run on it. Raises
+    ConfigurationError when the package was installed without its checkout."""
+    missing = [name for name in CHECKOUT_FILES if not (BACKEND_DIR / name).exists()]
+    if missing:
+        raise ConfigurationError(
+            f"{', '.join(missing)} not found beside the installed package ({BACKEND_DIR}): "
+            "the migrations and the database code are read from the checkout, so install "
+            "it editable from there: `pip install -e apps/backend` (or `uv sync`)"
+        )
     config = Config(str(BACKEND_DIR / "alembic.ini"))
     config.attributes["configure_logger"] = False
     if connection is not None:

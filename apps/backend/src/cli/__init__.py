@@ -9,14 +9,29 @@ from __future__ import annotations
 
 import importlib.metadata
 import signal
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from src.cli import care_team, schema, server, tenants
+from src.cli.common import usage_error
+from src.config import ConfigurationError
+
+
+class _Commands(typer.core.TyperGroup):
+    """Every command, with a configuration error said in one line (exit 2) wherever in
+    the command it is found (a package installed without its checkout, say)."""
+
+    def invoke(self, ctx: Any) -> object:  # click's Context
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as err:
+            usage_error(str(err))
+
 
 app = typer.Typer(
     name="careteam",
+    cls=_Commands,
     help="Care team backend: the HTTP API, migrations, checks, care teams, panels, tenants "
     "and keys. Exit codes: 0 done, 1 failed, 2 usage error (check: 0 clean, 1 violations "
     "found, 2 could not check).",

