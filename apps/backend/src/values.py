@@ -31,7 +31,9 @@ _INSTANT = re.compile(INSTANT_PATTERN)
 # What a `+` offset becomes in a query string when it was not encoded: a space.
 _PLUS_AS_SPACE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9:.]+ [0-9]{2}:[0-9]{2}$")
 _LEAP_SECOND = re.compile(r":60(?=[.Zz+-])")
-INSTANT_RULE = "must be an RFC 3339 instant with its offset, e.g. 2026-03-01T09:30:00Z"
+INSTANT_RULE = (
+    "must be an RFC 3339 instant with its offset, from the year 1900, e.g. 2026-03-01T09:30:00Z"
+)
 
 
 def parse_instant(value: str) -> datetime.datetime:

@@ -30,6 +30,7 @@ from pydantic import AfterValidator, BeforeValidator, StringConstraints, WithJso
 from src.values import (
     IDENTIFIER_MAX_LENGTH,
     INSTANT_PATTERN,
+    INSTANT_RULE,
     NPI_PATTERN,
     edge_char,
     identifier_part,
@@ -225,7 +226,7 @@ def shared_schemas() -> dict[str, dict[str, Any]]:
 
 def _instant_string(value: object) -> datetime.datetime:
     if not isinstance(value, str):
-        raise ValueError("must be an RFC 3339 instant with its offset, e.g. 2026-03-01T09:30:00Z")
+        raise ValueError(INSTANT_RULE)
     return parse_instant(value)
 
 

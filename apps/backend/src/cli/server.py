@@ -59,14 +59,18 @@ class DemoSeed:
         return "\n".join(lines)
 
 
+DEMO_MRN_SYSTEM = "urn:example:clinic:mrn"
+
+
 async def _seed_demo(engine: AsyncEngine, url: str) -> DemoSeed | None:
-    """On an empty database: a demo organization, three providers, two patients, and a
-    care team for the first patient. Returns what it made, or None."""
+    """On an empty database: a demo organization, three providers, two patients (medical
+    record numbers MRN-0001 and MRN-0002), and a care team for the first patient.
+    Returns what it made, or None."""
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from src.db import open_database
     from src.services.care_team_service import CareTeamService
-    from src.services.directory_service import DirectoryService
+    from src.services.directory_service import DirectoryService, Identifier
     from src.services.organization_service import OrganizationService
 
     async with engine.connect() as conn:
@@ -91,6 +95,8 @@ async def _seed_demo(engine: AsyncEngine, url: str) -> DemoSeed | None:
                     first_name="Demo",
                     last_name=f"Patient {i}",
                     dob=datetime.date(1970 + i, 1, 1),
+                    # What the README's FHIR search by identifier finds.
+                    identifiers=[Identifier(DEMO_MRN_SYSTEM, f"MRN-000{i}")],
                 )
                 for i in (1, 2)
             ]
