@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,11 +190,18 @@ def problem_response(
     return Response(payload, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+# A union's member names that pydantic puts in an error's loc ("list[IdentifierIn]",
+# "function-after[...]", "bool", "none"): a PATCH field is `X | None`, and its errors are
+# the client's field, not our type's members.
+_UNION_MEMBERS = re.compile(r"^(none|str|int|bool|float|date|datetime|uuid)$|[-\[]")
+
+
 def _location_and_field(loc: Sequence[Any]) -> tuple[str, str]:
     if not loc:
         return "body", "body"
     where = str(loc[0])
-    rest = ".".join(str(part) for part in loc[1:])
+    parts = [p for p in loc[1:] if not (isinstance(p, str) and _UNION_MEMBERS.search(p))]
+    rest = ".".join(str(part) for part in parts)
     return where, rest or where
 
 
@@ -203,23 +211,35 @@ _MESSAGES = {
     "uuid_type": "must be a UUID (8-4-4-4-12 hexadecimal digits)",
     "json_invalid": "malformed JSON",
 }
+# A pattern longer than this is not quoted: it says less than the field's description.
+_PATTERN_QUOTED_UP_TO = 100
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind = str(error.get("type", ""))
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    pattern = str((error.get("ctx") or {}).get("pattern", ""))
+    if kind == "string_pattern_mismatch" and len(pattern) > _PATTERN_QUOTED_UP_TO:
+        return "does not have the form this field's description in /openapi.json states"
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 def field_problems(exc: RequestValidationError) -> list[dict[str, str]]:
-    """Where and what, never the submitted value."""
+    """Where and what, never the submitted value. A PATCH field's `null` member adds its
+    own "Input should be None" to the field's real error: that one is left out."""
+    errors = exc.errors()
+    real = [e for e in errors if e.get("type") != "none_required"] or errors
     problems = []
-    for error in exc.errors()[:20]:
-        kind = str(error.get("type", ""))
-        message = _MESSAGES.get(kind) or str(error.get("msg", "invalid"))
-        if kind == "json_invalid":  # its loc is a character position, not a field
+    for error in real[:20]:
+        message = _message(error)
+        if error.get("type") == "json_invalid":  # its loc is a character position
             where, field = "body", "body"
             reason = (error.get("ctx") or {}).get("error")
             message += f": {reason}" if reason else ""
         else:
             where, field = _location_and_field(error.get("loc", ()))
-        problems.append(
-            {"location": where, "field": field, "detail": message.removeprefix("Value error, ")}
-        )
+        problems.append({"location": where, "field": field, "detail": message})
     return problems
 
 

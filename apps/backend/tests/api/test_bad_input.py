@@ -330,6 +330,32 @@ class TestOtherInputs:
         assert r.json()["errors"][0]["field"] == field
         assert r.json()["detail"].startswith(detail), r.json()["detail"]
 
+    async def test_a_patch_of_identifiers_names_the_item_not_the_union(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """identifiers: [{"system": "", ...}] was reported at
+        `identifiers.list[IdentifierIn].0.system`, with a second, bogus `identifiers.none`."""
+        patient = await post_patient(client, tenant)
+        r = await client.patch(
+            f"/v1/patients/{patient}",
+            json={"identifiers": [{"system": "", "value": "MRN-1"}]},
+            headers=tenant.headers,
+        )
+        assert r.status_code == 422
+        fields = [problem["field"] for problem in r.json()["errors"]]
+        assert fields == ["identifiers.0.system"], r.json()
+
+    async def test_an_identifier_search_without_its_bar_says_so_briefly(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """identifier=nosep answered with the 12,000-character pattern it did not match."""
+        r = await client.get("/v1/patients", params={"identifier": "nosep"}, headers=tenant.headers)
+        assert r.status_code == 422
+        assert len(r.text) < 1000, r.text[:300]
+        (problem,) = r.json()["errors"]
+        assert problem["field"] == "identifier"
+        assert "system|value" in problem["detail"], problem
+
     @pytest.mark.parametrize("npi", ["123", "12345678901", "abcdefghij", 1234567890])
     async def test_bad_npi(self, client: httpx.AsyncClient, tenant: Tenant, npi: object):
         r = await client.post(

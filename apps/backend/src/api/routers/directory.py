@@ -21,7 +21,7 @@ from src.api.conditional import (
 )
 from src.api.deps import caller_of, session_of
 from src.api.errors import CREATED_HEADERS, link, links, problem_responses
-from src.api.fields import BirthDate, identifier_query_pattern
+from src.api.fields import BirthDate, IdentifierSearch
 from src.api.idempotency import Idempotency, Reply, as_response, reply, respond
 from src.api.paging import CursorParam, cursors_of, list_key, open_cursor
 from src.api.routing import StrictRoute
@@ -190,12 +190,8 @@ async def list_patients(
     name: NamePrefix = None,
     dob: Annotated[BirthDate | None, Query(description="Born on this date")] = None,
     identifier: Annotated[
-        str | None,
-        Query(
-            max_length=511,
-            pattern=identifier_query_pattern(),
-            description="system|value: the patient holding this identifier",
-        ),
+        IdentifierSearch | None,
+        Query(description="system|value: the patient holding this identifier"),
     ] = None,
     limit: Limit = 50,
     cursor: CursorParam = None,
