@@ -29,7 +29,7 @@ DOLLAR_QUOTE = "$$"
 
 
 def sql_text(path: str) -> str:
-    """The statement in `sql/<path>` (e.g. "functions/careteam_write/v1.sql"), as
+    """The statement in `sql/<path>` (e.g. "functions/careteam_change_team/v1.sql"), as
     PostgreSQL runs it: the file without its closing semicolon (Alembic's offline SQL
     adds its own terminator)."""
     return (SQL_DIR / path).read_text(encoding="utf-8").rstrip().removesuffix(";")

@@ -148,7 +148,7 @@ class CareTeamEvent(Base):
     occurred_at: Mapped[datetime.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
-    # The service's id for the write that recorded it (careteam_write sets
+    # The service's id for the write that recorded it (careteam_change_team sets
     # `careteam.write_id` for its transaction; this default takes it): how a write whose
     # connection was lost finds whether it committed. NULL for events written otherwise.
     write_id: Mapped[uuid.UUID | None] = mapped_column(

@@ -125,7 +125,7 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 
 def key_hash_of(db: AsyncSession) -> str | None:
     """The key hash a one-statement unit passes for its statement to check (careteam_care_team,
-    careteam_write), or None for a session that acts as no key."""
+    careteam_change_team), or None for a session that acts as no key."""
     credential = credentials.of_session(db)
     return None if credential is None else credential.key_hash
 

@@ -204,3 +204,65 @@ class TestEveryRevision:
             assert await project_functions(engine) == expected, order[position]
             if position:
                 await downgrade(engine, order[position - 1])
+
+
+# --- who calls what, at head (sql/README.md) --------------------------------------------
+
+TRIGGERS = """
+SELECT t.tgfoid::regproc::text AS function, c.relname AS table_name
+FROM pg_catalog.pg_trigger AS t JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
+WHERE NOT t.tgisinternal AND c.relnamespace = 'public'::regnamespace
+"""
+
+
+def readme_callers() -> dict[str, str]:
+    """sql/README.md's "Who calls what, at head": each function and its row's second cell."""
+    section = (SQL_DIR / "README.md").read_text().split("## Who calls what, at head")[1]
+    rows = re.findall(r"^\| `(\w+)` \| (.+) \|$", section, flags=re.MULTILINE)
+    return dict(rows)
+
+
+def calls(body: str, function: str) -> bool:
+    return re.search(rf"\b{function}\s*\(", body) is not None
+
+
+def python_statements_call(path: str, function: str) -> bool:
+    """Whether a string in the module (not a comment) calls the function."""
+    tree = ast.parse((BACKEND_DIR / path).read_text())
+    return any(
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and calls(node.value, function)
+        for node in ast.walk(tree)
+    )
+
+
+class TestWhoCallsWhat:
+    def test_every_function_has_its_row(self):
+        assert sorted(readme_callers()) == sorted(latest_versions())
+
+    def test_the_functions_named_are_those_whose_newest_file_calls_it(self):
+        latest = {name: function_body(sql_text(path)) for name, path in latest_versions().items()}
+        for function, cell in readme_callers().items():
+            named = {token for token in re.findall(r"`(\w+)`", cell) if token in latest}
+            callers = {
+                name for name, body in latest.items() if name != function and calls(body, function)
+            }
+            assert named == callers, (function, named, callers)
+
+    def test_the_modules_named_call_it_in_a_statement(self):
+        for function, cell in readme_callers().items():
+            for path in re.findall(r"`(src/[\w/]+\.py)`", cell):
+                assert python_statements_call(path, function), (function, path)
+
+    async def test_the_triggers_named_are_those_of_a_database_at_head(self, database: Database):
+        async with database.owner_engine.connect() as conn:
+            rows = (await conn.execute(text(TRIGGERS))).all()
+        for function, cell in readme_callers().items():
+            named = set(re.findall(r"trigger on `(\w+)`", cell))
+            assert named == {r.table_name for r in rows if r.function == function}, function
+
+    def test_a_function_nothing_calls_says_why(self):
+        for function, cell in readme_callers().items():
+            if not re.search(r"`[^`]+`", cell):
+                assert cell.startswith("nothing at head: "), function
