@@ -41,9 +41,11 @@ from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 EXIT_CLEAN, EXIT_VIOLATIONS, EXIT_CANNOT_RUN = 0, 1, 2
 DESCRIPTION = (
-    "Find patients with more than one primary provider (and, as a warning, care teams "
-    "without one); with --fix, dedupe them as the migration does. "
-    "Exit 0 clean, 1 violations found, 2 could not run."
+    "Check the care teams. Violations: patients with more than one primary provider, and "
+    "memberships whose open period does not match the care team. Warnings: care teams "
+    "without a primary, members whose provider is inactive, and patient identifiers not "
+    "in normal form or that collide once normalized. With --fix, dedupe the several "
+    "primaries as the migration does. Exit 0 clean, 1 violations found, 2 could not run."
 )
 FIX_ACTOR = "careteam check --fix"
 

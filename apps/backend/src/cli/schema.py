@@ -164,7 +164,8 @@ def status(as_json: JsonOption = False) -> None:
 
 
 def check(ctx: typer.Context) -> None:
-    """Find patients with more than one primary provider (exit 0 clean, 1 found, 2 error).
+    """Check the care teams: the rule, the periods, inactive members, identifiers (exit 0
+    clean, 1 violations found, 2 error).
 
     The same program, with the same options, as scripts/check_primary_provider_violations.py:
     `careteam check --help` lists them (--json, --organization, --limit, --fix, --execute).

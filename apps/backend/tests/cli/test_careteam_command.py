@@ -832,6 +832,20 @@ class TestTheCommandContract:
             assert max(len(line) for line in body) <= 80, (path, text)
             assert "  --help " in text, path
 
+    def test_check_help_names_everything_it_checks(self):
+        """`check --help` spoke of several primaries and teams without one only: the
+        periods, inactive members and identifiers it also reports went unmentioned."""
+        text = " ".join(careteam("check", "--help", env={"COLUMNS": "200"}).stdout.split())
+        for words in (
+            "more than one primary provider",
+            "open period does not match",
+            "without a primary",
+            "provider is inactive",
+            "identifiers not in normal form",
+            "collide once normalized",
+        ):
+            assert words in text, words
+
     def test_every_argument_and_option_has_help(self):
         import typer.main  # noqa: PLC0415 (only this test walks the command tree)
 
