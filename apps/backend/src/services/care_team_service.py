@@ -46,6 +46,7 @@ from src.services.errors import (
     InvalidCursor,
     PatientNotFound,
     Subject,
+    page_limit,
 )
 from src.services.idempotency import IdempotencyKey
 from src.services.transaction import Sql, run_statement, run_transaction
@@ -594,7 +595,7 @@ class CareTeamService:
         Page with `limit` (1..MAX_HISTORY_PAGE) and `before_id` (the last id of the
         previous page; ids are numbers within the organization). Raises PatientNotFound.
         """
-        limit = max(1, min(limit, MAX_HISTORY_PAGE))
+        limit = page_limit(limit, MAX_HISTORY_PAGE)
         params = {"org": organization_id, "patient": patient_id}
 
         async def work(driver: Any) -> list[CareTeamEventRecord]:
@@ -628,7 +629,7 @@ class CareTeamService:
         Page with `limit` (1..MAX_PERIODS_PAGE) and `after` (the last period's
         (valid_from, provider_id) of the previous page). Raises PatientNotFound.
         """
-        limit = max(1, min(limit, MAX_PERIODS_PAGE))
+        limit = page_limit(limit, MAX_PERIODS_PAGE)
         params = {"org": organization_id, "patient": patient_id}
 
         async def work(driver: Any) -> list[CareTeamPeriodRecord]:
@@ -662,8 +663,7 @@ class CareTeamService:
         most `limit`: a change feed. Numbers are given in commit order with no gaps, so
         resuming after the last number seen skips and repeats nothing. Raises
         InvalidCursor when `after` is past the organization's last event."""
-        if not 1 <= limit <= MAX_HISTORY_PAGE:
-            raise InvalidArgument(f"limit must be 1 to {MAX_HISTORY_PAGE}", field="limit")
+        page_limit(limit, MAX_HISTORY_PAGE)
 
         async def work(driver: Any) -> list[CareTeamEventRecord]:
             if after > 0 and after > await SELECT_HEAD.fetchval(driver, {"org": organization_id}):

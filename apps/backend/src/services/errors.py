@@ -107,6 +107,15 @@ class InvalidArgument(CareTeamError):
         self.field = field
 
 
+def page_limit(limit: int, most: int) -> int:
+    """`limit` for a paged read that returns at most `most` rows; InvalidArgument outside
+    1..most, never cut silently (a router asks one row more than its page to know
+    whether another follows: cut, that row went missing and so did every later page)."""
+    if not 1 <= limit <= most:
+        raise InvalidArgument(f"limit must be 1 to {most}", field="limit")
+    return limit
+
+
 class InvalidCursor(InvalidArgument):
     """A cursor that is not one this server gave for this organization and this list
     (another organization's, another list's, forged, or of the release before)."""

@@ -30,6 +30,7 @@ from src.services.errors import (
     ProviderNotFound,
     ProviderReferenceNotFound,
     Subject,
+    page_limit,
 )
 from src.services.idempotency import IdempotencyKey, claim_owned, store_owned
 from src.services.transaction import RUN_AGAIN, Sql, holding, run_transaction
@@ -38,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_PANEL_PAGE = 200
+# The most rows one panel read returns (the HTTP page is at most 200, plus the look-ahead).
+MAX_PANEL_PAGE = 500
 TRANSFER_BATCH_SIZE = 100
 PRIMARY = PeriodRole.PRIMARY.value
 
@@ -198,7 +200,7 @@ class PanelService:
     ) -> list[PanelEntry]:
         """The provider's patients in `role` (now, or at `as_of`), in patient order, after
         the patient `after` (the last of the previous page). Raises ProviderNotFound."""
-        limit = max(1, min(limit, MAX_PANEL_PAGE))
+        limit = page_limit(limit, MAX_PANEL_PAGE)
 
         async def work(driver: Any) -> list[PanelEntry]:
             await _provider(driver, organization_id, provider_id)

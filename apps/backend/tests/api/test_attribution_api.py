@@ -144,6 +144,25 @@ class TestPanels:
         ).json()
         assert provider_json["panel_size"] == 5 and provider_json["panel_capacity"] is None
 
+    async def test_a_panel_paged_at_the_largest_limit_has_a_next_page(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """limit=200 (the maximum) answered 200 patients and next_cursor null however
+        large the panel: the service cut the router's look-ahead row (201) to 200."""
+        provider = await post_provider(client, tenant)
+        patients = await asyncio.gather(*(post_patient(client, tenant) for _ in range(201)))
+        for patient in patients:
+            assert (await assign(client, tenant, patient, provider)).status_code == 200
+        url = f"/v1/providers/{provider}/patients"
+        first = (await client.get(url, params={"limit": 200}, headers=tenant.headers)).json()
+        assert len(first["items"]) == 200 and first["next_cursor"] is not None
+        rest = await client.get(
+            url, params={"limit": 200, "cursor": first["next_cursor"]}, headers=tenant.headers
+        )
+        seen = [e["patient_id"] for e in first["items"] + rest.json()["items"]]
+        assert seen == sorted(patients, key=uuid.UUID)
+        assert rest.json()["next_cursor"] is None
+
     async def test_a_full_panel_is_409(self, client: httpx.AsyncClient, tenant: Tenant):
         provider = await post_provider(client, tenant)
         r = await client.patch(
