@@ -1,7 +1,9 @@
 """The /v1 routes read requests strictly: nothing a client sends is ignored or guessed.
 
 - A query parameter the operation does not declare is refused (422, naming it): a typo
-  such as `?nmae=x` would otherwise widen a search silently.
+  such as `?nmae=x` would otherwise widen a search silently. So is a parameter given
+  twice (`?name=A&name=B` read as one of the two) and a query string that is not UTF-8
+  once percent-decoded (read with U+FFFD in place of its bytes, it found nothing).
 - A JSON body is UTF-8 (RFC 8259 section 8.1): anything else is 415, never decoded by
   guessing (json.loads alone reads UTF-16 and UTF-32 too).
 - An object with the same name twice (`{"provider_id": A, "provider_id": B}`) is 422:
@@ -13,8 +15,10 @@ Every /v1 router uses StrictRoute (`APIRouter(route_class=StrictRoute)`).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import HTTPException, Request, Response
 from fastapi.dependencies.models import Dependant
@@ -22,6 +26,50 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 NAME_SHOWN = 64  # at most this much of an unknown parameter's name is repeated back
+
+
+def query_is_utf8(raw: bytes) -> bool:
+    """Whether a query string is UTF-8 once percent-decoded (RFC 3986 2.5: URIs carry
+    UTF-8; Starlette would put U+FFFD in place of bytes that are not)."""
+    try:
+        unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def query_problems(request: Request, declared: frozenset[str]) -> list[dict[str, Any]]:
+    """What is wrong with the request's query string: not UTF-8, parameters the
+    operation does not declare, parameters given more than once."""
+    if not query_is_utf8(request.scope["query_string"]):
+        return [
+            {
+                "type": "query_not_utf8",
+                "loc": ("query",),
+                "msg": "is not UTF-8 once percent-decoded",
+            }
+        ]
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    unknown = [
+        {
+            "type": "unknown_query_parameter",
+            "loc": ("query", name[:NAME_SHOWN]),
+            "msg": "is not a parameter of this operation"
+            + (f" (it takes: {', '.join(sorted(declared))})" if declared else ""),
+        }
+        for name in sorted(counts)
+        if name not in declared
+    ]
+    repeated = [
+        {
+            "type": "repeated_query_parameter",
+            "loc": ("query", name[:NAME_SHOWN]),
+            "msg": f"is given {n} times: give it once",
+        }
+        for name, n in sorted(counts.items())
+        if n > 1 and name in declared
+    ]
+    return unknown + repeated
 
 
 class DuplicateName(json.JSONDecodeError):
@@ -79,21 +127,10 @@ class StrictRoute(APIRoute):
         reads_body = self.body_field is not None
 
         async def strict_handler(request: Request) -> Response:
-            unknown = []
             if request.scope["query_string"]:  # most requests have none: nothing to parse
-                unknown = sorted(name for name in request.query_params if name not in declared)
-            if unknown:
-                raise RequestValidationError(
-                    [
-                        {
-                            "type": "unknown_query_parameter",
-                            "loc": ("query", name[:NAME_SHOWN]),
-                            "msg": "is not a parameter of this operation"
-                            + (f" (it takes: {', '.join(sorted(declared))})" if declared else ""),
-                        }
-                        for name in unknown
-                    ]
-                )
+                problems = query_problems(request, declared)
+                if problems:
+                    raise RequestValidationError(problems)
             if reads_body:
                 request = StrictRequest(request.scope, request.receive)
             return await handler(request)

@@ -189,6 +189,24 @@ class TestPatientBodies:
         }
         assert "is not a parameter of this operation" in r.json()["errors"][0]["detail"]
 
+    @pytest.mark.parametrize(
+        ("query", "field", "words"),
+        [
+            ("name=Zelda&name=Q", "name", "given 2 times"),
+            ("limit=abc&limit=1", "limit", "given 2 times"),
+            ("name=%C3%28", "query", "not UTF-8"),
+        ],
+    )
+    async def test_a_repeated_parameter_or_a_query_not_utf8_is_422(
+        self, client: httpx.AsyncClient, tenant: Tenant, query: str, field: str, words: str
+    ):
+        """`?name=Zelda&name=Q` searched for Q alone (the last one won) and `limit=abc`
+        went unchecked; `name=%C3%28` searched for U+FFFD and found nothing, 200."""
+        r = await client.get(f"/v1/patients?{query}", headers=tenant.headers)
+        assert r.status_code == 422, r.text
+        (problem,) = r.json()["errors"]
+        assert problem["field"] == field and words in problem["detail"], problem
+
     async def test_huge_body(self, client: httpx.AsyncClient, tenant: Tenant, database: Database):
         before = await rows_of(database, tenant)
         huge = {**VALID, "last_name": "x" * 200_000}
