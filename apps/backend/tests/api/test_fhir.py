@@ -274,6 +274,12 @@ class TestErrorsAndFormats:
             ("/Patient", {"identifier": "no-bar"}),
             ("/Patient", {"birthdate": "1970-02-30"}),
             ("/Practitioner", {"active": "maybe"}),
+            # FHIR's OR (a comma) and escapes on a parameter taking one value: name=a,b
+            # was read as the one prefix "a,b" and found nothing, 200.
+            ("/Patient", {"name": "Zelda,Ada"}),
+            ("/Patient", {"name": "Zelda\\,Ada"}),
+            ("/Practitioner", {"name": "a,b"}),
+            ("/Patient", {"identifier": "urn:mrn|A,urn:mrn|B"}),
         ],
     )
     async def test_a_malformed_parameter_is_400(
@@ -303,6 +309,61 @@ class TestErrorsAndFormats:
             headers={**tenant.headers, "Prefer": "return=minimal, handling=lenient"},
         )
         assert "colour" not in valid(lenient)["link"][0]["url"]
+
+    @pytest.mark.parametrize(
+        "query",
+        ["_count=1&_count=50", "name=a&name=b", "_format=json&_format=json", "name=%C3%28"],
+    )
+    async def test_a_repeated_paging_parameter_or_a_query_not_utf8_is_400(
+        self, client: httpx.AsyncClient, tenant: Tenant, query: str
+    ):
+        """`_count=1&_count=50` took the last; `name=%C3%28` searched for U+FFFD."""
+        r = await client.get(f"{FHIR}/Patient?{query}", headers=tenant.headers)
+        assert valid(r, 400)["issue"][0]["code"] == "invalid"
+
+    async def test_a_read_refuses_parameters_it_does_not_take_unless_lenient(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """GET Patient/{id}?foo=1 answered 200 as if foo had been understood."""
+        patient = await post_patient(client, tenant)
+        await team_of(client, tenant, patient, await post_provider(client, tenant))
+        for path in (f"/Patient/{patient}", f"/CareTeam/{patient}"):
+            outcome = valid(await fhir_get(client, tenant, path, foo="1"), 400)
+            assert "foo" in outcome["issue"][0]["diagnostics"], path
+            lenient = await client.get(
+                f"{FHIR}{path}",
+                params={"foo": "1"},
+                headers={**tenant.headers, "Prefer": "handling=lenient"},
+            )
+            valid(lenient)
+            valid(await fhir_get(client, tenant, path, _format="application/fhir+json"))
+
+    @pytest.mark.parametrize(
+        ("accept", "status"),
+        [
+            ("application/fhir+xml", 406),
+            ("application/xml, text/turtle;q=0.5", 406),
+            ("application/fhir+json", 200),
+            ("application/fhir+xml;q=1, application/json;q=0.1", 200),
+            ("application/fhir+xml, application/fhir+json;q=0", 406),
+            ("*/*", 200),
+            ("application/*", 200),
+        ],
+    )
+    async def test_an_accept_header_asking_for_anything_but_json_is_406(
+        self, client: httpx.AsyncClient, tenant: Tenant, accept: str, status: int
+    ):
+        """Accept: application/fhir+xml was answered 200 in JSON, while _format=xml got
+        406: the client asked for XML and was given JSON as if it had been."""
+        r = await client.get(f"{FHIR}/Patient", headers={**tenant.headers, "Accept": accept})
+        valid(r, status)
+        if status == 406:  # _format, when given, is what the client asks for
+            overridden = await client.get(
+                f"{FHIR}/Patient",
+                params={"_format": "json"},
+                headers={**tenant.headers, "Accept": accept},
+            )
+            valid(overridden)
 
     async def test_a_key_revoked_after_its_first_use_is_401(
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database

@@ -34,6 +34,7 @@ from src.api.fhir_resources import (
     searchset,
 )
 from src.api.paging import cursors_of, list_key
+from src.api.routing import query_is_utf8
 from src.config import get_settings
 from src.services.directory_service import DirectoryService, Identifier
 from src.services.fhir_service import CareTeamFilter, FhirService
@@ -69,10 +70,44 @@ def _organization(request: Request) -> uuid.UUID:
     return credential_of(request.scope).organization_id
 
 
+# Media ranges of an Accept header that JSON satisfies (RFC 9110 12.5.1).
+_JSON_RANGES = FORMATS | {"*/*", "application/*"}
+
+
 def _check_format(request: Request) -> None:
-    fmt = request.query_params.get("_format", "json")
+    """A query string in UTF-8 (400 otherwise), and JSON only: a `_format` or an Accept
+    header that asks for anything else (XML, Turtle) is 406, never answered in JSON as
+    if it had been asked for."""
+    if not query_is_utf8(request.scope["query_string"]):
+        raise invalid("the query string is not UTF-8 once percent-decoded")
+    formats = request.query_params.getlist("_format")
+    if len(formats) > 1:
+        raise invalid("_format is given more than once")
+    fmt = formats[0] if formats else "json"
     if fmt not in FORMATS:
         raise FhirError(406, "not-supported", f"_format {fmt!r}: only JSON is served")
+    accept = request.headers.get("accept")
+    if formats or not accept:  # _format overrides Accept (FHIR R4 3.1.0.1.8)
+        return
+    ranges = {
+        part.split(";")[0].strip().lower()
+        for part in accept.split(",")
+        if not re.search(r";\s*q=0(\.0*)?\s*(;|$)", part)  # q=0: "not acceptable"
+    }
+    if not ranges & _JSON_RANGES:
+        raise FhirError(406, "not-supported", f"Accept {accept[:100]!r}: only JSON is served")
+
+
+def _check_read(request: Request) -> None:
+    """A read takes `_format` and nothing else: another parameter is 400, never ignored
+    (under Prefer: handling=lenient, ignored, as a search's are)."""
+    _check_format(request)
+    unknown = sorted(set(request.query_params) - {"_format"})
+    if unknown and _handling(request) != "lenient":
+        raise invalid(
+            f"unknown parameter(s) for a read: {', '.join(name[:64] for name in unknown)} "
+            "(send Prefer: handling=lenient to have them ignored)"
+        )
 
 
 def _handling(request: Request) -> str:
@@ -119,14 +154,29 @@ class Query:
         return given
 
     def get(self, name: str) -> str | None:
+        """The one value of a parameter that takes one. A comma-separated list (FHIR's
+        OR) or an escape (`\\,`) is 400 here, never read as one literal value."""
         given = self.all(name)
+        if len(given) > 1:
+            raise invalid(f"{name} is given more than once")
+        if given and ("," in given[0] or "\\" in given[0]):
+            raise invalid(
+                f"{name} takes one value here: a comma-separated list (FHIR's OR) and "
+                "escapes (\\,) are not supported; search once per value"
+            )
+        return given[0] if given else None
+
+    def _single(self, name: str) -> str | None:
+        """A paging parameter's value (not one the `self` link repeats as given)."""
+        given = self.values.get(name, [])
         if len(given) > 1:
             raise invalid(f"{name} is given more than once")
         return given[0] if given else None
 
     def count(self) -> int:
         """_count, as asked up to MAX_COUNT (a server may return fewer)."""
-        raw = self.values.get("_count", [str(DEFAULT_COUNT)])[-1]
+        given = self._single("_count")
+        raw = str(DEFAULT_COUNT) if given is None else given
         if not _COUNT.fullmatch(raw) or int(raw) < 1:
             raise invalid(f"_count must be a whole number from 1 (at most {MAX_COUNT} are given)")
         count = min(int(raw), MAX_COUNT)
@@ -144,7 +194,7 @@ class Query:
         return list_key(f"fhir:{self.kind}", **given)
 
     def cursor(self) -> uuid.UUID | None:
-        raw = self.values.get("_cursor", [None])[-1]
+        raw = self._single("_cursor")
         if raw is None:
             return None
         try:
@@ -284,7 +334,7 @@ async def metadata(request: Request) -> Response:
 @router.get("/CareTeam/{team_id}")
 async def read_care_team(team_id: str, request: Request) -> Response:
     db = session_of(request)
-    _check_format(request)
+    _check_read(request)
     org = _organization(request)
     patient = _path_id("CareTeam", team_id)
     team = await FhirService.care_team(db=db, organization_id=org, patient_id=patient)
@@ -351,7 +401,7 @@ async def search_care_teams(request: Request) -> Response:
 @router.get("/Patient/{patient_id}")
 async def read_patient(patient_id: str, request: Request) -> Response:
     db = session_of(request)
-    _check_format(request)
+    _check_read(request)
     org = _organization(request)
     ident = _path_id("Patient", patient_id)
     record = await DirectoryService.get_patient(db=db, organization_id=org, patient_id=ident)
@@ -418,7 +468,7 @@ def _name(value: str | None) -> str | None:
 @router.get("/Practitioner/{practitioner_id}")
 async def read_practitioner(practitioner_id: str, request: Request) -> Response:
     db = session_of(request)
-    _check_format(request)
+    _check_read(request)
     org = _organization(request)
     ident = _path_id("Practitioner", practitioner_id)
     record = await DirectoryService.get_provider(db=db, organization_id=org, provider_id=ident)
