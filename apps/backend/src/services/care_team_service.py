@@ -397,6 +397,14 @@ class _PatientWrite:
         return team, rows[0]["previous_primary"]
 
 
+def _outcome(team: CareTeam, idempotency: IdempotencyKey | None) -> str:
+    """What a write did, for its log line: changed, unchanged (the team already was so),
+    or replayed (an Idempotency-Key's stored answer; nothing ran)."""
+    if idempotency is not None and idempotency.replayed:
+        return "replayed"
+    return "changed" if team.changed else "unchanged"
+
+
 # --- the service ---------------------------------------------------------------------
 
 
@@ -453,14 +461,16 @@ class CareTeamService:
             ASSIGNMENTS.labels(outcome=err.code).inc()
             raise
         ASSIGNMENTS.labels(outcome="changed" if team.changed else "unchanged").inc()
+        outcome = _outcome(team, idempotency)
         logger.info(
-            "primary provider assigned organization_id=%s patient_id=%s provider_id=%s "
+            "primary provider assign: %s organization_id=%s patient_id=%s provider_id=%s "
             "previous_primary_provider_id=%s",
+            outcome,
             organization_id,
             patient_id,
             provider_id,
-            previous if team.changed else None,
-            extra={"event": "primary_assigned", "changed": team.changed},
+            previous if outcome == "changed" else None,
+            extra={"event": "primary_assigned", "changed": outcome == "changed"},
         )
         return team
 
@@ -496,12 +506,14 @@ class CareTeamService:
         )
 
         team, _ = await write.run(db, "add_secondary", "add_secondary_provider", idempotency)
+        outcome = _outcome(team, idempotency)
         logger.info(
-            "secondary provider added organization_id=%s patient_id=%s provider_id=%s",
+            "secondary provider add: %s organization_id=%s patient_id=%s provider_id=%s",
+            outcome,
             organization_id,
             patient_id,
             provider_id,
-            extra={"event": "secondary_added", "changed": team.changed},
+            extra={"event": "secondary_added", "changed": outcome == "changed"},
         )
         return team
 
@@ -534,12 +546,14 @@ class CareTeamService:
         )
 
         team, _ = await write.run(db, "remove_member", "remove_provider", idempotency)
+        outcome = _outcome(team, idempotency)
         logger.info(
-            "provider removed organization_id=%s patient_id=%s provider_id=%s",
+            "provider remove: %s organization_id=%s patient_id=%s provider_id=%s",
+            outcome,
             organization_id,
             patient_id,
             provider_id,
-            extra={"event": "provider_removed"},
+            extra={"event": "provider_removed", "changed": outcome == "changed"},
         )
         return team
 

@@ -197,13 +197,29 @@ class TestAddSecondaryProvider:
             )
         assert await team_rows(db, org, patient) == {p1: True}
 
-    async def test_adding_an_existing_secondary_changes_nothing(self, db: AsyncSession):
-        org, patient, (_, p2, _) = await create_clinic(db)
+    async def test_adding_an_existing_secondary_changes_nothing(
+        self, db: AsyncSession, caplog: pytest.LogCaptureFixture
+    ):
+        """The log said "secondary provider added" for each of three requests when one
+        event was written: a line says what the write did."""
+        org, patient, (p1, p2, _) = await create_clinic(db)
+        caplog.set_level(logging.INFO, logger="src.services.care_team_service")
         for _ in range(2):
             await Service.add_secondary_provider(
                 db=db, organization_id=org, patient_id=patient, provider_id=p2
             )
-        assert await event_types(db, org, patient) == ["secondary_added"]
+            await Service.assign_primary_provider(
+                db=db, organization_id=org, patient_id=patient, provider_id=p1
+            )
+        assert await event_types(db, org, patient) == ["secondary_added", "primary_assigned"]
+        lines = [r.getMessage().split(" organization_id")[0] for r in caplog.records]
+        assert lines == [
+            "secondary provider add: changed",
+            "primary provider assign: changed",
+            "secondary provider add: unchanged",
+            "primary provider assign: unchanged",
+        ]
+        assert [getattr(r, "changed", None) for r in caplog.records] == [True, True, False, False]
 
 
 class TestRemoveProvider:
