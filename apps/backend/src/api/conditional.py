@@ -10,8 +10,8 @@ An ETag names a version of what a read returns:
 
 A write with If-Match goes ahead only if what it changes is still at that version,
 checked under the same lock as the change itself; otherwise 412 and nothing changed. An
-ETag that is malformed, or of another kind, matches nothing (412). `If-Match: *` only
-asks that the resource exists.
+ETag that is malformed, or of another kind, matches nothing (412 when no tag of the list
+matches). `If-Match: *` only asks that the resource exists.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Annotated, Any
 
 from fastapi import Header, Request, Response
 from pydantic.json_schema import SkipJsonSchema
+
+from src.services.errors import InvalidArgument
 
 NOT_MATCHING = -1  # a version no resource has: a write with it is refused (412)
 MAX_VERSION = 2**63 - 1  # versions are bigints: a larger number names none
@@ -71,25 +73,39 @@ def _opaque(tag: str) -> str | None:
     return None if match is None else match.group(1)
 
 
+def _version(tag: str, kind: str, parts: int) -> tuple[int, ...] | None:
+    """The version numbers of one of this resource's strong ETags; None for any other."""
+    value = None if tag.startswith("W/") else _opaque(tag)  # strong comparison
+    if value is None or not value.startswith(kind):
+        return None
+    numbers = value[len(kind) :].split(".")
+    if len(numbers) != parts or not all(n.isdigit() and n.isascii() for n in numbers):
+        return None
+    values = tuple(int(n) for n in numbers)
+    return None if any(v > MAX_VERSION for v in values) else values
+
+
 def expected(if_match: str | None, kind: str, parts: int = 1) -> tuple[int, ...] | None:
     """The version numbers If-Match names, for a resource whose ETags are `kind` then
     `parts` numbers joined by "." (`p1`, `v3.12`, `t40`): None without If-Match or with
-    `*`; NOT_MATCHING numbers for anything that is not exactly one of this resource's
-    ETags (a write names the one it read): then the write is refused (412)."""
+    `*`. If-Match is a list, met when any of its tags matches (RFC 9110 13.1.1): tags
+    that are malformed, weak or of another kind match nothing and are passed over; none
+    left gives NOT_MATCHING numbers (the write is refused, 412). Several versions of this
+    resource is InvalidArgument (422): the write is checked against one, under its lock."""
     if if_match is None or if_match.strip() == "*":
         return None
-    tags = _tags(if_match)
-    nothing = (NOT_MATCHING,) * parts
-    if len(tags) != 1:
-        return nothing
-    value = None if tags[0].startswith("W/") else _opaque(tags[0])  # strong comparison
-    if value is None or not value.startswith(kind):
-        return nothing
-    numbers = value[len(kind) :].split(".")
-    if len(numbers) != parts or not all(n.isdigit() and n.isascii() for n in numbers):
-        return nothing
-    values = tuple(int(n) for n in numbers)
-    return nothing if any(v > MAX_VERSION for v in values) else values
+    versions = {_version(tag, kind, parts) for tag in _tags(if_match)} - {None}
+    if not versions:
+        return (NOT_MATCHING,) * parts
+    if len(versions) > 1:
+        refused = InvalidArgument(
+            "If-Match names several versions of this resource: name the one you read",
+            field="If-Match",
+        )
+        refused.location = "header"
+        raise refused
+    (version,) = versions
+    return version
 
 
 def conditional_read(request: Request, etag: str) -> Response | None:
