@@ -31,6 +31,19 @@ _INSTANT = re.compile(INSTANT_PATTERN)
 # What a `+` offset becomes in a query string when it was not encoded: a space.
 _PLUS_AS_SPACE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9:.]+ [0-9]{2}:[0-9]{2}$")
 _LEAP_SECOND = re.compile(r":60(?=[.Zz+-])")
+# A UUID as RFC 9562 writes it: 8-4-4-4-12 hexadecimal digits (either case on input).
+# Python's and pydantic's readers also take it without hyphens, in braces or as a URN:
+# an id written another way is refused, never read as one.
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID = re.compile(UUID_PATTERN)
+UUID_RULE = "must be a UUID (8-4-4-4-12 hexadecimal digits)"
+
+
+def is_uuid_text(value: object) -> bool:
+    """Whether `value` is a UUID written 8-4-4-4-12 (any case)."""
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
+
+
 INSTANT_RULE = (
     "must be an RFC 3339 instant with its offset, from the year 1900, e.g. 2026-03-01T09:30:00Z"
 )

@@ -22,6 +22,7 @@ import datetime
 import functools
 import re
 import unicodedata
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -32,8 +33,10 @@ from src.values import (
     INSTANT_PATTERN,
     INSTANT_RULE,
     NPI_PATTERN,
+    UUID_RULE,
     edge_char,
     identifier_part,
+    is_uuid_text,
     parse_identifier,
     parse_instant,
     parse_npi,
@@ -353,4 +356,21 @@ IdentifierValue = Annotated[
     StringConstraints(min_length=1, max_length=IDENTIFIER_MAX_LENGTH),
     AfterValidator(lambda text: identifier_part(text, system=False)),
     WithJsonSchema({SHARED_SCHEMA_MARK: IDENTIFIER_VALUE_SCHEMA_NAME}),
+]
+
+
+# --- ids -------------------------------------------------------------------------------------
+
+
+def _uuid_text(value: object) -> object:
+    if not is_uuid_text(value):
+        raise ValueError(UUID_RULE)
+    return value
+
+
+# An id in a body: 8-4-4-4-12 only (pydantic alone also reads other ways of writing one).
+Uuid = Annotated[
+    uuid.UUID,
+    BeforeValidator(_uuid_text),
+    WithJsonSchema({"type": "string", "format": "uuid"}),
 ]

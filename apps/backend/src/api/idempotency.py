@@ -22,18 +22,32 @@ from pydantic import BaseModel
 from pydantic.json_schema import SkipJsonSchema
 
 from src.services.idempotency import IdempotencyKey
+from src.values import is_uuid_text
 
 KEY_MAX_LENGTH = 255  # any text a header can carry: a UUID is typical
 JSON = "application/json"
 
 
+def _ids_in_one_case(body: object) -> object:
+    """The body with its ids (`*_id` members holding a UUID) in lower case: a UUID is
+    the same whatever the case of its digits (RFC 9562 section 4)."""
+    if not isinstance(body, dict):
+        return body
+    return {
+        name: value.lower() if name.endswith("_id") and is_uuid_text(value) else value
+        for name, value in body.items()
+    }
+
+
 async def fingerprint(request: Request) -> str:
-    """What makes two requests the same request: method, path, query, parsed body."""
+    """What makes two requests the same request: method, path, query, parsed body (ids
+    in the path and the body compared in lower case: /v1's paths are lower case but for
+    their ids)."""
     query = sorted(request.query_params.multi_items())
     body = await request.body()
-    parsed = None if not body else await request.json()
+    parsed = None if not body else _ids_in_one_case(await request.json())
     canonical = json.dumps(
-        [request.method, request.url.path, query, parsed],
+        [request.method, request.url.path.lower(), query, parsed],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

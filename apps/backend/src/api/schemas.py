@@ -22,6 +22,7 @@ from src.api.fields import (
     IdentifierValue,
     Npi,
     PersonName,
+    Uuid,
 )
 from src.models import NOTE_MAX_LENGTH, ChangeReason, EventType, PeriodRole
 from src.services.panel_service import PreviousProvider
@@ -196,7 +197,7 @@ class TeamChange(StrictBody):
         }
     )
 
-    provider_id: uuid.UUID = Field(
+    provider_id: Uuid = Field(
         description="A provider of your organization (422 provider_not_found otherwise)"
     )
     reason: Reason = ChangeReason.OTHER
@@ -224,7 +225,7 @@ class PanelTransfer(StrictBody):
         }
     )
 
-    to_provider_id: uuid.UUID = Field(
+    to_provider_id: Uuid = Field(
         description="The provider who becomes the patients' primary (422 if unknown)"
     )
     reason: ChangeReason

@@ -277,15 +277,45 @@ class TestOtherInputs:
             "/v1/providers/%00",
             "/v1/patients/not-a-uuid/care-team",
             "/v1/patients/8f14e45f-ceea-467a-9575-4c3d1e0b6a2c/care-team/members/nope",
+            # Other ways of writing a UUID, which uuid.UUID reads: only 8-4-4-4-12 is one.
+            "/v1/patients/8f14e45fceea467a95754c3d1e0b6a2c",
+            "/v1/patients/{8f14e45f-ceea-467a-9575-4c3d1e0b6a2c}",
+            "/v1/patients/urn:uuid:8f14e45f-ceea-467a-9575-4c3d1e0b6a2c",
+            "/v1/providers/8f14e45fceea467a95754c3d1e0b6a2c/patients",
+            "/v1/patients/8f14e45f-ceea-467a-9575-4c3d1e0b6a2c/care-team/members/"
+            "8f14e45fceea467a95754c3d1e0b6a2c",
         ],
     )
     async def test_malformed_ids_are_422(
         self, client: httpx.AsyncClient, tenant: Tenant, path: str
     ):
-        method = "DELETE" if path.endswith("nope") else "GET"
+        method = "DELETE" if "/members/" in path else "GET"
         r = await client.request(method, path, headers=tenant.headers)
         assert r.status_code == 422
         assert "uuid" in r.json()["detail"].lower()
+
+    async def test_an_id_in_either_case_is_the_same_record(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient = await post_patient(client, tenant)
+        r = await client.get(f"/v1/patients/{patient.upper()}", headers=tenant.headers)
+        assert r.status_code == 200 and r.json()["id"] == patient
+
+    async def test_a_body_id_written_another_way_is_422(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """provider_id without hyphens, in braces or as a URN was read as the provider."""
+        patient, provider = await post_patient(client, tenant), await post_provider(client, tenant)
+        before = await rows_of(database, tenant)
+        for spelling in (uuid.UUID(provider).hex, f"{{{provider}}}", uuid.UUID(provider).urn):
+            r = await client.put(
+                f"/v1/patients/{patient}/care-team/primary",
+                json={"provider_id": spelling},
+                headers=tenant.headers,
+            )
+            assert r.status_code == 422 and r.json()["error"] == "validation_error", spelling
+            assert "8-4-4-4-12" in r.json()["detail"]
+        assert await rows_of(database, tenant) == before
 
     @pytest.mark.parametrize(
         "body",
@@ -295,6 +325,9 @@ class TestOtherInputs:
             {},
             {"provider_id": None},
             {"provider_id": str(uuid.uuid4()), "primary": True},
+            {"provider_id": uuid.uuid4().hex},
+            {"provider_id": f"{{{uuid.uuid4()}}}"},
+            {"provider_id": uuid.uuid4().urn},
         ],
     )
     async def test_bad_provider_reference(

@@ -394,6 +394,18 @@ class TestErrorsAndFormats:
         valid(await fhir_get(client, tenant, "/Observation"), 404)
         valid(await fhir_get(client, tenant, "/Patient/not-a-uuid"), 404)
 
+    async def test_an_id_is_ours_exactly_as_written(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """Patient/{id without hyphens} answered the patient: FHIR ids are case sensitive
+        and ours are written 8-4-4-4-12 in lower case; any other spelling names nothing."""
+        patient = await post_patient(client, tenant)
+        valid(await fhir_get(client, tenant, f"/Patient/{patient}"))
+        spellings = (patient.upper(), patient.replace("-", ""), f"urn:uuid:{patient}")
+        for spelling in spellings:
+            valid(await fhir_get(client, tenant, f"/Patient/{spelling}"), 404)
+            valid(await fhir_get(client, tenant, "/CareTeam", patient=spelling), 400)
+
 
 class TestWhatClientsSend:
     async def test_count_above_the_maximum_is_capped(

@@ -82,6 +82,28 @@ class TestIdempotencyKeys:
         )
         assert other.status_code == 409 and other.json()["error"] == "idempotency_key_reused"
 
+    async def test_ids_in_either_case_are_the_same_request(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """A keyed retry with the ids' digits in upper case was 409 idempotency_key_reused:
+        a UUID is the same UUID in either case (RFC 9562)."""
+        patient = await post_patient(client, tenant)
+        provider = await post_provider(client, tenant)
+        headers = keyed(tenant, "k-case")
+        first = await client.put(
+            f"/v1/patients/{patient}/care-team/primary",
+            json={"provider_id": provider},
+            headers=headers,
+        )
+        again = await client.put(
+            f"/v1/patients/{patient.upper()}/care-team/primary",
+            json={"provider_id": provider.upper()},
+            headers=headers,
+        )
+        assert (first.status_code, again.status_code) == (200, 200), again.text
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.content == first.content
+
     async def test_concurrent_requests_with_one_key_execute_once(
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database
     ):

@@ -213,21 +213,24 @@ class Query:
         return f"{base}/{self.kind}" + (f"?{urlencode(params)}" if params else "")
 
 
+# Our FHIR ids: UUIDs as we write them, 8-4-4-4-12 in lower case. FHIR ids are case
+# sensitive, and uuid.UUID would read other ways of writing one (no hyphens, braces).
+_FHIR_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
 def _path_id(kind: str, value: str) -> uuid.UUID:
-    """A read's id: ours are UUIDs, so anything else is simply not found."""
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise FhirError(404, "not-found", f"{kind}/{value} not found") from None
+    """A read's id: anything but one of ours is simply not found."""
+    if not _FHIR_ID.fullmatch(value):
+        raise FhirError(404, "not-found", f"{kind}/{value[:64]} not found")
+    return uuid.UUID(value)
 
 
 def _id(value: str, kind: str, what: str) -> uuid.UUID:
     """An id, or a `kind/{id}` reference to one."""
     raw = value.removeprefix(f"{kind}/")
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise invalid(f"{what} must be a {kind} id or {kind}/{{id}}") from None
+    if not _FHIR_ID.fullmatch(raw):
+        raise invalid(f"{what} must be a {kind} id or {kind}/{{id}}")
+    return uuid.UUID(raw)
 
 
 def _statuses(given: list[str]) -> frozenset[str] | None:
