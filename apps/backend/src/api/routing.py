@@ -4,6 +4,8 @@
   such as `?nmae=x` would otherwise widen a search silently. So is a parameter given
   twice (`?name=A&name=B` read as one of the two) and a query string that is not UTF-8
   once percent-decoded (read with U+FFFD in place of its bytes, it found nothing).
+- A body sent to an operation that takes none (a GET's) is 422: it was never read, so
+  malformed JSON there was answered 200.
 - An id in the path is 8-4-4-4-12 hexadecimal digits (422 otherwise): uuid.UUID would
   also read it without hyphens, in braces or as a URN.
 - A JSON body is UTF-8 (RFC 8259 section 8.1): anything else is 415, never decoded by
@@ -123,6 +125,11 @@ def _query_names(dependant: Dependant) -> list[str]:
     return names
 
 
+def _has_body(request: Request) -> bool:
+    headers = request.headers
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+
+
 class StrictRoute(APIRoute):
     """An APIRoute that refuses undeclared query parameters and reads JSON strictly."""
 
@@ -144,6 +151,16 @@ class StrictRoute(APIRoute):
                     )
             if reads_body:
                 request = StrictRequest(request.scope, request.receive)
+            elif _has_body(request):
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "body_not_taken",
+                            "loc": ("body",),
+                            "msg": "this operation takes no body",
+                        }
+                    ]
+                )
             return await handler(request)
 
         return strict_handler

@@ -207,6 +207,22 @@ class TestPatientBodies:
         (problem,) = r.json()["errors"]
         assert problem["field"] == field and words in problem["detail"], problem
 
+    @pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+    async def test_a_body_on_an_operation_that_takes_none_is_refused(
+        self, client: httpx.AsyncClient, tenant: Tenant, content_type: str
+    ):
+        """A GET with a malformed JSON body answered 200 (the body was never read), while
+        the same with text/plain was 415: a body an operation does not take is refused."""
+        r = await client.request(
+            "GET",
+            "/v1/patients",
+            content=b"{not json",
+            headers={**tenant.headers, "Content-Type": content_type},
+        )
+        assert r.status_code in (415, 422), r.text
+        if content_type == "application/json":
+            assert r.json()["errors"][0]["detail"] == "this operation takes no body"
+
     async def test_huge_body(self, client: httpx.AsyncClient, tenant: Tenant, database: Database):
         before = await rows_of(database, tenant)
         huge = {**VALID, "last_name": "x" * 200_000}
