@@ -20,13 +20,19 @@ from src.config import ConfigurationError
 
 class _Commands(typer.core.TyperGroup):
     """Every command, with a configuration error said in one line (exit 2) wherever in
-    the command it is found (a package installed without its checkout, say)."""
+    the command it is found (a package installed without its checkout, say), and a
+    refused value said without pydantic's "Value error, " in front of it."""
 
     def invoke(self, ctx: Any) -> object:  # click's Context
         try:
             return super().invoke(ctx)
         except ConfigurationError as err:
             usage_error(str(err))
+        except typer.BadParameter as err:  # typer words an enum's refusal as pydantic does
+            if not err.message.startswith("Value error, "):
+                raise
+            message = err.message.removeprefix("Value error, ")
+            raise typer.BadParameter(message, ctx=err.ctx, param=err.param) from None
 
 
 app = typer.Typer(

@@ -58,7 +58,7 @@ def _print_key(issued: IssuedApiKey, as_json: bool) -> None:
 
 @org_app.command("create")
 def org_create(
-    name: Annotated[str, typer.Argument(help="The organization's name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The organization's name.")],
     as_json: JsonOption = False,
 ) -> None:
     """Create an organization and its first API key; print them once."""

@@ -832,6 +832,14 @@ class TestTheCommandContract:
             assert max(len(line) for line in body) <= 80, (path, text)
             assert "  --help " in text, path
 
+    def test_a_refused_choice_is_said_in_our_words(self):
+        """`panel transfer --reason bogus` printed pydantic's "Value error, ..."."""
+        ids = (str(uuid.uuid4()), str(uuid.uuid4()))
+        result = careteam("panel", "transfer", *ids, "--reason", "bogus")
+        assert result.returncode == 2, result.stderr
+        assert "'bogus' is not one of 'patient_request'" in result.stderr
+        assert "Value error" not in result.stderr
+
     def test_check_help_names_everything_it_checks(self):
         """`check --help` spoke of several primaries and teams without one only: the
         periods, inactive members and identifiers it also reports went unmentioned."""
@@ -860,6 +868,8 @@ class TestTheCommandContract:
                     continue
                 if not getattr(param, "help", None):
                     missing.append(f"{path} {param.name}")
+                if param.param_type_name == "argument" and not (param.metavar or "").isupper():
+                    missing.append(f"{path} {param.name}: its metavar")  # was `{name}`
             if hasattr(command, "commands"):  # a group (typer's own click, not click's)
                 for name, sub in command.commands.items():
                     missing += walk(sub, f"{path} {name}")
