@@ -744,7 +744,9 @@ def parse_args(
         add_help=False,
     )
     parser._optionals.title = "Options"
-    parser.add_argument("--json", action="store_true", help="One JSON object on stdout.")
+    parser.add_argument(
+        "--json", action="store_true", help="Print JSON instead of text (one object on stdout)."
+    )
     parser.add_argument(
         "--organization", type=_organization, metavar="ORG_ID", help="Check one organization only."
     )

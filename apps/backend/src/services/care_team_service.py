@@ -172,8 +172,8 @@ SELECT_TEAM = Sql(
     "key",
 )
 
-# The team as it stood at $3: careteam_care_team_as_of (migration
-# 20261206_writes_in_one_statement) sets the tenant, checks the key like SELECT_TEAM,
+# The team as it stood at $3: careteam_care_team_as_of
+# (sql/functions/careteam_care_team_as_of/v1.sql) sets the tenant, checks the key like SELECT_TEAM,
 # and reads the periods that held then (assigned_at and since: the period's start;
 # version NULL). One statement too.
 SELECT_TEAM_AS_OF = Sql(

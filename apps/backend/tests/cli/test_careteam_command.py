@@ -797,6 +797,14 @@ class TestCareTeamsAndPanels:
         sizes = {p["provider_id"]: p["panel_size"] for p in report["providers"]}
         assert sizes == {str(busy): 3, str(idle): 0}
 
+    def test_a_patient_found_nowhere_is_said_so(self, clinic: tuple[Any, ...]):
+        """Without --organization, an unknown patient was "not found in this
+        organization", although no organization was given or found."""
+        unknown = str(uuid.uuid4())
+        result = careteam("team", unknown)
+        assert result.returncode == 1, result.stdout
+        assert f"patient {unknown} not found in any organization" in result.stderr
+
     def test_an_organization_that_does_not_exist_is_said_so(self, clinic: tuple[Any, ...]):
         """`report panels --organization <unknown>` printed an empty report, exit 0."""
         unknown = str(uuid.uuid4())
