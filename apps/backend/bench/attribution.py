@@ -1,5 +1,5 @@
-"""Benchmark: attribution over time (issue 14): reads as of an instant, panel pages, a
-panel transfer under load, and assignments with periods against the release before.
+"""Benchmark: attribution over time: reads as of an instant, panel pages, a panel
+transfer under load, and assignments with periods against the release before.
 
 Usage (from apps/backend):
 
@@ -21,7 +21,7 @@ of its own), then, in one run:
    batches of 100), while 4 other writers add and remove secondaries on patients of that
    panel: the transfer's time, and the writers' longest stall (their longest write).
 3. Assignments with periods against the release before them: bench/assign_driver.py
-   run from this checkout and from the commit before issue 14 (--before, exported with
+   run from this checkout and from the commit before care team periods (--before, exported with
    `git archive`), each on a database of its own, alternately, twice each; the ratio is
    this release's assignments per second over the earlier one's, per pair.
 
@@ -55,7 +55,7 @@ from src.migration_runner import upgrade
 from src.services.care_team_service import CareTeamService
 from src.services.panel_service import PanelService, PreviousProvider
 
-# The last commit before issue 14 (care team periods): "assign before this change".
+# The last commit before care team periods: "assign before this change".
 BEFORE_ATTRIBUTION = "fb7fa23"
 
 PROVIDERS = 100
@@ -342,7 +342,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--seconds", type=float, default=10, help="each measure's length")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--patients", type=int, default=20_000, help="patients (at least 3 panels)")

@@ -1,4 +1,4 @@
-"""Benchmark: finding patients (issue 15): a name search and a list page on 1M patients,
+"""Benchmark: finding patients: a name search and a list page on 1M patients,
 as ratios to the care-team read in the same run.
 
 Usage (from apps/backend):
