@@ -220,11 +220,17 @@ def identifier_part(text: str, *, system: bool) -> str:
 
 
 def parse_identifier(token: str) -> tuple[str, str]:
-    """`system|value` (an identifier search, /v1 and FHIR alike) into its two parts, each
-    as identifier_part reads it; ValueError unless both are given and valid."""
+    """`system|value` (an identifier search on /v1) into its two parts, each as
+    identifier_part reads it; ValueError unless both are given and valid."""
     system, bar, value = token.partition("|")
     if not bar:
         raise ValueError("must be system|value")
+    return identifier_parts(system, value)
+
+
+def identifier_parts(system: str, value: str) -> tuple[str, str]:
+    """An identifier's system and value (of a search, /v1 and FHIR alike), each as
+    identifier_part reads it; ValueError saying which is wrong."""
     parts = []
     for part, is_system in ((system, True), (value, False)):
         try:

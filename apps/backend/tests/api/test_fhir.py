@@ -277,7 +277,8 @@ class TestErrorsAndFormats:
             # FHIR's OR (a comma) and escapes on a parameter taking one value: name=a,b
             # was read as the one prefix "a,b" and found nothing, 200.
             ("/Patient", {"name": "Zelda,Ada"}),
-            ("/Patient", {"name": "Zelda\\,Ada"}),
+            ("/Patient", {"name": "Zelda\\xAda"}),
+            ("/Patient", {"name": "Zelda\\"}),
             ("/Practitioner", {"name": "a,b"}),
             ("/Patient", {"identifier": "urn:mrn|A,urn:mrn|B"}),
         ],
@@ -309,6 +310,40 @@ class TestErrorsAndFormats:
             headers={**tenant.headers, "Prefer": "return=minimal, handling=lenient"},
         )
         assert "colour" not in valid(lenient)["link"][0]["url"]
+
+    async def test_escaped_commas_bars_and_backslashes_find_what_holds_them(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """Values /v1 accepts may hold a comma or a backslash: FHIR finds them through its
+        escapes (\\, \\| \\\\), while a bare comma (an OR) is 400."""
+        patient = await post_patient(
+            client,
+            tenant,
+            last_name="Smith, Jr",
+            identifiers=[
+                {"system": "urn:mrn", "value": "12,345"},
+                {"system": "urn:b", "value": "A\\B|C"},
+            ],
+        )
+        for params in (
+            {"identifier": "urn:mrn|12\\,345"},
+            {"identifier": "urn:b|A\\\\B\\|C"},
+            {"identifier": "urn:b|A\\\\B|C"},  # a bar after the first is the value's
+            {"name": "Smith\\, J"},
+        ):
+            bundle = valid(await fhir_get(client, tenant, "/Patient", **params))
+            assert [e["resource"]["id"] for e in bundle["entry"]] == [patient], params
+        for params in ({"identifier": "urn:mrn|12,345"}, {"name": "Smith, J"}):
+            valid(await fhir_get(client, tenant, "/Patient", **params), 400)
+
+    async def test_an_npi_without_a_system_is_not_an_npi(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """`identifier=|1234567893` (FHIR: a code with no system) matched the NPI."""
+        await post_provider(client, tenant, npi="1234567893")
+        for token, found in (("1234567893", 1), ("|1234567893", 0)):
+            bundle = valid(await fhir_get(client, tenant, "/Practitioner", identifier=token))
+            assert len(bundle.get("entry", [])) == found, token
 
     @pytest.mark.parametrize(
         "query",

@@ -38,7 +38,7 @@ from src.api.routing import query_is_utf8
 from src.config import get_settings
 from src.services.directory_service import DirectoryService, Identifier
 from src.services.fhir_service import CareTeamFilter, FhirService
-from src.values import Cursors, UnknownCursor, parse_identifier, parse_npi
+from src.values import Cursors, UnknownCursor, identifier_parts, parse_npi
 
 router = APIRouter(prefix="/fhir/R4", include_in_schema=False)
 
@@ -120,6 +120,35 @@ def _handling(request: Request) -> str:
     return "strict"
 
 
+# FHIR R4's escapes in search values (its search page, "Escaping Search Parameters"): a backslash
+# before `,` `$` `|` or `\\` stands for that character.
+_ESCAPED = frozenset(",$|\\")
+
+
+def _unescaped(raw: str, name: str, *, token: bool) -> list[str]:
+    """The value with its escapes read; with `token`, split at its first bare `|`. A bare
+    comma is an OR of several values, which a parameter taking one refuses (400), and a
+    backslash before anything else is no escape FHIR defines (400)."""
+    parts = [""]
+    chars = iter(raw)
+    for char in chars:
+        if char == "\\":
+            escaped = next(chars, "")
+            if escaped not in _ESCAPED:  # "" too: a backslash at the end
+                raise invalid(f"{name}: a backslash escapes , $ | or \\ only (\\\\ is one)")
+            parts[-1] += escaped
+        elif char == ",":
+            raise invalid(
+                f"{name} takes one value here: a comma-separated list (FHIR's OR) is not "
+                "supported; search once per value (a comma inside a value is \\,)"
+            )
+        elif char == "|" and token and len(parts) == 1:
+            parts.append("")
+        else:
+            parts[-1] += char
+    return parts
+
+
 class Query:
     """The search's parameters: each read at most once, to know which were applied (the
     `self` link shows those only). Strict by default: a parameter this server does not
@@ -153,18 +182,26 @@ class Query:
         self.applied += [(name, v) for v in given]
         return given
 
-    def get(self, name: str) -> str | None:
-        """The one value of a parameter that takes one. A comma-separated list (FHIR's
-        OR) or an escape (`\\,`) is 400 here, never read as one literal value."""
+    def _one(self, name: str) -> str | None:
         given = self.all(name)
         if len(given) > 1:
             raise invalid(f"{name} is given more than once")
-        if given and ("," in given[0] or "\\" in given[0]):
-            raise invalid(
-                f"{name} takes one value here: a comma-separated list (FHIR's OR) and "
-                "escapes (\\,) are not supported; search once per value"
-            )
         return given[0] if given else None
+
+    def get(self, name: str) -> str | None:
+        """The one value of a parameter that takes one, its escapes read (`\\,` a comma).
+        A bare comma (FHIR's OR) is 400, never read as part of one literal value."""
+        raw = self._one(name)
+        return None if raw is None else "".join(_unescaped(raw, name, token=False))
+
+    def token(self, name: str) -> tuple[str | None, str] | None:
+        """A token parameter's `system|code` (system None when there is no bare `|`),
+        its escapes read (`\\|` a bar inside either part)."""
+        raw = self._one(name)
+        if raw is None:
+            return None
+        parts = _unescaped(raw, name, token=True)
+        return (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
     def _single(self, name: str) -> str | None:
         """A paging parameter's value (not one the `self` link repeats as given)."""
@@ -420,14 +457,17 @@ async def search_patients(request: Request) -> Response:
         request, "Patient", {"_id", "identifier", "name", "birthdate"}, await cursors_of(request)
     )
     only = query.get("_id")
-    identifier = query.get("identifier")
+    identifier = query.token("identifier")
     name = _name(query.get("name"))
     birthdate = query.get("birthdate")
     count, after = query.count(), query.cursor()
     token = None
     if identifier is not None:
+        system, value = identifier
+        if system is None:
+            raise invalid("identifier must be system|value")
         try:
-            token = Identifier(*parse_identifier(identifier))
+            token = Identifier(*identifier_parts(system, value))
         except ValueError as err:
             raise invalid(f"identifier {err}") from None
     born = None
@@ -486,7 +526,7 @@ async def search_practitioners(request: Request) -> Response:
         request, "Practitioner", {"_id", "identifier", "name", "active"}, await cursors_of(request)
     )
     only = query.get("_id")
-    identifier = query.get("identifier")
+    identifier = query.token("identifier")
     name = _name(query.get("name"))
     active_raw = query.get("active")
     active = None
@@ -497,12 +537,12 @@ async def search_practitioners(request: Request) -> Response:
     count, after = query.count(), query.cursor()
     npi = None
     if identifier is not None:
-        system, _, value = identifier.rpartition("|")
+        system, value = identifier
         try:
             npi = parse_npi(value)
         except ValueError as err:
             raise invalid(f"identifier must be an NPI, or system|NPI: the NPI {err}") from None
-        if system and system != NPI_SYSTEM:  # no other identifier system here: no match
+        if system is not None and system != NPI_SYSTEM:  # `|NPI`, another system: none
             return _page(request, query, "Practitioner", found=[], count=count, resources=[])
     found = await DirectoryService.list_providers(
         db=db,
