@@ -192,15 +192,24 @@ def problem_response(
 
 # A union's member names that pydantic puts in an error's loc ("list[IdentifierIn]",
 # "function-after[...]", "bool", "none"): a PATCH field is `X | None`, and its errors are
-# the client's field, not our type's members.
+# the client's field, not our type's members. They follow a field's name, never stand
+# first (a parameter's or a body member's name, the client's own words, is kept
+# whatever it is), and an unknown member's name, last in its loc, is the client's too.
 _UNION_MEMBERS = re.compile(r"^(none|str|int|bool|float|date|datetime|uuid)$|[-\[]")
 
 
-def _location_and_field(loc: Sequence[Any]) -> tuple[str, str]:
+def _location_and_field(loc: Sequence[Any], kind: str) -> tuple[str, str]:
     if not loc:
         return "body", "body"
-    where = str(loc[0])
-    parts = [p for p in loc[1:] if not (isinstance(p, str) and _UNION_MEMBERS.search(p))]
+    where, names = str(loc[0]), list(loc[1:])
+    last = len(names) - 1
+    parts = [
+        part
+        for i, part in enumerate(names)
+        if i == 0
+        or (i == last and kind == "extra_forbidden")
+        or not (isinstance(part, str) and _UNION_MEMBERS.search(part))
+    ]
     rest = ".".join(str(part) for part in parts)
     return where, rest or where
 
@@ -238,7 +247,7 @@ def field_problems(exc: RequestValidationError) -> list[dict[str, str]]:
             reason = (error.get("ctx") or {}).get("error")
             message += f": {reason}" if reason else ""
         else:
-            where, field = _location_and_field(error.get("loc", ()))
+            where, field = _location_and_field(error.get("loc", ()), str(error.get("type")))
         problems.append({"location": where, "field": field, "detail": message})
     return problems
 
