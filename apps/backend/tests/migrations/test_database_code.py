@@ -24,6 +24,7 @@ from src.migration_runner import alembic_config, downgrade, upgrade
 from tests.helpers import FreshDatabase
 
 RELEASED = BACKEND_DIR / "migrations" / "released.sha256"
+DATABASE_CODE = BACKEND_DIR.parent.parent / "docs" / "DATABASE_CODE.md"
 VERSIONS_DIR = BACKEND_DIR / "migrations" / "versions"
 # What a revision may import from the application: the settings (the role to grant to),
 # the loader of sql/, and the dedupe it shares with the live diagnostic.
@@ -206,7 +207,7 @@ class TestEveryRevision:
                 await downgrade(engine, order[position - 1])
 
 
-# --- who calls what, at head (sql/README.md) --------------------------------------------
+# --- who calls what, at head (docs/DATABASE_CODE.md) -------------------------------------
 
 TRIGGERS = """
 SELECT t.tgfoid::regproc::text AS function, c.relname AS table_name
@@ -216,8 +217,9 @@ WHERE NOT t.tgisinternal AND c.relnamespace = 'public'::regnamespace
 
 
 def readme_callers() -> dict[str, str]:
-    """sql/README.md's "Who calls what, at head": each function and its row's second cell."""
-    section = (SQL_DIR / "README.md").read_text().split("## Who calls what, at head")[1]
+    """docs/DATABASE_CODE.md's "Who calls what, at head": each function and its row's
+    second cell."""
+    section = DATABASE_CODE.read_text().split("## Who calls what, at head")[1]
     rows = re.findall(r"^\| `(\w+)` \| (.+) \|$", section, flags=re.MULTILINE)
     return dict(rows)
 
