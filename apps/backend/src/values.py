@@ -184,14 +184,15 @@ def edge_char(char: str) -> bool:
     return unicodedata.category(char)[0] in _TEXT_CATEGORIES
 
 
-def refused_char(text: str) -> str | None:
-    """Why `text` holds a character it may not (by code point, never quoting it)."""
+def refused_char(text: str, in_what: str = "") -> str | None:
+    """Why `text` holds a character it may not (by code point, never quoting it);
+    `in_what` (" in a name") says where."""
     for char in text:
         if not text_char(char):
             return (
                 f"must not contain U+{ord(char):04X} ({unicodedata.category(char)}: control, "
                 "format, unassigned, private-use or line/paragraph separator characters are "
-                "not allowed)"
+                f"not allowed{in_what})"
             )
     return None
 

@@ -44,6 +44,7 @@ from src.services.errors import (
     OutcomeUnknown,
     PreconditionFailed,
 )
+from src.values import UUID_RULE
 
 logger = logging.getLogger(__name__)
 
@@ -216,8 +217,8 @@ def _location_and_field(loc: Sequence[Any], kind: str) -> tuple[str, str]:
 
 # pydantic messages that would quote part of the submitted value, in our own words.
 _MESSAGES = {
-    "uuid_parsing": "must be a UUID (8-4-4-4-12 hexadecimal digits)",
-    "uuid_type": "must be a UUID (8-4-4-4-12 hexadecimal digits)",
+    "uuid_parsing": UUID_RULE,
+    "uuid_type": UUID_RULE,
     "json_invalid": "malformed JSON",
 }
 # A pattern longer than this is not quoted: it says less than the field's description.

@@ -50,7 +50,6 @@ OLDEST_BIRTH_DATE = datetime.date(1900, 1, 1)
 # --- names ---------------------------------------------------------------------------------
 
 # A name's characters are text's (src/values.py: text_char, edge_char).
-_allowed, _edge = text_char, edge_char
 
 
 def _letter(char: str) -> bool:
@@ -89,17 +88,17 @@ def _character_class(predicate: Callable[[str], bool]) -> str:
 def name_pattern() -> str:
     """The name rule as one anchored regex: an optional run that starts with a non-space,
     then a letter, then an optional run that ends with a non-space."""
-    allowed, edge, letter = (_character_class(p) for p in (_allowed, _edge, _letter))
+    allowed, edge, letter = (_character_class(p) for p in (text_char, edge_char, _letter))
     return f"^(?:{edge}{allowed}*)?{letter}(?:{allowed}*{edge})?$"
 
 
 def check_person_name(value: str) -> str:
     """The value in NFC, or ValueError saying which part of the rule it breaks (by code
     point, never by quoting the name)."""
-    problem = refused_char(value)
+    problem = refused_char(value, in_what=" in a name")
     if problem:
-        raise ValueError(problem.replace("not allowed", "not allowed in a name"))
-    if not _edge(value[0]) or not _edge(value[-1]):
+        raise ValueError(problem)
+    if not edge_char(value[0]) or not edge_char(value[-1]):
         raise ValueError("must not start or end with a space")
     if not any(_letter(char) for char in value):
         raise ValueError("must contain at least one letter")
@@ -296,7 +295,7 @@ def identifier_pattern(*, system: bool) -> str:
     def pipe_free(predicate: Callable[[str], bool]) -> Callable[[str], bool]:
         return lambda char: predicate(char) and (not system or char != "|")
 
-    allowed, edge = (_character_class(pipe_free(p)) for p in (_allowed, _edge))
+    allowed, edge = (_character_class(pipe_free(p)) for p in (text_char, edge_char))
     return f"{edge}(?:{allowed}*{edge})?"
 
 
@@ -322,12 +321,14 @@ def identifier_query_pattern() -> str:
 
 
 def _identifier_search(token: str) -> str:
-    parse_identifier(token)  # its ValueError says which part is wrong, and why
-    return token
+    """The search as stored identifiers are (NFC); parse_identifier's ValueError says
+    which part is wrong, and why."""
+    return "|".join(parse_identifier(token))
 
 
 # An identifier search, `system|value`: refused with parse_identifier's reason (the
-# pattern it publishes is some 12,000 characters, no message to quote).
+# pattern it publishes is some 12,000 characters, no message to quote). Its value is
+# the search in stored form, whose first "|" separates the two (a system holds none).
 IdentifierSearch = Annotated[
     str,
     StringConstraints(max_length=2 * IDENTIFIER_MAX_LENGTH + 1),
@@ -368,7 +369,8 @@ def _uuid_text(value: object) -> object:
     return value
 
 
-# An id in a body: 8-4-4-4-12 only (pydantic alone also reads other ways of writing one).
+# An id, in a path or a body: 8-4-4-4-12 only (pydantic alone also reads it without
+# hyphens, in braces or as a URN).
 Uuid = Annotated[
     uuid.UUID,
     BeforeValidator(_uuid_text),

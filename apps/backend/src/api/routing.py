@@ -6,8 +6,6 @@
   once percent-decoded (read with U+FFFD in place of its bytes, it found nothing).
 - A body sent to an operation that takes none (a GET's) is 422: it was never read, so
   malformed JSON there was answered 200.
-- An id in the path is 8-4-4-4-12 hexadecimal digits (422 otherwise): uuid.UUID would
-  also read it without hyphens, in braces or as a URN.
 - A JSON body is UTF-8 (RFC 8259 section 8.1): anything else is 415, never decoded by
   guessing (json.loads alone reads UTF-16 and UTF-32 too).
 - An object with the same name twice (`{"provider_id": A, "provider_id": B}`) is 422:
@@ -19,7 +17,6 @@ Every /v1 router uses StrictRoute (`APIRouter(route_class=StrictRoute)`).
 from __future__ import annotations
 
 import json
-import uuid
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -29,8 +26,6 @@ from fastapi import HTTPException, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-
-from src.values import UUID_RULE, is_uuid_text
 
 NAME_SHOWN = 64  # at most this much of an unknown parameter's name is repeated back
 
@@ -137,18 +132,12 @@ class StrictRoute(APIRoute):
         handler = super().get_route_handler()
         declared = frozenset(_query_names(self.dependant))
         reads_body = self.body_field is not None
-        ids = [p.alias for p in self.dependant.path_params if p.field_info.annotation is uuid.UUID]
 
         async def strict_handler(request: Request) -> Response:
             if request.scope["query_string"]:  # most requests have none: nothing to parse
                 problems = query_problems(request, declared)
                 if problems:
                     raise RequestValidationError(problems)
-            for name in ids:  # 8-4-4-4-12 only: uuid.UUID also reads it written other ways
-                if not is_uuid_text(request.path_params.get(name)):
-                    raise RequestValidationError(
-                        [{"type": "uuid_parsing", "loc": ("path", name), "msg": UUID_RULE}]
-                    )
             if reads_body:
                 request = StrictRequest(request.scope, request.receive)
             elif _has_body(request):

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Query, Request, Response, status
 from src.api.conditional import IF_NONE_MATCH, IfMatch, conditional_read, expected, team_etag
 from src.api.deps import caller_of, session_of
 from src.api.errors import CREATED_HEADERS, link, links, problem_responses
-from src.api.fields import Instant
+from src.api.fields import Instant, Uuid
 from src.api.idempotency import Idempotency, Reply, as_response, reply, respond
 from src.api.paging import CursorParam, cursors_of, open_cursor
 from src.api.routing import StrictRoute
@@ -67,7 +67,7 @@ def render(team: CareTeam) -> CareTeamOut:
     },
 )
 async def get_care_team(
-    patient_id: uuid.UUID,
+    patient_id: Uuid,
     request: Request,
     *,
     as_of: AsOf = None,
@@ -124,7 +124,7 @@ def _version(if_match: str | None) -> tuple[int, ...] | None:
 )
 async def assign_primary_provider(
     request: Request,
-    patient_id: uuid.UUID,
+    patient_id: Uuid,
     body: TeamChange,
     *,
     idempotency: Idempotency,
@@ -171,7 +171,7 @@ async def assign_primary_provider(
 )
 async def add_care_team_member(
     request: Request,
-    patient_id: uuid.UUID,
+    patient_id: Uuid,
     body: TeamChange,
     *,
     idempotency: Idempotency,
@@ -208,8 +208,8 @@ async def add_care_team_member(
 )
 async def remove_care_team_member(
     request: Request,
-    patient_id: uuid.UUID,
-    provider_id: uuid.UUID,
+    patient_id: Uuid,
+    provider_id: Uuid,
     *,
     body: Annotated[MemberRemoval | None, Body()] = None,
     idempotency: Idempotency,
@@ -241,7 +241,7 @@ async def remove_care_team_member(
 )
 async def get_care_team_history(
     request: Request,
-    patient_id: uuid.UUID,
+    patient_id: Uuid,
     *,
     limit: Limit = 50,
     cursor: CursorParam = None,
@@ -272,7 +272,7 @@ async def get_care_team_history(
 )
 async def get_care_team_periods(
     request: Request,
-    patient_id: uuid.UUID,
+    patient_id: Uuid,
     *,
     limit: Limit = 50,
     cursor: CursorParam = None,

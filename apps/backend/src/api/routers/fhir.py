@@ -38,7 +38,7 @@ from src.api.routing import query_is_utf8
 from src.config import get_settings
 from src.services.directory_service import DirectoryService, Identifier
 from src.services.fhir_service import CareTeamFilter, FhirService
-from src.values import Cursors, UnknownCursor, identifier_parts, parse_npi
+from src.values import Cursors, UnknownCursor, identifier_parts, is_uuid_text, parse_npi
 
 router = APIRouter(prefix="/fhir/R4", include_in_schema=False)
 
@@ -183,10 +183,11 @@ class Query:
         return given
 
     def _one(self, name: str) -> str | None:
-        given = self.all(name)
-        if len(given) > 1:
-            raise invalid(f"{name} is given more than once")
-        return given[0] if given else None
+        """A one-value parameter's value, checked and applied (the `self` link shows it)."""
+        value = self._single(name)
+        if value is not None:
+            self.all(name)
+        return value
 
     def get(self, name: str) -> str | None:
         """The one value of a parameter that takes one, its escapes read (`\\,` a comma).
@@ -250,14 +251,15 @@ class Query:
         return f"{base}/{self.kind}" + (f"?{urlencode(params)}" if params else "")
 
 
-# Our FHIR ids: UUIDs as we write them, 8-4-4-4-12 in lower case. FHIR ids are case
-# sensitive, and uuid.UUID would read other ways of writing one (no hyphens, braces).
-_FHIR_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+def _ours(value: str) -> bool:
+    """Whether `value` is written as our FHIR ids are: a UUID, 8-4-4-4-12, in lower case
+    (FHIR ids are case sensitive; uuid.UUID would read other spellings too)."""
+    return is_uuid_text(value) and value == value.lower()
 
 
 def _path_id(kind: str, value: str) -> uuid.UUID:
     """A read's id: anything but one of ours is simply not found."""
-    if not _FHIR_ID.fullmatch(value):
+    if not _ours(value):
         raise FhirError(404, "not-found", f"{kind}/{value[:64]} not found")
     return uuid.UUID(value)
 
@@ -265,7 +267,7 @@ def _path_id(kind: str, value: str) -> uuid.UUID:
 def _id(value: str, kind: str, what: str) -> uuid.UUID:
     """An id, or a `kind/{id}` reference to one."""
     raw = value.removeprefix(f"{kind}/")
-    if not _FHIR_ID.fullmatch(raw):
+    if not _ours(raw):
         raise invalid(f"{what} must be a {kind} id or {kind}/{{id}}")
     return uuid.UUID(raw)
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from src.api.deps import caller_of, session_of
 from src.api.errors import problem_responses
-from src.api.fields import Instant
+from src.api.fields import Instant, Uuid
 from src.api.idempotency import Idempotency, reply, respond
 from src.api.paging import CursorParam, cursors_of, list_key, open_cursor
 from src.api.routing import StrictRoute
@@ -45,7 +45,7 @@ MAX_PAGE = 200
 )
 async def get_provider_panel(
     request: Request,
-    provider_id: uuid.UUID,
+    provider_id: Uuid,
     *,
     role: Annotated[
         PanelRole, Query(description="primary (the panel), secondary, or any")
@@ -93,7 +93,7 @@ async def get_provider_panel(
 )
 async def transfer_provider_panel(
     request: Request,
-    provider_id: uuid.UUID,
+    provider_id: Uuid,
     body: PanelTransfer,
     idempotency: Idempotency,
 ) -> Response:
