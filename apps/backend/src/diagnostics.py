@@ -98,28 +98,20 @@ WHERE a.organization_id IS NULL OR p.organization_id IS NULL
 ORDER BY 1, 2, 3
 """
 
-# Primaries whose provider is inactive (data from before deactivation was refused).
-INACTIVE_PRIMARIES = """
+# Members whose provider is inactive: primaries (data from before deactivation was
+# refused) and secondaries (from before deactivation ended a provider's memberships:
+# PATCH {"active": false} again ends them).
+_INACTIVE_MEMBERS = """
 SELECT a.organization_id, a.patient_id, a.provider_id, '' AS assigned, '' AS open_period
 FROM providers AS v
 JOIN care_team_assignments AS a
     ON a.organization_id = v.organization_id AND a.provider_id = v.id
-   AND a.is_primary_provider
-WHERE NOT v.active AND {inactive_filter}
+   AND {primary}a.is_primary_provider
+WHERE NOT v.active AND {{inactive_filter}}
 ORDER BY 1, 2
 """
-
-# Secondary members whose provider is inactive (data from before deactivation ended a
-# provider's memberships: PATCH {"active": false} again ends them).
-INACTIVE_SECONDARIES = """
-SELECT a.organization_id, a.patient_id, a.provider_id, '' AS assigned, '' AS open_period
-FROM providers AS v
-JOIN care_team_assignments AS a
-    ON a.organization_id = v.organization_id AND a.provider_id = v.id
-   AND NOT a.is_primary_provider
-WHERE NOT v.active AND {inactive_filter}
-ORDER BY 1, 2
-"""
+INACTIVE_PRIMARIES = _INACTIVE_MEMBERS.format(primary="")
+INACTIVE_SECONDARIES = _INACTIVE_MEMBERS.format(primary="NOT ")
 
 # Patient identifiers written before the identifier rule that its migration could not
 # bring into form (20261207_normalized_identifiers): with a control character, or whose

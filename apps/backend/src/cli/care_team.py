@@ -52,10 +52,6 @@ OrganizationOption = Annotated[
 ]
 
 
-class _FoundNowhere(Exception):
-    """The record named was found in no organization (no --organization was given)."""
-
-
 def _as_tenant(
     organization: str | None,
     owner_lookup: dict[str, uuid.UUID] | None,
@@ -83,8 +79,8 @@ def _as_tenant(
                 try:
                     org = await OrganizationService.organization_of(db=owner, **owner_lookup)
                 except CareTeamError as err:  # looked for in every organization
-                    nowhere = err.message.replace("in this organization", "in any organization")
-                    raise _FoundNowhere(nowhere) from None
+                    err.message = err.message.replace("in this organization", "in any organization")
+                    raise
         database = open_database(get_settings(), url)
         try:
             async with database.sessionmaker() as session:
@@ -94,8 +90,6 @@ def _as_tenant(
 
     try:
         return run(work)
-    except _FoundNowhere as err:
-        fail(str(err))
     except CareTeamError as err:
         fail(err.message)
 
