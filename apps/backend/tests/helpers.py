@@ -62,6 +62,12 @@ async def _insert(db: AsyncSession, org: uuid.UUID, sql: str, params: dict[str, 
     return new_id
 
 
+async def owner_count(database: Database, sql: str, **params: object) -> int:
+    """A count (or any one integer) as the owner sees it, across tenants."""
+    async with database.owner_engine.connect() as conn:
+        return int((await conn.execute(text(sql), params)).scalar_one())
+
+
 def with_owner(database: Database) -> Database:
     """`database`, whose sessions can make organizations for the factories."""
     database.sessionmaker.configure(info={"owner_engine": database.owner_engine})

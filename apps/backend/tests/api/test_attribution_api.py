@@ -13,7 +13,14 @@ from sqlalchemy import text
 
 from src.db import Database
 from src.values import parse_instant
-from tests.helpers import Tenant, TenantFactory, post_patient, post_provider, wait_until_blocked
+from tests.helpers import (
+    Tenant,
+    TenantFactory,
+    owner_count,
+    post_patient,
+    post_provider,
+    wait_until_blocked,
+)
 
 
 async def assign(
@@ -230,17 +237,13 @@ class TestPanels:
         ]
         fhir = await client.get(f"/fhir/R4/CareTeam/{alone}", headers=tenant.headers)
         assert fhir.json()["status"] == "inactive"
-        async with database.owner_engine.connect() as conn:
-            open_memberships = (
-                await conn.execute(
-                    text(
-                        "SELECT count(*) FROM care_team_assignments a JOIN providers v "
-                        "ON v.organization_id = a.organization_id AND v.id = a.provider_id "
-                        "WHERE a.organization_id = :o AND NOT v.active"
-                    ),
-                    {"o": tenant.organization_id},
-                )
-            ).scalar_one()
+        open_memberships = await owner_count(
+            database,
+            "SELECT count(*) FROM care_team_assignments a JOIN providers v "
+            "ON v.organization_id = a.organization_id AND v.id = a.provider_id "
+            "WHERE a.organization_id = :o AND NOT v.active",
+            o=tenant.organization_id,
+        )
         assert open_memberships == 0
 
     async def test_deactivating_again_ends_a_membership_left_from_before(
@@ -584,17 +587,13 @@ class TestTransfersPredictedAndOneAtATime:
         assert all(a.json()["error"] == "transfer_in_progress" for a in refused)
         moved = [a.json()["moved"] for a in answers if a.status_code == 200]
         assert moved in ([150], [150, 300], [300, 150]), moved
-        async with database.owner_engine.connect() as conn:
-            most = (
-                await conn.execute(
-                    text(
-                        "SELECT max(n) FROM (SELECT count(*) AS n FROM care_team_events "
-                        "WHERE organization_id = :o AND event_type = 'primary_assigned' "
-                        "AND reason = 'panel_rebalance' GROUP BY patient_id) AS per_patient"
-                    ),
-                    {"o": tenant.organization_id},
-                )
-            ).scalar_one()
+        most = await owner_count(
+            database,
+            "SELECT max(n) FROM (SELECT count(*) AS n FROM care_team_events "
+            "WHERE organization_id = :o AND event_type = 'primary_assigned' "
+            "AND reason = 'panel_rebalance' GROUP BY patient_id) AS per_patient",
+            o=tenant.organization_id,
+        )
         assert most == len(moved)  # once per transfer that ran, never more
         sizes = {
             p: (await client.get(f"/v1/providers/{p}", headers=tenant.headers)).json()["panel_size"]

@@ -12,14 +12,9 @@ from sqlalchemy import text
 
 from src.db import Database
 from src.values import Cursors
-from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
+from tests.helpers import Tenant, TenantFactory, owner_count, post_patient, post_provider
 
 BODY = {"first_name": "Ada", "last_name": "Lovelace", "dob": "1984-02-29"}
-
-
-async def count(database: Database, sql: str, **params: object) -> int:
-    async with database.owner_engine.connect() as conn:
-        return int((await conn.execute(text(sql), params)).scalar_one())
 
 
 def keyed(tenant: Tenant, key: str) -> dict[str, str]:
@@ -37,7 +32,7 @@ class TestIdempotencyKeys:
         assert again.headers["etag"] == first.headers["etag"]
         assert again.headers["idempotent-replayed"] == "true"
         assert "idempotent-replayed" not in first.headers
-        patients = await count(
+        patients = await owner_count(
             database,
             "SELECT count(*) FROM patients WHERE organization_id = :o",
             o=tenant.organization_id,
@@ -57,7 +52,7 @@ class TestIdempotencyKeys:
             "/v1/providers", json=BODY | {"dob": None}, headers=keyed(tenant, "k-2")
         )
         assert elsewhere.status_code in (409, 422)
-        patients = await count(
+        patients = await owner_count(
             database,
             "SELECT count(*) FROM patients WHERE organization_id = :o",
             o=tenant.organization_id,
@@ -119,7 +114,7 @@ class TestIdempotencyKeys:
         assert {a.status_code for a in answers} == {201}  # the first answer, ten times
         assert len({a.content for a in answers}) == 1
         assert sum("idempotent-replayed" in a.headers for a in answers) == 9
-        events = await count(
+        events = await owner_count(
             database,
             "SELECT count(*) FROM care_team_events WHERE organization_id = :o",
             o=tenant.organization_id,
@@ -155,7 +150,7 @@ class TestIdempotencyKeys:
         later = await client.post("/v1/patients", json=BODY, headers=keyed(tenant, "k-4"))
         assert later.status_code == 201
         assert later.json()["id"] != first.json()["id"]
-        expired = await count(
+        expired = await owner_count(
             database,
             "SELECT count(*) FROM idempotency_keys WHERE organization_id = :o "
             "AND created_at < now() - interval '24 hours'",
@@ -245,7 +240,7 @@ class TestTheChangeFeed:
             if not ids:
                 break
             seen.extend(ids)
-        total = await count(
+        total = await owner_count(
             database,
             "SELECT count(*) FROM care_team_events WHERE organization_id = :o",
             o=tenant.organization_id,

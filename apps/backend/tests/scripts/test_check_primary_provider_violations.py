@@ -131,48 +131,54 @@ class TestPeriodsAndPanels:
         assert f"provider {provider}: assigned as primary, open period none" in out
         assert "❌ FAILED: 2 membership(s) whose open period does not match" in out
 
-    async def test_an_inactive_primary_is_a_warning(self, fresh_database: FreshDatabase):
+    @pytest.mark.parametrize(
+        ("role", "total", "other_total", "summary"),
+        [
+            # Deactivated by hand: the service refuses it (provider_has_patients).
+            (
+                "primary",
+                "inactive_primary_total",
+                "periods_out_of_step_total",
+                "⚠️  1 patient(s) whose primary provider is inactive",
+            ),
+            # Left by the release before, which did not end memberships at deactivation:
+            # reported, not left silent.
+            (
+                "secondary",
+                "inactive_secondary_total",
+                "inactive_primary_total",
+                "⚠️  1 care team membership(s) of an inactive provider",
+            ),
+        ],
+    )
+    async def test_an_inactive_member_is_a_warning(
+        self,
+        fresh_database: FreshDatabase,
+        *,
+        role: str,
+        total: str,
+        other_total: str,
+        summary: str,
+    ):
         db = fresh_database
         await upgrade(db.engine)
         org, patient, provider = await self.member(db)
         await db.execute(
             "INSERT INTO care_team_assignments (organization_id, patient_id, provider_id, "
-            "is_primary_provider) VALUES (:org, :patient, :provider, true)",
+            "is_primary_provider) VALUES (:org, :patient, :provider, :primary)",
             org=org,
             patient=patient,
             provider=provider,
-        )
-        # Deactivated by hand: the service refuses it (provider_has_patients).
-        await db.execute("UPDATE providers SET active = false WHERE id = :v", v=provider)
-        result = run_check(db.url)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert f"patient {patient}: primary provider {provider} is inactive" in result.stdout
-        assert "⚠️  1 patient(s) whose primary provider is inactive" in result.stdout
-        body = json.loads(run_check(db.url, "--json").stdout)
-        assert body["inactive_primary_total"] == 1
-        assert body["periods_out_of_step_total"] == 0
-
-    async def test_an_inactive_secondary_is_a_warning(self, fresh_database: FreshDatabase):
-        """A membership of an inactive provider (left by the release before, which did
-        not end them at deactivation) is reported, not left silent."""
-        db = fresh_database
-        await upgrade(db.engine)
-        org, patient, provider = await self.member(db)
-        await db.execute(
-            "INSERT INTO care_team_assignments (organization_id, patient_id, provider_id, "
-            "is_primary_provider) VALUES (:org, :patient, :provider, false)",
-            org=org,
-            patient=patient,
-            provider=provider,
+            primary=role == "primary",
         )
         await db.execute("UPDATE providers SET active = false WHERE id = :v", v=provider)
         result = run_check(db.url)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert f"patient {patient}: secondary provider {provider} is inactive" in result.stdout
-        assert "⚠️  1 care team membership(s) of an inactive provider" in result.stdout
+        assert f"patient {patient}: {role} provider {provider} is inactive" in result.stdout
+        assert summary in result.stdout
         body = json.loads(run_check(db.url, "--json").stdout)
-        assert body["inactive_secondary_total"] == 1
-        assert body["inactive_primary_total"] == 0
+        assert body[total] == 1
+        assert body[other_total] == 0
 
     async def test_fix_at_head_keeps_the_periods_in_step(self, fresh_database: FreshDatabase):
         """Duplicates at head (the index dropped by hand): the trigger lets only one
