@@ -83,6 +83,7 @@ def patient_resource(
         ]
     if name := _name(record.first_name, record.last_name):
         resource["name"] = name
+    resource["gender"] = record.gender
     if record.dob is not None:
         resource["birthDate"] = record.dob.isoformat()
     if primary is not None:

@@ -24,7 +24,7 @@ from src.api.fields import (
     PersonName,
     Uuid,
 )
-from src.models import NOTE_MAX_LENGTH, ChangeReason, EventType, PeriodRole
+from src.models import NOTE_MAX_LENGTH, ChangeReason, EventType, Gender, PeriodRole
 from src.services.panel_service import PreviousProvider
 
 MAX_CAPACITY = 1_000_000
@@ -58,6 +58,12 @@ Identifiers = Annotated[
 ]
 
 
+GENDER_DESCRIPTION = (
+    "Administrative gender, as FHIR's Patient.gender: male, female, other or unknown "
+    "(unknown when not given)"
+)
+
+
 class PatientCreate(StrictBody):
     model_config = ConfigDict(
         json_schema_extra={
@@ -66,6 +72,7 @@ class PatientCreate(StrictBody):
                     "first_name": "Ada",
                     "last_name": "Lovelace",
                     "dob": "1984-02-29",
+                    "gender": "female",
                     "identifiers": [{"system": "urn:example:clinic:mrn", "value": "MRN-0042"}],
                 }
             ]
@@ -75,6 +82,7 @@ class PatientCreate(StrictBody):
     first_name: PersonName
     last_name: PersonName
     dob: BirthDate
+    gender: Gender = Field(default=Gender.UNKNOWN, description=GENDER_DESCRIPTION)
     identifiers: Identifiers = []
 
 
@@ -108,17 +116,20 @@ class PatientUpdate(StrictBody):
         default=None, json_schema_extra=_no_default
     )
     dob: BirthDate | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
+    gender: Gender | SkipJsonSchema[None] = Field(
+        default=None, description=GENDER_DESCRIPTION, json_schema_extra=_no_default
+    )
     identifiers: Identifiers | SkipJsonSchema[None] = Field(
         default=None, json_schema_extra=_no_default
     )
 
-    _no_nulls = field_validator("first_name", "last_name", "dob", "identifiers", mode="before")(
-        _not_null
-    )
+    _no_nulls = field_validator(
+        "first_name", "last_name", "dob", "gender", "identifiers", mode="before"
+    )(_not_null)
 
     @model_validator(mode="after")
     def _something_to_change(self) -> PatientUpdate:
-        _at_least_one_field(self, "first_name, last_name, dob, identifiers")
+        _at_least_one_field(self, "first_name, last_name, dob, gender, identifiers")
         return self
 
 
@@ -244,6 +255,7 @@ class PatientOut(BaseModel):
     first_name: str | None
     last_name: str | None
     dob: datetime.date | None
+    gender: Gender = Field(description="male, female, other or unknown (none given)")
     identifiers: list[IdentifierOut] = Field(description="In (system, value) order")
     created_at: datetime.datetime
 

@@ -21,7 +21,7 @@ from src.models.records import (
     RecordChange,
     RecordType,
 )
-from src.models.tenants import ApiKey, Organization, Patient, Provider
+from src.models.tenants import ApiKey, Gender, Organization, Patient, Provider
 from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "CareTeamPeriod",
     "ChangeReason",
     "EventType",
+    "Gender",
     "IdempotencyKey",
     "Organization",
     "Patient",

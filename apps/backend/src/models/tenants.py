@@ -1,6 +1,7 @@
 """Organizations (the tenants) and the patients and providers that belong to them."""
 
 import datetime
+import enum
 import uuid
 
 from sqlalchemy import (
@@ -19,8 +20,18 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from src.models.base import Base
+from src.models.care_team import one_of
 
 _GEN_UUID = text("gen_random_uuid()")
+
+
+class Gender(enum.StrEnum):
+    """FHIR R4 AdministrativeGender (required binding of Patient.gender in US Core)."""
+
+    MALE = "male"
+    FEMALE = "female"
+    OTHER = "other"
+    UNKNOWN = "unknown"
 
 
 def _name_prefix_indexes(table: str) -> list[Index]:
@@ -56,6 +67,7 @@ class Patient(Base):
         UniqueConstraint("organization_id", "id"),
         *_name_prefix_indexes("patients"),
         Index("ix_patients_organization_id_dob_id", "organization_id", "dob", "id"),
+        CheckConstraint(one_of("gender", Gender), name="gender"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=_GEN_UUID)
@@ -68,6 +80,9 @@ class Patient(Base):
     first_name_key: Mapped[str | None] = mapped_column(Text)
     last_name_key: Mapped[str | None] = mapped_column(Text)
     dob: Mapped[datetime.date | None] = mapped_column(Date)
+    # FHIR administrative gender; `unknown` where none was given (and for every record
+    # written before the column existed).
+    gender: Mapped[str] = mapped_column(Text, server_default=text("'unknown'"))
     # 1 at creation, one more with each change of the record (its ETag).
     version: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
     created_at: Mapped[datetime.datetime] = mapped_column(

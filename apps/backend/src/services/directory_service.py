@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.models import RecordAction, RecordType
+from src.models import Gender, RecordAction, RecordType
 from src.services.errors import (
     IdentifierTaken,
     InvalidArgument,
@@ -52,6 +52,9 @@ class PatientRecord:
     identifiers: tuple[Identifier, ...]
     version: int  # one more with each change (the ETag)
     created_at: datetime.datetime
+    # A Gender value. (Defaults last: a result the release before stored for an
+    # Idempotency-Key, replayed after the upgrade, has none.)
+    gender: str = Gender.UNKNOWN.value
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ UNCHANGED = Unchanged.UNCHANGED
 FIRST = uuid.UUID(int=0)  # below every id: a page from the start
 
 PATIENT_COLUMNS = (
-    "patients.id, first_name, last_name, dob, version, created_at, "
+    "patients.id, first_name, last_name, dob, gender, version, created_at, "
     "ARRAY(SELECT ARRAY[i.system, i.value] FROM patient_identifiers AS i "
     "WHERE i.organization_id = patients.organization_id AND i.patient_id = patients.id "
     "ORDER BY i.system, i.value) AS identifiers"
@@ -99,30 +102,32 @@ PROVIDER_COLUMNS = (
 )
 
 INSERT_PATIENT = Sql(
-    "INSERT INTO patients (organization_id, first_name, last_name, dob) "
-    "VALUES ($1, $2, $3, $4) RETURNING id",
+    "INSERT INTO patients (organization_id, first_name, last_name, dob, gender) "
+    "VALUES ($1, $2, $3, $4, $5) RETURNING id",
     "org",
     "first_name",
     "last_name",
     "dob",
+    "gender",
 )
 SELECT_PATIENT = Sql(
     f"SELECT {PATIENT_COLUMNS} FROM patients WHERE organization_id = $1 AND id = $2", "org", "id"
 )
 LOCK_PATIENT = Sql(
-    "SELECT first_name, last_name, dob, version FROM patients "
+    "SELECT first_name, last_name, dob, gender, version FROM patients "
     "WHERE organization_id = $1 AND id = $2 FOR NO KEY UPDATE",
     "org",
     "id",
 )
 UPDATE_PATIENT = Sql(
-    "UPDATE patients SET first_name = $3, last_name = $4, dob = $5, version = version + 1 "
-    "WHERE organization_id = $1 AND id = $2",
+    "UPDATE patients SET first_name = $3, last_name = $4, dob = $5, gender = $6, "
+    "version = version + 1 WHERE organization_id = $1 AND id = $2",
     "org",
     "id",
     "first_name",
     "last_name",
     "dob",
+    "gender",
 )
 SELECT_IDENTIFIERS = Sql(
     "SELECT system, value FROM patient_identifiers "
@@ -397,6 +402,14 @@ def _changes(current: Any, given: dict[str, Any]) -> tuple[dict[str, Any], list[
     return new, [k for k in given if new[k] != current[k]]
 
 
+def _gender(value: str | Unchanged) -> str | Unchanged:
+    """A Gender value, checked (InvalidArgument otherwise)."""
+    if isinstance(value, Unchanged) or value in {g.value for g in Gender}:
+        return value
+    allowed = ", ".join(g.value for g in Gender)
+    raise InvalidArgument(f"gender must be one of {allowed}", field="gender")
+
+
 def _check_version(expected: int | None, current: int, what: str) -> None:
     if expected is not None and expected != current:
         raise PreconditionFailed(what)
@@ -413,20 +426,36 @@ class DirectoryService:
         first_name: str,
         last_name: str,
         dob: datetime.date,
+        gender: str = Gender.UNKNOWN.value,
         identifiers: Sequence[Identifier] = (),
         actor: str = "system",
         idempotency: IdempotencyKey | None = None,
     ) -> PatientRecord:
-        """Raises IdentifierTaken, InvalidArgument (an identifier given twice)."""
+        """`gender`: a Gender value. Raises IdentifierTaken, InvalidArgument (an
+        identifier given twice, a gender that is not one)."""
         wanted = _unique_identifiers(identifiers)
+        _gender(gender)
 
         async def work(driver: Any) -> PatientRecord:
             params = {"org": organization_id}
             patient = await INSERT_PATIENT.fetchval(
-                driver, {**params, "first_name": first_name, "last_name": last_name, "dob": dob}
+                driver,
+                {
+                    **params,
+                    "first_name": first_name,
+                    "last_name": last_name,
+                    "dob": dob,
+                    "gender": gender,
+                },
             )
             await _write_identifiers(driver, organization_id, patient, wanted)
-            fields = ["first_name", "last_name", "dob", *(["identifiers"] if wanted else [])]
+            fields = [
+                "first_name",
+                "last_name",
+                "dob",
+                *(["gender"] if gender != Gender.UNKNOWN else []),
+                *(["identifiers"] if wanted else []),
+            ]
             await _record_change(
                 driver,
                 org=organization_id,
@@ -476,6 +505,7 @@ class DirectoryService:
         first_name: str | Unchanged = UNCHANGED,
         last_name: str | Unchanged = UNCHANGED,
         dob: datetime.date | Unchanged = UNCHANGED,
+        gender: str | Unchanged = UNCHANGED,
         identifiers: Sequence[Identifier] | Unchanged = UNCHANGED,
         if_version: int | None = None,
         actor: str = "system",
@@ -486,6 +516,7 @@ class DirectoryService:
         otherwise, nothing changed). Records which fields changed. Raises PatientNotFound,
         PreconditionFailed, IdentifierTaken, InvalidArgument."""
         wanted = None if isinstance(identifiers, Unchanged) else _unique_identifiers(identifiers)
+        _gender(gender)
 
         async def work(driver: Any) -> PatientRecord:
             params = {"org": organization_id, "id": patient_id}
@@ -493,7 +524,12 @@ class DirectoryService:
             if current is None:
                 raise PatientNotFound(patient_id)
             _check_version(if_version, current["version"], f"patient {patient_id}")
-            given = {"first_name": first_name, "last_name": last_name, "dob": dob}
+            given = {
+                "first_name": first_name,
+                "last_name": last_name,
+                "dob": dob,
+                "gender": gender,
+            }
             new, fields = _changes(current, given)
             if wanted is not None:
                 had = tuple(

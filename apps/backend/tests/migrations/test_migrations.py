@@ -23,7 +23,8 @@ ONE_WRITE_PATH = "20261207_one_write_path"
 CURSOR_SECRET = "20261207_cursor_secret"
 ONE_TRANSFER = "20261207_one_transfer_at_a_time"
 NORMALIZED_IDENTIFIERS = "20261207_normalized_identifiers"
-HEAD = NORMALIZED_IDENTIFIERS
+PATIENT_GENDER = "20261207_patient_gender"
+HEAD = PATIENT_GENDER
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -36,6 +37,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(PATIENT_GENDER).down_revision == NORMALIZED_IDENTIFIERS
         assert scripts.get_revision(NORMALIZED_IDENTIFIERS).down_revision == ONE_TRANSFER
         assert scripts.get_revision(ONE_TRANSFER).down_revision == CURSOR_SECRET
         assert scripts.get_revision(CURSOR_SECRET).down_revision == ONE_WRITE_PATH
@@ -214,3 +216,38 @@ class TestRecordsAndSync:
             "SELECT last_name_key FROM patients WHERE last_name = 'Byron'"
         )
         assert renamed[0][0] == "byron"
+
+
+class TestPatientGender:
+    async def test_existing_patients_read_unknown_and_only_genders_are_stored(
+        self, fresh_database: FreshDatabase
+    ):
+        db = fresh_database
+        await upgrade(db.engine, NORMALIZED_IDENTIFIERS)
+        org = (await db.execute("INSERT INTO organizations (name) VALUES ('c') RETURNING id"))[0][0]
+        before = (
+            await db.execute(
+                "INSERT INTO patients (organization_id, first_name) VALUES (:org, 'Old') "
+                "RETURNING id",
+                org=org,
+            )
+        )[0][0]
+
+        await upgrade(db.engine, PATIENT_GENDER)
+
+        assert await db.execute("SELECT gender FROM patients WHERE id = :p", p=before) == [
+            ("unknown",)
+        ]
+        # Inserts with only the columns the design lists still work.
+        await db.execute("INSERT INTO patients (organization_id) VALUES (:org)", org=org)
+        with pytest.raises(Exception, match="ck_patients_gender"):
+            await db.execute("UPDATE patients SET gender = 'M' WHERE id = :p", p=before)
+
+        await downgrade(db.engine, NORMALIZED_IDENTIFIERS)
+        columns = await db.execute(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = 'patients' AND column_name = 'gender'"
+        )
+        assert columns == [(0,)]
+        await upgrade(db.engine)
+        assert await db.execute("SELECT DISTINCT gender FROM patients") == [("unknown",)]
