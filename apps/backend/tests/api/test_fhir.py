@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.db import Database
 from src.services.organization_service import OrganizationService
+from tests.fhir_validation import check_fhir
 from tests.helpers import LiveApi, Tenant, TenantFactory, post_patient, post_provider
 
 FHIR = "/fhir/R4"
@@ -34,15 +35,22 @@ MODELS: dict[str, Any] = {
 PRIMARY_CARE = "453231000124104"
 
 
+# Every response valid() sees goes through every validator of tests/fhir_validation.py (the
+# R4B models, the official R4 JSON schema, FHIRPath invariants and meta.profile's profiles).
+STRICT_FHIR = True
+
+
 def valid(response: httpx.Response, status: int = 200) -> dict[str, Any]:
     """The body, checked: the status, FHIR JSON, and valid as its R4B model (a Bundle's
-    entries each as theirs)."""
+    entries each as theirs) and, with STRICT_FHIR, by every validator of check_fhir."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/fhir+json")
     body: dict[str, Any] = response.json()
     MODELS[body["resourceType"]].model_validate(body)
     for entry in body.get("entry", []):
         MODELS[entry["resource"]["resourceType"]].model_validate(entry["resource"])
+    if STRICT_FHIR:
+        check_fhir(body)
     return body
 
 
