@@ -73,10 +73,22 @@ def _reference(kind: str, ident: uuid.UUID) -> dict[str, str]:
     return {"reference": f"{kind}/{ident}"}
 
 
+def _meta(version: int, updated_at: datetime.datetime | None) -> dict[str, str]:
+    """The version the resource shows (vread's id) and when it was written."""
+    meta = {"versionId": str(version)}
+    if updated_at is not None:
+        meta["lastUpdated"] = _instant(updated_at)
+    return meta
+
+
 def patient_resource(
     record: PatientRecord, organization_id: uuid.UUID, primary: uuid.UUID | None
 ) -> dict[str, Any]:
-    resource: dict[str, Any] = {"resourceType": "Patient", "id": str(record.id)}
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": str(record.id),
+        "meta": _meta(record.version, record.updated_at),
+    }
     if record.identifiers:
         resource["identifier"] = [
             {"system": i.system, "value": i.value} for i in record.identifiers
@@ -93,7 +105,11 @@ def patient_resource(
 
 
 def practitioner_resource(record: ProviderRecord) -> dict[str, Any]:
-    resource: dict[str, Any] = {"resourceType": "Practitioner", "id": str(record.id)}
+    resource: dict[str, Any] = {
+        "resourceType": "Practitioner",
+        "id": str(record.id),
+        "meta": _meta(record.version, record.updated_at),
+    }
     if record.npi:
         resource["identifier"] = [{"system": NPI_SYSTEM, "value": record.npi}]
     resource["active"] = record.active

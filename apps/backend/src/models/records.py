@@ -60,7 +60,9 @@ class PatientIdentifier(Base):
 
 class RecordChange(Base):
     """Who changed which fields of a patient or provider record, and when (the fields'
-    names only, never their values)."""
+    names only, never their values), and, from revision 20261207_record_snapshots on, the
+    record as that change left it (`snapshot`: health data, read back by the service,
+    never logged)."""
 
     __tablename__ = "record_changes"
     __table_args__ = (
@@ -89,6 +91,10 @@ class RecordChange(Base):
     changed_at: Mapped[datetime.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+    # The record's version after this change, and its fields then (a JSON object); both
+    # NULL on the changes written before revision 20261207_record_snapshots.
+    version: Mapped[int | None] = mapped_column(BigInteger)
+    snapshot: Mapped[Any | None] = mapped_column(JSONB)
 
 
 class IdempotencyKey(Base):

@@ -4,7 +4,10 @@ and the trail of who changed them.
 Every method is one transaction under the organization's tenant (RLS applies). Another
 organization's ids are answered exactly like ids that do not exist. Every change to a
 record is recorded in `record_changes` in the same transaction: the actor and the names
-of the fields changed, never their values.
+of the fields changed, and the record's version and fields as the change left them (its
+snapshot, so that every version can be read back: `get_patient_version`). The snapshot
+is health data: it is read back, never logged; the trail (`get_record_changes`) names
+fields, never values.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import datetime
 import enum
 import itertools
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -30,6 +34,7 @@ from src.services.errors import (
     PreconditionFailed,
     ProviderHasPatients,
     ProviderNotFound,
+    VersionNotKept,
 )
 from src.services.idempotency import IdempotencyKey, once
 from src.services.transaction import RUN_AGAIN, Sql, run_transaction
@@ -52,9 +57,12 @@ class PatientRecord:
     identifiers: tuple[Identifier, ...]
     version: int  # one more with each change (the ETag)
     created_at: datetime.datetime
-    # A Gender value. (Defaults last: a result the release before stored for an
-    # Idempotency-Key, replayed after the upgrade, has none.)
+    # A Gender value, and when this version was written (FHIR's meta.lastUpdated: the
+    # time of the record's latest change; its creation's, for a record never changed).
+    # Defaults last: a result the release before stored for an Idempotency-Key, replayed
+    # after the upgrade, has neither (None: not known then).
     gender: str = Gender.UNKNOWN.value
+    updated_at: datetime.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -65,9 +73,23 @@ class ProviderRecord:
     npi: str | None
     active: bool
     panel_capacity: int | None
-    panel_size: int  # the patients it is the primary provider of now
+    panel_size: int  # the patients it is the primary provider of now (of a past
+    # version: then, when that version was written)
     version: int
     created_at: datetime.datetime
+    updated_at: datetime.datetime | None = None  # as PatientRecord's
+
+
+@dataclass(frozen=True)
+class RecordVersion:
+    """One version of a patient or provider record."""
+
+    version: int  # the record's version (its ETag's number, FHIR's meta.versionId)
+    changed_at: datetime.datetime  # when it was written
+    action: str  # created or updated
+    # get_patient_version / get_provider_version can return it: its snapshot was kept,
+    # or it is the current version. False for versions written before snapshots were.
+    readable: bool
 
 
 @dataclass(frozen=True)
@@ -88,17 +110,29 @@ class Unchanged(enum.Enum):
 UNCHANGED = Unchanged.UNCHANGED
 FIRST = uuid.UUID(int=0)  # below every id: a page from the start
 
+
+def _updated_at(table: str, record_type: RecordType) -> str:
+    """When the record's current version was written: its latest change's time (one
+    probe of the trail's unique index, newest first), else its creation's."""
+    return (
+        "coalesce((SELECT r.changed_at FROM record_changes AS r "
+        f"WHERE r.organization_id = {table}.organization_id AND r.record_id = {table}.id "
+        f"AND r.record_type = '{record_type.value}' ORDER BY r.seq DESC LIMIT 1), "
+        f"{table}.created_at) AS updated_at"
+    )
+
+
 PATIENT_COLUMNS = (
     "patients.id, first_name, last_name, dob, gender, version, created_at, "
     "ARRAY(SELECT ARRAY[i.system, i.value] FROM patient_identifiers AS i "
     "WHERE i.organization_id = patients.organization_id AND i.patient_id = patients.id "
-    "ORDER BY i.system, i.value) AS identifiers"
+    f"ORDER BY i.system, i.value) AS identifiers, {_updated_at('patients', RecordType.PATIENT)}"
 )
 PROVIDER_COLUMNS = (
     "providers.id, first_name, last_name, npi, active, panel_capacity, version, created_at, "
     "(SELECT count(*) FROM care_team_assignments AS a "
     "WHERE a.organization_id = providers.organization_id AND a.provider_id = providers.id "
-    "AND a.is_primary_provider) AS panel_size"
+    f"AND a.is_primary_provider) AS panel_size, {_updated_at('providers', RecordType.PROVIDER)}"
 )
 
 INSERT_PATIENT = Sql(
@@ -221,18 +255,82 @@ UPDATE_PROVIDER = Sql(
     "active",
     "panel_capacity",
 )
-# Numbered per record: the writer holds the record's row lock (or has just created it).
-RECORD_CHANGE = Sql(
-    "INSERT INTO record_changes "
-    "(organization_id, record_type, record_id, seq, action, fields, actor) "
-    "SELECT $1, $2, $3, coalesce(max(seq), 0) + 1, $4, $5, $6 FROM record_changes "
-    "WHERE organization_id = $1 AND record_id = $3",
+# A change of a record, numbered per record (the writer holds the record's row lock, or
+# has just created it), with the record's version and fields as the change left them
+# (read from the row in the same statement: what is stored is what the table holds).
+_NEXT_SEQ = (
+    "coalesce((SELECT max(r.seq) FROM record_changes AS r "
+    "WHERE r.organization_id = $1 AND r.record_id = $2), 0) + 1"
+)
+RECORD_CHANGE = {
+    RecordType.PATIENT: Sql(
+        "INSERT INTO record_changes (organization_id, record_type, record_id, seq, action, "
+        "fields, actor, version, snapshot) "
+        f"SELECT $1, 'patient', p.id, {_NEXT_SEQ}, $3, $4, $5, p.version, "
+        "jsonb_build_object('first_name', p.first_name, 'last_name', p.last_name, "
+        "'dob', p.dob, 'gender', p.gender, 'identifiers', "
+        "coalesce((SELECT jsonb_agg(jsonb_build_array(i.system, i.value) "
+        "ORDER BY i.system, i.value) FROM patient_identifiers AS i "
+        "WHERE i.organization_id = $1 AND i.patient_id = $2), '[]'::jsonb)) "
+        "FROM patients AS p WHERE p.organization_id = $1 AND p.id = $2",
+        "org",
+        "id",
+        "action",
+        "fields",
+        "actor",
+    ),
+    RecordType.PROVIDER: Sql(
+        "INSERT INTO record_changes (organization_id, record_type, record_id, seq, action, "
+        "fields, actor, version, snapshot) "
+        f"SELECT $1, 'provider', p.id, {_NEXT_SEQ}, $3, $4, $5, p.version, "
+        "jsonb_build_object('first_name', p.first_name, 'last_name', p.last_name, "
+        "'npi', p.npi, 'active', p.active, 'panel_capacity', p.panel_capacity, "
+        "'panel_size', (SELECT count(*) FROM care_team_assignments AS a "
+        "WHERE a.organization_id = $1 AND a.provider_id = $2 AND a.is_primary_provider)) "
+        "FROM providers AS p WHERE p.organization_id = $1 AND p.id = $2",
+        "org",
+        "id",
+        "action",
+        "fields",
+        "actor",
+    ),
+}
+# The record's current version, and the offset of its versions from its changes' numbers
+# (`seq`): 0 for a record created since the trail began, 1 for one created before (its
+# version 1 has no change). Every version since has exactly one change, so a change
+# written before versions were stored in it is version seq + offset.
+CURRENT_VERSION = {
+    record_type: Sql(
+        f"SELECT t.version, t.created_at, t.version - coalesce((SELECT max(r.seq) "
+        "FROM record_changes AS r WHERE r.organization_id = $1 AND r.record_id = $2 "
+        f"AND r.record_type = '{record_type.value}'), 0) AS version_offset "
+        f"FROM {table} AS t WHERE t.organization_id = $1 AND t.id = $2",
+        "org",
+        "id",
+    )
+    for record_type, table in ((RecordType.PATIENT, "patients"), (RecordType.PROVIDER, "providers"))
+}
+SELECT_SNAPSHOT = Sql(
+    "SELECT changed_at, snapshot FROM record_changes "
+    "WHERE organization_id = $1 AND record_id = $2 AND record_type = $3 "
+    "AND coalesce(version, seq + $4) = $5",
     "org",
-    "type",
     "id",
-    "action",
-    "fields",
-    "actor",
+    "type",
+    "offset",
+    "version",
+)
+SELECT_VERSIONS = Sql(
+    "SELECT coalesce(version, seq + $4) AS version, changed_at, action, "
+    "snapshot IS NOT NULL AS readable FROM record_changes "
+    "WHERE organization_id = $1 AND record_id = $2 AND record_type = $3 "
+    "AND coalesce(version, seq + $4) < $5 ORDER BY seq DESC LIMIT $6",
+    "org",
+    "id",
+    "type",
+    "offset",
+    "before",
+    "limit",
 )
 SELECT_CHANGES = Sql(
     "SELECT seq AS id, action, fields, actor, changed_at FROM record_changes "
@@ -360,17 +458,133 @@ async def _record_change(
     fields: Sequence[str],
     actor: str,
 ) -> None:
-    await RECORD_CHANGE.execute(
+    """After the change itself: the trail's entry, with the record's snapshot."""
+    await RECORD_CHANGE[record_type].execute(
         driver,
         {
             "org": org,
-            "type": record_type.value,
             "id": record_id,
             "action": action.value,
             "fields": list(fields),
             "actor": actor,
         },
     )
+
+
+def _patient_version(
+    current: PatientRecord, version: int, changed_at: datetime.datetime, snapshot: Any
+) -> PatientRecord:
+    data = json.loads(snapshot) if isinstance(snapshot, str) else snapshot
+    dob = data["dob"]
+    return PatientRecord(
+        id=current.id,
+        first_name=data["first_name"],
+        last_name=data["last_name"],
+        dob=None if dob is None else datetime.date.fromisoformat(dob),
+        identifiers=tuple(Identifier(s, v) for s, v in data["identifiers"]),
+        version=version,
+        created_at=current.created_at,
+        gender=data["gender"],
+        updated_at=changed_at,
+    )
+
+
+def _provider_version(
+    current: ProviderRecord, version: int, changed_at: datetime.datetime, snapshot: Any
+) -> ProviderRecord:
+    data = json.loads(snapshot) if isinstance(snapshot, str) else snapshot
+    return ProviderRecord(
+        id=current.id,
+        first_name=data["first_name"],
+        last_name=data["last_name"],
+        npi=data["npi"],
+        active=data["active"],
+        panel_capacity=data["panel_capacity"],
+        panel_size=data["panel_size"],
+        version=version,
+        created_at=current.created_at,
+        updated_at=changed_at,
+    )
+
+
+async def _version(
+    driver: Any,
+    *,
+    org: uuid.UUID,
+    record_type: RecordType,
+    record_id: uuid.UUID,
+    version: int,
+) -> tuple[datetime.datetime, Any] | None:
+    """(changed_at, snapshot) of the record's version, if it is a past one (None if the
+    record never had it). Raises the record's NotFound, VersionNotKept."""
+    params = {"org": org, "id": record_id}
+    current = await CURRENT_VERSION[record_type].fetchrow(driver, params)
+    if current is None:
+        if record_type is RecordType.PATIENT:
+            raise PatientNotFound(record_id)
+        raise ProviderNotFound(record_id)
+    if not 1 <= version < current["version"]:
+        return None
+    row = await SELECT_SNAPSHOT.fetchrow(
+        driver,
+        {
+            **params,
+            "type": record_type.value,
+            "offset": current["version_offset"],
+            "version": version,
+        },
+    )
+    if row is None or row["snapshot"] is None:
+        raise VersionNotKept(record_type.value, record_id, version)
+    return row["changed_at"], row["snapshot"]
+
+
+async def _versions(
+    driver: Any,
+    *,
+    org: uuid.UUID,
+    record_type: RecordType,
+    record_id: uuid.UUID,
+    limit: int,
+    before: int | None,
+) -> list[RecordVersion]:
+    params = {"org": org, "id": record_id}
+    current = await CURRENT_VERSION[record_type].fetchrow(driver, params)
+    if current is None:
+        if record_type is RecordType.PATIENT:
+            raise PatientNotFound(record_id)
+        raise ProviderNotFound(record_id)
+    below = current["version"] + 1 if before is None else before
+    rows = await SELECT_VERSIONS.fetch(
+        driver,
+        {
+            **params,
+            "type": record_type.value,
+            "offset": current["version_offset"],
+            "before": below,
+            "limit": limit,
+        },
+    )
+    found = [
+        RecordVersion(
+            version=row["version"],
+            changed_at=row["changed_at"],
+            action=row["action"],
+            readable=row["readable"] or row["version"] == current["version"],
+        )
+        for row in rows
+    ]
+    # A record created before the trail began: its creation (version 1) has no change.
+    if current["version_offset"] >= 1 and below > 1 and len(found) < limit:
+        found.append(
+            RecordVersion(
+                version=1,
+                changed_at=current["created_at"],
+                action=RecordAction.CREATED.value,
+                readable=current["version"] == 1,
+            )
+        )
+    return found
 
 
 async def _write_identifiers(
@@ -844,6 +1058,133 @@ class DirectoryService:
         return await run_transaction(
             db,
             operation="get_record_changes",
+            organization_id=organization_id,
+            work=work,
+            read_only=True,
+        )
+
+    @staticmethod
+    async def get_patient_version(
+        *, db: AsyncSession, organization_id: uuid.UUID, patient_id: uuid.UUID, version: int
+    ) -> PatientRecord | None:
+        """The patient as it was at `version` (FHIR's vread), with `updated_at` when that
+        version was written; None if the patient never had that version. Raises
+        PatientNotFound, VersionNotKept (a past version written before versions were
+        kept: its values are not known)."""
+
+        async def work(driver: Any) -> PatientRecord | None:
+            params = {"org": organization_id, "id": patient_id}
+            row = await SELECT_PATIENT.fetchrow(driver, params)
+            if row is None:
+                raise PatientNotFound(patient_id)
+            current = _patient(row)
+            if version == current.version:
+                return current
+            past = await _version(
+                driver,
+                org=organization_id,
+                record_type=RecordType.PATIENT,
+                record_id=patient_id,
+                version=version,
+            )
+            return None if past is None else _patient_version(current, version, *past)
+
+        return await run_transaction(
+            db,
+            operation="get_patient_version",
+            organization_id=organization_id,
+            work=work,
+            read_only=True,
+        )
+
+    @staticmethod
+    async def get_provider_version(
+        *, db: AsyncSession, organization_id: uuid.UUID, provider_id: uuid.UUID, version: int
+    ) -> ProviderRecord | None:
+        """The provider as it was at `version`, as get_patient_version (`panel_size`: its
+        panel's size when that version was written). Raises ProviderNotFound,
+        VersionNotKept."""
+
+        async def work(driver: Any) -> ProviderRecord | None:
+            params = {"org": organization_id, "id": provider_id}
+            row = await SELECT_PROVIDER.fetchrow(driver, params)
+            if row is None:
+                raise ProviderNotFound(provider_id)
+            current = _provider(row)
+            if version == current.version:
+                return current
+            past = await _version(
+                driver,
+                org=organization_id,
+                record_type=RecordType.PROVIDER,
+                record_id=provider_id,
+                version=version,
+            )
+            return None if past is None else _provider_version(current, version, *past)
+
+        return await run_transaction(
+            db,
+            operation="get_provider_version",
+            organization_id=organization_id,
+            work=work,
+            read_only=True,
+        )
+
+    @staticmethod
+    async def patient_versions(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        patient_id: uuid.UUID,
+        limit: int = 50,
+        before: int | None = None,
+    ) -> list[RecordVersion]:
+        """The patient's versions, newest first, at most `limit`, below version `before`
+        (FHIR's _history): when each was written, by which action, and whether
+        get_patient_version can return it. Raises PatientNotFound."""
+
+        async def work(driver: Any) -> list[RecordVersion]:
+            return await _versions(
+                driver,
+                org=organization_id,
+                record_type=RecordType.PATIENT,
+                record_id=patient_id,
+                limit=limit,
+                before=before,
+            )
+
+        return await run_transaction(
+            db,
+            operation="patient_versions",
+            organization_id=organization_id,
+            work=work,
+            read_only=True,
+        )
+
+    @staticmethod
+    async def provider_versions(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        provider_id: uuid.UUID,
+        limit: int = 50,
+        before: int | None = None,
+    ) -> list[RecordVersion]:
+        """The provider's versions, as patient_versions. Raises ProviderNotFound."""
+
+        async def work(driver: Any) -> list[RecordVersion]:
+            return await _versions(
+                driver,
+                org=organization_id,
+                record_type=RecordType.PROVIDER,
+                record_id=provider_id,
+                limit=limit,
+                before=before,
+            )
+
+        return await run_transaction(
+            db,
+            operation="provider_versions",
             organization_id=organization_id,
             work=work,
             read_only=True,

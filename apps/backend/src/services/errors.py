@@ -82,6 +82,23 @@ class ProviderNotFound(NotFoundError):
         self.provider_id = provider_id
 
 
+class VersionNotKept(NotFoundError):
+    """The record had this version, but it was written before versions were kept
+    (revision 20261207_record_snapshots): its values cannot be read back."""
+
+    code = "version_not_kept"
+    title = "Version not kept"
+
+    def __init__(self, kind: str, record_id: uuid.UUID, version: int) -> None:
+        super().__init__(
+            f"version {version} of {kind} {record_id} was written before record versions "
+            "were kept: its values cannot be read (the current version and every version "
+            "written since can)"
+        )
+        self.record_id = record_id
+        self.version = version
+
+
 class ProviderNotOnCareTeam(NotFoundError):
     code = "provider_not_on_care_team"
     title = "Provider not on the care team"

@@ -1,7 +1,10 @@
 """A patient's administrative gender through /v1 and FHIR: optional on create (unknown
-when not given), changed by PATCH and named in the record's changes, checked."""
+when not given), changed by PATCH and named in the record's changes, checked; the FHIR
+Patient's meta (versionId, lastUpdated) follows the record's versions."""
 
 from __future__ import annotations
+
+import datetime
 
 import httpx
 import pytest
@@ -54,6 +57,15 @@ class TestGender:
         r = await client.get(f"/fhir/R4/Patient/{patient}", headers=tenant.headers)
         assert r.status_code == 200, r.text
         assert r.json()["gender"] == "male"
+        assert r.json()["meta"]["versionId"] == "1"
+        created = datetime.datetime.fromisoformat(r.json()["meta"]["lastUpdated"])
+        await client.patch(
+            f"/v1/patients/{patient}", json={"gender": "unknown"}, headers=tenant.headers
+        )
+        r = await client.get(f"/fhir/R4/Patient/{patient}", headers=tenant.headers)
+        assert r.json()["gender"] == "unknown"
+        assert r.json()["meta"]["versionId"] == "2"
+        assert datetime.datetime.fromisoformat(r.json()["meta"]["lastUpdated"]) > created
 
     @pytest.mark.parametrize("value", ["Male", "f", "", None, 1, "unknown "])
     async def test_anything_else_is_422_on_create_and_patch_and_nothing_is_written(

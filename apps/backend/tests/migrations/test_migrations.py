@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import subprocess
+import uuid
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from src.config import Settings
+from src.db import open_database
 from src.embedded import client_program
 from src.migration_runner import alembic_config, current_revision, downgrade, upgrade
 from src.models import UNIQUE_PRIMARY_INDEX, Base
+from src.services.directory_service import DirectoryService
+from src.services.errors import VersionNotKept
 from tests.helpers import PRIMARIES, RLS, UNIQUE, FreshDatabase, seed_duplicates
 
 EVENT_SEQUENCE, APP_ROLE = "20261128_event_sequence", "20261128_app_role_login"
@@ -24,7 +29,8 @@ CURSOR_SECRET = "20261207_cursor_secret"
 ONE_TRANSFER = "20261207_one_transfer_at_a_time"
 NORMALIZED_IDENTIFIERS = "20261207_normalized_identifiers"
 PATIENT_GENDER = "20261207_patient_gender"
-HEAD = PATIENT_GENDER
+RECORD_SNAPSHOTS = "20261207_record_snapshots"
+HEAD = RECORD_SNAPSHOTS
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -37,6 +43,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(RECORD_SNAPSHOTS).down_revision == PATIENT_GENDER
         assert scripts.get_revision(PATIENT_GENDER).down_revision == NORMALIZED_IDENTIFIERS
         assert scripts.get_revision(NORMALIZED_IDENTIFIERS).down_revision == ONE_TRANSFER
         assert scripts.get_revision(ONE_TRANSFER).down_revision == CURSOR_SECRET
@@ -251,3 +258,85 @@ class TestPatientGender:
         assert columns == [(0,)]
         await upgrade(db.engine)
         assert await db.execute("SELECT DISTINCT gender FROM patients") == [("unknown",)]
+
+
+class TestRecordSnapshots:
+    async def test_versions_written_before_are_not_made_up(
+        self, fresh_database: FreshDatabase, settings: Settings
+    ):
+        db = fresh_database
+        await upgrade(db.engine, PATIENT_GENDER)
+        org = (await db.execute("INSERT INTO organizations (name) VALUES ('c') RETURNING id"))[0][0]
+
+        async def patient(version: int) -> uuid.UUID:
+            rows = await db.execute(
+                "INSERT INTO patients (organization_id, first_name, last_name, version) "
+                "VALUES (:org, 'Ada', 'Byron', :v) RETURNING id",
+                org=org,
+                v=version,
+            )
+            return rows[0][0]
+
+        async def change(record: uuid.UUID, seq: int, action: str) -> None:
+            # As the release before wrote them: no version, no snapshot.
+            await db.execute(
+                "INSERT INTO record_changes "
+                "(organization_id, record_type, record_id, seq, action, fields, actor) "
+                "VALUES (:org, 'patient', :r, :seq, :action, ARRAY['last_name'], 'old')",
+                org=org,
+                r=record,
+                seq=seq,
+                action=action,
+            )
+
+        # Created and changed once by the release before; and one created before the
+        # trail began (its version 1 has no change), then changed.
+        tracked, older = await patient(2), await patient(2)
+        await change(tracked, 1, "created")
+        await change(tracked, 2, "updated")
+        await change(older, 1, "updated")
+
+        await upgrade(db.engine)
+        database = open_database(settings, db.url)
+        try:
+            async with database.sessionmaker() as session:
+                for record in (tracked, older):
+                    with pytest.raises(VersionNotKept, match="version 1 of patient"):
+                        await DirectoryService.get_patient_version(
+                            db=session, organization_id=org, patient_id=record, version=1
+                        )
+                    # The current version is the row itself.
+                    current = await DirectoryService.get_patient_version(
+                        db=session, organization_id=org, patient_id=record, version=2
+                    )
+                    assert current is not None
+                    assert (current.last_name, current.gender) == ("Byron", "unknown")
+                    versions = await DirectoryService.patient_versions(
+                        db=session, organization_id=org, patient_id=record
+                    )
+                    assert [(v.version, v.action, v.readable) for v in versions] == [
+                        (2, "updated", True),
+                        (1, "created", False),
+                    ]
+                # A change from now on is kept: version 3 reads back; version 2, current
+                # until then and never kept, cannot be any more.
+                await DirectoryService.update_patient(
+                    db=session, organization_id=org, patient_id=tracked, last_name="King"
+                )
+                third = await DirectoryService.get_patient_version(
+                    db=session, organization_id=org, patient_id=tracked, version=3
+                )
+                assert third is not None and third.last_name == "King"
+                with pytest.raises(VersionNotKept):
+                    await DirectoryService.get_patient_version(
+                        db=session, organization_id=org, patient_id=tracked, version=2
+                    )
+        finally:
+            await database.dispose()
+
+        await downgrade(db.engine, PATIENT_GENDER)
+        columns = await db.execute(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = 'record_changes' AND column_name IN ('version', 'snapshot')"
+        )
+        assert columns == [(0,)]
