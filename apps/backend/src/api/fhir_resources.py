@@ -16,8 +16,14 @@ from fastapi import Response
 
 from src.api.errors import FHIR_JSON, operation_outcome
 from src.services.care_team_service import CareTeamPeriodRecord
-from src.services.directory_service import PatientRecord, ProviderRecord
-from src.services.fhir_service import TeamRecord
+from src.services.fhir_search import (
+    PARAMETERS,
+    OrganizationRecord,
+    PatientView,
+    PractitionerView,
+    TeamRecord,
+    VersionEntry,
+)
 
 FHIR_VERSION = "4.0.1"
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
@@ -40,9 +46,11 @@ class FhirError(Exception):
         self.diagnostics = diagnostics
 
 
-def fhir_response(body: dict[str, Any], status: int = 200) -> Response:
+def fhir_response(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-    return Response(content, status_code=status, media_type=FHIR_JSON)
+    return Response(content, status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
 def outcome(error: FhirError) -> Response:
@@ -60,6 +68,16 @@ def _instant(at: datetime.datetime) -> str:
     return at.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
+def _meta(record: Any, profile: str | None) -> dict[str, Any]:
+    """The version the resource shows (vread's id) and when it was written."""
+    meta: dict[str, Any] = {"versionId": str(record.version)}
+    if record.updated_at is not None:
+        meta["lastUpdated"] = _instant(record.updated_at)
+    if profile is not None:
+        meta["profile"] = [profile]
+    return meta
+
+
 def _name(first: str | None, last: str | None) -> list[dict[str, Any]]:
     name: dict[str, Any] = {"use": "official"}
     if last:
@@ -73,47 +91,45 @@ def _reference(kind: str, ident: uuid.UUID) -> dict[str, str]:
     return {"reference": f"{kind}/{ident}"}
 
 
-def _meta(version: int, updated_at: datetime.datetime | None) -> dict[str, str]:
-    """The version the resource shows (vread's id) and when it was written."""
-    meta = {"versionId": str(version)}
-    if updated_at is not None:
-        meta["lastUpdated"] = _instant(updated_at)
-    return meta
-
-
-def patient_resource(
-    record: PatientRecord, organization_id: uuid.UUID, primary: uuid.UUID | None
-) -> dict[str, Any]:
+def patient_resource(view: PatientView, organization_id: uuid.UUID) -> dict[str, Any]:
+    """A Patient; it claims US Core Patient when it meets it (an identifier and a name:
+    docs/FHIR.md, "US Core")."""
+    record = view.record
+    name = _name(record.first_name, record.last_name)
+    profile = US_CORE_PATIENT if record.identifiers and name else None
     resource: dict[str, Any] = {
         "resourceType": "Patient",
         "id": str(record.id),
-        "meta": _meta(record.version, record.updated_at),
+        "meta": _meta(view, profile),
     }
     if record.identifiers:
         resource["identifier"] = [
             {"system": i.system, "value": i.value} for i in record.identifiers
         ]
-    if name := _name(record.first_name, record.last_name):
+    if name:
         resource["name"] = name
     resource["gender"] = record.gender
     if record.dob is not None:
         resource["birthDate"] = record.dob.isoformat()
-    if primary is not None:
-        resource["generalPractitioner"] = [_reference("Practitioner", primary)]
+    if view.primary is not None:
+        resource["generalPractitioner"] = [_reference("Practitioner", view.primary)]
     resource["managingOrganization"] = _reference("Organization", organization_id)
     return resource
 
 
-def practitioner_resource(record: ProviderRecord) -> dict[str, Any]:
+def practitioner_resource(view: PractitionerView) -> dict[str, Any]:
+    """A Practitioner (docs/FHIR.md, "US Core", says what of US Core's it meets)."""
+    record = view.record
+    name = _name(record.first_name, record.last_name)
     resource: dict[str, Any] = {
         "resourceType": "Practitioner",
         "id": str(record.id),
-        "meta": _meta(record.version, record.updated_at),
+        "meta": _meta(view, None),
     }
     if record.npi:
         resource["identifier"] = [{"system": NPI_SYSTEM, "value": record.npi}]
     resource["active"] = record.active
-    if name := _name(record.first_name, record.last_name):
+    if name:
         resource["name"] = name
     return resource
 
@@ -132,16 +148,76 @@ def _participant(period: CareTeamPeriodRecord) -> dict[str, Any]:
 
 def care_team_resource(team: TeamRecord, organization_id: uuid.UUID) -> dict[str, Any]:
     """One longitudinal CareTeam per patient, its id the patient's: a participant per
-    period, `active` while any period is open."""
+    period, `active` while any period is open, `period` the span of them all."""
+    period = {"start": _instant(team.start)}
+    if team.end is not None:
+        period["end"] = _instant(team.end)
     return {
         "resourceType": "CareTeam",
         "id": str(team.patient_id),
+        "meta": _meta(team, None),
         "status": "active" if team.active else "inactive",
         "name": "Care team",
         "subject": _reference("Patient", team.patient_id),
+        "period": period,
         "participant": [_participant(p) for p in team.periods],
         "managingOrganization": [_reference("Organization", organization_id)],
     }
+
+
+def organization_resource(record: OrganizationRecord) -> dict[str, Any]:
+    return {
+        "resourceType": "Organization",
+        "id": str(record.id),
+        "meta": _meta(record, None),
+        "active": True,
+        "name": record.name,
+    }
+
+
+def resource_of(found: Any, organization_id: uuid.UUID) -> dict[str, Any]:
+    """The resource of what a search or a version read found."""
+    if isinstance(found, PatientView):
+        return patient_resource(found, organization_id)
+    if isinstance(found, PractitionerView):
+        return practitioner_resource(found)
+    return care_team_resource(found, organization_id)
+
+
+def version_tag(record: Any) -> str:
+    """A resource's ETag (FHIR R4 http.html: W/"versionId")."""
+    return f'W/"{record.version}"'
+
+
+# The elements _summary=true keeps (FHIR R4's isSummary elements of each resource).
+SUMMARY = {
+    "Patient": {"identifier", "active", "name", "telecom", "gender", "birthDate", "deceased",
+                "address", "managingOrganization", "link"},
+    "Practitioner": {"identifier", "active", "name", "telecom", "address", "gender",
+                     "birthDate"},
+    "CareTeam": {"identifier", "status", "category", "name", "subject", "encounter",
+                 "period", "participant", "managingOrganization"},
+}  # fmt: skip
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+             "code": "SUBSETTED"}  # fmt: skip
+
+
+def shaped(
+    resource: dict[str, Any], summary: str, elements: frozenset[str] | None
+) -> dict[str, Any]:
+    """The resource as _summary or _elements ask: only the elements kept (and id, meta),
+    marked SUBSETTED in meta.tag when any was left out."""
+    kind = resource["resourceType"]
+    if summary == "true":
+        keep = SUMMARY[kind]
+    elif elements is not None:
+        keep = set(elements)
+    else:
+        return resource  # false, data (no narrative is sent), or neither
+    shown = {k: v for k, v in resource.items() if k in keep or k in ("resourceType", "id", "meta")}
+    if len(shown) < len(resource):
+        shown["meta"] = {**resource["meta"], "tag": [SUBSETTED]}
+    return shown
 
 
 def searchset(
@@ -151,9 +227,11 @@ def searchset(
     includes: list[dict[str, Any]],
     self_url: str,
     next_url: str | None,
+    total: int | None = None,
 ) -> dict[str, Any]:
     """A searchset Bundle: the matches, then the included resources, with absolute
-    fullUrls and the self (and next) links."""
+    fullUrls, the self (and next) links, and the total when it was counted. FHIR JSON has
+    no empty arrays: without entries, no `entry`."""
 
     def entry(resource: dict[str, Any], mode: str) -> dict[str, Any]:
         return {
@@ -165,62 +243,113 @@ def searchset(
     links = [{"relation": "self", "url": self_url}]
     if next_url is not None:
         links.append({"relation": "next", "url": next_url})
-    return {
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
+    entries = [entry(r, "match") for r in matches] + [entry(r, "include") for r in includes]
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+def history_bundle(
+    base: str, kind: str, ident: uuid.UUID, versions: list[VersionEntry], organization_id: uuid.UUID
+) -> dict[str, Any]:
+    """An instance's history Bundle, newest first: each version's request and response,
+    and its content where it is kept. A version whose content is not kept has no
+    `resource`: its request (a PUT, not a DELETE) says it was a version, not a deletion
+    (FHIR R4 http.html 3.1.0.11; docs/FHIR.md, "Versions")."""
+    entries = []
+    url = f"{kind}/{ident}"
+    for n, v in enumerate(reversed(versions)):
+        item: dict[str, Any] = {"fullUrl": f"{base}/{url}"}
+        if v.record is not None:
+            item["resource"] = resource_of(v.record, organization_id)
+        item["request"] = {"method": "POST" if n == 0 else "PUT", "url": kind if n == 0 else url}
+        item["response"] = {
+            "status": "201 Created" if n == 0 else "200 OK",
+            "etag": f'W/"{v.version}"',
+            "lastModified": _instant(v.at),
+        }
+        entries.append(item)
+    entries.reverse()
+    bundle: dict[str, Any] = {
         "resourceType": "Bundle",
-        "type": "searchset",
-        "link": links,
-        "entry": [entry(r, "match") for r in matches] + [entry(r, "include") for r in includes],
+        "type": "history",
+        "total": len(entries),
+        "link": [{"relation": "self", "url": f"{base}/{url}/_history"}],
     }
+    if entries:
+        bundle["entry"] = entries
+    return bundle
 
 
-# What this server claims: each resource, its interactions and search parameters.
-SEARCH_PARAMETERS: dict[str, list[tuple[str, str, str]]] = {
-    "CareTeam": [
-        ("_id", "token", "The CareTeam's id (the patient's id)"),
-        ("patient", "reference", "The patient (an id, or Patient/{id})"),
-        ("subject", "reference", "Patient/{id}"),
-        ("status", "token", "active or inactive; a comma means OR"),
-        ("participant", "reference", "Practitioner/{id}: teams it is or was on"),
-        ("date", "date", "YYYY, YYYY-MM or YYYY-MM-DD (eq): a participant active then"),
-    ],
-    "Patient": [
-        ("_id", "token", "The patient's id"),
-        ("identifier", "token", "system|value"),
-        ("name", "string", "The start of the first or last name, any case"),
-        ("birthdate", "date", "YYYY-MM-DD (eq)"),
-    ],
-    "Practitioner": [
-        ("_id", "token", "The practitioner's id"),
-        ("identifier", "token", f"{NPI_SYSTEM}|NPI, or the NPI alone"),
-        ("name", "string", "The start of the first or last name, any case"),
-        ("active", "token", "true or false"),
-    ],
+US_CORE = "http://hl7.org/fhir/us/core"
+US_CORE_VERSION = "5.0.1"
+US_CORE_PATIENT = f"{US_CORE}/StructureDefinition/us-core-patient"
+US_CORE_PRACTITIONER = f"{US_CORE}/StructureDefinition/us-core-practitioner"
+US_CORE_CARE_TEAM = f"{US_CORE}/StructureDefinition/us-core-careteam"
+PROFILES = {
+    "Patient": US_CORE_PATIENT,
+    "Practitioner": US_CORE_PRACTITIONER,
+    "CareTeam": US_CORE_CARE_TEAM,
 }
 
 
-def capability_statement(base: str) -> dict[str, Any]:
+def capability_statement(base: str, includes: dict[str, dict[str, str]],
+                         revincludes: dict[str, dict[str, str]]) -> dict[str, Any]:  # fmt: skip
+    """What this server serves, from the tables that serve it: the search parameters
+    (src/services/fhir_search.py) and the includes (src/api/fhir_query.py)."""
     resources = []
-    for kind, params in SEARCH_PARAMETERS.items():
+    for kind, params in PARAMETERS.items():
         resource: dict[str, Any] = {
             "type": kind,
-            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{kind}",
+            "supportedProfile": [f"{PROFILES[kind]}|{US_CORE_VERSION}"],
+            "interaction": [
+                {"code": "read"},
+                {"code": "vread"},
+                {"code": "history-instance"},
+                {"code": "search-type"},
+            ],
+            "versioning": "versioned",
+            "readHistory": True,
+            "conditionalRead": "not-match",
             "searchParam": [
-                {"name": name, "type": kind_, "documentation": doc} for name, kind_, doc in params
-            ]
-            + [{"name": "_count", "type": "number", "documentation": f"At most {MAX_COUNT}"}],
+                {
+                    "name": p.name,
+                    "definition": p.definition,
+                    "type": p.type,
+                    "documentation": p.documentation,
+                }
+                for p in params.values()
+            ],
         }
-        if kind == "CareTeam":
-            resource["searchInclude"] = ["CareTeam:participant"]
+        if includes[kind]:
+            resource["searchInclude"] = sorted(includes[kind])
+        if revincludes[kind]:
+            resource["searchRevInclude"] = sorted(revincludes[kind])
         resources.append(resource)
+    resources.append(
+        {
+            "type": "Organization",
+            "profile": "http://hl7.org/fhir/StructureDefinition/Organization",
+            "interaction": [{"code": "read"}],
+            "versioning": "no-version",
+            "documentation": "The API key's own organization, read only",
+        }
+    )
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": "2026-12-06",
+        "date": "2026-12-07",
         "kind": "instance",
+        "instantiates": [f"{US_CORE}/CapabilityStatement/us-core-server|{US_CORE_VERSION}"],
         "software": {"name": "Care team backend"},
         "implementation": {"description": "Care teams, read-only", "url": base},
         "fhirVersion": FHIR_VERSION,
-        "format": ["json"],
+        "format": ["application/fhir+json", "json"],
         "rest": [
             {
                 "mode": "server",
@@ -229,6 +358,21 @@ def capability_statement(base: str) -> dict[str, Any]:
                     "ctk_...); the key decides the organization."
                 },
                 "resource": resources,
+                "searchParam": [
+                    {"name": n, "type": t, "documentation": d} for n, t, d in RESULT_PARAMETERS
+                ],
             }
         ],
     }
+
+
+# The result parameters every search takes (src/api/fhir_query.py reads them).
+RESULT_PARAMETERS = [
+    ("_count", "number", f"Page size, 0 to {MAX_COUNT} (0: the total only)"),
+    ("_summary", "token", "true, false, data or count"),
+    ("_total", "token", "none, estimate or accurate (both count exactly)"),
+    ("_elements", "string", "Top-level elements to return (marked SUBSETTED)"),
+    ("_sort", "string", "Parameters to sort by, - for descending, then by id"),
+    ("_include", "special", "See searchInclude"),
+    ("_revinclude", "special", "See searchRevInclude"),
+]

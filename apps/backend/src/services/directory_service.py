@@ -111,14 +111,15 @@ UNCHANGED = Unchanged.UNCHANGED
 FIRST = uuid.UUID(int=0)  # below every id: a page from the start
 
 
-def _updated_at(table: str, record_type: RecordType) -> str:
+def updated_at_of(table: str, record_type: RecordType) -> str:
     """When the record's current version was written: its latest change's time (one
-    probe of the trail's unique index, newest first), else its creation's."""
+    probe of the trail's unique index, newest first), else its creation's (SQL over the
+    row `table`)."""
     return (
         "coalesce((SELECT r.changed_at FROM record_changes AS r "
         f"WHERE r.organization_id = {table}.organization_id AND r.record_id = {table}.id "
         f"AND r.record_type = '{record_type.value}' ORDER BY r.seq DESC LIMIT 1), "
-        f"{table}.created_at) AS updated_at"
+        f"{table}.created_at)"
     )
 
 
@@ -126,13 +127,15 @@ PATIENT_COLUMNS = (
     "patients.id, first_name, last_name, dob, gender, version, created_at, "
     "ARRAY(SELECT ARRAY[i.system, i.value] FROM patient_identifiers AS i "
     "WHERE i.organization_id = patients.organization_id AND i.patient_id = patients.id "
-    f"ORDER BY i.system, i.value) AS identifiers, {_updated_at('patients', RecordType.PATIENT)}"
+    f"ORDER BY i.system, i.value) AS identifiers, "
+    f"{updated_at_of('patients', RecordType.PATIENT)} AS updated_at"
 )
 PROVIDER_COLUMNS = (
     "providers.id, first_name, last_name, npi, active, panel_capacity, version, created_at, "
     "(SELECT count(*) FROM care_team_assignments AS a "
     "WHERE a.organization_id = providers.organization_id AND a.provider_id = providers.id "
-    f"AND a.is_primary_provider) AS panel_size, {_updated_at('providers', RecordType.PROVIDER)}"
+    f"AND a.is_primary_provider) AS panel_size, "
+    f"{updated_at_of('providers', RecordType.PROVIDER)} AS updated_at"
 )
 
 INSERT_PATIENT = Sql(
@@ -431,13 +434,13 @@ PATIENT_SEARCHES = _searches("patients", PATIENT_COLUMNS, PATIENT_FILTERS)
 PROVIDER_SEARCHES = _searches("providers", PROVIDER_COLUMNS, PROVIDER_FILTERS)
 
 
-def _patient(row: Any) -> PatientRecord:
+def patient_of_row(row: Any) -> PatientRecord:
     data = dict(row)
     data["identifiers"] = tuple(Identifier(s, v) for s, v in data["identifiers"] or ())
     return PatientRecord(**data)
 
 
-def _provider(row: Any) -> ProviderRecord:
+def provider_of_row(row: Any) -> ProviderRecord:
     return ProviderRecord(**dict(row))
 
 
@@ -679,7 +682,7 @@ class DirectoryService:
                 fields=fields,
                 actor=actor,
             )
-            return _patient(await SELECT_PATIENT.fetchrow(driver, {**params, "id": patient}))
+            return patient_of_row(await SELECT_PATIENT.fetchrow(driver, {**params, "id": patient}))
 
         # A create whose COMMIT is lost cannot be checked (its id is unknown): it raises
         # OutcomeUnknown, unless it has an Idempotency-Key (src/services/idempotency.py):
@@ -704,7 +707,7 @@ class DirectoryService:
             row = await SELECT_PATIENT.fetchrow(driver, {"org": organization_id, "id": patient_id})
             if row is None:
                 raise PatientNotFound(patient_id)
-            return _patient(row)
+            return patient_of_row(row)
 
         return await run_transaction(
             db, operation="get_patient", organization_id=organization_id, work=work, read_only=True
@@ -763,7 +766,7 @@ class DirectoryService:
                     fields=fields,
                     actor=actor,
                 )
-            return _patient(await SELECT_PATIENT.fetchrow(driver, params))
+            return patient_of_row(await SELECT_PATIENT.fetchrow(driver, params))
 
         record = await run_transaction(
             db,
@@ -805,7 +808,7 @@ class DirectoryService:
         params = {"org": organization_id, "after": after or FIRST, "limit": limit, **given}
 
         async def work(driver: Any) -> list[PatientRecord]:
-            return [_patient(row) for row in await statement.fetch(driver, params)]
+            return [patient_of_row(row) for row in await statement.fetch(driver, params)]
 
         return await run_transaction(
             db,
@@ -846,7 +849,9 @@ class DirectoryService:
                 fields=fields,
                 actor=actor,
             )
-            return _provider(await SELECT_PROVIDER.fetchrow(driver, {**params, "id": provider}))
+            return provider_of_row(
+                await SELECT_PROVIDER.fetchrow(driver, {**params, "id": provider})
+            )
 
         record = await run_transaction(
             db,
@@ -872,7 +877,7 @@ class DirectoryService:
             )
             if row is None:
                 raise ProviderNotFound(provider_id)
-            return _provider(row)
+            return provider_of_row(row)
 
         return await run_transaction(
             db,
@@ -895,7 +900,7 @@ class DirectoryService:
             rows = await SELECT_PROVIDERS.fetch(
                 driver, {"org": organization_id, "ids": list(provider_ids)}
             )
-            return [_provider(row) for row in rows]
+            return [provider_of_row(row) for row in rows]
 
         return await run_transaction(
             db,
@@ -977,7 +982,7 @@ class DirectoryService:
                     fields=fields,
                     actor=actor,
                 )
-            return _provider(await SELECT_PROVIDER.fetchrow(driver, params))
+            return provider_of_row(await SELECT_PROVIDER.fetchrow(driver, params))
 
         record = await run_transaction(
             db,
@@ -1015,7 +1020,7 @@ class DirectoryService:
         params = {"org": organization_id, "after": after or FIRST, "limit": limit, **given}
 
         async def work(driver: Any) -> list[ProviderRecord]:
-            return [_provider(row) for row in await statement.fetch(driver, params)]
+            return [provider_of_row(row) for row in await statement.fetch(driver, params)]
 
         return await run_transaction(
             db,
@@ -1077,7 +1082,7 @@ class DirectoryService:
             row = await SELECT_PATIENT.fetchrow(driver, params)
             if row is None:
                 raise PatientNotFound(patient_id)
-            current = _patient(row)
+            current = patient_of_row(row)
             if version == current.version:
                 return current
             past = await _version(
@@ -1110,7 +1115,7 @@ class DirectoryService:
             row = await SELECT_PROVIDER.fetchrow(driver, params)
             if row is None:
                 raise ProviderNotFound(provider_id)
-            current = _provider(row)
+            current = provider_of_row(row)
             if version == current.version:
                 return current
             past = await _version(

@@ -1,61 +1,77 @@
-"""The care team as FHIR R4, read-only, at /fhir/R4: CareTeam, Patient, Practitioner.
+"""The care team as FHIR R4, read-only, at /fhir/R4: CareTeam, Patient, Practitioner and
+the organization itself, with search (GET, or POST to `_search`), read, vread and
+instance history.
 
 The same tables, the same API keys and the same tenants as /v1: the key decides the
 organization, and every search runs under its row-level security, so no parameter,
 reference or include can reach another organization's data (another organization's ids
-answer exactly like unknown ones: 404). Errors are OperationOutcomes. Search parameters
-are read from the query string here (not declared to FastAPI), so that a malformed one is
-a FHIR 400, and so is an unknown one (ignored only under `Prefer: handling=lenient`).
+answer exactly like unknown ones: 404). Everything under /fhir/R4 answers FHIR: errors
+are OperationOutcomes, whatever the method or path. Search parameters are read by
+src/api/fhir_query.py; what they mean is src/services/fhir_search.py.
 """
 
 from __future__ import annotations
 
-import datetime
 import re
-import unicodedata
 import uuid
-from typing import Any, TypeVar, cast
-from urllib.parse import urlencode
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
 
 from src.api.auth import credential_of
 from src.api.deps import session_of
+from src.api.fhir_query import (
+    INCLUDES,
+    REVINCLUDES,
+    Query,
+    included_limit,
+    invalid,
+    not_supported,
+)
 from src.api.fhir_resources import (
-    DEFAULT_COUNT,
-    MAX_COUNT,
-    NPI_SYSTEM,
     FhirError,
     capability_statement,
-    care_team_resource,
     fhir_response,
-    patient_resource,
-    practitioner_resource,
+    history_bundle,
+    organization_resource,
+    resource_of,
     searchset,
+    shaped,
+    version_tag,
 )
-from src.api.paging import cursors_of, list_key
+from src.api.paging import cursors_of
 from src.api.routing import query_is_utf8
 from src.config import get_settings
-from src.services.directory_service import DirectoryService, Identifier
-from src.services.fhir_service import CareTeamFilter, FhirService
-from src.values import Cursors, UnknownCursor, identifier_parts, is_uuid_text, parse_npi
+from src.services.fhir_search import (
+    MAX_HISTORY,
+    MAX_INCLUDED,
+    PARAMETERS,
+    Clause,
+    CursorMoved,
+    Ref,
+    Search,
+    TooManyVersions,
+    VersionEntry,
+    by_ids,
+    find_organization,
+    history_of,
+    run_search,
+)
 
 router = APIRouter(prefix="/fhir/R4", include_in_schema=False)
 
-T = TypeVar("T")
-
-FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
-CARE_TEAM_STATUS_SYSTEM = "http://hl7.org/fhir/care-team-status"
-# What a search value may hold: printable text (as /v1's rules), at most this long.
-_VALUE = re.compile(r"^[^\x00-\x1f\x7f]{1,511}$")
-_COUNT = re.compile(r"^[0-9]{1,6}$")
-COMMON = {"_count", "_cursor", "_format"}
-CARE_TEAM_STATUSES = {"proposed", "active", "suspended", "inactive", "entered-in-error"}
-_DATE = re.compile(r"^(eq)?([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2}))?)?$")
-
-
-def invalid(message: str) -> FhirError:
-    return FhirError(400, "invalid", message)
+TYPES = ("CareTeam", "Patient", "Practitioner")
+# The media types that ask for FHIR JSON (FHIR R4 http.html 3.1.0.1.7), and `_format`'s
+# short forms. A `+` sent unescaped in a query string arrives as a space.
+JSON_TYPES = {"application/fhir+json", "application/json+fhir", "application/json"}
+FORMATS = JSON_TYPES | {"json", "application/fhir json", "application/json fhir"}
+_JSON_RANGES = JSON_TYPES | {"*/*", "application/*"}
+FHIR_VERSIONS = {"4.0", "4.0.1"}  # the fhirVersion a media type may name for R4
+# A FHIR id (R4 datatypes: id): what a diagnostic may repeat of a path.
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
 
 
 def _base(request: Request) -> str:
@@ -70,44 +86,40 @@ def _organization(request: Request) -> uuid.UUID:
     return credential_of(request.scope).organization_id
 
 
-# Media ranges of an Accept header that JSON satisfies (RFC 9110 12.5.1).
-_JSON_RANGES = FORMATS | {"*/*", "application/*"}
+def _media_type(text: str) -> tuple[str, dict[str, str]]:
+    kind, *params = text.split(";")
+    parsed = {}
+    for param in params:
+        name, _, value = param.partition("=")
+        parsed[name.strip().lower()] = value.strip().strip('"')
+    return kind.strip().lower(), parsed
 
 
-def _check_format(request: Request) -> None:
-    """A query string in UTF-8 (400 otherwise), and JSON only: a `_format` or an Accept
-    header that asks for anything else (XML, Turtle) is 406, never answered in JSON as
-    if it had been asked for."""
-    if not query_is_utf8(request.scope["query_string"]):
-        raise invalid("the query string is not UTF-8 once percent-decoded")
-    formats = request.query_params.getlist("_format")
+def _check_format(request: Request, items: list[tuple[str, str]]) -> None:
+    """JSON of FHIR R4 only: a `_format` or an Accept header that asks for anything else
+    (XML, Turtle, another FHIR version) is 406, never answered as if it had been asked."""
+    formats = [v for n, v in items if n == "_format"]
     if len(formats) > 1:
         raise invalid("_format is given more than once")
-    fmt = formats[0] if formats else "json"
-    if fmt not in FORMATS:
-        raise FhirError(406, "not-supported", f"_format {fmt!r}: only JSON is served")
-    accept = request.headers.get("accept")
-    if formats or not accept:  # _format overrides Accept (FHIR R4 3.1.0.1.8)
+    if formats:  # _format overrides Accept (FHIR R4 http.html 3.1.0.1.8)
+        kind, params = _media_type(formats[0])
+        if kind not in FORMATS or params.get("fhirversion", "4.0") not in FHIR_VERSIONS:
+            raise FhirError(
+                406, "not-supported", f"_format {formats[0][:100]!r}: only FHIR R4 JSON is served"
+            )
         return
-    ranges = {
-        part.split(";")[0].strip().lower()
-        for part in accept.split(",")
-        if not re.search(r";\s*q=0(\.0*)?\s*(;|$)", part)  # q=0: "not acceptable"
-    }
-    if not ranges & _JSON_RANGES:
-        raise FhirError(406, "not-supported", f"Accept {accept[:100]!r}: only JSON is served")
-
-
-def _check_read(request: Request) -> None:
-    """A read takes `_format` and nothing else: another parameter is 400, never ignored
-    (under Prefer: handling=lenient, ignored, as a search's are)."""
-    _check_format(request)
-    unknown = sorted(set(request.query_params) - {"_format"})
-    if unknown and _handling(request) != "lenient":
-        raise invalid(
-            f"unknown parameter(s) for a read: {', '.join(name[:64] for name in unknown)} "
-            "(send Prefer: handling=lenient to have them ignored)"
-        )
+    accept = request.headers.get("accept")
+    if not accept:
+        return
+    for part in accept.split(","):
+        kind, params = _media_type(part)
+        if re.fullmatch(r"0(\.0*)?", params.get("q", "1")):
+            continue  # q=0: "not acceptable"
+        if kind in _JSON_RANGES and params.get("fhirversion", "4.0") in FHIR_VERSIONS:
+            return
+    raise FhirError(
+        406, "not-supported", f"Accept {accept[:100]!r}: only FHIR R4 JSON (4.0) is served"
+    )
 
 
 def _handling(request: Request) -> str:
@@ -120,245 +132,41 @@ def _handling(request: Request) -> str:
     return "strict"
 
 
-# FHIR R4's escapes in search values (its search page, "Escaping Search Parameters"): a backslash
-# before `,` `$` `|` or `\\` stands for that character.
-_ESCAPED = frozenset(",$|\\")
+def _query_items(request: Request) -> list[tuple[str, str]]:
+    if not query_is_utf8(request.scope["query_string"]):
+        raise invalid("the query string is not UTF-8 once percent-decoded")
+    return request.query_params.multi_items()
 
 
-def _unescaped(raw: str, name: str, *, token: bool) -> list[str]:
-    """The value with its escapes read; with `token`, split at its first bare `|`. A bare
-    comma is an OR of several values, which a parameter taking one refuses (400), and a
-    backslash before anything else is no escape FHIR defines (400)."""
-    parts = [""]
-    chars = iter(raw)
-    for char in chars:
-        if char == "\\":
-            escaped = next(chars, "")
-            if escaped not in _ESCAPED:  # "" too: a backslash at the end
-                raise invalid(f"{name}: a backslash escapes , $ | or \\ only (\\\\ is one)")
-            parts[-1] += escaped
-        elif char == ",":
-            raise invalid(
-                f"{name} takes one value here: a comma-separated list (FHIR's OR) is not "
-                "supported; search once per value (a comma inside a value is \\,)"
-            )
-        elif char == "|" and token and len(parts) == 1:
-            parts.append("")
-        else:
-            parts[-1] += char
-    return parts
+def _check_read(request: Request) -> None:
+    """A read takes `_format` and nothing else: another parameter is 400, never ignored
+    (under Prefer: handling=lenient, ignored, as a search's are)."""
+    items = _query_items(request)
+    _check_format(request, items)
+    unknown = sorted({name for name, _ in items} - {"_format"})
+    if unknown and _handling(request) != "lenient":
+        raise invalid(
+            f"unknown parameter(s) for a read: {', '.join(name[:64] for name in unknown)} "
+            "(send Prefer: handling=lenient to have them ignored)"
+        )
 
 
-class Query:
-    """The search's parameters: each read at most once, to know which were applied (the
-    `self` link shows those only). Strict by default: a parameter this server does not
-    support is 400, never ignored (a search that ignores part of itself answers wrong);
-    under `Prefer: handling=lenient` it is ignored, and the `self` link leaves it out.
-    `_cursor` is one this server gave for this very search (kind and parameters) and
-    organization."""
-
-    def __init__(self, request: Request, kind: str, known: set[str], cursors: Cursors) -> None:
-        _check_format(request)
-        self.kind = kind
-        self.cursors = cursors
-        self.values: dict[str, list[str]] = {}
-        for name, value in request.query_params.multi_items():
-            self.values.setdefault(name, []).append(value)
-        self.lenient = _handling(request) == "lenient"
-        unknown = sorted(set(self.values) - known - COMMON)
-        if unknown and not self.lenient:
-            raise invalid(
-                f"unknown search parameter(s): {', '.join(name[:64] for name in unknown)} "
-                "(send Prefer: handling=lenient to have them ignored)"
-            )
-        self.applied: list[tuple[str, str]] = []
-
-    def all(self, name: str) -> list[str]:
-        """Every value given for `name` (repeated parameters: all must hold)."""
-        given = self.values.get(name, [])
-        for value in given:
-            if not _VALUE.fullmatch(value):
-                raise invalid(f"{name}: 1 to 511 characters, no control characters")
-        self.applied += [(name, v) for v in given]
-        return given
-
-    def _one(self, name: str) -> str | None:
-        """A one-value parameter's value, checked and applied (the `self` link shows it)."""
-        value = self._single(name)
-        if value is not None:
-            self.all(name)
-        return value
-
-    def get(self, name: str) -> str | None:
-        """The one value of a parameter that takes one, its escapes read (`\\,` a comma).
-        A bare comma (FHIR's OR) is 400, never read as part of one literal value."""
-        raw = self._one(name)
-        return None if raw is None else "".join(_unescaped(raw, name, token=False))
-
-    def token(self, name: str) -> tuple[str | None, str] | None:
-        """A token parameter's `system|code` (system None when there is no bare `|`),
-        its escapes read (`\\|` a bar inside either part)."""
-        raw = self._one(name)
-        if raw is None:
-            return None
-        parts = _unescaped(raw, name, token=True)
-        return (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-
-    def _single(self, name: str) -> str | None:
-        """A paging parameter's value (not one the `self` link repeats as given)."""
-        given = self.values.get(name, [])
-        if len(given) > 1:
-            raise invalid(f"{name} is given more than once")
-        return given[0] if given else None
-
-    def count(self) -> int:
-        """_count, as asked up to MAX_COUNT (a server may return fewer)."""
-        given = self._single("_count")
-        raw = str(DEFAULT_COUNT) if given is None else given
-        if not _COUNT.fullmatch(raw) or int(raw) < 1:
-            raise invalid(f"_count must be a whole number from 1 (at most {MAX_COUNT} are given)")
-        count = min(int(raw), MAX_COUNT)
-        if "_count" in self.values:
-            self.applied.append(("_count", str(count)))
-        return count
-
-    def _list_key(self) -> str:
-        """The search a cursor belongs to: its kind and every parameter but the paging."""
-        given = {
-            name: ",".join(values)
-            for name, values in self.values.items()
-            if name not in ("_cursor", "_count", "_format")
-        }
-        return list_key(f"fhir:{self.kind}", **given)
-
-    def cursor(self) -> uuid.UUID | None:
-        raw = self._single("_cursor")
-        if raw is None:
-            return None
-        try:
-            (after,) = self.cursors.open(self._list_key(), raw, uuid.UUID)
-        except UnknownCursor as err:
-            raise invalid(f"_cursor {err}") from None
-        self.applied.append(("_cursor", raw))
-        return cast(uuid.UUID, after)
-
-    def url(self, base: str, cursor: uuid.UUID | None = None) -> str:
-        """The search's URL: its applied parameters (for `next`: with the next cursor)."""
-        params = list(self.applied)
-        if cursor is not None:
-            params = [p for p in params if p[0] != "_cursor"]
-            params.append(("_cursor", self.cursors.seal(self._list_key(), cursor)))
-        return f"{base}/{self.kind}" + (f"?{urlencode(params)}" if params else "")
-
-
-def _ours(value: str) -> bool:
-    """Whether `value` is written as our FHIR ids are: a UUID, 8-4-4-4-12, in lower case
-    (FHIR ids are case sensitive; uuid.UUID would read other spellings too)."""
-    return is_uuid_text(value) and value == value.lower()
+def _said(kind: str, ident: str) -> str:
+    """`kind/ident` as a diagnostic may repeat it: the id only if it is a FHIR id."""
+    return (
+        f"{kind}/{ident}" if _FHIR_ID.fullmatch(ident) else f"{kind} (an id that is not a FHIR id)"
+    )
 
 
 def _path_id(kind: str, value: str) -> uuid.UUID:
-    """A read's id: anything but one of ours is simply not found."""
-    if not _ours(value):
-        raise FhirError(404, "not-found", f"{kind}/{value[:64]} not found")
-    return uuid.UUID(value)
-
-
-def _id(value: str, kind: str, what: str) -> uuid.UUID:
-    """An id, or a `kind/{id}` reference to one."""
-    raw = value.removeprefix(f"{kind}/")
-    if not _ours(raw):
-        raise invalid(f"{what} must be a {kind} id or {kind}/{{id}}")
-    return uuid.UUID(raw)
-
-
-def _statuses(given: list[str]) -> frozenset[str] | None:
-    """The statuses a team may have: each parameter a comma-separated OR (codes, or
-    system|code), repeated parameters all holding (AND); None without any."""
-    if not given:
-        return None
-    allowed = frozenset(CARE_TEAM_STATUSES)
-    for value in given:
-        codes = set()
-        for token in value.split(","):
-            system, bar, code = token.strip().rpartition("|")
-            if bar and system and system != CARE_TEAM_STATUS_SYSTEM:
-                raise invalid(f"status system must be {CARE_TEAM_STATUS_SYSTEM}")
-            codes.add(code)
-        if not codes <= CARE_TEAM_STATUSES:
-            raise invalid(f"status must be among {', '.join(sorted(CARE_TEAM_STATUSES))}")
-        allowed = allowed & codes
-    return allowed
-
-
-def _includes(query: Query) -> bool:
-    """Whether `_include=CareTeam:participant` is asked; another include is 400 (ignored
-    under lenient handling)."""
-    wanted = {"CareTeam:participant", "CareTeam:participant:Practitioner"}
-    given = query.values.get("_include", [])
-    unsupported = [i for i in given if i not in wanted]
-    if unsupported and not query.lenient:
-        raise invalid(f"_include not supported: {', '.join(unsupported)}")
-    supported = [i for i in given if i in wanted]
-    query.applied += [("_include", i) for i in supported[:1]]
-    return bool(supported)
-
-
-def _day_range(value: str) -> tuple[datetime.datetime, datetime.datetime]:
-    """A FHIR date (YYYY, YYYY-MM or YYYY-MM-DD, optionally `eq`), as the instants it
-    covers in UTC."""
-    match = _DATE.fullmatch(value)
-    if match is None:
-        raise invalid("date must be YYYY, YYYY-MM or YYYY-MM-DD (eq only)")
-    year, month, day = (int(g) if g else None for g in match.groups()[1:])
+    """A read's id: anything but one of ours (a UUID in lower case) is not found."""
     try:
-        start = datetime.date(year or 0, month or 1, day or 1)  # year 0: ValueError
-        if day is not None:
-            end = start + datetime.timedelta(days=1)
-        elif month is not None:
-            end = (start + datetime.timedelta(days=32)).replace(day=1)
-        else:
-            end = start.replace(year=start.year + 1)
-    except (ValueError, OverflowError):
-        raise invalid(f"{value} is not a date this server searches (years 1 to 9998)") from None
-    utc = datetime.UTC
-    return (
-        datetime.datetime.combine(start, datetime.time(), utc),
-        datetime.datetime.combine(end, datetime.time(), utc),
-    )
-
-
-def _page(
-    request: Request,
-    query: Query,
-    kind: str,
-    *,
-    found: list[Any],
-    count: int,
-    resources: list[dict[str, Any]],
-    includes: list[dict[str, Any]] | None = None,
-) -> Response:
-    """The Bundle of a search's page: `found` holds up to count + 1 records (more: a next
-    link, after the last one shown); `resources` are the page's."""
-    base = _base(request)
-    more = len(found) > count
-    after = found[count - 1] if more else None
-    next_url = None if after is None else query.url(base, _key(after))
-    return fhir_response(
-        searchset(
-            base,
-            matches=resources[:count],
-            includes=includes or [],
-            self_url=query.url(base),
-            next_url=next_url,
-        )
-    )
-
-
-def _key(record: Any) -> uuid.UUID:
-    """A page's position: the patient id of a team, the id of a record."""
-    key: uuid.UUID = record.patient_id if hasattr(record, "patient_id") else record.id
-    return key
+        ident = uuid.UUID(value)
+    except ValueError:
+        ident = None
+    if ident is None or str(ident) != value:
+        raise FhirError(404, "not-found", f"{_said(kind, value)} not found")
+    return ident
 
 
 # --- metadata -------------------------------------------------------------------------------
@@ -367,206 +175,288 @@ def _key(record: Any) -> uuid.UUID:
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     """What this server supports (no key needed)."""
-    return fhir_response(capability_statement(_base(request)))
+    items = _query_items(request)
+    _check_format(request, items)
+    unknown = sorted({n for n, _ in items} - {"_format", "mode"})
+    if unknown:
+        raise invalid(f"unknown parameter(s) for metadata: {', '.join(n[:64] for n in unknown)}")
+    if any(n == "mode" and v != "full" for n, v in items):
+        raise not_supported("mode: only full is served")
+    return fhir_response(capability_statement(_base(request), INCLUDES, REVINCLUDES))
 
 
-# --- CareTeam -------------------------------------------------------------------------------
+# --- search ---------------------------------------------------------------------------------
 
 
-@router.get("/CareTeam/{team_id}")
-async def read_care_team(team_id: str, request: Request) -> Response:
+async def _search(request: Request, kind: str, items: list[tuple[str, str]]) -> Response:
+    _check_format(request, items)
     db = session_of(request)
-    _check_read(request)
     org = _organization(request)
-    patient = _path_id("CareTeam", team_id)
-    team = await FhirService.care_team(db=db, organization_id=org, patient_id=patient)
-    if team is None:
-        raise FhirError(404, "not-found", f"CareTeam/{team_id} not found")
-    return fhir_response(care_team_resource(team, org))
+    base = _base(request)
+    query = Query.read(
+        kind,
+        items,
+        base=base,
+        cursors=await cursors_of(request),
+        lenient=_handling(request) == "lenient",
+    )
+    try:
+        page = await run_search(db=db, organization_id=org, search=query.search())
+    except CursorMoved:
+        raise invalid(
+            "_cursor: the resource this page ended at changed since, so the sorted list "
+            "may have moved under the cursor: start the search again"
+        ) from None
+    shown = page.found[: query.count]
+    matches = [shaped(resource_of(r, org), query.summary, query.elements) for r in shown]
+    included = await _included(request, query, kind, shown)
+    more = len(page.found) > query.count
+    next_url = None
+    if more and query.count:
+        last = shown[-1]
+        next_url = query.url((last.id, *last.version_key))
+    return fhir_response(
+        searchset(
+            base,
+            matches=matches,
+            includes=included,
+            self_url=query.url(),
+            next_url=next_url,
+            total=page.total,
+        )
+    )
+
+
+def _refs(ids: set[uuid.UUID] | list[uuid.UUID]) -> tuple[Ref, ...]:
+    return tuple(Ref(None, str(i)) for i in sorted(ids, key=str))
+
+
+async def _included(
+    request: Request,
+    query: Query,
+    kind: str,
+    shown: list[Any],
+) -> list[dict[str, Any]]:
+    """The resources `_include` and `_revinclude` name, each once: each a search of its
+    own (under the same tenant), refused (400) beyond MAX_INCLUDED."""
+    if not shown or not (query.includes or query.revincludes):
+        return []
+    wanted: dict[str, set[uuid.UUID]] = {}  # _include: type -> ids
+    reverse: list[tuple[str, str, tuple[Ref, ...]]] = []  # _revinclude: (type, param, refs)
+    for name, target in query.includes:
+        ids = wanted.setdefault(target, set())
+        if name.startswith("CareTeam:participant"):
+            ids.update(p.provider_id for t in shown for p in t.periods)
+        elif name.startswith("CareTeam:"):
+            ids.update(t.patient_id for t in shown)
+        else:  # Patient:general-practitioner
+            ids.update(r.primary for r in shown if r.primary is not None)
+    for name, target in query.revincludes:
+        param = name.split(":")[1]
+        reverse.append((target, param, _refs([r.id for r in shown])))
+    found: dict[tuple[str, uuid.UUID], dict[str, Any]] = {}
+    org = _organization(request)
+    searches = [
+        by_ids(target, ids, limit=MAX_INCLUDED) for target, ids in wanted.items() if ids
+    ] + [
+        Search(target, (Clause(PARAMETERS[target][param], "", refs),), limit=MAX_INCLUDED)
+        for target, param, refs in reverse
+    ]
+    for search in searches:
+        target = search.kind
+        page = await run_search(db=session_of(request), organization_id=org, search=search)
+        included_limit(len(page.found))
+        for record in page.found:
+            found.setdefault((target, record.id), resource_of(record, org))
+    own = {(kind, r.id) for r in shown}
+    return [r for key, r in found.items() if key not in own]
 
 
 @router.get("/CareTeam")
-async def search_care_teams(request: Request) -> Response:
-    db = session_of(request)
-    org = _organization(request)
-    query = Query(
-        request,
-        "CareTeam",
-        {"_id", "patient", "subject", "status", "participant", "date", "_include"},
-        await cursors_of(request),
-    )
-    patients = set()
-    for name, kind in (("_id", "CareTeam"), ("patient", "Patient"), ("subject", "Patient")):
-        if (value := query.get(name)) is not None:
-            patients.add(_id(value, kind, name))
-    statuses = _statuses(query.all("status"))
-    participant = query.get("participant")
-    during = query.get("date")
-    where = CareTeamFilter(
-        patient=next(iter(patients), None),
-        statuses=statuses if statuses is not None else frozenset(),
-        participant=None
-        if participant is None
-        else _id(participant, "Practitioner", "participant"),
-        during=None if during is None else _day_range(during),
-    )
-    with_practitioners = _includes(query)
-    count, after = query.count(), query.cursor()
-    if len(patients) > 1 or statuses == frozenset():  # nothing can match all of it
-        return _page(request, query, "CareTeam", found=[], count=count, resources=[])
-    teams = await FhirService.search_care_teams(
-        db=db, organization_id=org, where=where, limit=count + 1, after=after
-    )
-    page = teams[:count]
-    includes: list[dict[str, Any]] = []
-    if with_practitioners:
-        members = sorted({p.provider_id for t in page for p in t.periods}, key=str)
-        records = await DirectoryService.get_providers(
-            db=db, organization_id=org, provider_ids=members
-        )
-        includes = [practitioner_resource(r) for r in records]
-    resources = [care_team_resource(t, org) for t in page]
-    return _page(
-        request,
-        query,
-        "CareTeam",
-        found=teams,
-        count=count,
-        resources=resources,
-        includes=includes,
-    )
-
-
-# --- Patient --------------------------------------------------------------------------------
-
-
-@router.get("/Patient/{patient_id}")
-async def read_patient(patient_id: str, request: Request) -> Response:
-    db = session_of(request)
-    _check_read(request)
-    org = _organization(request)
-    ident = _path_id("Patient", patient_id)
-    record = await DirectoryService.get_patient(db=db, organization_id=org, patient_id=ident)
-    primaries = await FhirService.primaries_of(db=db, organization_id=org, patients=[ident])
-    return fhir_response(patient_resource(record, org, primaries.get(ident)))
-
-
 @router.get("/Patient")
-async def search_patients(request: Request) -> Response:
-    db = session_of(request)
-    org = _organization(request)
-    query = Query(
-        request, "Patient", {"_id", "identifier", "name", "birthdate"}, await cursors_of(request)
-    )
-    only = query.get("_id")
-    identifier = query.token("identifier")
-    name = _name(query.get("name"))
-    birthdate = query.get("birthdate")
-    count, after = query.count(), query.cursor()
-    token = None
-    if identifier is not None:
-        system, value = identifier
-        if system is None:
-            raise invalid("identifier must be system|value")
-        try:
-            token = Identifier(*identifier_parts(system, value))
-        except ValueError as err:
-            raise invalid(f"identifier {err}") from None
-    born = None
-    if birthdate is not None:
-        if not re.fullmatch(r"(eq)?[0-9]{4}-[0-9]{2}-[0-9]{2}", birthdate):
-            raise invalid("birthdate must be YYYY-MM-DD (eq only)")
-        try:
-            born = datetime.date.fromisoformat(birthdate.removeprefix("eq"))
-        except ValueError:
-            raise invalid(f"{birthdate} is not a date") from None
-    found = await DirectoryService.list_patients(
-        db=db,
-        organization_id=org,
-        patient_id=None if only is None else _id(only, "Patient", "_id"),
-        name=name,
-        dob=born,
-        identifier=token,
-        limit=count + 1,
-        after=after,
-    )
-    page = found[:count]
-    primaries = await FhirService.primaries_of(
-        db=db, organization_id=org, patients=[p.id for p in page]
-    )
-    resources = [patient_resource(p, org, primaries.get(p.id)) for p in page]
-    return _page(request, query, "Patient", found=found, count=count, resources=resources)
-
-
-def _name(value: str | None) -> str | None:
-    """A name search's value as names are stored (NFC); at most 100 characters."""
-    if value is None:
-        return None
-    if len(value) > 100 or not value.strip():
-        raise invalid("name must be 1 to 100 characters")
-    return unicodedata.normalize("NFC", value)
-
-
-# --- Practitioner ---------------------------------------------------------------------------
-
-
-@router.get("/Practitioner/{practitioner_id}")
-async def read_practitioner(practitioner_id: str, request: Request) -> Response:
-    db = session_of(request)
-    _check_read(request)
-    org = _organization(request)
-    ident = _path_id("Practitioner", practitioner_id)
-    record = await DirectoryService.get_provider(db=db, organization_id=org, provider_id=ident)
-    return fhir_response(practitioner_resource(record))
-
-
 @router.get("/Practitioner")
-async def search_practitioners(request: Request) -> Response:
-    db = session_of(request)
+async def search_type(request: Request) -> Response:
+    kind = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+    return await _search(request, kind, _query_items(request))
+
+
+@router.post("/CareTeam/_search")
+@router.post("/Patient/_search")
+@router.post("/Practitioner/_search")
+async def search_by_post(request: Request) -> Response:
+    """FHIR's POST search: the parameters form-encoded in the body (and the query
+    string), read exactly as a GET's."""
+    kind = request.url.path.rstrip("/").rsplit("/", 2)[-2]
+    content_type, _ = _media_type(request.headers.get("content-type", ""))
+    if content_type != "application/x-www-form-urlencoded":
+        raise FhirError(
+            415, "not-supported", "a POST search's body is application/x-www-form-urlencoded"
+        )
+    body = await request.body()
+    try:
+        text = body.decode("utf-8")
+        form = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise invalid("the body is not form-encoded UTF-8") from None
+    return await _search(request, kind, _query_items(request) + form)
+
+
+# --- read, vread, history -------------------------------------------------------------------
+
+
+async def _current(request: Request, kind: str, ident: uuid.UUID) -> Any:
+    page = await run_search(
+        db=session_of(request), organization_id=_organization(request), search=by_ids(kind, [ident])
+    )
+    if not page.found:
+        raise FhirError(404, "not-found", f"{kind}/{ident} not found")
+    return page.found[0]
+
+
+def _read_response(request: Request, record: Any, resource: dict[str, Any]) -> Response:
+    """A read's resource with its ETag and Last-Modified; 304 when If-None-Match names
+    its version (weak comparison, RFC 9110 13.1.2) or is `*`."""
+    etag = version_tag(record)
+    headers = {"ETag": etag, "Last-Modified": format_datetime(record.updated_at, usegmt=True)}
+    wanted = request.headers.get("if-none-match")
+    if wanted is not None:
+        tags = {t.strip().removeprefix("W/") for t in wanted.split(",")}
+        if "*" in tags or etag.removeprefix("W/") in tags:
+            return Response(status_code=304, headers=headers)
+    return fhir_response(resource, headers=headers)
+
+
+@router.get("/CareTeam/{ident}")
+@router.get("/Patient/{ident}")
+@router.get("/Practitioner/{ident}")
+async def read(ident: str, request: Request) -> Response:
+    kind = request.url.path.split("/")[-2]
+    _check_read(request)
+    record = await _current(request, kind, _path_id(kind, ident))
+    return _read_response(request, record, resource_of(record, _organization(request)))
+
+
+# A version id as each type writes it: a number, or a Patient's "record.team" numbers.
+_VERSION = {
+    "CareTeam": re.compile(r"[1-9][0-9]{0,17}"),
+    "Practitioner": re.compile(r"[1-9][0-9]{0,17}"),
+    "Patient": re.compile(r"[1-9][0-9]{0,17}\.(0|[1-9][0-9]{0,17})"),
+}
+
+
+async def _versions(request: Request, kind: str, ident: uuid.UUID) -> list[VersionEntry]:
+    try:
+        versions = await history_of(
+            db=session_of(request), organization_id=_organization(request), kind=kind, ident=ident
+        )
+    except TooManyVersions:
+        raise FhirError(
+            422,
+            "too-costly",
+            f"{kind}/{ident} has more than {MAX_HISTORY} versions: its history is not "
+            "served (read the current version; /v1 pages its changes)",
+        ) from None
+    if not versions:
+        raise FhirError(404, "not-found", f"{kind}/{ident} not found")
+    return versions
+
+
+@router.get("/CareTeam/{ident}/_history/{version}")
+@router.get("/Patient/{ident}/_history/{version}")
+@router.get("/Practitioner/{ident}/_history/{version}")
+async def vread(ident: str, version: str, request: Request) -> Response:
+    kind = request.url.path.split("/")[-4]
+    _check_read(request)
+    uid = _path_id(kind, ident)
+    if not _VERSION[kind].fullmatch(version):
+        raise FhirError(
+            404, "not-found", f"{kind}/{uid} has no such version (not a version id of ours)"
+        )
+    entry = next((v for v in await _versions(request, kind, uid) if v.version == version), None)
+    if entry is None:
+        raise FhirError(404, "not-found", f"{kind}/{uid} has no version {version}")
+    if entry.record is None:
+        raise FhirError(
+            404,
+            "not-found",
+            f"{kind}/{uid} version {version} existed, but its content was not kept "
+            '(docs/FHIR.md, "Versions"): the current version and its history list say '
+            "what is",
+        )
+    return _read_response(request, entry.record, resource_of(entry.record, _organization(request)))
+
+
+@router.get("/CareTeam/{ident}/_history")
+@router.get("/Patient/{ident}/_history")
+@router.get("/Practitioner/{ident}/_history")
+async def history(ident: str, request: Request) -> Response:
+    kind = request.url.path.split("/")[-3]
+    _check_read(request)
+    uid = _path_id(kind, ident)
+    versions = await _versions(request, kind, uid)
+    return fhir_response(
+        history_bundle(_base(request), kind, uid, versions, _organization(request))
+    )
+
+
+# --- the organization -------------------------------------------------------------------------
+
+
+@router.get("/Organization/{ident}")
+async def read_organization(ident: str, request: Request) -> Response:
+    """The key's own organization (another's id: 404, as an unknown one)."""
+    _check_read(request)
+    uid = _path_id("Organization", ident)
     org = _organization(request)
-    query = Query(
-        request, "Practitioner", {"_id", "identifier", "name", "active"}, await cursors_of(request)
+    record = (
+        None if uid != org else await find_organization(db=session_of(request), organization_id=org)
     )
-    only = query.get("_id")
-    identifier = query.token("identifier")
-    name = _name(query.get("name"))
-    active_raw = query.get("active")
-    active = None
-    if active_raw is not None:
-        if active_raw not in ("true", "false"):
-            raise invalid("active must be true or false")
-        active = active_raw == "true"
-    count, after = query.count(), query.cursor()
-    npi = None
-    if identifier is not None:
-        system, value = identifier
-        try:
-            npi = parse_npi(value)
-        except ValueError as err:
-            raise invalid(f"identifier must be an NPI, or system|NPI: the NPI {err}") from None
-        if system is not None and system != NPI_SYSTEM:  # `|NPI`, another system: none
-            return _page(request, query, "Practitioner", found=[], count=count, resources=[])
-    found = await DirectoryService.list_providers(
-        db=db,
-        organization_id=org,
-        provider_id=None if only is None else _id(only, "Practitioner", "_id"),
-        name=name,
-        npi=npi,
-        active=active,
-        limit=count + 1,
-        after=after,
-    )
-    resources = [practitioner_resource(p) for p in found[:count]]
-    return _page(request, query, "Practitioner", found=found, count=count, resources=resources)
+    if record is None:
+        raise FhirError(404, "not-found", f"Organization/{ident} not found")
+    return _read_response(request, record, organization_resource(record))
 
 
-@router.api_route("/{anything:path}", methods=["POST", "PUT", "PATCH", "DELETE"])
-async def read_only(anything: str) -> Response:
+# --- everything else --------------------------------------------------------------------------
+
+_OTHER_METHODS = ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@router.api_route("", methods=_OTHER_METHODS)
+@router.api_route("/{anything:path}", methods=_OTHER_METHODS)
+async def read_only(anything: str = "") -> Response:
     """This view is read-only: every other method is 405, as an OperationOutcome."""
-    raise FhirError(405, "not-supported", "this FHIR server is read-only: GET only")
+    raise FhirError(
+        405, "not-supported", "this FHIR server is read-only: GET (and POST to _search) only"
+    )
 
 
 @router.get("")
 @router.get("/{anything:path}")
 async def unknown(anything: str = "") -> Response:
-    raise FhirError(404, "not-found", f"{anything.split('/', maxsplit=1)[0]} is not served here")
+    """A path this server does not serve, named for what it is (never echoed as given)."""
+    parts = anything.strip("/").split("/")
+    first = parts[0]
+    if not first:
+        raise not_supported("a system-level search or batch (GET /fhir/R4) is not supported")
+    if first == "_history":
+        raise not_supported("system history (/_history) is not supported")
+    if first.startswith("$"):
+        raise not_supported("system operations are not supported")
+    if not _TYPE_NAME.fullmatch(first):
+        raise FhirError(404, "not-found", "not a FHIR path this server serves")
+    if first not in (*TYPES, "Organization"):
+        raise FhirError(
+            404,
+            "not-found",
+            f"{first} is not served here (served: {', '.join(TYPES)}, Organization)",
+        )
+    rest = parts[1:]
+    if rest and rest[0] == "_history":
+        raise not_supported(f"type history ({first}/_history) is not supported")
+    if any(p.startswith("$") for p in rest):
+        raise not_supported("operations ($everything, $validate, ...) are not supported")
+    if len(rest) == 2 and _TYPE_NAME.fullmatch(rest[1]):
+        raise not_supported("compartment searches are not supported: search by patient=")
+    if first == "Organization" and not rest:
+        raise not_supported("Organization is read only: GET /Organization/{id}")
+    raise FhirError(404, "not-found", "not a FHIR path this server serves")

@@ -1,0 +1,1070 @@
+"""FHIR R4 search as SQL: the search parameters each resource type declares, what each
+one means (FHIR R4's search page, section by section), and the statement a search
+becomes. src/api/fhir_query.py reads a query string into a `Search`; this module runs
+it, under the organization's row-level security like every other read.
+
+Every parameter, modifier and prefix here means what the specification says:
+
+- Values of one parameter separated by commas are an OR; a parameter given twice is an
+  AND ("Combining values", 3.1.1.1.5).
+- Dates (3.1.1.4.5): a search value is the range its precision covers (a year, a month,
+  a day, a minute, a second...), and a target is a range too (a Period, a date's day, an
+  instant). `eq` means the search range contains the target, `ne` that it does not,
+  `gt`/`lt` that the target reaches above/below it, `ge`/`le` either of those or `eq`,
+  `sa`/`eb` that the target starts after/ends before it, `ap` that they overlap once the
+  search range is widened by a tenth of its distance from now (at least a day). A
+  resource without a value never matches a date; `:missing` finds those.
+- Tokens (3.1.1.4.10): `code` in any system, `system|code`, `|code` with no system,
+  `system|` any code of the system. `:not` is every resource without a matching value.
+- Strings (3.1.1.4.13): the start of a value, ignoring case and accents; `:exact` the
+  whole value as written; `:contains` anywhere in it, ignoring case and accents.
+- References (3.1.1.4.11): `id`, `Type/id` or the absolute URL of one of ours; `:Type`
+  names the type. An id that is not one of ours (or a type we do not hold) matches
+  nothing.
+- `:missing=true|false` on every parameter: the resources without (with) a value.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from src.models import RecordType
+from src.services.care_team_service import CareTeamPeriodRecord
+from src.services.directory_service import (
+    PATIENT_COLUMNS,
+    PROVIDER_COLUMNS,
+    DirectoryService,
+    PatientRecord,
+    ProviderRecord,
+    patient_of_row,
+    provider_of_row,
+    updated_at_of,
+)
+from src.services.transaction import run_transaction
+
+NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
+CARE_TEAM_STATUS_SYSTEM = "http://hl7.org/fhir/care-team-status"
+GENDER_SYSTEM = "http://hl7.org/fhir/administrative-gender"
+SPECIAL_VALUES = "http://hl7.org/fhir/special-values"  # true and false (a boolean's tokens)
+SEARCH_PARAMETER = "http://hl7.org/fhir/SearchParameter/"
+# The most resources one search may return with its matches (_include, _revinclude):
+# more is refused, never cut short.
+MAX_INCLUDED = 1000
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Token:
+    """A token value: `system` None is any system, "" no system; `code` None any code."""
+
+    system: str | None
+    code: str | None
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """A date search value: its prefix and the instants its precision covers,
+    [start, end)."""
+
+    prefix: str
+    start: datetime.datetime
+    end: datetime.datetime
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference value: the type named (by `Type/id` or `:Type`; None: the parameter's
+    own) and the id as written."""
+
+    kind: str | None
+    id: str
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One parameter as given: its values (an OR) under one modifier ("" for none; a
+    resource type for a reference's type modifier). `:missing` has one bool value."""
+
+    param: Param
+    modifier: str
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Sort:
+    param: Param
+    descending: bool
+
+
+@dataclass
+class Binder:
+    """The statement's arguments: `bind` adds one and gives its placeholder."""
+
+    args: list[Any] = field(default_factory=list)
+
+    def __call__(self, value: Any, cast: str) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}::{cast}"
+
+
+# --- parameters ----------------------------------------------------------------------------
+
+Compile = Callable[[Clause, Binder], str]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A search parameter a resource type declares: its FHIR type, the definition it
+    implements, the SQL that decides a clause (`compile`), the SQL that says whether a
+    resource has a value (`present`), and (for `_sort`) its sort key."""
+
+    name: str
+    type: str  # token, string, reference, date
+    definition: str
+    documentation: str
+    compile: Compile
+    present: str = "TRUE"
+    sort_key: str | None = None
+    # A reference's target types the specification allows, and the one we hold.
+    targets: tuple[str, ...] = ()
+    holds: str = ""
+    # A token's codes (None: any), for a clear 400 on a code its value set lacks.
+    codes: frozenset[str] | None = None
+
+
+def _or(parts: list[str]) -> str:
+    return "(" + " OR ".join(parts) + ")" if parts else "FALSE"
+
+
+def _ids(clause: Clause, bind: Binder, column: str) -> str:
+    """`column` among the clause's ids (an id that is not ours matches nothing)."""
+    ids = []
+    for value in clause.values:
+        text = value.code if isinstance(value, Token) else value.id
+        system = value.system if isinstance(value, Token) else None
+        if system is None and text is not None and _is_ours(text):
+            ids.append(uuid.UUID(text))
+    return f"{column} = ANY({bind(ids, 'uuid[]')})"
+
+
+def _is_ours(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+def id_param(column: str) -> Param:
+    return Param(
+        "_id",
+        "token",
+        SEARCH_PARAMETER + "Resource-id",
+        "The resource's id",
+        lambda clause, bind: _ids(clause, bind, column),
+        sort_key=column,
+    )
+
+
+def _codes(column: str, system: str) -> Compile:
+    """A token whose codes all belong to `system` (a status, a boolean, a gender)."""
+
+    def compile_(clause: Clause, bind: Binder) -> str:
+        codes: list[str] = []
+        anything = False
+        for token in clause.values:
+            if token.system not in (None, system):  # "" (no system) included: none
+                continue
+            if token.code is None:
+                anything = True
+            else:
+                codes.append(token.code)
+        if anything:
+            return f"{column} IS NOT NULL"
+        return f"{column} = ANY({bind(codes, 'text[]')})"
+
+    return compile_
+
+
+def token_param(
+    name: str, definition: str, doc: str, column: str, *, system: str, codes: frozenset[str]
+) -> Param:
+    return Param(
+        name,
+        "token",
+        definition,
+        doc,
+        _codes(column, system),
+        present=f"{column} IS NOT NULL",
+        codes=codes,
+    )
+
+
+def _identifiers(holding: Callable[[str], str]) -> Compile:
+    """Identifier tokens; `holding(condition)` is the SQL that some identifier of the
+    resource meets `condition` (on columns `system` and `value`)."""
+
+    def compile_(clause: Clause, bind: Binder) -> str:
+        parts = []
+        for token in clause.values:
+            conditions = []
+            if token.system == "":
+                conditions.append("system IS NULL")
+            elif token.system is not None:
+                conditions.append(f"system = {bind(token.system, 'text')}")
+            if token.code is not None:
+                conditions.append(f"value = {bind(token.code, 'text')}")
+            parts.append(" AND ".join(conditions) or "TRUE")
+        return holding(_or(parts))
+
+    return compile_
+
+
+# The combining diacritical marks (Unicode's blocks of them) that string searches ignore:
+# a name is decomposed (NFD) and these are dropped, so that "nunez" finds "Núñez".
+# fhir_query.fold treats a search's value alike.
+COMBINING_MARKS = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF),
+                   (0xFE20, 0xFE2F))  # fmt: skip
+_MARKS = "[" + "".join(f"\\u{a:04X}-\\u{b:04X}" for a, b in COMBINING_MARKS) + "]"
+
+
+def is_mark(char: str) -> bool:
+    return any(a <= ord(char) <= b for a, b in COMBINING_MARKS)
+
+
+def _normalized(column: str) -> str:
+    """A name as string searches compare it: decomposed, without its combining marks,
+    in lower case."""
+    return f"lower(regexp_replace(normalize({column}, NFD), '{_MARKS}', '', 'g'))"
+
+
+def _strings(columns: tuple[str, ...]) -> Compile:
+    """String values against any of `columns`: the start (default), the whole as
+    written (:exact), anywhere (:contains). src/api/fhir_query.py gives the values
+    already folded (fold_text) unless :exact."""
+
+    def compile_(clause: Clause, bind: Binder) -> str:
+        parts = []
+        for value in clause.values:
+            for column in columns:
+                if clause.modifier == "exact":
+                    parts.append(f"{column} = {bind(value, 'text')}")
+                else:
+                    pattern = _like_escaped(value) + "%"
+                    if clause.modifier == "contains":
+                        pattern = "%" + pattern
+                    parts.append(f"{_normalized(column)} LIKE {bind(pattern, 'text')}")
+        return _or(parts)
+
+    return compile_
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def string_param(name: str, definition: str, doc: str, *columns: str) -> Param:
+    return Param(
+        name,
+        "string",
+        definition,
+        doc,
+        _strings(columns),
+        present=_or([f"{c} IS NOT NULL" for c in columns]),
+        sort_key=f"lower({columns[0]})" if len(columns) == 1 else None,
+    )
+
+
+def _references(holding: Callable[[str], str]) -> Compile:
+    """Reference values: `holding(ids)` is the SQL that the resource refers to one of
+    the uuid[] placeholder `ids`."""
+
+    def compile_(clause: Clause, bind: Binder) -> str:
+        param = clause.param
+        ids = []
+        for ref in clause.values:
+            kind = clause.modifier or ref.kind or param.holds
+            if kind == param.holds and _is_ours(ref.id):
+                ids.append(uuid.UUID(ref.id))
+        return holding(bind(ids, "uuid[]"))
+
+    return compile_
+
+
+def reference_param(
+    name: str,
+    definition: str,
+    doc: str,
+    holding: Callable[[str], str],
+    *,
+    targets: tuple[str, ...],
+    holds: str,
+    present: str,
+) -> Param:
+    return Param(
+        name,
+        "reference",
+        definition,
+        doc,
+        _references(holding),
+        present=present,
+        targets=targets,
+        holds=holds,
+    )
+
+
+def _dates(lower: str, upper: str) -> Compile:
+    """Date values against the target range [lower, upper) (upper NULL: open, to
+    infinity); a resource whose `lower` is NULL has no value and never matches."""
+    hi = f"coalesce({upper}, 'infinity')"
+
+    def compile_(clause: Clause, bind: Binder) -> str:
+        parts = []
+        for value in clause.values:
+            start, end = value.start, value.end
+            if value.prefix == "ap":
+                start, end = approximately(value)
+            prefix = value.prefix
+            # Only what the prefix compares is bound (an unused argument has no type).
+            s = bind(start, "timestamptz") if prefix not in ("gt", "sa") else ""
+            e = bind(end, "timestamptz") if prefix not in ("lt", "eb") else ""
+            inside = f"({lower} >= {s} AND {hi} <= {e})"
+            parts.append(
+                {
+                    "eq": inside,
+                    "ne": f"NOT {inside}",
+                    "gt": f"{hi} > {e}",
+                    "lt": f"{lower} < {s}",
+                    "ge": f"({hi} > {e} OR {inside})",
+                    "le": f"({lower} < {s} OR {inside})",
+                    "sa": f"{lower} >= {e}",
+                    "eb": f"{hi} <= {s}",
+                    "ap": f"({lower} < {e} AND {hi} > {s})",
+                }[prefix]
+            )
+        return f"({lower} IS NOT NULL AND {_or(parts)})"
+
+    return compile_
+
+
+def approximately(value: DateRange) -> tuple[datetime.datetime, datetime.datetime]:
+    """`ap`: the search range widened on each side by a tenth of the time between now
+    and it, and by at least a day (the specification leaves the amount to the server)."""
+    now = datetime.datetime.now(datetime.UTC)
+    gap = max(abs(now - value.start), abs(now - value.end)) / 10
+    widen = max(gap, datetime.timedelta(days=1))
+    return value.start - widen, value.end + widen
+
+
+def date_param(name: str, definition: str, doc: str, lower: str, upper: str) -> Param:
+    return Param(
+        name,
+        "date",
+        definition,
+        doc,
+        _dates(lower, upper),
+        present=f"{lower} IS NOT NULL",
+        sort_key=lower,
+    )
+
+
+# --- the resource types --------------------------------------------------------------------
+
+_BIRTH = "(patients.dob::timestamp AT TIME ZONE 'UTC')"
+
+
+def _patient_identifier(condition: str) -> str:
+    return (
+        "EXISTS (SELECT 1 FROM patient_identifiers AS i WHERE i.organization_id = "
+        f"patients.organization_id AND i.patient_id = patients.id AND {condition})"
+    )
+
+
+def _npi(condition: str) -> str:
+    """The NPI as an identifier: its system is NPI_SYSTEM (a constant, not a column)."""
+    return (
+        f"EXISTS (SELECT 1 FROM (SELECT '{NPI_SYSTEM}'::text AS system, providers.npi AS "
+        f"value) AS i WHERE i.value IS NOT NULL AND {condition})"
+    )
+
+
+def _primary_among(ids: str) -> str:
+    return (
+        "EXISTS (SELECT 1 FROM care_team_assignments AS a WHERE a.organization_id = "
+        "patients.organization_id AND a.patient_id = patients.id AND a.is_primary_provider "
+        f"AND a.provider_id = ANY({ids}))"
+    )
+
+
+_HAS_PRIMARY = _primary_among("ARRAY[a.provider_id]")
+
+
+def _member_among(ids: str) -> str:
+    return (
+        "EXISTS (SELECT 1 FROM care_team_periods AS m WHERE m.organization_id = $1 "
+        f"AND m.patient_id = teams.id AND m.provider_id = ANY({ids}))"
+    )
+
+
+def _last_team_event(column: str) -> str:
+    """The patient's latest care team event's `column` (NULL: none)."""
+    return (
+        f"(SELECT x.{column} FROM care_team_events AS x WHERE x.organization_id = "
+        "patients.organization_id AND x.patient_id = patients.id ORDER BY x.seq DESC LIMIT 1)"
+    )
+
+
+# A Patient's content is its record and its primary provider (generalPractitioner): it
+# changes when either does, so its version and time follow both (PatientView).
+PATIENT_UPDATED = (
+    f"greatest({updated_at_of('patients', RecordType.PATIENT)}, {_last_team_event('occurred_at')})"
+)
+PROVIDER_UPDATED = updated_at_of("providers", RecordType.PROVIDER)
+
+
+def _last_updated(column: str) -> Param:
+    return date_param(
+        "_lastUpdated",
+        SEARCH_PARAMETER + "Resource-lastUpdated",
+        "When the resource last changed (meta.lastUpdated)",
+        column,
+        f"({column} + interval '1 microsecond')",
+    )
+
+
+def _names(kind: str) -> list[Param]:
+    individual = SEARCH_PARAMETER + "individual-"
+    return [
+        string_param(
+            "name",
+            SEARCH_PARAMETER + f"{kind}-name",
+            "The start of the family or given name, ignoring case and accents",
+            f"{kind.lower()}s.last_name" if kind == "Patient" else "providers.last_name",
+            f"{kind.lower()}s.first_name" if kind == "Patient" else "providers.first_name",
+        ),
+        string_param(
+            "family",
+            individual + "family",
+            "The start of the family name, ignoring case and accents",
+            "patients.last_name" if kind == "Patient" else "providers.last_name",
+        ),
+        string_param(
+            "given",
+            individual + "given",
+            "The start of the given name, ignoring case and accents",
+            "patients.first_name" if kind == "Patient" else "providers.first_name",
+        ),
+    ]
+
+
+PATIENT = [
+    id_param("patients.id"),
+    Param(
+        "identifier",
+        "token",
+        SEARCH_PARAMETER + "Patient-identifier",
+        "system|value, value, |value (no system) or system|",
+        _identifiers(_patient_identifier),
+        present=_patient_identifier("TRUE"),
+    ),
+    *_names("Patient"),
+    date_param(
+        "birthdate",
+        SEARCH_PARAMETER + "individual-birthdate",
+        "The day of birth, with any prefix and precision",
+        _BIRTH,
+        f"({_BIRTH} + interval '1 day')",
+    ),
+    token_param(
+        "gender",
+        SEARCH_PARAMETER + "individual-gender",
+        "male, female, other or unknown",
+        "patients.gender",
+        system=GENDER_SYSTEM,
+        codes=frozenset({"male", "female", "other", "unknown"}),
+    ),
+    reference_param(
+        "general-practitioner",
+        SEARCH_PARAMETER + "Patient-general-practitioner",
+        "The current primary provider (Practitioner/{id})",
+        _primary_among,
+        targets=("Organization", "Practitioner", "PractitionerRole"),
+        holds="Practitioner",
+        present=_HAS_PRIMARY,
+    ),
+    _last_updated(PATIENT_UPDATED),
+]
+
+PRACTITIONER = [
+    id_param("providers.id"),
+    Param(
+        "identifier",
+        "token",
+        SEARCH_PARAMETER + "Practitioner-identifier",
+        f"The NPI: {NPI_SYSTEM}|NPI, the NPI alone, or {NPI_SYSTEM}|",
+        _identifiers(_npi),
+        present="providers.npi IS NOT NULL",
+    ),
+    *_names("Practitioner"),
+    token_param(
+        "active",
+        SEARCH_PARAMETER + "Practitioner-active",
+        "true or false",
+        "(CASE WHEN providers.active THEN 'true' ELSE 'false' END)",
+        system=SPECIAL_VALUES,
+        codes=frozenset({"true", "false"}),
+    ),
+    _last_updated(PROVIDER_UPDATED),
+]
+
+_TEAM_PATIENT = ("Patient",)
+CARE_TEAM = [
+    id_param("teams.id"),
+    reference_param(
+        "patient",
+        SEARCH_PARAMETER + "clinical-patient",
+        "The patient (Patient/{id}, or the id)",
+        lambda ids: f"teams.id = ANY({ids})",
+        targets=_TEAM_PATIENT,
+        holds="Patient",
+        present="TRUE",
+    ),
+    reference_param(
+        "subject",
+        SEARCH_PARAMETER + "CareTeam-subject",
+        "The patient (Patient/{id}); CareTeams here are patients'",
+        lambda ids: f"teams.id = ANY({ids})",
+        targets=("Group", "Patient"),
+        holds="Patient",
+        present="TRUE",
+    ),
+    token_param(
+        "status",
+        SEARCH_PARAMETER + "CareTeam-status",
+        "active (a period still open) or inactive (every period ended)",
+        "(CASE WHEN teams.active THEN 'active' ELSE 'inactive' END)",
+        system=CARE_TEAM_STATUS_SYSTEM,
+        codes=frozenset({"proposed", "active", "suspended", "inactive", "entered-in-error"}),
+    ),
+    reference_param(
+        "participant",
+        SEARCH_PARAMETER + "CareTeam-participant",
+        "A practitioner that is or was on the team (Practitioner/{id})",
+        _member_among,
+        targets=(
+            "CareTeam",
+            "Organization",
+            "Patient",
+            "Practitioner",
+            "PractitionerRole",
+            "RelatedPerson",
+        ),
+        holds="Practitioner",
+        present="TRUE",
+    ),
+    date_param(
+        "date",
+        SEARCH_PARAMETER + "clinical-date",
+        "CareTeam.period: from the first period's start to the last one's end (open "
+        "while a period is), with any prefix and precision",
+        "teams.start",
+        "teams.end_",
+    ),
+    _last_updated("teams.updated_at"),
+]
+
+PARAMETERS: dict[str, dict[str, Param]] = {
+    kind: {p.name: p for p in params}
+    for kind, params in (
+        ("CareTeam", CARE_TEAM),
+        ("Patient", PATIENT),
+        ("Practitioner", PRACTITIONER),
+    )
+}
+
+
+# --- running a search ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Search:
+    """A search of one resource type: every clause holds (AND), in `sort` order (then
+    by id), the page after `after` (the last resource's id, and for a sorted search its
+    version key, which must not have changed), at most `limit` (0: none, the total
+    only)."""
+
+    kind: str
+    clauses: tuple[Clause, ...] = ()
+    sort: tuple[Sort, ...] = ()
+    limit: int = 20
+    after: tuple[uuid.UUID, int, int] | None = None
+    total: bool = False
+
+
+@dataclass(frozen=True)
+class TeamRecord:
+    """A patient's longitudinal care team: every period of it, oldest first; `start` and
+    `end` its span (end None while a period is open); `version` the number of the
+    patient's last care team event (the /v1 team ETag's first number), `updated_at` when
+    it was written."""
+
+    patient_id: uuid.UUID
+    active: bool
+    periods: list[CareTeamPeriodRecord]
+    start: datetime.datetime
+    end: datetime.datetime | None
+    version: int
+    updated_at: datetime.datetime
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.patient_id
+
+    @property
+    def version_key(self) -> tuple[int, int]:
+        return (self.version, 0)
+
+
+@dataclass(frozen=True)
+class PatientView:
+    """A Patient as FHIR shows it: the record and its primary provider (its
+    generalPractitioner). Either changing changes the resource, so its version is both
+    numbers, "r.t": the record's version (the /v1 patient ETag's) and its care team's
+    (the number of its last care team event, 0 for none: the /v1 team ETag's first
+    number). `updated_at`: the later of the two changes."""
+
+    record: PatientRecord
+    primary: uuid.UUID | None
+    team_version: int
+    team_updated_at: datetime.datetime | None
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.record.id
+
+    @property
+    def version(self) -> str:
+        return f"{self.record.version}.{self.team_version}"
+
+    @property
+    def version_key(self) -> tuple[int, int]:
+        return (self.record.version, self.team_version)
+
+    @property
+    def updated_at(self) -> datetime.datetime | None:
+        times = [t for t in (self.record.updated_at, self.team_updated_at) if t is not None]
+        return max(times) if times else None
+
+
+@dataclass(frozen=True)
+class PractitionerView:
+    """A Practitioner: its record alone (its version is the record's, the /v1 ETag's)."""
+
+    record: ProviderRecord
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.record.id
+
+    @property
+    def version(self) -> int:
+        return self.record.version
+
+    @property
+    def version_key(self) -> tuple[int, int]:
+        return (self.record.version, 0)
+
+    @property
+    def updated_at(self) -> datetime.datetime | None:
+        return self.record.updated_at
+
+
+Found = PatientView | PractitionerView | TeamRecord
+
+
+@dataclass(frozen=True)
+class Page:
+    found: list[Any]  # up to limit + 1: one more means a next page
+    total: int | None
+
+
+class CursorMoved(Exception):
+    """The resource a sorted page ended at changed (or went) since: its place in the
+    order may have moved, so the next page could skip or repeat; start again."""
+
+
+# The care teams: one per patient that has or had a period, with its span, state and
+# version. Statements below select from it as `teams`.
+TEAMS = """
+    WITH teams AS (
+        SELECT p.patient_id AS id, min(lower(p.valid)) AS start,
+               CASE WHEN bool_or(upper_inf(p.valid)) THEN NULL ELSE max(upper(p.valid)) END
+                   AS end_,
+               bool_or(upper_inf(p.valid)) AS active,
+               coalesce(e.seq, 0) AS version,
+               coalesce(e.at, greatest(max(lower(p.valid)), max(upper(p.valid))))
+                   AS updated_at
+        FROM care_team_periods AS p
+        LEFT JOIN LATERAL (
+            SELECT seq, occurred_at AS at FROM care_team_events AS x
+            WHERE x.organization_id = $1 AND x.patient_id = p.patient_id
+            ORDER BY seq DESC LIMIT 1
+        ) AS e ON TRUE
+        WHERE p.organization_id = $1
+        GROUP BY p.patient_id, e.seq, e.at
+    )
+"""
+PERIODS_OF = """
+    SELECT patient_id, provider_id, role, lower(valid) AS valid_from, upper(valid) AS valid_to,
+           start_reason, end_reason
+    FROM care_team_periods
+    WHERE organization_id = $1 AND patient_id = ANY ($2::uuid[])
+    ORDER BY patient_id, lower(valid), provider_id
+"""
+# A patient's current primary, read in the same statement as its record.
+_PRIMARY = (
+    "(SELECT a.provider_id FROM care_team_assignments AS a WHERE a.organization_id = "
+    "patients.organization_id AND a.patient_id = patients.id AND a.is_primary_provider)"
+)
+_PATIENT_VIEW = (
+    f"{_PRIMARY} AS primary_id, coalesce({_last_team_event('seq')}, 0) AS team_version, "
+    f"{_last_team_event('occurred_at')} AS team_updated_at"
+)
+_FROM = {
+    "Patient": (f"SELECT {PATIENT_COLUMNS}, {_PATIENT_VIEW} FROM patients", "patients"),
+    "Practitioner": (f"SELECT {PROVIDER_COLUMNS} FROM providers", "providers"),
+    "CareTeam": (TEAMS + " SELECT teams.* FROM teams", "teams"),
+}
+
+
+def _where(search: Search, bind: Binder, table: str) -> list[str]:
+    conditions = [f"{table}.organization_id = $1"] if table != "teams" else []
+    for clause in search.clauses:
+        param = clause.param
+        if clause.modifier == "missing":
+            (missing,) = clause.values
+            conditions.append(f"NOT ({param.present})" if missing else f"({param.present})")
+        elif clause.modifier == "not":
+            conditions.append(f"NOT coalesce({param.compile(clause, bind)}, FALSE)")
+        else:
+            conditions.append(param.compile(clause, bind))
+    return conditions
+
+
+def _order(search: Search, table: str) -> tuple[list[str], list[tuple[str, bool]]]:
+    """The ORDER BY terms and the keys (expression, descending) in order, id last."""
+    keys = [
+        (f"coalesce({s.param.sort_key}, {_LOWEST[s.param.type]})", s.descending)
+        for s in search.sort
+        if s.param.name != "_id"
+    ]
+    ids_descending = next((s.descending for s in search.sort if s.param.name == "_id"), False)
+    keys.append((f"{table}.id", ids_descending))
+    return [f"{k} {'DESC' if d else 'ASC'}" for k, d in keys], keys
+
+
+# What a missing sort value sorts as: below every value.
+_LOWEST = {"string": "''", "date": "'-infinity'::timestamptz", "token": "''"}
+
+
+def _after(keys: list[tuple[str, bool]], table: str, bind: Binder, after: uuid.UUID) -> str:
+    """Keyset: rows after the row `after` in the order of `keys` (its own values read
+    from it, in the same statement)."""
+    anchor = (
+        f"(SELECT {', '.join(f'{k} AS k{n}' for n, (k, _) in enumerate(keys))} "
+        f"FROM {table} WHERE {table}.id = {bind(after, 'uuid')})"
+    )
+    terms = []
+    for n, (key, descending) in enumerate(keys):
+        equal = [f"{k} = anchor.k{m}" for m, (k, _) in enumerate(keys[:n])]
+        beyond = f"{key} {'<' if descending else '>'} anchor.k{n}"
+        terms.append("(" + " AND ".join([*equal, beyond]) + ")")
+    return f"EXISTS (SELECT 1 FROM {anchor} AS anchor WHERE {' OR '.join(terms)})"
+
+
+async def run_search(*, db: AsyncSession, organization_id: uuid.UUID, search: Search) -> Page:
+    """The page of `search` (raises CursorMoved, see there), with its total if asked."""
+    select, table = _FROM[search.kind]
+    order, keys = _order(search, table)
+
+    async def work(driver: Any) -> Page:
+        bind = Binder([organization_id])
+        conditions = _where(search, bind, table)
+        where = " AND ".join(conditions) or "TRUE"
+        total = None
+        if search.total:
+            count_from = (
+                TEAMS + " SELECT count(*) FROM teams"
+                if table == "teams"
+                else (f"SELECT count(*) FROM {table}")
+            )
+            total = int(await driver.fetchval(f"{count_from} WHERE {where}", *bind.args))
+        if search.limit == 0:
+            return Page([], total)
+        page_conditions = list(conditions)
+        if search.after is not None:
+            after_id, *version = search.after
+            if search.sort:
+                # The resource the page ended at, read again: if it changed, its place
+                # in a sorted order may have moved, so the cursor is refused rather
+                # than read (a page after a moved anchor skips or repeats silently).
+                own = "" if table == "teams" else f" AND {table}.organization_id = $1"
+                rows = await driver.fetch(
+                    f"{select} WHERE {table}.id = $2{own}", organization_id, after_id
+                )
+                found = await _records(driver, organization_id, search.kind, rows)
+                if not found or list(found[0].version_key) != version:
+                    raise CursorMoved()
+                page_conditions.append(_after(keys, table, bind, after_id))
+            else:
+                page_conditions.append(f"{table}.id > {bind(after_id, 'uuid')}")
+        statement = (
+            f"{select} WHERE {' AND '.join(page_conditions) or 'TRUE'} "
+            f"ORDER BY {', '.join(order)} LIMIT {bind(search.limit + 1, 'int')}"
+        )
+        rows = await driver.fetch(statement, *bind.args)
+        return Page(await _records(driver, organization_id, search.kind, rows), total)
+
+    return await run_transaction(
+        db,
+        operation=f"search_{search.kind.lower()}",
+        organization_id=organization_id,
+        work=work,
+        read_only=True,
+    )
+
+
+def by_ids(kind: str, ids: list[uuid.UUID] | set[uuid.UUID], limit: int = 1) -> Search:
+    """The search for these resources by id."""
+    clause = Clause(PARAMETERS[kind]["_id"], "", tuple(Token(None, str(i)) for i in ids))
+    return Search(kind, (clause,), limit=limit)
+
+
+def _patient_view(row: Any) -> PatientView:
+    data = dict(row)
+    primary = data.pop("primary_id")
+    team_version = data.pop("team_version")
+    team_updated_at = data.pop("team_updated_at")
+    return PatientView(patient_of_row(data), primary, team_version, team_updated_at)
+
+
+async def _records(driver: Any, org: uuid.UUID, kind: str, rows: list[Any]) -> list[Any]:
+    if kind == "Patient":
+        return [_patient_view(r) for r in rows]
+    if kind == "Practitioner":
+        return [PractitionerView(provider_of_row(r)) for r in rows]
+    return await teams_of_rows(driver, org, rows)
+
+
+async def teams_of_rows(driver: Any, org: uuid.UUID, rows: list[Any]) -> list[TeamRecord]:
+    """The care teams of `teams` rows, with their periods (one more statement)."""
+    ids = [r["id"] for r in rows]
+    periods: dict[uuid.UUID, list[CareTeamPeriodRecord]] = {i: [] for i in ids}
+    if ids:
+        for p in await driver.fetch(PERIODS_OF, org, ids):
+            fields = dict(p)
+            periods[fields.pop("patient_id")].append(CareTeamPeriodRecord(**fields))
+    return [
+        TeamRecord(
+            r["id"],
+            r["active"],
+            periods[r["id"]],
+            r["start"],
+            r["end_"],
+            r["version"],
+            r["updated_at"],
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class OrganizationRecord:
+    id: uuid.UUID
+    name: str
+    created_at: datetime.datetime
+
+    @property
+    def version(self) -> int:
+        return 1  # an organization's name does not change here
+
+    @property
+    def updated_at(self) -> datetime.datetime:
+        return self.created_at
+
+
+async def find_organization(
+    *, db: AsyncSession, organization_id: uuid.UUID
+) -> OrganizationRecord | None:
+    async def work(driver: Any) -> OrganizationRecord | None:
+        row = await driver.fetchrow(
+            "SELECT id, name, created_at FROM organizations WHERE id = $1", organization_id
+        )
+        return None if row is None else OrganizationRecord(**dict(row))
+
+    return await run_transaction(
+        db,
+        operation="read_organization",
+        organization_id=organization_id,
+        work=work,
+        read_only=True,
+    )
+
+
+# --- versions ------------------------------------------------------------------------------
+
+# The most versions an instance history lists; a resource with more is refused (never
+# cut short without saying so).
+MAX_HISTORY = 500
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    """One version of a resource: its id (meta.versionId), when it was written, and its
+    content (None: not kept; see history_of)."""
+
+    version: str
+    at: datetime.datetime
+    record: Any
+
+
+class TooManyVersions(Exception):
+    pass
+
+
+TEAM_EVENTS = """
+    SELECT seq, occurred_at FROM care_team_events
+    WHERE organization_id = $1 AND patient_id = $2 ORDER BY seq
+"""
+PRIMARY_AT = """
+    SELECT provider_id FROM care_team_periods
+    WHERE organization_id = $1 AND patient_id = $2 AND role = 'primary' AND valid @> $3::timestamptz
+"""
+
+
+async def history_of(
+    *, db: AsyncSession, organization_id: uuid.UUID, kind: str, ident: uuid.UUID
+) -> list[VersionEntry]:
+    """Every version of a resource, newest first (none: it is not one of ours). Raises
+    TooManyVersions beyond MAX_HISTORY.
+
+    - A Practitioner's versions are its record's; the content of each version written
+      since revision 20261207_record_snapshots is kept, of earlier ones not.
+    - A Patient's versions are every change of its record or of its care team ("r.t"):
+      its record's content as the record's versions are kept, its primary then as its
+      care team periods hold it (the primary period that covered the version's instant).
+    - A CareTeam's versions are its patient's care team events; only the current one's
+      content is served: its periods (participant.period) are the team's history.
+    """
+    page = await run_search(db=db, organization_id=organization_id, search=by_ids(kind, [ident]))
+    if not page.found:
+        return []
+    current = page.found[0]
+    if kind == "CareTeam":
+        events = await _team_events(db, organization_id, ident)
+        if len(events) > MAX_HISTORY:
+            raise TooManyVersions()
+        entries = [VersionEntry(str(seq), at, None) for seq, at in reversed(events)]
+        if not entries or entries[0].version != str(current.version):
+            entries.insert(0, VersionEntry(str(current.version), current.updated_at, None))
+        entries[0] = VersionEntry(str(current.version), current.updated_at, current)
+        return entries
+    if kind == "Practitioner":
+        versions = await DirectoryService.provider_versions(
+            db=db, organization_id=organization_id, provider_id=ident, limit=MAX_HISTORY + 1
+        )
+        if len(versions) > MAX_HISTORY:
+            raise TooManyVersions()
+        entries = []
+        for v in versions:
+            record = None
+            if v.version == current.version:
+                record = current
+            elif v.readable:
+                past = await DirectoryService.get_provider_version(
+                    db=db, organization_id=organization_id, provider_id=ident, version=v.version
+                )
+                record = None if past is None else PractitionerView(past)
+            entries.append(VersionEntry(str(v.version), v.changed_at, record))
+        return entries
+    return await _patient_history(db, organization_id, current)
+
+
+async def _team_events(
+    db: AsyncSession, org: uuid.UUID, patient: uuid.UUID
+) -> list[tuple[int, datetime.datetime]]:
+    async def work(driver: Any) -> list[tuple[int, datetime.datetime]]:
+        return [(r["seq"], r["occurred_at"]) for r in await driver.fetch(TEAM_EVENTS, org, patient)]
+
+    return await run_transaction(
+        db, operation="care_team_versions", organization_id=org, work=work, read_only=True
+    )
+
+
+async def _patient_history(
+    db: AsyncSession, org: uuid.UUID, current: PatientView
+) -> list[VersionEntry]:
+    """A Patient's versions: its record's and its care team's changes merged in time."""
+    patient = current.id
+    versions = await DirectoryService.patient_versions(
+        db=db, organization_id=org, patient_id=patient, limit=MAX_HISTORY + 1
+    )
+    events = await _team_events(db, org, patient)
+    if len(versions) + len(events) > MAX_HISTORY:
+        raise TooManyVersions()
+    changes = sorted(
+        [(v.changed_at, 0, v.version, v.readable) for v in versions]
+        + [(at, 1, seq, True) for seq, at in events]
+    )
+    states: list[tuple[int, int, bool, datetime.datetime]] = []  # (r, t, record kept, at)
+    record, team, kept = 1, 0, False
+    for at, source, number, readable in changes:
+        if source == 0:
+            record, kept = number, readable
+        else:
+            team = number
+        if states and states[-1][3] == at:
+            states.pop()  # one transaction's changes: one version
+        states.append((record, team, kept, at))
+    entries = []
+    for r, t, record_kept, at in reversed(states):
+        view: PatientView | None = None
+        if (r, t) == current.version_key:
+            view = current
+        elif record_kept:
+            view = await _past_patient(db, org, patient, r=r, t=t, at=at)
+        entries.append(VersionEntry(f"{r}.{t}", at, view))
+    if not entries or entries[0].version != current.version:
+        entries.insert(0, VersionEntry(current.version, current.updated_at or _EPOCH, current))
+    return entries
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+async def _past_patient(
+    db: AsyncSession, org: uuid.UUID, patient: uuid.UUID, *, r: int, t: int, at: datetime.datetime
+) -> PatientView | None:
+    """The Patient at version "r.t", written at `at`: the record's version r (None if
+    not kept) and the primary whose period covered `at`."""
+    record = await DirectoryService.get_patient_version(
+        db=db, organization_id=org, patient_id=patient, version=r
+    )
+    if record is None:
+        return None
+
+    async def work(driver: Any) -> uuid.UUID | None:
+        row = await driver.fetchrow(PRIMARY_AT, org, patient, at)
+        return None if row is None else row["provider_id"]
+
+    primary = await run_transaction(
+        db, operation="primary_at", organization_id=org, work=work, read_only=True
+    )
+    return PatientView(record, primary, t, at)
