@@ -9,6 +9,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from src.config import Settings
 from src.db import open_database
@@ -17,7 +19,7 @@ from src.migration_runner import alembic_config, current_revision, downgrade, up
 from src.models import UNIQUE_PRIMARY_INDEX, Base
 from src.services.directory_service import DirectoryService
 from src.services.errors import VersionNotKept
-from tests.helpers import PRIMARIES, RLS, UNIQUE, FreshDatabase, seed_duplicates
+from tests.helpers import PRIMARIES, RLS, UNIQUE, FreshDatabase, seed_duplicates, set_tenant
 
 EVENT_SEQUENCE, APP_ROLE = "20261128_event_sequence", "20261128_app_role_login"
 PERIODS, LEAN_PERIODS = "20261128_care_team_periods", "20261206_lean_period_changes"
@@ -30,7 +32,8 @@ ONE_TRANSFER = "20261207_one_transfer_at_a_time"
 NORMALIZED_IDENTIFIERS = "20261207_normalized_identifiers"
 PATIENT_GENDER = "20261207_patient_gender"
 RECORD_SNAPSHOTS = "20261207_record_snapshots"
-HEAD = RECORD_SNAPSHOTS
+ORGANIZATION_READ = "20261207_organization_read"
+HEAD = ORGANIZATION_READ
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -43,6 +46,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(ORGANIZATION_READ).down_revision == RECORD_SNAPSHOTS
         assert scripts.get_revision(RECORD_SNAPSHOTS).down_revision == PATIENT_GENDER
         assert scripts.get_revision(PATIENT_GENDER).down_revision == NORMALIZED_IDENTIFIERS
         assert scripts.get_revision(NORMALIZED_IDENTIFIERS).down_revision == ONE_TRANSFER
@@ -340,3 +344,37 @@ class TestRecordSnapshots:
             "WHERE table_name = 'record_changes' AND column_name IN ('version', 'snapshot')"
         )
         assert columns == [(0,)]
+
+
+class TestOrganizationRead:
+    async def test_the_application_role_reads_its_own_organization_and_nothing_more(
+        self, fresh_database: FreshDatabase, settings: Settings
+    ):
+        db = fresh_database
+        await upgrade(db.engine)
+        mine, theirs = [
+            (await db.execute(f"INSERT INTO organizations (name) VALUES ('{n}') RETURNING id"))[0][
+                0
+            ]
+            for n in ("mine", "theirs")
+        ]
+        database = open_database(settings, db.url)
+        try:
+            async with database.app_engine.connect() as conn:
+                await set_tenant(conn, mine)
+                rows = (await conn.execute(text("SELECT id, name FROM organizations"))).all()
+                assert [(r.id, r.name) for r in rows] == [(mine, "mine")]
+                await conn.rollback()
+        finally:
+            await database.dispose()
+        assert theirs != mine
+        await downgrade(db.engine, RECORD_SNAPSHOTS)
+        database = open_database(settings, db.url)
+        try:
+            async with database.app_engine.connect() as conn:
+                await set_tenant(conn, mine)
+                with pytest.raises(DBAPIError, match="permission denied"):
+                    await conn.execute(text("SELECT name FROM organizations"))
+                await conn.rollback()
+        finally:
+            await database.dispose()
