@@ -12,7 +12,9 @@ this order (src/api/app.py stacks them):
 2. CORS (when CORS_ALLOWED_ORIGINS is set): preflights answered.
 3. Authentication (src/api/auth.py): the API key, before anything else answers.
 4. BodyRules, innermost: a body of any method is JSON only (415), at most
-   MAX_BODY_BYTES (413, refused as it arrives when it has no length).
+   MAX_BODY_BYTES (413, refused as it arrives when it has no length). Under /fhir/ the
+   FHIR router judges the media type itself (a POST search is form-encoded), and a body
+   too large is refused as an OperationOutcome.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from src.api.errors import (
     INVALID_HOST,
     UNSUPPORTED_MEDIA_TYPE,
     ProblemKind,
+    operation_outcome,
     problem_body,
 )
 from src.log_config import request_id_var
@@ -122,9 +125,14 @@ class BodyRules:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = self.refusal(dict(scope["headers"]))
+        fhir = scope["path"].startswith("/fhir/")
+        refusal = self.refusal(dict(scope["headers"]), json_only=not fhir)
         if refusal is not None:
-            await _send_problem(send, *refusal)
+            if fhir:
+                kind, detail = refusal
+                await operation_outcome(kind.status, "too-costly", detail)(scope, receive, send)
+            else:
+                await _send_problem(send, *refusal)
             return
         refused = False  # answered 413 here while the app was reading the body
         response_started = False
@@ -153,13 +161,15 @@ class BodyRules:
         await self.app(scope, limited_receive, guarded_send)
 
     @staticmethod
-    def refusal(headers: dict[bytes, bytes]) -> tuple[ProblemKind, str] | None:
+    def refusal(
+        headers: dict[bytes, bytes], *, json_only: bool = True
+    ) -> tuple[ProblemKind, str] | None:
         """Why the request's body is refused before any route sees it, or None."""
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             return BODY_TOO_LARGE, _too_large()
         has_body = (declared.isdigit() and int(declared) > 0) or b"transfer-encoding" in headers
-        if has_body:
+        if has_body and json_only:
             content_type = headers.get(b"content-type", b"").decode("latin-1").strip()
             if not _JSON_TYPE.match(content_type):
                 return UNSUPPORTED_MEDIA_TYPE, "the body must be JSON (application/json)"

@@ -159,7 +159,14 @@ def _said(kind: str, ident: str) -> str:
 
 
 def _path_id(kind: str, value: str) -> uuid.UUID:
-    """A read's id: anything but one of ours (a UUID in lower case) is not found."""
+    """A read's id: anything but one of ours (a UUID in lower case) is not found; the
+    interactions a FHIR path may name there are named as not supported."""
+    if value == "_history":
+        raise not_supported(f"type history ({kind}/_history) is not supported")
+    if value.startswith("$"):
+        raise not_supported("operations ($everything, $validate, ...) are not supported")
+    if value == "_search":
+        raise FhirError(405, "not-supported", "a search by POST is POST /{type}/_search")
     try:
         ident = uuid.UUID(value)
     except ValueError:
