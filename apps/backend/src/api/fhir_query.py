@@ -393,7 +393,9 @@ class Query:
         if self.summary != "false":
             raise invalid("_elements and _summary cannot be used together")
         names = {n.strip() for n in given.split(",")}
-        unknown = names - ELEMENTS[self.kind] - BASE_ELEMENTS
+        # fhirpy's elements() always adds resourceType: not an element, but in every
+        # resource's JSON and always shown, so naming it asks for nothing more.
+        unknown = names - ELEMENTS[self.kind] - BASE_ELEMENTS - {"resourceType"}
         if unknown:
             raise invalid(
                 f"_elements: {', '.join(sorted(n[:64] for n in unknown))} is not an element "
