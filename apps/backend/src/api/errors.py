@@ -327,6 +327,14 @@ def install_error_handlers(app: FastAPI) -> None:
                 f"malformed request body: {exc.detail}",
                 errors=[{"location": "body", "field": "body", "detail": "malformed JSON"}],
             )
+        if is_fhir(request):  # a method the FHIR router has no route for (PROPFIND, ...)
+            return operation_outcome(
+                exc.status_code,
+                "not-supported",
+                f"{request.method[:16]} is not supported: this FHIR server is read-only "
+                "(GET, and POST to _search)",
+                {"Allow": "GET, HEAD"} if exc.status_code == 405 else None,
+            )
         if exc.status_code == 405:
             allow = allowed_methods(request.app, request.scope)
             return problem_response(
@@ -352,6 +360,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         logger.error("unhandled %s", type(exc).__name__, exc_info=exc)
+        if is_fhir(request):
+            return operation_outcome(
+                500, "exception", "internal error; the request id is in the logs"
+            )
         return problem_response(
             500,
             INTERNAL_ERROR.code,

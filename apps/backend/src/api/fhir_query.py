@@ -73,6 +73,10 @@ _DATE = re.compile(
 )
 _VALUE = re.compile(r"^[^\x00-\x1f\x7f]{1,511}$")
 _COUNT = re.compile(r"^[0-9]{1,6}$")
+# A query's size: each parameter is a condition on every candidate row, so a query
+# string of thousands is refused, never run.
+MAX_PARAMETERS = 50
+MAX_VALUES = 100  # values of one parameter, separated by commas
 SUMMARIES = {"true", "false", "data", "count"}
 # What _include and _revinclude may name, by the searched type (source:param[:target]).
 INCLUDES = {
@@ -220,6 +224,7 @@ class Query:
     includes: list[tuple[str, str]] = field(default_factory=list)  # (name, kind)
     revincludes: list[tuple[str, str]] = field(default_factory=list)
     after: tuple[uuid.UUID, int, int] | None = None
+    since: datetime.datetime | None = None  # a sorted search's first page's time
 
     # --- building ---------------------------------------------------------------------
 
@@ -237,6 +242,8 @@ class Query:
         for name, value in items:
             values.setdefault(name, []).append(value)
         query = cls(kind, base, cursors, lenient, values)
+        if len(items) > MAX_PARAMETERS:
+            raise invalid(f"a search takes at most {MAX_PARAMETERS} parameters")
         for name, value in items:
             if not _VALUE.fullmatch(value) and name != "_cursor":
                 raise invalid(f"{name[:64]}: 1 to 511 characters, no control characters")
@@ -252,7 +259,9 @@ class Query:
         self.ignored.append(name)
 
     def _clause(self, name: str, raw: str) -> None:
-        code, _, modifier = name.partition(":")
+        code, colon, modifier = name.partition(":")
+        if colon and not modifier:
+            raise invalid(f"{name[:64]}: an empty modifier")
         if "." in code:
             return self._unknown(name, "chained search parameters are not supported")
         param = PARAMETERS[self.kind].get(code)
@@ -264,7 +273,10 @@ class Query:
                 raise invalid(f"{name} must be true or false")
             values: tuple[Any, ...] = (raw == "true",)
         else:
-            values = tuple(self._value(param, modifier, piece) for piece in split(raw, name, ","))
+            pieces = split(raw, name, ",")
+            if len(pieces) > MAX_VALUES:
+                raise invalid(f"{name}: at most {MAX_VALUES} values separated by commas")
+            values = tuple(self._value(param, modifier, piece) for piece in pieces)
         self.clauses.append(Clause(param, modifier, values))
         self.applied.append((name, raw))
         return None
@@ -418,6 +430,8 @@ class Query:
                     f"_sort: {code[:64]} is not a sort of {self.kind} "
                     f"(these are: {', '.join(sortable)})"
                 )
+            if any(s.param is param for s in self.sort):
+                raise invalid(f"_sort: {code} is given more than once")
             self.sort.append(Sort(param, item.startswith("-")))
         self.applied.append(("_sort", given))
 
@@ -437,23 +451,26 @@ class Query:
     # --- paging and links ----------------------------------------------------------------
 
     def _list_key(self) -> str:
-        """The search a cursor belongs to: its kind and every parameter but the paging."""
-        given = {
-            name: "\x1f".join(values)
-            for name, values in self.values.items()
-            if name not in ("_cursor", "_count", "_format")
-        }
-        return list_key(f"fhir:{self.kind}", **given)
+        """The search a cursor belongs to: its kind and every parameter applied but the
+        paging (what the next link carries: under handling=lenient, what was ignored is
+        in neither)."""
+        given: dict[str, list[str]] = {}
+        for name, value in self.applied:
+            if name not in ("_cursor", "_count"):
+                given.setdefault(name, []).append(value)
+        return list_key(f"fhir:{self.kind}", **{n: "\x1f".join(v) for n, v in given.items()})
 
     def open_cursor(self) -> None:
         raw = self._one("_cursor")
         if raw is None:
             return
+        kinds = (uuid.UUID, int, int, datetime.datetime)
         try:
-            after, record, team = self.cursors.open(self._list_key(), raw, uuid.UUID, int, int)
+            after, record, team, since = self.cursors.open(self._list_key(), raw, *kinds)
         except UnknownCursor as err:
             raise invalid(f"_cursor {err}") from None
         self.after = (after, record, team)  # type: ignore[assignment]
+        self.since = since  # type: ignore[assignment]
         self.applied.append(("_cursor", raw))
 
     def search(self) -> Search:
@@ -465,9 +482,10 @@ class Query:
             self.count,
             self.after,
             self.total,
+            self.since,
         )
 
-    def url(self, after: tuple[uuid.UUID, int, int] | None = None) -> str:
+    def url(self, after: tuple[uuid.UUID, int, int, datetime.datetime] | None = None) -> str:
         """The search's URL: its applied parameters (for `next`: with the next cursor)."""
         params = list(self.applied)
         if after is not None:

@@ -356,11 +356,16 @@ def _dates(lower: str, upper: str) -> Compile:
 
 def approximately(value: DateRange) -> tuple[datetime.datetime, datetime.datetime]:
     """`ap`: the search range widened on each side by a tenth of the time between now
-    and it, and by at least a day (the specification leaves the amount to the server)."""
+    and it, and by at least a day (the specification leaves the amount to the server),
+    within the calendar (years 1 to 9999)."""
     now = datetime.datetime.now(datetime.UTC)
     gap = max(abs(now - value.start), abs(now - value.end)) / 10
     widen = max(gap, datetime.timedelta(days=1))
-    return value.start - widen, value.end + widen
+    first = datetime.datetime.min.replace(tzinfo=datetime.UTC)
+    last = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+    start = first if value.start - first < widen else value.start - widen
+    end = last if last - value.end < widen else value.end + widen
+    return start, end
 
 
 def date_param(name: str, definition: str, doc: str, lower: str, upper: str) -> Param:
@@ -606,6 +611,14 @@ class Search:
     limit: int = 20
     after: tuple[uuid.UUID, int, int] | None = None
     total: bool = False
+    # A sorted search's pages after the first: when the first was read (Page.since).
+    since: datetime.datetime | None = None
+
+    @property
+    def moves(self) -> bool:
+        """Whether a resource's place in the order can change (a sort by anything but
+        the id, which never changes)."""
+        return any(s.param.name != "_id" for s in self.sort)
 
 
 @dataclass(frozen=True)
@@ -693,41 +706,66 @@ Found = PatientView | PractitionerView | TeamRecord
 class Page:
     found: list[Any]  # up to limit + 1: one more means a next page
     total: int | None
+    since: datetime.datetime = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 class CursorMoved(Exception):
-    """The resource a sorted page ended at changed (or went) since: its place in the
-    order may have moved, so the next page could skip or repeat; start again."""
+    """A resource of a sorted search changed since its first page was read (the one the
+    last page ended at, or any that matches): its place in the order may have moved, so
+    the next page could skip or repeat it; start again."""
+
+
+# When a sorted search's first page was read, for the check of its later pages: its
+# transaction's start, or the start of the oldest write transaction still open then (a
+# change carries its transaction's start, now(), and one begun before the first page but
+# committed after it must count too). pg_stat_activity shows the application role its
+# own sessions, which are the writers.
+SINCE = """
+    SELECT least(transaction_timestamp(), (
+        SELECT min(xact_start) FROM pg_stat_activity
+        WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()))
+"""
 
 
 # The care teams: one per patient that has or had a period, with its span, state and
 # version. Statements below select from it as `teams`.
+# The care teams: one per patient that has or had a period, with its span, state and
+# version. Statements below select from it as `teams`. Each team is built from its own
+# periods and its own last event (lateral lookups by the patient's index), from the
+# list of patients with a period: the planner inlines the CTE, so a condition on
+# `teams.id` (an id, a patient, a participant, the keyset) picks the patients first, and
+# a page of a search costs its own teams, not the organization's.
 TEAMS = """
     WITH teams AS (
-        SELECT p.patient_id AS id, min(lower(p.valid)) AS start,
-               CASE WHEN bool_or(upper_inf(p.valid)) THEN NULL ELSE max(upper(p.valid)) END
-                   AS end_,
-               bool_or(upper_inf(p.valid)) AS active,
-               coalesce(e.seq, 0) AS version,
-               coalesce(e.at, greatest(max(lower(p.valid)), max(upper(p.valid))))
-                   AS updated_at
-        FROM care_team_periods AS p
+        SELECT ids.id, s.start, s.end_, s.active, coalesce(e.seq, 0) AS version,
+               coalesce(e.at, greatest(s.last_start, s.last_end)) AS updated_at
+        FROM (
+            SELECT DISTINCT p.patient_id AS id FROM care_team_periods AS p
+            WHERE p.organization_id = $1
+        ) AS ids
+        CROSS JOIN LATERAL (
+            SELECT min(lower(q.valid)) AS start,
+                   CASE WHEN bool_or(upper_inf(q.valid)) THEN NULL ELSE max(upper(q.valid)) END
+                       AS end_,
+                   bool_or(upper_inf(q.valid)) AS active,
+                   max(lower(q.valid)) AS last_start, max(upper(q.valid)) AS last_end
+            FROM care_team_periods AS q
+            WHERE q.organization_id = $1 AND q.patient_id = ids.id
+        ) AS s
         LEFT JOIN LATERAL (
-            SELECT seq, occurred_at AS at FROM care_team_events AS x
-            WHERE x.organization_id = $1 AND x.patient_id = p.patient_id
-            ORDER BY seq DESC LIMIT 1
+            SELECT x.seq, x.occurred_at AS at FROM care_team_events AS x
+            WHERE x.organization_id = $1 AND x.patient_id = ids.id
+            ORDER BY x.seq DESC LIMIT 1
         ) AS e ON TRUE
-        WHERE p.organization_id = $1
-        GROUP BY p.patient_id, e.seq, e.at
     )
 """
-PERIODS_OF = """
-    SELECT patient_id, provider_id, role, lower(valid) AS valid_from, upper(valid) AS valid_to,
-           start_reason, end_reason
-    FROM care_team_periods
-    WHERE organization_id = $1 AND patient_id = ANY ($2::uuid[])
-    ORDER BY patient_id, lower(valid), provider_id
-"""
+# A team's periods, oldest first, in the same statement as the team (records: asyncpg
+# reads each as a tuple of its fields, typed).
+_PERIODS = (
+    "ARRAY(SELECT ROW(q.provider_id, q.role, lower(q.valid), upper(q.valid), q.start_reason, "
+    "q.end_reason) FROM care_team_periods AS q WHERE q.organization_id = $1 "
+    "AND q.patient_id = teams.id ORDER BY lower(q.valid), q.provider_id) AS periods"
+)
 # A patient's current primary, read in the same statement as its record.
 _PRIMARY = (
     "(SELECT a.provider_id FROM care_team_assignments AS a WHERE a.organization_id = "
@@ -740,7 +778,7 @@ _PATIENT_VIEW = (
 _FROM = {
     "Patient": (f"SELECT {PATIENT_COLUMNS}, {_PATIENT_VIEW} FROM patients", "patients"),
     "Practitioner": (f"SELECT {PROVIDER_COLUMNS} FROM providers", "providers"),
-    "CareTeam": (TEAMS + " SELECT teams.* FROM teams", "teams"),
+    "CareTeam": (TEAMS + f" SELECT teams.*, {_PERIODS} FROM teams", "teams"),
 }
 
 
@@ -809,9 +847,13 @@ async def run_search(*, db: AsyncSession, organization_id: uuid.UUID, search: Se
         if search.limit == 0:
             return Page([], total)
         page_conditions = list(conditions)
+        since = search.since
+        if search.moves and search.after is None:
+            since = await driver.fetchval(SINCE)
         if search.after is not None:
             after_id, *version = search.after
-            if search.sort:
+            if search.moves:
+                await _check_unmoved(driver, search, table, where, bind.args)
                 # The resource the page ended at, read again: if it changed, its place
                 # in a sorted order may have moved, so the cursor is refused rather
                 # than read (a page after a moved anchor skips or repeats silently).
@@ -830,7 +872,8 @@ async def run_search(*, db: AsyncSession, organization_id: uuid.UUID, search: Se
             f"ORDER BY {', '.join(order)} LIMIT {bind(search.limit + 1, 'int')}"
         )
         rows = await driver.fetch(statement, *bind.args)
-        return Page(await _records(driver, organization_id, search.kind, rows), total)
+        found = await _records(driver, organization_id, search.kind, rows)
+        return Page(found, total) if since is None else Page(found, total, since)
 
     return await run_transaction(
         db,
@@ -839,6 +882,24 @@ async def run_search(*, db: AsyncSession, organization_id: uuid.UUID, search: Se
         work=work,
         read_only=True,
     )
+
+
+async def _check_unmoved(
+    driver: Any, search: Search, table: str, where: str, args: list[Any]
+) -> None:
+    """Before a later page of a sorted search: CursorMoved if any resource that matches
+    it changed since its first page (its place may have moved behind the cursor)."""
+    if search.since is None:
+        raise CursorMoved()
+    updated = PARAMETERS[search.kind]["_lastUpdated"].sort_key
+    probe = [*args, search.since]
+    source = TEAMS + " SELECT 1 FROM teams" if table == "teams" else f"SELECT 1 FROM {table}"
+    moved = await driver.fetchval(
+        f"SELECT EXISTS ({source} WHERE {where} AND {updated} > ${len(probe)}::timestamptz)",
+        *probe,
+    )
+    if moved:
+        raise CursorMoved()
 
 
 def by_ids(kind: str, ids: list[uuid.UUID] | set[uuid.UUID], limit: int = 1) -> Search:
@@ -860,29 +921,20 @@ async def _records(driver: Any, org: uuid.UUID, kind: str, rows: list[Any]) -> l
         return [_patient_view(r) for r in rows]
     if kind == "Practitioner":
         return [PractitionerView(provider_of_row(r)) for r in rows]
-    return await teams_of_rows(driver, org, rows)
+    return [_team(r) for r in rows]
 
 
-async def teams_of_rows(driver: Any, org: uuid.UUID, rows: list[Any]) -> list[TeamRecord]:
-    """The care teams of `teams` rows, with their periods (one more statement)."""
-    ids = [r["id"] for r in rows]
-    periods: dict[uuid.UUID, list[CareTeamPeriodRecord]] = {i: [] for i in ids}
-    if ids:
-        for p in await driver.fetch(PERIODS_OF, org, ids):
-            fields = dict(p)
-            periods[fields.pop("patient_id")].append(CareTeamPeriodRecord(**fields))
-    return [
-        TeamRecord(
-            r["id"],
-            r["active"],
-            periods[r["id"]],
-            r["start"],
-            r["end_"],
-            r["version"],
-            r["updated_at"],
-        )
-        for r in rows
-    ]
+def _team(row: Any) -> TeamRecord:
+    periods = [CareTeamPeriodRecord(*fields) for fields in row["periods"]]
+    return TeamRecord(
+        row["id"],
+        row["active"],
+        periods,
+        row["start"],
+        row["end_"],
+        row["version"],
+        row["updated_at"],
+    )
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,11 @@ class TestNegotiation:
             ("application/fhir+json; fhirVersion=3.0", 406),
             ("application/fhir+json; fhirVersion=4.0", 200),
             ("application/fhir+json; fhirVersion=3.0, application/json; fhirVersion=4.0", 200),
+            # RFC 9110 12.5.1: the most specific range decides; q=0 refuses.
+            ("application/fhir+json;q=0, */*", 200),  # application/json through */*
+            ("application/*;q=0, */*", 406),
+            ("application/fhir+json;q=abc", 406),  # a malformed weight: left out
+            ("application/fhir+json;q=0.5", 200),
         ],
     )
     async def test_a_fhir_version_other_than_r4_is_406(
@@ -241,6 +246,25 @@ class TestEverythingAnswersFhir:
         r = await client.request(method, f"{FHIR}{path}", headers=tenant.headers)
         outcome = valid(r, status)
         assert says in outcome["issue"][0]["diagnostics"]
+
+    async def test_a_method_without_a_route_answers_fhir(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """PROPFIND and TRACE under /fhir/R4 were 405 problem+json listing /v1's methods."""
+        for method in ("PROPFIND", "TRACE"):
+            r = await client.request(method, f"{FHIR}/Patient", headers=tenant.headers)
+            assert valid(r, 405)["issue"][0]["code"] == "not-supported"
+            assert r.headers["allow"] == "GET, HEAD"
+
+    async def test_a_form_body_too_large_is_an_operation_outcome(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        r = await client.post(
+            f"{FHIR}/Patient/_search",
+            content="family=" + "a" * 70_000,
+            headers={**tenant.headers, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        valid(r, 413)
 
     async def test_a_path_is_never_echoed(self, client: httpx.AsyncClient, tenant: Tenant):
         for path in ("/CareTeam/not-a-uuid<script>", "/Patient/<b>x</b>/_history", "/<img>"):

@@ -380,6 +380,29 @@ class TestParameters:
                 valid(await fhir_get(client, tenant, f"/{kind}", _revinclude=include))
 
 
+class TestLimits:
+    @pytest.mark.parametrize(
+        "query",
+        ["date=ap0001", "date=ap9998-12-31", "_lastUpdated=ap9998"],
+    )
+    async def test_ap_at_the_ends_of_the_calendar_is_answered(
+        self, client: httpx.AsyncClient, tenant: Tenant, query: str
+    ):
+        """`ap` near year 1 or 9999 widened past the calendar: a 500, not FHIR."""
+        r = await client.get(f"{FHIR}/CareTeam?{query}", headers=tenant.headers)
+        valid(r)
+
+    async def test_too_many_parameters_or_values_and_odd_forms_are_400(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        many = "&".join(["family=a"] * 51)
+        valid(await client.get(f"{FHIR}/Patient?{many}", headers=tenant.headers), 400)
+        values = ",".join(["a"] * 101)
+        valid(await fhir_get(client, tenant, "/Patient", family=values), 400)
+        valid(await fhir_get(client, tenant, "/Patient", **{"name:": "a"}), 400)
+        valid(await fhir_get(client, tenant, "/Patient", _sort="family,-family"), 400)
+
+
 class TestTokens:
     async def test_the_four_forms(self, client: httpx.AsyncClient, tenant: Tenant):
         with_system = await post_patient(
@@ -456,6 +479,54 @@ class TestResults:
         assert changed.status_code == 200, changed.text
         refused = valid(await client.get(nxt, headers=tenant.headers), 400)
         assert "start the search again" in refused["issue"][0]["diagnostics"]
+
+    async def test_a_resource_moving_behind_a_sorted_cursor_is_refused_never_skipped(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """Adams, Baker | Clark, Davis | Evans, Fox: Evans renamed Aaron after the first
+        page moved behind the cursor, and the walk ended 200 without it."""
+        ids_ = {
+            name: await post_patient(client, tenant, last_name=name)
+            for name in ("Adams", "Baker", "Clark", "Davis", "Evans", "Fox")
+        }
+        page = valid(await fhir_get(client, tenant, "/Patient", _sort="family", _count="2"))
+        nxt = next(link["url"] for link in page["link"] if link["relation"] == "next")
+        # Unchanged, the next page reads.
+        second = valid(await client.get(nxt, headers=tenant.headers))
+        assert [e["resource"]["name"][0]["family"] for e in second["entry"]] == ["Clark", "Davis"]
+        moved = await client.patch(
+            f"/v1/patients/{ids_['Evans']}", json={"last_name": "Aaron"}, headers=tenant.headers
+        )
+        assert moved.status_code == 200, moved.text
+        refused = valid(await client.get(nxt, headers=tenant.headers), 400)
+        assert "start the search again" in refused["issue"][0]["diagnostics"]
+        # Sorted by id alone, nothing moves: the walk goes on through changes.
+        by_id = valid(await fhir_get(client, tenant, "/Patient", _count="2"))
+        await client.patch(
+            f"/v1/patients/{ids_['Fox']}", json={"last_name": "Foxe"}, headers=tenant.headers
+        )
+        walked = ids(by_id)
+        url = next(link["url"] for link in by_id["link"] if link["relation"] == "next")
+        while url:
+            bundle = valid(await client.get(url, headers=tenant.headers))
+            walked += ids(bundle)
+            url = next((lk["url"] for lk in bundle["link"] if lk["relation"] == "next"), None)
+        assert sorted(walked) == sorted(ids_.values())
+
+    async def test_a_lenient_searchs_next_link_reads(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """Page 2 of a lenient search that ignored something was 400 "not a cursor this
+        server gave": the cursor was keyed by every parameter, the link by the applied."""
+        for _ in range(3):
+            await post_patient(client, tenant)
+        lenient = {**tenant.headers, "Prefer": "handling=lenient"}
+        first = await client.get(
+            f"{FHIR}/Patient", params={"_count": "2", "foo": "x"}, headers=lenient
+        )
+        nxt = next(link["url"] for link in valid(first)["link"] if link["relation"] == "next")
+        assert "foo" not in nxt
+        assert len(ids(valid(await client.get(nxt, headers=lenient)))) == 1
 
     async def test_revinclude_and_include(self, client: httpx.AsyncClient, tenant: Tenant):
         patient, provider = await post_patient(client, tenant), await post_provider(client, tenant)

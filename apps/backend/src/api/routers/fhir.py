@@ -67,7 +67,6 @@ TYPES = ("CareTeam", "Patient", "Practitioner")
 # short forms. A `+` sent unescaped in a query string arrives as a space.
 JSON_TYPES = {"application/fhir+json", "application/json+fhir", "application/json"}
 FORMATS = JSON_TYPES | {"json", "application/fhir json", "application/json fhir"}
-_JSON_RANGES = JSON_TYPES | {"*/*", "application/*"}
 FHIR_VERSIONS = {"4.0", "4.0.1"}  # the fhirVersion a media type may name for R4
 # A FHIR id (R4 datatypes: id): what a diagnostic may repeat of a path.
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -109,17 +108,35 @@ def _check_format(request: Request, items: list[tuple[str, str]]) -> None:
             )
         return
     accept = request.headers.get("accept")
-    if not accept:
+    if not accept or any(_accepted(kind, accept) for kind in JSON_TYPES):
         return
-    for part in accept.split(","):
-        kind, params = _media_type(part)
-        if re.fullmatch(r"0(\.0*)?", params.get("q", "1")):
-            continue  # q=0: "not acceptable"
-        if kind in _JSON_RANGES and params.get("fhirversion", "4.0") in FHIR_VERSIONS:
-            return
     raise FhirError(
         406, "not-supported", f"Accept {accept[:100]!r}: only FHIR R4 JSON (4.0) is served"
     )
+
+
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+
+
+def _accepted(kind: str, accept: str) -> bool:
+    """Whether Accept accepts `kind` as FHIR R4 (RFC 9110 12.5.1): the most specific
+    range that matches it decides (the type, then type/*, then */*; one with parameters
+    before one without), and a weight of 0 refuses it. A range with a malformed weight
+    is left out."""
+    family = kind.split("/", maxsplit=1)[0] + "/*"
+    best: tuple[int, float, dict[str, str]] | None = None
+    for part in accept.split(","):
+        name, params = _media_type(part)
+        q = params.get("q", "1")
+        if not _QVALUE.fullmatch(q) or name not in (kind, family, "*/*"):
+            continue
+        rank = {kind: 4, family: 2, "*/*": 0}[name] + (1 if set(params) - {"q"} else 0)
+        if best is None or rank > best[0]:
+            best = (rank, float(q), params)
+    if best is None:
+        return False
+    _, weight, params = best
+    return weight > 0 and params.get("fhirversion", "4.0") in FHIR_VERSIONS
 
 
 def _handling(request: Request) -> str:
@@ -211,8 +228,9 @@ async def _search(request: Request, kind: str, items: list[tuple[str, str]]) -> 
         page = await run_search(db=db, organization_id=org, search=query.search())
     except CursorMoved:
         raise invalid(
-            "_cursor: the resource this page ended at changed since, so the sorted list "
-            "may have moved under the cursor: start the search again"
+            "_cursor: a resource of this sorted search changed since its first page, so "
+            "its place in the order may have moved behind the cursor: start the search "
+            "again (a search sorted by _id alone pages through changes)"
         ) from None
     shown = page.found[: query.count]
     matches = [shaped(resource_of(r, org), query.summary, query.elements) for r in shown]
@@ -221,7 +239,7 @@ async def _search(request: Request, kind: str, items: list[tuple[str, str]]) -> 
     next_url = None
     if more and query.count:
         last = shown[-1]
-        next_url = query.url((last.id, *last.version_key))
+        next_url = query.url((last.id, *last.version_key, page.since))
     return fhir_response(
         searchset(
             base,
