@@ -46,7 +46,7 @@ from src.services.directory_service import (
     provider_of_row,
     updated_at_of,
 )
-from src.services.transaction import run_transaction
+from src.services.transaction import run_statement, run_transaction
 
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 CARE_TEAM_STATUS_SYSTEM = "http://hl7.org/fhir/care-team-status"
@@ -144,15 +144,24 @@ def _or(parts: list[str]) -> str:
     return "(" + " OR ".join(parts) + ")" if parts else "FALSE"
 
 
-def _ids(clause: Clause, bind: Binder, column: str) -> str:
-    """`column` among the clause's ids (an id that is not ours matches nothing)."""
+def ids_of(clause: Clause) -> list[uuid.UUID]:
+    """The ids of ours an `_id` clause (tokens) or a reference clause names: an id that
+    is not ours, a token with a system, or a reference to another type names none."""
     ids = []
     for value in clause.values:
-        text = value.code if isinstance(value, Token) else value.id
-        system = value.system if isinstance(value, Token) else None
-        if system is None and text is not None and _is_ours(text):
+        if isinstance(value, Token):
+            text, fits = value.code, value.system is None
+        else:
+            text = value.id
+            fits = (clause.modifier or value.kind or clause.param.holds) == clause.param.holds
+        if fits and text is not None and _is_ours(text):
             ids.append(uuid.UUID(text))
-    return f"{column} = ANY({bind(ids, 'uuid[]')})"
+    return ids
+
+
+def _ids(clause: Clause, bind: Binder, column: str) -> str:
+    """`column` among the clause's ids."""
+    return f"{column} = ANY({bind(ids_of(clause), 'uuid[]')})"
 
 
 def _is_ours(text: str) -> bool:
@@ -287,13 +296,7 @@ def _references(holding: Callable[[str], str]) -> Compile:
     the uuid[] placeholder `ids`."""
 
     def compile_(clause: Clause, bind: Binder) -> str:
-        param = clause.param
-        ids = []
-        for ref in clause.values:
-            kind = clause.modifier or ref.kind or param.holds
-            if kind == param.holds and _is_ours(ref.id):
-                ids.append(uuid.UUID(ref.id))
-        return holding(bind(ids, "uuid[]"))
+        return holding(bind(ids_of(clause), "uuid[]"))
 
     return compile_
 
@@ -827,8 +830,68 @@ def _after(keys: list[tuple[str, bool]], table: str, bind: Binder, after: uuid.U
     return f"EXISTS (SELECT 1 FROM {anchor} AS anchor WHERE {' OR '.join(terms)})"
 
 
+# The CareTeams of patients named by id, in one statement that sets the tenant and checks
+# the key itself (sql/functions/careteam_fhir_care_teams): a row per period.
+TEAMS_BY_ID = "SELECT * FROM careteam_fhir_care_teams($1, $2, $3::uuid[])"
+_BY_ID = ("_id", "patient", "subject")
+
+
+def _teams_by_id(search: Search) -> list[uuid.UUID] | None:
+    """The patients a CareTeam search names, when it is nothing more than that (one
+    `_id`, `patient` or `subject` clause, no modifier but the type, no sort, no total,
+    one page): it is then answered by TEAMS_BY_ID, in one round trip."""
+    if search.kind != "CareTeam" or search.sort or search.total or search.after:
+        return None
+    if len(search.clauses) != 1:
+        return None
+    (clause,) = search.clauses
+    if clause.param.name not in _BY_ID or clause.modifier not in ("", "Patient"):
+        return None
+    ids = sorted(set(ids_of(clause)))
+    return ids if len(ids) <= search.limit else None
+
+
+async def _run_teams_by_id(
+    db: AsyncSession, organization_id: uuid.UUID, ids: list[uuid.UUID]
+) -> Page:
+    async def statement(driver: Any, key_hash: str | None) -> list[Any]:
+        return list(await driver.fetch(TEAMS_BY_ID, organization_id, key_hash, ids))
+
+    rows = await run_statement(
+        db, operation="read_care_teams", statement=statement, organization_id=organization_id
+    )
+    teams: list[TeamRecord] = []
+    for row in rows:
+        if not teams or teams[-1].id != row["id"]:
+            teams.append(
+                TeamRecord(
+                    row["id"],
+                    row["active"],
+                    [],
+                    row["start"],
+                    row["end_"],
+                    row["version"],
+                    row["updated_at"],
+                )
+            )
+        teams[-1].periods.append(
+            CareTeamPeriodRecord(
+                row["provider_id"],
+                row["role"],
+                row["valid_from"],
+                row["valid_to"],
+                row["start_reason"],
+                row["end_reason"],
+            )
+        )
+    return Page(teams, None)
+
+
 async def run_search(*, db: AsyncSession, organization_id: uuid.UUID, search: Search) -> Page:
     """The page of `search` (raises CursorMoved, see there), with its total if asked."""
+    ids = _teams_by_id(search)
+    if ids is not None:
+        return await _run_teams_by_id(db, organization_id, ids)
     select, table = _FROM[search.kind]
     order, keys = _order(search, table)
 

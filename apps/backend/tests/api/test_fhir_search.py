@@ -528,6 +528,31 @@ class TestResults:
         assert "foo" not in nxt
         assert len(ids(valid(await client.get(nxt, headers=lenient)))) == 1
 
+    async def test_a_team_by_id_is_the_same_whichever_statement_reads_it(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """A read, or a search by patient or id alone, is answered by one database function
+        (careteam_fhir_care_teams); every other search by the TEAMS statement: both must
+        give the same resources."""
+        provider, other = await post_provider(client, tenant), await post_provider(client, tenant)
+        patients = [await post_patient(client, tenant) for _ in range(3)]
+        for patient in patients:
+            await team_of(client, tenant, patient, provider, other)
+        await team_of(client, tenant, patients[0], other)  # a closed period, a new primary
+        lone = await post_patient(client, tenant)  # no team: no CareTeam
+        generic = valid(
+            await fhir_get(client, tenant, "/CareTeam", participant=provider, _sort="_id")
+        )
+        by_id = {e["resource"]["id"]: e["resource"] for e in generic["entry"]}
+        assert set(by_id) == set(patients)
+        for patient in patients:
+            assert valid(await fhir_get(client, tenant, f"/CareTeam/{patient}")) == by_id[patient]
+        several = valid(
+            await fhir_get(client, tenant, "/CareTeam", patient=",".join([*patients, lone]))
+        )
+        assert [e["resource"] for e in several["entry"]] == [by_id[p] for p in sorted(patients)]
+        valid(await fhir_get(client, tenant, f"/CareTeam/{lone}"), 404)
+
     async def test_revinclude_and_include(self, client: httpx.AsyncClient, tenant: Tenant):
         patient, provider = await post_patient(client, tenant), await post_provider(client, tenant)
         await team_of(client, tenant, patient, provider)

@@ -32,8 +32,8 @@ ONE_TRANSFER = "20261207_one_transfer_at_a_time"
 NORMALIZED_IDENTIFIERS = "20261207_normalized_identifiers"
 PATIENT_GENDER = "20261207_patient_gender"
 RECORD_SNAPSHOTS = "20261207_record_snapshots"
-ORGANIZATION_READ = "20261207_organization_read"
-HEAD = ORGANIZATION_READ
+FHIR_READS = "20261207_fhir_reads"
+HEAD = FHIR_READS
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -46,7 +46,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
-        assert scripts.get_revision(ORGANIZATION_READ).down_revision == RECORD_SNAPSHOTS
+        assert scripts.get_revision(FHIR_READS).down_revision == RECORD_SNAPSHOTS
         assert scripts.get_revision(RECORD_SNAPSHOTS).down_revision == PATIENT_GENDER
         assert scripts.get_revision(PATIENT_GENDER).down_revision == NORMALIZED_IDENTIFIERS
         assert scripts.get_revision(NORMALIZED_IDENTIFIERS).down_revision == ONE_TRANSFER
