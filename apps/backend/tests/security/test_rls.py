@@ -31,10 +31,11 @@ TENANT_TABLES = [
     "record_changes",
     "idempotency_keys",
 ]
-# api_keys and organizations are covered by RLS too, but the application role cannot
-# read them at all: it only calls authenticate_api_key(); the owner makes organizations.
+# api_keys is covered by RLS too, but the application role cannot read it at all: it only
+# calls authenticate_api_key(). Of organizations it reads its own id, name and creation
+# time (revision 20261207_fhir_reads: FHIR's Organization read); the owner makes them.
 PROTECTED_TABLES = [*TENANT_TABLES, "api_keys"]
-APPLICATION_TABLES = [t for t in TENANT_TABLES if t != "organizations"]
+APPLICATION_TABLES = TENANT_TABLES
 
 
 async def two_clinics(database: Database) -> tuple[tuple[uuid.UUID, uuid.UUID], ...]:
@@ -157,8 +158,9 @@ class TestTheApplicationCannotLeaveItsRole:
         [
             "DELETE FROM patients",
             "DELETE FROM providers",
-            "SELECT count(*) FROM organizations",
             "INSERT INTO organizations (name) VALUES ('x')",
+            "UPDATE organizations SET name = 'x'",
+            "DELETE FROM organizations",
             "SELECT count(*) FROM api_keys",
             "CREATE TABLE escape_hatch (id int)",
             "CREATE TEMPORARY TABLE escape_hatch (id int)",
