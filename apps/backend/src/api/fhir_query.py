@@ -361,6 +361,9 @@ class Query:
         return given[0] if given else None
 
     def _results(self) -> None:
+        chosen = self._one("_format")  # checked by the router; kept in self and next links
+        if chosen is not None:
+            self.applied.append(("_format", chosen))
         count = self._one("_count")
         if count is not None:
             if not _COUNT.fullmatch(count):

@@ -1086,7 +1086,13 @@ async def history_of(
         events = await _team_events(db, organization_id, ident)
         if len(events) > MAX_HISTORY:
             raise TooManyVersions()
-        entries = [VersionEntry(str(seq), at, None) for seq, at in reversed(events)]
+        # One transaction's events (one instant: now() is its start) are one version, the
+        # last of them: the ones before it were never a committed state.
+        last: dict[datetime.datetime, int] = {}
+        for seq, at in events:
+            last[at] = max(seq, last.get(at, 0))
+        entries = [VersionEntry(str(seq), at, None) for at, seq in sorted(last.items())]
+        entries.reverse()
         if not entries or entries[0].version != str(current.version):
             entries.insert(0, VersionEntry(str(current.version), current.updated_at, None))
         entries[0] = VersionEntry(str(current.version), current.updated_at, current)

@@ -123,6 +123,10 @@ class TestVersions:
         history = valid(await read(client, tenant, f"/CareTeam/{patient}/_history"))
         versions = [e["response"]["etag"] for e in history["entry"]]
         assert versions[0] == f'W/"{now}"' and f'W/"{old}"' in versions
+        # The second team_of is one change (a new primary, the old one kept as secondary):
+        # one transaction's events are one version, never two.
+        times = [e["response"]["lastModified"] for e in history["entry"]]
+        assert len(times) == len(set(times))
         # A version whose content is not kept: no resource, and a PUT (not a DELETE).
         past = [e for e in history["entry"] if "resource" not in e]
         assert past and all(e["request"]["method"] in ("PUT", "POST") for e in past)
@@ -186,6 +190,14 @@ class TestNegotiation:
         self, client: httpx.AsyncClient, tenant: Tenant, accept: str, status: int
     ):
         valid(await read(client, tenant, "/Patient", Accept=accept), status)
+
+    async def test_the_next_link_keeps_format(self, client: httpx.AsyncClient, tenant: Tenant):
+        for _ in range(2):
+            await post_patient(client, tenant)
+        first = valid(await fhir_get(client, tenant, "/Patient", _count="1", _format="json"))
+        nxt = next(link["url"] for link in first["link"] if link["relation"] == "next")
+        assert "_format=json" in nxt and "_format=json" in first["link"][0]["url"]
+        valid(await client.get(nxt, headers=tenant.headers))
 
     async def test_format_written_with_an_unescaped_plus_and_metadata_xml(
         self, client: httpx.AsyncClient, tenant: Tenant
