@@ -264,6 +264,24 @@ def is_fhir(request: Request) -> bool:
     return request.url.path.startswith(FHIR_PREFIX)
 
 
+def _fhir_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Routing's refusals under /fhir/, as OperationOutcomes: a method without a route
+    (PROPFIND, TRACE, ...), a path outside /fhir/R4 (/fhir/R5/...)."""
+    if exc.status_code == 405:
+        return operation_outcome(
+            405,
+            "not-supported",
+            f"{request.method[:16]} is not supported: this FHIR server is read-only "
+            "(GET, and POST to _search)",
+            {"Allow": "GET, HEAD"},
+        )
+    if exc.status_code == 404:
+        return operation_outcome(
+            404, "not-found", "not a FHIR path this server serves: its FHIR base is /fhir/R4"
+        )
+    return operation_outcome(exc.status_code, "processing", str(exc.detail))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CareTeamError)
     async def domain_error(request: Request, exc: CareTeamError) -> Response:
@@ -327,14 +345,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 f"malformed request body: {exc.detail}",
                 errors=[{"location": "body", "field": "body", "detail": "malformed JSON"}],
             )
-        if is_fhir(request):  # a method the FHIR router has no route for (PROPFIND, ...)
-            return operation_outcome(
-                exc.status_code,
-                "not-supported",
-                f"{request.method[:16]} is not supported: this FHIR server is read-only "
-                "(GET, and POST to _search)",
-                {"Allow": "GET, HEAD"} if exc.status_code == 405 else None,
-            )
+        if is_fhir(request):
+            return _fhir_http_error(request, exc)
         if exc.status_code == 405:
             allow = allowed_methods(request.app, request.scope)
             return problem_response(

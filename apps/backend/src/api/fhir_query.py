@@ -37,6 +37,7 @@ from src.values import Cursors, UnknownCursor, identifier_part
 # Result parameters (search.html 3.1.1.5) and paging; `_totalMethod=count` is what the
 # fhirpy client's count() sends (an Aidbox name): read as `_total=accurate`.
 RESULT = {
+    "_pretty",  # whitespace only: accepted (true or false), answered compact
     "_count",
     "_cursor",
     "_format",
@@ -112,6 +113,18 @@ REVINCLUDES = {
 # The elements of each resource type (FHIR R4), for _elements: a name outside them is
 # 400, never ignored.
 ELEMENTS = {
+    "Organization": {
+        "identifier",
+        "active",
+        "type",
+        "name",
+        "alias",
+        "telecom",
+        "address",
+        "partOf",
+        "contact",
+        "endpoint",
+    },
     "Patient": {
         "identifier",
         "active",
@@ -349,7 +362,10 @@ class Query:
         if not slash:
             return Ref(None, ident)
         if kind not in param.targets or (modifier and kind != modifier):
-            raise invalid(f"{name}: {kind[:64]}/... is not a reference {name} may hold")
+            raise invalid(
+                f"{name}: a reference to a type {name} may not hold (it holds "
+                f"{', '.join(param.targets)})"
+            )
         return Ref(kind, ident)
 
     # --- result parameters ---------------------------------------------------------------
@@ -364,6 +380,7 @@ class Query:
         chosen = self._one("_format")  # checked by the router; kept in self and next links
         if chosen is not None:
             self.applied.append(("_format", chosen))
+        check_pretty(self._one("_pretty"))
         count = self._one("_count")
         if count is not None:
             if not _COUNT.fullmatch(count):
@@ -394,6 +411,10 @@ class Query:
             or self.summary == "count"
             or self.count == 0
         ) and total != "none"
+        if total == "none" and (self.summary == "count" or self.count == 0):
+            raise invalid(
+                "_total=none with _summary=count or _count=0 asks for neither entries nor a total"
+            )
         if self.summary == "count":
             self.count = 0
         self._elements()
@@ -407,16 +428,7 @@ class Query:
             return
         if self.summary != "false":
             raise invalid("_elements and _summary cannot be used together")
-        names = {n.strip() for n in given.split(",")}
-        # fhirpy's elements() always adds resourceType: not an element, but in every
-        # resource's JSON and always shown, so naming it asks for nothing more.
-        unknown = names - ELEMENTS[self.kind] - BASE_ELEMENTS - {"resourceType"}
-        if unknown:
-            raise invalid(
-                f"_elements: {', '.join(sorted(n[:64] for n in unknown))} is not an element "
-                f"of {self.kind}"
-            )
-        self.elements = frozenset(names)
+        self.elements = elements_of(self.kind, given)
         self.applied.append(("_elements", given))
 
     def _sort(self) -> None:
@@ -430,8 +442,7 @@ class Query:
             if param is None or param.sort_key is None:
                 sortable = sorted(n for n, p in params.items() if p.sort_key)
                 raise invalid(
-                    f"_sort: {code[:64]} is not a sort of {self.kind} "
-                    f"(these are: {', '.join(sortable)})"
+                    f"_sort: not a sort of {self.kind} (these are: {', '.join(sortable)})"
                 )
             if any(s.param is param for s in self.sort):
                 raise invalid(f"_sort: {code} is given more than once")
@@ -443,8 +454,9 @@ class Query:
         for value in self.values.get(name, []):
             if value not in allowed:
                 self._unknown(
-                    f"{name}={value[:100]}",
-                    f"not supported ({', '.join(sorted(allowed)) or 'none'} are)",
+                    name,
+                    f"a value this server does not support (it supports "
+                    f"{', '.join(sorted(allowed)) or 'none'}) in",
                 )
                 continue
             chosen.append((value, allowed[value]))
@@ -497,6 +509,25 @@ class Query:
         return f"{self.base}/{self.kind}" + (f"?{urlencode(params)}" if params else "")
 
 
+def check_pretty(value: str | None) -> None:
+    if value not in (None, "true", "false"):
+        raise invalid("_pretty must be true or false")
+
+
+def elements_of(kind: str, given: str) -> frozenset[str]:
+    """`_elements`: top-level elements of the type (400 for any other name)."""
+    names = {n.strip() for n in given.split(",")}
+    # fhirpy's elements() always adds resourceType: not an element, but in every
+    # resource's JSON and always shown, so naming it asks for nothing more.
+    unknown = names - ELEMENTS[kind] - BASE_ELEMENTS - {"resourceType"}
+    if unknown:
+        raise invalid(
+            f"_elements: {len(unknown)} name(s) that are not elements of {kind} (these are: "
+            f"{', '.join(sorted(ELEMENTS[kind]))})"
+        )
+    return frozenset(names)
+
+
 def included_limit(count: int) -> None:
     if count > MAX_INCLUDED:
         raise invalid(
@@ -512,9 +543,13 @@ def date_range(name: str, text: str) -> DateRange:
     value = text[2:] if text[:2] in PREFIXES else text
     match = _DATE.fullmatch(value)
     if match is None:
+        # Values are never repeated back (a birth date is health data).
+        hint = " (a + sent unescaped arrives as a space: send %2B)" if " " in value else ""
         raise invalid(
-            f"{name}: a date is [prefix]YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss[.f]] "
-            "with an offset (Z or +hh:mm); prefixes: " + ", ".join(PREFIXES)
+            f"{name}: a date is [prefix]YYYY, YYYY-MM, YYYY-MM-DD or "
+            "YYYY-MM-DDThh:mm[:ss[.ffffff]] with an offset (Z or +hh:mm); prefixes: "
+            + ", ".join(PREFIXES)
+            + hint
         )
     g = match.groupdict()
     if g["hour"] is not None and g["zone"] is None:
@@ -522,7 +557,10 @@ def date_range(name: str, text: str) -> DateRange:
     try:
         return _covered(prefix, g)
     except (ValueError, OverflowError):
-        raise invalid(f"{name}: {value[:40]} is not a date (years 0001 to 9998)") from None
+        raise invalid(
+            f"{name}: not a date and time of the calendar (a month, day, hour or minute out "
+            "of range, or a year outside 0001 to 9998)"
+        ) from None
 
 
 def _covered(prefix: str, g: dict[str, str | None]) -> DateRange:

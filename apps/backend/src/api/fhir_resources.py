@@ -191,6 +191,7 @@ def version_tag(record: Any) -> str:
 
 # The elements _summary=true keeps (FHIR R4's isSummary elements of each resource).
 SUMMARY = {
+    "Organization": {"identifier", "active", "type", "name", "partOf"},
     "Patient": {"identifier", "active", "name", "telecom", "gender", "birthDate", "deceased",
                 "address", "managingOrganization", "link"},
     "Practitioner": {"identifier", "active", "name", "telecom", "address", "gender",
@@ -216,7 +217,9 @@ def shaped(
         return resource  # false, data (no narrative is sent), or neither
     shown = {k: v for k, v in resource.items() if k in keep or k in ("resourceType", "id", "meta")}
     if len(shown) < len(resource):
-        shown["meta"] = {**resource["meta"], "tag": [SUBSETTED]}
+        # Incomplete: marked SUBSETTED, and no longer claiming a profile it may not meet.
+        meta = {k: v for k, v in resource["meta"].items() if k != "profile"}
+        shown["meta"] = {**meta, "tag": [SUBSETTED]}
     return shown
 
 

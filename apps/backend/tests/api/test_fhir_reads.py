@@ -278,6 +278,70 @@ class TestEverythingAnswersFhir:
         )
         valid(r, 413)
 
+    async def test_what_a_newcomer_tried(self, client: httpx.AsyncClient, tenant: Tenant):
+        """A newcomer's trial, each answer as it was: another FHIR base said "GET is not
+        supported"; GET Patient/_search?name=x was read as the id _search; a POST search
+        without a body needed a Content-Type; Organization history was a plain 404."""
+        r = await client.get("/fhir/R5/Patient", headers=tenant.headers)
+        assert "/fhir/R4" in valid(r, 404)["issue"][0]["diagnostics"]
+        r = await client.get(
+            f"{FHIR}/Patient/_search", params={"name": "x"}, headers=tenant.headers
+        )
+        assert "takes POST" in valid(r, 405)["issue"][0]["diagnostics"]
+        patient = await post_patient(client, tenant, last_name="Garcia")
+        r = await client.post(f"{FHIR}/Patient/_search?family=garc", headers=tenant.headers)
+        assert ids(valid(r)) == [patient]
+        org = tenant.organization_id
+        for path in (f"/Organization/{org}/_history", f"/Organization/{org}/_history/1"):
+            valid(await read(client, tenant, path), 400)
+        r = await client.post(
+            f"{FHIR}/Organization/_search",
+            content="name=x",
+            headers={**tenant.headers, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert "read only" in valid(r, 400)["issue"][0]["diagnostics"]
+
+    async def test_reads_take_summary_elements_and_pretty(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        patient = await post_patient(client, tenant, identifiers=[{"system": "s", "value": "1"}])
+        body = valid(await fhir_get(client, tenant, f"/Patient/{patient}", _elements="name"))
+        assert set(body) == {"resourceType", "id", "meta", "name"}
+        assert body["meta"]["tag"][0]["code"] == "SUBSETTED"
+        summary = valid(await fhir_get(client, tenant, f"/Patient/{patient}", _summary="true"))
+        assert "managingOrganization" in summary and "generalPractitioner" not in summary
+        valid(await fhir_get(client, tenant, f"/Patient/{patient}", _pretty="true"))
+        valid(await fhir_get(client, tenant, "/Patient", _pretty="true"))
+        for bad in ({"_summary": "count"}, {"_pretty": "yes"}, {"_elements": "colour"}):
+            valid(await fhir_get(client, tenant, f"/Patient/{patient}", **bad), 400)
+        history = await fhir_get(client, tenant, f"/Patient/{patient}/_history", _count="1")
+        assert "for a history" in valid(history, 400)["issue"][0]["diagnostics"]
+
+    async def test_no_value_is_repeated_in_a_diagnostic(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """`birthdate=1980-02-30` answered "1980-02-30 is not a date": a birth date in an
+        error. Values are described, never repeated."""
+        for params in (
+            {"birthdate": "1980-02-30"},
+            {"birthdate": "1980-02-29T25:00:00Z"},
+            {"_sort": "Garcia"},
+            {"_elements": "Garcia"},
+            {"_include": "Garcia"},
+            {"general-practitioner": "Garcia/x"},
+        ):
+            outcome = valid(await fhir_get(client, tenant, "/Patient", **params), 400)
+            text = outcome["issue"][0]["diagnostics"]
+            assert "1980" not in text and "Garcia" not in text, (params, text)
+        spaced = await fhir_get(client, tenant, "/Patient", birthdate="1980-02-29T10:00:00 05:30")
+        assert "%2B" in valid(spaced, 400)["issue"][0]["diagnostics"]
+
+    async def test_a_total_of_none_with_nothing_else_asked_is_400(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        for params in ({"_summary": "count", "_total": "none"}, {"_count": "0", "_total": "none"}):
+            valid(await fhir_get(client, tenant, "/Patient", **params), 400)
+
     async def test_a_path_is_never_echoed(self, client: httpx.AsyncClient, tenant: Tenant):
         for path in ("/CareTeam/not-a-uuid<script>", "/Patient/<b>x</b>/_history", "/<img>"):
             r = await client.get(f"{FHIR}{path}", headers=tenant.headers)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -26,6 +27,8 @@ from src.api.fhir_query import (
     INCLUDES,
     REVINCLUDES,
     Query,
+    check_pretty,
+    elements_of,
     included_limit,
     invalid,
     not_supported,
@@ -155,17 +158,39 @@ def _query_items(request: Request) -> list[tuple[str, str]]:
     return request.query_params.multi_items()
 
 
-def _check_read(request: Request) -> None:
-    """A read takes `_format` and nothing else: another parameter is 400, never ignored
-    (under Prefer: handling=lenient, ignored, as a search's are)."""
+@dataclass(frozen=True)
+class Shape:
+    """What a read asks of the resource's shape (`_summary`, `_elements`)."""
+
+    summary: str = "false"
+    elements: frozenset[str] | None = None
+
+
+def _check_read(request: Request, kind: str, what: str = "a read") -> Shape:
+    """A read (and a vread) takes `_format`, `_pretty`, `_summary` (true, false, data)
+    and `_elements`; a history `_format` and `_pretty`. Another parameter is 400, never
+    ignored (under Prefer: handling=lenient, ignored, as a search's are)."""
     items = _query_items(request)
     _check_format(request, items)
-    unknown = sorted({name for name, _ in items} - {"_format"})
+    shaping = {"_summary", "_elements"} if what != "a history" else set()
+    known = {"_format", "_pretty"} | shaping
+    unknown = sorted({name for name, _ in items} - known)
     if unknown and _handling(request) != "lenient":
         raise invalid(
-            f"unknown parameter(s) for a read: {', '.join(name[:64] for name in unknown)} "
+            f"unknown parameter(s) for {what}: {', '.join(name[:64] for name in unknown)} "
             "(send Prefer: handling=lenient to have them ignored)"
         )
+    given = {n: [v for m, v in items if m == n] for n in known}
+    if any(len(v) > 1 for v in given.values()):
+        raise invalid("a parameter of a read is given more than once")
+    check_pretty(next(iter(given["_pretty"]), None))
+    summary = next(iter(given.get("_summary", [])), "false")
+    if summary not in ("true", "false", "data"):
+        raise not_supported("_summary on a read must be true, false or data")
+    elements = given.get("_elements")
+    if elements and summary != "false":
+        raise invalid("_elements and _summary cannot be used together")
+    return Shape(summary, elements_of(kind, elements[0]) if elements else None)
 
 
 def _said(kind: str, ident: str) -> str:
@@ -183,7 +208,9 @@ def _path_id(kind: str, value: str) -> uuid.UUID:
     if value.startswith("$"):
         raise not_supported("operations ($everything, $validate, ...) are not supported")
     if value == "_search":
-        raise FhirError(405, "not-supported", "a search by POST is POST /{type}/_search")
+        raise FhirError(
+            405, "not-supported", f"{kind}/_search takes POST (a GET search is GET /{kind})"
+        )
     try:
         ident = uuid.UUID(value)
     except ValueError:
@@ -313,11 +340,11 @@ async def search_by_post(request: Request) -> Response:
     string), read exactly as a GET's."""
     kind = request.url.path.rstrip("/").rsplit("/", 2)[-2]
     content_type, _ = _media_type(request.headers.get("content-type", ""))
-    if content_type != "application/x-www-form-urlencoded":
+    body = await request.body()
+    if body and content_type != "application/x-www-form-urlencoded":
         raise FhirError(
             415, "not-supported", "a POST search's body is application/x-www-form-urlencoded"
         )
-    body = await request.body()
     try:
         text = body.decode("utf-8")
         form = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
@@ -356,9 +383,12 @@ def _read_response(request: Request, record: Any, resource: dict[str, Any]) -> R
 @router.get("/Practitioner/{ident}")
 async def read(ident: str, request: Request) -> Response:
     kind = request.url.path.split("/")[-2]
-    _check_read(request)
-    record = await _current(request, kind, _path_id(kind, ident))
-    return _read_response(request, record, resource_of(record, _organization(request)))
+    _check_format(request, _query_items(request))
+    uid = _path_id(kind, ident)
+    shape = _check_read(request, kind)
+    record = await _current(request, kind, uid)
+    resource = shaped(resource_of(record, _organization(request)), shape.summary, shape.elements)
+    return _read_response(request, record, resource)
 
 
 # A version id as each type writes it: a number, or a Patient's "record.team" numbers.
@@ -391,8 +421,9 @@ async def _versions(request: Request, kind: str, ident: uuid.UUID) -> list[Versi
 @router.get("/Practitioner/{ident}/_history/{version}")
 async def vread(ident: str, version: str, request: Request) -> Response:
     kind = request.url.path.split("/")[-4]
-    _check_read(request)
+    _check_format(request, _query_items(request))
     uid = _path_id(kind, ident)
+    shape = _check_read(request, kind)
     if not _VERSION[kind].fullmatch(version):
         raise FhirError(
             404, "not-found", f"{kind}/{uid} has no such version (not a version id of ours)"
@@ -408,7 +439,8 @@ async def vread(ident: str, version: str, request: Request) -> Response:
             '(docs/FHIR.md, "Versions"): the current version and its history list say '
             "what is",
         )
-    return _read_response(request, entry.record, resource_of(entry.record, _organization(request)))
+    resource = resource_of(entry.record, _organization(request))
+    return _read_response(request, entry.record, shaped(resource, shape.summary, shape.elements))
 
 
 @router.get("/CareTeam/{ident}/_history")
@@ -416,8 +448,9 @@ async def vread(ident: str, version: str, request: Request) -> Response:
 @router.get("/Practitioner/{ident}/_history")
 async def history(ident: str, request: Request) -> Response:
     kind = request.url.path.split("/")[-3]
-    _check_read(request)
+    _check_format(request, _query_items(request))
     uid = _path_id(kind, ident)
+    _check_read(request, kind, "a history")
     versions = await _versions(request, kind, uid)
     return fhir_response(
         history_bundle(_base(request), kind, uid, versions, _organization(request))
@@ -430,15 +463,17 @@ async def history(ident: str, request: Request) -> Response:
 @router.get("/Organization/{ident}")
 async def read_organization(ident: str, request: Request) -> Response:
     """The key's own organization (another's id: 404, as an unknown one)."""
-    _check_read(request)
+    _check_format(request, _query_items(request))
     uid = _path_id("Organization", ident)
+    shape = _check_read(request, "Organization")
     org = _organization(request)
     record = (
         None if uid != org else await find_organization(db=session_of(request), organization_id=org)
     )
     if record is None:
         raise FhirError(404, "not-found", f"Organization/{ident} not found")
-    return _read_response(request, record, organization_resource(record))
+    resource = shaped(organization_resource(record), shape.summary, shape.elements)
+    return _read_response(request, record, resource)
 
 
 # --- everything else --------------------------------------------------------------------------
@@ -450,6 +485,8 @@ _OTHER_METHODS = ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 @router.api_route("/{anything:path}", methods=_OTHER_METHODS)
 async def read_only(anything: str = "") -> Response:
     """This view is read-only: every other method is 405, as an OperationOutcome."""
+    if anything.startswith("Organization/_search"):
+        raise not_supported("Organization is read only: GET /Organization/{id}")
     raise FhirError(
         405, "not-supported", "this FHIR server is read-only: GET (and POST to _search) only"
     )
@@ -482,6 +519,6 @@ async def unknown(anything: str = "") -> Response:
         raise not_supported("operations ($everything, $validate, ...) are not supported")
     if len(rest) == 2 and _TYPE_NAME.fullmatch(rest[1]):
         raise not_supported("compartment searches are not supported: search by patient=")
-    if first == "Organization" and not rest:
+    if first == "Organization" and (not rest or "_history" in rest):
         raise not_supported("Organization is read only: GET /Organization/{id}")
     raise FhirError(404, "not-found", "not a FHIR path this server serves")
