@@ -924,7 +924,7 @@ async def run_search(*, db: AsyncSession, organization_id: uuid.UUID, search: Se
                 rows = await driver.fetch(
                     f"{select} WHERE {table}.id = $2{own}", organization_id, after_id
                 )
-                found = await _records(driver, organization_id, search.kind, rows)
+                found = _records(search.kind, rows)
                 if not found or list(found[0].version_key) != version:
                     raise CursorMoved()
                 page_conditions.append(_after(keys, table, bind, after_id))
@@ -935,7 +935,7 @@ async def run_search(*, db: AsyncSession, organization_id: uuid.UUID, search: Se
             f"ORDER BY {', '.join(order)} LIMIT {bind(search.limit + 1, 'int')}"
         )
         rows = await driver.fetch(statement, *bind.args)
-        found = await _records(driver, organization_id, search.kind, rows)
+        found = _records(search.kind, rows)
         return Page(found, total) if since is None else Page(found, total, since)
 
     return await run_transaction(
@@ -979,7 +979,7 @@ def _patient_view(row: Any) -> PatientView:
     return PatientView(patient_of_row(data), primary, team_version, team_updated_at)
 
 
-async def _records(driver: Any, org: uuid.UUID, kind: str, rows: list[Any]) -> list[Any]:
+def _records(kind: str, rows: list[Any]) -> list[Any]:
     if kind == "Patient":
         return [_patient_view(r) for r in rows]
     if kind == "Practitioner":
