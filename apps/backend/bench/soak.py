@@ -57,6 +57,18 @@ from src.services.errors import (
 
 ORGS, PATIENTS, PROVIDERS_PER_ORG, WORKERS = 4, 300, 10, 32
 
+# What the chaos and checker tasks' own connections may raise while the server restarts.
+# InternalClientError included: when the server's FATAL "shutting down" reaches an idle
+# connection just before a query, asyncpg's protocol is still consuming the error and
+# refuses the query ("cannot switch to state 12; another operation (2) is in progress").
+RESTARTING = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 
 @dataclass
 class Write:
@@ -186,7 +198,7 @@ async def chaos(url: str, data_dir: Path, stats: Stats, started: float, seconds:
                 await conn.close()
             stats.terminated += int(killed or 0)
             stats.last_fault = time.monotonic()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except RESTARTING:
             pass  # the server is restarting
 
 
@@ -206,7 +218,7 @@ async def checker(url: str, stats: Stats, deadline: float) -> None:
                 stats.checks += 1
             finally:
                 await conn.close()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except RESTARTING:
             pass  # the server is restarting
 
 
