@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from src.config import get_settings
 from src.db import create_engine
 from src.embedded import resolve_database_url
+from src.migration_runner import compared
 from src.models import Base
 
 config = context.config
@@ -29,6 +30,7 @@ def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        include_object=compared,  # src/migration_runner.py: COLLATED_INDEXES
         compare_type=True,
         transaction_per_migration=True,
     )

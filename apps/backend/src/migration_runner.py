@@ -18,6 +18,18 @@ from src.config import BACKEND_DIR, ConfigurationError
 CHECKOUT_FILES = ("alembic.ini", "migrations", "sql")
 
 
+# Indexes whose columns carry a COLLATE, which Alembic's reflection drops: a comparison of
+# the models with the database (`alembic check`, the tests) would see them changed every
+# time. Their definition is their revision's; a test compares it with the database's
+# (tests/migrations/test_migrations.py, TestPatientOrders).
+COLLATED_INDEXES = frozenset({"ix_patients_organization_id_name_order"})
+
+
+def compared(obj: object, name: str | None, type_: str, reflected: bool, other: object) -> bool:
+    """Alembic's include_object: every object but COLLATED_INDEXES."""
+    return not (type_ == "index" and name in COLLATED_INDEXES)
+
+
 def alembic_config(connection: Connection | None = None) -> Config:
     """The project's Alembic config; with `connection`, migrations run on it. Raises
     ConfigurationError when the package was installed without its checkout."""

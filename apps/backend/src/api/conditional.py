@@ -1,7 +1,9 @@
 """Conditional requests: ETags on reads, If-None-Match (304) and If-Match (412).
 
 An ETag names a version of what a read returns:
-- a patient: `"p<version>"` (its record's version, one more with each change);
+- a patient: `"p<version>.<team>"` (its record's version, one more with each change,
+  and its care team's: the number of its last care team event, since a read shows its
+  `primary_provider_id`, which care team writes change without touching the record);
 - a provider: `"v<version>.<panel size>"` (its record's version and its panel's size,
   which assignments change without touching the record);
 - a care team: `"t<n>.<m>"` (n: the number of the patient's last care team event; m:
@@ -52,8 +54,8 @@ IF_NONE_MATCH: dict[str, Any] = {
 }
 
 
-def patient_etag(version: int) -> str:
-    return f'"p{version}"'
+def patient_etag(version: int, team_version: int) -> str:
+    return f'"p{version}.{team_version}"'
 
 
 def provider_etag(version: int, panel_size: int) -> str:

@@ -258,10 +258,13 @@ class PatientOut(BaseModel):
     gender: Gender = Field(description="male, female, other or unknown (none given)")
     identifiers: list[IdentifierOut] = Field(description="In (system, value) order")
     created_at: datetime.datetime
+    primary_provider_id: uuid.UUID | None = Field(
+        description="The patient's primary provider now; null: none (the ETag changes with it)"
+    )
 
 
 class PatientListOut(BaseModel):
-    items: list[PatientOut] = Field(description="In id order.")
+    items: list[PatientOut] = Field(description="In the order `sort` asks (id by default).")
     next_cursor: str | None = Field(
         description="Pass as ?cursor= for the next page; null at the end."
     )
@@ -374,10 +377,21 @@ class CareTeamPeriodsOut(BaseModel):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
 
 
+class PanelPatientOut(BaseModel):
+    id: uuid.UUID
+    first_name: str | None
+    last_name: str | None
+    dob: datetime.date | None
+
+
 class PanelEntryOut(BaseModel):
     patient_id: uuid.UUID
     role: PeriodRole
     since: datetime.datetime
+    patient: PanelPatientOut | None = Field(
+        description="With ?include=patient: the patient's names and birth date (now); "
+        "null otherwise"
+    )
 
 
 class PanelOut(BaseModel):
@@ -408,7 +422,7 @@ class PanelSizeOut(BaseModel):
 class PanelReportOut(BaseModel):
     items: list[PanelSizeOut] = Field(description="Every provider, in id order.")
     patients_without_primary: int = Field(
-        description="Patients with a care team but no primary provider"
+        description="Patients without a primary provider, with a care team or none at all"
     )
 
 

@@ -333,8 +333,8 @@ def report_panels(
     ],
     as_json: JsonOption = False,
 ) -> None:
-    """Every provider's panel size and capacity, and the patients with a care team but no
-    primary provider."""
+    """Every provider's panel size and capacity, and the patients without a primary
+    provider (with a care team or none at all)."""
     from src.services.panel_service import PanelService
 
     async def read(db: AsyncSession, org: uuid.UUID) -> Any:
@@ -357,5 +357,6 @@ def report_panels(
     console.print(f"Panels of organization {org}:")
     console.print(table)
     console.print(
-        f"Patients with a care team but no primary provider: {report.patients_without_primary:,}"
+        f"Patients without a primary provider: {report.patients_without_primary:,} "
+        "(with a care team or none at all)"
     )

@@ -49,6 +49,11 @@ def _name_prefix_indexes(table: str) -> list[Index]:
     ]
 
 
+def _sort_key(column: str) -> str:
+    """A name key as the name order sorts it (revision 20261207_patient_primary_sort)."""
+    return f"(CASE WHEN {column} IS NULL THEN '' ELSE {column} END) COLLATE \"C\""
+
+
 class Organization(Base):
     __tablename__ = "organizations"
 
@@ -67,6 +72,15 @@ class Patient(Base):
         UniqueConstraint("organization_id", "id"),
         *_name_prefix_indexes("patients"),
         Index("ix_patients_organization_id_dob_id", "organization_id", "dob", "id"),
+        # The list's orders (`sort`): names byte-wise, then id; creation, then id.
+        Index(
+            "ix_patients_organization_id_name_order",
+            "organization_id",
+            text(_sort_key("last_name_key")),
+            text(_sort_key("first_name_key")),
+            "id",
+        ),
+        Index("ix_patients_organization_id_created_at_id", "organization_id", "created_at", "id"),
         CheckConstraint(one_of("gender", Gender), name="gender"),
     )
 

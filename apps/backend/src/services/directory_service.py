@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import functools
 import itertools
 import json
 import logging
@@ -29,6 +30,7 @@ from src.models import Gender, RecordAction, RecordType
 from src.services.errors import (
     IdentifierTaken,
     InvalidArgument,
+    InvalidCursor,
     NpiTaken,
     PatientNotFound,
     PreconditionFailed,
@@ -63,6 +65,12 @@ class PatientRecord:
     # after the upgrade, has neither (None: not known then).
     gender: str = Gender.UNKNOWN.value
     updated_at: datetime.datetime | None = None
+    # The patient's primary provider now (None: none), and its care team's version (the
+    # number of its last care team event, 0 for none): a read's ETag names both, since
+    # the primary is part of what it returns. A result stored for an Idempotency-Key
+    # before these existed replays with None and 0.
+    primary_provider_id: uuid.UUID | None = None
+    team_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,15 @@ PATIENT_COLUMNS = (
     "ARRAY(SELECT ARRAY[i.system, i.value] FROM patient_identifiers AS i "
     "WHERE i.organization_id = patients.organization_id AND i.patient_id = patients.id "
     f"ORDER BY i.system, i.value) AS identifiers, "
-    f"{updated_at_of('patients', RecordType.PATIENT)} AS updated_at"
+    f"{updated_at_of('patients', RecordType.PATIENT)} AS updated_at, "
+    # The primary: one probe of the unique primary index; the team's version: one of the
+    # events' (organization_id, patient_id, seq) index, newest first.
+    "(SELECT a.provider_id FROM care_team_assignments AS a "
+    "WHERE a.organization_id = patients.organization_id AND a.patient_id = patients.id "
+    "AND a.is_primary_provider) AS primary_provider_id, "
+    "coalesce((SELECT x.seq FROM care_team_events AS x "
+    "WHERE x.organization_id = patients.organization_id AND x.patient_id = patients.id "
+    "ORDER BY x.seq DESC LIMIT 1), 0) AS team_version"
 )
 PROVIDER_COLUMNS = (
     "providers.id, first_name, last_name, npi, active, panel_capacity, version, created_at, "
@@ -153,6 +169,14 @@ SELECT_PATIENT = Sql(
 LOCK_PATIENT = Sql(
     "SELECT first_name, last_name, dob, gender, version FROM patients "
     "WHERE organization_id = $1 AND id = $2 FOR NO KEY UPDATE",
+    "org",
+    "id",
+)
+# The patient's care team version (its last care team event's number), read under the
+# patient's lock, which every care team writer takes too.
+TEAM_VERSION = Sql(
+    "SELECT coalesce(max(seq), 0) FROM care_team_events "
+    "WHERE organization_id = $1 AND patient_id = $2",
     "org",
     "id",
 )
@@ -432,6 +456,97 @@ def _searches(
 
 PATIENT_SEARCHES = _searches("patients", PATIENT_COLUMNS, PATIENT_FILTERS)
 PROVIDER_SEARCHES = _searches("providers", PROVIDER_COLUMNS, PROVIDER_FILTERS)
+
+
+# Sorted patient lists (`sort`, `primary`): each order's keys, every one backed by an
+# index leading with organization_id (revision 20261207_patient_primary_sort), written as
+# the index is. Names sort by their keys (lower case; an absent name as "") byte-wise
+# (COLLATE "C": the same order on every server, whatever its locale), then by id. A CASE,
+# not coalesce(): under row-level security only a condition PostgreSQL knows cannot leak
+# becomes an index condition, and it knows CASE, not COALESCE.
+def _name_key(column: str) -> str:
+    key = f"patients.{column}_key"
+    return f"(CASE WHEN {key} IS NULL THEN '' ELSE {key} END) COLLATE \"C\""
+
+
+NAME_KEYS = (_name_key("last_name"), _name_key("first_name"), "patients.id")
+CREATED_KEYS = ("patients.created_at", "patients.id")
+PATIENT_SORTS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "id": (("patients.id",), False),
+    "name": (NAME_KEYS, False),
+    "-name": (NAME_KEYS, True),
+    "created": (CREATED_KEYS, False),
+    "-created": (CREATED_KEYS, True),
+}
+NO_PRIMARY = "none"  # `primary`: patients without a primary provider
+# Where a later page starts: the keys of the patient the previous page ended at, read in
+# the page's transaction (the cursor holds its id and version, never a name).
+PAGE_ANCHOR = Sql(
+    "SELECT version, created_at, coalesce(last_name_key, '') AS last_key, "
+    "coalesce(first_name_key, '') AS first_key FROM patients "
+    "WHERE organization_id = $1 AND id = $2",
+    "org",
+    "id",
+)
+
+
+@functools.cache
+def _sorted_page_statement(
+    sort: str, primary: str | None, filters: frozenset[str], after: bool
+) -> Sql:
+    """A page of patients in `sort` order (PATIENT_SORTS), those with no primary
+    (`primary` NO_PRIMARY) or whose primary is the parameter `primary` ("provider"),
+    with the PATIENT_FILTERS named, after the keys of the previous page's last patient
+    (`after`). Built once per combination; parameters by name."""
+    names: list[str] = []
+
+    def bind(name: str) -> str:
+        names.append(name)
+        return f"${len(names)}"
+
+    org = bind("org")
+    keys, descending = PATIENT_SORTS[sort]
+    conditions = [f"patients.organization_id = {org}"]
+    if after:
+        anchor = {"patients.id": "after"}
+        anchor.update({NAME_KEYS[0]: "last_key", NAME_KEYS[1]: "first_key"})
+        anchor["patients.created_at"] = "created_at"
+        position = ", ".join(bind(anchor[k]) for k in keys)
+        conditions.append(f"({', '.join(keys)}) {'<' if descending else '>'} ({position})")
+    if primary == NO_PRIMARY:
+        conditions.append(
+            "NOT EXISTS (SELECT 1 FROM care_team_assignments AS a "
+            f"WHERE a.organization_id = {org} AND a.patient_id = patients.id "
+            "AND a.is_primary_provider)"
+        )
+    elif primary is not None:
+        conditions.append(
+            "patients.id IN (SELECT a.patient_id FROM care_team_assignments AS a "
+            f"WHERE a.organization_id = {org} AND a.provider_id = {bind('primary')} "
+            "AND a.is_primary_provider)"
+        )
+    source = "patients"
+    for name in sorted(filters):
+        param, condition = PATIENT_FILTERS[name]
+        if name == "name":
+            placeholder = bind(param)
+            branches = " UNION ".join(
+                f"SELECT id FROM patients WHERE organization_id = {org} "
+                f"AND {_prefix(column, placeholder)}"
+                for column in ("last_name", "first_name")
+            )
+            source = (
+                f"(WITH matches AS MATERIALIZED ({branches}) SELECT patients.* FROM matches "
+                "JOIN patients ON patients.id = matches.id) AS patients"
+            )
+        else:
+            conditions.append(condition.format(bind(param)))
+    order = ", ".join(f"{k} DESC" if descending else k for k in keys)
+    text = (
+        f"SELECT {PATIENT_COLUMNS} FROM {source} WHERE {' AND '.join(conditions)} "
+        f"ORDER BY {order} LIMIT {bind('limit')}"
+    )
+    return Sql(text, *names)
 
 
 def patient_of_row(row: Any) -> PatientRecord:
@@ -725,11 +840,13 @@ class DirectoryService:
         gender: str | Unchanged = UNCHANGED,
         identifiers: Sequence[Identifier] | Unchanged = UNCHANGED,
         if_version: int | None = None,
+        if_team_version: int | None = None,
         actor: str = "system",
         idempotency: IdempotencyKey | None = None,
     ) -> PatientRecord:
         """Change what is given (`identifiers`: the whole list, replacing it). With
-        `if_version`, only if the record is still at that version (PreconditionFailed
+        `if_version` (and `if_team_version`: the read's ETag names both), only if the
+        record (and its care team) are still at that version (PreconditionFailed
         otherwise, nothing changed). Records which fields changed. Raises PatientNotFound,
         PreconditionFailed, IdentifierTaken, InvalidArgument."""
         wanted = None if isinstance(identifiers, Unchanged) else _unique_identifiers(identifiers)
@@ -741,6 +858,9 @@ class DirectoryService:
             if current is None:
                 raise PatientNotFound(patient_id)
             _check_version(if_version, current["version"], f"patient {patient_id}")
+            if if_team_version is not None:
+                team = await TEAM_VERSION.fetchval(driver, params)
+                _check_version(if_team_version, int(team), f"patient {patient_id}")
             given = {
                 "first_name": first_name,
                 "last_name": last_name,
@@ -792,22 +912,50 @@ class DirectoryService:
         dob: datetime.date | None = None,
         identifier: Identifier | None = None,
         patient_id: uuid.UUID | None = None,
+        primary: uuid.UUID | str | None = None,
+        sort: str = "id",
         limit: int = 50,
         after: uuid.UUID | None = None,
+        after_version: int | None = None,
     ) -> list[PatientRecord]:
-        """Patients in id order after `after`, at most `limit`: those whose first or last
-        name starts with `name` (any case), born on `dob`, holding `identifier`, with the id
-        `patient_id`."""
+        """Patients in `sort` order (PATIENT_SORTS: id, name, -name, created, -created)
+        after the patient `after`, at most `limit`: those whose first or last name starts
+        with `name` (any case), born on `dob`, holding `identifier`, with the id
+        `patient_id`, and whose primary provider is `primary` (NO_PRIMARY: who have none;
+        a provider of another organization: nobody).
+
+        In an order other than id, a later page starts after the keys of `after`, read in
+        the same transaction: InvalidCursor if that patient is gone, or (by name) if its
+        version is no longer `after_version` (its name may have moved it: the page could
+        skip or repeat patients)."""
+        if sort not in PATIENT_SORTS:
+            raise InvalidArgument(f"sort must be one of {', '.join(PATIENT_SORTS)}", field="sort")
         given = {
             "id": patient_id,
             "name": name,
             "dob": dob,
             "identifier": None if identifier is None else f"{identifier.system}|{identifier.value}",
         }
-        statement = PATIENT_SEARCHES[frozenset(k for k, v in given.items() if v is not None)]
-        params = {"org": organization_id, "after": after or FIRST, "limit": limit, **given}
+        chosen = frozenset(k for k, v in given.items() if v is not None)
+        params: dict[str, Any] = {"org": organization_id, "limit": limit, **given}
+        keyset = not (sort == "id" and primary is None)  # else the plain id-order search
+        if not keyset:
+            statement = PATIENT_SEARCHES[chosen]
+            params["after"] = after or FIRST
+        else:
+            kind = None if primary is None else NO_PRIMARY if primary == NO_PRIMARY else "one"
+            statement = _sorted_page_statement(sort, kind, chosen, after is not None)
+            params["primary"] = None if kind != "one" else primary
 
         async def work(driver: Any) -> list[PatientRecord]:
+            if keyset and after is not None:
+                anchor = await PAGE_ANCHOR.fetchrow(driver, {"org": organization_id, "id": after})
+                if anchor is None or (sort.endswith("name") and anchor["version"] != after_version):
+                    raise InvalidCursor(
+                        "cursor: the patient the previous page ended at has changed since "
+                        "(its place in this order may have moved): start the list again"
+                    )
+                params.update(dict(anchor), after=after)
             return [patient_of_row(row) for row in await statement.fetch(driver, params)]
 
         return await run_transaction(

@@ -769,15 +769,8 @@ _PERIODS = (
     "q.end_reason) FROM care_team_periods AS q WHERE q.organization_id = $1 "
     "AND q.patient_id = teams.id ORDER BY lower(q.valid), q.provider_id) AS periods"
 )
-# A patient's current primary, read in the same statement as its record.
-_PRIMARY = (
-    "(SELECT a.provider_id FROM care_team_assignments AS a WHERE a.organization_id = "
-    "patients.organization_id AND a.patient_id = patients.id AND a.is_primary_provider)"
-)
-_PATIENT_VIEW = (
-    f"{_PRIMARY} AS primary_id, coalesce({_last_team_event('seq')}, 0) AS team_version, "
-    f"{_last_team_event('occurred_at')} AS team_updated_at"
-)
+# (PATIENT_COLUMNS reads the primary and the team's version already.)
+_PATIENT_VIEW = f"{_last_team_event('occurred_at')} AS team_updated_at"
 _FROM = {
     "Patient": (f"SELECT {PATIENT_COLUMNS}, {_PATIENT_VIEW} FROM patients", "patients"),
     "Practitioner": (f"SELECT {PROVIDER_COLUMNS} FROM providers", "providers"),
@@ -973,10 +966,9 @@ def by_ids(kind: str, ids: list[uuid.UUID] | set[uuid.UUID], limit: int = 1) -> 
 
 def _patient_view(row: Any) -> PatientView:
     data = dict(row)
-    primary = data.pop("primary_id")
-    team_version = data.pop("team_version")
     team_updated_at = data.pop("team_updated_at")
-    return PatientView(patient_of_row(data), primary, team_version, team_updated_at)
+    record = patient_of_row(data)
+    return PatientView(record, record.primary_provider_id, record.team_version, team_updated_at)
 
 
 def _records(kind: str, rows: list[Any]) -> list[Any]:

@@ -59,10 +59,21 @@ class PreviousProvider(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class PanelPatient:
+    """A panel entry's patient, when asked for (so a display needs no read per row)."""
+
+    id: uuid.UUID
+    first_name: str | None
+    last_name: str | None
+    dob: datetime.date | None
+
+
+@dataclass(frozen=True)
 class PanelEntry:
     patient_id: uuid.UUID
     role: str
     since: datetime.datetime
+    patient: PanelPatient | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,17 @@ PANEL_PAGE = Sql(
     "after",
     "limit",
 )
+# The same page with each patient's names and birth date (one join, in the same
+# statement).
+PANEL_PAGE_WITH_PATIENTS = Sql(
+    f"""
+    SELECT page.*, p.first_name, p.last_name, p.dob
+    FROM ({PANEL_PAGE.text}) AS page
+    JOIN patients AS p ON p.organization_id = $1 AND p.id = page.patient_id
+    ORDER BY page.patient_id
+""",
+    *PANEL_PAGE.names,
+)
 
 TRANSFER_BATCH = Sql(
     "SELECT moved, refused_capacity, remaining "
@@ -163,17 +185,26 @@ REPORT = Sql(
     "org",
 )
 
+# Every patient of the organization without a primary provider, whether it has a care
+# team or none at all (patients have no active flag: every one counts). An anti-join on
+# the unique primary index.
 WITHOUT_PRIMARY = Sql(
     """
-    SELECT count(*) FROM (
-        SELECT patient_id FROM care_team_assignments
-        WHERE organization_id = $1
-        GROUP BY patient_id
-        HAVING NOT bool_or(is_primary_provider)
-    ) AS without
+    SELECT count(*) FROM patients AS p
+    WHERE p.organization_id = $1
+      AND NOT EXISTS (SELECT 1 FROM care_team_assignments AS a
+                      WHERE a.organization_id = $1 AND a.patient_id = p.id
+                        AND a.is_primary_provider)
 """,
     "org",
 )
+
+
+def _panel_entry(row: Any, with_patient: bool) -> PanelEntry:
+    patient = None
+    if with_patient:
+        patient = PanelPatient(row["patient_id"], row["first_name"], row["last_name"], row["dob"])
+    return PanelEntry(row["patient_id"], row["role"], row["since"], patient)
 
 
 async def _provider(driver: Any, org: uuid.UUID, provider: uuid.UUID) -> Any:
@@ -197,14 +228,17 @@ class PanelService:
         as_of: datetime.datetime | None = None,
         limit: int = 50,
         after: uuid.UUID | None = None,
+        with_patients: bool = False,
     ) -> list[PanelEntry]:
         """The provider's patients in `role` (now, or at `as_of`), in patient order, after
-        the patient `after` (the last of the previous page). Raises ProviderNotFound."""
+        the patient `after` (the last of the previous page); `with_patients`: each with its
+        patient's names and birth date (as they are now). Raises ProviderNotFound."""
         limit = page_limit(limit, MAX_PANEL_PAGE)
+        statement = PANEL_PAGE_WITH_PATIENTS if with_patients else PANEL_PAGE
 
         async def work(driver: Any) -> list[PanelEntry]:
             await _provider(driver, organization_id, provider_id)
-            rows = await PANEL_PAGE.fetch(
+            rows = await statement.fetch(
                 driver,
                 {
                     "org": organization_id,
@@ -215,7 +249,7 @@ class PanelService:
                     "limit": limit,
                 },
             )
-            return [PanelEntry(**dict(row)) for row in rows]
+            return [_panel_entry(row, with_patients) for row in rows]
 
         return await run_transaction(
             db,
@@ -383,7 +417,7 @@ class PanelService:
     @staticmethod
     async def report_panels(*, db: AsyncSession, organization_id: uuid.UUID) -> PanelReport:
         """Every provider's panel size and capacity, and how many of the organization's
-        patients have a care team but no primary provider."""
+        patients have no primary provider (with a care team or without one)."""
 
         async def work(driver: Any) -> PanelReport:
             rows = await REPORT.fetch(driver, {"org": organization_id})

@@ -38,7 +38,7 @@ class TestVersions:
         assert body["meta"]["versionId"] == "1.0"
         assert r.headers["etag"] == 'W/"1.0"'
         v1 = await client.get(f"/v1/patients/{patient}", headers=tenant.headers)
-        assert v1.headers["etag"] == '"p1"'  # the record's version: the r of r.t
+        assert v1.headers["etag"] == '"p1.0"'  # /v1's patient: the same r.t
 
         await team_of(client, tenant, patient, first)
         r = await read(client, tenant, f"/Patient/{patient}")
@@ -48,6 +48,8 @@ class TestVersions:
             await client.get(f"/v1/patients/{patient}/care-team", headers=tenant.headers)
         ).headers["etag"]
         assert record == "1" and team_etag.startswith(f'"t{team}.')
+        v1 = await client.get(f"/v1/patients/{patient}", headers=tenant.headers)
+        assert v1.headers["etag"] == f'"p{record}.{team}"'
         assert primary_of(after_first) == first
         etag = r.headers["etag"]
         assert (

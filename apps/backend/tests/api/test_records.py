@@ -495,7 +495,7 @@ class TestEtags:
         assert lost.status_code == 412, lost.text
         team = (await client.get(team_url, headers=tenant.headers)).json()
         assert team["primary_provider_id"] == a
-        for malformed in ('"t"', '"p1"', "W/" + etag, '"t1.2"'):
+        for malformed in ('"t"', '"p1"', '"p1.0"', "W/" + etag, '"t1.2"'):
             r = await client.post(
                 f"{team_url}/members",
                 json={"provider_id": b},
@@ -520,7 +520,7 @@ class TestEtags:
             ('"x", {etag}', 200),
             ('W/"p999", "t1.2", {etag}, {etag}', 200),
             ('"x", W/"p1", "t1.2"', 412),
-            ('"p0", {etag}', 422),
+            ('"p0.0", {etag}', 422),
         ):
             header = template.format(etag=etag)
             r = await client.patch(

@@ -790,7 +790,7 @@ class TestCareTeamsAndPanels:
         table = careteam("report", "panels", "--organization", str(org))
         assert table.returncode == 0, table.stderr
         assert str(busy) in table.stdout and str(idle) in table.stdout
-        assert "no primary provider: 0" in table.stdout
+        assert "Patients without a primary provider: 0" in table.stdout
         report = json.loads(
             careteam("report", "panels", "--organization", str(org), "--json").stdout
         )

@@ -15,7 +15,14 @@ from sqlalchemy.exc import DBAPIError
 from src.config import Settings
 from src.db import open_database
 from src.embedded import client_program
-from src.migration_runner import alembic_config, current_revision, downgrade, upgrade
+from src.migration_runner import (
+    COLLATED_INDEXES,
+    alembic_config,
+    compared,
+    current_revision,
+    downgrade,
+    upgrade,
+)
 from src.models import UNIQUE_PRIMARY_INDEX, Base
 from src.services.directory_service import DirectoryService
 from src.services.errors import VersionNotKept
@@ -33,7 +40,8 @@ NORMALIZED_IDENTIFIERS = "20261207_normalized_identifiers"
 PATIENT_GENDER = "20261207_patient_gender"
 RECORD_SNAPSHOTS = "20261207_record_snapshots"
 FHIR_READS = "20261207_fhir_reads"
-HEAD = FHIR_READS
+PATIENT_ORDERS = "20261207_patient_primary_sort"
+HEAD = PATIENT_ORDERS
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -46,6 +54,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(PATIENT_ORDERS).down_revision == FHIR_READS
         assert scripts.get_revision(FHIR_READS).down_revision == RECORD_SNAPSHOTS
         assert scripts.get_revision(RECORD_SNAPSHOTS).down_revision == PATIENT_GENDER
         assert scripts.get_revision(PATIENT_GENDER).down_revision == NORMALIZED_IDENTIFIERS
@@ -140,7 +149,10 @@ class TestUpAndDown:
         await upgrade(fresh_database.engine)
         async with fresh_database.engine.connect() as conn:
             differences = await conn.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+                lambda sync: compare_metadata(
+                    MigrationContext.configure(sync, opts={"include_object": compared}),
+                    Base.metadata,
+                )
             )
         assert differences == []
 
@@ -378,3 +390,43 @@ class TestOrganizationRead:
                 await conn.rollback()
         finally:
             await database.dispose()
+
+
+class TestPatientOrders:
+    async def test_the_order_indexes_are_built_as_the_models_say_and_dropped(
+        self, fresh_database: FreshDatabase
+    ):
+        """The name order's index as PostgreSQL holds it (Alembic cannot compare its
+        COLLATE), the same as the model's; both gone after a downgrade."""
+        db = fresh_database
+        await upgrade(db.engine)
+        indexes = dict(
+            await db.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'patients' "
+                "AND indexname IN ('ix_patients_organization_id_name_order', "
+                "'ix_patients_organization_id_created_at_id')"
+            )
+        )
+        name_order = " ".join(indexes["ix_patients_organization_id_name_order"].split())
+        for column in ("last_name_key", "first_name_key"):
+            held = f"( CASE WHEN ({column} IS NULL) THEN ''::text ELSE {column} END)"
+            assert held + ' COLLATE "C"' in name_order, name_order
+        assert name_order.endswith(", id)")
+        model = next(
+            i for i in Base.metadata.tables["patients"].indexes if i.name in COLLATED_INDEXES
+        )
+        assert [str(e) for e in model.expressions][1:3] == [
+            "(CASE WHEN last_name_key IS NULL THEN '' ELSE last_name_key END) COLLATE \"C\"",
+            "(CASE WHEN first_name_key IS NULL THEN '' ELSE first_name_key END) COLLATE \"C\"",
+        ]
+        assert (
+            "(organization_id, created_at, id)"
+            in indexes["ix_patients_organization_id_created_at_id"]
+        )
+        await downgrade(db.engine, FHIR_READS)
+        left = await db.execute(
+            "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'ix_patients_organization_id_%'"
+            " AND indexname IN ('ix_patients_organization_id_name_order', "
+            "'ix_patients_organization_id_created_at_id')"
+        )
+        assert left == [(0,)]

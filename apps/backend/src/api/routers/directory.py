@@ -3,6 +3,7 @@ search, and who changed them."""
 
 from __future__ import annotations
 
+import enum
 import unicodedata
 import uuid
 from typing import Annotated, Any, cast
@@ -41,6 +42,7 @@ from src.api.schemas import (
 from src.models import RecordType
 from src.services.credentials import Credential
 from src.services.directory_service import (
+    NO_PRIMARY,
     UNCHANGED,
     DirectoryService,
     Identifier,
@@ -57,11 +59,23 @@ from src.services.errors import (
     ProviderHasPatients,
     ProviderNotFound,
 )
-from src.values import NPI_PATTERN, Cursors
+from src.values import NPI_PATTERN, UUID_PATTERN, Cursors
 
 router = APIRouter(prefix="/v1", route_class=StrictRoute)
 
 MAX_PAGE = 200
+# `primary`: none, or a provider id written 8-4-4-4-12 (either case).
+PRIMARY_PATTERN = f"^(none|{UUID_PATTERN[1:-1]})$"
+
+
+class PatientSort(enum.StrEnum):
+    """The orders of the patient list (src/services/directory_service.py, PATIENT_SORTS)."""
+
+    NAME = "name"
+    NAME_DESCENDING = "-name"
+    CREATED = "created"
+    CREATED_DESCENDING = "-created"
+
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="At most this many items")]
 NamePrefix = Annotated[
@@ -84,7 +98,7 @@ def provider_out(record: ProviderRecord) -> ProviderOut:
 
 
 def patient_reply(record: PatientRecord, status_code: int) -> Reply:
-    etag = patient_etag(record.version)
+    etag = patient_etag(record.version, record.team_version)
     return reply(status_code, patient_out(record), etag, location=f"/v1/patients/{record.id}")
 
 
@@ -194,28 +208,60 @@ async def list_patients(
         IdentifierSearch | None,
         Query(description="system|value: the patient holding this identifier"),
     ] = None,
+    primary: Annotated[
+        str | None,
+        Query(
+            pattern=PRIMARY_PATTERN,
+            description="`none`: patients without a primary provider; a provider id: "
+            "patients whose primary it is now (one of another organization: none)",
+        ),
+    ] = None,
+    sort: Annotated[
+        PatientSort | None,
+        Query(
+            description="name (last, then first, any case), created, or either "
+            "reversed with '-'; default: id order"
+        ),
+    ] = None,
     limit: Limit = 50,
     cursor: CursorParam = None,
 ) -> PatientListOut:
-    """Your organization's patients in id order, `limit` at a time, filtered by what is
-    given (all of it must hold)."""
+    """Your organization's patients, `limit` at a time, filtered by what is given (all
+    of it must hold), in id order or the order `sort` asks. A cursor belongs to its sort
+    and filters: another's is 422 invalid_cursor."""
     db, caller = session_of(request), caller_of(request)
     cursors = await cursors_of(request)
-    key = list_key("patients", name=_nfc(name), dob=dob, identifier=identifier)
-    after = None if cursor is None else open_cursor(cursors, key, cursor, uuid.UUID)[0]
+    wanted = None if primary is None else primary.lower()
+    order = "id" if sort is None else sort.value
+    key = list_key(
+        "patients", name=_nfc(name), dob=dob, identifier=identifier, primary=wanted, sort=sort
+    )
+    # A keyset in another order starts after a patient's keys: its id and version (a
+    # name-sorted page refuses a patient renamed since), never its name.
+    keyset = order != "id" or wanted is not None
+    kinds: tuple[type[uuid.UUID] | type[int], ...] = (uuid.UUID, int) if keyset else (uuid.UUID,)
+    position = None if cursor is None else open_cursor(cursors, key, cursor, *kinds)
     found = await DirectoryService.list_patients(
         db=db,
         organization_id=caller.organization_id,
         name=_nfc(name),
         dob=dob,
         identifier=None if identifier is None else Identifier(*identifier.split("|", 1)),
+        primary=wanted if wanted in (None, NO_PRIMARY) else uuid.UUID(wanted),
+        sort=order,
         limit=limit + 1,
-        after=cast(uuid.UUID | None, after),
+        after=None if position is None else cast(uuid.UUID, position[0]),
+        after_version=None if position is None or not keyset else cast(int, position[1]),
     )
     page = found[:limit]
+    last = page[-1] if len(found) > limit else None
     return PatientListOut(
         items=[patient_out(p) for p in page],
-        next_cursor=cursors.seal(key, page[-1].id) if len(found) > limit else None,
+        next_cursor=None
+        if last is None
+        else cursors.seal(key, last.id, last.version)
+        if keyset
+        else cursors.seal(key, last.id),
     )
 
 
@@ -238,7 +284,7 @@ async def get_patient(
     record = await DirectoryService.get_patient(
         db=db, organization_id=caller.organization_id, patient_id=patient_id
     )
-    etag = patient_etag(record.version)
+    etag = patient_etag(record.version, record.team_version)
     return conditional_read(request, etag) or as_response(reply(200, patient_out(record), etag))
 
 
@@ -261,7 +307,7 @@ async def update_patient(
     """Change what is given, validated as on create; `identifiers` replaces the list.
     With If-Match (the ETag of your read), only if nobody changed it since (412)."""
     db, caller = session_of(request), caller_of(request)
-    version = expected(if_match, "p")
+    version = expected(if_match, "p", parts=2)
     result = await DirectoryService.update_patient(
         db=db,
         organization_id=caller.organization_id,
@@ -272,6 +318,7 @@ async def update_patient(
         gender=UNCHANGED if body.gender is None else body.gender.value,
         identifiers=UNCHANGED if body.identifiers is None else _identifiers(body.identifiers),
         if_version=None if version is None else version[0],
+        if_team_version=None if version is None else version[1],
         actor=caller.actor,
         idempotency=idempotency,
     )

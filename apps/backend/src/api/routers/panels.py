@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import enum
 import uuid
 from typing import Annotated, cast
 
@@ -38,6 +39,12 @@ router = APIRouter(prefix="/v1", tags=["panels"], route_class=StrictRoute)
 MAX_PAGE = 200
 
 
+class PanelInclude(enum.StrEnum):
+    """What a panel page can carry with each entry."""
+
+    PATIENT = "patient"
+
+
 @router.get(
     "/providers/{provider_id}/patients",
     response_model=PanelOut,
@@ -53,10 +60,15 @@ async def get_provider_panel(
     as_of: Annotated[
         Instant | None, Query(description="The panel as it stood at this instant; default: now")
     ] = None,
+    include: Annotated[
+        PanelInclude | None,
+        Query(description="patient: each entry with its patient's names and birth date"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: CursorParam = None,
 ) -> PanelOut:
-    """The provider's patients, in patient id order, `limit` at a time."""
+    """The provider's patients, in patient id order, `limit` at a time (a cursor serves
+    the same list with or without `include`)."""
     db, caller = session_of(request), caller_of(request)
     cursors = await cursors_of(request)
     at = None if as_of is None else as_of.astimezone(datetime.UTC).isoformat()
@@ -70,6 +82,7 @@ async def get_provider_panel(
         as_of=as_of,
         limit=limit + 1,
         after=cast(uuid.UUID | None, after),
+        with_patients=include is PanelInclude.PATIENT,
     )
     page = entries[:limit]
     return PanelOut(
@@ -121,8 +134,9 @@ async def transfer_provider_panel(
 
 @router.get("/reports/panels", response_model=PanelReportOut, responses=problem_responses())
 async def get_panel_report(request: Request) -> PanelReportOut:
-    """Every provider's panel size and capacity, and how many patients have a care team
-    but no primary provider."""
+    """Every provider's panel size and capacity, and how many of your patients have no
+    primary provider (those with no care team at all included): the worklist
+    `GET /v1/patients?primary=none` lists them."""
     db, caller = session_of(request), caller_of(request)
     report = await PanelService.report_panels(db=db, organization_id=caller.organization_id)
     return PanelReportOut(
