@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from src import primary_index
+from src import console, primary_index
 from src.api.auth import Authentication
 from src.api.cors import ProblemCORSMiddleware
 from src.api.errors import install_error_handlers
@@ -199,6 +199,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
     app.include_router(panels.router)
     app.include_router(feed.router)
     app.include_router(fhir.router)
+    app.include_router(console.router)  # /console: matched after every API route
     pages = {"/openapi.json", "/docs", "/docs/oauth2-redirect", DOCS_STATIC}
     documentation = [r for r in app.router.routes if getattr(r, "path", None) in pages]
     app.router.routes[:] = [r for r in app.router.routes if r not in documentation] + documentation

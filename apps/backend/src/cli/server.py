@@ -189,7 +189,9 @@ def serve(
         if demo is not None:
             console.print(demo.describe(f"http://{host}:{port}"), highlight=False, soft_wrap=True)
         console.print(
-            f"Serving the care team API on http://{host}:{port} (docs at /docs)", highlight=False
+            f"Serving the care team API on http://{host}:{port} (docs at /docs; the console, "
+            f"for care coordinators: http://{host}:{port}/console, signed in with an API key)",
+            highlight=False,
         )
         # The supervisor runs here, in the parent process, not in the app's lifespan:
         # with several workers there must be one, beside the one embedded server.

@@ -1,0 +1,829 @@
+// The care team console: one page, its screens chosen by the URL's fragment
+// (#/worklist, #/panels, #/patient/<id>, #/transfer). A client of the /v1 API like any
+// other: every call carries the API key the user pasted, kept in this tab's
+// sessionStorage only (never a cookie, never the URL). Preact and htm render every value
+// as text (never as HTML), so a name such as <img src=x onerror=...> shows as written.
+import {
+  html,
+  render,
+  useCallback,
+  useEffect,
+  useRef,
+  useState,
+} from "./vendor/htm-preact-standalone.module.js";
+
+const KEY = "careteam.apiKey";
+const REASONS = [
+  ["patient_request", "Patient request"],
+  ["provider_request", "Provider request"],
+  ["provider_left", "Provider left"],
+  ["panel_rebalance", "Panel rebalance"],
+  ["data_correction", "Data correction"],
+  ["other", "Other"],
+];
+const PAGE_SIZE = 20;
+
+// --- the API ---------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem && problem.detail ? problem.detail : `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem || {};
+  }
+}
+
+function apiKey() {
+  return sessionStorage.getItem(KEY);
+}
+
+async function api(method, path, { body, headers = {} } = {}) {
+  const sent = { ...headers, Authorization: `Bearer ${apiKey()}` };
+  if (body !== undefined) sent["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: sent,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "omit",
+      cache: "no-store",
+    });
+  } catch (err) {
+    throw new ApiError(0, { error: "network" });
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch (err) {
+    data = null;
+  }
+  if (!response.ok) throw new ApiError(response.status, data);
+  return { data, etag: response.headers.get("ETag") };
+}
+
+function query(params) {
+  const given = Object.entries(params).filter(([, v]) => v !== undefined && v !== null && v !== "");
+  return given.length ? "?" + new URLSearchParams(given).toString() : "";
+}
+
+async function allPages(path, params = {}) {
+  const items = [];
+  let cursor;
+  for (;;) {
+    const { data } = await api("GET", path + query({ ...params, limit: 200, cursor }));
+    items.push(...data.items);
+    if (!data.next_cursor) return items;
+    cursor = data.next_cursor;
+  }
+}
+
+// --- words ------------------------------------------------------------------------------
+
+function personName(p) {
+  if (!p) return "an unknown provider";
+  const first = p.first_name || "";
+  const last = p.last_name || "";
+  return `${first} ${last}`.trim() || "(no name)";
+}
+
+function patientName(p) {
+  const last = p.last_name || "";
+  const first = p.first_name || "";
+  return last && first ? `${last}, ${first}` : last || first || "(no name)";
+}
+
+function reasonLabel(value) {
+  const found = REASONS.find(([v]) => v === value);
+  return found ? found[1] : value || "";
+}
+
+function formatDate(value) {
+  if (!value) return "";
+  const date = new Date(value.length === 10 ? `${value}T00:00:00` : value);
+  return date.toLocaleDateString("en-GB", { year: "numeric", month: "short", day: "numeric" });
+}
+
+// What went wrong, in words: never the raw answer.
+function describe(err, providers = {}) {
+  if (!(err instanceof ApiError)) return `Something went wrong in the console: ${err.message}`;
+  const p = err.problem;
+  const code = p.error;
+  const provider = p.detail && /provider ([0-9a-f-]{36})/.exec(p.detail);
+  const who = provider && providers[provider[1]] ? personName(providers[provider[1]]) : "that provider";
+  switch (code) {
+    case "network":
+      return "The server could not be reached. Check your connection and try again.";
+    case "unauthorized":
+      return "Your API key was not accepted (mistyped, or revoked). Sign out and sign in again with a valid key.";
+    case "panel_full": {
+      const counts = /\(([^)]*) patients\)/.exec(p.detail || "");
+      const figure = counts ? ` (${counts[1]} patients)` : "";
+      return `The panel of ${who} is full${figure}: they cannot take another primary patient. Raise their capacity on the Panels page, or choose another provider.`;
+    }
+    case "precondition_failed":
+      return "Someone else changed this care team after you opened it, so nothing was changed. The team shown now is the current one: check it and try again.";
+    case "provider_inactive":
+      return `${who[0].toUpperCase() + who.slice(1)} is inactive and cannot be given patients.`;
+    case "provider_already_primary":
+      return `${who[0].toUpperCase() + who.slice(1)} is already this patient's primary provider.`;
+    case "transfer_in_progress":
+      return "Another transfer of one of these providers is running. Wait until it has finished, then try again.";
+    case "provider_has_patients":
+      return `${who[0].toUpperCase() + who.slice(1)} is still the primary provider of some patients: transfer the panel first.`;
+    case "patient_not_found":
+      return "This patient was not found in your organization.";
+    case "provider_not_found":
+      return "That provider was not found in your organization.";
+    case "invalid_cursor":
+      return "The list changed while you were paging through it. Go back to the first page.";
+    case "busy":
+    case "database_unavailable":
+    case "outcome_unknown":
+      return "The service is busy or briefly unavailable. Wait a few seconds and try again (reload first if you were saving).";
+    case "validation_error":
+    case "invalid_argument": {
+      const fields = (p.errors || []).map((e) => `${e.field}: ${e.detail}`).join("; ");
+      return `Some of what was sent was not accepted${fields ? ` (${fields})` : p.detail ? ` (${p.detail})` : ""}.`;
+    }
+    default:
+      if (err.status >= 500) return "The server failed to answer. Try again; if it keeps failing, tell your administrator.";
+      return [p.title, p.detail].filter(Boolean).join(": ") || `The request failed (status ${err.status}).`;
+  }
+}
+
+function Problem({ error, providers }) {
+  if (!error) return null;
+  return html`<div class="problem" role="alert">${describe(error, providers)}</div>`;
+}
+
+function Notice({ text }) {
+  if (!text) return null;
+  return html`<div class="notice" role="status">${text}</div>`;
+}
+
+// --- shared data --------------------------------------------------------------------------
+
+function useProviders() {
+  const [list, setList] = useState(null);
+  const [error, setError] = useState(null);
+  const reload = useCallback(async () => {
+    try {
+      setList(await allPages("/v1/providers"));
+    } catch (err) {
+      setError(err);
+    }
+  }, []);
+  useEffect(() => {
+    reload();
+  }, [reload]);
+  const byId = {};
+  for (const p of list || []) byId[p.id] = p;
+  return { list: list || [], byId, error, reload, loaded: list !== null };
+}
+
+function ProviderOptions({ providers, exclude }) {
+  return providers
+    .filter((p) => p.active && p.id !== exclude)
+    .sort((a, b) => personName(a).localeCompare(personName(b)))
+    .map((p) => {
+      const capacity = p.panel_capacity === null ? "no limit" : `${p.panel_size} of ${p.panel_capacity}`;
+      return html`<option value=${p.id}>${personName(p)} (${capacity})</option>`;
+    });
+}
+
+function ReasonSelect({ id, value, onChange }) {
+  return html`<select id=${id} value=${value} onChange=${(e) => onChange(e.target.value)}>
+    ${REASONS.map(([v, label]) => html`<option value=${v}>${label}</option>`)}
+  </select>`;
+}
+
+// --- sign-in ----------------------------------------------------------------------------
+
+function SignIn({ onSignedIn }) {
+  const [key, setKey] = useState("");
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  async function submit(event) {
+    event.preventDefault();
+    setBusy(true);
+    setError(null);
+    sessionStorage.setItem(KEY, key.trim());
+    try {
+      await api("GET", "/v1/reports/panels");
+      onSignedIn();
+    } catch (err) {
+      sessionStorage.removeItem(KEY);
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  }
+  return html`<main id="content" class="page narrow">
+    <h1>Care team console</h1>
+    <p>Paste an API key of your organization (the one <code>careteam serve</code> printed, or one from <code>careteam key create</code>).
+      It is kept in this browser tab only, until you sign out or close the tab.</p>
+    <form onSubmit=${submit} class="stack">
+      <label for="api-key">API key</label>
+      <input id="api-key" type="password" autocomplete="off" spellcheck="false" required
+        value=${key} onInput=${(e) => setKey(e.target.value)} />
+      <button type="submit" disabled=${busy || !key.trim()}>Sign in</button>
+    </form>
+    <${Problem} error=${error} />
+  </main>`;
+}
+
+// --- worklist ---------------------------------------------------------------------------
+
+function AssignForm({ patient, providers, onDone, onCancel }) {
+  const [provider, setProvider] = useState("");
+  const [reason, setReason] = useState("patient_request");
+  const [note, setNote] = useState("");
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const first = useRef(null);
+  useEffect(() => first.current && first.current.focus(), []);
+  async function submit(event) {
+    event.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      const body = { provider_id: provider, reason, ...(note.trim() ? { note: note.trim() } : {}) };
+      await api("PUT", `/v1/patients/${patient.id}/care-team/primary`, { body });
+      onDone(`${personName(providers.byId[provider])} is now the primary provider of ${patientName(patient)}.`);
+    } catch (err) {
+      setError(err);
+      if (err.problem.error === "panel_full") providers.reload();
+    } finally {
+      setBusy(false);
+    }
+  }
+  const id = patient.id;
+  return html`<form class="assign" onSubmit=${submit} aria-label=${`Assign a primary provider to ${patientName(patient)}`}>
+    <div class="fields">
+      <div><label for=${`provider-${id}`}>Primary provider</label>
+        <select id=${`provider-${id}`} ref=${first} required value=${provider} onChange=${(e) => setProvider(e.target.value)}>
+          <option value="">Choose a provider…</option>
+          <${ProviderOptions} providers=${providers.list} />
+        </select></div>
+      <div><label for=${`reason-${id}`}>Reason</label>
+        <${ReasonSelect} id=${`reason-${id}`} value=${reason} onChange=${setReason} /></div>
+      <div class="wide"><label for=${`note-${id}`}>Note (optional)</label>
+        <input id=${`note-${id}`} maxlength="500" value=${note} onInput=${(e) => setNote(e.target.value)} /></div>
+    </div>
+    <div class="actions">
+      <button type="submit" disabled=${busy || !provider}>Assign</button>
+      <button type="button" class="secondary" onClick=${onCancel}>Cancel</button>
+    </div>
+    <${Problem} error=${error} providers=${providers.byId} />
+  </form>`;
+}
+
+function Worklist() {
+  const providers = useProviders();
+  const [search, setSearch] = useState("");
+  const [which, setWhich] = useState("none");
+  const [pages, setPages] = useState([undefined]); // the cursors of the pages seen
+  const [page, setPage] = useState(null);
+  const [error, setError] = useState(null);
+  const [open, setOpen] = useState(null);
+  const [notice, setNotice] = useState("");
+
+  const load = useCallback(async (cursor, name, filter) => {
+    setError(null);
+    try {
+      const params = { sort: "name", limit: PAGE_SIZE, name: name.trim() || undefined, cursor };
+      if (filter === "none") params.primary = "none";
+      const { data } = await api("GET", "/v1/patients" + query(params));
+      setPage(data);
+    } catch (err) {
+      setError(err);
+      setPage({ items: [], next_cursor: null });
+    }
+  }, []);
+  useEffect(() => {
+    load(undefined, "", "none");
+  }, [load]);
+
+  function restart(event) {
+    if (event) event.preventDefault();
+    setPages([undefined]);
+    setOpen(null);
+    load(undefined, search, which);
+  }
+  function next() {
+    setPages([...pages, page.next_cursor]);
+    setOpen(null);
+    load(page.next_cursor, search, which);
+  }
+  function previous() {
+    const earlier = pages.slice(0, -1);
+    setPages(earlier);
+    setOpen(null);
+    load(earlier[earlier.length - 1], search, which);
+  }
+  function assigned(text) {
+    setNotice(text);
+    setOpen(null);
+    providers.reload();
+    load(pages[pages.length - 1], search, which);
+  }
+
+  return html`<main id="content" class="page">
+    <h1>Worklist</h1>
+    <p>Patients ${which === "none" ? "without a primary provider" : "of your organization"}, by name. Assign a primary provider from the row.</p>
+    <form class="toolbar" onSubmit=${restart} role="search">
+      <div><label for="search">Name starts with</label>
+        <input id="search" type="search" value=${search} onInput=${(e) => setSearch(e.target.value)} /></div>
+      <div><label for="which">Show</label>
+        <select id="which" value=${which} onChange=${(e) => setWhich(e.target.value)}>
+          <option value="none">Patients without a primary</option>
+          <option value="all">All patients</option>
+        </select></div>
+      <button type="submit">Search</button>
+    </form>
+    <${Notice} text=${notice} />
+    <${Problem} error=${error || providers.error} providers=${providers.byId} />
+    ${page === null
+      ? html`<p>Loading…</p>`
+      : page.items.length === 0
+        ? html`<p class="empty">${which === "none" ? "Every patient here has a primary provider." : "No patient matches."}</p>`
+        : html`<table class="list">
+      <caption class="visually-hidden">Patients, page ${pages.length}</caption>
+      <thead><tr><th scope="col">Patient</th><th scope="col">Born</th><th scope="col">Primary provider</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
+      <tbody>
+        ${page.items.map((p) => html`
+          <tr key=${p.id}>
+            <th scope="row"><a href=${`#/patient/${p.id}`}>${patientName(p)}</a></th>
+            <td>${formatDate(p.dob)}</td>
+            <td>${p.primary_provider_id ? personName(providers.byId[p.primary_provider_id]) : html`<span class="badge">None</span>`}</td>
+            <td>${open === p.id ? null : html`<button type="button" onClick=${() => { setNotice(""); setOpen(p.id); }}
+                aria-label=${`Assign a primary provider to ${patientName(p)}`}>Assign primary…</button>`}</td>
+          </tr>
+          ${open === p.id ? html`<tr class="form-row"><td colspan="4">
+            <${AssignForm} patient=${p} providers=${providers} onDone=${assigned} onCancel=${() => setOpen(null)} />
+          </td></tr>` : null}`)}
+      </tbody>
+    </table>`}
+    <nav class="pager" aria-label="Pages">
+      <button type="button" class="secondary" disabled=${pages.length <= 1} onClick=${previous}>Previous page</button>
+      <span>Page ${pages.length}</span>
+      <button type="button" class="secondary" disabled=${!page || !page.next_cursor} onClick=${next}>Next page</button>
+    </nav>
+  </main>`;
+}
+
+// --- panels -----------------------------------------------------------------------------
+
+function status(p) {
+  if (p.panel_capacity === null) return ["nolimit", "No limit"];
+  if (p.panel_size >= p.panel_capacity) return ["full", "Full"];
+  if (p.panel_size >= 0.8 * p.panel_capacity) return ["near", "Near capacity"];
+  return ["ok", "Room"];
+}
+
+function PanelChart({ rows }) {
+  const scale = Math.max(1, ...rows.map((r) => Math.max(r.panel_size, r.panel_capacity || 0)));
+  const left = 230;
+  const width = 520;
+  const rowHeight = 34;
+  const height = rows.length * rowHeight + 30;
+  const summary = rows
+    .map((r) => `${r.name}: ${r.panel_size}${r.panel_capacity === null ? "" : ` of ${r.panel_capacity}`} (${status(r)[1]})`)
+    .join("; ");
+  return html`<svg class="chart" viewBox=${`0 0 820 ${height}`} role="img" aria-label=${`Panel size against capacity. ${summary}`}>
+    ${rows.map((r, i) => {
+      const y = 10 + i * rowHeight;
+      const [kind, label] = status(r);
+      const bar = (r.panel_size / scale) * width;
+      const cap = r.panel_capacity === null ? null : left + (r.panel_capacity / scale) * width;
+      return html`<g class=${`bar ${kind}`} key=${r.provider_id}>
+        <text x="0" y=${y + 17} class="label">${r.name.length > 30 ? r.name.slice(0, 29) + "…" : r.name}</text>
+        <rect x=${left} y=${y} width=${width} height="22" class="track" />
+        <rect x=${left} y=${y} width=${Math.max(bar, r.panel_size ? 2 : 0)} height="22" class="fill" />
+        ${cap === null ? null : html`<line x1=${cap} x2=${cap} y1=${y - 3} y2=${y + 25} class="capacity" />`}
+        <text x=${left + width + 8} y=${y + 17} class="figure">${r.panel_size}${r.panel_capacity === null ? "" : `/${r.panel_capacity}`} ${kind === "ok" || kind === "nolimit" ? "" : label}</text>
+      </g>`;
+    })}
+  </svg>`;
+}
+
+function CapacityEditor({ row, onSaved }) {
+  const [value, setValue] = useState(row.panel_capacity === null ? "" : String(row.panel_capacity));
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  async function save(event) {
+    event.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      const capacity = value.trim() === "" ? null : Number(value);
+      await api("PATCH", `/v1/providers/${row.provider_id}`, { body: { panel_capacity: capacity } });
+      onSaved(`The capacity of ${row.name} is now ${capacity === null ? "unlimited" : capacity}.`);
+    } catch (err) {
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  }
+  const id = `capacity-${row.provider_id}`;
+  return html`<form class="inline" onSubmit=${save}>
+    <label for=${id} class="visually-hidden">Capacity of ${row.name} (empty: no limit)</label>
+    <input id=${id} type="number" min="0" step="1" inputmode="numeric" placeholder="no limit"
+      value=${value} onInput=${(e) => setValue(e.target.value)} />
+    <button type="submit" class="secondary" disabled=${busy} aria-label=${`Save the capacity of ${row.name}`}>Save</button>
+    <${Problem} error=${error} />
+  </form>`;
+}
+
+function Panels() {
+  const providers = useProviders();
+  const [report, setReport] = useState(null);
+  const [error, setError] = useState(null);
+  const [notice, setNotice] = useState("");
+  const load = useCallback(async () => {
+    try {
+      setReport((await api("GET", "/v1/reports/panels")).data);
+    } catch (err) {
+      setError(err);
+    }
+  }, []);
+  useEffect(() => {
+    load();
+  }, [load]);
+  const rows = (report ? report.items : [])
+    .map((r) => ({ ...r, name: personName(providers.byId[r.provider_id]) }))
+    .sort((a, b) => a.name.localeCompare(b.name));
+  function saved(text) {
+    setNotice(text);
+    providers.reload();
+    load();
+  }
+  return html`<main id="content" class="page">
+    <h1>Panels</h1>
+    <p>Each provider's panel (the patients they are the primary provider of) against their capacity. <span class="key full">Full</span> and <span class="key near">near capacity</span> (80% or more) stand out.</p>
+    <${Notice} text=${notice} />
+    <${Problem} error=${error || providers.error} />
+    ${report && html`<p>${report.patients_without_primary} patient${report.patients_without_primary === 1 ? " has" : "s have"} no primary provider: <a href="#/worklist">open the worklist</a>.</p>`}
+    ${report && providers.loaded && html`
+      <${PanelChart} rows=${rows.filter((r) => r.active)} />
+      <table class="list">
+        <caption>Panels and capacity (leave the capacity empty for no limit)</caption>
+        <thead><tr><th scope="col">Provider</th><th scope="col">Active</th><th scope="col">Panel</th><th scope="col">Status</th><th scope="col">Capacity</th></tr></thead>
+        <tbody>${rows.map((r) => html`<tr key=${r.provider_id}>
+          <th scope="row">${r.name}</th>
+          <td>${r.active ? "Yes" : "No"}</td>
+          <td>${r.panel_size}</td>
+          <td><span class=${`badge ${status(r)[0]}`}>${status(r)[1]}</span></td>
+          <td><${CapacityEditor} row=${r} onSaved=${saved} key=${`${r.provider_id}-${r.panel_capacity}`} /></td>
+        </tr>`)}</tbody>
+      </table>`}
+  </main>`;
+}
+
+// --- patient ----------------------------------------------------------------------------
+
+const DAY = 86400000;
+
+function Timeline({ periods, providers, marker }) {
+  if (!periods.length) return html`<p>No care team yet: nothing to draw.</p>`;
+  const now = Date.now();
+  const starts = periods.map((p) => Date.parse(p.valid_from));
+  let from = Math.min(...starts, marker === null ? Infinity : marker);
+  let to = Math.max(now, marker === null ? 0 : marker);
+  const pad = Math.max((to - from) * 0.05, 60000);
+  const short = to - from < 2 * DAY;
+  from -= pad;
+  to += pad;
+  const order = [];
+  for (const p of periods) if (!order.includes(p.provider_id)) order.push(p.provider_id);
+  const left = 200;
+  const width = 600;
+  const rowHeight = 30;
+  const height = order.length * rowHeight + 40;
+  const x = (t) => left + ((t - from) / (to - from)) * width;
+  const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => from + f * (to - from));
+  const summary = periods
+    .map((p) => `${personName(providers[p.provider_id])}, ${p.role}, from ${formatDate(p.valid_from)} ${p.valid_to ? `to ${formatDate(p.valid_to)}` : "until now"}`)
+    .join("; ");
+  return html`<svg class="timeline" viewBox=${`0 0 820 ${height}`} role="img" aria-label=${`Care team timeline. ${summary}`}>
+    <defs>
+      <pattern id="stripes" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">
+        <rect width="6" height="6" class="stripe-back" /><line x1="0" y1="0" x2="0" y2="6" class="stripe" />
+      </pattern>
+    </defs>
+    ${order.map((id, i) => html`<text x="0" y=${i * rowHeight + 20} class="label" key=${`l-${id}`}>${personName(providers[id]).slice(0, 28)}</text>`)}
+    ${periods.map((p, n) => {
+      const i = order.indexOf(p.provider_id);
+      const start = x(Date.parse(p.valid_from));
+      const end = x(p.valid_to ? Date.parse(p.valid_to) : now);
+      return html`<rect key=${`p-${n}`} x=${start} y=${i * rowHeight + 6} width=${Math.max(end - start, 2)} height="20"
+        class=${p.role === "primary" ? "period primary" : "period secondary"} />`;
+    })}
+    <line x1=${left} x2=${left + width} y1=${order.length * rowHeight + 6} y2=${order.length * rowHeight + 6} class="axis" />
+    ${ticks.map((t, i) => html`<text key=${`t-${i}`} x=${x(t)} y=${order.length * rowHeight + 26} class="tick">${short ? new Date(t).toLocaleString("en-GB", { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" }) : formatDate(new Date(t).toISOString())}</text>`)}
+    ${marker === null ? null : html`<line x1=${x(marker)} x2=${x(marker)} y1="0" y2=${order.length * rowHeight + 8} class="marker" />`}
+  </svg>`;
+}
+
+function Patient({ id }) {
+  const providers = useProviders();
+  const [patient, setPatient] = useState(null);
+  const [team, setTeam] = useState(null);
+  const [etag, setEtag] = useState(null);
+  const [periods, setPeriods] = useState([]);
+  const [error, setError] = useState(null);
+  const [date, setDate] = useState("");
+  const [asOf, setAsOf] = useState(null);
+  const [asOfError, setAsOfError] = useState(null);
+  const [provider, setProvider] = useState("");
+  const [reason, setReason] = useState("patient_request");
+  const [note, setNote] = useState("");
+  const [changeError, setChangeError] = useState(null);
+  const [notice, setNotice] = useState("");
+
+  const load = useCallback(async () => {
+    try {
+      setPatient((await api("GET", `/v1/patients/${id}`)).data);
+      const read = await api("GET", `/v1/patients/${id}/care-team`);
+      setTeam(read.data);
+      setEtag(read.etag);
+      setPeriods(await allPages(`/v1/patients/${id}/care-team/periods`));
+    } catch (err) {
+      setError(err);
+    }
+  }, [id]);
+  useEffect(() => {
+    load();
+  }, [load]);
+
+  async function lookUp(event) {
+    event.preventDefault();
+    setAsOfError(null);
+    try {
+      const instant = new Date(`${date}T12:00:00`).toISOString();
+      const { data } = await api("GET", `/v1/patients/${id}/care-team${query({ as_of: instant })}`);
+      setAsOf({ date, instant, team: data });
+    } catch (err) {
+      setAsOfError(err);
+    }
+  }
+
+  async function change(event) {
+    event.preventDefault();
+    setChangeError(null);
+    setNotice("");
+    try {
+      const body = { provider_id: provider, reason, ...(note.trim() ? { note: note.trim() } : {}) };
+      const { data, etag: next } = await api("PUT", `/v1/patients/${id}/care-team/primary`, {
+        body,
+        headers: etag ? { "If-Match": etag } : {},
+      });
+      setNotice(`${personName(providers.byId[provider])} is now the primary provider.`);
+      setTeam(data);
+      setEtag(next);
+      setProvider("");
+      setNote("");
+      providers.reload();
+      setPeriods(await allPages(`/v1/patients/${id}/care-team/periods`));
+      const read = await api("GET", `/v1/patients/${id}/care-team`);
+      setEtag(read.etag);
+    } catch (err) {
+      setChangeError(err);
+      if (err.problem.error === "precondition_failed") load();
+    }
+  }
+
+  if (error) return html`<main id="content" class="page"><h1>Patient</h1><${Problem} error=${error} /></main>`;
+  if (!patient || !team) return html`<main id="content" class="page"><h1>Patient</h1><p>Loading…</p></main>`;
+  const primaryThen = asOf && asOf.team.members.find((m) => m.is_primary_provider);
+  return html`<main id="content" class="page">
+    <h1>${patientName(patient)}</h1>
+    <p>Born ${formatDate(patient.dob)}${patient.identifiers.length ? html` · ${patient.identifiers.map((i) => `${i.value}`).join(", ")}` : null}</p>
+    <section aria-labelledby="team-now">
+      <h2 id="team-now">Care team now</h2>
+      ${team.members.length === 0
+        ? html`<p class="empty">No care team yet.</p>`
+        : html`<table class="list"><thead><tr><th scope="col">Provider</th><th scope="col">Role</th><th scope="col">Since</th></tr></thead>
+          <tbody>${team.members.map((m) => html`<tr key=${m.provider_id}>
+            <th scope="row">${personName(m)}${m.active ? "" : " (inactive)"}</th>
+            <td>${m.is_primary_provider ? html`<span class="badge primary">Primary</span>` : "Secondary"}</td>
+            <td>${formatDate(m.since)}</td></tr>`)}</tbody></table>`}
+    </section>
+    <section aria-labelledby="change">
+      <h2 id="change">Change the primary provider</h2>
+      <form class="fields" onSubmit=${change}>
+        <div><label for="new-primary">New primary provider</label>
+          <select id="new-primary" required value=${provider} onChange=${(e) => setProvider(e.target.value)}>
+            <option value="">Choose a provider…</option>
+            <${ProviderOptions} providers=${providers.list} exclude=${team.primary_provider_id} />
+          </select></div>
+        <div><label for="change-reason">Reason</label>
+          <${ReasonSelect} id="change-reason" value=${reason} onChange=${setReason} /></div>
+        <div class="wide"><label for="change-note">Note (optional)</label>
+          <input id="change-note" maxlength="500" value=${note} onInput=${(e) => setNote(e.target.value)} /></div>
+        <div class="actions"><button type="submit" disabled=${!provider}>Make primary</button></div>
+      </form>
+      <${Notice} text=${notice} />
+      <${Problem} error=${changeError} providers=${providers.byId} />
+    </section>
+    <section aria-labelledby="history">
+      <h2 id="history">History</h2>
+      <p class="legend"><span class="swatch primary"></span> Primary <span class="swatch secondary"></span> Secondary${asOf ? html` <span class="swatch marker"></span> ${formatDate(asOf.date)}` : null}</p>
+      <${Timeline} periods=${periods} providers=${providers.byId} marker=${asOf ? Date.parse(asOf.instant) : null} />
+      <form class="toolbar" onSubmit=${lookUp}>
+        <div><label for="as-of">Who was the primary on</label>
+          <input id="as-of" type="date" required value=${date} onInput=${(e) => setDate(e.target.value)} /></div>
+        <button type="submit" disabled=${!date}>Look up</button>
+      </form>
+      <${Problem} error=${asOfError} />
+      ${asOf && html`<p class="answer" role="status">On ${formatDate(asOf.date)}, ${primaryThen
+        ? html`the primary provider was <strong>${personName(primaryThen)}</strong> (since ${formatDate(primaryThen.since)})`
+        : "this patient had no primary provider"}.</p>`}
+      <details>
+        <summary>Every period as a table</summary>
+        <table class="list"><thead><tr><th scope="col">Provider</th><th scope="col">Role</th><th scope="col">From</th><th scope="col">To</th><th scope="col">Why it started</th><th scope="col">Why it ended</th></tr></thead>
+          <tbody>${periods.map((p, n) => html`<tr key=${n}>
+            <th scope="row">${personName(providers.byId[p.provider_id])}</th><td>${p.role}</td>
+            <td>${formatDate(p.valid_from)}</td><td>${p.valid_to ? formatDate(p.valid_to) : "now"}</td>
+            <td>${reasonLabel(p.start_reason)}</td><td>${reasonLabel(p.end_reason)}</td></tr>`)}</tbody></table>
+      </details>
+    </section>
+  </main>`;
+}
+
+// --- transfer ---------------------------------------------------------------------------
+
+function Transfer() {
+  const providers = useProviders();
+  const [from, setFrom] = useState("");
+  const [to, setTo] = useState("");
+  const [reason, setReason] = useState("provider_left");
+  const [note, setNote] = useState("");
+  const [previous, setPrevious] = useState("keep_as_secondary");
+  const [plan, setPlan] = useState(null);
+  const [progress, setProgress] = useState(null);
+  const [result, setResult] = useState(null);
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+
+  const body = (dryRun) => ({
+    to_provider_id: to,
+    reason,
+    previous_provider: previous,
+    dry_run: dryRun,
+    ...(note.trim() ? { note: note.trim() } : {}),
+  });
+  function changed(setter) {
+    return (e) => {
+      setter(e.target.value);
+      setPlan(null);
+      setResult(null);
+    };
+  }
+  async function preview(event) {
+    event.preventDefault();
+    setError(null);
+    setResult(null);
+    setBusy(true);
+    try {
+      const { data } = await api("POST", `/v1/providers/${from}/panel/transfer`, { body: body(true) });
+      setPlan(data);
+    } catch (err) {
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  }
+  async function run() {
+    setError(null);
+    setBusy(true);
+    const source = from;
+    const start = providers.byId[source] ? providers.byId[source].panel_size : 0;
+    setProgress({ moved: 0, total: plan.moved });
+    let polling = true;
+    const poll = async () => {
+      while (polling) {
+        await new Promise((r) => setTimeout(r, 300));
+        try {
+          const { data } = await api("GET", `/v1/providers/${source}`);
+          if (polling) setProgress({ moved: Math.max(0, start - data.panel_size), total: plan.moved });
+        } catch (err) {
+          // the next poll tries again; the transfer's own answer says how it ended
+        }
+      }
+    };
+    poll();
+    try {
+      const { data } = await api("POST", `/v1/providers/${source}/panel/transfer`, {
+        body: body(false),
+        headers: { "Idempotency-Key": crypto.randomUUID() },
+      });
+      setResult(data);
+      setProgress({ moved: data.moved, total: plan.moved });
+      setPlan(null);
+      providers.reload();
+    } catch (err) {
+      setError(err);
+    } finally {
+      polling = false;
+      setBusy(false);
+    }
+  }
+  const fromName = personName(providers.byId[from]);
+  const toName = personName(providers.byId[to]);
+  return html`<main id="content" class="page">
+    <h1>Transfer a panel</h1>
+    <p>Move every patient whose primary provider is one provider to another, for example when a provider leaves. Preview it first: nothing changes until you confirm.</p>
+    <form class="fields" onSubmit=${preview}>
+      <div><label for="from">From</label>
+        <select id="from" required value=${from} onChange=${changed(setFrom)}>
+          <option value="">Choose a provider…</option>
+          ${providers.list.filter((p) => p.panel_size > 0).sort((a, b) => personName(a).localeCompare(personName(b)))
+            .map((p) => html`<option value=${p.id}>${personName(p)} (${p.panel_size} patients)</option>`)}
+        </select></div>
+      <div><label for="to">To</label>
+        <select id="to" required value=${to} onChange=${changed(setTo)}>
+          <option value="">Choose a provider…</option>
+          <${ProviderOptions} providers=${providers.list} exclude=${from} />
+        </select></div>
+      <div><label for="transfer-reason">Reason</label>
+        <${ReasonSelect} id="transfer-reason" value=${reason} onChange=${(v) => { setReason(v); setPlan(null); }} /></div>
+      <div><label for="previous">The provider they leave</label>
+        <select id="previous" value=${previous} onChange=${changed(setPrevious)}>
+          <option value="keep_as_secondary">Stays on their care teams as secondary</option>
+          <option value="remove">Leaves their care teams</option>
+        </select></div>
+      <div class="wide"><label for="transfer-note">Note (optional)</label>
+        <input id="transfer-note" maxlength="500" value=${note} onInput=${changed(setNote)} /></div>
+      <div class="actions"><button type="submit" disabled=${busy || !from || !to}>Preview (dry run)</button></div>
+    </form>
+    <${Problem} error=${error || providers.error} providers=${providers.byId} />
+    ${plan && html`<section class="plan" aria-labelledby="plan-title">
+      <h2 id="plan-title">What the transfer would do</h2>
+      <dl class="figures">
+        <div><dt>Would move</dt><dd>${plan.moved}</dd></div>
+        <div><dt>Would remain with ${fromName}</dt><dd>${plan.remaining}</dd></div>
+        <div><dt>Refused for ${toName}'s capacity</dt><dd>${plan.refused_capacity}</dd></div>
+      </dl>
+      ${plan.refused_capacity ? html`<p>${toName}'s capacity leaves ${plan.refused_capacity} patient${plan.refused_capacity === 1 ? "" : "s"} with ${fromName}; raise it on the Panels page to move them all.</p>` : null}
+      <button type="button" onClick=${run} disabled=${busy || plan.moved === 0}>Confirm: move ${plan.moved} patient${plan.moved === 1 ? "" : "s"}</button>
+    </section>`}
+    ${progress && html`<section aria-labelledby="progress-title">
+      <h2 id="progress-title">${result ? "Transfer finished" : "Transfer running…"}</h2>
+      <label for="transfer-progress">Moved ${progress.moved} of ${progress.total}</label>
+      <progress id="transfer-progress" max=${Math.max(progress.total, 1)} value=${progress.moved}></progress>
+      ${result && html`<p class="notice" role="status">Done: ${result.moved} patient${result.moved === 1 ? "" : "s"} moved to ${toName}. ${result.remaining} remain${result.remaining === 1 ? "s" : ""} with ${fromName}${result.refused_capacity ? ` (${result.refused_capacity} refused for capacity)` : ""}.</p>`}
+    </section>`}
+  </main>`;
+}
+
+// --- the shell --------------------------------------------------------------------------
+
+function route() {
+  const parts = location.hash.replace(/^#\/?/, "").split("/");
+  return { name: parts[0] || "worklist", id: parts[1] };
+}
+
+function App() {
+  const [signedIn, setSignedIn] = useState(Boolean(apiKey()));
+  const [where, setWhere] = useState(route());
+  useEffect(() => {
+    const moved = () => setWhere(route());
+    addEventListener("hashchange", moved);
+    return () => removeEventListener("hashchange", moved);
+  }, []);
+  useEffect(() => {
+    const titles = { worklist: "Worklist", panels: "Panels", patient: "Patient", transfer: "Transfer" };
+    document.title = `${signedIn ? titles[where.name] || "Not found" : "Sign in"} · Care team console`;
+  }, [signedIn, where]);
+  if (!signedIn) return html`<${SignIn} onSignedIn=${() => setSignedIn(true)} />`;
+  function signOut() {
+    sessionStorage.removeItem(KEY);
+    location.hash = "";
+    setSignedIn(false);
+  }
+  const link = (name, label) => html`<a href=${`#/${name}`} aria-current=${where.name === name ? "page" : undefined}>${label}</a>`;
+  let page;
+  if (where.name === "worklist") page = html`<${Worklist} />`;
+  else if (where.name === "panels") page = html`<${Panels} />`;
+  else if (where.name === "transfer") page = html`<${Transfer} />`;
+  else if (where.name === "patient" && where.id) page = html`<${Patient} id=${where.id} key=${where.id} />`;
+  else page = html`<main id="content" class="page"><h1>Not found</h1><p>There is no such page: <a href="#/worklist">go to the worklist</a>.</p></main>`;
+  function skip(event) {
+    event.preventDefault(); // the fragment names screens: focus the content instead
+    const main = document.getElementById("content");
+    main.setAttribute("tabindex", "-1");
+    main.focus();
+  }
+  return html`<a class="skip" href="#content" onClick=${skip}>Skip to content</a>
+    <header class="bar">
+      <span class="brand">Care team console</span>
+      <nav aria-label="Main">${link("worklist", "Worklist")}${link("panels", "Panels")}${link("transfer", "Transfer")}</nav>
+      <button type="button" class="secondary" onClick=${signOut}>Sign out</button>
+    </header>
+    ${page}`;
+}
+
+render(html`<${App} />`, document.getElementById("app"));
