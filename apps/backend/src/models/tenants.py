@@ -5,6 +5,7 @@ import enum
 import uuid
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -139,3 +140,8 @@ class ApiKey(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     revoked_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    # SMART v2 scopes (src/scopes.py). The default is what keys made before scopes
+    # existed could do (revision 20261207_key_scopes); the application always sets them.
+    scopes: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), server_default=text("'{system/*.cruds,careteam/admin}'::text[]")
+    )

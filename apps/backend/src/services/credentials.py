@@ -22,6 +22,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.scopes import Grants
+
+NO_SCOPES = Grants(())  # a credential made without scopes may do nothing over HTTP
+
 # Beyond this many keys the memory starts over (keys are checked in every transaction
 # anyway; forgetting one costs its next request one round trip).
 MAX_REMEMBERED = 10_000
@@ -31,21 +35,25 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class KnownKey:
-    """What never changes about a key: its id and its organization."""
+    """What never changes about a key: its id, its organization and its scopes (a key's
+    scopes are set when it is made; to change them, make another key)."""
 
     api_key_id: uuid.UUID
     organization_id: uuid.UUID
+    grants: Grants
 
 
 @dataclass
 class Credential:
     """An API key a session acts as. `confirmed`: a statement of this request found it
-    live (set by the service's transaction layer)."""
+    live (set by the service's transaction layer). `grants`: what its scopes allow
+    (checked by the HTTP layer, src/api/auth.py; the service checks none)."""
 
     key_hash: str
     api_key_id: uuid.UUID
     organization_id: uuid.UUID
     confirmed: bool = False
+    grants: Grants = NO_SCOPES
 
     def __post_init__(self) -> None:
         # It is inlined into SQL (src/services/transaction.py): hex digits only.

@@ -91,13 +91,17 @@ def get(url: str, key: str | None = None) -> tuple[int, object]:
         return err.code, json.loads(err.read())
 
 
+NO_ORG = "00000000-0000-4000-8000-000000000000"
+
+
 class TestOrganizationsAndKeys:
     def test_org_create_key_create_and_revoke(self, database_url: str, database: object):
         created = careteam("org", "create", "Northside Clinic", "--json")
         assert created.returncode == 0, created.stderr
         org = json.loads(created.stdout)
-        assert set(org) == {"organization_id", "api_key_id", "api_key"}
+        assert set(org) == {"organization_id", "api_key_id", "api_key", "scopes"}
         assert org["api_key"].startswith("ctk_")
+        assert org["scopes"] == ["system/*.cruds"]  # no key has the admin scope by default
 
         second = careteam("key", "create", org["organization_id"], "--json")
         assert second.returncode == 0, second.stderr
@@ -125,6 +129,21 @@ class TestOrganizationsAndKeys:
             (("org", "create", "   "), "NAME must be 1 to 200 characters", 2),
             (("key", "create", "00000000-0000-4000-8000-000000000000", "--name", ""), "--name", 2),
             (("migrate", "--to", "nope"), "unknown revision", 2),
+            (
+                ("key", "create", NO_ORG, "--scope", "x"),
+                "--scope: scope 'x' is not of the form system/<type>.<permissions>",
+                2,
+            ),
+            (
+                ("key", "create", NO_ORG, "--scope", "system/*.rx"),
+                "permissions are one or more of c, r, u, d, s",
+                2,
+            ),
+            (
+                ("key", "create", NO_ORG, "--scope", "patient/*.rs"),
+                "system/ scopes",
+                2,
+            ),
         ],
     )
     def test_errors_are_one_line_usage_2_failure_1(
@@ -135,6 +154,35 @@ class TestOrganizationsAndKeys:
         assert message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert "Traceback" not in result.stderr
+
+    def test_key_create_sets_scopes_and_key_list_shows_them(
+        self, database_url: str, database: object
+    ):
+        org = json.loads(careteam("org", "create", "Scoped Clinic", "--json").stdout)
+        created = careteam(
+            "key", "create", org["organization_id"], "--name", "fhir reader",
+            "--scope", "system/CareTeam.rs", "--scope", "system/Patient.read", "--json",
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        key = json.loads(created.stdout)
+        # v1 syntax is stored in its v2 form, sorted, each scope once.
+        assert key["scopes"] == ["system/CareTeam.rs", "system/Patient.rs"]
+        admin = careteam(
+            "key", "create", org["organization_id"], "--scope", "careteam/admin",
+            "--scope", "system/*.write",
+        )  # fmt: skip
+        assert admin.returncode == 0, admin.stderr
+        assert "scopes:          careteam/admin system/*.cud" in admin.stdout
+
+        listed = json.loads(careteam("key", "list", org["organization_id"], "--json").stdout)
+        assert [k["scopes"] for k in listed["items"]] == [
+            ["system/*.cruds"],
+            ["system/CareTeam.rs", "system/Patient.rs"],
+            ["careteam/admin", "system/*.cud"],
+        ]
+        table = careteam("key", "list", org["organization_id"])
+        assert table.returncode == 0
+        assert "scopes" in table.stdout and "system/CareTeam.rs system/Patient.rs" in table.stdout
 
     def test_unreachable_database_is_one_line(self):
         result = careteam("status", env={"DATABASE_URL": "postgresql://x@127.0.0.1:1/none"})

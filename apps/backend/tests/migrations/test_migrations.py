@@ -33,7 +33,8 @@ NORMALIZED_IDENTIFIERS = "20261207_normalized_identifiers"
 PATIENT_GENDER = "20261207_patient_gender"
 RECORD_SNAPSHOTS = "20261207_record_snapshots"
 FHIR_READS = "20261207_fhir_reads"
-HEAD = FHIR_READS
+KEY_SCOPES = "20261207_key_scopes"
+HEAD = KEY_SCOPES
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -46,6 +47,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(KEY_SCOPES).down_revision == FHIR_READS
         assert scripts.get_revision(FHIR_READS).down_revision == RECORD_SNAPSHOTS
         assert scripts.get_revision(RECORD_SNAPSHOTS).down_revision == PATIENT_GENDER
         assert scripts.get_revision(PATIENT_GENDER).down_revision == NORMALIZED_IDENTIFIERS
@@ -378,3 +380,50 @@ class TestOrganizationRead:
                 await conn.rollback()
         finally:
             await database.dispose()
+
+
+class TestKeyScopes:
+    async def test_existing_keys_keep_full_access_and_downgrade_drops_the_scopes(
+        self, fresh_database: FreshDatabase, settings: Settings
+    ):
+        db = fresh_database
+        await upgrade(db.engine, FHIR_READS)
+        org = (await db.execute("INSERT INTO organizations (name) VALUES ('c') RETURNING id"))[0][0]
+        await db.execute(
+            "INSERT INTO api_keys (organization_id, key_hash) VALUES (:org, 'old-key')", org=org
+        )
+
+        await upgrade(db.engine, KEY_SCOPES)
+
+        assert await db.execute("SELECT scopes FROM api_keys WHERE key_hash = 'old-key'") == [
+            (["system/*.cruds", "careteam/admin"],)
+        ]
+        database = open_database(settings, db.url)
+        try:
+            async with database.app_engine.connect() as conn:
+                found = (
+                    await conn.execute(text("SELECT * FROM authenticate_api_key('old-key')"))
+                ).one()
+                await conn.rollback()
+        finally:
+            await database.dispose()
+        assert (found.organization_id, found.scopes) == (org, ["system/*.cruds", "careteam/admin"])
+
+        await downgrade(db.engine, FHIR_READS)
+        columns = await db.execute(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = 'api_keys' AND column_name = 'scopes'"
+        )
+        assert columns == [(0,)]
+        database = open_database(settings, db.url)
+        try:
+            async with database.app_engine.connect() as conn:
+                row = (
+                    await conn.execute(text("SELECT * FROM authenticate_api_key('old-key')"))
+                ).one()
+                await conn.rollback()
+        finally:
+            await database.dispose()
+        assert tuple(row) == (row.api_key_id, org)
+        await upgrade(db.engine)
+        assert await current_revision(db.engine) == HEAD
