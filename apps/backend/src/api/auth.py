@@ -8,7 +8,10 @@ it before routing, validation or any route answers, so an unknown or revoked key
 - no header, another scheme, a key of the wrong shape, an unknown or revoked key: 401
   with `WWW-Authenticate: Bearer`;
 - two Authorization headers (an ambiguous credential, which RFC 6750 section 3.1 calls
-  invalid_request): 400, and nothing is served as either key.
+  invalid_request): 400, and nothing is served as either key;
+- a live key without the scope its route needs (src/api/route_scopes.py): 403
+  `insufficient_scope`, with `WWW-Authenticate: Bearer error="insufficient_scope",
+  scope="<needed>"` (RFC 6750 section 3.1), before validation or existence.
 
 A key this process has seen before is taken from memory without a round trip
 (src/services/credentials.py); the request's session then checks it in the first
@@ -27,12 +30,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from src.api.errors import (
     FHIR_PREFIX,
+    INSUFFICIENT_SCOPE,
     INVALID_REQUEST,
     UNAUTHORIZED,
     answer_of,
     operation_outcome,
     problem_response,
 )
+from src.api.route_scopes import required_scope
 from src.services.credentials import Credential
 from src.services.errors import CareTeamError
 from src.services.organization_service import OrganizationService
@@ -69,6 +74,21 @@ def unauthorized(path: str, detail: str = REFUSED) -> Response:
         UNAUTHORIZED.title,
         detail,
         headers=_bearer_challenge(),
+    )
+
+
+def insufficient_scope(path: str, needed: str) -> Response:
+    """403: the key is live but its scopes do not grant `needed` (RFC 6750 section 3.1)."""
+    detail = f"this API key does not have the scope this request needs: {needed}"
+    headers = {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{needed}"'}
+    if path.startswith(FHIR_PREFIX):
+        return operation_outcome(403, "forbidden", detail, headers)
+    return problem_response(
+        INSUFFICIENT_SCOPE.status,
+        INSUFFICIENT_SCOPE.code,
+        INSUFFICIENT_SCOPE.title,
+        detail,
+        headers=headers,
     )
 
 
@@ -118,10 +138,13 @@ class Authentication:
         state = scope["state"]
         state[CREDENTIAL_STATE] = credential
         state["organization_id"] = str(credential.organization_id)
-        if credential.confirmed:  # looked up now: nothing more to check
-            await self.app(scope, receive, send)
+        if not credential.confirmed:  # an answer waits for the key to be checked
+            send = self._checking_send(scope, receive, send, credential)
+        needed = required_scope(scope["method"], path)
+        if needed is not None and not credential.grants.allows(needed):
+            await insufficient_scope(path, needed)(scope, receive, send)
             return
-        await self.app(scope, receive, self._checking_send(scope, receive, send, credential))
+        await self.app(scope, receive, send)
 
     async def _authenticate(self, scope: Scope, header: bytes | None) -> Credential | None:
         if header is None:

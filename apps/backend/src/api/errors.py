@@ -64,6 +64,7 @@ class ProblemKind:
 
 
 UNAUTHORIZED = ProblemKind("unauthorized", 401, "Unauthorized")
+INSUFFICIENT_SCOPE = ProblemKind("insufficient_scope", 403, "Insufficient scope")
 VALIDATION_ERROR = ProblemKind("validation_error", 422, "Invalid request")
 NOT_FOUND = ProblemKind("not_found", 404, "Not found")
 METHOD_NOT_ALLOWED = ProblemKind("method_not_allowed", 405, "Method not allowed")
@@ -449,6 +450,7 @@ EVERY_REQUEST: tuple[Answerable, ...] = (
 )
 AUTHENTICATED: tuple[Answerable, ...] = (
     UNAUTHORIZED,
+    INSUFFICIENT_SCOPE,
     INVALID_REQUEST,
     DatabaseBusy,
     DatabaseUnavailable,
@@ -495,6 +497,13 @@ def problem_responses(
         if status == 401:
             response["headers"] = {
                 "WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}
+            }
+        if status == 403:
+            response["headers"] = {
+                "WWW-Authenticate": {
+                    "schema": {"type": "string"},
+                    "description": 'Bearer error="insufficient_scope", scope="<the scope needed>"',
+                }
             }
         responses[status] = response
     return responses
