@@ -21,7 +21,15 @@ from src.models.records import (
     RecordChange,
     RecordType,
 )
-from src.models.tenants import ApiKey, Gender, Organization, Patient, Provider
+from src.models.tenants import (
+    ApiKey,
+    Gender,
+    Organization,
+    Patient,
+    Provider,
+    SmartClient,
+    SmartClientAssertion,
+)
 from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 __all__ = [
@@ -48,4 +56,6 @@ __all__ = [
     "RecordType",
     "RuleCheck",
     "Secret",
+    "SmartClient",
+    "SmartClientAssertion",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from typing import Any
+from unittest.mock import ANY as mock_any_value
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -34,7 +36,8 @@ PATIENT_GENDER = "20261207_patient_gender"
 RECORD_SNAPSHOTS = "20261207_record_snapshots"
 FHIR_READS = "20261207_fhir_reads"
 KEY_SCOPES = "20261207_key_scopes"
-HEAD = KEY_SCOPES
+SMART_CLIENTS = "20261207_smart_clients"
+HEAD = SMART_CLIENTS
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -47,6 +50,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(SMART_CLIENTS).down_revision == KEY_SCOPES
         assert scripts.get_revision(KEY_SCOPES).down_revision == FHIR_READS
         assert scripts.get_revision(FHIR_READS).down_revision == RECORD_SNAPSHOTS
         assert scripts.get_revision(RECORD_SNAPSHOTS).down_revision == PATIENT_GENDER
@@ -425,5 +429,73 @@ class TestKeyScopes:
         finally:
             await database.dispose()
         assert tuple(row) == (row.api_key_id, org)
+        await upgrade(db.engine)
+        assert await current_revision(db.engine) == HEAD
+
+
+class TestSmartClients:
+    async def test_tokens_expire_and_die_with_their_client_and_downgrade_deletes_them(
+        self, fresh_database: FreshDatabase, settings: Settings
+    ):
+        db = fresh_database
+        await upgrade(db.engine, KEY_SCOPES)
+        org = (await db.execute("INSERT INTO organizations (name) VALUES ('c') RETURNING id"))[0][0]
+        await db.execute(
+            "INSERT INTO api_keys (organization_id, key_hash) VALUES (:org, 'old-key')", org=org
+        )
+
+        await upgrade(db.engine, SMART_CLIENTS)
+
+        client = (
+            await db.execute(
+                "INSERT INTO smart_clients (organization_id, name, jwks, scopes) "
+                "VALUES (:org, 'c', '{\"keys\": []}', '{system/*.rs}') RETURNING id",
+                org=org,
+            )
+        )[0][0]
+        for key_hash, expires in (("live-token", "1 hour"), ("expired-token", "-1 second")):
+            await db.execute(
+                "INSERT INTO api_keys (organization_id, key_hash, scopes, client_id, expires_at) "
+                f"VALUES (:org, :hash, '{{system/*.rs}}', :client, now() + interval '{expires}')",
+                org=org,
+                hash=key_hash,
+                client=client,
+            )
+        neither = (
+            "INSERT INTO smart_clients (organization_id, name, scopes) "
+            "VALUES (:org, 'n', '{system/*.rs}')"
+        )
+        with pytest.raises(DBAPIError, match="ck_smart_clients_keys"):
+            await db.execute(neither, org=org)
+
+        async def live(key_hash: str) -> list[Any]:
+            database = open_database(settings, db.url)
+            try:
+                async with database.app_engine.connect() as conn:
+                    rows = (
+                        await conn.execute(
+                            text("SELECT * FROM authenticate_api_key(:h)"), {"h": key_hash}
+                        )
+                    ).all()
+                    await conn.rollback()
+            finally:
+                await database.dispose()
+            return list(rows)
+
+        assert [r.client_id for r in await live("old-key")] == [None]
+        assert [r.client_id for r in await live("live-token")] == [client]
+        assert await live("expired-token") == []
+        await db.execute("UPDATE smart_clients SET revoked_at = now() WHERE id = :c", c=client)
+        assert await live("live-token") == []  # its client revoked: refused
+
+        await downgrade(db.engine, KEY_SCOPES)
+        assert await db.execute("SELECT key_hash FROM api_keys") == [("old-key",)]
+        assert [tuple(r) for r in await live("old-key")] == [
+            (mock_any_value, org, ["system/*.cruds", "careteam/admin"])
+        ]  # authenticate_api_key v2 again
+        tables = await db.execute(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'smart_client%'"
+        )
+        assert tables == [(0,)]
         await upgrade(db.engine)
         assert await current_revision(db.engine) == HEAD

@@ -34,7 +34,10 @@ TENANT_TABLES = [
 # api_keys is covered by RLS too, but the application role cannot read it at all: it only
 # calls authenticate_api_key(). Of organizations it reads its own id, name and creation
 # time (revision 20261207_fhir_reads: FHIR's Organization read); the owner makes them.
-PROTECTED_TABLES = [*TENANT_TABLES, "api_keys"]
+# SMART clients and their assertions likewise (revision 20261207_smart_clients): only
+# through smart_client_keys() and smart_issue_token().
+OWNER_ONLY_TABLES = ["api_keys", "smart_clients", "smart_client_assertions"]
+PROTECTED_TABLES = [*TENANT_TABLES, *OWNER_ONLY_TABLES]
 APPLICATION_TABLES = TENANT_TABLES
 
 
@@ -162,6 +165,11 @@ class TestTheApplicationCannotLeaveItsRole:
             "UPDATE organizations SET name = 'x'",
             "DELETE FROM organizations",
             "SELECT count(*) FROM api_keys",
+            "SELECT count(*) FROM smart_clients",
+            "SELECT count(*) FROM smart_client_assertions",
+            "UPDATE api_keys SET revoked_at = NULL",
+            "INSERT INTO smart_client_assertions (organization_id, client_id, jti, expires_at) "
+            "VALUES (gen_random_uuid(), gen_random_uuid(), 'j', now())",
             "CREATE TABLE escape_hatch (id int)",
             "CREATE TEMPORARY TABLE escape_hatch (id int)",
             "UPDATE care_team_events SET actor = 'x'",
