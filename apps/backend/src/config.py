@@ -106,6 +106,19 @@ class Settings(BaseSettings):
             "refuse cross-origin calls."
         ),
     )
+    smart_token_lifetime_s: int = Field(
+        default=300,
+        ge=1,
+        le=300,
+        description="How long a SMART access token lives, in seconds (1 to 300).",
+    )
+    smart_jwks_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=30,
+        description="Seconds to fetch a SMART client's JWKS from its URL before refusing "
+        "its token request.",
+    )
     db_connect_timeout_s: float = Field(
         default=10.0, gt=0, description="Seconds to wait for a new database connection."
     )

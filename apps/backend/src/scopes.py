@@ -122,3 +122,43 @@ class Grants:
             ALL_TYPES,
             permission,
         ) in self._granted
+
+
+def _as_scopes(granted: set[tuple[str, str]]) -> tuple[str, ...]:
+    """Permissions (type, letter) written as v2 scopes: `system/*.<letters>` for what
+    every type has, then `system/<type>.<letters>` for what a type has beyond it."""
+    every = {letter for resource_type, letter in granted if resource_type == ALL_TYPES}
+    written = []
+    if every:
+        written.append(f"system/*.{''.join(p for p in PERMISSIONS if p in every)}")
+    for resource_type in RESOURCE_TYPES:
+        own = {letter for t, letter in granted if t == resource_type} - every
+        if own:
+            written.append(f"system/{resource_type}.{''.join(p for p in PERMISSIONS if p in own)}")
+    return tuple(written)
+
+
+def intersect(asked: Iterable[str], registered: Iterable[str]) -> tuple[str, ...]:
+    """The scopes granted to a SMART client that asks for `asked` (v2 form) and was
+    registered with `registered`: each permission asked for of each type, as far as the
+    registration grants it, computed per (type, permission) and written in v2 form,
+    sorted. `*` asked reaches only what `*` registered grants, or, type by type, what
+    each type registered grants: `system/*.rs` asked of `system/Patient.rs` registered is
+    `system/Patient.rs`; `system/Patient.rs` asked of `system/*.cruds` registered is
+    `system/Patient.rs`; `system/*.cruds` asked of `system/*.rs` and `system/Patient.c`
+    registered is `system/*.rs` and `system/Patient.c`. ADMIN only if both have it."""
+    asked, registered = tuple(asked), tuple(registered)
+    wanted, held = _permissions(asked), _permissions(registered)
+    granted: set[tuple[str, str]] = set()
+    for resource_type, letter in wanted:
+        if resource_type == ALL_TYPES:
+            if (ALL_TYPES, letter) in held:
+                granted.add((ALL_TYPES, letter))
+            else:
+                granted.update((t, letter) for t in RESOURCE_TYPES if (t, letter) in held)
+        elif (resource_type, letter) in held or (ALL_TYPES, letter) in held:
+            granted.add((resource_type, letter))
+    scopes = set(_as_scopes(granted))
+    if ADMIN in asked and ADMIN in registered:
+        scopes.add(ADMIN)
+    return tuple(sorted(scopes))

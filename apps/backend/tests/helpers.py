@@ -442,3 +442,134 @@ def careteam(
     return subprocess.CompletedProcess(
         ["careteam", *args], result.exit_code, result.stdout, result.stderr
     )
+
+
+# --- SMART Backend Services ------------------------------------------------------------------
+
+TOKEN_URL = "http://careteam.test/auth/token"  # the token URL of the tests' ASGI client
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass
+class SigningKey:
+    """A client's key pair: the private key signs, `jwk` (public) is registered."""
+
+    private: Any
+    jwk: dict[str, Any]
+    alg: str
+
+    @property
+    def kid(self) -> str:
+        return str(self.jwk["kid"])
+
+
+def ec_key(kid: str | None = None) -> SigningKey:
+    """A new EC P-384 key pair (ES384)."""
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from jwt.algorithms import ECAlgorithm  # noqa: PLC0415
+
+    private = ec.generate_private_key(ec.SECP384R1())
+    jwk = ECAlgorithm.to_jwk(private.public_key(), as_dict=True)
+    return SigningKey(private, {**jwk, "kid": kid or uuid.uuid4().hex}, "ES384")
+
+
+def rsa_key(kid: str | None = None, bits: int = 2048) -> SigningKey:
+    """A new RSA key pair (RS384)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+    from jwt.algorithms import RSAAlgorithm  # noqa: PLC0415
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    jwk = RSAAlgorithm.to_jwk(private.public_key(), as_dict=True)
+    return SigningKey(private, {**jwk, "kid": kid or uuid.uuid4().hex}, "RS384")
+
+
+def jwks_of(*keys: SigningKey) -> dict[str, Any]:
+    return {"keys": [key.jwk for key in keys]}
+
+
+def client_assertion(
+    key: SigningKey,
+    client_id: uuid.UUID | str,
+    *,
+    aud: str = TOKEN_URL,
+    headers: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
+    """A client assertion signed by `key` (its kid in the header), valid for 4 minutes
+    from now with a new jti; `claims` override or add (None removes one)."""
+    import jwt  # noqa: PLC0415
+
+    now = int(time.time())
+    payload: dict[str, Any] = {
+        "iss": str(client_id),
+        "sub": str(client_id),
+        "aud": aud,
+        "exp": now + 240,
+        "iat": now,
+        "jti": uuid.uuid4().hex,
+    }
+    payload.update(claims)
+    payload = {name: value for name, value in payload.items() if value is not None}
+    header = {"kid": key.kid, "typ": "JWT", **(headers or {})}
+    return jwt.encode(payload, key.private, algorithm=key.alg, headers=header)
+
+
+def token_form(assertion: str, scope: str = "system/*.rs", **overrides: str) -> dict[str, str]:
+    """The token request's form (client_credentials with the assertion)."""
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion,
+        "scope": scope,
+        **overrides,
+    }
+
+
+async def register_client(
+    database: Database,
+    organization_id: uuid.UUID,
+    scopes: list[str],
+    *,
+    jwks: dict[str, Any] | None = None,
+    jwks_url: str | None = None,
+    name: str = "test client",
+) -> uuid.UUID:
+    """A SMART client of the organization (as `careteam client register` makes it)."""
+    from src.services.smart_service import SmartService  # noqa: PLC0415
+
+    async with AsyncSession(database.owner_engine) as owner:
+        client = await SmartService.register_client(
+            db=owner,
+            organization_id=organization_id,
+            name=name,
+            scopes=scopes,
+            jwks=jwks,
+            jwks_url=jwks_url,
+        )
+    return client.id
+
+
+async def request_token(
+    client: httpx.AsyncClient, key: SigningKey, client_id: uuid.UUID, scope: str
+) -> dict[str, Any]:
+    """A token from the token endpoint (asserting it is granted): its JSON answer."""
+    response = await client.post(
+        "/auth/token", data=token_form(client_assertion(key, client_id), scope)
+    )
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+async def token_headers(
+    database: Database,
+    client: httpx.AsyncClient,
+    organization_id: uuid.UUID,
+    scopes: list[str],
+) -> dict[str, str]:
+    """The Authorization header of a new access token with exactly `scopes`, of a client
+    registered with them."""
+    key = ec_key()
+    client_id = await register_client(database, organization_id, scopes, jwks=jwks_of(key))
+    answer = await request_token(client, key, client_id, " ".join(scopes))
+    return {"Authorization": f"Bearer {answer['access_token']}"}

@@ -85,10 +85,27 @@ class ApiError(Exception):
         self.kind, self.detail, self.headers = kind, detail, headers or {}
 
 
-def unauthorized() -> ApiError:
-    return ApiError(
-        UNAUTHORIZED, "missing, malformed or revoked API key", {"WWW-Authenticate": "Bearer"}
-    )
+REFUSED_KEY = "missing, malformed or revoked API key"
+REFUSED_TOKEN = "unknown, expired or revoked access token"
+# Where Authentication (src/api/auth.py) keeps the request's credential.
+CREDENTIAL_STATE = "credential"
+
+
+def unauthorized(*, token: bool = False) -> ApiError:
+    """401. For an access token that is no longer live (expired, its client revoked),
+    RFC 6750 section 3.1's `invalid_token` (an API key keeps the plain challenge that
+    clients of keys have always had)."""
+    if token:
+        return ApiError(
+            UNAUTHORIZED, REFUSED_TOKEN, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
+    return ApiError(UNAUTHORIZED, REFUSED_KEY, {"WWW-Authenticate": "Bearer"})
+
+
+def holds_token(scope: Mapping[str, Any]) -> bool:
+    """Whether the request authenticated with a SMART access token (not an API key)."""
+    credential = scope.get("state", {}).get(CREDENTIAL_STATE)
+    return getattr(credential, "client_id", None) is not None
 
 
 @dataclass(frozen=True)
@@ -292,10 +309,13 @@ def install_error_handlers(app: FastAPI) -> None:
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
+        message = exc.message
         if isinstance(exc, ApiKeyNotLive):
-            headers.update(unauthorized().headers)
+            refusal = unauthorized(token=holds_token(request.scope))
+            headers.update(refusal.headers)
+            message = refusal.detail
         if is_fhir(request):
-            return operation_outcome(status, answer.fhir_issue, exc.message, headers)
+            return operation_outcome(status, answer.fhir_issue, message, headers)
         errors = None
         if isinstance(exc, InvalidArgument):
             errors = [{"location": exc.location, "field": exc.field, "detail": exc.message}]
@@ -303,7 +323,7 @@ def install_error_handlers(app: FastAPI) -> None:
             status,
             exc.code,
             exc.title,
-            exc.message,
+            message,
             errors=errors,
             headers=headers,
         )

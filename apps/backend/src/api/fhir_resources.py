@@ -300,10 +300,16 @@ PROFILES = {
 }
 
 
+RESTFUL_SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
 def capability_statement(base: str, includes: dict[str, dict[str, str]],
-                         revincludes: dict[str, dict[str, str]]) -> dict[str, Any]:  # fmt: skip
+                         revincludes: dict[str, dict[str, str]], *,
+                         token_url: str) -> dict[str, Any]:  # fmt: skip
     """What this server serves, from the tables that serve it: the search parameters
-    (src/services/fhir_search.py) and the includes (src/api/fhir_query.py)."""
+    (src/services/fhir_search.py) and the includes (src/api/fhir_query.py); its security
+    is SMART on FHIR (Backend Services), with the token endpoint at `token_url`."""
     resources = []
     for kind, params in PARAMETERS.items():
         resource: dict[str, Any] = {
@@ -357,8 +363,28 @@ def capability_statement(base: str, includes: dict[str, dict[str, str]],
             {
                 "mode": "server",
                 "security": {
-                    "description": "An API key as a bearer token (Authorization: Bearer "
-                    "ctk_...); the key decides the organization."
+                    "extension": [
+                        {
+                            "url": OAUTH_URIS,
+                            "extension": [{"url": "token", "valueUri": token_url}],
+                        }
+                    ],
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": RESTFUL_SECURITY_SERVICE,
+                                    "code": "SMART-on-FHIR",
+                                    "display": "SMART-on-FHIR",
+                                }
+                            ],
+                            "text": "SMART Backend Services (client_credentials, private_key_jwt)",
+                        }
+                    ],
+                    "description": "A bearer token: an API key (ctk_...) or a SMART Backend "
+                    "Services access token (ctt_..., from the token endpoint; discovery at "
+                    ".well-known/smart-configuration). It decides the organization; each "
+                    "interaction needs its SMART v2 scope.",
                 },
                 "resource": resources,
                 "searchParam": [

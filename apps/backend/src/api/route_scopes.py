@@ -11,8 +11,14 @@ The permissions are SMART's: `r` reads one record (FHIR read, vread, its history
 searches or lists (a search, a type's history, a feed), `c` creates, `u` changes, `d`
 deletes. A patient's care team is one resource (FHIR CareTeam, one per patient): adding
 or removing a member, a new primary, a panel transfer all change care teams (`u`);
-nothing deletes one. A row whose scope is None needs none: the CapabilityStatement (no
-key at all), and the FHIR router's catch-alls, which only answer 404 or 405.
+nothing deletes one. A row whose scope is None needs none: the CapabilityStatement and
+the SMART configuration under the FHIR base (no credential at all), and the FHIR
+router's catch-alls, which only answer 404 or 405.
+
+SMART Backend Services' own routes (src/api/routers/smart.py) are outside /v1 and
+/fhir/R4 and need no credential, so no scope: `GET /.well-known/smart-configuration`,
+and `POST /auth/token`, where a client authenticates with its signed assertion to get a
+token (its scopes are what it was registered with: src/scopes.py, intersect).
 """
 
 from __future__ import annotations
@@ -78,6 +84,8 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", f"{_FHIR}/Patient/{{ident}}/_history"): PATIENT_READ,
     ("GET", f"{_FHIR}/Practitioner/{{ident}}/_history"): PRACTITIONER_READ,
     ("GET", f"{_FHIR}/Organization/{{ident}}"): ORGANIZATION_READ,
+    # SMART discovery (src/api/routers/smart.py): no credential.
+    ("GET", f"{_FHIR}/.well-known/smart-configuration"): None,
     # The catch-alls: 405 (read-only) and 404 (not served), whatever the key may do.
     **{
         (method, path): None

@@ -301,6 +301,28 @@ class ApiKeyNotFound(NotFoundError):
         super().__init__(f"API key {key_id} not found")
 
 
+class SmartClientNotFound(NotFoundError):
+    code = "smart_client_not_found"
+    title = "SMART client not found"
+
+    def __init__(self, client_id: uuid.UUID) -> None:
+        super().__init__(f"SMART client {client_id} not found")
+
+
+class TokenRefused(CareTeamError):
+    """The token endpoint refuses a request (src/services/smart_service.py). `error` is
+    the OAuth 2.0 error code (RFC 6749 section 5.2: invalid_request, invalid_client,
+    unsupported_grant_type, invalid_scope); the message is its error_description, with
+    ids only. The token route answers it as OAuth does, never as a problem."""
+
+    code = "token_refused"
+    title = "Token refused"
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+
+
 class ApiKeyNotLive(CareTeamError):
     """The request's API key was revoked after the request authenticated (checked by the
     first statement of each of its transactions): nothing changed."""

@@ -2,7 +2,10 @@
 
 Creating organizations and issuing or revoking keys are operator actions: they run on
 an owner session (across tenants). Authenticating a key runs on an application session
-and can only go through the database function authenticate_api_key().
+and can only go through the database function authenticate_api_key(). A SMART access
+token (src/services/smart_service.py) authenticates the same way: it is a row of
+api_keys with its client and expiry, and authenticate_api_key() refuses it once expired
+or once its client is revoked. Keys are listed, counted and revoked here without them.
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ from src.services.transaction import Sql, run_transaction
 logger = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "ctk_"
+ACCESS_TOKEN_PREFIX = "ctt_"  # a SMART access token (src/services/smart_service.py)
 
 AUTHENTICATE = Sql(
-    "SELECT api_key_id, organization_id, scopes FROM authenticate_api_key($1)", "hash"
+    "SELECT api_key_id, organization_id, scopes, client_id, expires_at "
+    "FROM authenticate_api_key($1)",
+    "hash",
 )
 INSERT_ORGANIZATION = Sql("INSERT INTO organizations (name) VALUES ($1) RETURNING id", "name")
 ORGANIZATION_EXISTS = Sql("SELECT 1 FROM organizations WHERE id = $1", "org")
@@ -52,7 +58,9 @@ INSERT_API_KEY = Sql(
 REVOKE_API_KEY = Sql(
     """
     WITH target AS (
-        SELECT id, organization_id, revoked_at FROM api_keys WHERE id = $1 FOR UPDATE
+        SELECT id, organization_id, revoked_at FROM api_keys
+        WHERE id = $1 AND client_id IS NULL
+        FOR UPDATE
     ), revoked AS (
         UPDATE api_keys AS k SET revoked_at = now()
         FROM target AS t
@@ -76,14 +84,16 @@ LIST_ORGANIZATIONS = Sql(
     """
     SELECT o.id, o.name, o.created_at,
            (SELECT count(*) FROM api_keys AS k
-            WHERE k.organization_id = o.id AND k.revoked_at IS NULL) AS live_keys
+            WHERE k.organization_id = o.id AND k.revoked_at IS NULL
+              AND k.client_id IS NULL) AS live_keys
     FROM organizations AS o ORDER BY o.created_at, o.id
 """
 )
-# Never the hash (nor, of course, the key: it is not stored).
+# Never the hash (nor, of course, the key: it is not stored). Access tokens are not keys
+# (`careteam client list` shows clients).
 LIST_API_KEYS = Sql(
-    "SELECT id, name, scopes, created_at, revoked_at FROM api_keys WHERE organization_id = $1 "
-    "ORDER BY created_at, id",
+    "SELECT id, name, scopes, created_at, revoked_at FROM api_keys "
+    "WHERE organization_id = $1 AND client_id IS NULL ORDER BY created_at, id",
     "org",
 )
 
@@ -126,12 +136,19 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-_API_KEY_SHAPE = re.compile(re.escape(API_KEY_PREFIX) + r"[A-Za-z0-9_-]{43}")
+_API_KEY_SHAPE = re.compile(
+    f"(?:{re.escape(API_KEY_PREFIX)}|{re.escape(ACCESS_TOKEN_PREFIX)})" + r"[A-Za-z0-9_-]{43}"
+)
 
 
 def looks_like_api_key(key: str) -> bool:
-    """Cheap shape check before any database work (43 url-safe characters after the prefix)."""
+    """Cheap shape check before any database work (43 url-safe characters after the
+    prefix of a key, or of an access token)."""
     return _API_KEY_SHAPE.fullmatch(key) is not None
+
+
+def looks_like_access_token(key: str) -> bool:
+    return key.startswith(ACCESS_TOKEN_PREFIX) and looks_like_api_key(key)
 
 
 class OrganizationService:
@@ -271,10 +288,17 @@ class OrganizationService:
             return None
         key_hash = hash_api_key(api_key)
         known = credentials.remembered(key_hash)
-        return (
-            None
-            if known is None
-            else Credential(key_hash, known.api_key_id, known.organization_id, grants=known.grants)
+        if known is None:
+            return None
+        if known.expired():  # an access token past its expiry: no round trip to refuse it
+            credentials.forget(key_hash)
+            return None
+        return Credential(
+            key_hash,
+            known.api_key_id,
+            known.organization_id,
+            grants=known.grants,
+            client_id=known.client_id,
         )
 
     @staticmethod
@@ -289,6 +313,8 @@ class OrganizationService:
         recalled = OrganizationService.recall(api_key)
         if recalled is not None or not looks_like_api_key(api_key):
             return recalled
+        # (A remembered token that expired was forgotten by recall: looked up again
+        # below, the database refuses it.)
         key_hash = hash_api_key(api_key)
 
         async def work(driver: Any) -> KnownKey | None:
@@ -297,14 +323,25 @@ class OrganizationService:
             row = await AUTHENTICATE.fetchrow(driver, {"hash": key_hash})
             if row is None:
                 return None
-            return KnownKey(row["api_key_id"], row["organization_id"], Grants(tuple(row["scopes"])))
+            return KnownKey(
+                row["api_key_id"],
+                row["organization_id"],
+                Grants(tuple(row["scopes"])),
+                client_id=row["client_id"],
+                expires_at=row["expires_at"],
+            )
 
         found = await run_transaction(db, operation="authenticate", work=work, read_only=True)
         if found is None:
             return None
         credentials.remember(key_hash, found)
         return Credential(
-            key_hash, found.api_key_id, found.organization_id, confirmed=True, grants=found.grants
+            key_hash,
+            found.api_key_id,
+            found.organization_id,
+            confirmed=True,
+            grants=found.grants,
+            client_id=found.client_id,
         )
 
     @staticmethod

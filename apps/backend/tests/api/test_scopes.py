@@ -1,4 +1,5 @@
-"""Scopes: every route's row in the one table, and the 403 a key without it gets."""
+"""Scopes: every route's row in the one table, and the 403 a key (or a SMART access
+token) without it gets."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from src.api.route_scopes import ROUTE_SCOPES, required_scope
 from src.db import Database
 from src.scopes import ADMIN, Grants, InvalidScope, parse_scope, parse_scopes
 from src.services.organization_service import OrganizationService
-from tests.helpers import Tenant, post_patient, post_provider
+from tests.helpers import Tenant, post_patient, post_provider, token_headers
 
 FHIR = "/fhir/R4"
 SCOPED = [(method, path) for (method, path), scope in ROUTE_SCOPES.items() if scope is not None]
@@ -132,6 +133,20 @@ async def key_with(database: Database, tenant: Tenant, scopes: list[str]) -> dic
     return {"Authorization": f"Bearer {issued.key}"}
 
 
+async def credential_with(
+    kind: str,
+    database: Database,
+    client: httpx.AsyncClient,
+    tenant: Tenant,
+    scopes: list[str],
+) -> dict[str, str]:
+    """The Authorization header of a new API key, or of a SMART access token granted
+    exactly `scopes` (its client registered with them), of the tenant."""
+    if kind == "key":
+        return await key_with(database, tenant, scopes)
+    return await token_headers(database, client, tenant.organization_id, scopes)
+
+
 def body_of(method: str, path: str, provider: str) -> dict[str, object]:
     """The request's keyword arguments: a valid JSON body for the writes that take one."""
     names = {"first_name": "A", "last_name": "B"}
@@ -153,14 +168,16 @@ def body_of(method: str, path: str, provider: str) -> dict[str, object]:
 
 
 class TestEnforcement:
+    @pytest.mark.parametrize("kind", ["key", "token"])
     @pytest.mark.parametrize(("method", "template"), SCOPED)
-    async def test_without_its_scope_403_with_it_not(
+    async def test_without_its_scope_403_with_it_not(  # noqa: PLR0917 (parameters)
         self,
         client: httpx.AsyncClient,
         tenant: Tenant,
         database: Database,
         method: str,
         template: str,
+        kind: str,
     ):
         patient = await post_patient(client, tenant)
         provider = await post_provider(client, tenant)
@@ -181,7 +198,7 @@ class TestEnforcement:
         )
         body = body_of(method, template, provider)
         others = sorted({s for s in ROUTE_SCOPES.values() if s is not None and s != needed})
-        without = await key_with(database, tenant, [*others, ADMIN])
+        without = await credential_with(kind, database, client, tenant, [*others, ADMIN])
         refused = await client.request(method, path, headers=without, **body)  # type: ignore[arg-type]
         assert refused.status_code == 403, refused.text
         assert refused.headers["www-authenticate"] == (
@@ -198,7 +215,7 @@ class TestEnforcement:
             head = await client.head(path, headers=without)
             assert head.status_code == 403
 
-        with_it = await key_with(database, tenant, [needed])
+        with_it = await credential_with(kind, database, client, tenant, [needed])
         allowed = await client.request(method, path, headers=with_it, **body)  # type: ignore[arg-type]
         assert allowed.status_code not in {401, 403}, allowed.text
         assert allowed.status_code < 500, allowed.text

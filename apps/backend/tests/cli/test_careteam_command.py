@@ -42,7 +42,9 @@ from tests.helpers import (
     careteam,
     create_clinic,
     create_patient,
+    ec_key,
     http_json,
+    jwks_of,
     start_serve,
 )
 from tests.helpers import free_port as _free_port
@@ -189,6 +191,108 @@ class TestOrganizationsAndKeys:
         assert result.returncode == 1
         assert result.stderr.startswith("❌ ERROR: database error")
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+class TestSmartClients:
+    """careteam client register, list and revoke: as key create, list and revoke are."""
+
+    def org(self) -> str:
+        created = careteam("org", "create", "SMART Clinic", "--json")
+        assert created.returncode == 0, created.stderr
+        return str(json.loads(created.stdout)["organization_id"])
+
+    def test_register_with_a_jwks_file_list_and_revoke(
+        self, database_url: str, database: object, tmp_path: Path
+    ):
+        org = self.org()
+        jwks = tmp_path / "jwks.json"
+        jwks.write_text(json.dumps(jwks_of(ec_key())))
+        registered = careteam(
+            "client", "register", org, "--name", "nightly sync", "--jwks-file", str(jwks),
+            "--scope", "system/CareTeam.read", "--scope", "system/Patient.rs", "--json",
+        )  # fmt: skip
+        assert registered.returncode == 0, registered.stderr
+        client = json.loads(registered.stdout)
+        uuid.UUID(client["client_id"])
+        assert client["scopes"] == ["system/CareTeam.rs", "system/Patient.rs"]
+        text_form = careteam(
+            "client", "register", org, "--name", "bulk", "--scope", "system/*.rs",
+            "--jwks-url", "https://bulk.example.org/.well-known/jwks.json",
+        )  # fmt: skip
+        assert text_form.returncode == 0, text_form.stderr
+        assert "client_id:" in text_form.stdout
+
+        listed = json.loads(careteam("client", "list", org, "--json").stdout)
+        assert [(c["name"], c["keys"], c["jwks_url"]) for c in listed["items"]] == [
+            ("nightly sync", 1, None),
+            ("bulk", 0, "https://bulk.example.org/.well-known/jwks.json"),
+        ]
+        table = careteam("client", "list", org)
+        assert "system/CareTeam.rs system/Patient.rs" in table.stdout
+
+        revoked = careteam("client", "revoke", client["client_id"])
+        assert revoked.returncode == 0, revoked.stderr
+        assert "revoked (0 live token(s) revoked with it)" in revoked.stdout
+        again = careteam("client", "revoke", client["client_id"], "--json")
+        assert json.loads(again.stdout)["already_revoked"] is True
+
+    @pytest.mark.parametrize(
+        ("jwks", "message"),
+        [
+            ("private", "holds private key material (d)"),
+            ('{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]}', "symmetric key"),
+            ("not json", "the JWKS is not JSON"),
+            ('{"keys": []}', "the JWKS has no keys"),
+        ],
+    )
+    def test_a_jwks_file_it_will_not_use_is_one_line_exit_2(
+        self, database_url: str, database: object, tmp_path: Path, jwks: str, message: str
+    ):
+        if jwks == "private":
+            from jwt.algorithms import ECAlgorithm  # noqa: PLC0415
+
+            key = ec_key()
+            jwks = json.dumps({"keys": [{**ECAlgorithm.to_jwk(key.private, as_dict=True),
+                                         "kid": "k"}]})  # fmt: skip
+        path = tmp_path / "jwks.json"
+        path.write_text(jwks)
+        result = careteam("client", "register", self.org(), "--name", "x", "--scope",
+                          "system/*.rs", "--jwks-file", str(path))  # fmt: skip
+        assert result.returncode == 2
+        assert message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+    @pytest.mark.parametrize(
+        ("args", "message", "code"),
+        [
+            (("--scope", "system/*.rs"), "give exactly one of --jwks-file and --jwks-url", 2),
+            (("--scope", "system/*.rs", "--jwks-url", "http://jwks.example.org/k"),
+             "--jwks-url: the JWKS URL must be https", 2),
+            (("--scope", "patient/*.rs", "--jwks-url", "https://a.example.org/k"),
+             "--scope: scope 'patient/*.rs'", 2),
+            (("--scope", "system/*.rs", "--jwks-file", "/nonexistent/jwks.json"),
+             "--jwks-file: cannot read", 2),
+        ],
+    )  # fmt: skip
+    def test_usage_errors_are_one_line_exit_2(
+        self, database_url: str, database: object, args: tuple[str, ...], message: str, code: int
+    ):
+        result = careteam("client", "register", self.org(), "--name", "x", *args)
+        assert result.returncode == code
+        assert message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+    def test_unknown_ids_fail_in_one_line(self, database_url: str, database: object):
+        revoked = careteam("client", "revoke", str(uuid.uuid4()))
+        assert revoked.returncode == 1
+        assert "SMART client" in revoked.stderr and "not found" in revoked.stderr
+        listed = careteam("client", "list", str(uuid.uuid4()))
+        assert listed.returncode == 1
+        url = "https://a.example.org/k"
+        registered = careteam("client", "register", str(uuid.uuid4()), "--name", "x",
+                              "--scope", "system/*.rs", "--jwks-url", url)  # fmt: skip
+        assert registered.returncode == 1
+        assert len(registered.stderr.strip().splitlines()) == 1
 
 
 class TestDatabaseCommands:

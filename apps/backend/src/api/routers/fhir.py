@@ -45,8 +45,8 @@ from src.api.fhir_resources import (
     version_tag,
 )
 from src.api.paging import cursors_of
-from src.api.routing import query_is_utf8
-from src.config import get_settings
+from src.api.routers.smart import TOKEN_PATH
+from src.api.routing import public_base, query_is_utf8
 from src.services.fhir_search import (
     MAX_HISTORY,
     MAX_INCLUDED,
@@ -79,8 +79,7 @@ _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
 def _base(request: Request) -> str:
     """The FHIR base of absolute URLs: PUBLIC_BASE_URL's, or the request's (behind a
     proxy that changes the scheme or host, set PUBLIC_BASE_URL)."""
-    public = get_settings().public_base_url.strip().rstrip("/")
-    return (public or str(request.base_url).rstrip("/")) + "/fhir/R4"
+    return public_base(request) + "/fhir/R4"
 
 
 def _organization(request: Request) -> uuid.UUID:
@@ -233,7 +232,10 @@ async def metadata(request: Request) -> Response:
         raise invalid(f"unknown parameter(s) for metadata: {', '.join(n[:64] for n in unknown)}")
     if any(n == "mode" and v != "full" for n, v in items):
         raise not_supported("mode: only full is served")
-    return fhir_response(capability_statement(_base(request), INCLUDES, REVINCLUDES))
+    token_url = public_base(request) + TOKEN_PATH
+    return fhir_response(
+        capability_statement(_base(request), INCLUDES, REVINCLUDES, token_url=token_url)
+    )
 
 
 # --- search ---------------------------------------------------------------------------------
