@@ -88,7 +88,7 @@ def parse_scopes(texts: Iterable[str]) -> tuple[str, ...]:
     malformed one, or when there is none."""
     scopes = sorted({parse_scope(text) for text in texts})
     if not scopes:
-        raise InvalidScope("a key needs at least one scope")
+        raise InvalidScope("a key or a client needs at least one scope")
     return tuple(scopes)
 
 

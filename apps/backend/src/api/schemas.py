@@ -289,7 +289,10 @@ class RecordChangeOut(BaseModel):
     id: int = Field(description="The record's change number: 1 for its creation, then 2, 3...")
     action: str = Field(description="created or updated")
     fields: list[str] = Field(description="The fields it set or changed (never their values)")
-    actor: str = Field(description="Who: api_key:<key id>, or the command or migration")
+    actor: str = Field(
+        description="Who: api_key:<key id>, smart_client:<client id> (an access token), or "
+        "the command or migration"
+    )
     changed_at: datetime.datetime
 
 
