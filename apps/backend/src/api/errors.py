@@ -39,6 +39,7 @@ from src.services.errors import (
     DatabaseUnavailable,
     IdempotencyKeyInProgress,
     IdempotencyKeyReused,
+    InsufficientScope,
     InvalidArgument,
     NotFoundError,
     OutcomeUnknown,
@@ -122,6 +123,7 @@ class Answer:
 # match wins; any other CareTeamError is a 500.
 ANSWERS: list[tuple[type[CareTeamError], Answer]] = [
     (ApiKeyNotLive, Answer(401, "login")),
+    (InsufficientScope, Answer(403, "forbidden")),
     (NotFoundError, Answer(404, "not-found")),
     (InvalidArgument, Answer(422, "invalid")),
     (ConflictError, Answer(409, "conflict")),
@@ -314,6 +316,8 @@ def install_error_handlers(app: FastAPI) -> None:
             refusal = unauthorized(token=holds_token(request.scope))
             headers.update(refusal.headers)
             message = refusal.detail
+        if isinstance(exc, InsufficientScope):  # as src/api/auth.py answers it
+            headers["WWW-Authenticate"] = f'Bearer error="insufficient_scope", scope="{exc.scope}"'
         if is_fhir(request):
             return operation_outcome(status, answer.fhir_issue, message, headers)
         errors = None

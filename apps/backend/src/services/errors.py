@@ -338,6 +338,24 @@ class ApiKeyNotLive(CareTeamError):
         return cls()
 
 
+class InsufficientScope(CareTeamError):
+    """The request's credential is live but lacks the scope the operation needs: raised by
+    the database's credential-management functions (careteam_admin_caller) when the
+    caller does not hold careteam/admin, behind the HTTP layer's own check
+    (src/api/auth.py), which answers the same 403 first."""
+
+    code = "insufficient_scope"
+    title = "Insufficient scope"
+    scope = "careteam/admin"  # the only scope the database checks itself
+
+    def __init__(self) -> None:
+        super().__init__(f"this API key does not have the scope this request needs: {self.scope}")
+
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        return cls()
+
+
 class IdentifierTaken(ConflictError):
     """Another patient of the organization already has this identifier."""
 

@@ -37,7 +37,8 @@ RECORD_SNAPSHOTS = "20261207_record_snapshots"
 FHIR_READS = "20261207_fhir_reads"
 KEY_SCOPES = "20261207_key_scopes"
 SMART_CLIENTS = "20261207_smart_clients"
-HEAD = SMART_CLIENTS
+CREDENTIAL_ADMIN = "20261207_credential_admin"
+HEAD = CREDENTIAL_ADMIN
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -50,6 +51,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(CREDENTIAL_ADMIN).down_revision == SMART_CLIENTS
         assert scripts.get_revision(SMART_CLIENTS).down_revision == KEY_SCOPES
         assert scripts.get_revision(KEY_SCOPES).down_revision == FHIR_READS
         assert scripts.get_revision(FHIR_READS).down_revision == RECORD_SNAPSHOTS
@@ -497,5 +499,48 @@ class TestSmartClients:
             "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'smart_client%'"
         )
         assert tables == [(0,)]
+        await upgrade(db.engine)
+        assert await current_revision(db.engine) == HEAD
+
+
+ADMIN_FUNCTIONS = """
+SELECT p.proname, p.prosecdef,
+       has_function_privilege(:role, p.oid, 'EXECUTE') AS app_may_run,
+       has_function_privilege('public', p.oid, 'EXECUTE') AS anyone_may_run
+FROM pg_proc AS p WHERE p.proname LIKE 'careteam_admin_%' ORDER BY p.proname
+"""
+
+
+class TestCredentialAdmin:
+    async def test_the_application_role_runs_the_six_definer_functions_only_and_downgrade(
+        self, fresh_database: FreshDatabase, settings: Settings
+    ):
+        db = fresh_database
+        await upgrade(db.engine, CREDENTIAL_ADMIN)
+        rows = await db.execute(ADMIN_FUNCTIONS, role=settings.app_db_role)
+        assert [tuple(r) for r in rows] == [
+            ("careteam_admin_caller", False, False, False),  # only the six below run it
+            *[
+                (f"careteam_admin_{name}", True, True, False)
+                for name in (
+                    "clients",
+                    "issue_key",
+                    "keys",
+                    "register_client",
+                    "revoke_client",
+                    "revoke_key",
+                )
+            ],
+        ]
+        org = (await db.execute("INSERT INTO organizations (name) VALUES ('c') RETURNING id"))[0][0]
+        await db.execute(
+            "INSERT INTO api_keys (organization_id, key_hash, scopes) "
+            "VALUES (:org, 'made-over-http', '{system/*.rs}')",
+            org=org,
+        )
+
+        await downgrade(db.engine, SMART_CLIENTS)
+        assert await db.execute(ADMIN_FUNCTIONS, role=settings.app_db_role) == []
+        assert await db.execute("SELECT key_hash FROM api_keys") == [("made-over-http",)]
         await upgrade(db.engine)
         assert await current_revision(db.engine) == HEAD
