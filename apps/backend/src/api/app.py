@@ -19,7 +19,16 @@ from src.api.errors import install_error_handlers
 from src.api.fhir_resources import FhirError, outcome
 from src.api.middleware import BodyRules, RequestContextMiddleware
 from src.api.openapi import install_openapi, operation_id
-from src.api.routers import care_team, directory, feed, fhir, health, panels, smart
+from src.api.routers import (
+    care_team,
+    credentials,
+    directory,
+    feed,
+    fhir,
+    health,
+    panels,
+    smart,
+)
 from src.config import Settings, get_settings
 from src.db import Database, open_database
 from src.log_config import configure_logging
@@ -198,6 +207,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
     app.include_router(directory.router)
     app.include_router(panels.router)
     app.include_router(feed.router)
+    app.include_router(credentials.router)
     app.include_router(smart.router)  # before FHIR's catch-all: its discovery document
     app.include_router(fhir.router)
     pages = {"/openapi.json", "/docs", "/docs/oauth2-redirect", DOCS_STATIC}

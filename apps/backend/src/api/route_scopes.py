@@ -11,7 +11,9 @@ The permissions are SMART's: `r` reads one record (FHIR read, vread, its history
 searches or lists (a search, a type's history, a feed), `c` creates, `u` changes, `d`
 deletes. A patient's care team is one resource (FHIR CareTeam, one per patient): adding
 or removing a member, a new primary, a panel transfer all change care teams (`u`);
-nothing deletes one. A row whose scope is None needs none: the CapabilityStatement and
+nothing deletes one. Managing the organization's API keys and SMART clients
+(/v1/api-keys, /v1/clients) needs the administrative scope, careteam/admin, which no
+default key has. A row whose scope is None needs none: the CapabilityStatement and
 the SMART configuration under the FHIR base (no credential at all), and the FHIR
 router's catch-alls, which only answer 404 or 405.
 
@@ -66,6 +68,13 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/providers/{provider_id}"): PRACTITIONER_READ,
     ("PATCH", "/v1/providers/{provider_id}"): PRACTITIONER_UPDATE,
     ("GET", "/v1/providers/{provider_id}/changes"): PRACTITIONER_READ,
+    # /v1: the organization's keys and SMART clients, managed by its administrator
+    ("POST", "/v1/api-keys"): ADMIN,
+    ("GET", "/v1/api-keys"): ADMIN,
+    ("DELETE", "/v1/api-keys/{key_id}"): ADMIN,
+    ("POST", "/v1/clients"): ADMIN,
+    ("GET", "/v1/clients"): ADMIN,
+    ("DELETE", "/v1/clients/{client_id}"): ADMIN,
     # FHIR R4 (read-only)
     ("GET", f"{_FHIR}/metadata"): None,
     ("GET", f"{_FHIR}/CareTeam"): CARE_TEAM_SEARCH,
@@ -94,8 +103,8 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     },
 }
 
-# Every scope a route may need, and the administrative one (the OpenAPI document's list).
-KNOWN_SCOPES = (*sorted({s for s in ROUTE_SCOPES.values() if s is not None}), ADMIN)
+# Every scope a route may need, the administrative one last (the OpenAPI document's list).
+KNOWN_SCOPES = (*sorted({s for s in ROUTE_SCOPES.values() if s not in (None, ADMIN)}), ADMIN)
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,45 @@ def _shown(value: object) -> str:
     return repr(str(value)[:SHOWN])
 
 
+@dataclass(frozen=True)
+class ClientRegistration:
+    """What a client is registered with, checked (check_registration)."""
+
+    name: str
+    scopes: tuple[str, ...]
+    jwks: dict[str, Any] | None  # the public keys, as check_jwks keeps them
+    jwks_url: str | None
+
+
+def check_registration(
+    *,
+    name: str,
+    scopes: Sequence[str],
+    jwks: Mapping[str, Any] | None,
+    jwks_url: str | None,
+    jwks_field: str = "jwks",
+) -> ClientRegistration:
+    """A registration's name (1 to NAME_MAX characters once stripped), its scopes (SMART
+    v1 or v2 syntax, stored in v2 form), its public keys or JWKS URL (exactly one;
+    check_jwks, check_jwks_url: public RSA 2048+ or EC P-384 keys with a kid, https),
+    the same rules for the CLI and HTTP. Raises InvalidArgument naming the field
+    (`jwks_field` for the one of the two keys' fields the caller gave)."""
+    name = name.strip()
+    if not 1 <= len(name) <= NAME_MAX:
+        raise InvalidArgument(f"a client's name is 1 to {NAME_MAX} characters", field="name")
+    if (jwks is None) == (jwks_url is None):
+        raise InvalidArgument("give the client's JWKS or its JWKS URL, not both", field="jwks")
+    try:
+        granted = parse_scopes(scopes)
+        keys = None if jwks is None else check_jwks(dict(jwks))
+        url = None if jwks_url is None else check_jwks_url(jwks_url)
+    except InvalidScope as err:
+        raise InvalidArgument(str(err), field="scopes") from err
+    except InvalidJwks as err:
+        raise InvalidArgument(str(err), field=jwks_field) from err
+    return ClientRegistration(name, granted, keys, url)
+
+
 # One per process: fetched JWK Sets by URL.
 JWKS = JwksCache()
 
@@ -227,19 +266,9 @@ class SmartService:
         fetch them from (`jwks_url`), exactly one, and its scopes (SMART v1 or v2
         syntax). Raises InvalidArgument (a malformed scope, name, set or URL),
         OrganizationNotFound."""
-        name = name.strip()
-        if not 1 <= len(name) <= NAME_MAX:
-            raise InvalidArgument(f"a client's name is 1 to {NAME_MAX} characters", field="name")
-        if (jwks is None) == (jwks_url is None):
-            raise InvalidArgument("give the client's JWKS or its JWKS URL, not both", field="jwks")
-        try:
-            granted = parse_scopes(scopes)
-            keys = None if jwks is None else check_jwks(dict(jwks))
-            url = None if jwks_url is None else check_jwks_url(jwks_url)
-        except InvalidScope as err:
-            raise InvalidArgument(str(err), field="scopes") from err
-        except InvalidJwks as err:
-            raise InvalidArgument(str(err), field="jwks") from err
+        registration = check_registration(name=name, scopes=scopes, jwks=jwks, jwks_url=jwks_url)
+        name, granted = registration.name, registration.scopes
+        keys, url = registration.jwks, registration.jwks_url
 
         async def work(driver: Any) -> RegisteredClient:
             if not await ORGANIZATION_EXISTS.fetchval(driver, {"org": organization_id}):

@@ -12,10 +12,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.api.app import create_app
 from src.config import Settings
 from src.db import Database, open_database
+from src.scopes import ADMIN
+from src.services.organization_service import OrganizationService
 from tests.helpers import Tenant, post_patient, post_provider
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance", "error", "request_id"}
@@ -88,8 +91,13 @@ class TestProblemDetails:
 
 class TestHead:
     async def test_every_get_route_answers_head_without_a_body(
-        self, client: httpx.AsyncClient, tenant: Tenant
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
     ):
+        async with AsyncSession(database.owner_engine) as owner:
+            admin = await OrganizationService.create_api_key(
+                db=owner, organization_id=tenant.organization_id, scopes=[ADMIN]
+            )
+        administered = {"/v1/api-keys", "/v1/clients"}  # careteam/admin's lists
         patient = await post_patient(client, tenant)
         provider = await post_provider(client, tenant)
         paths = {
@@ -109,13 +117,16 @@ class TestHead:
             "/v1/care-team-events",
             "/.well-known/smart-configuration",
             "/fhir/R4/.well-known/smart-configuration",
+            *administered,
         }
         document = (await client.get("/openapi.json")).json()
         get_routes = {p for p, ops in document["paths"].items() if "get" in ops}
         assert len(get_routes) == len(paths)  # a new GET route joins this test
         for path in paths:
-            got = await client.get(path, headers=tenant.headers)
-            head = await client.head(path, headers=tenant.headers)
+            headers = {"Authorization": f"Bearer {admin.key}"} if path in administered else {}
+            headers = headers or tenant.headers
+            got = await client.get(path, headers=headers)
+            head = await client.head(path, headers=headers)
             assert head.status_code == got.status_code == 200, path
             assert head.content == b""
             assert head.headers["content-type"] == got.headers["content-type"]

@@ -162,6 +162,12 @@ def body_of(method: str, path: str, provider: str) -> dict[str, object]:
             "reason": "other",
             "dry_run": True,
         },
+        ("POST", "/v1/api-keys"): {"scopes": ["system/*.rs"]},
+        ("POST", "/v1/clients"): {
+            "name": "c",
+            "jwks_url": "https://jwks.example.org/keys",
+            "scopes": ["system/*.rs"],
+        },
     }
     body = bodies.get((method, path))
     return {} if body is None else {"json": body}
@@ -187,6 +193,8 @@ class TestEnforcement:
             template.replace("{patient_id}", patient)
             .replace("{provider_id}", provider)
             .replace("{version}", "1")
+            .replace("{key_id}", str(uuid.uuid4()))
+            .replace("{client_id}", str(uuid.uuid4()))
             .replace(
                 "{ident}",
                 str(tenant.organization_id)
@@ -197,8 +205,10 @@ class TestEnforcement:
             )
         )
         body = body_of(method, template, provider)
-        others = sorted({s for s in ROUTE_SCOPES.values() if s is not None and s != needed})
-        without = await credential_with(kind, database, client, tenant, [*others, ADMIN])
+        # Every other scope there is (the administrative one included, unless it is the
+        # one needed).
+        others = sorted({s for s in (*ROUTE_SCOPES.values(), ADMIN) if s not in (None, needed)})
+        without = await credential_with(kind, database, client, tenant, others)
         refused = await client.request(method, path, headers=without, **body)  # type: ignore[arg-type]
         assert refused.status_code == 403, refused.text
         assert refused.headers["www-authenticate"] == (
