@@ -34,6 +34,7 @@ from src.services.errors import (
     ApiKeyNotFound,
     InvalidArgument,
     InvalidCursor,
+    OutcomeUnknown,
     SmartClientNotFound,
 )
 from src.services.smart_service import RegisteredClient
@@ -90,7 +91,7 @@ def _client_out(client: RegisteredClient, keys: int) -> ClientOut:
     response_model=ApiKeyIssuedOut,
     responses={
         201: {**links(RevokeApiKey=link("revokeApiKey", key_id="id")), **CREATED_HEADERS},
-        **problem_responses(InvalidArgument),
+        **problem_responses(InvalidArgument, OutcomeUnknown),
     },
 )
 async def create_api_key(request: Request, body: ApiKeyCreate) -> Response:
@@ -150,7 +151,7 @@ async def list_api_keys(
     "/api-keys/{key_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(ApiKeyNotFound),
+    responses=problem_responses(ApiKeyNotFound, OutcomeUnknown),
 )
 async def revoke_api_key(request: Request, key_id: Uuid) -> Response:
     """Revoke a key of your organization: it stops working at once, in every server
@@ -175,7 +176,7 @@ async def revoke_api_key(request: Request, key_id: Uuid) -> Response:
             **links(RevokeClient=link("revokeClient", client_id="client_id")),
             **CREATED_HEADERS,
         },
-        **problem_responses(InvalidArgument),
+        **problem_responses(InvalidArgument, OutcomeUnknown),
     },
 )
 async def register_client(request: Request, body: ClientCreate) -> Response:
@@ -244,7 +245,7 @@ async def list_clients(
     "/clients/{client_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(SmartClientNotFound),
+    responses=problem_responses(SmartClientNotFound, OutcomeUnknown),
 )
 async def revoke_client(request: Request, client_id: Uuid) -> Response:
     """Revoke a SMART client of your organization and every token it holds: they stop
