@@ -11,8 +11,10 @@ The permissions are SMART's: `r` reads one record (FHIR read, vread, its history
 searches or lists (a search, a type's history, a feed), `c` creates, `u` changes, `d`
 deletes. A patient's care team is one resource (FHIR CareTeam, one per patient): adding
 or removing a member, a new primary, a panel transfer all change care teams (`u`);
-nothing deletes one. A row whose scope is None needs none: the CapabilityStatement (no
-key at all), and the FHIR router's catch-alls, which only answer 404 or 405.
+nothing deletes one. The access log (/v1/access-log, FHIR AuditEvent) needs the
+administrative scope, `careteam/admin`. A row whose scope is None needs none: the
+CapabilityStatement (no key at all), and the FHIR router's catch-alls, which only answer
+404 or 405.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/providers/{provider_id}"): PRACTITIONER_READ,
     ("PATCH", "/v1/providers/{provider_id}"): PRACTITIONER_UPDATE,
     ("GET", "/v1/providers/{provider_id}/changes"): PRACTITIONER_READ,
+    # /v1: the access log (administrative)
+    ("GET", "/v1/access-log"): ADMIN,
     # FHIR R4 (read-only)
     ("GET", f"{_FHIR}/metadata"): None,
     ("GET", f"{_FHIR}/CareTeam"): CARE_TEAM_SEARCH,
@@ -78,6 +82,10 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", f"{_FHIR}/Patient/{{ident}}/_history"): PATIENT_READ,
     ("GET", f"{_FHIR}/Practitioner/{{ident}}/_history"): PRACTITIONER_READ,
     ("GET", f"{_FHIR}/Organization/{{ident}}"): ORGANIZATION_READ,
+    # FHIR AuditEvent: the access log (administrative)
+    ("GET", f"{_FHIR}/AuditEvent"): ADMIN,
+    ("POST", f"{_FHIR}/AuditEvent/_search"): ADMIN,
+    ("GET", f"{_FHIR}/AuditEvent/{{ident}}"): ADMIN,
     # The catch-alls: 405 (read-only) and 404 (not served), whatever the key may do.
     **{
         (method, path): None
