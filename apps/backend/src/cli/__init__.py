@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from src.cli import care_team, schema, server, tenants
+from src.cli import access_log, care_team, schema, server, tenants
 from src.cli.common import usage_error
 from src.config import ConfigurationError
 
@@ -83,5 +83,6 @@ app.add_typer(care_team.panel_app, name="panel")
 app.add_typer(care_team.report_app, name="report")
 app.add_typer(tenants.org_app, name="org")
 app.add_typer(tenants.key_app, name="key")
+app.add_typer(access_log.access_log_app, name="access-log")
 app.command("db-url")(server.db_url)
 app.command("db-stop")(server.db_stop)
