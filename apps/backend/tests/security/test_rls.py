@@ -261,7 +261,6 @@ class TestEventsAreAppendOnly:
                 await conn.execute(text(statement))
 
 
-
 class TestTheAccessLogIsAppendOnly:
     """The application role adds entries (its own tenant's only) and reads them; it can
     change or remove none, its own included (revision 20261207_access_log)."""
@@ -302,6 +301,7 @@ class TestTheAccessLogIsAppendOnly:
                     "gen_random_uuid(), 'x', 'read', 'R', 200)"
                 )
             await driver.execute("ROLLBACK")
+
 
 class TestEnteringATenant:
     """careteam_enter and careteam_care_team (migration 20261206_one_round_trip), called

@@ -347,7 +347,7 @@ class TestARefusedKeyIsNotARefusedLogin:
 
     def test_a_refused_login_is_a_database_error(self):
         key_hash = hash_api_key("ctk_" + "C" * 43)
-        found = KnownKey(uuid.uuid4(), uuid.uuid4())
+        found = KnownKey(uuid.uuid4(), uuid.uuid4(), credentials.NO_SCOPES)
         credentials.remember(key_hash, found)
         credential = Credential(key_hash, found.api_key_id, found.organization_id)
         refused_login = asyncpg.InvalidAuthorizationSpecificationError("no pg_hba.conf entry")
