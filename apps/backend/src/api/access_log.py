@@ -46,7 +46,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from src.api.auth import CREDENTIAL_STATE, needs_key
 from src.api.errors import FHIR_PREFIX, operation_outcome, problem_response
 from src.api.route_scopes import ROUTE_SCOPES
-from src.services.access_log_service import AccessEntry, AccessLogService
+from src.services.access_log_service import AccessEntry
+from src.services.access_log_writer import AccessLogWriter
 from src.services.credentials import Credential
 from src.services.errors import AccessLogUnavailable
 
@@ -256,8 +257,8 @@ def unavailable(path: str) -> Response:
 
 
 class AccessLog:
-    """See the module docstring. The app's database (`app.state.database`) keeps the
-    log."""
+    """See the module docstring. The app's access log writer
+    (`app.state.access_log_writer`, on its database) writes the entries."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -319,12 +320,12 @@ class AccessLog:
             patient_ids=tuple(patients),
         )
         try:
-            async with scope["app"].state.database.sessionmaker() as db:
-                await AccessLogService.record(db=db, entry=entry)
+            writer: AccessLogWriter = scope["app"].state.access_log_writer
+            await writer.write(entry)
         except Exception as err:
             logger.error(
                 "access log entry not written (%s): the answer is withheld (503)",
-                type(err).__name__,
+                type(err.__cause__ or err).__name__,
                 extra={
                     "event": "access_log_unavailable",
                     "organization_id": str(credential.organization_id),

@@ -26,6 +26,7 @@ from src.config import Settings, get_settings
 from src.db import Database, open_database
 from src.log_config import configure_logging
 from src.metrics import record_check, track_pool
+from src.services.access_log_writer import AccessLogWriter
 from src.services.fhir_search import PARAMETERS
 from src.services.health_service import HealthService
 
@@ -109,8 +110,10 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] |
 
 
 def attach(app: FastAPI, database: Database) -> Database:
-    """Make `database` the app's (request sessions, readiness) and publish its pool."""
+    """Make `database` the app's (request sessions, readiness), with the access log's
+    writer on it (src/services/access_log_writer.py), and publish its pool."""
     app.state.database = database
+    app.state.access_log_writer = AccessLogWriter(database.sessionmaker)
     track_pool(database.app_engine.sync_engine.pool)
     return database
 
@@ -138,6 +141,8 @@ def create_app(database: Database | None = None, database_url: str | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = database or attach(app, open_database(settings, database_url))
+        if database is not None:  # a writer of this run's own (a closed one stays closed)
+            app.state.access_log_writer = AccessLogWriter(database.sessionmaker)
         checker = None
         if settings.violation_check_interval_s > 0:
             checker = asyncio.create_task(
@@ -152,6 +157,9 @@ def create_app(database: Database | None = None, database_url: str | None = None
         finally:
             if checker is not None:
                 checker.cancel()
+            # Entries still waiting get 503 rather than hang (none, after a graceful
+            # stop: the server has answered every request by now).
+            await app.state.access_log_writer.close()
             if database is None:
                 await opened.dispose()
 

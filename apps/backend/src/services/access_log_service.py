@@ -2,10 +2,14 @@
 and pruning it (revision 20261207_access_log).
 
 - `record` writes one entry (and a row per patient it names) as one statement that is
-  its own transaction (careteam_record_access), committed when it returns: the HTTP
-  layer awaits it before it sends a response (src/api/access_log.py), so no answer
-  leaves without its entry. The entry's id is chosen here, so a retry after a lost
-  connection never writes it twice.
+  its own transaction (careteam_record_access), committed when it returns;
+  `record_many` writes several the same way, in one statement (careteam_record_access
+  for each, over a JSON array: one transaction, one commit). The HTTP layer awaits an
+  entry's commit before it sends a response (src/api/access_log.py, through the
+  process's AccessLogWriter, src/services/access_log_writer.py, which groups concurrent
+  requests' entries), so no answer leaves without its entry. An entry's id is chosen
+  when the entry is made, before the first attempt, so a retry after a lost connection
+  never writes it twice.
 - `list_entries` reads an organization's entries, or one patient's, oldest first, by
   keyset (recorded_at, id), under the tenant's row-level security.
 - `prune` deletes the entries older than a cutoff, in batches, as the owner (the
@@ -18,6 +22,7 @@ value a client sent.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import time
 import uuid
@@ -116,6 +121,19 @@ RECORD = Sql(
     "result_count",
     "patients",
 )
+# Several entries in one statement (one transaction, one commit): careteam_record_access
+# for each element of a JSON array (jsonb_to_recordset turns its arrays into text[] and
+# uuid[]); the number of entries written (an entry already there, from an earlier
+# attempt, is not counted, nor written again).
+RECORD_MANY = Sql(
+    "SELECT count(*) FILTER (WHERE careteam_record_access("
+    "e.org, e.id, e.api_key_id, e.client_id, e.route, e.interaction, e.action,"
+    " e.parameters, e.status, e.result_count, e.patients))"
+    " FROM jsonb_to_recordset($1::jsonb) AS e(org uuid, id uuid, api_key_id uuid,"
+    " client_id uuid, route text, interaction text, action text, parameters text[],"
+    " status integer, result_count integer, patients uuid[])",
+    "entries",
+)
 # Oldest first, after a position (recorded_at, id): the organization's entries, by the
 # index (organization_id, recorded_at, id).
 SELECT_ENTRIES = Sql(
@@ -175,6 +193,27 @@ COUNT_OLDER = Sql(
 )
 
 
+def _params_of(entry: AccessEntry, *, as_json: bool = False) -> dict[str, Any]:
+    """careteam_record_access's arguments for `entry` (ids as strings for JSON)."""
+
+    def value(item: uuid.UUID | None) -> uuid.UUID | str | None:
+        return str(item) if as_json and item is not None else item
+
+    return {
+        "org": value(entry.organization_id),
+        "id": value(entry.id),
+        "api_key_id": value(entry.api_key_id),
+        "client_id": value(entry.client_id),
+        "route": entry.route,
+        "interaction": entry.interaction,
+        "action": entry.action,
+        "parameters": list(entry.parameters),
+        "status": entry.status,
+        "result_count": entry.result_count,
+        "patients": [value(p) for p in dict.fromkeys(entry.patient_ids)],
+    }
+
+
 def _record_of(row: Any) -> AccessRecord:
     return AccessRecord(**dict(row))
 
@@ -188,19 +227,7 @@ class AccessLogService:
         """Write `entry`, committed when this returns (one statement, its own
         transaction; retried after a lost connection, written once). Raises the service's
         database errors (DatabaseUnavailable, DatabaseBusy, ...) when it cannot."""
-        params = {
-            "org": entry.organization_id,
-            "id": entry.id,
-            "api_key_id": entry.api_key_id,
-            "client_id": entry.client_id,
-            "route": entry.route,
-            "interaction": entry.interaction,
-            "action": entry.action,
-            "parameters": list(entry.parameters),
-            "status": entry.status,
-            "result_count": entry.result_count,
-            "patients": list(dict.fromkeys(entry.patient_ids)),
-        }
+        params = _params_of(entry)
 
         async def statement(driver: Any, _key_hash: str | None) -> None:
             await RECORD.fetchval(driver, params)
@@ -210,6 +237,24 @@ class AccessLogService:
             operation="record_access",
             statement=statement,
             organization_id=entry.organization_id,
+        )
+
+    @staticmethod
+    async def record_many(*, db: AsyncSession, entries: list[AccessEntry]) -> int:
+        """Write `entries` (of any organizations) in one statement that is its own
+        transaction: all committed when this returns, or none (a refusal of one refuses
+        them all). Retried after a lost connection like `record`, each entry written
+        once. Returns how many were new."""
+        document = json.dumps([_params_of(entry, as_json=True) for entry in entries])
+
+        async def statement(driver: Any, _key_hash: str | None) -> int:
+            return int(await RECORD_MANY.fetchval(driver, {"entries": document}))
+
+        return await run_statement(
+            db,
+            operation="record_access",
+            statement=statement,
+            organization_id=entries[0].organization_id,
         )
 
     @staticmethod

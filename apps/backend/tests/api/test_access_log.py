@@ -5,10 +5,9 @@ needs the administrative scope and shows one organization only; names never ente
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import datetime
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,7 +24,7 @@ from src.db import Database
 from src.scopes import ADMIN
 from src.services.organization_service import OrganizationService
 from tests.fhir_validation import check_fhir
-from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
+from tests.helpers import Tenant, TenantFactory, log_refused, post_patient, post_provider
 
 FHIR = "/fhir/R4"
 CARE_TEAM = "GET /v1/patients/{patient_id}/care-team"
@@ -259,34 +258,6 @@ class TestWhatIsRecorded:
         assert name.lower() not in dump.lower() and "quorra" not in dump.lower()
 
 
-@contextlib.asynccontextmanager
-async def log_refused(database: Database, org: uuid.UUID) -> AsyncIterator[None]:
-    """While inside: the database refuses this organization's access log entries (a
-    trigger, as the owner, in this test's own database), as a full disk or a lost
-    table would."""
-    name = f"refuse_{org.hex}"
-    async with database.owner_engine.begin() as owner:
-        await owner.execute(
-            text(
-                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
-                f"IF NEW.organization_id = '{org}' THEN RAISE EXCEPTION 'log refused'; END IF; "
-                "RETURN NEW; END $f$"
-            )
-        )
-        await owner.execute(
-            text(
-                f"CREATE TRIGGER {name} BEFORE INSERT ON access_log FOR EACH ROW "
-                f"EXECUTE FUNCTION {name}()"
-            )
-        )
-    try:
-        yield
-    finally:
-        async with database.owner_engine.begin() as owner:
-            await owner.execute(text(f"DROP TRIGGER {name} ON access_log"))
-            await owner.execute(text(f"DROP FUNCTION {name}()"))
-
-
 class TestTheGuarantee:
     async def test_no_answer_leaves_without_its_entry(
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database
@@ -311,6 +282,47 @@ class TestTheGuarantee:
         again = await client.get(f"/v1/patients/{patient}/care-team", headers=tenant.headers)
         assert again.status_code == 200
         assert len(await entries(database, tenant.organization_id)) == before + 1
+
+    async def test_a_refused_entry_fails_alone_in_a_shared_batch(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        make_tenant: TenantFactory,
+        database: Database,
+    ):
+        """Two organizations' requests at once, one organization's entries refused: its
+        requests get 503, the other's their answers and entries (the writer splits the
+        batch the database refused and writes its entries one by one)."""
+        refused, accepted = await make_tenant(), await make_tenant()
+        refused_patient, _ = await team_with_primary(client, refused)
+        accepted_patient, _ = await team_with_primary(client, accepted)
+        writer = app.state.access_log_writer
+        splits = writer.split_batches
+        before = len(await entries(database, accepted.organization_id))
+        refused_before = await entries(database, refused.organization_id)
+        answered = 0
+        async with log_refused(database, refused.organization_id):
+            for _ in range(5):  # until the two shared a batch (the first round, as a rule)
+                answers = await asyncio.gather(
+                    *(
+                        client.get(f"/v1/patients/{patient}/care-team", headers=who.headers)
+                        for _ in range(10)
+                        for who, patient in (
+                            (refused, refused_patient),
+                            (accepted, accepted_patient),
+                        )
+                    )
+                )
+                statuses = [a.status_code for a in answers]
+                assert statuses[0::2] == [503] * 10 and statuses[1::2] == [200] * 10, statuses
+                answered += 10
+                if writer.split_batches > splits:
+                    break
+        assert writer.split_batches > splits, "the two organizations never shared a batch"
+        found = await entries(database, accepted.organization_id)
+        assert len(found) == before + answered
+        assert await entries(database, refused.organization_id) == refused_before
+        assert len({e["id"] for e in found}) == len(found)
 
 
 class TestReadingTheLog:
