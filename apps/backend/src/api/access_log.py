@@ -13,14 +13,15 @@ AuditEvent action) and where its patients come from:
   patient's), which the route notes with `note_patients` as it builds the answer.
 
 The guarantee. AccessLog sits right outside Authentication. When the route's answer
-starts (its status known), it writes the entry (careteam_record_access: one statement,
-its own transaction) and awaits its commit; only then does the answer go out. If the
-entry cannot be written, the client gets 503 `access_log_unavailable` (an
-OperationOutcome under /fhir/R4) instead: no answer carrying patient data leaves
-without its entry. A write (a care team change, a patient created or changed) has
-committed by then: its 503 means "done, but not acknowledged" (the change is in
-care_team_events or record_changes with its actor; a retry with the same
-Idempotency-Key is answered from the stored result, and logged). Refusals are
+starts (its status known), it hands the entry to the app's AccessLogWriter
+(src/services/access_log_writer.py: concurrent requests' entries are written together,
+one statement and one commit per batch) and awaits its commit; only then does the
+answer go out. If the entry cannot be written, the client gets 503
+`access_log_unavailable` (an OperationOutcome under /fhir/R4) instead: no answer
+carrying patient data leaves without its entry. A write (a care team change, a patient
+created or changed) has committed by then: its 503 means "done, but not acknowledged"
+(the change is in care_team_events or record_changes with its actor; a retry with the
+same Idempotency-Key is answered from the stored result, and logged). Refusals are
 recorded with their status (403 from Authentication, 404, 409, 412, 422, ...). A
 request without a live credential (401) has no one to record and no row.
 

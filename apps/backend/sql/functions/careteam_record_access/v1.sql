@@ -2,8 +2,10 @@
 -- entry (who, what, outcome; ids and parameter names only, never values) and a row per
 -- patient it names, committed where the statement ends. An entry whose id is already
 -- there (a retry after a lost connection) changes nothing: each entry is written once.
--- Called by: src/services/access_log_service.py (RECORD), from the HTTP layer's
--- AccessLog middleware (src/api/access_log.py) before a response is sent.
+-- Called by: src/services/access_log_service.py (RECORD: one entry; RECORD_MANY: once
+-- per entry of a batch, all in one statement), from the process's AccessLogWriter
+-- (src/services/access_log_writer.py) for the HTTP layer's AccessLog middleware
+-- (src/api/access_log.py) before a response is sent.
 -- Installed by: revision 20261207_access_log.
 CREATE OR REPLACE FUNCTION public.careteam_record_access(
     p_org uuid, p_id uuid, p_api_key_id uuid, p_client_id uuid, p_route text,
