@@ -15,6 +15,7 @@ never import each other; whatever two of them need lives here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
@@ -28,7 +29,7 @@ import urllib.error
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -185,6 +186,51 @@ async def wait_until_blocked(database: Database) -> None:
             await conn.rollback()
             await asyncio.sleep(0.05)
     raise AssertionError("the service call never waited on a lock")
+
+
+# --- the access log, made to fail ----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def access_log_trigger(
+    database: Database, org: uuid.UUID, action: str
+) -> AsyncIterator[None]:
+    """While inside: before each access log entry of this organization, a trigger (made
+    as the owner, in this test's own database) runs `action`, a PL/pgSQL statement."""
+    name = f"trigger_{org.hex}"
+    async with database.owner_engine.begin() as owner:
+        await owner.execute(
+            text(
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
+                f"IF NEW.organization_id = '{org}' THEN {action}; END IF; "
+                "RETURN NEW; END $f$"
+            )
+        )
+        await owner.execute(
+            text(
+                f"CREATE TRIGGER {name} BEFORE INSERT ON access_log FOR EACH ROW "
+                f"EXECUTE FUNCTION {name}()"
+            )
+        )
+    try:
+        yield
+    finally:
+        async with database.owner_engine.begin() as owner:
+            await owner.execute(text(f"DROP TRIGGER {name} ON access_log"))
+            await owner.execute(text(f"DROP FUNCTION {name}()"))
+
+
+def log_refused(database: Database, org: uuid.UUID) -> contextlib.AbstractAsyncContextManager[None]:
+    """While inside: the database refuses this organization's access log entries, as a
+    full disk or a lost table would."""
+    return access_log_trigger(database, org, "RAISE EXCEPTION 'log refused'")
+
+
+def log_delayed(
+    database: Database, org: uuid.UUID, seconds: float
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """While inside: each of this organization's access log entries takes `seconds`."""
+    return access_log_trigger(database, org, f"PERFORM pg_sleep({float(seconds)})")
 
 
 # --- a database of one's own, and data from before the rule --------------------------------

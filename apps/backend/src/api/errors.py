@@ -31,6 +31,7 @@ from starlette.routing import compile_path
 
 from src.log_config import request_id_var
 from src.services.errors import (
+    AccessLogUnavailable,
     ApiKeyNotLive,
     CareTeamError,
     ConflictError,
@@ -478,6 +479,7 @@ AUTHENTICATED: tuple[Answerable, ...] = (
     INVALID_REQUEST,
     DatabaseBusy,
     DatabaseUnavailable,
+    AccessLogUnavailable,  # a route that touches patient data (src/api/access_log.py)
 )
 WRITES: tuple[Answerable, ...] = (OutcomeUnknown, IdempotencyKeyReused, IdempotencyKeyInProgress)
 

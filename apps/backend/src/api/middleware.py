@@ -10,8 +10,11 @@ this order (src/api/app.py stacks them):
    - one access line and the request metrics (route template, never the raw path);
    - the request's database session closed once the answer is sent.
 2. CORS (when CORS_ALLOWED_ORIGINS is set): preflights answered.
-3. Authentication (src/api/auth.py): the API key, before anything else answers.
-4. BodyRules, innermost: a body of any method is JSON only (415), at most
+3. AccessLog (src/api/access_log.py): a request that reads or changes patient data has
+   its access log entry written, and committed, before its answer leaves (503 if it
+   cannot be).
+4. Authentication (src/api/auth.py): the API key, before anything else answers.
+5. BodyRules, innermost: a body of any method is JSON only (415), at most
    MAX_BODY_BYTES (413, refused as it arrives when it has no length). Under /fhir/ the
    FHIR router judges the media type itself (a POST search is form-encoded), and a body
    too large is refused as an OperationOutcome. So does the SMART token endpoint

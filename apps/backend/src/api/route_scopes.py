@@ -21,6 +21,8 @@ SMART Backend Services' own routes (src/api/routers/smart.py) are outside /v1 an
 /fhir/R4 and need no credential, so no scope: `GET /.well-known/smart-configuration`,
 and `POST /auth/token`, where a client authenticates with its signed assertion to get a
 token (its scopes are what it was registered with: src/scopes.py, intersect).
+
+The access log (/v1/access-log, FHIR AuditEvent) needs the administrative scope too.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/clients"): ADMIN,
     ("GET", "/v1/clients"): ADMIN,
     ("DELETE", "/v1/clients/{client_id}"): ADMIN,
+    # /v1: the access log (administrative)
+    ("GET", "/v1/access-log"): ADMIN,
     # FHIR R4 (read-only)
     ("GET", f"{_FHIR}/metadata"): None,
     ("GET", f"{_FHIR}/CareTeam"): CARE_TEAM_SEARCH,
@@ -95,6 +99,10 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", f"{_FHIR}/Organization/{{ident}}"): ORGANIZATION_READ,
     # SMART discovery (src/api/routers/smart.py): no credential.
     ("GET", f"{_FHIR}/.well-known/smart-configuration"): None,
+    # FHIR AuditEvent: the access log (administrative)
+    ("GET", f"{_FHIR}/AuditEvent"): ADMIN,
+    ("POST", f"{_FHIR}/AuditEvent/_search"): ADMIN,
+    ("GET", f"{_FHIR}/AuditEvent/{{ident}}"): ADMIN,
     # The catch-alls: 405 (read-only) and 404 (not served), whatever the key may do.
     **{
         (method, path): None

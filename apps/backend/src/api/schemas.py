@@ -529,3 +529,36 @@ class ClientOut(BaseModel):
 class ClientListOut(BaseModel):
     items: list[ClientOut] = Field(description="Oldest first")
     next_cursor: str | None
+
+
+class AccessLogEntryOut(BaseModel):
+    """Who read or changed which patients' data, when, and the outcome: ids, the route
+    template, the query parameters' names (never their values) and counts."""
+
+    id: uuid.UUID
+    recorded_at: datetime.datetime
+    api_key_id: uuid.UUID | None = Field(description="The API key that asked")
+    client_id: uuid.UUID | None = Field(
+        description="The SMART client whose access token asked (null for a plain key)"
+    )
+    route: str = Field(description='The method and route template, e.g. "GET /v1/patients/{id}"')
+    interaction: str = Field(
+        description="The FHIR restful interaction: read, vread, history-instance, "
+        "search-type, create, update"
+    )
+    action: str = Field(description="C, R, U, D or E (FHIR AuditEvent.action)")
+    parameters: list[str] = Field(
+        description='The query parameters\' names, never their values ("?" for a name '
+        "the API does not declare)"
+    )
+    status: int = Field(description="The HTTP status answered")
+    result_count: int | None = Field(description="A search's or list's results on its page")
+    patient_ids: list[uuid.UUID] = Field(description="The patients it named, as asked")
+
+
+class AccessLogOut(BaseModel):
+    items: list[AccessLogEntryOut] = Field(description="Oldest first.")
+    next_cursor: str = Field(
+        description="Pass as ?after= to continue after the last item (the same cursor "
+        "when there was nothing new)."
+    )

@@ -1,5 +1,6 @@
 """SQLAlchemy models: they describe the tables; the migrations create them."""
 
+from src.models.access_log import AccessLogEntry, AccessLogPatient
 from src.models.base import Base
 from src.models.care_team import (
     EVENT_TYPES,
@@ -36,6 +37,8 @@ __all__ = [
     "EVENT_TYPES",
     "NOTE_MAX_LENGTH",
     "UNIQUE_PRIMARY_INDEX",
+    "AccessLogEntry",
+    "AccessLogPatient",
     "ApiKey",
     "Base",
     "CareTeamAssignment",

@@ -72,6 +72,8 @@ class Credential:
     organization_id: uuid.UUID
     confirmed: bool = False
     grants: Grants = NO_SCOPES
+    # The SMART client whose access token this is (None for a plain API key): the access
+    # log records it (src/api/access_log.py).
     client_id: uuid.UUID | None = None
 
     def __post_init__(self) -> None:

@@ -265,6 +265,25 @@ class DatabaseUnavailable(CareTeamError):
     retry_after_s = 5
 
 
+class AccessLogUnavailable(DatabaseUnavailable):
+    """The access log entry of a request that reads or changes patient data could not
+    be written, so its answer is withheld (src/api/access_log.py). A read can simply be
+    retried; a write may have committed (read the state, or retry with the same
+    Idempotency-Key)."""
+
+    code = "access_log_unavailable"
+    title = "Access log unavailable"
+    retry_after_s = 5
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or "the access log could not record this request, so its answer is withheld; "
+            "retry later (a write may have been done: read the state first, or retry with "
+            "the same Idempotency-Key)"
+        )
+
+
 class OutcomeUnknown(DatabaseUnavailable):
     """The connection was lost while committing and the outcome could not be checked."""
 

@@ -480,6 +480,7 @@ class TestFhirclientReads:
         statement = CapabilityStatement.read_from("metadata", smart)
         assert statement.fhirVersion == "4.0.1"
         assert {r.type for r in statement.rest[0].resource} == {
+            "AuditEvent",
             "CareTeam",
             "Organization",
             "Patient",

@@ -38,7 +38,8 @@ FHIR_READS = "20261207_fhir_reads"
 KEY_SCOPES = "20261207_key_scopes"
 SMART_CLIENTS = "20261207_smart_clients"
 CREDENTIAL_ADMIN = "20261207_credential_admin"
-HEAD = CREDENTIAL_ADMIN
+ACCESS_LOG = "20261207_access_log"
+HEAD = ACCESS_LOG
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -51,6 +52,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(ACCESS_LOG).down_revision == CREDENTIAL_ADMIN
         assert scripts.get_revision(CREDENTIAL_ADMIN).down_revision == SMART_CLIENTS
         assert scripts.get_revision(SMART_CLIENTS).down_revision == KEY_SCOPES
         assert scripts.get_revision(KEY_SCOPES).down_revision == FHIR_READS
@@ -542,5 +544,45 @@ class TestCredentialAdmin:
         await downgrade(db.engine, SMART_CLIENTS)
         assert await db.execute(ADMIN_FUNCTIONS, role=settings.app_db_role) == []
         assert await db.execute("SELECT key_hash FROM api_keys") == [("made-over-http",)]
+
+
+class TestAccessLog:
+    async def test_the_log_comes_and_goes_and_the_app_may_only_append(
+        self, fresh_database: FreshDatabase, settings: Settings
+    ):
+        db = fresh_database
+        await upgrade(db.engine, ACCESS_LOG)
+        org = (await db.execute("INSERT INTO organizations (name) VALUES ('c') RETURNING id"))[0][0]
+        privileges = await db.execute(
+            "SELECT table_name, string_agg(privilege_type, ',' ORDER BY privilege_type) "
+            "FROM information_schema.role_table_grants WHERE grantee = :role "
+            "AND table_name LIKE 'access_log%' GROUP BY table_name ORDER BY table_name",
+            role=settings.app_db_role,
+        )
+        assert privileges == [
+            ("access_log", "INSERT,SELECT"),
+            ("access_log_patients", "INSERT,SELECT"),
+        ]
+        database = open_database(settings, db.url)
+        try:
+            async with database.app_engine.connect() as conn:
+                written = await conn.execute(
+                    text(
+                        "SELECT careteam_record_access(:org, gen_random_uuid(), "
+                        "gen_random_uuid(), NULL, 'GET /v1/patients/{patient_id}', 'read', 'R', "
+                        "'{}', 200, NULL, ARRAY[gen_random_uuid()])"
+                    ),
+                    {"org": org},
+                )
+                assert written.scalar_one() is True
+                await conn.commit()
+        finally:
+            await database.dispose()
+        assert await db.execute("SELECT count(*) FROM access_log_patients") == [(1,)]
+
+        await downgrade(db.engine, CREDENTIAL_ADMIN)
+        assert await db.execute(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'access_log%'"
+        ) == [(0,)]
         await upgrade(db.engine)
         assert await current_revision(db.engine) == HEAD

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.api.access_log import note_patients
 from src.api.conditional import (
     IF_NONE_MATCH,
     IfMatch,
@@ -176,6 +177,7 @@ async def create_patient(
         actor=caller.actor,
         idempotency=idempotency,
     )
+    note_patients(request.scope, [result.id])
     return respond(patient_reply(result, 201), idempotency)
 
 
@@ -213,6 +215,7 @@ async def list_patients(
         after=cast(uuid.UUID | None, after),
     )
     page = found[:limit]
+    note_patients(request.scope, [p.id for p in page], count=len(page))
     return PatientListOut(
         items=[patient_out(p) for p in page],
         next_cursor=cursors.seal(key, page[-1].id) if len(found) > limit else None,

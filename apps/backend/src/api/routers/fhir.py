@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
 
+from src.api.access_log import note_parameters, note_patients
 from src.api.auth import credential_of
 from src.api.deps import session_of
 from src.api.fhir_query import (
@@ -66,6 +67,10 @@ from src.services.fhir_search import (
 router = APIRouter(prefix="/fhir/R4", include_in_schema=False)
 
 TYPES = ("CareTeam", "Patient", "Practitioner")
+# The access log as AuditEvent (read and search, with the administrative scope).
+AUDIT_EVENT = "AuditEvent"
+# A CareTeam's id is its patient's: either names a patient in the access log.
+_NAMING_PATIENTS = {"Patient", "CareTeam"}
 # The media types that ask for FHIR JSON (FHIR R4 http.html 3.1.0.1.7), and `_format`'s
 # short forms. A `+` sent unescaped in a query string arrives as a space.
 JSON_TYPES = {"application/fhir+json", "application/json+fhir", "application/json"}
@@ -264,6 +269,11 @@ async def _search(request: Request, kind: str, items: list[tuple[str, str]]) -> 
     shown = page.found[: query.count]
     matches = [shaped(resource_of(r, org), query.summary, query.elements) for r in shown]
     included = await _included(request, query, kind, shown)
+    note_patients(
+        request.scope,
+        [r["id"] for r in (*matches, *included) if r["resourceType"] in _NAMING_PATIENTS],
+        count=len(matches),
+    )
     more = len(page.found) > query.count
     next_url = None
     if more and query.count:
@@ -329,6 +339,7 @@ async def _included(
 @router.get("/CareTeam")
 @router.get("/Patient")
 @router.get("/Practitioner")
+@router.get("/AuditEvent")
 async def search_type(request: Request) -> Response:
     kind = request.url.path.rstrip("/").rsplit("/", 1)[-1]
     return await _search(request, kind, _query_items(request))
@@ -337,6 +348,7 @@ async def search_type(request: Request) -> Response:
 @router.post("/CareTeam/_search")
 @router.post("/Patient/_search")
 @router.post("/Practitioner/_search")
+@router.post("/AuditEvent/_search")
 async def search_by_post(request: Request) -> Response:
     """FHIR's POST search: the parameters form-encoded in the body (and the query
     string), read exactly as a GET's."""
@@ -352,6 +364,7 @@ async def search_by_post(request: Request) -> Response:
         form = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise invalid("the body is not form-encoded UTF-8") from None
+    note_parameters(request.scope, [name for name, _ in form])
     return await _search(request, kind, _query_items(request) + form)
 
 
@@ -383,6 +396,7 @@ def _read_response(request: Request, record: Any, resource: dict[str, Any]) -> R
 @router.get("/CareTeam/{ident}")
 @router.get("/Patient/{ident}")
 @router.get("/Practitioner/{ident}")
+@router.get("/AuditEvent/{ident}")
 async def read(ident: str, request: Request) -> Response:
     kind = request.url.path.split("/")[-2]
     _check_format(request, _query_items(request))
@@ -508,13 +522,15 @@ async def unknown(anything: str = "") -> Response:
         raise not_supported("system operations are not supported")
     if not _TYPE_NAME.fullmatch(first):
         raise FhirError(404, "not-found", "not a FHIR path this server serves")
-    if first not in (*TYPES, "Organization"):
+    if first not in (*TYPES, "Organization", AUDIT_EVENT):
         raise FhirError(
             404,
             "not-found",
-            f"{first} is not served here (served: {', '.join(TYPES)}, Organization)",
+            f"{first} is not served here (served: {', '.join(TYPES)}, Organization, {AUDIT_EVENT})",
         )
     rest = parts[1:]
+    if first == AUDIT_EVENT and "_history" in rest:
+        raise not_supported("AuditEvent has no history: an access log entry never changes")
     if rest and rest[0] == "_history":
         raise not_supported(f"type history ({first}/_history) is not supported")
     if any(p.startswith("$") for p in rest):
