@@ -114,8 +114,16 @@ ACCESS_LOG: dict[tuple[str, str], Access | None] = {
     # The log itself: reading it is not recorded in it (it would grow with every look;
     # it needs careteam/admin, and names patients by id only).
     ("GET", "/v1/access-log"): None,
+    # The organization's keys and SMART clients: credentials, no patient's data.
+    ("POST", "/v1/api-keys"): None,
+    ("GET", "/v1/api-keys"): None,
+    ("DELETE", "/v1/api-keys/{key_id}"): None,
+    ("POST", "/v1/clients"): None,
+    ("GET", "/v1/clients"): None,
+    ("DELETE", "/v1/clients/{client_id}"): None,
     # FHIR R4
     ("GET", f"{_FHIR}/metadata"): None,
+    ("GET", f"{_FHIR}/.well-known/smart-configuration"): None,
     ("GET", f"{_FHIR}/CareTeam"): SEARCH,
     ("GET", f"{_FHIR}/Patient"): SEARCH,
     ("GET", f"{_FHIR}/Practitioner"): Access("search-type", "R", NOTED, naming_only=True),
