@@ -11,7 +11,9 @@ and pruning it (revision 20261207_access_log).
   when the entry is made, before the first attempt, so a retry after a lost connection
   never writes it twice.
 - `list_entries` reads an organization's entries, or one patient's, oldest first, by
-  keyset (recorded_at, id), under the tenant's row-level security.
+  keyset (recorded_at, id), under the tenant's row-level security, up to the horizon
+  (HORIZON: the oldest open transaction), so that no entry committed later lands
+  behind a cursor.
 - `prune` deletes the entries older than a cutoff, in batches, as the owner (the
   application role may only INSERT and SELECT).
 
@@ -134,11 +136,23 @@ RECORD_MANY = Sql(
     " status integer, result_count integer, patients uuid[])",
     "entries",
 )
-# Oldest first, after a position (recorded_at, id): the organization's entries, by the
-# index (organization_id, recorded_at, id).
+# The horizon of a page: the start of the oldest transaction still open in this database
+# (or this one's). An entry's recorded_at is its transaction's start, so an entry not yet
+# committed can only land at or after it: a page stops before it, and an entry that
+# commits later is never behind a cursor already given out. pg_stat_activity shows the
+# application role its own sessions' starts, which are the log's writers; it hides other
+# roles' (NULL), which write no entries.
+HORIZON = (
+    "(SELECT least(transaction_timestamp(), min(a.xact_start)) FROM pg_stat_activity AS a"
+    " WHERE a.datname = current_database() AND a.backend_type = 'client backend'"
+    " AND a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid())"
+)
+# Oldest first, after a position (recorded_at, id) and before the horizon: the
+# organization's entries, by the index (organization_id, recorded_at, id).
 SELECT_ENTRIES = Sql(
     f"SELECT {ENTRY_COLUMNS} FROM access_log WHERE organization_id = $1 "
-    "AND (recorded_at, id) > ($2::timestamptz, $3::uuid) ORDER BY recorded_at, id LIMIT $4",
+    "AND (recorded_at, id) > ($2::timestamptz, $3::uuid) "
+    f"AND recorded_at < {HORIZON} ORDER BY recorded_at, id LIMIT $4",
     "org",
     "after_at",
     "after_id",
@@ -153,6 +167,7 @@ SELECT_PATIENT_ENTRIES = Sql(
     " ON l.organization_id = p.organization_id AND l.id = p.entry_id"
     " WHERE p.organization_id = $1 AND p.patient_id = $2"
     " AND (p.recorded_at, p.entry_id) > ($3::timestamptz, $4::uuid)"
+    f" AND p.recorded_at < {HORIZON}"
     " ORDER BY p.recorded_at, p.entry_id LIMIT $5",
     "org",
     "patient",

@@ -386,6 +386,47 @@ class TestReadingTheLog:
         assert unknown.status_code == 422
         assert len(await entries(database, tenant.organization_id)) == 6  # reads not logged
 
+    async def test_an_entry_that_commits_late_is_never_left_behind_the_cursor(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """An entry's position is its transaction's start: one begun before a page was
+        read but committed after it would land behind that page's cursor. A page stops
+        before the oldest transaction still open, so a reader polling with `after` sees
+        every entry, once."""
+        admin = await headers_with(database, tenant, [ADMIN])
+        patient, _ = await team_with_primary(client, tenant)
+        late_id = uuid.uuid4()
+        async with database.app_engine.connect() as late:  # a writer, as the log's writer is
+            await late.execute(
+                text(
+                    "SELECT careteam_record_access(:org, :id, :key, NULL, :route, 'read', 'R', "
+                    "'{}', 200, NULL, ARRAY[CAST(:patient AS uuid)])"
+                ),
+                {
+                    "org": tenant.organization_id,
+                    "id": late_id,
+                    "key": tenant.api_key_id,
+                    "route": CARE_TEAM,
+                    "patient": patient,
+                },
+            )  # written, not committed: its recorded_at is this transaction's start
+            read = await client.get(f"/v1/patients/{patient}/care-team", headers=tenant.headers)
+            assert read.status_code == 200  # its entry commits now, after the late one began
+            first = (await client.get("/v1/access-log", headers=admin)).json()
+            await late.commit()
+        seen = [e["id"] for e in first["items"]]
+        cursor = first["next_cursor"]
+        while True:
+            page = await client.get("/v1/access-log", params={"after": cursor}, headers=admin)
+            body = page.json()
+            if not body["items"]:
+                break
+            seen += [e["id"] for e in body["items"]]
+            cursor = body["next_cursor"]
+        recorded = [str(e["id"]) for e in await entries(database, tenant.organization_id)]
+        assert str(late_id) in recorded
+        assert sorted(seen) == sorted(recorded)  # each once, the late one included
+
 
 def check_audit_event(resource: dict[str, Any]) -> None:
     AuditEvent.model_validate(resource)
