@@ -76,10 +76,10 @@ class TestTheAdministrativeScope:
         [
             ("POST", KEYS, {"scopes": ["system/*.rs"]}),
             ("GET", KEYS, None),
-            ("DELETE", f"{KEYS}/{uuid.uuid4()}", None),
+            ("DELETE", f"{KEYS}/{uuid.UUID(int=1)}", None),
             ("POST", CLIENTS, {"name": "x", "jwks_url": "https://a.example/j", "scopes": [ADMIN]}),
             ("GET", CLIENTS, None),
-            ("DELETE", f"{CLIENTS}/{uuid.uuid4()}", None),
+            ("DELETE", f"{CLIENTS}/{uuid.UUID(int=2)}", None),
         ],
     )
     async def test_a_default_key_is_refused_403_on_every_route(
