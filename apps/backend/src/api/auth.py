@@ -86,9 +86,10 @@ def unauthorized(path: str, *, token: bool = False) -> Response:
     )
 
 
-def insufficient_scope(path: str, needed: str) -> Response:
-    """403: the key is live but its scopes do not grant `needed` (RFC 6750 section 3.1)."""
-    detail = f"this API key does not have the scope this request needs: {needed}"
+def insufficient_scope(path: str, needed: str, why: str = "this request") -> Response:
+    """403: the key is live but its scopes do not grant `needed` (RFC 6750 section 3.1);
+    `why`: what needs it, when that is more than the route (a FHIR search's _include)."""
+    detail = f"this credential does not have the scope {why} needs: {needed}"
     headers = {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{needed}"'}
     if path.startswith(FHIR_PREFIX):
         return operation_outcome(403, "forbidden", detail, headers)

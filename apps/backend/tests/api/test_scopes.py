@@ -263,3 +263,55 @@ class TestOrder:
             await OrganizationService.revoke_api_key(db=owner, key_id=issued.id)
         refused = await client.post("/v1/patients", json={}, headers=headers)
         assert refused.status_code == 401, refused.text
+
+
+class TestIncludes:
+    """An included resource needs its own type's read scope: a search's scope does not
+    reach the types its _include and _revinclude bring in."""
+
+    @pytest.mark.parametrize("kind", ["key", "token"])
+    async def test_an_include_of_a_type_without_its_scope_is_403(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database, kind: str
+    ):
+        patient = await post_patient(client, tenant, first_name="Ana", last_name="Secret")
+        provider = await post_provider(client, tenant)
+        put = await client.put(
+            f"/v1/patients/{patient}/care-team/primary",
+            json={"provider_id": provider},
+            headers=tenant.headers,
+        )
+        assert put.status_code in (200, 201), put.text
+        care_teams = await credential_with(kind, database, client, tenant, ["system/CareTeam.rs"])
+        practitioners = await credential_with(
+            kind, database, client, tenant, ["system/Practitioner.rs"]
+        )
+        for path, headers, needed in (
+            (f"{FHIR}/CareTeam?_include=CareTeam:subject", care_teams, "system/Patient.r"),
+            (f"{FHIR}/CareTeam?_include=CareTeam:patient", care_teams, "system/Patient.r"),
+            (
+                f"{FHIR}/CareTeam?_include=CareTeam:participant",
+                care_teams,
+                "system/Practitioner.r",
+            ),
+            (
+                f"{FHIR}/Practitioner?_revinclude=Patient:general-practitioner",
+                practitioners,
+                "system/Patient.r",
+            ),
+            (
+                f"{FHIR}/Practitioner?_revinclude=CareTeam:participant",
+                practitioners,
+                "system/CareTeam.r",
+            ),
+        ):
+            refused = await client.get(path, headers=headers)
+            assert refused.status_code == 403, (path, refused.text)
+            assert f'scope="{needed}"' in refused.headers["www-authenticate"]
+            assert "Secret" not in refused.text
+        both = await credential_with(
+            kind, database, client, tenant, ["system/CareTeam.rs", "system/Patient.r"]
+        )
+        found = await client.get(f"{FHIR}/CareTeam?_include=CareTeam:subject", headers=both)
+        assert found.status_code == 200, found.text
+        types = {e["resource"]["resourceType"] for e in found.json()["entry"]}
+        assert types == {"CareTeam", "Patient"}

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, Response
 
 from src.api.access_log import note_parameters, note_patients
-from src.api.auth import credential_of
+from src.api.auth import credential_of, insufficient_scope
 from src.api.deps import session_of
 from src.api.fhir_query import (
     INCLUDES,
@@ -258,6 +258,13 @@ async def _search(request: Request, kind: str, items: list[tuple[str, str]]) -> 
         cursors=await cursors_of(request),
         lenient=_handling(request) == "lenient",
     )
+    for name, target in (*query.includes, *query.revincludes):
+        # An included resource is read like any other of its type: its scope, not the
+        # search's, decides (a CareTeam-only credential gets no Patient this way).
+        needed = f"system/{target}.r"
+        if not credential_of(request.scope).grants.allows(needed):
+            kind_of = "_include" if (name, target) in query.includes else "_revinclude"
+            return insufficient_scope(request.url.path, needed, f"{kind_of}={name}")
     try:
         page = await run_search(db=db, organization_id=org, search=query.search())
     except CursorMoved:
