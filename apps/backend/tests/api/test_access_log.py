@@ -427,6 +427,46 @@ class TestReadingTheLog:
         assert str(late_id) in recorded
         assert sorted(seen) == sorted(recorded)  # each once, the late one included
 
+    async def test_audit_event_searches_also_stop_before_an_open_transaction(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """A FHIR poller (`date=gt<last seen>`, or paging by `_id`) misses nothing either;
+        a search naming the entry's id finds it as soon as it is committed."""
+        admin = await headers_with(database, tenant, [ADMIN])
+        patient, _ = await team_with_primary(client, tenant)
+        late_id = uuid.uuid4()
+        async with database.app_engine.connect() as late:
+            await late.execute(
+                text(
+                    "SELECT careteam_record_access(:org, :id, :key, NULL, :route, 'read', 'R', "
+                    "'{}', 200, NULL, ARRAY[CAST(:patient AS uuid)])"
+                ),
+                {
+                    "org": tenant.organization_id,
+                    "id": late_id,
+                    "key": tenant.api_key_id,
+                    "route": CARE_TEAM,
+                    "patient": patient,
+                },
+            )
+            read = await client.get(f"/v1/patients/{patient}/care-team", headers=tenant.headers)
+            assert read.status_code == 200
+            before = (await client.get(f"{FHIR}/AuditEvent?_sort=date", headers=admin)).json()
+            await late.commit()
+        seen = [e["resource"]["recorded"] for e in before.get("entry", [])]
+        after = (
+            await client.get(
+                f"{FHIR}/AuditEvent",
+                params={"_sort": "date", **({"date": f"gt{seen[-1]}"} if seen else {})},
+                headers=admin,
+            )
+        ).json()
+        ids = [e["resource"]["id"] for e in (*before.get("entry", []), *after.get("entry", []))]
+        recorded = [str(e["id"]) for e in await entries(database, tenant.organization_id)]
+        assert sorted(ids) == sorted(recorded)
+        by_id = await client.get(f"{FHIR}/AuditEvent/{late_id}", headers=admin)
+        assert by_id.status_code == 200
+
 
 def check_audit_event(resource: dict[str, Any]) -> None:
     AuditEvent.model_validate(resource)
