@@ -42,6 +42,7 @@ access_log_app = typer.Typer(
 
 DEFAULT_LIMIT = 100
 _AGE = re.compile(r"([1-9][0-9]{0,5})d")
+MAX_DAYS = 36_500  # a century: older than that is older than any entry (and any date)
 
 
 def _instant(value: str | None) -> datetime.datetime | None:
@@ -173,6 +174,8 @@ def prune(
     if match is None:
         usage_error(f"--older-than is a number of days such as 2190d, got {older_than[:40]!r}")
     days = int(match.group(1))
+    if days > MAX_DAYS:
+        usage_error(f"--older-than is at most {MAX_DAYS}d (a century), got {days}d")
     cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=days)
     show_progress = execute and not as_json and sys.stderr.isatty()
     progress = Progress(

@@ -93,6 +93,8 @@ class TestAccessLogCommand:
             (("access-log", "--organization", str(uuid.UUID(int=3)), "--after", "x"), "--after"),
             (("access-log", "prune", "--older-than", "6y"), "a number of days such as 2190d"),
             (("access-log", "prune", "--older-than", "0d"), "a number of days such as 2190d"),
+            (("access-log", "prune", "--older-than", "999999d"), "at most 36500d"),
+            (("access-log", "prune", "--older-than", "999999d", "--execute"), "at most 36500d"),
         ],
     )
     def test_bad_input_is_one_line(self, database: Database, args: tuple[str, ...], message: str):
