@@ -210,6 +210,13 @@ class TestWhatIsRecorded:
             assert entry["interaction"] == "search-type"
             if route != "GET /v1/care-team-events":
                 assert entry["result_count"] == count, route
+        # A count alone names no patient; its count is the total the client was told.
+        counted = await client.get(
+            f"{FHIR}/Patient", params={"_summary": "count"}, headers=tenant.headers
+        )
+        assert counted.json()["total"] == 2
+        entry = await last_entry(database, tenant.organization_id)
+        assert (entry["route"], entry["result_count"]) == ("GET /fhir/R4/Patient", 2)
         # A Practitioner search names no patient: no entry; with _revinclude it does.
         before = len(await entries(database, tenant.organization_id))
         practitioners = await client.get(f"{FHIR}/Practitioner", headers=tenant.headers)

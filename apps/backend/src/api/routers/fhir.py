@@ -279,7 +279,8 @@ async def _search(request: Request, kind: str, items: list[tuple[str, str]]) -> 
     note_patients(
         request.scope,
         [r["id"] for r in (*matches, *included) if r["resourceType"] in _NAMING_PATIENTS],
-        count=len(matches),
+        # What the client was told: the page's matches, or the total of a count alone.
+        count=page.total if query.summary == "count" and page.total is not None else len(matches),
     )
     more = len(page.found) > query.count
     next_url = None
