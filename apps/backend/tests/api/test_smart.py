@@ -274,6 +274,58 @@ class TestRefusals:
         assert "not valid yet" in said
 
     @pytest.mark.parametrize(
+        ("claim", "value"),
+        [
+            # PyJWT reads an instant with int(): a numeric string passes its checks, and
+            # was then compared with a number (a 500).
+            ("exp", "+240"),
+            ("iat", "+0"),
+            ("nbf", "+0"),
+            ("iat", True),
+            ("exp", [240]),
+        ],
+    )
+    async def test_an_instant_that_is_not_a_json_number(
+        self, client: httpx.AsyncClient, ec_client: Any, claim: str, value: Any
+    ):
+        key, client_id = ec_client
+        if isinstance(value, str):
+            value = str(int(time.time()) + int(value))  # a valid instant, as a string
+        signed = client_assertion(key, client_id, **{claim: value})
+        said = await self.refused(client, token_form(signed), 401, "invalid_client")
+        assert claim in said
+
+    async def test_a_crit_header_naming_an_unknown_extension(
+        self, client: httpx.AsyncClient, ec_client: Any
+    ):
+        """RFC 7515 section 4.1.11: an extension the server does not understand makes
+        the JWS invalid; PyJWT raises InvalidTokenError, not DecodeError (was a 500)."""
+        key, client_id = ec_client
+        signed = client_assertion(key, client_id, headers={"crit": ["exp"], "exp": 1})
+        said = await self.refused(client, token_form(signed), 401, "invalid_client")
+        assert "client_assertion" in said
+
+    @pytest.mark.parametrize(
+        "jti",
+        ["nul\x00byte", "tab\tinside", "line\nfeed", "del\x7f", "c1\x85", "lone\ud800surrogate"],
+        ids=["nul", "tab", "newline", "del", "c1", "surrogate"],
+    )
+    async def test_a_jti_with_a_control_character(
+        self, client: httpx.AsyncClient, database: Database, ec_client: Any, jti: str
+    ):
+        key, client_id = ec_client
+        signed = client_assertion(key, client_id, jti=jti)
+        said = await self.refused(client, token_form(signed), 401, "invalid_client")
+        assert "jti" in said and "control character" in said
+        async with database.owner_engine.connect() as owner:
+            issued = (
+                await owner.execute(
+                    text("SELECT count(*) FROM api_keys WHERE client_id = :c"), {"c": client_id}
+                )
+            ).scalar_one()
+        assert issued == 0
+
+    @pytest.mark.parametrize(
         "aud",
         [
             "http://careteam.test/fhir/R4",
