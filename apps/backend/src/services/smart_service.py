@@ -512,8 +512,15 @@ async def _client_keys(
             if not found:
                 found = candidates(await JWKS.keys(url, timeout_s=timeout_s, refetch=True))
         except JwksUnavailable as err:
-            logger.warning("SMART client JWKS unavailable client_id=%s reason=%s", client_id, err)
-            raise _refused(f"the keys of client {client_id} could not be read: {err}") from err
+            # The reason (a status, an error class, a timeout) stays in the log: told to
+            # the client, it would tell whoever registered the URL what answers there.
+            logger.warning(
+                "SMART client JWKS unavailable organization_id=%s client_id=%s reason=%s",
+                client["organization_id"],
+                client_id,
+                err,
+            )
+            raise _refused("the client's JWKS URL could not be used") from err
     if not found:
         raise _refused(
             f"client {client_id} has no {KEY_TYPES[header['alg']]} key with kid "

@@ -237,6 +237,21 @@ class TestSmartClients:
         assert json.loads(again.stdout)["already_revoked"] is True
 
     @pytest.mark.parametrize(
+        "url",
+        ["http://127.0.0.1:8080/jwks.json", "http://localhost/jwks.json",
+         "https://10.0.0.7/jwks.json"],
+    )  # fmt: skip
+    def test_the_operator_may_register_a_url_on_its_own_machine_or_network(
+        self, database_url: str, database: object, url: str
+    ):
+        """POST /v1/clients refuses these (an administrator is a tenant); the owner's
+        command keeps them, for development, tests and an operator's own services."""
+        registered = careteam("client", "register", self.org(), "--name", "local",
+                              "--scope", "system/*.rs", "--jwks-url", url, "--json")  # fmt: skip
+        assert registered.returncode == 0, registered.stderr
+        assert json.loads(registered.stdout)["jwks_url"] == url
+
+    @pytest.mark.parametrize(
         ("jwks", "message"),
         [
             ("private", "holds private key material (d)"),
