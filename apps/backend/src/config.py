@@ -95,7 +95,9 @@ class Settings(BaseSettings):
         default="",
         description=(
             "The API's public address (e.g. `https://api.example.org`), for the absolute "
-            "URLs of FHIR Bundles; empty (the default): the request's own scheme and Host."
+            "URLs of FHIR Bundles and the SMART token endpoint (its assertions' aud); empty "
+            "(the default): the request's own scheme and Host, which the caller chooses. "
+            "Set it in production (`careteam serve` warns while it is unset)."
         ),
     )
     cors_allowed_origins: str = Field(

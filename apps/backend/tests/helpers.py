@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from typer.testing import CliRunner
@@ -619,3 +620,23 @@ async def token_headers(
     client_id = await register_client(database, organization_id, scopes, jwks=jwks_of(key))
     answer = await request_token(client, key, client_id, " ".join(scopes))
     return {"Authorization": f"Bearer {answer['access_token']}"}
+
+
+def resolving(monkeypatch: pytest.MonkeyPatch, *addresses: str) -> list[str]:
+    """Make every DNS name a JWKS URL names resolve to `addresses` (none: it does not
+    resolve), as smart_keys.resolve_host looks them up; the names asked are listed in
+    the list returned."""
+    import ipaddress  # noqa: PLC0415
+
+    from src.services import smart_keys  # noqa: PLC0415
+
+    asked: list[str] = []
+
+    async def resolve_host(host: str, port: int) -> list[smart_keys.IpAddress]:
+        asked.append(host)
+        if not addresses:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [ipaddress.ip_address(address) for address in addresses]
+
+    monkeypatch.setattr(smart_keys, "resolve_host", resolve_host)
+    return asked

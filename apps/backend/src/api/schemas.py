@@ -503,8 +503,9 @@ class ClientCreate(StrictBody):
     jwks_url: str | SkipJsonSchema[None] = Field(
         default=None,
         max_length=JWKS_URL_MAX_LENGTH,
-        description="Where the token endpoint fetches the client's JWK Set: https (http only "
-        "for 127.0.0.1 or localhost)",
+        description="Where the token endpoint fetches the client's JWK Set: https, to a "
+        "public host (not localhost, nor a loopback, private, link-local, reserved or "
+        "multicast address, nor a name resolving to one)",
         json_schema_extra=_no_default,
     )
     scopes: Scopes = Field(description="What the client may be granted")

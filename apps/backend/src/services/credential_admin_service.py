@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.config import get_settings
 from src.scopes import DEFAULT_KEY_SCOPES, InvalidScope, parse_scopes
 from src.services.errors import (
     ApiKeyNotFound,
@@ -49,6 +50,7 @@ from src.services.organization_service import (
     RevokedApiKey,
     hash_api_key,
 )
+from src.services.smart_keys import InvalidJwks, check_public_jwks_url
 from src.services.smart_service import (
     RegisteredClient,
     RevokedClient,
@@ -244,8 +246,11 @@ class CredentialAdminService:
         jwks_url: str | None = None,
     ) -> RegisteredClient:
         """Register a SMART client of the organization, as `careteam client register`
-        does and by the same rules (smart_service.check_registration: public keys only,
-        https URLs). Raises InvalidArgument, InsufficientScope, ApiKeyNotLive."""
+        does and by its rules (smart_service.check_registration: public keys only), and
+        a JWKS URL held to more: https to a public host only (smart_keys.
+        check_public_jwks_url: an administrator is a tenant, who must not make this
+        server reach the operator's network). Raises InvalidArgument, InsufficientScope,
+        ApiKeyNotLive."""
         registration = check_registration(
             name=name,
             scopes=scopes,
@@ -253,6 +258,13 @@ class CredentialAdminService:
             jwks_url=jwks_url,
             jwks_field="jwks" if jwks is not None else "jwks_url",
         )
+        if registration.jwks_url is not None:
+            try:
+                await check_public_jwks_url(
+                    registration.jwks_url, timeout_s=get_settings().smart_jwks_timeout_s
+                )
+            except InvalidJwks as err:
+                raise InvalidArgument(str(err), field="jwks_url") from err
         params = {
             "org": organization_id,
             "caller": _caller(db),

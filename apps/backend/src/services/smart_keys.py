@@ -4,10 +4,20 @@ Registration (`careteam client register`) takes a JWK Set (RFC 7517) and keeps i
 if every key in it is a public key this server can check an assertion with: RSA of at
 least 2048 bits (RS384) or EC on P-384 (ES384), with a `kid`; private key material and
 symmetric keys (`kty: oct`) are refused, saying which key. A JWKS URL must be https
-(http only for 127.0.0.1, localhost and ::1, for development and tests).
+(http only for 127.0.0.1, localhost and ::1, for development and tests): the rule of the
+operator's `careteam client register` (check_jwks_url). An organization's administrator
+(POST /v1/clients) is held to more (check_public_jwks_url): https only, to a host that
+is a DNS name or a public IP literal, never localhost, a loopback, private, link-local,
+reserved or multicast address, nor a name that resolves to one; so a tenant cannot make
+this server probe its own network.
 
 The token endpoint fetches a URL's set with httpx (SMART_JWKS_TIMEOUT_S in all, at most
-MAX_JWKS_BYTES, no redirects) and keeps it for CACHE_TTL_S; an assertion naming a `kid`
+MAX_JWKS_BYTES, no redirects). An https URL whose host is a DNS name (not localhost) is
+resolved first, every address must be public, and the request goes to the address
+checked (TLS still verifies the name): a name that resolved to a public address at
+registration and to a private one now (DNS rebinding) is refused. An IP literal cannot
+change, so it is checked once, at registration (by the rule of who registered it). The
+fetched set is kept for CACHE_TTL_S; an assertion naming a `kid`
 the kept set lacks fetches it again, at most once per MIN_REFETCH_S (a client that
 rotated its keys is served at once, one that sends unknown kids cannot make this server
 fetch in a loop). The fetched set is held to the same rules as a registered one.
@@ -17,10 +27,12 @@ Signatures are checked by PyJWT (src/services/smart_service.py), never here.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import socket
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 from jwt import PyJWK
@@ -134,6 +146,83 @@ def check_jwks_url(url: str) -> str:
     raise InvalidJwks("the JWKS URL must be https (http only for 127.0.0.1 or localhost)")
 
 
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip_literal(host: str) -> IpAddress | None:
+    """`host` (as urlsplit gives it: no brackets) as an address, if it is one."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def is_public_address(address: IpAddress) -> bool:
+    """Whether `address` is on the public internet: not loopback, private, link-local,
+    shared (100.64/10), reserved, multicast or unspecified. An IPv4 address mapped into
+    IPv6 (::ffff:127.0.0.1) is judged as the IPv4 address it is."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not (
+        address.is_multicast
+        or address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_unspecified
+    )
+
+
+def _is_local_name(host: str) -> bool:
+    """localhost, or a name under it (RFC 6761: it resolves to loopback)."""
+    name = host.rstrip(".").lower()
+    return name in LOCAL_HOSTS or name.endswith(".localhost")
+
+
+async def resolve_host(host: str, port: int) -> list[IpAddress]:
+    """The addresses `host` resolves to (the system resolver, as a connection would).
+    Raises OSError (socket.gaierror) when it resolves to none."""
+    loop = asyncio.get_running_loop()
+    found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    # An IPv6 sockaddr may carry a zone ("fe80::1%eth0"): the address is before it.
+    return [ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]) for *_, sockaddr in found]
+
+
+def _default_port(parts: SplitResult) -> int:
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+async def check_public_jwks_url(url: str, *, timeout_s: float) -> str:
+    """`url` if an organization's administrator may register it (see the module
+    docstring): check_jwks_url's rules, https only, and a host that is neither local nor
+    a non-public IP literal, nor a name resolving (now) to a non-public address. A name
+    that does not resolve yet is accepted: the token endpoint checks again at each
+    fetch. Raises InvalidJwks."""
+    check_jwks_url(url)
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "https":
+        raise InvalidJwks("the JWKS URL must be https")
+    literal = _ip_literal(host)
+    if _is_local_name(host) or (literal is not None and not is_public_address(literal)):
+        raise InvalidJwks(
+            "the JWKS URL's host must be a public address (not localhost, a loopback, "
+            "private, link-local, reserved or multicast address)"
+        )
+    if literal is None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                addresses = await resolve_host(host, _default_port(parts))
+        except (OSError, TimeoutError):
+            return url
+        if not all(is_public_address(address) for address in addresses):
+            raise InvalidJwks(
+                "the JWKS URL's host resolves to an address that is not public (a loopback, "
+                "private, link-local, reserved or multicast address)"
+            )
+    return url
+
+
 class JwksUnavailable(Exception):
     """The client's JWKS could not be fetched or is not usable; the message says why."""
 
@@ -163,15 +252,47 @@ class JwksCache:
         return document
 
 
-async def fetch_jwks(url: str, *, timeout_s: float) -> dict[str, Any]:
-    """GET `url` (no redirects; at most MAX_JWKS_BYTES; `timeout_s` for all of it) and
-    check the set. Raises JwksUnavailable."""
+async def _pinned(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The request for `url`: an https URL whose host is a DNS name (not localhost) goes
+    to the address it resolves to, once every address it resolves to is public, with the
+    name as Host and as TLS server name (so the certificate is still checked for it).
+    Any other URL goes as it is. Raises JwksUnavailable."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    headers = {"Accept": "application/json"}
+    if parts.scheme != "https" or _ip_literal(host) is not None or _is_local_name(host):
+        return url, headers, {}
+    try:
+        addresses = await resolve_host(host, _default_port(parts))
+    except OSError as err:
+        raise JwksUnavailable(
+            f"its JWKS URL's host does not resolve ({type(err).__name__})"
+        ) from err
+    if not addresses or not all(is_public_address(address) for address in addresses):
+        raise JwksUnavailable("its JWKS URL's host resolves to an address that is not public")
+    address = addresses[0]
+    netloc = f"[{address}]" if address.version == 6 else str(address)
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    headers["Host"] = parts.netloc
+    return parts._replace(netloc=netloc).geturl(), headers, {"sni_hostname": host}
+
+
+async def fetch_jwks(
+    url: str, *, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None
+) -> dict[str, Any]:
+    """GET `url` (no redirects; at most MAX_JWKS_BYTES; `timeout_s` for all of it,
+    resolving the host included; a DNS name's addresses public: _pinned) and check the
+    set. `transport` is httpx's (tests). Raises JwksUnavailable."""
     try:
         check_jwks_url(url)
         async with asyncio.timeout(timeout_s):
+            target, headers, extensions = await _pinned(url)
             async with (
-                httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client,
-                client.stream("GET", url, headers={"Accept": "application/json"}) as response,
+                httpx.AsyncClient(
+                    timeout=timeout_s, follow_redirects=False, transport=transport
+                ) as client,
+                client.stream("GET", target, headers=headers, extensions=extensions) as response,
             ):
                 if response.status_code != 200:
                     raise JwksUnavailable(f"its JWKS URL answered {response.status_code}")

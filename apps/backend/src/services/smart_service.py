@@ -17,9 +17,10 @@ profile); request_token decides, on an application session, in this order:
    client's registered JWKS URL; the signature by one of the client's keys whose kid and
    key type match (each such key is tried: two keys may share a kid); `aud` exactly the
    token URL; `exp` present, not passed, at most MAX_ASSERTION_LIFETIME_S ahead; `iat`
-   and `nbf`, if present, not in the future; `jti` present. CLOCK_SKEW_S of leeway on
-   every instant. Any failure is invalid_client (SMART: "the server SHALL respond with
-   an invalid_client error");
+   and `nbf`, if present, not in the future; each of the three a JSON number; `jti`
+   present, without a control character; no `crit` header PyJWT does not understand.
+   CLOCK_SKEW_S of leeway on every instant. Any failure is invalid_client (SMART:
+   "the server SHALL respond with an invalid_client error");
 4. the scopes granted: what was asked as far as the registration grants it
    (src/scopes.py, intersect); none is invalid_scope;
 5. smart_issue_token: the client still live, the jti never seen for the client while
@@ -153,6 +154,10 @@ ISSUE_TOKEN = Sql(
     "lifetime_s",
 )
 
+INSTANT_CLAIMS = ("exp", "iat", "nbf")
+# C0, DEL, C1, and lone surrogates (json.loads makes them of "\ud800"): none is
+# meaningful in an id, and PostgreSQL's text refuses NUL (and UTF-8 the surrogates).
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SHOWN = 40  # at most this much of a value a client sent is repeated back
 
@@ -353,7 +358,9 @@ class SmartService:
         asked = _asked_scopes(fields["scope"])
         assertion = fields["client_assertion"]
         header = _header(assertion)
-        client_id = _client_of(assertion, fields.get("client_id"))
+        unverified = _unverified_claims(assertion)
+        client_id = _client_of(unverified, fields.get("client_id"))
+        _check_claim_types(unverified)
         client = await run_transaction(
             db,
             operation="smart_client_keys",
@@ -420,8 +427,11 @@ def _header(assertion: str) -> dict[str, Any]:
         raise _refused(f"client_assertion is longer than {MAX_ASSERTION_CHARS} characters")
     try:
         header = jwt.get_unverified_header(assertion)
-    except DecodeError as err:
-        raise _refused("client_assertion is not a signed JWT (JWS compact form)") from err
+    except PyJWTError as err:  # DecodeError; InvalidTokenError for a `crit` it lacks
+        raise _refused(
+            "client_assertion is not a signed JWT (JWS compact form) this server "
+            f"understands ({type(err).__name__})"
+        ) from err
     algorithm = header.get("alg")
     if algorithm not in ALGORITHMS:
         raise _refused(
@@ -435,13 +445,21 @@ def _header(assertion: str) -> dict[str, Any]:
     return header
 
 
-def _client_of(assertion: str, client_id_parameter: str | None) -> uuid.UUID:
-    """The client the assertion claims to be (`iss`, which must equal `sub`): not yet
-    trusted, only looked up."""
+def _unverified_claims(assertion: str) -> dict[str, Any]:
+    """The assertion's claims, read before its signature is checked: only to find the
+    client and refuse what no key could make acceptable."""
     try:
-        claims = jwt.decode(assertion, options={"verify_signature": False})
+        claims: dict[str, Any] = jwt.decode(assertion, options={"verify_signature": False})
     except DecodeError as err:
         raise _refused("client_assertion's claims are not a JSON object") from err
+    except PyJWTError as err:
+        raise _refused(f"client_assertion is not valid ({type(err).__name__})") from err
+    return claims
+
+
+def _client_of(claims: Mapping[str, Any], client_id_parameter: str | None) -> uuid.UUID:
+    """The client the assertion claims to be (`iss`, which must equal `sub`): not yet
+    trusted, only looked up."""
     issuer, subject = claims.get("iss"), claims.get("sub")
     if not isinstance(issuer, str) or not _CANONICAL_UUID.fullmatch(issuer):
         raise _refused("client_assertion iss must be the client_id this server gave")
@@ -450,6 +468,19 @@ def _client_of(assertion: str, client_id_parameter: str | None) -> uuid.UUID:
     if client_id_parameter is not None and client_id_parameter != issuer:
         raise _refused("client_id does not match the client_assertion's iss")
     return uuid.UUID(issuer)
+
+
+def _check_claim_types(claims: Mapping[str, Any]) -> None:
+    """`exp`, `iat` and `nbf`, where present, are JSON numbers (RFC 7519 NumericDate):
+    PyJWT reads them with int(), which takes "1765000000" or true as well; and `jti`
+    is text PostgreSQL can keep (no control character, no lone surrogate)."""
+    for name in INSTANT_CLAIMS:
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise _refused(f"client_assertion {name} must be a JSON number (NumericDate)")
+    jti = claims.get("jti")
+    if isinstance(jti, str) and _CONTROL_CHARACTER.search(jti):
+        raise _refused("client_assertion jti must not hold a control character")
 
 
 async def _client_keys(
@@ -481,8 +512,15 @@ async def _client_keys(
             if not found:
                 found = candidates(await JWKS.keys(url, timeout_s=timeout_s, refetch=True))
         except JwksUnavailable as err:
-            logger.warning("SMART client JWKS unavailable client_id=%s reason=%s", client_id, err)
-            raise _refused(f"the keys of client {client_id} could not be read: {err}") from err
+            # The reason (a status, an error class, a timeout) stays in the log: told to
+            # the client, it would tell whoever registered the URL what answers there.
+            logger.warning(
+                "SMART client JWKS unavailable organization_id=%s client_id=%s reason=%s",
+                client["organization_id"],
+                client_id,
+                err,
+            )
+            raise _refused("the client's JWKS URL could not be used") from err
     if not found:
         raise _refused(
             f"client {client_id} has no {KEY_TYPES[header['alg']]} key with kid "

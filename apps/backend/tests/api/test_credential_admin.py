@@ -23,6 +23,7 @@ from tests.helpers import (
     jwks_of,
     register_client,
     request_token,
+    resolving,
     token_headers,
 )
 
@@ -406,6 +407,115 @@ class TestClients:
         response = await client.post(CLIENTS, json=body, headers=admin)
         assert response.status_code == 422, response.text
         assert await every(client, CLIENTS, admin) == []
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            # An administrator is a tenant: the operator's development rule (http to
+            # this machine) is not theirs, and no URL may reach a non-public address.
+            "http://127.0.0.1:5432/jwks.json",
+            "http://localhost/jwks.json",
+            "http://[::1]:8080/jwks.json",
+            "https://localhost/jwks.json",
+            "https://keys.localhost/jwks.json",
+            "https://127.0.0.1/jwks.json",
+            "https://127.8.9.10:8443/jwks.json",
+            "https://[::1]/jwks.json",
+            "https://169.254.169.254/latest/meta-data/",
+            "https://10.0.0.1/jwks.json",
+            "https://172.16.0.1/jwks.json",
+            "https://192.168.1.1/jwks.json",
+            "https://100.64.0.1/jwks.json",
+            "https://0.0.0.0/jwks.json",
+            "https://224.0.0.1/jwks.json",
+            "https://240.0.0.1/jwks.json",
+            "https://[fe80::1]/jwks.json",
+            "https://[fd00::1]/jwks.json",
+            "https://[::ffff:127.0.0.1]/jwks.json",
+            "https://[::ffff:a9fe:a9fe]/jwks.json",
+        ],
+    )
+    async def test_a_jwks_url_to_a_host_that_is_not_public_is_422_naming_it(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        monkeypatch: pytest.MonkeyPatch,
+        url: str,
+    ):
+        asked = resolving(monkeypatch, "93.184.216.34")  # no literal is looked up
+        admin = await admin_of(database, tenant)
+        body = {"name": "probe", "jwks_url": url, "scopes": ["system/*.rs"]}
+        response = await client.post(CLIENTS, json=body, headers=admin)
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == ["jwks_url"]
+        assert asked == []
+        assert await every(client, CLIENTS, admin) == []
+
+    @pytest.mark.parametrize(
+        "url",
+        ["https://2130706433/jwks.json", "https://0x7f000001/jwks.json",
+         "https://127.1/jwks.json", "https://0177.0.0.1/jwks.json"],
+    )  # fmt: skip
+    async def test_other_spellings_of_loopback_are_422(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database, url: str
+    ):
+        """Not IP literals to Python, but the system resolver reads them as 127.0.0.1
+        (inet_aton, no DNS asked): the address they resolve to is what is judged."""
+        admin = await admin_of(database, tenant)
+        body = {"name": "probe", "jwks_url": url, "scopes": ["system/*.rs"]}
+        response = await client.post(CLIENTS, json=body, headers=admin)
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == ["jwks_url"]
+
+    @pytest.mark.parametrize(
+        "addresses",
+        [("10.1.2.3",), ("127.0.0.1",), ("169.254.169.254",), ("93.184.216.34", "::1")],
+        ids=["private", "loopback", "link-local", "one-of-two"],
+    )
+    async def test_a_name_that_resolves_to_a_non_public_address_is_422(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        monkeypatch: pytest.MonkeyPatch,
+        addresses: tuple[str, ...],
+    ):
+        asked = resolving(monkeypatch, *addresses)
+        admin = await admin_of(database, tenant)
+        url = "https://keys.attacker.example/jwks.json"
+        body = {"name": "probe", "jwks_url": url, "scopes": ["system/*.rs"]}
+        response = await client.post(CLIENTS, json=body, headers=admin)
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == ["jwks_url"]
+        assert "resolves to an address that is not public" in response.json()["detail"]
+        assert asked == ["keys.attacker.example"]
+
+    @pytest.mark.parametrize(
+        ("url", "addresses"),
+        [
+            ("https://keys.example.org/jwks.json", ("93.184.216.34", "2606:2800:220:1::1")),
+            ("https://8.8.8.8/jwks.json", ()),
+            ("https://[2001:4860:4860::8888]:8443/jwks.json", ()),
+            ("https://not-yet.example.org/jwks.json", ()),  # checked again at each fetch
+        ],
+        ids=["public-name", "public-v4", "public-v6", "not-resolving-yet"],
+    )
+    async def test_an_https_url_to_a_public_host_is_registered(  # noqa: PLR0917 (parameters)
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        monkeypatch: pytest.MonkeyPatch,
+        url: str,
+        addresses: tuple[str, ...],
+    ):
+        resolving(monkeypatch, *addresses)
+        admin = await admin_of(database, tenant)
+        body = {"name": "bulk", "jwks_url": url, "scopes": ["system/*.rs"]}
+        response = await client.post(CLIENTS, json=body, headers=admin)
+        assert response.status_code == 201, response.text
+        assert response.json()["jwks_url"] == url
 
     async def test_another_organizations_client_is_404_and_lists_are_apart(
         self, client: httpx.AsyncClient, make_tenant: TenantFactory, database: Database

@@ -25,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.config import get_settings
 from src.db import Database
-from src.services import smart_service
+from src.scopes import ADMIN
+from src.services import smart_keys, smart_service
 from src.services.organization_service import OrganizationService
 from src.services.smart_service import SmartService
 from tests.helpers import (
@@ -36,11 +37,13 @@ from tests.helpers import (
     TenantFactory,
     client_assertion,
     ec_key,
+    free_port,
     jwks_of,
     post_patient,
     post_provider,
     register_client,
     request_token,
+    resolving,
     rsa_key,
     token_form,
 )
@@ -272,6 +275,58 @@ class TestRefusals:
         future = client_assertion(key, client_id, **{claim: int(time.time()) + 200})
         said = await self.refused(client, token_form(future), 401, "invalid_client")
         assert "not valid yet" in said
+
+    @pytest.mark.parametrize(
+        ("claim", "value"),
+        [
+            # PyJWT reads an instant with int(): a numeric string passes its checks, and
+            # was then compared with a number (a 500).
+            ("exp", "+240"),
+            ("iat", "+0"),
+            ("nbf", "+0"),
+            ("iat", True),
+            ("exp", [240]),
+        ],
+    )
+    async def test_an_instant_that_is_not_a_json_number(
+        self, client: httpx.AsyncClient, ec_client: Any, claim: str, value: Any
+    ):
+        key, client_id = ec_client
+        if isinstance(value, str):
+            value = str(int(time.time()) + int(value))  # a valid instant, as a string
+        signed = client_assertion(key, client_id, **{claim: value})
+        said = await self.refused(client, token_form(signed), 401, "invalid_client")
+        assert claim in said
+
+    async def test_a_crit_header_naming_an_unknown_extension(
+        self, client: httpx.AsyncClient, ec_client: Any
+    ):
+        """RFC 7515 section 4.1.11: an extension the server does not understand makes
+        the JWS invalid; PyJWT raises InvalidTokenError, not DecodeError (was a 500)."""
+        key, client_id = ec_client
+        signed = client_assertion(key, client_id, headers={"crit": ["exp"], "exp": 1})
+        said = await self.refused(client, token_form(signed), 401, "invalid_client")
+        assert "client_assertion" in said
+
+    @pytest.mark.parametrize(
+        "jti",
+        ["nul\x00byte", "tab\tinside", "line\nfeed", "del\x7f", "c1\x85", "lone\ud800surrogate"],
+        ids=["nul", "tab", "newline", "del", "c1", "surrogate"],
+    )
+    async def test_a_jti_with_a_control_character(
+        self, client: httpx.AsyncClient, database: Database, ec_client: Any, jti: str
+    ):
+        key, client_id = ec_client
+        signed = client_assertion(key, client_id, jti=jti)
+        said = await self.refused(client, token_form(signed), 401, "invalid_client")
+        assert "jti" in said and "control character" in said
+        async with database.owner_engine.connect() as owner:
+            issued = (
+                await owner.execute(
+                    text("SELECT count(*) FROM api_keys WHERE client_id = :c"), {"c": client_id}
+                )
+            ).scalar_one()
+        assert issued == 0
 
     @pytest.mark.parametrize(
         "aud",
@@ -659,12 +714,29 @@ class TestTokens:
 
 # --- a JWKS served by a small HTTP server on 127.0.0.1 --------------------------------------
 
+UNUSABLE_JWKS_URL = {
+    "error": "invalid_client",
+    "error_description": "the client's JWKS URL could not be used",
+}
+
+
+def logged_reason(caplog: pytest.LogCaptureFixture, client_id: uuid.UUID) -> str:
+    """Why the client's JWKS URL could not be used, as the server logged it (ids only)."""
+    messages = [record.getMessage() for record in caplog.records]
+    [message] = [
+        m
+        for m in messages
+        if m.startswith("SMART client JWKS unavailable") and f"client_id={client_id}" in m
+    ]
+    return message.split(" reason=", 1)[1]
+
 
 class _JwksServer:
-    """Serves `jwks` at /jwks.json; `hang` makes it never answer."""
+    """Serves `jwks` at /jwks.json (with `status`); `hang` makes it never answer."""
 
     def __init__(self) -> None:
         self.jwks: dict[str, Any] = {"keys": []}
+        self.status = 200
         self.hang = threading.Event()
         self.requests = 0
         outer = self
@@ -676,7 +748,7 @@ class _JwksServer:
                     time.sleep(3)
                     return
                 body = json.dumps(outer.jwks).encode()
-                self.send_response(200)
+                self.send_response(outer.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -746,13 +818,14 @@ class TestJwksUrl:
         await request_token(client, new, client_id, "system/*.rs")
         assert jwks_server.requests == 2
 
-    async def test_a_hanging_url_is_given_up_after_the_timeout(
+    async def test_a_hanging_url_is_given_up_after_the_timeout(  # noqa: PLR0917 (fixtures)
         self,
         client: httpx.AsyncClient,
         tenant: Tenant,
         database: Database,
         jwks_server: _JwksServer,
         monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
     ):
         key = ec_key()
         jwks_server.hang.set()
@@ -772,9 +845,9 @@ class TestJwksUrl:
             monkeypatch.delenv("SMART_JWKS_TIMEOUT_S")
             get_settings.cache_clear()
         assert response.status_code == 401
-        assert response.json()["error"] == "invalid_client"
-        assert "did not answer within 0.5 s" in response.json()["error_description"]
+        assert response.json() == UNUSABLE_JWKS_URL
         assert took < 2.5
+        assert logged_reason(caplog, client_id) == "its JWKS URL did not answer within 0.5 s"
 
     async def test_a_url_answering_private_keys_is_refused(
         self,
@@ -782,6 +855,7 @@ class TestJwksUrl:
         tenant: Tenant,
         database: Database,
         jwks_server: _JwksServer,
+        caplog: pytest.LogCaptureFixture,
     ):
         from jwt.algorithms import ECAlgorithm  # noqa: PLC0415
 
@@ -796,7 +870,87 @@ class TestJwksUrl:
             "/auth/token", data=token_form(client_assertion(key, client_id))
         )
         assert response.status_code == 401
-        assert "private key material" in response.json()["error_description"]
+        assert response.json() == UNUSABLE_JWKS_URL
+        assert "private key material" in logged_reason(caplog, client_id)
+
+    @pytest.mark.parametrize("status", [404, 503, 302])
+    async def test_the_urls_answer_is_not_told_to_the_client(  # noqa: PLR0917 (fixtures)
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        jwks_server: _JwksServer,
+        caplog: pytest.LogCaptureFixture,
+        status: int,
+    ):
+        """Whoever registered the URL must not learn from the token endpoint what
+        answers there (which status, which error): a port and status oracle. The log
+        has the reason, with ids, never the URL."""
+        key = ec_key()
+        jwks_server.status = status
+        client_id = await register_client(
+            database, tenant.organization_id, ["system/*.rs"],
+            jwks_url=jwks_server.url.replace("jwks.json", f"status-{status}.json"),
+        )  # fmt: skip
+        response = await client.post(
+            "/auth/token", data=token_form(client_assertion(key, client_id))
+        )
+        assert response.status_code == 401
+        assert response.json() == UNUSABLE_JWKS_URL
+        assert logged_reason(caplog, client_id) == f"its JWKS URL answered {status}"
+        assert jwks_server.url.split("/")[2] not in caplog.text  # no host or port
+
+    async def test_a_closed_port_is_not_told_either(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        caplog: pytest.LogCaptureFixture,
+    ):
+        key = ec_key()
+        client_id = await register_client(
+            database, tenant.organization_id, ["system/*.rs"],
+            jwks_url=f"http://127.0.0.1:{free_port()}/jwks.json",
+        )  # fmt: skip
+        response = await client.post(
+            "/auth/token", data=token_form(client_assertion(key, client_id))
+        )
+        assert response.status_code == 401
+        assert response.json() == UNUSABLE_JWKS_URL
+        assert "ConnectError" in logged_reason(caplog, client_id)
+
+    async def test_a_name_that_now_resolves_to_a_private_address_is_not_fetched(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ):
+        """DNS rebinding: a name public when the organization's administrator registered
+        it, loopback at the fetch."""
+        key = ec_key()
+        resolving(monkeypatch, "93.184.216.34")
+        async with AsyncSession(database.owner_engine) as owner:
+            admin = await OrganizationService.create_api_key(
+                db=owner, organization_id=tenant.organization_id, scopes=[ADMIN]
+            )
+        registered = await client.post(
+            "/v1/clients",
+            json={"name": "rebind", "jwks_url": "https://rebind.example/jwks.json",
+                  "scopes": ["system/*.rs"]},
+            headers={"Authorization": f"Bearer {admin.key}"},
+        )  # fmt: skip
+        assert registered.status_code == 201, registered.text
+        client_id = uuid.UUID(registered.json()["client_id"])
+        asked = resolving(monkeypatch, "127.0.0.1")
+        response = await client.post(
+            "/auth/token", data=token_form(client_assertion(key, client_id))
+        )
+        assert response.status_code == 401
+        assert response.json() == UNUSABLE_JWKS_URL
+        assert asked == ["rebind.example"]
+        assert "not public" in logged_reason(caplog, client_id)
 
     async def test_keys_sharing_a_kid_are_each_tried(
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database
@@ -807,6 +961,74 @@ class TestJwksUrl:
         )
         await request_token(client, second, client_id, "system/*.rs")
         await request_token(client, first, client_id, "system/*.rs")
+
+
+class TestJwksFetchAddress:
+    """Where fetch_jwks connects (httpx's MockTransport stands for the network)."""
+
+    JWKS_OF_ONE = jwks_of(ec_key("one"))
+
+    def transport(self, seen: list[httpx.Request]) -> httpx.MockTransport:
+        def answer(request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return httpx.Response(200, json=self.JWKS_OF_ONE)
+
+        return httpx.MockTransport(answer)
+
+    @pytest.mark.parametrize(
+        ("url", "address", "pinned"),
+        [
+            ("https://keys.example.org/jwks.json", "93.184.216.34",
+             "https://93.184.216.34/jwks.json"),
+            ("https://keys.example.org:8443/k?v=1", "2606:2800:220:1::1",
+             "https://[2606:2800:220:1::1]:8443/k?v=1"),
+        ],
+    )  # fmt: skip
+    async def test_a_name_goes_to_the_public_address_it_resolved_to(
+        self, monkeypatch: pytest.MonkeyPatch, url: str, address: str, pinned: str
+    ):
+        asked = resolving(monkeypatch, address)
+        seen: list[httpx.Request] = []
+        jwks = await smart_keys.fetch_jwks(url, timeout_s=5, transport=self.transport(seen))
+        assert jwks == self.JWKS_OF_ONE
+        assert asked == ["keys.example.org"]
+        [request] = seen
+        assert str(request.url) == pinned
+        assert request.headers["host"] == url.split("/")[2]  # the name, and its port
+        assert request.extensions["sni_hostname"] == "keys.example.org"  # TLS checks it
+
+    @pytest.mark.parametrize(
+        "addresses",
+        [("127.0.0.1",), ("10.0.0.7",), ("169.254.169.254",), ("93.184.216.34", "fd00::1"), ()],
+        ids=["loopback", "private", "link-local", "one-of-two", "none"],
+    )
+    async def test_a_name_resolving_to_a_non_public_address_is_not_fetched(
+        self, monkeypatch: pytest.MonkeyPatch, addresses: tuple[str, ...]
+    ):
+        resolving(monkeypatch, *addresses)
+        seen: list[httpx.Request] = []
+        with pytest.raises(smart_keys.JwksUnavailable):
+            await smart_keys.fetch_jwks(
+                "https://keys.example.org/jwks.json", timeout_s=5, transport=self.transport(seen)
+            )
+        assert seen == []
+
+    @pytest.mark.parametrize(
+        "url",
+        ["http://127.0.0.1:8080/jwks.json", "http://localhost/jwks.json",
+         "https://localhost/jwks.json", "https://10.0.0.7/jwks.json"],
+    )  # fmt: skip
+    async def test_what_only_the_operator_registers_goes_as_it_is(
+        self, monkeypatch: pytest.MonkeyPatch, url: str
+    ):
+        """An IP literal cannot change: it was checked at registration, by the rules of
+        who registered it (an administrator: public only; the operator's CLI: its
+        own machine and network too). Nothing is resolved."""
+        asked = resolving(monkeypatch, "127.0.0.1")
+        seen: list[httpx.Request] = []
+        await smart_keys.fetch_jwks(url, timeout_s=5, transport=self.transport(seen))
+        assert asked == []
+        assert [str(r.url) for r in seen] == [url]
 
 
 class TestRegistration:

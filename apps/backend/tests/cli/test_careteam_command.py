@@ -237,6 +237,21 @@ class TestSmartClients:
         assert json.loads(again.stdout)["already_revoked"] is True
 
     @pytest.mark.parametrize(
+        "url",
+        ["http://127.0.0.1:8080/jwks.json", "http://localhost/jwks.json",
+         "https://10.0.0.7/jwks.json"],
+    )  # fmt: skip
+    def test_the_operator_may_register_a_url_on_its_own_machine_or_network(
+        self, database_url: str, database: object, url: str
+    ):
+        """POST /v1/clients refuses these (an administrator is a tenant); the owner's
+        command keeps them, for development, tests and an operator's own services."""
+        registered = careteam("client", "register", self.org(), "--name", "local",
+                              "--scope", "system/*.rs", "--jwks-url", url, "--json")  # fmt: skip
+        assert registered.returncode == 0, registered.stderr
+        assert json.loads(registered.stdout)["jwks_url"] == url
+
+    @pytest.mark.parametrize(
         ("jwks", "message"),
         [
             ("private", "holds private key material (d)"),
@@ -511,6 +526,18 @@ def serving(data_dir: Path, *args: str) -> Iterator[Serve]:
 
 
 class TestServeReleaseSteps:
+    def test_it_warns_at_start_when_public_base_url_is_unset(
+        self, database_url: str, database: object, tmp_path: Path
+    ):
+        """Without it the token endpoint's aud is made of the request's Host (README):
+        an assertion made for another server could be replayed here."""
+        env = {"DATABASE_URL": database_url, "PUBLIC_BASE_URL": ""}
+        unset = start_serve(env, tmp_path / "unset.log", "--log-level", "warning").stop()
+        assert "PUBLIC_BASE_URL is not set" in unset and "aud" in unset
+        env["PUBLIC_BASE_URL"] = "https://api.example.org"
+        set_ = start_serve(env, tmp_path / "set.log", "--log-level", "warning").stop()
+        assert "PUBLIC_BASE_URL" not in set_, set_
+
     def test_a_port_in_use_is_said_plainly_before_anything_starts(self, database_url: str):
         """serve printed "Serving ..." first, then exited 3 (uvicorn's code)."""
         with socket.socket() as taken:

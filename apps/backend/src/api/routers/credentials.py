@@ -181,9 +181,10 @@ async def revoke_api_key(request: Request, key_id: Uuid) -> Response:
 )
 async def register_client(request: Request, body: ClientCreate) -> Response:
     """Register a SMART Backend Services client of your organization with its public
-    keys (`jwks`) or the https URL of its set (`jwks_url`), and the scopes it may be
-    granted (`careteam/admin` included: its tokens are then an administrator's), by
-    the rules of `careteam client register`. Its `client_id` is the assertion's iss."""
+    keys (`jwks`) or the https URL of its set (`jwks_url`, on a public host), and the
+    scopes it may be granted (`careteam/admin` included: its tokens are then an
+    administrator's), by the rules of `careteam client register` (and stricter ones for
+    the URL). Its `client_id` is the assertion's iss."""
     _no_idempotency_key(request)
     db, caller = session_of(request), caller_of(request)
     client = await CredentialAdminService.register_client(
