@@ -95,7 +95,9 @@ class Settings(BaseSettings):
         default="",
         description=(
             "The API's public address (e.g. `https://api.example.org`), for the absolute "
-            "URLs of FHIR Bundles; empty (the default): the request's own scheme and Host."
+            "URLs of FHIR Bundles and the SMART token endpoint (its assertions' aud); empty "
+            "(the default): the request's own scheme and Host, which the caller chooses. "
+            "Set it in production (`careteam serve` warns while it is unset)."
         ),
     )
     cors_allowed_origins: str = Field(
@@ -105,6 +107,19 @@ class Settings(BaseSettings):
             "`https://app.example.org`); empty (the default): CORS is off, and browsers "
             "refuse cross-origin calls."
         ),
+    )
+    smart_token_lifetime_s: int = Field(
+        default=300,
+        ge=1,
+        le=300,
+        description="How long a SMART access token lives, in seconds (1 to 300).",
+    )
+    smart_jwks_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=30,
+        description="Seconds to fetch a SMART client's JWKS from its URL before refusing "
+        "its token request.",
     )
     db_connect_timeout_s: float = Field(
         default=10.0, gt=0, description="Seconds to wait for a new database connection."

@@ -15,6 +15,7 @@ never import each other; whatever two of them need lives here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
@@ -28,12 +29,13 @@ import urllib.error
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from typer.testing import CliRunner
@@ -185,6 +187,51 @@ async def wait_until_blocked(database: Database) -> None:
             await conn.rollback()
             await asyncio.sleep(0.05)
     raise AssertionError("the service call never waited on a lock")
+
+
+# --- the access log, made to fail ----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def access_log_trigger(
+    database: Database, org: uuid.UUID, action: str
+) -> AsyncIterator[None]:
+    """While inside: before each access log entry of this organization, a trigger (made
+    as the owner, in this test's own database) runs `action`, a PL/pgSQL statement."""
+    name = f"trigger_{org.hex}"
+    async with database.owner_engine.begin() as owner:
+        await owner.execute(
+            text(
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
+                f"IF NEW.organization_id = '{org}' THEN {action}; END IF; "
+                "RETURN NEW; END $f$"
+            )
+        )
+        await owner.execute(
+            text(
+                f"CREATE TRIGGER {name} BEFORE INSERT ON access_log FOR EACH ROW "
+                f"EXECUTE FUNCTION {name}()"
+            )
+        )
+    try:
+        yield
+    finally:
+        async with database.owner_engine.begin() as owner:
+            await owner.execute(text(f"DROP TRIGGER {name} ON access_log"))
+            await owner.execute(text(f"DROP FUNCTION {name}()"))
+
+
+def log_refused(database: Database, org: uuid.UUID) -> contextlib.AbstractAsyncContextManager[None]:
+    """While inside: the database refuses this organization's access log entries, as a
+    full disk or a lost table would."""
+    return access_log_trigger(database, org, "RAISE EXCEPTION 'log refused'")
+
+
+def log_delayed(
+    database: Database, org: uuid.UUID, seconds: float
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """While inside: each of this organization's access log entries takes `seconds`."""
+    return access_log_trigger(database, org, f"PERFORM pg_sleep({float(seconds)})")
 
 
 # --- a database of one's own, and data from before the rule --------------------------------
@@ -442,3 +489,154 @@ def careteam(
     return subprocess.CompletedProcess(
         ["careteam", *args], result.exit_code, result.stdout, result.stderr
     )
+
+
+# --- SMART Backend Services ------------------------------------------------------------------
+
+TOKEN_URL = "http://careteam.test/auth/token"  # the token URL of the tests' ASGI client
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass
+class SigningKey:
+    """A client's key pair: the private key signs, `jwk` (public) is registered."""
+
+    private: Any
+    jwk: dict[str, Any]
+    alg: str
+
+    @property
+    def kid(self) -> str:
+        return str(self.jwk["kid"])
+
+
+def ec_key(kid: str | None = None) -> SigningKey:
+    """A new EC P-384 key pair (ES384)."""
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from jwt.algorithms import ECAlgorithm  # noqa: PLC0415
+
+    private = ec.generate_private_key(ec.SECP384R1())
+    jwk = ECAlgorithm.to_jwk(private.public_key(), as_dict=True)
+    return SigningKey(private, {**jwk, "kid": kid or uuid.uuid4().hex}, "ES384")
+
+
+def rsa_key(kid: str | None = None, bits: int = 2048) -> SigningKey:
+    """A new RSA key pair (RS384)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+    from jwt.algorithms import RSAAlgorithm  # noqa: PLC0415
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    jwk = RSAAlgorithm.to_jwk(private.public_key(), as_dict=True)
+    return SigningKey(private, {**jwk, "kid": kid or uuid.uuid4().hex}, "RS384")
+
+
+def jwks_of(*keys: SigningKey) -> dict[str, Any]:
+    return {"keys": [key.jwk for key in keys]}
+
+
+def client_assertion(
+    key: SigningKey,
+    client_id: uuid.UUID | str,
+    *,
+    aud: str = TOKEN_URL,
+    headers: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
+    """A client assertion signed by `key` (its kid in the header), valid for 4 minutes
+    from now with a new jti; `claims` override or add (None removes one)."""
+    import jwt  # noqa: PLC0415
+
+    now = int(time.time())
+    payload: dict[str, Any] = {
+        "iss": str(client_id),
+        "sub": str(client_id),
+        "aud": aud,
+        "exp": now + 240,
+        "iat": now,
+        "jti": uuid.uuid4().hex,
+    }
+    payload.update(claims)
+    payload = {name: value for name, value in payload.items() if value is not None}
+    header = {"kid": key.kid, "typ": "JWT", **(headers or {})}
+    return jwt.encode(payload, key.private, algorithm=key.alg, headers=header)
+
+
+def token_form(assertion: str, scope: str = "system/*.rs", **overrides: str) -> dict[str, str]:
+    """The token request's form (client_credentials with the assertion)."""
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion,
+        "scope": scope,
+        **overrides,
+    }
+
+
+async def register_client(
+    database: Database,
+    organization_id: uuid.UUID,
+    scopes: list[str],
+    *,
+    jwks: dict[str, Any] | None = None,
+    jwks_url: str | None = None,
+    name: str = "test client",
+) -> uuid.UUID:
+    """A SMART client of the organization (as `careteam client register` makes it)."""
+    from src.services.smart_service import SmartService  # noqa: PLC0415
+
+    async with AsyncSession(database.owner_engine) as owner:
+        client = await SmartService.register_client(
+            db=owner,
+            organization_id=organization_id,
+            name=name,
+            scopes=scopes,
+            jwks=jwks,
+            jwks_url=jwks_url,
+        )
+    return client.id
+
+
+async def request_token(
+    client: httpx.AsyncClient, key: SigningKey, client_id: uuid.UUID, scope: str
+) -> dict[str, Any]:
+    """A token from the token endpoint (asserting it is granted): its JSON answer."""
+    response = await client.post(
+        "/auth/token", data=token_form(client_assertion(key, client_id), scope)
+    )
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+async def token_headers(
+    database: Database,
+    client: httpx.AsyncClient,
+    organization_id: uuid.UUID,
+    scopes: list[str],
+) -> dict[str, str]:
+    """The Authorization header of a new access token with exactly `scopes`, of a client
+    registered with them."""
+    key = ec_key()
+    client_id = await register_client(database, organization_id, scopes, jwks=jwks_of(key))
+    answer = await request_token(client, key, client_id, " ".join(scopes))
+    return {"Authorization": f"Bearer {answer['access_token']}"}
+
+
+def resolving(monkeypatch: pytest.MonkeyPatch, *addresses: str) -> list[str]:
+    """Make every DNS name a JWKS URL names resolve to `addresses` (none: it does not
+    resolve), as smart_keys.resolve_host looks them up; the names asked are listed in
+    the list returned."""
+    import ipaddress  # noqa: PLC0415
+
+    from src.services import smart_keys  # noqa: PLC0415
+
+    asked: list[str] = []
+
+    async def resolve_host(host: str, port: int) -> list[smart_keys.IpAddress]:
+        asked.append(host)
+        if not addresses:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [ipaddress.ip_address(address) for address in addresses]
+
+    monkeypatch.setattr(smart_keys, "resolve_host", resolve_host)
+    return asked

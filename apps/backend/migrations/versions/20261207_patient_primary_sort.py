@@ -23,7 +23,7 @@ any failure is safe.
 downgrade() drops both (CONCURRENTLY): the release before never reads them.
 
 Revision ID: 20261207_patient_primary_sort
-Revises: 20261207_fhir_reads
+Revises: 20261207_access_log
 Create Date: 2026-12-07
 """
 
@@ -34,7 +34,7 @@ from alembic import op
 from src.database_code import drop_invalid_index
 
 revision: str = "20261207_patient_primary_sort"
-down_revision: str | None = "20261207_fhir_reads"
+down_revision: str | None = "20261207_access_log"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -13,17 +13,31 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from src import console, primary_index
+from src.api.access_log import AccessLog, app_parameter_names, know_parameter_names
 from src.api.auth import Authentication
 from src.api.cors import ProblemCORSMiddleware
 from src.api.errors import install_error_handlers
+from src.api.fhir_query import RESULT
 from src.api.fhir_resources import FhirError, outcome
 from src.api.middleware import BodyRules, RequestContextMiddleware
 from src.api.openapi import install_openapi, operation_id
-from src.api.routers import care_team, directory, feed, fhir, health, panels
+from src.api.routers import (
+    access_log,
+    care_team,
+    credentials,
+    directory,
+    feed,
+    fhir,
+    health,
+    panels,
+    smart,
+)
 from src.config import Settings, get_settings
 from src.db import Database, open_database
 from src.log_config import configure_logging
 from src.metrics import record_check, track_pool
+from src.services.access_log_writer import AccessLogWriter
+from src.services.fhir_search import PARAMETERS
 from src.services.health_service import HealthService
 
 logger = logging.getLogger(__name__)
@@ -106,8 +120,10 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] |
 
 
 def attach(app: FastAPI, database: Database) -> Database:
-    """Make `database` the app's (request sessions, readiness) and publish its pool."""
+    """Make `database` the app's (request sessions, readiness), with the access log's
+    writer on it (src/services/access_log_writer.py), and publish its pool."""
     app.state.database = database
+    app.state.access_log_writer = AccessLogWriter(database.sessionmaker)
     track_pool(database.app_engine.sync_engine.pool)
     return database
 
@@ -135,6 +151,8 @@ def create_app(database: Database | None = None, database_url: str | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = database or attach(app, open_database(settings, database_url))
+        if database is not None:  # a writer of this run's own (a closed one stays closed)
+            app.state.access_log_writer = AccessLogWriter(database.sessionmaker)
         checker = None
         if settings.violation_check_interval_s > 0:
             checker = asyncio.create_task(
@@ -149,6 +167,9 @@ def create_app(database: Database | None = None, database_url: str | None = None
         finally:
             if checker is not None:
                 checker.cancel()
+            # Entries still waiting get 503 rather than hang (none, after a graceful
+            # stop: the server has answered every request by now).
+            await app.state.access_log_writer.close()
             if database is None:
                 await opened.dispose()
 
@@ -176,6 +197,9 @@ def create_app(database: Database | None = None, database_url: str | None = None
     # Stacked from the innermost out (src/api/middleware.py has the order and why).
     app.add_middleware(BodyRules)
     app.add_middleware(Authentication)
+    # Right outside authentication: it sees the credential and every answer, 403 included,
+    # and writes each patient-data request's entry before its answer leaves.
+    app.add_middleware(AccessLog)
     if settings.cors_origin_list:
         # Outside authentication (a preflight carries no key) and inside the request
         # context (host check, request id): the routes' answers, errors included, carry
@@ -198,8 +222,17 @@ def create_app(database: Database | None = None, database_url: str | None = None
     app.include_router(directory.router)
     app.include_router(panels.router)
     app.include_router(feed.router)
+    app.include_router(credentials.router)
+    app.include_router(smart.router)  # before FHIR's catch-all: its discovery document
+    app.include_router(access_log.router)
     app.include_router(fhir.router)
     app.include_router(console.router)  # /console: matched after every API route
+    know_parameter_names(
+        app_parameter_names(app.router.routes)
+        | {name for params in PARAMETERS.values() for name in params}
+        | RESULT
+        | {"mode"}
+    )
     pages = {"/openapi.json", "/docs", "/docs/oauth2-redirect", DOCS_STATIC}
     documentation = [r for r in app.router.routes if getattr(r, "path", None) in pages]
     app.router.routes[:] = [r for r in app.router.routes if r not in documentation] + documentation

@@ -7,7 +7,8 @@ from __future__ import annotations
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.api.auth import CREDENTIAL_STATE, credential_of
+from src.api.auth import credential_of
+from src.api.errors import CREDENTIAL_STATE
 from src.db import Database
 from src.services import credentials
 from src.services.credentials import Credential

@@ -31,6 +31,7 @@ from starlette.routing import compile_path
 
 from src.log_config import request_id_var
 from src.services.errors import (
+    AccessLogUnavailable,
     ApiKeyNotLive,
     CareTeamError,
     ConflictError,
@@ -39,6 +40,7 @@ from src.services.errors import (
     DatabaseUnavailable,
     IdempotencyKeyInProgress,
     IdempotencyKeyReused,
+    InsufficientScope,
     InvalidArgument,
     NotFoundError,
     OutcomeUnknown,
@@ -64,6 +66,7 @@ class ProblemKind:
 
 
 UNAUTHORIZED = ProblemKind("unauthorized", 401, "Unauthorized")
+INSUFFICIENT_SCOPE = ProblemKind("insufficient_scope", 403, "Insufficient scope")
 VALIDATION_ERROR = ProblemKind("validation_error", 422, "Invalid request")
 NOT_FOUND = ProblemKind("not_found", 404, "Not found")
 METHOD_NOT_ALLOWED = ProblemKind("method_not_allowed", 405, "Method not allowed")
@@ -84,10 +87,27 @@ class ApiError(Exception):
         self.kind, self.detail, self.headers = kind, detail, headers or {}
 
 
-def unauthorized() -> ApiError:
-    return ApiError(
-        UNAUTHORIZED, "missing, malformed or revoked API key", {"WWW-Authenticate": "Bearer"}
-    )
+REFUSED_KEY = "missing, malformed or revoked API key"
+REFUSED_TOKEN = "unknown, expired or revoked access token"
+# Where Authentication (src/api/auth.py) keeps the request's credential.
+CREDENTIAL_STATE = "credential"
+
+
+def unauthorized(*, token: bool = False) -> ApiError:
+    """401. For an access token that is no longer live (expired, its client revoked),
+    RFC 6750 section 3.1's `invalid_token` (an API key keeps the plain challenge that
+    clients of keys have always had)."""
+    if token:
+        return ApiError(
+            UNAUTHORIZED, REFUSED_TOKEN, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
+    return ApiError(UNAUTHORIZED, REFUSED_KEY, {"WWW-Authenticate": "Bearer"})
+
+
+def holds_token(scope: Mapping[str, Any]) -> bool:
+    """Whether the request authenticated with a SMART access token (not an API key)."""
+    credential = scope.get("state", {}).get(CREDENTIAL_STATE)
+    return getattr(credential, "client_id", None) is not None
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,7 @@ class Answer:
 # match wins; any other CareTeamError is a 500.
 ANSWERS: list[tuple[type[CareTeamError], Answer]] = [
     (ApiKeyNotLive, Answer(401, "login")),
+    (InsufficientScope, Answer(403, "forbidden")),
     (NotFoundError, Answer(404, "not-found")),
     (InvalidArgument, Answer(422, "invalid")),
     (ConflictError, Answer(409, "conflict")),
@@ -291,10 +312,15 @@ def install_error_handlers(app: FastAPI) -> None:
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
+        message = exc.message
         if isinstance(exc, ApiKeyNotLive):
-            headers.update(unauthorized().headers)
+            refusal = unauthorized(token=holds_token(request.scope))
+            headers.update(refusal.headers)
+            message = refusal.detail
+        if isinstance(exc, InsufficientScope):  # as src/api/auth.py answers it
+            headers["WWW-Authenticate"] = f'Bearer error="insufficient_scope", scope="{exc.scope}"'
         if is_fhir(request):
-            return operation_outcome(status, answer.fhir_issue, exc.message, headers)
+            return operation_outcome(status, answer.fhir_issue, message, headers)
         errors = None
         if isinstance(exc, InvalidArgument):
             errors = [{"location": exc.location, "field": exc.field, "detail": exc.message}]
@@ -302,7 +328,7 @@ def install_error_handlers(app: FastAPI) -> None:
             status,
             exc.code,
             exc.title,
-            exc.message,
+            message,
             errors=errors,
             headers=headers,
         )
@@ -449,9 +475,11 @@ EVERY_REQUEST: tuple[Answerable, ...] = (
 )
 AUTHENTICATED: tuple[Answerable, ...] = (
     UNAUTHORIZED,
+    INSUFFICIENT_SCOPE,
     INVALID_REQUEST,
     DatabaseBusy,
     DatabaseUnavailable,
+    AccessLogUnavailable,  # a route that touches patient data (src/api/access_log.py)
 )
 WRITES: tuple[Answerable, ...] = (OutcomeUnknown, IdempotencyKeyReused, IdempotencyKeyInProgress)
 
@@ -495,6 +523,13 @@ def problem_responses(
         if status == 401:
             response["headers"] = {
                 "WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}
+            }
+        if status == 403:
+            response["headers"] = {
+                "WWW-Authenticate": {
+                    "schema": {"type": "string"},
+                    "description": 'Bearer error="insufficient_scope", scope="<the scope needed>"',
+                }
             }
         responses[status] = response
     return responses

@@ -94,8 +94,10 @@ INCLUDES = {
         "Patient:general-practitioner:Practitioner": "Practitioner",
     },
     "Practitioner": {},
+    "AuditEvent": {},
 }
 REVINCLUDES = {
+    "AuditEvent": {},
     "CareTeam": {},
     "Patient": {
         "CareTeam:patient": "CareTeam",
@@ -154,6 +156,19 @@ ELEMENTS = {
         "photo",
         "qualification",
         "communication",
+    },
+    "AuditEvent": {
+        "type",
+        "subtype",
+        "action",
+        "period",
+        "recorded",
+        "outcome",
+        "outcomeDesc",
+        "purposeOfEvent",
+        "agent",
+        "source",
+        "entity",
     },
     "CareTeam": {
         "identifier",

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import Response
 
 from src.api.errors import FHIR_JSON, operation_outcome
+from src.services.access_log_service import AccessRecord
 from src.services.care_team_service import CareTeamPeriodRecord
 from src.services.fhir_search import (
     PARAMETERS,
@@ -175,8 +176,114 @@ def organization_resource(record: OrganizationRecord) -> dict[str, Any]:
     }
 
 
+AUDIT_EVENT_TYPE = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+    "code": "rest",
+    "display": "RESTful Operation",
+}
+RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+ROUTE_SYSTEM = "urn:careteam:route"  # our route template, as the log records it
+API_KEY_SYSTEM = "urn:careteam:api-key"
+CLIENT_SYSTEM = "urn:careteam:smart-client"
+APPLICATION_SERVER = {
+    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+    "code": "4",
+    "display": "Application Server",
+}
+PATIENT_ENTITY = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+    "code": "1",
+    "display": "Person",
+}
+PATIENT_ROLE = {
+    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+    "code": "1",
+    "display": "Patient",
+}
+QUERY_ENTITY = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+    "code": "2",
+    "display": "System Object",
+}
+QUERY_ROLE = {
+    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+    "code": "24",
+    "display": "Query",
+}
+
+
+def audit_outcome(status: int) -> str:
+    """AuditEvent.outcome: 0 success, 4 minor failure (refused, 4xx), 8 serious (5xx)."""
+    return "0" if status < 400 else "4" if status < 500 else "8"
+
+
+def _agent(system: str, ident: uuid.UUID, what: str, *, requestor: bool) -> dict[str, Any]:
+    """A credential as an AuditEvent agent: named by identifier (this server serves no
+    Device resource to refer to)."""
+    return {
+        "who": {
+            "type": "Device",
+            "identifier": {"system": system, "value": str(ident)},
+            "display": what,
+        },
+        "requestor": requestor,
+    }
+
+
+def audit_event_resource(entry: AccessRecord, organization_id: uuid.UUID) -> dict[str, Any]:
+    """An access log entry as an AuditEvent (FHIR R4): a RESTful operation (type rest,
+    subtype the FHIR interaction and our route template), its action, when it was
+    recorded, its outcome from the status, who asked (the SMART client, else the API
+    key: requestor), the organization's server as the observer, and an entity per
+    patient it named (plus, for a search or list, the query: its parameters' names and
+    its result count; never a value)."""
+    agents = []
+    if entry.client_id is not None:
+        agents.append(_agent(CLIENT_SYSTEM, entry.client_id, "SMART client", requestor=True))
+    if entry.api_key_id is not None:
+        agents.append(
+            _agent(API_KEY_SYSTEM, entry.api_key_id, "API key", requestor=entry.client_id is None)
+        )
+    entities: list[dict[str, Any]] = [
+        {"what": _reference("Patient", patient), "type": PATIENT_ENTITY, "role": PATIENT_ROLE}
+        for patient in entry.patient_ids
+    ]
+    details = []
+    if entry.parameters:
+        details.append({"type": "parameters", "valueString": ",".join(entry.parameters)})
+    if entry.result_count is not None:
+        details.append({"type": "result-count", "valueString": str(entry.result_count)})
+    if details:
+        entities.append({"type": QUERY_ENTITY, "role": QUERY_ROLE, "detail": details})
+    resource: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": str(entry.id),
+        "meta": _meta(entry, None),
+        "type": AUDIT_EVENT_TYPE,
+        "subtype": [
+            {"system": RESTFUL_INTERACTION, "code": entry.interaction},
+            {"system": ROUTE_SYSTEM, "code": entry.route},
+        ],
+        "action": entry.action,
+        "recorded": _instant(entry.recorded_at),
+        "outcome": audit_outcome(entry.status),
+        "outcomeDesc": f"HTTP {entry.status}",
+        "agent": agents,
+        "source": {
+            "site": "careteam",
+            "observer": _reference("Organization", organization_id),
+            "type": [APPLICATION_SERVER],
+        },
+    }
+    if entities:
+        resource["entity"] = entities
+    return resource
+
+
 def resource_of(found: Any, organization_id: uuid.UUID) -> dict[str, Any]:
     """The resource of what a search or a version read found."""
+    if isinstance(found, AccessRecord):
+        return audit_event_resource(found, organization_id)
     if isinstance(found, PatientView):
         return patient_resource(found, organization_id)
     if isinstance(found, PractitionerView):
@@ -198,6 +305,8 @@ SUMMARY = {
                      "birthDate"},
     "CareTeam": {"identifier", "status", "category", "name", "subject", "encounter",
                  "period", "participant", "managingOrganization"},
+    "AuditEvent": {"type", "subtype", "action", "period", "recorded", "outcome", "agent",
+                   "source", "entity"},
 }  # fmt: skip
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
              "code": "SUBSETTED"}  # fmt: skip
@@ -300,12 +409,21 @@ PROFILES = {
 }
 
 
+RESTFUL_SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
 def capability_statement(base: str, includes: dict[str, dict[str, str]],
-                         revincludes: dict[str, dict[str, str]]) -> dict[str, Any]:  # fmt: skip
+                         revincludes: dict[str, dict[str, str]], *,
+                         token_url: str) -> dict[str, Any]:  # fmt: skip
     """What this server serves, from the tables that serve it: the search parameters
-    (src/services/fhir_search.py) and the includes (src/api/fhir_query.py)."""
+    (src/services/fhir_search.py) and the includes (src/api/fhir_query.py); its security
+    is SMART on FHIR (Backend Services), with the token endpoint at `token_url`."""
     resources = []
     for kind, params in PARAMETERS.items():
+        if kind == "AuditEvent":
+            resources.append(_audit_event_capability(params))
+            continue
         resource: dict[str, Any] = {
             "type": kind,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{kind}",
@@ -357,14 +475,57 @@ def capability_statement(base: str, includes: dict[str, dict[str, str]],
             {
                 "mode": "server",
                 "security": {
-                    "description": "An API key as a bearer token (Authorization: Bearer "
-                    "ctk_...); the key decides the organization."
+                    "extension": [
+                        {
+                            "url": OAUTH_URIS,
+                            "extension": [{"url": "token", "valueUri": token_url}],
+                        }
+                    ],
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": RESTFUL_SECURITY_SERVICE,
+                                    "code": "SMART-on-FHIR",
+                                    "display": "SMART-on-FHIR",
+                                }
+                            ],
+                            "text": "SMART Backend Services (client_credentials, private_key_jwt)",
+                        }
+                    ],
+                    "description": "A bearer token: an API key (ctk_...) or a SMART Backend "
+                    "Services access token (ctt_..., from the token endpoint; discovery at "
+                    ".well-known/smart-configuration). It decides the organization; each "
+                    "interaction needs its SMART v2 scope.",
                 },
                 "resource": resources,
                 "searchParam": [
                     {"name": n, "type": t, "documentation": d} for n, t, d in RESULT_PARAMETERS
                 ],
             }
+        ],
+    }
+
+
+def _audit_event_capability(params: dict[str, Any]) -> dict[str, Any]:
+    """AuditEvent: the access log, read and searched with the administrative scope."""
+    return {
+        "type": "AuditEvent",
+        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "documentation": "The access log: every request that read or changed a patient's "
+        "data (needs the careteam/admin scope)",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "versioning": "versioned",  # an entry never changes: every one is version 1
+        "readHistory": False,
+        "conditionalRead": "not-match",
+        "searchParam": [
+            {
+                "name": p.name,
+                "definition": p.definition,
+                "type": p.type,
+                "documentation": p.documentation,
+            }
+            for p in params.values()
         ],
     }
 

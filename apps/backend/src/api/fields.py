@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, StringConstraints, WithJsonSchema
 
+from src.scopes import InvalidScope, parse_scope
 from src.values import (
     IDENTIFIER_MAX_LENGTH,
     INSTANT_PATTERN,
@@ -221,6 +222,7 @@ def shared_schemas() -> dict[str, dict[str, Any]]:
         BIRTH_DATE_SCHEMA_NAME: birth_date_schema(today()),
         IDENTIFIER_SYSTEM_SCHEMA_NAME: identifier_schema(system=True),
         IDENTIFIER_VALUE_SCHEMA_NAME: identifier_schema(system=False),
+        CREDENTIAL_NAME_SCHEMA_NAME: credential_name_schema(),
     }
 
 
@@ -375,4 +377,81 @@ Uuid = Annotated[
     uuid.UUID,
     BeforeValidator(_uuid_text),
     WithJsonSchema({"type": "string", "format": "uuid"}),
+]
+
+
+# --- credentials (keys and SMART clients) ---------------------------------------------------
+
+CREDENTIAL_NAME_MAX_LENGTH = 200
+CREDENTIAL_NAME_SCHEMA_NAME = "CredentialName"
+
+
+def _credential_name(text: str) -> str:
+    """A key's or a client's name: what it is for, as identifier values are written (1
+    to 200 characters of text, no space at either end: refused, not trimmed), in NFC."""
+    problem = refused_char(text)
+    if problem:
+        raise ValueError(problem)
+    if not text or not edge_char(text[0]) or not edge_char(text[-1]):
+        raise ValueError("must not be blank, nor start or end with a space")
+    stored = unicodedata.normalize("NFC", text)
+    if len(stored) > CREDENTIAL_NAME_MAX_LENGTH:
+        raise ValueError(f"must be at most {CREDENTIAL_NAME_MAX_LENGTH} characters (in NFC)")
+    return stored
+
+
+def credential_name_schema() -> dict[str, Any]:
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": CREDENTIAL_NAME_MAX_LENGTH,
+        "pattern": f"^{identifier_pattern(system=False)}$",
+        "description": (
+            f"What the key or client is for: 1 to {CREDENTIAL_NAME_MAX_LENGTH} characters, no "
+            "space at either end, of the characters an identifier may hold. A label, not an "
+            "id: two may have the same name (a key made to replace another, say)."
+        ),
+    }
+
+
+CredentialName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=CREDENTIAL_NAME_MAX_LENGTH),
+    AfterValidator(_credential_name),
+    WithJsonSchema({SHARED_SCHEMA_MARK: CREDENTIAL_NAME_SCHEMA_NAME}),
+]
+
+SCOPE_MAX_LENGTH = 100
+SCOPE_PATTERN = (
+    r"^(careteam/admin|system/(\*|CareTeam|Patient|Practitioner|Organization)\."
+    r"(cr?u?d?s?|ru?d?s?|ud?s?|ds?|s|read|write|\*))$"
+)
+
+
+def _scope(text: str) -> str:
+    try:
+        return parse_scope(text)
+    except InvalidScope as err:
+        raise ValueError(str(err)) from None
+
+
+# A scope a key or a client is given: SMART v2 (system/CareTeam.rs) or v1 (system/*.read)
+# syntax, or careteam/admin; read as src/scopes.py reads it, into its v2 form.
+Scope = Annotated[
+    str,
+    StringConstraints(max_length=SCOPE_MAX_LENGTH),
+    AfterValidator(_scope),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": SCOPE_MAX_LENGTH,
+            "pattern": SCOPE_PATTERN,
+            "description": (
+                "system/<type>.<permissions> (type CareTeam, Patient, Practitioner, "
+                "Organization or *; permissions one or more of c, r, u, d, s in that order, "
+                "or the v1 read, write, *), or careteam/admin"
+            ),
+            "examples": ["system/CareTeam.rs", "system/*.cruds", "careteam/admin"],
+        }
+    ),
 ]

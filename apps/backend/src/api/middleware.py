@@ -10,11 +10,15 @@ this order (src/api/app.py stacks them):
    - one access line and the request metrics (route template, never the raw path);
    - the request's database session closed once the answer is sent.
 2. CORS (when CORS_ALLOWED_ORIGINS is set): preflights answered.
-3. Authentication (src/api/auth.py): the API key, before anything else answers.
-4. BodyRules, innermost: a body of any method is JSON only (415), at most
+3. AccessLog (src/api/access_log.py): a request that reads or changes patient data has
+   its access log entry written, and committed, before its answer leaves (503 if it
+   cannot be).
+4. Authentication (src/api/auth.py): the API key, before anything else answers.
+5. BodyRules, innermost: a body of any method is JSON only (415), at most
    MAX_BODY_BYTES (413, refused as it arrives when it has no length). Under /fhir/ the
    FHIR router judges the media type itself (a POST search is form-encoded), and a body
-   too large is refused as an OperationOutcome.
+   too large is refused as an OperationOutcome. So does the SMART token endpoint
+   (FORM_PATHS: OAuth's requests are form-encoded; src/api/routers/smart.py).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from src.metrics import HTTP_LATENCY, HTTP_REQUESTS
 logger = logging.getLogger("src.api.access")
 
 MAX_BODY_BYTES = 64 * 1024
+# Routes outside /fhir/ that read a form-encoded body themselves (src/api/routers/smart.py).
+FORM_PATHS = frozenset({"/auth/token"})
 # Metric labels stay bounded whatever a client sends.
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -126,7 +132,8 @@ class BodyRules:
             await self.app(scope, receive, send)
             return
         fhir = scope["path"].startswith("/fhir/")
-        refusal = self.refusal(dict(scope["headers"]), json_only=not fhir)
+        json_only = not fhir and scope["path"] not in FORM_PATHS
+        refusal = self.refusal(dict(scope["headers"]), json_only=json_only)
         if refusal is not None:
             if fhir:
                 kind, detail = refusal

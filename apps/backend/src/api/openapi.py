@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from src.api import fields
 from src.api.auth import needs_key
 from src.api.errors import FieldProblem, Problem
+from src.api.route_scopes import KNOWN_SCOPES, ROUTE_SCOPES
 
 
 def operation_id(route: APIRoute) -> str:
@@ -60,18 +61,26 @@ BEARER = "HTTPBearer"
 
 
 def _require_keys(document: dict[str, Any]) -> None:
-    """Every operation that needs an API key (src/api/auth.py) says so."""
+    """Every operation that needs an API key (src/api/auth.py) says so, with the scope
+    it needs (src/api/route_scopes.py; OpenAPI 3.1 lets a requirement of an http scheme
+    list the roles it needs)."""
     document["components"]["securitySchemes"] = {
         BEARER: {
             "type": "http",
             "scheme": "bearer",
-            "description": "An API key: `Authorization: Bearer ctk_...`",
+            "description": (
+                "An API key: `Authorization: Bearer ctk_...`. Each operation lists the SMART "
+                "v2 scope it needs; a key without it is answered 403 `insufficient_scope`. "
+                f"Scopes: {', '.join(KNOWN_SCOPES)} (and system/<type>.<permissions> or "
+                "system/*.<permissions> granting them)."
+            ),
         }
     }
     for path, operations in document.get("paths", {}).items():
         if needs_key(path):
-            for operation in operations.values():
-                operation["security"] = [{BEARER: []}]
+            for method, operation in operations.items():
+                needed = ROUTE_SCOPES[(method.upper(), path)]
+                operation["security"] = [{BEARER: [] if needed is None else [needed]}]
 
 
 def _shared(value: Any) -> Any:

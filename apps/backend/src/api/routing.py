@@ -27,7 +27,17 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
+from src.config import get_settings
+
 NAME_SHOWN = 64  # at most this much of an unknown parameter's name is repeated back
+
+
+def public_base(request: Request) -> str:
+    """The API's own address for absolute URLs (FHIR Bundles, the SMART token endpoint):
+    PUBLIC_BASE_URL, or the request's scheme and Host (behind a proxy that changes them,
+    set PUBLIC_BASE_URL). No trailing slash."""
+    public = get_settings().public_base_url.strip().rstrip("/")
+    return public or str(request.base_url).rstrip("/")
 
 
 def query_is_utf8(raw: bytes) -> bool:

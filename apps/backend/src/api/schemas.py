@@ -18,13 +18,16 @@ from src.api.fields import (
     JSON_INTEGER,
     NOTE_PATTERN,
     BirthDate,
+    CredentialName,
     IdentifierSystem,
     IdentifierValue,
     Npi,
     PersonName,
+    Scope,
     Uuid,
 )
 from src.models import NOTE_MAX_LENGTH, ChangeReason, EventType, Gender, PeriodRole
+from src.scopes import DEFAULT_KEY_SCOPES
 from src.services.panel_service import PreviousProvider
 
 MAX_CAPACITY = 1_000_000
@@ -292,7 +295,10 @@ class RecordChangeOut(BaseModel):
     id: int = Field(description="The record's change number: 1 for its creation, then 2, 3...")
     action: str = Field(description="created or updated")
     fields: list[str] = Field(description="The fields it set or changed (never their values)")
-    actor: str = Field(description="Who: api_key:<key id>, or the command or migration")
+    actor: str = Field(
+        description="Who: api_key:<key id>, smart_client:<client id> (an access token), or "
+        "the command or migration"
+    )
     changed_at: datetime.datetime
 
 
@@ -428,3 +434,146 @@ class PanelReportOut(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+# --- keys and SMART clients (careteam/admin) ------------------------------------------------
+
+MAX_SCOPES = 20
+DEFAULT_SCOPES_DESCRIPTION = "system/*.cruds (every read and write, not careteam/admin)"
+
+Scopes = Annotated[
+    list[Scope],
+    Field(
+        min_length=1,
+        max_length=MAX_SCOPES,
+        description="SMART scopes (src/scopes.py), stored in v2 form, each once, sorted",
+    ),
+]
+
+
+class ApiKeyCreate(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "nightly sync", "scopes": ["system/CareTeam.rs"]}]}
+    )
+
+    name: CredentialName | SkipJsonSchema[None] = Field(
+        default=None, description="What the key is for", json_schema_extra=_no_default
+    )
+    scopes: Scopes = Field(
+        default=list(DEFAULT_KEY_SCOPES),
+        description=f"What the key may do (default {DEFAULT_SCOPES_DESCRIPTION}); "
+        "careteam/admin makes another administrator's key",
+    )
+
+
+class ApiKeyIssuedOut(BaseModel):
+    """A new key: `key` is shown this once and never again (only its hash is stored)."""
+
+    id: uuid.UUID
+    key: str = Field(description="The bearer credential: keep it secret; shown once")
+    name: str | None
+    scopes: list[str]
+    created_at: datetime.datetime
+
+
+class ApiKeyOut(BaseModel):
+    id: uuid.UUID
+    name: str | None
+    scopes: list[str]
+    created_at: datetime.datetime
+    revoked_at: datetime.datetime | None = Field(description="null while the key works")
+
+
+class ApiKeyListOut(BaseModel):
+    items: list[ApiKeyOut] = Field(description="Oldest first; never an access token")
+    next_cursor: str | None
+
+
+JWKS_URL_MAX_LENGTH = 2048
+
+
+class ClientCreate(StrictBody):
+    """Exactly one of `jwks` and `jwks_url`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "bulk export",
+                    "jwks_url": "https://bulk.example.org/.well-known/jwks.json",
+                    "scopes": ["system/*.rs"],
+                }
+            ]
+        }
+    )
+
+    name: CredentialName = Field(description="What the client is (e.g. the service)")
+    jwks: dict[str, Any] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="The client's public keys, a JWK Set: RSA of 2048 bits or more (RS384) "
+        "or EC P-384 (ES384), each with a kid; private or symmetric keys are refused",
+        json_schema_extra=_no_default,
+    )
+    jwks_url: str | SkipJsonSchema[None] = Field(
+        default=None,
+        max_length=JWKS_URL_MAX_LENGTH,
+        description="Where the token endpoint fetches the client's JWK Set: https, to a "
+        "public host (not localhost, nor a loopback, private, link-local, reserved or "
+        "multicast address, nor a name resolving to one)",
+        json_schema_extra=_no_default,
+    )
+    scopes: Scopes = Field(description="What the client may be granted")
+
+    @model_validator(mode="after")
+    def _one_way_to_the_keys(self) -> ClientCreate:
+        if (self.jwks is None) == (self.jwks_url is None):
+            raise ValueError("give exactly one of jwks and jwks_url")
+        return self
+
+
+class ClientOut(BaseModel):
+    client_id: uuid.UUID = Field(description="The assertion's iss and sub")
+    name: str
+    jwks_url: str | None
+    keys: int = Field(description="Public keys registered (0 when fetched from jwks_url)")
+    scopes: list[str]
+    created_at: datetime.datetime
+    revoked_at: datetime.datetime | None = Field(description="null while the client works")
+
+
+class ClientListOut(BaseModel):
+    items: list[ClientOut] = Field(description="Oldest first")
+    next_cursor: str | None
+
+
+class AccessLogEntryOut(BaseModel):
+    """Who read or changed which patients' data, when, and the outcome: ids, the route
+    template, the query parameters' names (never their values) and counts."""
+
+    id: uuid.UUID
+    recorded_at: datetime.datetime
+    api_key_id: uuid.UUID | None = Field(description="The API key that asked")
+    client_id: uuid.UUID | None = Field(
+        description="The SMART client whose access token asked (null for a plain key)"
+    )
+    route: str = Field(description='The method and route template, e.g. "GET /v1/patients/{id}"')
+    interaction: str = Field(
+        description="The FHIR restful interaction: read, vread, history-instance, "
+        "search-type, create, update"
+    )
+    action: str = Field(description="C, R, U, D or E (FHIR AuditEvent.action)")
+    parameters: list[str] = Field(
+        description='The query parameters\' names, never their values ("?" for a name '
+        "the API does not declare)"
+    )
+    status: int = Field(description="The HTTP status answered")
+    result_count: int | None = Field(description="A search's or list's results on its page")
+    patient_ids: list[uuid.UUID] = Field(description="The patients it named, as asked")
+
+
+class AccessLogOut(BaseModel):
+    items: list[AccessLogEntryOut] = Field(description="Oldest first.")
+    next_cursor: str = Field(
+        description="Pass as ?after= to continue after the last item (the same cursor "
+        "when there was nothing new)."
+    )

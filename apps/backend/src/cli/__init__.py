@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from src.cli import care_team, schema, server, tenants
+from src.cli import access_log, care_team, clients, schema, server, tenants
 from src.cli.common import usage_error
 from src.config import ConfigurationError
 
@@ -38,9 +38,9 @@ class _Commands(typer.core.TyperGroup):
 app = typer.Typer(
     name="careteam",
     cls=_Commands,
-    help="Care team backend: the HTTP API, migrations, checks, care teams, panels, tenants "
-    "and keys. Exit codes: 0 done, 1 failed, 2 usage error (check: 0 clean, 1 violations "
-    "found, 2 could not check).",
+    help="Care team backend: the HTTP API, migrations, checks, care teams, panels, tenants, "
+    "keys and SMART clients. Exit codes: 0 done, 1 failed, 2 usage error (check: 0 clean, "
+    "1 violations found, 2 could not check).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -83,5 +83,7 @@ app.add_typer(care_team.panel_app, name="panel")
 app.add_typer(care_team.report_app, name="report")
 app.add_typer(tenants.org_app, name="org")
 app.add_typer(tenants.key_app, name="key")
+app.add_typer(clients.client_app, name="client")
+app.add_typer(access_log.access_log_app, name="access-log")
 app.command("db-url")(server.db_url)
 app.command("db-stop")(server.db_stop)

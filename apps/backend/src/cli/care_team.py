@@ -52,7 +52,7 @@ OrganizationOption = Annotated[
 ]
 
 
-def _as_tenant(
+def as_tenant(
     organization: str | None,
     owner_lookup: dict[str, uuid.UUID] | None,
     action: Callable[[AsyncSession, uuid.UUID], Awaitable[T]],
@@ -152,7 +152,7 @@ def team(
                 if len(page) < MAX_PERIODS_PAGE:
                     return found
 
-        org, items = _as_tenant(organization, {"patient_id": patient}, all_periods)
+        org, items = as_tenant(organization, {"patient_id": patient}, all_periods)
         if as_json:
             print_json({"organization_id": org, "patient_id": patient, "items": items})
             return
@@ -177,7 +177,7 @@ def team(
             db=db, organization_id=org, patient_id=patient, as_of=instant
         )
 
-    org, care_team = _as_tenant(organization, {"patient_id": patient}, read)
+    org, care_team = as_tenant(organization, {"patient_id": patient}, read)
     members = [
         {"provider_id": m.provider_id, "role": m.role.value, "since": m.since}
         for m in care_team.members
@@ -291,7 +291,7 @@ def panel_transfer(
         )
 
     with progress:
-        org, result = _as_tenant(organization, {"provider_id": source}, transfer)
+        org, result = as_tenant(organization, {"provider_id": source}, transfer)
     if as_json:
         print_json({"organization_id": org, **asdict(result)})
     elif result.dry_run:
@@ -340,7 +340,7 @@ def report_panels(
     async def read(db: AsyncSession, org: uuid.UUID) -> Any:
         return await PanelService.report_panels(db=db, organization_id=org)
 
-    org, report = _as_tenant(organization, None, read)
+    org, report = as_tenant(organization, None, read)
     if as_json:
         print_json({"organization_id": org, **asdict(report)})
         return

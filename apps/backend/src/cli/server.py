@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import logging
 import os
 import signal
 import socket
@@ -167,6 +168,8 @@ def serve(
     refused = _cannot_listen(host, port)
     if refused:
         fail(refused)  # before anything starts or says it serves
+    if not settings.public_base_url:
+        logging.getLogger(__name__).warning(PUBLIC_BASE_URL_UNSET)
 
     async def prepare(engine: AsyncEngine, url: str) -> tuple[str, DemoSeed | None]:
         if embedded or migrate:
@@ -231,6 +234,16 @@ def serve(
         )
     else:
         console.print("Stopped.")
+
+
+# The token endpoint's `aud` is its own URL: without PUBLIC_BASE_URL that is made of each
+# request's Host, which the caller chooses (README, Settings and SMART Backend Services).
+PUBLIC_BASE_URL_UNSET = (
+    "PUBLIC_BASE_URL is not set: the SMART token endpoint checks a client assertion's aud "
+    "against a URL made of each request's Host header, so an assertion made for another "
+    "server could be replayed here by sending that server's Host; set PUBLIC_BASE_URL "
+    "(https://api.example.org) in production, and ALLOWED_HOSTS"
+)
 
 
 def _cannot_listen(host: str, port: int) -> str | None:

@@ -46,12 +46,14 @@ def _print_key(issued: IssuedApiKey, as_json: bool) -> None:
                 "organization_id": issued.organization_id,
                 "api_key_id": issued.id,
                 "api_key": issued.key,
+                "scopes": list(issued.scopes),
             }
         )
         return
     console.print(
         f"organization_id: {issued.organization_id}\napi_key_id:      {issued.id}\n"
-        f"api_key:         {issued.key}   (shown once; only its hash is stored)",
+        f"api_key:         {issued.key}   (shown once; only its hash is stored)\n"
+        f"scopes:          {' '.join(issued.scopes)}",
         highlight=False,
     )
 
@@ -91,22 +93,41 @@ def key_create(
         str | None,
         typer.Option("--name", metavar="NAME", help="What the key is for (e.g. the integration)."),
     ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            metavar="SCOPE",
+            help=(
+                "What the key may do, in SMART v2 syntax (system/CareTeam.rs, system/*.cruds) "
+                "or v1 (system/*.read, system/*.write), or careteam/admin; repeat for more. "
+                "Default: system/*.cruds (every read and write, not careteam/admin)."
+            ),
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Issue another API key for an organization; print it once."""
+    """Issue another API key for an organization, with its scopes; print it once."""
+    from src.scopes import DEFAULT_KEY_SCOPES, InvalidScope, parse_scopes
     from src.services.organization_service import OrganizationService
 
     org = parse_uuid(organization_id, "ORG_ID")
     label = None if name is None else _name(name, "--name")
+    try:
+        scopes = parse_scopes(scope) if scope else DEFAULT_KEY_SCOPES
+    except InvalidScope as err:
+        usage_error(f"--scope: {err}")
     issued = owner_call(
-        lambda db: OrganizationService.create_api_key(db=db, organization_id=org, name=label)
+        lambda db: OrganizationService.create_api_key(
+            db=db, organization_id=org, name=label, scopes=scopes
+        )
     )
     _print_key(issued, as_json)
 
 
 @key_app.command("list")
 def key_list(organization_id: OrgId, as_json: JsonOption = False) -> None:
-    """An organization's keys: id, name, created, revoked (never a secret)."""
+    """An organization's keys: id, name, scopes, created, revoked (never a secret)."""
     from src.services.organization_service import OrganizationService
 
     org = parse_uuid(organization_id, "ORG_ID")
@@ -114,9 +135,11 @@ def key_list(organization_id: OrgId, as_json: JsonOption = False) -> None:
     if as_json:
         print_json({"organization_id": org, "items": keys})
         return
-    table = Table("id", "name", "created", "revoked", show_edge=False)
+    table = Table("id", "name", "scopes", "created", "revoked", show_edge=False)
     for k in keys:
-        table.add_row(str(k.id), k.name or "", _when(k.created_at), _when(k.revoked_at))
+        table.add_row(
+            str(k.id), k.name or "", " ".join(k.scopes), _when(k.created_at), _when(k.revoked_at)
+        )
     console.print(table)
 
 

@@ -1,5 +1,6 @@
 """SQLAlchemy models: they describe the tables; the migrations create them."""
 
+from src.models.access_log import AccessLogEntry, AccessLogPatient
 from src.models.base import Base
 from src.models.care_team import (
     EVENT_TYPES,
@@ -21,13 +22,23 @@ from src.models.records import (
     RecordChange,
     RecordType,
 )
-from src.models.tenants import ApiKey, Gender, Organization, Patient, Provider
+from src.models.tenants import (
+    ApiKey,
+    Gender,
+    Organization,
+    Patient,
+    Provider,
+    SmartClient,
+    SmartClientAssertion,
+)
 from src.primary_index import UNIQUE_PRIMARY_INDEX
 
 __all__ = [
     "EVENT_TYPES",
     "NOTE_MAX_LENGTH",
     "UNIQUE_PRIMARY_INDEX",
+    "AccessLogEntry",
+    "AccessLogPatient",
     "ApiKey",
     "Base",
     "CareTeamAssignment",
@@ -48,4 +59,6 @@ __all__ = [
     "RecordType",
     "RuleCheck",
     "Secret",
+    "SmartClient",
+    "SmartClientAssertion",
 ]

@@ -5,18 +5,21 @@ import enum
 import uuid
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     CheckConstraint,
     Date,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Text,
     UniqueConstraint,
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from src.models.base import Base
@@ -138,10 +141,25 @@ class Provider(Base):
 
 
 class ApiKey(Base):
-    """A bearer API key of one organization; only its SHA-256 hash is stored."""
+    """A bearer API key of one organization; only its SHA-256 hash is stored. A SMART
+    access token is a row too: with its client (`client_id`) and `expires_at`, both null
+    for a key (revision 20261207_smart_clients)."""
 
     __tablename__ = "api_keys"
-    __table_args__ = (UniqueConstraint("key_hash", "organization_id"),)
+    __table_args__ = (
+        UniqueConstraint("key_hash", "organization_id"),
+        ForeignKeyConstraint(
+            ["organization_id", "client_id"],
+            ["smart_clients.organization_id", "smart_clients.id"],
+            ondelete="RESTRICT",
+        ),
+        Index(
+            None,
+            "organization_id",
+            "client_id",
+            postgresql_where=text("client_id IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=_GEN_UUID)
     organization_id: Mapped[uuid.UUID] = mapped_column(
@@ -153,3 +171,55 @@ class ApiKey(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     revoked_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    # SMART v2 scopes (src/scopes.py). The default is what keys made before scopes
+    # existed could do (revision 20261207_key_scopes); the application always sets them.
+    scopes: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), server_default=text("'{system/*.cruds,careteam/admin}'::text[]")
+    )
+    client_id: Mapped[uuid.UUID | None] = mapped_column()
+    expires_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SmartClient(Base):
+    """A SMART Backend Services client of one organization (`careteam client register`):
+    its public keys (a JWK Set) or the URL to fetch them from, exactly one, and the scopes
+    it may be granted."""
+
+    __tablename__ = "smart_clients"
+    __table_args__ = (
+        CheckConstraint("num_nonnulls(jwks, jwks_url) = 1", name="keys"),
+        Index(None, "id"),  # a client is found by the id it sends
+    )
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), primary_key=True
+    )
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=_GEN_UUID)
+    name: Mapped[str] = mapped_column(Text)
+    jwks: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+    jwks_url: Mapped[str | None] = mapped_column(Text)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    revoked_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SmartClientAssertion(Base):
+    """The `jti` of a client assertion the token endpoint accepted, kept until the
+    assertion's `exp` has passed: its primary key refuses the same jti twice."""
+
+    __tablename__ = "smart_client_assertions"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["organization_id", "client_id"],
+            ["smart_clients.organization_id", "smart_clients.id"],
+            name="fk_smart_client_assertions_client_id_smart_clients",
+            ondelete="RESTRICT",
+        ),
+    )
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    client_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    jti: Mapped[str] = mapped_column(Text, primary_key=True)
+    expires_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True))

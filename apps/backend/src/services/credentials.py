@@ -1,4 +1,5 @@
-"""The API key a session acts as, and the process's memory of keys it has seen.
+"""The API key (or SMART access token) a session acts as, and the process's memory of
+the keys and tokens it has seen.
 
 A key's organization never changes, so the process remembers it after the key's first
 use (`remembered`, `remember`), and a request with a known key needs no round trip of
@@ -10,17 +11,28 @@ credential records that a statement confirmed it (`confirmed`), so the HTTP laye
 whether a request that ends without reaching the database still has to check its key
 (src/api/auth.py).
 
+A SMART access token (src/services/smart_service.py) is a credential of the same kind:
+a row of api_keys, stored as a hash, with its client (`client_id`) and when it expires
+(`expires_at`). The memory refuses a token once it has expired without a round trip;
+whether it is still live (not expired, its client not revoked) is checked by the same
+statement as a key's, in every transaction.
+
 A session without a credential (the CLI, scripts, tests calling the service) checks
 nothing beyond the tenant.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 import uuid
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from src.scopes import Grants
+
+NO_SCOPES = Grants(())  # a credential made without scopes may do nothing over HTTP
 
 # Beyond this many keys the memory starts over (keys are checked in every transaction
 # anyway; forgetting one costs its next request one round trip).
@@ -31,21 +43,38 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class KnownKey:
-    """What never changes about a key: its id and its organization."""
+    """What never changes about a key: its id, its organization and its scopes (a key's
+    scopes are set when it is made; to change them, make another key); for an access
+    token, its SMART client and when it expires as well."""
 
     api_key_id: uuid.UUID
     organization_id: uuid.UUID
+    grants: Grants = NO_SCOPES
+    client_id: uuid.UUID | None = None
+    expires_at: datetime.datetime | None = None
+
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= datetime.datetime.now(
+            datetime.UTC
+        )
 
 
 @dataclass
 class Credential:
-    """An API key a session acts as. `confirmed`: a statement of this request found it
-    live (set by the service's transaction layer)."""
+    """An API key (or access token) a session acts as. `confirmed`: a statement of this
+    request found it live (set by the service's transaction layer). `grants`: what its
+    scopes allow (checked by the HTTP layer, src/api/auth.py; the service checks none).
+    `client_id`: the SMART client an access token was issued to (None for an API key);
+    `api_key_id` is then the token's own id."""
 
     key_hash: str
     api_key_id: uuid.UUID
     organization_id: uuid.UUID
     confirmed: bool = False
+    grants: Grants = NO_SCOPES
+    # The SMART client whose access token this is (None for a plain API key): the access
+    # log records it (src/api/access_log.py).
+    client_id: uuid.UUID | None = None
 
     def __post_init__(self) -> None:
         # It is inlined into SQL (src/services/transaction.py): hex digits only.
@@ -54,6 +83,10 @@ class Credential:
 
     @property
     def actor(self) -> str:
+        """Who the records name: the key, or the SMART client of a token (its tokens
+        come and go; the client is who acted)."""
+        if self.client_id is not None:
+            return f"smart_client:{self.client_id}"
         return f"api_key:{self.api_key_id}"
 
 

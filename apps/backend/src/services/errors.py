@@ -265,6 +265,25 @@ class DatabaseUnavailable(CareTeamError):
     retry_after_s = 5
 
 
+class AccessLogUnavailable(DatabaseUnavailable):
+    """The access log entry of a request that reads or changes patient data could not
+    be written, so its answer is withheld (src/api/access_log.py). A read can simply be
+    retried; a write may have committed (read the state, or retry with the same
+    Idempotency-Key)."""
+
+    code = "access_log_unavailable"
+    title = "Access log unavailable"
+    retry_after_s = 5
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or "the access log could not record this request, so its answer is withheld; "
+            "retry later (a write may have been done: read the state first, or retry with "
+            "the same Idempotency-Key)"
+        )
+
+
 class OutcomeUnknown(DatabaseUnavailable):
     """The connection was lost while committing and the outcome could not be checked."""
 
@@ -301,6 +320,28 @@ class ApiKeyNotFound(NotFoundError):
         super().__init__(f"API key {key_id} not found")
 
 
+class SmartClientNotFound(NotFoundError):
+    code = "smart_client_not_found"
+    title = "SMART client not found"
+
+    def __init__(self, client_id: uuid.UUID) -> None:
+        super().__init__(f"SMART client {client_id} not found")
+
+
+class TokenRefused(CareTeamError):
+    """The token endpoint refuses a request (src/services/smart_service.py). `error` is
+    the OAuth 2.0 error code (RFC 6749 section 5.2: invalid_request, invalid_client,
+    unsupported_grant_type, invalid_scope); the message is its error_description, with
+    ids only. The token route answers it as OAuth does, never as a problem."""
+
+    code = "token_refused"
+    title = "Token refused"
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+
+
 class ApiKeyNotLive(CareTeamError):
     """The request's API key was revoked after the request authenticated (checked by the
     first statement of each of its transactions): nothing changed."""
@@ -310,6 +351,24 @@ class ApiKeyNotLive(CareTeamError):
 
     def __init__(self) -> None:
         super().__init__("missing, malformed or revoked API key")
+
+    @classmethod
+    def from_database(cls, subject: Subject, detail: str) -> Self:
+        return cls()
+
+
+class InsufficientScope(CareTeamError):
+    """The request's credential is live but lacks the scope the operation needs: raised by
+    the database's credential-management functions (careteam_admin_caller) when the
+    caller does not hold careteam/admin, behind the HTTP layer's own check
+    (src/api/auth.py), which answers the same 403 first."""
+
+    code = "insufficient_scope"
+    title = "Insufficient scope"
+    scope = "careteam/admin"  # the only scope the database checks itself
+
+    def __init__(self) -> None:
+        super().__init__(f"this API key does not have the scope this request needs: {self.scope}")
 
     @classmethod
     def from_database(cls, subject: Subject, detail: str) -> Self:

@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.models import RecordType
+from src.services.access_log_service import ENTRY_COLUMNS, HORIZON, AccessRecord
 from src.services.care_team_service import CareTeamPeriodRecord
 from src.services.directory_service import (
     PATIENT_COLUMNS,
@@ -203,7 +204,13 @@ def _codes(column: str, system: str) -> Compile:
 
 
 def token_param(
-    name: str, definition: str, doc: str, column: str, *, system: str, codes: frozenset[str]
+    name: str,
+    definition: str,
+    doc: str,
+    column: str,
+    *,
+    system: str,
+    codes: frozenset[str] | None,
 ) -> Param:
     return Param(
         name,
@@ -588,14 +595,102 @@ CARE_TEAM = [
     _last_updated("teams.updated_at"),
 ]
 
+AUDIT_EVENT_ACTION_SYSTEM = "http://hl7.org/fhir/audit-event-action"
+AUDIT_EVENT_OUTCOME_SYSTEM = "http://hl7.org/fhir/audit-event-outcome"
+RESTFUL_INTERACTION_SYSTEM = "http://hl7.org/fhir/restful-interaction"
+# AuditEvent.outcome from the status answered: 0 success, 4 minor failure (the request
+# was refused: 4xx), 8 serious failure (the server could not answer: 5xx).
+AUDIT_OUTCOME = (
+    "(CASE WHEN access_log.status < 400 THEN '0' WHEN access_log.status < 500 THEN '4' "
+    "ELSE '8' END)"
+)
+
+
+def _entry_names_patient(ids: str) -> str:
+    """The entry names one of the patients: by access_log_patients' primary key (a
+    btree on plain columns, which row-level security lets PostgreSQL use)."""
+    return (
+        "EXISTS (SELECT 1 FROM access_log_patients AS ap WHERE ap.organization_id = $1 "
+        f"AND ap.patient_id = ANY({ids}) AND ap.recorded_at = access_log.recorded_at "
+        "AND ap.entry_id = access_log.id)"
+    )
+
+
+# The access log (src/services/access_log_service.py) as AuditEvent: one entry each.
+AUDIT_EVENT = [
+    id_param("access_log.id"),
+    date_param(
+        "date",
+        SEARCH_PARAMETER + "AuditEvent-date",
+        "When the request was recorded (AuditEvent.recorded), with any prefix and precision",
+        "access_log.recorded_at",
+        "(access_log.recorded_at + interval '1 microsecond')",
+    ),
+    reference_param(
+        "patient",
+        SEARCH_PARAMETER + "AuditEvent-patient",
+        "A patient the request named (Patient/{id}, or the id)",
+        _entry_names_patient,
+        targets=("Patient",),
+        holds="Patient",
+        present="cardinality(access_log.patient_ids) > 0",
+    ),
+    reference_param(
+        "agent",
+        SEARCH_PARAMETER + "AuditEvent-agent",
+        "Who asked: the API key's or SMART client's id (or Device/{id}: a credential is a "
+        "device, named by identifier)",
+        lambda ids: f"(access_log.api_key_id = ANY({ids}) OR access_log.client_id = ANY({ids}))",
+        targets=(
+            "Device",
+            "Organization",
+            "Patient",
+            "Practitioner",
+            "PractitionerRole",
+            "RelatedPerson",
+        ),
+        holds="Device",
+        present="TRUE",
+    ),
+    token_param(
+        "action",
+        SEARCH_PARAMETER + "AuditEvent-action",
+        "C, R, U, D or E",
+        "access_log.action",
+        system=AUDIT_EVENT_ACTION_SYSTEM,
+        codes=frozenset({"C", "R", "U", "D", "E"}),
+    ),
+    token_param(
+        "outcome",
+        SEARCH_PARAMETER + "AuditEvent-outcome",
+        "0 (success), 4 (refused: a 4xx answer), 8 (failed: a 5xx answer)",
+        AUDIT_OUTCOME,
+        system=AUDIT_EVENT_OUTCOME_SYSTEM,
+        codes=frozenset({"0", "4", "8", "12"}),
+    ),
+    token_param(
+        "subtype",
+        SEARCH_PARAMETER + "AuditEvent-subtype",
+        "The FHIR restful interaction: read, vread, history-instance, search-type, create, update",
+        "access_log.interaction",
+        system=RESTFUL_INTERACTION_SYSTEM,
+        codes=None,
+    ),
+    _last_updated("access_log.recorded_at"),
+]
+
 PARAMETERS: dict[str, dict[str, Param]] = {
     kind: {p.name: p for p in params}
     for kind, params in (
         ("CareTeam", CARE_TEAM),
         ("Patient", PATIENT),
         ("Practitioner", PRACTITIONER),
+        ("AuditEvent", AUDIT_EVENT),
     )
 }
+# Types whose resources never change once written: a sorted search's pages need no
+# check that nothing moved (the access log is append-only).
+APPEND_ONLY = frozenset({"AuditEvent"})
 
 
 # --- running a search ----------------------------------------------------------------------
@@ -618,10 +713,15 @@ class Search:
     since: datetime.datetime | None = None
 
     @property
+    def ordered(self) -> bool:
+        """Whether it is sorted by anything but the id."""
+        return any(s.param.name != "_id" for s in self.sort)
+
+    @property
     def moves(self) -> bool:
         """Whether a resource's place in the order can change (a sort by anything but
-        the id, which never changes)."""
-        return any(s.param.name != "_id" for s in self.sort)
+        the id, which never changes, of a type whose resources change)."""
+        return self.ordered and self.kind not in APPEND_ONLY
 
 
 @dataclass(frozen=True)
@@ -775,11 +875,17 @@ _FROM = {
     "Patient": (f"SELECT {PATIENT_COLUMNS}, {_PATIENT_VIEW} FROM patients", "patients"),
     "Practitioner": (f"SELECT {PROVIDER_COLUMNS} FROM providers", "providers"),
     "CareTeam": (TEAMS + f" SELECT teams.*, {_PERIODS} FROM teams", "teams"),
+    "AuditEvent": (f"SELECT {ENTRY_COLUMNS} FROM access_log", "access_log"),
 }
 
 
 def _where(search: Search, bind: Binder, table: str) -> list[str]:
     conditions = [f"{table}.organization_id = $1"] if table != "teams" else []
+    if table == "access_log" and not any(c.param.name == "_id" for c in search.clauses):
+        # An open-ended search of the log stops before the oldest open transaction, whose
+        # entry could land behind a poller's `date=gt` or cursor once committed
+        # (access_log_service.HORIZON); one naming ids finds them once committed.
+        conditions.append(f"access_log.recorded_at < {HORIZON}")
     for clause in search.clauses:
         param = clause.param
         if clause.modifier == "missing":
@@ -920,6 +1026,7 @@ async def run_search(*, db: AsyncSession, organization_id: uuid.UUID, search: Se
                 found = _records(search.kind, rows)
                 if not found or list(found[0].version_key) != version:
                     raise CursorMoved()
+            if search.ordered:
                 page_conditions.append(_after(keys, table, bind, after_id))
             else:
                 page_conditions.append(f"{table}.id > {bind(after_id, 'uuid')}")
@@ -976,6 +1083,8 @@ def _records(kind: str, rows: list[Any]) -> list[Any]:
         return [_patient_view(r) for r in rows]
     if kind == "Practitioner":
         return [PractitionerView(provider_of_row(r)) for r in rows]
+    if kind == "AuditEvent":
+        return [AccessRecord(**dict(r)) for r in rows]
     return [_team(r) for r in rows]
 
 

@@ -2,7 +2,10 @@
 
 Creating organizations and issuing or revoking keys are operator actions: they run on
 an owner session (across tenants). Authenticating a key runs on an application session
-and can only go through the database function authenticate_api_key().
+and can only go through the database function authenticate_api_key(). A SMART access
+token (src/services/smart_service.py) authenticates the same way: it is a row of
+api_keys with its client and expiry, and authenticate_api_key() refuses it once expired
+or once its client is revoked. Keys are listed, counted and revoked here without them.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import logging
 import re
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.scopes import DEFAULT_KEY_SCOPES, Grants, InvalidScope, parse_scopes
 from src.services import credentials
 from src.services.credentials import Credential, KnownKey
 from src.services.errors import (
@@ -32,21 +37,30 @@ from src.services.transaction import Sql, run_transaction
 logger = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "ctk_"
+ACCESS_TOKEN_PREFIX = "ctt_"  # a SMART access token (src/services/smart_service.py)
 
-AUTHENTICATE = Sql("SELECT api_key_id, organization_id FROM authenticate_api_key($1)", "hash")
+AUTHENTICATE = Sql(
+    "SELECT api_key_id, organization_id, scopes, client_id, expires_at "
+    "FROM authenticate_api_key($1)",
+    "hash",
+)
 INSERT_ORGANIZATION = Sql("INSERT INTO organizations (name) VALUES ($1) RETURNING id", "name")
 ORGANIZATION_EXISTS = Sql("SELECT 1 FROM organizations WHERE id = $1", "org")
 INSERT_API_KEY = Sql(
-    "INSERT INTO api_keys (organization_id, key_hash, name) VALUES ($1, $2, $3) RETURNING id",
+    "INSERT INTO api_keys (organization_id, key_hash, name, scopes) VALUES ($1, $2, $3, $4) "
+    "RETURNING id",
     "org",
     "hash",
     "name",
+    "scopes",
 )
 # Revoking is idempotent: a key revoked before keeps its first revoked_at.
 REVOKE_API_KEY = Sql(
     """
     WITH target AS (
-        SELECT id, organization_id, revoked_at FROM api_keys WHERE id = $1 FOR UPDATE
+        SELECT id, organization_id, revoked_at FROM api_keys
+        WHERE id = $1 AND client_id IS NULL
+        FOR UPDATE
     ), revoked AS (
         UPDATE api_keys AS k SET revoked_at = now()
         FROM target AS t
@@ -70,14 +84,16 @@ LIST_ORGANIZATIONS = Sql(
     """
     SELECT o.id, o.name, o.created_at,
            (SELECT count(*) FROM api_keys AS k
-            WHERE k.organization_id = o.id AND k.revoked_at IS NULL) AS live_keys
+            WHERE k.organization_id = o.id AND k.revoked_at IS NULL
+              AND k.client_id IS NULL) AS live_keys
     FROM organizations AS o ORDER BY o.created_at, o.id
 """
 )
-# Never the hash (nor, of course, the key: it is not stored).
+# Never the hash (nor, of course, the key: it is not stored). Access tokens are not keys
+# (`careteam client list` shows clients).
 LIST_API_KEYS = Sql(
-    "SELECT id, name, created_at, revoked_at FROM api_keys WHERE organization_id = $1 "
-    "ORDER BY created_at, id",
+    "SELECT id, name, scopes, created_at, revoked_at FROM api_keys "
+    "WHERE organization_id = $1 AND client_id IS NULL ORDER BY created_at, id",
     "org",
 )
 
@@ -94,6 +110,7 @@ class OrganizationRecord:
 class ApiKeyRecord:
     id: uuid.UUID
     name: str | None
+    scopes: list[str]
     created_at: datetime.datetime
     revoked_at: datetime.datetime | None
 
@@ -105,6 +122,7 @@ class IssuedApiKey:
     id: uuid.UUID
     organization_id: uuid.UUID
     key: str
+    scopes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -118,12 +136,19 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-_API_KEY_SHAPE = re.compile(re.escape(API_KEY_PREFIX) + r"[A-Za-z0-9_-]{43}")
+_API_KEY_SHAPE = re.compile(
+    f"(?:{re.escape(API_KEY_PREFIX)}|{re.escape(ACCESS_TOKEN_PREFIX)})" + r"[A-Za-z0-9_-]{43}"
+)
 
 
 def looks_like_api_key(key: str) -> bool:
-    """Cheap shape check before any database work (43 url-safe characters after the prefix)."""
+    """Cheap shape check before any database work (43 url-safe characters after the
+    prefix of a key, or of an access token)."""
     return _API_KEY_SHAPE.fullmatch(key) is not None
+
+
+def looks_like_access_token(key: str) -> bool:
+    return key.startswith(ACCESS_TOKEN_PREFIX) and looks_like_api_key(key)
 
 
 class OrganizationService:
@@ -131,11 +156,12 @@ class OrganizationService:
 
     @staticmethod
     async def create_organization(*, db: AsyncSession, name: str) -> IssuedApiKey:
-        """Create an organization and its first API key, in one transaction."""
+        """Create an organization and its first API key (DEFAULT_KEY_SCOPES), in one
+        transaction."""
 
         async def work(driver: Any) -> IssuedApiKey:
             org = await INSERT_ORGANIZATION.fetchval(driver, {"name": name})
-            return await _issue_key(driver, org, name="initial")
+            return await _issue_key(driver, org, name="initial", scopes=DEFAULT_KEY_SCOPES)
 
         issued = await run_transaction(db, operation="create_organization", work=work)
         logger.info("organization created organization_id=%s", issued.organization_id)
@@ -143,14 +169,24 @@ class OrganizationService:
 
     @staticmethod
     async def create_api_key(
-        *, db: AsyncSession, organization_id: uuid.UUID, name: str | None = None
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        name: str | None = None,
+        scopes: Sequence[str] = DEFAULT_KEY_SCOPES,
     ) -> IssuedApiKey:
-        """Issue a new key for the organization. Raises OrganizationNotFound."""
+        """Issue a new key for the organization with these scopes (SMART v2 or v1
+        syntax, stored in v2 form: src/scopes.py). Raises InvalidArgument for a
+        malformed scope, OrganizationNotFound."""
+        try:
+            granted = parse_scopes(scopes)
+        except InvalidScope as err:
+            raise InvalidArgument(str(err), field="scopes") from err
 
         async def work(driver: Any) -> IssuedApiKey:
             if not await ORGANIZATION_EXISTS.fetchval(driver, {"org": organization_id}):
                 raise OrganizationNotFound(organization_id)
-            return await _issue_key(driver, organization_id, name=name)
+            return await _issue_key(driver, organization_id, name=name, scopes=granted)
 
         issued = await run_transaction(db, operation="create_api_key", work=work)
         logger.info("api key created organization_id=%s api_key_id=%s", organization_id, issued.id)
@@ -252,8 +288,17 @@ class OrganizationService:
             return None
         key_hash = hash_api_key(api_key)
         known = credentials.remembered(key_hash)
-        return (
-            None if known is None else Credential(key_hash, known.api_key_id, known.organization_id)
+        if known is None:
+            return None
+        if known.expired():  # an access token past its expiry: no round trip to refuse it
+            credentials.forget(key_hash)
+            return None
+        return Credential(
+            key_hash,
+            known.api_key_id,
+            known.organization_id,
+            grants=known.grants,
+            client_id=known.client_id,
         )
 
     @staticmethod
@@ -268,19 +313,36 @@ class OrganizationService:
         recalled = OrganizationService.recall(api_key)
         if recalled is not None or not looks_like_api_key(api_key):
             return recalled
+        # (A remembered token that expired was forgotten by recall: looked up again
+        # below, the database refuses it.)
         key_hash = hash_api_key(api_key)
 
         async def work(driver: Any) -> KnownKey | None:
             # One statement, one round trip: read-only and without a tenant, it runs
             # without BEGIN or COMMIT.
             row = await AUTHENTICATE.fetchrow(driver, {"hash": key_hash})
-            return None if row is None else KnownKey(row["api_key_id"], row["organization_id"])
+            if row is None:
+                return None
+            return KnownKey(
+                row["api_key_id"],
+                row["organization_id"],
+                Grants(tuple(row["scopes"])),
+                client_id=row["client_id"],
+                expires_at=row["expires_at"],
+            )
 
         found = await run_transaction(db, operation="authenticate", work=work, read_only=True)
         if found is None:
             return None
         credentials.remember(key_hash, found)
-        return Credential(key_hash, found.api_key_id, found.organization_id, confirmed=True)
+        return Credential(
+            key_hash,
+            found.api_key_id,
+            found.organization_id,
+            confirmed=True,
+            grants=found.grants,
+            client_id=found.client_id,
+        )
 
     @staticmethod
     async def confirm(*, db: AsyncSession, credential: Credential) -> bool:
@@ -299,9 +361,11 @@ class OrganizationService:
         return live
 
 
-async def _issue_key(driver: Any, org: uuid.UUID, *, name: str | None) -> IssuedApiKey:
+async def _issue_key(
+    driver: Any, org: uuid.UUID, *, name: str | None, scopes: Sequence[str]
+) -> IssuedApiKey:
     key = API_KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = await INSERT_API_KEY.fetchval(
-        driver, {"org": org, "hash": hash_api_key(key), "name": name}
+        driver, {"org": org, "hash": hash_api_key(key), "name": name, "scopes": list(scopes)}
     )
-    return IssuedApiKey(id=key_id, organization_id=org, key=key)
+    return IssuedApiKey(id=key_id, organization_id=org, key=key, scopes=tuple(scopes))

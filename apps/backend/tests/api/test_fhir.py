@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.careteam import CareTeam
@@ -26,6 +27,7 @@ from tests.helpers import LiveApi, Tenant, TenantFactory, post_patient, post_pro
 
 FHIR = "/fhir/R4"
 MODELS: dict[str, Any] = {
+    "AuditEvent": AuditEvent,
     "Bundle": Bundle,
     "CapabilityStatement": CapabilityStatement,
     "CareTeam": CareTeam,
@@ -82,7 +84,13 @@ class TestCapabilities:
         assert statement["fhirVersion"] == "4.0.1"
         assert statement["format"] == ["application/fhir+json", "json"]
         resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
-        assert set(resources) == {"CareTeam", "Organization", "Patient", "Practitioner"}
+        assert set(resources) == {
+            "AuditEvent",
+            "CareTeam",
+            "Organization",
+            "Patient",
+            "Practitioner",
+        }
         assert {p["name"] for p in resources["CareTeam"]["searchParam"]} >= {
             "patient",
             "subject",

@@ -96,8 +96,10 @@ def smart_client(clinic: Clinic) -> FHIRClient:
     its OAuth2 auth then signs every request `Authorization: Bearer <token>`.
 
     (Reading `server.capabilityStatement` would replace that auth with the one the
-    CapabilityStatement's `rest.security` describes, none here, and drop the header:
-    these tests read /metadata as a plain resource instead.)"""
+    CapabilityStatement's `rest.security` describes, SMART's oauth-uris, for the App
+    Launch flow fhirclient knows (this server issues tokens to Backend Services only:
+    tests/api/test_smart.py), and drop the header: these tests read /metadata as a plain
+    resource instead.)"""
     return FHIRClient(
         state={
             "app_id": "careteam-tests",
@@ -478,6 +480,7 @@ class TestFhirclientReads:
         statement = CapabilityStatement.read_from("metadata", smart)
         assert statement.fhirVersion == "4.0.1"
         assert {r.type for r in statement.rest[0].resource} == {
+            "AuditEvent",
             "CareTeam",
             "Organization",
             "Patient",

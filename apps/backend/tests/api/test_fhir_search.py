@@ -16,8 +16,11 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.db import Database
+from src.scopes import ADMIN, FULL_ACCESS
 from src.services.directory_service import DirectoryService
 from src.services.fhir_search import PARAMETERS
+from src.services.organization_service import OrganizationService
 from tests.api.test_fhir import FHIR, fhir_get, ids, team_of, valid
 from tests.helpers import Tenant, post_patient, post_provider
 
@@ -352,8 +355,13 @@ class TestParameters:
         assert ana not in ids(later)
 
     async def test_every_declared_parameter_is_served_and_nothing_else(
-        self, client: httpx.AsyncClient, tenant: Tenant
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
     ):
+        async with AsyncSession(database.owner_engine) as owner:
+            admin = await OrganizationService.create_api_key(
+                db=owner, organization_id=tenant.organization_id, scopes=[FULL_ACCESS, ADMIN]
+            )
+        tenant = Tenant(tenant.organization_id, admin.id, admin.key)  # AuditEvent's too
         statement = valid(await fhir_get(client, None, "/metadata"))
         declared = {
             r["type"]: {p["name"]: p for p in r.get("searchParam", [])}

@@ -12,10 +12,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.api.app import create_app
 from src.config import Settings
 from src.db import Database, open_database
+from src.scopes import ADMIN, FULL_ACCESS
+from src.services.organization_service import OrganizationService
 from tests.helpers import Tenant, post_patient, post_provider
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance", "error", "request_id"}
@@ -88,8 +91,13 @@ class TestProblemDetails:
 
 class TestHead:
     async def test_every_get_route_answers_head_without_a_body(
-        self, client: httpx.AsyncClient, tenant: Tenant
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
     ):
+        async with AsyncSession(database.owner_engine) as owner:
+            admin = await OrganizationService.create_api_key(
+                db=owner, organization_id=tenant.organization_id, scopes=[FULL_ACCESS, ADMIN]
+            )
+        tenant = Tenant(tenant.organization_id, admin.id, admin.key)  # every scope
         patient = await post_patient(client, tenant)
         provider = await post_provider(client, tenant)
         paths = {
@@ -107,6 +115,11 @@ class TestHead:
             f"/v1/patients/{patient}/changes",
             f"/v1/providers/{provider}/changes",
             "/v1/care-team-events",
+            "/.well-known/smart-configuration",
+            "/fhir/R4/.well-known/smart-configuration",
+            "/v1/api-keys",
+            "/v1/clients",
+            "/v1/access-log",
         }
         document = (await client.get("/openapi.json")).json()
         get_routes = {p for p, ops in document["paths"].items() if "get" in ops}

@@ -93,6 +93,19 @@ def test_search_benchmark_runs_and_uses_the_name_indexes():
     assert "ix_patients_organization_id_first_name_key" in figures["plans"]["name_search"]
 
 
+def test_smart_benchmark_runs():
+    figures = run_script(
+        "bench/smart.py", *("--tokens", "5", "--patients", "50", "--seconds", "1", "--clients", "2")
+    )
+    assert figures["token_request"]["requests"] == 5
+    assert figures["token_request"]["median_ms"] > 0
+    for round_ in figures["rounds"]:
+        for credential in ("api_key", "access_token"):
+            assert round_[credential]["operations"] > 0
+            assert round_[credential]["errors"] == 0, round_[credential]
+        assert round_["ratio"] > 0
+
+
 def test_fhir_benchmark_runs():
     figures = run_script(
         "bench/fhir.py", *("--patients", "200", "--seconds", "1", "--clients", "2")

@@ -42,7 +42,9 @@ from tests.helpers import (
     careteam,
     create_clinic,
     create_patient,
+    ec_key,
     http_json,
+    jwks_of,
     start_serve,
 )
 from tests.helpers import free_port as _free_port
@@ -91,13 +93,17 @@ def get(url: str, key: str | None = None) -> tuple[int, object]:
         return err.code, json.loads(err.read())
 
 
+NO_ORG = "00000000-0000-4000-8000-000000000000"
+
+
 class TestOrganizationsAndKeys:
     def test_org_create_key_create_and_revoke(self, database_url: str, database: object):
         created = careteam("org", "create", "Northside Clinic", "--json")
         assert created.returncode == 0, created.stderr
         org = json.loads(created.stdout)
-        assert set(org) == {"organization_id", "api_key_id", "api_key"}
+        assert set(org) == {"organization_id", "api_key_id", "api_key", "scopes"}
         assert org["api_key"].startswith("ctk_")
+        assert org["scopes"] == ["system/*.cruds"]  # no key has the admin scope by default
 
         second = careteam("key", "create", org["organization_id"], "--json")
         assert second.returncode == 0, second.stderr
@@ -125,6 +131,21 @@ class TestOrganizationsAndKeys:
             (("org", "create", "   "), "NAME must be 1 to 200 characters", 2),
             (("key", "create", "00000000-0000-4000-8000-000000000000", "--name", ""), "--name", 2),
             (("migrate", "--to", "nope"), "unknown revision", 2),
+            (
+                ("key", "create", NO_ORG, "--scope", "x"),
+                "--scope: scope 'x' is not of the form system/<type>.<permissions>",
+                2,
+            ),
+            (
+                ("key", "create", NO_ORG, "--scope", "system/*.rx"),
+                "permissions are one or more of c, r, u, d, s",
+                2,
+            ),
+            (
+                ("key", "create", NO_ORG, "--scope", "patient/*.rs"),
+                "system/ scopes",
+                2,
+            ),
         ],
     )
     def test_errors_are_one_line_usage_2_failure_1(
@@ -136,11 +157,157 @@ class TestOrganizationsAndKeys:
         assert len(result.stderr.strip().splitlines()) == 1
         assert "Traceback" not in result.stderr
 
+    def test_key_create_sets_scopes_and_key_list_shows_them(
+        self, database_url: str, database: object
+    ):
+        org = json.loads(careteam("org", "create", "Scoped Clinic", "--json").stdout)
+        created = careteam(
+            "key", "create", org["organization_id"], "--name", "fhir reader",
+            "--scope", "system/CareTeam.rs", "--scope", "system/Patient.read", "--json",
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        key = json.loads(created.stdout)
+        # v1 syntax is stored in its v2 form, sorted, each scope once.
+        assert key["scopes"] == ["system/CareTeam.rs", "system/Patient.rs"]
+        admin = careteam(
+            "key", "create", org["organization_id"], "--scope", "careteam/admin",
+            "--scope", "system/*.write",
+        )  # fmt: skip
+        assert admin.returncode == 0, admin.stderr
+        assert "scopes:          careteam/admin system/*.cud" in admin.stdout
+
+        listed = json.loads(careteam("key", "list", org["organization_id"], "--json").stdout)
+        assert [k["scopes"] for k in listed["items"]] == [
+            ["system/*.cruds"],
+            ["system/CareTeam.rs", "system/Patient.rs"],
+            ["careteam/admin", "system/*.cud"],
+        ]
+        table = careteam("key", "list", org["organization_id"])
+        assert table.returncode == 0
+        assert "scopes" in table.stdout and "system/CareTeam.rs system/Patient.rs" in table.stdout
+
     def test_unreachable_database_is_one_line(self):
         result = careteam("status", env={"DATABASE_URL": "postgresql://x@127.0.0.1:1/none"})
         assert result.returncode == 1
         assert result.stderr.startswith("❌ ERROR: database error")
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+class TestSmartClients:
+    """careteam client register, list and revoke: as key create, list and revoke are."""
+
+    def org(self) -> str:
+        created = careteam("org", "create", "SMART Clinic", "--json")
+        assert created.returncode == 0, created.stderr
+        return str(json.loads(created.stdout)["organization_id"])
+
+    def test_register_with_a_jwks_file_list_and_revoke(
+        self, database_url: str, database: object, tmp_path: Path
+    ):
+        org = self.org()
+        jwks = tmp_path / "jwks.json"
+        jwks.write_text(json.dumps(jwks_of(ec_key())))
+        registered = careteam(
+            "client", "register", org, "--name", "nightly sync", "--jwks-file", str(jwks),
+            "--scope", "system/CareTeam.read", "--scope", "system/Patient.rs", "--json",
+        )  # fmt: skip
+        assert registered.returncode == 0, registered.stderr
+        client = json.loads(registered.stdout)
+        uuid.UUID(client["client_id"])
+        assert client["scopes"] == ["system/CareTeam.rs", "system/Patient.rs"]
+        text_form = careteam(
+            "client", "register", org, "--name", "bulk", "--scope", "system/*.rs",
+            "--jwks-url", "https://bulk.example.org/.well-known/jwks.json",
+        )  # fmt: skip
+        assert text_form.returncode == 0, text_form.stderr
+        assert "client_id:" in text_form.stdout
+
+        listed = json.loads(careteam("client", "list", org, "--json").stdout)
+        assert [(c["name"], c["keys"], c["jwks_url"]) for c in listed["items"]] == [
+            ("nightly sync", 1, None),
+            ("bulk", 0, "https://bulk.example.org/.well-known/jwks.json"),
+        ]
+        table = careteam("client", "list", org)
+        assert "system/CareTeam.rs system/Patient.rs" in table.stdout
+
+        revoked = careteam("client", "revoke", client["client_id"])
+        assert revoked.returncode == 0, revoked.stderr
+        assert "revoked (0 live token(s) revoked with it)" in revoked.stdout
+        again = careteam("client", "revoke", client["client_id"], "--json")
+        assert json.loads(again.stdout)["already_revoked"] is True
+
+    @pytest.mark.parametrize(
+        "url",
+        ["http://127.0.0.1:8080/jwks.json", "http://localhost/jwks.json",
+         "https://10.0.0.7/jwks.json"],
+    )  # fmt: skip
+    def test_the_operator_may_register_a_url_on_its_own_machine_or_network(
+        self, database_url: str, database: object, url: str
+    ):
+        """POST /v1/clients refuses these (an administrator is a tenant); the owner's
+        command keeps them, for development, tests and an operator's own services."""
+        registered = careteam("client", "register", self.org(), "--name", "local",
+                              "--scope", "system/*.rs", "--jwks-url", url, "--json")  # fmt: skip
+        assert registered.returncode == 0, registered.stderr
+        assert json.loads(registered.stdout)["jwks_url"] == url
+
+    @pytest.mark.parametrize(
+        ("jwks", "message"),
+        [
+            ("private", "holds private key material (d)"),
+            ('{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]}', "symmetric key"),
+            ("not json", "the JWKS is not JSON"),
+            ('{"keys": []}', "the JWKS has no keys"),
+        ],
+    )
+    def test_a_jwks_file_it_will_not_use_is_one_line_exit_2(
+        self, database_url: str, database: object, tmp_path: Path, jwks: str, message: str
+    ):
+        if jwks == "private":
+            from jwt.algorithms import ECAlgorithm  # noqa: PLC0415
+
+            key = ec_key()
+            jwks = json.dumps({"keys": [{**ECAlgorithm.to_jwk(key.private, as_dict=True),
+                                         "kid": "k"}]})  # fmt: skip
+        path = tmp_path / "jwks.json"
+        path.write_text(jwks)
+        result = careteam("client", "register", self.org(), "--name", "x", "--scope",
+                          "system/*.rs", "--jwks-file", str(path))  # fmt: skip
+        assert result.returncode == 2
+        assert message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+    @pytest.mark.parametrize(
+        ("args", "message", "code"),
+        [
+            (("--scope", "system/*.rs"), "give exactly one of --jwks-file and --jwks-url", 2),
+            (("--scope", "system/*.rs", "--jwks-url", "http://jwks.example.org/k"),
+             "--jwks-url: the JWKS URL must be https", 2),
+            (("--scope", "patient/*.rs", "--jwks-url", "https://a.example.org/k"),
+             "--scope: scope 'patient/*.rs'", 2),
+            (("--scope", "system/*.rs", "--jwks-file", "/nonexistent/jwks.json"),
+             "--jwks-file: cannot read", 2),
+        ],
+    )  # fmt: skip
+    def test_usage_errors_are_one_line_exit_2(
+        self, database_url: str, database: object, args: tuple[str, ...], message: str, code: int
+    ):
+        result = careteam("client", "register", self.org(), "--name", "x", *args)
+        assert result.returncode == code
+        assert message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+    def test_unknown_ids_fail_in_one_line(self, database_url: str, database: object):
+        revoked = careteam("client", "revoke", str(uuid.uuid4()))
+        assert revoked.returncode == 1
+        assert "SMART client" in revoked.stderr and "not found" in revoked.stderr
+        listed = careteam("client", "list", str(uuid.uuid4()))
+        assert listed.returncode == 1
+        url = "https://a.example.org/k"
+        registered = careteam("client", "register", str(uuid.uuid4()), "--name", "x",
+                              "--scope", "system/*.rs", "--jwks-url", url)  # fmt: skip
+        assert registered.returncode == 1
+        assert len(registered.stderr.strip().splitlines()) == 1
 
 
 class TestDatabaseCommands:
@@ -359,6 +526,18 @@ def serving(data_dir: Path, *args: str) -> Iterator[Serve]:
 
 
 class TestServeReleaseSteps:
+    def test_it_warns_at_start_when_public_base_url_is_unset(
+        self, database_url: str, database: object, tmp_path: Path
+    ):
+        """Without it the token endpoint's aud is made of the request's Host (README):
+        an assertion made for another server could be replayed here."""
+        env = {"DATABASE_URL": database_url, "PUBLIC_BASE_URL": ""}
+        unset = start_serve(env, tmp_path / "unset.log", "--log-level", "warning").stop()
+        assert "PUBLIC_BASE_URL is not set" in unset and "aud" in unset
+        env["PUBLIC_BASE_URL"] = "https://api.example.org"
+        set_ = start_serve(env, tmp_path / "set.log", "--log-level", "warning").stop()
+        assert "PUBLIC_BASE_URL" not in set_, set_
+
     def test_a_port_in_use_is_said_plainly_before_anything_starts(self, database_url: str):
         """serve printed "Serving ..." first, then exited 3 (uvicorn's code)."""
         with socket.socket() as taken:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from typing import Any
+from unittest.mock import ANY as mock_any_value
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -40,6 +42,10 @@ NORMALIZED_IDENTIFIERS = "20261207_normalized_identifiers"
 PATIENT_GENDER = "20261207_patient_gender"
 RECORD_SNAPSHOTS = "20261207_record_snapshots"
 FHIR_READS = "20261207_fhir_reads"
+KEY_SCOPES = "20261207_key_scopes"
+SMART_CLIENTS = "20261207_smart_clients"
+CREDENTIAL_ADMIN = "20261207_credential_admin"
+ACCESS_LOG = "20261207_access_log"
 PATIENT_ORDERS = "20261207_patient_primary_sort"
 HEAD = PATIENT_ORDERS
 
@@ -54,7 +60,11 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
-        assert scripts.get_revision(PATIENT_ORDERS).down_revision == FHIR_READS
+        assert scripts.get_revision(PATIENT_ORDERS).down_revision == ACCESS_LOG
+        assert scripts.get_revision(ACCESS_LOG).down_revision == CREDENTIAL_ADMIN
+        assert scripts.get_revision(CREDENTIAL_ADMIN).down_revision == SMART_CLIENTS
+        assert scripts.get_revision(SMART_CLIENTS).down_revision == KEY_SCOPES
+        assert scripts.get_revision(KEY_SCOPES).down_revision == FHIR_READS
         assert scripts.get_revision(FHIR_READS).down_revision == RECORD_SNAPSHOTS
         assert scripts.get_revision(RECORD_SNAPSHOTS).down_revision == PATIENT_GENDER
         assert scripts.get_revision(PATIENT_GENDER).down_revision == NORMALIZED_IDENTIFIERS
@@ -392,6 +402,204 @@ class TestOrganizationRead:
             await database.dispose()
 
 
+class TestKeyScopes:
+    async def test_existing_keys_keep_full_access_and_downgrade_drops_the_scopes(
+        self, fresh_database: FreshDatabase, settings: Settings
+    ):
+        db = fresh_database
+        await upgrade(db.engine, FHIR_READS)
+        org = (await db.execute("INSERT INTO organizations (name) VALUES ('c') RETURNING id"))[0][0]
+        await db.execute(
+            "INSERT INTO api_keys (organization_id, key_hash) VALUES (:org, 'old-key')", org=org
+        )
+
+        await upgrade(db.engine, KEY_SCOPES)
+
+        assert await db.execute("SELECT scopes FROM api_keys WHERE key_hash = 'old-key'") == [
+            (["system/*.cruds", "careteam/admin"],)
+        ]
+        database = open_database(settings, db.url)
+        try:
+            async with database.app_engine.connect() as conn:
+                found = (
+                    await conn.execute(text("SELECT * FROM authenticate_api_key('old-key')"))
+                ).one()
+                await conn.rollback()
+        finally:
+            await database.dispose()
+        assert (found.organization_id, found.scopes) == (org, ["system/*.cruds", "careteam/admin"])
+
+        await downgrade(db.engine, FHIR_READS)
+        columns = await db.execute(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = 'api_keys' AND column_name = 'scopes'"
+        )
+        assert columns == [(0,)]
+        database = open_database(settings, db.url)
+        try:
+            async with database.app_engine.connect() as conn:
+                row = (
+                    await conn.execute(text("SELECT * FROM authenticate_api_key('old-key')"))
+                ).one()
+                await conn.rollback()
+        finally:
+            await database.dispose()
+        assert tuple(row) == (row.api_key_id, org)
+        await upgrade(db.engine)
+        assert await current_revision(db.engine) == HEAD
+
+
+class TestSmartClients:
+    async def test_tokens_expire_and_die_with_their_client_and_downgrade_deletes_them(
+        self, fresh_database: FreshDatabase, settings: Settings
+    ):
+        db = fresh_database
+        await upgrade(db.engine, KEY_SCOPES)
+        org = (await db.execute("INSERT INTO organizations (name) VALUES ('c') RETURNING id"))[0][0]
+        await db.execute(
+            "INSERT INTO api_keys (organization_id, key_hash) VALUES (:org, 'old-key')", org=org
+        )
+
+        await upgrade(db.engine, SMART_CLIENTS)
+
+        client = (
+            await db.execute(
+                "INSERT INTO smart_clients (organization_id, name, jwks, scopes) "
+                "VALUES (:org, 'c', '{\"keys\": []}', '{system/*.rs}') RETURNING id",
+                org=org,
+            )
+        )[0][0]
+        for key_hash, expires in (("live-token", "1 hour"), ("expired-token", "-1 second")):
+            await db.execute(
+                "INSERT INTO api_keys (organization_id, key_hash, scopes, client_id, expires_at) "
+                f"VALUES (:org, :hash, '{{system/*.rs}}', :client, now() + interval '{expires}')",
+                org=org,
+                hash=key_hash,
+                client=client,
+            )
+        neither = (
+            "INSERT INTO smart_clients (organization_id, name, scopes) "
+            "VALUES (:org, 'n', '{system/*.rs}')"
+        )
+        with pytest.raises(DBAPIError, match="ck_smart_clients_keys"):
+            await db.execute(neither, org=org)
+
+        async def live(key_hash: str) -> list[Any]:
+            database = open_database(settings, db.url)
+            try:
+                async with database.app_engine.connect() as conn:
+                    rows = (
+                        await conn.execute(
+                            text("SELECT * FROM authenticate_api_key(:h)"), {"h": key_hash}
+                        )
+                    ).all()
+                    await conn.rollback()
+            finally:
+                await database.dispose()
+            return list(rows)
+
+        assert [r.client_id for r in await live("old-key")] == [None]
+        assert [r.client_id for r in await live("live-token")] == [client]
+        assert await live("expired-token") == []
+        await db.execute("UPDATE smart_clients SET revoked_at = now() WHERE id = :c", c=client)
+        assert await live("live-token") == []  # its client revoked: refused
+
+        await downgrade(db.engine, KEY_SCOPES)
+        assert await db.execute("SELECT key_hash FROM api_keys") == [("old-key",)]
+        assert [tuple(r) for r in await live("old-key")] == [
+            (mock_any_value, org, ["system/*.cruds", "careteam/admin"])
+        ]  # authenticate_api_key v2 again
+        tables = await db.execute(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'smart_client%'"
+        )
+        assert tables == [(0,)]
+        await upgrade(db.engine)
+        assert await current_revision(db.engine) == HEAD
+
+
+ADMIN_FUNCTIONS = """
+SELECT p.proname, p.prosecdef,
+       has_function_privilege(:role, p.oid, 'EXECUTE') AS app_may_run,
+       has_function_privilege('public', p.oid, 'EXECUTE') AS anyone_may_run
+FROM pg_proc AS p WHERE p.proname LIKE 'careteam_admin_%' ORDER BY p.proname
+"""
+
+
+class TestCredentialAdmin:
+    async def test_the_application_role_runs_the_six_definer_functions_only_and_downgrade(
+        self, fresh_database: FreshDatabase, settings: Settings
+    ):
+        db = fresh_database
+        await upgrade(db.engine, CREDENTIAL_ADMIN)
+        rows = await db.execute(ADMIN_FUNCTIONS, role=settings.app_db_role)
+        assert [tuple(r) for r in rows] == [
+            ("careteam_admin_caller", False, False, False),  # only the six below run it
+            *[
+                (f"careteam_admin_{name}", True, True, False)
+                for name in (
+                    "clients",
+                    "issue_key",
+                    "keys",
+                    "register_client",
+                    "revoke_client",
+                    "revoke_key",
+                )
+            ],
+        ]
+        org = (await db.execute("INSERT INTO organizations (name) VALUES ('c') RETURNING id"))[0][0]
+        await db.execute(
+            "INSERT INTO api_keys (organization_id, key_hash, scopes) "
+            "VALUES (:org, 'made-over-http', '{system/*.rs}')",
+            org=org,
+        )
+
+        await downgrade(db.engine, SMART_CLIENTS)
+        assert await db.execute(ADMIN_FUNCTIONS, role=settings.app_db_role) == []
+        assert await db.execute("SELECT key_hash FROM api_keys") == [("made-over-http",)]
+
+
+class TestAccessLog:
+    async def test_the_log_comes_and_goes_and_the_app_may_only_append(
+        self, fresh_database: FreshDatabase, settings: Settings
+    ):
+        db = fresh_database
+        await upgrade(db.engine, ACCESS_LOG)
+        org = (await db.execute("INSERT INTO organizations (name) VALUES ('c') RETURNING id"))[0][0]
+        privileges = await db.execute(
+            "SELECT table_name, string_agg(privilege_type, ',' ORDER BY privilege_type) "
+            "FROM information_schema.role_table_grants WHERE grantee = :role "
+            "AND table_name LIKE 'access_log%' GROUP BY table_name ORDER BY table_name",
+            role=settings.app_db_role,
+        )
+        assert privileges == [
+            ("access_log", "INSERT,SELECT"),
+            ("access_log_patients", "INSERT,SELECT"),
+        ]
+        database = open_database(settings, db.url)
+        try:
+            async with database.app_engine.connect() as conn:
+                written = await conn.execute(
+                    text(
+                        "SELECT careteam_record_access(:org, gen_random_uuid(), "
+                        "gen_random_uuid(), NULL, 'GET /v1/patients/{patient_id}', 'read', 'R', "
+                        "'{}', 200, NULL, ARRAY[gen_random_uuid()])"
+                    ),
+                    {"org": org},
+                )
+                assert written.scalar_one() is True
+                await conn.commit()
+        finally:
+            await database.dispose()
+        assert await db.execute("SELECT count(*) FROM access_log_patients") == [(1,)]
+
+        await downgrade(db.engine, CREDENTIAL_ADMIN)
+        assert await db.execute(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'access_log%'"
+        ) == [(0,)]
+        await upgrade(db.engine)
+        assert await current_revision(db.engine) == HEAD
+
+
 class TestPatientOrders:
     async def test_the_order_indexes_are_built_as_the_models_say_and_dropped(
         self, fresh_database: FreshDatabase
@@ -423,7 +631,7 @@ class TestPatientOrders:
             "(organization_id, created_at, id)"
             in indexes["ix_patients_organization_id_created_at_id"]
         )
-        await downgrade(db.engine, FHIR_READS)
+        await downgrade(db.engine, ACCESS_LOG)
         left = await db.execute(
             "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'ix_patients_organization_id_%'"
             " AND indexname IN ('ix_patients_organization_id_name_order', "

@@ -30,11 +30,16 @@ TENANT_TABLES = [
     "patient_identifiers",
     "record_changes",
     "idempotency_keys",
+    "access_log",
+    "access_log_patients",
 ]
 # api_keys is covered by RLS too, but the application role cannot read it at all: it only
 # calls authenticate_api_key(). Of organizations it reads its own id, name and creation
 # time (revision 20261207_fhir_reads: FHIR's Organization read); the owner makes them.
-PROTECTED_TABLES = [*TENANT_TABLES, "api_keys"]
+# SMART clients and their assertions likewise (revision 20261207_smart_clients): only
+# through smart_client_keys() and smart_issue_token().
+OWNER_ONLY_TABLES = ["api_keys", "smart_clients", "smart_client_assertions"]
+PROTECTED_TABLES = [*TENANT_TABLES, *OWNER_ONLY_TABLES]
 APPLICATION_TABLES = TENANT_TABLES
 
 
@@ -59,6 +64,11 @@ async def two_clinics(database: Database) -> tuple[tuple[uuid.UUID, uuid.UUID], 
                 "VALUES (:org, 'patient', :patient, 1, 'created', '{dob}', 'test')",
                 "INSERT INTO idempotency_keys (organization_id, key, fingerprint, status_code, "
                 "body) VALUES (:org, 'k', 'f', 201, '')",
+                "INSERT INTO access_log (organization_id, id, api_key_id, route, interaction, "
+                "action, status, patient_ids) VALUES (:org, gen_random_uuid(), gen_random_uuid(), "
+                "'GET /v1/patients/{patient_id}', 'read', 'R', 200, ARRAY[:patient]::uuid[])",
+                "INSERT INTO access_log_patients (organization_id, patient_id, recorded_at, "
+                "entry_id) VALUES (:org, :patient, now(), gen_random_uuid())",
             ):
                 await owner.execute(text(sql), params)
     return tuple(clinics)
@@ -162,10 +172,21 @@ class TestTheApplicationCannotLeaveItsRole:
             "UPDATE organizations SET name = 'x'",
             "DELETE FROM organizations",
             "SELECT count(*) FROM api_keys",
+            "SELECT count(*) FROM smart_clients",
+            "SELECT count(*) FROM smart_client_assertions",
+            "UPDATE api_keys SET revoked_at = NULL",
+            "INSERT INTO smart_client_assertions (organization_id, client_id, jti, expires_at) "
+            "VALUES (gen_random_uuid(), gen_random_uuid(), 'j', now())",
             "CREATE TABLE escape_hatch (id int)",
             "CREATE TEMPORARY TABLE escape_hatch (id int)",
             "UPDATE care_team_events SET actor = 'x'",
             "DELETE FROM care_team_events",
+            "UPDATE access_log SET status = 200",
+            "DELETE FROM access_log",
+            "TRUNCATE access_log",
+            "UPDATE access_log_patients SET patient_id = gen_random_uuid()",
+            "DELETE FROM access_log_patients",
+            "TRUNCATE access_log_patients",
         ],
     )
     async def test_privileges_it_does_not_use_are_revoked(self, database: Database, statement: str):
@@ -246,6 +267,48 @@ class TestEventsAreAppendOnly:
             await set_tenant(conn, org_a)
             with pytest.raises(ProgrammingError, match="permission denied"):
                 await conn.execute(text(statement))
+
+
+class TestTheAccessLogIsAppendOnly:
+    """The application role adds entries (its own tenant's only) and reads them; it can
+    change or remove none, its own included (revision 20261207_access_log)."""
+
+    @pytest.mark.parametrize(
+        "statement",
+        [
+            "UPDATE access_log SET status = 200",
+            "UPDATE access_log SET patient_ids = '{}'",
+            "DELETE FROM access_log",
+            "TRUNCATE access_log",
+            "UPDATE access_log_patients SET recorded_at = now()",
+            "DELETE FROM access_log_patients",
+            "TRUNCATE access_log_patients",
+        ],
+    )
+    async def test_application_cannot_alter_the_log(self, database: Database, statement: str):
+        (org_a, _), _ = await two_clinics(database)
+        async with database.app_engine.connect() as conn:
+            await set_tenant(conn, org_a)
+            assert await count(conn, "access_log", org_a) >= 1  # it sees its own entries
+            with pytest.raises(ProgrammingError, match="permission denied"):
+                await conn.execute(text(statement))
+
+    async def test_application_records_for_its_own_tenant_only(self, database: Database):
+        (org_a, patient_a), (org_b, _) = await two_clinics(database)
+        record = (
+            "SELECT careteam_record_access($1, gen_random_uuid(), gen_random_uuid(), NULL, "
+            "'GET /v1/patients/{patient_id}', 'read', 'R', '{}', 200, NULL, $2)"
+        )
+        async with application_connection(database) as driver:
+            assert await driver.fetchval(record, org_a, [patient_a]) is True
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+                await driver.execute(
+                    f"BEGIN; SELECT careteam_enter('{org_a}', NULL); "
+                    "INSERT INTO access_log (organization_id, id, api_key_id, route, "
+                    f"interaction, action, status) VALUES ('{org_b}', gen_random_uuid(), "
+                    "gen_random_uuid(), 'x', 'read', 'R', 200)"
+                )
+            await driver.execute("ROLLBACK")
 
 
 class TestEnteringATenant:

@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from src.config import Settings
 from src.db import Database, open_database
+from src.scopes import FULL_ACCESS, Grants
 from src.services import care_team_service, credentials, directory_service, organization_service
 from src.services.care_team_service import CareTeamService as Service
 from src.services.credentials import Credential, KnownKey
@@ -347,7 +348,7 @@ class TestARefusedKeyIsNotARefusedLogin:
 
     def test_a_refused_login_is_a_database_error(self):
         key_hash = hash_api_key("ctk_" + "C" * 43)
-        found = KnownKey(uuid.uuid4(), uuid.uuid4())
+        found = KnownKey(uuid.uuid4(), uuid.uuid4(), Grants((FULL_ACCESS,)))
         credentials.remember(key_hash, found)
         credential = Credential(key_hash, found.api_key_id, found.organization_id)
         refused_login = asyncpg.InvalidAuthorizationSpecificationError("no pg_hba.conf entry")

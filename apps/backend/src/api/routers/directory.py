@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.api.access_log import note_patients
 from src.api.conditional import (
     IF_NONE_MATCH,
     IfMatch,
@@ -190,6 +191,7 @@ async def create_patient(
         actor=caller.actor,
         idempotency=idempotency,
     )
+    note_patients(request.scope, [result.id])
     return respond(patient_reply(result, 201), idempotency)
 
 
@@ -254,6 +256,7 @@ async def list_patients(
         after_version=None if position is None or not keyset else cast(int, position[1]),
     )
     page = found[:limit]
+    note_patients(request.scope, [p.id for p in page], count=len(page))
     last = page[-1] if len(found) > limit else None
     return PatientListOut(
         items=[patient_out(p) for p in page],

@@ -6,6 +6,7 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Query, Request
 
+from src.api.access_log import note_patients
 from src.api.deps import caller_of, session_of
 from src.api.errors import problem_responses
 from src.api.paging import CursorParam, cursors_of, open_cursor
@@ -43,6 +44,7 @@ async def get_care_team_events(
     events = await CareTeamService.get_events(
         db=db, organization_id=caller.organization_id, after=position, limit=limit
     )
+    note_patients(request.scope, [e.patient_id for e in events], count=len(events))
     return CareTeamEventsOut(
         items=[FeedEventOut.model_validate(e, from_attributes=True) for e in events],
         next_cursor=cursors.seal(FEED, events[-1].id if events else position),

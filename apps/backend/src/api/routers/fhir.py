@@ -21,7 +21,8 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
 
-from src.api.auth import credential_of
+from src.api.access_log import note_parameters, note_patients
+from src.api.auth import credential_of, insufficient_scope
 from src.api.deps import session_of
 from src.api.fhir_query import (
     INCLUDES,
@@ -45,8 +46,8 @@ from src.api.fhir_resources import (
     version_tag,
 )
 from src.api.paging import cursors_of
-from src.api.routing import query_is_utf8
-from src.config import get_settings
+from src.api.routers.smart import TOKEN_PATH
+from src.api.routing import public_base, query_is_utf8
 from src.services.fhir_search import (
     MAX_HISTORY,
     MAX_INCLUDED,
@@ -66,6 +67,10 @@ from src.services.fhir_search import (
 router = APIRouter(prefix="/fhir/R4", include_in_schema=False)
 
 TYPES = ("CareTeam", "Patient", "Practitioner")
+# The access log as AuditEvent (read and search, with the administrative scope).
+AUDIT_EVENT = "AuditEvent"
+# A CareTeam's id is its patient's: either names a patient in the access log.
+_NAMING_PATIENTS = {"Patient", "CareTeam"}
 # The media types that ask for FHIR JSON (FHIR R4 http.html 3.1.0.1.7), and `_format`'s
 # short forms. A `+` sent unescaped in a query string arrives as a space.
 JSON_TYPES = {"application/fhir+json", "application/json+fhir", "application/json"}
@@ -79,8 +84,7 @@ _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
 def _base(request: Request) -> str:
     """The FHIR base of absolute URLs: PUBLIC_BASE_URL's, or the request's (behind a
     proxy that changes the scheme or host, set PUBLIC_BASE_URL)."""
-    public = get_settings().public_base_url.strip().rstrip("/")
-    return (public or str(request.base_url).rstrip("/")) + "/fhir/R4"
+    return public_base(request) + "/fhir/R4"
 
 
 def _organization(request: Request) -> uuid.UUID:
@@ -233,7 +237,10 @@ async def metadata(request: Request) -> Response:
         raise invalid(f"unknown parameter(s) for metadata: {', '.join(n[:64] for n in unknown)}")
     if any(n == "mode" and v != "full" for n, v in items):
         raise not_supported("mode: only full is served")
-    return fhir_response(capability_statement(_base(request), INCLUDES, REVINCLUDES))
+    token_url = public_base(request) + TOKEN_PATH
+    return fhir_response(
+        capability_statement(_base(request), INCLUDES, REVINCLUDES, token_url=token_url)
+    )
 
 
 # --- search ---------------------------------------------------------------------------------
@@ -251,6 +258,13 @@ async def _search(request: Request, kind: str, items: list[tuple[str, str]]) -> 
         cursors=await cursors_of(request),
         lenient=_handling(request) == "lenient",
     )
+    for name, target in (*query.includes, *query.revincludes):
+        # An included resource is read like any other of its type: its scope, not the
+        # search's, decides (a CareTeam-only credential gets no Patient this way).
+        needed = f"system/{target}.r"
+        if not credential_of(request.scope).grants.allows(needed):
+            kind_of = "_include" if (name, target) in query.includes else "_revinclude"
+            return insufficient_scope(request.url.path, needed, f"{kind_of}={name}")
     try:
         page = await run_search(db=db, organization_id=org, search=query.search())
     except CursorMoved:
@@ -262,6 +276,12 @@ async def _search(request: Request, kind: str, items: list[tuple[str, str]]) -> 
     shown = page.found[: query.count]
     matches = [shaped(resource_of(r, org), query.summary, query.elements) for r in shown]
     included = await _included(request, query, kind, shown)
+    note_patients(
+        request.scope,
+        [r["id"] for r in (*matches, *included) if r["resourceType"] in _NAMING_PATIENTS],
+        # What the client was told: the page's matches, or the total of a count alone.
+        count=page.total if query.summary == "count" and page.total is not None else len(matches),
+    )
     more = len(page.found) > query.count
     next_url = None
     if more and query.count:
@@ -327,6 +347,7 @@ async def _included(
 @router.get("/CareTeam")
 @router.get("/Patient")
 @router.get("/Practitioner")
+@router.get("/AuditEvent")
 async def search_type(request: Request) -> Response:
     kind = request.url.path.rstrip("/").rsplit("/", 1)[-1]
     return await _search(request, kind, _query_items(request))
@@ -335,6 +356,7 @@ async def search_type(request: Request) -> Response:
 @router.post("/CareTeam/_search")
 @router.post("/Patient/_search")
 @router.post("/Practitioner/_search")
+@router.post("/AuditEvent/_search")
 async def search_by_post(request: Request) -> Response:
     """FHIR's POST search: the parameters form-encoded in the body (and the query
     string), read exactly as a GET's."""
@@ -350,6 +372,7 @@ async def search_by_post(request: Request) -> Response:
         form = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise invalid("the body is not form-encoded UTF-8") from None
+    note_parameters(request.scope, [name for name, _ in form])
     return await _search(request, kind, _query_items(request) + form)
 
 
@@ -381,6 +404,7 @@ def _read_response(request: Request, record: Any, resource: dict[str, Any]) -> R
 @router.get("/CareTeam/{ident}")
 @router.get("/Patient/{ident}")
 @router.get("/Practitioner/{ident}")
+@router.get("/AuditEvent/{ident}")
 async def read(ident: str, request: Request) -> Response:
     kind = request.url.path.split("/")[-2]
     _check_format(request, _query_items(request))
@@ -506,13 +530,15 @@ async def unknown(anything: str = "") -> Response:
         raise not_supported("system operations are not supported")
     if not _TYPE_NAME.fullmatch(first):
         raise FhirError(404, "not-found", "not a FHIR path this server serves")
-    if first not in (*TYPES, "Organization"):
+    if first not in (*TYPES, "Organization", AUDIT_EVENT):
         raise FhirError(
             404,
             "not-found",
-            f"{first} is not served here (served: {', '.join(TYPES)}, Organization)",
+            f"{first} is not served here (served: {', '.join(TYPES)}, Organization, {AUDIT_EVENT})",
         )
     rest = parts[1:]
+    if first == AUDIT_EVENT and "_history" in rest:
+        raise not_supported("AuditEvent has no history: an access log entry never changes")
     if rest and rest[0] == "_history":
         raise not_supported(f"type history ({first}/_history) is not supported")
     if any(p.startswith("$") for p in rest):

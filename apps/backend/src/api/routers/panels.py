@@ -9,6 +9,7 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Query, Request, Response
 
+from src.api.access_log import note_patients
 from src.api.deps import caller_of, session_of
 from src.api.errors import problem_responses
 from src.api.fields import Instant, Uuid
@@ -85,6 +86,7 @@ async def get_provider_panel(
         with_patients=include is PanelInclude.PATIENT,
     )
     page = entries[:limit]
+    note_patients(request.scope, [e.patient_id for e in page], count=len(page))
     return PanelOut(
         items=[PanelEntryOut.model_validate(e, from_attributes=True) for e in page],
         next_cursor=cursors.seal(key, page[-1].patient_id) if len(entries) > limit else None,
