@@ -13,10 +13,19 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.db import Database
 from src.services.directory_service import NO_PRIMARY, _sorted_page_statement
-from tests.helpers import Tenant, TenantFactory, post_patient, post_provider, set_tenant
+from src.services.organization_service import OrganizationService
+from tests.helpers import (
+    Tenant,
+    TenantFactory,
+    post_patient,
+    post_provider,
+    set_tenant,
+    token_headers,
+)
 
 
 async def assign(client: httpx.AsyncClient, tenant: Tenant, patient: str, provider: str) -> None:
@@ -326,6 +335,144 @@ class TestPanelInclude:
         )
         assert r.status_code == 422, r.text
         assert r.json()["errors"][0]["field"] == "include"
+
+
+async def log_entries(database: Database, org: uuid.UUID) -> list[Any]:
+    """The organization's access log, oldest first, read as the owner."""
+    async with database.owner_engine.connect() as owner:
+        result = await owner.execute(
+            text("SELECT * FROM access_log WHERE organization_id = :org ORDER BY recorded_at, id"),
+            {"org": org},
+        )
+        return list(result.mappings())
+
+
+async def key_with(database: Database, tenant: Tenant, scopes: list[str]) -> dict[str, str]:
+    async with AsyncSession(database.owner_engine) as owner:
+        issued = await OrganizationService.create_api_key(
+            db=owner, organization_id=tenant.organization_id, scopes=scopes
+        )
+    return {"Authorization": f"Bearer {issued.key}"}
+
+
+class TestAccessLog:
+    """Issue 26's access log: the worklist and a panel page with its patients record the
+    patients they return, page by page (ids and parameter names only, never a name)."""
+
+    async def test_the_worklist_records_each_page_s_patients(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        provider = await post_provider(client, tenant)
+        unattributed = [
+            await post_patient(client, tenant, last_name=last) for last in ("Wexa", "Wexb", "Wexc")
+        ]
+        attributed = await post_patient(client, tenant, last_name="Wexd")
+        await assign(client, tenant, attributed, provider)
+        cursor = None
+        seen: list[str] = []
+        while True:
+            query = {"primary": "none", "sort": "name", "limit": "2"}
+            r = await client.get(
+                "/v1/patients",
+                params=query if cursor is None else {**query, "cursor": cursor},
+                headers=tenant.headers,
+            )
+            assert r.status_code == 200, r.text
+            page = [p["id"] for p in r.json()["items"]]
+            entry = (await log_entries(database, tenant.organization_id))[-1]
+            assert entry["route"] == "GET /v1/patients"
+            assert entry["interaction"] == "search-type"
+            assert [str(p) for p in entry["patient_ids"]] == page
+            assert entry["result_count"] == len(page)
+            expected = ["limit", "primary", "sort"] + ([] if cursor is None else ["cursor"])
+            assert sorted(entry["parameters"]) == sorted(expected)
+            seen += page
+            cursor = r.json()["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == unattributed
+        r = await client.get(
+            "/v1/patients", params={"primary": provider, "sort": "-created"}, headers=tenant.headers
+        )
+        assert r.status_code == 200, r.text
+        entry = (await log_entries(database, tenant.organization_id))[-1]
+        assert [str(p) for p in entry["patient_ids"]] == [attributed]
+        assert entry["result_count"] == 1
+        dump = " ".join(str(dict(e)) for e in await log_entries(database, tenant.organization_id))
+        assert "wex" not in dump.lower()  # names never enter the log
+
+    async def test_a_panel_page_with_its_patients_records_them(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        provider = await post_provider(client, tenant)
+        patients = [await post_patient(client, tenant, last_name="Panelist") for _ in range(3)]
+        for patient in patients:
+            await assign(client, tenant, patient, provider)
+        r = await client.get(
+            f"/v1/providers/{provider}/patients",
+            params={"include": "patient", "limit": 2},
+            headers=tenant.headers,
+        )
+        assert r.status_code == 200, r.text
+        page = [i["patient_id"] for i in r.json()["items"]]
+        assert len(page) == 2
+        entry = (await log_entries(database, tenant.organization_id))[-1]
+        assert entry["route"] == "GET /v1/providers/{provider_id}/patients"
+        assert [str(p) for p in entry["patient_ids"]] == page
+        assert (entry["result_count"], sorted(entry["parameters"])) == (2, ["include", "limit"])
+        dump = " ".join(str(dict(e)) for e in await log_entries(database, tenant.organization_id))
+        assert "panelist" not in dump.lower()
+
+
+class TestScopes:
+    """Issue 26's scopes: the worklist is a patient search (system/Patient.s); a panel page
+    is a care team search (system/CareTeam.s), and with include=patient it reads patients
+    too (system/Patient.r), as FHIR's _include does."""
+
+    @pytest.mark.parametrize("kind", ["key", "token"])
+    async def test_include_patient_needs_patient_read(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database, kind: str
+    ):
+        provider = await post_provider(client, tenant)
+        patient = await post_patient(client, tenant)
+        await assign(client, tenant, patient, provider)
+        url = f"/v1/providers/{provider}/patients"
+
+        async def credential(scopes: list[str]) -> dict[str, str]:
+            if kind == "key":
+                return await key_with(database, tenant, scopes)
+            return await token_headers(database, client, tenant.organization_id, scopes)
+
+        care_team_only = await credential(["system/CareTeam.s"])
+        assert (await client.get(url, headers=care_team_only)).status_code == 200
+        before = len(await log_entries(database, tenant.organization_id))
+        refused = await client.get(url, params={"include": "patient"}, headers=care_team_only)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"] == "insufficient_scope"
+        assert "system/Patient.r" in refused.json()["detail"]
+        assert "include=patient" in refused.json()["detail"]
+        assert refused.headers["WWW-Authenticate"] == (
+            'Bearer error="insufficient_scope", scope="system/Patient.r"'
+        )
+        assert "Alice" not in refused.text
+        entries = await log_entries(database, tenant.organization_id)
+        assert len(entries) == before + 1
+        assert (entries[-1]["status"], entries[-1]["patient_ids"]) == (403, [])
+        both = await credential(["system/CareTeam.s", "system/Patient.r"])
+        allowed = await client.get(url, params={"include": "patient"}, headers=both)
+        assert allowed.status_code == 200, allowed.text
+        assert allowed.json()["items"][0]["patient"]["id"] == patient
+
+    async def test_the_worklist_needs_patient_search(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        care_team_only = await key_with(database, tenant, ["system/CareTeam.rs"])
+        r = await client.get(
+            "/v1/patients", params={"primary": "none", "sort": "name"}, headers=care_team_only
+        )
+        assert r.status_code == 403, r.text
+        assert r.json()["error"] == "insufficient_scope"
+        assert "system/Patient.s" in r.json()["detail"]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from typing import Annotated, cast
 from fastapi import APIRouter, Query, Request, Response
 
 from src.api.access_log import note_patients
+from src.api.auth import credential_of, insufficient_scope
 from src.api.deps import caller_of, session_of
 from src.api.errors import problem_responses
 from src.api.fields import Instant, Uuid
@@ -37,6 +38,10 @@ from src.services.panel_service import PanelRole, PanelService
 
 router = APIRouter(prefix="/v1", tags=["panels"], route_class=StrictRoute)
 
+# A panel's patients with `include=patient` are read like any patient: the route's own
+# scope (system/CareTeam.s) is not enough, as for FHIR's _include (src/api/routers/fhir.py).
+INCLUDED_PATIENT_SCOPE = "system/Patient.r"
+
 MAX_PAGE = 200
 
 
@@ -63,13 +68,21 @@ async def get_provider_panel(
     ] = None,
     include: Annotated[
         PanelInclude | None,
-        Query(description="patient: each entry with its patient's names and birth date"),
+        Query(
+            description="patient: each entry with its patient's names and birth date "
+            f"(needs {INCLUDED_PATIENT_SCOPE} as well)"
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: CursorParam = None,
-) -> PanelOut:
+) -> PanelOut | Response:
     """The provider's patients, in patient id order, `limit` at a time (a cursor serves
-    the same list with or without `include`)."""
+    the same list with or without `include`). `include=patient` also needs
+    system/Patient.r: without it, 403 insufficient_scope."""
+    if include is PanelInclude.PATIENT and not credential_of(request.scope).grants.allows(
+        INCLUDED_PATIENT_SCOPE
+    ):
+        return insufficient_scope(request.url.path, INCLUDED_PATIENT_SCOPE, "include=patient")
     db, caller = session_of(request), caller_of(request)
     cursors = await cursors_of(request)
     at = None if as_of is None else as_of.astimezone(datetime.UTC).isoformat()
