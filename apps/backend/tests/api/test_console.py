@@ -312,26 +312,30 @@ class TestInTheBrowser:
     async def test_a_primary_changed_by_someone_else_first_is_said_plainly(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
     ):
+        """On a patient of its own, between two providers without a full panel: the test
+        does not depend on which of this class's tests ran before it in its worker (it
+        chose Dr Fullpanel, whose capacity the panels test raises)."""
+        body = {"first_name": "Carla", "last_name": "Concurrent", "dob": "1980-02-03"}
+        patient = str(live_api.post("/v1/patients", body)["id"])
+        primary = f"/v1/patients/{patient}/care-team/primary"
+        _put(live_api, primary, {"provider_id": seeded["roomy"]})
         await sign_in(page, live_api)
-        await page.goto(f"{live_api.base_url}/console#/patient/{seeded['history']}")
-        await page.get_by_label("New primary provider").select_option(label="Dr Fullpanel (1 of 3)")
-        # Meanwhile, another coordinator changes the team.
-        _put(
-            live_api,
-            f"/v1/patients/{seeded['history']}/care-team/primary",
-            {"provider_id": seeded["roomy"]},
-        )
+        await page.goto(f"{live_api.base_url}/console#/patient/{patient}")
+        await page.get_by_role("row", name="Dr Roomy Primary").wait_for()
+        await page.get_by_label("New primary provider").select_option(value=seeded["taking"])
+        # Meanwhile, another coordinator changes the team (to the same provider, even).
+        _put(live_api, primary, {"provider_id": seeded["taking"]})
         await page.get_by_role("button", name="Make primary").click()
         alert = page.get_by_role("alert")
         await alert.get_by_text("Someone else changed this care team").wait_for()
         page.problems.clear()  # the browser logs the 412 itself
-        team = live_api.get_json(f"/v1/patients/{seeded['history']}/care-team")
-        assert team["primary_provider_id"] == seeded["roomy"]
         # Read again, the change goes through.
-        await page.get_by_role("row", name="Dr Roomy Primary").wait_for()
-        await page.get_by_label("New primary provider").select_option(label="Dr Fullpanel (1 of 3)")
+        await page.get_by_role("row", name="Dr Taking Primary").wait_for()
+        await page.get_by_label("New primary provider").select_option(value=seeded["roomy"])
         await page.get_by_role("button", name="Make primary").click()
-        await page.get_by_text("Dr Fullpanel is now the primary provider.").wait_for()
+        await page.get_by_text("Dr Roomy is now the primary provider.").wait_for()
+        team = live_api.get_json(f"/v1/patients/{patient}/care-team")
+        assert team["primary_provider_id"] == seeded["roomy"]
 
     async def test_a_transfer_previewed_confirmed_and_followed_to_the_end(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
