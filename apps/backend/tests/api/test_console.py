@@ -16,11 +16,21 @@ import httpx
 import pytest
 from playwright.async_api import async_playwright, expect
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.config import BACKEND_DIR
 from src.console import ASSETS, CONTENT_SECURITY_POLICY, STATIC
 from src.db import Database
-from tests.helpers import LiveApi, Tenant
+from src.services.organization_service import OrganizationService, hash_api_key
+from tests.helpers import (
+    LiveApi,
+    Tenant,
+    client_assertion,
+    ec_key,
+    jwks_of,
+    register_client,
+    token_form,
+)
 
 REPO = BACKEND_DIR.parent.parent
 SCREENSHOTS = REPO / "docs" / "screenshots"
@@ -113,6 +123,16 @@ def _seed(api: LiveApi) -> dict[str, Any]:
     }
 
 
+async def _organization_of(database: Database, key: str) -> uuid.UUID:
+    """The organization of an API key (read as the owner)."""
+    async with database.owner_engine.connect() as owner:
+        found = await owner.execute(
+            text("SELECT organization_id FROM api_keys WHERE key_hash = :h"),
+            {"h": hash_api_key(key)},
+        )
+        return uuid.UUID(str(found.scalar_one()))
+
+
 def _patch(api: LiveApi, path: str, body: dict[str, object]) -> None:
     r = httpx.patch(api.base_url + path, json=body, headers={"Authorization": f"Bearer {api.key}"})
     assert r.status_code == 200, r.text
@@ -178,9 +198,10 @@ async def page(browser: Any, live_api: LiveApi) -> AsyncIterator[Any]:
     assert problems == []
 
 
-async def sign_in(page: Any, api: LiveApi) -> None:
+async def sign_in(page: Any, api: LiveApi, credential: str | None = None) -> None:
+    """Sign in with the live server's key, or with `credential` (a key or a token)."""
     await page.goto(f"{api.base_url}/console")
-    await page.get_by_label("API key").fill(api.key)
+    await page.get_by_label("API key").fill(credential or api.key)
     await page.get_by_role("button", name="Sign in").click()
     await page.get_by_role("heading", name="Worklist").wait_for()
 
@@ -336,6 +357,45 @@ class TestInTheBrowser:
         await page.get_by_text("Dr Roomy is now the primary provider.").wait_for()
         team = live_api.get_json(f"/v1/patients/{patient}/care-team")
         assert team["primary_provider_id"] == seeded["roomy"]
+
+    async def test_a_credential_without_a_scope_is_told_in_words(
+        self, page: Any, live_api: LiveApi, seeded: dict[str, Any], database: Database
+    ):
+        """Issue 26's scopes: a key that may read care teams and providers but not search
+        patients signs in, and the worklist says what it lacks, in words."""
+        organization = await _organization_of(database, live_api.key)
+        async with AsyncSession(database.owner_engine) as owner:
+            issued = await OrganizationService.create_api_key(
+                db=owner,
+                organization_id=organization,
+                scopes=["system/CareTeam.rs", "system/Practitioner.rs"],
+            )
+        await sign_in(page, live_api, issued.key)
+        alert = page.get_by_role("alert")
+        await alert.get_by_text("is not allowed to do this").wait_for()
+        shown = await alert.inner_text()
+        assert "system/Patient.s" in shown and "{" not in shown
+        page.problems.clear()  # the browser logs the 403 itself
+
+    async def test_a_smart_access_token_signs_in_too(
+        self, page: Any, live_api: LiveApi, seeded: dict[str, Any], database: Database
+    ):
+        """A SMART Backend Services access token pasted instead of a key works the same
+        (read-only here: system/*.rs)."""
+        organization = await _organization_of(database, live_api.key)
+        key = ec_key()
+        client_id = await register_client(
+            database, organization, ["system/*.rs"], jwks=jwks_of(key)
+        )
+        token_url = f"{live_api.base_url}/auth/token"
+        assertion = client_assertion(key, client_id, aud=token_url)
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(token_url, data=token_form(assertion, "system/*.rs"))
+        assert answer.status_code == 200, answer.text
+        token = answer.json()["access_token"]
+        await sign_in(page, live_api, token)
+        await page.get_by_role("link", name=XSS_NAME + ", Xavier").wait_for()
+        assert await page.evaluate("sessionStorage.getItem('careteam.apiKey')") == token
 
     async def test_a_transfer_previewed_confirmed_and_followed_to_the_end(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any]

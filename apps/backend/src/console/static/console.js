@@ -1,8 +1,9 @@
 // The care team console: one page, its screens chosen by the URL's fragment
 // (#/worklist, #/panels, #/patient/<id>, #/transfer). A client of the /v1 API like any
-// other: every call carries the API key the user pasted, kept in this tab's
-// sessionStorage only (never a cookie, never the URL). Preact and htm render every value
-// as text (never as HTML), so a name such as <img src=x onerror=...> shows as written.
+// other: every call carries the API key (or SMART access token) the user pasted, kept in
+// this tab's sessionStorage only (never a cookie, never the URL). Preact and htm render
+// every value as text (never as HTML), so a name such as <img src=x onerror=...> shows
+// as written.
 import {
   html,
   render,
@@ -116,7 +117,12 @@ function describe(err, providers = {}) {
     case "network":
       return "The server could not be reached. Check your connection and try again.";
     case "unauthorized":
-      return "Your API key was not accepted (mistyped, or revoked). Sign out and sign in again with a valid key.";
+      return "Your API key or access token was not accepted (mistyped, revoked, or an access token that has expired). Sign out and sign in again with a valid one.";
+    case "insufficient_scope": {
+      const needed = /needs: (\S+)$/.exec(p.detail || "");
+      const scope = needed ? ` (it lacks the scope ${needed[1]})` : "";
+      return `Your API key or access token is not allowed to do this${scope}. Ask your administrator for one that is, then sign out and sign in with it.`;
+    }
     case "panel_full": {
       const counts = /\(([^)]*) patients\)/.exec(p.detail || "");
       const figure = counts ? ` (${counts[1]} patients)` : "";
@@ -222,10 +228,11 @@ function SignIn({ onSignedIn }) {
   }
   return html`<main id="content" class="page narrow">
     <h1>Care team console</h1>
-    <p>Paste an API key of your organization (the one <code>careteam serve</code> printed, or one from <code>careteam key create</code>).
+    <p>Paste an API key of your organization (the one <code>careteam serve</code> printed, or one from <code>careteam key create</code>),
+      or a SMART access token of one of its clients.
       It is kept in this browser tab only, until you sign out or close the tab.</p>
     <form onSubmit=${submit} class="stack">
-      <label for="api-key">API key</label>
+      <label for="api-key">API key or access token</label>
       <input id="api-key" type="password" autocomplete="off" spellcheck="false" required
         value=${key} onInput=${(e) => setKey(e.target.value)} />
       <button type="submit" disabled=${busy || !key.trim()}>Sign in</button>
