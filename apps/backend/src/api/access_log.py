@@ -351,9 +351,15 @@ async def _nothing() -> Message:
 
 
 def app_parameter_names(routes: Iterable[Any]) -> set[str]:
-    """The query parameters the app's routes declare (FastAPI's dependants)."""
+    """The query parameters the app's routes declare (FastAPI's dependants), those of
+    included routers too (FastAPI keeps an included router as one entry of the app's
+    routes, its own routes under `original_router`)."""
     names: set[str] = set()
     for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            names |= app_parameter_names(included.routes)
+            continue
         dependant = getattr(route, "dependant", None)
         if dependant is None:
             continue

@@ -18,7 +18,7 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.api.access_log import ACCESS_LOG, NOTED, PATH, UNKNOWN_NAME
+from src.api.access_log import ACCESS_LOG, NOTED, PATH, UNKNOWN_NAME, app_parameter_names
 from src.api.route_scopes import ROUTE_SCOPES
 from src.db import Database
 from src.scopes import ADMIN
@@ -163,6 +163,24 @@ class TestWhatIsRecorded:
         assert response.status_code == 422
         entry = await last_entry(database, mine.organization_id)
         assert (entry["status"], entry["parameters"]) == (422, [UNKNOWN_NAME])
+
+    async def test_v1_parameter_names_are_recorded_as_they_are(
+        self, app: FastAPI, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """Regression: the app's own query parameters were all recorded as "?" (FastAPI
+        keeps each included router as one entry of the app's routes, and only the FHIR
+        search parameters were known)."""
+        declared = app_parameter_names(app.router.routes)
+        assert {"limit", "cursor", "dob", "role", "as_of", "after", "patient_id"} <= declared
+        _, provider = await team_with_primary(client, tenant)
+        for path, params in (
+            ("/v1/patients", {"dob": "1990-01-01", "limit": "5"}),
+            (f"/v1/providers/{provider}/patients", {"role": "any", "limit": "5"}),
+        ):
+            response = await client.get(path, params=params, headers=tenant.headers)
+            assert response.status_code == 200, response.text
+            entry = await last_entry(database, tenant.organization_id)
+            assert entry["parameters"] == sorted(params), path
 
     async def test_403_is_recorded_and_401_is_not(
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database
