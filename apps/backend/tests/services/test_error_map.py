@@ -3,7 +3,6 @@ domain errors they become, and the answers those get on /v1 and FHIR."""
 
 from __future__ import annotations
 
-import csv
 import re
 import uuid
 
@@ -12,7 +11,7 @@ import pytest
 from src.api.errors import UNEXPECTED, answer_of
 from src.database_code import SQL_DIR
 from src.services import errors
-from src.services.errors import DATABASE_ERRORS, ERRCODES_FILE, Subject, from_database
+from src.services.errors import DATABASE_ERRORS, Subject, errcode_rows, from_database
 
 RAISED = re.compile(r"ERRCODE\s*=\s*'([0-9A-Z]{5})'")
 
@@ -38,8 +37,7 @@ class TestTheList:
         assert not unused, f"listed in sql/errcodes.csv but raised by no file: {unused}"
 
     def test_each_row_names_a_domain_error_and_says_what_it_means(self):
-        with ERRCODES_FILE.open(newline="", encoding="utf-8") as listing:
-            rows = list(csv.DictReader(listing))
+        rows = errcode_rows()
         assert [r["sqlstate"] for r in rows] == sorted({r["sqlstate"] for r in rows})
         for row in rows:
             assert re.fullmatch(r"CT[0-9]{3}", row["sqlstate"]), row
