@@ -327,6 +327,17 @@ class TestInTheBrowser:
         await page.get_by_label("Who was the primary on").fill(past)
         await page.get_by_role("button", name="Look up").click()
         await answer.get_by_text("Dr Roomy").wait_for()
+        # Every label of the axis is drawn whole, inside the drawing (the last one was cut).
+        inside = await page.evaluate(
+            """() => {
+                const svg = document.querySelector("svg.timeline").getBoundingClientRect();
+                return [...document.querySelectorAll("svg.timeline text.tick")].map((t) => {
+                    const box = t.getBoundingClientRect();
+                    return box.left >= svg.left && box.right <= svg.right;
+                });
+            }"""
+        )
+        assert inside == [True] * 5
         await check_accessibility(page, "patient")
         await screenshot(page, "patient")
 

@@ -529,7 +529,7 @@ function Timeline({ periods, providers, marker }) {
         class=${p.role === "primary" ? "period primary" : "period secondary"} />`;
     })}
     <line x1=${left} x2=${left + width} y1=${order.length * rowHeight + 6} y2=${order.length * rowHeight + 6} class="axis" />
-    ${ticks.map((t, i) => html`<text key=${`t-${i}`} x=${x(t)} y=${order.length * rowHeight + 26} class="tick">${short ? new Date(t).toLocaleString("en-GB", { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" }) : formatDate(new Date(t).toISOString())}</text>`)}
+    ${ticks.map((t, i) => html`<text key=${`t-${i}`} x=${x(t)} y=${order.length * rowHeight + 26} class=${i === 0 ? "tick first" : i === ticks.length - 1 ? "tick last" : "tick"}>${short ? new Date(t).toLocaleString("en-GB", { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" }) : formatDate(new Date(t).toISOString())}</text>`)}
     ${marker === null ? null : html`<line x1=${x(marker)} x2=${x(marker)} y1="0" y2=${order.length * rowHeight + 8} class="marker" />`}
   </svg>`;
 }
