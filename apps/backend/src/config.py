@@ -121,6 +121,30 @@ class Settings(BaseSettings):
         description="Seconds to fetch a SMART client's JWKS from its URL before refusing "
         "its token request.",
     )
+    export_dir: Path | None = Field(
+        default=None,
+        description="Where Bulk Data export files are kept (default: the data directory's "
+        "exports/ folder).",
+    )
+    export_max_jobs_per_organization: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Bulk Data exports an organization may have queued or running at once; "
+        "a kick-off beyond it is 429.",
+    )
+    export_workers: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="Bulk Data exports this process runs at once (0: it runs none; another "
+        "process must).",
+    )
+    export_expires_after_s: int = Field(
+        default=86_400,
+        ge=60,
+        description="Seconds an export's files are kept after it finishes, then removed.",
+    )
     db_connect_timeout_s: float = Field(
         default=10.0, gt=0, description="Seconds to wait for a new database connection."
     )
@@ -152,6 +176,10 @@ class Settings(BaseSettings):
         description="A lock wait longer than this (another writer holds the patient) is "
         "given up (503 busy, Retry-After); 0: wait for ever.",
     )
+
+    @property
+    def export_directory(self) -> Path:
+        return self.export_dir or self.careteam_data_dir / "exports"
 
     @property
     def allowed_host_list(self) -> list[str]:

@@ -149,6 +149,9 @@ def database_url(test_server: TestServer) -> Iterator[str]:
     url = test_server.create_database()
     previous = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = url
+    # Bulk Data export files of this run (every server it starts shares them, as the
+    # processes of one deployment share EXPORT_DIR).
+    os.environ["EXPORT_DIR"] = tempfile.mkdtemp(prefix="careteam-exports-")
     get_settings.cache_clear()
     yield url
     if previous is None:

@@ -77,6 +77,7 @@ HISTORY = Access("history-instance", "R", PATH)
 SEARCH = Access("search-type", "R", NOTED)
 CREATE = Access("create", "C", NOTED)
 UPDATE = Access("update", "U", PATH)
+EXPORT = Access("operation", "E", NOTED)
 
 _CARE_TEAM = "/v1/patients/{patient_id}/care-team"
 _FHIR = "/fhir/R4"
@@ -130,6 +131,16 @@ ACCESS_LOG: dict[tuple[str, str], Access | None] = {
     ("POST", f"{_FHIR}/CareTeam/_search"): SEARCH,
     ("POST", f"{_FHIR}/Patient/_search"): SEARCH,
     ("POST", f"{_FHIR}/Practitioner/_search"): Access("search-type", "R", NOTED, naming_only=True),
+    # Bulk Data export: the kick-off is recorded (the export asked for); the runner then
+    # records each page of patients the export holds, as the requester, under the
+    # kick-off's route (src/api/bulk_export.py). A file handed out is recorded too (the
+    # patients it holds are on the export's own entries).
+    ("GET", f"{_FHIR}/$export"): EXPORT,
+    ("GET", f"{_FHIR}/Patient/$export"): EXPORT,
+    ("GET", f"{_FHIR}/Group/{{ident}}/$export"): EXPORT,
+    ("GET", f"{_FHIR}/$export-status/{{ident}}"): None,
+    ("DELETE", f"{_FHIR}/$export-status/{{ident}}"): None,
+    ("GET", f"{_FHIR}/$export-file/{{ident}}/{{name}}"): Access("read", "R", NOTED),
     ("GET", f"{_FHIR}/CareTeam/{{ident}}"): READ,
     ("GET", f"{_FHIR}/Patient/{{ident}}"): READ,
     ("GET", f"{_FHIR}/Practitioner/{{ident}}"): None,

@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 from src import console, primary_index
 from src.api.access_log import AccessLog, app_parameter_names, know_parameter_names
 from src.api.auth import Authentication
+from src.api.bulk_export import ExportRunner
 from src.api.cors import ProblemCORSMiddleware
 from src.api.errors import install_error_handlers
 from src.api.fhir_query import RESULT
@@ -23,6 +24,7 @@ from src.api.middleware import BodyRules, RequestContextMiddleware
 from src.api.openapi import install_openapi, operation_id
 from src.api.routers import (
     access_log,
+    bulk_data,
     care_team,
     credentials,
     directory,
@@ -32,11 +34,13 @@ from src.api.routers import (
     panels,
     smart,
 )
+from src.api.routers.bulk_data import PARAMETERS as BULK_DATA_PARAMETERS
 from src.config import Settings, get_settings
 from src.db import Database, open_database
 from src.log_config import configure_logging
 from src.metrics import record_check, track_pool
 from src.services.access_log_writer import AccessLogWriter
+from src.services.export_storage import DirectoryStorage
 from src.services.fhir_search import PARAMETERS
 from src.services.health_service import HealthService
 
@@ -124,6 +128,7 @@ def attach(app: FastAPI, database: Database) -> Database:
     writer on it (src/services/access_log_writer.py), and publish its pool."""
     app.state.database = database
     app.state.access_log_writer = AccessLogWriter(database.sessionmaker)
+    app.state.export_storage = DirectoryStorage(get_settings().export_directory)
     track_pool(database.app_engine.sync_engine.pool)
     return database
 
@@ -161,10 +166,16 @@ def create_app(database: Database | None = None, database_url: str | None = None
         # Everything made at start-up lives as long as the process: keep it out of the
         # garbage collector's full passes, which otherwise stop every request for tens
         # of milliseconds (the measure is in docs/PERFORMANCE.md).
+        # Bulk Data exports run in the background of the server (src/api/bulk_export.py).
+        runner = app.state.export_runner = ExportRunner(
+            opened.sessionmaker, app.state.export_storage, workers=settings.export_workers
+        )
+        runner.start()
         gc.freeze()
         try:
             yield
         finally:
+            await runner.stop()
             if checker is not None:
                 checker.cancel()
             # Entries still waiting get 503 rather than hang (none, after a graceful
@@ -225,6 +236,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
     app.include_router(credentials.router)
     app.include_router(smart.router)  # before FHIR's catch-all: its discovery document
     app.include_router(access_log.router)
+    app.include_router(bulk_data.router)  # before FHIR's reads: Patient/$export
     app.include_router(fhir.router)
     app.include_router(console.router)  # /console: matched after every API route
     know_parameter_names(
@@ -232,6 +244,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
         | {name for params in PARAMETERS.values() for name in params}
         | RESULT
         | {"mode"}
+        | BULK_DATA_PARAMETERS
     )
     pages = {"/openapi.json", "/docs", "/docs/oauth2-redirect", DOCS_STATIC}
     documentation = [r for r in app.router.routes if getattr(r, "path", None) in pages]

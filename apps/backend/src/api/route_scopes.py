@@ -87,6 +87,16 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("POST", f"{_FHIR}/CareTeam/_search"): CARE_TEAM_SEARCH,
     ("POST", f"{_FHIR}/Patient/_search"): PATIENT_SEARCH,
     ("POST", f"{_FHIR}/Practitioner/_search"): PRACTITIONER_SEARCH,
+    # Bulk Data export (src/api/routers/bulk_data.py): before the reads (`Patient/$export`
+    # is not a Patient's id). A kick-off needs the read scope of every type the export
+    # holds, which its handler checks (the types are its parameters); its status and files
+    # are its requester's alone (the same credential).
+    ("GET", f"{_FHIR}/$export"): None,
+    ("GET", f"{_FHIR}/Patient/$export"): None,
+    ("GET", f"{_FHIR}/Group/{{ident}}/$export"): None,
+    ("GET", f"{_FHIR}/$export-status/{{ident}}"): None,
+    ("DELETE", f"{_FHIR}/$export-status/{{ident}}"): None,
+    ("GET", f"{_FHIR}/$export-file/{{ident}}/{{name}}"): None,
     ("GET", f"{_FHIR}/CareTeam/{{ident}}"): CARE_TEAM_READ,
     ("GET", f"{_FHIR}/Patient/{{ident}}"): PATIENT_READ,
     ("GET", f"{_FHIR}/Practitioner/{{ident}}"): PRACTITIONER_READ,

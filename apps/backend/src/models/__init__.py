@@ -15,6 +15,7 @@ from src.models.care_team import (
     RuleCheck,
     Secret,
 )
+from src.models.exports import ExportJob
 from src.models.records import (
     IdempotencyKey,
     PatientIdentifier,
@@ -47,6 +48,7 @@ __all__ = [
     "CareTeamPeriod",
     "ChangeReason",
     "EventType",
+    "ExportJob",
     "Gender",
     "IdempotencyKey",
     "Organization",

@@ -711,6 +711,11 @@ class Search:
     total: bool = False
     # A sorted search's pages after the first: when the first was read (Page.since).
     since: datetime.datetime | None = None
+    # A bulk export's population (src/services/bulk_export.py): ("patients", None), every
+    # patient, so Practitioners only those their care teams name; ("group", provider), the
+    # patients ever attributed to that provider (its Group's members), their care teams
+    # and the Practitioners those name. None: the whole organization.
+    within: tuple[str, uuid.UUID | None] | None = None
 
     @property
     def ordered(self) -> bool:
@@ -879,8 +884,34 @@ _FROM = {
 }
 
 
+# The patients of a provider's Group: ever its primary patients.
+_MEMBERS = (
+    "(SELECT m.patient_id FROM care_team_periods AS m WHERE m.organization_id = $1 "
+    "AND m.provider_id = {provider} AND m.role = 'primary')"
+)
+
+
+def _within(search: Search, bind: Binder, table: str) -> str | None:
+    """The condition of a bulk export's population (Search.within) on `table`."""
+    if search.within is None:
+        return None
+    _, provider = search.within
+    patients = None if provider is None else _MEMBERS.format(provider=bind(provider, "uuid"))
+    if table == "providers":
+        named = "SELECT q.provider_id FROM care_team_periods AS q WHERE q.organization_id = $1"
+        if patients is not None:
+            named += f" AND q.patient_id IN {patients}"
+        return f"providers.id IN ({named})"
+    if patients is None or table not in ("patients", "teams"):
+        return None
+    return f"{table}.id IN {patients}"
+
+
 def _where(search: Search, bind: Binder, table: str) -> list[str]:
     conditions = [f"{table}.organization_id = $1"] if table != "teams" else []
+    within = _within(search, bind, table)
+    if within is not None:
+        conditions.append(within)
     if table == "access_log" and not any(c.param.name == "_id" for c in search.clauses):
         # An open-ended search of the log stops before the oldest open transaction, whose
         # entry could land behind a poller's `date=gt` or cursor once committed
@@ -991,52 +1022,9 @@ async def run_search(*, db: AsyncSession, organization_id: uuid.UUID, search: Se
     ids = _teams_by_id(search)
     if ids is not None:
         return await _run_teams_by_id(db, organization_id, ids)
-    select, table = _FROM[search.kind]
-    order, keys = _order(search, table)
 
     async def work(driver: Any) -> Page:
-        bind = Binder([organization_id])
-        conditions = _where(search, bind, table)
-        where = " AND ".join(conditions) or "TRUE"
-        total = None
-        if search.total:
-            count_from = (
-                TEAMS + " SELECT count(*) FROM teams"
-                if table == "teams"
-                else (f"SELECT count(*) FROM {table}")
-            )
-            total = int(await driver.fetchval(f"{count_from} WHERE {where}", *bind.args))
-        if search.limit == 0:
-            return Page([], total)
-        page_conditions = list(conditions)
-        since = search.since
-        if search.moves and search.after is None:
-            since = await driver.fetchval(SINCE)
-        if search.after is not None:
-            after_id, *version = search.after
-            if search.moves:
-                await _check_unmoved(driver, search, table, where, bind.args)
-                # The resource the page ended at, read again: if it changed, its place
-                # in a sorted order may have moved, so the cursor is refused rather
-                # than read (a page after a moved anchor skips or repeats silently).
-                own = "" if table == "teams" else f" AND {table}.organization_id = $1"
-                rows = await driver.fetch(
-                    f"{select} WHERE {table}.id = $2{own}", organization_id, after_id
-                )
-                found = _records(search.kind, rows)
-                if not found or list(found[0].version_key) != version:
-                    raise CursorMoved()
-            if search.ordered:
-                page_conditions.append(_after(keys, table, bind, after_id))
-            else:
-                page_conditions.append(f"{table}.id > {bind(after_id, 'uuid')}")
-        statement = (
-            f"{select} WHERE {' AND '.join(page_conditions) or 'TRUE'} "
-            f"ORDER BY {', '.join(order)} LIMIT {bind(search.limit + 1, 'int')}"
-        )
-        rows = await driver.fetch(statement, *bind.args)
-        found = _records(search.kind, rows)
-        return Page(found, total) if since is None else Page(found, total, since)
+        return await search_page(driver, organization_id, search)
 
     return await run_transaction(
         db,
@@ -1045,6 +1033,55 @@ async def run_search(*, db: AsyncSession, organization_id: uuid.UUID, search: Se
         work=work,
         read_only=True,
     )
+
+
+async def search_page(driver: Any, organization_id: uuid.UUID, search: Search) -> Page:
+    """The page of `search`, read on `driver` in the transaction it has open (the
+    tenant set): run_search's statements, and a bulk export's pages in its snapshot."""
+    select, table = _FROM[search.kind]
+    order, keys = _order(search, table)
+    bind = Binder([organization_id])
+    conditions = _where(search, bind, table)
+    where = " AND ".join(conditions) or "TRUE"
+    total = None
+    if search.total:
+        count_from = (
+            TEAMS + " SELECT count(*) FROM teams"
+            if table == "teams"
+            else (f"SELECT count(*) FROM {table}")
+        )
+        total = int(await driver.fetchval(f"{count_from} WHERE {where}", *bind.args))
+    if search.limit == 0:
+        return Page([], total)
+    page_conditions = list(conditions)
+    since = search.since
+    if search.moves and search.after is None:
+        since = await driver.fetchval(SINCE)
+    if search.after is not None:
+        after_id, *version = search.after
+        if search.moves:
+            await _check_unmoved(driver, search, table, where, bind.args)
+            # The resource the page ended at, read again: if it changed, its place
+            # in a sorted order may have moved, so the cursor is refused rather
+            # than read (a page after a moved anchor skips or repeats silently).
+            own = "" if table == "teams" else f" AND {table}.organization_id = $1"
+            rows = await driver.fetch(
+                f"{select} WHERE {table}.id = $2{own}", organization_id, after_id
+            )
+            found = _records(search.kind, rows)
+            if not found or list(found[0].version_key) != version:
+                raise CursorMoved()
+        if search.ordered:
+            page_conditions.append(_after(keys, table, bind, after_id))
+        else:
+            page_conditions.append(f"{table}.id > {bind(after_id, 'uuid')}")
+    statement = (
+        f"{select} WHERE {' AND '.join(page_conditions) or 'TRUE'} "
+        f"ORDER BY {', '.join(order)} LIMIT {bind(search.limit + 1, 'int')}"
+    )
+    rows = await driver.fetch(statement, *bind.args)
+    found = _records(search.kind, rows)
+    return Page(found, total) if since is None else Page(found, total, since)
 
 
 async def _check_unmoved(

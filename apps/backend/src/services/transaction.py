@@ -103,13 +103,22 @@ class Sql:
 SET_TENANT = Sql("SELECT set_config('app.current_organization_id', $1, true)", "org")
 
 
-def tenant_statement(organization_id: uuid.UUID, credential: Credential | None) -> str:
-    """BEGIN and the tenant as one simple query, which takes no parameters: the id is
-    inlined after being re-parsed as a UUID, the key's hash after being checked to be
-    hex (so only hex digits and dashes reach the SQL). careteam_enter sets the tenant
-    and, for a session acting as an API key, checks that the key is still live."""
+# A transaction that reads one snapshot of the database from its first statement to its
+# end (a bulk export): what it reads is the database as of one instant, whatever commits
+# meanwhile.
+BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+
+def tenant_statement(
+    organization_id: uuid.UUID, credential: Credential | None, begin: str = "BEGIN"
+) -> str:
+    """BEGIN (or `begin`, BEGIN_SNAPSHOT) and the tenant as one simple query, which takes
+    no parameters: the id is inlined after being re-parsed as a UUID, the key's hash
+    after being checked to be hex (so only hex digits and dashes reach the SQL).
+    careteam_enter sets the tenant and, for a session acting as an API key, checks that
+    the key is still live."""
     org = uuid.UUID(str(organization_id))
-    return f"BEGIN; SELECT careteam_enter('{org}', {_key_literal(credential)})"
+    return f"{begin}; SELECT careteam_enter('{org}', {_key_literal(credential)})"
 
 
 def _key_literal(credential: Credential | None) -> str:
@@ -342,7 +351,9 @@ class _Unit:
         self.began = False  # this unit sent BEGIN: it ends the transaction
         self.committing = False  # COMMIT was sent: a failure now leaves the outcome unknown
 
-    async def begin(self, organization_id: uuid.UUID | None, *, explicit: bool) -> Any:
+    async def begin(
+        self, organization_id: uuid.UUID | None, *, explicit: bool, begin: str = "BEGIN"
+    ) -> Any:
         if self.pooled is None:
             self.pooled = self.held or await self.engine.raw_connection()
             self.driver = self.pooled.driver_connection
@@ -351,7 +362,7 @@ class _Unit:
             # abandon() must roll back.
             self.began = True
             if organization_id is not None:
-                await self.driver.execute(tenant_statement(organization_id, self.credential))
+                await self.driver.execute(tenant_statement(organization_id, self.credential, begin))
                 self.confirm()
             else:
                 await self.driver.execute("BEGIN")
@@ -515,10 +526,13 @@ async def run_transaction(
     subject: Subject = NO_SUBJECT,
     verify: Callable[[Any], Awaitable[T | None]] | None = None,
     read_only: bool = False,
+    snapshot: bool = False,
 ) -> T:
     """`work(connection)` as one transaction, committed: BEGIN with the tenant and the
     session's API key checked (careteam_enter) when `organization_id` is given, the
     work's statements on the asyncpg connection, COMMIT; rolled back on any failure.
+    `snapshot`: a read-only REPEATABLE READ transaction (BEGIN_SNAPSHOT; it needs
+    `organization_id`), whose statements all read the database as of its first.
 
     A read without a tenant (an owner's listing, a key's lookup) is one statement
     without BEGIN or COMMIT. `subject`: what the work acts on, named by the domain
@@ -527,9 +541,12 @@ async def run_transaction(
     SessionInTransaction if the session has a transaction open.
     """
     explicit = organization_id is not None or not read_only
+    if snapshot and organization_id is None:
+        raise ValueError("a snapshot transaction reads one tenant's data")
+    begin = BEGIN_SNAPSHOT if snapshot else "BEGIN"
 
     async def attempt_once(unit: _Unit) -> T:
-        driver = await unit.begin(organization_id, explicit=explicit)
+        driver = await unit.begin(organization_id, explicit=explicit, begin=begin)
         result = await work(driver)
         await unit.commit()
         await unit.release()
@@ -542,7 +559,7 @@ async def run_transaction(
         subject=subject,
         attempt_once=attempt_once,
         verify=verify,
-        writes=not read_only,
+        writes=not (read_only or snapshot),
     )
 
 

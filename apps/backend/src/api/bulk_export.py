@@ -1,0 +1,427 @@
+"""Running FHIR Bulk Data exports: one job's files (`run_export`), and the runner that
+`careteam serve` keeps in the background (`ExportRunner`).
+
+An export reads one snapshot of the database (a REPEATABLE READ, READ ONLY transaction:
+src/services/bulk_export.py says how its transaction time is chosen) and writes, per
+resource type, one NDJSON file of the resources the FHIR API serves (the same builders,
+src/api/fhir_resources.py), a page at a time: memory holds one page (PAGE resources),
+whatever the population. Every page that names patients is recorded in the access log
+(the job's requester, the export route, the patients), with an id derived from the job,
+the type and the page, so a job run again records nothing twice.
+
+The runner claims the oldest queued job of any organization (at most EXPORT_WORKERS at
+once in this process), keeps its heartbeat every HEARTBEAT_S while it runs, and stops it
+when the job is deleted (a client's DELETE). A job whose heartbeat stops (the process
+was killed) is queued again after STALE and started over, or failed after MAX_ATTEMPTS
+with an OperationOutcome: never left running. Expired jobs are deleted with their files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from src.api.fhir_query import RESULT, Query
+from src.api.fhir_resources import FhirError, organization_resource, resource_of
+from src.services.access_log_service import AccessEntry, AccessLogService
+from src.services.bulk_export import (
+    CLAIM,
+    EXPIRE,
+    KNOWN,
+    RECOVER,
+    BulkExportService,
+    ExportJobRecord,
+    pages,
+    window,
+)
+from src.services.export_storage import ExportStorage
+from src.services.fhir_search import OrganizationRecord, Search
+from src.services.transaction import run_transaction
+from src.values import Cursors
+
+logger = logging.getLogger(__name__)
+
+# The types an export can hold, in the order their files are written.
+TYPES = ("Organization", "Practitioner", "Patient", "CareTeam")
+LEVEL_TYPES = {
+    "system": TYPES,
+    "patient": TYPES,
+    "group": TYPES,
+}
+FILTERABLE = ("Patient", "CareTeam", "Practitioner")  # _typeFilter: their search parameters
+HEARTBEAT_S = 5.0
+STALE = datetime.timedelta(seconds=30)
+MAX_ATTEMPTS = 3
+POLL_S = 1.0
+SWEEP_S = 30.0
+EXPORT_ROUTE = {
+    "system": "GET /fhir/R4/$export",
+    "patient": "GET /fhir/R4/Patient/$export",
+    "group": "GET /fhir/R4/Group/{ident}/$export",
+}
+_NO_CURSORS = b"\x00" * 32  # a _typeFilter takes no _cursor (refused before it is read)
+ERROR_STOPPED = {
+    "resourceType": "OperationOutcome",
+    "issue": [
+        {
+            "severity": "error",
+            "code": "transient",
+            "diagnostics": "the server stopped during this export, every time it was "
+            f"started ({MAX_ATTEMPTS} attempts): start a new export",
+        }
+    ],
+}
+
+
+def type_filter_search(text: str, organization_id: uuid.UUID) -> Search:
+    """A `_typeFilter` value (`Type?query`, the query a FHIR search of that type takes)
+    as the search it names; FhirError 400 when it is not one we run."""
+    kind, mark, query = text.partition("?")
+    if not mark or kind not in FILTERABLE:
+        raise FhirError(
+            400,
+            "invalid",
+            f"_typeFilter: {text[:64]!r} is not Type?query with a type among "
+            f"{', '.join(FILTERABLE)}",
+        )
+    items = parse_qsl(query, keep_blank_values=True)
+    if not items:
+        raise FhirError(400, "invalid", f"_typeFilter: {text[:64]!r} has no search parameter")
+    result = sorted({name for name, _ in items if name in RESULT})
+    if result:
+        raise FhirError(
+            400,
+            "not-supported",
+            f"_typeFilter: result parameters are not supported here: {', '.join(result)}",
+        )
+    parsed = Query.read(
+        kind,
+        items,
+        base="",
+        cursors=Cursors(_NO_CURSORS, organization_id),
+        lenient=False,
+    )
+    return Search(kind, tuple(parsed.clauses))
+
+
+def _file_name(kind: str) -> str:
+    return f"{kind}.ndjson"
+
+
+async def _organization(
+    driver: Any, job: ExportJobRecord, until: datetime.datetime
+) -> OrganizationRecord | None:
+    row = await driver.fetchrow(
+        "SELECT id, name, created_at FROM organizations WHERE id = $1 "
+        "AND created_at <= $2 AND ($3::timestamptz IS NULL OR created_at > $3)",
+        job.organization_id,
+        until,
+        job.since,
+    )
+    return None if row is None else OrganizationRecord(**dict(row))
+
+
+def _within(job: ExportJobRecord) -> tuple[str, uuid.UUID | None] | None:
+    if job.level == "system":
+        return None
+    return (job.level, job.group_id)
+
+
+async def _records(
+    driver: Any, job: ExportJobRecord, kind: str, until: datetime.datetime
+) -> AsyncIterator[list[Any]]:
+    """The job's `kind` resources in the snapshot, a page at a time."""
+    if kind == "Organization":
+        organization = await _organization(driver, job, until)
+        if organization is not None:
+            yield [organization]
+        return
+    filters = [t for t in job.type_filters if t.partition("?")[0] == kind]
+    base = [type_filter_search(t, job.organization_id) for t in filters] or [Search(kind)]
+    searches = [
+        Search(kind, (*s.clauses, *window(kind, job.since, until)), within=_within(job))
+        for s in base
+    ]
+    async for page in pages(driver, job.organization_id, searches):
+        yield page
+
+
+def _resource(found: Any, organization_id: uuid.UUID) -> dict[str, Any]:
+    if isinstance(found, OrganizationRecord):
+        return organization_resource(found)
+    return resource_of(found, organization_id)
+
+
+def _patients_of(resource: dict[str, Any]) -> list[str]:
+    kind = resource["resourceType"]
+    if kind == "Patient":
+        return [resource["id"]]
+    if kind == "CareTeam":
+        return [resource["subject"]["reference"].removeprefix("Patient/")]
+    return []
+
+
+def _who(requester: str) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    """(api_key_id, client_id) of a job's requester (`api_key:<id>` or `smart_client:<id>`)."""
+    kind, _, ident = requester.partition(":")
+    if kind == "smart_client":
+        return None, uuid.UUID(ident)
+    return uuid.UUID(ident), None
+
+
+class Cancelled(Exception):
+    """The job was deleted (or taken from this runner) while it ran."""
+
+
+async def run_export(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    storage: ExportStorage,
+    job: ExportJobRecord,
+    *,
+    progress: Callable[[str, int], None] | None = None,
+    heartbeat: bool = True,
+) -> tuple[datetime.datetime, list[dict[str, Any]]]:
+    """Write the job's files; (transaction time, [{type, name, count}] per file). Raises
+    Cancelled when its heartbeat finds it deleted. `progress(type, count so far)` is
+    called after every page (the CLI's bar)."""
+    org = job.organization_id
+    async with sessionmaker() as db:
+        until = await BulkExportService.transaction_time(db=db, organization_id=org)
+    api_key_id, client_id = _who(job.requester)
+    last_beat = time.monotonic()
+    written: dict[str, int] = {}
+
+    async def beat(kind: str) -> None:
+        nonlocal last_beat
+        if not heartbeat or time.monotonic() - last_beat < HEARTBEAT_S:
+            return
+        last_beat = time.monotonic()
+        done = ", ".join(f"{k} {n}" for k, n in written.items())
+        async with sessionmaker() as side:
+            running = await BulkExportService.beat(
+                db=side, organization_id=org, job_id=job.id, progress=f"{kind}: {done}"
+            )
+        if not running:
+            raise Cancelled()
+
+    async def record(kind: str, number: int, patients: list[str]) -> None:
+        entry = AccessEntry(
+            organization_id=org,
+            api_key_id=api_key_id,
+            client_id=client_id,
+            route=EXPORT_ROUTE[job.level],
+            interaction="operation",
+            action="E",
+            status=200,
+            parameters=("_type",),
+            result_count=len(patients),
+            patient_ids=tuple(uuid.UUID(p) for p in dict.fromkeys(patients)),
+            id=uuid.uuid5(job.id, f"{kind}:{number}"),
+        )
+        async with sessionmaker() as side:
+            await AccessLogService.record(db=side, entry=entry)
+
+    async def work(driver: Any) -> list[dict[str, Any]]:
+        written.clear()
+        for kind in job.types:
+            writer = storage.writer(org, job.id, _file_name(kind))
+            count = number = 0
+            try:
+                async for found in _records(driver, job, kind, until):
+                    resources = [_resource(f, org) for f in found]
+                    writer.write(
+                        b"".join(
+                            json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in resources
+                        )
+                    )
+                    patients = [p for r in resources for p in _patients_of(r)]
+                    if patients:
+                        await record(kind, number, patients)
+                    number += 1
+                    count += len(resources)
+                    written[kind] = count
+                    if progress is not None:
+                        progress(kind, count)
+                    await beat(kind)
+            finally:
+                writer.close()
+            written[kind] = count
+        return [
+            {"type": kind, "name": _file_name(kind), "count": written[kind]} for kind in job.types
+        ]
+
+    async with sessionmaker() as db:
+        output = await run_transaction(
+            db, operation="bulk_export", organization_id=org, work=work, snapshot=True
+        )
+    return until, output
+
+
+class ExportRunner:
+    """The background runner of one process (see the module docstring)."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        storage: ExportStorage,
+        *,
+        workers: int,
+        poll_s: float = POLL_S,
+        sweep_s: float = SWEEP_S,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._storage = storage
+        self._workers = workers
+        self._poll_s = poll_s
+        self._sweep_s = sweep_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def start(self) -> None:
+        if self._workers > 0:
+            self._loop = asyncio.create_task(self._run(), name="export-runner")
+
+    def wake(self) -> None:
+        """A job was queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _run(self) -> None:
+        next_sweep = 0.0
+        while True:
+            try:
+                if time.monotonic() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = time.monotonic() + self._sweep_s
+                while len(self._tasks) < self._workers:
+                    claimed = await self._claim()
+                    if claimed is None:
+                        break
+                    task = asyncio.create_task(self._execute(*claimed), name="export-job")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            except Exception:  # the database unreachable, say: try again at the next poll
+                logger.warning("export runner: a poll failed", exc_info=True)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_s)
+
+    async def _claim(self) -> tuple[uuid.UUID, uuid.UUID] | None:
+        async def work(driver: Any) -> tuple[uuid.UUID, uuid.UUID] | None:
+            row = await driver.fetchrow(CLAIM)
+            return None if row is None else (row["organization_id"], row["id"])
+
+        async with self._sessionmaker() as db:
+            return await run_transaction(db, operation="claim_export", work=work)
+
+    async def sweep(self) -> None:
+        """Jobs whose runner stopped: queued again or failed; expired jobs: deleted; the
+        files of both removed, and any file left of a job no longer on record."""
+
+        async def work(driver: Any) -> tuple[list[Any], list[Any]]:
+            stale = list(
+                await driver.fetch(RECOVER, STALE, MAX_ATTEMPTS, json.dumps(ERROR_STOPPED))
+            )
+            expired = list(await driver.fetch(EXPIRE))
+            return stale, expired
+
+        async with self._sessionmaker() as db:
+            stale, expired = await run_transaction(db, operation="sweep_exports", work=work)
+        for row in (*stale, *expired):
+            self._storage.remove(row["organization_id"], row["id"])
+        for row in stale:
+            logger.warning(
+                "export %s: its runner stopped; %s",
+                row["id"],
+                "queued again" if row["status"] == "queued" else "failed",
+                extra={"event": "export_recovered", "organization_id": str(row["organization_id"])},
+            )
+        stored = list(self._storage.jobs())
+        if stored:
+
+            async def known(driver: Any) -> set[uuid.UUID]:
+                return {r[0] for r in await driver.fetch(KNOWN, [job for _, job in stored])}
+
+            async with self._sessionmaker() as db:
+                kept = await run_transaction(db, operation="known_exports", work=known)
+            for org, job in stored:
+                if job not in kept:
+                    self._storage.remove(org, job)
+
+    async def _execute(self, organization_id: uuid.UUID, job_id: uuid.UUID) -> None:
+        extra = {"organization_id": str(organization_id), "export_id": str(job_id)}
+        async with self._sessionmaker() as db:
+            job = await BulkExportService.find(
+                db=db, organization_id=organization_id, job_id=job_id
+            )
+        if job is None:
+            return
+        started = time.monotonic()
+        status, until = "completed", None
+        output: list[dict[str, Any]] = []
+        error: list[dict[str, Any]] = []
+        try:
+            until, output = await run_export(self._sessionmaker, self._storage, job)
+        except Cancelled:
+            self._storage.remove(organization_id, job_id)
+            logger.info("export %s cancelled", job_id, extra={"event": "export_cancelled", **extra})
+            return
+        except asyncio.CancelledError:
+            raise  # the process stopping: the job is recovered by the next sweep
+        except Exception as err:
+            logger.exception("export %s failed", job_id, extra={"event": "export_failed", **extra})
+            self._storage.remove(organization_id, job_id)
+            status, output = "failed", []
+            error = [_outcome(err)]
+        async with self._sessionmaker() as db:
+            finished = await BulkExportService.finish(
+                db=db,
+                organization_id=organization_id,
+                job_id=job_id,
+                status=status,
+                transaction_time=until,
+                output=output,
+                error=error,
+            )
+        if not finished:  # deleted while it ran
+            self._storage.remove(organization_id, job_id)
+            return
+        logger.info(
+            "export %s %s in %.1f s",
+            job_id,
+            status,
+            time.monotonic() - started,
+            extra={"event": f"export_{status}", **extra},
+        )
+
+
+def _outcome(err: Exception) -> dict[str, Any]:
+    """The OperationOutcome a failed job's manifest lists (an error's kind, never data)."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "exception",
+                "diagnostics": f"the export failed ({type(err).__name__}): start a new export",
+            }
+        ],
+    }

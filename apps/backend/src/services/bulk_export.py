@@ -1,0 +1,345 @@
+"""FHIR Bulk Data export jobs (table export_jobs, revision 20261207_bulk_export): their
+states, and the snapshot an export reads.
+
+A job is made by a kick-off (`create`), run by the runner in `careteam serve`
+(src/api/bulk_export.py: it claims the oldest queued job, keeps its heartbeat while it
+runs, and finishes or fails it), read by its status URL (`find`) and deleted by DELETE
+(`delete`). Everything here under the job's organization's tenant (row-level security),
+except the runner's four cross-organization functions (claim, recover, expire, known:
+SECURITY DEFINER, sql/functions/careteam_*_export*).
+
+Why `transaction_time` is exact. A change carries its transaction's start (now()), and
+commits some time later, so "changed after T" and "committed after the snapshot" differ
+for a transaction that began before the snapshot and committed after it. So the export
+takes its transaction time first, in a transaction of its own: the start of the oldest
+transaction open in the database at that moment, or that moment if none is, less a
+microsecond (HORIZON). Only then does it open its snapshot. Every change stamped at or
+before T began before every transaction open at T: it had committed before the snapshot
+was taken, so the snapshot holds it. Every change stamped after T is left out, visible
+or not (the Bulk Data IG: the response "SHOULD NOT include any resources modified after
+this instant"), and comes in the next export with `_since` = T. So exports chained by
+`_since` = the previous `transactionTime` hold every change once: none missed, none
+twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from src.services.access_log_service import HORIZON
+from src.services.fhir_search import PARAMETERS as SEARCH_PARAMETERS
+from src.services.fhir_search import Clause, DateRange, Search, search_page
+from src.services.transaction import Sql, run_transaction
+
+LEVELS = ("system", "patient", "group")
+PAGE = 1000
+MICROSECOND = datetime.timedelta(microseconds=1)
+
+JOB_COLUMNS = (
+    "organization_id, id, requester, level, group_id, types, since, type_filters, request, "
+    "status, attempts, progress, transaction_time, output, error, expires_after_s, "
+    "created_at, started_at, finished_at, expires_at"
+)
+
+
+@dataclass(frozen=True)
+class ExportJobRecord:
+    organization_id: uuid.UUID
+    id: uuid.UUID
+    requester: str
+    level: str
+    group_id: uuid.UUID | None
+    types: list[str]
+    since: datetime.datetime | None
+    type_filters: list[str]
+    request: str
+    status: str
+    attempts: int
+    progress: str | None
+    transaction_time: datetime.datetime | None
+    output: list[dict[str, Any]]
+    error: list[dict[str, Any]]
+    expires_after_s: int
+    created_at: datetime.datetime
+    started_at: datetime.datetime | None
+    finished_at: datetime.datetime | None
+    expires_at: datetime.datetime | None
+
+
+def _job(row: Any) -> ExportJobRecord:
+    data = dict(row)
+    for name in ("output", "error"):
+        if isinstance(data[name], str):
+            data[name] = json.loads(data[name])
+    return ExportJobRecord(**data)
+
+
+# One kick-off at a time per organization (a transaction-level lock), so that two at once
+# cannot both pass the limit.
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('careteam_export:' || $1::uuid::text, 0))"
+_ACTIVE = Sql(
+    "SELECT count(*) FROM export_jobs WHERE organization_id = $1 "
+    "AND status IN ('queued', 'running')",
+    "org",
+)
+_INSERT = Sql(
+    "INSERT INTO export_jobs (organization_id, requester, level, group_id, types, since, "
+    "type_filters, request, expires_after_s) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+    f"RETURNING {JOB_COLUMNS}",
+    "org",
+    "requester",
+    "level",
+    "group",
+    "types",
+    "since",
+    "filters",
+    "request",
+    "expires",
+)
+_FIND = Sql(
+    f"SELECT {JOB_COLUMNS} FROM export_jobs WHERE organization_id = $1 AND id = $2", "org", "id"
+)
+_DELETE = Sql(
+    f"DELETE FROM export_jobs WHERE organization_id = $1 AND id = $2 RETURNING {JOB_COLUMNS}",
+    "org",
+    "id",
+)
+# The runner's heartbeat: false when the job is no longer running (deleted: cancelled).
+_BEAT = Sql(
+    "UPDATE export_jobs SET heartbeat_at = now(), progress = $3 "
+    "WHERE organization_id = $1 AND id = $2 AND status = 'running' RETURNING true",
+    "org",
+    "id",
+    "progress",
+)
+_FINISH = Sql(
+    "UPDATE export_jobs SET status = $3, transaction_time = $4, output = $5::jsonb, "
+    "error = $6::jsonb, progress = NULL, heartbeat_at = NULL, finished_at = now(), "
+    "expires_at = now() + expires_after_s * interval '1 second' "
+    "WHERE organization_id = $1 AND id = $2 AND status = 'running' RETURNING true",
+    "org",
+    "id",
+    "status",
+    "time",
+    "output",
+    "error",
+)
+_TRANSACTION_TIME = f"SELECT {HORIZON} - interval '1 microsecond'"
+
+CLAIM = "SELECT organization_id, id FROM careteam_claim_export()"
+RECOVER = "SELECT organization_id, id, status FROM careteam_recover_exports($1, $2, $3::jsonb)"
+EXPIRE = "SELECT organization_id, id FROM careteam_expire_exports()"
+KNOWN = "SELECT careteam_known_exports($1::uuid[])"
+
+
+class TooManyExports(Exception):
+    """The organization has its limit of exports queued or running already."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """A kick-off, checked: what to export and for whom."""
+
+    requester: str
+    level: str
+    group_id: uuid.UUID | None
+    types: tuple[str, ...]
+    since: datetime.datetime | None
+    type_filters: tuple[str, ...]
+    request: str
+
+
+class BulkExportService:
+    @staticmethod
+    async def create(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        asked: ExportRequest,
+        max_jobs: int,
+        expires_after_s: int,
+    ) -> ExportJobRecord:
+        """A queued job; TooManyExports when `max_jobs` are queued or running already."""
+
+        async def work(driver: Any) -> ExportJobRecord:
+            await driver.execute(_LOCK, organization_id)
+            if await _ACTIVE.fetchval(driver, {"org": organization_id}) >= max_jobs:
+                raise TooManyExports()
+            row = await _INSERT.fetchrow(
+                driver,
+                {
+                    "org": organization_id,
+                    "requester": asked.requester,
+                    "level": asked.level,
+                    "group": asked.group_id,
+                    "types": list(asked.types),
+                    "since": asked.since,
+                    "filters": list(asked.type_filters),
+                    "request": asked.request,
+                    "expires": expires_after_s,
+                },
+            )
+            return _job(row)
+
+        return await run_transaction(
+            db, operation="create_export", organization_id=organization_id, work=work
+        )
+
+    @staticmethod
+    async def find(
+        *, db: AsyncSession, organization_id: uuid.UUID, job_id: uuid.UUID
+    ) -> ExportJobRecord | None:
+        async def work(driver: Any) -> ExportJobRecord | None:
+            row = await _FIND.fetchrow(driver, {"org": organization_id, "id": job_id})
+            return None if row is None else _job(row)
+
+        return await run_transaction(
+            db, operation="read_export", organization_id=organization_id, work=work, read_only=True
+        )
+
+    @staticmethod
+    async def delete(
+        *, db: AsyncSession, organization_id: uuid.UUID, job_id: uuid.UUID
+    ) -> ExportJobRecord | None:
+        """The job, deleted (its runner stops at its next heartbeat); None if none."""
+
+        async def work(driver: Any) -> ExportJobRecord | None:
+            row = await _DELETE.fetchrow(driver, {"org": organization_id, "id": job_id})
+            return None if row is None else _job(row)
+
+        return await run_transaction(
+            db, operation="delete_export", organization_id=organization_id, work=work
+        )
+
+    @staticmethod
+    async def beat(
+        *, db: AsyncSession, organization_id: uuid.UUID, job_id: uuid.UUID, progress: str
+    ) -> bool:
+        """The running job's heartbeat and progress; False if it is no longer running (it
+        was deleted, or the runner was taken for dead and the job queued again)."""
+
+        async def work(driver: Any) -> bool:
+            params = {"org": organization_id, "id": job_id, "progress": progress}
+            return bool(await _BEAT.fetchval(driver, params))
+
+        return await run_transaction(
+            db, operation="export_heartbeat", organization_id=organization_id, work=work
+        )
+
+    @staticmethod
+    async def finish(
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        job_id: uuid.UUID,
+        status: str,
+        transaction_time: datetime.datetime | None,
+        output: list[dict[str, Any]],
+        error: list[dict[str, Any]],
+    ) -> bool:
+        """Completed or failed, with its manifest's lists; False if it was no longer
+        running (deleted meanwhile: its files are then the caller's to remove)."""
+
+        async def work(driver: Any) -> bool:
+            params = {
+                "org": organization_id,
+                "id": job_id,
+                "status": status,
+                "time": transaction_time,
+                "output": json.dumps(output),
+                "error": json.dumps(error),
+            }
+            return bool(await _FINISH.fetchval(driver, params))
+
+        return await run_transaction(
+            db, operation="finish_export", organization_id=organization_id, work=work
+        )
+
+    @staticmethod
+    async def transaction_time(
+        *, db: AsyncSession, organization_id: uuid.UUID
+    ) -> datetime.datetime:
+        """The export's transaction time, read before its snapshot is opened (the module's
+        docstring says why)."""
+
+        async def work(driver: Any) -> datetime.datetime:
+            at: datetime.datetime = await driver.fetchval(_TRANSACTION_TIME)
+            return at
+
+        return await run_transaction(
+            db, operation="export_time", organization_id=organization_id, work=work, read_only=True
+        )
+
+
+def window(
+    kind: str, since: datetime.datetime | None, until: datetime.datetime
+) -> tuple[Clause, ...]:
+    """The clauses of an export's window on `kind`: changed after `since` (if given) and
+    at or before `until` (the transaction time), by meta.lastUpdated."""
+    updated = SEARCH_PARAMETERS[kind]["_lastUpdated"]
+    clauses = [Clause(updated, "", (DateRange("le", until, until + MICROSECOND),))]
+    if since is not None:
+        clauses.append(Clause(updated, "", (DateRange("gt", since, since + MICROSECOND),)))
+    return tuple(clauses)
+
+
+async def pages(
+    driver: Any, organization_id: uuid.UUID, searches: list[Search]
+) -> AsyncIterator[list[Any]]:
+    """What `searches` (of one type, one per _typeFilter: their results ORed) find, in id
+    order, each once, a page at a time, on `driver` (the export's snapshot). Each search
+    is read by keyset (id after the last one read), PAGE at a time."""
+
+    async def read(search: Search) -> AsyncIterator[list[Any]]:
+        after: tuple[uuid.UUID, int, int] | None = None
+        while True:
+            page = await search_page(
+                driver, organization_id, dataclasses.replace(search, limit=PAGE, after=after)
+            )
+            found = page.found[:PAGE]
+            if found:
+                yield found
+            if len(page.found) <= PAGE:
+                return
+            after = (found[-1].id, 0, 0)
+
+    if len(searches) == 1:
+        async for found in read(searches[0]):
+            yield found
+        return
+    # Several: merged by id (each stream is in id order), a resource found by more than
+    # one given once.
+    streams = [read(search) for search in searches]
+    buffers: list[collections.deque[Any]] = [collections.deque() for _ in searches]
+    ended = [False] * len(searches)
+    last: uuid.UUID | None = None
+    batch: list[Any] = []
+    while True:
+        for n, stream in enumerate(streams):
+            if not buffers[n] and not ended[n]:
+                try:
+                    buffers[n].extend(await anext(stream))
+                except StopAsyncIteration:
+                    ended[n] = True
+        heads = [n for n in range(len(streams)) if buffers[n]]
+        if not heads:
+            break
+        n = min(heads, key=lambda m: buffers[m][0].id)
+        found = buffers[n].popleft()
+        if found.id != last:
+            batch.append(found)
+            last = found.id
+            if len(batch) == PAGE:
+                yield batch
+                batch = []
+    if batch:
+        yield batch

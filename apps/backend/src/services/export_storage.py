@@ -1,0 +1,105 @@
+"""Where Bulk Data export files are kept: an interface, and the one store we ship (a
+directory, EXPORT_DIR, by default the data directory's exports/ folder).
+
+A file is named by its organization, its job and its name (`Patient.ndjson`); the store
+never sees a path from a request (the routes look the name up in the job's manifest
+first). An object store (S3, GCS, Azure Blob) would implement the same four methods:
+`writer` as a multipart upload committed on `close`, `chunks` as a ranged GET, `remove`
+as deleting the job's prefix, `jobs` as listing the top-level prefixes
+(docs/SCALING.md, "Bulk Data export files").
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+
+CHUNK = 256 * 1024
+FILE_NAME = re.compile(r"[A-Za-z]+(-[0-9]+)?\.ndjson")
+
+
+class ExportWriter(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> int:
+        """Finish the file; its size in bytes."""
+        ...
+
+
+class ExportStorage(Protocol):
+    def writer(self, organization_id: uuid.UUID, job_id: uuid.UUID, name: str) -> ExportWriter:
+        """A new file (an earlier one of that name is replaced)."""
+        ...
+
+    def chunks(
+        self, organization_id: uuid.UUID, job_id: uuid.UUID, name: str
+    ) -> AsyncIterator[bytes]:
+        """The file's bytes, in pieces (FileNotFoundError if it is not there)."""
+        ...
+
+    def remove(self, organization_id: uuid.UUID, job_id: uuid.UUID) -> None:
+        """Every file of the job (nothing if there is none)."""
+        ...
+
+    def jobs(self) -> Iterator[tuple[uuid.UUID, uuid.UUID]]:
+        """(organization, job) of every job that has files."""
+        ...
+
+
+class _FileWriter:
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("wb")
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def close(self) -> int:
+        self._file.close()
+        return Path(self._file.name).stat().st_size
+
+
+class DirectoryStorage:
+    """Files under `root`/<organization>/<job>/<name>."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _job_dir(self, organization_id: uuid.UUID, job_id: uuid.UUID) -> Path:
+        return self.root / str(uuid.UUID(str(organization_id))) / str(uuid.UUID(str(job_id)))
+
+    def _path(self, organization_id: uuid.UUID, job_id: uuid.UUID, name: str) -> Path:
+        if not FILE_NAME.fullmatch(name):
+            raise ValueError(f"not an export file name: {name[:64]!r}")
+        return self._job_dir(organization_id, job_id) / name
+
+    def writer(self, organization_id: uuid.UUID, job_id: uuid.UUID, name: str) -> ExportWriter:
+        path = self._path(organization_id, job_id, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _FileWriter(path)
+
+    async def chunks(
+        self, organization_id: uuid.UUID, job_id: uuid.UUID, name: str
+    ) -> AsyncIterator[bytes]:
+        path = self._path(organization_id, job_id, name)
+        async with await anyio.open_file(path, "rb") as file:
+            while chunk := await file.read(CHUNK):
+                yield chunk
+
+    def remove(self, organization_id: uuid.UUID, job_id: uuid.UUID) -> None:
+        shutil.rmtree(self._job_dir(organization_id, job_id), ignore_errors=True)
+
+    def jobs(self) -> Iterator[tuple[uuid.UUID, uuid.UUID]]:
+        if not self.root.is_dir():
+            return
+        for org_dir in self.root.iterdir():
+            for job_dir in org_dir.iterdir() if org_dir.is_dir() else ():
+                try:
+                    yield uuid.UUID(org_dir.name), uuid.UUID(job_dir.name)
+                except ValueError:  # not ours: left alone
+                    continue
