@@ -140,6 +140,13 @@ class Settings(BaseSettings):
         description="Bulk Data exports this process runs at once (0: it runs none; another "
         "process must).",
     )
+    export_stale_after_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="A running Bulk Data export whose heartbeat is older than this (its "
+        "process was killed) is started again, or failed after three attempts.",
+    )
     export_expires_after_s: int = Field(
         default=86_400,
         ge=60,

@@ -168,7 +168,10 @@ def create_app(database: Database | None = None, database_url: str | None = None
         # of milliseconds (the measure is in docs/PERFORMANCE.md).
         # Bulk Data exports run in the background of the server (src/api/bulk_export.py).
         runner = app.state.export_runner = ExportRunner(
-            opened.sessionmaker, app.state.export_storage, workers=settings.export_workers
+            opened.sessionmaker,
+            app.state.export_storage,
+            workers=settings.export_workers,
+            stale_s=settings.export_stale_after_s,
         )
         runner.start()
         gc.freeze()

@@ -60,7 +60,6 @@ LEVEL_TYPES = {
 }
 FILTERABLE = ("Patient", "CareTeam", "Practitioner")  # _typeFilter: their search parameters
 HEARTBEAT_S = 5.0
-STALE = datetime.timedelta(seconds=30)
 MAX_ATTEMPTS = 3
 POLL_S = 1.0
 SWEEP_S = 30.0
@@ -114,8 +113,10 @@ def type_filter_search(text: str, organization_id: uuid.UUID) -> Search:
     return Search(kind, tuple(parsed.clauses))
 
 
-def _file_name(kind: str) -> str:
-    return f"{kind}.ndjson"
+def _file_name(kind: str, attempt: int) -> str:
+    """A file's name: its type and the attempt that wrote it (a runner taken for dead
+    that wakes up again never writes into its successor's files)."""
+    return f"{kind}-{attempt}.ndjson"
 
 
 async def _organization(
@@ -183,87 +184,125 @@ class Cancelled(Exception):
     """The job was deleted (or taken from this runner) while it ran."""
 
 
+async def _heartbeat(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    job: ExportJobRecord,
+    every_s: float,
+    written: dict[str, int],
+    stopped: asyncio.Event,
+) -> None:
+    """The job's heartbeat and progress, every `every_s` however long a page takes;
+    `stopped` once the job is no longer this attempt's (deleted, or taken for dead)."""
+    while True:
+        await asyncio.sleep(every_s)
+        done = ", ".join(f"{k} {n}" for k, n in written.items()) or "starting"
+        try:
+            async with sessionmaker() as side:
+                running = await BulkExportService.beat(
+                    db=side,
+                    organization_id=job.organization_id,
+                    job_id=job.id,
+                    attempt=job.attempts,
+                    progress=done,
+                )
+        except Exception:  # the database away for a moment: the next beat tells
+            logger.warning("export %s: a heartbeat failed", job.id, exc_info=True)
+            continue
+        if not running:
+            stopped.set()
+            return
+
+
+async def _record_page(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    job: ExportJobRecord,
+    kind: str,
+    number: int,
+    patients: list[str],
+) -> None:
+    """The access log entry of one page of the export: its requester, the kick-off's
+    route, the patients the page holds; its id the job's, the type's and the page's, so
+    an attempt started over writes none twice."""
+    api_key_id, client_id = _who(job.requester)
+    entry = AccessEntry(
+        organization_id=job.organization_id,
+        api_key_id=api_key_id,
+        client_id=client_id,
+        route=EXPORT_ROUTE[job.level],
+        interaction="operation",
+        action="E",
+        status=200,
+        parameters=("_type",),
+        result_count=len(patients),
+        patient_ids=tuple(uuid.UUID(p) for p in dict.fromkeys(patients)),
+        id=uuid.uuid5(job.id, f"{kind}:{number}"),
+    )
+    async with sessionmaker() as side:
+        await AccessLogService.record(db=side, entry=entry)
+
+
+def _ndjson(resources: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in resources)
+
+
 async def run_export(
     sessionmaker: async_sessionmaker[AsyncSession],
     storage: ExportStorage,
     job: ExportJobRecord,
     *,
     progress: Callable[[str, int], None] | None = None,
-    heartbeat: bool = True,
+    heartbeat_s: float | None = HEARTBEAT_S,
+    record_access: bool = True,
 ) -> tuple[datetime.datetime, list[dict[str, Any]]]:
     """Write the job's files; (transaction time, [{type, name, count}] per file). Raises
-    Cancelled when its heartbeat finds it deleted. `progress(type, count so far)` is
-    called after every page (the CLI's bar)."""
+    Cancelled when its heartbeat finds it no longer this attempt's. `progress(type,
+    count so far)` is called after every page (the CLI's bar). `heartbeat_s` None: no
+    heartbeat (a job that is not in export_jobs: the CLI's); `record_access` False: no
+    access log entries (the CLI, which acts as no credential: see docs)."""
     org = job.organization_id
     async with sessionmaker() as db:
         until = await BulkExportService.transaction_time(db=db, organization_id=org)
-    api_key_id, client_id = _who(job.requester)
-    last_beat = time.monotonic()
     written: dict[str, int] = {}
-
-    async def beat(kind: str) -> None:
-        nonlocal last_beat
-        if not heartbeat or time.monotonic() - last_beat < HEARTBEAT_S:
-            return
-        last_beat = time.monotonic()
-        done = ", ".join(f"{k} {n}" for k, n in written.items())
-        async with sessionmaker() as side:
-            running = await BulkExportService.beat(
-                db=side, organization_id=org, job_id=job.id, progress=f"{kind}: {done}"
-            )
-        if not running:
-            raise Cancelled()
-
-    async def record(kind: str, number: int, patients: list[str]) -> None:
-        entry = AccessEntry(
-            organization_id=org,
-            api_key_id=api_key_id,
-            client_id=client_id,
-            route=EXPORT_ROUTE[job.level],
-            interaction="operation",
-            action="E",
-            status=200,
-            parameters=("_type",),
-            result_count=len(patients),
-            patient_ids=tuple(uuid.UUID(p) for p in dict.fromkeys(patients)),
-            id=uuid.uuid5(job.id, f"{kind}:{number}"),
-        )
-        async with sessionmaker() as side:
-            await AccessLogService.record(db=side, entry=entry)
+    stopped = asyncio.Event()
 
     async def work(driver: Any) -> list[dict[str, Any]]:
         written.clear()
         for kind in job.types:
-            writer = storage.writer(org, job.id, _file_name(kind))
-            count = number = 0
+            writer = storage.writer(org, job.id, _file_name(kind, job.attempts))
+            written[kind] = number = 0
             try:
                 async for found in _records(driver, job, kind, until):
                     resources = [_resource(f, org) for f in found]
-                    writer.write(
-                        b"".join(
-                            json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in resources
-                        )
-                    )
+                    writer.write(_ndjson(resources))
                     patients = [p for r in resources for p in _patients_of(r)]
-                    if patients:
-                        await record(kind, number, patients)
+                    if patients and record_access:
+                        await _record_page(sessionmaker, job, kind, number, patients)
                     number += 1
-                    count += len(resources)
-                    written[kind] = count
+                    written[kind] += len(resources)
                     if progress is not None:
-                        progress(kind, count)
-                    await beat(kind)
+                        progress(kind, written[kind])
+                    if stopped.is_set():
+                        raise Cancelled()
             finally:
                 writer.close()
-            written[kind] = count
         return [
-            {"type": kind, "name": _file_name(kind), "count": written[kind]} for kind in job.types
+            {"type": kind, "name": _file_name(kind, job.attempts), "count": written[kind]}
+            for kind in job.types
         ]
 
-    async with sessionmaker() as db:
-        output = await run_transaction(
-            db, operation="bulk_export", organization_id=org, work=work, snapshot=True
-        )
+    beater = None
+    if heartbeat_s is not None:
+        beater = asyncio.create_task(_heartbeat(sessionmaker, job, heartbeat_s, written, stopped))
+    try:
+        async with sessionmaker() as db:
+            output = await run_transaction(
+                db, operation="bulk_export", organization_id=org, work=work, snapshot=True
+            )
+    finally:
+        if beater is not None:
+            beater.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beater
     return until, output
 
 
@@ -276,12 +315,16 @@ class ExportRunner:
         storage: ExportStorage,
         *,
         workers: int,
+        stale_s: float = 30.0,
         poll_s: float = POLL_S,
         sweep_s: float = SWEEP_S,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._storage = storage
         self._workers = workers
+        self._stale = datetime.timedelta(seconds=stale_s)
+        # A beat well within the time after which a silent job is taken for dead.
+        self._heartbeat_s = min(HEARTBEAT_S, stale_s / 3)
         self._poll_s = poll_s
         self._sweep_s = sweep_s
         self._tasks: set[asyncio.Task[None]] = set()
@@ -338,15 +381,19 @@ class ExportRunner:
 
         async def work(driver: Any) -> tuple[list[Any], list[Any]]:
             stale = list(
-                await driver.fetch(RECOVER, STALE, MAX_ATTEMPTS, json.dumps(ERROR_STOPPED))
+                await driver.fetch(RECOVER, self._stale, MAX_ATTEMPTS, json.dumps(ERROR_STOPPED))
             )
             expired = list(await driver.fetch(EXPIRE))
             return stale, expired
 
         async with self._sessionmaker() as db:
             stale, expired = await run_transaction(db, operation="sweep_exports", work=work)
+        # A job queued again keeps its earlier attempts' files (the next attempt, which
+        # another process may be running already, writes files named for itself) until
+        # it expires; a failed or expired one loses them now.
         for row in (*stale, *expired):
-            self._storage.remove(row["organization_id"], row["id"])
+            if row.get("status") != "queued":
+                self._storage.remove(row["organization_id"], row["id"])
         for row in stale:
             logger.warning(
                 "export %s: its runner stopped; %s",
@@ -379,16 +426,18 @@ class ExportRunner:
         output: list[dict[str, Any]] = []
         error: list[dict[str, Any]] = []
         try:
-            until, output = await run_export(self._sessionmaker, self._storage, job)
+            until, output = await run_export(
+                self._sessionmaker, self._storage, job, heartbeat_s=self._heartbeat_s
+            )
         except Cancelled:
-            self._storage.remove(organization_id, job_id)
-            logger.info("export %s cancelled", job_id, extra={"event": "export_cancelled", **extra})
+            # Deleted (its files went with it), or taken for dead and queued again: the
+            # next attempt writes files of its own, and the sweep removes this one's.
+            logger.info("export %s stopped", job_id, extra={"event": "export_stopped", **extra})
             return
         except asyncio.CancelledError:
             raise  # the process stopping: the job is recovered by the next sweep
         except Exception as err:
             logger.exception("export %s failed", job_id, extra={"event": "export_failed", **extra})
-            self._storage.remove(organization_id, job_id)
             status, output = "failed", []
             error = [_outcome(err)]
         async with self._sessionmaker() as db:
@@ -396,13 +445,13 @@ class ExportRunner:
                 db=db,
                 organization_id=organization_id,
                 job_id=job_id,
+                attempt=job.attempts,
                 status=status,
                 transaction_time=until,
                 output=output,
                 error=error,
             )
-        if not finished:  # deleted while it ran
-            self._storage.remove(organization_id, job_id)
+        if not finished:  # deleted while it ran, or taken for dead: not this attempt's
             return
         logger.info(
             "export %s %s in %.1f s",

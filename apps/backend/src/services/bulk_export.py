@@ -116,22 +116,26 @@ _DELETE = Sql(
 # The runner's heartbeat: false when the job is no longer running (deleted: cancelled).
 _BEAT = Sql(
     "UPDATE export_jobs SET heartbeat_at = now(), progress = $3 "
-    "WHERE organization_id = $1 AND id = $2 AND status = 'running' RETURNING true",
+    "WHERE organization_id = $1 AND id = $2 AND status = 'running' AND attempts = $4 "
+    "RETURNING true",
     "org",
     "id",
     "progress",
+    "attempt",
 )
 _FINISH = Sql(
     "UPDATE export_jobs SET status = $3, transaction_time = $4, output = $5::jsonb, "
     "error = $6::jsonb, progress = NULL, heartbeat_at = NULL, finished_at = now(), "
     "expires_at = now() + expires_after_s * interval '1 second' "
-    "WHERE organization_id = $1 AND id = $2 AND status = 'running' RETURNING true",
+    "WHERE organization_id = $1 AND id = $2 AND status = 'running' AND attempts = $7 "
+    "RETURNING true",
     "org",
     "id",
     "status",
     "time",
     "output",
     "error",
+    "attempt",
 )
 _TRANSACTION_TIME = f"SELECT {HORIZON} - interval '1 microsecond'"
 
@@ -222,13 +226,23 @@ class BulkExportService:
 
     @staticmethod
     async def beat(
-        *, db: AsyncSession, organization_id: uuid.UUID, job_id: uuid.UUID, progress: str
+        *,
+        db: AsyncSession,
+        organization_id: uuid.UUID,
+        job_id: uuid.UUID,
+        attempt: int,
+        progress: str,
     ) -> bool:
-        """The running job's heartbeat and progress; False if it is no longer running (it
-        was deleted, or the runner was taken for dead and the job queued again)."""
+        """The running job's heartbeat and progress; False if it is no longer this
+        attempt's (deleted, or its runner taken for dead and the job queued again)."""
 
         async def work(driver: Any) -> bool:
-            params = {"org": organization_id, "id": job_id, "progress": progress}
+            params = {
+                "org": organization_id,
+                "id": job_id,
+                "progress": progress,
+                "attempt": attempt,
+            }
             return bool(await _BEAT.fetchval(driver, params))
 
         return await run_transaction(
@@ -241,13 +255,14 @@ class BulkExportService:
         db: AsyncSession,
         organization_id: uuid.UUID,
         job_id: uuid.UUID,
+        attempt: int,
         status: str,
         transaction_time: datetime.datetime | None,
         output: list[dict[str, Any]],
         error: list[dict[str, Any]],
     ) -> bool:
         """Completed or failed, with its manifest's lists; False if it was no longer
-        running (deleted meanwhile: its files are then the caller's to remove)."""
+        this attempt's (deleted meanwhile, or taken for dead and queued again)."""
 
         async def work(driver: Any) -> bool:
             params = {
@@ -257,6 +272,7 @@ class BulkExportService:
                 "time": transaction_time,
                 "output": json.dumps(output),
                 "error": json.dumps(error),
+                "attempt": attempt,
             }
             return bool(await _FINISH.fetchval(driver, params))
 
