@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from src.cli import access_log, care_team, clients, schema, server, tenants
+from src.cli import access_log, care_team, clients, export, schema, server, tenants
 from src.cli.common import usage_error
 from src.config import ConfigurationError
 
@@ -85,5 +85,6 @@ app.add_typer(tenants.org_app, name="org")
 app.add_typer(tenants.key_app, name="key")
 app.add_typer(clients.client_app, name="client")
 app.add_typer(access_log.access_log_app, name="access-log")
+app.command()(export.export)
 app.command("db-url")(server.db_url)
 app.command("db-stop")(server.db_stop)

@@ -1,0 +1,235 @@
+"""`careteam export`: a FHIR Bulk Data export from the command line, into a directory.
+
+The same export as `GET /fhir/R4/$export` (or `Group/{id}/$export` with --group): one
+snapshot of the database, the FHIR API's resources, one NDJSON file per type, with a
+progress line per type. It runs here, not in the server's background, and is not kept
+as a job. The operator acts as no API credential, so it is not in the access log (which
+records credentials); it logs one line with the organization, the group, the counts and
+the directory (ids only).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from src.cli.common import CommandFailed, console, parse_uuid, require_head, run, usage_error
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from src.services.bulk_export import ExportJobRecord
+
+logger = logging.getLogger(__name__)
+
+
+class _OutDirectory:
+    """The export's files straight into the directory the operator named."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def writer(self, organization_id: uuid.UUID, job_id: uuid.UUID, name: str) -> object:
+        from src.services.export_storage import FILE_NAME, _FileWriter
+
+        if not FILE_NAME.fullmatch(name):
+            raise ValueError(name)
+        # The server's store names a file for its attempt too (Patient-1.ndjson): here,
+        # by its type alone.
+        return _FileWriter(self.root / f"{name.rsplit('-', 1)[0]}.ndjson")
+
+
+def export(
+    organization: Annotated[
+        str, typer.Option("--organization", metavar="ORG_ID", help="The organization (a UUID).")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Where to write the NDJSON files (created if missing; files of the same "
+            "names are replaced).",
+        ),
+    ],
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            metavar="PROVIDER_ID",
+            help="Only the Group of this provider: the patients ever attributed to them, "
+            "their care teams and the practitioners those name (default: the whole "
+            "organization).",
+        ),
+    ] = None,
+    types: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            metavar="TYPES",
+            help="Resource types, comma-separated (as _type; default: all).",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="INSTANT",
+            help="Only resources changed after this instant (as _since), e.g. the "
+            "transactionTime of the last export.",
+        ),
+    ] = None,
+) -> None:
+    """Export an organization (or one provider's Group) as FHIR NDJSON files."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from src.api.bulk_export import LEVEL_TYPES, run_export
+    from src.config import get_settings
+    from src.db import open_database
+    from src.services.fhir_search import by_ids, run_search
+    from src.services.organization_service import OrganizationService
+    from src.values import parse_instant
+
+    org = parse_uuid(organization, "ORG_ID")
+    provider = None if group is None else parse_uuid(group, "PROVIDER_ID")
+    level = "system" if provider is None else "group"
+    after = None
+    if since is not None:
+        try:
+            after = parse_instant(since)
+        except ValueError as err:
+            usage_error(f"--since {err}")
+    if out.exists() and not out.is_dir():
+        usage_error(f"--out {out}: not a directory")
+    chosen = _chosen(types, LEVEL_TYPES[level])
+    job = _job(org, level, provider, chosen, after)
+
+    async def work(engine: AsyncEngine, url: str) -> tuple[datetime.datetime, Output]:
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        from src.services.errors import CareTeamError
+
+        await require_head(engine)
+        async with AsyncSession(engine) as owner:
+            try:
+                await OrganizationService.require_organization(db=owner, organization_id=org)
+            except CareTeamError as err:
+                raise CommandFailed(err.message) from None
+        database = open_database(get_settings(), url)
+        try:
+            if provider is not None:
+                async with database.sessionmaker() as db:
+                    page = await run_search(
+                        db=db, organization_id=org, search=by_ids("Practitioner", [provider])
+                    )
+                if not page.found or not page.found[0].record.active:
+                    raise CommandFailed(
+                        f"provider {provider} is not an active provider of organization {org}"
+                    )
+            out.mkdir(parents=True, exist_ok=True)
+            with Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TextColumn("{task.completed:,} resources"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            ) as bar:
+                tasks = {kind: bar.add_task(kind, total=None) for kind in chosen}
+
+                def progress(kind: str, count: int) -> None:
+                    bar.update(tasks[kind], completed=count)
+
+                return await run_export(
+                    database.sessionmaker,
+                    _OutDirectory(out),  # type: ignore[arg-type]
+                    job,
+                    progress=progress,
+                    heartbeat_s=None,
+                    record_access=False,
+                )
+        finally:
+            await database.dispose()
+
+    until, output = run(work)
+    logger.info(
+        "export of organization %s written to %s",
+        org,
+        out,
+        extra={"event": "cli_export", "organization_id": str(org), "group": group},
+    )
+    at = _write_manifest(out, until, output)
+    total = sum(int(str(o["count"])) for o in output)
+    typer.echo(
+        f"exported {total:,} resources to {out} (transactionTime {at}; manifest.json lists "
+        "the files)"
+    )
+
+
+Output = list[dict[str, Any]]
+
+
+def _chosen(types: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    if types is None:
+        return allowed
+    named = [t.strip() for t in types.split(",") if t.strip()]
+    unknown = [t for t in named if t not in allowed]
+    if unknown or not named:
+        usage_error(f"--type: {', '.join(unknown) or '(none)'}: choose among {', '.join(allowed)}")
+    return tuple(t for t in allowed if t in named)
+
+
+def _job(
+    org: uuid.UUID,
+    level: str,
+    provider: uuid.UUID | None,
+    types: tuple[str, ...],
+    since: datetime.datetime | None,
+) -> ExportJobRecord:
+    """The export, as a job that is not kept (the server's jobs are rows of export_jobs)."""
+    from src.services.bulk_export import ExportJobRecord
+
+    now = datetime.datetime.now(datetime.UTC)
+    return ExportJobRecord(
+        organization_id=org,
+        id=uuid.uuid4(),
+        requester="operator",
+        level=level,
+        group_id=provider,
+        types=list(types),
+        since=since,
+        type_filters=[],
+        request="careteam export",
+        status="running",
+        attempts=1,
+        progress=None,
+        transaction_time=None,
+        output=[],
+        error=[],
+        expires_after_s=1,
+        created_at=now,
+        started_at=now,
+        finished_at=None,
+        expires_at=None,
+    )
+
+
+def _write_manifest(out: Path, until: datetime.datetime, output: Output) -> str:
+    """manifest.json beside the files, as the status URL's manifest (file names for URLs)."""
+    at = until.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+    manifest = {
+        "transactionTime": at,
+        "request": "careteam export",
+        "output": [
+            {"type": o["type"], "url": f"{o['type']}.ndjson", "count": o["count"]} for o in output
+        ],
+        "error": [],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return at
