@@ -326,7 +326,7 @@ class ExportRunner:
         # A beat well within the time after which a silent job is taken for dead.
         self._heartbeat_s = min(HEARTBEAT_S, stale_s / 3)
         self._poll_s = poll_s
-        self._sweep_s = sweep_s
+        self._sweep_s = min(sweep_s, stale_s)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
