@@ -293,3 +293,122 @@ class TestRefusals:
         assert r.status_code == 429
         assert r.headers["retry-after"]
         assert uuid
+
+
+def instant(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class TestSinceUnderConcurrentWrites:
+    async def test_chained_exports_miss_nothing_and_repeat_nothing(
+        self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner
+    ):
+        """Writers change primaries and names throughout the first export and after it;
+        the second export (_since = the first's transactionTime) then holds exactly the
+        changes in between: the first updated by the second is the database's state (a
+        third export, once the writers stopped), and no version is in both."""
+        doctors = [await post_provider(client, tenant) for _ in range(3)]
+        patients = [await post_patient(client, tenant, first_name=f"W{n}") for n in range(40)]
+        stop = asyncio.Event()
+        writes = 0
+
+        async def writer(seed: int) -> None:
+            nonlocal writes
+            n = seed
+            while not stop.is_set():
+                patient = patients[n % len(patients)]
+                if n % 3:
+                    r = await client.put(
+                        f"/v1/patients/{patient}/care-team/primary",
+                        json={"provider_id": doctors[n % len(doctors)]},
+                        headers=tenant.headers,
+                    )
+                else:
+                    r = await client.patch(
+                        f"/v1/patients/{patient}",
+                        json={"last_name": f"Name{n}"},
+                        headers=tenant.headers,
+                    )
+                assert r.status_code == 200, r.text
+                writes += 1
+                n += 7
+
+        tasks = [asyncio.create_task(writer(seed)) for seed in range(3)]
+        try:
+            await asyncio.sleep(0.2)
+            first = await finished(
+                client, tenant, await kick_off(client, tenant, _type="Patient,CareTeam")
+            )
+            await asyncio.sleep(0.3)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        assert writes > 20
+        second = await finished(
+            client,
+            tenant,
+            await kick_off(
+                client, tenant, _type="Patient,CareTeam", _since=first["transactionTime"]
+            ),
+        )
+        third = await finished(
+            client, tenant, await kick_off(client, tenant, _type="Patient,CareTeam")
+        )
+        t1, t2 = instant(first["transactionTime"]), instant(second["transactionTime"])
+        one, two, now = (
+            await download(client, tenant, first),
+            await download(client, tenant, second),
+            await download(client, tenant, third),
+        )
+        for kind in ("Patient", "CareTeam"):
+            for resource in one.get(kind, []):
+                assert instant(resource["meta"]["lastUpdated"]) <= t1
+            for resource in two.get(kind, []):
+                assert t1 < instant(resource["meta"]["lastUpdated"]) <= t2
+            merged = {r["id"]: r for r in one.get(kind, [])}
+            versions = {(r["id"], r["meta"]["versionId"]) for r in one.get(kind, [])}
+            for resource in two.get(kind, []):
+                assert (resource["id"], resource["meta"]["versionId"]) not in versions
+                merged[resource["id"]] = resource
+            assert merged == {r["id"]: r for r in now.get(kind, [])}, kind
+        assert two.get("Patient"), "no change fell between the two exports: nothing was tested"
+
+    async def test_a_change_begun_before_the_export_and_committed_after_comes_next_time(
+        self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database
+    ):
+        """A write's changes carry its transaction's start: one that began before the
+        export and commits after its snapshot is not in the export, and must be in the next
+        one with _since = this one's transactionTime (a transaction time read at the
+        snapshot would be later than that change's time, and the change lost for good)."""
+        doctor = await post_provider(client, tenant)
+        patient = await post_patient(client, tenant)
+        async with database.app_engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("BEGIN")
+            await driver.execute(
+                "SELECT set_config('app.current_organization_id', $1, true)",
+                str(tenant.organization_id),
+            )
+            await driver.execute(
+                "SELECT careteam_assign_primary($1, $2, $3, 'test', 'other', NULL)",
+                tenant.organization_id,
+                uuid.UUID(patient),
+                uuid.UUID(doctor),
+            )
+            await asyncio.sleep(0.05)
+            first = await finished(
+                client, tenant, await kick_off(client, tenant, _type="Patient,CareTeam")
+            )
+            await driver.execute("COMMIT")
+        one = await download(client, tenant, first)
+        assert one.get("CareTeam", []) == []  # not committed when the snapshot was taken
+        second = await finished(
+            client,
+            tenant,
+            await kick_off(
+                client, tenant, _type="Patient,CareTeam", _since=first["transactionTime"]
+            ),
+        )
+        two = await download(client, tenant, second)
+        assert [r["id"] for r in two.get("CareTeam", [])] == [patient]
+        assert [r["id"] for r in two.get("Patient", [])] == [patient]
