@@ -413,6 +413,14 @@ RESTFUL_SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-securi
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
 
+# FHIR Bulk Data Access (src/api/routers/bulk_data.py): the IG and its operations.
+BULK_DATA = "http://hl7.org/fhir/uv/bulkdata"
+BULK_DATA_VERSION = "2.0.0"
+BULK_EXPORT = f"{BULK_DATA}/OperationDefinition/export|{BULK_DATA_VERSION}"
+BULK_PATIENT_EXPORT = f"{BULK_DATA}/OperationDefinition/patient-export|{BULK_DATA_VERSION}"
+BULK_GROUP_EXPORT = f"{BULK_DATA}/OperationDefinition/group-export|{BULK_DATA_VERSION}"
+
+
 def capability_statement(base: str, includes: dict[str, dict[str, str]],
                          revincludes: dict[str, dict[str, str]], *,
                          token_url: str) -> dict[str, Any]:  # fmt: skip
@@ -447,6 +455,8 @@ def capability_statement(base: str, includes: dict[str, dict[str, str]],
                 for p in params.values()
             ],
         }
+        if kind == "Patient":
+            resource["operation"] = [{"name": "export", "definition": BULK_PATIENT_EXPORT}]
         if includes[kind]:
             resource["searchInclude"] = sorted(includes[kind])
         if revincludes[kind]:
@@ -466,7 +476,10 @@ def capability_statement(base: str, includes: dict[str, dict[str, str]],
         "status": "active",
         "date": "2026-12-07",
         "kind": "instance",
-        "instantiates": [f"{US_CORE}/CapabilityStatement/us-core-server|{US_CORE_VERSION}"],
+        "instantiates": [
+            f"{US_CORE}/CapabilityStatement/us-core-server|{US_CORE_VERSION}",
+            f"{BULK_DATA}/CapabilityStatement/bulk-data|{BULK_DATA_VERSION}",
+        ],
         "software": {"name": "Care team backend"},
         "implementation": {"description": "Care teams, read-only", "url": base},
         "fhirVersion": FHIR_VERSION,
@@ -499,6 +512,7 @@ def capability_statement(base: str, includes: dict[str, dict[str, str]],
                     "interaction needs its SMART v2 scope.",
                 },
                 "resource": resources,
+                "operation": [{"name": "export", "definition": BULK_EXPORT}],
                 "searchParam": [
                     {"name": n, "type": t, "documentation": d} for n, t, d in RESULT_PARAMETERS
                 ],
