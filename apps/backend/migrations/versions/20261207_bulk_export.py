@@ -39,11 +39,14 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 CURRENT_TENANT = "NULLIF(current_setting('app.current_organization_id', true), '')::uuid"
+# Each function's signature and its file.
 FUNCTIONS = {
-    "careteam_claim_export": "careteam_claim_export()",
-    "careteam_recover_exports": "careteam_recover_exports(interval, integer, jsonb)",
-    "careteam_expire_exports": "careteam_expire_exports()",
-    "careteam_known_exports": "careteam_known_exports(uuid[])",
+    "careteam_claim_export()": "functions/careteam_claim_export/v1.sql",
+    "careteam_recover_exports(interval, integer, jsonb)": (
+        "functions/careteam_recover_exports/v1.sql"
+    ),
+    "careteam_expire_exports()": "functions/careteam_expire_exports/v1.sql",
+    "careteam_known_exports(uuid[])": "functions/careteam_known_exports/v1.sql",
 }
 
 EXPORT_JOBS = """
@@ -58,13 +61,13 @@ CREATE TABLE IF NOT EXISTS export_jobs (
     type_filters text[] NOT NULL DEFAULT '{}',
     request text NOT NULL,
     status text NOT NULL DEFAULT 'queued',
-    attempts integer NOT NULL DEFAULT 0,
+    attempts bigint NOT NULL DEFAULT 0,
     heartbeat_at timestamptz,
     progress text,
     transaction_time timestamptz,
     output jsonb NOT NULL DEFAULT '[]',
     error jsonb NOT NULL DEFAULT '[]',
-    expires_after_s integer NOT NULL,
+    expires_after_s bigint NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     started_at timestamptz,
     finished_at timestamptz,
@@ -104,9 +107,8 @@ def upgrade() -> None:
     for sql in NEW_TABLE_INDEXES:
         op.execute(sql)
     op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON export_jobs TO {role}")
-    for name, signature in FUNCTIONS.items():
-        op.execute(f"DROP FUNCTION IF EXISTS {signature}")
-        run_sql_file(f"functions/{name}/v1.sql")
+    for signature, path in FUNCTIONS.items():
+        run_sql_file(path)
         op.execute(f"REVOKE ALL ON FUNCTION {signature} FROM PUBLIC")
         op.execute(f"GRANT EXECUTE ON FUNCTION {signature} TO {role}")
 
@@ -114,6 +116,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
     op.execute("SET LOCAL statement_timeout = '60s'")
-    for signature in FUNCTIONS.values():
+    for signature in FUNCTIONS:
         op.execute(f"DROP FUNCTION IF EXISTS {signature}")
     op.execute("DROP TABLE IF EXISTS export_jobs")

@@ -5,7 +5,7 @@ themselves are in the export store (src/services/export_storage.py)."""
 import datetime
 import uuid
 
-from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, Integer, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, Text, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -43,13 +43,13 @@ class ExportJob(Base):
     type_filters: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
     request: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(Text, server_default=text("'queued'"))
-    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    attempts: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     heartbeat_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
     progress: Mapped[str | None] = mapped_column(Text)
     transaction_time: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
     output: Mapped[list[object]] = mapped_column(JSONB, server_default=text("'[]'"))
     error: Mapped[list[object]] = mapped_column(JSONB, server_default=text("'[]'"))
-    expires_after_s: Mapped[int] = mapped_column(Integer)
+    expires_after_s: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime.datetime] = mapped_column(
         DateTime(timezone=True), server_default=text("now()")
     )
