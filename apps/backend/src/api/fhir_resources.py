@@ -310,18 +310,25 @@ SUMMARY = {
 }  # fmt: skip
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
              "code": "SUBSETTED"}  # fmt: skip
+# The elements R4 requires (1..1 or 1..*) of the types that have any: kept whatever
+# `_elements` names (search.html: servers SHOULD return mandatory elements), so that a
+# subset is still a valid resource.
+MANDATORY = {
+    "AuditEvent": {"type", "recorded", "agent", "source"},
+}
 
 
 def shaped(
     resource: dict[str, Any], summary: str, elements: frozenset[str] | None
 ) -> dict[str, Any]:
-    """The resource as _summary or _elements ask: only the elements kept (and id, meta),
-    marked SUBSETTED in meta.tag when any was left out."""
+    """The resource as _summary or _elements ask: only the elements kept (and id, meta;
+    under _elements its mandatory ones too), marked SUBSETTED in meta.tag when any was
+    left out."""
     kind = resource["resourceType"]
     if summary == "true":
         keep = SUMMARY[kind]
     elif elements is not None:
-        keep = set(elements)
+        keep = set(elements) | MANDATORY.get(kind, set())
     else:
         return resource  # false, data (no narrative is sent), or neither
     shown = {k: v for k, v in resource.items() if k in keep or k in ("resourceType", "id", "meta")}
