@@ -471,6 +471,7 @@ class TestFhirclientReads:
         assert {r.type for r in statement.rest[0].resource} == {
             "AuditEvent",
             "CareTeam",
+            "Group",
             "Organization",
             "Patient",
             "Practitioner",
