@@ -8,10 +8,12 @@ GROUPS), under the organization's row-level security.
 - `group_page`: a page of the organization's Groups in provider id order, and where the
   next one starts; `iter_groups` reads every page.
 
-`since` keeps the members whose primary period opened or closed after it, by the
+`since` keeps the members whose primary period opened or closed at or after it, by the
 period's own instants (`lower(valid)`, `upper(valid)`: the start of the transaction that
-opened or closed it, or a microsecond after the patient's previous change when that came
-later); the Group's other elements (quantity, name, NPI, version) are always whole.
+opened or closed it, moved later only where needed to keep the patient's periods in
+order); the Group's other elements (quantity, name, NPI, version) are always whole. At
+or after, not after: a change at the very instant of an earlier export's horizon is
+given again rather than missed.
 Each call is one read-only transaction of one statement per page (the members come in
 the same statement as their Group), whatever the number of members.
 """
@@ -26,9 +28,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.services.access_log_service import HORIZON
 from src.services.fhir_search import (
     GROUPS,
-    SINCE,
     GroupMember,
     GroupRecord,
     group_members,
@@ -62,9 +64,10 @@ _FIRST = uuid.UUID(int=0)  # below every id: a first page starts after it
 @dataclass(frozen=True)
 class GroupPage:
     """A page of Groups, in provider id order. `after`: pass it to group_page for the
-    next page (None: this was the last). `horizon`: every change committed before it is
-    in this page's answer (the page's transaction start, or the start of the oldest
-    write still open then), the `since` to give the next export."""
+    next page (None: this was the last). `horizon`: the page's transaction start, or the
+    start of the oldest transaction still open then if earlier (HORIZON); a change
+    made after it may be missing from the page, none made before it is. The first
+    page's horizon is the `since` to give the next export."""
 
     groups: list[GroupRecord]
     after: uuid.UUID | None
@@ -107,7 +110,7 @@ async def group_page(
         raise ValueError(f"limit must be 1 to {MAX_PAGE_SIZE}")
 
     async def work(driver: Any) -> GroupPage:
-        horizon = await driver.fetchval(SINCE)
+        horizon = await driver.fetchval(f"SELECT {HORIZON}")
         rows = await driver.fetch(_PAGE, organization_id, after or _FIRST, limit + 1, since)
         groups = [group_of_row(row) for row in rows[:limit]]
         more = len(rows) > limit

@@ -851,8 +851,8 @@ class GroupRecord:
     """A provider's attributed panel as a FHIR Group (docs/FHIR.md, "Group"): its id the
     provider's, `name` as the Group shows it, the provider's NPI, `quantity` the patients
     whose primary period with the provider is open now, and `members` its primary
-    periods (start, then patient id; only those that opened or closed after `since`
-    when group_of was given one).
+    periods (start, then patient id; only those that opened or closed at or after
+    `since` when src/services/fhir_groups.py was given one).
 
     Its content is the provider's record and its primary periods, so its version is
     "r.t" as a Patient's is: the record's version (the /v1 provider ETag's) and `t`, the
@@ -1004,10 +1004,10 @@ GROUPS = f"""
 def group_members(since: str | None = None) -> str:
     """A Group's members, in the same statement as the Group: its provider's primary
     periods, by start then patient id (records: asyncpg reads each as a tuple). With
-    `since` (a timestamptz placeholder), only those that opened or closed after it (all
-    of them when its value is NULL)."""
+    `since` (a timestamptz placeholder), only those that opened or closed at or after it
+    (all of them when its value is NULL)."""
     changed = (
-        f"AND ({since} IS NULL OR lower(q.valid) > {since} OR upper(q.valid) > {since}) "
+        f"AND ({since} IS NULL OR lower(q.valid) >= {since} OR upper(q.valid) >= {since}) "
         if since
         else ""
     )
