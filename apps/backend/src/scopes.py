@@ -1,7 +1,7 @@
 """Scopes: what a credential may do, in SMART on FHIR's syntax (App Launch 2.x).
 
 A scope is `system/<type>.<permissions>`: `<type>` a resource type this API serves
-(`CareTeam`, `Patient`, `Practitioner`, `Organization`) or `*` for all of them, and
+(`CareTeam`, `Patient`, `Practitioner`, `Organization`, `Group`) or `*` for all of them, and
 `<permissions>` one or more of `c` (create), `r` (read, vread, a record's history), `u`
 (update), `d` (delete), `s` (search, a type's history), in that order
 (`system/CareTeam.rs`, `system/*.cruds`). The SMART v1 forms are read as App Launch 2.x
@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 ADMIN = "careteam/admin"
-RESOURCE_TYPES = ("CareTeam", "Patient", "Practitioner", "Organization")
+RESOURCE_TYPES = ("CareTeam", "Patient", "Practitioner", "Organization", "Group")
 PERMISSIONS = "cruds"
 ALL_TYPES = "*"
 

@@ -341,6 +341,17 @@ class Tenant:
 TenantFactory = Callable[[], Awaitable[Tenant]]
 
 
+def npi(serial: int) -> str:
+    """A valid NPI: nine digits, then the Luhn check digit over 80840 and them (CMS)."""
+    body = f"{123450000 + serial:09d}"
+    digits = [int(d) for d in "80840" + body]
+    total = 0
+    for position, digit in enumerate(reversed(digits)):
+        doubled = digit * 2 if position % 2 == 0 else digit
+        total += doubled - 9 if doubled > 9 else doubled
+    return body + str((10 - total % 10) % 10)
+
+
 async def post_patient(client: httpx.AsyncClient, tenant: Tenant, **overrides: object) -> str:
     body = {"first_name": "Alice", "last_name": "Example", "dob": "1984-02-29", **overrides}
     response = await client.post("/v1/patients", json=body, headers=tenant.headers)

@@ -151,6 +151,10 @@ ACCESS_LOG: dict[tuple[str, str], Access | None] = {
     ("GET", f"{_FHIR}/Patient/{{ident}}/_history"): HISTORY,
     ("GET", f"{_FHIR}/Practitioner/{{ident}}/_history"): None,
     ("GET", f"{_FHIR}/Organization/{{ident}}"): None,
+    # A Group (a provider's panel) names its members: the patients the answer shows.
+    ("GET", f"{_FHIR}/Group"): SEARCH,
+    ("POST", f"{_FHIR}/Group/_search"): SEARCH,
+    ("GET", f"{_FHIR}/Group/{{ident}}"): Access("read", "R", NOTED),
     ("GET", f"{_FHIR}/AuditEvent"): None,
     ("POST", f"{_FHIR}/AuditEvent/_search"): None,
     ("GET", f"{_FHIR}/AuditEvent/{{ident}}"): None,

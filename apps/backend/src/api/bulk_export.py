@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -45,18 +46,18 @@ from src.services.bulk_export import (
     window,
 )
 from src.services.export_storage import ExportStorage
-from src.services.fhir_search import OrganizationRecord, Search
+from src.services.fhir_search import GroupRecord, OrganizationRecord, Search
 from src.services.transaction import run_transaction
 from src.values import Cursors
 
 logger = logging.getLogger(__name__)
 
 # The types an export can hold, in the order their files are written.
-TYPES = ("Organization", "Practitioner", "Patient", "CareTeam")
+TYPES = ("Organization", "Practitioner", "Patient", "CareTeam", "Group")
 LEVEL_TYPES = {
-    "system": TYPES,
-    "patient": TYPES,
-    "group": TYPES,
+    "system": TYPES,  # every Group: each active provider's attributed panel
+    "patient": TYPES[:4],  # the patients' compartment, and what it names
+    "group": TYPES,  # that Group alone
 }
 FILTERABLE = ("Patient", "CareTeam", "Practitioner")  # _typeFilter: their search parameters
 HEARTBEAT_S = 5.0
@@ -154,7 +155,18 @@ async def _records(
         for s in base
     ]
     async for page in pages(driver, job.organization_id, searches):
-        yield page
+        yield [_members_since(f, job.since) for f in page] if kind == "Group" else page
+
+
+def _members_since(group: GroupRecord, since: datetime.datetime | None) -> GroupRecord:
+    """A Group of an export with `_since`: only the members whose attribution period
+    opened or closed after it (the Group itself is there because one did)."""
+    if since is None:
+        return group
+    members = tuple(
+        m for m in group.members if m.start > since or (m.end is not None and m.end > since)
+    )
+    return dataclasses.replace(group, members=members)
 
 
 def _resource(found: Any, organization_id: uuid.UUID) -> dict[str, Any]:
@@ -169,6 +181,9 @@ def _patients_of(resource: dict[str, Any]) -> list[str]:
         return [resource["id"]]
     if kind == "CareTeam":
         return [resource["subject"]["reference"].removeprefix("Patient/")]
+    if kind == "Group":
+        members = resource.get("member", [])
+        return [m["entity"]["reference"].removeprefix("Patient/") for m in members]
     return []
 
 

@@ -95,10 +95,12 @@ INCLUDES = {
     },
     "Practitioner": {},
     "AuditEvent": {},
+    "Group": {},
 }
 REVINCLUDES = {
     "AuditEvent": {},
     "CareTeam": {},
+    "Group": {},
     "Patient": {
         "CareTeam:patient": "CareTeam",
         "CareTeam:patient:Patient": "CareTeam",
@@ -169,6 +171,18 @@ ELEMENTS = {
         "agent",
         "source",
         "entity",
+    },
+    "Group": {
+        "identifier",
+        "active",
+        "type",
+        "actual",
+        "code",
+        "name",
+        "quantity",
+        "managingEntity",
+        "characteristic",
+        "member",
     },
     "CareTeam": {
         "identifier",

@@ -19,6 +19,8 @@ from src.services.access_log_service import AccessRecord
 from src.services.care_team_service import CareTeamPeriodRecord
 from src.services.fhir_search import (
     PARAMETERS,
+    GroupMember,
+    GroupRecord,
     OrganizationRecord,
     PatientView,
     PractitionerView,
@@ -166,6 +168,42 @@ def care_team_resource(team: TeamRecord, organization_id: uuid.UUID) -> dict[str
     }
 
 
+def group_resource(group: GroupRecord) -> dict[str, Any]:
+    """A provider's attributed panel (Da Vinci ATR's Member Attribution List, without its
+    coverage and contract elements: docs/FHIR.md, "Group"): a Group of type person, its
+    id the provider's, managed by the Practitioner, `quantity` the patients attributed
+    now, a member per primary period (inactive once it ended)."""
+    resource: dict[str, Any] = {
+        "resourceType": "Group",
+        "id": str(group.id),
+        "meta": _meta(group, None),
+    }
+    if group.npi:
+        resource["identifier"] = [{"system": NPI_SYSTEM, "value": group.npi}]
+    resource |= {
+        "active": True,
+        "type": "person",
+        "actual": True,
+        "name": group.name,
+        "quantity": group.quantity,
+        "managingEntity": _reference("Practitioner", group.id),
+    }
+    if group.members:
+        resource["member"] = [_member(m) for m in group.members]
+    return resource
+
+
+def _member(member: GroupMember) -> dict[str, Any]:
+    period = {"start": _instant(member.start)}
+    if member.end is not None:
+        period["end"] = _instant(member.end)
+    return {
+        "entity": _reference("Patient", member.patient_id),
+        "period": period,
+        "inactive": member.inactive,
+    }
+
+
 def organization_resource(record: OrganizationRecord) -> dict[str, Any]:
     return {
         "resourceType": "Organization",
@@ -288,7 +326,23 @@ def resource_of(found: Any, organization_id: uuid.UUID) -> dict[str, Any]:
         return patient_resource(found, organization_id)
     if isinstance(found, PractitionerView):
         return practitioner_resource(found)
+    if isinstance(found, GroupRecord):
+        return group_resource(found)
     return care_team_resource(found, organization_id)
+
+
+def patients_named(resource: dict[str, Any]) -> list[str]:
+    """The patients a resource names, by id, for the access log: a Patient or a CareTeam
+    (its id is its patient's) its own, a Group its members' (as shown: none once
+    `_summary` or `_elements` left `member` out)."""
+    kind = resource["resourceType"]
+    if kind in ("Patient", "CareTeam"):
+        return [resource["id"]]
+    if kind == "Group":
+        return [
+            m["entity"]["reference"].removeprefix("Patient/") for m in resource.get("member", [])
+        ]
+    return []
 
 
 def version_tag(record: Any) -> str:
@@ -307,21 +361,31 @@ SUMMARY = {
                  "period", "participant", "managingOrganization"},
     "AuditEvent": {"type", "subtype", "action", "period", "recorded", "outcome", "agent",
                    "source", "entity"},
+    "Group": {"identifier", "active", "type", "actual", "code", "name", "quantity",
+              "managingEntity"},
 }  # fmt: skip
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
              "code": "SUBSETTED"}  # fmt: skip
+# The elements R4 requires (1..1 or 1..*) of the types that have any: kept whatever
+# `_elements` names (search.html: servers SHOULD return mandatory elements), so that a
+# subset is still a valid resource.
+MANDATORY = {
+    "AuditEvent": {"type", "recorded", "agent", "source"},
+    "Group": {"type", "actual"},
+}
 
 
 def shaped(
     resource: dict[str, Any], summary: str, elements: frozenset[str] | None
 ) -> dict[str, Any]:
-    """The resource as _summary or _elements ask: only the elements kept (and id, meta),
-    marked SUBSETTED in meta.tag when any was left out."""
+    """The resource as _summary or _elements ask: only the elements kept (and id, meta;
+    under _elements its mandatory ones too), marked SUBSETTED in meta.tag when any was
+    left out."""
     kind = resource["resourceType"]
     if summary == "true":
         keep = SUMMARY[kind]
     elif elements is not None:
-        keep = set(elements)
+        keep = set(elements) | MANDATORY.get(kind, set())
     else:
         return resource  # false, data (no narrative is sent), or neither
     shown = {k: v for k, v in resource.items() if k in keep or k in ("resourceType", "id", "meta")}
@@ -429,8 +493,10 @@ def capability_statement(base: str, includes: dict[str, dict[str, str]],
     is SMART on FHIR (Backend Services), with the token endpoint at `token_url`."""
     resources = []
     for kind, params in PARAMETERS.items():
-        if kind == "AuditEvent":
-            resources.append(_audit_event_capability(params))
+        if kind in ("AuditEvent", "Group"):
+            resources.append(_read_and_search_capability(kind, params))
+            if kind == "Group":
+                resources[-1]["operation"] = [{"name": "export", "definition": BULK_GROUP_EXPORT}]
             continue
         resource: dict[str, Any] = {
             "type": kind,
@@ -521,15 +587,26 @@ def capability_statement(base: str, includes: dict[str, dict[str, str]],
     }
 
 
-def _audit_event_capability(params: dict[str, Any]) -> dict[str, Any]:
-    """AuditEvent: the access log, read and searched with the administrative scope."""
+# The types served by read and search only (no vread, no history), and what each is.
+READ_AND_SEARCH = {
+    "AuditEvent": "The access log: every request that read or changed a patient's data "
+    "(needs the careteam/admin scope)",
+    "Group": "A provider's attributed panel (Da Vinci ATR Member Attribution List, without "
+    "coverage or contract data): one per active provider, its id the provider's, a member "
+    "per primary period; _summary=true leaves the members out",
+}
+
+
+def _read_and_search_capability(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """AuditEvent (the access log, with the administrative scope) and Group: read and
+    search, with versions (an AuditEvent never changes: every one is version 1) but
+    neither vread nor history."""
     return {
-        "type": "AuditEvent",
-        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
-        "documentation": "The access log: every request that read or changed a patient's "
-        "data (needs the careteam/admin scope)",
+        "type": kind,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{kind}",
+        "documentation": READ_AND_SEARCH[kind],
         "interaction": [{"code": "read"}, {"code": "search-type"}],
-        "versioning": "versioned",  # an entry never changes: every one is version 1
+        "versioning": "versioned",
         "readHistory": False,
         "conditionalRead": "not-match",
         "searchParam": [

@@ -41,6 +41,7 @@ PATIENT_CREATE, PATIENT_UPDATE = "system/Patient.c", "system/Patient.u"
 PRACTITIONER_READ, PRACTITIONER_SEARCH = "system/Practitioner.r", "system/Practitioner.s"
 PRACTITIONER_CREATE, PRACTITIONER_UPDATE = "system/Practitioner.c", "system/Practitioner.u"
 ORGANIZATION_READ = "system/Organization.r"
+GROUP_READ, GROUP_SEARCH = "system/Group.r", "system/Group.s"
 
 _CARE_TEAM = "/v1/patients/{patient_id}/care-team"
 _FHIR = "/fhir/R4"
@@ -107,6 +108,11 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("GET", f"{_FHIR}/Patient/{{ident}}/_history"): PATIENT_READ,
     ("GET", f"{_FHIR}/Practitioner/{{ident}}/_history"): PRACTITIONER_READ,
     ("GET", f"{_FHIR}/Organization/{{ident}}"): ORGANIZATION_READ,
+    # FHIR Group: a provider's attributed panel. Its members are Patient references (ids
+    # only): the Group's own scope suffices, and the access log records the patients.
+    ("GET", f"{_FHIR}/Group"): GROUP_SEARCH,
+    ("POST", f"{_FHIR}/Group/_search"): GROUP_SEARCH,
+    ("GET", f"{_FHIR}/Group/{{ident}}"): GROUP_READ,
     # SMART discovery (src/api/routers/smart.py): no credential.
     ("GET", f"{_FHIR}/.well-known/smart-configuration"): None,
     # FHIR AuditEvent: the access log (administrative)

@@ -402,12 +402,17 @@ def _patient_identifier(condition: str) -> str:
     )
 
 
-def _npi(condition: str) -> str:
-    """The NPI as an identifier: its system is NPI_SYSTEM (a constant, not a column)."""
-    return (
-        f"EXISTS (SELECT 1 FROM (SELECT '{NPI_SYSTEM}'::text AS system, providers.npi AS "
-        f"value) AS i WHERE i.value IS NOT NULL AND {condition})"
-    )
+def _npi_of(table: str) -> Callable[[str], str]:
+    """The NPI of `table`'s row (a provider, or its Group) as an identifier: its system
+    is NPI_SYSTEM (a constant, not a column)."""
+
+    def holding(condition: str) -> str:
+        return (
+            f"EXISTS (SELECT 1 FROM (SELECT '{NPI_SYSTEM}'::text AS system, {table}.npi AS "
+            f"value) AS i WHERE i.value IS NOT NULL AND {condition})"
+        )
+
+    return holding
 
 
 def _primary_among(ids: str) -> str:
@@ -524,7 +529,7 @@ PRACTITIONER = [
         "token",
         SEARCH_PARAMETER + "Practitioner-identifier",
         f"The NPI: {NPI_SYSTEM}|NPI, the NPI alone, or {NPI_SYSTEM}|",
-        _identifiers(_npi),
+        _identifiers(_npi_of("providers")),
         present="providers.npi IS NOT NULL",
     ),
     *_names("Practitioner"),
@@ -593,6 +598,29 @@ CARE_TEAM = [
         "teams.end_",
     ),
     _last_updated("teams.updated_at"),
+]
+
+# A provider's attributed panel (Da Vinci ATR's Member Attribution List, docs/FHIR.md,
+# "Group"): one Group per active provider, its id the provider's.
+GROUP = [
+    id_param("groups.id"),
+    Param(
+        "identifier",
+        "token",
+        SEARCH_PARAMETER + "Group-identifier",
+        f"The provider's NPI: {NPI_SYSTEM}|NPI, the NPI alone, or {NPI_SYSTEM}|",
+        _identifiers(_npi_of("groups")),
+        present="groups.npi IS NOT NULL",
+    ),
+    # R4 declares no name parameter on Group; this is R5's (Group.name), as a string.
+    string_param(
+        "name",
+        SEARCH_PARAMETER + "Group-name",
+        "The start of the Group's name (Attributed patients of <given> <family>), "
+        "ignoring case and accents; :contains finds the provider's name within it",
+        "groups.name",
+    ),
+    _last_updated("groups.updated_at"),
 ]
 
 AUDIT_EVENT_ACTION_SYSTEM = "http://hl7.org/fhir/audit-event-action"
@@ -686,6 +714,7 @@ PARAMETERS: dict[str, dict[str, Param]] = {
         ("Patient", PATIENT),
         ("Practitioner", PRACTITIONER),
         ("AuditEvent", AUDIT_EVENT),
+        ("Group", GROUP),
     )
 }
 # Types whose resources never change once written: a sorted search's pages need no
@@ -807,7 +836,67 @@ class PractitionerView:
         return self.record.updated_at
 
 
-Found = PatientView | PractitionerView | TeamRecord
+@dataclass(frozen=True)
+class GroupMember:
+    """One primary period of the Group's provider: the patient it attributed, from
+    `start` to `end` (None while it lasts). Secondary periods are not attribution."""
+
+    patient_id: uuid.UUID
+    start: datetime.datetime
+    end: datetime.datetime | None
+
+    @property
+    def inactive(self) -> bool:
+        """Whether the attribution has ended (Group.member.inactive)."""
+        return self.end is not None
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """A provider's attributed panel as a FHIR Group (docs/FHIR.md, "Group"): its id the
+    provider's, `name` as the Group shows it, the provider's NPI, `quantity` the patients
+    whose primary period with the provider is open now, and `members` its primary
+    periods (start, then patient id; only those that opened or closed at or after
+    `since` when src/services/fhir_groups.py was given one).
+
+    Its content is the provider's record and its primary periods, so its version is
+    "r.t" as a Patient's is: the record's version (the /v1 provider ETag's) and `t`, the
+    number of the latest care team event that names the provider (as `provider_id` or
+    `previous_primary_provider_id`) on a patient the provider has or had a primary
+    period with (0 for none). Every write that opens or closes one of the provider's
+    primary periods writes such an event, numbered above every earlier one.
+    `updated_at`: the later of the record's change and that event."""
+
+    provider_id: uuid.UUID
+    name: str
+    npi: str | None
+    quantity: int
+    members: tuple[GroupMember, ...]
+    record_version: int
+    team_version: int
+    record_updated_at: datetime.datetime
+    team_updated_at: datetime.datetime | None
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.provider_id
+
+    @property
+    def version(self) -> str:
+        return f"{self.record_version}.{self.team_version}"
+
+    @property
+    def version_key(self) -> tuple[int, int]:
+        return (self.record_version, self.team_version)
+
+    @property
+    def updated_at(self) -> datetime.datetime:
+        if self.team_updated_at is None:
+            return self.record_updated_at
+        return max(self.record_updated_at, self.team_updated_at)
+
+
+Found = PatientView | PractitionerView | TeamRecord | GroupRecord
 
 
 @dataclass(frozen=True)
@@ -874,6 +963,67 @@ _PERIODS = (
     "q.end_reason) FROM care_team_periods AS q WHERE q.organization_id = $1 "
     "AND q.patient_id = teams.id ORDER BY lower(q.valid), q.provider_id) AS periods"
 )
+# The Groups: one per active provider of the organization (an inactive one has none),
+# with its name, NPI, panel size and version (GroupRecord). Statements below select from
+# it as `groups`; like `teams`, the planner inlines it, so a condition on `groups.id`
+# picks the providers first. Each of a provider's lookups goes through the index
+# (organization_id, provider_id, patient_id) of care_team_periods, and the version's
+# event through each of those patients' (organization_id, patient_id, seq) of
+# care_team_events, newest first: one probe per patient, never the organization's
+# events.
+GROUP_NAME_PREFIX = "Attributed patients of "
+GROUPS = f"""
+    WITH groups AS (
+        SELECT providers.id, providers.npi, providers.version AS record_version,
+               '{GROUP_NAME_PREFIX}' || coalesce(
+                   nullif(concat_ws(' ', providers.first_name, providers.last_name), ''),
+                   'Practitioner/' || providers.id) AS name,
+               (SELECT count(*) FROM care_team_periods AS q
+                WHERE q.organization_id = $1 AND q.provider_id = providers.id
+                  AND q.role = 'primary' AND upper_inf(q.valid)) AS quantity,
+               r.at AS record_updated_at, coalesce(e.seq, 0) AS team_version,
+               e.at AS team_updated_at, greatest(r.at, e.at) AS updated_at
+        FROM providers
+        CROSS JOIN LATERAL (
+            SELECT {updated_at_of("providers", RecordType.PROVIDER)} AS at
+        ) AS r
+        LEFT JOIN LATERAL (
+            SELECT x.seq, x.at
+            FROM (SELECT DISTINCT q.patient_id FROM care_team_periods AS q
+                  WHERE q.organization_id = $1 AND q.provider_id = providers.id
+                    AND q.role = 'primary') AS m
+            CROSS JOIN LATERAL (
+                SELECT x.seq, x.occurred_at AS at FROM care_team_events AS x
+                WHERE x.organization_id = $1 AND x.patient_id = m.patient_id
+                  AND (x.provider_id = providers.id
+                       OR x.previous_primary_provider_id = providers.id)
+                ORDER BY x.seq DESC LIMIT 1
+            ) AS x
+            ORDER BY x.seq DESC LIMIT 1
+        ) AS e ON TRUE
+        WHERE providers.organization_id = $1 AND providers.active
+    )
+"""
+
+
+def group_members(since: str | None = None) -> str:
+    """A Group's members, in the same statement as the Group: its provider's primary
+    periods, by start then patient id (records: asyncpg reads each as a tuple). With
+    `since` (a timestamptz placeholder), only those that opened or closed at or after it
+    (all of them when its value is NULL)."""
+    changed = (
+        f"AND ({since} IS NULL OR lower(q.valid) >= {since} OR upper(q.valid) >= {since}) "
+        if since
+        else ""
+    )
+    return (
+        "ARRAY(SELECT ROW(q.patient_id, lower(q.valid), upper(q.valid)) "
+        "FROM care_team_periods AS q WHERE q.organization_id = $1 "
+        f"AND q.provider_id = groups.id AND q.role = 'primary' {changed}"
+        "ORDER BY lower(q.valid), q.patient_id) AS members"
+    )
+
+
 # (PATIENT_COLUMNS reads the primary and the team's version already.)
 _PATIENT_VIEW = f"{_last_team_event('occurred_at')} AS team_updated_at"
 _FROM = {
@@ -881,7 +1031,15 @@ _FROM = {
     "Practitioner": (f"SELECT {PROVIDER_COLUMNS} FROM providers", "providers"),
     "CareTeam": (TEAMS + f" SELECT teams.*, {_PERIODS} FROM teams", "teams"),
     "AuditEvent": (f"SELECT {ENTRY_COLUMNS} FROM access_log", "access_log"),
+    "Group": (GROUPS + f" SELECT groups.*, {group_members()} FROM groups", "groups"),
 }
+# The tables that are a statement's own WITH (their rows are the organization's already).
+_CTES = {"teams": TEAMS, "groups": GROUPS}
+
+
+def _rows_of(table: str, what: str) -> str:
+    """SELECT `what` FROM `table`, with its WITH when it is one of _CTES."""
+    return f"{_CTES.get(table, '')} SELECT {what} FROM {table}"
 
 
 # The patients of a provider's Group: ever its primary patients.
@@ -896,19 +1054,22 @@ def _within(search: Search, bind: Binder, table: str) -> str | None:
     if search.within is None:
         return None
     _, provider = search.within
+    if table == "groups":  # a Group's export holds that Group
+        return None if provider is None else f"groups.id = {bind(provider, 'uuid')}"
+    if table not in ("providers", "patients", "teams"):
+        return None
+    # Bound only when used: an unused argument has no type (PostgreSQL refuses it).
     patients = None if provider is None else _MEMBERS.format(provider=bind(provider, "uuid"))
     if table == "providers":
         named = "SELECT q.provider_id FROM care_team_periods AS q WHERE q.organization_id = $1"
         if patients is not None:
             named += f" AND q.patient_id IN {patients}"
         return f"providers.id IN ({named})"
-    if patients is None or table not in ("patients", "teams"):
-        return None
-    return f"{table}.id IN {patients}"
+    return None if patients is None else f"{table}.id IN {patients}"
 
 
 def _where(search: Search, bind: Binder, table: str) -> list[str]:
-    conditions = [f"{table}.organization_id = $1"] if table != "teams" else []
+    conditions = [f"{table}.organization_id = $1"] if table not in _CTES else []
     within = _within(search, bind, table)
     if within is not None:
         conditions.append(within)
@@ -1045,11 +1206,7 @@ async def search_page(driver: Any, organization_id: uuid.UUID, search: Search) -
     where = " AND ".join(conditions) or "TRUE"
     total = None
     if search.total:
-        count_from = (
-            TEAMS + " SELECT count(*) FROM teams"
-            if table == "teams"
-            else (f"SELECT count(*) FROM {table}")
-        )
+        count_from = _rows_of(table, "count(*)")
         total = int(await driver.fetchval(f"{count_from} WHERE {where}", *bind.args))
     if search.limit == 0:
         return Page([], total)
@@ -1064,7 +1221,7 @@ async def search_page(driver: Any, organization_id: uuid.UUID, search: Search) -
             # The resource the page ended at, read again: if it changed, its place
             # in a sorted order may have moved, so the cursor is refused rather
             # than read (a page after a moved anchor skips or repeats silently).
-            own = "" if table == "teams" else f" AND {table}.organization_id = $1"
+            own = "" if table in _CTES else f" AND {table}.organization_id = $1"
             rows = await driver.fetch(
                 f"{select} WHERE {table}.id = $2{own}", organization_id, after_id
             )
@@ -1093,7 +1250,7 @@ async def _check_unmoved(
         raise CursorMoved()
     updated = PARAMETERS[search.kind]["_lastUpdated"].sort_key
     probe = [*args, search.since]
-    source = TEAMS + " SELECT 1 FROM teams" if table == "teams" else f"SELECT 1 FROM {table}"
+    source = _rows_of(table, "1")
     moved = await driver.fetchval(
         f"SELECT EXISTS ({source} WHERE {where} AND {updated} > ${len(probe)}::timestamptz)",
         *probe,
@@ -1122,7 +1279,24 @@ def _records(kind: str, rows: list[Any]) -> list[Any]:
         return [PractitionerView(provider_of_row(r)) for r in rows]
     if kind == "AuditEvent":
         return [AccessRecord(**dict(r)) for r in rows]
+    if kind == "Group":
+        return [group_of_row(r) for r in rows]
     return [_team(r) for r in rows]
+
+
+def group_of_row(row: Any) -> GroupRecord:
+    """A row of `groups` with its `members` (group_members)."""
+    return GroupRecord(
+        provider_id=row["id"],
+        name=row["name"],
+        npi=row["npi"],
+        quantity=row["quantity"],
+        members=tuple(GroupMember(*fields) for fields in row["members"]),
+        record_version=row["record_version"],
+        team_version=row["team_version"],
+        record_updated_at=row["record_updated_at"],
+        team_updated_at=row["team_updated_at"],
+    )
 
 
 def _team(row: Any) -> TeamRecord:

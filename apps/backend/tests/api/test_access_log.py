@@ -626,6 +626,25 @@ class TestAuditEvent:
         assert lenient.status_code == 200
         assert "name" not in lenient.json()["link"][0]["url"]
 
+    async def test_elements_keeps_the_mandatory_elements(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """An AuditEvent without type, recorded, agent or source is not one: `_elements`
+        keeps them whatever it names (search.html: servers SHOULD)."""
+        admin = await headers_with(database, tenant, [ADMIN])
+        await team_with_primary(client, tenant)
+        response = await client.get(
+            f"{FHIR}/AuditEvent", params={"_elements": "outcome"}, headers=admin
+        )
+        assert response.status_code == 200, response.text
+        bundle = response.json()
+        check_fhir(bundle)
+        event = bundle["entry"][0]["resource"]
+        assert set(event) == {
+            "resourceType", "id", "meta", "type", "recorded", "agent", "source", "outcome"
+        }  # fmt: skip
+        assert event["meta"]["tag"][0]["code"] == "SUBSETTED"
+
     async def test_declared_in_the_capability_statement(self, client: httpx.AsyncClient):
         statement = (await client.get(f"{FHIR}/metadata")).json()
         check_fhir(statement)

@@ -115,6 +115,10 @@ class TestTheFlow:
         )
         assert sorted(r["id"] for r in files["CareTeam"]) == sorted(made["patients"][:4])
         assert [r["id"] for r in files["Organization"]] == [str(tenant.organization_id)]
+        groups = {r["id"]: r for r in files["Group"]}
+        assert set(groups) == {made["doctor"], made["other"]}
+        members = sorted(m["entity"]["reference"] for m in groups[made["doctor"]]["member"])
+        assert members == sorted(f"Patient/{p}" for p in made["patients"][:3])
 
     async def test_the_same_resources_the_fhir_api_serves(
         self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner
@@ -123,7 +127,7 @@ class TestTheFlow:
         files = await download(
             client, tenant, await finished(client, tenant, await kick_off(client, tenant))
         )
-        for kind in ("Patient", "CareTeam", "Practitioner"):
+        for kind in ("Patient", "CareTeam", "Practitioner", "Group"):
             for resource in files[kind]:
                 r = await client.get(f"{FHIR}/{kind}/{resource['id']}", headers=tenant.headers)
                 assert r.json() == resource
@@ -151,6 +155,7 @@ class TestTheFlow:
         made = await a_population(client, tenant)
         status_url = await kick_off(client, tenant, f"/Group/{made['doctor']}/$export")
         files = await download(client, tenant, await finished(client, tenant, status_url))
+        assert [r["id"] for r in files["Group"]] == [made["doctor"]]
         assert sorted(r["id"] for r in files["Patient"]) == sorted(made["patients"][:3])
         assert sorted(r["id"] for r in files["CareTeam"]) == sorted(made["patients"][:3])
         assert sorted(r["id"] for r in files["Practitioner"]) == sorted(
@@ -185,6 +190,11 @@ class TestSince:
         assert [r["id"] for r in files.get("Patient", [])] == [changed]
         assert [r["id"] for r in files.get("CareTeam", [])] == [changed]
         assert files.get("Organization", []) == []
+        # The doctor's Group, with the one member whose attribution changed since.
+        (group,) = files["Group"]
+        assert group["id"] == made["doctor"]
+        assert [m["entity"]["reference"] for m in group["member"]] == [f"Patient/{changed}"]
+        assert group["quantity"] == 4  # the panel's size now, all members counted
 
 
 class TestRefusals:

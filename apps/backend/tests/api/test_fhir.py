@@ -14,6 +14,7 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.careteam import CareTeam
+from fhir.resources.R4B.group import Group
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.organization import Organization
 from fhir.resources.R4B.patient import Patient
@@ -31,6 +32,7 @@ MODELS: dict[str, Any] = {
     "Bundle": Bundle,
     "CapabilityStatement": CapabilityStatement,
     "CareTeam": CareTeam,
+    "Group": Group,
     "OperationOutcome": OperationOutcome,
     "Organization": Organization,
     "Patient": Patient,
@@ -87,6 +89,7 @@ class TestCapabilities:
         assert set(resources) == {
             "AuditEvent",
             "CareTeam",
+            "Group",
             "Organization",
             "Patient",
             "Practitioner",

@@ -28,21 +28,10 @@ from fhirclient.server import FHIRNotFoundException, FHIRServer, FHIRUnauthorize
 from fhirpy import AsyncFHIRClient
 from fhirpy.base.exceptions import ResourceNotFound
 
-from tests.helpers import LiveApi, Tenant, http_json
+from tests.helpers import LiveApi, Tenant, http_json, npi
 
 PRIMARY_CARE = "453231000124104"
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
-
-
-def npi(serial: int) -> str:
-    """A valid NPI: nine digits, then the Luhn check digit over 80840 and them (CMS)."""
-    body = f"{123450000 + serial:09d}"
-    digits = [int(d) for d in "80840" + body]
-    total = 0
-    for position, digit in enumerate(reversed(digits)):
-        doubled = digit * 2 if position % 2 == 0 else digit
-        total += doubled - 9 if doubled > 9 else doubled
-    return body + str((10 - total % 10) % 10)
 
 
 @dataclass
@@ -482,6 +471,7 @@ class TestFhirclientReads:
         assert {r.type for r in statement.rest[0].resource} == {
             "AuditEvent",
             "CareTeam",
+            "Group",
             "Organization",
             "Patient",
             "Practitioner",

@@ -44,6 +44,7 @@ class TestExportCommand:
             "Practitioner",
             "Patient",
             "CareTeam",
+            "Group",
         ]
         patients = lines(out / "Patient.ndjson")
         assert sorted(p["id"] for p in patients) == sorted(

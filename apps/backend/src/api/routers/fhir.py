@@ -1,6 +1,6 @@
 """The care team as FHIR R4, read-only, at /fhir/R4: CareTeam, Patient, Practitioner and
 the organization itself, with search (GET, or POST to `_search`), read, vread and
-instance history.
+instance history; each provider's attributed panel as a Group (read and search).
 
 The same tables, the same API keys and the same tenants as /v1: the key decides the
 organization, and every search runs under its row-level security, so no parameter,
@@ -40,6 +40,7 @@ from src.api.fhir_resources import (
     fhir_response,
     history_bundle,
     organization_resource,
+    patients_named,
     resource_of,
     searchset,
     shaped,
@@ -66,11 +67,15 @@ from src.services.fhir_search import (
 
 router = APIRouter(prefix="/fhir/R4", include_in_schema=False)
 
-TYPES = ("CareTeam", "Patient", "Practitioner")
+TYPES = ("CareTeam", "Patient", "Practitioner", "Group")
 # The access log as AuditEvent (read and search, with the administrative scope).
 AUDIT_EVENT = "AuditEvent"
-# A CareTeam's id is its patient's: either names a patient in the access log.
-_NAMING_PATIENTS = {"Patient", "CareTeam"}
+# The types read and searched without vread or history, and why.
+_NO_HISTORY = {
+    AUDIT_EVENT: "AuditEvent has no history: an access log entry never changes",
+    "Group": "Group has no vread or history here: read the current version (its members' "
+    "periods are the panel's history)",
+}
 # The media types that ask for FHIR JSON (FHIR R4 http.html 3.1.0.1.7), and `_format`'s
 # short forms. A `+` sent unescaped in a query string arrives as a space.
 JSON_TYPES = {"application/fhir+json", "application/json+fhir", "application/json"}
@@ -278,7 +283,7 @@ async def _search(request: Request, kind: str, items: list[tuple[str, str]]) -> 
     included = await _included(request, query, kind, shown)
     note_patients(
         request.scope,
-        [r["id"] for r in (*matches, *included) if r["resourceType"] in _NAMING_PATIENTS],
+        [p for r in (*matches, *included) for p in patients_named(r)],
         # What the client was told: the page's matches, or the total of a count alone.
         count=page.total if query.summary == "count" and page.total is not None else len(matches),
     )
@@ -348,6 +353,7 @@ async def _included(
 @router.get("/Patient")
 @router.get("/Practitioner")
 @router.get("/AuditEvent")
+@router.get("/Group")
 async def search_type(request: Request) -> Response:
     kind = request.url.path.rstrip("/").rsplit("/", 1)[-1]
     return await _search(request, kind, _query_items(request))
@@ -357,6 +363,7 @@ async def search_type(request: Request) -> Response:
 @router.post("/Patient/_search")
 @router.post("/Practitioner/_search")
 @router.post("/AuditEvent/_search")
+@router.post("/Group/_search")
 async def search_by_post(request: Request) -> Response:
     """FHIR's POST search: the parameters form-encoded in the body (and the query
     string), read exactly as a GET's."""
@@ -405,6 +412,7 @@ def _read_response(request: Request, record: Any, resource: dict[str, Any]) -> R
 @router.get("/Patient/{ident}")
 @router.get("/Practitioner/{ident}")
 @router.get("/AuditEvent/{ident}")
+@router.get("/Group/{ident}")
 async def read(ident: str, request: Request) -> Response:
     kind = request.url.path.split("/")[-2]
     _check_format(request, _query_items(request))
@@ -412,6 +420,8 @@ async def read(ident: str, request: Request) -> Response:
     shape = _check_read(request, kind)
     record = await _current(request, kind, uid)
     resource = shaped(resource_of(record, _organization(request)), shape.summary, shape.elements)
+    if kind == "Group":  # its members, as shown (a 304 confirms the client's copy of them)
+        note_patients(request.scope, patients_named(resource))
     return _read_response(request, record, resource)
 
 
@@ -537,8 +547,8 @@ async def unknown(anything: str = "") -> Response:
             f"{first} is not served here (served: {', '.join(TYPES)}, Organization, {AUDIT_EVENT})",
         )
     rest = parts[1:]
-    if first == AUDIT_EVENT and "_history" in rest:
-        raise not_supported("AuditEvent has no history: an access log entry never changes")
+    if first in _NO_HISTORY and "_history" in rest:
+        raise not_supported(_NO_HISTORY[first])
     if rest and rest[0] == "_history":
         raise not_supported(f"type history ({first}/_history) is not supported")
     if any(p.startswith("$") for p in rest):
