@@ -856,8 +856,8 @@ class GroupRecord:
     """A provider's attributed panel as a FHIR Group (docs/FHIR.md, "Group"): its id the
     provider's, `name` as the Group shows it, the provider's NPI, `quantity` the patients
     whose primary period with the provider is open now, and `members` its primary
-    periods (start, then patient id; only those that opened or closed at or after
-    `since` when src/services/fhir_groups.py was given one).
+    periods (start, then patient id; in a bulk export with _since, only those that
+    opened or closed after it).
 
     Its content is the provider's record and its primary periods, so its version is
     "r.t" as a Patient's is: the record's version (the /v1 provider ETag's) and `t`, the
@@ -1006,22 +1006,15 @@ GROUPS = f"""
 """
 
 
-def group_members(since: str | None = None) -> str:
-    """A Group's members, in the same statement as the Group: its provider's primary
-    periods, by start then patient id (records: asyncpg reads each as a tuple). With
-    `since` (a timestamptz placeholder), only those that opened or closed at or after it
-    (all of them when its value is NULL)."""
-    changed = (
-        f"AND ({since} IS NULL OR lower(q.valid) >= {since} OR upper(q.valid) >= {since}) "
-        if since
-        else ""
-    )
-    return (
-        "ARRAY(SELECT ROW(q.patient_id, lower(q.valid), upper(q.valid)) "
-        "FROM care_team_periods AS q WHERE q.organization_id = $1 "
-        f"AND q.provider_id = groups.id AND q.role = 'primary' {changed}"
-        "ORDER BY lower(q.valid), q.patient_id) AS members"
-    )
+# A Group's members, in the same statement as the Group: its provider's primary periods,
+# by start then patient id (records: asyncpg reads each as a tuple). A bulk export with
+# _since keeps those that opened or closed after it (src/api/bulk_export.py).
+_GROUP_MEMBERS = (
+    "ARRAY(SELECT ROW(q.patient_id, lower(q.valid), upper(q.valid)) "
+    "FROM care_team_periods AS q WHERE q.organization_id = $1 "
+    "AND q.provider_id = groups.id AND q.role = 'primary' "
+    "ORDER BY lower(q.valid), q.patient_id) AS members"
+)
 
 
 # (PATIENT_COLUMNS reads the primary and the team's version already.)
@@ -1031,7 +1024,7 @@ _FROM = {
     "Practitioner": (f"SELECT {PROVIDER_COLUMNS} FROM providers", "providers"),
     "CareTeam": (TEAMS + f" SELECT teams.*, {_PERIODS} FROM teams", "teams"),
     "AuditEvent": (f"SELECT {ENTRY_COLUMNS} FROM access_log", "access_log"),
-    "Group": (GROUPS + f" SELECT groups.*, {group_members()} FROM groups", "groups"),
+    "Group": (GROUPS + f" SELECT groups.*, {_GROUP_MEMBERS} FROM groups", "groups"),
 }
 # The tables that are a statement's own WITH (their rows are the organization's already).
 _CTES = {"teams": TEAMS, "groups": GROUPS}

@@ -1,6 +1,6 @@
 """FHIR Group: each active provider's attributed panel (Da Vinci ATR's Member Attribution
 List, docs/FHIR.md "Group"): the read, the search, versions and ETags, scopes, the
-access log, and the service functions a bulk exporter calls (src/services/fhir_groups.py).
+access log.
 Every response goes through `valid` (tests/api/test_fhir.py), which validates it."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.db import Database
-from src.services.fhir_groups import group_of, group_page, iter_groups
 from src.services.organization_service import OrganizationService
 from tests.api.test_fhir import FHIR, fhir_get, ids, valid
 from tests.helpers import Tenant, TenantFactory, npi, post_patient, post_provider
@@ -440,67 +439,3 @@ class TestAccess:
         assert entry["route"] == "GET /fhir/R4/Group"
         assert sorted(entry["patient_ids"]) == sorted(uuid.UUID(p) for p in patients)
         assert entry["result_count"] == 1
-
-
-class TestServiceFunctions:
-    async def test_group_of_and_its_since(
-        self, client: httpx.AsyncClient, tenant: Tenant, db: AsyncSession
-    ):
-        org = tenant.organization_id
-        provider, other = await post_provider(client, tenant), await post_provider(client, tenant)
-        old, closed_later, new = [await post_patient(client, tenant) for _ in range(3)]
-        await assign(client, tenant, old, provider)
-        await assign(client, tenant, closed_later, provider)
-        group = await group_of(db, organization_id=org, provider_id=uuid.UUID(provider))
-        assert group is not None
-        mark = group.updated_at  # every change so far is at or before it
-        await assign(client, tenant, closed_later, other)
-        await assign(client, tenant, new, provider)
-
-        whole = await group_of(db, organization_id=org, provider_id=uuid.UUID(provider))
-        assert whole is not None
-        assert [str(m.patient_id) for m in whole.members] == [old, closed_later, new]
-        assert whole.quantity == 2 and whole.version != group.version
-        changed = await group_of(
-            db, organization_id=org, provider_id=uuid.UUID(provider), since=mark
-        )
-        assert changed is not None
-        assert [(str(m.patient_id), m.inactive) for m in changed.members] == [
-            (closed_later, True),
-            (new, False),
-        ]
-        assert changed.quantity == 2 and changed.version == whole.version  # only members
-        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
-        assert (
-            await group_of(db, organization_id=org, provider_id=uuid.UUID(provider), since=later)
-        ).members == ()  # type: ignore[union-attr]
-
-        idle = await post_provider(client, tenant)
-        await patch_provider(client, tenant, idle, active=False)
-        assert await group_of(db, organization_id=org, provider_id=uuid.UUID(idle)) is None
-        assert await group_of(db, organization_id=org, provider_id=uuid.uuid4()) is None
-
-    async def test_every_group_page_by_page(
-        self,
-        client: httpx.AsyncClient,
-        tenant: Tenant,
-        db: AsyncSession,
-        make_tenant: TenantFactory,
-    ):
-        org = tenant.organization_id
-        providers = sorted([await post_provider(client, tenant) for _ in range(5)])
-        await post_provider(client, await make_tenant())  # another organization's
-        patient = await post_patient(client, tenant)
-        await assign(client, tenant, patient, providers[2])
-
-        first = await group_page(db, organization_id=org, limit=2)
-        assert [str(g.id) for g in first.groups] == providers[:2]
-        assert first.after == first.groups[-1].id
-        assert first.horizon <= datetime.datetime.now(datetime.UTC)
-        streamed = [g async for g in iter_groups(db, organization_id=org, page_size=2)]
-        assert [str(g.id) for g in streamed] == providers
-        assert [len(g.members) for g in streamed] == [0, 0, 1, 0, 0]
-        last = await group_page(db, organization_id=org, after=uuid.UUID(providers[3]), limit=2)
-        assert [str(g.id) for g in last.groups] == providers[4:] and last.after is None
-        with pytest.raises(ValueError, match="limit"):
-            await group_page(db, organization_id=org, limit=0)
