@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime
 import json
 import logging
@@ -38,7 +37,9 @@ from src.services.access_log_service import AccessEntry, AccessLogService
 from src.services.bulk_export import (
     CLAIM,
     EXPIRE,
+    EXPORT_SNAPSHOT,
     KNOWN,
+    MICROSECOND,
     RECOVER,
     BulkExportService,
     ExportJobRecord,
@@ -46,7 +47,14 @@ from src.services.bulk_export import (
     window,
 )
 from src.services.export_storage import ExportStorage
-from src.services.fhir_search import GroupRecord, OrganizationRecord, Search
+from src.services.fhir_search import PARAMETERS as SEARCH_PARAMETERS
+from src.services.fhir_search import (
+    Clause,
+    DateRange,
+    OrganizationRecord,
+    Search,
+    search_page,
+)
 from src.services.transaction import run_transaction
 from src.values import Cursors
 
@@ -60,7 +68,7 @@ LEVEL_TYPES = {
     "group": TYPES,  # that Group alone
 }
 FILTERABLE = ("Patient", "CareTeam", "Practitioner")  # _typeFilter: their search parameters
-HEARTBEAT_S = 5.0
+HEARTBEAT_S = 1.0  # also how soon a DELETE stops a running export
 MAX_ATTEMPTS = 3
 POLL_S = 1.0
 SWEEP_S = 30.0
@@ -81,6 +89,12 @@ ERROR_STOPPED = {
         }
     ],
 }
+
+
+def type_filters(values: list[str]) -> list[str]:
+    """The `_typeFilter` queries given: each value a comma-separated list of them (the
+    IG; a comma within one query is sent percent-encoded, %2C, inside it)."""
+    return [query for value in values for query in value.split(",")]
 
 
 def type_filter_search(text: str, organization_id: uuid.UUID) -> Search:
@@ -155,18 +169,60 @@ async def _records(
         for s in base
     ]
     async for page in pages(driver, job.organization_id, searches):
-        yield [_members_since(f, job.since) for f in page] if kind == "Group" else page
+        yield page
 
 
-def _members_since(group: GroupRecord, since: datetime.datetime | None) -> GroupRecord:
-    """A Group of an export with `_since`: only the members whose attribution period
-    opened or closed after it (the Group itself is there because one did)."""
-    if since is None:
-        return group
-    members = tuple(
-        m for m in group.members if m.start > since or (m.end is not None and m.end > since)
-    )
-    return dataclasses.replace(group, members=members)
+async def _changed_after(
+    driver: Any, job: ExportJobRecord, kind: str, until: datetime.datetime
+) -> int:
+    """How many of the export's `kind` resources changed after its transaction time (so
+    are not in it: they come with the next `_since`); for several _typeFilter queries,
+    the sum of theirs (at most that many)."""
+    if kind == "Organization":
+        return 0
+    after = until if job.since is None or job.since < until else job.since
+    updated = SEARCH_PARAMETERS[kind]["_lastUpdated"]
+    changed = Clause(updated, "", (DateRange("gt", after, after + MICROSECOND),))
+    filters = [t for t in job.type_filters if t.partition("?")[0] == kind]
+    base = [type_filter_search(t, job.organization_id) for t in filters] or [Search(kind)]
+    total = 0
+    for search in base:
+        counted = Search(kind, (*search.clauses, changed), limit=0, total=True, within=_within(job))
+        total += (await search_page(driver, job.organization_id, counted)).total or 0
+    return total
+
+
+def _notices(
+    storage: ExportStorage, job: ExportJobRecord, later: dict[str, int]
+) -> list[dict[str, Any]]:
+    """The resources left out because they changed after the transaction time, said in
+    an OperationOutcome (severity information) per type, in a file the manifest's
+    `error` lists: never left out silently."""
+    outcomes = [
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "information",
+                    "code": "informational",
+                    "diagnostics": f"{count} {kind} resource(s) changed after this export's "
+                    "transactionTime and are not in it: export again with _since = this "
+                    "transactionTime to get them",
+                }
+            ],
+        }
+        for kind, count in later.items()
+        if count
+    ]
+    if not outcomes:
+        return []
+    name = _file_name("OperationOutcome", job.attempts)
+    writer = storage.writer(job.organization_id, job.id, name)
+    try:
+        writer.write(_ndjson(outcomes))
+    finally:
+        writer.close()
+    return [{"type": "OperationOutcome", "name": name, "count": len(outcomes)}]
 
 
 def _resource(found: Any, organization_id: uuid.UUID) -> dict[str, Any]:
@@ -236,8 +292,9 @@ async def _record_page(
     patients: list[str],
 ) -> None:
     """The access log entry of one page of the export: its requester, the kick-off's
-    route, the patients the page holds; its id the job's, the type's and the page's, so
-    an attempt started over writes none twice."""
+    route, the patients the page holds; its id the job's, the attempt's, the type's and
+    the page's, so a lost connection's retry writes none twice, and an attempt started
+    over (whose pages may hold other patients) records its own."""
     api_key_id, client_id = _who(job.requester)
     entry = AccessEntry(
         organization_id=job.organization_id,
@@ -248,9 +305,9 @@ async def _record_page(
         action="E",
         status=200,
         parameters=("_type",),
-        result_count=len(patients),
+        result_count=len(set(patients)),
         patient_ids=tuple(uuid.UUID(p) for p in dict.fromkeys(patients)),
-        id=uuid.uuid5(job.id, f"{kind}:{number}"),
+        id=uuid.uuid5(job.id, f"{job.attempts}:{kind}:{number}"),
     )
     async with sessionmaker() as side:
         await AccessLogService.record(db=side, entry=entry)
@@ -268,8 +325,9 @@ async def run_export(
     progress: Callable[[str, int], None] | None = None,
     heartbeat_s: float | None = HEARTBEAT_S,
     record_access: bool = True,
-) -> tuple[datetime.datetime, list[dict[str, Any]]]:
-    """Write the job's files; (transaction time, [{type, name, count}] per file). Raises
+) -> tuple[datetime.datetime, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Write the job's files; (transaction time, [{type, name, count}] per file of
+    resources, the same for the notices' file: see _notices). Raises
     Cancelled when its heartbeat finds it no longer this attempt's. `progress(type,
     count so far)` is called after every page (the CLI's bar). `heartbeat_s` None: no
     heartbeat (a job that is not in export_jobs: the CLI's); `record_access` False: no
@@ -280,8 +338,12 @@ async def run_export(
     written: dict[str, int] = {}
     stopped = asyncio.Event()
 
-    async def work(driver: Any) -> list[dict[str, Any]]:
+    async def work(driver: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        # Left out of every horizon (access_log_service.HORIZON): it writes nothing, so
+        # it must not hold other exports' transaction time back for its whole run.
+        await driver.execute(f"SET LOCAL application_name = '{EXPORT_SNAPSHOT}'")
         written.clear()
+        later: dict[str, int] = {}
         for kind in job.types:
             writer = storage.writer(org, job.id, _file_name(kind, job.attempts))
             written[kind] = number = 0
@@ -300,17 +362,20 @@ async def run_export(
                         raise Cancelled()
             finally:
                 writer.close()
-        return [
+            later[kind] = await _changed_after(driver, job, kind, until)
+        output = [
             {"type": kind, "name": _file_name(kind, job.attempts), "count": written[kind]}
             for kind in job.types
+            if written[kind]  # the IG: no output item for a type with no resource
         ]
+        return output, _notices(storage, job, later)
 
     beater = None
     if heartbeat_s is not None:
         beater = asyncio.create_task(_heartbeat(sessionmaker, job, heartbeat_s, written, stopped))
     try:
         async with sessionmaker() as db:
-            output = await run_transaction(
+            output, notices = await run_transaction(
                 db, operation="bulk_export", organization_id=org, work=work, snapshot=True
             )
     finally:
@@ -318,7 +383,7 @@ async def run_export(
             beater.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beater
-    return until, output
+    return until, output, notices
 
 
 class ExportRunner:
@@ -428,6 +493,16 @@ class ExportRunner:
                 if job not in kept:
                     self._storage.remove(org, job)
 
+    async def _forget_if_deleted(self, organization_id: uuid.UUID, job_id: uuid.UUID) -> None:
+        """A job deleted while it ran: its files, which the run may have written again
+        after DELETE removed them, removed now."""
+        async with self._sessionmaker() as db:
+            job = await BulkExportService.find(
+                db=db, organization_id=organization_id, job_id=job_id
+            )
+        if job is None:
+            self._storage.remove(organization_id, job_id)
+
     async def _execute(self, organization_id: uuid.UUID, job_id: uuid.UUID) -> None:
         extra = {"organization_id": str(organization_id), "export_id": str(job_id)}
         async with self._sessionmaker() as db:
@@ -441,12 +516,13 @@ class ExportRunner:
         output: list[dict[str, Any]] = []
         error: list[dict[str, Any]] = []
         try:
-            until, output = await run_export(
+            until, output, error = await run_export(
                 self._sessionmaker, self._storage, job, heartbeat_s=self._heartbeat_s
             )
         except Cancelled:
-            # Deleted (its files went with it), or taken for dead and queued again: the
-            # next attempt writes files of its own, and the sweep removes this one's.
+            # Deleted, or taken for dead and queued again (the next attempt writes files
+            # of its own; the job's expiry removes this one's).
+            await self._forget_if_deleted(organization_id, job_id)
             logger.info("export %s stopped", job_id, extra={"event": "export_stopped", **extra})
             return
         except asyncio.CancelledError:
@@ -467,6 +543,7 @@ class ExportRunner:
                 error=error,
             )
         if not finished:  # deleted while it ran, or taken for dead: not this attempt's
+            await self._forget_if_deleted(organization_id, job_id)
             return
         logger.info(
             "export %s %s in %.1f s",

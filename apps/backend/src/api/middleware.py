@@ -54,6 +54,7 @@ MAX_BODY_BYTES = 64 * 1024
 FORM_PATHS = frozenset({"/auth/token"})
 # Metric labels stay bounded whatever a client sends.
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+HEAD_STATE = "head_request"  # the request was a HEAD, answered as its GET
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # JSON, and only UTF-8 JSON (RFC 8259): a charset parameter, if any, must say so.
 _JSON_TYPE = re.compile(
@@ -93,6 +94,7 @@ class RequestContextMiddleware:
         head = scope["method"] == "HEAD"
         if head:  # answered as the GET it stands for; the body is dropped below
             scope = {**scope, "method": "GET"}
+            state[HEAD_STATE] = True  # a route whose GET starts something refuses it
 
         async def send_with_id(message: Message) -> None:
             nonlocal status

@@ -92,25 +92,20 @@ def export(
     from src.api.bulk_export import LEVEL_TYPES, run_export
     from src.config import get_settings
     from src.db import open_database
+    from src.services.export_storage import ExportStorageError
     from src.services.fhir_search import by_ids, run_search
     from src.services.organization_service import OrganizationService
-    from src.values import parse_instant
 
     org = parse_uuid(organization, "ORG_ID")
     provider = None if group is None else parse_uuid(group, "PROVIDER_ID")
     level = "system" if provider is None else "group"
-    after = None
-    if since is not None:
-        try:
-            after = parse_instant(since)
-        except ValueError as err:
-            usage_error(f"--since {err}")
+    after = _since(since)
     if out.exists() and not out.is_dir():
         usage_error(f"--out {out}: not a directory")
     chosen = _chosen(types, LEVEL_TYPES[level])
     job = _job(org, level, provider, chosen, after)
 
-    async def work(engine: AsyncEngine, url: str) -> tuple[datetime.datetime, Output]:
+    async def work(engine: AsyncEngine, url: str) -> tuple[datetime.datetime, Output, Output]:
         from sqlalchemy.ext.asyncio import AsyncSession
 
         from src.services.errors import CareTeamError
@@ -133,6 +128,9 @@ def export(
                         f"provider {provider} is not an active provider of organization {org}"
                     )
             out.mkdir(parents=True, exist_ok=True)
+            # The last run's manifest goes first: files written by a run that then fails
+            # are never described by an older manifest.
+            (out / "manifest.json").unlink(missing_ok=True)
             with Progress(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
@@ -146,25 +144,38 @@ def export(
                 def progress(kind: str, count: int) -> None:
                     bar.update(tasks[kind], completed=count)
 
-                return await run_export(
-                    database.sessionmaker,
-                    _OutDirectory(out),  # type: ignore[arg-type]
-                    job,
-                    progress=progress,
-                    heartbeat_s=None,
-                    record_access=False,
-                )
+                try:
+                    return await run_export(
+                        database.sessionmaker,
+                        _OutDirectory(out),  # type: ignore[arg-type]
+                        job,
+                        progress=progress,
+                        heartbeat_s=None,
+                        record_access=False,
+                    )
+                except ExportStorageError as err:  # full, read-only, a name taken
+                    raise CommandFailed(
+                        f"could not write the export into {out}: {err} (no manifest.json "
+                        "was written)"
+                    ) from None
         finally:
             await database.dispose()
 
-    until, output = run(work)
+    until, output, notices = run(work)
+    _report(out, org, group, until, output, notices)
+
+
+def _report(
+    out: Path, org: uuid.UUID, group: str | None, until: datetime.datetime, *files: Output
+) -> None:
+    output, notices = files
     logger.info(
         "export of organization %s written to %s",
         org,
         out,
         extra={"event": "cli_export", "organization_id": str(org), "group": group},
     )
-    at = _write_manifest(out, until, output)
+    at = _write_manifest(out, until, output, notices)
     total = sum(int(str(o["count"])) for o in output)
     typer.echo(
         f"exported {total:,} resources to {out} (transactionTime {at}; manifest.json lists "
@@ -173,6 +184,17 @@ def export(
 
 
 Output = list[dict[str, Any]]
+
+
+def _since(since: str | None) -> datetime.datetime | None:
+    from src.values import parse_instant
+
+    if since is None:
+        return None
+    try:
+        return parse_instant(since)
+    except ValueError as err:
+        usage_error(f"--since {err}")
 
 
 def _chosen(types: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -220,7 +242,7 @@ def _job(
     )
 
 
-def _write_manifest(out: Path, until: datetime.datetime, output: Output) -> str:
+def _write_manifest(out: Path, until: datetime.datetime, output: Output, notices: Output) -> str:
     """manifest.json beside the files, as the status URL's manifest (file names for URLs)."""
     at = until.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
     manifest = {
@@ -229,7 +251,9 @@ def _write_manifest(out: Path, until: datetime.datetime, output: Output) -> str:
         "output": [
             {"type": o["type"], "url": f"{o['type']}.ndjson", "count": o["count"]} for o in output
         ],
-        "error": [],
+        "error": [
+            {"type": o["type"], "url": f"{o['type']}.ndjson", "count": o["count"]} for o in notices
+        ],
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return at

@@ -141,11 +141,14 @@ RECORD_MANY = Sql(
 # committed can only land at or after it: a page stops before it, and an entry that
 # commits later is never behind a cursor already given out. pg_stat_activity shows the
 # application role its own sessions' starts, which are the log's writers; it hides other
-# roles' (NULL), which write no entries.
+# roles' (NULL), which write no entries. A Bulk Data export's snapshot (a READ ONLY
+# transaction that can last minutes, named by its application_name) writes nothing, and
+# is left out: it would hold every horizon back for as long as it runs.
 HORIZON = (
     "(SELECT least(transaction_timestamp(), min(a.xact_start)) FROM pg_stat_activity AS a"
     " WHERE a.datname = current_database() AND a.backend_type = 'client backend'"
-    " AND a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid())"
+    " AND a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid()"
+    " AND a.application_name IS DISTINCT FROM 'careteam-export-snapshot')"
 )
 # Oldest first, after a position (recorded_at, id) and before the horizon: the
 # organization's entries, by the index (organization_id, recorded_at, id).

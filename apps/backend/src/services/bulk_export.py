@@ -41,7 +41,12 @@ from src.services.fhir_search import Clause, DateRange, Search, search_page
 from src.services.transaction import Sql, run_transaction
 
 LEVELS = ("system", "patient", "group")
+# The application_name of an export's snapshot transaction (READ ONLY: it writes nothing),
+# which HORIZON leaves out.
+EXPORT_SNAPSHOT = "careteam-export-snapshot"
 PAGE = 1000
+# A page of Groups holds every member of each: fewer at a time (memory holds one page).
+PAGE_OF = {"Group": 10}
 MICROSECOND = datetime.timedelta(microseconds=1)
 
 JOB_COLUMNS = (
@@ -313,18 +318,19 @@ async def pages(
 ) -> AsyncIterator[list[Any]]:
     """What `searches` (of one type, one per _typeFilter: their results ORed) find, in id
     order, each once, a page at a time, on `driver` (the export's snapshot). Each search
-    is read by keyset (id after the last one read), PAGE at a time."""
+    is read by keyset (id after the last one read), PAGE at a time (PAGE_OF a type's)."""
+    size = PAGE_OF.get(searches[0].kind, PAGE)
 
     async def read(search: Search) -> AsyncIterator[list[Any]]:
         after: tuple[uuid.UUID, int, int] | None = None
         while True:
             page = await search_page(
-                driver, organization_id, dataclasses.replace(search, limit=PAGE, after=after)
+                driver, organization_id, dataclasses.replace(search, limit=size, after=after)
             )
-            found = page.found[:PAGE]
+            found = page.found[:size]
             if found:
                 yield found
-            if len(page.found) <= PAGE:
+            if len(page.found) <= size:
                 return
             after = (found[-1].id, 0, 0)
 
@@ -354,7 +360,7 @@ async def pages(
         if found.id != last:
             batch.append(found)
             last = found.id
-            if len(batch) == PAGE:
+            if len(batch) == size:
                 yield batch
                 batch = []
     if batch:

@@ -21,6 +21,15 @@ from typing import Protocol
 import anyio
 
 CHUNK = 256 * 1024
+
+
+class ExportStorageError(Exception):
+    """A file could not be written (the disk full, a directory read-only, a name taken).
+    Not an OSError, nor caused by one (raised `from None`): the export's transaction
+    reads an OSError in an exception's chain as a lost database connection, and would run
+    again."""
+
+
 FILE_NAME = re.compile(r"[A-Za-z]+(-[0-9]+)?\.ndjson")
 
 
@@ -54,14 +63,23 @@ class ExportStorage(Protocol):
 
 class _FileWriter:
     def __init__(self, path: Path) -> None:
-        self._file = path.open("wb")
+        try:
+            self._file = path.open("wb")
+        except OSError as err:
+            raise ExportStorageError(f"{path.name}: {err.strerror or err}") from None
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as err:
+            raise ExportStorageError(f"{self._file.name}: {err.strerror or err}") from None
 
     def close(self) -> int:
-        self._file.close()
-        return Path(self._file.name).stat().st_size
+        try:
+            self._file.close()
+            return Path(self._file.name).stat().st_size
+        except OSError as err:
+            raise ExportStorageError(f"{self._file.name}: {err.strerror or err}") from None
 
 
 class DirectoryStorage:
@@ -80,7 +98,10 @@ class DirectoryStorage:
 
     def writer(self, organization_id: uuid.UUID, job_id: uuid.UUID, name: str) -> ExportWriter:
         path = self._path(organization_id, job_id, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ExportStorageError(f"{path.parent}: {err.strerror or err}") from None
         return _FileWriter(path)
 
     async def chunks(

@@ -5,22 +5,38 @@ every exported line parsed with the fhir.resources R4B models."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.api.bulk_export import ExportRunner
+from src.api.bulk_export import ExportRunner, run_export
+from src.config import get_settings
 from src.db import Database
+from src.services.bulk_export import PAGE_OF, BulkExportService, pages
+from src.services.fhir_search import Search
 from src.services.organization_service import OrganizationService
+from src.services.transaction import run_transaction
 from tests.api.test_fhir import FHIR, MODELS, team_of
-from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
+from tests.helpers import (
+    Tenant,
+    TenantFactory,
+    ec_key,
+    jwks_of,
+    post_patient,
+    post_provider,
+    register_client,
+    request_token,
+)
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
@@ -51,9 +67,7 @@ async def finished(client: httpx.AsyncClient, tenant: Tenant, status_url: str) -
     for _ in range(400):
         r = await client.get(status_url, headers=tenant.headers)
         if r.status_code == 200:
-            assert r.headers["content-type"].startswith("application/json") or r.headers[
-                "content-type"
-            ].startswith("application/fhir+json")
+            assert r.headers["content-type"] == "application/json"
             assert "expires" in r.headers
             manifest: dict[str, Any] = r.json()
             return manifest
@@ -190,11 +204,15 @@ class TestSince:
         assert [r["id"] for r in files.get("Patient", [])] == [changed]
         assert [r["id"] for r in files.get("CareTeam", [])] == [changed]
         assert files.get("Organization", []) == []
-        # The doctor's Group, with the one member whose attribution changed since.
+        # The doctor's Group changed (a new member): whole, as the FHIR read answers it
+        # (only its changed members would lose the others for a client that replaces it).
         (group,) = files["Group"]
         assert group["id"] == made["doctor"]
-        assert [m["entity"]["reference"] for m in group["member"]] == [f"Patient/{changed}"]
-        assert group["quantity"] == 4  # the panel's size now, all members counted
+        members = sorted(m["entity"]["reference"] for m in group["member"])
+        assert members == sorted(f"Patient/{p}" for p in [*made["patients"][:3], changed])
+        assert group["quantity"] == 4
+        read = await client.get(f"{FHIR}/Group/{made['doctor']}", headers=tenant.headers)
+        assert read.json() == group
 
 
 class TestRefusals:
@@ -422,3 +440,211 @@ class TestSinceUnderConcurrentWrites:
         two = await download(client, tenant, second)
         assert [r["id"] for r in two.get("CareTeam", [])] == [patient]
         assert [r["id"] for r in two.get("Patient", [])] == [patient]
+
+
+class TestReviewFindings:
+    """Each a defect a hostile review found; each test fails without its fix."""
+
+    async def test_a_change_held_back_by_an_open_transaction_is_said_not_hidden(
+        self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database
+    ):
+        """A transaction open before a change holds the transaction time back, so the
+        change is not in this export: the manifest says so (a notice in `error`)."""
+        patient = await post_patient(client, tenant)
+        async with database.app_engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("BEGIN")
+            await driver.execute("SELECT 1")  # open, as any long reader's
+            await asyncio.sleep(0.02)
+            r = await client.patch(
+                f"/v1/patients/{patient}", json={"last_name": "Changed"}, headers=tenant.headers
+            )
+            assert r.status_code == 200
+            manifest = await finished(
+                client, tenant, await kick_off(client, tenant, _type="Patient")
+            )
+            await driver.execute("ROLLBACK")
+        assert manifest["output"] == []  # the only Patient changed after transactionTime
+        (notice,) = manifest["error"]
+        assert notice["type"] == "OperationOutcome" and notice["count"] == 1
+        r = await client.get(
+            notice["url"].removeprefix("http://careteam.test"), headers=tenant.headers
+        )
+        (outcome,) = [json.loads(line) for line in r.text.splitlines()]
+        MODELS["OperationOutcome"].model_validate(outcome)
+        assert "1 Patient resource(s) changed after" in outcome["issue"][0]["diagnostics"]
+
+    async def test_another_exports_snapshot_does_not_hold_the_time_back(
+        self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database
+    ):
+        patient = await post_patient(client, tenant)
+        async with database.app_engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            await driver.execute("SET LOCAL application_name = 'careteam-export-snapshot'")
+            await asyncio.sleep(0.02)
+            r = await client.patch(
+                f"/v1/patients/{patient}", json={"last_name": "Changed"}, headers=tenant.headers
+            )
+            assert r.status_code == 200
+            manifest = await finished(
+                client, tenant, await kick_off(client, tenant, _type="Patient")
+            )
+            await driver.execute("ROLLBACK")
+        assert [o["count"] for o in manifest["output"]] == [1]
+        assert manifest["error"] == []
+
+    async def test_type_filter_is_a_comma_separated_list_of_queries(
+        self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner
+    ):
+        made = await a_population(client, tenant)
+        first, second = made["patients"][:2]
+        manifest = await finished(
+            client,
+            tenant,
+            await kick_off(
+                client,
+                tenant,
+                _type="Patient,CareTeam",
+                _typeFilter=f"Patient?_id={first},CareTeam?_id={second}",
+            ),
+        )
+        files = await download(client, tenant, manifest)
+        assert [r["id"] for r in files["Patient"]] == [first]
+        assert [r["id"] for r in files["CareTeam"]] == [second]
+
+    async def test_head_starts_no_export(self, client: httpx.AsyncClient, tenant: Tenant):
+        for _ in range(3):
+            r = await client.head(f"{FHIR}/$export", headers={**tenant.headers, **ASYNC})
+            assert r.status_code == 405
+        await kick_off(client, tenant)  # not refused as a third one (429)
+        await kick_off(client, tenant)
+
+    @pytest.mark.parametrize(
+        "since",
+        ["9999-12-31T23:59:59-05:00", "9999-12-31T23:59:59.999999Z", "2999-01-01T00:00:00Z"],
+        ids=["past-9999", "end-of-9999", "future"],
+    )
+    async def test_since_out_of_range_or_in_the_future_is_400(
+        self, client: httpx.AsyncClient, tenant: Tenant, since: str
+    ):
+        r = await client.get(
+            f"{FHIR}/$export", params={"_since": since}, headers={**tenant.headers, **ASYNC}
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["resourceType"] == "OperationOutcome"
+
+    async def test_the_manifest_is_json_and_lists_no_empty_type(
+        self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner
+    ):
+        await post_patient(client, tenant)
+        status_url = await kick_off(client, tenant)
+        manifest = await finished(client, tenant, status_url)
+        r = await client.get(status_url, headers=tenant.headers)
+        assert r.headers["content-type"] == "application/json"
+        assert {o["type"] for o in manifest["output"]} == {"Organization", "Patient"}
+        assert all(o["count"] > 0 for o in manifest["output"])
+
+    async def test_a_retried_attempt_logs_its_own_patients(
+        self, client: httpx.AsyncClient, tenant: Tenant, app: FastAPI, database: Database
+    ):
+        """Attempt 2 of a job holds a patient attempt 1 did not: it is in the log."""
+        await post_patient(client, tenant)
+        status_url = await kick_off(client, tenant, _type="Patient")
+        job = await BulkExportService.find(
+            db=AsyncSession(database.app_engine),
+            organization_id=tenant.organization_id,
+            job_id=uuid.UUID(status_url.rsplit("/", 1)[1]),
+        )
+        assert job is not None
+        storage = app.state.export_storage
+        await run_export(database.sessionmaker, storage, job, heartbeat_s=None)
+        late = await post_patient(client, tenant)
+        retried = dataclasses.replace(job, attempts=job.attempts + 1)
+        await run_export(database.sessionmaker, storage, retried, heartbeat_s=None)
+        async with database.owner_engine.connect() as owner:
+            logged = (
+                await owner.execute(
+                    text(
+                        "SELECT count(*) FROM access_log WHERE organization_id = :org "
+                        "AND route LIKE '%$export' AND :patient = ANY (patient_ids)"
+                    ),
+                    {"org": tenant.organization_id, "patient": uuid.UUID(late)},
+                )
+            ).scalar_one()
+        assert logged == 1
+
+    async def test_groups_are_read_a_few_at_a_time(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """A page of Groups holds every member of each: memory holds PAGE_OF Groups."""
+        for _ in range(PAGE_OF["Group"] + 3):
+            await post_provider(client, tenant)
+        async with database.sessionmaker() as db:
+
+            async def work(driver: Any) -> list[int]:
+                return [
+                    len(page)
+                    async for page in pages(driver, tenant.organization_id, [Search("Group")])
+                ]
+
+            sizes = await run_transaction(
+                db, operation="test", organization_id=tenant.organization_id, work=work
+            )
+        assert sizes == [PAGE_OF["Group"], 3]
+
+    async def test_delete_stops_a_running_export_and_its_files_stay_gone(
+        self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database
+    ):
+        async with database.owner_engine.begin() as owner:
+            await owner.execute(
+                text(
+                    "INSERT INTO patients (organization_id, first_name, last_name) "
+                    "SELECT :org, 'P', g::text FROM generate_series(1, 20000) g"
+                ),
+                {"org": tenant.organization_id},
+            )
+        status_url = await kick_off(client, tenant, _type="Patient")
+        for _ in range(400):
+            r = await client.get(status_url, headers=tenant.headers)
+            assert r.status_code == 202, "finished before it could be deleted"
+            if r.headers["x-progress"] != "queued":
+                break
+            await asyncio.sleep(0.01)
+        assert (await client.delete(status_url, headers=tenant.headers)).status_code == 202
+        job_dir = (
+            Path(get_settings().export_directory)
+            / str(tenant.organization_id)
+            / status_url.rsplit("/", 1)[1]
+        )
+        await asyncio.sleep(3)  # past the next heartbeat (every second) and the page after
+        assert not job_dir.exists()
+
+    async def test_a_file_needs_the_read_scope_of_its_type(
+        self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database
+    ):
+        """The same SMART client, with a token that no longer holds system/Patient.r: its
+        export's Patient file is 403, as GET /Patient would be."""
+        await post_patient(client, tenant)
+        key = ec_key()
+        client_id = await register_client(
+            database, tenant.organization_id, ["system/*.rs"], jwks=jwks_of(key)
+        )
+        full = await request_token(client, key, client_id, "system/*.rs")
+        bearer = {"Authorization": f"Bearer {full['access_token']}"}
+        r = await client.get(
+            f"{FHIR}/$export", params={"_type": "Organization,Patient"}, headers={**bearer, **ASYNC}
+        )
+        assert r.status_code == 202, r.text
+        status_url = r.headers["content-location"].removeprefix("http://careteam.test")
+        as_tenant = Tenant(tenant.organization_id, tenant.api_key_id, full["access_token"])
+        manifest = await finished(client, as_tenant, status_url)
+        narrow = await request_token(client, key, client_id, "system/Organization.r")
+        headers = {"Authorization": f"Bearer {narrow['access_token']}"}
+        urls = {
+            o["type"]: o["url"].removeprefix("http://careteam.test") for o in manifest["output"]
+        }
+        r = await client.get(urls["Patient"], headers=headers)
+        assert r.status_code == 403
+        assert 'scope="system/Patient.r"' in r.headers["www-authenticate"]
+        assert (await client.get(urls["Organization"], headers=headers)).status_code == 200

@@ -109,3 +109,14 @@ class TestExportCommand:
             str(tmp_path),
         )
         assert result.returncode == 1 and "not an active provider" in result.stderr
+
+    def test_a_failed_run_leaves_no_manifest_that_describes_other_files(
+        self, clinic: dict[str, object], tmp_path: Path
+    ):
+        (tmp_path / "manifest.json").write_text('{"from": "an earlier run"}')
+        (tmp_path / "Patient.ndjson").mkdir()  # the file cannot be written
+        result = careteam("export", "--organization", str(clinic["org"]), "--out", str(tmp_path))
+        assert result.returncode == 1, result.stdout
+        assert "could not write the export" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "manifest.json").exists()

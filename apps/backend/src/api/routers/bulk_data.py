@@ -19,7 +19,7 @@ key, or the SMART client) that started it: anyone else gets 404.
 from __future__ import annotations
 
 import datetime
-import re
+import json
 import uuid
 from email.utils import format_datetime
 from typing import Any
@@ -29,11 +29,12 @@ from fastapi.responses import StreamingResponse
 
 from src.api.access_log import note_parameters
 from src.api.auth import credential_of, insufficient_scope
-from src.api.bulk_export import FILTERABLE, LEVEL_TYPES, type_filter_search
+from src.api.bulk_export import FILTERABLE, LEVEL_TYPES, type_filter_search, type_filters
 from src.api.deps import session_of
 from src.api.errors import operation_outcome
 from src.api.fhir_query import invalid, not_supported
 from src.api.fhir_resources import FhirError, fhir_response
+from src.api.middleware import HEAD_STATE
 from src.api.routers.fhir import _base, _check_format, _organization, _query_items
 from src.config import get_settings
 from src.services.bulk_export import (
@@ -44,6 +45,7 @@ from src.services.bulk_export import (
 )
 from src.services.export_storage import FILE_NAME
 from src.services.fhir_search import by_ids, run_search
+from src.values import parse_instant
 
 router = APIRouter(prefix="/fhir/R4", include_in_schema=False)
 
@@ -53,10 +55,6 @@ PARAMETERS = {"_type", "_since", "_outputFormat", "_typeFilter"}
 OUTPUT_FORMATS = {"application/fhir+ndjson", "application/ndjson", "ndjson"}
 NDJSON = "application/fhir+ndjson"
 RETRY_AFTER_S = 2
-# A FHIR instant (R4 datatypes): to the second at least, with a time zone.
-_INSTANT = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
-)
 
 
 def _respond_async(request: Request) -> None:
@@ -68,14 +66,13 @@ def _respond_async(request: Request) -> None:
 
 
 def _instant(text: str) -> datetime.datetime:
-    if not _INSTANT.fullmatch(text):
-        raise invalid(
-            f"_since {text[:40]!r}: a FHIR instant, such as 2026-12-01T00:00:00Z, is needed"
-        )
+    """`_since`: a FHIR instant (RFC 3339, with its offset), not in the future."""
     try:
-        at = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise invalid(f"_since {text[:40]!r}: not a real instant") from None
+        at = parse_instant(text)
+    except ValueError as err:
+        raise invalid(f"_since {text[:40]!r}: {err}") from None
+    if at > datetime.datetime.now(datetime.UTC):
+        raise invalid(f"_since {text[:40]!r} is in the future: nothing has changed since")
     return at
 
 
@@ -101,6 +98,8 @@ def _types(items: list[tuple[str, str]], level: str) -> tuple[str, ...]:
 
 
 async def _kick_off(request: Request, level: str, group_id: uuid.UUID | None) -> Response:
+    if request.scope["state"].get(HEAD_STATE):  # answered as a GET, it would start one
+        raise FhirError(405, "not-supported", "$export is started with GET only")
     items = _query_items(request)
     unknown = sorted({n for n, _ in items} - PARAMETERS)
     if unknown:
@@ -125,7 +124,7 @@ async def _kick_off(request: Request, level: str, group_id: uuid.UUID | None) ->
     since_text = _one(items, "_since")
     since = None if since_text is None else _instant(since_text)
     org = _organization(request)
-    filters = [v for n, v in items if n == "_typeFilter"]
+    filters = type_filters([v for n, v in items if n == "_typeFilter"])
     for text in filters:
         kind = text.partition("?")[0]
         type_filter_search(text, org)
@@ -146,7 +145,8 @@ async def _kick_off(request: Request, level: str, group_id: uuid.UUID | None) ->
         types=types,
         since=since,
         type_filters=tuple(filters),
-        request=str(request.url),
+        request=f"{_base(request)}{request.url.path.removeprefix('/fhir/R4')}"
+        + (f"?{request.url.query}" if request.url.query else ""),
     )
     try:
         job = await BulkExportService.create(
@@ -215,23 +215,23 @@ async def _own_job(request: Request, ident: str) -> ExportJobRecord:
 
 
 def _manifest(request: Request, job: ExportJobRecord) -> dict[str, Any]:
-    base = _base(request)
+    """The completed job's manifest (the IG's "Complete Status"); `error` lists the file
+    of notices (OperationOutcomes of severity information), if any."""
+    base = f"{_base(request)}{FILE_PATH}/{job.id}"
     assert job.transaction_time is not None
+
+    def items(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {"type": f["type"], "url": f"{base}/{f['name']}", "count": f["count"]} for f in files
+        ]
+
+    at = job.transaction_time.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
     return {
-        "transactionTime": job.transaction_time.astimezone(datetime.UTC)
-        .isoformat()
-        .replace("+00:00", "Z"),
+        "transactionTime": at,
         "request": job.request,
         "requiresAccessToken": True,
-        "output": [
-            {
-                "type": f["type"],
-                "url": f"{base}{FILE_PATH}/{job.id}/{f['name']}",
-                "count": f["count"],
-            }
-            for f in job.output
-        ],
-        "error": [],
+        "output": items(job.output),
+        "error": items(job.error),
     }
 
 
@@ -254,7 +254,9 @@ async def export_status(ident: str, request: Request) -> Response:
     headers = {}
     if job.expires_at is not None:
         headers["Expires"] = format_datetime(job.expires_at.astimezone(datetime.UTC), usegmt=True)
-    return fhir_response(_manifest(request, job), headers=headers)
+    # The IG: the manifest is application/json (it is not a FHIR resource).
+    body = json.dumps(_manifest(request, job), separators=(",", ":")).encode()
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.delete("/$export-status/{ident}")
@@ -272,9 +274,13 @@ async def export_file(ident: str, name: str, request: Request) -> Response:
     if _query_items(request):
         raise invalid("a file URL takes no parameters")
     job = await _own_job(request, ident)
-    names = {f["name"] for f in job.output}
-    if job.status != "completed" or not FILE_NAME.fullmatch(name) or name not in names:
+    files = {f["name"]: f["type"] for f in (*job.output, *job.error)}
+    if job.status != "completed" or not FILE_NAME.fullmatch(name) or name not in files:
         raise FhirError(404, "not-found", "no such file in this export")
+    kind = files[name]
+    needed = f"system/{kind}.r"
+    if kind != "OperationOutcome" and not credential_of(request.scope).grants.allows(needed):
+        return insufficient_scope(request.url.path, needed, f"a file of {kind}")
     storage = request.app.state.export_storage
     chunks = storage.chunks(job.organization_id, job.id, name)
     try:

@@ -1,0 +1,325 @@
+"""Benchmark: a Bulk Data export of a large organization (issue 28): rows per second, peak
+memory, the time against a bare `COPY ... TO` of the same rows, and the longest stall of
+concurrent writers while it runs.
+
+Usage (from apps/backend):
+
+    uv run python bench/export.py [--patients 1000000] [--history 100000]
+                                  [--providers 1000] [--writers 2]
+
+A throwaway embedded PostgreSQL (or --server-url's server) gets one organization of
+--patients patients (names, birth dates), --providers providers, a primary for every
+patient (an open period and its event) and, for --history of them, an earlier primary
+period with another provider that has ended (their history), written in bulk as the
+owner. Then, in this process:
+
+1. the bare COPY: `COPY (SELECT ...) TO STDOUT` of the organization's patients,
+   providers, periods and events (the rows the resources are made of), into a file;
+2. the export, as the server runs it (src/api/bulk_export.py, run_export: one snapshot,
+   every type, a page at a time, each page of patients recorded in the access log),
+   into a directory; its resident memory (VmRSS) sampled every 50 ms, and at each
+   quarter of the Patients written;
+3. during the export, --writers processes each change a random patient's primary
+   (careteam_assign_primary, one transaction each, as the application role) in a loop;
+   their longest wait is the stall, against the longest of the same writers for the
+   same time before the export (the baseline).
+
+Targets: export time at most 3x the COPY's (`export_time_ratio_to_copy`), memory flat
+(`rss_mb_at_quarters` does not grow with the population written), the longest writer
+stall under 200 ms. Prints one JSON object (progress on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from common import log, throwaway_database
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from src.api.bulk_export import TYPES, run_export
+from src.config import get_settings
+from src.db import open_database
+from src.migration_runner import upgrade
+from src.services.bulk_export import ExportJobRecord
+from src.services.export_storage import DirectoryStorage
+from src.services.organization_service import OrganizationService
+
+ASSIGN = "SELECT careteam_assign_primary($1, $2, $3, 'bench', 'other', NULL)"
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def populate(conn: asyncpg.Connection, org: uuid.UUID, args: argparse.Namespace) -> None:
+    """The organization's rows, in bulk, triggers off (consistent by construction: one
+    open primary period and its event per patient, a closed earlier one for --history)."""
+    await conn.execute("SET session_replication_role = replica")
+    await conn.execute(
+        "INSERT INTO providers (id, organization_id, first_name, last_name, npi) "
+        "SELECT md5('prov' || j)::uuid, $1, 'Grace', 'Doctor' || j, NULL "
+        "FROM generate_series(0, $2 - 1) j",
+        org,
+        args.providers,
+    )
+    log(f"{args.providers:,} providers; {args.patients:,} patients")
+    await conn.execute(
+        "INSERT INTO patients (id, organization_id, first_name, last_name, dob) "
+        "SELECT md5('pat' || n)::uuid, $1, 'Pat', 'Ient' || n, "
+        "date '1950-01-01' + (n % 20000) FROM generate_series(0, $2 - 1) n",
+        org,
+        args.patients,
+    )
+    log("primaries: assignments, periods, events")
+    await conn.execute(
+        "INSERT INTO care_team_assignments "
+        "(organization_id, patient_id, provider_id, is_primary_provider) "
+        "SELECT $1, md5('pat' || n)::uuid, md5('prov' || (n % $3))::uuid, true "
+        "FROM generate_series(0, $2 - 1) n",
+        org,
+        args.patients,
+        args.providers,
+    )
+    await conn.execute(
+        "INSERT INTO care_team_periods (organization_id, patient_id, provider_id, role, valid, "
+        "started_by, start_reason, ended_by, end_reason) "
+        "SELECT $1::uuid, md5('pat' || n)::uuid, md5('prov' || ((n + 1) % $4))::uuid, "
+        "'primary', "
+        "tstzrange(now() - interval '400 days', now() - interval '30 days'), 'bench', "
+        "'other', 'bench', 'other' FROM generate_series(0, $3 - 1) n "
+        "UNION ALL "
+        "SELECT $1, md5('pat' || n)::uuid, md5('prov' || (n % $4))::uuid, 'primary', "
+        "tstzrange(now() - interval '30 days', NULL), 'bench', 'other', NULL, NULL "
+        "FROM generate_series(0, $2 - 1) n",
+        org,
+        args.patients,
+        args.history,
+        args.providers,
+    )
+    await conn.execute(
+        "INSERT INTO care_team_events (seq, organization_id, patient_id, provider_id, "
+        "event_type, actor, reason, occurred_at) "
+        "SELECT row_number() OVER (), $1, md5('pat' || n)::uuid, "
+        "md5('prov' || (n % $3))::uuid, 'primary_assigned', 'bench', 'other', "
+        "now() - interval '30 days' FROM generate_series(0, $2 - 1) n",
+        org,
+        args.patients,
+        args.providers,
+    )
+    await conn.execute(
+        "INSERT INTO care_team_event_sequences (organization_id, last_seq) VALUES ($1, $2) "
+        "ON CONFLICT (organization_id) DO UPDATE SET last_seq = excluded.last_seq",
+        org,
+        args.patients,
+    )
+    await conn.execute("SET session_replication_role = DEFAULT")
+    log("VACUUM ANALYZE")
+    await conn.execute("VACUUM ANALYZE")
+
+
+COPIES = {
+    "patients": "SELECT * FROM patients WHERE organization_id = $1",
+    "providers": "SELECT * FROM providers WHERE organization_id = $1",
+    "care_team_periods": "SELECT * FROM care_team_periods WHERE organization_id = $1",
+    "care_team_events": "SELECT * FROM care_team_events WHERE organization_id = $1",
+}
+
+
+async def bare_copy(conn: asyncpg.Connection, org: uuid.UUID, out: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    rows = 0
+    for table, query in COPIES.items():
+        target = out / f"{table}.copy"
+        status = await conn.copy_from_query(query, org, output=str(target))
+        rows += int(status.split()[-1])
+    return {"seconds": round(time.perf_counter() - started, 2), "rows": rows}
+
+
+def writer_process(url: str, org: str, sizes: tuple[int, int], seconds: float, out: Any) -> None:
+    """One writer: random primaries for `seconds` (`sizes`: how many patients and
+    providers there are); sends (count, longest ms)."""
+    patients, providers = sizes
+
+    async def main() -> tuple[int, float]:
+        conn = await asyncpg.connect(url)
+        rng = random.Random(os.getpid())
+        longest, count = 0.0, 0
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                n, p = rng.randrange(patients), rng.randrange(providers)
+                patient, provider = uuid.UUID(_md5(f"pat{n}")), uuid.UUID(_md5(f"prov{p}"))
+                started = time.perf_counter()
+                await conn.execute(ASSIGN, uuid.UUID(org), patient, provider)
+                longest = max(longest, time.perf_counter() - started)
+                count += 1
+        finally:
+            await conn.close()
+        return count, longest * 1000
+
+    out.put(asyncio.run(main()))
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def writers(
+    url: str, org: uuid.UUID, args: argparse.Namespace, seconds: float
+) -> tuple[Any, list[Any]]:
+    queue: Any = multiprocessing.get_context("spawn").Queue()
+    procs = [
+        multiprocessing.get_context("spawn").Process(
+            target=writer_process,
+            args=(url, str(org), (args.patients, args.providers), seconds, queue),
+        )
+        for _ in range(args.writers)
+    ]
+    for proc in procs:
+        proc.start()
+    return queue, procs
+
+
+def collect(queue: Any, procs: list[Any]) -> dict[str, Any]:
+    results = [queue.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    return {
+        "writes": sum(c for c, _ in results),
+        "longest_ms": round(max(m for _, m in results), 1),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    async with throwaway_database("export", args.server_url) as (url, _):
+        database = open_database(get_settings(), url)
+        conn = await asyncpg.connect(url)
+        try:
+            log("migrating a new database to head")
+            await upgrade(database.owner_engine)
+            async with AsyncSession(database.owner_engine) as owner:
+                issued = await OrganizationService.create_organization(db=owner, name="Bench")
+            org = issued.organization_id
+            await populate(conn, org, args)
+            with tempfile.TemporaryDirectory(prefix="careteam-export-bench-") as scratch:
+                log("bare COPY of the same rows")
+                copy = await bare_copy(conn, org, Path(scratch))
+                log(f"COPY: {copy['rows']:,} rows in {copy['seconds']} s")
+
+                log(f"baseline: {args.writers} writers for {args.baseline_s} s, no export")
+                queue, procs = writers(url, org, args, args.baseline_s)
+                baseline = await asyncio.to_thread(collect, queue, procs)
+
+                export = await measure_export(database, (org, issued.id), Path(scratch), url, args)
+        finally:
+            await conn.close()
+            await database.dispose()
+    ratio = round(export["seconds"] / copy["seconds"], 2) if copy["seconds"] else None
+    return {
+        "patients": args.patients,
+        "history_periods": args.history,
+        "providers": args.providers,
+        "copy": copy,
+        "export": export,
+        "export_time_ratio_to_copy": ratio,
+        "target_3x_copy_met": ratio is not None and ratio <= 3,
+        "writers_baseline": baseline,
+        "writer_stall_target_200_ms_met": export["writers"]["longest_ms"] < 200,
+    }
+
+
+async def measure_export(
+    database: Any,
+    issued: tuple[uuid.UUID, uuid.UUID],
+    scratch: Path,
+    url: str,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    org, key_id = issued
+    job = ExportJobRecord(
+        organization_id=org, id=uuid.uuid4(), requester=f"api_key:{key_id}", level="system",
+        group_id=None, types=list(TYPES), since=None, type_filters=[], request="bench",
+        status="running", attempts=1, progress=None, transaction_time=None, output=[], error=[],
+        expires_after_s=3600, created_at=None, started_at=None, finished_at=None,  # type: ignore[arg-type]
+        expires_at=None,
+    )  # fmt: skip
+    peak = [rss_mb()]
+    before = peak[0]
+    sampling = True
+
+    def sample() -> None:
+        while sampling:
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.05)
+
+    quarters: dict[str, float] = {}
+
+    def progress(kind: str, count: int) -> None:
+        if kind == "Patient":
+            for q in (1, 2, 3, 4):
+                if count >= args.patients * q // 4 and str(q) not in quarters:
+                    quarters[str(q)] = round(rss_mb(), 1)
+        if count % 100_000 == 0:
+            log(f"{kind}: {count:,}")
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    queue, procs = writers(url, org, args, args.writers_s)
+    log(f"export, with {args.writers} writers for the first {args.writers_s} s")
+    started = time.perf_counter()
+    _, output = await run_export(
+        database.sessionmaker, DirectoryStorage(scratch / "export"), job, progress=progress,
+        heartbeat_s=None,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    sampling = False
+    sampler.join()
+    during = await asyncio.to_thread(collect, queue, procs)
+    resources = sum(o["count"] for o in output)
+    return {
+        "seconds": round(seconds, 2),
+        "resources": resources,
+        "by_type": {o["type"]: o["count"] for o in output},
+        "resources_per_s": round(resources / seconds),
+        "rss_mb_before": round(before, 1),
+        "rss_mb_peak": round(peak[0], 1),
+        "rss_mb_at_quarters_of_patients": quarters,
+        "writers": during,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patients", type=int, default=1_000_000)
+    parser.add_argument(
+        "--history", type=int, default=100_000, help="patients with an ended period"
+    )
+    parser.add_argument("--providers", type=int, default=1_000)
+    parser.add_argument("--writers", type=int, default=2, help="concurrent writer processes")
+    parser.add_argument(
+        "--writers-s", type=float, default=20, help="seconds they write during the export"
+    )
+    parser.add_argument("--baseline-s", type=float, default=5, help="seconds they write before it")
+    parser.add_argument("--server-url", help="an existing server (default: a throwaway one)")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
