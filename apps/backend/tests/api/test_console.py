@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -164,6 +165,40 @@ async def seeded(live_api: LiveApi, database: Database) -> dict[str, Any]:
     return data
 
 
+@pytest.fixture
+async def dated_history(live_api: LiveApi, seeded: dict[str, Any], database: Database) -> str:
+    """A patient of its own: Dr Roomy primary from 5 Mar 2025 17:46 UTC (12:46 in New
+    York, 02:46 on 6 Mar in Tokyo), then Dr Taking from 6 Mar 2025 14:30 UTC (09:30 in New
+    York, 23:30 in Tokyo), Dr Roomy staying as secondary."""
+    body = {"first_name": "Dana", "last_name": "Daylong", "dob": "1975-04-05"}
+    patient = str(live_api.post("/v1/patients", body)["id"])
+    primary = f"/v1/patients/{patient}/care-team/primary"
+    _put(live_api, primary, {"provider_id": seeded["roomy"]})
+    _put(live_api, primary, {"provider_id": seeded["taking"]})
+    params = {
+        "began": datetime.datetime(2025, 3, 5, 17, 46, tzinfo=datetime.UTC),
+        "changed": datetime.datetime(2025, 3, 6, 14, 30, tzinfo=datetime.UTC),
+        "patient": uuid.UUID(patient),
+        "roomy": uuid.UUID(seeded["roomy"]),
+    }
+    async with database.owner_engine.begin() as conn:  # as the owner, one row at a time
+        await conn.execute(
+            text(
+                "UPDATE care_team_periods SET valid = tstzrange(:began, :changed) "
+                "WHERE patient_id = :patient AND role = 'primary' AND provider_id = :roomy"
+            ),
+            params,
+        )
+        await conn.execute(
+            text(
+                "UPDATE care_team_periods SET valid = tstzrange(:changed, NULL) "
+                "WHERE patient_id = :patient AND NOT (role = 'primary' AND provider_id = :roomy)"
+            ),
+            params,
+        )
+    return patient
+
+
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Any]:
     """One headless chromium (Debian's) for the module."""
@@ -179,10 +214,13 @@ async def browser() -> AsyncIterator[Any]:
         await launched.close()
 
 
-@pytest.fixture
-async def page(browser: Any, live_api: LiveApi) -> AsyncIterator[Any]:
-    """A new tab (its own sessionStorage) at 1280x800; any script error or dialog fails."""
-    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+async def new_tab(browser: Any, timezone_id: str | None = None) -> Any:
+    """A new tab (its own sessionStorage) at 1280x800, in `timezone_id` if given (else the
+    machine's); its `problems` list every script error, dialog and console error."""
+    options: dict[str, Any] = {"viewport": {"width": 1280, "height": 800}}
+    if timezone_id is not None:
+        options["timezone_id"] = timezone_id
+    context = await browser.new_context(**options)
     context.set_default_timeout(10_000)
     tab = await context.new_page()
     problems: list[str] = []
@@ -193,9 +231,16 @@ async def page(browser: Any, live_api: LiveApi) -> AsyncIterator[Any]:
         lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None,
     )
     tab.problems = problems
+    return tab
+
+
+@pytest.fixture
+async def page(browser: Any, live_api: LiveApi) -> AsyncIterator[Any]:
+    """A new tab; any script error or dialog fails the test."""
+    tab = await new_tab(browser)
     yield tab
-    await context.close()
-    assert problems == []
+    await tab.context.close()
+    assert tab.problems == []
 
 
 async def sign_in(page: Any, api: LiveApi, credential: str | None = None) -> None:
@@ -204,6 +249,17 @@ async def sign_in(page: Any, api: LiveApi, credential: str | None = None) -> Non
     await page.get_by_label("API key").fill(credential or api.key)
     await page.get_by_role("button", name="Sign in").click()
     await page.get_by_role("heading", name="Worklist").wait_for()
+
+
+async def look_up(page: Any, date: str) -> str:
+    """The patient page's answer to "who was the primary on `date`", its spaces folded
+    (waited for by the day it names: an earlier answer may still be on screen)."""
+    day = datetime.date.fromisoformat(date)
+    await page.get_by_label("Who was the primary on").fill(date)
+    await page.get_by_role("button", name="Look up").click()
+    answer = page.locator(".answer").filter(has_text=f"{day.day} {day:%b %Y}")
+    await answer.wait_for()
+    return " ".join((await answer.inner_text()).split())
 
 
 async def check_accessibility(page: Any, name: str) -> None:
@@ -318,7 +374,8 @@ class TestInTheBrowser:
         past = (datetime.date.today() - datetime.timedelta(days=20)).isoformat()
         await page.get_by_label("Who was the primary on").fill(past)
         await page.get_by_role("button", name="Look up").click()
-        answer = page.locator("p.answer")
+        answer = page.locator(".answer")
+        await answer.get_by_text("all day").wait_for()
         await answer.get_by_text("the primary provider was Dr Roomy").wait_for()
         long_ago = (datetime.date.today() - datetime.timedelta(days=400)).isoformat()
         await page.get_by_label("Who was the primary on").fill(long_ago)
@@ -340,6 +397,78 @@ class TestInTheBrowser:
         assert inside == [True] * 5
         await check_accessibility(page, "patient")
         await screenshot(page, "patient")
+
+    async def test_who_was_the_primary_is_told_for_the_whole_day_in_the_browsers_zone(
+        self, browser: Any, live_api: LiveApi, seeded: dict[str, Any], dated_history: str
+    ):
+        """The day's start, each change within it and its end, in the browser's time zone
+        (named): it asked for local noon only, so a primary from 17:46 UTC was "no primary"
+        that day in New York. A future day is refused; a change made on the page recomputes
+        the answer shown."""
+        page = await new_tab(browser, "America/New_York")
+        try:
+            await sign_in(page, live_api)
+            await page.goto(f"{live_api.base_url}/console#/patient/{dated_history}")
+            await page.get_by_role("heading", name="Daylong, Dana").wait_for()
+            zone = "times in America/New_York, this browser's time zone"
+            assert await look_up(page, "2025-03-04") == (
+                f"On 4 Mar 2025, all day (00:00 to midnight, {zone}), "
+                "this patient had no primary provider."
+            )
+            assert await look_up(page, "2025-03-05") == (
+                f"On 5 Mar 2025 ({zone}), the primary provider changed: "
+                "at the start of the day (00:00): no primary provider; "
+                "at 12:46: Dr Roomy became the primary provider; "
+                "at the end of the day (midnight): Dr Roomy."
+            )
+            assert await look_up(page, "2025-03-06") == (
+                f"On 6 Mar 2025 ({zone}), the primary provider changed: "
+                "at the start of the day (00:00): Dr Roomy; "
+                "at 09:30: Dr Taking became the primary provider; "
+                "at the end of the day (midnight): Dr Taking."
+            )
+            await check_accessibility(page, "patient, who was the primary")
+            # A day to come is refused in words, and no answer stays on screen.
+            today = datetime.datetime.now(ZoneInfo("America/New_York")).date()
+            await page.get_by_label("Who was the primary on").fill(
+                (today + datetime.timedelta(days=1)).isoformat()
+            )
+            await page.get_by_role("button", name="Look up").click()
+            await page.get_by_role("alert").get_by_text("is in the future").wait_for()
+            await expect(page.locator(".answer")).to_have_count(0)
+            said = await look_up(page, today.isoformat())
+            assert said.startswith(f"Today, {today.day} {today:%b %Y}, from 00:00 until now ")
+            assert said.endswith(f"{zone}), the primary provider has been Dr Taking.")
+            # A change made here: the answer is recomputed, never left contradicting it.
+            await page.get_by_label("New primary provider").select_option(value=seeded["roomy"])
+            await page.get_by_role("button", name="Make primary").click()
+            answer = page.locator(".answer")
+            await answer.get_by_text("Dr Roomy became the primary provider").wait_for()
+            said = " ".join((await answer.inner_text()).split())
+            assert "at the start of the day (00:00): Dr Taking;" in said
+            assert said.endswith(": Dr Roomy.") and "now (" in said
+            assert page.problems == []
+        finally:
+            await page.context.close()
+
+    async def test_the_browsers_time_zone_decides_the_day(
+        self, browser: Any, live_api: LiveApi, seeded: dict[str, Any], dated_history: str
+    ):
+        """The same instants, in Tokyo: both changes fall on 6 Mar."""
+        page = await new_tab(browser, "Asia/Tokyo")
+        try:
+            await sign_in(page, live_api)
+            await page.goto(f"{live_api.base_url}/console#/patient/{dated_history}")
+            assert await look_up(page, "2025-03-06") == (
+                "On 6 Mar 2025 (times in Asia/Tokyo, this browser's time zone), the primary "
+                "provider changed: at the start of the day (00:00): no primary provider; "
+                "at 02:46: Dr Roomy became the primary provider; "
+                "at 23:30: Dr Taking became the primary provider; "
+                "at the end of the day (midnight): Dr Taking."
+            )
+            assert page.problems == []
+        finally:
+            await page.context.close()
 
     async def test_a_primary_changed_by_someone_else_first_is_said_plainly(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any]

@@ -34,6 +34,9 @@ class ApiError extends Error {
   }
 }
 
+// What the console itself refuses to answer, in words (never sent to the API).
+class Refusal extends Error {}
+
 function apiKey() {
   return sessionStorage.getItem(KEY);
 }
@@ -108,6 +111,7 @@ function formatDate(value) {
 
 // What went wrong, in words: never the raw answer.
 function describe(err, providers = {}) {
+  if (err instanceof Refusal) return err.message;
   if (!(err instanceof ApiError)) return `Something went wrong in the console: ${err.message}`;
   const p = err.problem;
   const code = p.error;
@@ -493,12 +497,12 @@ function Panels() {
 
 const DAY = 86400000;
 
-function Timeline({ periods, providers, marker }) {
+function Timeline({ periods, providers, day }) {
   if (!periods.length) return html`<p>No care team yet: nothing to draw.</p>`;
   const now = Date.now();
   const starts = periods.map((p) => Date.parse(p.valid_from));
-  let from = Math.min(...starts, marker === null ? Infinity : marker);
-  let to = Math.max(now, marker === null ? 0 : marker);
+  let from = Math.min(...starts, day ? day.from : Infinity);
+  let to = Math.max(now, day ? day.to : 0);
   const pad = Math.max((to - from) * 0.05, 60000);
   const short = to - from < 2 * DAY;
   from -= pad;
@@ -530,8 +534,116 @@ function Timeline({ periods, providers, marker }) {
     })}
     <line x1=${left} x2=${left + width} y1=${order.length * rowHeight + 6} y2=${order.length * rowHeight + 6} class="axis" />
     ${ticks.map((t, i) => html`<text key=${`t-${i}`} x=${x(t)} y=${order.length * rowHeight + 26} class=${i === 0 ? "tick first" : i === ticks.length - 1 ? "tick last" : "tick"}>${short ? new Date(t).toLocaleString("en-GB", { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" }) : formatDate(new Date(t).toISOString())}</text>`)}
-    ${marker === null ? null : html`<line x1=${x(marker)} x2=${x(marker)} y1="0" y2=${order.length * rowHeight + 8} class="marker" />`}
+    ${day ? html`<rect x=${x(day.from)} width=${Math.max(x(day.to) - x(day.from), 2)} y="0" height=${order.length * rowHeight + 8} class="day" />
+      <line x1=${x(day.from)} x2=${x(day.from)} y1="0" y2=${order.length * rowHeight + 8} class="marker" />
+      <line x1=${x(day.to)} x2=${x(day.to)} y1="0" y2=${order.length * rowHeight + 8} class="marker" />` : null}
   </svg>`;
+}
+
+// --- who was the primary on a date -------------------------------------------------------
+
+// The answer is about a whole day of this browser's calendar (its time zone, named in the
+// answer): the primary at the day's start, every change within it, and the primary at its
+// end (or now, today). The changes come from the periods; the API's own `as_of` reads at
+// the two ends must agree with them, or nothing is said (the team changed meanwhile).
+
+const TIME_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "this browser's time zone";
+
+// An API instant ("2026-12-07T17:46:12.345678Z", or with +00:00) in microseconds since the
+// epoch: Date keeps milliseconds only, and a change 0.4 ms after midnight is in that day.
+function micros(instant) {
+  const fraction = /\.(\d+)/.exec(instant);
+  const whole = Date.parse(instant.replace(/\.\d+/, ""));
+  return whole * 1000 + (fraction ? Number((fraction[1] + "000000").slice(0, 6)) : 0);
+}
+
+// Microseconds since the epoch as an RFC 3339 instant (UTC, six digits).
+function instantOf(us) {
+  const ms = Math.floor(us / 1000);
+  return new Date(ms).toISOString().replace("Z", `${String(us - ms * 1000).padStart(3, "0")}Z`);
+}
+
+function localDate(when = new Date()) {
+  const two = (n) => String(n).padStart(2, "0");
+  return `${when.getFullYear()}-${two(when.getMonth() + 1)}-${two(when.getDate())}`;
+}
+
+function clock(us) {
+  return new Date(Math.floor(us / 1000)).toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit" });
+}
+
+async function primaryOn(patientId, date) {
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(date) || date < "1900-01-01") {
+    throw new Refusal("Choose a date from 1 Jan 1900 on.");
+  }
+  const today = localDate();
+  if (date > today) {
+    throw new Refusal(`${formatDate(date)} is in the future: the console can say who the primary was up to now, not who it will be.`);
+  }
+  const [y, m, d] = date.split("-").map(Number);
+  const start = new Date(y, m - 1, d).getTime() * 1000; // local midnight
+  const end = new Date(y, m - 1, d + 1).getTime() * 1000; // the next one
+  const isToday = date === today;
+  const periods = await allPages(`/v1/patients/${patientId}/care-team/periods`);
+  const atStart = (await api("GET", `/v1/patients/${patientId}/care-team${query({ as_of: instantOf(start) })}`)).data;
+  // Today, the end is now: the current team, read after the periods.
+  const endPath = isToday ? "" : query({ as_of: instantOf(end - 1) });
+  const atEnd = (await api("GET", `/v1/patients/${patientId}/care-team${endPath}`)).data;
+
+  const primaries = periods
+    .filter((p) => p.role === "primary")
+    .map((p) => ({ id: p.provider_id, from: micros(p.valid_from), to: p.valid_to ? micros(p.valid_to) : Infinity }));
+  const primaryAt = (t) => {
+    const held = primaries.filter((p) => p.from <= t && t < p.to);
+    if (held.length > 1) throw new Refusal("The periods of this care team overlap, so the console cannot say; tell your administrator.");
+    return held.length ? held[0].id : null;
+  };
+  const bounds = [...new Set(primaries.flatMap((p) => [p.from, p.to]))]
+    .filter((t) => t > start && t !== Infinity)
+    .sort((a, b) => a - b);
+  if (isToday && bounds.some((t) => t >= end)) {
+    throw new Refusal("This computer's clock is behind the server's, so the console cannot say which day a change fell on. Check the clock and look up again.");
+  }
+  const first = primaryAt(start);
+  const changes = [];
+  let current = first;
+  for (const t of bounds.filter((b) => b < end)) {
+    const next = primaryAt(t);
+    if (next !== current) changes.push({ at: t, provider: next });
+    current = next;
+  }
+  const primaryOf = (team) => {
+    const found = team.members.find((member) => member.is_primary_provider);
+    return found ? found.provider_id : null;
+  };
+  if (primaryOf(atStart) !== first || primaryOf(atEnd) !== current) {
+    throw new Refusal("The care team changed while the console was looking this up, so it says nothing rather than something wrong. Look up again.");
+  }
+  return { date, zone: TIME_ZONE, isToday, start, end, first, changes, last: current, now: Date.now() * 1000, periods };
+}
+
+function PrimaryOnAnswer({ answer, providers }) {
+  const who = (id) => (id === null ? null : html`<strong>${personName(providers[id])}</strong>`);
+  const zone = `times in ${answer.zone}, this browser's time zone`;
+  const day = answer.isToday ? `Today, ${formatDate(answer.date)}` : `On ${formatDate(answer.date)}`;
+  if (answer.changes.length === 0) {
+    const span = answer.isToday ? `from 00:00 until now (${clock(answer.now)}; ${zone})` : `all day (00:00 to midnight, ${zone})`;
+    const verb = answer.isToday ? "has been" : "was";
+    return html`<p class="answer" role="status">${day}, ${span}, ${answer.first === null
+      ? `this patient ${answer.isToday ? "has had" : "had"} no primary provider`
+      : html`the primary provider ${verb} ${who(answer.first)}`}.</p>`;
+  }
+  const state = (id) => (id === null ? "no primary provider" : who(id));
+  return html`<div class="answer" role="status">
+    <p>${day} (${zone}), the primary provider changed:</p>
+    <ul>
+      <li>at the start of the day (00:00): ${state(answer.first)};</li>
+      ${answer.changes.map((c) => html`<li key=${c.at}>at ${clock(c.at)}: ${c.provider === null
+        ? "the patient was left with no primary provider"
+        : html`${who(c.provider)} became the primary provider`};</li>`)}
+      <li>${answer.isToday ? `now (${clock(answer.now)})` : "at the end of the day (midnight)"}: ${state(answer.last)}.</li>
+    </ul>
+  </div>`;
 }
 
 function Patient({ id }) {
@@ -542,8 +654,8 @@ function Patient({ id }) {
   const [periods, setPeriods] = useState([]);
   const [error, setError] = useState(null);
   const [date, setDate] = useState("");
-  const [asOf, setAsOf] = useState(null);
-  const [asOfError, setAsOfError] = useState(null);
+  const [answer, setAnswer] = useState(null);
+  const [answerError, setAnswerError] = useState(null);
   const [provider, setProvider] = useState("");
   const [reason, setReason] = useState("patient_request");
   const [note, setNote] = useState("");
@@ -565,16 +677,26 @@ function Patient({ id }) {
     load();
   }, [load]);
 
-  async function lookUp(event) {
-    event.preventDefault();
-    setAsOfError(null);
+  // The answer for `day`, read afresh; none on screen while it is read (an answer from
+  // before a change must never stand beside the team after it).
+  async function answerFor(day) {
+    setAnswer(null);
+    setAnswerError(null);
     try {
-      const instant = new Date(`${date}T12:00:00`).toISOString();
-      const { data } = await api("GET", `/v1/patients/${id}/care-team${query({ as_of: instant })}`);
-      setAsOf({ date, instant, team: data });
+      const found = await primaryOn(id, day);
+      setPeriods(found.periods);
+      setAnswer(found);
     } catch (err) {
-      setAsOfError(err);
+      setAnswerError(err);
     }
+  }
+  function lookUp(event) {
+    event.preventDefault();
+    answerFor(date);
+  }
+  // After any change to the team: the answer shown is recomputed for its date.
+  function recomputeAnswer() {
+    if (answer) answerFor(answer.date);
   }
 
   async function change(event) {
@@ -596,15 +718,19 @@ function Patient({ id }) {
       setPeriods(await allPages(`/v1/patients/${id}/care-team/periods`));
       const read = await api("GET", `/v1/patients/${id}/care-team`);
       setEtag(read.etag);
+      recomputeAnswer();
     } catch (err) {
       setChangeError(err);
-      if (err.problem.error === "precondition_failed") load();
+      if (err.problem && err.problem.error === "precondition_failed") {
+        await load();
+        recomputeAnswer();
+      }
     }
   }
 
   if (error) return html`<main id="content" class="page"><h1>Patient</h1><${Problem} error=${error} /></main>`;
   if (!patient || !team) return html`<main id="content" class="page"><h1>Patient</h1><p>Loading…</p></main>`;
-  const primaryThen = asOf && asOf.team.members.find((m) => m.is_primary_provider);
+  const day = answer && { from: answer.start / 1000, to: Math.min(answer.end / 1000, Date.now()) };
   return html`<main id="content" class="page">
     <h1>${patientName(patient)}</h1>
     <p>Born ${formatDate(patient.dob)}${patient.identifiers.length ? html` · ${patient.identifiers.map((i) => `${i.value}`).join(", ")}` : null}</p>
@@ -637,17 +763,16 @@ function Patient({ id }) {
     </section>
     <section aria-labelledby="history">
       <h2 id="history">History</h2>
-      <p class="legend"><span class="swatch primary"></span> Primary <span class="swatch secondary"></span> Secondary${asOf ? html` <span class="swatch marker"></span> ${formatDate(asOf.date)}` : null}</p>
-      <${Timeline} periods=${periods} providers=${providers.byId} marker=${asOf ? Date.parse(asOf.instant) : null} />
-      <form class="toolbar" onSubmit=${lookUp}>
+      <p class="legend"><span class="swatch primary"></span> Primary <span class="swatch secondary"></span> Secondary${answer ? html` <span class="swatch marker"></span> ${formatDate(answer.date)}` : null}</p>
+      <${Timeline} periods=${periods} providers=${providers.byId} day=${day} />
+      <form class="toolbar" onSubmit=${lookUp} novalidate>
         <div><label for="as-of">Who was the primary on</label>
-          <input id="as-of" type="date" required value=${date} onInput=${(e) => setDate(e.target.value)} /></div>
+          <input id="as-of" type="date" min="1900-01-01" max=${localDate()} value=${date} onInput=${(e) => setDate(e.target.value)} /></div>
         <button type="submit" disabled=${!date}>Look up</button>
       </form>
-      <${Problem} error=${asOfError} />
-      ${asOf && html`<p class="answer" role="status">On ${formatDate(asOf.date)}, ${primaryThen
-        ? html`the primary provider was <strong>${personName(primaryThen)}</strong> (since ${formatDate(primaryThen.since)})`
-        : "this patient had no primary provider"}.</p>`}
+      <p class="hint">The whole day in this browser's time zone (${TIME_ZONE}): who was the primary at its start, each change, and at its end.</p>
+      <${Problem} error=${answerError} />
+      ${answer && html`<${PrimaryOnAnswer} answer=${answer} providers=${providers.byId} />`}
       <details>
         <summary>Every period as a table</summary>
         <table class="list"><thead><tr><th scope="col">Provider</th><th scope="col">Role</th><th scope="col">From</th><th scope="col">To</th><th scope="col">Why it started</th><th scope="col">Why it ended</th></tr></thead>
