@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.config import BACKEND_DIR
-from src.console import ASSETS, CONTENT_SECURITY_POLICY, STATIC
+from src.console import ASSETS, CONTENT_SECURITY_POLICY, HEADERS, STATIC
 from src.db import Database
 from src.services.organization_service import OrganizationService, hash_api_key
 from tests.helpers import (
@@ -65,20 +65,43 @@ class TestServed:
         assert "unsafe" not in CONTENT_SECURITY_POLICY
 
     def test_no_inline_script_or_style_and_no_other_origin_in_the_files(self):
-        page = (STATIC / "index.html").read_text()
-        assert "<style" not in page and " style=" not in page
-        assert page.count("<script") == page.count('<script type="module" src="/console/')
+        for html in STATIC.glob("*.html"):
+            page = html.read_text()
+            assert "<style" not in page and " style=" not in page, html
+            assert page.count("<script") == page.count('<script type="module" src="/console/')
         for path in STATIC.rglob("*"):
             if path.suffix in {".js", ".css", ".html"} and "vendor" not in path.parts:
                 content = path.read_text()
                 assert "http://" not in content and "https://" not in content, path
                 assert "innerHTML" not in content and "style=" not in content, path
 
-    @pytest.mark.parametrize(
-        "path", ["/console/static/../__init__.py", "/console/static/nope.js", "/console/x"]
-    )
-    async def test_anything_else_is_404(self, client: httpx.AsyncClient, path: str):
+    @pytest.mark.parametrize("path", ["/console/static/../__init__.py", "/console/static/nope.js"])
+    async def test_an_asset_it_does_not_have_is_404(self, client: httpx.AsyncClient, path: str):
         assert (await client.get(path)).status_code == 404
+
+    async def test_a_trailing_slash_redirects_to_the_console(self, client: httpx.AsyncClient):
+        """`/console/` answered the API's 404 problem JSON; the redirect is a path, never
+        built from the Host header."""
+        answer = await client.get("/console/", headers={"Host": "evil.example"})
+        assert answer.status_code == 308 and answer.headers["location"] == "/console"
+        assert answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        followed = await client.get("/console/", follow_redirects=True)
+        assert followed.status_code == 200 and followed.url.path == "/console"
+
+    @pytest.mark.parametrize("path", ["/console/x", "/console/worklist", "/console/a/b.html"])
+    async def test_any_other_page_is_404_in_words_under_the_same_policy(
+        self, client: httpx.AsyncClient, path: str
+    ):
+        """A 404 page in words, linking to the console (it was the API's problem JSON),
+        with the console's headers, and nothing inline."""
+        answer = await client.get(path)
+        assert answer.status_code == 404
+        assert answer.headers["content-type"] == "text/html; charset=utf-8"
+        for name, value in HEADERS.items():
+            assert answer.headers[name] == value, name
+        assert "There is no such page in the console." in answer.text
+        assert '<a href="/console">' in answer.text
+        assert "<script" not in answer.text and "style=" not in answer.text
 
     def test_the_vendored_code_keeps_its_licences(self):
         vendor = STATIC / "vendor"
@@ -298,6 +321,20 @@ class TestInTheBrowser:
         await page.get_by_role("button", name="Sign out").click()
         await page.get_by_label("API key").wait_for()
         assert await page.evaluate("sessionStorage.length") == 0
+
+    async def test_a_slash_or_an_unknown_path_leads_back_to_the_console(
+        self, page: Any, live_api: LiveApi
+    ):
+        await page.goto(f"{live_api.base_url}/console/")
+        await page.get_by_label("API key").wait_for()
+        assert page.url == f"{live_api.base_url}/console"
+        answer = await page.goto(f"{live_api.base_url}/console/patients")
+        assert answer.status == 404
+        await page.get_by_text("There is no such page in the console.").wait_for()
+        page.problems.clear()  # the browser logs the 404 itself
+        await check_accessibility(page, "not found")
+        await page.get_by_role("link", name="Open the console").click()
+        await page.get_by_label("API key").wait_for()
 
     async def test_find_an_unattributed_patient_and_assign_a_primary(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
