@@ -5,6 +5,7 @@ each at 1280x800 in docs/screenshots/ (the README names it)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import uuid
@@ -155,6 +156,10 @@ async def _organization_of(database: Database, key: str) -> uuid.UUID:
             {"h": hash_api_key(key)},
         )
         return uuid.UUID(str(found.scalar_one()))
+
+
+def _provider(api: LiveApi, last: str) -> str:
+    return str(api.post("/v1/providers", {"first_name": "Dr", "last_name": last})["id"])
 
 
 def _patch(api: LiveApi, path: str, body: dict[str, object]) -> None:
@@ -594,3 +599,63 @@ class TestInTheBrowser:
         assert live_api.get_json(f"/v1/providers/{seeded['leaving']}")["panel_size"] == 0
         await check_accessibility(page, "transfer, done")
         await screenshot(page, "transfer-done")
+
+    async def test_a_running_transfer_shows_what_it_has_moved_so_far(
+        self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
+    ):
+        """The transfer is one POST, committed batch by batch: the page reads the source's
+        panel while it runs. Held here until the page has polled, with a panel that shrank
+        after the page opened: the start is read when the transfer starts (it was the
+        list's stale figure, so the page said "Moved 1 of 2" before anything moved). A
+        poll's figure is shown, and the end is the transfer's own."""
+        source = _provider(live_api, "Polled")
+        target = _provider(live_api, "Gaining")
+        patients = []
+        for n in range(3):
+            body = {"first_name": f"Polled{n}", "last_name": "Panel", "dob": "1990-01-01"}
+            patients.append(str(live_api.post("/v1/patients", body)["id"]))
+            primary = f"/v1/patients/{patients[-1]}/care-team/primary"
+            _put(live_api, primary, {"provider_id": source})
+        polls: list[int] = []
+        polled = asyncio.Event()  # the start and two polls read while the POST is held
+        figure: dict[str, int] = {}  # a panel size to answer instead of the server's
+        release = asyncio.Event()
+
+        async def provider_read(route: Any) -> None:
+            answer = await route.fetch()
+            polls.append(answer.status)
+            if len(polls) >= 3:
+                polled.set()
+            body = await answer.json()
+            await route.fulfill(response=answer, json={**body, **figure})
+
+        async def transfer(route: Any) -> None:
+            if route.request.post_data_json["dry_run"] is False:
+                await release.wait()
+            await route.continue_()
+
+        await page.route(f"**/v1/providers/{source}", provider_read)
+        await page.route(f"**/v1/providers/{source}/panel/transfer", transfer)
+        await sign_in(page, live_api)
+        await page.get_by_role("link", name="Transfer").click()
+        await page.get_by_label("From").select_option(value=source)
+        # Another coordinator moves one of the three away after the page has read the list.
+        _put(live_api, f"/v1/patients/{patients[0]}/care-team/primary", {"provider_id": target})
+        await page.get_by_label("To", exact=True).select_option(value=target)
+        await page.get_by_role("button", name="Preview (dry run)").click()
+        await page.get_by_role("button", name="Confirm: move 2 patients").click()
+        label = page.locator("label[for=transfer-progress]")
+        await asyncio.wait_for(polled.wait(), 10)
+        await expect(label).to_have_text("Moved 0 of 2 so far")
+        figure["panel_size"] = 1  # as if a first batch had moved one
+        await expect(label).to_have_text("Moved 1 of 2 so far")
+        progress = page.locator("progress")
+        assert await progress.get_attribute("value") == "1"
+        assert await progress.get_attribute("max") == "2"
+        figure.clear()
+        release.set()
+        await page.get_by_role("heading", name="Transfer finished").wait_for()
+        await expect(label).to_have_text("Moved 2 of 2")
+        assert await progress.get_attribute("value") == "2"
+        await page.get_by_text("Done: 2 patients moved to Dr Gaining.").wait_for()
+        assert live_api.get_json(f"/v1/providers/{source}")["panel_size"] == 0

@@ -23,6 +23,7 @@ const REASONS = [
   ["other", "Other"],
 ];
 const PAGE_SIZE = 20;
+const POLL_MS = 500; // a running transfer's progress is read this often
 
 // --- the API ---------------------------------------------------------------------------
 
@@ -828,19 +829,35 @@ function Transfer() {
       setBusy(false);
     }
   }
+  // The transfer is one POST that commits batch by batch: while it runs, the source's
+  // panel is read every half second, and what it lost since the transfer began is shown
+  // as moved so far. The start is read just before the POST (the list the page opened
+  // with may be stale), and no figure is shown before it is read.
   async function run() {
     setError(null);
     setBusy(true);
     const source = from;
-    const start = providers.byId[source] ? providers.byId[source].panel_size : 0;
-    setProgress({ moved: 0, total: plan.moved });
+    const total = plan.moved;
+    setProgress({ moved: null, total });
+    let start;
+    try {
+      start = (await api("GET", `/v1/providers/${source}`)).data.panel_size;
+    } catch (err) {
+      setError(err);
+      setProgress(null);
+      setBusy(false);
+      return;
+    }
+    setProgress({ moved: 0, total });
     let polling = true;
     const poll = async () => {
       while (polling) {
-        await new Promise((r) => setTimeout(r, 300));
+        await new Promise((r) => setTimeout(r, POLL_MS));
+        if (!polling) return;
         try {
           const { data } = await api("GET", `/v1/providers/${source}`);
-          if (polling) setProgress({ moved: Math.max(0, start - data.panel_size), total: plan.moved });
+          const moved = Math.min(total, Math.max(0, start - data.panel_size));
+          if (polling) setProgress({ moved, total });
         } catch (err) {
           // the next poll tries again; the transfer's own answer says how it ended
         }
@@ -852,8 +869,9 @@ function Transfer() {
         body: body(false),
         headers: { "Idempotency-Key": crypto.randomUUID() },
       });
+      polling = false;
       setResult(data);
-      setProgress({ moved: data.moved, total: plan.moved });
+      setProgress({ moved: data.moved, total: Math.max(total, data.moved) });
       setPlan(null);
       providers.reload();
     } catch (err) {
@@ -904,8 +922,14 @@ function Transfer() {
     </section>`}
     ${progress && html`<section aria-labelledby="progress-title">
       <h2 id="progress-title">${result ? "Transfer finished" : "Transfer running…"}</h2>
-      <label for="transfer-progress">Moved ${progress.moved} of ${progress.total}</label>
-      <progress id="transfer-progress" max=${Math.max(progress.total, 1)} value=${progress.moved}></progress>
+      <label for="transfer-progress">${progress.moved === null
+        ? "Starting the transfer…"
+        : result
+          ? `Moved ${progress.moved} of ${progress.total}`
+          : `Moved ${progress.moved} of ${progress.total} so far`}</label>
+      ${progress.moved === null
+        ? html`<progress id="transfer-progress"></progress>`
+        : html`<progress id="transfer-progress" max=${Math.max(progress.total, 1)} value=${progress.moved}></progress>`}
       ${result && html`<p class="notice" role="status">Done: ${result.moved} patient${result.moved === 1 ? "" : "s"} moved to ${toName}. ${result.remaining} remain${result.remaining === 1 ? "s" : ""} with ${fromName}${result.refused_capacity ? ` (${result.refused_capacity} refused for capacity)` : ""}.</p>`}
     </section>`}
   </main>`;
