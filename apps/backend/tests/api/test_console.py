@@ -392,11 +392,50 @@ class TestInTheBrowser:
     async def test_panels_show_full_ones_and_capacity_is_editable(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
     ):
+        # A panel near its capacity (its words were cut: "4/5 Ne"), and a long name.
+        nearly = _provider(live_api, "Nearly-Full-Of-Patients With A Very Long Double Name")
+        _patch(live_api, f"/v1/providers/{nearly}", {"panel_capacity": 5})
+        for n in range(4):
+            body = {"first_name": f"Near{n}", "last_name": "Panel", "dob": "1990-01-01"}
+            patient = str(live_api.post("/v1/patients", body)["id"])
+            _put(live_api, f"/v1/patients/{patient}/care-team/primary", {"provider_id": nearly})
         await sign_in(page, live_api)
         await page.get_by_role("link", name="Panels").click()
         row = page.get_by_role("row", name="Dr Fullpanel")
         await row.get_by_text("Full", exact=True).wait_for()
         await page.locator("svg.chart .bar.full").first.wait_for()
+        drawn = await page.evaluate(
+            """() => {
+                const svg = document.querySelector("svg.chart").getBoundingClientRect();
+                const texts = [...document.querySelectorAll("svg.chart text")].map((t) => {
+                    const box = t.getBoundingClientRect();
+                    return box.left >= svg.left && box.right <= svg.right + 0.5;
+                });
+                const bars = [...document.querySelectorAll("svg.chart g.bar")].map((g) => ({
+                    name: (g.querySelector("text.label title") || {}).textContent,
+                    label: g.querySelector("text.label").textContent,
+                    figure: (g.querySelector("text.figure tspan") || {}).textContent,
+                    share: g.querySelector(".fill")
+                        ? g.querySelector(".fill").getBBox().width
+                            / g.querySelector(".track").getBBox().width
+                        : null,
+                    open: g.querySelector(".track").classList.contains("open"),
+                }));
+                return {texts, bars};
+            }"""
+        )
+        assert drawn["texts"] and all(drawn["texts"])  # every text whole, inside the drawing
+        bars = {bar["name"]: bar for bar in drawn["bars"]}
+        # Each bar is the panel against its own capacity: a panel of 1 of 1 is a full bar.
+        assert bars["Dr Fullpanel"]["share"] == 1 and bars["Dr Fullpanel"]["figure"] == (
+            "1 of 1, full"
+        )
+        near = bars["Dr Nearly-Full-Of-Patients With A Very Long Double Name"]
+        assert near["share"] == pytest.approx(0.8) and near["figure"] == "4 of 5, near capacity"
+        assert near["label"].endswith("…")  # cut to fit, the whole name in its title
+        roomy = bars["Dr Roomy"]  # no capacity: an open track, nothing filled
+        assert roomy["open"] and roomy["share"] is None
+        assert roomy["figure"].endswith("no limit")
         await check_accessibility(page, "panels")
         await screenshot(page, "panels")
         await row.get_by_role("spinbutton", name="Capacity of Dr Fullpanel").fill("3")

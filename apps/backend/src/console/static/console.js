@@ -9,6 +9,7 @@ import {
   render,
   useCallback,
   useEffect,
+  useLayoutEffect,
   useRef,
   useState,
 } from "./vendor/htm-preact-standalone.module.js";
@@ -395,27 +396,66 @@ function status(p) {
   return ["ok", "Room"];
 }
 
+// A line of text in a drawing, kept within `width` (its box measured once drawn): cut with
+// "…" if it is longer, the whole of it in its title (shown on hover, read by the chart's
+// label as well).
+function FitText({ text, width, x, y, className }) {
+  const ref = useRef(null);
+  const [kept, setKept] = useState(text.length);
+  const cut = (n) => (n >= text.length ? text : `${text.slice(0, n).trimEnd()}…`);
+  useLayoutEffect(() => {
+    const span = ref.current;
+    if (!span || !span.firstChild || typeof span.getComputedTextLength !== "function") return;
+    const fits = (n) => {
+      span.firstChild.data = cut(n); // the node Preact drew: it is redrawn as cut(kept)
+      return span.getComputedTextLength() <= width;
+    };
+    let n = text.length;
+    if (!fits(n)) {
+      let low = 0;
+      let high = n - 1;
+      while (low < high) {
+        const mid = Math.ceil((low + high) / 2);
+        if (fits(mid)) low = mid;
+        else high = mid - 1;
+      }
+      n = low;
+    }
+    fits(n);
+    if (n !== kept) setKept(n);
+  }, [text, width]);
+  return html`<text x=${x} y=${y} class=${className}><title>${text}</title><tspan ref=${ref}>${cut(kept)}</tspan></text>`;
+}
+
+// Each bar is a panel against its own capacity (a full panel is a full bar, whatever its
+// size), with the figure in words beside it; a provider without a capacity has an open
+// track and no fill (there is nothing to fill), and says "no limit".
 function PanelChart({ rows }) {
-  const scale = Math.max(1, ...rows.map((r) => Math.max(r.panel_size, r.panel_capacity || 0)));
-  const left = 230;
-  const width = 520;
+  const nameWidth = 210;
+  const left = 220;
+  const width = 380;
+  const figureAt = left + width + 12;
+  const total = 980;
   const rowHeight = 34;
-  const height = rows.length * rowHeight + 30;
-  const summary = rows
-    .map((r) => `${r.name}: ${r.panel_size}${r.panel_capacity === null ? "" : ` of ${r.panel_capacity}`} (${status(r)[1]})`)
-    .join("; ");
-  return html`<svg class="chart" viewBox=${`0 0 820 ${height}`} role="img" aria-label=${`Panel size against capacity. ${summary}`}>
+  const height = rows.length * rowHeight + 10;
+  const words = (r) => {
+    const [kind] = status(r);
+    const figure = `${r.panel_size} of ${r.panel_capacity}`;
+    if (kind === "nolimit") return `${r.panel_size} patient${r.panel_size === 1 ? "" : "s"}, no limit`;
+    if (kind === "full") return `${figure}, full${r.panel_size > r.panel_capacity ? " (over capacity)" : ""}`;
+    return kind === "near" ? `${figure}, near capacity` : figure;
+  };
+  const summary = rows.map((r) => `${r.name}: ${words(r)}`).join("; ");
+  return html`<svg class="chart" viewBox=${`0 0 ${total} ${height}`} role="img" aria-label=${`Each provider's panel against their own capacity. ${summary}`}>
     ${rows.map((r, i) => {
-      const y = 10 + i * rowHeight;
-      const [kind, label] = status(r);
-      const bar = (r.panel_size / scale) * width;
-      const cap = r.panel_capacity === null ? null : left + (r.panel_capacity / scale) * width;
+      const y = 6 + i * rowHeight;
+      const [kind] = status(r);
+      const share = r.panel_capacity === null ? 0 : r.panel_capacity === 0 ? 1 : Math.min(1, r.panel_size / r.panel_capacity);
       return html`<g class=${`bar ${kind}`} key=${r.provider_id}>
-        <text x="0" y=${y + 17} class="label">${r.name.length > 30 ? r.name.slice(0, 29) + "…" : r.name}</text>
-        <rect x=${left} y=${y} width=${width} height="22" class="track" />
-        <rect x=${left} y=${y} width=${Math.max(bar, r.panel_size ? 2 : 0)} height="22" class="fill" />
-        ${cap === null ? null : html`<line x1=${cap} x2=${cap} y1=${y - 3} y2=${y + 25} class="capacity" />`}
-        <text x=${left + width + 8} y=${y + 17} class="figure">${r.panel_size}${r.panel_capacity === null ? "" : `/${r.panel_capacity}`} ${kind === "ok" || kind === "nolimit" ? "" : label}</text>
+        <${FitText} text=${r.name} width=${nameWidth} x="0" y=${y + 17} className="label" />
+        <rect x=${left} y=${y} width=${width} height="22" class=${kind === "nolimit" ? "track open" : "track"} />
+        ${share > 0 ? html`<rect x=${left} y=${y} width=${Math.max(share * width, 2)} height="22" class="fill" />` : null}
+        <${FitText} text=${words(r)} width=${total - figureAt - 4} x=${figureAt} y=${y + 17} className="figure" />
       </g>`;
     })}
   </svg>`;
@@ -474,7 +514,7 @@ function Panels() {
   }
   return html`<main id="content" class="page">
     <h1>Panels</h1>
-    <p>Each provider's panel (the patients they are the primary provider of) against their capacity. <span class="key full">Full</span> and <span class="key near">near capacity</span> (80% or more) stand out.</p>
+    <p>Each provider's panel (the patients they are the primary provider of) against their own capacity: a bar is full when the panel is, and a dashed, empty bar is a provider with no limit. <span class="key full">Full</span> and <span class="key near">near capacity</span> (80% or more) stand out.</p>
     <${Notice} text=${notice} />
     <${Problem} error=${error || providers.error} />
     ${report && html`<p>${report.patients_without_primary} patient${report.patients_without_primary === 1 ? " has" : "s have"} no primary provider: <a href="#/worklist">open the worklist</a>.</p>`}
