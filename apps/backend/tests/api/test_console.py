@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -413,7 +414,7 @@ class TestInTheBrowser:
                 });
                 const bars = [...document.querySelectorAll("svg.chart g.bar")].map((g) => ({
                     name: (g.querySelector("text.label title") || {}).textContent,
-                    label: g.querySelector("text.label").textContent,
+                    label: (g.querySelector("text.label tspan") || {}).textContent,
                     figure: (g.querySelector("text.figure tspan") || {}).textContent,
                     share: g.querySelector(".fill")
                         ? g.querySelector(".fill").getBBox().width
@@ -469,15 +470,62 @@ class TestInTheBrowser:
         inside = await page.evaluate(
             """() => {
                 const svg = document.querySelector("svg.timeline").getBoundingClientRect();
-                return [...document.querySelectorAll("svg.timeline text.tick")].map((t) => {
+                return [...document.querySelectorAll("svg.timeline text")].map((t) => {
                     const box = t.getBoundingClientRect();
                     return box.left >= svg.left && box.right <= svg.right;
                 });
             }"""
         )
-        assert inside == [True] * 5
+        assert len(inside) >= 6 and all(inside)
         await check_accessibility(page, "patient")
         await screenshot(page, "patient")
+
+    async def test_the_timeline_has_even_ticks_runs_to_now_and_shows_every_period(
+        self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
+    ):
+        """Ticks on whole days (they were five even fractions of the span: 17:46 then
+        17:48), an axis ending at "now" that open periods reach, a change made a moment ago
+        wide enough to see, and a long name cut with "…", whole in its title."""
+        body = {"first_name": "Tim", "last_name": "Line", "dob": "1960-06-07"}
+        patient = str(live_api.post("/v1/patients", body)["id"])
+        long_name = _provider(live_api, "Bartholomew-Montgomery-Fitzwilliam Esq")
+        members = f"/v1/patients/{patient}/care-team/members"
+        live_api.post(members, {"provider_id": long_name, "reason": "patient_request"})
+        primary = f"/v1/patients/{patient}/care-team/primary"
+        _put(live_api, primary, {"provider_id": seeded["roomy"]})
+        await sign_in(page, live_api)
+        await page.goto(f"{live_api.base_url}/console#/patient/{patient}")
+        await expect(page.locator("svg.timeline rect.period")).to_have_count(2)
+        drawn = await page.evaluate(
+            """() => {
+                const svg = document.querySelector("svg.timeline");
+                const axis = svg.querySelector("line.axis");
+                const ticks = [...svg.querySelectorAll("text.tick[data-at]")].map(
+                    (t) => Number(t.dataset.at));
+                const periods = [...svg.querySelectorAll("rect.period")].map((r) => ({
+                    x: r.getBBox().x, width: r.getBBox().width}));
+                const label = svg.querySelector("text.label");
+                return {
+                    axisEnd: Number(axis.getAttribute("x2")),
+                    last: svg.querySelector("text.tick.last").textContent,
+                    ticks, periods,
+                    minutes: ticks.map((t) => new Date(t).getMinutes()),
+                    label: label.querySelector("tspan").textContent,
+                    title: label.querySelector("title").textContent,
+                };
+            }"""
+        )
+        # The two periods began a moment ago: the span is about an hour, ticked every 15
+        # minutes on the quarter hours, evenly.
+        assert len(drawn["ticks"]) >= 3 and all(m % 15 == 0 for m in drawn["minutes"])
+        steps = {b - a for a, b in itertools.pairwise(drawn["ticks"])}
+        assert steps == {15 * 60_000}
+        assert drawn["last"] == "now"
+        for period in drawn["periods"]:  # open: each runs to the axis's end, visibly
+            assert period["x"] + period["width"] == pytest.approx(drawn["axisEnd"])
+            assert period["width"] >= 6
+        assert drawn["title"].startswith("Dr Bartholomew-Montgomery-Fitzwilliam Esq")
+        assert drawn["label"].endswith("…") and len(drawn["label"]) < len(drawn["title"])
 
     async def test_who_was_the_primary_is_told_for_the_whole_day_in_the_browsers_zone(
         self, browser: Any, live_api: LiveApi, seeded: dict[str, Any], dated_history: str

@@ -538,46 +538,100 @@ function Panels() {
 
 const DAY = 86400000;
 
+// Even ticks on the browser's calendar: the first step of these (minutes, hours, days,
+// months, years) that puts at most six on the span, at whole multiples of it.
+const MINUTE = 60000;
+const HOUR = 60 * MINUTE;
+const TICK_STEPS = [
+  ...[1, 2, 5, 10, 15, 30].map((n) => ["minute", n, n * MINUTE]),
+  ...[1, 2, 3, 6, 12].map((n) => ["hour", n, n * HOUR]),
+  ...[1, 2, 7, 14].map((n) => ["day", n, n * DAY]),
+  ...[1, 2, 3, 6].map((n) => ["month", n, n * 30 * DAY]),
+  ...[1, 2, 5, 10, 20, 50, 100].map((n) => ["year", n, n * 365 * DAY]),
+];
+
+function timeTicks(from, to) {
+  const [unit, n] = TICK_STEPS.find(([, , ms]) => (to - from) / ms <= 6) || TICK_STEPS[TICK_STEPS.length - 1];
+  // The unit's first boundary at or after `from`, then on to a whole multiple of n.
+  const d = new Date(from);
+  const units = {
+    minute: [() => d.setSeconds(0, 0), (k) => d.setMinutes(d.getMinutes() + k), () => d.getMinutes()],
+    hour: [() => d.setMinutes(0, 0, 0), (k) => d.setHours(d.getHours() + k), () => d.getHours()],
+    // a week's ticks on Mondays
+    day: [() => d.setHours(0, 0, 0, 0), (k) => d.setDate(d.getDate() + k), () => (n >= 7 ? (d.getDay() + 6) % 7 : 0)],
+    month: [() => d.setTime(new Date(d.getFullYear(), d.getMonth(), 1).getTime()), (k) => d.setMonth(d.getMonth() + k), () => d.getMonth()],
+    year: [() => d.setTime(new Date(d.getFullYear(), 0, 1).getTime()), (k) => d.setFullYear(d.getFullYear() + k), () => d.getFullYear()],
+  };
+  const [floor, add, count] = units[unit];
+  floor();
+  if (d.getTime() < from) add(1);
+  for (let guard = 0; count() % n !== 0 && guard < 100; guard += 1) add(1);
+  const ticks = [];
+  while (d.getTime() <= to && ticks.length < 20) {
+    ticks.push(d.getTime());
+    add(n);
+  }
+  const years = new Date(from).getFullYear() !== new Date(to).getFullYear();
+  const label = (t) => {
+    const at = new Date(t);
+    const midnight = at.getHours() === 0 && at.getMinutes() === 0;
+    if (unit === "year") return String(at.getFullYear());
+    if (unit === "month") return at.toLocaleDateString("en-GB", { month: "short", year: "numeric" });
+    if (unit === "day" || midnight) {
+      return at.toLocaleDateString("en-GB", { day: "numeric", month: "short", ...(years ? { year: "numeric" } : {}) });
+    }
+    return at.toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit" });
+  };
+  return ticks.map((t) => ({ at: t, label: label(t) }));
+}
+
+// The care team's periods on one axis that ends now (an open period runs to its end); a
+// period too short to see is drawn a few pixels wide.
 function Timeline({ periods, providers, day }) {
   if (!periods.length) return html`<p>No care team yet: nothing to draw.</p>`;
   const now = Date.now();
   const starts = periods.map((p) => Date.parse(p.valid_from));
-  let from = Math.min(...starts, day ? day.from : Infinity);
-  let to = Math.max(now, day ? day.to : 0);
-  const pad = Math.max((to - from) * 0.05, 60000);
-  const short = to - from < 2 * DAY;
-  from -= pad;
-  to += pad;
+  const to = now;
+  let from = Math.min(...starts, day ? day.from : Infinity, to - HOUR);
+  from -= (to - from) * 0.03; // the first period starts a little after the axis does
   const order = [];
   for (const p of periods) if (!order.includes(p.provider_id)) order.push(p.provider_id);
   const left = 200;
   const width = 600;
+  const total = 820;
+  const shortest = 6;
   const rowHeight = 30;
-  const height = order.length * rowHeight + 40;
-  const x = (t) => left + ((t - from) / (to - from)) * width;
-  const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => from + f * (to - from));
+  const axisY = order.length * rowHeight + 6;
+  const height = axisY + 30;
+  const x = (t) => left + ((Math.min(t, to) - from) / (to - from)) * width;
+  // Each tick's label takes about 70 pixels: none closer than that to "now" at the end.
+  const ticks = timeTicks(from, to).filter((t) => x(to) - x(t.at) >= 70);
   const summary = periods
     .map((p) => `${personName(providers[p.provider_id])}, ${p.role}, from ${formatDate(p.valid_from)} ${p.valid_to ? `to ${formatDate(p.valid_to)}` : "until now"}`)
     .join("; ");
-  return html`<svg class="timeline" viewBox=${`0 0 820 ${height}`} role="img" aria-label=${`Care team timeline. ${summary}`}>
+  return html`<svg class="timeline" viewBox=${`0 0 ${total} ${height}`} role="img" aria-label=${`Care team timeline, until now. ${summary}`}>
     <defs>
       <pattern id="stripes" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">
         <rect width="6" height="6" class="stripe-back" /><line x1="0" y1="0" x2="0" y2="6" class="stripe" />
       </pattern>
     </defs>
-    ${order.map((id, i) => html`<text x="0" y=${i * rowHeight + 20} class="label" key=${`l-${id}`}>${personName(providers[id]).slice(0, 28)}</text>`)}
+    ${order.map((id, i) => html`<${FitText} key=${`l-${id}`} text=${personName(providers[id])} width=${left - 12} x="0" y=${i * rowHeight + 20} className="label" />`)}
     ${periods.map((p, n) => {
       const i = order.indexOf(p.provider_id);
       const start = x(Date.parse(p.valid_from));
-      const end = x(p.valid_to ? Date.parse(p.valid_to) : now);
-      return html`<rect key=${`p-${n}`} x=${start} y=${i * rowHeight + 6} width=${Math.max(end - start, 2)} height="20"
+      const end = p.valid_to ? x(Date.parse(p.valid_to)) : x(to);
+      const drawn = Math.max(end - start, shortest);
+      return html`<rect key=${`p-${n}`} x=${Math.min(start, left + width - drawn)} y=${i * rowHeight + 6} width=${drawn} height="20"
         class=${p.role === "primary" ? "period primary" : "period secondary"} />`;
     })}
-    <line x1=${left} x2=${left + width} y1=${order.length * rowHeight + 6} y2=${order.length * rowHeight + 6} class="axis" />
-    ${ticks.map((t, i) => html`<text key=${`t-${i}`} x=${x(t)} y=${order.length * rowHeight + 26} class=${i === 0 ? "tick first" : i === ticks.length - 1 ? "tick last" : "tick"}>${short ? new Date(t).toLocaleString("en-GB", { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" }) : formatDate(new Date(t).toISOString())}</text>`)}
-    ${day ? html`<rect x=${x(day.from)} width=${Math.max(x(day.to) - x(day.from), 2)} y="0" height=${order.length * rowHeight + 8} class="day" />
-      <line x1=${x(day.from)} x2=${x(day.from)} y1="0" y2=${order.length * rowHeight + 8} class="marker" />
-      <line x1=${x(day.to)} x2=${x(day.to)} y1="0" y2=${order.length * rowHeight + 8} class="marker" />` : null}
+    <line x1=${left} x2=${left + width} y1=${axisY} y2=${axisY} class="axis" />
+    ${ticks.map((t) => html`<line key=${`m-${t.at}`} x1=${x(t.at)} x2=${x(t.at)} y1=${axisY} y2=${axisY + 4} class="axis" />
+      <text key=${`t-${t.at}`} x=${x(t.at)} y=${axisY + 20} class="tick" data-at=${t.at}>${t.label}</text>`)}
+    <line x1=${left + width} x2=${left + width} y1="0" y2=${axisY + 4} class="now" />
+    <text x=${left + width} y=${axisY + 20} class="tick last">now</text>
+    ${day ? html`<rect x=${x(day.from)} width=${Math.max(x(day.to) - x(day.from), 2)} y="0" height=${axisY + 2} class="day" />
+      <line x1=${x(day.from)} x2=${x(day.from)} y1="0" y2=${axisY + 2} class="marker" />
+      <line x1=${x(day.to)} x2=${x(day.to)} y1="0" y2=${axisY + 2} class="marker" />` : null}
   </svg>`;
 }
 
