@@ -367,9 +367,25 @@ class TestInTheBrowser:
             .get_by_text("Dr Roomy is now the primary provider of Attributed, Una.")
             .wait_for()
         )
-        await page.get_by_text("Every patient here has a primary provider.").wait_for()
+        await page.get_by_text("No patient without a primary provider matches “Attri”.").wait_for()
         team = live_api.get_json(f"/v1/patients/{seeded['unattributed']}")
         assert team["primary_provider_id"] == seeded["roomy"]
+
+    async def test_a_search_that_finds_nobody_says_so_and_offers_no_paging(
+        self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
+    ):
+        """It said "Every patient here has a primary provider." and showed the page
+        buttons when a search found nobody."""
+        await sign_in(page, live_api)
+        await page.get_by_label("Name starts with").fill("zzz")
+        await page.get_by_role("button", name="Search").click()
+        await page.get_by_text("No patient without a primary provider matches “zzz”.").wait_for()
+        await expect(page.get_by_role("navigation", name="Pages")).to_have_count(0)
+        await expect(page.get_by_text("Every patient")).to_have_count(0)
+        await page.get_by_label("Show").select_option("all")
+        await page.get_by_role("button", name="Search").click()
+        await page.get_by_text("No patient matches “zzz”.").wait_for()
+        await expect(page.get_by_role("button", name="Next page")).to_have_count(0)
 
     async def test_a_full_panel_is_explained(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any]

@@ -293,6 +293,18 @@ function AssignForm({ patient, providers, onDone, onCancel }) {
   </form>`;
 }
 
+// What an empty page of the worklist means, in words: never "everyone has a primary"
+// when only a search found nobody.
+function emptyWords(shown, pageNumber) {
+  if (pageNumber > 1) return "Nothing more on this page: go back to the previous page.";
+  if (shown.name) {
+    return shown.filter === "none"
+      ? `No patient without a primary provider matches “${shown.name}”.`
+      : `No patient matches “${shown.name}”.`;
+  }
+  return shown.filter === "none" ? "Every patient of your organization has a primary provider." : "Your organization has no patients yet.";
+}
+
 function Worklist() {
   const providers = useProviders();
   const [search, setSearch] = useState("");
@@ -302,9 +314,12 @@ function Worklist() {
   const [error, setError] = useState(null);
   const [open, setOpen] = useState(null);
   const [notice, setNotice] = useState("");
+  // The search the page shows (the form's fields may have changed since).
+  const [shown, setShown] = useState({ name: "", filter: "none" });
 
   const load = useCallback(async (cursor, name, filter) => {
     setError(null);
+    setShown({ name: name.trim(), filter });
     try {
       const params = { sort: "name", limit: PAGE_SIZE, name: name.trim() || undefined, cursor };
       if (filter === "none") params.primary = "none";
@@ -345,7 +360,7 @@ function Worklist() {
 
   return html`<main id="content" class="page">
     <h1>Worklist</h1>
-    <p>Patients ${which === "none" ? "without a primary provider" : "of your organization"}, by name. Assign a primary provider from the row.</p>
+    <p>Patients ${shown.filter === "none" ? "without a primary provider" : "of your organization"}, by name. Assign a primary provider from the row.</p>
     <form class="toolbar" onSubmit=${restart} role="search">
       <div><label for="search">Name starts with</label>
         <input id="search" type="search" value=${search} onInput=${(e) => setSearch(e.target.value)} /></div>
@@ -361,7 +376,7 @@ function Worklist() {
     ${page === null
       ? html`<p>Loading…</p>`
       : page.items.length === 0
-        ? html`<p class="empty">${which === "none" ? "Every patient here has a primary provider." : "No patient matches."}</p>`
+        ? html`<p class="empty">${emptyWords(shown, pages.length)}</p>`
         : html`<table class="list">
       <caption class="visually-hidden">Patients, page ${pages.length}</caption>
       <thead><tr><th scope="col">Patient</th><th scope="col">Born</th><th scope="col">Primary provider</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
@@ -379,11 +394,13 @@ function Worklist() {
           </td></tr>` : null}`)}
       </tbody>
     </table>`}
-    <nav class="pager" aria-label="Pages">
+    ${page && (pages.length > 1 || page.next_cursor)
+      ? html`<nav class="pager" aria-label="Pages">
       <button type="button" class="secondary" disabled=${pages.length <= 1} onClick=${previous}>Previous page</button>
       <span>Page ${pages.length}</span>
-      <button type="button" class="secondary" disabled=${!page || !page.next_cursor} onClick=${next}>Next page</button>
-    </nav>
+      <button type="button" class="secondary" disabled=${!page.next_cursor} onClick=${next}>Next page</button>
+    </nav>`
+      : null}
   </main>`;
 }
 
