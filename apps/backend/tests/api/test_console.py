@@ -318,7 +318,11 @@ class TestInTheBrowser:
         await screenshot(page, "sign-in")
         await page.get_by_label("API key").fill("ctk_not-a-key")
         await page.get_by_role("button", name="Sign in").click()
-        await page.get_by_role("alert").get_by_text("was not accepted").wait_for()
+        alert = page.get_by_role("alert")
+        await alert.get_by_text("was not accepted").wait_for()
+        # Said on the sign-in screen, which has no "Sign out" (it told to sign out).
+        assert (await alert.inner_text()).endswith("Check it and try again.")
+        assert "Sign out" not in await alert.inner_text()
         page.problems.clear()  # the browser logs the 401 itself
         await sign_in(page, live_api)
         assert await page.evaluate("sessionStorage.getItem('careteam.apiKey')") == live_api.key

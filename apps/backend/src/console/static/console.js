@@ -111,8 +111,9 @@ function formatDate(value) {
   return date.toLocaleDateString("en-GB", { year: "numeric", month: "short", day: "numeric" });
 }
 
-// What went wrong, in words: never the raw answer.
-function describe(err, providers = {}) {
+// What went wrong, in words: never the raw answer. `signingIn`: said on the sign-in screen
+// (which has no "Sign out").
+function describe(err, providers = {}, signingIn = false) {
   if (err instanceof Refusal) return err.message;
   if (!(err instanceof ApiError)) return `Something went wrong in the console: ${err.message}`;
   const p = err.problem;
@@ -123,11 +124,11 @@ function describe(err, providers = {}) {
     case "network":
       return "The server could not be reached. Check your connection and try again.";
     case "unauthorized":
-      return "Your API key or access token was not accepted (mistyped, revoked, or an access token that has expired). Sign out and sign in again with a valid one.";
+      return `Your API key or access token was not accepted (mistyped, revoked, or an access token that has expired). ${signingIn ? "Check it and try again." : "Sign out and sign in again with a valid one."}`;
     case "insufficient_scope": {
       const needed = /needs: (\S+)$/.exec(p.detail || "");
       const scope = needed ? ` (it lacks the scope ${needed[1]})` : "";
-      return `Your API key or access token is not allowed to do this${scope}. Ask your administrator for one that is, then sign out and sign in with it.`;
+      return `Your API key or access token is not allowed to do this${scope}. Ask your administrator for one that is, then ${signingIn ? "" : "sign out and "}sign in with it.`;
     }
     case "panel_full": {
       const counts = /\(([^)]*) patients\)/.exec(p.detail || "");
@@ -165,9 +166,9 @@ function describe(err, providers = {}) {
   }
 }
 
-function Problem({ error, providers }) {
+function Problem({ error, providers, signingIn = false }) {
   if (!error) return null;
-  return html`<div class="problem" role="alert">${describe(error, providers)}</div>`;
+  return html`<div class="problem" role="alert">${describe(error, providers, signingIn)}</div>`;
 }
 
 function Notice({ text }) {
@@ -243,7 +244,7 @@ function SignIn({ onSignedIn }) {
         value=${key} onInput=${(e) => setKey(e.target.value)} />
       <button type="submit" disabled=${busy || !key.trim()}>Sign in</button>
     </form>
-    <${Problem} error=${error} />
+    <${Problem} error=${error} signingIn=${true} />
   </main>`;
 }
 
