@@ -391,6 +391,39 @@ class TestInTheBrowser:
         await page.get_by_text("No patient matches “zzz”.").wait_for()
         await expect(page.get_by_role("button", name="Next page")).to_have_count(0)
 
+    async def test_the_keyboard_goes_on_after_assigning_and_escape_closes_the_form(
+        self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
+    ):
+        """After Assign, focus is on the row now where the assigned one was (it fell to
+        <body>, and the next Tab skipped that row); Escape closes the form and gives focus
+        back to its button."""
+        for first in ("Ada", "Ben", "Cy"):
+            body = {"first_name": first, "last_name": "Keyboard", "dob": "1980-01-01"}
+            live_api.post("/v1/patients", body)
+        await sign_in(page, live_api)
+        await page.get_by_label("Name starts with").fill("Keyboard")
+        await page.keyboard.press("Enter")
+        await page.get_by_role("row", name="Keyboard, Cy").wait_for()
+        button = [
+            page.get_by_role("row", name=f"Keyboard, {first}").get_by_role("button")
+            for first in ("Ada", "Ben", "Cy")
+        ]
+        await button[0].focus()
+        await page.keyboard.press("Enter")
+        chosen = page.get_by_label("Primary provider", exact=True)
+        await expect(chosen).to_be_focused()
+        await page.keyboard.press("Escape")
+        await expect(chosen).to_have_count(0)
+        await expect(button[0]).to_be_focused()
+        await page.keyboard.press("Enter")
+        await chosen.select_option(label="Dr Roomy (no limit)")
+        await page.get_by_role("button", name="Assign", exact=True).click()
+        await page.get_by_role("status").get_by_text("is now the primary provider of").wait_for()
+        await expect(page.get_by_role("row", name="Keyboard, Ada")).to_have_count(0)
+        await expect(button[1]).to_be_focused()  # Ben's row, now where Ada's was
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_role("link", name="Keyboard, Cy")).to_be_focused()
+
     async def test_a_full_panel_is_explained(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
     ):

@@ -173,7 +173,7 @@ function Problem({ error, providers, signingIn = false }) {
 
 function Notice({ text }) {
   if (!text) return null;
-  return html`<div class="notice" role="status">${text}</div>`;
+  return html`<div class="notice" role="status" tabindex="-1">${text}</div>`;
 }
 
 // --- shared data --------------------------------------------------------------------------
@@ -274,7 +274,13 @@ function AssignForm({ patient, providers, onDone, onCancel }) {
     }
   }
   const id = patient.id;
-  return html`<form class="assign" onSubmit=${submit} aria-label=${`Assign a primary provider to ${patientName(patient)}`}>
+  function escape(event) {
+    if (event.key === "Escape") {
+      event.preventDefault();
+      onCancel();
+    }
+  }
+  return html`<form class="assign" onSubmit=${submit} onKeyDown=${escape} aria-label=${`Assign a primary provider to ${patientName(patient)}`}>
     <div class="fields">
       <div><label for=${`provider-${id}`}>Primary provider</label>
         <select id=${`provider-${id}`} ref=${first} required value=${provider} onChange=${(e) => setProvider(e.target.value)}>
@@ -315,6 +321,22 @@ function Worklist() {
   const [error, setError] = useState(null);
   const [open, setOpen] = useState(null);
   const [notice, setNotice] = useState("");
+  // Where the keyboard's focus goes once the page has been drawn: a row's Assign button
+  // ({ patient }), or after an assignment the row now where that one was ({ index,
+  // assigned }); with no row left, the message saying what was done.
+  const [focus, setFocus] = useState(null);
+  useEffect(() => {
+    if (!focus) return;
+    setFocus(null);
+    const buttons = [...document.querySelectorAll("#content button[data-assign]")];
+    let target;
+    if (focus.patient) target = buttons.find((b) => b.dataset.assign === focus.patient);
+    else {
+      const at = buttons[focus.index] && buttons[focus.index].dataset.assign === focus.assigned ? focus.index + 1 : focus.index;
+      target = buttons[Math.min(at, buttons.length - 1)] || document.querySelector("#content .notice");
+    }
+    if (target) target.focus();
+  }, [focus]);
   // The search the page shows (the form's fields may have changed since).
   const [shown, setShown] = useState({ name: "", filter: "none" });
 
@@ -344,19 +366,24 @@ function Worklist() {
   function next() {
     setPages([...pages, page.next_cursor]);
     setOpen(null);
-    load(page.next_cursor, search, which);
+    load(page.next_cursor, shown.name, shown.filter);
   }
   function previous() {
     const earlier = pages.slice(0, -1);
     setPages(earlier);
     setOpen(null);
-    load(earlier[earlier.length - 1], search, which);
+    load(earlier[earlier.length - 1], shown.name, shown.filter);
   }
-  function assigned(text) {
+  async function assigned(text, patientId, index) {
     setNotice(text);
     setOpen(null);
     providers.reload();
-    load(pages[pages.length - 1], search, which);
+    await load(pages[pages.length - 1], shown.name, shown.filter);
+    setFocus({ index, assigned: patientId });
+  }
+  function closeForm(patientId) {
+    setOpen(null);
+    setFocus({ patient: patientId });
   }
 
   return html`<main id="content" class="page">
@@ -382,16 +409,16 @@ function Worklist() {
       <caption class="visually-hidden">Patients, page ${pages.length}</caption>
       <thead><tr><th scope="col">Patient</th><th scope="col">Born</th><th scope="col">Primary provider</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
       <tbody>
-        ${page.items.map((p) => html`
+        ${page.items.map((p, i) => html`
           <tr key=${p.id}>
             <th scope="row"><a href=${`#/patient/${p.id}`}>${patientName(p)}</a></th>
             <td>${formatDate(p.dob)}</td>
             <td>${p.primary_provider_id ? personName(providers.byId[p.primary_provider_id]) : html`<span class="badge">None</span>`}</td>
-            <td>${open === p.id ? null : html`<button type="button" onClick=${() => { setNotice(""); setOpen(p.id); }}
+            <td>${open === p.id ? null : html`<button type="button" data-assign=${p.id} onClick=${() => { setNotice(""); setOpen(p.id); }}
                 aria-label=${`Assign a primary provider to ${patientName(p)}`}>Assign primary…</button>`}</td>
           </tr>
           ${open === p.id ? html`<tr class="form-row"><td colspan="4">
-            <${AssignForm} patient=${p} providers=${providers} onDone=${assigned} onCancel=${() => setOpen(null)} />
+            <${AssignForm} patient=${p} providers=${providers} onDone=${(text) => assigned(text, p.id, i)} onCancel=${() => closeForm(p.id)} />
           </td></tr>` : null}`)}
       </tbody>
     </table>`}
