@@ -424,22 +424,37 @@ class TestInTheBrowser:
         await page.keyboard.press("Tab")
         await expect(page.get_by_role("link", name="Keyboard, Cy")).to_be_focused()
 
-    async def test_a_full_panel_is_explained(
+    async def test_a_full_panel_is_marked_and_one_filled_meanwhile_explained(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
     ):
+        """A full provider is marked so in the list and cannot be chosen (it read "Dr X
+        (3 of 3)", and the API refused it); one that fills after it was chosen is explained
+        in words, then marked full."""
+        last_seat = _provider(live_api, "Lastseat")
+        _patch(live_api, f"/v1/providers/{last_seat}", {"panel_capacity": 1})
+        full = _provider(live_api, "Nomore")
+        _patch(live_api, f"/v1/providers/{full}", {"panel_capacity": 0})
         await sign_in(page, live_api)
         await page.get_by_label("Name starts with").fill("<img")
         await page.get_by_role("button", name="Search").click()
         row = page.get_by_role("row", name=XSS_NAME + ", Xavier")
-        await row.get_by_role("button", name="Assign a primary provider").click()
+        await row.get_by_role("button").click()
         chosen = page.get_by_label("Primary provider", exact=True)
-        await chosen.select_option(label="Dr Fullpanel (1 of 1)")
+        await expect(chosen.get_by_role("option", name="Dr Nomore (0 of 0, full)")).to_be_disabled()
+        await chosen.select_option(label="Dr Lastseat (0 of 1)")
+        # Meanwhile, another coordinator gives Dr Lastseat the one patient they may have.
+        body = {"first_name": "Taken", "last_name": "Seat", "dob": "1990-01-01"}
+        other = str(live_api.post("/v1/patients", body)["id"])
+        _put(live_api, f"/v1/patients/{other}/care-team/primary", {"provider_id": last_seat})
         await page.get_by_role("button", name="Assign", exact=True).click()
         alert = page.get_by_role("alert")
-        await alert.get_by_text("The panel of Dr Fullpanel is full").wait_for()
+        await alert.get_by_text("The panel of Dr Lastseat is full").wait_for()
         assert "Raise their capacity on the Panels page" in await alert.inner_text()
         assert "{" not in await alert.inner_text()  # words, never the raw answer
         page.problems.clear()  # the browser logs the 409 itself
+        now_full = chosen.get_by_role("option", name="Dr Lastseat (1 of 1, full)")
+        await expect(now_full).to_be_disabled()
+        await expect(page.get_by_role("button", name="Assign", exact=True)).to_be_disabled()
         await check_accessibility(page, "worklist, panel full")
         await screenshot(page, "worklist-panel-full")
 

@@ -196,13 +196,16 @@ function useProviders() {
   return { list: list || [], byId, error, reload, loaded: list !== null };
 }
 
+// The active providers to choose from, each with their panel against their capacity; a
+// full one is marked so and cannot be chosen (the API would refuse it: 409 panel_full).
 function ProviderOptions({ providers, exclude }) {
   return providers
     .filter((p) => p.active && p.id !== exclude)
     .sort((a, b) => personName(a).localeCompare(personName(b)))
     .map((p) => {
-      const capacity = p.panel_capacity === null ? "no limit" : `${p.panel_size} of ${p.panel_capacity}`;
-      return html`<option value=${p.id}>${personName(p)} (${capacity})</option>`;
+      const full = p.panel_capacity !== null && p.panel_size >= p.panel_capacity;
+      const capacity = p.panel_capacity === null ? "no limit" : `${p.panel_size} of ${p.panel_capacity}${full ? ", full" : ""}`;
+      return html`<option value=${p.id} disabled=${full}>${personName(p)} (${capacity})</option>`;
     });
 }
 
@@ -268,7 +271,10 @@ function AssignForm({ patient, providers, onDone, onCancel }) {
       onDone(`${personName(providers.byId[provider])} is now the primary provider of ${patientName(patient)}.`);
     } catch (err) {
       setError(err);
-      if (err.problem.error === "panel_full") providers.reload();
+      if (err.problem && err.problem.error === "panel_full") {
+        setProvider(""); // now marked full, and not to be chosen again
+        providers.reload();
+      }
     } finally {
       setBusy(false);
     }
