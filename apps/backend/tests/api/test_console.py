@@ -670,30 +670,36 @@ class TestInTheBrowser:
     async def test_a_primary_changed_by_someone_else_first_is_said_plainly(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
     ):
-        """On a patient of its own, between two providers without a full panel: the test
-        does not depend on which of this class's tests ran before it in its worker (it
-        chose Dr Fullpanel, whose capacity the panels test raises)."""
+        """On a patient and two providers of its own (with a capacity, so the list shows
+        their counts): the test does not depend on which of this class's tests ran before
+        it in its worker. After the 412, the team and the providers' counts are read again
+        (the counts were stale: the provider who lost the patient still showed it)."""
+        before = _provider(live_api, "Before")
+        after = _provider(live_api, "After")
+        for provider in (before, after):
+            _patch(live_api, f"/v1/providers/{provider}", {"panel_capacity": 5})
         body = {"first_name": "Carla", "last_name": "Concurrent", "dob": "1980-02-03"}
         patient = str(live_api.post("/v1/patients", body)["id"])
         primary = f"/v1/patients/{patient}/care-team/primary"
-        _put(live_api, primary, {"provider_id": seeded["roomy"]})
+        _put(live_api, primary, {"provider_id": before})
         await sign_in(page, live_api)
         await page.goto(f"{live_api.base_url}/console#/patient/{patient}")
-        await page.get_by_role("row", name="Dr Roomy Primary").wait_for()
-        await page.get_by_label("New primary provider").select_option(value=seeded["taking"])
+        await page.get_by_role("row", name="Dr Before Primary").wait_for()
+        chosen = page.get_by_label("New primary provider")
+        await chosen.select_option(label="Dr After (0 of 5)")
         # Meanwhile, another coordinator changes the team (to the same provider, even).
-        _put(live_api, primary, {"provider_id": seeded["taking"]})
+        _put(live_api, primary, {"provider_id": after})
         await page.get_by_role("button", name="Make primary").click()
         alert = page.get_by_role("alert")
         await alert.get_by_text("Someone else changed this care team").wait_for()
         page.problems.clear()  # the browser logs the 412 itself
-        # Read again, the change goes through.
-        await page.get_by_role("row", name="Dr Taking Primary").wait_for()
-        await page.get_by_label("New primary provider").select_option(value=seeded["roomy"])
+        # Read again, counts included, the change goes through.
+        await page.get_by_role("row", name="Dr After Primary").wait_for()
+        await chosen.select_option(label="Dr Before (0 of 5)")
         await page.get_by_role("button", name="Make primary").click()
-        await page.get_by_text("Dr Roomy is now the primary provider.").wait_for()
+        await page.get_by_text("Dr Before is now the primary provider").wait_for()
         team = live_api.get_json(f"/v1/patients/{patient}/care-team")
-        assert team["primary_provider_id"] == seeded["roomy"]
+        assert team["primary_provider_id"] == before
 
     async def test_a_credential_without_a_scope_is_told_in_words(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any], database: Database

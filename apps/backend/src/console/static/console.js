@@ -868,6 +868,7 @@ function Patient({ id }) {
     } catch (err) {
       setChangeError(err);
       if (err.problem && err.problem.error === "precondition_failed") {
+        providers.reload(); // the other change moved a patient between panels
         await load();
         recomputeAnswer();
       }
