@@ -697,7 +697,16 @@ class TestInTheBrowser:
         await page.get_by_role("row", name="Dr After Primary").wait_for()
         await chosen.select_option(label="Dr Before (0 of 5)")
         await page.get_by_role("button", name="Make primary").click()
-        await page.get_by_text("Dr Before is now the primary provider").wait_for()
+        # The old primary stays on the team (the API's default), and the message says so.
+        await (
+            page.get_by_role("status")
+            .get_by_text(
+                "Dr Before is now the primary provider. Dr After stays on the care team as a "
+                "secondary provider."
+            )
+            .wait_for()
+        )
+        await page.get_by_role("row", name="Dr After Secondary").wait_for()
         team = live_api.get_json(f"/v1/patients/{patient}/care-team")
         assert team["primary_provider_id"] == before
 

@@ -100,6 +100,16 @@ function patientName(p) {
   return last && first ? `${last}, ${first}` : last || first || "(no name)";
 }
 
+// What a change of primary did, from the team the API answered after it: the old primary
+// stays on the team as a secondary (the API's default), or is no longer on it.
+function primaryChanged(team, byId, newId, oldId, ofPatient = "") {
+  const said = `${personName(byId[newId])} is now the primary provider${ofPatient}.`;
+  if (!oldId || oldId === newId) return said;
+  const old = personName(byId[oldId]);
+  const stays = team.members.some((m) => m.provider_id === oldId);
+  return `${said} ${old} ${stays ? "stays on the care team as a secondary provider" : "is no longer on the care team"}.`;
+}
+
 function reasonLabel(value) {
   const found = REASONS.find(([v]) => v === value);
   return found ? found[1] : value || "";
@@ -267,8 +277,8 @@ function AssignForm({ patient, providers, onDone, onCancel }) {
     setError(null);
     try {
       const body = { provider_id: provider, reason, ...(note.trim() ? { note: note.trim() } : {}) };
-      await api("PUT", `/v1/patients/${patient.id}/care-team/primary`, { body });
-      onDone(`${personName(providers.byId[provider])} is now the primary provider of ${patientName(patient)}.`);
+      const { data } = await api("PUT", `/v1/patients/${patient.id}/care-team/primary`, { body });
+      onDone(primaryChanged(data, providers.byId, provider, patient.primary_provider_id, ` of ${patientName(patient)}`));
     } catch (err) {
       setError(err);
       if (err.problem && err.problem.error === "panel_full") {
@@ -855,7 +865,7 @@ function Patient({ id }) {
         body,
         headers: etag ? { "If-Match": etag } : {},
       });
-      setNotice(`${personName(providers.byId[provider])} is now the primary provider.`);
+      setNotice(primaryChanged(data, providers.byId, provider, team.primary_provider_id));
       setTeam(data);
       setEtag(next);
       setProvider("");
