@@ -710,6 +710,22 @@ class TestInTheBrowser:
         team = live_api.get_json(f"/v1/patients/{patient}/care-team")
         assert team["primary_provider_id"] == before
 
+    async def test_one_patient_is_one_patient_and_roles_are_capitalised(
+        self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
+    ):
+        """The transfer list read "(1 patients)"; the period table wrote "primary"."""
+        single = _provider(live_api, "Single")
+        body = {"first_name": "Only", "last_name": "One", "dob": "1990-01-01"}
+        patient = str(live_api.post("/v1/patients", body)["id"])
+        _put(live_api, f"/v1/patients/{patient}/care-team/primary", {"provider_id": single})
+        await sign_in(page, live_api)
+        await page.get_by_role("link", name="Transfer").click()
+        await page.get_by_label("From").select_option(label="Dr Single (1 patient)")
+        await page.goto(f"{live_api.base_url}/console#/patient/{patient}")
+        await page.get_by_text("Every period as a table").click()
+        row = page.get_by_role("row", name="Dr Single")
+        await expect(row.get_by_role("cell").first).to_have_text("Primary")
+
     async def test_a_credential_without_a_scope_is_told_in_words(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any], database: Database
     ):

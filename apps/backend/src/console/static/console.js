@@ -110,6 +110,13 @@ function primaryChanged(team, byId, newId, oldId, ofPatient = "") {
   return `${said} ${old} ${stays ? "stays on the care team as a secondary provider" : "is no longer on the care team"}.`;
 }
 
+// "1 patient", "2 patients".
+function patients(n) {
+  return `${n} patient${n === 1 ? "" : "s"}`;
+}
+
+const ROLES = { primary: "Primary", secondary: "Secondary" };
+
 function reasonLabel(value) {
   const found = REASONS.find(([v]) => v === value);
   return found ? found[1] : value || "";
@@ -502,7 +509,7 @@ function PanelChart({ rows }) {
   const words = (r) => {
     const [kind] = status(r);
     const figure = `${r.panel_size} of ${r.panel_capacity}`;
-    if (kind === "nolimit") return `${r.panel_size} patient${r.panel_size === 1 ? "" : "s"}, no limit`;
+    if (kind === "nolimit") return `${patients(r.panel_size)}, no limit`;
     if (kind === "full") return `${figure}, full${r.panel_size > r.panel_capacity ? " (over capacity)" : ""}`;
     return kind === "near" ? `${figure}, near capacity` : figure;
   };
@@ -934,7 +941,7 @@ function Patient({ id }) {
         <summary>Every period as a table</summary>
         <table class="list"><thead><tr><th scope="col">Provider</th><th scope="col">Role</th><th scope="col">From</th><th scope="col">To</th><th scope="col">Why it started</th><th scope="col">Why it ended</th></tr></thead>
           <tbody>${periods.map((p, n) => html`<tr key=${n}>
-            <th scope="row">${personName(providers.byId[p.provider_id])}</th><td>${p.role}</td>
+            <th scope="row">${personName(providers.byId[p.provider_id])}</th><td>${ROLES[p.role] || p.role}</td>
             <td>${formatDate(p.valid_from)}</td><td>${p.valid_to ? formatDate(p.valid_to) : "now"}</td>
             <td>${reasonLabel(p.start_reason)}</td><td>${reasonLabel(p.end_reason)}</td></tr>`)}</tbody></table>
       </details>
@@ -1047,7 +1054,7 @@ function Transfer() {
         <select id="from" required value=${from} onChange=${changed(setFrom)}>
           <option value="">Choose a provider…</option>
           ${providers.list.filter((p) => p.panel_size > 0).sort((a, b) => personName(a).localeCompare(personName(b)))
-            .map((p) => html`<option value=${p.id}>${personName(p)} (${p.panel_size} patients)</option>`)}
+            .map((p) => html`<option value=${p.id}>${personName(p)} (${patients(p.panel_size)})</option>`)}
         </select></div>
       <div><label for="to">To</label>
         <select id="to" required value=${to} onChange=${changed(setTo)}>
@@ -1073,8 +1080,8 @@ function Transfer() {
         <div><dt>Would remain with ${fromName}</dt><dd>${plan.remaining}</dd></div>
         <div><dt>Refused for ${toName}'s capacity</dt><dd>${plan.refused_capacity}</dd></div>
       </dl>
-      ${plan.refused_capacity ? html`<p>${toName}'s capacity leaves ${plan.refused_capacity} patient${plan.refused_capacity === 1 ? "" : "s"} with ${fromName}; raise it on the Panels page to move them all.</p>` : null}
-      <button type="button" onClick=${run} disabled=${busy || plan.moved === 0}>Confirm: move ${plan.moved} patient${plan.moved === 1 ? "" : "s"}</button>
+      ${plan.refused_capacity ? html`<p>${toName}'s capacity leaves ${patients(plan.refused_capacity)} with ${fromName}; raise it on the Panels page to move them all.</p>` : null}
+      <button type="button" onClick=${run} disabled=${busy || plan.moved === 0}>Confirm: move ${patients(plan.moved)}</button>
     </section>`}
     ${progress && html`<section aria-labelledby="progress-title">
       <h2 id="progress-title">${result ? "Transfer finished" : "Transfer running…"}</h2>
@@ -1086,7 +1093,7 @@ function Transfer() {
       ${progress.moved === null
         ? html`<progress id="transfer-progress"></progress>`
         : html`<progress id="transfer-progress" max=${Math.max(progress.total, 1)} value=${progress.moved}></progress>`}
-      ${result && html`<p class="notice" role="status">Done: ${result.moved} patient${result.moved === 1 ? "" : "s"} moved to ${toName}. ${result.remaining} remain${result.remaining === 1 ? "s" : ""} with ${fromName}${result.refused_capacity ? ` (${result.refused_capacity} refused for capacity)` : ""}.</p>`}
+      ${result && html`<p class="notice" role="status">Done: ${patients(result.moved)} moved to ${toName}. ${result.remaining} remain${result.remaining === 1 ? "s" : ""} with ${fromName}${result.refused_capacity ? ` (${result.refused_capacity} refused for capacity)` : ""}.</p>`}
     </section>`}
   </main>`;
 }
