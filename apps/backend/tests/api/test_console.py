@@ -359,7 +359,10 @@ class TestInTheBrowser:
         await row.wait_for()
         await check_accessibility(page, "worklist")
         await screenshot(page, "worklist")
-        await row.get_by_role("button", name="Assign a primary provider").click()
+        # Its name begins with the words it shows (it was "Assign a primary provider to...",
+        # which a voice-control user saying "click Assign primary" would not reach).
+        button = row.get_by_role("button", name="Assign primary… for Attributed, Una", exact=True)
+        await button.click()
         chosen = page.get_by_label("Primary provider", exact=True)
         await chosen.select_option(label="Dr Roomy (no limit)")
         await page.get_by_label("Reason").select_option("patient_request")

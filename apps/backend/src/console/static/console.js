@@ -437,8 +437,7 @@ function Worklist() {
             <th scope="row"><a href=${`#/patient/${p.id}`}>${patientName(p)}</a></th>
             <td>${formatDate(p.dob)}</td>
             <td>${p.primary_provider_id ? personName(providers.byId[p.primary_provider_id]) : html`<span class="badge">None</span>`}</td>
-            <td>${open === p.id ? null : html`<button type="button" data-assign=${p.id} onClick=${() => { setNotice(""); setOpen(p.id); }}
-                aria-label=${`Assign a primary provider to ${patientName(p)}`}>Assign primary…</button>`}</td>
+            <td>${open === p.id ? null : html`<button type="button" data-assign=${p.id} onClick=${() => { setNotice(""); setOpen(p.id); }}>Assign primary…<span class="visually-hidden"> for ${patientName(p)}</span></button>`}</td>
           </tr>
           ${open === p.id ? html`<tr class="form-row"><td colspan="4">
             <${AssignForm} patient=${p} providers=${providers} onDone=${(text) => assigned(text, p.id, i)} onCancel=${() => closeForm(p.id)} />
