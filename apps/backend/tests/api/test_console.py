@@ -729,6 +729,20 @@ class TestInTheBrowser:
         row = page.get_by_role("row", name="Dr Single")
         await expect(row.get_by_role("cell").first).to_have_text("Primary")
 
+    @pytest.mark.parametrize("patient", ["not-a-patient", str(uuid.uuid4())])
+    async def test_an_address_naming_no_patient_says_so_in_words(
+        self, page: Any, live_api: LiveApi, seeded: dict[str, Any], patient: str
+    ):
+        """It said "Some of what was sent was not accepted (patient_id: must be a UUID
+        (8-4-4-4-12 hexadecimal digits))"."""
+        await sign_in(page, live_api)
+        await page.goto(f"{live_api.base_url}/console#/patient/{patient}")
+        await page.get_by_role("heading", name="No such patient").wait_for()
+        shown = await page.locator("main").inner_text()
+        assert "There is no such patient in your organization" in shown
+        assert "UUID" not in shown and "not accepted" not in shown
+        page.problems.clear()  # the browser logs a 404 itself
+
     async def test_a_credential_without_a_scope_is_told_in_words(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any], database: Database
     ):

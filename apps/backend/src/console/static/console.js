@@ -24,6 +24,7 @@ const REASONS = [
   ["other", "Other"],
 ];
 const PAGE_SIZE = 20;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const POLL_MS = 500; // a running transfer's progress is read this often
 
 // --- the API ---------------------------------------------------------------------------
@@ -825,6 +826,7 @@ function Patient({ id }) {
   const [notice, setNotice] = useState("");
 
   const load = useCallback(async () => {
+    if (!UUID.test(id)) return; // no such patient: nothing to ask
     try {
       setPatient((await api("GET", `/v1/patients/${id}`)).data);
       const read = await api("GET", `/v1/patients/${id}/care-team`);
@@ -891,6 +893,12 @@ function Patient({ id }) {
     }
   }
 
+  // An address that names no patient (not an id, or none of this organization's), said
+  // in words: never the API's "must be a UUID".
+  if (!UUID.test(id) || (error && error.problem && error.problem.error === "patient_not_found")) {
+    return html`<main id="content" class="page"><h1>No such patient</h1>
+      <p>There is no such patient in your organization: <a href="#/worklist">go to the worklist</a>.</p></main>`;
+  }
   if (error) return html`<main id="content" class="page"><h1>Patient</h1><${Problem} error=${error} /></main>`;
   if (!patient || !team) return html`<main id="content" class="page"><h1>Patient</h1><p>Loading…</p></main>`;
   const day = answer && { from: answer.start / 1000, to: Math.min(answer.end / 1000, Date.now()) };
