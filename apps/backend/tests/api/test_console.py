@@ -293,7 +293,13 @@ async def look_up(page: Any, date: str) -> str:
 
 async def check_accessibility(page: Any, name: str) -> None:
     """axe-core on the page as it is (run through the DevTools protocol: the page's CSP
-    stays in force); no serious or critical violation."""
+    stays in force); no serious or critical violation. Before it, no element of the page
+    carries a style attribute, not even an empty one (docs/CONSOLE.md says the script sets
+    none)."""
+    styled = await page.evaluate(
+        "[...document.querySelectorAll('[style]')].map((e) => e.outerHTML.slice(0, 80))"
+    )
+    assert styled == [], (name, styled)
     await page.evaluate(AXE_SOURCE + "\n;0")
     result = await page.evaluate(
         "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations.map("
@@ -304,8 +310,11 @@ async def check_accessibility(page: Any, name: str) -> None:
 
 
 async def screenshot(page: Any, name: str) -> None:
+    """The page as shown, into docs/screenshots/. The caret is left as it is: Playwright
+    hides it by writing each input's style, which leaves `style=""` on them afterwards
+    (what a trial saw and took for the console's)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), caret="initial")
 
 
 @pytest.mark.slow
