@@ -558,6 +558,7 @@ class TestInTheBrowser:
         )
         assert len(inside) >= 6 and all(inside)
         await check_accessibility(page, "patient")
+        await page.evaluate("document.getElementById('history').scrollIntoView()")
         await screenshot(page, "patient")
 
     async def test_the_timeline_has_even_ticks_runs_to_now_and_shows_every_period(
@@ -637,6 +638,8 @@ class TestInTheBrowser:
                 "at the end of the day (midnight): Dr Taking."
             )
             await check_accessibility(page, "patient, who was the primary")
+            await page.evaluate("document.getElementById('history').scrollIntoView()")
+            await screenshot(page, "patient-day")
             # A day to come is refused in words, and no answer stays on screen.
             today = datetime.datetime.now(ZoneInfo("America/New_York")).date()
             await page.get_by_label("Who was the primary on").fill(
@@ -738,7 +741,7 @@ class TestInTheBrowser:
         row = page.get_by_role("row", name="Dr Single")
         await expect(row.get_by_role("cell").first).to_have_text("Primary")
 
-    @pytest.mark.parametrize("patient", ["not-a-patient", str(uuid.uuid4())])
+    @pytest.mark.parametrize("patient", ["not-a-patient", "7d6b0c7e-1f0a-4c3e-9d55-0a1b2c3d4e5f"])
     async def test_an_address_naming_no_patient_says_so_in_words(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any], patient: str
     ):
