@@ -812,6 +812,9 @@ class TestInTheBrowser:
         await page.get_by_text("Done: 3 patients moved to Dr Taking.").wait_for()
         assert await page.locator("progress").get_attribute("value") == "3"
         assert live_api.get_json(f"/v1/providers/{seeded['leaving']}")["panel_size"] == 0
+        # The provider transferred from stays chosen, now with none (the list was blank).
+        chosen = page.get_by_label("From").locator("option:checked")
+        await expect(chosen).to_have_text("Dr Leaving (0 patients)")
         await check_accessibility(page, "transfer, done")
         await screenshot(page, "transfer-done")
 

@@ -1060,7 +1060,7 @@ function Transfer() {
       <div><label for="from">From</label>
         <select id="from" required value=${from} onChange=${changed(setFrom)}>
           <option value="">Choose a provider…</option>
-          ${providers.list.filter((p) => p.panel_size > 0).sort((a, b) => personName(a).localeCompare(personName(b)))
+          ${providers.list.filter((p) => p.panel_size > 0 || p.id === from).sort((a, b) => personName(a).localeCompare(personName(b)))
             .map((p) => html`<option value=${p.id}>${personName(p)} (${patients(p.panel_size)})</option>`)}
         </select></div>
       <div><label for="to">To</label>
