@@ -17,10 +17,12 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from playwright.async_api import async_playwright, expect
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src import console
 from src.config import BACKEND_DIR
 from src.console import ASSETS, CONTENT_SECURITY_POLICY, HEADERS, STATIC
 from src.db import Database
@@ -46,6 +48,24 @@ AXE_SOURCE = AXE.read_text() if HAVE_AXE else ""
 
 
 class TestServed:
+    def test_the_console_is_matched_after_every_api_route(self, app: FastAPI):
+        """An API request never reaches the console's routes (they come after every API
+        router, and no middleware of theirs exists): its cost to the API is none by
+        construction, which bench/console.py measures."""
+        routes = app.router.routes
+        position = next(
+            n for n, r in enumerate(routes) if getattr(r, "original_router", None) is console.router
+        )
+        for route in routes[:position]:
+            assert getattr(route, "original_router", None) is not console.router
+        later = [
+            getattr(x, "path", "")
+            for r in routes[position + 1 :]
+            for x in (r.original_router.routes if hasattr(r, "original_router") else [r])
+        ]
+        assert later and all(not p.startswith(("/v1", "/fhir")) for p in later), later
+        assert not [m for m in app.user_middleware if "console" in m.cls.__module__]
+
     async def test_the_page_and_its_assets_carry_the_policy_and_the_api_does_not(
         self, client: httpx.AsyncClient, tenant: Tenant
     ):
