@@ -99,17 +99,20 @@ async def measure(
     apps: dict[str, FastAPI],
     headers: dict[str, str],
     seeded: Any,
+    *,
+    pair: tuple[str, str] = ("with_log", "without_log"),
+    measures: tuple[str, ...] = MEASURES,
 ) -> dict[str, Any]:
-    """Each measure with and without the log back to back (in `apps`' order), so that
-    the two halves of a ratio see the same machine as far as possible. With the log, the
-    writer's batches too: entries per statement (its group commit)."""
+    """Each measure with and without (the labels in `pair`) back to back, in `apps`'
+    order, so that the two halves of a ratio see the same machine as far as possible.
+    With the log, the writer's batches too: entries per statement (its group commit)."""
     figures: dict[str, Any] = {}
     clients_of = {}
     for label, app in apps.items():
         transport = httpx.ASGITransport(app=app)
         clients_of[label] = httpx.AsyncClient(transport=transport, base_url="http://bench")
     try:
-        for name in MEASURES:
+        for name in measures:
             for label, app in apps.items():
                 operation = operations(clients_of[label], headers, *seeded)[name]
                 log(f"{name}, {label}: {clients} clients, {seconds} s")
@@ -122,8 +125,8 @@ async def measure(
                         (writer.entries - entries) / (writer.batches - batches), 2
                     )
             figures[f"{name}_ratio"] = round(
-                figures[f"{name}_with_log"]["ops_per_s"]
-                / figures[f"{name}_without_log"]["ops_per_s"],
+                figures[f"{name}_{pair[0]}"]["ops_per_s"]
+                / figures[f"{name}_{pair[1]}"]["ops_per_s"],
                 3,
             )
     finally:
@@ -197,23 +200,32 @@ async def plans(url: str, org: Any, patient: Any) -> dict[str, Any]:
     }
 
 
+async def seed(
+    database: Any, conn: asyncpg.Connection, count: int
+) -> tuple[Any, list[Any], dict[str, str], Any]:
+    """A new database at head with one organization of `count` patients, each with a
+    primary among PROVIDERS providers: (organization, patients, a key's headers, what
+    `operations` takes)."""
+    log("migrating a new database to head")
+    await upgrade(database.owner_engine)
+    log(f"populating {count:,} patients with a primary each")
+    org, patients, providers = await organization_with(conn, PROVIDERS, count)
+    await conn.executemany(
+        ASSIGN, [(org, p, providers[n % PROVIDERS]) for n, p in enumerate(patients)]
+    )
+    await conn.execute("VACUUM ANALYZE")
+    async with AsyncSession(database.owner_engine) as owner:
+        issued = await OrganizationService.create_api_key(db=owner, organization_id=org)
+    headers = {"Authorization": f"Bearer {issued.key}"}
+    return org, patients, headers, ([str(p) for p in patients], [str(p) for p in providers])
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with throwaway_database("access_log", args.server_url) as (url, _):
         database = open_database(get_settings(), url)
         conn = await asyncpg.connect(url)
         try:
-            log("migrating a new database to head")
-            await upgrade(database.owner_engine)
-            log(f"populating {args.patients:,} patients with a primary each")
-            org, patients, providers = await organization_with(conn, PROVIDERS, args.patients)
-            await conn.executemany(
-                ASSIGN, [(org, p, providers[n % PROVIDERS]) for n, p in enumerate(patients)]
-            )
-            await conn.execute("VACUUM ANALYZE")
-            async with AsyncSession(database.owner_engine) as owner:
-                issued = await OrganizationService.create_api_key(db=owner, organization_id=org)
-            headers = {"Authorization": f"Bearer {issued.key}"}
-            seeded = ([str(p) for p in patients], [str(p) for p in providers])
+            org, patients, headers, seeded = await seed(database, conn, args.patients)
             apps = {
                 "with_log": create_app(database),
                 "without_log": without_access_log(create_app(database)),

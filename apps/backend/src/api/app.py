@@ -192,8 +192,9 @@ def create_app(database: Database | None = None, database_url: str | None = None
         version="1.0.0",
         summary="Patients' care teams: at most one primary provider per patient and organization.",
         lifespan=lifespan,
-        # No redirects at all: a trailing slash is a 404 like any unknown path (a redirect
-        # would be built from the client's Host header).
+        # No redirects: a trailing slash is a 404 like any unknown path (a redirect would be
+        # built from the client's Host header). The console's own `/console/` redirects,
+        # to a path (src/console/__init__.py).
         redirect_slashes=False,
         generate_unique_id_function=operation_id,
         # /docs loads its scripts and styles from this server (fastapi-offline); Swagger

@@ -17,6 +17,7 @@ from fastapi import APIRouter, HTTPException, Response
 
 STATIC = Path(__file__).parent / "static"
 PAGE = STATIC / "index.html"
+NOT_FOUND_PAGE = STATIC / "not-found.html"
 
 # Everything from this server, nothing inline; API calls to this origin only.
 CONTENT_SECURITY_POLICY = (
@@ -43,9 +44,14 @@ ASSETS = {
 router = APIRouter(include_in_schema=False)
 
 
-def _file(path: Path) -> Response:
+def _file(path: Path, status_code: int = 200) -> Response:
     media = TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "text/plain"
-    return Response(path.read_bytes(), media_type=f"{media}; charset=utf-8", headers=dict(HEADERS))
+    return Response(
+        path.read_bytes(),
+        status_code=status_code,
+        media_type=f"{media}; charset=utf-8",
+        headers=dict(HEADERS),
+    )
 
 
 @router.get("/console")
@@ -54,9 +60,23 @@ async def console_page() -> Response:
     return _file(PAGE)
 
 
+@router.get("/console/")
+async def console_page_slash() -> Response:
+    """`/console/` is the console too: a redirect to `/console`, given as a path (never
+    built from the request's Host header)."""
+    return Response(status_code=308, headers={**HEADERS, "Location": "/console"})
+
+
 @router.get("/console/static/{name:path}")
 async def console_asset(name: str) -> Response:
     path = ASSETS.get(name)
     if path is None:
         raise HTTPException(status_code=404)
     return _file(path)
+
+
+@router.get("/console/{rest:path}")
+async def console_not_found(rest: str) -> Response:
+    """Any other path under /console (a link typed or kept from elsewhere): a page saying
+    so in words, with a link to the console, rather than the API's problem JSON."""
+    return _file(NOT_FOUND_PAGE, status_code=404)

@@ -115,6 +115,33 @@ def test_fhir_benchmark_runs():
             assert round_[read]["operations"] > 0 and round_[read]["errors"] == 0, round_[read]
 
 
+def test_access_log_benchmark_runs():
+    figures = run_script(
+        "bench/access_log.py",
+        *("--patients", "100", "--seconds", "1", "--clients", "2", "--rounds", "1"),
+    )
+    (round_,) = figures["rounds_by_clients"]["2"]
+    for name in ("v1_care_team_read", "v1_care_team_put", "fhir_care_team_read"):
+        for label in ("with_log", "without_log"):
+            measured = round_[f"{name}_{label}"]
+            assert measured["operations"] > 0 and measured["errors"] == 0, measured
+    assert figures["plans"]["entries"] > 0
+
+
+def test_console_benchmark_runs_with_and_without_the_console():
+    figures = run_script(
+        "bench/console.py",
+        *("--patients", "100", "--seconds", "1", "--clients", "2", "--rounds", "2"),
+    )
+    assert len(figures["rounds"]) == 2
+    for round_ in figures["rounds"]:
+        for name in ("v1_care_team_read", "v1_care_team_put", "fhir_care_team_read"):
+            for label in ("with_console", "without_console"):
+                measured = round_[f"{name}_{label}"]
+                assert measured["operations"] > 0 and measured["errors"] == 0, measured
+            assert round_[f"{name}_ratio"] > 0
+
+
 def path_without(program: str) -> str:
     """PATH with every directory that holds `program` left out: as on a machine without it."""
     return os.pathsep.join(
