@@ -283,7 +283,7 @@ async def measure_export(
     queue, procs = writers(url, org, args, args.writers_s)
     log(f"export, with {args.writers} writers for the first {args.writers_s} s")
     started = time.perf_counter()
-    _, output = await run_export(
+    _, output, notices = await run_export(
         database.sessionmaker, DirectoryStorage(scratch / "export"), job, progress=progress,
         heartbeat_s=None,
     )  # fmt: skip
@@ -296,6 +296,7 @@ async def measure_export(
         "seconds": round(seconds, 2),
         "resources": resources,
         "by_type": {o["type"]: o["count"] for o in output},
+        "notices": notices,  # resources changed after transactionTime (the writers')
         "resources_per_s": round(resources / seconds),
         "rss_mb_before": round(before, 1),
         "rss_mb_peak": round(peak[0], 1),

@@ -142,6 +142,18 @@ def test_console_benchmark_runs_with_and_without_the_console():
             assert round_[f"{name}_ratio"] > 0
 
 
+def test_export_benchmark_runs():
+    figures = run_script(
+        "bench/export.py",
+        *("--patients", "300", "--history", "30", "--providers", "10"),
+        *("--writers", "1", "--writers-s", "1", "--baseline-s", "1"),
+    )
+    export = figures["export"]
+    assert export["by_type"]["Patient"] == 300 and export["by_type"]["CareTeam"] == 300
+    assert export["writers"]["writes"] > 0 and figures["copy"]["rows"] > 0
+    assert figures["export_time_ratio_to_copy"] > 0
+
+
 def path_without(program: str) -> str:
     """PATH with every directory that holds `program` left out: as on a machine without it."""
     return os.pathsep.join(
