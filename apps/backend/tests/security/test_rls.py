@@ -32,6 +32,7 @@ TENANT_TABLES = [
     "idempotency_keys",
     "access_log",
     "access_log_patients",
+    "export_jobs",
 ]
 # api_keys is covered by RLS too, but the application role cannot read it at all: it only
 # calls authenticate_api_key(). Of organizations it reads its own id, name and creation
@@ -69,6 +70,10 @@ async def two_clinics(database: Database) -> tuple[tuple[uuid.UUID, uuid.UUID], 
                 "'GET /v1/patients/{patient_id}', 'read', 'R', 200, ARRAY[:patient]::uuid[])",
                 "INSERT INTO access_log_patients (organization_id, patient_id, recorded_at, "
                 "entry_id) VALUES (:org, :patient, now(), gen_random_uuid())",
+                # Finished, expiring tomorrow: no runner of another test claims or expires it.
+                "INSERT INTO export_jobs (organization_id, requester, level, types, request, "
+                "status, expires_after_s, expires_at) VALUES (:org, 'api_key:test', 'system', "
+                "'{Patient}', 'test', 'completed', 60, now() + interval '1 day')",
             ):
                 await owner.execute(text(sql), params)
     return tuple(clinics)
