@@ -526,7 +526,14 @@ class ExportRunner:
             logger.info("export %s stopped", job_id, extra={"event": "export_stopped", **extra})
             return
         except asyncio.CancelledError:
-            raise  # the process stopping: the job is recovered by the next sweep
+            # The process stopping (a deploy): the job back in the queue now, this attempt
+            # not counted; if even that fails, the sweep recovers it once it is stale.
+            with contextlib.suppress(Exception):
+                async with self._sessionmaker() as db:
+                    await BulkExportService.release(
+                        db=db, organization_id=organization_id, job_id=job_id, attempt=job.attempts
+                    )
+            raise
         except Exception as err:
             logger.exception("export %s failed", job_id, extra={"event": "export_failed", **extra})
             status, output = "failed", []

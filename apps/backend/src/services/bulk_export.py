@@ -142,6 +142,16 @@ _FINISH = Sql(
     "error",
     "attempt",
 )
+# A runner stopping (its process shut down gracefully): the job back in the queue, this
+# attempt not counted (a deploy is not a failure).
+_RELEASE = Sql(
+    "UPDATE export_jobs SET status = 'queued', attempts = attempts - 1, heartbeat_at = NULL, "
+    "progress = NULL WHERE organization_id = $1 AND id = $2 AND status = 'running' "
+    "AND attempts = $3",
+    "org",
+    "id",
+    "attempt",
+)
 _TRANSACTION_TIME = f"SELECT {HORIZON} - interval '1 microsecond'"
 
 CLAIM = "SELECT organization_id, id FROM careteam_claim_export()"
@@ -252,6 +262,21 @@ class BulkExportService:
 
         return await run_transaction(
             db, operation="export_heartbeat", organization_id=organization_id, work=work
+        )
+
+    @staticmethod
+    async def release(
+        *, db: AsyncSession, organization_id: uuid.UUID, job_id: uuid.UUID, attempt: int
+    ) -> None:
+        """The job queued again, this attempt not counted (its runner is stopping)."""
+
+        async def work(driver: Any) -> None:
+            await _RELEASE.execute(
+                driver, {"org": organization_id, "id": job_id, "attempt": attempt}
+            )
+
+        await run_transaction(
+            db, operation="release_export", organization_id=organization_id, work=work
         )
 
     @staticmethod

@@ -648,3 +648,72 @@ class TestReviewFindings:
         assert r.status_code == 403
         assert 'scope="system/Patient.r"' in r.headers["www-authenticate"]
         assert (await client.get(urls["Organization"], headers=headers)).status_code == 200
+
+
+class TestAfterTheReviewNits:
+    async def test_prefer_in_any_header_and_with_parameters(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        headers = [
+            ("Authorization", f"Bearer {tenant.key}"),
+            ("Prefer", "handling=strict"),
+            ("Prefer", "respond-async; wait=10"),
+        ]
+        r = await client.get(f"{FHIR}/$export", headers=headers)
+        assert r.status_code == 202, r.text
+
+    async def test_an_expired_or_misspelled_job_is_404_at_once(
+        self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database
+    ):
+        await post_patient(client, tenant)
+        status_url = await kick_off(client, tenant, _type="Patient")
+        manifest = await finished(client, tenant, status_url)
+        job_id = status_url.rsplit("/", 1)[1]
+        upper = status_url.replace(job_id, job_id.upper())
+        assert (await client.get(upper, headers=tenant.headers)).status_code == 404
+        r = await client.delete(status_url, params={"x": "1"}, headers=tenant.headers)
+        assert r.status_code == 400
+        async with database.owner_engine.begin() as owner:
+            await owner.execute(
+                text(
+                    "UPDATE export_jobs SET expires_at = now() - interval '1 second' WHERE id = :id"
+                ),
+                {"id": uuid.UUID(job_id)},
+            )
+        assert (await client.get(status_url, headers=tenant.headers)).status_code == 404
+        url = manifest["output"][0]["url"].removeprefix("http://careteam.test")
+        assert (await client.get(url, headers=tenant.headers)).status_code == 404
+
+    async def test_a_graceful_stop_puts_the_job_back_uncounted(
+        self, client: httpx.AsyncClient, tenant: Tenant, app: FastAPI, database: Database
+    ):
+        async with database.owner_engine.begin() as owner:
+            await owner.execute(
+                text(
+                    "INSERT INTO patients (organization_id, first_name, last_name) "
+                    "SELECT :org, 'P', g::text FROM generate_series(1, 20000) g"
+                ),
+                {"org": tenant.organization_id},
+            )
+        running = ExportRunner(
+            database.sessionmaker, app.state.export_storage, workers=1, poll_s=0.05
+        )
+        running.start()
+        try:
+            status_url = await kick_off(client, tenant, _type="Patient")
+            for _ in range(400):
+                r = await client.get(status_url, headers=tenant.headers)
+                assert r.status_code == 202, "finished before the stop"
+                if r.headers["x-progress"] != "queued":
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await running.stop()
+        async with database.owner_engine.connect() as owner:
+            row = (
+                await owner.execute(
+                    text("SELECT status, attempts FROM export_jobs WHERE id = :id"),
+                    {"id": uuid.UUID(status_url.rsplit("/", 1)[1])},
+                )
+            ).one()
+        assert (row.status, row.attempts) == ("queued", 0)

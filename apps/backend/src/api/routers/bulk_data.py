@@ -58,8 +58,12 @@ RETRY_AFTER_S = 2
 
 
 def _respond_async(request: Request) -> None:
+    """Prefer: respond-async (RFC 7240: in any Prefer header, among others, with or
+    without parameters)."""
     preferences = [
-        p.strip().lower() for p in request.headers.get("prefer", "").split(",") if p.strip()
+        p.split(";", 1)[0].strip().lower()
+        for header in request.headers.getlist("prefer")
+        for p in header.split(",")
     ]
     if "respond-async" not in preferences:
         raise invalid("$export runs asynchronously: send Prefer: respond-async")
@@ -205,11 +209,16 @@ async def _own_job(request: Request, ident: str) -> ExportJobRecord:
     try:
         job_id = uuid.UUID(ident)
     except ValueError:
-        raise FhirError(404, "not-found", "no such export") from None
+        job_id = None
+    if job_id is None or str(job_id) != ident:  # only the form this server wrote
+        raise FhirError(404, "not-found", "no such export")
     job = await BulkExportService.find(
         db=session_of(request), organization_id=_organization(request), job_id=job_id
     )
     if job is None or job.requester != credential_of(request.scope).actor:
+        raise FhirError(404, "not-found", f"export {job_id} not found (or expired)")
+    now = datetime.datetime.now(datetime.UTC)
+    if job.expires_at is not None and job.expires_at <= now:  # before the sweep removes it
         raise FhirError(404, "not-found", f"export {job_id} not found (or expired)")
     return job
 
@@ -261,6 +270,8 @@ async def export_status(ident: str, request: Request) -> Response:
 
 @router.delete("/$export-status/{ident}")
 async def export_delete(ident: str, request: Request) -> Response:
+    if _query_items(request):
+        raise invalid("the status URL takes no parameters")
     job = await _own_job(request, ident)
     await BulkExportService.delete(
         db=session_of(request), organization_id=job.organization_id, job_id=job.id
