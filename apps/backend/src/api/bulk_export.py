@@ -108,7 +108,12 @@ def type_filter_search(text: str, organization_id: uuid.UUID) -> Search:
             f"_typeFilter: {text[:64]!r} is not Type?query with a type among "
             f"{', '.join(FILTERABLE)}",
         )
-    items = parse_qsl(query, keep_blank_values=True)
+    try:
+        items = parse_qsl(query, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:  # decoded with replacement, it would search for something else
+        raise FhirError(
+            400, "invalid", f"_typeFilter: {kind} query is not UTF-8 once percent-decoded"
+        ) from None
     if not items:
         raise FhirError(400, "invalid", f"_typeFilter: {text[:64]!r} has no search parameter")
     result = sorted({name for name, _ in items if name in RESULT})

@@ -227,6 +227,7 @@ class TestRefusals:
             ({"_typeFilter": "Patient?_count=5"}, 400),
             ({"_typeFilter": "Patient?nonsense=1"}, 400),
             ({"_typeFilter": "Observation?code=1"}, 400),
+            ({"_typeFilter": "Patient?name=%FF"}, 400),
         ],
         ids=[
             "type",
@@ -237,6 +238,7 @@ class TestRefusals:
             "filter-count",
             "filter-param",
             "filter-type",
+            "filter-not-utf8",
         ],
     )
     async def test_a_parameter_we_do_not_support_is_400(
