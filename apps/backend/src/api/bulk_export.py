@@ -105,8 +105,7 @@ def type_filter_search(text: str, organization_id: uuid.UUID) -> Search:
         raise FhirError(
             400,
             "invalid",
-            f"_typeFilter: {text[:64]!r} is not Type?query with a type among "
-            f"{', '.join(FILTERABLE)}",
+            f"_typeFilter: each query must be Type?query with a type among {', '.join(FILTERABLE)}",
         )
     try:
         items = parse_qsl(query, keep_blank_values=True, errors="strict")
@@ -115,7 +114,7 @@ def type_filter_search(text: str, organization_id: uuid.UUID) -> Search:
             400, "invalid", f"_typeFilter: {kind} query is not UTF-8 once percent-decoded"
         ) from None
     if not items:
-        raise FhirError(400, "invalid", f"_typeFilter: {text[:64]!r} has no search parameter")
+        raise FhirError(400, "invalid", f"_typeFilter: a {kind} query has no search parameter")
     result = sorted({name for name, _ in items if name in RESULT})
     if result:
         raise FhirError(

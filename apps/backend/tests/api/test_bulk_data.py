@@ -719,3 +719,24 @@ class TestAfterTheReviewNits:
                 )
             ).one()
         assert (row.status, row.attempts) == ("queued", 0)
+
+
+class TestNoValueEchoed:
+    @pytest.mark.parametrize(
+        "params",
+        [
+            {"_type": "Garcia"},
+            {"_since": "Garcia"},
+            {"_outputFormat": "Garcia"},
+            {"_typeFilter": "Observation?name=Garcia"},
+            {"_typeFilter": "Garcia"},
+        ],
+        ids=["type", "since", "format", "filter-type", "filter-form"],
+    )
+    async def test_a_refusal_describes_the_value_never_repeats_it(
+        self, client: httpx.AsyncClient, tenant: Tenant, params: dict[str, str]
+    ):
+        """A value may be a patient's name: docs/FHIR.md, diagnostics are described."""
+        r = await client.get(f"{FHIR}/$export", params=params, headers={**tenant.headers, **ASYNC})
+        assert r.status_code == 400, r.text
+        assert "Garcia" not in r.text
