@@ -507,14 +507,37 @@ class ExportRunner:
         if job is None:
             self._storage.remove(organization_id, job_id)
 
-    async def _execute(self, organization_id: uuid.UUID, job_id: uuid.UUID) -> None:
-        extra = {"organization_id": str(organization_id), "export_id": str(job_id)}
+    async def _find(self, organization_id: uuid.UUID, job_id: uuid.UUID) -> ExportJobRecord | None:
         async with self._sessionmaker() as db:
-            job = await BulkExportService.find(
+            return await BulkExportService.find(
                 db=db, organization_id=organization_id, job_id=job_id
             )
-        if job is None:
-            return
+
+    async def _execute(self, organization_id: uuid.UUID, job_id: uuid.UUID) -> None:
+        """Run a claimed job. Cancelled (the process stopping: a deploy) at any point
+        after the claim, the job goes back in the queue now, this attempt not counted;
+        if even that fails, the sweep recovers it once it is stale."""
+        job = None
+        try:
+            job = await self._find(organization_id, job_id)
+            if job is not None:
+                await self._run_job(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                job = job or await self._find(organization_id, job_id)
+                if job is not None:
+                    async with self._sessionmaker() as db:
+                        await BulkExportService.release(
+                            db=db,
+                            organization_id=organization_id,
+                            job_id=job_id,
+                            attempt=job.attempts,
+                        )
+            raise
+
+    async def _run_job(self, job: ExportJobRecord) -> None:
+        organization_id, job_id = job.organization_id, job.id
+        extra = {"organization_id": str(organization_id), "export_id": str(job_id)}
         started = time.monotonic()
         status, until = "completed", None
         output: list[dict[str, Any]] = []
@@ -529,15 +552,6 @@ class ExportRunner:
             await self._forget_if_deleted(organization_id, job_id)
             logger.info("export %s stopped", job_id, extra={"event": "export_stopped", **extra})
             return
-        except asyncio.CancelledError:
-            # The process stopping (a deploy): the job back in the queue now, this attempt
-            # not counted; if even that fails, the sweep recovers it once it is stale.
-            with contextlib.suppress(Exception):
-                async with self._sessionmaker() as db:
-                    await BulkExportService.release(
-                        db=db, organization_id=organization_id, job_id=job_id, attempt=job.attempts
-                    )
-            raise
         except Exception as err:
             logger.exception("export %s failed", job_id, extra={"event": "export_failed", **extra})
             status, output = "failed", []
