@@ -5,10 +5,8 @@ carries ids only (never names or dates of birth). The HTTP layer maps them in on
 (src/api/errors.py: ANSWERS); no raw driver exception leaves the service.
 
 The database code raises its own errors with SQLSTATEs of class CT. Their one list is
-`sql/errcodes.csv` and, after it, the files of `sql/errcodes/` in name order, one per
-revision that added codes (`<revision id>.csv`; a landed file is never edited): each row
-the SQLSTATE, the domain error it becomes, what it means. ERRCODE_FILES reads them into
-DATABASE_ERRORS; the SQL files raise only codes listed there (a test holds both
+`sql/errcodes.csv` (SQLSTATE, the domain error it becomes, what it means), read here
+into DATABASE_ERRORS; the SQL files raise only codes listed there (a test holds both
 sides to it). An error raised by the database names no ids of its own: the statement's
 Subject (the patient, the provider it named) supplies them.
 """
@@ -21,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-_SQL = Path(__file__).resolve().parents[2] / "sql"
-ERRCODE_FILES = (_SQL / "errcodes.csv", *sorted((_SQL / "errcodes").glob("*.csv")))
+ERRCODES_FILE = Path(__file__).resolve().parents[2] / "sql" / "errcodes.csv"
 
 
 @dataclass(frozen=True)
@@ -488,26 +485,13 @@ def _subclasses(cls: type[CareTeamError]) -> list[type[CareTeamError]]:
     return found
 
 
-def errcode_rows() -> list[dict[str, str]]:
-    """Every row of the error code files, in order (ERRCODE_FILES)."""
-    rows: list[dict[str, str]] = []
-    for path in ERRCODE_FILES:
-        with path.open(newline="", encoding="utf-8") as listing:
-            rows += csv.DictReader(listing)
-    return rows
-
-
 def _read_errcodes() -> dict[str, type[CareTeamError]]:
     classes = {cls.__name__: cls for cls in _subclasses(CareTeamError)}
-    found: dict[str, type[CareTeamError]] = {}
-    for row in errcode_rows():
-        if row["sqlstate"] in found:
-            raise RuntimeError(f"SQLSTATE {row['sqlstate']} is listed twice in sql/errcodes")
-        found[row["sqlstate"]] = classes[row["domain_error"]]
-    return found
+    with ERRCODES_FILE.open(newline="", encoding="utf-8") as listing:
+        return {row["sqlstate"]: classes[row["domain_error"]] for row in csv.DictReader(listing)}
 
 
-# SQLSTATE -> the domain error it becomes (sql/errcodes.csv, sql/errcodes/*.csv).
+# SQLSTATE -> the domain error it becomes (sql/errcodes.csv).
 DATABASE_ERRORS = _read_errcodes()
 
 

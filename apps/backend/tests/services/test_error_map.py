@@ -3,6 +3,7 @@ domain errors they become, and the answers those get on /v1 and FHIR."""
 
 from __future__ import annotations
 
+import csv
 import re
 import uuid
 
@@ -11,7 +12,7 @@ import pytest
 from src.api.errors import UNEXPECTED, answer_of
 from src.database_code import SQL_DIR
 from src.services import errors
-from src.services.errors import DATABASE_ERRORS, Subject, errcode_rows, from_database
+from src.services.errors import DATABASE_ERRORS, ERRCODES_FILE, Subject, from_database
 
 RAISED = re.compile(r"ERRCODE\s*=\s*'([0-9A-Z]{5})'")
 
@@ -37,7 +38,8 @@ class TestTheList:
         assert not unused, f"listed in sql/errcodes.csv but raised by no file: {unused}"
 
     def test_each_row_names_a_domain_error_and_says_what_it_means(self):
-        rows = errcode_rows()
+        with ERRCODES_FILE.open(newline="", encoding="utf-8") as listing:
+            rows = list(csv.DictReader(listing))
         assert [r["sqlstate"] for r in rows] == sorted({r["sqlstate"] for r in rows})
         for row in rows:
             assert re.fullmatch(r"CT[0-9]{3}", row["sqlstate"]), row
