@@ -53,7 +53,7 @@ from src.api.bulk_export import TYPES, run_export
 from src.config import get_settings
 from src.db import open_database
 from src.migration_runner import upgrade
-from src.services.bulk_export import ExportJobRecord
+from src.services.bulk_export import unkept_job
 from src.services.export_storage import DirectoryStorage
 from src.services.organization_service import OrganizationService
 
@@ -252,13 +252,9 @@ async def measure_export(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     org, key_id = issued
-    job = ExportJobRecord(
-        organization_id=org, id=uuid.uuid4(), requester=f"api_key:{key_id}", level="system",
-        group_id=None, types=list(TYPES), since=None, type_filters=[], request="bench",
-        status="running", attempts=1, progress=None, transaction_time=None, output=[], error=[],
-        expires_after_s=3600, created_at=None, started_at=None, finished_at=None,  # type: ignore[arg-type]
-        expires_at=None,
-    )  # fmt: skip
+    job = unkept_job(
+        organization_id=org, requester=f"api_key:{key_id}", request="bench", types=TYPES
+    )
     peak = [rss_mb()]
     before = peak[0]
     sampling = True

@@ -366,6 +366,29 @@ async def post_provider(client: httpx.AsyncClient, tenant: Tenant, **overrides: 
     return str(response.json()["id"])
 
 
+async def assign(client: httpx.AsyncClient, tenant: Tenant, patient: str, provider: str) -> None:
+    """`provider` becomes the patient's primary through the API (the previous one stays,
+    as secondary)."""
+    r = await client.put(
+        f"/v1/patients/{patient}/care-team/primary",
+        json={"provider_id": provider},
+        headers=tenant.headers,
+    )
+    assert r.status_code == 200, r.text
+
+
+async def add_secondary(
+    client: httpx.AsyncClient, tenant: Tenant, patient: str, provider: str
+) -> None:
+    """`provider` joins the patient's care team as a secondary, through the API."""
+    r = await client.post(
+        f"/v1/patients/{patient}/care-team/members",
+        json={"provider_id": provider},
+        headers=tenant.headers,
+    )
+    assert r.status_code == 201, r.text
+
+
 # --- a live server ----------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -157,6 +158,14 @@ def _within(job: ExportJobRecord) -> tuple[str, uuid.UUID | None] | None:
     return (job.level, job.group_id)
 
 
+def _searches(job: ExportJobRecord, kind: str, clauses: tuple[Clause, ...]) -> list[Search]:
+    """The job's searches of `kind`: one per _typeFilter query of that type (ORed), or the
+    whole type, each with `clauses` and the job's population (Search.within)."""
+    filters = [t for t in job.type_filters if t.partition("?")[0] == kind]
+    base = [type_filter_search(t, job.organization_id) for t in filters] or [Search(kind)]
+    return [Search(kind, (*s.clauses, *clauses), within=_within(job)) for s in base]
+
+
 async def _records(
     driver: Any, job: ExportJobRecord, kind: str, until: datetime.datetime
 ) -> AsyncIterator[list[Any]]:
@@ -166,12 +175,7 @@ async def _records(
         if organization is not None:
             yield [organization]
         return
-    filters = [t for t in job.type_filters if t.partition("?")[0] == kind]
-    base = [type_filter_search(t, job.organization_id) for t in filters] or [Search(kind)]
-    searches = [
-        Search(kind, (*s.clauses, *window(kind, job.since, until)), within=_within(job))
-        for s in base
-    ]
+    searches = _searches(job, kind, window(kind, job.since, until))
     async for page in pages(driver, job.organization_id, searches):
         yield page
 
@@ -187,11 +191,9 @@ async def _changed_after(
     after = until if job.since is None or job.since < until else job.since
     updated = SEARCH_PARAMETERS[kind]["_lastUpdated"]
     changed = Clause(updated, "", (DateRange("gt", after, after + MICROSECOND),))
-    filters = [t for t in job.type_filters if t.partition("?")[0] == kind]
-    base = [type_filter_search(t, job.organization_id) for t in filters] or [Search(kind)]
     total = 0
-    for search in base:
-        counted = Search(kind, (*search.clauses, changed), limit=0, total=True, within=_within(job))
+    for search in _searches(job, kind, (changed,)):
+        counted = dataclasses.replace(search, limit=0, total=True)
         total += (await search_page(driver, job.organization_id, counted)).total or 0
     return total
 

@@ -24,7 +24,6 @@ from src.cli.common import CommandFailed, console, parse_uuid, require_head, run
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from src.services.bulk_export import ExportJobRecord
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +91,7 @@ def export(
     from src.api.bulk_export import LEVEL_TYPES, run_export
     from src.config import get_settings
     from src.db import open_database
+    from src.services.bulk_export import unkept_job
     from src.services.export_storage import ExportStorageError
     from src.services.fhir_search import by_ids, run_search
     from src.services.organization_service import OrganizationService
@@ -103,7 +103,15 @@ def export(
     if out.exists() and not out.is_dir():
         usage_error(f"--out {out}: not a directory")
     chosen = _chosen(types, LEVEL_TYPES[level])
-    job = _job(org, level, provider, chosen, after)
+    job = unkept_job(
+        organization_id=org,
+        requester="operator",
+        request="careteam export",
+        level=level,
+        group_id=provider,
+        types=chosen,
+        since=after,
+    )
 
     async def work(engine: AsyncEngine, url: str) -> tuple[datetime.datetime, Output, Output]:
         from sqlalchemy.ext.asyncio import AsyncSession
@@ -205,41 +213,6 @@ def _chosen(types: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
     if unknown or not named:
         usage_error(f"--type: {', '.join(unknown) or '(none)'}: choose among {', '.join(allowed)}")
     return tuple(t for t in allowed if t in named)
-
-
-def _job(
-    org: uuid.UUID,
-    level: str,
-    provider: uuid.UUID | None,
-    types: tuple[str, ...],
-    since: datetime.datetime | None,
-) -> ExportJobRecord:
-    """The export, as a job that is not kept (the server's jobs are rows of export_jobs)."""
-    from src.services.bulk_export import ExportJobRecord
-
-    now = datetime.datetime.now(datetime.UTC)
-    return ExportJobRecord(
-        organization_id=org,
-        id=uuid.uuid4(),
-        requester="operator",
-        level=level,
-        group_id=provider,
-        types=list(types),
-        since=since,
-        type_filters=[],
-        request="careteam export",
-        status="running",
-        attempts=1,
-        progress=None,
-        transaction_time=None,
-        output=[],
-        error=[],
-        expires_after_s=1,
-        created_at=now,
-        started_at=now,
-        finished_at=None,
-        expires_at=None,
-    )
 
 
 def _write_manifest(out: Path, until: datetime.datetime, output: Output, notices: Output) -> str:

@@ -80,6 +80,43 @@ class ExportJobRecord:
     expires_at: datetime.datetime | None
 
 
+def unkept_job(
+    *,
+    organization_id: uuid.UUID,
+    requester: str,
+    request: str,
+    level: str = "system",
+    group_id: uuid.UUID | None = None,
+    types: tuple[str, ...],
+    since: datetime.datetime | None = None,
+) -> ExportJobRecord:
+    """An export run outside export_jobs (the CLI's, a benchmark's): not kept, its one
+    attempt running now."""
+    now = datetime.datetime.now(datetime.UTC)
+    return ExportJobRecord(
+        organization_id=organization_id,
+        id=uuid.uuid4(),
+        requester=requester,
+        level=level,
+        group_id=group_id,
+        types=list(types),
+        since=since,
+        type_filters=[],
+        request=request,
+        status="running",
+        attempts=1,
+        progress=None,
+        transaction_time=None,
+        output=[],
+        error=[],
+        expires_after_s=1,
+        created_at=now,
+        started_at=now,
+        finished_at=None,
+        expires_at=None,
+    )
+
+
 def _job(row: Any) -> ExportJobRecord:
     data = dict(row)
     for name in ("output", "error"):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.api.app import create_app
@@ -58,6 +61,19 @@ async def live_api(
     yield api
     output = api.stop()
     assert "Traceback" not in output, output
+
+
+@pytest.fixture(scope="module")
+async def live_org(live_api: LiveApi, database: Database) -> uuid.UUID:
+    """The organization of the live server's key."""
+    async with database.owner_engine.connect() as owner:
+        org: uuid.UUID = (
+            await owner.execute(
+                text("SELECT organization_id FROM api_keys WHERE key_hash = :h"),
+                {"h": hashlib.sha256(live_api.key.encode()).hexdigest()},
+            )
+        ).scalar_one()
+    return org
 
 
 async def _issue_key(database: Database) -> str:

@@ -99,6 +99,31 @@ async def download(
     return found
 
 
+async def many_patients(database: Database, org: uuid.UUID, count: int) -> None:
+    """`count` more patients in the organization, written in one statement as the owner
+    (an export of them takes seconds)."""
+    async with database.owner_engine.begin() as owner:
+        await owner.execute(
+            text(
+                "INSERT INTO patients (organization_id, first_name, last_name) "
+                "SELECT :org, 'P', g::text FROM generate_series(1, :n) g"
+            ),
+            {"org": org, "n": count},
+        )
+
+
+async def until_running(http: httpx.AsyncClient, status_url: str, headers: dict[str, str]) -> None:
+    """Poll the status URL until the job is claimed (X-Progress no longer `queued`); it
+    must not finish first (the test would then prove nothing)."""
+    for _ in range(2000):
+        r = await http.get(status_url, headers=headers)
+        assert r.status_code == 202, "the export finished before the test could act"
+        if r.headers["x-progress"] != "queued":
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the export was never claimed")
+
+
 async def a_population(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, Any]:
     doctor, other = await post_provider(client, tenant), await post_provider(client, tenant)
     patients = [await post_patient(client, tenant, first_name=f"P{n}") for n in range(5)]
@@ -598,21 +623,9 @@ class TestReviewFindings:
     async def test_delete_stops_a_running_export_and_its_files_stay_gone(
         self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database
     ):
-        async with database.owner_engine.begin() as owner:
-            await owner.execute(
-                text(
-                    "INSERT INTO patients (organization_id, first_name, last_name) "
-                    "SELECT :org, 'P', g::text FROM generate_series(1, 20000) g"
-                ),
-                {"org": tenant.organization_id},
-            )
+        await many_patients(database, tenant.organization_id, 20000)
         status_url = await kick_off(client, tenant, _type="Patient")
-        for _ in range(400):
-            r = await client.get(status_url, headers=tenant.headers)
-            assert r.status_code == 202, "finished before it could be deleted"
-            if r.headers["x-progress"] != "queued":
-                break
-            await asyncio.sleep(0.01)
+        await until_running(client, status_url, tenant.headers)
         assert (await client.delete(status_url, headers=tenant.headers)).status_code == 202
         job_dir = (
             Path(get_settings().export_directory)
@@ -689,26 +702,14 @@ class TestAfterTheReviewNits:
     async def test_a_graceful_stop_puts_the_job_back_uncounted(
         self, client: httpx.AsyncClient, tenant: Tenant, app: FastAPI, database: Database
     ):
-        async with database.owner_engine.begin() as owner:
-            await owner.execute(
-                text(
-                    "INSERT INTO patients (organization_id, first_name, last_name) "
-                    "SELECT :org, 'P', g::text FROM generate_series(1, 20000) g"
-                ),
-                {"org": tenant.organization_id},
-            )
+        await many_patients(database, tenant.organization_id, 20000)
         running = ExportRunner(
             database.sessionmaker, app.state.export_storage, workers=1, poll_s=0.05
         )
         running.start()
         try:
             status_url = await kick_off(client, tenant, _type="Patient")
-            for _ in range(400):
-                r = await client.get(status_url, headers=tenant.headers)
-                assert r.status_code == 202, "finished before the stop"
-                if r.headers["x-progress"] != "queued":
-                    break
-                await asyncio.sleep(0.01)
+            await until_running(client, status_url, tenant.headers)
         finally:
             await running.stop()
         async with database.owner_engine.connect() as owner:

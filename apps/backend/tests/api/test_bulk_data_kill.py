@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.db import Database
 from src.services.organization_service import OrganizationService
+from tests.api.test_bulk_data import ASYNC, many_patients, until_running
 from tests.helpers import start_serve
 
 PATIENTS = 30_000
@@ -28,18 +29,8 @@ async def big_organization(database: Database) -> tuple[uuid.UUID, str]:
     """An organization of PATIENTS patients (an export that takes seconds), and its key."""
     async with AsyncSession(database.owner_engine) as owner:
         issued = await OrganizationService.create_organization(db=owner, name="Big Clinic")
-    async with database.owner_engine.begin() as owner:
-        await owner.execute(
-            text(
-                "INSERT INTO patients (organization_id, first_name, last_name) "
-                "SELECT :org, 'P', g::text FROM generate_series(1, :n) g"
-            ),
-            {"org": issued.organization_id, "n": PATIENTS},
-        )
+    await many_patients(database, issued.organization_id, PATIENTS)
     return issued.organization_id, issued.key
-
-
-ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
 
 @pytest.mark.slow
@@ -57,14 +48,7 @@ async def test_a_job_killed_mid_export_is_started_again_after_a_restart(
             )
             assert kick.status_code == 202, kick.text
             path = kick.headers["content-location"].removeprefix(server.base_url)
-            deadline = time.monotonic() + 60
-            while True:  # until the job runs
-                polled = await http.get(path, headers=bearer)
-                assert polled.status_code == 202, "the export finished before it was killed"
-                if polled.headers["x-progress"] != "queued":
-                    break
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+            await until_running(http, path, bearer)
     finally:
         server.process.kill()  # SIGKILL: no shutdown at all
         server.process.wait(timeout=30)

@@ -5,14 +5,11 @@ every line parsed with the fhir.resources R4B models (Bulk Data Access IG v2.0.0
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import text
 
 from src.db import Database
@@ -20,18 +17,6 @@ from tests.api.test_fhir import MODELS
 from tests.helpers import LiveApi, client_assertion, ec_key, jwks_of, register_client, token_form
 
 FHIR = "/fhir/R4"
-
-
-@pytest.fixture(scope="module")
-async def live_org(live_api: LiveApi, database: Database) -> AsyncIterator[uuid.UUID]:
-    async with database.owner_engine.connect() as owner:
-        org = (
-            await owner.execute(
-                text("SELECT organization_id FROM api_keys WHERE key_hash = :h"),
-                {"h": hashlib.sha256(live_api.key.encode()).hexdigest()},
-            )
-        ).scalar_one()
-    yield org
 
 
 async def token(

@@ -18,31 +18,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from src.db import Database
 from src.services.organization_service import OrganizationService
 from tests.api.test_fhir import FHIR, fhir_get, ids, valid
-from tests.helpers import Tenant, TenantFactory, npi, post_patient, post_provider
+from tests.helpers import (
+    Tenant,
+    TenantFactory,
+    add_secondary,
+    assign,
+    npi,
+    post_patient,
+    post_provider,
+)
 
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 SUBSETTED = "SUBSETTED"
-
-
-async def assign(client: httpx.AsyncClient, tenant: Tenant, patient: str, provider: str) -> None:
-    """`provider` becomes the patient's primary (the previous one stays, as secondary)."""
-    r = await client.put(
-        f"/v1/patients/{patient}/care-team/primary",
-        json={"provider_id": provider},
-        headers=tenant.headers,
-    )
-    assert r.status_code == 200, r.text
-
-
-async def add_secondary(
-    client: httpx.AsyncClient, tenant: Tenant, patient: str, provider: str
-) -> None:
-    r = await client.post(
-        f"/v1/patients/{patient}/care-team/members",
-        json={"provider_id": provider},
-        headers=tenant.headers,
-    )
-    assert r.status_code in (200, 201), r.text
 
 
 async def remove(client: httpx.AsyncClient, tenant: Tenant, patient: str, provider: str) -> None:

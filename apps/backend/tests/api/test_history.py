@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.helpers import Tenant, TenantFactory, post_patient, post_provider
-
-
-async def assign(client: httpx.AsyncClient, tenant: Tenant, patient: str, provider: str) -> None:
-    r = await client.put(
-        f"/v1/patients/{patient}/care-team/primary",
-        json={"provider_id": provider},
-        headers=tenant.headers,
-    )
-    assert r.status_code == 200, r.text
+from tests.helpers import Tenant, TenantFactory, assign, post_patient, post_provider
 
 
 async def history_ids(client: httpx.AsyncClient, tenant: Tenant, patient: str) -> list[int]:

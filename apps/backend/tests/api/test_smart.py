@@ -13,7 +13,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -1088,19 +1088,6 @@ class TestRegistration:
 
 
 # --- against a live `careteam serve` -----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-async def live_org(live_api: LiveApi, database: Database) -> AsyncIterator[uuid.UUID]:
-    """The organization of the live server's key."""
-    async with database.owner_engine.connect() as owner:
-        org = (
-            await owner.execute(
-                text("SELECT organization_id FROM api_keys WHERE key_hash = :h"),
-                {"h": hashlib.sha256(live_api.key.encode()).hexdigest()},
-            )
-        ).scalar_one()
-    yield org
 
 
 class TestLiveServer:

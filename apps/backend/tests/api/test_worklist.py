@@ -21,31 +21,13 @@ from src.services.organization_service import OrganizationService
 from tests.helpers import (
     Tenant,
     TenantFactory,
+    add_secondary,
+    assign,
     post_patient,
     post_provider,
     set_tenant,
     token_headers,
 )
-
-
-async def assign(client: httpx.AsyncClient, tenant: Tenant, patient: str, provider: str) -> None:
-    r = await client.put(
-        f"/v1/patients/{patient}/care-team/primary",
-        json={"provider_id": provider},
-        headers=tenant.headers,
-    )
-    assert r.status_code == 200, r.text
-
-
-async def add_secondary(
-    client: httpx.AsyncClient, tenant: Tenant, patient: str, provider: str
-) -> None:
-    r = await client.post(
-        f"/v1/patients/{patient}/care-team/members",
-        json={"provider_id": provider},
-        headers=tenant.headers,
-    )
-    assert r.status_code == 201, r.text
 
 
 async def walk(client: httpx.AsyncClient, tenant: Tenant, **params: object) -> list[dict[str, Any]]:
