@@ -3,11 +3,13 @@
 
 An export reads one snapshot of the database (a REPEATABLE READ, READ ONLY transaction:
 src/services/bulk_export.py says how its transaction time is chosen) and writes, per
-resource type, one NDJSON file of the resources the FHIR API serves (the same builders,
-src/api/fhir_resources.py), a page at a time: memory holds one page (PAGE resources),
+resource type, one NDJSON file of the resources the FHIR API serves. Each type is one
+statement that PostgreSQL answers with the lines themselves (src/api/export_resources.py),
+read through a cursor a page at a time: memory holds two pages (PAGE resources each),
 whatever the population. Every page that names patients is recorded in the access log
 (the job's requester, the export route, the patients), with an id derived from the job,
-the type and the page, so a job run again records nothing twice.
+the type and the page, so a job run again records nothing twice; a page's entry is
+written while the next page is read, and all are committed before the export ends.
 
 The runner claims the oldest queued job of any organization (at most EXPORT_WORKERS at
 once in this process), keeps its heartbeat every HEARTBEAT_S while it runs, and stops it
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime
 import json
 import logging
@@ -32,30 +33,23 @@ from urllib.parse import parse_qsl
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from src.api.export_resources import source_of
 from src.api.fhir_query import RESULT, Query
-from src.api.fhir_resources import FhirError, organization_resource, resource_of
+from src.api.fhir_resources import FhirError
 from src.services.access_log_service import AccessEntry, AccessLogService
 from src.services.bulk_export import (
     CLAIM,
     EXPIRE,
     EXPORT_SNAPSHOT,
     KNOWN,
-    MICROSECOND,
+    PAGE,
+    PAGE_OF,
     RECOVER,
     BulkExportService,
     ExportJobRecord,
-    pages,
-    window,
 )
 from src.services.export_storage import ExportStorage
-from src.services.fhir_search import PARAMETERS as SEARCH_PARAMETERS
-from src.services.fhir_search import (
-    Clause,
-    DateRange,
-    OrganizationRecord,
-    Search,
-    search_page,
-)
+from src.services.fhir_search import Binder, Search, matching, table_of
 from src.services.transaction import run_transaction
 from src.values import Cursors
 
@@ -139,63 +133,105 @@ def _file_name(kind: str, attempt: int) -> str:
     return f"{kind}-{attempt}.ndjson"
 
 
-async def _organization(
-    driver: Any, job: ExportJobRecord, until: datetime.datetime
-) -> OrganizationRecord | None:
-    row = await driver.fetchrow(
-        "SELECT id, name, created_at FROM organizations WHERE id = $1 "
-        "AND created_at <= $2 AND ($3::timestamptz IS NULL OR created_at > $3)",
-        job.organization_id,
-        until,
-        job.since,
-    )
-    return None if row is None else OrganizationRecord(**dict(row))
-
-
 def _within(job: ExportJobRecord) -> tuple[str, uuid.UUID | None] | None:
     if job.level == "system":
         return None
     return (job.level, job.group_id)
 
 
-def _searches(job: ExportJobRecord, kind: str, clauses: tuple[Clause, ...]) -> list[Search]:
+def _searches(job: ExportJobRecord, kind: str) -> list[Search]:
     """The job's searches of `kind`: one per _typeFilter query of that type (ORed), or the
-    whole type, each with `clauses` and the job's population (Search.within)."""
+    whole type, each with the job's population (Search.within)."""
     filters = [t for t in job.type_filters if t.partition("?")[0] == kind]
     base = [type_filter_search(t, job.organization_id) for t in filters] or [Search(kind)]
-    return [Search(kind, (*s.clauses, *clauses), within=_within(job)) for s in base]
+    return [Search(kind, s.clauses, within=_within(job)) for s in base]
 
 
-async def _records(
+# A Group's member, in a Group-level export with _since: its patient's attribution to the
+# provider changed since (a care team event on that patient naming the provider, as the
+# Group's version counts them: a period opened, ended or changed), up to the
+# transaction time.
+_MEMBER_CHANGED = (
+    "EXISTS (SELECT 1 FROM care_team_events AS x WHERE x.organization_id = $1 "
+    "AND x.patient_id = q.patient_id AND (x.provider_id = q.provider_id "
+    "OR x.previous_primary_provider_id = q.provider_id) "
+    "AND x.occurred_at > {since} AND x.occurred_at <= {until})"
+)
+
+
+def statement(job: ExportJobRecord, kind: str, until: datetime.datetime) -> tuple[str, list[Any]]:
+    """The statement of the job's `kind` resources in its snapshot, in id order, and its
+    arguments: a row per resource changed after `since` (if given) that the job's
+    searches find, with its NDJSON line (`resource`), the patients it names
+    (`patients`) and whether it changed after the transaction time (`later`: left out,
+    and counted in the notices)."""
+    bind = Binder([job.organization_id])
+    at = bind(until, "timestamptz")
+    since = None if job.since is None else bind(job.since, "timestamptz")
+    if kind == "Organization":
+        source, table, where = source_of(kind), "organizations", "organizations.id = $1"
+    else:
+        members = None
+        if kind == "Group" and job.level == "group" and since is not None:
+            members = _MEMBER_CHANGED.format(since=since, until=at)
+        source, table = source_of(kind, members), table_of(kind)
+        where = matching(_searches(job, kind), bind)
+    window = "" if since is None else f" AND {source.updated} > {since}"
+    text = (
+        f"SELECT {source.resource} AS resource, {source.patients} AS patients, "
+        f"{source.updated} > {at} AS later FROM {source.rows} "
+        f"WHERE ({where}){window} ORDER BY {table}.id"
+    )
+    return text, bind.args
+
+
+async def pages(
     driver: Any, job: ExportJobRecord, kind: str, until: datetime.datetime
 ) -> AsyncIterator[list[Any]]:
-    """The job's `kind` resources in the snapshot, a page at a time."""
-    if kind == "Organization":
-        organization = await _organization(driver, job, until)
-        if organization is not None:
-            yield [organization]
-        return
-    searches = _searches(job, kind, window(kind, job.since, until))
-    async for page in pages(driver, job.organization_id, searches):
-        yield page
+    """The rows of statement(), a page at a time (PAGE, PAGE_OF a type's), from one
+    cursor: memory holds two pages, whatever the population. The next page is asked for
+    before this one is handed over, so PostgreSQL builds it while the caller writes."""
+    text, args = statement(job, kind, until)
+    cursor = await driver.cursor(text, *args)
+    size = PAGE_OF.get(kind, PAGE)
+    pending: asyncio.Future[list[Any]] | None = asyncio.ensure_future(cursor.fetch(size))
+    try:
+        while pending is not None:
+            rows = await pending
+            pending = asyncio.ensure_future(cursor.fetch(size)) if len(rows) == size else None
+            if rows:
+                yield rows
+    finally:
+        if pending is not None:  # the caller stopped early: the connection's one request
+            with contextlib.suppress(Exception):
+                await pending
 
 
-async def _changed_after(
-    driver: Any, job: ExportJobRecord, kind: str, until: datetime.datetime
-) -> int:
-    """How many of the export's `kind` resources changed after its transaction time (so
-    are not in it: they come with the next `_since`); for several _typeFilter queries,
-    the sum of theirs (at most that many)."""
-    if kind == "Organization":
-        return 0
-    after = until if job.since is None or job.since < until else job.since
-    updated = SEARCH_PARAMETERS[kind]["_lastUpdated"]
-    changed = Clause(updated, "", (DateRange("gt", after, after + MICROSECOND),))
-    total = 0
-    for search in _searches(job, kind, (changed,)):
-        counted = dataclasses.replace(search, limit=0, total=True)
-        total += (await search_page(driver, job.organization_id, counted)).total or 0
-    return total
+class _Recorder:
+    """The access log entries of an export's pages, each written while the next page is
+    read (one at a time, in order); `drain` waits for the last and raises what failed."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], job: ExportJobRecord):
+        self._sessionmaker = sessionmaker
+        self._job = job
+        self._pending: asyncio.Task[None] | None = None
+
+    async def record(self, kind: str, number: int, patients: list[uuid.UUID]) -> None:
+        await self.drain()
+        self._pending = asyncio.create_task(
+            _record_page(self._sessionmaker, self._job, kind, number, patients)
+        )
+
+    async def drain(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    async def stop(self) -> None:
+        """Stopped early (an error, a cancel): the entry being written is finished or
+        fails on its own, never left half-done; its error is not this one's."""
+        with contextlib.suppress(Exception):
+            await self.drain()
 
 
 def _notices(
@@ -229,24 +265,6 @@ def _notices(
     finally:
         writer.close()
     return [{"type": "OperationOutcome", "name": name, "count": len(outcomes)}]
-
-
-def _resource(found: Any, organization_id: uuid.UUID) -> dict[str, Any]:
-    if isinstance(found, OrganizationRecord):
-        return organization_resource(found)
-    return resource_of(found, organization_id)
-
-
-def _patients_of(resource: dict[str, Any]) -> list[str]:
-    kind = resource["resourceType"]
-    if kind == "Patient":
-        return [resource["id"]]
-    if kind == "CareTeam":
-        return [resource["subject"]["reference"].removeprefix("Patient/")]
-    if kind == "Group":
-        members = resource.get("member", [])
-        return [m["entity"]["reference"].removeprefix("Patient/") for m in members]
-    return []
 
 
 def _who(requester: str) -> tuple[uuid.UUID | None, uuid.UUID | None]:
@@ -295,7 +313,7 @@ async def _record_page(
     job: ExportJobRecord,
     kind: str,
     number: int,
-    patients: list[str],
+    patients: list[uuid.UUID],
 ) -> None:
     """The access log entry of one page of the export: its requester, the kick-off's
     route, the patients the page holds; its id the job's, the attempt's, the type's and
@@ -312,7 +330,7 @@ async def _record_page(
         status=200,
         parameters=("_type",),
         result_count=len(set(patients)),
-        patient_ids=tuple(uuid.UUID(p) for p in dict.fromkeys(patients)),
+        patient_ids=tuple(dict.fromkeys(patients)),
         id=uuid.uuid5(job.id, f"{job.attempts}:{kind}:{number}"),
     )
     async with sessionmaker() as side:
@@ -350,25 +368,31 @@ async def run_export(
         await driver.execute(f"SET LOCAL application_name = '{EXPORT_SNAPSHOT}'")
         written.clear()
         later: dict[str, int] = {}
-        for kind in job.types:
-            writer = storage.writer(org, job.id, _file_name(kind, job.attempts))
-            written[kind] = number = 0
-            try:
-                async for found in _records(driver, job, kind, until):
-                    resources = [_resource(f, org) for f in found]
-                    writer.write(_ndjson(resources))
-                    patients = [p for r in resources for p in _patients_of(r)]
-                    if patients and record_access:
-                        await _record_page(sessionmaker, job, kind, number, patients)
-                    number += 1
-                    written[kind] += len(resources)
-                    if progress is not None:
-                        progress(kind, written[kind])
-                    if stopped.is_set():
-                        raise Cancelled()
-            finally:
-                writer.close()
-            later[kind] = await _changed_after(driver, job, kind, until)
+        recorder = _Recorder(sessionmaker, job)
+        try:
+            for kind in job.types:
+                writer = storage.writer(org, job.id, _file_name(kind, job.attempts))
+                written[kind] = later[kind] = number = 0
+                try:
+                    async for rows in pages(driver, job, kind, until):
+                        lines = [r["resource"] for r in rows if not r["later"]]
+                        later[kind] += len(rows) - len(lines)
+                        if lines:
+                            writer.write(("\n".join(lines) + "\n").encode())
+                        patients = [p for r in rows if not r["later"] for p in r["patients"] or ()]
+                        if patients and record_access:
+                            await recorder.record(kind, number, patients)
+                        number += 1
+                        written[kind] += len(lines)
+                        if progress is not None:
+                            progress(kind, written[kind])
+                        if stopped.is_set():
+                            raise Cancelled()
+                finally:
+                    writer.close()
+            await recorder.drain()  # every page's entry committed before the manifest
+        finally:
+            await recorder.stop()
         output = [
             {"type": kind, "name": _file_name(kind, job.attempts), "count": written[kind]}
             for kind in job.types

@@ -24,30 +24,24 @@ twice.
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import datetime
 import json
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.services.access_log_service import HORIZON
-from src.services.fhir_search import PARAMETERS as SEARCH_PARAMETERS
-from src.services.fhir_search import Clause, DateRange, Search, search_page
 from src.services.transaction import Sql, run_transaction
 
 LEVELS = ("system", "patient", "group")
 # The application_name of an export's snapshot transaction (READ ONLY: it writes nothing),
 # which HORIZON leaves out.
 EXPORT_SNAPSHOT = "careteam-export-snapshot"
-PAGE = 1000
-# A page of Groups holds every member of each: fewer at a time (memory holds one page).
+PAGE = 1000  # resources an export reads at a time (memory holds one page)
+# A Group's row holds every member of it: fewer at a time.
 PAGE_OF = {"Group": 10}
-MICROSECOND = datetime.timedelta(microseconds=1)
 
 JOB_COLUMNS = (
     "organization_id, id, requester, level, group_id, types, since, type_filters, request, "
@@ -361,69 +355,3 @@ class BulkExportService:
         return await run_transaction(
             db, operation="export_time", organization_id=organization_id, work=work, read_only=True
         )
-
-
-def window(
-    kind: str, since: datetime.datetime | None, until: datetime.datetime
-) -> tuple[Clause, ...]:
-    """The clauses of an export's window on `kind`: changed after `since` (if given) and
-    at or before `until` (the transaction time), by meta.lastUpdated."""
-    updated = SEARCH_PARAMETERS[kind]["_lastUpdated"]
-    clauses = [Clause(updated, "", (DateRange("le", until, until + MICROSECOND),))]
-    if since is not None:
-        clauses.append(Clause(updated, "", (DateRange("gt", since, since + MICROSECOND),)))
-    return tuple(clauses)
-
-
-async def pages(
-    driver: Any, organization_id: uuid.UUID, searches: list[Search]
-) -> AsyncIterator[list[Any]]:
-    """What `searches` (of one type, one per _typeFilter: their results ORed) find, in id
-    order, each once, a page at a time, on `driver` (the export's snapshot). Each search
-    is read by keyset (id after the last one read), PAGE at a time (PAGE_OF a type's)."""
-    size = PAGE_OF.get(searches[0].kind, PAGE)
-
-    async def read(search: Search) -> AsyncIterator[list[Any]]:
-        after: tuple[uuid.UUID, int, int] | None = None
-        while True:
-            page = await search_page(
-                driver, organization_id, dataclasses.replace(search, limit=size, after=after)
-            )
-            found = page.found[:size]
-            if found:
-                yield found
-            if len(page.found) <= size:
-                return
-            after = (found[-1].id, 0, 0)
-
-    if len(searches) == 1:
-        async for found in read(searches[0]):
-            yield found
-        return
-    # Several: merged by id (each stream is in id order), a resource found by more than
-    # one given once.
-    streams = [read(search) for search in searches]
-    buffers: list[collections.deque[Any]] = [collections.deque() for _ in searches]
-    ended = [False] * len(searches)
-    last: uuid.UUID | None = None
-    batch: list[Any] = []
-    while True:
-        for n, stream in enumerate(streams):
-            if not buffers[n] and not ended[n]:
-                try:
-                    buffers[n].extend(await anext(stream))
-                except StopAsyncIteration:
-                    ended[n] = True
-        heads = [n for n in range(len(streams)) if buffers[n]]
-        if not heads:
-            break
-        n = min(heads, key=lambda m: buffers[m][0].id)
-        found = buffers[n].popleft()
-        if found.id != last:
-            batch.append(found)
-            last = found.id
-            if len(batch) == size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch

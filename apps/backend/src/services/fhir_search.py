@@ -856,8 +856,7 @@ class GroupRecord:
     """A provider's attributed panel as a FHIR Group (docs/FHIR.md, "Group"): its id the
     provider's, `name` as the Group shows it, the provider's NPI, `quantity` the patients
     whose primary period with the provider is open now, and `members` its primary
-    periods (start, then patient id; in a bulk export with _since, only those that
-    opened or closed after it).
+    periods (start, then patient id).
 
     Its content is the provider's record and its primary periods, so its version is
     "r.t" as a Patient's is: the record's version (the /v1 provider ETag's) and `t`, the
@@ -1007,8 +1006,7 @@ GROUPS = f"""
 
 
 # A Group's members, in the same statement as the Group: its provider's primary periods,
-# by start then patient id (records: asyncpg reads each as a tuple). A bulk export with
-# _since keeps those that opened or closed after it (src/api/bulk_export.py).
+# by start then patient id (records: asyncpg reads each as a tuple).
 _GROUP_MEMBERS = (
     "ARRAY(SELECT ROW(q.patient_id, lower(q.valid), upper(q.valid)) "
     "FROM care_team_periods AS q WHERE q.organization_id = $1 "
@@ -1081,6 +1079,22 @@ def _where(search: Search, bind: Binder, table: str) -> list[str]:
         else:
             conditions.append(param.compile(clause, bind))
     return conditions
+
+
+def table_of(kind: str) -> str:
+    """The table (or WITH) a search of `kind` reads, as its conditions name it."""
+    return _FROM[kind][1]
+
+
+def matching(searches: list[Search], bind: Binder) -> str:
+    """SQL: the row of the searches' table (table_of their type) matches one of
+    `searches` (ORed: a bulk export's _typeFilter queries), each with all its clauses and
+    its population (Search.within); for statements of other shapes that read that table
+    under the same name (a bulk export's, src/api/export_resources.py)."""
+    table = table_of(searches[0].kind)
+    return " OR ".join(
+        "(" + (" AND ".join(_where(s, bind, table)) or "TRUE") + ")" for s in searches
+    )
 
 
 def _order(search: Search, table: str) -> tuple[list[str], list[tuple[str, bool]]]:

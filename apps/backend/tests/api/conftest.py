@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.api.app import create_app
+from src.api.bulk_export import ExportRunner
 from src.db import Database
 from src.services.organization_service import OrganizationService
 from tests.helpers import LiveApi, Tenant, TenantFactory, start_serve
@@ -43,6 +44,17 @@ def make_tenant(database: Database) -> TenantFactory:
 @pytest.fixture
 async def tenant(make_tenant: TenantFactory) -> Tenant:
     return await make_tenant()
+
+
+@pytest.fixture
+async def runner(app: FastAPI, database: Database) -> AsyncIterator[ExportRunner]:
+    """The app's runner, as `careteam serve` starts it (polling fast, for the tests)."""
+    running = ExportRunner(database.sessionmaker, app.state.export_storage, workers=1, poll_s=0.05)
+    app.state.export_runner = running
+    running.start()
+    yield running
+    await running.stop()
+    app.state.export_runner = None
 
 
 @pytest.fixture(scope="module")

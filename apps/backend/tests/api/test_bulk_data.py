@@ -9,7 +9,6 @@ import dataclasses
 import datetime
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,18 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.api.bulk_export import ExportRunner, run_export
+from src.api.bulk_export import ExportRunner, pages, run_export
+from src.api.fhir_resources import SUBSETTED
 from src.config import get_settings
 from src.db import Database
-from src.services.bulk_export import PAGE_OF, BulkExportService, pages
-from src.services.fhir_search import Search
+from src.services.bulk_export import PAGE_OF, BulkExportService, unkept_job
 from src.services.organization_service import OrganizationService
 from src.services.transaction import run_transaction
 from tests.api.test_fhir import FHIR, MODELS, team_of
 from tests.helpers import (
     Tenant,
     TenantFactory,
+    assign,
     ec_key,
     jwks_of,
     post_patient,
@@ -39,17 +39,6 @@ from tests.helpers import (
 )
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
-
-
-@pytest.fixture
-async def runner(app: FastAPI, database: Database) -> AsyncIterator[ExportRunner]:
-    """The app's runner, as `careteam serve` starts it (polling fast, for the tests)."""
-    running = ExportRunner(database.sessionmaker, app.state.export_storage, workers=1, poll_s=0.05)
-    app.state.export_runner = running
-    running.start()
-    yield running
-    await running.stop()
-    app.state.export_runner = None
 
 
 async def kick_off(
@@ -229,8 +218,8 @@ class TestSince:
         assert [r["id"] for r in files.get("Patient", [])] == [changed]
         assert [r["id"] for r in files.get("CareTeam", [])] == [changed]
         assert files.get("Organization", []) == []
-        # The doctor's Group changed (a new member): whole, as the FHIR read answers it
-        # (only its changed members would lose the others for a client that replaces it).
+        # The doctor's Group changed (a new member): whole in a system-level export, as
+        # the FHIR read answers it (only a Group-level export lists the changed members).
         (group,) = files["Group"]
         assert group["id"] == made["doctor"]
         members = sorted(m["entity"]["reference"] for m in group["member"])
@@ -238,6 +227,34 @@ class TestSince:
         assert group["quantity"] == 4
         read = await client.get(f"{FHIR}/Group/{made['doctor']}", headers=tenant.headers)
         assert read.json() == group
+
+    async def test_a_group_export_since_lists_the_members_that_changed_marked_subsetted(
+        self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner
+    ):
+        made = await a_population(client, tenant)
+        doctor, patients = made["doctor"], made["patients"]
+        path = f"/Group/{doctor}/$export"
+        first = await finished(client, tenant, await kick_off(client, tenant, path))
+        (whole,) = (await download(client, tenant, first))["Group"]
+        assert "tag" not in whole["meta"]
+        assert len(whole["member"]) == 3
+        await team_of(client, tenant, patients[4], doctor)  # a new member
+        await assign(client, tenant, patients[0], made["other"])  # an attribution ended
+        second = await finished(
+            client,
+            tenant,
+            await kick_off(client, tenant, path, _type="Group", _since=first["transactionTime"]),
+        )
+        (group,) = (await download(client, tenant, second))["Group"]
+        members = {m["entity"]["reference"].removeprefix("Patient/"): m for m in group["member"]}
+        assert set(members) == {patients[0], patients[4]}
+        assert members[patients[0]]["inactive"] is True
+        assert members[patients[4]]["inactive"] is False
+        assert group["quantity"] == 3  # the panel now, whatever the members listed
+        assert group["meta"]["tag"] == [SUBSETTED]
+        read = (await client.get(f"{FHIR}/Group/{doctor}", headers=tenant.headers)).json()
+        assert group["meta"]["versionId"] == read["meta"]["versionId"]
+        assert len(read["member"]) == 4 and "tag" not in read["meta"]
 
 
 class TestRefusals:
@@ -607,13 +624,17 @@ class TestReviewFindings:
         """A page of Groups holds every member of each: memory holds PAGE_OF Groups."""
         for _ in range(PAGE_OF["Group"] + 3):
             await post_provider(client, tenant)
+        job = unkept_job(
+            organization_id=tenant.organization_id,
+            requester=f"api_key:{tenant.api_key_id}",
+            request="test",
+            types=("Group",),
+        )
+        until = datetime.datetime.now(datetime.UTC)
         async with database.sessionmaker() as db:
 
             async def work(driver: Any) -> list[int]:
-                return [
-                    len(page)
-                    async for page in pages(driver, tenant.organization_id, [Search("Group")])
-                ]
+                return [len(page) async for page in pages(driver, job, "Group", until)]
 
             sizes = await run_transaction(
                 db, operation="test", organization_id=tenant.organization_id, work=work

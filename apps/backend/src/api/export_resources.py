@@ -1,0 +1,387 @@
+"""A bulk export's resources, built as JSON text by PostgreSQL: one statement per type
+that reads the organization's rows once, joined set-wise (the last record change, the
+last care team event, the primary, the identifiers of every patient, each in one pass
+in id order), and returns each resource as one line of NDJSON.
+
+They are the resources the FHIR API serves (src/api/fhir_resources.py builds those in
+Python, from the search's statements): the same elements, values and order, which
+tests/api/test_export_resources.py holds line by line against the API's own for every
+shape (no name, no identifier, no primary, ended periods, secondaries, no NPI, an
+instant with and without microseconds, text that JSON escapes). A change to one
+builder is a change to both.
+
+The search's conditions apply unchanged (fhir_search.matching: a _typeFilter's clauses,
+the export's population), so each statement reads its type's rows under the search's
+own name for them: `patients`, `providers`, `teams`, `groups`.
+
+Why here and not in fhir_resources.py's Python: an export's time was four fifths
+Python building each resource and one statement per page probing each row's record
+change, event and primary (docs/PERFORMANCE.md, "Bulk Data export").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from src.api.fhir_resources import (
+    NPI_SYSTEM,
+    PRIMARY_ROLE,
+    SECONDARY_ROLE,
+    SUBSETTED,
+    US_CORE_PATIENT,
+)
+from src.services.fhir_search import GROUP_NAME_PREFIX
+
+# --- JSON text in SQL ------------------------------------------------------------------
+# Each helper returns an SQL expression whose value is JSON text (NULL: the element is
+# absent, for an optional member).
+
+
+def _literal(value: Any) -> str:
+    """A constant's JSON, as an SQL string literal."""
+    text = json.dumps(value, separators=(",", ":"))
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _string(sql: str) -> str:
+    """Text that may need escaping (a name, an identifier), as a JSON string."""
+    return f"to_json(({sql})::text)::text"
+
+
+def _plain(sql: str) -> str:
+    """A value whose text needs no escaping (a uuid, a number, an instant), as a JSON
+    string."""
+    return f"('\"' || ({sql}) || '\"')"
+
+
+def _reference(kind: str, sql: str) -> str:
+    return f"('{{\"reference\":\"{kind}/' || ({sql}) || '\"}}')"
+
+
+def _instant(sql: str) -> str:
+    """A timestamptz as fhir_resources._instant writes it: UTC, "Z", and microseconds
+    only when there are any (Python's isoformat)."""
+    utc = f"(({sql}) AT TIME ZONE 'UTC')"
+    return _plain(
+        f"to_char({utc}, CASE WHEN date_part('microseconds', {utc})::bigint % 1000000 = 0 "
+        """THEN 'YYYY-MM-DD"T"HH24:MI:SS"Z"' ELSE 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"' END)"""
+    )
+
+
+def _object(*members: tuple[str, str] | tuple[str, str, bool]) -> str:
+    """An object of (key, JSON text) members in this order; a member marked optional
+    (a third item True) is left out when its value is NULL. The first is required."""
+    parts = []
+    for n, (key, value, *optional) in enumerate(members):
+        head = ("{" if n == 0 else ",") + json.dumps(key) + ":"
+        if optional and optional[0]:
+            parts.append(f"'{head}' || {value}")
+        else:
+            parts.extend([f"'{head}'", value])
+    # concat(): one allocation for the whole object (a chain of || makes one per part);
+    # it drops a NULL part, which is how an optional member is left out.
+    return "concat(" + ", ".join([*parts, "'}'"]) + ")"
+
+
+def _array(sql: str) -> str:
+    """Comma-joined JSON texts (an aggregate's), as an array; NULL stays NULL."""
+    return f"('[' || {sql} || ']')"
+
+
+def _name(first: str, last: str) -> str:
+    """fhir_resources._name: [{use, family?, given?}] when either is non-empty."""
+    family, given = f"nullif({last}, '')", f"nullif({first}, '')"
+    entry = _object(
+        ("use", "'\"official\"'"),
+        ("family", _string(family), True),
+        ("given", _array(_string(given)), True),
+    )
+    return f"(CASE WHEN {family} IS NOT NULL OR {given} IS NOT NULL THEN '[' || {entry} || ']' END)"
+
+
+def _last_change(record_type: str) -> str:
+    """Each record's latest change (record_changes: one pass in record id order)."""
+    return (
+        "(SELECT DISTINCT ON (r.record_id) r.record_id, r.changed_at FROM record_changes AS r "
+        f"WHERE r.organization_id = $1 AND r.record_type = '{record_type}' "
+        "ORDER BY r.record_id, r.seq DESC)"
+    )
+
+
+# Each patient's latest care team event (its number is the team's version).
+_LAST_EVENT = (
+    "(SELECT DISTINCT ON (x.patient_id) x.patient_id, x.seq, x.occurred_at "
+    "FROM care_team_events AS x WHERE x.organization_id = $1 "
+    "ORDER BY x.patient_id, x.seq DESC)"
+)
+
+
+def _npi(table: str) -> str:
+    """The NPI as the only identifier, when there is one."""
+    entry = _object(("system", _literal(NPI_SYSTEM)), ("value", _string(f"{table}.npi")))
+    return f"(CASE WHEN {table}.npi <> '' THEN {_array(entry)} END)"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One type's statement parts: FROM (its rows under the search's name for them,
+    with what they are built of), when each changed (meta.lastUpdated), the resource,
+    and the patients it names (for the access log; NULL: none)."""
+
+    rows: str
+    updated: str
+    resource: str
+    patients: str
+
+
+# --- Patient (fhir_resources.patient_resource) ------------------------------------------
+
+_IDENTIFIERS = (
+    "(SELECT i.patient_id, string_agg("
+    + _object(("system", _string("i.system")), ("value", _string("i.value")))
+    + ", ',' ORDER BY i.system, i.value) AS list FROM patient_identifiers AS i "
+    "WHERE i.organization_id = $1 GROUP BY i.patient_id)"
+)
+_PATIENT_NAME = _name("patients.first_name", "patients.last_name")
+_PATIENT_UPDATED = "greatest(coalesce(changed.changed_at, patients.created_at), event.occurred_at)"
+PATIENT = Source(
+    rows=(
+        f"patients LEFT JOIN {_last_change('patient')} AS changed "
+        "ON changed.record_id = patients.id "
+        f"LEFT JOIN {_LAST_EVENT} AS event ON event.patient_id = patients.id "
+        "LEFT JOIN care_team_assignments AS a ON a.organization_id = $1 "
+        "AND a.patient_id = patients.id AND a.is_primary_provider "
+        f"LEFT JOIN {_IDENTIFIERS} AS ids ON ids.patient_id = patients.id"
+    ),
+    updated=_PATIENT_UPDATED,
+    resource=_object(
+        ("resourceType", "'\"Patient\"'"),
+        ("id", _plain("patients.id")),
+        (
+            "meta",
+            _object(
+                ("versionId", _plain("patients.version || '.' || coalesce(event.seq, 0)")),
+                ("lastUpdated", _instant(_PATIENT_UPDATED)),
+                (
+                    "profile",
+                    f"(CASE WHEN ids.list IS NOT NULL AND {_PATIENT_NAME} IS NOT NULL "
+                    f"THEN {_literal([US_CORE_PATIENT])} END)",
+                    True,
+                ),
+            ),
+        ),
+        ("identifier", _array("ids.list"), True),
+        ("name", _PATIENT_NAME, True),
+        ("gender", _string("patients.gender")),
+        ("birthDate", _plain("to_char(patients.dob, 'YYYY-MM-DD')"), True),
+        ("generalPractitioner", _array(_reference("Practitioner", "a.provider_id")), True),
+        ("managingOrganization", _reference("Organization", "patients.organization_id")),
+    ),
+    patients="ARRAY[patients.id]",
+)
+
+# --- Practitioner (fhir_resources.practitioner_resource) --------------------------------
+
+_PROVIDER_UPDATED = "coalesce(changed.changed_at, providers.created_at)"
+PRACTITIONER = Source(
+    rows=(
+        f"providers LEFT JOIN {_last_change('provider')} AS changed "
+        "ON changed.record_id = providers.id"
+    ),
+    updated=_PROVIDER_UPDATED,
+    resource=_object(
+        ("resourceType", "'\"Practitioner\"'"),
+        ("id", _plain("providers.id")),
+        (
+            "meta",
+            _object(
+                ("versionId", _plain("providers.version")),
+                ("lastUpdated", _instant(_PROVIDER_UPDATED)),
+            ),
+        ),
+        (
+            "identifier",
+            _npi("providers"),
+            True,
+        ),
+        ("active", "(CASE WHEN providers.active THEN 'true' ELSE 'false' END)"),
+        ("name", _name("providers.first_name", "providers.last_name"), True),
+    ),
+    patients="NULL::uuid[]",
+)
+
+# --- CareTeam (fhir_resources.care_team_resource) ---------------------------------------
+
+
+def _period(start: str, end: str) -> str:
+    return _object(("start", _instant(start)), ("end", _instant(end), True))
+
+
+def _role(coding: dict[str, str]) -> str:
+    return _literal([{"coding": [coding], "text": coding["display"]}])
+
+
+_PARTICIPANT = _object(
+    (
+        "role",
+        f"(CASE WHEN q.role = 'primary' THEN {_role(PRIMARY_ROLE)} "
+        f"ELSE {_role(SECONDARY_ROLE)} END)",
+    ),
+    ("member", _reference("Practitioner", "q.provider_id")),
+    ("period", _period("lower(q.valid)", "upper(q.valid)")),
+)
+# fhir_search.TEAMS's columns, from one pass over the periods grouped by patient.
+_TEAMS = f"""(
+    SELECT s.id, s.start, s.end_, s.active, coalesce(event.seq, 0) AS version,
+           coalesce(event.occurred_at, greatest(s.last_start, s.last_end)) AS updated_at,
+           s.participants
+    FROM (
+        SELECT q.patient_id AS id, min(lower(q.valid)) AS start,
+               CASE WHEN bool_or(upper_inf(q.valid)) THEN NULL ELSE max(upper(q.valid)) END
+                   AS end_,
+               bool_or(upper_inf(q.valid)) AS active,
+               max(lower(q.valid)) AS last_start, max(upper(q.valid)) AS last_end,
+               string_agg({_PARTICIPANT}, ',' ORDER BY lower(q.valid), q.provider_id)
+                   AS participants
+        FROM care_team_periods AS q WHERE q.organization_id = $1 GROUP BY q.patient_id
+    ) AS s
+    LEFT JOIN {_LAST_EVENT} AS event ON event.patient_id = s.id
+) AS teams"""
+CARE_TEAM = Source(
+    rows=_TEAMS,
+    updated="teams.updated_at",
+    resource=_object(
+        ("resourceType", "'\"CareTeam\"'"),
+        ("id", _plain("teams.id")),
+        (
+            "meta",
+            _object(
+                ("versionId", _plain("teams.version")),
+                ("lastUpdated", _instant("teams.updated_at")),
+            ),
+        ),
+        ("status", "(CASE WHEN teams.active THEN '\"active\"' ELSE '\"inactive\"' END)"),
+        ("name", "'\"Care team\"'"),
+        ("subject", _reference("Patient", "teams.id")),
+        ("period", _period("teams.start", "teams.end_")),
+        ("participant", _array("teams.participants")),
+        (
+            "managingOrganization",
+            _array(_reference("Organization", "$1")),
+        ),
+    ),
+    patients="ARRAY[teams.id]",
+)
+
+# --- Group (fhir_resources.group_resource) ----------------------------------------------
+
+_MEMBER = _object(
+    ("entity", _reference("Patient", "q.patient_id")),
+    ("period", _period("lower(q.valid)", "upper(q.valid)")),
+    ("inactive", "(CASE WHEN upper_inf(q.valid) THEN 'false' ELSE 'true' END)"),
+)
+
+
+def _groups(members_since: str | None) -> str:
+    """fhir_search.GROUPS's columns, from one pass over the primary periods grouped by
+    provider, and one over those patients' events. `members_since`: an SQL condition on
+    a period `q` that keeps it among the members (a Group export's _since); None: all."""
+    kept = "" if members_since is None else f" FILTER (WHERE {members_since})"
+    return f"""(
+    SELECT providers.id, providers.npi, providers.version AS record_version,
+           '{GROUP_NAME_PREFIX}' || coalesce(
+               nullif(concat_ws(' ', providers.first_name, providers.last_name), ''),
+               'Practitioner/' || providers.id) AS name,
+           coalesce(panel.quantity, 0) AS quantity, panel.members, panel.patient_ids,
+           coalesce(event.seq, 0) AS team_version,
+           greatest(coalesce(changed.changed_at, providers.created_at), event.occurred_at)
+               AS updated_at
+    FROM providers
+    LEFT JOIN {_last_change("provider")} AS changed ON changed.record_id = providers.id
+    LEFT JOIN (
+        SELECT q.provider_id, count(*) FILTER (WHERE upper_inf(q.valid)) AS quantity,
+               string_agg({_MEMBER}, ',' ORDER BY lower(q.valid), q.patient_id){kept}
+                   AS members,
+               array_agg(DISTINCT q.patient_id){kept} AS patient_ids
+        FROM care_team_periods AS q WHERE q.organization_id = $1 AND q.role = 'primary'
+        GROUP BY q.provider_id
+    ) AS panel ON panel.provider_id = providers.id
+    LEFT JOIN (
+        SELECT DISTINCT ON (m.provider_id) m.provider_id, x.seq, x.occurred_at
+        FROM (SELECT DISTINCT q.provider_id, q.patient_id FROM care_team_periods AS q
+              WHERE q.organization_id = $1 AND q.role = 'primary') AS m
+        JOIN care_team_events AS x ON x.organization_id = $1 AND x.patient_id = m.patient_id
+             AND (x.provider_id = m.provider_id OR x.previous_primary_provider_id = m.provider_id)
+        ORDER BY m.provider_id, x.seq DESC
+    ) AS event ON event.provider_id = providers.id
+    WHERE providers.organization_id = $1 AND providers.active
+) AS groups"""
+
+
+def group_source(members_since: str | None) -> Source:
+    """A Group; with `members_since`, only those members (a Group-level export's
+    _since), and marked SUBSETTED as fhir_resources.shaped marks a resource that is not
+    whole: a client merges it, rather than replacing its copy and losing the others."""
+    meta = [
+        ("versionId", _plain("groups.record_version || '.' || groups.team_version")),
+        ("lastUpdated", _instant("groups.updated_at")),
+    ]
+    if members_since is not None:
+        meta.append(("tag", _literal([SUBSETTED])))
+    return Source(
+        rows=_groups(members_since),
+        updated="groups.updated_at",
+        resource=_object(
+            ("resourceType", "'\"Group\"'"),
+            ("id", _plain("groups.id")),
+            ("meta", _object(*meta)),
+            (
+                "identifier",
+                _npi("groups"),
+                True,
+            ),
+            ("active", "'true'"),
+            ("type", "'\"person\"'"),
+            ("actual", "'true'"),
+            ("name", _string("groups.name")),
+            ("quantity", "groups.quantity::text"),
+            ("managingEntity", _reference("Practitioner", "groups.id")),
+            ("member", _array("groups.members"), True),
+        ),
+        patients="groups.patient_ids",
+    )
+
+
+# --- Organization (fhir_resources.organization_resource) --------------------------------
+
+ORGANIZATION = Source(
+    rows="organizations",
+    updated="organizations.created_at",
+    resource=_object(
+        ("resourceType", "'\"Organization\"'"),
+        ("id", _plain("organizations.id")),
+        (
+            "meta",
+            _object(
+                ("versionId", "'\"1\"'"),
+                ("lastUpdated", _instant("organizations.created_at")),
+            ),
+        ),
+        ("active", "'true'"),
+        ("name", _string("organizations.name")),
+    ),
+    patients="NULL::uuid[]",
+)
+
+SOURCES = {
+    "Organization": ORGANIZATION,
+    "Practitioner": PRACTITIONER,
+    "Patient": PATIENT,
+    "CareTeam": CARE_TEAM,
+}
+
+
+def source_of(kind: str, members_since: str | None = None) -> Source:
+    return group_source(members_since) if kind == "Group" else SOURCES[kind]

@@ -1,0 +1,192 @@
+"""A bulk export's lines (built by PostgreSQL, src/api/export_resources.py) are the FHIR
+API's resources (built in Python, src/api/fhir_resources.py): the same elements, values
+and order, for every shape a resource can take. Each line is compared with the read of
+its resource, as text of the parsed JSON (so key order counts), and the population is
+checked to hold every shape, so that a shape the builders treat apart cannot go
+unexported here."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from src.api.bulk_export import ExportRunner
+from src.db import Database
+from tests.api.test_bulk_data import download, finished, kick_off
+from tests.api.test_fhir import FHIR, team_of
+from tests.helpers import Tenant, post_patient, post_provider
+
+# Text that JSON escapes, or that SQL quoting could break; the API refuses control
+# characters in a name, which older data may hold all the same (written by the owner).
+ODD = 'Zoë "Q" O\'Brien \\ 🩺'
+CONTROL = "tab\there\nnew line\x01"
+
+
+async def owner_sql(database: Database, statement: str, **params: Any) -> None:
+    async with database.owner_engine.begin() as owner:
+        await owner.execute(text(statement), params)
+
+
+async def a_population_of_every_shape(
+    client: httpx.AsyncClient, tenant: Tenant, database: Database
+) -> dict[str, str]:
+    org = tenant.organization_id
+    made: dict[str, str] = {}
+    made["doctor"] = await post_provider(client, tenant, npi="1234567893", first_name=ODD)
+    made["plain"] = await post_provider(client, tenant)  # no NPI
+    made["idle"] = await post_provider(client, tenant, last_name="Idle")  # no member
+    made["gone"] = await post_provider(client, tenant)
+    made["full"] = await post_patient(
+        client,
+        tenant,
+        last_name=ODD,
+        gender="female",
+        identifiers=[
+            {"system": "urn:example:mrn", "value": "B-2"},
+            {"system": "urn:example:mrn", "value": "A-1"},
+            {"system": "urn:example:aa", "value": ODD},
+        ],
+    )
+    made["history"] = await post_patient(client, tenant, first_name="Hist")
+    made["alone"] = await post_patient(client, tenant, first_name="Alone")
+    await team_of(client, tenant, made["full"], made["doctor"], made["plain"])
+    # An ended primary period with one provider, then another primary.
+    await team_of(client, tenant, made["history"], made["gone"])
+    await team_of(client, tenant, made["history"], made["doctor"])
+    r = await client.patch(
+        f"/v1/providers/{made['gone']}", json={"active": False}, headers=tenant.headers
+    )
+    assert r.status_code == 200, r.text
+    r = await client.patch(
+        f"/v1/patients/{made['alone']}", json={"last_name": "Renamed"}, headers=tenant.headers
+    )
+    assert r.status_code == 200, r.text
+    # Shapes the API does not make: no names, empty names, no birth date, an identifier
+    # without a name, a provider with no name; and an instant of whole seconds.
+    shapes = {
+        "nameless": ("NULL", "NULL", "NULL"),
+        "empty": ("''", "''", "'2001-01-01'"),
+        "given_only": (":control", "NULL", "NULL"),
+    }
+    for name, (first, last, dob) in shapes.items():
+        ident = uuid.uuid4()
+        await owner_sql(
+            database,
+            "INSERT INTO patients (id, organization_id, first_name, last_name, dob) "
+            f"VALUES (:id, :org, {first}, {last}, {dob})",
+            id=ident,
+            org=org,
+            **({"control": CONTROL} if name == "given_only" else {}),
+        )
+        made[name] = str(ident)
+    await owner_sql(
+        database,
+        "INSERT INTO patient_identifiers (organization_id, system, value, patient_id) "
+        "VALUES (:org, 'urn:example:mrn', 'NONAME-1', :id)",
+        org=org,
+        id=uuid.UUID(made["nameless"]),
+    )
+    await owner_sql(
+        database,
+        "UPDATE patients SET created_at = date_trunc('second', created_at) WHERE id = :id",
+        id=uuid.UUID(made["empty"]),
+    )
+    made["anonymous"] = str(uuid.uuid4())
+    await owner_sql(
+        database,
+        "INSERT INTO providers (id, organization_id, first_name, last_name, npi) "
+        "VALUES (:id, :org, NULL, NULL, NULL)",
+        id=uuid.UUID(made["anonymous"]),
+        org=org,
+    )
+    return made
+
+
+def as_text(resource: dict[str, Any]) -> str:
+    return json.dumps(resource, ensure_ascii=False)
+
+
+class TestTheSameResourcesAsTheApi:
+    async def test_every_line_is_the_read_of_its_resource(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        runner: ExportRunner,
+    ):
+        made = await a_population_of_every_shape(client, tenant, database)
+        manifest = await finished(client, tenant, await kick_off(client, tenant))
+        files = await download(client, tenant, manifest)
+        assert set(files) == {"Organization", "Practitioner", "Patient", "CareTeam", "Group"}
+        compared = 0
+        for kind, resources in files.items():
+            for resource in resources:
+                r = await client.get(f"{FHIR}/{kind}/{resource['id']}", headers=tenant.headers)
+                assert r.status_code == 200, r.text
+                assert as_text(resource) == as_text(r.json())
+                compared += 1
+        assert compared == 1 + 5 + 6 + 2 + 4
+
+        patients = {p["id"]: p for p in files["Patient"]}
+        assert "name" not in patients[made["nameless"]]
+        assert "profile" not in patients[made["nameless"]]["meta"]  # an identifier, no name
+        assert "name" not in patients[made["empty"]]
+        assert patients[made["given_only"]]["name"] == [{"use": "official", "given": [CONTROL]}]
+        assert "birthDate" not in patients[made["given_only"]]
+        assert "generalPractitioner" not in patients[made["alone"]]
+        full = patients[made["full"]]
+        assert full["meta"]["profile"]
+        assert full["name"][0]["family"] == ODD
+        assert [i["value"] for i in full["identifier"]] == [ODD, "A-1", "B-2"]
+        assert patients[made["alone"]]["meta"]["versionId"] == "2.0"
+        assert "." not in patients[made["empty"]]["meta"]["lastUpdated"]
+        assert "." in full["meta"]["lastUpdated"]
+
+        practitioners = {p["id"]: p for p in files["Practitioner"]}
+        assert practitioners[made["gone"]]["active"] is False
+        assert "identifier" not in practitioners[made["plain"]]
+        assert "name" not in practitioners[made["anonymous"]]
+        assert practitioners[made["doctor"]]["name"][0]["given"] == [ODD]
+
+        teams = {t["id"]: t for t in files["CareTeam"]}
+        roles = [p["role"][0]["coding"][0]["code"] for p in teams[made["full"]]["participant"]]
+        assert len(set(roles)) == 2  # a primary and a secondary
+        ended = [p for p in teams[made["history"]]["participant"] if "end" in p["period"]]
+        assert ended
+
+        groups = {g["id"]: g for g in files["Group"]}
+        assert made["gone"] not in groups  # an inactive provider has none
+        assert "member" not in groups[made["idle"]]
+        assert groups[made["idle"]]["quantity"] == 0
+        assert "identifier" not in groups[made["anonymous"]]
+        assert (
+            groups[made["anonymous"]]["name"]
+            == f"Attributed patients of Practitioner/{made['anonymous']}"
+        )
+        doctor = groups[made["doctor"]]
+        assert doctor["quantity"] == 2
+        assert doctor["identifier"][0]["value"] == "1234567893"
+
+    async def test_each_line_is_one_resource_of_valid_json(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        runner: ExportRunner,
+    ):
+        """Text JSON escapes (a newline, a tab, a quote, a backslash) never splits a line."""
+        await a_population_of_every_shape(client, tenant, database)
+        manifest = await finished(client, tenant, await kick_off(client, tenant, _type="Patient"))
+        (item,) = manifest["output"]
+        r = await client.get(
+            item["url"].removeprefix("http://careteam.test"), headers=tenant.headers
+        )
+        body = r.content
+        assert body.endswith(b"\n")
+        lines = body.split(b"\n")[:-1]
+        assert len(lines) == item["count"] == 6
+        assert [json.loads(line)["resourceType"] for line in lines] == ["Patient"] * 6
