@@ -267,12 +267,15 @@ def _notices(
     return [{"type": "OperationOutcome", "name": name, "count": len(outcomes)}]
 
 
-def _who(requester: str) -> tuple[uuid.UUID | None, uuid.UUID | None]:
-    """(api_key_id, client_id) of a job's requester (`api_key:<id>` or `smart_client:<id>`)."""
+def _who(requester: str) -> dict[str, Any]:
+    """Who a job's requester is, as an access log entry names it: `api_key:<id>`,
+    `smart_client:<id>`, or `operator:<user@host>` (`careteam export`, no credential)."""
     kind, _, ident = requester.partition(":")
+    if kind == "operator":
+        return {"api_key_id": None, "client_id": None, "operator": ident}
     if kind == "smart_client":
-        return None, uuid.UUID(ident)
-    return uuid.UUID(ident), None
+        return {"api_key_id": None, "client_id": uuid.UUID(ident)}
+    return {"api_key_id": uuid.UUID(ident), "client_id": None}
 
 
 class Cancelled(Exception):
@@ -319,12 +322,12 @@ async def _record_page(
     route, the patients the page holds; its id the job's, the attempt's, the type's and
     the page's, so a lost connection's retry writes none twice, and an attempt started
     over (whose pages may hold other patients) records its own."""
-    api_key_id, client_id = _who(job.requester)
+    who = _who(job.requester)
     entry = AccessEntry(
         organization_id=job.organization_id,
-        api_key_id=api_key_id,
-        client_id=client_id,
-        route=EXPORT_ROUTE[job.level],
+        **who,
+        # An operator's: the command (`careteam export`), which has no HTTP route.
+        route=job.request if who.get("operator") else EXPORT_ROUTE[job.level],
         interaction="operation",
         action="E",
         status=200,
@@ -348,14 +351,12 @@ async def run_export(
     *,
     progress: Callable[[str, int], None] | None = None,
     heartbeat_s: float | None = HEARTBEAT_S,
-    record_access: bool = True,
 ) -> tuple[datetime.datetime, list[dict[str, Any]], list[dict[str, Any]]]:
     """Write the job's files; (transaction time, [{type, name, count}] per file of
     resources, the same for the notices' file: see _notices). Raises
     Cancelled when its heartbeat finds it no longer this attempt's. `progress(type,
     count so far)` is called after every page (the CLI's bar). `heartbeat_s` None: no
-    heartbeat (a job that is not in export_jobs: the CLI's); `record_access` False: no
-    access log entries (the CLI, which acts as no credential: see docs)."""
+    heartbeat (a job that is not in export_jobs: the CLI's)."""
     org = job.organization_id
     async with sessionmaker() as db:
         until = await BulkExportService.transaction_time(db=db, organization_id=org)
@@ -383,7 +384,7 @@ async def run_export(
                         if lines:
                             writer.write(("\n".join(lines) + "\n").encode())
                         patients = [p for r in rows if not r["later"] for p in r["patients"] or ()]
-                        if patients and record_access:
+                        if patients:
                             await recorder.record(kind, number, patients)
                         number += 1
                         written[kind] += len(lines)

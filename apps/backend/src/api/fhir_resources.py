@@ -223,6 +223,7 @@ RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 ROUTE_SYSTEM = "urn:careteam:route"  # our route template, as the log records it
 API_KEY_SYSTEM = "urn:careteam:api-key"
 CLIENT_SYSTEM = "urn:careteam:smart-client"
+OPERATOR_SYSTEM = "urn:careteam:operator"  # user@host of an operator's command
 APPLICATION_SERVER = {
     "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
     "code": "4",
@@ -272,15 +273,25 @@ def audit_event_resource(entry: AccessRecord, organization_id: uuid.UUID) -> dic
     """An access log entry as an AuditEvent (FHIR R4): a RESTful operation (type rest,
     subtype the FHIR interaction and our route template), its action, when it was
     recorded, its outcome from the status, who asked (the SMART client, else the API
-    key: requestor), the organization's server as the observer, and an entity per
-    patient it named (plus, for a search or list, the query: its parameters' names and
-    its result count; never a value)."""
+    key, else the operator who ran a command: requestor), the organization's server as
+    the observer, and an entity per patient it named (plus, for a search or list, the
+    query: its parameters' names and its result count; never a value)."""
     agents = []
     if entry.client_id is not None:
         agents.append(_agent(CLIENT_SYSTEM, entry.client_id, "SMART client", requestor=True))
     if entry.api_key_id is not None:
         agents.append(
             _agent(API_KEY_SYSTEM, entry.api_key_id, "API key", requestor=entry.client_id is None)
+        )
+    if entry.operator is not None:  # an operator's command: a person, by their login
+        agents.append(
+            {
+                "who": {
+                    "identifier": {"system": OPERATOR_SYSTEM, "value": entry.operator},
+                    "display": "operator (careteam command)",
+                },
+                "requestor": True,
+            }
         )
     entities: list[dict[str, Any]] = [
         {"what": _reference("Patient", patient), "type": PATIENT_ENTITY, "role": PATIENT_ROLE}

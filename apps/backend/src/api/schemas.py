@@ -552,9 +552,15 @@ class AccessLogEntryOut(BaseModel):
 
     id: uuid.UUID
     recorded_at: datetime.datetime
-    api_key_id: uuid.UUID | None = Field(description="The API key that asked")
+    api_key_id: uuid.UUID | None = Field(
+        description="The API key that asked (null for a SMART token's or an operator's)"
+    )
     client_id: uuid.UUID | None = Field(
         description="The SMART client whose access token asked (null for a plain key)"
+    )
+    operator: str | None = Field(
+        description="An operator's command with no credential (`careteam export`): who ran "
+        "it, user@host; null for a request"
     )
     route: str = Field(description='The method and route template, e.g. "GET /v1/patients/{id}"')
     interaction: str = Field(

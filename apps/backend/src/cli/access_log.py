@@ -59,6 +59,8 @@ def _instant(value: str | None) -> datetime.datetime | None:
 def _who(entry: Any) -> str:
     if entry.client_id is not None:
         return f"client {entry.client_id}"
+    if entry.operator is not None:  # an operator's command, no credential
+        return f"operator {entry.operator}"
     return f"key {entry.api_key_id}"
 
 

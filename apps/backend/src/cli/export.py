@@ -3,16 +3,20 @@
 The same export as `GET /fhir/R4/$export` (or `Group/{id}/$export` with --group): one
 snapshot of the database, the FHIR API's resources, one NDJSON file per type, with a
 progress line per type. It runs here, not in the server's background, and is not kept
-as a job. The operator acts as no API credential, so it is not in the access log (which
-records credentials); it logs one line with the organization, the group, the counts and
-the directory (ids only).
+as a job. The operator acts as no API credential: the access log records each page of
+patients as the operator's (`operator`: user@host of this shell; route `careteam
+export`), as it records a client's. It logs one line with the organization, the group,
+the counts and the directory (ids only).
 """
 
 from __future__ import annotations
 
 import datetime
+import getpass
 import json
 import logging
+import os
+import socket
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -105,7 +109,7 @@ def export(
     chosen = _chosen(types, LEVEL_TYPES[level])
     job = unkept_job(
         organization_id=org,
-        requester="operator",
+        requester=f"operator:{operator()}",
         request="careteam export",
         level=level,
         group_id=provider,
@@ -159,7 +163,6 @@ def export(
                         job,
                         progress=progress,
                         heartbeat_s=None,
-                        record_access=False,
                     )
                 except ExportStorageError as err:  # full, read-only, a name taken
                     raise CommandFailed(
@@ -192,6 +195,16 @@ def _report(
 
 
 Output = list[dict[str, Any]]
+
+
+def operator() -> str:
+    """Who runs this command, as the access log names an operator: user@host (the login
+    name, else the uid, when the system knows no name for it)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"[:200]
 
 
 def _since(since: str | None) -> datetime.datetime | None:

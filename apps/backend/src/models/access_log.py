@@ -17,12 +17,18 @@ from src.models.base import Base
 
 class AccessLogEntry(Base):
     """One request to a route that reads or changes patient data: who asked (an API key,
-    or a SMART client), the route and FHIR interaction, the query parameters' names, the
+    or a SMART client; or, for an operator's command, who ran it: revision
+    20261207_access_log_operator), the route and FHIR interaction, the query parameters' names, the
     status answered, a search's result count, and the patients it named."""
 
     __tablename__ = "access_log"
     __table_args__ = (
-        CheckConstraint("api_key_id IS NOT NULL OR client_id IS NOT NULL", name="who"),
+        CheckConstraint(
+            "(operator IS NULL AND (api_key_id IS NOT NULL OR client_id IS NOT NULL)) "
+            "OR (operator IS NOT NULL AND api_key_id IS NULL AND client_id IS NULL "
+            "AND length(operator) BETWEEN 1 AND 200)",
+            name="who_or_operator",
+        ),
         CheckConstraint("action IN ('C', 'R', 'U', 'D', 'E')", name="action"),
         CheckConstraint("status BETWEEN 100 AND 599", name="status"),
         CheckConstraint("result_count >= 0", name="result_count"),
@@ -38,6 +44,7 @@ class AccessLogEntry(Base):
     )
     api_key_id: Mapped[uuid.UUID | None]
     client_id: Mapped[uuid.UUID | None]
+    operator: Mapped[str | None] = mapped_column(Text)
     route: Mapped[str] = mapped_column(Text)
     interaction: Mapped[str] = mapped_column(Text)
     action: Mapped[str] = mapped_column(Text)

@@ -57,10 +57,11 @@ def time_ordered_id() -> uuid.UUID:
 @dataclass(frozen=True)
 class AccessEntry:
     """One request to record. `api_key_id` / `client_id`: who (a SMART client's token,
-    or a plain key: at least one of them); `route`: "METHOD /template"; `interaction`:
-    the FHIR restful interaction (read, vread, history-instance, search-type, create,
-    update, delete); `action`: AuditEvent's C, R, U, D or E; `parameters`: the names of
-    the query parameters given (never their values)."""
+    or a plain key: at least one of them, unless `operator` is given); `route`:
+    "METHOD /template"; `interaction`: the FHIR restful interaction (read, vread,
+    history-instance, search-type, create, update, delete); `action`: AuditEvent's C,
+    R, U, D or E; `parameters`: the names of the query parameters given (never their
+    values)."""
 
     organization_id: uuid.UUID
     api_key_id: uuid.UUID | None
@@ -73,6 +74,9 @@ class AccessEntry:
     result_count: int | None = None
     patient_ids: tuple[uuid.UUID, ...] = ()
     id: uuid.UUID = field(default_factory=time_ordered_id)
+    # An operator's command (`careteam export`), which acts with no credential: who ran
+    # it (user@host); then api_key_id and client_id are both None.
+    operator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class AccessRecord:
     recorded_at: datetime.datetime
     api_key_id: uuid.UUID | None
     client_id: uuid.UUID | None
+    operator: str | None  # an operator's command: who ran it (no credential)
     route: str
     interaction: str
     action: str
@@ -105,8 +110,8 @@ class AccessRecord:
 
 
 ENTRY_COLUMNS = (
-    "id, recorded_at, api_key_id, client_id, route, interaction, action, parameters, "
-    "status, result_count, patient_ids"
+    "id, recorded_at, api_key_id, client_id, operator, route, interaction, action, "
+    "parameters, status, result_count, patient_ids"
 )
 
 RECORD = Sql(
@@ -127,6 +132,20 @@ RECORD = Sql(
 # for each element of a JSON array (jsonb_to_recordset turns its arrays into text[] and
 # uuid[]); the number of entries written (an entry already there, from an earlier
 # attempt, is not counted, nor written again).
+# An operator's entry (AccessEntry.operator), which names no credential.
+RECORD_OPERATOR = Sql(
+    "SELECT careteam_record_operator_access($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    "org",
+    "id",
+    "operator",
+    "route",
+    "interaction",
+    "action",
+    "parameters",
+    "status",
+    "result_count",
+    "patients",
+)
 RECORD_MANY = Sql(
     "SELECT count(*) FILTER (WHERE careteam_record_access("
     "e.org, e.id, e.api_key_id, e.client_id, e.route, e.interaction, e.action,"
@@ -212,7 +231,8 @@ COUNT_OLDER = Sql(
 
 
 def _params_of(entry: AccessEntry, *, as_json: bool = False) -> dict[str, Any]:
-    """careteam_record_access's arguments for `entry` (ids as strings for JSON)."""
+    """careteam_record_access's (or careteam_record_operator_access's) arguments for
+    `entry` (ids as strings for JSON)."""
 
     def value(item: uuid.UUID | None) -> uuid.UUID | str | None:
         return str(item) if as_json and item is not None else item
@@ -222,6 +242,7 @@ def _params_of(entry: AccessEntry, *, as_json: bool = False) -> dict[str, Any]:
         "id": value(entry.id),
         "api_key_id": value(entry.api_key_id),
         "client_id": value(entry.client_id),
+        "operator": entry.operator,
         "route": entry.route,
         "interaction": entry.interaction,
         "action": entry.action,
@@ -246,9 +267,10 @@ class AccessLogService:
         transaction; retried after a lost connection, written once). Raises the service's
         database errors (DatabaseUnavailable, DatabaseBusy, ...) when it cannot."""
         params = _params_of(entry)
+        record = RECORD if entry.operator is None else RECORD_OPERATOR
 
         async def statement(driver: Any, _key_hash: str | None) -> None:
-            await RECORD.fetchval(driver, params)
+            await record.fetchval(driver, params)
 
         await run_statement(
             db,
@@ -262,7 +284,10 @@ class AccessLogService:
         """Write `entries` (of any organizations) in one statement that is its own
         transaction: all committed when this returns, or none (a refusal of one refuses
         them all). Retried after a lost connection like `record`, each entry written
-        once. Returns how many were new."""
+        once. Returns how many were new. Credentials' entries only (the HTTP layer's):
+        an operator's goes through `record`."""
+        if any(entry.operator is not None for entry in entries):
+            raise ValueError("an operator's entry is written by record(), one at a time")
         document = json.dumps([_params_of(entry, as_json=True) for entry in entries])
 
         async def statement(driver: Any, _key_hash: str | None) -> int:

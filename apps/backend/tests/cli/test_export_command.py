@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
 from pathlib import Path
 
 import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.careteam import CareTeam
 from fhir.resources.R4B.patient import Patient
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from src.api.fhir_resources import OPERATOR_SYSTEM, audit_event_resource
+from src.cli.export import operator
 from src.db import Database
+from src.services.access_log_service import AccessRecord
 from src.services.care_team_service import CareTeamService
 from tests.helpers import careteam, create_clinic, create_patient
 
@@ -56,6 +63,64 @@ class TestExportCommand:
         CareTeam.model_validate(team)
         assert team["id"] == str(clinic["patient"])
         assert len(lines(out / "Practitioner.ndjson")) == 2
+
+    def test_the_access_log_names_the_operator_and_every_patient(
+        self, clinic: dict[str, object], tmp_path: Path
+    ):
+        org = str(clinic["org"])
+        result = careteam("export", "--organization", org, "--out", str(tmp_path))
+        assert result.returncode == 0, result.stderr
+        printed = careteam("access-log", "--organization", org, "--json")
+        assert printed.returncode == 0, printed.stderr
+        entries = json.loads(printed.stdout)["items"]
+        assert entries, "the export is in the access log"
+        for entry in entries:
+            assert entry["operator"] == operator()
+            assert entry["api_key_id"] is None and entry["client_id"] is None
+            assert entry["route"] == "careteam export" and entry["action"] == "E"
+        named = {p for entry in entries for p in entry["patient_ids"]}
+        assert named == {str(clinic["patient"]), str(clinic["lone"])}
+        table = careteam("access-log", "--organization", org, env={"COLUMNS": "300"})
+        assert f"operator {operator()}" in table.stdout
+
+    def test_an_operators_entry_is_an_audit_event_requested_by_that_login(self):
+        org, patient = uuid.uuid4(), uuid.uuid4()
+        entry = AccessRecord(
+            id=uuid.uuid4(),
+            recorded_at=datetime.datetime.now(datetime.UTC),
+            api_key_id=None,
+            client_id=None,
+            operator="ops@host-1",
+            route="careteam export",
+            interaction="operation",
+            action="E",
+            parameters=["_type"],
+            status=200,
+            result_count=1,
+            patient_ids=[patient],
+        )
+        event = audit_event_resource(entry, org)
+        AuditEvent.model_validate(event)
+        (agent,) = event["agent"]
+        assert agent["requestor"] is True
+        assert agent["who"]["identifier"] == {"system": OPERATOR_SYSTEM, "value": "ops@host-1"}
+        assert event["entity"][0]["what"] == {"reference": f"Patient/{patient}"}
+
+    async def test_an_entry_names_a_credential_or_an_operator_never_both_or_neither(
+        self, clinic: dict[str, object], database: Database
+    ):
+        insert = (
+            "INSERT INTO access_log (organization_id, id, api_key_id, operator, route, "
+            "interaction, action, status) VALUES (:org, :id, :key, :operator, 'x', "
+            "'operation', 'E', 200)"
+        )
+        for key, who in ((uuid.uuid4(), "someone@host"), (None, None), (None, "")):
+            with pytest.raises(IntegrityError, match="ck_access_log_who_or_operator"):
+                async with database.owner_engine.begin() as owner:
+                    await owner.execute(
+                        text(insert),
+                        {"org": clinic["org"], "id": uuid.uuid4(), "key": key, "operator": who},
+                    )
 
     def test_one_group(self, clinic: dict[str, object], tmp_path: Path):
         providers = clinic["providers"]

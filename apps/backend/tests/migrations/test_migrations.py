@@ -48,7 +48,8 @@ CREDENTIAL_ADMIN = "20261207_credential_admin"
 ACCESS_LOG = "20261207_access_log"
 PATIENT_ORDERS = "20261207_patient_primary_sort"
 BULK_EXPORT = "20261207_bulk_export"
-HEAD = BULK_EXPORT
+ACCESS_LOG_OPERATOR = "20261207_access_log_operator"
+HEAD = ACCESS_LOG_OPERATOR
 
 INDEX_EXISTS = "SELECT count(*) FROM pg_indexes WHERE indexname = :name"
 
@@ -61,6 +62,7 @@ class TestRevisionChain:
     def test_the_rule_follows_rls_coverage_and_later_revisions_follow_the_rule(self):
         scripts = ScriptDirectory.from_config(alembic_config())
         assert scripts.get_heads() == [HEAD]
+        assert scripts.get_revision(ACCESS_LOG_OPERATOR).down_revision == BULK_EXPORT
         assert scripts.get_revision(BULK_EXPORT).down_revision == PATIENT_ORDERS
         assert scripts.get_revision(PATIENT_ORDERS).down_revision == ACCESS_LOG
         assert scripts.get_revision(ACCESS_LOG).down_revision == CREDENTIAL_ADMIN
