@@ -27,7 +27,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -187,7 +187,7 @@ def statement(job: ExportJobRecord, kind: str, until: datetime.datetime) -> tupl
 
 async def pages(
     driver: Any, job: ExportJobRecord, kind: str, until: datetime.datetime
-) -> AsyncIterator[list[Any]]:
+) -> AsyncGenerator[list[Any]]:
     """The rows of statement(), a page at a time (PAGE, PAGE_OF a type's), from one
     cursor: memory holds two pages, whatever the population. The next page is asked for
     before this one is handed over, so PostgreSQL builds it while the caller writes."""
@@ -205,6 +205,14 @@ async def pages(
         if pending is not None:  # the caller stopped early: the connection's one request
             with contextlib.suppress(Exception):
                 await pending
+
+
+def _split(rows: list[Any]) -> tuple[list[str], list[uuid.UUID], int]:
+    """A page's lines, the patients they name, and how many of its rows changed after the
+    transaction time (left out: the notices count them)."""
+    kept = [row for row in rows if not row["later"]]
+    patients = [p for row in kept for p in row["patients"] or ()]
+    return [row["resource"] for row in kept], patients, len(rows) - len(kept)
 
 
 class _Recorder:
@@ -378,20 +386,22 @@ async def run_export(
                 writer = storage.writer(org, job.id, _file_name(kind, job.attempts))
                 written[kind] = later[kind] = number = 0
                 try:
-                    async for rows in pages(driver, job, kind, until):
-                        lines = [r["resource"] for r in rows if not r["later"]]
-                        later[kind] += len(rows) - len(lines)
-                        if lines:
-                            writer.write(("\n".join(lines) + "\n").encode())
-                        patients = [p for r in rows if not r["later"] for p in r["patients"] or ()]
-                        if patients:
-                            await recorder.record(kind, number, patients)
-                        number += 1
-                        written[kind] += len(lines)
-                        if progress is not None:
-                            progress(kind, written[kind])
-                        if stopped.is_set():
-                            raise Cancelled()
+                    # Closed here, not whenever it is collected: a fetch it has pending
+                    # finishes before the transaction ends (the connection's one request).
+                    async with contextlib.aclosing(pages(driver, job, kind, until)) as read:
+                        async for rows in read:
+                            lines, patients, changed = _split(rows)
+                            later[kind] += changed
+                            if lines:
+                                writer.write(("\n".join(lines) + "\n").encode())
+                            if patients:
+                                await recorder.record(kind, number, patients)
+                            number += 1
+                            written[kind] += len(lines)
+                            if progress is not None:
+                                progress(kind, written[kind])
+                            if stopped.is_set():
+                                raise Cancelled()
                 finally:
                     writer.close()
             await recorder.drain()  # every page's entry committed before the manifest
