@@ -20,7 +20,8 @@ this process:
 2. the export alone, as the server runs it (src/api/bulk_export.py, run_export: one
    snapshot, every type, a page at a time, each page of patients recorded in the access
    log), into a directory; its resident memory (VmRSS) sampled every 50 ms, and at each
-   quarter of the Patients written. Its time against the COPY's is the ratio;
+   quarter of the Patients written. Its time against the COPY's is the ratio; then one
+   provider's Group-level export (its members' resources), timed;
 3. --writers processes that each change a random patient's primary
    (careteam_assign_primary, one transaction each) in a loop: for --baseline-s with no
    export (the baseline), then throughout the same export run again. Their longest wait
@@ -264,6 +265,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 log("the export alone (its time against the COPY's)")
                 alone = await measure_export(database, issued, Path(scratch) / "alone", args)
 
+                log("one provider's Group-level export (its members' resources only)")
+                group = await measure_group_export(database, issued, Path(scratch) / "group")
+                log(f"Group export: {group['resources']:,} resources in {group['seconds']} s")
+
                 log(f"baseline: {args.writers} writers for {args.baseline_s} s, no export")
                 stop, queue, procs = await asyncio.to_thread(writers, url, org, args)
                 await asyncio.sleep(args.baseline_s)
@@ -287,6 +292,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "export": alone,
         "export_time_ratio_to_copy": ratio,
         "target_3x_copy_met": ratio is not None and ratio <= 3,
+        "group_export": group,
         "export_with_writers": during,
         "writers_baseline": baseline,
         "writer_stall_target_200_ms_met": during["writers"]["longest_ms"] < 200,
@@ -342,6 +348,28 @@ async def measure_export(
         "rss_mb_before": round(before, 1),
         "rss_mb_peak": round(peak[0], 1),
         "rss_mb_at_quarters_of_patients": quarters,
+    }
+
+
+async def measure_group_export(database: Any, issued: Any, scratch: Path) -> dict[str, Any]:
+    """The Group-level export of the first provider (about patients / providers members):
+    it reads those patients' rows, not the organization's."""
+    job = unkept_job(
+        organization_id=issued.organization_id,
+        requester=f"api_key:{issued.id}",
+        request="bench",
+        level="group",
+        group_id=uuid.UUID(_md5("prov0")),
+        types=TYPES,
+    )
+    started = time.perf_counter()
+    _, output, _ = await run_export(
+        database.sessionmaker, DirectoryStorage(scratch), job, heartbeat_s=None
+    )
+    return {
+        "seconds": round(time.perf_counter() - started, 3),
+        "resources": sum(o["count"] for o in output),
+        "by_type": {o["type"]: o["count"] for o in output},
     }
 
 

@@ -8,8 +8,8 @@ statement that PostgreSQL answers with the lines themselves (src/api/export_reso
 read through a cursor a page at a time: memory holds two pages (PAGE resources each),
 whatever the population. Every page that names patients is recorded in the access log
 (the job's requester, the export route, the patients), with an id derived from the job,
-the type and the page, so a job run again records nothing twice; a page's entry is
-written while the next page is read, and all are committed before the export ends.
+the type, the page and its patients, so a job run again records nothing twice; a page's
+entry is committed before the page is written (while PostgreSQL builds the next one).
 
 The runner claims the oldest queued job of any organization (at most EXPORT_WORKERS at
 once in this process), keeps its heartbeat every HEARTBEAT_S while it runs, and stops it
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import time
@@ -49,7 +50,7 @@ from src.services.bulk_export import (
     ExportJobRecord,
 )
 from src.services.export_storage import ExportStorage
-from src.services.fhir_search import Binder, Search, matching, table_of
+from src.services.fhir_search import Binder, Search, group_members, matching, table_of
 from src.services.transaction import run_transaction
 from src.values import Cursors
 
@@ -171,11 +172,15 @@ def statement(job: ExportJobRecord, kind: str, until: datetime.datetime) -> tupl
     if kind == "Organization":
         source, table, where = source_of(kind), "organizations", "organizations.id = $1"
     else:
-        members = None
-        if kind == "Group" and job.level == "group" and since is not None:
+        population = members = None
+        if job.level == "group" and kind in ("Patient", "CareTeam"):
+            # The Group's patients, read through their own rows' indexes (not the
+            # organization's), as well as the condition on each resource (matching).
+            population = group_members(bind(job.group_id, "uuid"))
+        if job.level == "group" and kind == "Group" and since is not None:
             members = _MEMBER_CHANGED.format(since=since, until=at)
-        source, table = source_of(kind, members), table_of(kind)
-        where = matching(_searches(job, kind), bind)
+        source = source_of(kind, population=population, members_since=members)
+        table, where = table_of(kind), matching(_searches(job, kind), bind)
     window = "" if since is None else f" AND {source.updated} > {since}"
     text = (
         f"SELECT {source.resource} AS resource, {source.patients} AS patients, "
@@ -190,7 +195,9 @@ async def pages(
 ) -> AsyncGenerator[list[Any]]:
     """The rows of statement(), a page at a time (PAGE, PAGE_OF a type's), from one
     cursor: memory holds two pages, whatever the population. The next page is asked for
-    before this one is handed over, so PostgreSQL builds it while the caller writes."""
+    before this one is handed over, so PostgreSQL builds it while the caller writes.
+    The cursor (its portal) stays open until the export's transaction ends: one per
+    type, each finished."""
     text, args = statement(job, kind, until)
     cursor = await driver.cursor(text, *args)
     size = PAGE_OF.get(kind, PAGE)
@@ -211,35 +218,11 @@ def _split(rows: list[Any]) -> tuple[list[str], list[uuid.UUID], int]:
     """A page's lines, the patients they name, and how many of its rows changed after the
     transaction time (left out: the notices count them)."""
     kept = [row for row in rows if not row["later"]]
+    lines = [row["resource"] for row in kept]
+    if None in lines:  # a required element had no value (export_resources._object)
+        raise Unbuildable(UNBUILDABLE)
     patients = [p for row in kept for p in row["patients"] or ()]
-    return [row["resource"] for row in kept], patients, len(rows) - len(kept)
-
-
-class _Recorder:
-    """The access log entries of an export's pages, each written while the next page is
-    read (one at a time, in order); `drain` waits for the last and raises what failed."""
-
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], job: ExportJobRecord):
-        self._sessionmaker = sessionmaker
-        self._job = job
-        self._pending: asyncio.Task[None] | None = None
-
-    async def record(self, kind: str, number: int, patients: list[uuid.UUID]) -> None:
-        await self.drain()
-        self._pending = asyncio.create_task(
-            _record_page(self._sessionmaker, self._job, kind, number, patients)
-        )
-
-    async def drain(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            await pending
-
-    async def stop(self) -> None:
-        """Stopped early (an error, a cancel): the entry being written is finished or
-        fails on its own, never left half-done; its error is not this one's."""
-        with contextlib.suppress(Exception):
-            await self.drain()
+    return lines, patients, len(rows) - len(kept)
 
 
 def _notices(
@@ -286,6 +269,18 @@ def _who(requester: str) -> dict[str, Any]:
     return {"api_key_id": uuid.UUID(ident), "client_id": None}
 
 
+UNBUILDABLE = (
+    "a resource lacks a value FHIR requires (a time of -infinity, say), so it cannot be "
+    "written (its FHIR read fails too): correct the data, then start a new export"
+)
+
+
+class Unbuildable(Exception):
+    """A resource lacks a value FHIR requires (a time of -infinity, say): the export
+    fails and says so, rather than write a line that is not JSON (the FHIR read of it
+    fails too)."""
+
+
 class Cancelled(Exception):
     """The job was deleted (or taken from this runner) while it ran."""
 
@@ -327,10 +322,13 @@ async def _record_page(
     patients: list[uuid.UUID],
 ) -> None:
     """The access log entry of one page of the export: its requester, the kick-off's
-    route, the patients the page holds; its id the job's, the attempt's, the type's and
-    the page's, so a lost connection's retry writes none twice, and an attempt started
-    over (whose pages may hold other patients) records its own."""
+    route, the patients the page holds. Its id is derived from the job, the attempt, the
+    type, the page and the patients it names: a retry that reads the same page again
+    writes nothing twice, and one whose page holds other patients (a run started over,
+    on a new snapshot) records them."""
     who = _who(job.requester)
+    named = tuple(dict.fromkeys(patients))
+    digest = hashlib.sha256(b"".join(p.bytes for p in named)).hexdigest()
     entry = AccessEntry(
         organization_id=job.organization_id,
         **who,
@@ -340,9 +338,9 @@ async def _record_page(
         action="E",
         status=200,
         parameters=("_type",),
-        result_count=len(set(patients)),
-        patient_ids=tuple(dict.fromkeys(patients)),
-        id=uuid.uuid5(job.id, f"{job.attempts}:{kind}:{number}"),
+        result_count=len(named),
+        patient_ids=named,
+        id=uuid.uuid5(job.id, f"{job.attempts}:{kind}:{number}:{digest}"),
     )
     async with sessionmaker() as side:
         await AccessLogService.record(db=side, entry=entry)
@@ -380,33 +378,30 @@ async def run_export(
         await driver.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         written.clear()
         later: dict[str, int] = {}
-        recorder = _Recorder(sessionmaker, job)
-        try:
-            for kind in job.types:
-                writer = storage.writer(org, job.id, _file_name(kind, job.attempts))
-                written[kind] = later[kind] = number = 0
-                try:
-                    # Closed here, not whenever it is collected: a fetch it has pending
-                    # finishes before the transaction ends (the connection's one request).
-                    async with contextlib.aclosing(pages(driver, job, kind, until)) as read:
-                        async for rows in read:
-                            lines, patients, changed = _split(rows)
-                            later[kind] += changed
-                            if lines:
-                                writer.write(("\n".join(lines) + "\n").encode())
-                            if patients:
-                                await recorder.record(kind, number, patients)
-                            number += 1
-                            written[kind] += len(lines)
-                            if progress is not None:
-                                progress(kind, written[kind])
-                            if stopped.is_set():
-                                raise Cancelled()
-                finally:
-                    writer.close()
-            await recorder.drain()  # every page's entry committed before the manifest
-        finally:
-            await recorder.stop()
+        for kind in job.types:
+            writer = storage.writer(org, job.id, _file_name(kind, job.attempts))
+            written[kind] = later[kind] = number = 0
+            try:
+                # Closed here, not whenever it is collected: a fetch it has pending
+                # finishes before the next statement (the connection's one request).
+                async with contextlib.aclosing(pages(driver, job, kind, until)) as read:
+                    async for rows in read:
+                        lines, patients, changed = _split(rows)
+                        later[kind] += changed
+                        # Recorded before it is written (while PostgreSQL builds the next
+                        # page): no page leaves unrecorded, even one that is stopped.
+                        if patients:
+                            await _record_page(sessionmaker, job, kind, number, patients)
+                        if lines:
+                            writer.write(("\n".join(lines) + "\n").encode())
+                        number += 1
+                        written[kind] += len(lines)
+                        if progress is not None:
+                            progress(kind, written[kind])
+                        if stopped.is_set():
+                            raise Cancelled()
+            finally:
+                writer.close()
         output = [
             {"type": kind, "name": _file_name(kind, job.attempts), "count": written[kind]}
             for kind in job.types
@@ -621,6 +616,11 @@ class ExportRunner:
 
 def _outcome(err: Exception) -> dict[str, Any]:
     """The OperationOutcome a failed job's manifest lists (an error's kind, never data)."""
+    if isinstance(err, Unbuildable):
+        return {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "processing", "diagnostics": str(err)}],
+        }
     return {
         "resourceType": "OperationOutcome",
         "issue": [

@@ -72,17 +72,21 @@ def _instant(sql: str) -> str:
 
 def _object(*members: tuple[str, str] | tuple[str, str, bool]) -> str:
     """An object of (key, JSON text) members in this order; a member marked optional
-    (a third item True) is left out when its value is NULL. The first is required."""
+    (a third item True) is left out when its value is NULL. The first is required. A
+    required member that is NULL makes the whole object NULL (never a line that is not
+    JSON: the export refuses it, src/api/bulk_export.py)."""
     parts = []
     for n, (key, value, *optional) in enumerate(members):
-        head = ("{" if n == 0 else ",") + json.dumps(key) + ":"
+        head = _literal_text(("{" if n == 0 else ",") + json.dumps(key) + ":")
         if optional and optional[0]:
-            parts.append(f"'{head}' || {value}")
+            parts.append(f"coalesce({head} || {value}, '')")
         else:
-            parts.extend([f"'{head}'", value])
-    # concat(): one allocation for the whole object (a chain of || makes one per part);
-    # it drops a NULL part, which is how an optional member is left out.
-    return "concat(" + ", ".join([*parts, "'}'"]) + ")"
+            parts.append(f"{head} || {value}")
+    return "(" + " || ".join([*parts, "'}'"]) + ")"
+
+
+def _literal_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _array(sql: str) -> str:
@@ -101,21 +105,29 @@ def _name(first: str, last: str) -> str:
     return f"(CASE WHEN {family} IS NOT NULL OR {given} IS NOT NULL THEN '[' || {entry} || ']' END)"
 
 
-def _last_change(record_type: str) -> str:
+def _among(column: str, population: str | None) -> str:
+    """The condition that keeps a subquery to the export's population (a Group-level
+    export's members: src/api/bulk_export.py), so that it reads those patients' rows
+    through their indexes and not the organization's; none for the whole organization."""
+    return "" if population is None else f" AND {column} IN {population}"
+
+
+def _last_change(record_type: str, population: str | None = None) -> str:
     """Each record's latest change (record_changes: one pass in record id order)."""
     return (
         "(SELECT DISTINCT ON (r.record_id) r.record_id, r.changed_at FROM record_changes AS r "
-        f"WHERE r.organization_id = $1 AND r.record_type = '{record_type}' "
-        "ORDER BY r.record_id, r.seq DESC)"
+        f"WHERE r.organization_id = $1 AND r.record_type = '{record_type}'"
+        f"{_among('r.record_id', population)} ORDER BY r.record_id, r.seq DESC)"
     )
 
 
-# Each patient's latest care team event (its number is the team's version).
-_LAST_EVENT = (
-    "(SELECT DISTINCT ON (x.patient_id) x.patient_id, x.seq, x.occurred_at "
-    "FROM care_team_events AS x WHERE x.organization_id = $1 "
-    "ORDER BY x.patient_id, x.seq DESC)"
-)
+def _last_event(population: str | None) -> str:
+    """Each patient's latest care team event (its number is the team's version)."""
+    return (
+        "(SELECT DISTINCT ON (x.patient_id) x.patient_id, x.seq, x.occurred_at "
+        f"FROM care_team_events AS x WHERE x.organization_id = $1"
+        f"{_among('x.patient_id', population)} ORDER BY x.patient_id, x.seq DESC)"
+    )
 
 
 def _npi(table: str) -> str:
@@ -138,49 +150,56 @@ class Source:
 
 # --- Patient (fhir_resources.patient_resource) ------------------------------------------
 
-_IDENTIFIERS = (
-    "(SELECT i.patient_id, string_agg("
-    + _object(("system", _string("i.system")), ("value", _string("i.value")))
-    + ", ',' ORDER BY i.system, i.value) AS list FROM patient_identifiers AS i "
-    "WHERE i.organization_id = $1 GROUP BY i.patient_id)"
-)
+_IDENTIFIER = _object(("system", _string("i.system")), ("value", _string("i.value")))
 _PATIENT_NAME = _name("patients.first_name", "patients.last_name")
 _PATIENT_UPDATED = "greatest(coalesce(changed.changed_at, patients.created_at), event.occurred_at)"
-PATIENT = Source(
-    rows=(
-        f"patients LEFT JOIN {_last_change('patient')} AS changed "
-        "ON changed.record_id = patients.id "
-        f"LEFT JOIN {_LAST_EVENT} AS event ON event.patient_id = patients.id "
-        "LEFT JOIN care_team_assignments AS a ON a.organization_id = $1 "
-        "AND a.patient_id = patients.id AND a.is_primary_provider "
-        f"LEFT JOIN {_IDENTIFIERS} AS ids ON ids.patient_id = patients.id"
-    ),
-    updated=_PATIENT_UPDATED,
-    resource=_object(
-        ("resourceType", "'\"Patient\"'"),
-        ("id", _plain("patients.id")),
-        (
-            "meta",
-            _object(
-                ("versionId", _plain("patients.version || '.' || coalesce(event.seq, 0)")),
-                ("lastUpdated", _instant(_PATIENT_UPDATED)),
-                (
-                    "profile",
-                    f"(CASE WHEN ids.list IS NOT NULL AND {_PATIENT_NAME} IS NOT NULL "
-                    f"THEN {_literal([US_CORE_PATIENT])} END)",
-                    True,
-                ),
+_PATIENT = _object(
+    ("resourceType", "'\"Patient\"'"),
+    ("id", _plain("patients.id")),
+    (
+        "meta",
+        _object(
+            ("versionId", _plain("patients.version || '.' || coalesce(event.seq, 0)")),
+            ("lastUpdated", _instant(_PATIENT_UPDATED)),
+            (
+                "profile",
+                f"(CASE WHEN ids.list IS NOT NULL AND {_PATIENT_NAME} IS NOT NULL "
+                f"THEN {_literal([US_CORE_PATIENT])} END)",
+                True,
             ),
         ),
-        ("identifier", _array("ids.list"), True),
-        ("name", _PATIENT_NAME, True),
-        ("gender", _string("patients.gender")),
-        ("birthDate", _plain("to_char(patients.dob, 'YYYY-MM-DD')"), True),
-        ("generalPractitioner", _array(_reference("Practitioner", "a.provider_id")), True),
-        ("managingOrganization", _reference("Organization", "patients.organization_id")),
     ),
-    patients="ARRAY[patients.id]",
+    ("identifier", _array("ids.list"), True),
+    ("name", _PATIENT_NAME, True),
+    ("gender", _string("patients.gender")),
+    ("birthDate", _plain("to_char(patients.dob, 'YYYY-MM-DD')"), True),
+    ("generalPractitioner", _array(_reference("Practitioner", "a.provider_id")), True),
+    ("managingOrganization", _reference("Organization", "patients.organization_id")),
 )
+
+
+def patient_source(population: str | None = None) -> Source:
+    """Patients; `population`: the subquery of a Group-level export's patients (None: the
+    organization's)."""
+    identifiers = (
+        f"(SELECT i.patient_id, string_agg({_IDENTIFIER}, ',' ORDER BY i.system, i.value) "
+        "AS list FROM patient_identifiers AS i WHERE i.organization_id = $1"
+        f"{_among('i.patient_id', population)} GROUP BY i.patient_id)"
+    )
+    return Source(
+        rows=(
+            f"patients LEFT JOIN {_last_change('patient', population)} AS changed "
+            "ON changed.record_id = patients.id "
+            f"LEFT JOIN {_last_event(population)} AS event ON event.patient_id = patients.id "
+            "LEFT JOIN care_team_assignments AS a ON a.organization_id = $1 "
+            "AND a.patient_id = patients.id AND a.is_primary_provider "
+            f"LEFT JOIN {identifiers} AS ids ON ids.patient_id = patients.id"
+        ),
+        updated=_PATIENT_UPDATED,
+        resource=_PATIENT,
+        patients="ARRAY[patients.id]",
+    )
+
 
 # --- Practitioner (fhir_resources.practitioner_resource) --------------------------------
 
@@ -232,8 +251,29 @@ _PARTICIPANT = _object(
     ("member", _reference("Practitioner", "q.provider_id")),
     ("period", _period("lower(q.valid)", "upper(q.valid)")),
 )
-# fhir_search.TEAMS's columns, from one pass over the periods grouped by patient.
-_TEAMS = f"""(
+_CARE_TEAM = _object(
+    ("resourceType", "'\"CareTeam\"'"),
+    ("id", _plain("teams.id")),
+    (
+        "meta",
+        _object(
+            ("versionId", _plain("teams.version")),
+            ("lastUpdated", _instant("teams.updated_at")),
+        ),
+    ),
+    ("status", "(CASE WHEN teams.active THEN '\"active\"' ELSE '\"inactive\"' END)"),
+    ("name", "'\"Care team\"'"),
+    ("subject", _reference("Patient", "teams.id")),
+    ("period", _period("teams.start", "teams.end_")),
+    ("participant", _array("teams.participants")),
+    ("managingOrganization", _array(_reference("Organization", "$1"))),
+)
+
+
+def care_team_source(population: str | None = None) -> Source:
+    """CareTeams: fhir_search.TEAMS's columns, from one pass over the periods grouped by
+    patient; `population` as patient_source's."""
+    teams = f"""(
     SELECT s.id, s.start, s.end_, s.active, coalesce(event.seq, 0) AS version,
            coalesce(event.occurred_at, greatest(s.last_start, s.last_end)) AS updated_at,
            s.participants
@@ -245,35 +285,19 @@ _TEAMS = f"""(
                max(lower(q.valid)) AS last_start, max(upper(q.valid)) AS last_end,
                string_agg({_PARTICIPANT}, ',' ORDER BY lower(q.valid), q.provider_id)
                    AS participants
-        FROM care_team_periods AS q WHERE q.organization_id = $1 GROUP BY q.patient_id
+        FROM care_team_periods AS q
+        WHERE q.organization_id = $1{_among("q.patient_id", population)}
+        GROUP BY q.patient_id
     ) AS s
-    LEFT JOIN {_LAST_EVENT} AS event ON event.patient_id = s.id
+    LEFT JOIN {_last_event(population)} AS event ON event.patient_id = s.id
 ) AS teams"""
-CARE_TEAM = Source(
-    rows=_TEAMS,
-    updated="teams.updated_at",
-    resource=_object(
-        ("resourceType", "'\"CareTeam\"'"),
-        ("id", _plain("teams.id")),
-        (
-            "meta",
-            _object(
-                ("versionId", _plain("teams.version")),
-                ("lastUpdated", _instant("teams.updated_at")),
-            ),
-        ),
-        ("status", "(CASE WHEN teams.active THEN '\"active\"' ELSE '\"inactive\"' END)"),
-        ("name", "'\"Care team\"'"),
-        ("subject", _reference("Patient", "teams.id")),
-        ("period", _period("teams.start", "teams.end_")),
-        ("participant", _array("teams.participants")),
-        (
-            "managingOrganization",
-            _array(_reference("Organization", "$1")),
-        ),
-    ),
-    patients="ARRAY[teams.id]",
-)
+    return Source(
+        rows=teams,
+        updated="teams.updated_at",
+        resource=_CARE_TEAM,
+        patients="ARRAY[teams.id]",
+    )
+
 
 # --- Group (fhir_resources.group_resource) ----------------------------------------------
 
@@ -375,13 +399,16 @@ ORGANIZATION = Source(
     patients="NULL::uuid[]",
 )
 
-SOURCES = {
-    "Organization": ORGANIZATION,
-    "Practitioner": PRACTITIONER,
-    "Patient": PATIENT,
-    "CareTeam": CARE_TEAM,
-}
 
-
-def source_of(kind: str, members_since: str | None = None) -> Source:
-    return group_source(members_since) if kind == "Group" else SOURCES[kind]
+def source_of(
+    kind: str, *, population: str | None = None, members_since: str | None = None
+) -> Source:
+    """`kind`'s statement parts; `population`: see patient_source; `members_since`: see
+    group_source."""
+    if kind == "Patient":
+        return patient_source(population)
+    if kind == "CareTeam":
+        return care_team_source(population)
+    if kind == "Group":
+        return group_source(members_since)
+    return {"Organization": ORGANIZATION, "Practitioner": PRACTITIONER}[kind]

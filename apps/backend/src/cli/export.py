@@ -12,10 +12,10 @@ the counts and the directory (ids only).
 from __future__ import annotations
 
 import datetime
-import getpass
 import json
 import logging
 import os
+import pwd
 import socket
 import uuid
 from pathlib import Path
@@ -92,7 +92,7 @@ def export(
     """Export an organization (or one provider's Group) as FHIR NDJSON files."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from src.api.bulk_export import LEVEL_TYPES, run_export
+    from src.api.bulk_export import LEVEL_TYPES, Unbuildable, run_export
     from src.config import get_settings
     from src.db import open_database
     from src.services.bulk_export import unkept_job
@@ -164,6 +164,8 @@ def export(
                         progress=progress,
                         heartbeat_s=None,
                     )
+                except Unbuildable as err:
+                    raise CommandFailed(f"{err} (no manifest.json was written)") from None
                 except ExportStorageError as err:  # full, read-only, a name taken
                     raise CommandFailed(
                         f"could not write the export into {out}: {err} (no manifest.json "
@@ -198,13 +200,16 @@ Output = list[dict[str, Any]]
 
 
 def operator() -> str:
-    """Who runs this command, as the access log names an operator: user@host (the login
-    name, else the uid, when the system knows no name for it)."""
+    """Who runs this command, as the access log names an operator: user@host, the user
+    being the account name of this process's uid (not $USER, which anyone sets; the uid
+    itself when it has no account), and under sudo, who ran sudo as well."""
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
         user = f"uid {os.getuid()}"
-    return f"{user}@{socket.gethostname()}"[:200]
+    by = os.environ.get("SUDO_USER")
+    name = f"{user}@{socket.gethostname()}" + (f" (sudo by {by})" if by and by != user else "")
+    return name[:200]
 
 
 def _since(since: str | None) -> datetime.datetime | None:

@@ -1040,6 +1040,11 @@ _MEMBERS = (
 )
 
 
+def group_members(provider: str) -> str:
+    """SQL: the patients of a provider's Group (`provider`: its placeholder or literal)."""
+    return _MEMBERS.format(provider=provider)
+
+
 def _within(search: Search, bind: Binder, table: str) -> str | None:
     """The condition of a bulk export's population (Search.within) on `table`."""
     if search.within is None:

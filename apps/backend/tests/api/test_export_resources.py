@@ -11,15 +11,19 @@ import dataclasses
 import datetime
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import pytest
 from sqlalchemy import text
 
-from src.api.bulk_export import FILTERABLE, ExportRunner, pages
+from src.api import bulk_export
+from src.api.bulk_export import FILTERABLE, ExportRunner, Unbuildable, pages, run_export
 from src.db import Database
 from src.services.bulk_export import ExportJobRecord, unkept_job
+from src.services.export_storage import DirectoryStorage
 from src.services.fhir_search import PARAMETERS, Param
 from src.services.transaction import run_transaction
 from tests.api.test_bulk_data import download, finished, kick_off
@@ -110,6 +114,11 @@ async def a_population_of_every_shape(
         org=org,
     )
     return made
+
+
+def ndjson_files(directory: Path) -> dict[str, bytes]:
+    """Every NDJSON file under `directory`: its name and bytes."""
+    return {path.name: path.read_bytes() for path in directory.rglob("*.ndjson")}
 
 
 def as_text(resource: dict[str, Any]) -> str:
@@ -266,3 +275,83 @@ class TestTypeFilterIsTheSearch:
             matched += bool(searched)
         assert checked >= len(FILTERS) // 2
         assert matched >= checked // 2  # most select something: not a match of nothing
+
+
+class TestWhatTheExportRefuses:
+    async def test_a_resource_without_a_required_value_fails_the_export_in_words(
+        self, tenant: Tenant, database: Database, tmp_path: Path
+    ):
+        """A time of -infinity (written by hand) leaves lastUpdated without a value: the
+        export refuses, rather than write `"lastUpdated":}`."""
+        ident = uuid.uuid4()
+        await owner_sql(
+            database,
+            "INSERT INTO patients (id, organization_id, first_name, last_name, created_at) "
+            "VALUES (:id, :org, 'Ann', 'Inf', '-infinity')",
+            id=ident,
+            org=tenant.organization_id,
+        )
+        job = unkept_job(
+            organization_id=tenant.organization_id,
+            requester=f"api_key:{tenant.api_key_id}",
+            request="test",
+            types=("Patient",),
+        )
+        with pytest.raises(Unbuildable, match="lacks a value FHIR requires"):
+            await run_export(database.sessionmaker, DirectoryStorage(tmp_path), job)
+        assert all(b'"lastUpdated":}' not in body for body in ndjson_files(tmp_path).values())
+
+    async def test_a_page_is_recorded_before_it_is_written(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ):
+        """The access log entry of a page is committed before its lines reach the file: a
+        page whose entry fails is not in the file (with `careteam export`, the file is
+        the disclosure)."""
+        await post_patient(client, tenant)
+
+        async def refused(*_args: Any) -> None:
+            raise RuntimeError("the access log is unavailable")
+
+        monkeypatch.setattr(bulk_export, "_record_page", refused)
+        job = unkept_job(
+            organization_id=tenant.organization_id,
+            requester=f"api_key:{tenant.api_key_id}",
+            request="test",
+            types=("Patient",),
+        )
+        with pytest.raises(RuntimeError, match="unavailable"):
+            await run_export(database.sessionmaker, DirectoryStorage(tmp_path), job)
+        assert list(ndjson_files(tmp_path).values()) == [b""]
+
+    async def test_a_page_read_again_with_other_patients_is_recorded_again(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    ):
+        """A page's entry id follows its patients: the same page read again (a retry)
+        writes nothing twice; the same page number holding other patients (a retry on a
+        new snapshot) is recorded, never dropped as a duplicate."""
+        first, second = await post_patient(client, tenant), await post_patient(client, tenant)
+        job = unkept_job(
+            organization_id=tenant.organization_id,
+            requester=f"api_key:{tenant.api_key_id}",
+            request="test",
+            types=("Patient",),
+        )
+        for patients in ([first], [first], [second]):
+            ids = [uuid.UUID(p) for p in patients]
+            await bulk_export._record_page(database.sessionmaker, job, "Patient", 0, ids)
+        async with database.owner_engine.begin() as owner:
+            rows = (
+                await owner.execute(
+                    text(
+                        "SELECT patient_ids FROM access_log WHERE organization_id = :org "
+                        "AND route LIKE '%$export' ORDER BY recorded_at"
+                    ),
+                    {"org": tenant.organization_id},
+                )
+            ).all()
+        assert sorted(str(r[0][0]) for r in rows) == sorted([first, second])

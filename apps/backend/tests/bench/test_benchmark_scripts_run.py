@@ -157,6 +157,7 @@ def test_export_benchmark_runs():
     assert whole or during["notices"]
     assert during["writers"]["writes"] > 0
     assert figures["copy"]["rows"] > 0
+    assert figures["group_export"]["by_type"]["Group"] == 1
     assert figures["export_time_ratio_to_copy"] > 0
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import pwd
+import socket
 import uuid
 from pathlib import Path
 
@@ -82,6 +85,17 @@ class TestExportCommand:
         assert named == {str(clinic["patient"]), str(clinic["lone"])}
         table = careteam("access-log", "--organization", org, env={"COLUMNS": "300"})
         assert f"operator {operator()}" in table.stdout
+
+    def test_the_operator_is_the_uids_account_not_what_the_environment_says(
+        self, monkeypatch: pytest.MonkeyPatch
+    ):
+        for name in ("USER", "LOGNAME", "LNAME", "USERNAME"):
+            monkeypatch.setenv(name, "mallory")
+        monkeypatch.delenv("SUDO_USER", raising=False)
+        account = pwd.getpwuid(os.getuid()).pw_name
+        assert operator() == f"{account}@{socket.gethostname()}"
+        monkeypatch.setenv("SUDO_USER", "alice")
+        assert operator().endswith("(sudo by alice)")
 
     def test_an_operators_entry_is_an_audit_event_requested_by_that_login(self):
         org, patient = uuid.uuid4(), uuid.uuid4()
