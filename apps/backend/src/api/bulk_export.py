@@ -148,18 +148,6 @@ def _searches(job: ExportJobRecord, kind: str) -> list[Search]:
     return [Search(kind, s.clauses, within=_within(job)) for s in base]
 
 
-# A Group's member, in a Group-level export with _since: its patient's attribution to the
-# provider changed since (a care team event on that patient naming the provider, as the
-# Group's version counts them: a period opened, ended or changed), up to the
-# transaction time.
-_MEMBER_CHANGED = (
-    "EXISTS (SELECT 1 FROM care_team_events AS x WHERE x.organization_id = $1 "
-    "AND x.patient_id = q.patient_id AND (x.provider_id = q.provider_id "
-    "OR x.previous_primary_provider_id = q.provider_id) "
-    "AND x.occurred_at > {since} AND x.occurred_at <= {until})"
-)
-
-
 def statement(job: ExportJobRecord, kind: str, until: datetime.datetime) -> tuple[str, list[Any]]:
     """The statement of the job's `kind` resources in its snapshot, in id order, and its
     arguments: a row per resource changed after `since` (if given) that the job's
@@ -172,14 +160,14 @@ def statement(job: ExportJobRecord, kind: str, until: datetime.datetime) -> tupl
     if kind == "Organization":
         source, table, where = source_of(kind), "organizations", "organizations.id = $1"
     else:
-        population = members = None
+        population, changed = None, None
         if job.level == "group" and kind in ("Patient", "CareTeam"):
             # The Group's patients, read through their own rows' indexes (not the
             # organization's), as well as the condition on each resource (matching).
             population = group_members(bind(job.group_id, "uuid"))
         if job.level == "group" and kind == "Group" and since is not None:
-            members = _MEMBER_CHANGED.format(since=since, until=at)
-        source = source_of(kind, population=population, members_since=members)
+            changed = (since, at)
+        source = source_of(kind, population=population, changed=changed)
         table, where = table_of(kind), matching(_searches(job, kind), bind)
     window = "" if since is None else f" AND {source.updated} > {since}"
     text = (
@@ -220,7 +208,7 @@ def _split(rows: list[Any]) -> tuple[list[str], list[uuid.UUID], int]:
     kept = [row for row in rows if not row["later"]]
     lines = [row["resource"] for row in kept]
     if None in lines:  # a required element had no value (export_resources._object)
-        raise Unbuildable(UNBUILDABLE)
+        raise Unbuildable()
     patients = [p for row in kept for p in row["patients"] or ()]
     return lines, patients, len(rows) - len(kept)
 
@@ -269,16 +257,16 @@ def _who(requester: str) -> dict[str, Any]:
     return {"api_key_id": uuid.UUID(ident), "client_id": None}
 
 
-UNBUILDABLE = (
-    "a resource lacks a value FHIR requires (a time of -infinity, say), so it cannot be "
-    "written (its FHIR read fails too): correct the data, then start a new export"
-)
-
-
 class Unbuildable(Exception):
-    """A resource lacks a value FHIR requires (a time of -infinity, say): the export
-    fails and says so, rather than write a line that is not JSON (the FHIR read of it
-    fails too)."""
+    """A resource lacks a value FHIR requires: the export fails and says so, rather than
+    write a line that is not JSON."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a resource lacks a value FHIR requires (a time of -infinity, say), so it "
+            "cannot be written (its FHIR read fails too): correct the data, then start a "
+            "new export"
+        )
 
 
 class Cancelled(Exception):

@@ -39,10 +39,14 @@ from src.services.fhir_search import GROUP_NAME_PREFIX
 # absent, for an optional member).
 
 
+def _text(text: str) -> str:
+    """Text as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _literal(value: Any) -> str:
     """A constant's JSON, as an SQL string literal."""
-    text = json.dumps(value, separators=(",", ":"))
-    return "'" + text.replace("'", "''") + "'"
+    return _text(json.dumps(value, separators=(",", ":")))
 
 
 def _string(sql: str) -> str:
@@ -77,16 +81,12 @@ def _object(*members: tuple[str, str] | tuple[str, str, bool]) -> str:
     JSON: the export refuses it, src/api/bulk_export.py)."""
     parts = []
     for n, (key, value, *optional) in enumerate(members):
-        head = _literal_text(("{" if n == 0 else ",") + json.dumps(key) + ":")
+        head = _text(("{" if n == 0 else ",") + json.dumps(key) + ":")
         if optional and optional[0]:
             parts.append(f"coalesce({head} || {value}, '')")
         else:
             parts.append(f"{head} || {value}")
     return "(" + " || ".join([*parts, "'}'"]) + ")"
-
-
-def _literal_text(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _array(sql: str) -> str:
@@ -98,7 +98,7 @@ def _name(first: str, last: str) -> str:
     """fhir_resources._name: [{use, family?, given?}] when either is non-empty."""
     family, given = f"nullif({last}, '')", f"nullif({first}, '')"
     entry = _object(
-        ("use", "'\"official\"'"),
+        ("use", _literal("official")),
         ("family", _string(family), True),
         ("given", _array(_string(given)), True),
     )
@@ -154,7 +154,7 @@ _IDENTIFIER = _object(("system", _string("i.system")), ("value", _string("i.valu
 _PATIENT_NAME = _name("patients.first_name", "patients.last_name")
 _PATIENT_UPDATED = "greatest(coalesce(changed.changed_at, patients.created_at), event.occurred_at)"
 _PATIENT = _object(
-    ("resourceType", "'\"Patient\"'"),
+    ("resourceType", _literal("Patient")),
     ("id", _plain("patients.id")),
     (
         "meta",
@@ -211,7 +211,7 @@ PRACTITIONER = Source(
     ),
     updated=_PROVIDER_UPDATED,
     resource=_object(
-        ("resourceType", "'\"Practitioner\"'"),
+        ("resourceType", _literal("Practitioner")),
         ("id", _plain("providers.id")),
         (
             "meta",
@@ -252,7 +252,7 @@ _PARTICIPANT = _object(
     ("period", _period("lower(q.valid)", "upper(q.valid)")),
 )
 _CARE_TEAM = _object(
-    ("resourceType", "'\"CareTeam\"'"),
+    ("resourceType", _literal("CareTeam")),
     ("id", _plain("teams.id")),
     (
         "meta",
@@ -262,7 +262,7 @@ _CARE_TEAM = _object(
         ),
     ),
     ("status", "(CASE WHEN teams.active THEN '\"active\"' ELSE '\"inactive\"' END)"),
-    ("name", "'\"Care team\"'"),
+    ("name", _literal("Care team")),
     ("subject", _reference("Patient", "teams.id")),
     ("period", _period("teams.start", "teams.end_")),
     ("participant", _array("teams.participants")),
@@ -308,11 +308,26 @@ _MEMBER = _object(
 )
 
 
-def _groups(members_since: str | None) -> str:
+# A Group's member, in a Group-level export with _since: its patient's attribution to the
+# provider changed in the window (a care team event on that patient naming the provider,
+# as the Group's version counts them: a period opened, ended or changed).
+_MEMBER_CHANGED = (
+    "EXISTS (SELECT 1 FROM care_team_events AS x WHERE x.organization_id = $1 "
+    "AND x.patient_id = q.patient_id AND (x.provider_id = q.provider_id "
+    "OR x.previous_primary_provider_id = q.provider_id) "
+    "AND x.occurred_at > {since} AND x.occurred_at <= {until})"
+)
+
+
+def _groups(changed: tuple[str, str] | None) -> str:
     """fhir_search.GROUPS's columns, from one pass over the primary periods grouped by
-    provider, and one over those patients' events. `members_since`: an SQL condition on
-    a period `q` that keeps it among the members (a Group export's _since); None: all."""
-    kept = "" if members_since is None else f" FILTER (WHERE {members_since})"
+    provider, and one over those patients' events. `changed`: (since, until), the
+    placeholders of a window that keeps only the members changed in it (a Group-level
+    export's _since, up to its transaction time); None: every member."""
+    kept = ""
+    if changed is not None:
+        since, until = changed
+        kept = f" FILTER (WHERE {_MEMBER_CHANGED.format(since=since, until=until)})"
     return f"""(
     SELECT providers.id, providers.npi, providers.version AS record_version,
            '{GROUP_NAME_PREFIX}' || coalesce(
@@ -344,21 +359,21 @@ def _groups(members_since: str | None) -> str:
 ) AS groups"""
 
 
-def group_source(members_since: str | None) -> Source:
-    """A Group; with `members_since`, only those members (a Group-level export's
-    _since), and marked SUBSETTED as fhir_resources.shaped marks a resource that is not
+def group_source(changed: tuple[str, str] | None) -> Source:
+    """A Group; with `changed`, only the members changed in that window (see _groups),
+    and marked SUBSETTED as fhir_resources.shaped marks a resource that is not
     whole: a client merges it, rather than replacing its copy and losing the others."""
     meta = [
         ("versionId", _plain("groups.record_version || '.' || groups.team_version")),
         ("lastUpdated", _instant("groups.updated_at")),
     ]
-    if members_since is not None:
+    if changed is not None:
         meta.append(("tag", _literal([SUBSETTED])))
     return Source(
-        rows=_groups(members_since),
+        rows=_groups(changed),
         updated="groups.updated_at",
         resource=_object(
-            ("resourceType", "'\"Group\"'"),
+            ("resourceType", _literal("Group")),
             ("id", _plain("groups.id")),
             ("meta", _object(*meta)),
             (
@@ -366,9 +381,9 @@ def group_source(members_since: str | None) -> Source:
                 _npi("groups"),
                 True,
             ),
-            ("active", "'true'"),
-            ("type", "'\"person\"'"),
-            ("actual", "'true'"),
+            ("active", _literal(True)),
+            ("type", _literal("person")),
+            ("actual", _literal(True)),
             ("name", _string("groups.name")),
             ("quantity", "groups.quantity::text"),
             ("managingEntity", _reference("Practitioner", "groups.id")),
@@ -384,16 +399,16 @@ ORGANIZATION = Source(
     rows="organizations",
     updated="organizations.created_at",
     resource=_object(
-        ("resourceType", "'\"Organization\"'"),
+        ("resourceType", _literal("Organization")),
         ("id", _plain("organizations.id")),
         (
             "meta",
             _object(
-                ("versionId", "'\"1\"'"),
+                ("versionId", _literal("1")),
                 ("lastUpdated", _instant("organizations.created_at")),
             ),
         ),
-        ("active", "'true'"),
+        ("active", _literal(True)),
         ("name", _string("organizations.name")),
     ),
     patients="NULL::uuid[]",
@@ -401,14 +416,14 @@ ORGANIZATION = Source(
 
 
 def source_of(
-    kind: str, *, population: str | None = None, members_since: str | None = None
+    kind: str, *, population: str | None = None, changed: tuple[str, str] | None = None
 ) -> Source:
-    """`kind`'s statement parts; `population`: see patient_source; `members_since`: see
+    """`kind`'s statement parts; `population`: see patient_source; `changed`: see
     group_source."""
     if kind == "Patient":
         return patient_source(population)
     if kind == "CareTeam":
         return care_team_source(population)
     if kind == "Group":
-        return group_source(members_since)
+        return group_source(changed)
     return {"Organization": ORGANIZATION, "Practitioner": PRACTITIONER}[kind]

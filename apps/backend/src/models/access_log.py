@@ -18,8 +18,8 @@ from src.models.base import Base
 class AccessLogEntry(Base):
     """One request to a route that reads or changes patient data: who asked (an API key,
     or a SMART client; or, for an operator's command, who ran it: revision
-    20261207_access_log_operator), the route and FHIR interaction, the query parameters' names, the
-    status answered, a search's result count, and the patients it named."""
+    20261207_access_log_operator), the route and FHIR interaction, the query parameters'
+    names, the status answered, a search's result count, and the patients it named."""
 
     __tablename__ = "access_log"
     __table_args__ = (

@@ -128,10 +128,6 @@ RECORD = Sql(
     "result_count",
     "patients",
 )
-# Several entries in one statement (one transaction, one commit): careteam_record_access
-# for each element of a JSON array (jsonb_to_recordset turns its arrays into text[] and
-# uuid[]); the number of entries written (an entry already there, from an earlier
-# attempt, is not counted, nor written again).
 # An operator's entry (AccessEntry.operator), which names no credential.
 RECORD_OPERATOR = Sql(
     "SELECT careteam_record_operator_access($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -146,6 +142,10 @@ RECORD_OPERATOR = Sql(
     "result_count",
     "patients",
 )
+# Several entries in one statement (one transaction, one commit): careteam_record_access
+# for each element of a JSON array (jsonb_to_recordset turns its arrays into text[] and
+# uuid[]); the number of entries written (an entry already there, from an earlier
+# attempt, is not counted, nor written again).
 RECORD_MANY = Sql(
     "SELECT count(*) FILTER (WHERE careteam_record_access("
     "e.org, e.id, e.api_key_id, e.client_id, e.route, e.interaction, e.action,"

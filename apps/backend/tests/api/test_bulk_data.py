@@ -22,7 +22,7 @@ from src.api.bulk_export import ExportRunner, pages, run_export
 from src.api.fhir_resources import SUBSETTED
 from src.config import get_settings
 from src.db import Database
-from src.services.bulk_export import PAGE_OF, BulkExportService, unkept_job
+from src.services.bulk_export import PAGE_OF, BulkExportService, ExportJobRecord, unkept_job
 from src.services.organization_service import OrganizationService
 from src.services.transaction import run_transaction
 from tests.api.test_fhir import FHIR, MODELS, team_of
@@ -99,6 +99,16 @@ async def many_patients(database: Database, org: uuid.UUID, count: int) -> None:
             ),
             {"org": org, "n": count},
         )
+
+
+def tenant_job(tenant: Tenant, kind: str) -> ExportJobRecord:
+    """An export of `kind` as the tenant's key asks it, run outside export_jobs."""
+    return unkept_job(
+        organization_id=tenant.organization_id,
+        requester=f"api_key:{tenant.api_key_id}",
+        request="test",
+        types=(kind,),
+    )
 
 
 async def until_running(http: httpx.AsyncClient, status_url: str, headers: dict[str, str]) -> None:
@@ -624,12 +634,7 @@ class TestReviewFindings:
         """A page of Groups holds every member of each: memory holds PAGE_OF Groups."""
         for _ in range(PAGE_OF["Group"] + 3):
             await post_provider(client, tenant)
-        job = unkept_job(
-            organization_id=tenant.organization_id,
-            requester=f"api_key:{tenant.api_key_id}",
-            request="test",
-            types=("Group",),
-        )
+        job = tenant_job(tenant, "Group")
         until = datetime.datetime.now(datetime.UTC)
         async with database.sessionmaker() as db:
 

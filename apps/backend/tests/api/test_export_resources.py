@@ -22,11 +22,11 @@ from sqlalchemy import text
 from src.api import bulk_export
 from src.api.bulk_export import FILTERABLE, ExportRunner, Unbuildable, pages, run_export
 from src.db import Database
-from src.services.bulk_export import ExportJobRecord, unkept_job
+from src.services.bulk_export import ExportJobRecord
 from src.services.export_storage import DirectoryStorage
 from src.services.fhir_search import PARAMETERS, Param
 from src.services.transaction import run_transaction
-from tests.api.test_bulk_data import download, finished, kick_off
+from tests.api.test_bulk_data import download, finished, kick_off, tenant_job
 from tests.api.test_fhir import FHIR, team_of
 from tests.helpers import Tenant, post_patient, post_provider
 
@@ -250,15 +250,7 @@ class TestTypeFilterIsTheSearch:
                 continue  # a parameter that takes no :missing (the search says so)
             assert r.status_code == 200, (kind, query, r.text)
             searched = {e["resource"]["id"] for e in r.json().get("entry", [])}
-            job = dataclasses.replace(
-                unkept_job(
-                    organization_id=tenant.organization_id,
-                    requester=f"api_key:{tenant.api_key_id}",
-                    request="test",
-                    types=(kind,),
-                ),
-                type_filters=[f"{kind}?{query}"],
-            )
+            job = dataclasses.replace(tenant_job(tenant, kind), type_filters=[f"{kind}?{query}"])
 
             async def work(driver: Any, job: ExportJobRecord = job) -> set[str]:
                 found: set[str] = set()
@@ -291,12 +283,7 @@ class TestWhatTheExportRefuses:
             id=ident,
             org=tenant.organization_id,
         )
-        job = unkept_job(
-            organization_id=tenant.organization_id,
-            requester=f"api_key:{tenant.api_key_id}",
-            request="test",
-            types=("Patient",),
-        )
+        job = tenant_job(tenant, "Patient")
         with pytest.raises(Unbuildable, match="lacks a value FHIR requires"):
             await run_export(database.sessionmaker, DirectoryStorage(tmp_path), job)
         assert all(b'"lastUpdated":}' not in body for body in ndjson_files(tmp_path).values())
@@ -318,12 +305,7 @@ class TestWhatTheExportRefuses:
             raise RuntimeError("the access log is unavailable")
 
         monkeypatch.setattr(bulk_export, "_record_page", refused)
-        job = unkept_job(
-            organization_id=tenant.organization_id,
-            requester=f"api_key:{tenant.api_key_id}",
-            request="test",
-            types=("Patient",),
-        )
+        job = tenant_job(tenant, "Patient")
         with pytest.raises(RuntimeError, match="unavailable"):
             await run_export(database.sessionmaker, DirectoryStorage(tmp_path), job)
         assert list(ndjson_files(tmp_path).values()) == [b""]
@@ -335,12 +317,7 @@ class TestWhatTheExportRefuses:
         writes nothing twice; the same page number holding other patients (a retry on a
         new snapshot) is recorded, never dropped as a duplicate."""
         first, second = await post_patient(client, tenant), await post_patient(client, tenant)
-        job = unkept_job(
-            organization_id=tenant.organization_id,
-            requester=f"api_key:{tenant.api_key_id}",
-            request="test",
-            types=("Patient",),
-        )
+        job = tenant_job(tenant, "Patient")
         for patients in ([first], [first], [second]):
             ids = [uuid.UUID(p) for p in patients]
             await bulk_export._record_page(database.sessionmaker, job, "Patient", 0, ids)
