@@ -208,6 +208,14 @@ def invalid(message: str) -> FhirError:
     return FhirError(400, "invalid", message)
 
 
+class UnknownParameter(FhirError):
+    """A parameter a strict search does not understand: where the caller offers
+    `Prefer: handling=lenient` (the FHIR search route), it says so in the answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "invalid", message)
+
+
 def not_supported(message: str) -> FhirError:
     return FhirError(400, "not-supported", message)
 
@@ -297,7 +305,7 @@ class Query:
 
     def _unknown(self, name: str, why: str) -> None:
         if not self.lenient:
-            raise invalid(f"{why}: {name[:64]} (send Prefer: handling=lenient to have it ignored)")
+            raise UnknownParameter(f"{why}: {name[:64]}")
         self.ignored.append(name)
 
     def _clause(self, name: str, raw: str) -> None:

@@ -300,6 +300,19 @@ class TestRefusals:
         assert r.status_code == status, r.text
         assert r.json()["resourceType"] == "OperationOutcome"
 
+    async def test_an_unknown_type_filter_parameter_offers_no_leniency(
+        self, client: httpx.AsyncClient, tenant: Tenant
+    ):
+        """$export ignores nothing, even under Prefer: handling=lenient: its refusal does
+        not send the client to a Prefer that would change nothing (a FHIR search's does)."""
+        prefer = {**tenant.headers, **ASYNC, "Prefer": "respond-async, handling=lenient"}
+        r = await client.get(
+            f"{FHIR}/$export", params={"_typeFilter": "Patient?nonsense=1"}, headers=prefer
+        )
+        assert r.status_code == 400, r.text
+        diagnostics = r.json()["issue"][0]["diagnostics"]
+        assert "nonsense" in diagnostics and "lenient" not in diagnostics
+
     async def test_without_respond_async_400(self, client: httpx.AsyncClient, tenant: Tenant):
         r = await client.get(f"{FHIR}/$export", headers=tenant.headers)
         assert r.status_code == 400

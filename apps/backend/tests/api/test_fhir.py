@@ -316,7 +316,8 @@ class TestErrorsAndFormats:
         strict = await client.get(
             f"{FHIR}/CareTeam", params={"colour": "blue"}, headers=tenant.headers
         )
-        assert "colour" in valid(strict, 400)["issue"][0]["diagnostics"]
+        diagnostics = valid(strict, 400)["issue"][0]["diagnostics"]
+        assert "colour" in diagnostics and "handling=lenient" in diagnostics  # how to ask
         asked = await client.get(
             f"{FHIR}/Patient",
             params={"nmae": "x"},

@@ -28,6 +28,7 @@ from src.api.fhir_query import (
     INCLUDES,
     REVINCLUDES,
     Query,
+    UnknownParameter,
     check_pretty,
     elements_of,
     included_limit,
@@ -256,13 +257,17 @@ async def _search(request: Request, kind: str, items: list[tuple[str, str]]) -> 
     db = session_of(request)
     org = _organization(request)
     base = _base(request)
-    query = Query.read(
-        kind,
-        items,
-        base=base,
-        cursors=await cursors_of(request),
-        lenient=_handling(request) == "lenient",
-    )
+    try:
+        query = Query.read(
+            kind,
+            items,
+            base=base,
+            cursors=await cursors_of(request),
+            lenient=_handling(request) == "lenient",
+        )
+    except UnknownParameter as err:  # this route offers leniency: say how to ask for it
+        hint = " (send Prefer: handling=lenient to have it ignored)"
+        raise FhirError(err.status, err.code, err.diagnostics + hint) from None
     for name, target in (*query.includes, *query.revincludes):
         # An included resource is read like any other of its type: its scope, not the
         # search's, decides (a CareTeam-only credential gets no Patient this way).
