@@ -423,6 +423,44 @@ class TestInTheBrowser:
         await page.get_by_text("No patient matches “zzz”.").wait_for()
         await expect(page.get_by_role("button", name="Next page")).to_have_count(0)
 
+    async def test_a_list_answered_late_never_replaces_the_search_asked_after_it(
+        self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
+    ):
+        """The worklist's first list, answered after the search typed meanwhile, took its
+        place: the page showed patients the search excludes, with nothing saying so (CI
+        saw it once)."""
+        body = {"first_name": "Ann", "last_name": "Latesearch", "dob": "1980-01-01"}
+        live_api.post("/v1/patients", body)
+        first_list_asked = asyncio.Event()
+        release = asyncio.Event()
+        fulfilled = asyncio.Event()
+        released: list[Any] = []
+
+        async def hold_the_first_list(route: Any) -> None:
+            if "name=" in route.request.url:
+                await route.continue_()
+                return
+            first_list_asked.set()
+            await release.wait()
+            answer = await route.fetch()
+            await route.fulfill(response=answer)
+            released.append(route.request)
+            fulfilled.set()
+
+        await page.route("**/v1/patients?*", hold_the_first_list)
+        await sign_in(page, live_api)
+        await asyncio.wait_for(first_list_asked.wait(), 10)
+        await page.get_by_label("Name starts with").fill("Latesearch")
+        await page.keyboard.press("Enter")
+        await page.get_by_role("row", name="Latesearch, Ann").wait_for()
+        release.set()
+        await asyncio.wait_for(fulfilled.wait(), 10)
+        # The held answer has reached the page; give its script time to draw it, if it would.
+        await (await released[0].response()).finished()
+        await page.wait_for_timeout(500)
+        await expect(page.get_by_role("row")).to_have_count(2)  # the header, and Ann
+        await expect(page.get_by_role("row", name="Latesearch, Ann")).to_have_count(1)
+
     async def test_the_keyboard_goes_on_after_assigning_and_escape_closes_the_form(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
     ):
@@ -584,6 +622,41 @@ class TestInTheBrowser:
         await check_accessibility(page, "patient")
         await page.evaluate("document.getElementById('history').scrollIntoView()")
         await screenshot(page, "patient")
+
+    async def test_an_answer_for_a_day_looked_up_before_never_replaces_the_later_one(
+        self, page: Any, live_api: LiveApi, seeded: dict[str, Any]
+    ):
+        """Looking up one day and then another, the first day's answer, read late, was
+        drawn over the second's (the date field saying the second day)."""
+        held: list[Any] = []
+        asked = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold_the_first_look_up(route: Any) -> None:
+            first = not held
+            held.append(route.request)
+            if first:
+                asked.set()
+                await release.wait()
+            await route.continue_()
+
+        await page.route("**/care-team?as_of=*", hold_the_first_look_up)
+        await sign_in(page, live_api)
+        await page.goto(f"{live_api.base_url}/console#/patient/{seeded['history']}")
+        await page.get_by_role("heading", name="History, Hanna").wait_for()
+        long_ago = (datetime.date.today() - datetime.timedelta(days=400)).isoformat()
+        past = (datetime.date.today() - datetime.timedelta(days=20)).isoformat()
+        await page.get_by_label("Who was the primary on").fill(long_ago)
+        await page.get_by_role("button", name="Look up").click()
+        await asyncio.wait_for(asked.wait(), 10)
+        assert await look_up(page, past)  # answered while the first is still held
+        release.set()
+        await (await held[0].response()).finished()
+        await page.wait_for_timeout(500)
+        answer = page.locator(".answer")
+        await expect(answer).to_have_count(1)
+        await expect(answer).to_contain_text("the primary provider was Dr Roomy")
+        await expect(answer).not_to_contain_text("no primary provider")
 
     async def test_the_timeline_has_even_ticks_runs_to_now_and_shows_every_period(
         self, page: Any, live_api: LiveApi, seeded: dict[str, Any]

@@ -196,6 +196,17 @@ function Notice({ text }) {
 
 // --- shared data --------------------------------------------------------------------------
 
+// Answers can come back in another order than they were asked for. `latest()` is called
+// as a read is asked for, and gives a check that is true while no later read has been
+// asked for: an answer that fails it is dropped, never drawn over the one asked after it.
+function useLatest() {
+  const asked = useRef(0);
+  return useCallback(() => {
+    const mine = ++asked.current;
+    return () => mine === asked.current;
+  }, []);
+}
+
 function useProviders() {
   const [list, setList] = useState(null);
   const [error, setError] = useState(null);
@@ -363,16 +374,19 @@ function Worklist() {
   }, [focus]);
   // The search the page shows (the form's fields may have changed since).
   const [shown, setShown] = useState({ name: "", filter: "none" });
+  const latest = useLatest();
 
   const load = useCallback(async (cursor, name, filter) => {
+    const current = latest();
     setError(null);
     setShown({ name: name.trim(), filter });
     try {
       const params = { sort: "name", limit: PAGE_SIZE, name: name.trim() || undefined, cursor };
       if (filter === "none") params.primary = "none";
       const { data } = await api("GET", "/v1/patients" + query(params));
-      setPage(data);
+      if (current()) setPage(data);
     } catch (err) {
+      if (!current()) return;
       setError(err);
       setPage({ items: [], next_cursor: null });
     }
@@ -824,6 +838,7 @@ function Patient({ id }) {
   const [note, setNote] = useState("");
   const [changeError, setChangeError] = useState(null);
   const [notice, setNotice] = useState("");
+  const latestAnswer = useLatest();
 
   const load = useCallback(async () => {
     if (!UUID.test(id)) return; // no such patient: nothing to ask
@@ -844,14 +859,16 @@ function Patient({ id }) {
   // The answer for `day`, read afresh; none on screen while it is read (an answer from
   // before a change must never stand beside the team after it).
   async function answerFor(day) {
+    const current = latestAnswer();
     setAnswer(null);
     setAnswerError(null);
     try {
       const found = await primaryOn(id, day);
+      if (!current()) return;
       setPeriods(found.periods);
       setAnswer(found);
     } catch (err) {
-      setAnswerError(err);
+      if (current()) setAnswerError(err);
     }
   }
   function lookUp(event) {
