@@ -7,9 +7,12 @@ resource type, one NDJSON file of the resources the FHIR API serves. Each type i
 statement that PostgreSQL answers with the lines themselves (src/api/export_resources.py),
 read through a cursor a page at a time: memory holds two pages (PAGE resources each),
 whatever the population. Every page that names patients is recorded in the access log
-(the job's requester, the export route, the patients), with an id derived from the job,
-the type, the page and its patients, so a job run again records nothing twice; a page's
-entry is committed before the page is written (while PostgreSQL builds the next one).
+(the job's requester, the export route, what shaped the export, the patients), with an id
+derived from the job, the type, the page and its patients, so a job run again records
+nothing twice; a page's entry is committed before the page is written (while PostgreSQL
+builds the next one). Once a whole Patient file has been recorded (no `_since`, no
+Patient `_typeFilter`), the types after it are not recorded again: every patient they name
+is in that file, read on the same snapshot (see `_named_already`).
 
 The runner claims the oldest queued job of any organization (at most EXPORT_WORKERS at
 once in this process), keeps its heartbeat every HEARTBEAT_S while it runs, and stops it
@@ -30,10 +33,11 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from src.api.access_log import parameter_names
 from src.api.export_resources import source_of
 from src.api.fhir_query import RESULT, Query
 from src.api.fhir_resources import FhirError
@@ -325,13 +329,40 @@ async def _record_page(
         interaction="operation",
         action="E",
         status=200,
-        parameters=("_type",),
+        parameters=_parameters(job, operator="operator" in who),
         result_count=len(named),
         patient_ids=named,
         id=uuid.uuid5(job.id, f"{job.attempts}:{kind}:{number}:{digest}"),
     )
     async with sessionmaker() as side:
         await AccessLogService.record(db=side, entry=entry)
+
+
+def _parameters(job: ExportJobRecord, *, operator: bool) -> tuple[str, ...]:
+    """The names of what shaped the export, as its page entries record them (never a
+    value): the kick-off's query parameters (`_since`, `_typeFilter`, ...); for an
+    operator, the options that narrowed it (`--group`, `--since`, `--type`)."""
+    if not operator:
+        return parameter_names(urlsplit(job.request).query.encode("latin-1"))
+    given = {
+        "--group": job.group_id is not None,
+        "--since": job.since is not None,
+        "--type": set(job.types) != set(LEVEL_TYPES[job.level]),
+    }
+    return tuple(name for name, shaped in given.items() if shaped)
+
+
+def _named_already(job: ExportJobRecord, kind: str) -> bool:
+    """Whether every patient `kind`'s pages name has been recorded by the Patient pages
+    before them: when the job writes Patients before `kind`, with no `_since` and no
+    Patient `_typeFilter`, they are every patient of the population; each CareTeam is one
+    of theirs, and each Group member a patient of the population (its periods' foreign
+    key, the same snapshot). Their entries would name the same patients again: about two
+    thirds of an export's time went to them."""
+    if "Patient" not in job.types or job.types.index(kind) < job.types.index("Patient"):
+        return False
+    whole = job.since is None and not any(f.startswith("Patient?") for f in job.type_filters)
+    return whole and kind != "Patient"
 
 
 def _ndjson(resources: list[dict[str, Any]]) -> bytes:
@@ -369,6 +400,7 @@ async def run_export(
         for kind in job.types:
             writer = storage.writer(org, job.id, _file_name(kind, job.attempts))
             written[kind] = later[kind] = number = 0
+            named_already = _named_already(job, kind)
             try:
                 # Closed here, not whenever it is collected: a fetch it has pending
                 # finishes before the next statement (the connection's one request).
@@ -378,7 +410,7 @@ async def run_export(
                         later[kind] += changed
                         # Recorded before it is written (while PostgreSQL builds the next
                         # page): no page leaves unrecorded, even one that is stopped.
-                        if patients:
+                        if patients and not named_already:
                             await _record_page(sessionmaker, job, kind, number, patients)
                         if lines:
                             writer.write(("\n".join(lines) + "\n").encode())

@@ -641,6 +641,89 @@ class TestReviewFindings:
             ).scalar_one()
         assert logged == 1
 
+    async def test_a_pages_entry_names_the_parameters_that_shaped_the_export(
+        self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database
+    ):
+        """They all said `_type` alone: an export narrowed by _since or _typeFilter could
+        not be told from a whole one in the log."""
+        patient = await post_patient(client, tenant)
+        status_url = await kick_off(
+            client,
+            tenant,
+            _type="Patient",
+            _since="2000-01-01T00:00:00Z",
+            _typeFilter="Patient?name=Alice",
+        )
+        await finished(client, tenant, status_url)
+        async with database.owner_engine.connect() as owner:
+            logged = (
+                await owner.execute(
+                    text(
+                        "SELECT parameters FROM access_log WHERE organization_id = :org "
+                        "AND route = 'GET /fhir/R4/$export' AND :patient = ANY (patient_ids)"
+                    ),
+                    {"org": tenant.organization_id, "patient": uuid.UUID(patient)},
+                )
+            ).scalar_one()
+        assert logged == ["_since", "_type", "_typeFilter"]
+
+    @pytest.mark.parametrize(
+        ("path", "params", "once"),
+        [
+            ("/$export", {}, True),
+            ("/Patient/$export", {}, True),
+            ("/Group/{doctor}/$export", {}, True),
+            ("/$export", {"_type": "CareTeam,Group"}, False),
+            ("/$export", {"_typeFilter": "Patient?gender=female"}, False),
+            ("/$export", {"_since": "2000-01-01T00:00:00Z"}, False),
+        ],
+        ids=["system", "patient", "group", "no-patients", "patients-filtered", "since"],
+    )
+    async def test_the_log_names_every_patient_the_files_hold(
+        self,
+        *,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        runner: ExportRunner,
+        database: Database,
+        path: str,
+        params: dict[str, str],
+        once: bool,
+    ):
+        """Whatever the kick-off, the patients its entries name are those its files hold;
+        when the Patient file holds every patient (`once`), the CareTeam and Group pages
+        are not recorded again, and each patient is named once."""
+        made = await a_population(client, tenant)
+        await team_of(client, tenant, made["patients"][0], made["other"])  # an ended period
+        status_url = await kick_off(client, tenant, path.format(**made), **params)
+        found = await download(client, tenant, await finished(client, tenant, status_url))
+        held = {r["id"] for r in found.get("Patient", [])}
+        held |= {
+            r["subject"]["reference"].removeprefix("Patient/") for r in found.get("CareTeam", [])
+        }
+        held |= {
+            m["entity"]["reference"].removeprefix("Patient/")
+            for r in found.get("Group", [])
+            for m in r.get("member", [])
+        }
+        assert held
+        async with database.owner_engine.connect() as owner:
+            named = (
+                (
+                    await owner.execute(
+                        text(
+                            "SELECT p::text FROM access_log, unnest(patient_ids) AS p "
+                            "WHERE organization_id = :org AND route LIKE '%$export'"
+                        ),
+                        {"org": tenant.organization_id},
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert set(named) == held
+        assert (len(named) == len(held)) is once
+
     async def test_groups_are_read_a_few_at_a_time(
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database
     ):

@@ -81,6 +81,7 @@ class TestExportCommand:
             assert entry["operator"] == operator()
             assert entry["api_key_id"] is None and entry["client_id"] is None
             assert entry["route"] == "careteam export" and entry["action"] == "E"
+            assert entry["parameters"] == []  # the whole organization, every type
         named = {p for entry in entries for p in entry["patient_ids"]}
         assert named == {str(clinic["patient"]), str(clinic["lone"])}
         table = careteam("access-log", "--organization", org, env={"COLUMNS": "300"})
@@ -147,12 +148,19 @@ class TestExportCommand:
             str(providers[0]),
             "--type",
             "Patient,CareTeam",
+            "--since",
+            "2000-01-01T00:00:00Z",
             "--out",
             str(tmp_path),
         )
         assert result.returncode == 0, result.stderr
         assert [p["id"] for p in lines(tmp_path / "Patient.ndjson")] == [str(clinic["patient"])]
         assert not (tmp_path / "Practitioner.ndjson").exists()
+        # Its entries say what narrowed it (they said `_type` alone).
+        printed = careteam("access-log", "--organization", str(clinic["org"]), "--json")
+        entries = json.loads(printed.stdout)["items"]
+        assert entries
+        assert all(e["parameters"] == ["--group", "--since", "--type"] for e in entries)
 
     @pytest.mark.parametrize(
         ("args", "says"),
