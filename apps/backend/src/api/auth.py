@@ -103,7 +103,7 @@ def insufficient_scope(path: str, needed: str, why: str = "this request") -> Res
 
 
 def _ambiguous(path: str) -> Response:
-    detail = "more than one Authorization header: send exactly one API key"
+    detail = "more than one Authorization header: send exactly one credential"
     headers = _bearer_challenge("invalid_request")
     if path.startswith(FHIR_PREFIX):
         return operation_outcome(400, "security", detail, headers)

@@ -87,7 +87,7 @@ class ApiError(Exception):
         self.kind, self.detail, self.headers = kind, detail, headers or {}
 
 
-REFUSED_KEY = "missing, malformed or revoked API key"
+REFUSED_KEY = "missing, malformed or revoked credential: send an API key or a SMART access token"
 REFUSED_TOKEN = "unknown, expired or revoked access token"
 # Where Authentication (src/api/auth.py) keeps the request's credential.
 CREDENTIAL_STATE = "credential"
@@ -442,7 +442,7 @@ def allowed_methods(app: Any, scope: MutableMapping[str, Any]) -> str:
 _DESCRIPTIONS = {
     400: "The Host header is not one this server answers for (ALLOWED_HOSTS), or the "
     "request carries more than one Authorization header",
-    401: "Missing, malformed or revoked API key",
+    401: "Missing, malformed or revoked credential (an API key or a SMART access token)",
     404: "Not found (or another organization's: the two are indistinguishable)",
     409: "Conflicts with the current state",
     412: "If-Match names a version that is no longer current: nothing changed",

@@ -43,7 +43,10 @@ class TestAuthentication:
         assert r.headers["content-type"] == "application/problem+json"
         body = r.json()
         assert body["error"] == "unauthorized"
-        assert body["detail"] == "missing, malformed or revoked API key"
+        # It named the API key alone, where a SMART access token is accepted too.
+        assert body["detail"] == (
+            "missing, malformed or revoked credential: send an API key or a SMART access token"
+        )
         assert body["type"] == "urn:careteam:problem:unauthorized"
         assert body["status"] == 401 and body["title"] == "Unauthorized"
         assert r.headers["www-authenticate"] == "Bearer"
