@@ -1,11 +1,12 @@
 """`careteam export`: a FHIR Bulk Data export from the command line, into a directory.
 
 The same export as `GET /fhir/R4/$export` (or `Group/{id}/$export` with --group): one
-snapshot of the database, the FHIR API's resources, one NDJSON file per type, with a
-progress line per type. It runs here, not in the server's background, and is not kept
-as a job. The operator acts as no API credential: the access log records each page of
-patients as the operator's (`operator`: user@host of this shell; route `careteam
-export`), as it records a client's. It logs one line with the organization, the group,
+snapshot of the database, the FHIR API's resources, one NDJSON file per type, with
+progress on stderr (a line per type on a terminal; without one, plain lines as it goes).
+It runs here, not in the server's background, and is not kept as a job. The operator
+acts as no API credential: the access log records each page of patients as the
+operator's (`operator`: user@host of this shell; route `careteam export`), as it records
+a client's. It logs one line with the organization, the group,
 the counts and the directory (ids only).
 """
 
@@ -17,19 +18,28 @@ import logging
 import os
 import pwd
 import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from src.cli.common import CommandFailed, console, parse_uuid, require_head, run, usage_error
+from src.cli.common import (
+    CommandFailed,
+    errors,
+    parse_uuid,
+    require_head,
+    run,
+    usage_error,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 logger = logging.getLogger(__name__)
+PROGRESS_EVERY = 100_000  # resources between two progress lines, without a terminal
 
 
 class _OutDirectory:
@@ -46,6 +56,55 @@ class _OutDirectory:
         # The server's store names a file for its attempt too (Patient-1.ndjson): here,
         # by its type alone.
         return _FileWriter(self.root / f"{name.rsplit('-', 1)[0]}.ndjson")
+
+
+class _Progress:
+    """The export's progress on stderr: on a terminal, a line per type that counts up;
+    without one (a log, CI), plain lines instead of a bar's glyphs: for each type its first
+    page, every PROGRESS_EVERY resources, and its count once done."""
+
+    def __init__(self, kinds: tuple[str, ...]) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.terminal = sys.stderr.isatty()
+        self.bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TextColumn("{task.completed:,} resources"),
+            TimeElapsedColumn(),
+            console=errors,
+            transient=False,
+            disable=not self.terminal,
+        )
+        self.tasks = {kind: self.bar.add_task(kind, total=None) for kind in kinds}
+        self.counts: dict[str, int] = {}
+        self.printed: dict[str, int] = {}
+
+    def __enter__(self) -> _Progress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.bar.stop()
+
+    def update(self, kind: str, count: int) -> None:
+        self.bar.update(self.tasks[kind], completed=count)
+        if self.terminal:
+            return
+        if kind not in self.counts:
+            self.done()  # the type before it is
+        self.counts[kind] = count
+        if kind not in self.printed or count - self.printed[kind] >= PROGRESS_EVERY:
+            self._line(kind)
+
+    def done(self) -> None:
+        for kind, count in self.counts.items():
+            if self.printed.get(kind) != count:
+                self._line(kind)
+
+    def _line(self, kind: str) -> None:
+        print(f"  {kind}: {self.counts[kind]:,} resources", file=sys.stderr, flush=True)
+        self.printed[kind] = self.counts[kind]
 
 
 def export(
@@ -90,8 +149,6 @@ def export(
     ] = None,
 ) -> None:
     """Export an organization (or one provider's Group) as FHIR NDJSON files."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from src.api.bulk_export import LEVEL_TYPES, Unbuildable, run_export
     from src.config import get_settings
     from src.db import open_database
@@ -143,27 +200,17 @@ def export(
             # The last run's manifest goes first: files written by a run that then fails
             # are never described by an older manifest.
             (out / "manifest.json").unlink(missing_ok=True)
-            with Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                TextColumn("{task.completed:,} resources"),
-                TimeElapsedColumn(),
-                console=console,
-                transient=False,
-            ) as bar:
-                tasks = {kind: bar.add_task(kind, total=None) for kind in chosen}
-
-                def progress(kind: str, count: int) -> None:
-                    bar.update(tasks[kind], completed=count)
-
+            with _Progress(chosen) as shown:
                 try:
-                    return await run_export(
+                    finished = await run_export(
                         database.sessionmaker,
                         _OutDirectory(out),  # type: ignore[arg-type]
                         job,
-                        progress=progress,
+                        progress=shown.update,
                         heartbeat_s=None,
                     )
+                    shown.done()
+                    return finished
                 except Unbuildable as err:
                     raise CommandFailed(f"{err} (no manifest.json was written)") from None
                 except ExportStorageError as err:  # full, read-only, a name taken

@@ -48,6 +48,11 @@ class TestExportCommand:
         result = careteam("export", "--organization", str(clinic["org"]), "--out", str(out))
         assert result.returncode == 0, result.stderr
         assert "exported" in result.stdout and "transactionTime" in result.stdout
+        # Not on a terminal: its progress in plain lines on stderr (it was a spinner's
+        # glyphs, on stdout).
+        assert "  Patient: 2 resources" in result.stderr.splitlines()
+        assert result.stdout.count("\n") == 1
+        assert not any("\u2800" <= c <= "\u28ff" for c in result.stdout + result.stderr)
         manifest = json.loads((out / "manifest.json").read_text())
         assert [o["type"] for o in manifest["output"]] == [
             "Organization",
