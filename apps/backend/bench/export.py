@@ -18,7 +18,7 @@ this process:
    table the export reads (patients, identifiers, providers, record changes,
    assignments, periods, events), into files;
 2. the export alone, as the server runs it (src/api/bulk_export.py, run_export: one
-   snapshot, every type, a page at a time, each page of patients recorded in the access
+   snapshot, every type, a page at a time, the pages of patients recorded in the access
    log), into a directory; its resident memory (VmRSS) sampled every 50 ms, and at each
    quarter of the Patients written. Its time against the COPY's is the ratio; then one
    provider's Group-level export (its members' resources), timed;
