@@ -101,6 +101,23 @@ async def many_patients(database: Database, org: uuid.UUID, count: int) -> None:
         )
 
 
+async def export_entries(
+    database: Database, org: uuid.UUID, patient: str | None = None
+) -> list[Any]:
+    """The access log's export entries of `org` (route, parameters, patient_ids), those
+    naming `patient` when it is given."""
+    naming = "" if patient is None else " AND CAST(:patient AS uuid) = ANY (patient_ids)"
+    async with database.owner_engine.connect() as owner:
+        rows = await owner.execute(
+            text(
+                "SELECT route, parameters, patient_ids FROM access_log "
+                f"WHERE organization_id = :org AND route LIKE '%$export'{naming}"
+            ),
+            {"org": org} if patient is None else {"org": org, "patient": patient},
+        )
+        return list(rows.all())
+
+
 def tenant_job(tenant: Tenant, kind: str) -> ExportJobRecord:
     """An export of `kind` as the tenant's key asks it, run outside export_jobs."""
     return unkept_job(
@@ -629,17 +646,7 @@ class TestReviewFindings:
         late = await post_patient(client, tenant)
         retried = dataclasses.replace(job, attempts=job.attempts + 1)
         await run_export(database.sessionmaker, storage, retried, heartbeat_s=None)
-        async with database.owner_engine.connect() as owner:
-            logged = (
-                await owner.execute(
-                    text(
-                        "SELECT count(*) FROM access_log WHERE organization_id = :org "
-                        "AND route LIKE '%$export' AND :patient = ANY (patient_ids)"
-                    ),
-                    {"org": tenant.organization_id, "patient": uuid.UUID(late)},
-                )
-            ).scalar_one()
-        assert logged == 1
+        assert len(await export_entries(database, tenant.organization_id, late)) == 1
 
     async def test_a_pages_entry_names_the_parameters_that_shaped_the_export(
         self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database
@@ -655,17 +662,9 @@ class TestReviewFindings:
             _typeFilter="Patient?name=Alice",
         )
         await finished(client, tenant, status_url)
-        async with database.owner_engine.connect() as owner:
-            logged = (
-                await owner.execute(
-                    text(
-                        "SELECT parameters FROM access_log WHERE organization_id = :org "
-                        "AND route = 'GET /fhir/R4/$export' AND :patient = ANY (patient_ids)"
-                    ),
-                    {"org": tenant.organization_id, "patient": uuid.UUID(patient)},
-                )
-            ).scalar_one()
-        assert logged == ["_since", "_type", "_typeFilter"]
+        (entry,) = await export_entries(database, tenant.organization_id, patient)
+        assert entry.route == "GET /fhir/R4/$export"
+        assert entry.parameters == ["_since", "_type", "_typeFilter"]
 
     @pytest.mark.parametrize(
         ("path", "params", "once"),
@@ -707,20 +706,8 @@ class TestReviewFindings:
             for m in r.get("member", [])
         }
         assert held
-        async with database.owner_engine.connect() as owner:
-            named = (
-                (
-                    await owner.execute(
-                        text(
-                            "SELECT p::text FROM access_log, unnest(patient_ids) AS p "
-                            "WHERE organization_id = :org AND route LIKE '%$export'"
-                        ),
-                        {"org": tenant.organization_id},
-                    )
-                )
-                .scalars()
-                .all()
-            )
+        entries = await export_entries(database, tenant.organization_id)
+        named = [str(p) for entry in entries for p in entry.patient_ids]
         assert set(named) == held
         assert (len(named) == len(held)) is once
 
