@@ -11,8 +11,9 @@ whatever the population. Every page that names patients is recorded in the acces
 derived from the job, the type, the page and its patients, so a job run again records
 nothing twice; a page's entry is committed before the page is written (while PostgreSQL
 builds the next one). Once a whole Patient file has been recorded (no `_since`, no
-Patient `_typeFilter`), the types after it are not recorded again: every patient they name
-is in that file, read on the same snapshot (see `_named_already`).
+Patient `_typeFilter`, no Patient left out for a change after the transaction time), the
+types after it are not recorded again: every patient they name is in that file, read on
+the same snapshot (see `_named_already`).
 
 The runner claims the oldest queued job of any organization (at most EXPORT_WORKERS at
 once in this process), keeps its heartbeat every HEARTBEAT_S while it runs, and stops it
@@ -352,17 +353,20 @@ def _parameters(job: ExportJobRecord, *, operator: bool) -> tuple[str, ...]:
     return tuple(name for name, shaped in given.items() if shaped)
 
 
-def _named_already(job: ExportJobRecord, kind: str) -> bool:
+def _named_already(job: ExportJobRecord, kind: str, left_out: dict[str, int]) -> bool:
     """Whether every patient `kind`'s pages name has been recorded by the Patient pages
-    before them: when the job writes Patients before `kind`, with no `_since` and no
-    Patient `_typeFilter`, they are every patient of the population; each CareTeam is one
-    of theirs, and each Group member a patient of the population (its periods' foreign
-    key, the same snapshot). Their entries would name the same patients again: about two
-    thirds of an export's time went to them."""
-    if "Patient" not in job.types or job.types.index(kind) < job.types.index("Patient"):
+    before them: when the job wrote Patients before `kind`, with no `_since` and no
+    Patient `_typeFilter`, and left none out (`left_out`: each type's resources changed
+    after the transaction time, so not written; a Patient changed then may still have a
+    CareTeam and Group memberships that were not), the Patient pages named every patient
+    of the population; each CareTeam is one of theirs, and each Group member a patient of
+    the population (its periods' foreign key, the same snapshot). Their entries would name
+    the same patients again: about two thirds of an export's time went to them."""
+    if kind == "Patient" or "Patient" not in job.types:
         return False
-    whole = job.since is None and not any(f.startswith("Patient?") for f in job.type_filters)
-    return whole and kind != "Patient"
+    if job.types.index(kind) < job.types.index("Patient") or left_out.get("Patient") != 0:
+        return False
+    return job.since is None and not any(f.startswith("Patient?") for f in job.type_filters)
 
 
 def _ndjson(resources: list[dict[str, Any]]) -> bytes:
@@ -400,7 +404,7 @@ async def run_export(
         for kind in job.types:
             writer = storage.writer(org, job.id, _file_name(kind, job.attempts))
             written[kind] = later[kind] = number = 0
-            named_already = _named_already(job, kind)
+            named_already = _named_already(job, kind, later)
             try:
                 # Closed here, not whenever it is collected: a fetch it has pending
                 # finishes before the next statement (the connection's one request).

@@ -711,6 +711,34 @@ class TestReviewFindings:
         assert set(named) == held
         assert (len(named) == len(held)) is once
 
+    async def test_a_patient_left_out_of_the_patient_file_is_logged_where_named(
+        self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database
+    ):
+        """A Patient changed after the transaction time is left out of the Patient file
+        (and of its entries), while its CareTeam and its Group membership, not changed
+        since, are written: those pages went unrecorded, the patient in the files and not
+        in the log (found by a review)."""
+        doctor = await post_provider(client, tenant)
+        patient = await post_patient(client, tenant)
+        await team_of(client, tenant, patient, doctor)
+        async with database.app_engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("BEGIN")
+            await driver.execute("SELECT 1")  # holds the transaction time back
+            await asyncio.sleep(0.02)
+            r = await client.patch(
+                f"/v1/patients/{patient}", json={"last_name": "Changed"}, headers=tenant.headers
+            )
+            assert r.status_code == 200
+            manifest = await finished(client, tenant, await kick_off(client, tenant))
+            await driver.execute("ROLLBACK")
+        found = await download(client, tenant, manifest)
+        assert patient not in {r["id"] for r in found.get("Patient", [])}
+        (team,) = found["CareTeam"]
+        assert team["subject"]["reference"] == f"Patient/{patient}"
+        entries = await export_entries(database, tenant.organization_id, patient)
+        assert len(entries) == 2  # its CareTeam's page and its Group's
+
     async def test_groups_are_read_a_few_at_a_time(
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database
     ):
