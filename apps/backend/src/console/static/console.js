@@ -839,6 +839,7 @@ function Patient({ id }) {
   const [changeError, setChangeError] = useState(null);
   const [notice, setNotice] = useState("");
   const latestAnswer = useLatest();
+  const lastDay = useRef(null); // the day last looked up
 
   const load = useCallback(async () => {
     if (!UUID.test(id)) return; // no such patient: nothing to ask
@@ -859,6 +860,7 @@ function Patient({ id }) {
   // The answer for `day`, read afresh; none on screen while it is read (an answer from
   // before a change must never stand beside the team after it).
   async function answerFor(day) {
+    lastDay.current = day;
     const current = latestAnswer();
     setAnswer(null);
     setAnswerError(null);
@@ -875,9 +877,11 @@ function Patient({ id }) {
     event.preventDefault();
     answerFor(date);
   }
-  // After any change to the team: the answer shown is recomputed for its date.
+  // After any change to the team: the answer is recomputed for the day last looked up
+  // (not the one of the render the change began in: another day may have been looked up
+  // since), and a look-up still under way, read before the change, is dropped for it.
   function recomputeAnswer() {
-    if (answer) answerFor(answer.date);
+    if (lastDay.current) answerFor(lastDay.current);
   }
 
   async function change(event) {
