@@ -92,18 +92,28 @@ class _Progress:
         if self.terminal:
             return
         if kind not in self.counts:
-            self.done()  # the type before it is
+            self._finish(before=kind)  # the types before it are done
         self.counts[kind] = count
         if kind not in self.printed or count - self.printed[kind] >= PROGRESS_EVERY:
             self._line(kind)
 
     def done(self) -> None:
-        for kind, count in self.counts.items():
-            if self.printed.get(kind) != count:
+        if not self.terminal:
+            self._finish()
+
+    def _finish(self, before: str | None = None) -> None:
+        """Each type's count not yet said (0 for a type with no resource, which no page
+        reported), in the export's order, up to `before`."""
+        for kind in self.tasks:
+            if kind == before:
+                return
+            if self.printed.get(kind) != self.counts.setdefault(kind, 0):
                 self._line(kind)
 
     def _line(self, kind: str) -> None:
-        print(f"  {kind}: {self.counts[kind]:,} resources", file=sys.stderr, flush=True)
+        count = self.counts[kind]
+        said = f"{count:,} resource{'' if count == 1 else 's'}"
+        print(f"  {kind}: {said}", file=sys.stderr, flush=True)
         self.printed[kind] = self.counts[kind]
 
 

@@ -161,11 +161,33 @@ class TestExportCommand:
         assert result.returncode == 0, result.stderr
         assert [p["id"] for p in lines(tmp_path / "Patient.ndjson")] == [str(clinic["patient"])]
         assert not (tmp_path / "Practitioner.ndjson").exists()
+        said = [line for line in result.stderr.splitlines() if line.startswith("  ")]
+        assert said == ["  Patient: 1 resource", "  CareTeam: 1 resource"]
         # Its entries say what narrowed it (they said `_type` alone).
         printed = careteam("access-log", "--organization", str(clinic["org"]), "--json")
         entries = json.loads(printed.stdout)["items"]
         assert entries
         assert all(e["parameters"] == ["--group", "--since", "--type"] for e in entries)
+
+    def test_a_type_with_no_resource_says_0(self, clinic: dict[str, object], tmp_path: Path):
+        """Without a terminal, each type's count once done: a type no page reported (a
+        provider with no member: no Patient, no CareTeam) said nothing (found by a
+        review)."""
+        providers = clinic["providers"]
+        assert isinstance(providers, list)
+        result = careteam(
+            "export", "--organization", str(clinic["org"]), "--group", str(providers[1]),
+            "--out", str(tmp_path),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        said = [line for line in result.stderr.splitlines() if line.startswith("  ")]
+        assert said == [
+            "  Organization: 1 resource",
+            "  Practitioner: 0 resources",
+            "  Patient: 0 resources",
+            "  CareTeam: 0 resources",
+            "  Group: 1 resource",
+        ]
 
     @pytest.mark.parametrize(
         ("args", "says"),
