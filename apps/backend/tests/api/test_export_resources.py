@@ -26,7 +26,7 @@ from src.services.bulk_export import ExportJobRecord
 from src.services.export_storage import DirectoryStorage
 from src.services.fhir_search import PARAMETERS, Param
 from src.services.transaction import run_transaction
-from tests.api.test_bulk_data import download, finished, kick_off, tenant_job
+from tests.api.test_bulk_data import download, export_entries, finished, kick_off, tenant_job
 from tests.api.test_fhir import FHIR, team_of
 from tests.helpers import Tenant, post_patient, post_provider
 
@@ -321,14 +321,5 @@ class TestWhatTheExportRefuses:
         for patients in ([first], [first], [second]):
             ids = [uuid.UUID(p) for p in patients]
             await bulk_export._record_page(database.sessionmaker, job, "Patient", 0, ids)
-        async with database.owner_engine.begin() as owner:
-            rows = (
-                await owner.execute(
-                    text(
-                        "SELECT patient_ids FROM access_log WHERE organization_id = :org "
-                        "AND route LIKE '%$export' ORDER BY recorded_at"
-                    ),
-                    {"org": tenant.organization_id},
-                )
-            ).all()
-        assert sorted(str(r[0][0]) for r in rows) == sorted([first, second])
+        entries = await export_entries(database, tenant.organization_id)
+        assert sorted(str(e.patient_ids[0]) for e in entries) == sorted([first, second])
