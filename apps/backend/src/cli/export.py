@@ -60,8 +60,9 @@ class _OutDirectory:
 
 class _Progress:
     """The export's progress on stderr: on a terminal, a line per type that counts up;
-    without one (a log, CI), plain lines instead of a bar's glyphs: for each type its first
-    page, every PROGRESS_EVERY resources, and its count once done."""
+    without one (a log, CI), plain lines instead of a bar's glyphs: a type's count so
+    far every PROGRESS_EVERY resources (the types are read at once, so these lines
+    interleave), then each type's count, in the export's order, once all are done."""
 
     def __init__(self, kinds: tuple[str, ...]) -> None:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -89,32 +90,18 @@ class _Progress:
 
     def update(self, kind: str, count: int) -> None:
         self.bar.update(self.tasks[kind], completed=count)
-        if self.terminal:
-            return
-        if kind not in self.counts:
-            self._finish(before=kind)  # the types before it are done
         self.counts[kind] = count
-        if kind not in self.printed or count - self.printed[kind] >= PROGRESS_EVERY:
-            self._line(kind)
+        if not self.terminal and count - self.printed.get(kind, 0) >= PROGRESS_EVERY:
+            print(f"  {kind}: {count:,} resources so far", file=sys.stderr, flush=True)
+            self.printed[kind] = count
 
     def done(self) -> None:
-        if not self.terminal:
-            self._finish()
-
-    def _finish(self, before: str | None = None) -> None:
-        """Each type's count not yet said (0 for a type with no resource, which no page
-        reported), in the export's order, up to `before`."""
-        for kind in self.tasks:
-            if kind == before:
-                return
-            if self.printed.get(kind) != self.counts.setdefault(kind, 0):
-                self._line(kind)
-
-    def _line(self, kind: str) -> None:
-        count = self.counts[kind]
-        said = f"{count:,} resource{'' if count == 1 else 's'}"
-        print(f"  {kind}: {said}", file=sys.stderr, flush=True)
-        self.printed[kind] = self.counts[kind]
+        if self.terminal:
+            return
+        for kind in self.tasks:  # 0 for a type with no resource
+            count = self.counts.get(kind, 0)
+            said = f"{count:,} resource{'' if count == 1 else 's'}"
+            print(f"  {kind}: {said}", file=sys.stderr, flush=True)
 
 
 def export(

@@ -39,9 +39,6 @@ LEVELS = ("system", "patient", "group")
 # The application_name of an export's snapshot transaction (READ ONLY: it writes nothing),
 # which HORIZON leaves out.
 EXPORT_SNAPSHOT = "careteam-export-snapshot"
-PAGE = 1000  # resources an export reads at a time (memory holds one page)
-# A Group's row holds every member of it: fewer at a time.
-PAGE_OF = {"Group": 10}
 
 JOB_COLUMNS = (
     "organization_id, id, requester, level, group_id, types, since, type_filters, request, "

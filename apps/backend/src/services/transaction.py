@@ -107,6 +107,19 @@ SET_TENANT = Sql("SELECT set_config('app.current_organization_id', $1, true)", "
 # end (a bulk export): what it reads is the database as of one instant, whatever commits
 # meanwhile.
 BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+# A snapshot another transaction exported (pg_export_snapshot): its id, as PostgreSQL
+# writes it, before it is inlined in SET TRANSACTION SNAPSHOT.
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
+
+
+def begin_snapshot(exported: str | None = None) -> str:
+    """BEGIN_SNAPSHOT; with `exported` (an id pg_export_snapshot returned), a transaction
+    that reads that snapshot (the export's parallel readers, src/api/bulk_export.py)."""
+    if exported is None:
+        return BEGIN_SNAPSHOT
+    if not _SNAPSHOT_ID.fullmatch(exported):
+        raise ValueError("a snapshot id is as pg_export_snapshot returns it")
+    return f"{BEGIN_SNAPSHOT}; SET TRANSACTION SNAPSHOT '{exported}'"
 
 
 def tenant_statement(
@@ -526,13 +539,15 @@ async def run_transaction(
     subject: Subject = NO_SUBJECT,
     verify: Callable[[Any], Awaitable[T | None]] | None = None,
     read_only: bool = False,
-    snapshot: bool = False,
+    snapshot: bool | str = False,
 ) -> T:
     """`work(connection)` as one transaction, committed: BEGIN with the tenant and the
     session's API key checked (careteam_enter) when `organization_id` is given, the
     work's statements on the asyncpg connection, COMMIT; rolled back on any failure.
     `snapshot`: a read-only REPEATABLE READ transaction (BEGIN_SNAPSHOT; it needs
-    `organization_id`), whose statements all read the database as of its first.
+    `organization_id`), whose statements all read the database as of its first; a
+    snapshot id (pg_export_snapshot's, from a transaction still open): one that reads
+    the database as that transaction does.
 
     A read without a tenant (an owner's listing, a key's lookup) is one statement
     without BEGIN or COMMIT. `subject`: what the work acts on, named by the domain
@@ -543,7 +558,9 @@ async def run_transaction(
     explicit = organization_id is not None or not read_only
     if snapshot and organization_id is None:
         raise ValueError("a snapshot transaction reads one tenant's data")
-    begin = BEGIN_SNAPSHOT if snapshot else "BEGIN"
+    begin = "BEGIN"
+    if snapshot is not False:
+        begin = begin_snapshot(None if snapshot is True else snapshot)
 
     async def attempt_once(unit: _Unit) -> T:
         driver = await unit.begin(organization_id, explicit=explicit, begin=begin)

@@ -19,14 +19,14 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from src.api.bulk_export import ExportRunner, pages, run_export
+from src.api import bulk_export
+from src.api.bulk_export import ExportRunner, run_export
 from src.api.fhir_resources import SUBSETTED
 from src.config import get_settings
 from src.db import Database
-from src.services.bulk_export import PAGE_OF, BulkExportService, ExportJobRecord, unkept_job
+from src.services.bulk_export import BulkExportService, ExportJobRecord, unkept_job
 from src.services.export_storage import SYNC_EVERY, DirectoryStorage
 from src.services.organization_service import OrganizationService
-from src.services.transaction import run_transaction
 from tests.api.test_fhir import FHIR, MODELS, team_of
 from tests.helpers import (
     Tenant,
@@ -756,23 +756,37 @@ class TestReviewFindings:
         entries = await export_entries(database, tenant.organization_id, patient)
         assert len(entries) == 2  # its CareTeam's page and its Group's
 
-    async def test_groups_are_read_a_few_at_a_time(
-        self, client: httpx.AsyncClient, tenant: Tenant, database: Database
+    async def test_every_lane_reads_the_snapshot_of_the_export(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
     ):
-        """A page of Groups holds every member of each: memory holds PAGE_OF Groups."""
-        for _ in range(PAGE_OF["Group"] + 3):
-            await post_provider(client, tenant)
-        job = tenant_job(tenant, "Group")
-        until = datetime.datetime.now(datetime.UTC)
-        async with database.sessionmaker() as db:
+        """The types are read at once, each lane in a transaction of its own: every one
+        reads the export's snapshot, so a patient created once the export has begun is
+        in none of them (each lane counts the patients it sees)."""
+        await post_patient(client, tenant)
+        created: list[str] = []
+        seen: dict[str, int] = {}
+        scans = bulk_export._scans
 
-            async def work(driver: Any) -> list[int]:
-                return [len(page) async for page in pages(driver, job, "Group", until)]
+        async def scans_after_a_patient_is_created(driver: Any, job: ExportJobRecord) -> None:
+            if not created:  # the first transaction's, before the lanes start
+                created.append(await post_patient(client, tenant))
+            await scans(driver, job)
 
-            sizes = await run_transaction(
-                db, operation="test", organization_id=tenant.organization_id, work=work
-            )
-        assert sizes == [PAGE_OF["Group"], 3]
+        async def count(self: Any, driver: Any, kind: str) -> None:
+            self.written[kind] = self.later[kind] = 0
+            seen[kind] = await driver.fetchval("SELECT count(*) FROM patients")
+
+        monkeypatch.setattr(bulk_export, "_scans", scans_after_a_patient_is_created)
+        monkeypatch.setattr(bulk_export._Export, "copy", count)
+        job = dataclasses.replace(tenant_job(tenant, "Patient"), types=bulk_export.TYPES)
+        await run_export(database.sessionmaker, DirectoryStorage(tmp_path), job)
+        assert created
+        assert seen == dict.fromkeys(bulk_export.TYPES, 1)
 
     async def test_delete_stops_a_running_export_and_its_files_stay_gone(
         self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database

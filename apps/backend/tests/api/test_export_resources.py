@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from src.api import bulk_export
-from src.api.bulk_export import FILTERABLE, ExportRunner, Unbuildable, pages, run_export
+from src.api.bulk_export import FILTERABLE, ExportRunner, Unbuildable, run_export, statement
 from src.db import Database
 from src.services.bulk_export import ExportJobRecord
 from src.services.export_storage import DirectoryStorage
@@ -253,10 +253,8 @@ class TestTypeFilterIsTheSearch:
             job = dataclasses.replace(tenant_job(tenant, kind), type_filters=[f"{kind}?{query}"])
 
             async def work(driver: Any, job: ExportJobRecord = job) -> set[str]:
-                found: set[str] = set()
-                async for rows in pages(driver, job, job.types[0], until):
-                    found |= {json.loads(row["resource"])["id"] for row in rows}
-                return found
+                text, args = statement(job, job.types[0], until)
+                return {json.loads(line)["id"] for (line,) in await driver.fetch(text, *args)}
 
             async with database.sessionmaker() as db:
                 exported = await run_transaction(

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from src.api.fhir_resources import OPERATOR_SYSTEM, audit_event_resource
+from src.cli import export as export_command
 from src.cli.export import operator
 from src.db import Database
 from src.services.access_log_service import AccessRecord
@@ -187,6 +188,27 @@ class TestExportCommand:
             "  Patient: 0 resources",
             "  CareTeam: 0 resources",
             "  Group: 1 resource",
+        ]
+
+    def test_progress_lines_interleave_then_each_types_count_in_order(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ):
+        """The types are read at once: a type's count so far every PROGRESS_EVERY
+        resources, whichever type reports, then every type's count in the export's
+        order (a type that had not reported yet said nothing before the next one
+        started, when they ran one after another)."""
+        monkeypatch.setattr(export_command, "PROGRESS_EVERY", 10)
+        with export_command._Progress(("Organization", "Patient", "CareTeam")) as progress:
+            for kind, count in [("CareTeam", 4), ("Patient", 12), ("CareTeam", 11)]:
+                progress.update(kind, count)
+            progress.update("Patient", 15)
+            progress.done()
+        assert capsys.readouterr().err.splitlines() == [
+            "  Patient: 12 resources so far",
+            "  CareTeam: 11 resources so far",
+            "  Organization: 0 resources",
+            "  Patient: 15 resources",
+            "  CareTeam: 11 resources",
         ]
 
     @pytest.mark.parametrize(

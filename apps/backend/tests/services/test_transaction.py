@@ -32,9 +32,11 @@ from src.services.errors import (
 )
 from src.services.organization_service import hash_api_key
 from src.services.transaction import (
+    BEGIN_SNAPSHOT,
     Failure,
     SessionInTransaction,
     Sql,
+    begin_snapshot,
     classify,
     is_database_error,
     run_transaction,
@@ -202,6 +204,34 @@ class TestTenantStatement:
     def test_anything_but_a_uuid_is_refused(self, value: str):
         with pytest.raises(ValueError):
             tenant_statement(value, None)  # type: ignore[arg-type]
+
+
+class TestBeginSnapshot:
+    def test_imports_an_exported_snapshot_by_its_id(self):
+        assert begin_snapshot("00000004-0000002A-1") == (
+            f"{BEGIN_SNAPSHOT}; SET TRANSACTION SNAPSHOT '00000004-0000002A-1'"
+        )
+        assert begin_snapshot() == BEGIN_SNAPSHOT
+
+    @pytest.mark.parametrize("value", ["1-2-3'; DROP TABLE patients; --", "", "abc"])
+    def test_anything_but_a_snapshot_id_is_refused(self, value: str):
+        """The id is inlined (SET TRANSACTION SNAPSHOT takes no parameter)."""
+        with pytest.raises(ValueError):
+            begin_snapshot(value)
+
+    async def test_a_transaction_reads_the_snapshot_it_imports(self, database: Database):
+        async with database.owner_engine.connect() as first:
+            exporter = (await first.get_raw_connection()).driver_connection
+            await exporter.execute(BEGIN_SNAPSHOT)
+            snapshot = await exporter.fetchval("SELECT pg_export_snapshot()")
+            async with database.owner_engine.connect() as second:
+                importer = (await second.get_raw_connection()).driver_connection
+                await importer.execute(begin_snapshot(snapshot))
+                assert await importer.fetchval("SELECT pg_current_snapshot()::text") == (
+                    await exporter.fetchval("SELECT pg_current_snapshot()::text")
+                )
+                await importer.execute("ROLLBACK")
+            await exporter.execute("ROLLBACK")
 
 
 class TestOneTransactionOwner:
