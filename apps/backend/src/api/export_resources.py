@@ -95,6 +95,11 @@ def _array(sql: str) -> str:
     return f"('[' || {sql} || ']')"
 
 
+def _named(first: str, last: str) -> str:
+    """Whether _name has a value: either part is non-empty."""
+    return f"(nullif({last}, '') IS NOT NULL OR nullif({first}, '') IS NOT NULL)"
+
+
 def _name(first: str, last: str) -> str:
     """fhir_resources._name: [{use, family?, given?}] when either is non-empty."""
     family, given = f"nullif({last}, '')", f"nullif({first}, '')"
@@ -103,7 +108,7 @@ def _name(first: str, last: str) -> str:
         ("family", _string(family), True),
         ("given", _array(_string(given)), True),
     )
-    return f"(CASE WHEN {family} IS NOT NULL OR {given} IS NOT NULL THEN '[' || {entry} || ']' END)"
+    return f"(CASE WHEN {_named(first, last)} THEN '[' || {entry} || ']' END)"
 
 
 def _among(column: str, population: str | None) -> str:
@@ -174,7 +179,9 @@ _PATIENT = _object(
             ("lastUpdated", _instant(_PATIENT_UPDATED)),
             (
                 "profile",
-                f"(CASE WHEN ids.list IS NOT NULL AND {_PATIENT_NAME} IS NOT NULL "
+                # The name's condition, not the name (built once, for `name`).
+                "(CASE WHEN ids.list IS NOT NULL AND "
+                f"{_named('patients.first_name', 'patients.last_name')} "
                 f"THEN {_literal([US_CORE_PATIENT])} END)",
                 True,
             ),
