@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
@@ -140,6 +140,13 @@ class Settings(BaseSettings):
         description="Bulk Data exports this process runs at once (0: it runs none; another "
         "process must).",
     )
+    export_lanes: int = Field(
+        default=3,
+        ge=1,
+        le=3,
+        description="Connections one Bulk Data export reads with at once, each holding its "
+        "own types (1: one connection, the types one after another).",
+    )
     export_stale_after_s: float = Field(
         default=30.0,
         ge=1,
@@ -201,6 +208,20 @@ class Settings(BaseSettings):
     def _level_in_capitals(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _exports_leave_connections(self) -> Settings:
+        """A running export holds EXPORT_LANES connections of the pool for its whole run:
+        the exports a process runs at once must leave at least one for their access log
+        entries and the API (else every connection is held by a lane that waits for one)."""
+        held = self.export_workers * self.export_lanes
+        if held and held >= self.db_pool_size + self.db_max_overflow:
+            raise ValueError(
+                f"EXPORT_WORKERS x EXPORT_LANES ({held}) must be below DB_POOL_SIZE + "
+                f"DB_MAX_OVERFLOW ({self.db_pool_size + self.db_max_overflow}): each "
+                "running export holds EXPORT_LANES connections; lower one, or raise the pool"
+            )
+        return self
+
     @field_validator("database_url", "app_database_url")
     @classmethod
     def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
@@ -219,8 +240,15 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc']).upper()}: "
-            f"{e['msg'].removeprefix('Value error, ')}"
+            # A setting's own problem names it; one between settings names them itself.
+            ": ".join(
+                part
+                for part in (
+                    ".".join(str(part) for part in e["loc"]).upper(),
+                    e["msg"].removeprefix("Value error, "),
+                )
+                if part
+            )
             for e in err.errors()
         )
         raise ConfigurationError(f"invalid settings: {problems}") from None

@@ -171,6 +171,7 @@ def create_app(database: Database | None = None, database_url: str | None = None
             opened.sessionmaker,
             app.state.export_storage,
             workers=settings.export_workers,
+            lanes=settings.export_lanes,
             stale_s=settings.export_stale_after_s,
         )
         runner.start()

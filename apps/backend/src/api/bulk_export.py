@@ -404,10 +404,14 @@ def _named_once(job: ExportJobRecord) -> bool:
     return job.since is None and not any(f.startswith("Patient?") for f in job.type_filters)
 
 
-# The types read at once, each lane in a transaction of its own on the export's one
-# snapshot (pg_export_snapshot): the three large ones apart, the two small ones before
-# the Groups. An export holds up to three connections of the pool.
-LANES = (("Patient",), ("CareTeam",), ("Organization", "Practitioner", "Group"))
+# The types read at once (EXPORT_LANES of these lanes), each lane in a transaction of its
+# own on the export's one snapshot (pg_export_snapshot): with three, the large types apart
+# and the two small ones before the Groups; with one, the types one after another.
+LANES = {
+    1: (TYPES,),
+    2: (("Patient",), ("Organization", "Practitioner", "CareTeam", "Group")),
+    3: (("Patient",), ("CareTeam",), ("Organization", "Practitioner", "Group")),
+}
 
 
 async def _settle(driver: Any) -> None:
@@ -441,10 +445,13 @@ class _Export:
         sessionmaker: async_sessionmaker[AsyncSession],
         storage: ExportStorage,
         job: ExportJobRecord,
+        *,
         until: datetime.datetime,
         progress: Callable[[str, int], None] | None,
+        lanes: int,
     ) -> None:
         self.sessionmaker, self.storage, self.job = sessionmaker, storage, job
+        self.lanes = lanes
         self.until, self.progress = until, progress
         self.written: dict[str, int] = {}  # each type's lines so far (the heartbeat's)
         self.later: dict[str, int] = {}  # each type's lines left out (the notices')
@@ -466,8 +473,8 @@ class _Export:
         await _scans(driver, job)
         self.written.clear()
         self.later.clear()
-        lanes = [tuple(k for k in kinds if k in job.types) for kinds in LANES]
-        lanes = [kinds for kinds in lanes if kinds]
+        lanes = [tuple(k for k in kinds if k in job.types) for kinds in LANES[self.lanes]]
+        lanes = [kinds for kinds in lanes if kinds] or [()]
         # The first lane on this transaction's connection, the others on their own;
         # each is cancelled if another fails, and the first failure is the export's.
         try:
@@ -588,16 +595,18 @@ async def run_export(
     *,
     progress: Callable[[str, int], None] | None = None,
     heartbeat_s: float | None = HEARTBEAT_S,
+    lanes: int = 3,
 ) -> tuple[datetime.datetime, list[dict[str, Any]], list[dict[str, Any]]]:
     """Write the job's files; (transaction time, [{type, name, count}] per file of
     resources, the same for the notices' file: see _notices). Raises
     Cancelled when its heartbeat finds it no longer this attempt's. `progress(type,
     count so far)` is called after every block (the CLI's bar). `heartbeat_s` None: no
-    heartbeat (a job that is not in export_jobs: the CLI's)."""
+    heartbeat (a job that is not in export_jobs: the CLI's). `lanes`: how many
+    connections read at once (EXPORT_LANES, LANES)."""
     org = job.organization_id
     async with sessionmaker() as db:
         until = await BulkExportService.transaction_time(db=db, organization_id=org)
-    run = _Export(sessionmaker, storage, job, until, progress)
+    run = _Export(sessionmaker, storage, job, until=until, progress=progress, lanes=lanes)
     beater = None
     if heartbeat_s is not None:
         beater = asyncio.create_task(
@@ -629,6 +638,7 @@ class ExportRunner:
         storage: ExportStorage,
         *,
         workers: int,
+        lanes: int = 3,
         stale_s: float = 30.0,
         poll_s: float = POLL_S,
         sweep_s: float = SWEEP_S,
@@ -636,6 +646,7 @@ class ExportRunner:
         self._sessionmaker = sessionmaker
         self._storage = storage
         self._workers = workers
+        self._lanes = lanes
         self._stale = datetime.timedelta(seconds=stale_s)
         # A beat well within the time after which a silent job is taken for dead.
         self._heartbeat_s = min(HEARTBEAT_S, stale_s / 3)
@@ -774,7 +785,11 @@ class ExportRunner:
         error: list[dict[str, Any]] = []
         try:
             until, output, error = await run_export(
-                self._sessionmaker, self._storage, job, heartbeat_s=self._heartbeat_s
+                self._sessionmaker,
+                self._storage,
+                job,
+                heartbeat_s=self._heartbeat_s,
+                lanes=self._lanes,
             )
         except Cancelled:
             # Deleted, or taken for dead and queued again (the next attempt writes files

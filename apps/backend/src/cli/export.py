@@ -205,6 +205,7 @@ def export(
                         job,
                         progress=shown.update,
                         heartbeat_s=None,
+                        lanes=get_settings().export_lanes,
                     )
                     shown.done()
                     return finished

@@ -788,6 +788,31 @@ class TestReviewFindings:
         assert created
         assert seen == dict.fromkeys(bulk_export.TYPES, 1)
 
+    async def test_any_number_of_lanes_writes_the_same_files_and_entries(
+        self, client: httpx.AsyncClient, tenant: Tenant, database: Database, tmp_path: Path
+    ):
+        """EXPORT_LANES changes how many connections read, never what is written: the
+        same lines in each file, and the same patients named in the access log."""
+        made = await a_population(client, tenant)
+        await team_of(client, tenant, made["patients"][0], made["other"])  # an ended period
+        job = dataclasses.replace(tenant_job(tenant, "Patient"), types=bulk_export.TYPES)
+        written, named = {}, {}
+        for lanes in (1, 2, 3):
+            done = await run_export(
+                database.sessionmaker, DirectoryStorage(tmp_path / str(lanes)), job, lanes=lanes
+            )
+            written[lanes] = (
+                done[1],
+                {p.name: p.read_bytes() for p in (tmp_path / str(lanes)).rglob("*.ndjson")},
+            )
+            entries = await export_entries(database, tenant.organization_id)
+            named[lanes] = sorted(str(p) for e in entries for p in e.patient_ids)
+        assert written[1] == written[2] == written[3]
+        assert sum(len(body) for body in written[1][1].values()) > 0
+        # Each run records its own entries (the job's attempt, the same ids: once).
+        assert named[1] == named[2] == named[3]
+        assert len(named[1]) == len(made["patients"])
+
     async def test_delete_stops_a_running_export_and_its_files_stay_gone(
         self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database
     ):
