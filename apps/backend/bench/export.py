@@ -180,13 +180,19 @@ COPIES = {
 
 
 async def bare_copy(conn: asyncpg.Connection, org: uuid.UUID, out: Path) -> dict[str, Any]:
+    """The COPY into files, timed; the files removed after (never written back to disk
+    while the export is measured next: measured at 1,000,000 patients, their write-back
+    made the export 36.4 s against 26.0 s, its own files synced behind them)."""
     started = time.perf_counter()
     rows = 0
-    for table, query in COPIES.items():
-        target = out / f"{table}.copy"
+    targets = [out / f"{table}.copy" for table in COPIES]
+    for target, query in zip(targets, COPIES.values(), strict=True):
         status = await conn.copy_from_query(query, org, output=str(target))
         rows += int(status.split()[-1])
-    return {"seconds": round(time.perf_counter() - started, 2), "rows": rows}
+    seconds = time.perf_counter() - started
+    for target in targets:
+        target.unlink()
+    return {"seconds": round(seconds, 2), "rows": rows}
 
 
 def writer_process(url: str, org: str, sizes: tuple[int, int], channels: Any) -> None:
