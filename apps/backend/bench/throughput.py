@@ -593,7 +593,8 @@ async def http_benchmark(
         env={
             **os.environ,
             "DATABASE_URL": url,
-            **({"DB_POOL_SIZE": str(pool_size)} if pool_size else {}),
+            # A small pool leaves no room for an export's lanes (none runs here).
+            **({"DB_POOL_SIZE": str(pool_size), "EXPORT_WORKERS": "0"} if pool_size else {}),
         },
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,

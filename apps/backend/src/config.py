@@ -145,7 +145,8 @@ class Settings(BaseSettings):
         ge=1,
         le=3,
         description="Connections one Bulk Data export reads with at once, each holding its "
-        "own types (1: one connection, the types one after another).",
+        "own types (1: one connection, the types one after another); EXPORT_WORKERS x "
+        "(EXPORT_LANES + 1) + 1 must fit in DB_POOL_SIZE + DB_MAX_OVERFLOW.",
     )
     export_stale_after_s: float = Field(
         default=30.0,
@@ -210,17 +211,27 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _exports_leave_connections(self) -> Settings:
-        """A running export holds EXPORT_LANES connections of the pool for its whole run:
-        the exports a process runs at once must leave at least one for their access log
-        entries and the API (else every connection is held by a lane that waits for one)."""
-        held = self.export_workers * self.export_lanes
-        if held and held >= self.db_pool_size + self.db_max_overflow:
+        """A running export holds EXPORT_LANES connections of the pool for its whole run,
+        and takes one more at a time to record its access log entries: the exports a
+        server process runs at once must leave at least one connection besides, for the
+        API (else a lane can wait for ever for a connection another lane holds).
+        `careteam export` sizes its own pool (export_pool_size)."""
+        needed = self.export_workers * (self.export_lanes + 1) + 1
+        if self.export_workers and needed > self.db_pool_size + self.db_max_overflow:
             raise ValueError(
-                f"EXPORT_WORKERS x EXPORT_LANES ({held}) must be below DB_POOL_SIZE + "
-                f"DB_MAX_OVERFLOW ({self.db_pool_size + self.db_max_overflow}): each "
-                "running export holds EXPORT_LANES connections; lower one, or raise the pool"
+                f"the exports need {needed} connections, above DB_POOL_SIZE + "
+                f"DB_MAX_OVERFLOW ({self.db_pool_size + self.db_max_overflow}): each of the "
+                "EXPORT_WORKERS holds EXPORT_LANES, and one more to record its access log "
+                "entries, and the API needs one; lower EXPORT_LANES or EXPORT_WORKERS, or "
+                "raise DB_POOL_SIZE"
             )
         return self
+
+    @property
+    def export_pool_size(self) -> int:
+        """The pool of a process that runs one export and nothing else (`careteam
+        export`): its lanes, one to record, one for its heartbeat and lookups."""
+        return max(self.db_pool_size, self.export_lanes + 2)
 
     @field_validator("database_url", "app_database_url")
     @classmethod

@@ -18,7 +18,9 @@ the Patient file holds every patient of the export (no `_since`, no Patient
 `_typeFilter`: see `_named_once`), the other types record only the patients it leaves
 out for a change after the transaction time (found before the lanes start, and checked
 against its count after): every other patient they name is in that file, read on the
-same snapshot.
+same snapshot. They write a block only once the Patients' lane has recorded every
+patient it names (`_record`): no file, even one a failed export leaves behind, names a
+patient the log lacks. A DELETE cancels the statements under way.
 
 The runner claims the oldest queued job of any organization (at most EXPORT_WORKERS at
 once in this process), keeps its heartbeat every HEARTBEAT_S while it runs, and stops it
@@ -407,6 +409,7 @@ def _named_once(job: ExportJobRecord) -> bool:
 # The types read at once (EXPORT_LANES of these lanes), each lane in a transaction of its
 # own on the export's one snapshot (pg_export_snapshot): with three, the large types apart
 # and the two small ones before the Groups; with one, the types one after another.
+ALL = b"~"  # above every id (hex and dashes): the Patients' lane recorded its whole file
 LANES = {
     1: (TYPES,),
     2: (("Patient",), ("Organization", "Practitioner", "CareTeam", "Group")),
@@ -420,7 +423,7 @@ async def _settle(driver: Any) -> None:
     # must not hold other exports' transaction time back for its whole run.
     await driver.execute(f"SET LOCAL application_name = '{EXPORT_SNAPSHOT}'")
     # A type is one COPY, one statement for as long as it takes: no statement timeout
-    # (a DELETE stops it through the heartbeat).
+    # (a DELETE cancels it through the heartbeat).
     await driver.execute("SET LOCAL statement_timeout = 0")
     # The lanes are the export's parallelism: a parallel plan's workers would compete
     # with them for the same cores.
@@ -459,6 +462,11 @@ class _Export:
         # _named_once: the patients the Patient statement leaves out; None: every
         # type's lines are recorded.
         self.left_out: set[bytes] | None = None
+        # _named_once: the Patients' lane has recorded every patient up to this id (ALL:
+        # its whole file), which the other lanes wait for before writing a block.
+        self.recorded_to = b""
+        self.recording = asyncio.Condition()
+        self.failure: Exception | None = None  # the first lane's failure: the export's
 
     async def lead(self, driver: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The export's first transaction: its snapshot exported to the other lanes,
@@ -476,14 +484,20 @@ class _Export:
         lanes = [tuple(k for k in kinds if k in job.types) for kinds in LANES[self.lanes]]
         lanes = [kinds for kinds in lanes if kinds] or [()]
         # The first lane on this transaction's connection, the others on their own;
-        # each is cancelled if another fails, and the first failure is the export's.
+        # each is cancelled if another fails, and the first failure is the export's (not
+        # what another lane raised as it was cancelled), with its own cause.
+        self.failure = None
         try:
             async with asyncio.TaskGroup() as group:
                 for kinds in lanes[1:]:
                     group.create_task(self.other_lane(snapshot, kinds))
                 await self.lane(driver, lanes[0])
         except ExceptionGroup as failed:
-            raise failed.exceptions[0] from None
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # stopped: not a failure
+                raise asyncio.CancelledError() from None
+            first = self.failure or failed.exceptions[0]
+            raise first from first.__cause__
         output = [
             {"type": kind, "name": _file_name(kind, job.attempts), "count": self.written[kind]}
             for kind in job.types
@@ -507,27 +521,46 @@ class _Export:
             )
 
     async def lane(self, driver: Any, kinds: tuple[str, ...]) -> None:
-        for kind in kinds:
-            await self.copy(driver, kind)
-            if kind == "Patient" and self.left_out is not None:
-                if self.later["Patient"] != len(self.left_out):
-                    # The two statements disagree on which patients changed: the log
-                    # could miss some, so the export stops rather than say it is whole.
-                    raise RuntimeError("the Patients left out differ from those found before")
+        try:
+            for kind in kinds:
+                await self.copy(driver, kind)
+                if kind == "Patient" and self.left_out is not None:
+                    if self.later["Patient"] != len(self.left_out):
+                        # The two statements disagree on which patients changed: the log
+                        # could miss some, so the export stops rather than say it is whole.
+                        raise RuntimeError("the Patients left out differ from those found before")
+                    await self._recorded(ALL)
+        except Exception as err:
+            if self.failure is None:
+                self.failure = err
+            raise
 
-    def _recorded(self, kind: str, data: bytes) -> list[uuid.UUID]:
-        """The patients a block's lines name that its entry records: all of them, or
-        (_named_once) only those left out of the Patient file, for the other types."""
+    async def _recorded(self, to: bytes) -> None:
+        """The Patients' lane has recorded every patient up to `to`."""
+        async with self.recording:
+            self.recorded_to = to
+            self.recording.notify_all()
+
+    async def _record(self, kind: str, number: int, data: bytes) -> None:
+        """The access log entry of a block, before it is written: every patient its lines
+        name or (_named_once) for the other types, those the Patient file leaves out,
+        once the Patients' lane has recorded all the others the block names (a
+        CareTeam's come in the Patients' order, id; a Group's members in any: then the
+        whole Patient file)."""
         pattern = NAMED_PATIENTS.get(kind)
-        if pattern is None:
-            return []
-        if self.left_out is None or kind == "Patient":
-            named = pattern.findall(data)
-        elif self.left_out:
-            named = [p for p in pattern.findall(data) if p in self.left_out]
-        else:
-            return []
-        return [UUID(p.decode()) for p in named]
+        named = [] if pattern is None else pattern.findall(data)
+        if not named:
+            return
+        if self.left_out is not None and kind != "Patient":
+            last = named[-1] if kind == "CareTeam" else ALL
+            async with self.recording:
+                await self.recording.wait_for(lambda: self.recorded_to >= last)
+            named = [p for p in named if p in self.left_out]
+        if named:
+            patients = [UUID(p.decode()) for p in named]
+            await _record_page(self.sessionmaker, self.job, kind, number, patients)
+        if kind == "Patient" and self.left_out is not None:
+            await self._recorded(named[-1])
 
     async def copy(self, driver: Any, kind: str) -> None:
         """One type's file, from its statement's COPY."""
@@ -544,9 +577,7 @@ class _Export:
         async def deliver(lines: _Lines, number: int) -> None:
             # Recorded before it is written: no block leaves unrecorded, even one that
             # is stopped.
-            patients = self._recorded(kind, lines.data)
-            if patients:
-                await _record_page(self.sessionmaker, job, kind, number, patients)
+            await self._record(kind, number, lines.data)
             if lines.data:
                 await asyncio.to_thread(writer.write, lines.data)
             self.written[kind] += lines.count
@@ -612,16 +643,31 @@ async def run_export(
         beater = asyncio.create_task(
             _heartbeat(sessionmaker, job, heartbeat_s, run.written, run.stopped)
         )
-    try:
+
+    async def export() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         async with sessionmaker() as db:
-            output, notices = await run_transaction(
+            return await run_transaction(
                 db, operation="bulk_export", organization_id=org, work=run.lead, snapshot=True
             )
+
+    # Stopped (deleted, or taken for dead) as soon as the heartbeat finds it, whatever a
+    # COPY is doing: it is cancelled, not left to run until its next block.
+    exporting = asyncio.ensure_future(export())
+    stopping = asyncio.ensure_future(run.stopped.wait())
+    stopping.add_done_callback(lambda _: exporting.cancel())
+    try:
+        output, notices = await exporting
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if run.stopped.is_set() and (task is None or not task.cancelling()):
+            raise Cancelled() from None
+        raise
     finally:
-        if beater is not None:
-            beater.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beater
+        for side in (beater, stopping):
+            if side is not None:
+                side.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await side
     return until, output, notices
 
 

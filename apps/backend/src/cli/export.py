@@ -182,7 +182,11 @@ def export(
                 await OrganizationService.require_organization(db=owner, organization_id=org)
             except CareTeamError as err:
                 raise CommandFailed(err.message) from None
-        database = open_database(get_settings(), url)
+        settings = get_settings()
+        # Its own pool, sized for its lanes (it serves nothing else).
+        database = open_database(
+            settings.model_copy(update={"db_pool_size": settings.export_pool_size}), url
+        )
         try:
             if provider is not None:
                 async with database.sessionmaker() as db:
@@ -205,7 +209,7 @@ def export(
                         job,
                         progress=shown.update,
                         heartbeat_s=None,
-                        lanes=get_settings().export_lanes,
+                        lanes=settings.export_lanes,
                     )
                     shown.done()
                     return finished

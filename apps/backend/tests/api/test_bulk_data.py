@@ -9,6 +9,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,11 @@ from tests.helpers import (
 )
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    """The NDJSON files an export wrote under `directory`: each one's name and bytes."""
+    return {path.name: path.read_bytes() for path in sorted(directory.rglob("*.ndjson"))}
 
 
 async def kick_off(
@@ -784,9 +790,79 @@ class TestReviewFindings:
         monkeypatch.setattr(bulk_export, "_scans", scans_after_a_patient_is_created)
         monkeypatch.setattr(bulk_export._Export, "copy", count)
         job = dataclasses.replace(tenant_job(tenant, "Patient"), types=bulk_export.TYPES)
-        await run_export(database.sessionmaker, DirectoryStorage(tmp_path), job)
+        await run_export(database.sessionmaker, DirectoryStorage(tmp_path), job, heartbeat_s=None)
         assert created
         assert seen == dict.fromkeys(bulk_export.TYPES, 1)
+
+    async def test_no_lane_writes_a_patient_the_log_has_not_recorded(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ):
+        """The CareTeam and Group lanes leave the recording of their patients to the
+        Patients' lane: they wait for it before writing a block. With the Patients' lane
+        slow, then failing (a resource it cannot build), the other files name no patient
+        the log lacks (they named every one, unrecorded, where `careteam export` leaves
+        them: found by a review)."""
+        made = await a_population(client, tenant)
+        async with database.owner_engine.begin() as owner:
+            await owner.execute(
+                text(
+                    "INSERT INTO patients (organization_id, first_name, created_at) "
+                    "VALUES (:org, 'Inf', '-infinity')"
+                ),
+                {"org": tenant.organization_id},
+            )
+        copy = bulk_export._Export.copy
+
+        async def patients_last(self: Any, driver: Any, kind: str) -> None:
+            if kind == "Patient":
+                await asyncio.sleep(1)  # the other lanes have read their types by then
+            await copy(self, driver, kind)
+
+        monkeypatch.setattr(bulk_export._Export, "copy", patients_last)
+        job = dataclasses.replace(tenant_job(tenant, "Patient"), types=bulk_export.TYPES)
+        with pytest.raises(bulk_export.Unbuildable):
+            await run_export(
+                database.sessionmaker, DirectoryStorage(tmp_path), job, heartbeat_s=None
+            )
+        written = b"".join(files_of(tmp_path).values())
+        named = set(re.findall(rb'"Patient/([0-9a-f-]{36})"', written))
+        named |= set(re.findall(rb'"resourceType":"Patient","id":"([0-9a-f-]{36})"', written))
+        entries = await export_entries(database, tenant.organization_id)
+        recorded = {str(p).encode() for e in entries for p in e.patient_ids}
+        assert named <= recorded
+        assert made["patients"]  # they have CareTeams and Group memberships to write
+
+    async def test_a_lanes_failure_is_the_exports_with_its_cause(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        database: Database,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ):
+        """One lane failing stops the others, and the export fails with that lane's
+        error, not a group of them, and with its cause (the database's error, for the
+        log: it was dropped, found by a review)."""
+        await post_patient(client, tenant)
+        copy = bulk_export._Export.copy
+
+        async def care_teams_fail(self: Any, driver: Any, kind: str) -> None:
+            if kind == "CareTeam":
+                raise RuntimeError("the lane failed") from ValueError("its cause")
+            await copy(self, driver, kind)
+
+        monkeypatch.setattr(bulk_export._Export, "copy", care_teams_fail)
+        job = dataclasses.replace(tenant_job(tenant, "Patient"), types=bulk_export.TYPES)
+        with pytest.raises(RuntimeError, match="the lane failed") as failed:
+            await run_export(
+                database.sessionmaker, DirectoryStorage(tmp_path), job, heartbeat_s=None
+            )
+        assert isinstance(failed.value.__cause__, ValueError)
 
     async def test_any_number_of_lanes_writes_the_same_files_and_entries(
         self, client: httpx.AsyncClient, tenant: Tenant, database: Database, tmp_path: Path
@@ -799,12 +875,13 @@ class TestReviewFindings:
         written, named = {}, {}
         for lanes in (1, 2, 3):
             done = await run_export(
-                database.sessionmaker, DirectoryStorage(tmp_path / str(lanes)), job, lanes=lanes
+                database.sessionmaker,
+                DirectoryStorage(tmp_path / str(lanes)),
+                job,
+                heartbeat_s=None,
+                lanes=lanes,
             )
-            written[lanes] = (
-                done[1],
-                {p.name: p.read_bytes() for p in (tmp_path / str(lanes)).rglob("*.ndjson")},
-            )
+            written[lanes] = (done[1], files_of(tmp_path / str(lanes)))
             entries = await export_entries(database, tenant.organization_id)
             named[lanes] = sorted(str(p) for e in entries for p in e.patient_ids)
         assert written[1] == written[2] == written[3]
@@ -827,6 +904,52 @@ class TestReviewFindings:
         )
         await asyncio.sleep(3)  # past the next heartbeat (every second) and the page after
         assert not job_dir.exists()
+
+    async def test_delete_stops_a_copy_that_has_not_sent_a_row_yet(
+        self,
+        client: httpx.AsyncClient,
+        tenant: Tenant,
+        runner: ExportRunner,
+        database: Database,
+        monkeypatch: pytest.MonkeyPatch,
+    ):
+        """A type's COPY that takes long before its first row (a sort, a heavy
+        _typeFilter; here a minute's sleep before it) is cancelled once the heartbeat
+        finds the job deleted: it used to run on until its first block, with no
+        statement timeout (found by a review)."""
+        await post_patient(client, tenant)
+        statement = bulk_export.statement
+
+        def slow(job: ExportJobRecord, kind: str, until: datetime.datetime) -> Any:
+            text, args = statement(job, kind, until)
+            # At the start of its text: pg_stat_activity shows the first kilobyte.
+            return f"SELECT r.* FROM (SELECT pg_sleep(60)) AS slow, ({text}) AS r", args
+
+        monkeypatch.setattr(bulk_export, "statement", slow)
+        status_url = await kick_off(client, tenant, _type="Patient")
+        await until_running(client, status_url, tenant.headers)
+
+        async def sleeping() -> int:
+            async with database.owner_engine.connect() as owner:
+                found = await owner.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                        "AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()"
+                    )
+                )
+                return int(found.scalar_one())
+
+        for _ in range(100):
+            if await sleeping() == 1:  # its COPY is running
+                break
+            await asyncio.sleep(0.1)
+        assert await sleeping() == 1
+        assert (await client.delete(status_url, headers=tenant.headers)).status_code == 202
+        for _ in range(100):  # the heartbeat beats every second; the sleep is a minute
+            if await sleeping() == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await sleeping() == 0
 
     async def test_a_file_needs_the_read_scope_of_its_type(
         self, client: httpx.AsyncClient, tenant: Tenant, runner: ExportRunner, database: Database

@@ -190,6 +190,19 @@ class TestExportCommand:
             "  Group: 1 resource",
         ]
 
+    def test_a_small_pool_setting_still_gives_it_a_connection_per_lane(
+        self, clinic: dict[str, object], tmp_path: Path
+    ):
+        """`careteam export` sizes its own pool for its lanes: with the server's
+        DB_POOL_SIZE of one, its other lanes waited for the connection the first held,
+        until they failed (found by a review)."""
+        result = careteam(
+            "export", "--organization", str(clinic["org"]), "--out", str(tmp_path),
+            env={"DB_POOL_SIZE": "1", "EXPORT_WORKERS": "0", "DB_POOL_TIMEOUT_S": "1"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert len(lines(tmp_path / "Patient.ndjson")) == 2
+
     def test_progress_lines_interleave_then_each_types_count_in_order(
         self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ):
