@@ -465,7 +465,7 @@ class _Export:
         # _named_once: the Patients' lane has recorded every patient up to this id (ALL:
         # its whole file), which the other lanes wait for before writing a block.
         self.recorded_to = b""
-        self.recording = asyncio.Condition()
+        self.advanced = asyncio.Event()
         self.failure: Exception | None = None  # the first lane's failure: the export's
 
     async def lead(self, driver: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -481,6 +481,7 @@ class _Export:
         await _scans(driver, job)
         self.written.clear()
         self.later.clear()
+        self.recorded_to = b""
         lanes = [tuple(k for k in kinds if k in job.types) for kinds in LANES[self.lanes]]
         lanes = [kinds for kinds in lanes if kinds] or [()]
         # The first lane on this transaction's connection, the others on their own;
@@ -529,17 +530,24 @@ class _Export:
                         # The two statements disagree on which patients changed: the log
                         # could miss some, so the export stops rather than say it is whole.
                         raise RuntimeError("the Patients left out differ from those found before")
-                    await self._recorded(ALL)
+                    self._recorded(ALL)
         except Exception as err:
             if self.failure is None:
                 self.failure = err
             raise
 
-    async def _recorded(self, to: bytes) -> None:
-        """The Patients' lane has recorded every patient up to `to`."""
-        async with self.recording:
-            self.recorded_to = to
-            self.recording.notify_all()
+    def _recorded(self, to: bytes) -> None:
+        """The Patients' lane has recorded every patient up to `to`: the lanes waiting
+        for it look again (an event per step, no lock: a waiter cancelled because that
+        lane failed holds nothing)."""
+        self.recorded_to = to
+        self.advanced.set()
+        self.advanced = asyncio.Event()
+
+    async def _recorded_past(self, last: bytes) -> None:
+        """Once the Patients' lane has recorded every patient up to `last`."""
+        while self.recorded_to < last:
+            await self.advanced.wait()
 
     async def _record(self, kind: str, number: int, data: bytes) -> None:
         """The access log entry of a block, before it is written: every patient its lines
@@ -552,15 +560,13 @@ class _Export:
         if not named:
             return
         if self.left_out is not None and kind != "Patient":
-            last = named[-1] if kind == "CareTeam" else ALL
-            async with self.recording:
-                await self.recording.wait_for(lambda: self.recorded_to >= last)
+            await self._recorded_past(named[-1] if kind == "CareTeam" else ALL)
             named = [p for p in named if p in self.left_out]
         if named:
             patients = [UUID(p.decode()) for p in named]
             await _record_page(self.sessionmaker, self.job, kind, number, patients)
         if kind == "Patient" and self.left_out is not None:
-            await self._recorded(named[-1])
+            self._recorded(named[-1])
 
     async def copy(self, driver: Any, kind: str) -> None:
         """One type's file, from its statement's COPY."""
