@@ -486,7 +486,9 @@ class _Export:
         lanes = [kinds for kinds in lanes if kinds] or [()]
         # The first lane on this transaction's connection, the others on their own;
         # each is cancelled if another fails, and the first failure is the export's (not
-        # what another lane raised as it was cancelled), with its own cause.
+        # what another lane raised as it was cancelled), with its own cause. (Not the
+        # task's cancelling(): the group's own cancel of this task counts there, and a
+        # lane's failure was taken for a stop: a test saw a CancelledError.)
         self.failure = None
         try:
             async with asyncio.TaskGroup() as group:
@@ -494,9 +496,6 @@ class _Export:
                     group.create_task(self.other_lane(snapshot, kinds))
                 await self.lane(driver, lanes[0])
         except ExceptionGroup as failed:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # stopped: not a failure
-                raise asyncio.CancelledError() from None
             first = self.failure or failed.exceptions[0]
             raise first from first.__cause__
         output = [
@@ -556,17 +555,25 @@ class _Export:
         CareTeam's come in the Patients' order, id; a Group's members in any: then the
         whole Patient file)."""
         pattern = NAMED_PATIENTS.get(kind)
-        named = [] if pattern is None else pattern.findall(data)
-        if not named:
+        if pattern is None or not data:
             return
-        if self.left_out is not None and kind != "Patient":
-            await self._recorded_past(named[-1] if kind == "CareTeam" else ALL)
-            named = [p for p in named if p in self.left_out]
+        if self.left_out is None or kind == "Patient":
+            named = pattern.findall(data)
+        else:
+            last = ALL
+            if kind == "CareTeam":  # its last line names its highest patient (id order)
+                found = pattern.search(data, data.rfind(b"\n", 0, len(data) - 1) + 1)
+                last = found[1] if found else ALL
+            await self._recorded_past(last)
+            # The whole block looked through only when some patients were left out.
+            named = (
+                [p for p in pattern.findall(data) if p in self.left_out] if self.left_out else []
+            )
         if named:
             patients = [UUID(p.decode()) for p in named]
             await _record_page(self.sessionmaker, self.job, kind, number, patients)
-        if kind == "Patient" and self.left_out is not None:
-            self._recorded(named[-1])
+            if kind == "Patient" and self.left_out is not None:
+                self._recorded(named[-1])
 
     async def copy(self, driver: Any, kind: str) -> None:
         """One type's file, from its statement's COPY."""

@@ -44,9 +44,25 @@ from tests.helpers import (
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
 
-def files_of(directory: Path) -> dict[str, bytes]:
-    """The NDJSON files an export wrote under `directory`: each one's name and bytes."""
-    return {path.name: path.read_bytes() for path in sorted(directory.rglob("*.ndjson"))}
+def ndjson_files(directory: Path) -> dict[str, bytes]:
+    """Every NDJSON file under `directory`: its name and bytes."""
+    return {path.name: path.read_bytes() for path in directory.rglob("*.ndjson")}
+
+
+async def export_every_type(
+    database: Database,
+    tenant: Tenant,
+    directory: Path,
+    *,
+    job: ExportJobRecord | None = None,
+    lanes: int = 3,
+) -> tuple[datetime.datetime, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The tenant's whole-organization export of every type (`job`: one run before, run
+    again), run here into `directory`, outside export_jobs: no heartbeat."""
+    job = job or dataclasses.replace(tenant_job(tenant, "Patient"), types=bulk_export.TYPES)
+    return await run_export(
+        database.sessionmaker, DirectoryStorage(directory), job, heartbeat_s=None, lanes=lanes
+    )
 
 
 async def kick_off(
@@ -789,8 +805,7 @@ class TestReviewFindings:
 
         monkeypatch.setattr(bulk_export, "_scans", scans_after_a_patient_is_created)
         monkeypatch.setattr(bulk_export._Export, "copy", count)
-        job = dataclasses.replace(tenant_job(tenant, "Patient"), types=bulk_export.TYPES)
-        await run_export(database.sessionmaker, DirectoryStorage(tmp_path), job, heartbeat_s=None)
+        await export_every_type(database, tenant, tmp_path)
         assert created
         assert seen == dict.fromkeys(bulk_export.TYPES, 1)
 
@@ -824,12 +839,9 @@ class TestReviewFindings:
             await copy(self, driver, kind)
 
         monkeypatch.setattr(bulk_export._Export, "copy", patients_last)
-        job = dataclasses.replace(tenant_job(tenant, "Patient"), types=bulk_export.TYPES)
         with pytest.raises(bulk_export.Unbuildable):
-            await run_export(
-                database.sessionmaker, DirectoryStorage(tmp_path), job, heartbeat_s=None
-            )
-        written = b"".join(files_of(tmp_path).values())
+            await export_every_type(database, tenant, tmp_path)
+        written = b"".join(ndjson_files(tmp_path).values())
         named = set(re.findall(rb'"Patient/([0-9a-f-]{36})"', written))
         named |= set(re.findall(rb'"resourceType":"Patient","id":"([0-9a-f-]{36})"', written))
         entries = await export_entries(database, tenant.organization_id)
@@ -857,11 +869,8 @@ class TestReviewFindings:
             await copy(self, driver, kind)
 
         monkeypatch.setattr(bulk_export._Export, "copy", care_teams_fail)
-        job = dataclasses.replace(tenant_job(tenant, "Patient"), types=bulk_export.TYPES)
         with pytest.raises(RuntimeError, match="the lane failed") as failed:
-            await run_export(
-                database.sessionmaker, DirectoryStorage(tmp_path), job, heartbeat_s=None
-            )
+            await export_every_type(database, tenant, tmp_path)
         assert isinstance(failed.value.__cause__, ValueError)
 
     async def test_any_number_of_lanes_writes_the_same_files_and_entries(
@@ -874,14 +883,9 @@ class TestReviewFindings:
         job = dataclasses.replace(tenant_job(tenant, "Patient"), types=bulk_export.TYPES)
         written, named = {}, {}
         for lanes in (1, 2, 3):
-            done = await run_export(
-                database.sessionmaker,
-                DirectoryStorage(tmp_path / str(lanes)),
-                job,
-                heartbeat_s=None,
-                lanes=lanes,
-            )
-            written[lanes] = (done[1], files_of(tmp_path / str(lanes)))
+            directory = tmp_path / str(lanes)
+            done = await export_every_type(database, tenant, directory, job=job, lanes=lanes)
+            written[lanes] = (done[1], ndjson_files(directory))
             entries = await export_entries(database, tenant.organization_id)
             named[lanes] = sorted(str(p) for e in entries for p in e.patient_ids)
         assert written[1] == written[2] == written[3]

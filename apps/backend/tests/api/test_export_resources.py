@@ -26,7 +26,14 @@ from src.services.bulk_export import ExportJobRecord
 from src.services.export_storage import DirectoryStorage
 from src.services.fhir_search import PARAMETERS, Param
 from src.services.transaction import run_transaction
-from tests.api.test_bulk_data import download, export_entries, finished, kick_off, tenant_job
+from tests.api.test_bulk_data import (
+    download,
+    export_entries,
+    finished,
+    kick_off,
+    ndjson_files,
+    tenant_job,
+)
 from tests.api.test_fhir import FHIR, team_of
 from tests.helpers import Tenant, post_patient, post_provider
 
@@ -114,11 +121,6 @@ async def a_population_of_every_shape(
         org=org,
     )
     return made
-
-
-def ndjson_files(directory: Path) -> dict[str, bytes]:
-    """Every NDJSON file under `directory`: its name and bytes."""
-    return {path.name: path.read_bytes() for path in directory.rglob("*.ndjson")}
 
 
 def as_text(resource: dict[str, Any]) -> str:
